@@ -1,0 +1,215 @@
+"""Typed, frozen configuration: one class per concern, defaults with units and reasons.
+
+Precedence (SPEC §5): defaults < file (YAML or TOML) < environment (`LSTMPIPE_`
+prefix) < command-line overrides. The caller passes the environment in as a
+mapping: lib never reads `os.environ` itself. An unknown key or a value of the
+wrong type is a `ConfigError` naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from lib.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    fps: float | None = 8.0  # frames per second taken from a video; None = every frame
+    num_frames: int | None = None  # N frames spread uniformly over the series instead of fps
+    size: int = 224  # output frames are size x size px: shorter side resized, then center crop
+    chunk_frames: int = 32  # frames decoded per chunk: bounds memory whatever the video length
+    timeout_s: float = 60.0  # a decoder silent this long is killed: a bad file never hangs a run
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    name: str = "resnet18"  # any torchvision classification model; its head is removed
+    weights: str = "DEFAULT"  # torchvision weights name (local torch cache only), a .pth path, or "none"
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16; auto = bf16 where the CPU/GPU has it
+    batch_size: int = 32  # frames per forward pass, across series boundaries
+    seed: int = 0  # seeds the random init when weights = "none"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    hidden_size: int = 128  # LSTM units per direction
+    num_layers: int = 1
+    bidirectional: bool = False
+    dropout: float = 0.2  # on the LSTM output and between layers
+    epochs: int = 60  # upper bound; early stopping usually ends sooner
+    patience: int = 12  # epochs without a better validation macro-F1 before stopping
+    lr: float = 2e-3  # AdamW learning rate
+    weight_decay: float = 1e-2
+    batch_size: int = 16  # series per step
+    val_fraction: float = 0.15  # of each class, by a hash of series_id (stable across runs)
+    test_fraction: float = 0.15
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class PromoteConfig:
+    margin: float = 0.0  # challenger macro-F1 must be >= champion's + margin on the same evaluation set
+    alias: str = "champion"
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """Where things run and live; chosen once, at the edge (flows/runtime.py)."""
+
+    home: str = ".lstmpipe"  # state directory: cache, failures, runs, MLflow store, predictions
+    mlflow_uri: str | None = None  # None = SQLite under home
+    ray_address: str | None = None  # None = a local in-process Ray
+    workers: int | None = None  # Ray extraction actors; None = one per CPU Ray has
+    shard_size: int = 64  # series per Prefect task: a task run costs tens of ms of API traffic
+
+
+@dataclass(frozen=True)
+class Config:
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    promote: PromoteConfig = field(default_factory=PromoteConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+
+
+ENV_PREFIX = "LSTMPIPE_"
+_SECTIONS: dict[str, type] = typing.get_type_hints(Config)
+
+
+def load_config(
+    path: str | Path | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Config:
+    """Build a Config from a file, `LSTMPIPE_SECTION_KEY` variables and `section.key` overrides."""
+    values: dict[str, dict[str, Any]] = {name: {} for name in _SECTIONS}
+    if path is not None:
+        _merge(values, _read_file(Path(path)), origin=str(path))
+    _merge(values, _from_env(env or {}), origin="environment")
+    _merge(values, _nest(overrides or {}), origin="command line")
+    return Config(**{name: _build(name, values[name]) for name in _SECTIONS})
+
+
+def replace(config: Config, **sections: Mapping[str, Any]) -> Config:
+    """A copy of `config` with some keys of some sections changed, validated like a file."""
+    changed = {
+        name: _build(name, {**dataclasses.asdict(getattr(config, name)), **dict(keys)})
+        for name, keys in sections.items()
+    }
+    return dataclasses.replace(config, **changed)
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"config file {path}: {exc.strerror}") from exc
+    try:
+        data = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
+    except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"config file {path}: not valid {path.suffix.lstrip('.') or 'YAML'}: {exc}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path}: expected sections such as 'sampling:', got {type(data).__name__}")
+    return data
+
+
+def _from_env(env: Mapping[str, str]) -> dict[str, dict[str, Any]]:
+    """`LSTMPIPE_SAMPLING_FPS=4` -> {"sampling": {"fps": "4"}}; `LSTMPIPE_HOME` -> runtime.home."""
+    nested: dict[str, dict[str, Any]] = {}
+    for name, value in env.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        rest = name[len(ENV_PREFIX):].lower()
+        if rest == "home":
+            nested.setdefault("runtime", {})["home"] = value
+            continue
+        section, _, key = rest.partition("_")
+        if section not in _SECTIONS or not key:
+            raise ConfigError(f"environment variable {name}: unknown section; expected LSTMPIPE_<{'|'.join(_SECTIONS).upper()}>_<KEY>")
+        nested.setdefault(section, {})[key] = value
+    return nested
+
+
+def _nest(overrides: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    nested: dict[str, dict[str, Any]] = {}
+    for dotted, value in overrides.items():
+        section, _, key = dotted.partition(".")
+        if not key:
+            raise ConfigError(f"override {dotted!r}: expected section.key, e.g. sampling.fps")
+        nested.setdefault(section, {})[key] = value
+    return nested
+
+
+def _merge(values: dict[str, dict[str, Any]], layer: Mapping[str, Any], origin: str) -> None:
+    for section, keys in layer.items():
+        if section not in _SECTIONS:
+            raise ConfigError(f"{origin}: unknown section {section!r}; known: {', '.join(_SECTIONS)}")
+        if not isinstance(keys, Mapping):
+            raise ConfigError(f"{origin}: section {section!r} must be a table of keys")
+        values[section].update(keys)
+
+
+def _build(section: str, keys: Mapping[str, Any]) -> Any:
+    cls = _SECTIONS[section]
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    for key in keys:
+        if key not in known:
+            raise ConfigError(f"unknown key {section}.{key}; known keys: {', '.join(sorted(known))}")
+    return cls(**{key: _coerce(f"{section}.{key}", value, hints[key]) for key, value in keys.items()})
+
+
+def _coerce(key: str, value: Any, hint: Any) -> Any:
+    """Check `value` against the annotation; strings (environment, flags) are parsed."""
+    options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    if value is None or (isinstance(value, str) and value.lower() in {"none", "null", ""}):
+        if type(None) in options:
+            return None
+        if str in options and value is not None:
+            return value
+        raise ConfigError(f"{key}: a value is required, got {value!r}")
+    for kind in options:
+        if kind is type(None):
+            continue
+        parsed = _parse(value, kind)
+        if parsed is not _INVALID:
+            return parsed
+    names = " or ".join(getattr(k, "__name__", str(k)) for k in options if k is not type(None))
+    raise ConfigError(f"{key}: expected {names}, got {value!r}")
+
+
+_INVALID = object()
+
+
+def _parse(value: Any, kind: type) -> Any:
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in {"true", "1", "yes", "false", "0", "no"}:
+            return value.lower() in {"true", "1", "yes"}
+        return _INVALID
+    if kind in (int, float):
+        if isinstance(value, bool):
+            return _INVALID
+        if isinstance(value, int) or (kind is float and isinstance(value, float)):
+            return kind(value)
+        if isinstance(value, str):
+            try:
+                return kind(value)
+            except ValueError:
+                return _INVALID
+        return _INVALID
+    if kind is str:
+        return value if isinstance(value, str) else _INVALID
+    return _INVALID
