@@ -1,0 +1,156 @@
+"""`lstmpipe`: thin entry points over the flows. Parsing here; the work happens in flows/.
+
+Exit codes (SPEC §5): 0 all good, 1 crashed, 2 bad usage or configuration,
+3 finished with some series failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from flows.console import render
+from flows.runtime import Runtime, load_runtime, new_run_id, prepare_process
+from lib.atomic import write_text_atomic
+from lib.errors import ConfigError
+
+EXIT_OK, EXIT_CRASH, EXIT_USAGE, EXIT_FAILED_SERIES = 0, 1, 2, 3
+
+# flag -> config key; every help text states the default from lib/config.py
+FEATURE_FLAGS = {
+    "--fps": ("sampling.fps", float, "frames per second sampled from videos (default 8)"),
+    "--num-frames": ("sampling.num_frames", int, "N frames spread uniformly instead of --fps (default off)"),
+    "--size": ("sampling.size", int, "frame size in px after shorter-side resize + center crop (default 224)"),
+    "--backbone": ("backbone.name", str, "torchvision model (default resnet18)"),
+    "--weights": ("backbone.weights", str,
+                  "torchvision weights name from the local torch cache, a .pth path, or none (default DEFAULT)"),
+    "--precision": ("backbone.precision", str, "auto|fp32|bf16|fp16 (default auto)"),
+    "--batch-size": ("backbone.batch_size", int, "frames per CNN batch (default 32)"),
+    "--workers": ("runtime.workers", int, "Ray extraction actors (default: one per CPU)"),
+    "--shard-size": ("runtime.shard_size", int, "series per Prefect task (default 64)"),
+}
+TRAIN_FLAGS = {
+    "--epochs": ("train.epochs", int, "maximum epochs (default 60)"),
+    "--hidden-size": ("train.hidden_size", int, "LSTM units (default 128)"),
+    "--layers": ("train.num_layers", int, "LSTM layers (default 1)"),
+    "--lr": ("train.lr", float, "AdamW learning rate (default 0.002)"),
+    "--seed": ("train.seed", int, "seed for splits and initialisation (default 0)"),
+}
+PROMOTE_FLAGS = {"--margin": ("promote.margin", float, "macro-F1 the challenger must gain (default 0.0)")}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lstmpipe", description=(
+        "Archives of videos and image series in; trained, registered LSTM sequence models and batch predictions "
+        "out. State lives under $LSTMPIPE_HOME (default ./.lstmpipe)."))
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    demo = _command(commands, "demo", "generate a labelled sample archive and run the whole chain on it",
+                    FEATURE_FLAGS | TRAIN_FLAGS | PROMOTE_FLAGS)
+    demo.add_argument("--sample-seed", type=int, default=0, help="seed of the generated sample (default 0)")
+
+    extract = _command(commands, "extract", "decode SOURCE and cache its CNN features", FEATURE_FLAGS)
+    extract.add_argument("source", help="a folder, video file or archive (.tar, .tar.gz, .zip)")
+    extract.add_argument("--labels", help="manifest CSV/Parquet with series_id,label (default: folder names)")
+
+    train = _command(commands, "train", "train an LSTM on SOURCE's cached features and register it",
+                     FEATURE_FLAGS | TRAIN_FLAGS)
+    train.add_argument("source")
+    train.add_argument("--labels", help="manifest CSV/Parquet with series_id,label (default: folder names)")
+    train.add_argument("--model", required=True, help="registered model name")
+
+    promote = _command(commands, "promote", "gate the latest (or --version) version and move @champion",
+                       FEATURE_FLAGS | PROMOTE_FLAGS)
+    promote.add_argument("model", help="registered model name")
+    promote.add_argument("--version", help="challenger version (default: the latest)")
+
+    rollback = _command(commands, "rollback", "move @champion back to the version it replaced", {})
+    rollback.add_argument("model", help="registered model name")
+
+    infer = _command(commands, "infer", "predict every series of SOURCE with a registered model", FEATURE_FLAGS)
+    infer.add_argument("source")
+    infer.add_argument("--model", required=True, help="models:/NAME@champion, models:/NAME/3 or NAME")
+    infer.add_argument("--out", help="predictions Parquet (default $LSTMPIPE_HOME/predictions/NAME-vN-TIME.parquet)")
+
+    nightly = _command(commands, "nightly", "extract, train, promote, then infer", FEATURE_FLAGS | TRAIN_FLAGS
+                       | PROMOTE_FLAGS)
+    nightly.add_argument("root", help="source root whose top-level folders/archives are partitions")
+    nightly.add_argument("--labels", help="manifest CSV/Parquet with series_id,label (default: folder names)")
+    nightly.add_argument("--model", required=True, help="registered model name")
+    nightly.add_argument("--infer-source", help="what to predict (default: ROOT)")
+    nightly.add_argument("--out", help="predictions Parquet (default under $LSTMPIPE_HOME/predictions)")
+    return parser
+
+
+def _command(commands: Any, name: str, help_text: str, flags: dict[str, tuple[str, type, str]]) -> argparse.ArgumentParser:
+    parser = commands.add_parser(name, help=help_text, description=help_text)
+    for flag, (key, kind, text) in flags.items():
+        parser.add_argument(flag, dest=key, type=kind, default=None, help=text)
+    parser.add_argument("--config", help="YAML or TOML config file (default: $LSTMPIPE_CONFIG, else none)")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override any config key, e.g. --set train.dropout=0.3 (repeatable)")
+    parser.add_argument("--json", action="store_true", help="print a machine-readable summary on stdout")
+    return parser
+
+
+def overrides_of(args: argparse.Namespace) -> dict[str, Any]:
+    """Flags that were given, plus --set pairs, as section.key overrides."""
+    given = {key: value for key, value in vars(args).items() if "." in key and value is not None}
+    for pair in args.set:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise ConfigError(f"--set {pair!r}: expected SECTION.KEY=VALUE")
+        given[key] = value
+    return given
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)  # exits 2 on bad usage
+    try:
+        overrides = overrides_of(args)
+        rt = load_runtime(args.config, overrides)
+    except ConfigError as exc:
+        print(f"lstmpipe: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    prepare_process(rt.home)
+    run_id = new_run_id()
+    started = time.monotonic()
+    try:
+        result = _run(args, overrides, run_id)
+    except (ConfigError, LookupError) as exc:
+        print(f"lstmpipe {args.command}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    result = {"command": args.command, "run_id": run_id, "seconds": round(time.monotonic() - started, 1), **result}
+    _save_run(rt, result)
+    print(json.dumps(result, indent=2, default=str) if args.json else render(result))
+    return EXIT_FAILED_SERIES if result.get("failed") else EXIT_OK
+
+
+def _run(args: argparse.Namespace, overrides: dict[str, Any], run_id: str) -> dict[str, Any]:
+    """Import the flows only now: Prefect reads its settings (PREFECT_HOME) on import."""
+    from flows import demo, extract, infer, nightly, promote, train
+
+    common = {"config_file": args.config, "overrides": overrides, "run_id": run_id}
+    calls: dict[str, Callable[[], dict[str, Any]]] = {
+        "demo": lambda: demo.demo(seed=args.sample_seed, **common),
+        "extract": lambda: extract.extract(args.source, args.labels, **common),
+        "train": lambda: train.train(args.source, args.model, args.labels, **common),
+        "promote": lambda: promote.promote(args.model, args.version, **common),
+        "rollback": lambda: promote.rollback_flow(args.model, **common),
+        "infer": lambda: infer.infer(args.source, args.model, args.out, **common),
+        "nightly": lambda: nightly.nightly(args.root, args.model, args.labels, args.infer_source, args.out,
+                                           **common),
+    }
+    return calls[args.command]()
+
+
+def _save_run(rt: Runtime, result: dict[str, Any]) -> None:
+    write_text_atomic(json.dumps(result, indent=2, default=str), rt.runs_dir / f"{result['run_id']}.json")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

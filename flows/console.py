@@ -1,0 +1,72 @@
+"""The one-screen summary each command prints at the end (`--json` prints the dict instead)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+MAX_FAILURES_SHOWN = 20
+
+
+def render(result: dict[str, Any]) -> str:
+    lines = [f"lstmpipe {result['command']}  run {result['run_id']}  {result['seconds']} s"]
+    lines += _sections(result["command"], result)
+    if result["command"] == "demo":
+        lines += _where(result)
+    if result.get("failed"):
+        lines.append(f"finished with {result['failed']} failed series (exit code 3)")
+    return "\n".join(lines)
+
+
+def _sections(command: str, r: dict[str, Any]) -> list[str]:
+    if command == "extract":
+        return _extract(r)
+    if command == "train":
+        return _extract(r["extract"]) + _train(r["train"])
+    if command == "promote":
+        return _promote(r)
+    if command == "rollback":
+        return [f"  rollback  {r['model']}: @champion v{r['from']} -> v{r['to']}"]
+    if command == "infer":
+        return _extract(r["extract"]) + _infer(r)
+    return _sections("train", r["train"]) + _promote(r["promote"]) + _sections("infer", r["infer"])  # nightly, demo
+
+
+def _extract(r: dict[str, Any]) -> list[str]:
+    lines = [f"  extract   {r['series']} series: {r['cached']} cached, {r['extracted']} extracted, "
+             f"{r['failed']} failed; {r['frames']} frames; recipe {r['recipe_id']}"]
+    failed = [row for row in r["per_series"] if row["status"] == "failed"]
+    lines += [f"    FAILED {row['series_id']} [{row.get('stage')}]: {row['reason']}" for row in failed[:MAX_FAILURES_SHOWN]]
+    if len(failed) > MAX_FAILURES_SHOWN:
+        lines.append(f"    ... and {len(failed) - MAX_FAILURES_SHOWN} more (failures table: {r['failures_file']})")
+    return lines
+
+
+def _train(r: dict[str, Any]) -> list[str]:
+    return [f"  train     {r['model']} v{r['version']}: test accuracy {r['test'].get('accuracy')}, macro-F1 "
+            f"{r['test'].get('macro_f1')}; frame-averaging baseline macro-F1 {r['baseline_test'].get('macro_f1')}; "
+            f"splits {r['splits']}"]
+
+
+def _promote(r: dict[str, Any]) -> list[str]:
+    verdict = "promoted to" if r["promoted"] else "not promoted to"
+    return [f"  promote   {r['model']} v{r['challenger']} {verdict} @{r['alias']}: {r['reason']}"]
+
+
+def _infer(r: dict[str, Any]) -> list[str]:
+    return [f"  infer     {r['predicted']} series with {r['model']} v{r['version']} -> {r['predictions']}"]
+
+
+def _where(r: dict[str, Any]) -> list[str]:
+    promoted = r["promote"]
+    champion = promoted["challenger"] if promoted["promoted"] else promoted["champion_before"]
+    uri = r["tracking_uri"]
+    return [
+        "",
+        "Where the results are:",
+        f"  state directory  {r['home']}",
+        f"  MLflow store     {uri}",
+        f"  model            {promoted['model']} v{r['train']['train']['version']}, "
+        f"@{promoted['alias']} = v{champion}",
+        f"  predictions      {r['infer']['predictions']}",
+        f"  MLflow UI        mlflow ui --backend-store-uri {uri}",
+    ]

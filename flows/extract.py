@@ -1,0 +1,42 @@
+"""Flow `extract`: discover a source, then decode + CNN features into the cache, shard by shard."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow
+
+from flows.runtime import Runtime, load_runtime
+from lib.summary import extraction_summary
+from tasks.extract import discover_source, extract_shard, feature_recipe
+from tasks.records import record_run_failures
+
+
+def extract_refs(rt: Runtime, refs: list[dict], recipe: dict) -> list[dict]:
+    """Per-series statuses; one Prefect task per shard (never per series), Ray inside."""
+    size = rt.config.runtime.shard_size
+    statuses: list[dict] = []
+    for start in range(0, len(refs), size):
+        statuses += extract_shard(refs[start:start + size], recipe, rt.config, rt.cache_root, rt.tmp_dir,
+                                  rt.torch_hub_dir, rt.ray_address)
+    return statuses
+
+
+def discover_and_extract(rt: Runtime, source: str, labels: str | None, run_id: str,
+                         recipe: dict | None = None) -> tuple[list[dict], dict, dict[str, Any]]:
+    """(refs, recipe, summary) for a source: what every flow that needs features starts with."""
+    found = discover_source(source, labels, rt.hash_memo)
+    recipe = recipe or feature_recipe(rt.config, rt.torch_hub_dir)
+    summary = extraction_summary(extract_refs(rt, found["refs"], recipe), found["failures"])
+    summary["failures_file"] = record_run_failures(str(rt.failures_dir), run_id, summary)
+    summary["recipe_id"] = recipe["recipe_id"]
+    return found["refs"], recipe, summary
+
+
+@flow(name="extract")
+def extract(source: str, labels: str | None = None, config_file: str | None = None,
+            overrides: dict[str, Any] | None = None, run_id: str = "manual") -> dict[str, Any]:
+    """Decode every series of `source` and cache its features; cached series are not recomputed."""
+    rt = load_runtime(config_file, overrides)
+    _, _, summary = discover_and_extract(rt, source, labels, run_id)
+    return summary

@@ -1,0 +1,100 @@
+"""The edge: the one place that reads the environment and chooses where things run.
+
+It maps the configuration (file < LSTMPIPE_* environment < flags) and the
+standard variables (MLFLOW_TRACKING_URI, RAY_ADDRESS, PREFECT_API_URL) to the
+state directory, the MLflow store, the Ray cluster and Prefect's API, and passes
+plain values down to tasks and lib. It never imports Prefect or Ray, so the CLI
+can set Prefect's home before Prefect loads.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+from lib.config import Config, load_config
+
+
+@dataclass(frozen=True)
+class Runtime:
+    config: Config
+    home: Path  # $LSTMPIPE_HOME: every piece of state lives below it
+    tracking_uri: str  # MLflow tracking and registry store
+    artifact_root: str | None  # MLflow artifacts for a local store; a server chooses its own
+    ray_address: str | None  # None: start Ray in-process
+    torch_hub_dir: str  # where backbone weights are looked up (never downloaded)
+
+    @property
+    def cache_root(self) -> str:
+        return str(self.home / "cache")
+
+    @property
+    def failures_dir(self) -> Path:
+        return self.home / "failures"
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.home / "runs"
+
+    @property
+    def predictions_dir(self) -> Path:
+        return self.home / "predictions"
+
+    @property
+    def tmp_dir(self) -> str:
+        return str(self.home / "tmp")
+
+    @property
+    def hash_memo(self) -> str:
+        return str(self.home / "cache" / "hashes.sqlite")
+
+    @property
+    def promote_lock(self) -> str:
+        return str(self.home / "locks" / "promote.lock")
+
+
+def load_runtime(config_file: str | None = None, overrides: Mapping[str, Any] | None = None,
+                 env: Mapping[str, str] | None = None) -> Runtime:
+    env = os.environ if env is None else env
+    config = load_config(config_file or env.get("LSTMPIPE_CONFIG"),
+                         {k: v for k, v in env.items() if k != "LSTMPIPE_CONFIG"}, overrides)
+    home = Path(config.runtime.home).expanduser().resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    tracking_uri = config.runtime.mlflow_uri or env.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home / 'mlflow.db'}"
+    local_store = tracking_uri.startswith(("sqlite:", "file:")) or "://" not in tracking_uri
+    return Runtime(
+        config=config,
+        home=home,
+        tracking_uri=tracking_uri,
+        artifact_root=(home / "mlartifacts").as_uri() if local_store else None,
+        ray_address=config.runtime.ray_address or env.get("RAY_ADDRESS"),
+        torch_hub_dir=str(_torch_home(env) / "hub"),
+    )
+
+
+def prepare_process(home: Path, env: dict[str, str] | None = None) -> None:
+    """Before Prefect is imported: its state under `home`, quiet logs, no analytics.
+
+    Only fills in what the user has not set, so PREFECT_API_URL and friends win.
+    """
+    env = os.environ if env is None else env
+    env.setdefault("PREFECT_HOME", str(home / "prefect"))
+    env.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    env.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    env.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    env.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    env.setdefault("GIT_PYTHON_REFRESH", "quiet")
+
+
+def new_run_id() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+def _torch_home(env: Mapping[str, str]) -> Path:
+    """Where torch.hub keeps weights: $TORCH_HOME, else $XDG_CACHE_HOME/torch, else ~/.cache/torch."""
+    if env.get("TORCH_HOME"):
+        return Path(env["TORCH_HOME"]).expanduser()
+    return Path(env.get("XDG_CACHE_HOME", Path.home() / ".cache")).expanduser() / "torch"

@@ -1,0 +1,22 @@
+"""Flow `train`: make sure features are cached, train LSTM + baseline, register a new version."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow
+
+from flows.extract import discover_and_extract
+from flows.runtime import load_runtime
+from lib.summary import usable
+from tasks.train import train_model
+
+
+@flow(name="train")
+def train(source: str, model: str, labels: str | None = None, config_file: str | None = None,
+          overrides: dict[str, Any] | None = None, run_id: str = "manual") -> dict[str, Any]:
+    rt = load_runtime(config_file, overrides)
+    refs, recipe, extraction = discover_and_extract(rt, source, labels, run_id)
+    trained = train_model(usable(refs, extraction), recipe, model, rt.config, rt.cache_root, rt.tracking_uri,
+                          rt.artifact_root, {"lstmpipe.run_id": run_id, "lstmpipe.source": source})
+    return {"extract": extraction, "train": trained, "failed": extraction["failed"]}

@@ -1,0 +1,142 @@
+"""Torchvision backbones as per-frame feature extractors (SPEC §3.2).
+
+Weights come from the local torch cache, a state_dict file, or `none` (a seeded
+random init, labelled as such). Nothing is ever downloaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchvision
+from torch import nn
+
+from lib.config import BackboneConfig
+from lib.errors import ConfigError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+_HEADS = ("fc", "classifier", "heads", "head")  # where torchvision models keep their classifier
+
+
+@dataclass(frozen=True)
+class WeightsSource:
+    """What initialised the backbone: goes into the feature recipe."""
+
+    label: str  # e.g. "IMAGENET1K_V1", "file:resnet18.pth", "none(seed=0)"
+    digest: str  # identifies the exact tensors: file hash, or "random-seed-N"
+    path: Path | None  # the state_dict file to load, None for a random init
+
+
+def resolve_weights(config: BackboneConfig, torch_hub_dir: Path) -> WeightsSource:
+    """Find the weights `config.weights` names, without touching the network."""
+    if config.weights.lower() == "none":
+        return WeightsSource(f"none(seed={config.seed})", f"random-seed-{config.seed}", None)
+    as_path = Path(config.weights).expanduser()
+    if as_path.suffix in {".pt", ".pth"} or as_path.exists():
+        if not as_path.is_file():
+            raise ConfigError(f"backbone.weights: file {as_path} does not exist")
+        return WeightsSource(f"file:{as_path.name}", _file_digest(as_path), as_path)
+    return _torchvision_weights(config, torch_hub_dir)
+
+
+def _torchvision_weights(config: BackboneConfig, torch_hub_dir: Path) -> WeightsSource:
+    try:
+        enum = torchvision.models.get_model_weights(config.name)
+        weights = enum[config.weights] if config.weights != "DEFAULT" else enum.DEFAULT
+    except (KeyError, ValueError) as exc:
+        raise ConfigError(f"backbone.weights: {config.weights!r} is not a weights name of {config.name}") from exc
+    filename = Path(weights.url).name
+    cached = torch_hub_dir / "checkpoints" / filename
+    if not cached.is_file():
+        raise ConfigError(
+            f"backbone.weights: {config.name} {weights.name} is not in the local torch cache ({cached}); "
+            "nothing is downloaded at run time: copy the file there, pass a .pth path, or use --weights none"
+        )
+    return WeightsSource(weights.name, filename, cached)
+
+
+def _file_digest(path: Path) -> str:
+    digest = hashlib.blake2b(digest_size=16)
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def resolve_precision(requested: str, device: torch.device) -> str:
+    """`auto` picks bf16 where the hardware runs it fast, else fp16 on GPU, else fp32."""
+    if requested not in {"auto", "fp32", "bf16", "fp16"}:
+        raise ConfigError(f"backbone.precision: {requested!r}; expected auto, fp32, bf16 or fp16")
+    if requested != "auto":
+        return requested
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if cpu_has_fast_bf16() else "fp32"
+
+
+def cpu_has_fast_bf16() -> bool:
+    """AMX or AVX512-BF16: without them bf16 autocast on CPU is slower than fp32."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+class Backbone:
+    """A headless torchvision model: uint8 frames in, one feature vector per frame out.
+
+    Loaded once (in `__init__`), then called on batches; the caller decides batching
+    and placement (a Ray actor holds one per worker).
+    """
+
+    def __init__(self, config: BackboneConfig, weights: WeightsSource, device: str = "cpu") -> None:
+        self.device = torch.device(device)
+        self.precision = resolve_precision(config.precision, self.device)
+        self.model = _headless(_build(config, weights)).eval().to(self.device, memory_format=torch.channels_last)
+        self.mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1)
+        self.std = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1)
+        self.feature_dim = self._probe_dim()
+
+    @torch.inference_mode()
+    def __call__(self, frames: np.ndarray) -> np.ndarray:
+        """(N, H, W, 3) uint8 -> (N, D) float32."""
+        x = torch.from_numpy(frames).to(self.device, non_blocking=True)  # (N, H, W, 3) uint8
+        x = x.permute(0, 3, 1, 2).float().div_(255.0)  # (N, 3, H, W), a channels_last view
+        x = ((x - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
+        with torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None):
+            features = self.model(x)  # (N, D)
+        return features.float().flatten(1).cpu().numpy()
+
+    def _probe_dim(self) -> int:
+        return int(self(np.zeros((1, 64, 64, 3), dtype=np.uint8)).shape[1])
+
+
+def _build(config: BackboneConfig, weights: WeightsSource) -> nn.Module:
+    try:
+        torch.manual_seed(config.seed)  # `none` weights: the same random init every time
+        model = torchvision.models.get_model(config.name, weights=None)
+    except ValueError as exc:
+        raise ConfigError(f"backbone.name: unknown torchvision model {config.name!r}") from exc
+    if weights.path is not None:
+        state = torch.load(weights.path, map_location="cpu", weights_only=True)
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as exc:
+            raise ConfigError(f"backbone.weights: {weights.path} does not fit {config.name}: {exc}") from exc
+    return model
+
+
+def _headless(model: nn.Module) -> nn.Module:
+    """Replace the classifier head with Identity so the model returns pooled features."""
+    for name in _HEADS:
+        if isinstance(getattr(model, name, None), nn.Module):
+            setattr(model, name, nn.Identity())
+            return model
+    raise ConfigError(f"backbone.name: {type(model).__name__} has no known classifier head ({', '.join(_HEADS)})")

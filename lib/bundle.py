@@ -1,0 +1,57 @@
+"""A trained model as files: what the registry stores and what inference loads.
+
+    spec.json     the network's shape (ModelSpec): enough to rebuild the module
+    weights.pt    its state_dict, loaded with torch.load(weights_only=True)
+    labels.json   class names, in logit order
+    recipe.json   the feature recipe its inputs must be made with
+Rebuilding from a config and a state_dict (rather than pickling the module or
+exporting with fixed shapes) keeps loading safe and any sequence length valid.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from lib.model import ModelSpec
+from lib.recipe import FeatureRecipe
+from lib.train import predict_proba
+
+
+@dataclass
+class ModelBundle:
+    spec: ModelSpec
+    module: nn.Module
+    labels: list[str]
+    recipe: FeatureRecipe
+
+    def save(self, directory: Path) -> Path:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "spec.json").write_text(json.dumps(self.spec.to_dict(), indent=2))
+        (directory / "labels.json").write_text(json.dumps(self.labels))
+        (directory / "recipe.json").write_text(json.dumps(self.recipe.to_dict(), indent=2, sort_keys=True))
+        torch.save(self.module.state_dict(), directory / "weights.pt")
+        return directory
+
+    @classmethod
+    def load(cls, directory: Path) -> "ModelBundle":
+        directory = Path(directory)
+        spec = ModelSpec.from_dict(json.loads((directory / "spec.json").read_text()))
+        module = spec.build()
+        module.load_state_dict(torch.load(directory / "weights.pt", map_location="cpu", weights_only=True))
+        return cls(
+            spec=spec,
+            module=module.eval(),
+            labels=json.loads((directory / "labels.json").read_text()),
+            recipe=FeatureRecipe.from_dict(json.loads((directory / "recipe.json").read_text())),
+        )
+
+    def predict(self, features: list[np.ndarray]) -> np.ndarray:
+        """Class probabilities (N, C) for N variable-length (T_i, F) feature sequences."""
+        return predict_proba(self.module, features)

@@ -1,0 +1,84 @@
+"""One training experiment: cached features in, an LSTM and its frame-averaging baseline out.
+
+Pure values: no MLflow here (lib/registry.py logs the outcome). The test split is
+the frozen evaluation set the model is registered with; promotion scores every
+candidate on it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from lib.bundle import ModelBundle
+from lib.cache import FeatureCache
+from lib.config import TrainConfig
+from lib.recipe import FeatureRecipe
+from lib.series import SeriesRef
+from lib.splits import split_hash, stratified_split
+from lib.train import FitResult, SequenceSet, evaluate, fit, model_spec
+
+
+@dataclass
+class Outcome:
+    bundle: ModelBundle  # the LSTM, its labels and recipe
+    fit: FitResult
+    baseline_fit: FitResult
+    metrics: dict[str, dict[str, Any]]  # split -> metrics of the LSTM
+    baseline_metrics: dict[str, dict[str, Any]]  # split -> metrics of the frame-averaging baseline
+    splits: dict[str, list[str]]  # split -> series ids
+    eval_set: list[dict]  # the test split's refs: what promotion scores on
+
+    @property
+    def split_hash(self) -> str:
+        return split_hash(self.splits)
+
+
+def load_sequences(cache: FeatureCache, recipe_id: str, refs: list[SeriesRef], labels: list[str]) -> SequenceSet:
+    """The labelled series of `refs` whose features are cached under `recipe_id`."""
+    found = cache.read([(r.content_hash, recipe_id) for r in refs])
+    rows = [(r, found[(r.content_hash, recipe_id)].features) for r in refs if (r.content_hash, recipe_id) in found]
+    index = {label: i for i, label in enumerate(labels)}
+    return SequenceSet(
+        features=[features for _, features in rows],
+        labels=np.array([index[r.label] for r, _ in rows], dtype=np.int64),
+        series_ids=[r.series_id for r, _ in rows],
+    )
+
+
+def run_experiment(cache: FeatureCache, recipe: FeatureRecipe, refs: list[SeriesRef], config: TrainConfig,
+                   on_epoch: Any = None, device: str = "cpu") -> Outcome:
+    """Split, fit the LSTM and the baseline on the same splits, evaluate both on every split."""
+    labelled = [r for r in refs if r.label is not None]
+    labels = sorted({r.label for r in labelled})
+    if len(labels) < 2:
+        raise ValueError(f"training needs at least 2 classes with cached features; found {labels or 'none'}")
+    data = load_sequences(cache, recipe.recipe_id, labelled, labels)
+    splits = stratified_split(data.series_ids, [labels[y] for y in data.labels],
+                              config.val_fraction, config.test_fraction, config.seed)
+    parts = {name: data.select(ids) for name, ids in splits.items()}
+    lstm_spec = model_spec(config, recipe.feature_dim, len(labels), "lstm")
+    lstm = fit(lstm_spec, parts["train"], parts["val"], config, on_epoch=on_epoch, device=device)
+    base = fit(model_spec(config, recipe.feature_dim, len(labels), "mean"), parts["train"], parts["val"], config,
+               device=device)
+    by_id = {r.series_id: r for r in labelled}
+    return Outcome(
+        bundle=ModelBundle(lstm_spec, lstm.model.cpu(), labels, recipe),
+        fit=lstm,
+        baseline_fit=base,
+        metrics={name: evaluate(lstm.model, part, labels) for name, part in parts.items() if len(part)},
+        baseline_metrics={name: evaluate(base.model, part, labels) for name, part in parts.items() if len(part)},
+        splits=splits,
+        eval_set=[by_id[sid].to_dict() for sid in splits["test"]],
+    )
+
+
+def score(bundle: ModelBundle, cache: FeatureCache, eval_set: list[SeriesRef]) -> dict[str, Any]:
+    """Metrics of a registered model on an evaluation set, with features made by its own recipe."""
+    data = load_sequences(cache, bundle.recipe.recipe_id, eval_set, bundle.labels)
+    if len(data) < len(eval_set):
+        raise LookupError(f"{len(eval_set) - len(data)} evaluation series lack features for recipe "
+                          f"{bundle.recipe.recipe_id}; extract them first")
+    return evaluate(bundle.module, data, bundle.labels)

@@ -1,0 +1,31 @@
+"""The feature recipe a configuration produces, and the backbone that produces it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lib.backbone import Backbone, resolve_weights
+from lib.config import BackboneConfig, SamplingConfig
+from lib.errors import ConfigError
+from lib.ffmpeg import ffmpeg_version
+from lib.recipe import FeatureRecipe, make_recipe
+
+
+def load_backbone(sampling: SamplingConfig, config: BackboneConfig, torch_hub_dir: Path,
+                  device: str = "cpu") -> tuple[Backbone, FeatureRecipe]:
+    """Build the backbone once and say exactly which features it makes."""
+    weights = resolve_weights(config, torch_hub_dir)
+    backbone = Backbone(config, weights, device)
+    recipe = make_recipe(f"ffmpeg {ffmpeg_version()}", sampling, config.name, weights,
+                         backbone.precision, backbone.feature_dim)
+    return backbone, recipe
+
+
+def check_recipe(expected: FeatureRecipe, built: FeatureRecipe) -> None:
+    """A model's features must be made exactly as it was trained: never silently swapped."""
+    if expected.recipe_id != built.recipe_id:
+        differing = [k for k, v in expected.to_dict().items() if built.to_dict().get(k) != v and k != "recipe_id"]
+        raise ConfigError(
+            f"feature recipe {expected.recipe_id} cannot be reproduced here (got {built.recipe_id}); "
+            f"differing: {', '.join(differing)}"
+        )

@@ -1,0 +1,77 @@
+"""The feature recipe: everything that changes the numbers in the feature cache (SPEC §3.3).
+
+A changed recipe is a different cache entry; an unchanged one is never recomputed.
+Decode chunk size, timeouts and batch size do not change the features, so they
+are not part of it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from lib.backbone import WeightsSource
+from lib.config import BackboneConfig, SamplingConfig
+
+
+@dataclass(frozen=True)
+class FeatureRecipe:
+    decoder: str  # "ffmpeg <version>": decoded pixels can differ between versions
+    fps: float | None
+    num_frames: int | None
+    size: int
+    backbone: str
+    weights: str  # label: "IMAGENET1K_V1", "file:x.pth", "none(seed=0)"
+    weights_digest: str
+    precision: str  # resolved: fp32 | bf16 | fp16, never "auto"
+    feature_dim: int
+
+    @property
+    def recipe_id(self) -> str:
+        """A short stable id: the hash of the canonical JSON of every field."""
+        canonical = json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+        return hashlib.blake2b(canonical.encode(), digest_size=8).hexdigest()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "recipe_id": self.recipe_id}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "FeatureRecipe":
+        fields = {k: v for k, v in data.items() if k != "recipe_id"}
+        recipe = cls(**fields)
+        if "recipe_id" in data and data["recipe_id"] != recipe.recipe_id:
+            raise ValueError(f"recipe {data['recipe_id']} does not match its fields (got {recipe.recipe_id})")
+        return recipe
+
+    def sampling(self, base: SamplingConfig) -> SamplingConfig:
+        """The sampling this recipe decodes with; chunking and timeouts come from `base`."""
+        return SamplingConfig(
+            fps=self.fps, num_frames=self.num_frames, size=self.size,
+            chunk_frames=base.chunk_frames, timeout_s=base.timeout_s,
+        )
+
+    def backbone_config(self, base: BackboneConfig) -> BackboneConfig:
+        """The backbone settings that reproduce this recipe; batch size comes from `base`.
+
+        A recipe made from a weights file needs that file again: `base.weights` must
+        name it (its digest is checked when the backbone is resolved).
+        """
+        if self.weights.startswith("none(seed="):
+            weights, seed = "none", int(self.weights[len("none(seed="):-1])
+        elif self.weights.startswith("file:"):
+            weights, seed = base.weights, base.seed
+        else:
+            weights, seed = self.weights, base.seed
+        return BackboneConfig(name=self.backbone, weights=weights, precision=self.precision,
+                              batch_size=base.batch_size, seed=seed)
+
+
+def make_recipe(decoder: str, sampling: SamplingConfig, backbone: str, weights: WeightsSource,
+                precision: str, feature_dim: int) -> FeatureRecipe:
+    return FeatureRecipe(
+        decoder=decoder, fps=sampling.fps, num_frames=sampling.num_frames, size=sampling.size,
+        backbone=backbone, weights=weights.label, weights_digest=weights.digest,
+        precision=precision, feature_dim=feature_dim,
+    )

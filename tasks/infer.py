@@ -1,0 +1,36 @@
+"""Prefect tasks for batch inference: resolve the alias once, predict per shard, write once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow as pa
+from prefect import task
+
+from lib import registry
+from lib.infer import Predictor
+from lib.predictions import write_predictions
+from lib.series import SeriesRef
+from tasks.retry import transient_only
+
+
+@task(name="resolve-model", retries=2, retry_condition_fn=transient_only)
+def resolve_model(tracking_uri: str, model_uri: str) -> dict:
+    """Pin `models:/NAME@alias` to one version for the whole run; return it with its recipe."""
+    client = registry.connect(tracking_uri)
+    ref = registry.resolve(client, model_uri)
+    return {"ref": ref.__dict__, "recipe": registry.load_bundle(ref).recipe.to_dict()}
+
+
+@task(name="predict-shard", tags=["infer"], retries=2, retry_condition_fn=transient_only)
+def predict_shard(refs: list[dict], model: dict, tracking_uri: str, cache_root: str, run_id: str) -> list[dict]:
+    """Prediction rows for one shard (small: a few numbers per series)."""
+    registry.connect(tracking_uri)
+    ref = registry.ModelRef(**model["ref"])
+    predictor = Predictor(registry.load_bundle(ref), ref, Path(cache_root), run_id)
+    return predictor([SeriesRef.from_dict(r) for r in refs]).to_pylist()
+
+
+@task(name="write-predictions", retries=2, retry_condition_fn=transient_only)
+def write_predictions_file(rows: list[dict], out: str) -> str:
+    return str(write_predictions(pa.Table.from_pylist(rows), Path(out)))

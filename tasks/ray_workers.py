@@ -1,0 +1,68 @@
+"""Ray: joining a cluster (or starting a local one) and the feature-extraction actor.
+
+An actor loads the backbone once and extracts many series; it writes features to
+the cache itself and returns statuses only, so no frames or features cross the
+object store.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import ray
+import torch
+
+from lib.cache import FeatureCache, SeriesFeatures
+from lib.config import BackboneConfig, SamplingConfig
+from lib.extract import extract_many
+from lib.failures import Failure
+from lib.features import check_recipe, load_backbone
+from lib.recipe import FeatureRecipe
+from lib.series import SeriesRef
+
+
+def ensure_ray(address: str | None) -> None:
+    """Join `address` (a running cluster) or start Ray in-process, once per process."""
+    if ray.is_initialized():
+        return
+    ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="WARNING",
+             configure_logging=False)
+
+
+def worker_count(requested: int | None) -> int:
+    """One actor per CPU Ray has (each with one torch thread), unless configured."""
+    return requested or max(1, int(ray.available_resources().get("CPU", 1)))
+
+
+@ray.remote(num_cpus=1)
+class FeatureWorker:
+    """Holds one backbone; extracts groups of series into the cache."""
+
+    def __init__(self, sampling: SamplingConfig, backbone: BackboneConfig, recipe: dict, torch_hub_dir: str,
+                 cache_root: str, tmp_dir: str) -> None:
+        torch.set_num_threads(max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1))))
+        device = "cuda" if torch.cuda.is_available() and ray.get_gpu_ids() else "cpu"
+        self.sampling = sampling
+        self.batch_size = backbone.batch_size
+        self.backbone, built = load_backbone(sampling, backbone, Path(torch_hub_dir), device)
+        self.recipe = FeatureRecipe.from_dict(recipe)
+        check_recipe(self.recipe, built)
+        self.cache = FeatureCache(Path(cache_root))
+        self.tmp_dir = Path(tmp_dir)
+        os.makedirs(self.tmp_dir, exist_ok=True)
+
+    def extract(self, refs: list[dict]) -> list[dict]:
+        """Extract and commit `refs`; one status row per series."""
+        series = [SeriesRef.from_dict(r) for r in refs]
+        done: list[SeriesFeatures] = []
+        statuses = []
+        for result in extract_many(series, self.sampling, self.backbone, self.batch_size, self.tmp_dir):
+            if isinstance(result, Failure):
+                statuses.append({"series_id": result.series_id, "status": "failed", "frames": 0,
+                                 "stage": result.stage, "reason": result.reason, "path": result.path})
+            else:
+                done.append(result)
+                statuses.append({"series_id": result.series_id, "status": "extracted", "frames": len(result.features)})
+        self.cache.write(self.recipe.recipe_id, done)
+        return statuses

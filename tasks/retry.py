@@ -1,0 +1,20 @@
+"""Retries only on transient, IO-bound failures, never on bad input or bad configuration."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lib.errors import BadInput, ConfigError
+
+_PERMANENT = (BadInput, ConfigError, ValueError, TypeError, KeyError, LookupError)
+
+
+def transient_only(task: Any, task_run: Any, state: Any) -> bool:
+    """Prefect retry_condition_fn: retry OSError / connection / worker-death errors only."""
+    try:
+        state.result()
+    except _PERMANENT:
+        return False
+    except Exception:  # noqa: BLE001 - anything else (IO, network, a dead Ray worker) may pass on retry
+        return True
+    return False

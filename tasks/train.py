@@ -1,0 +1,42 @@
+"""Prefect task: train on cached features, log to MLflow, register a new version."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from prefect import task
+
+from lib import registry
+from lib.cache import FeatureCache
+from lib.config import Config
+from lib.experiment import run_experiment
+from lib.recipe import FeatureRecipe
+from lib.series import SeriesRef
+from tasks.retry import transient_only
+
+
+@task(name="train-model", tags=["train"], retries=1, retry_condition_fn=transient_only)
+def train_model(refs: list[dict], recipe: dict, model_name: str, config: Config, cache_root: str,
+                tracking_uri: str, artifact_root: str | None, tags: dict[str, str]) -> dict:
+    """Fit LSTM + baseline on the labelled, cached series of `refs`; register the LSTM."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    outcome = run_experiment(FeatureCache(Path(cache_root)), FeatureRecipe.from_dict(recipe),
+                             [SeriesRef.from_dict(r) for r in refs], config.train, device=device)
+    client = registry.connect(tracking_uri)
+    params = {f"train.{k}": v for k, v in config.train.__dict__.items()} | {"device": device}
+    ref = registry.log_training(client, outcome, model_name, params, artifact_root, tags)
+    return {
+        "model": ref.name,
+        "version": ref.version,
+        "run_id": ref.run_id,
+        "splits": {name: len(ids) for name, ids in outcome.splits.items()},
+        "test": _headline(outcome.metrics.get("test", {})),
+        "baseline_test": _headline(outcome.baseline_metrics.get("test", {})),
+        "best_epoch": outcome.fit.best_epoch,
+        "epochs": len(outcome.fit.history),
+    }
+
+
+def _headline(metrics: dict) -> dict:
+    return {k: round(float(metrics[k]), 4) for k in ("accuracy", "macro_f1") if k in metrics}
