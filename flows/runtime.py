@@ -86,6 +86,7 @@ def prepare_process(home: Path, env: dict[str, str] | None = None) -> None:
     env.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     env.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     env.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    env.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     env.setdefault("GIT_PYTHON_REFRESH", "quiet")
 
 

@@ -8,44 +8,44 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import IO
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+_PUBLIC = 0o644  # mkstemp creates 0600; results are meant to be read by other tools and users
 
-def write_parquet_atomic(table: pa.Table, target: Path, row_group_size: int | None = None) -> Path:
+
+def write_atomic(target: Path, write: Callable[[IO[bytes]], None], suffix: str = "") -> Path:
+    """Call `write(handle)` on a temp file, make it durable, then rename it over `target`."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".parquet", dir=target.parent)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=target.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
-            pq.write_table(table, handle, row_group_size=row_group_size, compression="zstd")
+            write(handle)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp, _PUBLIC)
         os.replace(tmp, target)
         _fsync_dir(target.parent)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return target
+
+
+def write_parquet_atomic(table: pa.Table, target: Path, row_group_size: int | None = None) -> Path:
+    return write_atomic(
+        target, lambda handle: pq.write_table(table, handle, row_group_size=row_group_size, compression="zstd"),
+        suffix=".parquet",
+    )
 
 
 def write_text_atomic(text: str, target: Path) -> Path:
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=target.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-        _fsync_dir(target.parent)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return target
+    return write_atomic(target, lambda handle: handle.write(text.encode()))
 
 
 def _fsync_dir(directory: Path) -> None:

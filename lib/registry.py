@@ -45,7 +45,8 @@ class SequenceModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context: Any) -> None:
         self.bundle = ModelBundle.load(Path(context.artifacts["bundle"]))
 
-    def predict(self, context: Any, model_input: dict[str, np.ndarray], params: dict | None = None) -> np.ndarray:
+    # model_input is left unannotated: MLflow would read a type hint as a competing signature.
+    def predict(self, context, model_input, params=None):  # noqa: ANN001, ANN201
         features, lengths = model_input["features"], model_input["lengths"]
         return self.bundle.predict([f[:n] for f, n in zip(features, lengths)]).astype(np.float32)
 
@@ -63,7 +64,8 @@ def experiment_id(client: MlflowClient, name: str, artifact_root: str | None) ->
     if found is not None:
         return found.experiment_id
     try:
-        location = f"{artifact_root.rstrip('/')}/{re.sub(r'[^\w.-]', '_', name)}" if artifact_root else None
+        folder = re.sub(r"[^\w.-]", "_", name)
+        location = f"{artifact_root.rstrip('/')}/{folder}" if artifact_root else None
         return client.create_experiment(name, artifact_location=location)
     except MlflowException:  # created meanwhile by a concurrent run
         return client.get_experiment_by_name(name).experiment_id
@@ -81,7 +83,7 @@ def log_model(bundle: ModelBundle, model_name: str) -> ModelRef:
     with tempfile.TemporaryDirectory() as tmp:
         info = mlflow.pyfunc.log_model(
             name="model",
-            python_model=SequenceModel(),
+            python_model=str(Path(__file__).with_name("pyfunc_entry.py")),
             artifacts={"bundle": str(bundle.save(Path(tmp) / "bundle"))},
             signature=signature,
             input_example=example,

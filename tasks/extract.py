@@ -14,9 +14,10 @@ from lib.cache import FeatureCache
 from lib.config import Config, replace
 from lib.features import load_backbone
 from lib.hashing import HashMemo
+from lib.recipe import FeatureRecipe
 from lib.series import SeriesRef
 from lib.sources import discover
-from tasks.ray_workers import FeatureWorker, ensure_ray, worker_count
+from tasks.ray_workers import FeatureWorker, ensure_ray, feature_workers, release_workers, worker_count
 from tasks.retry import transient_only
 
 GROUP = 8  # series per actor call: progress granularity and load balance; one cache file per call
@@ -42,6 +43,7 @@ def extract_shard(refs: list[dict], recipe: dict, config: Config, cache_root: st
                   torch_hub_dir: str, ray_address: str | None) -> list[dict]:
     """Statuses of one shard's series: cached, extracted now, or failed with a reason."""
     cache = FeatureCache(Path(cache_root))
+    cache.add_recipe(FeatureRecipe.from_dict(recipe))
     recipe_id = recipe["recipe_id"]
     series = [SeriesRef.from_dict(r) for r in refs]
     cached = cache.frame_counts([(s.content_hash, recipe_id) for s in series])
@@ -56,15 +58,14 @@ def extract_shard(refs: list[dict], recipe: dict, config: Config, cache_root: st
 def _extract_on_ray(todo: list[dict], recipe: dict, config: Config, cache_root: str, tmp_dir: str,
                     torch_hub_dir: str, ray_address: str | None) -> list[dict]:
     ensure_ray(ray_address)
-    gpus = ray.cluster_resources().get("GPU", 0)
-    count = min(worker_count(config.runtime.workers if not gpus else int(gpus)), -(-len(todo) // GROUP))
+    gpus = int(ray.cluster_resources().get("GPU", 0))
     # The recipe fixes the precision: workers must not re-resolve "auto" differently.
     backbone = replace(config, backbone={"precision": recipe["precision"]}).backbone
-    workers = [
-        FeatureWorker.options(num_gpus=1 if gpus else 0).remote(
-            config.sampling, backbone, recipe, torch_hub_dir, cache_root, tmp_dir)
-        for _ in range(count)
-    ]
+    workers = feature_workers(
+        f"{recipe['recipe_id']}:{cache_root}", gpus or worker_count(config.runtime.workers),
+        lambda: FeatureWorker.options(num_gpus=1 if gpus else 0).remote(
+            config.sampling, backbone, recipe, torch_hub_dir, cache_root, tmp_dir),
+    )
     groups = [todo[i:i + GROUP] for i in range(0, len(todo), GROUP)]
     statuses: list[dict] = []
     try:
@@ -72,8 +73,7 @@ def _extract_on_ray(todo: list[dict], recipe: dict, config: Config, cache_root: 
             for done in ActorPool(workers).map_unordered(lambda w, g: w.extract.remote(g), groups):
                 statuses += done
                 bar.update(len(done))
-    finally:
-        for worker in workers:
-            ray.kill(worker)
+    except Exception:
+        release_workers()  # a dead actor must not be reused by the retry
+        raise
     return statuses
-

@@ -8,7 +8,9 @@ object store.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import ray
 import torch
@@ -32,7 +34,33 @@ def ensure_ray(address: str | None) -> None:
 
 def worker_count(requested: int | None) -> int:
     """One actor per CPU Ray has (each with one torch thread), unless configured."""
-    return requested or max(1, int(ray.available_resources().get("CPU", 1)))
+    return requested or max(1, int(ray.cluster_resources().get("CPU", 1)))
+
+
+_pool: tuple[str, list] | None = None  # (key, actors): at most one pool alive per process
+
+
+def feature_workers(key: str, count: int, start: Callable[[], Any]) -> list:
+    """The actors for `key`, started once and reused by every shard of the run.
+
+    A pool for another key is killed first, so a long-lived process never holds
+    CPUs for a recipe it no longer extracts.
+    """
+    global _pool
+    if _pool is not None and _pool[0] == key and len(_pool[1]) >= count:
+        return _pool[1][:count]
+    release_workers()
+    _pool = (key, [start() for _ in range(count)])
+    return _pool[1]
+
+
+def release_workers() -> None:
+    """Kill the pool (after a worker died, or when the key changes)."""
+    global _pool
+    if _pool is not None:
+        for actor in _pool[1]:
+            ray.kill(actor)
+    _pool = None
 
 
 @ray.remote(num_cpus=1)
