@@ -52,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo = _command(commands, "demo", "generate a labelled sample archive and run the whole chain on it",
                     FEATURE_FLAGS | TRAIN_FLAGS | PROMOTE_FLAGS)
     demo.add_argument("--sample-seed", type=int, default=0, help="seed of the generated sample (default 0)")
+    demo.add_argument("--clips-per-class", type=int, default=24,
+                      help="clips of each of the 4 classes in the sample (default 24)")
 
     extract = _command(commands, "extract", "decode SOURCE and cache its CNN features", FEATURE_FLAGS)
     extract.add_argument("source", help="a folder, video file or archive (.tar, .tar.gz, .zip)")
@@ -136,7 +138,7 @@ def _run(args: argparse.Namespace, overrides: dict[str, Any], run_id: str) -> di
 
     common = {"config_file": args.config, "overrides": overrides, "run_id": run_id}
     calls: dict[str, Callable[[], dict[str, Any]]] = {
-        "demo": lambda: demo.demo(seed=args.sample_seed, **common),
+        "demo": lambda: demo.demo(seed=args.sample_seed, clips_per_class=args.clips_per_class, **common),
         "extract": lambda: extract.extract(args.source, args.labels, **common),
         "train": lambda: train.train(args.source, args.model, args.labels, **common),
         "promote": lambda: promote.promote(args.model, args.version, **common),

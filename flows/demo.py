@@ -18,8 +18,8 @@ DEMO_OVERRIDES = {"backbone.weights": "none", "sampling.size": 112, "sampling.fp
 
 
 @task(name="generate-sample")
-def generate_sample(root: str, seed: int) -> dict[str, str]:
-    spec = SampleSpec(seed=seed)
+def generate_sample(root: str, seed: int, clips_per_class: int) -> dict[str, str]:
+    spec = SampleSpec(seed=seed, clips_per_class=clips_per_class)
     archive = generate_archive(Path(root) / "archive", spec)
     incoming = generate_incoming(Path(root) / "incoming", spec)
     return {"archive": str(archive), "labels": str(archive / "labels.csv"), "incoming": str(incoming)}
@@ -27,10 +27,10 @@ def generate_sample(root: str, seed: int) -> dict[str, str]:
 
 @flow(name="demo")
 def demo(config_file: str | None = None, overrides: dict[str, Any] | None = None, seed: int = 0,
-         run_id: str = "manual") -> dict[str, Any]:
+         clips_per_class: int = SampleSpec.clips_per_class, run_id: str = "manual") -> dict[str, Any]:
     overrides = {**DEMO_OVERRIDES, **(overrides or {})}
     rt = load_runtime(config_file, overrides)
-    sample = generate_sample(str(rt.home / "demo"), seed)
+    sample = generate_sample(str(rt.home / "demo" / f"seed{seed}-n{clips_per_class}"), seed, clips_per_class)
     result = nightly(sample["archive"], DEMO_MODEL, sample["labels"], sample["incoming"], None, config_file,
                      overrides, run_id)
     return {**result, "sample": sample, "tracking_uri": rt.tracking_uri, "home": str(rt.home)}

@@ -157,7 +157,7 @@ def _record_batch(recipe_id: str, item: SeriesFeatures, dim: int) -> pa.RecordBa
 
 
 def _read_file(path: Path, keys: list[Key]) -> dict[Key, SeriesFeatures]:
-    """Read the rows of `keys` from one file; features come back without a per-row copy."""
+    """Read the rows of `keys` from one file: one columnar read, no per-row Python objects."""
     hashes = sorted({h for h, _ in keys})
     table = pq.read_table(path, filters=[("content_hash", "in", hashes)])
     found: dict[Key, SeriesFeatures] = {}
@@ -167,7 +167,8 @@ def _read_file(path: Path, keys: list[Key]) -> dict[Key, SeriesFeatures]:
         rows = rows.sort_by("frame_index")
         column = rows["feature"].combine_chunks()
         dim = column.type.list_size
-        features = column.values.to_numpy(zero_copy_only=False).reshape(-1, dim)
+        # A writable copy: torch warns on (and must not write through) read-only Arrow buffers.
+        features = column.values.to_numpy(zero_copy_only=False).reshape(-1, dim).copy()
         found[(content_hash, recipe_id)] = SeriesFeatures(
             series_id=rows["series_id"][0].as_py(), content_hash=content_hash,
             features=features, t=rows["t"].to_numpy(),

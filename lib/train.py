@@ -83,7 +83,7 @@ def collate(
     items: Sequence[tuple[np.ndarray | torch.Tensor, int]],
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(features (T_i, F), label) pairs -> x (B, T, F) float32 zero-padded, lengths (B,) int64, y (B,) int64."""
-    frames = [torch.tensor(f, dtype=torch.float32) for f, _ in items]  # a copy: cache reads are read-only
+    frames = [torch.as_tensor(f, dtype=torch.float32) for f, _ in items]
     x = pad_sequence(frames, batch_first=True)  # (B, T, F)
     lengths = torch.tensor([len(f) for f in frames], dtype=torch.int64)  # (B,)
     y = torch.tensor([int(label) for _, label in items], dtype=torch.int64)  # (B,)
@@ -197,8 +197,8 @@ def _class_weights(labels: np.ndarray, num_classes: int) -> torch.Tensor:
 
 
 def _items(data: SequenceSet) -> list[tuple[torch.Tensor, int]]:
-    """Convert to tensors once, not every epoch (a copy: cache reads are read-only views)."""
-    return [(torch.tensor(f, dtype=torch.float32), int(y)) for f, y in zip(data.features, data.labels)]
+    """Convert to tensors once, not every epoch."""
+    return [(torch.as_tensor(f, dtype=torch.float32), int(y)) for f, y in zip(data.features, data.labels)]
 
 
 def _bucketed_batches(lengths: list[int], batch_size: int, generator: torch.Generator) -> list[list[int]]:

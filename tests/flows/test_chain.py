@@ -1,0 +1,55 @@
+"""flows/ under prefect_test_harness: the whole chain, in process, on a tiny generated sample."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import ray
+from mlflow.tracking import MlflowClient
+from prefect.testing.utilities import prefect_test_harness
+
+from flows.demo import DEMO_MODEL, demo
+from flows.promote import rollback_flow
+from tasks import ray_workers
+
+
+@pytest.fixture(scope="module")
+def harness():
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+    ray_workers.release_workers()
+    ray.shutdown()
+
+
+def tiny(home: Path) -> dict:
+    return {"runtime.home": str(home), "sampling.size": 64, "train.epochs": 40, "train.patience": 40,
+            "train.hidden_size": 64}
+
+
+def test_demo_chain_registers_promotes_predicts_and_reruns_from_cache(tmp_path: Path, harness) -> None:
+    first = demo(overrides=tiny(tmp_path), clips_per_class=6, run_id="first")
+
+    assert first["failed"] == 0
+    extraction = first["train"]["extract"]
+    assert extraction["series"] == 24 and extraction["extracted"] == 24
+    trained = first["train"]["train"]
+    assert first["promote"]["promoted"] and first["promote"]["challenger"] == trained["version"]
+    client = MlflowClient(first["tracking_uri"])
+    assert str(client.get_model_version_by_alias(DEMO_MODEL, "champion").version) == trained["version"]
+    table = pq.read_table(first["infer"]["predictions"])
+    assert table.num_rows == 16
+    assert set(table["model_version"].to_pylist()) == {trained["version"]}
+    assert {"series_id", "content_hash", "predicted_label", "prob_grow", "recipe_id"} <= set(table.column_names)
+
+    second = demo(overrides=tiny(tmp_path), clips_per_class=6, run_id="second")
+    assert second["train"]["extract"]["cached"] == 24 and second["train"]["extract"]["extracted"] == 0
+    assert second["infer"]["extract"]["cached"] == 16
+    # same data, same seed: the challenger scores the same, so the gate (not worse) promotes it
+    assert second["promote"]["champion_before"] == trained["version"]
+    assert second["promote"]["promoted"]
+
+    rolled = rollback_flow(DEMO_MODEL, overrides=tiny(tmp_path))
+    assert rolled == {"model": DEMO_MODEL, "from": second["promote"]["challenger"], "to": trained["version"]}
+    assert str(client.get_model_version_by_alias(DEMO_MODEL, "champion").version) == trained["version"]

