@@ -101,6 +101,7 @@ def load_config(
 
 def replace(config: Config, **sections: Mapping[str, Any]) -> Config:
     """A copy of `config` with some keys of some sections changed, validated like a file."""
+    _merge({name: {} for name in _SECTIONS}, sections, origin="replace")  # an unknown section is a ConfigError
     changed = {
         name: _build(name, {**dataclasses.asdict(getattr(config, name)), **dict(keys)})
         for name, keys in sections.items()
