@@ -1,13 +1,15 @@
 """The failures table: one row per failed series per run, append-only Parquet.
 
-Each run writes its own file (`failures/<run_id>.parquet`, atomically), so a
-crash never tears an earlier row and concurrent runs never write the same file.
+Each call writes its own file (`failures/<run_id>-<random>.parquet`, atomically), so
+a crash never tears an earlier row, concurrent runs never write the same file, and a
+run that records twice (a nightly run's extraction, then its inference) keeps both.
 Read the whole table with any Arrow tool: `pyarrow.dataset.dataset(dir)`.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -45,7 +47,7 @@ def record_failures(directory: Path, run_id: str, failures: list[Failure]) -> Pa
         return None
     now = dt.datetime.now(dt.timezone.utc)
     rows = [{"run_id": run_id, **asdict(f), "time": now} for f in failures]
-    target = Path(directory) / f"{run_id}.parquet"
+    target = Path(directory) / f"{run_id}-{uuid.uuid4().hex[:12]}.parquet"
     write_parquet_atomic(pa.Table.from_pylist(rows, schema=SCHEMA), target)
     return target
 
