@@ -7,6 +7,7 @@ random init, labelled as such). Nothing is ever downloaded.
 from __future__ import annotations
 
 import hashlib
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -125,7 +126,11 @@ def _build(config: BackboneConfig, weights: WeightsSource) -> nn.Module:
     except ValueError as exc:
         raise ConfigError(f"backbone.name: unknown torchvision model {config.name!r}") from exc
     if weights.path is not None:
-        state = torch.load(weights.path, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(weights.path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as exc:  # torch's own message advises weights_only=False: never here
+            raise ConfigError(f"backbone.weights: {weights.path} is not a plain state_dict of tensors "
+                              "(refused: loading it could run code); save model.state_dict() instead") from exc
         try:
             model.load_state_dict(state)
         except RuntimeError as exc:
