@@ -10,6 +10,7 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Callable, Iterator
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -89,8 +90,11 @@ def _decode_all(refs: list[SeriesRef], sampling: SamplingConfig, tmp_dir: Path,
             if stop.is_set():
                 return
             try:
-                for chunk in decode(ref, sampling, tmp_dir):
-                    _put(events, ("chunk", index, chunk), stop)
+                with closing(decode(ref, sampling, tmp_dir)) as chunks:  # closing: ffmpeg is killed on stop
+                    for chunk in chunks:
+                        _put(events, ("chunk", index, chunk), stop)
+                        if stop.is_set():  # the consumer left: do not decode the rest of a long series
+                            return
                 _put(events, ("end", index, None), stop)
             except BadInput as exc:
                 _put(events, ("fail", index, Failure(ref.series_id, ref.location, "decode", exc.reason)), stop)
