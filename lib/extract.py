@@ -68,7 +68,7 @@ def extract_many(
                 entry.t.append(payload.t)
                 entry.queued += len(payload)
                 batch.append((index, payload.frames))
-                if sum(len(f) for _, f in batch) >= batch_size:
+                while sum(len(f) for _, f in batch) >= batch_size:  # while: a chunk may hold many batches
                     yield from _flush(batch, pending, embed, batch_size)
             else:  # "end"
                 entry.ended = True
