@@ -59,6 +59,8 @@ def extract_many(
             if event is None:
                 break
             kind, index, payload = event
+            if kind == "error":  # not bad input: a bug or the environment (disk full, no tmp dir)
+                raise payload
             if kind == "fail":
                 pending.pop(index, None)
                 yield payload
@@ -84,7 +86,7 @@ def extract_many(
 
 def _decode_all(refs: list[SeriesRef], sampling: SamplingConfig, tmp_dir: Path,
                 events: queue.Queue, stop: threading.Event) -> None:
-    """Producer thread: every series' chunks, then an end marker (or a failure)."""
+    """Producer thread: every series' chunks, then an end marker (or a failure, or the error that stopped it)."""
     try:
         for index, ref in enumerate(refs):
             if stop.is_set():
@@ -98,6 +100,8 @@ def _decode_all(refs: list[SeriesRef], sampling: SamplingConfig, tmp_dir: Path,
                 _put(events, ("end", index, None), stop)
             except BadInput as exc:
                 _put(events, ("fail", index, Failure(ref.series_id, ref.location, "decode", exc.reason)), stop)
+    except Exception as exc:  # handed to the consumer, which raises it: never lost with this thread
+        _put(events, ("error", -1, exc), stop)
     finally:
         _put(events, None, stop)
 
