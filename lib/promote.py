@@ -103,11 +103,15 @@ def rollback(client: MlflowClient, model_name: str, alias: str, lock_file: Path)
 def _record(client: MlflowClient, challenger: ModelRef, champion: ModelRef | None, decision: Decision,
             scores: dict[str, dict[str, Any]], alias: str) -> None:
     """Every decision is written on the challenger's version, promote or not; then the alias moves."""
+    if champion is not None and champion.version == challenger.version:  # re-promoted: keep whom it replaced
+        previous = registry.version_tags(client, challenger).get("promotion.previous_champion", "")
+    else:
+        previous = champion.version if champion else ""
     registry.tag_version(client, challenger, {
         "promotion.decision": "promoted" if decision.promote else "rejected",
         "promotion.reason": decision.reason,
         "promotion.time": registry.now_iso(),
-        "promotion.previous_champion": champion.version if champion and champion.version != challenger.version else "",
+        "promotion.previous_champion": previous,
         "promotion.challenger_macro_f1": f"{scores['challenger']['macro_f1']:.4f}",
         "promotion.champion_macro_f1": f"{scores['champion']['macro_f1']:.4f}" if "champion" in scores else "",
     })
