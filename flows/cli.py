@@ -7,6 +7,7 @@ Exit codes (SPEC §5): 0 all good, 1 crashed, 2 bad usage or configuration,
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -122,7 +123,9 @@ def main(argv: list[str] | None = None) -> int:
     run_id = new_run_id()
     started = time.monotonic()
     try:
-        result = _run(args, overrides, run_id)
+        # stdout carries only the summary (JSON with --json); chatter from libraries goes to stderr.
+        with contextlib.redirect_stdout(sys.stderr):
+            result = _run(args, overrides, run_id)
     except (ConfigError, LookupError) as exc:
         print(f"lstmpipe {args.command}: {exc}", file=sys.stderr)
         return EXIT_USAGE
