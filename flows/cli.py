@@ -95,8 +95,8 @@ def _command(commands: Any, name: str, help_text: str, flags: dict[str, tuple[st
         parser.add_argument(flag, dest=key, type=kind, default=None, help=text)
     parser.add_argument("--config", help="YAML or TOML config file (default: $LSTMPIPE_CONFIG, else none)")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                        help="override any config key, e.g. --set train.dropout=0.3 (repeatable)")
-    parser.add_argument("--json", action="store_true", help="print a machine-readable summary on stdout")
+                        help="override any config key, e.g. --set train.dropout=0.3 (repeatable; default none)")
+    parser.add_argument("--json", action="store_true", help="print a machine-readable summary on stdout (default: a readable one)")
     return parser
 
 

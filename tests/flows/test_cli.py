@@ -1,0 +1,37 @@
+"""The CLI's parsing and exit codes, without running a flow."""
+
+from __future__ import annotations
+
+import pytest
+
+from flows.cli import EXIT_USAGE, build_parser, main, overrides_of
+
+COMMANDS = ("demo", "extract", "train", "promote", "rollback", "infer", "nightly")
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help_that_states_defaults(command: str, capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main([command, "--help"])
+    assert exit_.value.code == 0
+    text = capsys.readouterr().out
+    assert "--json" in text and "--config" in text
+    assert text.count("(default") >= 2
+
+
+def test_flags_and_set_pairs_become_config_overrides() -> None:
+    args = build_parser().parse_args(["extract", "src", "--fps", "2", "--weights", "none",
+                                      "--set", "train.dropout=0.3"])
+    assert overrides_of(args) == {"sampling.fps": 2.0, "backbone.weights": "none", "train.dropout": "0.3"}
+
+
+def test_a_bad_config_key_exits_2_naming_it(tmp_path, capsys: pytest.CaptureFixture, monkeypatch) -> None:
+    monkeypatch.setenv("LSTMPIPE_HOME", str(tmp_path))
+    assert main(["extract", "src", "--set", "sampling.fpz=2"]) == EXIT_USAGE
+    assert "sampling.fpz" in capsys.readouterr().err
+
+
+def test_bad_usage_exits_2() -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "src"])  # --model is required
+    assert exit_.value.code == 2
