@@ -1,0 +1,140 @@
+"""lib.atomic (whole files or nothing), lib.failures (one append-only table) and lib.summary."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+from typing import IO
+
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+import pytest
+
+from lib.atomic import write_atomic, write_parquet_atomic, write_text_atomic
+from lib.failures import SCHEMA, Failure, read_failures, record_failures
+from lib.summary import extraction_summary, failures_of, usable
+
+
+def leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith(".tmp-"))
+
+
+def test_text_write_is_complete_public_and_leaves_no_temp_file(tmp_path: Path) -> None:
+    target = tmp_path / "deep" / "er" / "note.txt"  # parents are created
+    text = "line\n" * 100_000
+    assert write_text_atomic(text, target) == target
+    assert target.read_text() == text
+    assert stat.S_IMODE(target.stat().st_mode) == 0o644  # mkstemp's 0600 would hide results from other users
+    assert leftovers(target.parent) == []
+
+
+def test_parquet_write_round_trips(tmp_path: Path) -> None:
+    table = pa.table({"a": list(range(10_000)), "b": [str(i) for i in range(10_000)]})
+    target = write_parquet_atomic(table, tmp_path / "t.parquet", row_group_size=1000)
+    assert pq.read_table(target).equals(table)
+    assert pq.ParquetFile(target).metadata.num_row_groups == 10
+    assert stat.S_IMODE(target.stat().st_mode) == 0o644
+    assert leftovers(tmp_path) == []
+
+
+def test_overwrite_replaces_the_whole_file(tmp_path: Path) -> None:
+    target = tmp_path / "note.txt"
+    write_text_atomic("old and much longer than the new text\n", target)
+    write_text_atomic("new\n", target)
+    assert target.read_text() == "new\n"
+
+
+def test_failing_writer_leaves_the_old_file_and_no_temp_file(tmp_path: Path) -> None:
+    target = tmp_path / "table.parquet"
+    write_text_atomic("old contents\n", target)
+
+    def half_then_crash(handle: IO[bytes]) -> None:
+        handle.write(b"half of the new con")
+        raise RuntimeError("disk on fire")
+
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        write_atomic(target, half_then_crash, suffix=".parquet")
+    assert target.read_text() == "old contents\n"
+    assert leftovers(tmp_path) == []
+    assert sorted(os.listdir(tmp_path)) == ["table.parquet"]
+
+
+def test_failing_first_write_creates_nothing(tmp_path: Path) -> None:
+    def crash(handle: IO[bytes]) -> None:
+        raise ValueError("bad table")
+
+    with pytest.raises(ValueError):
+        write_atomic(tmp_path / "never.txt", crash)
+    assert os.listdir(tmp_path) == []
+
+
+FAILURES = [
+    Failure("2026-11-20/grow/broken.mp4", "/data/2026-11-20/grow/broken.mp4", "decode", "not a media file"),
+    Failure("2026-11-21.tar/x.mp4", "/data/2026-11-21.tar!x.mp4", "discover", "member has an absolute path"),
+]
+
+
+def rows(table: pa.Table) -> list[tuple[str, str, str, str, str]]:
+    return sorted(zip(*(table[c].to_pylist() for c in ("run_id", "series_id", "path", "stage", "reason"))))
+
+
+def test_failures_round_trip(tmp_path: Path) -> None:
+    written = record_failures(tmp_path / "failures", "run-1", FAILURES)
+    assert written is not None and written.parent == tmp_path / "failures" and written.suffix == ".parquet"
+    table = read_failures(tmp_path / "failures")
+    assert table.schema == SCHEMA
+    assert rows(table) == sorted(("run-1", f.series_id, f.path, f.stage, f.reason) for f in FAILURES)
+    assert all(t is not None for t in table["time"].to_pylist())
+    # Any Arrow tool reads the folder as one table.
+    assert ds.dataset(str(tmp_path / "failures"), format="parquet").to_table().num_rows == 2
+
+
+def test_two_runs_write_two_files_and_read_back_oldest_first(tmp_path: Path) -> None:
+    folder = tmp_path / "failures"
+    first = record_failures(folder, "run-1", FAILURES[:1])
+    second = record_failures(folder, "run-2", FAILURES[1:])
+    assert first != second
+    os.utime(first, (1_000_000, 1_000_000))  # mtimes decide the order; pin them rather than race the clock
+    os.utime(second, (2_000_000, 2_000_000))
+    assert sorted(p.name for p in folder.iterdir()) == sorted([first.name, second.name])
+    assert read_failures(folder)["run_id"].to_pylist() == ["run-1", "run-2"]
+
+
+def test_one_run_recording_twice_keeps_both(tmp_path: Path) -> None:
+    """A nightly run records extraction failures, then inference failures, under one run id."""
+    folder = tmp_path / "failures"
+    record_failures(folder, "nightly-7", FAILURES[:1])
+    record_failures(folder, "nightly-7", FAILURES[1:])
+    assert rows(read_failures(folder)) == sorted(("nightly-7", f.series_id, f.path, f.stage, f.reason)
+                                                 for f in FAILURES)
+
+
+def test_no_failures_writes_nothing(tmp_path: Path) -> None:
+    assert record_failures(tmp_path / "failures", "run-1", []) is None
+    assert not (tmp_path / "failures").exists()
+    empty = read_failures(tmp_path / "failures")
+    assert empty.num_rows == 0 and empty.schema == SCHEMA
+
+
+def test_summary_counts_and_its_failures_feed_the_table(tmp_path: Path) -> None:
+    statuses = [
+        {"series_id": "b.mp4", "status": "extracted", "frames": 10},
+        {"series_id": "a.mp4", "status": "cached", "frames": 7},
+        {"series_id": "c.mp4", "status": "failed", "frames": 0, "stage": "decode", "reason": "moov atom not found",
+         "path": "/data/c.mp4"},
+    ]
+    discovery = [{"series_id": "z.tar/evil.mp4", "path": "/data/z.tar", "stage": "discover", "reason": "absolute path"}]
+    summary = extraction_summary(statuses, discovery)
+    assert {k: summary[k] for k in ("series", "cached", "extracted", "failed", "frames")} == {
+        "series": 4, "cached": 1, "extracted": 1, "failed": 2, "frames": 17}
+    assert [r["series_id"] for r in summary["per_series"]] == ["a.mp4", "b.mp4", "c.mp4", "z.tar/evil.mp4"]
+    refs = [{"series_id": s} for s in ("a.mp4", "b.mp4", "c.mp4", "new.mp4")]
+    assert usable(refs, summary) == [{"series_id": "a.mp4"}, {"series_id": "b.mp4"}]
+
+    record_failures(tmp_path, "run-9", failures_of(summary))
+    assert rows(read_failures(tmp_path)) == [
+        ("run-9", "c.mp4", "/data/c.mp4", "decode", "moov atom not found"),
+        ("run-9", "z.tar/evil.mp4", "/data/z.tar", "discover", "absolute path"),
+    ]
