@@ -25,10 +25,14 @@ from lib.series import SeriesRef
 
 
 def ensure_ray(address: str | None) -> None:
-    """Join `address` (a running cluster) or start Ray in-process, once per process."""
+    """Join `address` (a running cluster) or start Ray in-process, once per process.
+
+    "local" rather than None: a bare ray.init() silently joins whatever cluster
+    `ray start` left on this machine (/tmp/ray/ray_current_cluster).
+    """
     if ray.is_initialized():
         return
-    ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="WARNING",
+    ray.init(address=address or "local", include_dashboard=False, log_to_driver=False, logging_level="WARNING",
              configure_logging=False)
 
 

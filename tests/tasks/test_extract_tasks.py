@@ -18,7 +18,7 @@ TINY = {"sampling.size": 64, "sampling.fps": 4.0, "backbone.weights": "none", "r
 
 @pytest.fixture(scope="module")
 def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray_workers.release_workers()
     ray.shutdown()
