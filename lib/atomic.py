@@ -30,7 +30,7 @@ def write_atomic(target: Path, write: Callable[[IO[bytes]], None], suffix: str =
             os.fsync(handle.fileno())
         os.chmod(tmp, _PUBLIC)
         os.replace(tmp, target)
-        _fsync_dir(target.parent)
+        fsync_path(target.parent)  # make the rename itself durable
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -48,9 +48,9 @@ def write_text_atomic(text: str, target: Path) -> Path:
     return write_atomic(target, lambda handle: handle.write(text.encode()))
 
 
-def _fsync_dir(directory: Path) -> None:
-    """Make the rename itself durable."""
-    fd = os.open(directory, os.O_RDONLY)
+def fsync_path(path: Path) -> None:
+    """Flush a file, or a folder's entries (a rename), to disk."""
+    fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:

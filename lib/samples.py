@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lib.atomic import write_text_atomic
+from lib.atomic import fsync_path, write_text_atomic
 from lib.errors import ConfigError
 from lib.ffmpeg import ffmpeg_exe, ffmpeg_version
 
@@ -240,7 +240,7 @@ def _encode_all(staging: Path, jobs: list[_Job], spec: SampleSpec) -> None:
         path = staging / job.partition / job.member
         path.parent.mkdir(parents=True, exist_ok=True)
         write_clip(render_clip(job.label, job.draw, spec.size), spec.fps, path)
-        _fsync(path)
+        fsync_path(path)  # durable before the marker that vouches for it
 
     for name in {job.partition for job in jobs}:
         (staging / name).mkdir()  # a partition without clips is still an (empty) partition
@@ -259,7 +259,7 @@ def _publish(staging: Path, name: str, kind: str, root: Path) -> None:
         return
     packed = staging / target.name
     (_write_tar if kind == "tar" else _write_zip)(source, packed)
-    _fsync(packed)
+    fsync_path(packed)
     os.replace(packed, target)
 
 
@@ -286,15 +286,6 @@ def _members(source: Path) -> list[tuple[Path, str]]:
     """Files under source with their posix member names, sorted so archives are byte-stable."""
     files = [(path, path.relative_to(source).as_posix()) for path in source.rglob("*") if path.is_file()]
     return sorted(files, key=lambda pair: pair[1])
-
-
-def _fsync(path: Path) -> None:
-    """Make a file durable before the marker that vouches for it is written."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _partition_file(name: str, kind: str) -> str:

@@ -27,22 +27,9 @@ from lib.ffmpeg import ffmpeg_exe
 from lib.recipe import FeatureRecipe
 from lib.series import SeriesRef
 from lib.sources import discover
+from tests.helpers import ffmpeg_children
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def ffmpeg_children() -> list[int]:
-    """Pids of this process's ffmpeg children (Linux /proc)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()
-        if entry.name.isdigit() and int(fields[1]) == os.getpid() and "ffmpeg" in stat.split(")")[0]:
-            found.append(int(entry.name))
-    return found
 
 
 def mean_colour(frames: np.ndarray) -> np.ndarray:

