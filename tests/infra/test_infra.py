@@ -1,0 +1,632 @@
+"""infra/ is validated, never dead text (SPEC §4).
+
+Each file is parsed, checked against the schema or the parser of the tool that reads
+it (Prefect's prefect.yaml model, Ray's cluster-config schema and `ray start` options,
+the MLflow server's options), and against the code it deploys (flow signatures, the
+Ray resources the tasks request, the environment flows/runtime.py reads). No Docker
+engine is needed; `docker compose config` runs where the compose plugin exists.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import importlib
+import importlib.util
+import inspect
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import tomllib
+import typing
+from pathlib import Path
+from typing import Any, Iterator
+from urllib.parse import urlsplit
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+INFRA = ROOT / "infra"
+POOL = "lstmpipe-pool"
+EXPECTED_DEPLOYMENTS = {
+    "nightly": "flows/nightly.py:nightly",
+    "extract": "flows/extract.py:extract",
+    "train": "flows/train.py:train",
+    "promote": "flows/promote.py:promote",
+    "rollback": "flows/promote.py:rollback_flow",
+    "infer": "flows/infer.py:infer",
+}
+# What `docker compose` would read from the shell or infra/.env; no real secret.
+COMPOSE_TEST_ENV = {"POSTGRES_PASSWORD": "not-a-real-password", "DATA_DIR": "/srv/archives"}
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_yaml(relative: str) -> Any:
+    return yaml.safe_load((INFRA / relative).read_text())
+
+
+@pytest.fixture(scope="module")
+def prefect_yaml() -> dict:
+    return load_yaml("prefect.yaml")
+
+
+@pytest.fixture(scope="module")
+def deployments(prefect_yaml: dict) -> dict[str, dict]:
+    return {d["name"]: d for d in prefect_yaml["deployments"]}
+
+
+@pytest.fixture(scope="module")
+def compose_raw() -> dict:
+    return load_yaml("compose.yaml")
+
+
+@pytest.fixture(scope="module")
+def compose(compose_raw: dict) -> dict:
+    """The compose file as `docker compose` would see it with COMPOSE_TEST_ENV set."""
+    return interpolate(compose_raw, COMPOSE_TEST_ENV)
+
+
+@pytest.fixture(scope="module")
+def services(compose: dict) -> dict[str, dict]:
+    return compose["services"]
+
+
+@pytest.fixture(scope="module")
+def cluster() -> dict:
+    return load_yaml("ray/cluster.yaml")
+
+
+@pytest.fixture(scope="module")
+def raycluster() -> dict:
+    docs = list(yaml.safe_load_all((INFRA / "ray/kuberay.yaml").read_text()))
+    (found,) = [d for d in docs if d and d.get("kind") == "RayCluster"]
+    return found
+
+
+_VAR = re.compile(r"\$(?:(?P<escaped>\$)|\{(?P<name>[A-Za-z_]\w*)(?:(?P<op>:?[-?])(?P<arg>[^}]*))?\}"
+                  r"|(?P<bare>[A-Za-z_]\w*))")
+
+
+def interpolate(value: Any, env: dict[str, str]) -> Any:
+    """Compose-spec interpolation: $$, ${VAR}, ${VAR:-default}, ${VAR-default}, ${VAR:?err}, ${VAR?err}."""
+    if isinstance(value, dict):
+        return {k: interpolate(v, env) for k, v in value.items()}
+    if isinstance(value, list):
+        return [interpolate(v, env) for v in value]
+    if not isinstance(value, str):
+        return value
+
+    def substitute(match: re.Match) -> str:
+        if match["escaped"]:
+            return "$"
+        name, op, arg = match["name"] or match["bare"], match["op"] or "", match["arg"] or ""
+        current = env.get(name)
+        unset = current is None or (op.startswith(":") and current == "")
+        if op.endswith("?") and unset:
+            raise LookupError(f"required variable {name} is missing: {arg}")
+        if op.endswith("-") and unset:
+            return arg
+        return current or ""
+
+    return _VAR.sub(substitute, value)
+
+
+def command_text(service: dict) -> str:
+    command = service["command"]
+    return command if isinstance(command, str) else " ".join(command)
+
+
+def published_ports(service: dict) -> Iterator[tuple[str | None, str, str]]:
+    """(host_ip, host_port, container_port) of each published port, short or long syntax."""
+    for port in service.get("ports", []):
+        if isinstance(port, dict):
+            yield port.get("host_ip"), str(port.get("published", "")), str(port["target"])
+        else:
+            parts = str(port).split(":")
+            if len(parts) == 3:
+                yield parts[0], parts[1], parts[2]
+            else:  # "5000" or "5000:5000": every interface
+                yield None, parts[0], parts[-1]
+
+
+def mounts(service: dict) -> dict[str, str]:
+    """container path -> source of each volume/bind mount."""
+    found = {}
+    for volume in service.get("volumes", []):
+        if isinstance(volume, dict):
+            found[volume["target"]] = volume.get("source", "")
+        else:
+            source, target, *_ = volume.split(":")
+            found[target] = source
+    return found
+
+
+def ray_start_context(args: list[str]):
+    """`ray start` options parsed (and type-checked) by Ray's own click command; nothing runs."""
+    from ray.scripts.scripts import start
+
+    return start.make_context("start", list(args))
+
+
+def ray_start_args(shell: str) -> list[str]:
+    """The arguments after `ray start` in a shell line such as `ulimit -n 65536; ray start --head ...`."""
+    (line,) = [part for part in re.split(r"[;&\n]+", shell) if "ray start" in part]
+    words = shlex.split(line.replace("$RAY_HEAD_IP", "10.0.0.1"))
+    return words[words.index("start") + 1:]
+
+
+# --------------------------------------------------------------------------- every file
+
+
+def test_every_yaml_file_parses() -> None:
+    files = sorted(INFRA.rglob("*.yaml"))
+    assert {f.relative_to(INFRA).as_posix() for f in files} >= {
+        "prefect.yaml", "compose.yaml", "ray/cluster.yaml", "ray/kuberay.yaml"}
+    for path in files:
+        docs = list(yaml.safe_load_all(path.read_text()))
+        assert docs and all(isinstance(d, dict) for d in docs), path
+
+
+def test_readme_names_every_infra_file() -> None:
+    readme = (INFRA / "README.md").read_text()
+    for path in INFRA.rglob("*"):
+        if path.is_file() and path.name not in {"README.md", ".env"}:
+            relative = path.relative_to(INFRA).as_posix()
+            # a file of an image folder (mlflow/) is covered by the folder's line
+            named = relative in readme or (path.parent != INFRA and f"`{path.parent.name}/`" in readme)
+            assert named, f"infra/README.md does not say what {relative} is"
+
+
+def test_lstmpipe_variables_named_in_infra_are_config_keys() -> None:
+    """lib/config.py reads *every* LSTMPIPE_* variable and rejects unknown ones, so infra
+    must not invent any (the pull step's checkout variable is REPO_DIR for that reason)."""
+    from lib.config import Config
+
+    sections = {name: {f.name for f in dataclasses.fields(cls)} for name, cls in typing.get_type_hints(Config).items()}
+    names = {name for path in INFRA.rglob("*") if path.is_file()
+             for name in re.findall(r"\bLSTMPIPE_[A-Z0-9_]+\b", path.read_text())}
+    assert "LSTMPIPE_HOME" in names
+    for name in names:
+        rest = name.removeprefix("LSTMPIPE_").lower()
+        if rest in {"home", "config"}:
+            continue
+        section, _, key = rest.partition("_")
+        assert section in sections and key in sections[section], (
+            f"{name} appears in infra/ but lib/config.py would reject it: not LSTMPIPE_<SECTION>_<KEY>")
+
+
+# --------------------------------------------------------------------------- prefect.yaml
+
+
+def test_prefect_yaml_follows_prefects_own_model(prefect_yaml: dict) -> None:
+    """The model `prefect deploy` validates prefect.yaml with (it ignores unknown keys, so check those too)."""
+    import prefect
+    from prefect.cli.deploy._models import DeploymentConfig, PrefectYamlModel, RawScheduleConfig
+
+    model = PrefectYamlModel.model_validate(prefect_yaml)
+    top_level = {f.alias or name for name, f in PrefectYamlModel.model_fields.items()} | {"definitions"}
+    assert set(prefect_yaml) <= top_level, set(prefect_yaml) - top_level
+    assert prefect_yaml["prefect-version"] == prefect.__version__
+    assert {d.name for d in model.deployments} == set(EXPECTED_DEPLOYMENTS)
+    for deployment in prefect_yaml["deployments"]:
+        unknown = set(deployment) - set(DeploymentConfig.model_fields)
+        assert not unknown, f"{deployment['name']}: keys prefect deploy would silently ignore: {unknown}"
+        assert deployment["work_pool"]["name"] == POOL
+        for schedule in deployment.get("schedules") or []:
+            RawScheduleConfig.model_validate(schedule)  # extra="forbid": a typo fails here
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_DEPLOYMENTS))
+def test_entrypoint_is_a_flow_that_accepts_the_parameters(deployments: dict, name: str) -> None:
+    from prefect import Flow
+    from prefect.utilities.callables import parameter_schema
+    from prefect.utilities.schema_tools.validation import validate
+
+    deployment = deployments[name]
+    assert deployment["entrypoint"] == EXPECTED_DEPLOYMENTS[name]
+    path, function = deployment["entrypoint"].split(":")
+    assert (ROOT / path).is_file()
+    flow = getattr(importlib.import_module(path.removesuffix(".py").replace("/", ".")), function)
+    assert isinstance(flow, Flow), f"{deployment['entrypoint']} is not a Prefect flow"
+    assert flow.name == name  # `prefect deployment run NAME/NAME`, as infra/README.md says
+
+    given = deployment.get("parameters") or {}
+    accepted = inspect.signature(flow.fn).parameters
+    assert set(given) <= set(accepted), f"{name}: the flow has no parameter {set(given) - set(accepted)}"
+    required = {p for p, spec in accepted.items() if spec.default is inspect.Parameter.empty}
+    assert required <= set(given), f"{name}: required flow parameters not given: {required - set(given)}"
+    # What the Prefect server checks when it creates a run (enforce_parameter_schema).
+    validate(given, parameter_schema(flow).model_dump_for_openapi(), raise_on_error=True)
+
+
+def test_pull_step_enters_the_checkout_where_every_entrypoint_loads(
+        prefect_yaml: dict, deployments: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a worker does before a run: template the pull step with its environment, chdir, load the flow."""
+    from prefect.deployments.steps.pull import set_working_directory
+    from prefect.flows import load_flow_from_entrypoint
+    from prefect.utilities.importtools import import_object
+    from prefect.utilities.templating import apply_values
+
+    (step,) = prefect_yaml["pull"]
+    ((qualified_name, inputs),) = step.items()
+    assert import_object(qualified_name).__name__ == set_working_directory.__name__
+    monkeypatch.setenv("REPO_DIR", str(ROOT))
+    resolved = apply_values(inputs, os.environ)
+    assert Path(resolved["directory"]) == ROOT
+    monkeypatch.chdir(tmp_path)  # restored after the test
+    set_working_directory(**resolved)
+    for name, deployment in deployments.items():
+        assert load_flow_from_entrypoint(deployment["entrypoint"]).name == name
+
+
+def test_only_nightly_is_scheduled_and_its_cron_is_valid(deployments: dict) -> None:
+    from prefect.client.schemas.schedules import CronSchedule
+
+    with pytest.raises(ValueError):  # the validator does reject a bad cron string
+        CronSchedule(cron="0 25 * * *", timezone="UTC")
+    scheduled = {name: d["schedules"] for name, d in deployments.items() if d.get("schedules")}
+    assert scheduled == {"nightly": [{"cron": "0 2 * * *", "timezone": "UTC"}]}
+    for schedule in scheduled["nightly"]:
+        assert CronSchedule(**schedule).timezone == "UTC"
+
+
+def test_promotions_are_serialised(deployments: dict, services: dict) -> None:
+    """Deployment limits cover runs of promote/rollback; the `promote` tag limit also covers
+    nightly's promotion, because the promotion tasks carry that tag."""
+    from tasks import promote as promote_tasks
+
+    for name in ("promote", "rollback"):
+        assert deployments[name]["concurrency_limit"] == 1
+    assert "promote" in promote_tasks.promote_challenger.tags
+    assert "promote" in promote_tasks.rollback.tags
+    script = command_text(services["prefect-deploy"])
+    assert "prefect concurrency-limit create promote 1" in script
+    assert f"prefect work-pool create {POOL} --type process" in script
+    assert "prefect deploy --all --prefect-file infra/prefect.yaml --no-prompt" in script
+
+
+def test_infer_reads_the_alias_that_promote_moves(deployments: dict) -> None:
+    from lib.config import PromoteConfig
+
+    model = deployments["promote"]["parameters"]["model"]
+    assert deployments["nightly"]["parameters"]["model"] == model == deployments["train"]["parameters"]["model"]
+    assert deployments["infer"]["parameters"]["model"] == f"models:/{model}@{PromoteConfig().alias}"
+
+
+# --------------------------------------------------------------------------- compose.yaml
+
+
+def test_compose_has_the_services(services: dict) -> None:
+    assert set(services) >= {"postgres", "mlflow", "prefect-server", "prefect-deploy", "prefect-worker",
+                             "ray-head", "ray-worker"}
+    assert "healthcheck" in services["postgres"]
+    for name in ("mlflow", "prefect-server"):
+        assert services[name]["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert services["prefect-worker"]["depends_on"]["prefect-deploy"]["condition"] == "service_completed_successfully"
+
+
+def test_published_ports_bind_localhost_only(services: dict) -> None:
+    published = set()
+    for name, service in services.items():
+        assert service.get("network_mode") != "host", f"{name}: host networking bypasses the bindings"
+        for host_ip, host_port, _ in published_ports(service):
+            assert host_ip == "127.0.0.1", f"{name}: port {host_port} is published on every interface"
+            published.add(host_port)
+    assert published == {"4200", "5000", "8265"}  # Prefect UI, MLflow UI, Ray dashboard
+
+
+def test_no_credential_in_plain_text(compose_raw: dict) -> None:
+    text = (INFRA / "compose.yaml").read_text()
+    for reference in re.findall(r"\$\{POSTGRES_PASSWORD([^}]*)\}", text):
+        assert reference.startswith(":?"), "POSTGRES_PASSWORD must be required, never defaulted"
+    with pytest.raises(LookupError, match="POSTGRES_PASSWORD"):
+        interpolate(compose_raw, {"DATA_DIR": "/srv/archives"})
+
+    def strings(value: Any, key: str = "") -> Iterator[tuple[str, str]]:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                yield from strings(v, str(k))
+        elif isinstance(value, list):
+            for v in value:
+                yield from strings(v, key)
+        elif isinstance(value, str):
+            yield key, value
+
+    secret_ref = re.compile(r"^\$\{[A-Z_]+:\?[^}]*\}$")
+    for key, value in strings(compose_raw):
+        if re.search(r"PASSWORD|SECRET|TOKEN", key):
+            assert secret_ref.match(value), f"{key}: {value!r} is not a required ${{VARIABLE:?...}}"
+        for password in re.findall(r"://[^:/@\s]+:([^@\s]+)@", value):
+            assert secret_ref.match(password), f"a URI embeds a literal password: {value!r}"
+    tracked = subprocess.run(["git", "ls-files", "infra"], cwd=ROOT, capture_output=True, text=True).stdout
+    assert not [f for f in tracked.split() if Path(f).name == ".env"], "an env file with credentials is in git"
+
+
+def test_worker_environment_reaches_the_servers(services: dict, tmp_path: Path) -> None:
+    from flows.runtime import load_runtime
+
+    env = services["prefect-worker"]["environment"]
+    assert set(env) >= {"PREFECT_API_URL", "MLFLOW_TRACKING_URI", "RAY_ADDRESS", "LSTMPIPE_HOME", "REPO_DIR"}
+
+    api = urlsplit(env["PREFECT_API_URL"])
+    server_cmd = services["prefect-server"]["command"]
+    assert api.hostname == "prefect-server" and api.path == "/api"
+    assert str(api.port) == server_cmd[server_cmd.index("--port") + 1]
+    assert services["prefect-deploy"]["environment"]["PREFECT_API_URL"] == env["PREFECT_API_URL"]
+
+    tracking = urlsplit(env["MLFLOW_TRACKING_URI"])
+    mlflow_cmd = services["mlflow"]["command"]
+    assert tracking.hostname == "mlflow" and str(tracking.port) == mlflow_cmd[mlflow_cmd.index("--port") + 1]
+
+    ray_host, ray_port = env["RAY_ADDRESS"].split(":")
+    assert ray_host == "ray-head"
+    assert ray_start_context(services["ray-head"]["command"][2:]).params["port"] == int(ray_port)
+    # A driver needs a Ray node on its host: the worker joins the same address first.
+    worker_node = ray_start_context(ray_start_args(command_text(services["prefect-worker"]))).params
+    assert worker_node["address"] == env["RAY_ADDRESS"]
+    assert worker_node["num_cpus"] == 0 and worker_node["num_gpus"] == 0
+
+    # flows/runtime.py turns exactly this environment into the runtime (home moved to tmp_path).
+    rt = load_runtime(env={**env, "LSTMPIPE_HOME": str(tmp_path)})
+    assert rt.tracking_uri == env["MLFLOW_TRACKING_URI"] and rt.artifact_root is None
+    assert rt.ray_address == env["RAY_ADDRESS"]
+    assert rt.torch_hub_dir == f"{env['TORCH_HOME']}/hub"
+
+
+def test_worker_and_ray_nodes_share_state_and_data_at_the_same_paths(services: dict) -> None:
+    """Tasks pass paths; Ray actors write the feature cache and read sources themselves."""
+    env = services["prefect-worker"]["environment"]
+    home = env["LSTMPIPE_HOME"]
+    assert env["TORCH_HOME"].startswith(home + "/")  # weights are looked up by path on the nodes too
+    worker = mounts(services["prefect-worker"])
+    assert home in worker and "/data" in worker
+    for name in ("ray-head", "ray-worker", "ray-worker-gpu"):
+        assert mounts(services[name]) == worker, name
+        assert services[name]["image"] == services["prefect-worker"]["image"], name
+    assert services["prefect-worker"]["image"] == services["prefect-server"]["image"]
+
+
+def test_postgres_serves_both_stores(services: dict, compose: dict) -> None:
+    pg = services["postgres"]["environment"]
+    mlflow_cmd = services["mlflow"]["command"]
+    mlflow_db = urlsplit(mlflow_cmd[mlflow_cmd.index("--backend-store-uri") + 1])
+    prefect_db = urlsplit(services["prefect-server"]["environment"]["PREFECT_SERVER_DATABASE_CONNECTION_URL"])
+    assert mlflow_db.scheme == "postgresql" and prefect_db.scheme == "postgresql+asyncpg"
+    for url in (mlflow_db, prefect_db):
+        assert (url.hostname, url.port) == ("postgres", 5432)
+        assert (url.username, url.password) == (pg["POSTGRES_USER"], pg["POSTGRES_PASSWORD"])
+    assert mlflow_db.path == f"/{pg['POSTGRES_DB']}"
+    # MLflow and Prefect both keep an alembic_version table: separate databases.
+    assert prefect_db.path != mlflow_db.path
+    init = compose["configs"]["postgres-init"]["content"]
+    assert f"CREATE DATABASE {prefect_db.path.lstrip('/')};" in init
+    assert importlib.util.find_spec("asyncpg"), "Prefect's postgresql+asyncpg driver is missing from the image deps"
+
+
+def test_prefect_variables_are_prefect_settings(services: dict) -> None:
+    from prefect.settings import Settings
+    from prefect.settings.legacy import _get_valid_setting_names  # the names Prefect reads from the environment
+
+    valid = _get_valid_setting_names(Settings)
+    for name, service in services.items():
+        for variable in service.get("environment", {}):
+            if variable.startswith("PREFECT_"):
+                assert variable in valid, f"{name}: Prefect has no setting {variable}"
+
+
+def mlflow_source(relative: str) -> Path:
+    """A file of the installed MLflow, found without importing it."""
+    return Path(importlib.util.find_spec("mlflow").submodule_search_locations[0]) / relative
+
+
+def mlflow_host_rule():
+    """MLflow's own Host-header check, loaded from its module file: importing it the usual
+    way executes mlflow.server's package __init__ (the Flask app), which costs seconds."""
+    spec = importlib.util.spec_from_file_location("_mlflow_security_utils",
+                                                  mlflow_source("server/security_utils.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.is_allowed_host_header
+
+
+def test_mlflow_server_options(services: dict) -> None:
+    service = services["mlflow"]
+    command = service["command"]
+    assert command[:2] == ["mlflow", "server"]
+    options: dict[str, Any] = {}
+    for i, word in enumerate(command[2:], start=2):
+        if word.startswith("--"):
+            following = command[i + 1] if i + 1 < len(command) else "--"
+            options[word] = True if following.startswith("--") else following
+    declared = set(re.findall(r'"(--[a-z][a-z-]*)', mlflow_source("cli/__init__.py").read_text()
+                              + mlflow_source("utils/cli_args.py").read_text()))
+    assert set(options) <= declared, f"options mlflow server does not have: {set(options) - declared}"
+    assert options["--serve-artifacts"] is True
+    assert options["--artifacts-destination"] in mounts(service)
+    assert options["--host"] == "0.0.0.0"  # inside the container; published on 127.0.0.1 only
+    assert int(options["--port"]) == int(next(p for _, _, p in published_ports(service)))
+    # MLflow rejects Host headers it does not know (DNS-rebinding guard): the worker's and the browser's.
+    is_allowed = mlflow_host_rule()
+    allowed = options["--allowed-hosts"].split(",")
+    assert is_allowed(allowed, urlsplit(services["prefect-worker"]["environment"]["MLFLOW_TRACKING_URI"]).netloc)
+    assert not is_allowed(allowed, "attacker.example:5000")
+    for host_ip, host_port, _ in published_ports(service):
+        assert is_allowed(allowed, f"{host_ip}:{host_port}") and is_allowed(allowed, f"localhost:{host_port}")
+
+
+def test_mlflow_image_pins_the_client_version() -> None:
+    import mlflow
+
+    pins = dict(re.findall(r"^([\w-]+)==(\S+)", (INFRA / "mlflow/requirements.txt").read_text(), re.M))
+    assert pins["mlflow"] == mlflow.__version__
+    assert f"mlflow=={pins['mlflow']}" in PYPROJECT["project"]["dependencies"]
+    assert "psycopg2-binary" in pins  # the postgresql:// backend store driver
+    assert "requirements.txt" in (INFRA / "mlflow/Dockerfile").read_text()
+
+
+def _compose_plugin() -> bool:
+    if not shutil.which("docker"):
+        return False
+    return subprocess.run(["docker", "compose", "version"], capture_output=True, timeout=30).returncode == 0
+
+
+@pytest.mark.skipif(not _compose_plugin(), reason="the docker compose plugin is not installed")
+def test_docker_compose_config_accepts_the_file() -> None:
+    base = ["docker", "compose", "-f", str(INFRA / "compose.yaml"), "config", "--quiet"]
+    env = {k: v for k, v in os.environ.items() if k not in COMPOSE_TEST_ENV}
+    subprocess.run(base, env={**env, **COMPOSE_TEST_ENV}, check=True, capture_output=True, timeout=60)
+    missing = subprocess.run(base, env={**env, "DATA_DIR": "/srv"}, capture_output=True, text=True, timeout=60)
+    assert missing.returncode != 0 and "POSTGRES_PASSWORD" in missing.stderr
+
+
+# --------------------------------------------------------------------------- Dockerfile
+
+
+def dockerfile(path: Path) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments), continuation lines joined, comments dropped."""
+    lines = [line for line in path.read_text().splitlines() if not line.lstrip().startswith("#")]
+    joined = re.sub(r"\\\n\s*", " ", "\n".join(lines))
+    return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1]) for line in joined.splitlines() if line.strip()]
+
+
+def test_dockerfile_installs_ffmpeg_and_the_project_as_non_root(services: dict) -> None:
+    steps = dockerfile(INFRA / "Dockerfile")
+    runs = [args for op, args in steps if op == "RUN"]
+    assert steps[0] == ("FROM", "python:3.11-slim")
+    # One Python minor on driver and cluster (Ray requires it); the project's too.
+    assert sys.version_info[:2] == (3, 11) and "3.11" in PYPROJECT["project"]["requires-python"]
+    assert any(re.search(r"apt-get install\b.*\bffmpeg\b", run) for run in runs)
+    assert any(re.search(r"pip install\b[^&]*\s\.(\s|$)", run) for run in runs)
+    users = [args for op, args in steps if op == "USER"]
+    assert users and users[-1] not in {"root", "0"}
+    assert re.search(rf"useradd\b.*\b{users[-1]}\b", " ".join(runs))
+
+    copied = {source for op, args in steps if op == "COPY" for source in args.split()[:-1]}
+    packages = {p.rstrip("*") for p in PYPROJECT["tool"]["setuptools"]["packages"]["find"]["include"]}
+    assert copied >= packages | {"pyproject.toml", PYPROJECT["project"]["readme"]}
+    ignored = (INFRA / "Dockerfile.dockerignore").read_text().split()
+    for source in copied:  # the ignore file excludes everything else from the build context
+        assert f"!{source}" in ignored or f"!{source}/" in ignored, source
+
+    env = dict(re.findall(r"(\w+)=(\S+)", " ".join(args for op, args in steps if op == "ENV")))
+    workdir = [args for op, args in steps if op == "WORKDIR"][-1]
+    assert env["REPO_DIR"] == workdir == services["prefect-worker"]["environment"]["REPO_DIR"]
+    assert env["LSTMPIPE_HOME"] == services["prefect-worker"]["environment"]["LSTMPIPE_HOME"]
+
+
+# --------------------------------------------------------------------------- Ray
+
+
+def requested_resources() -> set[str]:
+    """Ray resource names the code asks for: num_cpus/num_gpus/resources= in tasks/, and
+    what it reads back from ray.cluster_resources()."""
+    names = set()
+    by_keyword = {"num_cpus": "CPU", "num_gpus": "GPU"}
+    for path in (ROOT / "tasks").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.keyword) and node.arg in by_keyword:
+                names.add(by_keyword[node.arg])
+            if isinstance(node, ast.keyword) and node.arg == "resources" and isinstance(node.value, ast.Dict):
+                names |= {k.value for k in node.value.keys if isinstance(k, ast.Constant)}
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "get"
+                    and "cluster_resources" in ast.unparse(node.func.value) and node.args
+                    and isinstance(node.args[0], ast.Constant)):
+                names.add(node.args[0].value)
+    return names
+
+
+def test_the_code_requests_cpus_and_gpus() -> None:
+    from tasks.ray_workers import FeatureWorker
+
+    assert requested_resources() == {"CPU", "GPU"}
+    assert FeatureWorker._default_options["num_cpus"] == 1
+
+
+def test_cluster_yaml_passes_rays_schema(cluster: dict) -> None:
+    import copy
+    import json
+
+    import jsonschema
+    import ray.autoscaler
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    schema = json.loads((Path(ray.autoscaler.__file__).parent / "ray-schema.json").read_text())
+    jsonschema.validate(cluster, schema)  # strict: unknown keys fail
+    validate_config(prepare_config(copy.deepcopy(cluster)))  # what `ray up` does
+
+
+def test_cluster_yaml_node_types_match_the_actors(cluster: dict) -> None:
+    requested = requested_resources()
+    types = cluster["available_node_types"]
+    for name, node_type in types.items():
+        assert set(node_type["resources"]) <= requested, f"{name}: resources the code never requests"
+    workers = {n: t["resources"] for n, t in types.items() if n != cluster["head_node_type"]}
+    # A FeatureWorker takes CPU 1 (and GPU 1 where there are GPUs) on one node.
+    assert any(r.get("GPU", 0) >= 1 and r.get("CPU", 0) >= 1 for r in workers.values()), "no GPU worker type"
+    assert any(r.get("CPU", 0) >= 1 and not r.get("GPU") for r in workers.values()), "no CPU worker type"
+
+    head = ray_start_context(ray_start_args(" ".join(cluster["head_start_ray_commands"]))).params
+    assert head["head"] and head["num_cpus"] == types[cluster["head_node_type"]]["resources"].get("CPU")
+    assert head["dashboard_host"] == "127.0.0.1"  # SPEC §6
+    worker = ray_start_context(ray_start_args(" ".join(cluster["worker_start_ray_commands"]))).params
+    assert worker["address"] == f"10.0.0.1:{head['port']}"
+
+
+def test_cluster_yaml_installs_the_project(cluster: dict) -> None:
+    ((remote, local),) = cluster["file_mounts"].items()
+    assert (ROOT / local / "pyproject.toml").is_file()  # `ray up` from the repository root
+    setup = "\n".join(cluster["setup_commands"])
+    assert re.search(rf"pip install\b.*\s{re.escape(remote)}(\s|$)", setup)
+    assert re.search(r"apt-get install\b.*\bffmpeg\b", setup)
+    assert "--python 3.11" in setup
+
+
+def test_kuberay_raycluster(raycluster: dict, services: dict) -> None:
+    import ray
+
+    assert raycluster["apiVersion"] == "ray.io/v1" and raycluster["kind"] == "RayCluster"
+    spec = raycluster["spec"]
+    assert spec["rayVersion"] == ray.__version__
+    assert f"ray[default]=={ray.__version__}" in PYPROJECT["project"]["dependencies"]
+
+    groups = {"head": spec["headGroupSpec"], **{g["groupName"]: g for g in spec["workerGroupSpecs"]}}
+    requested = requested_resources()
+    gpu_groups, cpu_groups = [], []
+    for name, group in groups.items():
+        params = group["rayStartParams"]
+        assert all(isinstance(v, str) for v in params.values()), f"{name}: rayStartParams values are strings"
+        ray_start_context([f"--{k}={v}" for k, v in params.items()])  # valid `ray start` options
+        pod = group["template"]["spec"]
+        (container,) = pod["containers"]
+        assert re.search(r"/lstmpipe:", container["image"]), f"{name}: not the infra/Dockerfile image"
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        limits = container["resources"]["limits"]
+        names = {"CPU"} | ({"GPU"} if "nvidia.com/gpu" in limits else set())
+        assert names <= requested
+        targets = {m["mountPath"] for m in container["volumeMounts"]}
+        # The same paths as the compose worker: LSTMPIPE_HOME and /data.
+        assert targets >= set(mounts(services["prefect-worker"])), name
+        if name != "head":
+            assert group["minReplicas"] <= group["replicas"] <= group["maxReplicas"]
+            (gpu_groups if "nvidia.com/gpu" in limits else cpu_groups).append(name)
+            assert float(limits["cpu"]) >= 1  # a FeatureWorker takes one CPU, GPU or not
+    assert gpu_groups and cpu_groups
+    assert groups["head"]["rayStartParams"]["num-cpus"] == "0"
+    assert groups["head"]["rayStartParams"]["dashboard-host"] == "127.0.0.1"  # SPEC §6
+    assert len({g["template"]["spec"]["containers"][0]["image"] for g in groups.values()}) == 1
+
+    # Every pod mounts the same claims, which many nodes can write at once.
+    claims = {d["metadata"]["name"]: d for d in yaml.safe_load_all((INFRA / "ray/kuberay.yaml").read_text())
+              if d and d["kind"] == "PersistentVolumeClaim"}
+    for name, group in groups.items():
+        used = {v["persistentVolumeClaim"]["claimName"] for v in group["template"]["spec"]["volumes"]
+                if "persistentVolumeClaim" in v}
+        assert used == set(claims), name
+    assert all("ReadWriteMany" in claim["spec"]["accessModes"] for claim in claims.values())
