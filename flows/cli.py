@@ -139,13 +139,14 @@ def _run(args: argparse.Namespace, overrides: dict[str, Any], run_id: str) -> di
     """Import the flows only now: Prefect reads its settings (PREFECT_HOME) on import."""
     from flows import demo, extract, infer, nightly, promote, train
 
-    common = {"config_file": args.config, "overrides": overrides, "run_id": run_id}
+    config = {"config_file": args.config, "overrides": overrides}
+    common = {**config, "run_id": run_id}  # for the flows that record failures under the run
     calls: dict[str, Callable[[], dict[str, Any]]] = {
         "demo": lambda: demo.demo(seed=args.sample_seed, clips_per_class=args.clips_per_class, **common),
         "extract": lambda: extract.extract(args.source, args.labels, **common),
         "train": lambda: train.train(args.source, args.model, args.labels, **common),
-        "promote": lambda: promote.promote(args.model, args.version, **common),
-        "rollback": lambda: promote.rollback_flow(args.model, **common),
+        "promote": lambda: promote.promote(args.model, args.version, **config),
+        "rollback": lambda: promote.rollback_flow(args.model, **config),
         "infer": lambda: infer.infer(args.source, args.model, args.out, **common),
         "nightly": lambda: nightly.nightly(args.root, args.model, args.labels, args.infer_source, args.out,
                                            **common),

@@ -27,7 +27,7 @@ def generate_sample(root: str, seed: int, clips_per_class: int) -> dict[str, str
 
 @flow(name="demo")
 def demo(config_file: str | None = None, overrides: dict[str, Any] | None = None, seed: int = 0,
-         clips_per_class: int = SampleSpec.clips_per_class, run_id: str = "manual") -> dict[str, Any]:
+         clips_per_class: int = SampleSpec.clips_per_class, run_id: str | None = None) -> dict[str, Any]:
     overrides = {**DEMO_OVERRIDES, **(overrides or {})}
     rt = load_runtime(config_file, overrides)
     sample = generate_sample(str(rt.home / "demo" / f"seed{seed}-n{clips_per_class}"), seed, clips_per_class)

@@ -6,7 +6,7 @@ from typing import Any
 
 from prefect import flow
 
-from flows.runtime import Runtime, load_runtime
+from flows.runtime import Runtime, load_runtime, run_id_of
 from lib.summary import extraction_summary
 from tasks.extract import discover_source, extract_shard, feature_recipe
 from tasks.records import record_run_failures
@@ -35,8 +35,8 @@ def discover_and_extract(rt: Runtime, source: str, labels: str | None, run_id: s
 
 @flow(name="extract")
 def extract(source: str, labels: str | None = None, config_file: str | None = None,
-            overrides: dict[str, Any] | None = None, run_id: str = "manual") -> dict[str, Any]:
+            overrides: dict[str, Any] | None = None, run_id: str | None = None) -> dict[str, Any]:
     """Decode every series of `source` and cache its features; cached series are not recomputed."""
     rt = load_runtime(config_file, overrides)
-    _, _, summary = discover_and_extract(rt, source, labels, run_id)
+    _, _, summary = discover_and_extract(rt, source, labels, run_id_of(run_id))
     return summary

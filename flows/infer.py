@@ -8,15 +8,16 @@ from typing import Any
 from prefect import flow
 
 from flows.extract import discover_and_extract
-from flows.runtime import load_runtime
+from flows.runtime import load_runtime, run_id_of
 from lib.summary import usable
 from tasks.infer import predict_shard, resolve_model, write_predictions_file
 
 
 @flow(name="infer")
 def infer(source: str, model: str, out: str | None = None, config_file: str | None = None,
-          overrides: dict[str, Any] | None = None, run_id: str = "manual") -> dict[str, Any]:
+          overrides: dict[str, Any] | None = None, run_id: str | None = None) -> dict[str, Any]:
     rt = load_runtime(config_file, overrides)
+    run_id = run_id_of(run_id)
     pinned = resolve_model(rt.tracking_uri, model)  # once per run: the alias may move meanwhile
     refs, _, extraction = discover_and_extract(rt, source, None, run_id, recipe=pinned["recipe"])
     ready = usable(refs, extraction)

@@ -14,7 +14,7 @@ from tasks.promote import rollback as rollback_task
 
 @flow(name="promote")
 def promote(model: str, version: str | None = None, config_file: str | None = None,
-            overrides: dict[str, Any] | None = None, run_id: str = "manual") -> dict[str, Any]:
+            overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     rt = load_runtime(config_file, overrides)
     alias = rt.config.promote.alias
     plan = promotion_candidates(rt.tracking_uri, model, version, alias)
@@ -25,7 +25,7 @@ def promote(model: str, version: str | None = None, config_file: str | None = No
 
 
 @flow(name="rollback")
-def rollback_flow(model: str, config_file: str | None = None, overrides: dict[str, Any] | None = None,
-                  run_id: str = "manual") -> dict[str, Any]:
+def rollback_flow(model: str, config_file: str | None = None,
+                  overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     rt = load_runtime(config_file, overrides)
     return rollback_task(rt.tracking_uri, model, rt.config.promote.alias, rt.promote_lock)

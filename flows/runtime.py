@@ -94,6 +94,15 @@ def new_run_id() -> str:
     return uuid.uuid4().hex[:12]
 
 
+def run_id_of(given: str | None) -> str:
+    """The caller's run id (the CLI's), else the Prefect flow run's (deployments, schedules)."""
+    if given:
+        return given
+    from prefect.runtime import flow_run  # late: the CLI sets PREFECT_HOME before Prefect loads
+
+    return (flow_run.id or new_run_id()).replace("-", "")[:12]
+
+
 def _torch_home(env: Mapping[str, str]) -> Path:
     """Where torch.hub keeps weights: $TORCH_HOME, else $XDG_CACHE_HOME/torch, else ~/.cache/torch."""
     if env.get("TORCH_HOME"):

@@ -7,15 +7,16 @@ from typing import Any
 from prefect import flow
 
 from flows.extract import discover_and_extract
-from flows.runtime import load_runtime
+from flows.runtime import load_runtime, run_id_of
 from lib.summary import usable
 from tasks.train import train_model
 
 
 @flow(name="train")
 def train(source: str, model: str, labels: str | None = None, config_file: str | None = None,
-          overrides: dict[str, Any] | None = None, run_id: str = "manual") -> dict[str, Any]:
+          overrides: dict[str, Any] | None = None, run_id: str | None = None) -> dict[str, Any]:
     rt = load_runtime(config_file, overrides)
+    run_id = run_id_of(run_id)
     refs, recipe, extraction = discover_and_extract(rt, source, labels, run_id)
     trained = train_model(usable(refs, extraction), recipe, model, rt.config, rt.cache_root, rt.tracking_uri,
                           rt.artifact_root, {"lstmpipe.run_id": run_id, "lstmpipe.source": source})

@@ -9,6 +9,7 @@ wrong type is a `ConfigError` naming the key.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import tomllib
 import types
 import typing
@@ -136,9 +137,13 @@ def _from_env(env: Mapping[str, str]) -> dict[str, dict[str, Any]]:
             nested.setdefault("runtime", {})["home"] = value
             continue
         section, _, key = rest.partition("_")
-        if section not in _SECTIONS or not key:
-            raise ConfigError(f"environment variable {name}: unknown section; expected LSTMPIPE_<{'|'.join(_SECTIONS).upper()}>_<KEY>")
-        nested.setdefault(section, {})[key] = value
+        if section in _SECTIONS and key:
+            nested.setdefault(section, {})[key] = value
+            continue
+        # Not a config variable (a wrapper's own LSTMPIPE_DATA, say) unless it looks like a misspelt one.
+        near = difflib.get_close_matches(section, _SECTIONS, n=1, cutoff=0.75)
+        if near:
+            raise ConfigError(f"environment variable {name}: unknown section {section!r}; did you mean {near[0]}?")
     return nested
 
 

@@ -190,3 +190,8 @@ def test_replace_changes_only_the_named_keys_and_validates() -> None:
 def test_replace_with_an_unknown_section_names_it() -> None:
     with pytest.raises(ConfigError, match="sampler"):
         replace(load_config(), sampler={"fps": 2})
+
+
+def test_other_lstmpipe_variables_are_left_alone() -> None:
+    """A wrapper's own LSTMPIPE_DATA must not break every run; only near-misses of a section fail."""
+    assert load_config(env={"LSTMPIPE_DATA": "/data", "LSTMPIPE_REPO_DIR": "/src"}) == load_config()
