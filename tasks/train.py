@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 from prefect import task
+from tqdm import tqdm
 
 from lib import registry
 from lib.cache import FeatureCache
@@ -21,8 +22,10 @@ def train_model(refs: list[dict], recipe: dict, model_name: str, config: Config,
                 tracking_uri: str, artifact_root: str | None, tags: dict[str, str]) -> dict:
     """Fit LSTM + baseline on the labelled, cached series of `refs`; register the LSTM."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    outcome = run_experiment(FeatureCache(Path(cache_root)), FeatureRecipe.from_dict(recipe),
-                             [SeriesRef.from_dict(r) for r in refs], config.train, device=device)
+    with tqdm(total=config.train.epochs, desc="train", unit="epoch", leave=False) as bar:
+        outcome = run_experiment(FeatureCache(Path(cache_root)), FeatureRecipe.from_dict(recipe),
+                                 [SeriesRef.from_dict(r) for r in refs], config.train,
+                                 on_epoch=lambda _: bar.update(), device=device)
     client = registry.connect(tracking_uri)
     params = {f"train.{k}": v for k, v in config.train.__dict__.items()} | {"device": device}
     ref = registry.log_training(client, outcome, model_name, params, artifact_root, tags)
