@@ -1,13 +1,12 @@
 """Decode any series into frame chunks: one dispatch on `SeriesRef.kind` (SPEC §3, stage 1).
 
 Everything downstream sees only FrameChunks (frames + t) and a metadata dict;
-new source kinds (DICOM, NIfTI, GeoTIFF) add one opener to `_OPENERS`.
+the other source kinds (lib/kinds/) bring their own openers.
 """
 
 from __future__ import annotations
 
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -15,15 +14,8 @@ from lib import video
 from lib.archives import ArchiveLimits, find_member, member_input
 from lib.config import SamplingConfig
 from lib.errors import BadInput
-from lib.series import FrameChunk, SeriesRef
-
-
-@dataclass(frozen=True)
-class OpenSeries:
-    """A series ready to decode: its metadata now, its frames lazily (valid while open)."""
-
-    meta: dict[str, Any]
-    chunks: Iterator[FrameChunk]
+from lib.kinds import KINDS
+from lib.series import FrameChunk, OpenSeries, SeriesRef
 
 
 def decode(ref: SeriesRef, sampling: SamplingConfig, tmp_dir: Path,
@@ -84,4 +76,4 @@ def _input(ref: SeriesRef, tmp_dir: Path, limits: ArchiveLimits) -> Iterator[str
 
 
 _Opener = Callable[[SeriesRef, SamplingConfig, Path, ArchiveLimits], AbstractContextManager[OpenSeries]]
-_OPENERS: dict[str, _Opener] = {"video": _open_video}
+_OPENERS: dict[str, _Opener] = {"video": _open_video, **{kind.name: kind.open for kind in KINDS}}

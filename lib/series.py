@@ -7,6 +7,7 @@ from a video, a DICOM series or a satellite time stack.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -64,3 +65,11 @@ class FrameChunk:
 
     def __len__(self) -> int:
         return len(self.frames)
+
+
+@dataclass(frozen=True)
+class OpenSeries:
+    """A series ready to decode: its metadata now, its frames lazily (valid while open)."""
+
+    meta: dict[str, Any]
+    chunks: Iterator[FrameChunk]

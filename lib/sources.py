@@ -20,6 +20,7 @@ from lib.archives import READ_ERRORS, ArchiveLimits, Member, archive_suffix, lis
 from lib.errors import BadInput
 from lib.failures import Failure
 from lib.hashing import HashMemo, content_hash, member_hashes
+from lib.kinds import KINDS
 from lib.series import SeriesRef
 
 VIDEO_SUFFIXES = frozenset(
@@ -35,12 +36,18 @@ class Discovery:
 
 def discover(root: Path, manifest: Path | None = None, memo: HashMemo | None = None,
              limits: ArchiveLimits = ArchiveLimits()) -> Discovery:
-    """Every video series under `root`, in sorted path order, with the inputs that were refused."""
+    """Every series under `root` (other kinds first, then video), with the inputs that were refused."""
     root = Path(root)
     refs: list[SeriesRef] = []
     failures: list[Failure] = []
     base = root.parent if root.is_file() else root
-    for path in _walk(root):
+    files = _walk(root)
+    for kind in KINDS:  # DICOM, NIfTI, GeoTIFF, ... take their files first; the rest may be video
+        claim = kind.claim(base, files, memo)
+        refs += claim.refs
+        failures += claim.failures
+        files = [f for f in files if f not in claim.claimed]
+    for path in files:
         rel = path.relative_to(base).as_posix()
         if archive_suffix(path.name):
             found, refused = _archive_refs(path, rel, memo, limits)

@@ -1,0 +1,39 @@
+"""Source kinds other than video (SPEC §2): each groups files into series and opens a series.
+
+A kind is two functions:
+    claim(base, files, memo) -> Claim   which of `files` (sorted, under the folder `base`) are its
+                                       series; claimed files are not offered to later kinds
+    open(ref, sampling, tmp_dir, limits) -> context manager of OpenSeries   metadata + lazy FrameChunks
+Kinds are tried in the order of KINDS (most specific first); whatever no kind claims
+is looked at as video (lib/sources.py). After decoding nothing knows the kind.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lib.archives import ArchiveLimits
+from lib.config import SamplingConfig
+from lib.failures import Failure
+from lib.hashing import HashMemo
+from lib.series import OpenSeries, SeriesRef
+
+
+@dataclass(frozen=True)
+class Claim:
+    refs: list[SeriesRef] = field(default_factory=list)
+    failures: list[Failure] = field(default_factory=list)
+    claimed: frozenset[Path] = frozenset()
+
+
+@dataclass(frozen=True)
+class SourceKind:
+    name: str
+    claim: Callable[[Path, list[Path], HashMemo | None], Claim]
+    open: Callable[[SeriesRef, SamplingConfig, Path, ArchiveLimits], AbstractContextManager[OpenSeries]]
+
+
+KINDS: tuple[SourceKind, ...] = ()
