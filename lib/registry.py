@@ -11,6 +11,7 @@ import datetime as dt
 import json
 import re
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -80,7 +81,9 @@ def log_model(bundle: ModelBundle, model_name: str) -> ModelRef:
         outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, len(bundle.labels)), "probabilities")]),
     )
     example = {"features": np.zeros((1, 3, dim), np.float32), "lengths": np.array([3], np.int64)}
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        # MLflow asks for predict() type hints, which cannot express a dict of tensors; the signature validates.
+        warnings.filterwarnings("ignore", message="Add type hints", category=UserWarning)
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=str(Path(__file__).with_name("pyfunc_entry.py")),
