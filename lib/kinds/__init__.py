@@ -36,4 +36,10 @@ class SourceKind:
     open: Callable[[SeriesRef, SamplingConfig, Path, ArchiveLimits], AbstractContextManager[OpenSeries]]
 
 
-KINDS: tuple[SourceKind, ...] = ()
+# The kind modules import Claim and SourceKind from here, so they are imported after them.
+# Order matters: earlier kinds claim their files first (dicom, nifti, geotiff, cube, images).
+from lib.kinds import dicom  # noqa: E402
+
+KINDS: tuple[SourceKind, ...] = (
+    dicom.KIND,
+)
