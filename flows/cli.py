@@ -79,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     infer.add_argument("--model", required=True, help="models:/NAME@champion, models:/NAME/3 or NAME")
     infer.add_argument("--out", help="predictions Parquet (default $LSTMPIPE_HOME/predictions/NAME-vN-TIME.parquet)")
 
+    _command(commands, "status", "cache size, last runs, champions, recent failures (reads only)", {})
+
     nightly = _command(commands, "nightly", "extract, train, promote, then infer", FEATURE_FLAGS | TRAIN_FLAGS
                        | PROMOTE_FLAGS)
     nightly.add_argument("root", help="source root whose top-level folders/archives are partitions")
@@ -125,12 +127,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         # stdout carries only the summary (JSON with --json); chatter from libraries goes to stderr.
         with contextlib.redirect_stdout(sys.stderr):
-            result = _run(args, overrides, run_id)
+            result = _status(rt) if args.command == "status" else _run(args, overrides, run_id)
     except (ConfigError, LookupError) as exc:
         print(f"lstmpipe {args.command}: {exc}", file=sys.stderr)
         return EXIT_USAGE
     result = {"command": args.command, "run_id": run_id, "seconds": round(time.monotonic() - started, 1), **result}
-    _save_run(rt, result)
+    if args.command != "status":  # status only reads
+        _save_run(rt, result)
     print(json.dumps(result, indent=2, default=str) if args.json else render(result))
     return EXIT_FAILED_SERIES if result.get("failed") else EXIT_OK
 
@@ -152,6 +155,12 @@ def _run(args: argparse.Namespace, overrides: dict[str, Any], run_id: str) -> di
                                            **common),
     }
     return calls[args.command]()
+
+
+def _status(rt: Runtime) -> dict[str, Any]:
+    from lib import registry, status  # MLflow loads in seconds: only for this command
+
+    return status.collect(rt.home, registry.connect(rt.tracking_uri), rt.config.promote.alias)
 
 
 def _save_run(rt: Runtime, result: dict[str, Any]) -> None:

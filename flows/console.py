@@ -24,6 +24,8 @@ def _sections(command: str, r: dict[str, Any]) -> list[str]:
         return _extract(r["extract"]) + _train(r["train"])
     if command == "promote":
         return _promote(r)
+    if command == "status":
+        return _status(r)
     if command == "rollback":
         return [f"  rollback  {r['model']}: @champion v{r['from']} -> v{r['to']}"]
     if command == "infer":
@@ -70,3 +72,17 @@ def _where(r: dict[str, Any]) -> list[str]:
         f"  predictions      {r['infer']['predictions']}",
         f"  MLflow UI        mlflow ui --backend-store-uri {uri}",
     ]
+
+
+def _status(r: dict[str, Any]) -> list[str]:
+    cache = r["cache"]
+    lines = [f"  state     {r['home']}",
+             f"  cache     {cache['series']} series, {cache['frames']} frames, {cache['recipes']} recipes, "
+             f"{cache['bytes'] / 1e6:.1f} MB"]
+    lines += [f"  model     {m['model']}: " + ", ".join(f"@{k} = v{v}" for k, v in m.items() if k != "model")
+              for m in r["champions"]]
+    lines += [f"  run       {run['run_id']} {run['command']} {run['seconds']} s, {run['failed']} failed"
+              for run in r["runs"]]
+    lines.append(f"  failures  {r['failures_total']} recorded; most recent:")
+    lines += [f"    {f['time']} {f['series_id']} [{f['stage']}]: {f['reason']}" for f in r["recent_failures"]]
+    return lines

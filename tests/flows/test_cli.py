@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from flows.cli import EXIT_USAGE, build_parser, main, overrides_of
 
-COMMANDS = ("demo", "extract", "train", "promote", "rollback", "infer", "nightly")
+COMMANDS = ("demo", "extract", "train", "promote", "rollback", "infer", "nightly", "status")
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -35,3 +37,11 @@ def test_bad_usage_exits_2() -> None:
     with pytest.raises(SystemExit) as exit_:
         main(["train", "src"])  # --model is required
     assert exit_.value.code == 2
+
+
+def test_status_reads_an_empty_state_directory(tmp_path, capsys: pytest.CaptureFixture, monkeypatch) -> None:
+    monkeypatch.setenv("LSTMPIPE_HOME", str(tmp_path))
+    assert main(["status", "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["cache"]["series"] == 0 and shown["failures_total"] == 0 and shown["champions"] == []
+    assert not (tmp_path / "runs").exists()  # status only reads
