@@ -39,7 +39,11 @@ class SourceKind:
 # The kind modules import Claim and SourceKind from here, so they are imported after them.
 # Order matters: earlier kinds claim their files first (dicom, nifti, geotiff, cube, images).
 from lib.kinds import dicom  # noqa: E402
+from lib.kinds import nifti  # noqa: E402
+from lib.kinds import images  # noqa: E402
 
 KINDS: tuple[SourceKind, ...] = (
     dicom.KIND,
+    nifti.KIND,
+    images.KIND,
 )
