@@ -29,10 +29,13 @@ test: $(VENV)/.installed ## run every test: unit, tasks, flows, infra, integrati
 test-fast: $(VENV)/.installed ## unit tests of lib/ only (no servers)
 	$(BIN)/python -m pytest -q tests/lib
 
+bench: $(VENV)/.installed ## benchmarks: JSON under bench/results/ and a table (peak memory vs video length)
+	$(BIN)/python bench/memory.py
+
 lint: $(VENV)/.installed ## architecture contracts: lib never imports prefect/ray/tasks/flows
 	$(BIN)/lint-imports
 
 clean: ## remove the state directory (cache, MLflow store, predictions)
 	rm -rf $(LSTMPIPE_HOME)
 
-.PHONY: help install demo test test-fast lint clean
+.PHONY: help install demo test test-fast bench lint clean
