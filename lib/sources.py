@@ -22,10 +22,8 @@ from lib.failures import Failure
 from lib.hashing import HashMemo, content_hash, member_hashes
 from lib.kinds import KINDS
 from lib.series import SeriesRef
+from lib.video import VIDEO_SUFFIXES
 
-VIDEO_SUFFIXES = frozenset(
-    {".mp4", ".mkv", ".avi", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".flv", ".wmv", ".gif"}
-)
 
 
 @dataclass(frozen=True)

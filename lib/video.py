@@ -29,6 +29,11 @@ from lib.series import FrameChunk
 _INVALID = "Invalid data found when processing input"
 
 
+# File suffixes discovery reads as video; ffmpeg decodes more, but these are what archives of clips hold.
+VIDEO_SUFFIXES = frozenset(
+    {".mp4", ".mkv", ".avi", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".flv", ".wmv", ".gif"}
+)
+
 @dataclass(frozen=True)
 class VideoInfo:
     """What `ffmpeg -i` says about the first video stream.

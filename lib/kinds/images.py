@@ -41,6 +41,7 @@ from lib.frames import chunked, pick, scale_to_uint8, to_rgb
 from lib.hashing import HashMemo, content_hash
 from lib.kinds import Claim, SourceKind
 from lib.series import OpenSeries, SeriesRef
+from lib.video import VIDEO_SUFFIXES
 
 SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
 MIN_FRAMES = 2  # one picture is not a sequence
@@ -68,7 +69,6 @@ def frame_files(folder: Path) -> list[Path]:
 
 def claim(base: Path, files: list[Path], memo: HashMemo | None) -> Claim:
     """One series per folder holding >= MIN_FRAMES images and no video."""
-    from lib.sources import VIDEO_SUFFIXES  # here, not at the top: lib.sources imports the kinds
 
     refs: list[SeriesRef] = []
     failures: list[Failure] = []
