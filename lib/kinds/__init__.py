@@ -40,10 +40,14 @@ class SourceKind:
 # Order matters: earlier kinds claim their files first (dicom, nifti, geotiff, cube, images).
 from lib.kinds import dicom  # noqa: E402
 from lib.kinds import nifti  # noqa: E402
+from lib.kinds import geotiff  # noqa: E402
+from lib.kinds import cube  # noqa: E402
 from lib.kinds import images  # noqa: E402
 
 KINDS: tuple[SourceKind, ...] = (
     dicom.KIND,
     nifti.KIND,
+    geotiff.KIND,
+    cube.KIND,
     images.KIND,
 )
