@@ -25,7 +25,7 @@ def extract_refs(rt: Runtime, refs: list[dict], recipe: dict) -> list[dict]:
 def discover_and_extract(rt: Runtime, source: str, labels: str | None, run_id: str,
                          recipe: dict | None = None) -> tuple[list[dict], dict, dict[str, Any]]:
     """(refs, recipe, summary) for a source: what every flow that needs features starts with."""
-    found = discover_source(source, labels, rt.hash_memo)
+    found = discover_source(source, labels, rt.hash_memo, rt.config.sources)
     recipe = recipe or feature_recipe(rt.config, rt.torch_hub_dir)
     summary = extraction_summary(extract_refs(rt, found["refs"], recipe), found["failures"])
     summary["failures_file"] = record_run_failures(str(rt.failures_dir), run_id, summary)

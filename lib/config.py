@@ -32,6 +32,23 @@ class SamplingConfig:
 
 
 @dataclass(frozen=True)
+class SourcesConfig:
+    """How non-video kinds become frames (lib/kinds/); part of the feature recipe."""
+
+    dicom_window: str | None = None  # "CENTER,WIDTH" forces one window; None = the file's, else 1st-99th percentiles
+    nifti_view: str = "middle"  # middle: the middle slice of the 3rd axis | mip: maximum-intensity projection
+    geotiff_mode: str = "rgb"  # rgb: three bands as R, G, B | ndvi: (nir - red) / (nir + red) as grey
+    geotiff_bands: str | None = None  # "b5,b4,b3" (or one band: grey); None = b5,b4,b3 when present, else the first three
+    geotiff_red: str = "b3"  # NDVI red band: Landsat 4-7 b3 (Landsat 8-9 b4, Sentinel-2 b04)
+    geotiff_nir: str = "b4"  # NDVI near-infrared band: Landsat 4-7 b4 (Landsat 8-9 b5, Sentinel-2 b08)
+    geotiff_mask_band: str = "fmask"  # band flagging cloud, shadow and fill (values 2, 4, 255)
+    geotiff_max_masked_fraction: float = 1.0  # dates masked beyond this fraction are dropped; 1.0 keeps every date
+    geotiff_date_pattern: str | None = None  # regex with groups year and (month, day) or doy, tried before the built-ins
+    cube_variables: str | None = None  # "red,nir" as R, G(, B); None = the first three data variables with time
+    cube_time_dim: str | None = None  # None = `time`, else the dimension whose coordinate holds dates
+
+
+@dataclass(frozen=True)
 class BackboneConfig:
     name: str = "resnet18"  # any torchvision classification model; its head is removed
     weights: str = "DEFAULT"  # torchvision weights name (local torch cache only), a .pth path, or "none"
@@ -80,6 +97,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     promote: PromoteConfig = field(default_factory=PromoteConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    sources: SourcesConfig = field(default_factory=SourcesConfig)
 
 
 ENV_PREFIX = "LSTMPIPE_"

@@ -12,34 +12,35 @@ from typing import Any, Callable, Iterator
 
 from lib import video
 from lib.archives import ArchiveLimits, find_member, member_input
-from lib.config import SamplingConfig
+from lib.config import SamplingConfig, SourcesConfig
 from lib.errors import BadInput
 from lib.kinds import KINDS
 from lib.series import FrameChunk, OpenSeries, SeriesRef
 
 
 def decode(ref: SeriesRef, sampling: SamplingConfig, tmp_dir: Path,
-           limits: ArchiveLimits = ArchiveLimits()) -> Iterator[FrameChunk]:
+           limits: ArchiveLimits = ArchiveLimits(), sources: SourcesConfig = SourcesConfig()) -> Iterator[FrameChunk]:
     """The series' frames in bounded chunks; BadInput naming `ref.location` when it cannot be read."""
-    with open_series(ref, sampling, tmp_dir, limits) as series:
+    with open_series(ref, sampling, tmp_dir, limits, sources) as series:
         yield from series.chunks
 
 
 def describe(ref: SeriesRef, sampling: SamplingConfig, tmp_dir: Path,
-             limits: ArchiveLimits = ArchiveLimits()) -> dict[str, Any]:
+             limits: ArchiveLimits = ArchiveLimits(), sources: SourcesConfig = SourcesConfig()) -> dict[str, Any]:
     """The series' metadata (source kind, fps, size, duration, ...) without decoding frames."""
-    with open_series(ref, sampling, tmp_dir, limits) as series:
+    with open_series(ref, sampling, tmp_dir, limits, sources) as series:
         return series.meta
 
 
 @contextmanager
 def open_series(ref: SeriesRef, sampling: SamplingConfig, tmp_dir: Path,
-                limits: ArchiveLimits = ArchiveLimits()) -> Iterator[OpenSeries]:
+                limits: ArchiveLimits = ArchiveLimits(),
+                sources: SourcesConfig = SourcesConfig()) -> Iterator[OpenSeries]:
     """Metadata and a lazy chunk iterator sharing one input (one temp copy for a compressed member)."""
     opener = _OPENERS.get(ref.kind)
     if opener is None:
         raise BadInput(ref.location, f"unknown series kind {ref.kind!r}; known: {', '.join(sorted(_OPENERS))}")
-    with opener(ref, sampling, Path(tmp_dir), limits) as series:
+    with opener(ref, sampling, Path(tmp_dir), limits, sources) as series:
         try:
             yield series
         finally:
@@ -48,7 +49,7 @@ def open_series(ref: SeriesRef, sampling: SamplingConfig, tmp_dir: Path,
 
 @contextmanager
 def _open_video(ref: SeriesRef, sampling: SamplingConfig, tmp_dir: Path,
-                limits: ArchiveLimits) -> Iterator[OpenSeries]:
+                limits: ArchiveLimits, sources: SourcesConfig) -> Iterator[OpenSeries]:
     with _input(ref, tmp_dir, limits) as url:
         info = video.probe(url, ref.location, sampling.timeout_s)
         meta = {
@@ -75,5 +76,6 @@ def _input(ref: SeriesRef, tmp_dir: Path, limits: ArchiveLimits) -> Iterator[str
         yield url
 
 
-_Opener = Callable[[SeriesRef, SamplingConfig, Path, ArchiveLimits], AbstractContextManager[OpenSeries]]
+_Opener = Callable[[SeriesRef, SamplingConfig, Path, ArchiveLimits, SourcesConfig],
+                   AbstractContextManager[OpenSeries]]
 _OPENERS: dict[str, _Opener] = {"video": _open_video, **{kind.name: kind.open for kind in KINDS}}

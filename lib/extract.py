@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from lib.cache import SeriesFeatures
-from lib.config import SamplingConfig
+from lib.config import SamplingConfig, SourcesConfig
 from lib.decode import decode
 from lib.errors import BadInput
 from lib.failures import Failure
@@ -45,11 +45,13 @@ def extract_many(
     batch_size: int,
     tmp_dir: Path,
     prefetch_chunks: int = 4,
+    sources: SourcesConfig = SourcesConfig(),
 ) -> Iterator[SeriesFeatures | Failure]:
     """Yield one result per series, in order of completion: features, or why it failed."""
     events: queue.Queue = queue.Queue(maxsize=prefetch_chunks)
     stop = threading.Event()
-    producer = threading.Thread(target=_decode_all, args=(refs, sampling, tmp_dir, events, stop), daemon=True)
+    producer = threading.Thread(target=_decode_all, args=(refs, sampling, sources, tmp_dir, events, stop),
+                                daemon=True)
     producer.start()
     pending: dict[int, _Pending] = {}
     batch: list[tuple[int, np.ndarray]] = []  # (series index, frames)
@@ -84,7 +86,7 @@ def extract_many(
         producer.join(timeout=30)
 
 
-def _decode_all(refs: list[SeriesRef], sampling: SamplingConfig, tmp_dir: Path,
+def _decode_all(refs: list[SeriesRef], sampling: SamplingConfig, sources: SourcesConfig, tmp_dir: Path,
                 events: queue.Queue, stop: threading.Event) -> None:
     """Producer thread: every series' chunks, then an end marker (or a failure, or the error that stopped it)."""
     try:
@@ -92,7 +94,7 @@ def _decode_all(refs: list[SeriesRef], sampling: SamplingConfig, tmp_dir: Path,
             if stop.is_set():
                 return
             try:
-                with closing(decode(ref, sampling, tmp_dir)) as chunks:  # closing: ffmpeg is killed on stop
+                with closing(decode(ref, sampling, tmp_dir, sources=sources)) as chunks:  # closing: ffmpeg is killed on stop
                     for chunk in chunks:
                         _put(events, ("chunk", index, chunk), stop)
                         if stop.is_set():  # the consumer left: do not decode the rest of a long series

@@ -5,18 +5,18 @@ from __future__ import annotations
 from pathlib import Path
 
 from lib.backbone import Backbone, resolve_weights
-from lib.config import BackboneConfig, SamplingConfig
+from lib.config import BackboneConfig, SamplingConfig, SourcesConfig
 from lib.errors import ConfigError
 from lib.ffmpeg import ffmpeg_version
 from lib.recipe import FeatureRecipe, make_recipe
 
 
 def load_backbone(sampling: SamplingConfig, config: BackboneConfig, torch_hub_dir: Path,
-                  device: str = "cpu") -> tuple[Backbone, FeatureRecipe]:
-    """Build the backbone once and say exactly which features it makes."""
+                  device: str = "cpu", sources: SourcesConfig = SourcesConfig()) -> tuple[Backbone, FeatureRecipe]:
+    """Build the backbone once and say exactly which features it (with `sampling`, `sources`) makes."""
     weights = resolve_weights(config, torch_hub_dir)
     backbone = Backbone(config, weights, device)
-    recipe = make_recipe(f"ffmpeg {ffmpeg_version()}", sampling, config.name, weights,
+    recipe = make_recipe(f"ffmpeg {ffmpeg_version()}", sampling, sources, config.name, weights,
                          backbone.precision, backbone.feature_dim)
     return backbone, recipe
 

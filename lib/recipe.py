@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from lib.backbone import WeightsSource
-from lib.config import BackboneConfig, SamplingConfig
+from lib.config import BackboneConfig, SamplingConfig, SourcesConfig
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,8 @@ class FeatureRecipe:
     weights_digest: str
     precision: str  # resolved: fp32 | bf16 | fp16, never "auto"
     feature_dim: int
+    # how DICOM, NIfTI, GeoTIFF and cubes become frames: canonical JSON of SourcesConfig
+    sources: str = field(default_factory=lambda: canonical_sources(SourcesConfig()))
 
     @property
     def recipe_id(self) -> str:
@@ -52,6 +54,9 @@ class FeatureRecipe:
             chunk_frames=base.chunk_frames, timeout_s=base.timeout_s,
         )
 
+    def sources_config(self) -> SourcesConfig:
+        return SourcesConfig(**json.loads(self.sources))
+
     def backbone_config(self, base: BackboneConfig) -> BackboneConfig:
         """The backbone settings that reproduce this recipe; batch size comes from `base`.
 
@@ -68,10 +73,15 @@ class FeatureRecipe:
                               batch_size=base.batch_size, seed=seed)
 
 
-def make_recipe(decoder: str, sampling: SamplingConfig, backbone: str, weights: WeightsSource,
-                precision: str, feature_dim: int) -> FeatureRecipe:
+def make_recipe(decoder: str, sampling: SamplingConfig, sources: SourcesConfig, backbone: str,
+                weights: WeightsSource, precision: str, feature_dim: int) -> FeatureRecipe:
     return FeatureRecipe(
         decoder=decoder, fps=sampling.fps, num_frames=sampling.num_frames, size=sampling.size,
         backbone=backbone, weights=weights.label, weights_digest=weights.digest,
         precision=precision, feature_dim=feature_dim,
+        sources=canonical_sources(sources),
     )
+
+
+def canonical_sources(sources: SourcesConfig) -> str:
+    return json.dumps(asdict(sources), sort_keys=True, separators=(",", ":"))

@@ -17,6 +17,7 @@ import pyarrow.csv as pv
 import pyarrow.parquet as pq
 
 from lib.archives import READ_ERRORS, ArchiveLimits, Member, archive_suffix, list_members, strip_archive_suffix
+from lib.config import SourcesConfig
 from lib.errors import BadInput
 from lib.failures import Failure
 from lib.hashing import HashMemo, content_hash, member_hashes
@@ -33,7 +34,7 @@ class Discovery:
 
 
 def discover(root: Path, manifest: Path | None = None, memo: HashMemo | None = None,
-             limits: ArchiveLimits = ArchiveLimits()) -> Discovery:
+             limits: ArchiveLimits = ArchiveLimits(), sources: SourcesConfig = SourcesConfig()) -> Discovery:
     """Every series under `root` (other kinds first, then video), with the inputs that were refused."""
     root = Path(root)
     refs: list[SeriesRef] = []
@@ -41,7 +42,7 @@ def discover(root: Path, manifest: Path | None = None, memo: HashMemo | None = N
     base = root.parent if root.is_file() else root
     files = _walk(root)
     for kind in KINDS:  # DICOM, NIfTI, GeoTIFF, ... take their files first; the rest may be video
-        claim = kind.claim(base, files, memo)
+        claim = kind.claim(base, files, memo, sources)
         refs += claim.refs
         failures += claim.failures
         files = [f for f in files if f not in claim.claimed]

@@ -11,7 +11,7 @@ from ray.util import ActorPool
 from tqdm import tqdm
 
 from lib.cache import FeatureCache
-from lib.config import Config, replace
+from lib.config import Config, SourcesConfig
 from lib.features import load_backbone
 from lib.hashing import HashMemo
 from lib.recipe import FeatureRecipe
@@ -24,9 +24,10 @@ GROUP = 8  # series per actor call: progress granularity and load balance; one c
 
 
 @task(name="discover", retries=2, retry_condition_fn=transient_only)
-def discover_source(source: str, manifest: str | None, memo_path: str) -> dict:
+def discover_source(source: str, manifest: str | None, memo_path: str, sources: SourcesConfig) -> dict:
     """Series refs (as dicts) and discovery failures of a source root, file or archive."""
-    found = discover(Path(source), Path(manifest) if manifest else None, HashMemo(Path(memo_path)))
+    found = discover(Path(source), Path(manifest) if manifest else None, HashMemo(Path(memo_path)),
+                     sources=sources)
     return {"refs": [r.to_dict() for r in found.refs], "failures": [f.__dict__ for f in found.failures]}
 
 
@@ -34,7 +35,7 @@ def discover_source(source: str, manifest: str | None, memo_path: str) -> dict:
 def feature_recipe(config: Config, torch_hub_dir: str) -> dict:
     """The recipe this configuration yields on this machine (precision resolved)."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    _, recipe = load_backbone(config.sampling, config.backbone, Path(torch_hub_dir), device)
+    _, recipe = load_backbone(config.sampling, config.backbone, Path(torch_hub_dir), device, config.sources)
     return recipe.to_dict()
 
 
@@ -59,12 +60,14 @@ def _extract_on_ray(todo: list[dict], recipe: dict, config: Config, cache_root: 
                     torch_hub_dir: str, ray_address: str | None) -> list[dict]:
     ensure_ray(ray_address)
     gpus = int(ray.cluster_resources().get("GPU", 0))
-    # The recipe fixes the precision: workers must not re-resolve "auto" differently.
-    backbone = replace(config, backbone={"precision": recipe["precision"]}).backbone
+    # Everything that shapes the features comes from the recipe (a model's, at inference), not
+    # from this run's flags; the precision too, so workers never re-resolve "auto" differently.
+    wanted = FeatureRecipe.from_dict(recipe)
+    sampling, backbone = wanted.sampling(config.sampling), wanted.backbone_config(config.backbone)
     workers = feature_workers(
         f"{recipe['recipe_id']}:{cache_root}", gpus or worker_count(config.runtime.workers),
         lambda: FeatureWorker.options(num_gpus=1 if gpus else 0).remote(
-            config.sampling, backbone, recipe, torch_hub_dir, cache_root, tmp_dir),
+            sampling, backbone, recipe, torch_hub_dir, cache_root, tmp_dir),
     )
     groups = [todo[i:i + GROUP] for i in range(0, len(todo), GROUP)]
     statuses: list[dict] = []

@@ -77,8 +77,9 @@ class FeatureWorker:
         device = "cuda" if torch.cuda.is_available() and ray.get_gpu_ids() else "cpu"
         self.sampling = sampling
         self.batch_size = backbone.batch_size
-        self.backbone, built = load_backbone(sampling, backbone, Path(torch_hub_dir), device)
         self.recipe = FeatureRecipe.from_dict(recipe)
+        self.sources = self.recipe.sources_config()
+        self.backbone, built = load_backbone(sampling, backbone, Path(torch_hub_dir), device, self.sources)
         check_recipe(self.recipe, built)
         self.cache = FeatureCache(Path(cache_root))
         self.tmp_dir = Path(tmp_dir)
@@ -89,7 +90,8 @@ class FeatureWorker:
         series = [SeriesRef.from_dict(r) for r in refs]
         done: list[SeriesFeatures] = []
         statuses = []
-        for result in extract_many(series, self.sampling, self.backbone, self.batch_size, self.tmp_dir):
+        for result in extract_many(series, self.sampling, self.backbone, self.batch_size, self.tmp_dir,
+                                   sources=self.sources):
             if isinstance(result, Failure):
                 statuses.append({"series_id": result.series_id, "status": "failed", "frames": 0,
                                  "stage": result.stage, "reason": result.reason, "path": result.path})

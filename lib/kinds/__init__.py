@@ -1,9 +1,9 @@
 """Source kinds other than video (SPEC §2): each groups files into series and opens a series.
 
-A kind is two functions:
-    claim(base, files, memo) -> Claim   which of `files` (sorted, under the folder `base`) are its
-                                       series; claimed files are not offered to later kinds
-    open(ref, sampling, tmp_dir, limits) -> context manager of OpenSeries   metadata + lazy FrameChunks
+A kind is two functions, both given the `sources` section of the configuration:
+    claim(base, files, memo, sources) -> Claim   which of `files` (sorted, under the folder `base`)
+                                       are its series; claimed files are not offered to later kinds
+    open(ref, sampling, tmp_dir, limits, sources) -> context manager of OpenSeries   metadata + lazy FrameChunks
 Kinds are tried in the order of KINDS (most specific first); whatever no kind claims
 is looked at as video (lib/sources.py). After decoding nothing knows the kind.
 """
@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lib.archives import ArchiveLimits
-from lib.config import SamplingConfig
+from lib.config import SamplingConfig, SourcesConfig
 from lib.failures import Failure
 from lib.hashing import HashMemo
 from lib.series import OpenSeries, SeriesRef
@@ -32,8 +32,9 @@ class Claim:
 @dataclass(frozen=True)
 class SourceKind:
     name: str
-    claim: Callable[[Path, list[Path], HashMemo | None], Claim]
-    open: Callable[[SeriesRef, SamplingConfig, Path, ArchiveLimits], AbstractContextManager[OpenSeries]]
+    claim: Callable[[Path, list[Path], HashMemo | None, SourcesConfig], Claim]
+    open: Callable[[SeriesRef, SamplingConfig, Path, ArchiveLimits, SourcesConfig],
+                   AbstractContextManager[OpenSeries]]
 
 
 # The kind modules import Claim and SourceKind from here, so they are imported after them.

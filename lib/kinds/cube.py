@@ -41,8 +41,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from lib.archives import ArchiveLimits
-from lib.config import SamplingConfig
-from lib.errors import BadInput
+from lib.config import SamplingConfig, SourcesConfig
+from lib.errors import BadInput, ConfigError
 from lib.failures import Failure
 from lib.frames import chunked, pick, robust_range, scale_to_uint8, to_rgb
 from lib.hashing import HashMemo, content_hash
@@ -340,4 +340,18 @@ def _frame(values: np.ndarray, ranges: list[tuple[float, float]]) -> np.ndarray:
     return np.stack(channels, axis=-1)
 
 
-KIND = SourceKind("cube", claim, open_series)
+def options_from(sources: SourcesConfig) -> CubeOptions:
+    """The `sources.cube_*` keys as CubeOptions."""
+    variables = tuple(v.strip() for v in sources.cube_variables.split(",")) if sources.cube_variables else None
+    try:
+        return CubeOptions(variables=variables, time_dim=sources.cube_time_dim)
+    except ValueError as exc:
+        raise ConfigError(f"sources.cube_variables: {exc}") from exc
+
+
+KIND = SourceKind(
+    "cube",
+    lambda base, files, memo, sources: claim(base, files, memo, options=options_from(sources)),
+    lambda ref, sampling, tmp_dir, limits, sources: open_series(ref, sampling, tmp_dir, limits,
+                                                                options=options_from(sources)),
+)

@@ -34,8 +34,8 @@ from pydicom.pixels import apply_color_lut, get_decoder, iter_pixels
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, MediaStorageDirectoryStorage
 
 from lib.archives import ArchiveLimits
-from lib.config import SamplingConfig
-from lib.errors import BadInput
+from lib.config import SamplingConfig, SourcesConfig
+from lib.errors import BadInput, ConfigError
 from lib.failures import Failure
 from lib.frames import chunked, pick, robust_range, scale_to_uint8, to_rgb
 from lib.hashing import HashMemo, content_hash
@@ -415,8 +415,12 @@ def _attr(ds: Dataset, keyword: str, macro: str) -> Any:
 
 @contextmanager
 def open_series(ref: SeriesRef, sampling: SamplingConfig, tmp_dir: Path,
-                limits: ArchiveLimits = ArchiveLimits()) -> Iterator[OpenSeries]:
-    """The series' metadata now, its frames lazily: one file at a time, one frame at a time."""
+                limits: ArchiveLimits = ArchiveLimits(), *,
+                window: tuple[float, float] | None = None) -> Iterator[OpenSeries]:
+    """The series' metadata now, its frames lazily: one file at a time, one frame at a time.
+
+    `window` (center, width) overrides the files' own window for every grey series.
+    """
     missing = sorted({"root", "files", "t", "transfer_syntaxes", "photometric", "samples_per_pixel"} - ref.meta.keys())
     if missing:
         raise BadInput(ref.location, f"not a DICOM series ref (metadata lacks {', '.join(missing)}); discover it again")
@@ -427,6 +431,9 @@ def open_series(ref: SeriesRef, sampling: SamplingConfig, tmp_dir: Path,
         raise BadInput(ref.location, f"unsupported PhotometricInterpretation {photometric} with {samples} samples"
                                      f" per pixel; supported: {', '.join(sorted(_PHOTOMETRICS))}")
     meta = {k: v for k, v in ref.meta.items() if k not in ("files", "t", "root")}
+    if window is not None:
+        ref = replace(ref, meta={**ref.meta, "window": list(window)})
+        meta["window"] = list(window)
     yield OpenSeries(meta, _chunks(ref, sampling))
 
 
@@ -556,4 +563,20 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
-KIND = SourceKind("dicom", claim, open_series)
+def _window_option(sources: SourcesConfig) -> tuple[float, float] | None:
+    """`sources.dicom_window` "CENTER,WIDTH" -> (center, width)."""
+    if sources.dicom_window is None:
+        return None
+    try:
+        center, width = (float(v) for v in sources.dicom_window.split(","))
+    except ValueError:
+        raise ConfigError(f"sources.dicom_window: {sources.dicom_window!r}; expected CENTER,WIDTH such as 40,400")
+    return center, width
+
+
+KIND = SourceKind(
+    "dicom",
+    lambda base, files, memo, sources: claim(base, files, memo),
+    lambda ref, sampling, tmp_dir, limits, sources: open_series(ref, sampling, tmp_dir, limits,
+                                                                window=_window_option(sources)),
+)

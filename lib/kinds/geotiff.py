@@ -64,8 +64,8 @@ import numpy as np
 import tifffile
 
 from lib.archives import ArchiveLimits
-from lib.config import SamplingConfig
-from lib.errors import BadInput
+from lib.config import SamplingConfig, SourcesConfig
+from lib.errors import BadInput, ConfigError
 from lib.failures import Failure
 from lib.frames import chunked, pick, robust_range, scale_to_uint8, to_rgb
 from lib.hashing import HashMemo, content_hash
@@ -769,4 +769,26 @@ def _band_store(path: Path, grid: tuple[int, int]) -> Iterator[Callable[[int], n
         tif.close()
 
 
-KIND = SourceKind("geotiff", claim, open_series)
+def options_from(sources: SourcesConfig) -> GeoTiffOptions:
+    """The `sources.geotiff_*` keys as GeoTiffOptions; a pattern given there is tried first."""
+    patterns = (sources.geotiff_date_pattern,) if sources.geotiff_date_pattern else ()
+    try:
+        return GeoTiffOptions(
+            mode=sources.geotiff_mode,
+            rgb=tuple(b.strip() for b in sources.geotiff_bands.split(",")) if sources.geotiff_bands else None,
+            red=sources.geotiff_red,
+            nir=sources.geotiff_nir,
+            mask_band=sources.geotiff_mask_band,
+            max_masked_fraction=sources.geotiff_max_masked_fraction,
+            date_patterns=patterns + DATE_PATTERNS,
+        )
+    except ValueError as exc:
+        raise ConfigError(f"sources.geotiff_*: {exc}") from exc
+
+
+KIND = SourceKind(
+    "geotiff",
+    lambda base, files, memo, sources: claim(base, files, memo, options=options_from(sources)),
+    lambda ref, sampling, tmp_dir, limits, sources: open_series(ref, sampling, tmp_dir, limits,
+                                                                options=options_from(sources)),
+)

@@ -126,7 +126,11 @@ def open_series(ref: SeriesRef, sampling: SamplingConfig, tmp_dir: Path,
     yield OpenSeries(meta, chunked(frames(), sampling))
 
 
-KIND = SourceKind("images", claim, open_series)
+KIND = SourceKind(
+    "images",
+    lambda base, files, memo, sources: claim(base, files, memo),
+    lambda ref, sampling, tmp_dir, limits, sources: open_series(ref, sampling, tmp_dir, limits),
+)
 
 
 def _series_hash(images: list[Path], memo: HashMemo | None) -> str:

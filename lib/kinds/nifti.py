@@ -56,9 +56,8 @@ from lib.series import OpenSeries, SeriesRef
 
 SUFFIXES = (".nii", ".nii.gz")
 VIEWS = ("middle", "mip")
-# The 2-D view per time point. No configuration key yet (proposed: `sampling.nifti_view`,
-# which must then join the FeatureRecipe so a changed view is a new cache entry); until
-# then callers choose with `open_series(..., view="mip")`.
+# The 2-D view per time point when none is given; the pipeline passes `sources.nifti_view`
+# (part of the feature recipe, so a changed view is a new cache entry).
 VIEW = "middle"
 RANGE_SAMPLE = 16  # time points read to fix the intensity range: bounded work and memory, whatever the length
 _SECONDS_PER = {"sec": 1.0, "msec": 1e-3, "usec": 1e-6}
@@ -130,7 +129,12 @@ def open_series(ref: SeriesRef, sampling: SamplingConfig, tmp_dir: Path,
         yield OpenSeries(meta, chunked(frames(), sampling))
 
 
-KIND = SourceKind("nifti", claim, open_series)
+KIND = SourceKind(
+    "nifti",
+    lambda base, files, memo, sources: claim(base, files, memo),
+    lambda ref, sampling, tmp_dir, limits, sources: open_series(ref, sampling, tmp_dir, limits,
+                                                                view=sources.nifti_view),
+)
 
 
 def _image(path: Path) -> nib.Nifti1Image:

