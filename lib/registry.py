@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import re
 import tempfile
 from dataclasses import dataclass
@@ -53,10 +54,23 @@ class SequenceModel(mlflow.pyfunc.PythonModel):
         return self.bundle.predict([f[:n] for f, n in zip(features, lengths)]).astype(np.float32)
 
 
+_EXPORTED = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+
+
 def connect(tracking_uri: str) -> MlflowClient:
-    """Point MLflow's global state and a client at one store (tracking and registry)."""
+    """Point MLflow's global state and a client at one store (tracking and registry).
+
+    MLflow also exports the URIs to os.environ, where a later run in this process (with
+    another state directory) would take them for the user's own setting: put those back.
+    """
+    before = {name: os.environ.get(name) for name in _EXPORTED}
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
+    for name, value in before.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
     return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
 

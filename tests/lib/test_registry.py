@@ -305,3 +305,11 @@ def test_predictor_writes_the_documented_table(registered: ModelRef, outcome: Ou
 def test_predictions_table_with_no_rows_keeps_its_columns() -> None:
     table = predictions_table([], np.zeros((0, 4), np.float32), CLASSES, "seq", "1", "rid", "run")
     assert table.num_rows == 0 and table.column_names == PREDICTION_COLUMNS
+
+
+def test_connect_leaves_the_environment_as_it_was(tmp_path, monkeypatch) -> None:
+    """MLflow exports the URI to os.environ; a later run in this process must not inherit it."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    registry.connect(f"sqlite:///{tmp_path}/mlflow.db")
+    assert "MLFLOW_TRACKING_URI" not in os.environ
+    assert mlflow.get_tracking_uri() == f"sqlite:///{tmp_path}/mlflow.db"
