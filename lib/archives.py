@@ -124,6 +124,7 @@ def member_input(archive: Path, member: Member, tmp_dir: Path) -> Iterator[str]:
         yield subfile_url(str(archive.resolve()), member.offset, member.size)
         return
     suffix = PurePosixPath(member.name).suffix
+    Path(tmp_dir).mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=tmp_dir, prefix="member-", suffix=suffix, delete=False) as out:
         copy = Path(out.name)
     try:

