@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from importlib.metadata import version
 from pathlib import Path
 
 from lib.backbone import Backbone, resolve_weights
@@ -16,9 +17,18 @@ def load_backbone(sampling: SamplingConfig, config: BackboneConfig, torch_hub_di
     """Build the backbone once and say exactly which features it (with `sampling`, `sources`) makes."""
     weights = resolve_weights(config, torch_hub_dir)
     backbone = Backbone(config, weights, device)
-    recipe = make_recipe(f"ffmpeg {ffmpeg_version()}", sampling, sources, config.name, weights,
+    recipe = make_recipe(decoder_versions(), sampling, sources, config.name, weights,
                          backbone.precision, backbone.feature_dim)
     return backbone, recipe
+
+
+# The readers whose output pixels could change with their version (Pillow resizes every non-video kind).
+DECODERS = ("pydicom", "nibabel", "tifffile", "xarray", "pillow")
+
+
+def decoder_versions() -> str:
+    """"ffmpeg 9.0.2; pydicom 3.0.2; ...": an upgrade of any reader is a new recipe, never stale features."""
+    return "; ".join([f"ffmpeg {ffmpeg_version()}", *(f"{name} {version(name)}" for name in DECODERS)])
 
 
 def check_recipe(expected: FeatureRecipe, built: FeatureRecipe) -> None:

@@ -18,7 +18,7 @@ from lib.config import BackboneConfig, SamplingConfig, SourcesConfig
 
 @dataclass(frozen=True)
 class FeatureRecipe:
-    decoder: str  # "ffmpeg <version>": decoded pixels can differ between versions
+    decoder: str  # "ffmpeg <version>; pydicom <version>; ...": decoded pixels can differ between versions
     fps: float | None
     num_frames: int | None
     size: int
