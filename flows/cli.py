@@ -11,7 +11,6 @@ import contextlib
 import json
 import sys
 import time
-from pathlib import Path
 from typing import Any, Callable
 
 from flows.console import render

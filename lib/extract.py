@@ -21,7 +21,7 @@ from lib.config import SamplingConfig, SourcesConfig
 from lib.decode import decode
 from lib.errors import BadInput
 from lib.failures import Failure
-from lib.series import FrameChunk, SeriesRef
+from lib.series import SeriesRef
 
 Embed = Callable[[np.ndarray], np.ndarray]  # (N, H, W, 3) uint8 -> (N, D) float32
 

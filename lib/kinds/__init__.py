@@ -13,7 +13,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from typing import Any
 
 from lib.archives import ArchiveLimits
 from lib.config import SamplingConfig, SourcesConfig
@@ -35,6 +36,20 @@ class SourceKind:
     claim: Callable[[Path, list[Path], HashMemo | None, SourcesConfig], Claim]
     open: Callable[[SeriesRef, SamplingConfig, Path, ArchiveLimits, SourcesConfig],
                    AbstractContextManager[OpenSeries]]
+
+
+def make_ref(kind: str, sid: str, digest: str, path: Path, meta: dict[str, Any]) -> SeriesRef:
+    """A SeriesRef labelled by its parent folder and partitioned by its top-level folder, as videos are."""
+    parts = PurePosixPath(sid).parts
+    return SeriesRef(
+        series_id=sid,
+        content_hash=digest,
+        kind=kind,
+        path=str(path.resolve()),
+        label=parts[-2] if len(parts) > 1 else None,
+        partition=parts[0] if len(parts) > 1 else None,
+        meta=meta,
+    )
 
 
 # The kind modules import Claim and SourceKind from here, so they are imported after them.

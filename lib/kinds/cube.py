@@ -36,7 +36,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -46,8 +46,8 @@ from lib.errors import BadInput, ConfigError
 from lib.failures import Failure
 from lib.frames import chunked, pick, robust_range, scale_to_uint8, to_rgb
 from lib.hashing import HashMemo, content_hash
-from lib.kinds import Claim, SourceKind
-from lib.kinds.geotiff import combined_hash, iso, make_ref, series_id
+from lib.kinds import Claim, SourceKind, make_ref
+from lib.kinds.geotiff import combined_hash, iso, series_id
 from lib.series import OpenSeries, SeriesRef
 
 if TYPE_CHECKING:

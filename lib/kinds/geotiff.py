@@ -57,7 +57,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -69,7 +69,7 @@ from lib.errors import BadInput, ConfigError
 from lib.failures import Failure
 from lib.frames import chunked, pick, robust_range, scale_to_uint8, to_rgb
 from lib.hashing import HashMemo, content_hash
-from lib.kinds import Claim, SourceKind
+from lib.kinds import Claim, SourceKind, make_ref
 from lib.series import OpenSeries, SeriesRef
 
 SUFFIXES = (".tif", ".tiff")
@@ -130,20 +130,6 @@ RECIPE = "geotiff-1"  # bump when the same bytes and options would give other fr
 def series_id(base: Path, path: Path) -> str:
     """The path relative to the source root; the root's own name when the root itself is the series."""
     return path.name if path == base else path.relative_to(base).as_posix()
-
-
-def make_ref(kind: str, sid: str, digest: str, path: Path, meta: dict[str, Any]) -> SeriesRef:
-    """A SeriesRef labelled by its parent folder and partitioned by its top-level folder, as videos are."""
-    parts = PurePosixPath(sid).parts
-    return SeriesRef(
-        series_id=sid,
-        content_hash=digest,
-        kind=kind,
-        path=str(path.resolve()),
-        label=parts[-2] if len(parts) > 1 else None,
-        partition=parts[0] if len(parts) > 1 else None,
-        meta=meta,
-    )
 
 
 def combined_hash(named: Sequence[tuple[str, str]], recipe: str) -> str:

@@ -28,7 +28,7 @@ import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from itertools import groupby
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -39,7 +39,7 @@ from lib.errors import BadInput
 from lib.failures import Failure
 from lib.frames import chunked, pick, scale_to_uint8, to_rgb
 from lib.hashing import HashMemo, content_hash
-from lib.kinds import Claim, SourceKind
+from lib.kinds import Claim, SourceKind, make_ref
 from lib.series import OpenSeries, SeriesRef
 from lib.video import VIDEO_SUFFIXES
 
@@ -85,16 +85,8 @@ def claim(base: Path, files: list[Path], memo: HashMemo | None) -> Claim:
         except OSError as exc:
             failures.append(Failure(rel, str(folder), "discover", f"unreadable image: {exc}"))
         else:
-            parts = PurePosixPath(rel).parts
-            refs.append(SeriesRef(
-                series_id=rel,
-                content_hash=digest,
-                kind="images",
-                path=str(folder.resolve()),
-                label=parts[-2] if len(parts) > 1 else None,
-                partition=parts[0] if len(parts) > 1 else None,
-                meta={"source_kind": "images", "frames": len(images), "bytes": size},
-            ))
+            refs.append(make_ref("images", rel, digest, folder,
+                                 {"source_kind": "images", "frames": len(images), "bytes": size}))
         claimed.update(images)
     return Claim(refs, failures, frozenset(claimed))
 

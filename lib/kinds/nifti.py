@@ -35,7 +35,7 @@ from __future__ import annotations
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 import nibabel as nib
@@ -51,7 +51,7 @@ from lib.errors import BadInput
 from lib.failures import Failure
 from lib.frames import chunked, pick, robust_range, scale_to_uint8, to_rgb
 from lib.hashing import HashMemo, content_hash
-from lib.kinds import Claim, SourceKind
+from lib.kinds import Claim, SourceKind, make_ref
 from lib.series import OpenSeries, SeriesRef
 
 SUFFIXES = (".nii", ".nii.gz")
@@ -88,16 +88,8 @@ def claim(base: Path, files: list[Path], memo: HashMemo | None) -> Claim:
         except OSError as exc:
             failures.append(Failure(rel, str(path), "discover", f"unreadable: {exc.strerror or exc}"))
             continue
-        parts = PurePosixPath(rel).parts
-        refs.append(SeriesRef(
-            series_id=rel,
-            content_hash=digest,
-            kind="nifti",
-            path=str(path.resolve()),
-            label=parts[-2] if len(parts) > 1 else None,
-            partition=parts[0] if len(parts) > 1 else None,
-            meta={"source_kind": "nifti", "bytes": size, **_header_meta(image)},
-        ))
+        refs.append(make_ref("nifti", rel, digest, path, {"source_kind": "nifti", "bytes": size,
+                                                           **_header_meta(image)}))
     return Claim(refs, failures, frozenset(mine))
 
 

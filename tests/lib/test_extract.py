@@ -6,7 +6,6 @@ run the backbone on all its frames at once.
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import tarfile
