@@ -36,7 +36,7 @@ def test_demo_chain_registers_promotes_predicts_and_reruns_from_cache(tmp_path: 
     assert extraction["series"] == 24 and extraction["extracted"] == 24
     trained = first["train"]["train"]
     assert first["promote"]["promoted"] and first["promote"]["challenger"] == trained["version"]
-    client = MlflowClient(first["tracking_uri"])
+    client = MlflowClient(first["tracking_uri"], registry_uri=first["tracking_uri"])  # not a global from another test
     assert str(client.get_model_version_by_alias(DEMO_MODEL, "champion").version) == trained["version"]
     table = pq.read_table(first["infer"]["predictions"])
     assert table.num_rows == 16
