@@ -103,13 +103,19 @@ def output_fps(sampling: SamplingConfig, info: VideoInfo, name: str) -> float:
 
 
 def decode_video(input: str, name: str, sampling: SamplingConfig, info: VideoInfo | None = None) -> Iterator[FrameChunk]:
-    """Chunks of (N, size, size, 3) uint8 RGB frames with t = index / output fps.
+    """Chunks of (N, size, size, 3) uint8 RGB frames with t in seconds.
 
-    `info` saves a probe when the caller already has one. ffmpeg is killed and
-    reaped when the consumer stops early, when it stalls for `timeout_s`, or on error.
+    Sampled (fps or num_frames): an fps filter makes the output constant-rate, so
+    t = index / rate is exact, and frames are chosen by timestamp, variable frame rate
+    or not. Every frame (fps None): frames pass through untouched and t is each frame's
+    own presentation time, read from ffmpeg's showinfo filter, so a variable frame rate
+    keeps its real timing. `info` saves a probe when the caller already has one. ffmpeg
+    is killed and reaped when the consumer stops early, when it stalls for `timeout_s`,
+    or on error.
     """
     info = info or probe(input, name, sampling.timeout_s)
-    rate = output_fps(sampling, info, name)  # always an fps filter: CFR output makes t = index / rate exact
+    every_frame = sampling.fps is None and sampling.num_frames is None
+    rate = None if every_frame else output_fps(sampling, info, name)
     frame_bytes = sampling.size * sampling.size * 3
     proc = subprocess.Popen(_command(input, sampling.size, rate, sampling.num_frames), stdin=subprocess.DEVNULL,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0)
@@ -119,7 +125,9 @@ def decode_video(input: str, name: str, sampling: SamplingConfig, info: VideoInf
         start = 0
         while len(frames := _read_frames(proc.stdout, sampling.chunk_frames, frame_bytes, watchdog)):
             frames = frames.reshape(-1, sampling.size, sampling.size, 3)
-            yield FrameChunk(frames=frames, t=np.arange(start, start + len(frames)) / rate, start=start)
+            t = stderr.take_times(len(frames), sampling.timeout_s) if every_frame \
+                else np.arange(start, start + len(frames)) / rate
+            yield FrameChunk(frames=frames, t=t, start=start)
             start += len(frames)
         _check_exit(proc, stderr, watchdog, name, start, sampling.timeout_s)
     finally:
@@ -130,16 +138,22 @@ def decode_video(input: str, name: str, sampling: SamplingConfig, info: VideoInf
         proc.stdout.close()
 
 
-def _command(input: str, size: int, rate: float, max_frames: int | None) -> list[str]:
-    """input → fps → cover size×size → center crop → raw RGB on stdout; audio, subtitles, data dropped.
+def _command(input: str, size: int, rate: float | None, max_frames: int | None) -> list[str]:
+    """input → fps (or showinfo) → cover size×size → center crop → raw RGB on stdout; audio, subtitles, data dropped.
 
+    rate None passes every frame through (no duplicates, no drops) and logs each one's
+    pts_time at info level; ffmpeg's own messages keep their level as a prefix.
     max_frames stops ffmpeg itself: the fps filter may round one frame over num_frames.
     """
-    stream = ffmpeg.input(input).video.filter("fps", fps=repr(rate))
+    stream = ffmpeg.input(input).video
+    stream = stream.filter("showinfo") if rate is None else stream.filter("fps", fps=repr(rate))
     stream = stream.filter("scale", size, size, force_original_aspect_ratio="increase").filter("crop", size, size)
-    limit = {} if max_frames is None else {"frames:v": max_frames}
-    out = stream.output("pipe:", format="rawvideo", pix_fmt="rgb24", an=None, sn=None, dn=None, **limit)
-    return out.global_args("-nostdin", "-hide_banner", "-loglevel", "error").compile(cmd=ffmpeg_exe())
+    options = {"frames:v": max_frames} if max_frames is not None else {}
+    if rate is None:
+        options["fps_mode"] = "passthrough"
+    out = stream.output("pipe:", format="rawvideo", pix_fmt="rgb24", an=None, sn=None, dn=None, **options)
+    level = "level+info" if rate is None else "error"
+    return out.global_args("-nostdin", "-hide_banner", "-nostats", "-loglevel", level).compile(cmd=ffmpeg_exe())
 
 
 def _read_frames(pipe: IO[bytes], count: int, frame_bytes: int, watchdog: "_Watchdog") -> np.ndarray:
@@ -171,31 +185,49 @@ def _check_exit(proc: subprocess.Popen, stderr: "_StderrTail", watchdog: "_Watch
         raise BadInput(name, "no frames decoded")
 
 
+_PTS_TIME = re.compile(r"pts_time:\s*(-?[0-9.]+)")
+_LEVEL = re.compile(r"\[(?:panic|fatal|error|warning|info|verbose|debug|trace)\]\s*")
+
 class _StderrTail:
     """Drains ffmpeg's stderr in a thread, so a chatty decoder can never block on a full pipe; keeps the tail."""
 
-    def __init__(self, pipe: IO[bytes], keep: int = 8192) -> None:
-        self._tail: deque[bytes] = deque()
-        self._keep = keep
+    def __init__(self, pipe: IO[bytes], keep: int = 64) -> None:
+        self._tail: deque[str] = deque(maxlen=keep)  # the last messages that are not showinfo's
+        self._times: deque[float] = deque()  # showinfo pts_time values not yet taken
+        self._arrived = threading.Condition()
+        self._ended = False
         self._thread = threading.Thread(target=self._drain, args=(pipe,), daemon=True, name="ffmpeg-stderr")
         self._thread.start()
 
     def _drain(self, pipe: IO[bytes]) -> None:
         try:
-            for block in iter(lambda: pipe.read(65536), b""):
-                self._tail.append(block)
-                while sum(map(len, self._tail)) > self._keep and len(self._tail) > 1:
-                    self._tail.popleft()
+            for raw in pipe:
+                line = raw.decode(errors="replace").strip()
+                match = _PTS_TIME.search(line) if "showinfo" in line else None
+                if match:
+                    with self._arrived:
+                        self._times.append(float(match.group(1)))
+                        self._arrived.notify_all()
+                elif line:
+                    self._tail.append(line)
         finally:
             pipe.close()
+            with self._arrived:
+                self._ended = True
+                self._arrived.notify_all()
+
+    def take_times(self, count: int, timeout_s: float) -> np.ndarray:
+        """The next `count` frames' presentation times: showinfo logs a frame before it reaches the pipe."""
+        with self._arrived:
+            self._arrived.wait_for(lambda: len(self._times) >= count or self._ended, timeout=timeout_s)
+            return np.array([self._times.popleft() for _ in range(min(count, len(self._times)))], dtype=np.float64)
 
     def join(self) -> None:
         self._thread.join()
 
     def last_line(self) -> str:
-        lines = [line.strip() for line in b"".join(self._tail).decode(errors="replace").splitlines()]
-        lines = [line for line in lines if line and line != "Conversion failed!"]
-        return _strip_context(lines[-1]) if lines else ""
+        lines = [line for line in self._tail if line != "Conversion failed!" and "[info]" not in line]
+        return _strip_context(_LEVEL.sub("", lines[-1])) if lines else ""
 
 
 class _Watchdog:

