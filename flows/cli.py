@@ -11,6 +11,7 @@ import contextlib
 import json
 import sys
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 from flows.console import render
@@ -80,6 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     _command(commands, "status", "cache size, last runs, champions, recent failures (reads only)", {})
 
+    plan = _command(commands, "plan", "what extract would compute, what is cached, and why (reads only)",
+                    FEATURE_FLAGS)
+    plan.add_argument("source", help="a folder, file or archive, as for extract")
+    plan.add_argument("--labels", help="manifest CSV/Parquet with series_id,label (default: folder names)")
+
     nightly = _command(commands, "nightly", "extract, train, promote, then infer", FEATURE_FLAGS | TRAIN_FLAGS
                        | PROMOTE_FLAGS)
     nightly.add_argument("root", help="source root whose top-level folders/archives are partitions")
@@ -126,12 +132,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         # stdout carries only the summary (JSON with --json); chatter from libraries goes to stderr.
         with contextlib.redirect_stdout(sys.stderr):
-            result = _status(rt) if args.command == "status" else _run(args, overrides, run_id)
+            readers = {"status": lambda: _status(rt), "plan": lambda: _plan(rt, args)}
+            result = readers[args.command]() if args.command in readers else _run(args, overrides, run_id)
     except (ConfigError, LookupError) as exc:
         print(f"lstmpipe {args.command}: {exc}", file=sys.stderr)
         return EXIT_USAGE
     result = {"command": args.command, "run_id": run_id, "seconds": round(time.monotonic() - started, 1), **result}
-    if args.command != "status":  # status only reads
+    if args.command not in {"status", "plan"}:  # they only read
         _save_run(rt, result)
     print(json.dumps(result, indent=2, default=str) if args.json else render(result))
     return EXIT_FAILED_SERIES if result.get("failed") else EXIT_OK
@@ -160,6 +167,16 @@ def _status(rt: Runtime) -> dict[str, Any]:
     from lib import registry, status  # MLflow loads in seconds: only for this command
 
     return status.collect(rt.home, registry.connect(rt.tracking_uri), rt.config.promote.alias)
+
+
+def _plan(rt: Runtime, args: argparse.Namespace) -> dict[str, Any]:
+    import torch  # late, like _status: only this command needs it here
+
+    from lib.plan import plan_source
+
+    return plan_source(Path(args.source), Path(args.labels) if args.labels else None, rt.config,
+                       Path(rt.torch_hub_dir), Path(rt.cache_root), Path(rt.hash_memo),
+                       "cuda" if torch.cuda.is_available() else "cpu")
 
 
 def _save_run(rt: Runtime, result: dict[str, Any]) -> None:

@@ -26,6 +26,8 @@ def _sections(command: str, r: dict[str, Any]) -> list[str]:
         return _promote(r)
     if command == "status":
         return _status(r)
+    if command == "plan":
+        return _plan(r)
     if command == "rollback":
         return [f"  rollback  {r['model']}: @champion v{r['from']} -> v{r['to']}"]
     if command == "infer":
@@ -85,4 +87,14 @@ def _status(r: dict[str, Any]) -> list[str]:
               for run in r["runs"]]
     lines.append(f"  failures  {r['failures_total']} recorded; most recent:")
     lines += [f"    {f['time']} {f['series_id']} [{f['stage']}]: {f['reason']}" for f in r["recent_failures"]]
+    return lines
+
+
+def _plan(r: dict[str, Any]) -> list[str]:
+    lines = [f"  plan      {r['series']} series under recipe {r['recipe_id']}: {r['cached']} cached, "
+             f"{r['compute']} to compute, {r['failed']} refused"]
+    todo = [row for row in r["per_series"] if row["action"] != "cached"]
+    lines += [f"    {row['action'].upper():8} {row['series_id']}: {row['reason']}" for row in todo[:MAX_FAILURES_SHOWN]]
+    if len(todo) > MAX_FAILURES_SHOWN:
+        lines.append(f"    ... and {len(todo) - MAX_FAILURES_SHOWN} more (--json lists every series)")
     return lines

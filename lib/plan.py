@@ -1,0 +1,57 @@
+"""`lstmpipe plan`: what extraction would compute, what is cached, and why.
+
+A series is computed when its (content hash, recipe) is not cached: either its
+bytes are new, or they are cached only under other recipes, in which case the
+plan names the fields of the recipe that changed.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from lib.cache import FeatureCache
+from lib.config import Config
+from lib.features import load_backbone
+from lib.hashing import HashMemo
+from lib.recipe import FeatureRecipe
+from lib.series import SeriesRef
+from lib.sources import discover
+
+
+def plan(refs: list[SeriesRef], recipe: FeatureRecipe, cache: FeatureCache) -> dict[str, Any]:
+    """One row per series: `cached`, or `compute` with the reason."""
+    cached = cache.present([(r.content_hash, recipe.recipe_id) for r in refs])
+    todo = [r for r in refs if (r.content_hash, recipe.recipe_id) not in cached]
+    elsewhere = cache.recipes_of([r.content_hash for r in todo])
+    rows = [{"series_id": r.series_id, "action": "cached", "reason": f"cached under recipe {recipe.recipe_id}"}
+            for r in refs if (r.content_hash, recipe.recipe_id) in cached]
+    rows += [{"series_id": r.series_id, "action": "compute", "reason": _why(r, recipe, elsewhere, cache)}
+             for r in todo]
+    counts = Counter(row["action"] for row in rows)
+    return {"recipe_id": recipe.recipe_id, "series": len(rows), "cached": counts["cached"],
+            "compute": counts["compute"], "per_series": sorted(rows, key=lambda row: row["series_id"])}
+
+
+def _why(ref: SeriesRef, recipe: FeatureRecipe, elsewhere: dict[str, list[str]], cache: FeatureCache) -> str:
+    others = elsewhere.get(ref.content_hash)
+    if not others:
+        return "new content: these bytes were never extracted"
+    latest = cache.recipe(others[-1])
+    if latest is None:
+        return f"recipe changed: cached under {others[-1]} only"
+    changed = [k for k, v in recipe.to_dict().items() if k != "recipe_id" and latest.to_dict().get(k) != v]
+    return f"recipe changed: cached under {latest.recipe_id}, which differs in {', '.join(changed)}"
+
+
+def plan_source(source: Path, manifest: Path | None, config: Config, torch_hub_dir: Path, cache_root: Path,
+                memo: Path, device: str) -> dict[str, Any]:
+    """Discover `source` and plan it under the recipe `config` makes on `device`; nothing is extracted."""
+    found = discover(source, manifest, HashMemo(memo), sources=config.sources)
+    _, recipe = load_backbone(config.sampling, config.backbone, torch_hub_dir, device, config.sources)
+    result = plan(found.refs, recipe, FeatureCache(cache_root))
+    result["per_series"] += [{"series_id": f.series_id, "action": "fail", "reason": f"[{f.stage}] {f.reason}"}
+                             for f in found.failures]
+    result["failed"] = len(found.failures)
+    return result
