@@ -52,6 +52,17 @@ def make_ref(kind: str, sid: str, digest: str, path: Path, meta: dict[str, Any])
     )
 
 
+def with_options(name: str, claim: Callable[..., Claim], open_series: Callable[..., AbstractContextManager[OpenSeries]],
+                 options_from: Callable[[SourcesConfig], Any]) -> SourceKind:
+    """A kind whose claim and open take `options=` of their own type, made from the sources config."""
+    return SourceKind(
+        name,
+        lambda base, files, memo, sources: claim(base, files, memo, options=options_from(sources)),
+        lambda ref, sampling, tmp_dir, limits, sources: open_series(ref, sampling, tmp_dir, limits,
+                                                                    options=options_from(sources)),
+    )
+
+
 # The kind modules import Claim and SourceKind from here, so they are imported after them.
 # Order matters: earlier kinds claim their files first (dicom, nifti, geotiff, cube, images).
 from lib.kinds import dicom  # noqa: E402

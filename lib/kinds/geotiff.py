@@ -69,7 +69,7 @@ from lib.errors import BadInput, ConfigError
 from lib.failures import Failure
 from lib.frames import chunked, pick, robust_range, scale_to_uint8, to_rgb
 from lib.hashing import HashMemo, content_hash
-from lib.kinds import Claim, SourceKind, make_ref
+from lib.kinds import Claim, make_ref, with_options
 from lib.series import OpenSeries, SeriesRef
 
 SUFFIXES = (".tif", ".tiff")
@@ -772,9 +772,4 @@ def options_from(sources: SourcesConfig) -> GeoTiffOptions:
         raise ConfigError(f"sources.geotiff_*: {exc}") from exc
 
 
-KIND = SourceKind(
-    "geotiff",
-    lambda base, files, memo, sources: claim(base, files, memo, options=options_from(sources)),
-    lambda ref, sampling, tmp_dir, limits, sources: open_series(ref, sampling, tmp_dir, limits,
-                                                                options=options_from(sources)),
-)
+KIND = with_options("geotiff", claim, open_series, options_from)
