@@ -54,7 +54,7 @@ def candidates(client: MlflowClient, model_name: str, version: str | None, alias
         "challenger": challenger.__dict__,
         "champion": champion.__dict__ if champion else None,
         "eval_set": registry.load_run_json(challenger.run_id, "eval_set.json"),
-        "recipes": {role: registry.load_bundle(ref).recipe.to_dict()
+        "recipes": {role: registry.recipe_of(ref).to_dict()
                     for role, ref in (("challenger", challenger), ("champion", champion)) if ref},
     }
 

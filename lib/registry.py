@@ -28,6 +28,7 @@ from mlflow.types.type_hints import TypeFromExample
 from lib.bundle import ModelBundle
 from lib.experiment import Outcome
 from lib.plots import confusion_matrix_png, learning_curves_png
+from lib.recipe import FeatureRecipe
 
 _MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[\w-]+)|/(?P<version>\d+))$")
 
@@ -150,6 +151,11 @@ def load_bundle(ref: ModelRef) -> ModelBundle:
     """Load through the pyfunc flavour, exactly as a consumer of the registry would."""
     model = mlflow.pyfunc.load_model(f"models:/{ref.name}/{ref.version}")
     return model.unwrap_python_model().bundle
+
+
+def recipe_of(ref: ModelRef) -> FeatureRecipe:
+    """The feature recipe a version was trained with, from its run's artifacts: no model is loaded."""
+    return FeatureRecipe.from_dict(load_run_json(ref.run_id, "recipe.json"))
 
 
 def load_run_json(run_id: str, artifact: str) -> Any:

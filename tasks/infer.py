@@ -19,7 +19,7 @@ def resolve_model(tracking_uri: str, model_uri: str) -> dict:
     """Pin `models:/NAME@alias` to one version for the whole run; return it with its recipe."""
     client = registry.connect(tracking_uri)
     ref = registry.resolve(client, model_uri)
-    return {"ref": ref.__dict__, "recipe": registry.load_bundle(ref).recipe.to_dict()}
+    return {"ref": ref.__dict__, "recipe": registry.recipe_of(ref).to_dict()}
 
 
 @task(name="predict-shard", tags=["infer"], retries=2, retry_condition_fn=transient_only)
