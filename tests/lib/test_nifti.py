@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gzip
-import importlib.metadata
 import shutil
 import struct
 import tracemalloc
@@ -20,6 +19,7 @@ from lib.failures import Failure
 from lib.kinds import KINDS, nifti
 from lib.series import SeriesRef
 from lib.sources import discover
+from tests.helpers import wheel_data
 
 SMALL = SamplingConfig(fps=None, size=32, chunk_frames=8)
 
@@ -27,7 +27,7 @@ SMALL = SamplingConfig(fps=None, size=32, chunk_frames=8)
 @pytest.fixture(scope="module")
 def nib_data() -> Path:
     """nibabel's own test images, found in the installed wheel."""
-    path = Path(importlib.metadata.distribution("nibabel").locate_file("nibabel/tests/data"))
+    path = wheel_data("nibabel", "nibabel/tests/data")
     assert (path / "example4d.nii.gz").is_file(), f"nibabel test data missing under {path}"
     return path
 

