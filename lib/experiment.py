@@ -43,8 +43,10 @@ class Outcome:
 
 def load_sequences(cache: FeatureCache, recipe_id: str, refs: list[SeriesRef], labels: list[str]) -> SequenceSet:
     """The labelled series of `refs` whose features are cached under `recipe_id`."""
-    found = cache.read([(r.content_hash, recipe_id) for r in refs])
-    rows = [(r, found[(r.content_hash, recipe_id)].features) for r in refs if (r.content_hash, recipe_id) in found]
+    stacked = cache.read_stacked([(r.content_hash, recipe_id) for r in refs])
+    stacked_rows = stacked.features.numpy()  # one (sum_T, D) array; each series below is a view of it
+    rows = [(r, stacked_rows[o:o + n]) for r, o, n in zip(refs, stacked.offsets.tolist(), stacked.lengths.tolist())
+            if o >= 0]
     index = {label: i for i, label in enumerate(labels)}
     return SequenceSet(
         features=[features for _, features in rows],
