@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         # stdout carries only the summary (JSON with --json); chatter from libraries goes to stderr.
         with contextlib.redirect_stdout(sys.stderr):
             readers = {"status": lambda: _status(rt), "plan": lambda: _plan(rt, args)}
-            result = readers[args.command]() if args.command in readers else _run(args, overrides, run_id)
+            result = readers[args.command]() if args.command in readers else _run(args, rt, overrides, run_id)
     except (ConfigError, LookupError) as exc:
         print(f"lstmpipe {args.command}: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -144,9 +144,17 @@ def main(argv: list[str] | None = None) -> int:
     return EXIT_FAILED_SERIES if result.get("failed") else EXIT_OK
 
 
-def _run(args: argparse.Namespace, overrides: dict[str, Any], run_id: str) -> dict[str, Any]:
+def _run(args: argparse.Namespace, rt: Runtime, overrides: dict[str, Any], run_id: str) -> dict[str, Any]:
     """Import the flows only now: Prefect reads its settings (PREFECT_HOME) on import."""
+    from flows import startup
+
+    booting = startup.boot_prefect_api()
     from flows import demo, extract, infer, nightly, promote, train
+
+    if args.command in {"extract", "train", "nightly"}:  # they extract with the configured backbone
+        startup.load_backbone_early(rt)
+    if booting is not None:
+        booting.join()
 
     config = {"config_file": args.config, "overrides": overrides}
     common = {**config, "run_id": run_id}  # for the flows that record failures under the run

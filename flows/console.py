@@ -38,6 +38,10 @@ def _sections(command: str, r: dict[str, Any]) -> list[str]:
 def _extract(r: dict[str, Any]) -> list[str]:
     lines = [f"  extract   {r['series']} series: {r['cached']} cached, {r['extracted']} extracted, "
              f"{r['failed']} failed; {r['frames']} frames; recipe {r['recipe_id']}"]
+    compute = r.get("compute") or {}
+    if compute.get("frames"):
+        lines.append(f"            {compute['frames']} frames through the CNN in {compute['seconds']} s "
+                     f"({compute['frames'] / max(compute['seconds'], 1e-9):.1f} frames/s)")
     failed = [row for row in r["per_series"] if row["status"] == "failed"]
     lines += [f"    FAILED {row['series_id']} [{row.get('stage')}]: {row['reason']}" for row in failed[:MAX_FAILURES_SHOWN]]
     if len(failed) > MAX_FAILURES_SHOWN:

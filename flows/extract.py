@@ -12,14 +12,17 @@ from tasks.extract import discover_source, extract_shard, feature_recipe
 from tasks.records import record_run_failures
 
 
-def extract_refs(rt: Runtime, refs: list[dict], recipe: dict) -> list[dict]:
-    """Per-series statuses; one Prefect task per shard (never per series), Ray inside."""
+def extract_refs(rt: Runtime, refs: list[dict], recipe: dict) -> tuple[list[dict], float]:
+    """(per-series statuses, seconds spent extracting); one Prefect task per shard (never per series)."""
     size = rt.config.runtime.shard_size
     statuses: list[dict] = []
+    seconds = 0.0
     for start in range(0, len(refs), size):
-        statuses += extract_shard(refs[start:start + size], recipe, rt.config, rt.cache_root, rt.tmp_dir,
-                                  rt.torch_hub_dir, rt.ray_address)
-    return statuses
+        shard = extract_shard(refs[start:start + size], recipe, rt.config, rt.cache_root, rt.tmp_dir,
+                              rt.torch_hub_dir, rt.ray_address)
+        statuses += shard["rows"]
+        seconds += shard["seconds"]
+    return statuses, seconds
 
 
 def discover_and_extract(rt: Runtime, source: str, labels: str | None, run_id: str,
@@ -27,7 +30,8 @@ def discover_and_extract(rt: Runtime, source: str, labels: str | None, run_id: s
     """(refs, recipe, summary) for a source: what every flow that needs features starts with."""
     found = discover_source(source, labels, rt.hash_memo, rt.config.sources)
     recipe = recipe or feature_recipe(rt.config, rt.torch_hub_dir)
-    summary = extraction_summary(extract_refs(rt, found["refs"], recipe), found["failures"])
+    statuses, seconds = extract_refs(rt, found["refs"], recipe)
+    summary = extraction_summary(statuses, found["failures"], seconds)
     summary["failures_file"] = record_run_failures(str(rt.failures_dir), run_id, summary)
     summary["recipe_id"] = recipe["recipe_id"]
     return found["refs"], recipe, summary

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from lib.config import Config, load_config
+from lib.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -24,7 +25,7 @@ class Runtime:
     home: Path  # $LSTMPIPE_HOME: every piece of state lives below it
     tracking_uri: str  # MLflow tracking and registry store
     artifact_root: str | None  # MLflow artifacts for a local store; a server chooses its own
-    ray_address: str | None  # None: start Ray in-process
+    ray_address: str | None  # None: extract in-process; "local": a Ray of our own; else a cluster to join
     torch_hub_dir: str  # where backbone weights are looked up (never downloaded)
 
     @property
@@ -70,9 +71,18 @@ def load_runtime(config_file: str | None = None, overrides: Mapping[str, Any] | 
         home=home,
         tracking_uri=tracking_uri,
         artifact_root=(home / "mlartifacts").as_uri() if local_store else None,
-        ray_address=config.runtime.ray_address or env.get("RAY_ADDRESS"),
+        ray_address=_ray_address(config.runtime.executor, config.runtime.ray_address or env.get("RAY_ADDRESS")),
         torch_hub_dir=str(_torch_home(env) / "hub"),
     )
+
+
+def _ray_address(executor: str, cluster: str | None) -> str | None:
+    """Where extraction runs: auto = the cluster when one is named, else in this process."""
+    if executor not in {"auto", "local", "ray"}:
+        raise ConfigError(f"runtime.executor: {executor!r}; expected auto, local or ray")
+    if executor == "local":
+        return None
+    return cluster or ("local" if executor == "ray" else None)
 
 
 def prepare_process(home: Path, env: dict[str, str] | None = None) -> None:

@@ -85,8 +85,12 @@ class RuntimeConfig:
 
     home: str = ".lstmpipe"  # state directory: cache, failures, runs, MLflow store, predictions
     mlflow_uri: str | None = None  # None = SQLite under home
-    ray_address: str | None = None  # None = a local in-process Ray
-    workers: int | None = None  # Ray extraction actors; None = one per CPU Ray has
+    ray_address: str | None = None  # None = RAY_ADDRESS, else no cluster
+    # auto: Ray when a cluster address is known, else in-process (Ray's ~10 s start-up buys nothing on one
+    # machine: torch already uses every core) | local | ray (a local Ray, e.g. for several GPUs)
+    executor: str = "auto"
+    workers: int | None = None  # Ray extraction actors; None = one per CPU Ray has (one per GPU when it has GPUs)
+    decoders: int = 2  # series decoded at once per extractor: hides each series' decoder start-up
     shard_size: int = 64  # series per Prefect task: a task run costs tens of ms of API traffic
 
 

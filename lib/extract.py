@@ -1,8 +1,11 @@
-"""Frames to features, pipelined: decoding runs ahead in a thread while the CNN works.
+"""Frames to features, pipelined: decoding runs ahead in threads while the CNN works.
 
-The backbone receives full batches across series boundaries; decoding is bounded
-by a small queue of chunks, so memory depends on the chunk and batch sizes, never
-on video length or the number of series.
+Several series decode at once (each decoder is an ffmpeg process or a reader
+thread); the backbone receives full batches across series boundaries; finished
+series are written to the cache by a writer thread, so neither decoding nor
+writing waits on the CNN or holds it up. Decoding is bounded by a small queue of
+chunks, so memory depends on the chunk and batch sizes, never on video length or
+the number of series.
 """
 
 from __future__ import annotations
@@ -10,13 +13,14 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from lib.cache import SeriesFeatures
+from lib.cache import FeatureCache, SeriesFeatures
 from lib.config import SamplingConfig, SourcesConfig
 from lib.decode import decode
 from lib.errors import BadInput
@@ -46,20 +50,30 @@ def extract_many(
     tmp_dir: Path,
     prefetch_chunks: int = 4,
     sources: SourcesConfig = SourcesConfig(),
+    decoders: int = 2,
 ) -> Iterator[SeriesFeatures | Failure]:
-    """Yield one result per series, in order of completion: features, or why it failed."""
+    """Yield one result per series, in order of completion: features, or why it failed.
+
+    `decoders` series decode at once: a new series' decoder starts (probe, spawn)
+    while another's frames still flow, so short series do not leave the CNN idle.
+    """
     events: queue.Queue = queue.Queue(maxsize=prefetch_chunks)
     stop = threading.Event()
-    producer = threading.Thread(target=_decode_all, args=(refs, sampling, sources, tmp_dir, events, stop),
-                                daemon=True)
-    producer.start()
+    todo = iter(list(enumerate(refs)))  # shared by the decoder threads; next() under a lock
+    lock = threading.Lock()
+    producers = [threading.Thread(target=_decode_all, args=(todo, lock, sampling, sources, tmp_dir, events, stop),
+                                  daemon=True) for _ in range(max(1, min(decoders, len(refs))))]
+    for producer in producers:
+        producer.start()
+    running = len(producers)
     pending: dict[int, _Pending] = {}
     batch: list[tuple[int, np.ndarray]] = []  # (series index, frames)
     try:
-        while True:
+        while running:
             event = events.get()
-            if event is None:
-                break
+            if event is None:  # one decoder thread has no more series
+                running -= 1
+                continue
             kind, index, payload = event
             if kind == "error":  # not bad input: a bug or the environment (disk full, no tmp dir)
                 raise payload
@@ -83,15 +97,19 @@ def extract_many(
     finally:
         stop.set()
         _drain(events)
-        producer.join(timeout=30)
+        for producer in producers:
+            producer.join(timeout=30)
 
 
-def _decode_all(refs: list[SeriesRef], sampling: SamplingConfig, sources: SourcesConfig, tmp_dir: Path,
-                events: queue.Queue, stop: threading.Event) -> None:
-    """Producer thread: every series' chunks, then an end marker (or a failure, or the error that stopped it)."""
+def _decode_all(todo: Iterator[tuple[int, SeriesRef]], lock: threading.Lock, sampling: SamplingConfig,
+                sources: SourcesConfig, tmp_dir: Path, events: queue.Queue, stop: threading.Event) -> None:
+    """A decoder thread: takes series until none is left; per series its chunks, then an end marker
+    (or a failure); the error that stops it, if any; finally None."""
     try:
-        for index, ref in enumerate(refs):
-            if stop.is_set():
+        while True:
+            with lock:
+                index, ref = next(todo, (-1, None))
+            if ref is None or stop.is_set():
                 return
             try:
                 with closing(decode(ref, sampling, tmp_dir, sources=sources)) as chunks:  # closing: ffmpeg is killed on stop
@@ -159,3 +177,47 @@ def _finished(pending: dict[int, _Pending]) -> Iterator[SeriesFeatures | Failure
             features=np.concatenate(entry.features).astype(np.float32, copy=False),
             t=np.concatenate(entry.t),
         )
+
+
+def split_cached(cache: FeatureCache, refs: list[SeriesRef], recipe_id: str) -> tuple[list[dict], list[SeriesRef]]:
+    """(status rows of the series already cached under `recipe_id`, the series still to extract)."""
+    cached = cache.frame_counts([(r.content_hash, recipe_id) for r in refs])
+    rows = [{"series_id": r.series_id, "status": "cached", "frames": cached[(r.content_hash, recipe_id)]}
+            for r in refs if (r.content_hash, recipe_id) in cached]
+    return rows, [r for r in refs if (r.content_hash, recipe_id) not in cached]
+
+
+def extract_to_cache(refs: list[SeriesRef], sampling: SamplingConfig, embed: Embed, batch_size: int,
+                     tmp_dir: Path, sources: SourcesConfig, cache: FeatureCache, recipe_id: str,
+                     decoders: int = 2, commit_frames: int = 4096,
+                     on_series: Callable[[int], object] = lambda n: None) -> list[dict]:
+    """Extract `refs` into the cache; one status row per series (extracted, or failed and why).
+
+    Finished series are committed in groups of about `commit_frames` frames by a
+    writer thread while the CNN goes on; at most two commits wait at once, so a
+    slow disk bounds memory instead of growing it. A series is reported extracted
+    only once the commit holding it has returned. `on_series(1)` is called as each
+    series finishes (a progress bar's update).
+    """
+    rows: list[dict] = []
+    group: list[SeriesFeatures] = []
+    commits: list[Future] = []
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="cache-writer") as writer:
+        for result in extract_many(refs, sampling, embed, batch_size, tmp_dir, sources=sources, decoders=decoders):
+            on_series(1)
+            if isinstance(result, Failure):
+                rows.append({"series_id": result.series_id, "status": "failed", "frames": 0,
+                             "stage": result.stage, "reason": result.reason, "path": result.path})
+                continue
+            group.append(result)
+            rows.append({"series_id": result.series_id, "status": "extracted", "frames": len(result.features)})
+            if sum(len(g.features) for g in group) >= commit_frames:
+                commits.append(writer.submit(cache.write, recipe_id, group))
+                group = []
+                if len(commits) > 2:
+                    commits.pop(0).result()  # back-pressure; raises a failed commit (disk full) here
+        if group:
+            commits.append(writer.submit(cache.write, recipe_id, group))
+        for commit in commits:
+            commit.result()
+    return rows

