@@ -31,8 +31,8 @@ test: $(VENV)/.installed ## run every test: unit, tasks, flows, infra, integrati
 test-fast: $(VENV)/.installed ## unit tests of lib/ only (no servers)
 	$(BIN)/python -m pytest -q tests/lib
 
-bench: $(VENV)/.installed ## benchmarks: JSON under bench/results/ and a table (peak memory vs video length)
-	$(BIN)/python bench/memory.py
+bench: $(VENV)/.installed ## extraction speed vs ceiling and naive, warm re-run, start-up, memory, cache scale: JSON in bench/results/, one table (BENCH_ARGS=--quick)
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 lint: $(VENV)/.installed ## architecture contracts: lib never imports prefect/ray/tasks/flows
 	$(BIN)/lint-imports
