@@ -1,9 +1,11 @@
-"""lib.cache: exact round trips, many series per file, first writer wins, crash leftovers invisible."""
+"""lib.cache: exact round trips, many series per file, first writer wins, crash leftovers invisible;
+row-range reads, float16 parts, read_stacked, old indexes, compaction and crashes at each of its steps."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sqlite3
 from pathlib import Path
 
@@ -11,7 +13,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 
+import lib.cache as lib_cache
 from lib.cache import FeatureCache, SeriesFeatures, feature_schema
 from lib.recipe import FeatureRecipe
 
@@ -147,8 +151,8 @@ def test_parts_are_plain_parquet_with_the_documented_schema(cache: FeatureCache)
     assert set(table["recipe_id"].to_pylist()) == {RID}
     np.testing.assert_array_equal(np.array(table["feature"].to_pylist()[4:], np.float32), items[1].features)
     with sqlite3.connect(cache.index_path) as db:  # the index is plain SQLite, too
-        assert db.execute("SELECT content_hash, file, n_frames FROM entries ORDER BY content_hash").fetchall() == [
-            ("hash-a", target.name, 4), ("hash-b", target.name, 3)]
+        assert db.execute("SELECT content_hash, file, n_frames, row_offset FROM entries ORDER BY content_hash"
+                          ).fetchall() == [("hash-a", target.name, 4, 0), ("hash-b", target.name, 3, 4)]
 
 
 def test_an_empty_write_writes_nothing(cache: FeatureCache) -> None:
@@ -175,3 +179,374 @@ def test_stats_count_series_frames_recipes_and_bytes(cache: FeatureCache) -> Non
     stats = cache.stats()
     assert {k: stats[k] for k in ("series", "frames", "recipes")} == {"series": 3, "frames": 12, "recipes": 1}
     assert stats["bytes"] == sum(p.stat().st_size for p in parts(cache)) > 0
+
+
+# --- row ranges, float16, read_stacked -----------------------------------------------------------------------------
+
+
+def everything(cache: FeatureCache) -> dict:
+    """Every indexed entry, read back: (key) -> SeriesFeatures."""
+    with sqlite3.connect(cache.index_path) as db:
+        keys = db.execute("SELECT content_hash, recipe_id FROM entries").fetchall()
+    found = cache.read(keys)
+    assert set(found) == set(keys)  # every reported series reads back
+    return found
+
+
+def assert_all_same(got: dict, want: dict) -> None:
+    assert set(got) == set(want)
+    for key in want:
+        assert_same(got[key], want[key])
+
+
+def small_row_groups(monkeypatch: pytest.MonkeyPatch, rows: int = 16) -> None:
+    """Many row groups from few rows, so that series cross group boundaries."""
+    monkeypatch.setattr(lib_cache, "_row_group_rows", lambda feature: rows)
+
+
+def test_float16_features_are_stored_as_float16_and_read_as_float32(cache: FeatureCache) -> None:
+    half = [dataclasses.replace(series(f"h{i}", 5 + i, i), features=series(f"h{i}", 5 + i, i).features.astype(np.float16))
+            for i in range(3)]
+    target = cache.write(RID, half)
+    assert pq.read_schema(target).field("feature").type == pa.list_(pa.float16(), DIM)
+    found = cache.read([(i.content_hash, RID) for i in half])
+    for item in half:  # float16 -> float32 is exact
+        assert_same(found[(item.content_hash, RID)], dataclasses.replace(item, features=item.features.astype(np.float32)))
+    stacked = cache.read_stacked([(i.content_hash, RID) for i in half])
+    assert stacked.features.dtype == torch.float32
+    np.testing.assert_array_equal(stacked.series(2).numpy(), half[2].features.astype(np.float32))
+
+
+def test_float32_and_other_dtypes_are_stored_as_float32(cache: FeatureCache) -> None:
+    mixed = series("m16", 4, 0)
+    mixed = dataclasses.replace(mixed, features=mixed.features.astype(np.float16))
+    wide = series("m64", 3, 1)
+    wide = dataclasses.replace(wide, features=wide.features.astype(np.float64))
+    target = cache.write(RID, [mixed, wide])  # one float32 item (after conversion) makes the part float32
+    assert pq.read_schema(target).field("feature").type == pa.list_(pa.float32(), DIM)
+    found = cache.read([(mixed.content_hash, RID), (wide.content_hash, RID)])
+    np.testing.assert_array_equal(found[(mixed.content_hash, RID)].features, mixed.features.astype(np.float32))
+    np.testing.assert_array_equal(found[(wide.content_hash, RID)].features, wide.features.astype(np.float32))
+
+
+def test_row_groups_are_sized_by_bytes_not_rows(cache: FeatureCache) -> None:
+    wide = series("wide", 5000, 0, dim=512)  # 10 MB of float32: a few row groups of about 4 MiB
+    meta = pq.read_metadata(cache.write(RID, [wide]))
+    assert meta.num_row_groups >= 2
+    for g in range(meta.num_row_groups - 1):
+        assert 1 << 20 < meta.row_group(g).total_byte_size <= 8 << 20
+
+
+def test_reads_fetch_only_the_row_groups_that_cover_the_wanted_rows(cache: FeatureCache,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    small_row_groups(monkeypatch)
+    items = [series(f"s{i:03d}", 1 + i % 7, i) for i in range(100)]  # ~400 rows in ~25 groups of 16
+    target = cache.write(RID, items)
+    groups_read: list[list[int]] = []
+    real = pq.ParquetFile.read_row_groups
+
+    def spy(self, row_groups, *args, **kwargs):
+        groups_read.append(list(row_groups))
+        return real(self, row_groups, *args, **kwargs)
+
+    monkeypatch.setattr(pq.ParquetFile, "read_row_groups", spy)
+    monkeypatch.setattr(lib_cache.pq, "read_table", None)  # no whole-file filter read on this path
+    wanted = items[50]
+    found = cache.read([(wanted.content_hash, RID)])
+    assert_same(found[(wanted.content_hash, RID)], wanted)
+    first_row = sum(len(i.features) for i in items[:50])
+    covering = set(range(first_row // 16, (first_row + len(wanted.features) - 1) // 16 + 1))
+    assert set(groups_read[-1]) == covering and pq.read_metadata(target).num_row_groups > 20
+
+
+def test_many_series_in_one_file_read_one_by_one_and_in_bulk(cache: FeatureCache,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    small_row_groups(monkeypatch)
+    items = [series(f"s{i:03d}", 1 + (i * 7) % 23, i) for i in range(120)]  # many cross a group boundary
+    assert len(parts(cache)) == 0 and cache.write(RID, items) and len(parts(cache)) == 1
+    for item in items[::4]:
+        assert_same(cache.read([(item.content_hash, RID)])[(item.content_hash, RID)], item)
+    shuffled = [items[i] for i in np.random.default_rng(1).permutation(len(items))]
+    found = cache.read([(i.content_hash, RID) for i in shuffled])
+    assert_all_same(found, {(i.content_hash, RID): i for i in items})
+
+
+def test_read_stacked_matches_read(cache: FeatureCache, monkeypatch: pytest.MonkeyPatch) -> None:
+    small_row_groups(monkeypatch)
+    first = [series(f"a{i}", 2 + i % 5, i) for i in range(30)]
+    second = [series(f"b{i}", 1 + i % 9, 100 + i) for i in range(30)]
+    half = dataclasses.replace(series("half", 6, 7), features=series("half", 6, 7).features.astype(np.float16))
+    empty = series("empty", 0, 8)
+    cache.write(RID, first)
+    cache.write(RID, second + [empty])
+    cache.write(RID, [half])
+    keys = [(i.content_hash, RID) for i in second[::-1] + first + [half, empty]]
+    keys = keys[:5] + [("hash-nope", RID)] + keys + [keys[3]]  # a missing key and a key asked twice
+    stacked = cache.read_stacked(keys)
+    found = cache.read(keys)
+    assert stacked.keys == keys and stacked.missing == [("hash-nope", RID)]
+    assert stacked.features.shape == (sum(len(f.features) for f in found.values()), DIM)
+    assert stacked.features.dtype == torch.float32 and stacked.features.is_contiguous()
+    for i, key in enumerate(keys):
+        if key in found:
+            assert stacked.lengths[i] == len(found[key].features)
+            np.testing.assert_array_equal(stacked.series(i).numpy(), found[key].features)
+        else:
+            assert (stacked.offsets[i], stacked.lengths[i]) == (-1, 0)
+            with pytest.raises(KeyError, match="hash-nope"):
+                stacked.series(i)
+    assert stacked.offsets[6 + 3] == stacked.offsets[-1]  # asked twice: the same rows
+    assert found[(empty.content_hash, RID)].features.shape == (0, DIM)
+    nothing = cache.read_stacked([("hash-nope", RID)])
+    assert nothing.features.shape == (0, 0) and nothing.missing == [("hash-nope", RID)]
+
+
+def test_read_stacked_refuses_two_feature_dims(cache: FeatureCache) -> None:
+    cache.write(RID, [series("a", 3, 0)])
+    cache.write(OTHER_RID, [series("a", 3, 0, dim=DIM * 2)])
+    with pytest.raises(ValueError, match="one recipe at a time"):
+        cache.read_stacked([("hash-a", RID), ("hash-a", OTHER_RID)])
+
+
+# --- an index from before row offsets ------------------------------------------------------------------------------
+
+
+def part_table(items: list[SeriesFeatures], recipe_id: str) -> pa.Table:
+    """A part file's rows as lstmpipe wrote them, by hand."""
+    return pa.table({
+        "series_id": [i.series_id for i in items for _ in range(len(i.features))],
+        "content_hash": [i.content_hash for i in items for _ in range(len(i.features))],
+        "recipe_id": [recipe_id] * sum(len(i.features) for i in items),
+        "frame_index": pa.array([f for i in items for f in range(len(i.features))], pa.int32()),
+        "t": np.concatenate([i.t for i in items]),
+        "feature": pa.FixedSizeListArray.from_arrays(pa.array(np.concatenate([i.features for i in items]).reshape(-1)),
+                                                     DIM),
+    }, schema=feature_schema(DIM))
+
+
+def old_cache(root: Path, files: list[list[SeriesFeatures]]) -> dict:
+    """A cache as the index without row offsets left it: (key) -> SeriesFeatures written."""
+    (root / "features").mkdir(parents=True)
+    with sqlite3.connect(root / "index.sqlite") as db:
+        db.execute("CREATE TABLE entries (content_hash TEXT, recipe_id TEXT, series_id TEXT,"
+                   " file TEXT, n_frames INTEGER, written_at REAL, PRIMARY KEY (content_hash, recipe_id))")
+        db.execute("CREATE TABLE recipes (recipe_id TEXT PRIMARY KEY, recipe TEXT)")
+        for n, items in enumerate(files):
+            table = part_table(items, RID)
+            if n % 2:  # rows of another layout: readers of old entries must not rely on row order
+                table = table.take(np.random.default_rng(n).permutation(table.num_rows))
+            pq.write_table(table, root / "features" / f"part-old{n}.parquet")
+            db.executemany("INSERT INTO entries VALUES (?, ?, ?, ?, ?, ?)",
+                           [(i.content_hash, RID, i.series_id, f"part-old{n}.parquet", len(i.features), n)
+                            for i in items])
+    return {(i.content_hash, RID): i for items in files for i in items}
+
+
+def test_an_index_without_row_offsets_still_reads_and_compaction_upgrades_it(tmp_path: Path) -> None:
+    written = old_cache(tmp_path / "c", [[series(f"o{n}{i}", 2 + i, 10 * n + i) for i in range(6)] for n in range(4)])
+    cache = FeatureCache(tmp_path / "c")
+    with sqlite3.connect(cache.index_path) as db:
+        assert "row_offset" in {row[1] for row in db.execute("PRAGMA table_info(entries)")}
+        assert db.execute("SELECT COUNT(*) FROM entries WHERE row_offset IS NULL").fetchone()[0] == 24
+    assert_all_same(cache.read(list(written)), written)
+    stacked = cache.read_stacked(list(written))
+    for i, key in enumerate(stacked.keys):
+        np.testing.assert_array_equal(stacked.series(i).numpy(), written[key].features)
+    assert cache.frame_counts(list(written)) == {k: len(v.features) for k, v in written.items()}
+    new = series("new", 4, 99)
+    cache.write(RID, [new])  # new entries beside old ones
+    written[(new.content_hash, RID)] = new
+    assert_all_same(everything(cache), written)
+    FeatureCache(cache.root)  # opening again changes nothing
+    result = cache.compact(orphan_grace_s=0)
+    assert result["series_moved"] == 25 and result["files_after"] == 1
+    with sqlite3.connect(cache.index_path) as db:
+        assert db.execute("SELECT COUNT(*) FROM entries WHERE row_offset IS NULL").fetchone()[0] == 0
+    assert_all_same(everything(cache), written)
+
+
+# --- compaction ----------------------------------------------------------------------------------------------------
+
+
+def scattered(cache: FeatureCache) -> dict:
+    """Small files of two recipes and two dtypes, with dead rows (keys a second writer lost)."""
+    written = {}
+    for n in range(12):
+        items = [series(f"f{n}s{i}", 1 + (n + i) % 6, 100 * n + i) for i in range(1 + n % 3)]
+        if n % 4 == 3:
+            items = [dataclasses.replace(i, features=i.features.astype(np.float16)) for i in items]
+        recipe_id = OTHER_RID if n % 5 == 4 else RID
+        cache.write(recipe_id, items + ([series("f0s0", 9, 999)] if n == 6 else []))  # dead rows in one file
+        for i in items:
+            want = i if i.features.dtype == np.float32 else dataclasses.replace(i, features=i.features.astype(np.float32))
+            written.setdefault((i.content_hash, recipe_id), want)
+    return written
+
+
+def indexed_files(cache: FeatureCache) -> set[str]:
+    with sqlite3.connect(cache.index_path) as db:
+        return {name for (name,) in db.execute("SELECT DISTINCT file FROM entries")}
+
+
+def assert_stored_once(cache: FeatureCache) -> None:
+    """Files on disk are exactly the indexed ones, and they hold each entry's rows once, nothing else."""
+    assert {p.name for p in parts(cache)} == indexed_files(cache)
+    assert sum(pq.read_metadata(p).num_rows for p in parts(cache)) == cache.stats()["frames"]
+
+
+def test_compaction_keeps_every_entry_exactly_and_drops_files(cache: FeatureCache) -> None:
+    written = scattered(cache)
+    assert_all_same(everything(cache), written)
+    before = cache.stats()
+    result = cache.compact(orphan_grace_s=0)
+    assert result["files_before"] == 12 and result["files_after"] == 2  # float32 and float16 parts stay apart
+    assert result["series_moved"] == len(written) and result["files_written"] == 2
+    assert result["bytes_before"] > 0 and result["bytes_after"] == cache.stats()["bytes"]
+    assert_all_same(everything(cache), written)
+    assert {k: v for k, v in cache.stats().items() if k != "bytes"} == {k: v for k, v in before.items() if k != "bytes"}
+    assert_stored_once(cache)
+    types = {(t.value_type, t.list_size) for t in (pq.read_schema(p).field("feature").type for p in parts(cache))}
+    assert types == {(pa.float32(), DIM), (pa.float16(), DIM)}
+    again = cache.compact(orphan_grace_s=0)  # nothing left to merge
+    assert again["files_written"] == 0 and again["files_after"] == 2
+
+
+def test_compaction_leaves_large_files_and_respects_the_target(cache: FeatureCache) -> None:
+    big = [series(f"big{i}", 50, i) for i in range(4)]
+    target = cache.write(RID, big)  # 200 rows
+    small = [[series(f"small{n}", 30, 10 + n)] for n in range(6)]
+    for items in small:
+        cache.write(RID, items)
+    result = cache.compact(target_rows=100, orphan_grace_s=0)  # 30-row files, three to a 90-row file
+    assert target in parts(cache) and result["files_after"] == 3 and result["series_moved"] == 6
+    assert all(pq.read_metadata(p).num_rows <= 100 for p in parts(cache) if p != target)
+    assert_all_same(everything(cache), {(i.content_hash, RID): i for i in big + [s[0] for s in small]})
+
+
+class FailingCommit(sqlite3.Connection):
+    def commit(self) -> None:
+        raise sqlite3.OperationalError("injected: disk I/O error at commit")
+
+
+def fail_commits(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(FeatureCache, "_connect",
+                        lambda self: sqlite3.connect(self.index_path, timeout=60, factory=FailingCommit))
+
+
+def boom(*args, **kwargs):
+    raise OSError("injected crash")
+
+
+@pytest.mark.parametrize("step", ["write", "rename", "commit", "unlink"])
+def test_a_crash_at_any_compaction_step_leaves_every_entry_readable(cache: FeatureCache, step: str,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    written = scattered(cache)
+    with monkeypatch.context() as crash:
+        if step == "write":  # while the new file is written
+            crash.setattr(lib_cache, "write_parquet_atomic", boom)
+        elif step == "rename":  # the temp file is complete and fsynced, the rename fails
+            crash.setattr(os, "replace", boom)
+        elif step == "commit":  # the new file is in place, repointing the index fails
+            fail_commits(crash)
+        else:  # the index points at the new file; deleting the old ones fails
+            crash.setattr(os, "unlink", boom)
+        with pytest.raises((OSError, sqlite3.OperationalError), match="injected"):
+            cache.compact(orphan_grace_s=0)
+    assert not list(cache.files.glob(".tmp-*"))
+    assert_all_same(everything(cache), written)  # complete, and nothing else reported
+    assert cache.stats()["series"] == len(written)
+    cache.compact(orphan_grace_s=0)  # the next compaction finishes the job and removes the leftovers
+    assert_all_same(everything(cache), written)
+    assert_stored_once(cache) and len(parts(cache)) == 2
+
+
+def test_leftovers_younger_than_the_grace_are_kept(cache: FeatureCache, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file renamed by a writer whose index rows are not committed yet looks like an orphan: keep it."""
+    written = scattered(cache)
+    with monkeypatch.context() as crash:
+        fail_commits(crash)
+        with pytest.raises(sqlite3.OperationalError):
+            cache.compact()
+    leftovers = {p.name for p in parts(cache)} - indexed_files(cache)
+    assert len(leftovers) == 1
+    cache.compact()  # default grace: the young leftover stays
+    assert leftovers <= {p.name for p in parts(cache)}
+    cache.compact(orphan_grace_s=0)
+    assert not leftovers & {p.name for p in parts(cache)}
+    assert_all_same(everything(cache), written)
+
+
+@pytest.mark.parametrize("reader", ["read", "read_stacked"])
+def test_a_reader_whose_file_was_compacted_away_looks_again(cache: FeatureCache, reader: str,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    written = scattered(cache)
+    old_files = {p.name for p in parts(cache)}
+    real = FeatureCache._locate
+    calls = []
+
+    def locate_then_compact(self, keys):
+        located = real(self, keys)
+        if not calls:  # between this reader's lookup and its open, another process compacts
+            FeatureCache(self.root).compact(orphan_grace_s=0)
+        calls.append(len(located))
+        return located
+
+    monkeypatch.setattr(FeatureCache, "_locate", locate_then_compact)
+    if reader == "read":
+        assert_all_same(cache.read(list(written)), written)
+    else:
+        stacked = cache.read_stacked(list(written))
+        assert stacked.missing == []
+        for i, key in enumerate(stacked.keys):
+            np.testing.assert_array_equal(stacked.series(i).numpy(), written[key].features)
+    assert not old_files & {p.name for p in parts(cache)}
+    assert calls == [len(written), len(written)]  # every key looked up once more, none lost
+
+
+# --- crashes while writing -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("step", ["rename", "after-rename", "commit"])
+def test_a_crash_mid_write_leaves_no_torn_entry(cache: FeatureCache, step: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    kept = [series("kept", 3, 0)]
+    cache.write(RID, kept)
+    lost = [series("lost1", 5, 1), series("lost2", 2, 2), dataclasses.replace(series("kept", 4, 3))]
+    real = lib_cache.write_parquet_atomic
+
+    def write_then_crash(*args, **kwargs):
+        real(*args, **kwargs)
+        raise OSError("injected crash after the rename")
+
+    with monkeypatch.context() as crash:
+        if step == "rename":
+            crash.setattr(os, "replace", boom)
+        elif step == "after-rename":
+            crash.setattr(lib_cache, "write_parquet_atomic", write_then_crash)
+        else:
+            fail_commits(crash)
+        with pytest.raises((OSError, sqlite3.OperationalError), match="injected"):
+            cache.write(RID, lost)
+    assert not list(cache.files.glob(".tmp-*"))
+    lost_keys = [(i.content_hash, RID) for i in lost[:2]]
+    assert cache.present(lost_keys) == set() and cache.read(lost_keys) == {}
+    assert cache.read_stacked(lost_keys).missing == lost_keys
+    assert_all_same(everything(cache), {("hash-kept", RID): kept[0]})
+    cache.write(RID, lost)  # the retry commits them; the key already present keeps its first entry
+    assert_all_same(everything(cache), {("hash-kept", RID): kept[0], **{(i.content_hash, RID): i for i in lost[:2]}})
+    cache.compact(orphan_grace_s=0)
+    assert_stored_once(cache)
+
+
+def test_a_write_whose_file_was_swept_as_an_orphan_indexes_nothing(cache: FeatureCache,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A writer stalled past the grace between rename and commit: it must fail, not index a missing file."""
+    real = lib_cache.write_parquet_atomic
+
+    def write_then_stall(table, target, **kwargs):
+        real(table, target, **kwargs)
+        FeatureCache(cache.root).compact(orphan_grace_s=-60)  # as if the file were already old
+
+    monkeypatch.setattr(lib_cache, "write_parquet_atomic", write_then_stall)
+    with pytest.raises(FileNotFoundError, match="write the series again"):
+        cache.write(RID, [series("a", 3, 0)])
+    assert cache.stats()["series"] == 0 and parts(cache) == []
