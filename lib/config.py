@@ -89,8 +89,13 @@ class RuntimeConfig:
     # auto: Ray when a cluster address is known, else in-process (Ray's ~10 s start-up buys nothing on one
     # machine: torch already uses every core) | local | ray (a local Ray, e.g. for several GPUs)
     executor: str = "auto"
-    workers: int | None = None  # Ray extraction actors; None = one per CPU Ray has (one per GPU when it has GPUs)
+    workers: int | None = None  # Ray extraction actors; None = one per CPU Ray has, or per GPU share
+    gpus_per_worker: float = 1.0  # GPU share per actor: 0.5 puts two small backbones on each GPU
     decoders: int = 2  # series decoded at once per extractor: hides each series' decoder start-up
+    # On Ray, where frames are decoded: auto = in Ray tasks when the cluster has GPUs (the CPUs are free for
+    # it), else in the actor's own threads (a task would only compete for the actor's cores) | tasks | actor
+    decode_on: str = "auto"
+    decode_cpus: float = 1.0  # CPUs a decode task requests (ffmpeg decoding + resizing one series)
     shard_size: int = 64  # series per Prefect task: a task run costs tens of ms of API traffic
 
 

@@ -25,9 +25,10 @@ from lib.config import SamplingConfig, SourcesConfig
 from lib.decode import decode
 from lib.errors import BadInput
 from lib.failures import Failure
-from lib.series import SeriesRef
+from lib.series import FrameChunk, SeriesRef
 
 Embed = Callable[[np.ndarray], np.ndarray]  # (N, H, W, 3) uint8 -> (N, D) float32
+Decode = Callable[[SeriesRef], Iterator[FrameChunk]]  # a series' chunks; BadInput when it cannot be read
 
 
 @dataclass
@@ -51,17 +52,21 @@ def extract_many(
     prefetch_chunks: int = 4,
     sources: SourcesConfig = SourcesConfig(),
     decoders: int = 2,
+    decode_fn: Decode | None = None,
 ) -> Iterator[SeriesFeatures | Failure]:
     """Yield one result per series, in order of completion: features, or why it failed.
 
     `decoders` series decode at once: a new series' decoder starts (probe, spawn)
     while another's frames still flow, so short series do not leave the CNN idle.
+    `decode_fn` replaces decoding in this process (a Ray actor passes one that
+    streams chunks from decode tasks elsewhere in the cluster).
     """
+    decode_fn = decode_fn or (lambda ref: decode(ref, sampling, tmp_dir, sources=sources))
     events: queue.Queue = queue.Queue(maxsize=prefetch_chunks)
     stop = threading.Event()
     todo = iter(list(enumerate(refs)))  # shared by the decoder threads; next() under a lock
     lock = threading.Lock()
-    producers = [threading.Thread(target=_decode_all, args=(todo, lock, sampling, sources, tmp_dir, events, stop),
+    producers = [threading.Thread(target=_decode_all, args=(todo, lock, decode_fn, events, stop),
                                   daemon=True) for _ in range(max(1, min(decoders, len(refs))))]
     for producer in producers:
         producer.start()
@@ -101,8 +106,8 @@ def extract_many(
             producer.join(timeout=30)
 
 
-def _decode_all(todo: Iterator[tuple[int, SeriesRef]], lock: threading.Lock, sampling: SamplingConfig,
-                sources: SourcesConfig, tmp_dir: Path, events: queue.Queue, stop: threading.Event) -> None:
+def _decode_all(todo: Iterator[tuple[int, SeriesRef]], lock: threading.Lock, decode_fn: Decode,
+                events: queue.Queue, stop: threading.Event) -> None:
     """A decoder thread: takes series until none is left; per series its chunks, then an end marker
     (or a failure); the error that stops it, if any; finally None."""
     try:
@@ -112,7 +117,7 @@ def _decode_all(todo: Iterator[tuple[int, SeriesRef]], lock: threading.Lock, sam
             if ref is None or stop.is_set():
                 return
             try:
-                with closing(decode(ref, sampling, tmp_dir, sources=sources)) as chunks:  # closing: ffmpeg is killed on stop
+                with closing(decode_fn(ref)) as chunks:  # closing: the decoder is stopped when we stop
                     for chunk in chunks:
                         _put(events, ("chunk", index, chunk), stop)
                         if stop.is_set():  # the consumer left: do not decode the rest of a long series
@@ -190,7 +195,8 @@ def split_cached(cache: FeatureCache, refs: list[SeriesRef], recipe_id: str) -> 
 def extract_to_cache(refs: list[SeriesRef], sampling: SamplingConfig, embed: Embed, batch_size: int,
                      tmp_dir: Path, sources: SourcesConfig, cache: FeatureCache, recipe_id: str,
                      decoders: int = 2, commit_frames: int = 4096,
-                     on_series: Callable[[int], object] = lambda n: None) -> list[dict]:
+                     on_series: Callable[[int], object] = lambda n: None,
+                     decode_fn: Decode | None = None) -> list[dict]:
     """Extract `refs` into the cache; one status row per series (extracted, or failed and why).
 
     Finished series are committed in groups of about `commit_frames` frames by a
@@ -203,7 +209,8 @@ def extract_to_cache(refs: list[SeriesRef], sampling: SamplingConfig, embed: Emb
     group: list[SeriesFeatures] = []
     commits: list[Future] = []
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="cache-writer") as writer:
-        for result in extract_many(refs, sampling, embed, batch_size, tmp_dir, sources=sources, decoders=decoders):
+        for result in extract_many(refs, sampling, embed, batch_size, tmp_dir, sources=sources, decoders=decoders,
+                                   decode_fn=decode_fn):
             on_series(1)
             if isinstance(result, Failure):
                 rows.append({"series_id": result.series_id, "status": "failed", "frames": 0,

@@ -17,10 +17,11 @@ from lib.config import BackboneConfig, Config, SamplingConfig, SourcesConfig
 from lib.extract import extract_to_cache, split_cached
 from lib.features import check_recipe, load_backbone
 from lib.hashing import HashMemo
+from lib.placement import placement
 from lib.recipe import FeatureRecipe
 from lib.series import SeriesRef
 from lib.sources import discover
-from tasks.ray_workers import FeatureWorker, ensure_ray, feature_workers, release_workers, worker_count
+from tasks.ray_workers import FeatureWorker, ensure_ray, feature_workers, release_workers
 from tasks.retry import transient_only
 
 GROUP = 8  # series per actor call: progress granularity and load balance; one cache file per call
@@ -94,15 +95,16 @@ def _extract_here(todo: list[SeriesRef], wanted: FeatureRecipe, config: Config, 
 def _extract_on_ray(todo: list[dict], recipe: dict, config: Config, cache_root: str, tmp_dir: str,
                     torch_hub_dir: str, ray_address: str) -> list[dict]:
     ensure_ray(ray_address)
-    gpus = int(ray.cluster_resources().get("GPU", 0))
+    where = placement(config.runtime, ray.cluster_resources())
     # Everything that shapes the features comes from the recipe (a model's, at inference), not
     # from this run's flags; the precision too, so workers never re-resolve "auto" differently.
     wanted = FeatureRecipe.from_dict(recipe)
     sampling, backbone = wanted.sampling(config.sampling), wanted.backbone_config(config.backbone)
     workers = feature_workers(
-        f"{recipe['recipe_id']}:{cache_root}", gpus or worker_count(config.runtime.workers),
-        lambda: FeatureWorker.options(num_gpus=1 if gpus else 0).remote(
-            sampling, backbone, recipe, torch_hub_dir, cache_root, tmp_dir, config.runtime.decoders),
+        f"{recipe['recipe_id']}:{cache_root}:{where}", where.actors,
+        lambda: FeatureWorker.options(num_cpus=where.actor_cpus, num_gpus=where.actor_gpus).remote(
+            sampling, backbone, recipe, torch_hub_dir, cache_root, tmp_dir, config.runtime.decoders,
+            where.decode_cpus),
     )
     groups = [todo[i:i + GROUP] for i in range(0, len(todo), GROUP)]
     statuses: list[dict] = []

@@ -1,14 +1,17 @@
-"""Ray: joining a cluster (or starting a local one) and the feature-extraction actor.
+"""Ray: joining a cluster (or starting a local one), the feature-extraction actor and decode tasks.
 
 An actor loads the backbone once and extracts many series; it writes features to
-the cache itself and returns statuses only, so no frames or features cross the
-object store.
+the cache itself and returns statuses only, so no features cross the object
+store. Frames do only where decoding runs in tasks (clusters with GPUs, see
+lib/placement.py): each decode task streams one series' chunks with at most two
+unread, and each actor reads `decoders` series at once, so the object store holds
+frames of at most actors x decoders series, whatever their length.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +19,13 @@ import ray
 import torch
 
 from lib.cache import FeatureCache
-from lib.config import BackboneConfig, SamplingConfig
-from lib.extract import extract_to_cache
+from lib.config import BackboneConfig, SamplingConfig, SourcesConfig
+from lib.decode import decode
+from lib.errors import BadInput
+from lib.extract import Decode, extract_to_cache
 from lib.features import check_recipe, load_backbone
 from lib.recipe import FeatureRecipe
-from lib.series import SeriesRef
+from lib.series import FrameChunk, SeriesRef
 
 
 def ensure_ray(address: str) -> None:
@@ -33,11 +38,6 @@ def ensure_ray(address: str) -> None:
         return
     ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="WARNING",
              configure_logging=False)
-
-
-def worker_count(requested: int | None) -> int:
-    """One actor per CPU Ray has (each with one torch thread), unless configured."""
-    return requested or max(1, int(ray.cluster_resources().get("CPU", 1)))
 
 
 _pool: tuple[str, list] | None = None  # (key, actors): at most one pool alive per process
@@ -66,12 +66,42 @@ def release_workers() -> None:
     _pool = None
 
 
-@ray.remote(num_cpus=1)
+@ray.remote(num_returns="streaming", _generator_backpressure_num_objects=2)
+def decode_task(ref: dict, sampling: SamplingConfig, sources: SourcesConfig,
+                tmp_dir: str) -> Iterator[FrameChunk | str]:
+    """One series' chunks through the object store, at most two unread at a time (bounded memory);
+    a bad input ends the stream with its reason, which the actor records like a local failure."""
+    os.makedirs(tmp_dir, exist_ok=True)
+    try:
+        yield from decode(SeriesRef.from_dict(ref), sampling, Path(tmp_dir), sources=sources)
+    except BadInput as exc:
+        yield exc.reason
+
+
+def decode_in_tasks(sampling: SamplingConfig, sources: SourcesConfig, tmp_dir: str, cpus: float) -> Decode:
+    """A decode function for lib.extract that streams each series from a decode task."""
+    def decode_fn(ref: SeriesRef) -> Iterator[FrameChunk]:
+        stream = decode_task.options(num_cpus=cpus).remote(ref.to_dict(), sampling, sources, tmp_dir)
+        try:
+            for chunk in stream:
+                item = ray.get(chunk)
+                if isinstance(item, str):
+                    raise BadInput(ref.location, item)
+                yield item
+        finally:
+            ray.cancel(stream)  # the extractor stopped early: so does the decoder
+    return decode_fn
+
+
+@ray.remote
 class FeatureWorker:
-    """Holds one backbone; extracts groups of series into the cache."""
+    """Holds one backbone; extracts groups of series into the cache.
+
+    Started with the CPUs and GPU share of its Placement; runs one torch thread per CPU.
+    """
 
     def __init__(self, sampling: SamplingConfig, backbone: BackboneConfig, recipe: dict, torch_hub_dir: str,
-                 cache_root: str, tmp_dir: str, decoders: int) -> None:
+                 cache_root: str, tmp_dir: str, decoders: int, decode_cpus: float | None) -> None:
         torch.set_num_threads(max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1))))
         device = "cuda" if torch.cuda.is_available() and ray.get_gpu_ids() else "cpu"
         self.sampling = sampling
@@ -84,9 +114,11 @@ class FeatureWorker:
         self.cache = FeatureCache(Path(cache_root))
         self.tmp_dir = Path(tmp_dir)
         os.makedirs(self.tmp_dir, exist_ok=True)
+        self.decode_fn = None if decode_cpus is None else decode_in_tasks(sampling, self.sources, tmp_dir,
+                                                                           decode_cpus)
 
     def extract(self, refs: list[dict]) -> list[dict]:
         """Extract and commit `refs`; one status row per series."""
         return extract_to_cache([SeriesRef.from_dict(r) for r in refs], self.sampling, self.backbone,
                                 self.batch_size, self.tmp_dir, self.sources, self.cache, self.recipe.recipe_id,
-                                decoders=self.decoders)
+                                decoders=self.decoders, decode_fn=self.decode_fn)

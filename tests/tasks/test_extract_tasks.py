@@ -9,6 +9,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import ray
 
@@ -98,3 +99,24 @@ def test_a_models_recipe_wins_over_this_runs_flags(tmp_path: Path, source: Path,
     cache = FeatureCache(tmp_path / "cache")
     assert cache.present([(r["content_hash"], model_recipe["recipe_id"]) for r in good]) == \
         {(r["content_hash"], model_recipe["recipe_id"]) for r in good}
+
+
+def test_decode_tasks_feed_the_actors_the_same_features(tmp_path: Path, source: Path, local_ray) -> None:
+    """runtime.decode_on=tasks (what GPU clusters do): frames stream from Ray decode tasks to the actor;
+    the features equal in-process extraction's, and a bad file is still a recorded failure."""
+    hub = str(tmp_path / "hub")
+    found = discover_source.fn(str(source), None, str(tmp_path / "hashes.sqlite"), SourcesConfig())
+    config = load_config(overrides={**TINY, "runtime.decode_on": "tasks"})
+    recipe = feature_recipe.fn(config, hub)
+    results = {}
+    for where in (None, "local"):
+        cache_root = tmp_path / f"cache-{where}"
+        rows = extract_shard.fn(found["refs"], recipe, config, str(cache_root), str(tmp_path / "tmp"), hub,
+                                where)["rows"]
+        assert {r["series_id"]: r["status"] for r in rows}["phone/broken.mp4"] == "failed"
+        keys = [(r["content_hash"], recipe["recipe_id"]) for r in found["refs"] if "broken" not in r["series_id"]]
+        results[where] = FeatureCache(cache_root).read(keys)
+    assert results[None].keys() == results["local"].keys() and len(results[None]) == 2
+    for key, here in results[None].items():
+        np.testing.assert_allclose(results["local"][key].features, here.features, rtol=1e-4, atol=1e-4)
+        np.testing.assert_array_equal(results["local"][key].t, here.t)
