@@ -36,7 +36,8 @@ config = load_config(overrides={"sampling.fps": fps, "sampling.size": size, "bac
 backbone, recipe = load_backbone(config.sampling, config.backbone, Path("/nonexistent"))
 ref = SeriesRef(series_id=Path(path).name, content_hash="bench", kind="video", path=path)
 started = time.monotonic()
-[result] = list(extract_many([ref], config.sampling, backbone, config.backbone.batch_size, Path("/tmp")))
+batch_size = backbone.batch_size(config.sampling.size, config.backbone.batch_size)
+[result] = list(extract_many([ref], config.sampling, backbone, batch_size, Path("/tmp")))
 print(json.dumps({
     "frames": len(result.features),
     "seconds": round(time.monotonic() - started, 1),

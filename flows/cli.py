@@ -30,7 +30,8 @@ FEATURE_FLAGS = {
     "--weights": ("backbone.weights", str,
                   "torchvision weights name from the local torch cache, a .pth path, or none (default DEFAULT)"),
     "--precision": ("backbone.precision", str, "auto|fp32|bf16|fp16 (default auto)"),
-    "--batch-size": ("backbone.batch_size", int, "frames per CNN batch (default 32)"),
+    "--batch-size": ("backbone.batch_size", int, "frames per CNN batch (default: 32 on CPU, by free memory on GPU)"),
+    "--feature-dtype": ("backbone.feature_dtype", str, "float32|float16 features in the cache (default float32)"),
     "--workers": ("runtime.workers", int, "Ray extraction actors (default: one per CPU)"),
     "--shard-size": ("runtime.shard_size", int, "series per Prefect task (default 64)"),
 }

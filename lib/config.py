@@ -53,7 +53,9 @@ class BackboneConfig:
     name: str = "resnet18"  # any torchvision classification model; its head is removed
     weights: str = "DEFAULT"  # torchvision weights name (local torch cache only), a .pth path, or "none"
     precision: str = "auto"  # auto | fp32 | bf16 | fp16; auto = bf16 where the CPU/GPU has it
-    batch_size: int = 32  # frames per forward pass, across series boundaries
+    batch_size: int | None = None  # frames per forward pass, across series; None = per device (CPU 32, GPU by memory)
+    feature_dtype: str = "float32"  # float32 | float16: the cached features; float16 halves the disk, ~1e-3 error
+    compile: bool = False  # torch.compile the backbone: pays on GPU and for long runs (compiling takes ~1 min)
     seed: int = 0  # seeds the random init when weights = "none"
 
 

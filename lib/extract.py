@@ -27,7 +27,7 @@ from lib.errors import BadInput
 from lib.failures import Failure
 from lib.series import FrameChunk, SeriesRef
 
-Embed = Callable[[np.ndarray], np.ndarray]  # (N, H, W, 3) uint8 -> (N, D) float32
+Embed = Callable[[np.ndarray], np.ndarray]  # (N, H, W, 3) uint8 -> (N, D) float32 or float16
 Decode = Callable[[SeriesRef], Iterator[FrameChunk]]  # a series' chunks; BadInput when it cannot be read
 
 
@@ -179,7 +179,7 @@ def _finished(pending: dict[int, _Pending]) -> Iterator[SeriesFeatures | Failure
         yield SeriesFeatures(
             series_id=entry.ref.series_id,
             content_hash=entry.ref.content_hash,
-            features=np.concatenate(entry.features).astype(np.float32, copy=False),
+            features=np.concatenate(entry.features),  # the backbone's dtype: what the recipe stores
             t=np.concatenate(entry.t),
         )
 

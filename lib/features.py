@@ -18,7 +18,7 @@ def load_backbone(sampling: SamplingConfig, config: BackboneConfig, torch_hub_di
     weights = resolve_weights(config, torch_hub_dir)
     backbone = Backbone(config, weights, device)
     recipe = make_recipe(decoder_versions(), sampling, sources, config.name, weights,
-                         backbone.precision, backbone.feature_dim)
+                         backbone.precision, backbone.feature_dim, config.feature_dtype)
     return backbone, recipe
 
 

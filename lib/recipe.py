@@ -1,8 +1,8 @@
 """The feature recipe: everything that changes the numbers in the feature cache (SPEC §3.3).
 
 A changed recipe is a different cache entry; an unchanged one is never recomputed.
-Decode chunk size, timeouts and batch size do not change the features, so they
-are not part of it.
+Decode chunk size, timeouts, batch size and torch.compile do not change the
+features (beyond float rounding), so they are not part of it.
 """
 
 from __future__ import annotations
@@ -14,6 +14,10 @@ from typing import Any
 
 from lib.backbone import WeightsSource
 from lib.config import BackboneConfig, SamplingConfig, SourcesConfig
+
+
+_ABSENT = object()
+_LATER_FIELDS = {"feature_dtype": "float32"}  # field -> the value recipes stored before it existed
 
 
 @dataclass(frozen=True)
@@ -29,11 +33,17 @@ class FeatureRecipe:
     feature_dim: int
     # how DICOM, NIfTI, GeoTIFF and cubes become frames: canonical JSON of SourcesConfig
     sources: str = field(default_factory=lambda: canonical_sources(SourcesConfig()))
+    feature_dtype: str = "float32"  # as stored in the cache: float32 | float16
 
     @property
     def recipe_id(self) -> str:
-        """A short stable id: the hash of the canonical JSON of every field."""
-        canonical = json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+        """A short stable id: the hash of the canonical JSON of every field.
+
+        Fields added after recipes were first stored count only when they differ from
+        the value every earlier recipe implicitly had, so those recipes keep their ids.
+        """
+        hashed = {k: v for k, v in asdict(self).items() if _LATER_FIELDS.get(k, _ABSENT) != v}
+        canonical = json.dumps(hashed, sort_keys=True, separators=(",", ":"))
         return hashlib.blake2b(canonical.encode(), digest_size=8).hexdigest()
 
     def to_dict(self) -> dict[str, Any]:
@@ -70,15 +80,17 @@ class FeatureRecipe:
         else:
             weights, seed = self.weights, base.seed
         return BackboneConfig(name=self.backbone, weights=weights, precision=self.precision,
-                              batch_size=base.batch_size, seed=seed)
+                              batch_size=base.batch_size, seed=seed, feature_dtype=self.feature_dtype,
+                              compile=base.compile)
 
 
 def make_recipe(decoder: str, sampling: SamplingConfig, sources: SourcesConfig, backbone: str,
-                weights: WeightsSource, precision: str, feature_dim: int) -> FeatureRecipe:
+                weights: WeightsSource, precision: str, feature_dim: int,
+                feature_dtype: str = "float32") -> FeatureRecipe:
     return FeatureRecipe(
         decoder=decoder, fps=sampling.fps, num_frames=sampling.num_frames, size=sampling.size,
         backbone=backbone, weights=weights.label, weights_digest=weights.digest,
-        precision=precision, feature_dim=feature_dim,
+        precision=precision, feature_dim=feature_dim, feature_dtype=feature_dtype,
         sources=canonical_sources(sources),
     )
 

@@ -69,7 +69,7 @@ def shared_backbone(sampling: SamplingConfig, config: BackboneConfig, torch_hub_
     every shard share it. Keyed on what makes the features, with weights and precision resolved, so a
     config ("auto", "DEFAULT") and the recipe it produced find the same backbone."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    key = (sampling.fps, sampling.num_frames, sampling.size, config.name,
+    key = (sampling.fps, sampling.num_frames, sampling.size, config.name, config.feature_dtype, config.compile,
            resolve_weights(config, torch_hub_dir).digest, resolve_precision(config.precision, torch.device(device)),
            sources)
     if key not in _loaded:
@@ -87,9 +87,10 @@ def _extract_here(todo: list[SeriesRef], wanted: FeatureRecipe, config: Config, 
     backbone, built = shared_backbone(sampling, wanted.backbone_config(config.backbone), torch_hub_dir, sources)
     check_recipe(wanted, built)
     tmp_dir.mkdir(parents=True, exist_ok=True)
+    batch_size = backbone.batch_size(sampling.size, config.backbone.batch_size)
     with tqdm(total=len(todo), desc="extract", unit="series", leave=False) as bar:
-        return extract_to_cache(todo, sampling, backbone, config.backbone.batch_size, tmp_dir, sources, cache,
-                                wanted.recipe_id, decoders=config.runtime.decoders, on_series=bar.update)
+        return extract_to_cache(todo, sampling, backbone, batch_size, tmp_dir, sources, cache, wanted.recipe_id,
+                                decoders=config.runtime.decoders, on_series=bar.update)
 
 
 def _extract_on_ray(todo: list[dict], recipe: dict, config: Config, cache_root: str, tmp_dir: str,

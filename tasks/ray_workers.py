@@ -105,12 +105,12 @@ class FeatureWorker:
         torch.set_num_threads(max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1))))
         device = "cuda" if torch.cuda.is_available() and ray.get_gpu_ids() else "cpu"
         self.sampling = sampling
-        self.batch_size = backbone.batch_size
         self.decoders = decoders
         self.recipe = FeatureRecipe.from_dict(recipe)
         self.sources = self.recipe.sources_config()
         self.backbone, built = load_backbone(sampling, backbone, Path(torch_hub_dir), device, self.sources)
         check_recipe(self.recipe, built)
+        self.batch_size = self.backbone.batch_size(sampling.size, backbone.batch_size)
         self.cache = FeatureCache(Path(cache_root))
         self.tmp_dir = Path(tmp_dir)
         os.makedirs(self.tmp_dir, exist_ok=True)

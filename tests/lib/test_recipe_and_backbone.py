@@ -50,13 +50,22 @@ def test_recipe_id_is_stable_across_processes_and_versions() -> None:
     assert FeatureRecipe(**dataclasses.asdict(RECIPE)).recipe_id == RECIPE.recipe_id
 
 
-@pytest.mark.parametrize("change", [
+CHANGES = [
     {"fps": 8.0}, {"fps": None}, {"num_frames": 16}, {"size": 96}, {"backbone": "resnet34"},
     {"weights": "IMAGENET1K_V1"}, {"weights_digest": "random-seed-1"}, {"precision": "bf16"},
-    {"decoder": "ffmpeg 7.2"}, {"feature_dim": 256},
-])
+    {"decoder": "ffmpeg 7.2"}, {"feature_dim": 256}, {"sources": '{"nifti_view":"mip"}'},
+    {"feature_dtype": "float16"},
+]
+
+
+@pytest.mark.parametrize("change", CHANGES)
 def test_recipe_id_changes_when_any_field_changes(change: dict) -> None:
     assert dataclasses.replace(RECIPE, **change).recipe_id != RECIPE.recipe_id
+
+
+def test_every_recipe_field_is_covered_by_a_change() -> None:
+    """A field added to the recipe without a case above could silently stop changing the key."""
+    assert {key for change in CHANGES for key in change} == {f.name for f in dataclasses.fields(FeatureRecipe)}
 
 
 def test_recipe_round_trips_and_detects_tampering() -> None:
@@ -214,6 +223,35 @@ def test_bf16_requested_on_cpu_still_works(backbone: tuple[Backbone, FeatureReci
     # bf16 keeps ~3 significant digits: close to fp32, not equal to it.
     assert np.linalg.norm(features - reference) / np.linalg.norm(reference) < 0.05
     assert not np.array_equal(features, reference)
+
+
+def test_float16_features_halve_the_storage_and_stay_close(backbone: tuple[Backbone, FeatureRecipe],
+                                                           torch_hub_dir: Path, frames: np.ndarray) -> None:
+    config = BackboneConfig(weights="none", seed=0, precision="fp32", feature_dtype="float16")
+    features = Backbone(config, resolve_weights(config, torch_hub_dir))(frames[:2])
+    reference = backbone[0](frames[:2])
+    assert features.dtype == np.float16 and features.nbytes * 2 == reference.nbytes
+    assert np.linalg.norm(features.astype(np.float32) - reference) / np.linalg.norm(reference) < 2e-3
+
+
+def test_unknown_feature_dtype_is_a_config_error(torch_hub_dir: Path) -> None:
+    config = BackboneConfig(weights="none", feature_dtype="int8")
+    with pytest.raises(ConfigError, match="backbone.feature_dtype"):
+        Backbone(config, resolve_weights(config, torch_hub_dir))
+
+
+def test_batch_size_is_chosen_per_device_unless_given(backbone: tuple[Backbone, FeatureRecipe]) -> None:
+    assert backbone[0].device.type == "cpu"  # the GPU twin (a probe batch against free memory) needs a GPU
+    assert backbone[0].batch_size(224) == 32
+    assert backbone[0].batch_size(224, requested=8) == 8
+
+
+@pytest.mark.slow
+def test_compiled_backbone_gives_the_same_features(backbone: tuple[Backbone, FeatureRecipe], torch_hub_dir: Path,
+                                                   frames: np.ndarray) -> None:
+    config = BackboneConfig(weights="none", seed=0, precision="fp32", compile=True)
+    compiled = Backbone(config, resolve_weights(config, torch_hub_dir))
+    np.testing.assert_allclose(compiled(frames[:2]), backbone[0](frames[:2]), rtol=1e-3, atol=1e-3)
 
 
 def test_other_heads_are_removed_too(torch_hub_dir: Path, frames: np.ndarray) -> None:
