@@ -71,7 +71,7 @@ backbone, recipe = load_backbone(sampling, BackboneConfig(weights="none", precis
                                  Path("/nonexistent"), "cpu")
 backbone(batches[0])  # warm-up: first-call allocations and kernel selection
 frames, started = 0, time.perf_counter()
-while (elapsed := time.perf_counter() - started) < seconds or frames < 3 * batch:
+while (elapsed := time.perf_counter() - started) < seconds or frames < batch:
     backbone(batches[(frames // batch) % len(batches)])
     frames += batch
 elapsed = time.perf_counter() - started
@@ -254,7 +254,7 @@ def main() -> None:
         home = Path(tmp) / "home"
         log(f"cold: lstmpipe extract {source} (LSTMPIPE_HOME={home})")
         cold = run_extract(source, home)
-        log(f"warm: the same again, on the same home")
+        log("warm: the same again, on the same home")
         warm = run_extract(source, home)
         log("naive: bench/naive.py on the same clips")
         naive = run_naive(clips, Path(tmp) / "naive", "--fps", str(FPS))
