@@ -66,7 +66,7 @@ COMPACT_TARGET_ROWS = 1 << 16
 # index commit: compaction leaves it alone. Far longer than any write takes.
 ORPHAN_GRACE_S = 3600.0
 
-_DICTIONARY_COLUMNS = ["series_id", "content_hash", "recipe_id"]  # few distinct values per row group
+_DICTIONARY_COLUMNS = ["content_hash", "recipe_id"]  # few distinct values per row group: decode as codes
 
 
 @dataclass(frozen=True)
@@ -142,19 +142,19 @@ class FeatureCache:
         self._recipes: dict[str, FeatureRecipe] = {}  # recipes never change under their id: safe to keep
         with closing(self._connect()) as db:
             db.execute("PRAGMA journal_mode=WAL")
-            db.execute("BEGIN IMMEDIATE")  # two processes opening an old index: one adds the column
-            db.execute(
-                "CREATE TABLE IF NOT EXISTS entries (content_hash TEXT, recipe_id TEXT, series_id TEXT,"
-                " file TEXT, n_frames INTEGER, written_at REAL, row_offset INTEGER,"
-                " PRIMARY KEY (content_hash, recipe_id))"
-            )
-            columns = {row[1] for row in db.execute("PRAGMA table_info(entries)")}
-            if "row_offset" not in columns:  # an index from before row offsets: its entries read by filter
-                db.execute("ALTER TABLE entries ADD COLUMN row_offset INTEGER")
-            # compaction asks which entries a file holds, and which files are referenced at all
-            db.execute("CREATE INDEX IF NOT EXISTS entries_by_file ON entries (file)")
-            db.execute("CREATE TABLE IF NOT EXISTS recipes (recipe_id TEXT PRIMARY KEY, recipe TEXT)")
-            db.commit()
+            if not _schema_is_current(db):  # checked first: opening a current index takes no write lock
+                db.execute("BEGIN IMMEDIATE")  # two processes opening an old index: one adds the column
+                db.execute(
+                    "CREATE TABLE IF NOT EXISTS entries (content_hash TEXT, recipe_id TEXT, series_id TEXT,"
+                    " file TEXT, n_frames INTEGER, written_at REAL, row_offset INTEGER,"
+                    " PRIMARY KEY (content_hash, recipe_id))"
+                )
+                if "row_offset" not in _columns(db, "entries"):  # an index from before row offsets
+                    db.execute("ALTER TABLE entries ADD COLUMN row_offset INTEGER")
+                # compaction asks which entries a file holds, and which files are referenced at all
+                db.execute("CREATE INDEX IF NOT EXISTS entries_by_file ON entries (file)")
+                db.execute("CREATE TABLE IF NOT EXISTS recipes (recipe_id TEXT PRIMARY KEY, recipe TEXT)")
+                db.commit()
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.index_path, timeout=60)
@@ -462,6 +462,15 @@ class FeatureCache:
             located = self._locate(gone)
 
 
+def _columns(db: sqlite3.Connection, table: str) -> set[str]:
+    return {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+
+
+def _schema_is_current(db: sqlite3.Connection) -> bool:
+    names = {name for (name,) in db.execute("SELECT name FROM sqlite_master")}
+    return {"entries", "recipes", "entries_by_file"} <= names and "row_offset" in _columns(db, "entries")
+
+
 def _wanted(db: sqlite3.Connection, keys: list[Key]) -> None:
     """A temp table of `keys` to join against: one executemany, no per-key query."""
     db.execute("CREATE TEMP TABLE wanted (content_hash TEXT, recipe_id TEXT)")
@@ -477,8 +486,9 @@ def _row_group_rows(feature: pa.DataType) -> int:
 def _series_table(recipe_id: str, items: list[SeriesFeatures]) -> pa.Table:
     dims = {item.features.shape[1:] for item in items}
     if len(dims) != 1 or len(next(iter(dims))) != 1:
-        shapes = {item.series_id: item.features.shape for item in items}
-        raise ValueError(f"FeatureCache.write: every series needs (T, D) features with one D; got {shapes}")
+        shapes = {item.series_id: item.features.shape for item in items[:5]}
+        raise ValueError(f"FeatureCache.write: every series needs (T, D) features with one D; got "
+                         f"{sorted(dims)} among {len(items)} series, e.g. {shapes}")
     for item in items:
         if len(item.t) != len(item.features):
             raise ValueError(f"FeatureCache.write: {item.series_id} has {len(item.features)} feature rows but "
@@ -520,7 +530,7 @@ def _file_rows(path: Path, entries: dict[Key, _Entry], with_t: bool) -> _Rows:
             rows = _ranged_rows(handle, entries, columns)
             if rows is not None:
                 return rows
-        return _filtered_rows(handle, path, entries, columns)
+    return _filtered_rows(path, entries, columns)
 
 
 def _ranged_rows(handle: pq.ParquetFile, entries: dict[Key, _Entry], columns: list[str]) -> _Rows | None:
@@ -554,7 +564,7 @@ def _ranged_rows(handle: pq.ParquetFile, entries: dict[Key, _Entry], columns: li
     return _Rows(table, pos, order, counts)
 
 
-def _filtered_rows(handle: pq.ParquetFile, path: Path, entries: dict[Key, _Entry], columns: list[str]) -> _Rows:
+def _filtered_rows(path: Path, entries: dict[Key, _Entry], columns: list[str]) -> _Rows:
     """Every row of the file's wanted content hashes, sorted into series and frame order."""
     hashes = sorted({h for h, _ in entries})
     table = pq.read_table(path, columns=columns, filters=[("content_hash", "in", hashes)],
@@ -605,12 +615,14 @@ def _dim(table: pa.Table) -> int:
 def _pack(files: list[tuple[str, int, bool]], target_rows: int) -> Iterable[list[str]]:
     """Greedy groups of about `target_rows` rows; a lone file is rewritten only to gain offsets."""
     group: list[tuple[str, int, bool]] = []
+    rows = 0
     for item in sorted(files, key=lambda f: f[1]):
-        if group and sum(rows for _, rows, _ in group) + item[1] > target_rows:
+        if group and rows + item[1] > target_rows:
             if len(group) > 1 or group[0][2]:
                 yield [name for name, _, _ in group]
-            group = []
+            group, rows = [], 0
         group.append(item)
+        rows += item[1]
     if group and (len(group) > 1 or group[0][2]):
         yield [name for name, _, _ in group]
 

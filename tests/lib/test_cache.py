@@ -297,6 +297,10 @@ def test_read_stacked_matches_read(cache: FeatureCache, monkeypatch: pytest.Monk
                 stacked.series(i)
     assert stacked.offsets[6 + 3] == stacked.offsets[-1]  # asked twice: the same rows
     assert found[(empty.content_hash, RID)].features.shape == (0, DIM)
+    alone = series("alone", 0, 9)  # a file of one frameless series
+    cache.write(RID, [alone])
+    assert_same(cache.read([("hash-alone", RID)])[("hash-alone", RID)], alone)
+    assert cache.read_stacked([("hash-alone", RID)]).lengths.tolist() == [0]
     nothing = cache.read_stacked([("hash-nope", RID)])
     assert nothing.features.shape == (0, 0) and nothing.missing == [("hash-nope", RID)]
 
@@ -550,3 +554,15 @@ def test_a_write_whose_file_was_swept_as_an_orphan_indexes_nothing(cache: Featur
     with pytest.raises(FileNotFoundError, match="write the series again"):
         cache.write(RID, [series("a", 3, 0)])
     assert cache.stats()["series"] == 0 and parts(cache) == []
+
+
+def test_opening_a_current_index_takes_no_write_lock(cache: FeatureCache, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Many workers open the cache while one writes or compacts: opening must not wait for the writer."""
+    cache.write(RID, [series("a", 3, 0)])
+    monkeypatch.setattr(FeatureCache, "_connect", lambda self: sqlite3.connect(self.index_path, timeout=0.1))
+    writer = sqlite3.connect(cache.index_path)
+    try:
+        writer.execute("BEGIN IMMEDIATE")
+        assert FeatureCache(cache.root).present([("hash-a", RID)]) == {("hash-a", RID)}
+    finally:
+        writer.close()
