@@ -11,6 +11,7 @@ Layout under the cache root:
                                    the series is rows [row_offset, row_offset + n_frames) of `file`
                                    (one row per frame, so n_frames is the row count); row_offset is
                                    NULL for entries indexed before the column existed
+                                   (an index on file lists a file's entries for compaction)
                                    recipes(recipe_id) -> JSON of the recipe
 
 Writes are atomic: the Parquet file is written, fsynced and renamed first, the index
