@@ -33,6 +33,7 @@ import os
 import platform
 import shutil
 import sqlite3
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -203,7 +204,8 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         shutil.rmtree(workdir)
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    result = {"created": stamp, "command": "bench/cache_scale.py " + " ".join(argv or []),
+    flags = sys.argv[1:] if argv is None else argv
+    result = {"created": stamp, "command": " ".join([".venv/bin/python bench/cache_scale.py", *flags]),
               "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "pyarrow": pa.__version__,
                           "sqlite": sqlite3.sqlite_version}} | result
     RESULTS.mkdir(parents=True, exist_ok=True)
