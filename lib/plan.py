@@ -22,27 +22,33 @@ from lib.sources import discover
 
 def plan(refs: list[SeriesRef], recipe: FeatureRecipe, cache: FeatureCache) -> dict[str, Any]:
     """One row per series: `cached`, or `compute` with the reason."""
-    cached = cache.present([(r.content_hash, recipe.recipe_id) for r in refs])
-    todo = [r for r in refs if (r.content_hash, recipe.recipe_id) not in cached]
+    recipe_id = recipe.recipe_id
+    cached = cache.present([(r.content_hash, recipe_id) for r in refs])
+    todo = [r for r in refs if (r.content_hash, recipe_id) not in cached]
     elsewhere = cache.recipes_of([r.content_hash for r in todo])
-    rows = [{"series_id": r.series_id, "action": "cached", "reason": f"cached under recipe {recipe.recipe_id}"}
-            for r in refs if (r.content_hash, recipe.recipe_id) in cached]
-    rows += [{"series_id": r.series_id, "action": "compute", "reason": _why(r, recipe, elsewhere, cache)}
-             for r in todo]
+    reasons: dict[str | None, str] = {}  # one text per earlier recipe, not per series
+    rows = [{"series_id": r.series_id, "action": "cached", "reason": f"cached under recipe {recipe_id}"}
+            for r in refs if (r.content_hash, recipe_id) in cached]
+    for r in todo:
+        latest = elsewhere[r.content_hash][-1] if r.content_hash in elsewhere else None
+        if latest not in reasons:
+            reasons[latest] = _why(latest, recipe, cache)
+        rows.append({"series_id": r.series_id, "action": "compute", "reason": reasons[latest]})
     counts = Counter(row["action"] for row in rows)
     return {"recipe_id": recipe.recipe_id, "series": len(rows), "cached": counts["cached"],
             "compute": counts["compute"], "per_series": sorted(rows, key=lambda row: row["series_id"])}
 
 
-def _why(ref: SeriesRef, recipe: FeatureRecipe, elsewhere: dict[str, list[str]], cache: FeatureCache) -> str:
-    others = elsewhere.get(ref.content_hash)
-    if not others:
+def _why(latest_id: str | None, recipe: FeatureRecipe, cache: FeatureCache) -> str:
+    """Why a series is computed, given the recipe it was last cached under (None: never)."""
+    if latest_id is None:
         return "new content: these bytes were never extracted"
-    latest = cache.recipe(others[-1])
+    latest = cache.recipe(latest_id)
     if latest is None:
-        return f"recipe changed: cached under {others[-1]} only"
-    changed = [k for k, v in recipe.to_dict().items() if k != "recipe_id" and latest.to_dict().get(k) != v]
-    return f"recipe changed: cached under {latest.recipe_id}, which differs in {', '.join(changed)}"
+        return f"recipe changed: cached under {latest_id} only"
+    wanted, had = recipe.to_dict(), latest.to_dict()
+    changed = [k for k, v in wanted.items() if k != "recipe_id" and had.get(k) != v]
+    return f"recipe changed: cached under {latest_id}, which differs in {', '.join(changed)}"
 
 
 def plan_source(source: Path, manifest: Path | None, config: Config, torch_hub_dir: Path, cache_root: Path,
