@@ -36,8 +36,8 @@ def supported(script: Path, flags: list[str]) -> list[str]:
 
 
 def written(stdout: str) -> Path | None:
-    """The JSON a benchmark says it wrote (`written to PATH`, as bench/memory.py prints)."""
-    found = re.findall(r"written to (\S+\.json)", stdout)
+    """The JSON a benchmark says it wrote: `written to PATH` (bench/memory.py) or `wrote PATH`."""
+    found = re.findall(r"(?:written to|wrote) (\S+\.json)", stdout)
     return Path(found[-1]) if found else None
 
 
