@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import json
 import sys
 import time
@@ -147,29 +148,39 @@ def main(argv: list[str] | None = None) -> int:
     return EXIT_FAILED_SERIES if result.get("failed") else EXIT_OK
 
 
+# command -> the flows module that runs it: only that one is imported (each pulls in torch, Prefect, MLflow...)
+FLOW_MODULES = {"demo": "demo", "extract": "extract", "train": "train", "promote": "promote",
+                "rollback": "promote", "infer": "infer", "nightly": "nightly"}
+
+
 def _run(args: argparse.Namespace, rt: Runtime, overrides: dict[str, Any], run_id: str) -> dict[str, Any]:
-    """Import the flows only now: Prefect reads its settings (PREFECT_HOME) on import."""
+    """Boot Prefect's API, import the command's flow and load the backbone meanwhile, then run it."""
     from flows import startup
 
-    booting = startup.boot_prefect_api()
-    from flows import demo, extract, infer, nightly, promote, train
+    api = startup.start_temporary_api()
+    try:
+        module = importlib.import_module(f"flows.{FLOW_MODULES[args.command]}")
+        if args.command in {"extract", "train", "nightly"}:  # they extract with the configured backbone
+            startup.load_backbone_early(rt)
+        with startup.using(api):
+            return _call(module, args, overrides, run_id)
+    finally:
+        if api is not None:
+            api.stop()
 
-    if args.command in {"extract", "train", "nightly"}:  # they extract with the configured backbone
-        startup.load_backbone_early(rt)
-    if booting is not None:
-        booting.join()
 
+def _call(module: Any, args: argparse.Namespace, overrides: dict[str, Any], run_id: str) -> dict[str, Any]:
     config = {"config_file": args.config, "overrides": overrides}
     common = {**config, "run_id": run_id}  # for the flows that record failures under the run
     calls: dict[str, Callable[[], dict[str, Any]]] = {
-        "demo": lambda: demo.demo(seed=args.sample_seed, clips_per_class=args.clips_per_class, **common),
-        "extract": lambda: extract.extract(args.source, args.labels, **common),
-        "train": lambda: train.train(args.source, args.model, args.labels, **common),
-        "promote": lambda: promote.promote(args.model, args.version, **config),
-        "rollback": lambda: promote.rollback_flow(args.model, **config),
-        "infer": lambda: infer.infer(args.source, args.model, args.out, **common),
-        "nightly": lambda: nightly.nightly(args.root, args.model, args.labels, args.infer_source, args.out,
-                                           **common),
+        "demo": lambda: module.demo(seed=args.sample_seed, clips_per_class=args.clips_per_class, **common),
+        "extract": lambda: module.extract(args.source, args.labels, **common),
+        "train": lambda: module.train(args.source, args.model, args.labels, **common),
+        "promote": lambda: module.promote(args.model, args.version, **config),
+        "rollback": lambda: module.rollback_flow(args.model, **config),
+        "infer": lambda: module.infer(args.source, args.model, args.out, **common),
+        "nightly": lambda: module.nightly(args.root, args.model, args.labels, args.infer_source, args.out,
+                                          **common),
     }
     return calls[args.command]()
 

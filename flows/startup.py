@@ -1,36 +1,98 @@
-"""Start-up, overlapped: Prefect's API boots while this process loads torch and the backbone.
+"""Start-up, overlapped: Prefect's API boots while this process imports and loads the backbone.
 
-With no Prefect API configured, Prefect starts a temporary API server (a uvicorn
-subprocess: 8 s here, 14 s the first time a state directory is used) when the first
-flow runs, and only then does the flow's own work begin. Booted here in a thread
-instead, it comes up while the main thread imports torch and builds the backbone
-(4-5 s), which the flow's tasks then reuse.
+With no Prefect API configured, Prefect would start a temporary API server (a
+uvicorn subprocess: 8 s here, 14 s the first time a state directory is used, for
+its migrations) when the first flow runs, after importing its whole server in this
+process (4 s) — and only then would the flow's own work begin. Instead the CLI
+starts that same server itself, before Prefect is even imported, points
+PREFECT_API_URL at it, and lets it boot while this process imports torch, Prefect
+and the flows and builds the backbone. It is stopped when the command ends, as
+Prefect's own temporary server is; its database is Prefect's usual one under
+PREFECT_HOME ($LSTMPIPE_HOME/prefect), so run history accumulates there.
 """
 
 from __future__ import annotations
 
-import threading
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from contextlib import closing, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator, Mapping
 
 from flows.runtime import Runtime
 
+BOOT_TIMEOUT_S = 120.0  # a first boot migrates a new database: 15 s on 2 idle cores, far more when busy
 
-def boot_prefect_api() -> threading.Thread | None:
-    """Start the temporary API server in the background; join the thread before any flow runs.
 
-    Joining matters: Prefect's own start() returns at once while another thread is
-    still waiting for the server to answer. None when a server is configured.
-    """
-    from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_ENABLED
+@dataclass
+class TemporaryApi:
+    """A Prefect API server of this command's own: `wait()` before the first flow, `stop()` at the end."""
 
-    if PREFECT_API_URL.value() or not PREFECT_SERVER_EPHEMERAL_ENABLED.value():
+    url: str
+    process: subprocess.Popen
+
+    def wait(self, timeout_s: float = BOOT_TIMEOUT_S) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"Prefect's temporary API server exited with code {self.process.returncode} "
+                                   f"while starting (set PREFECT_API_URL to use a running server instead)")
+            try:
+                with urllib.request.urlopen(f"{self.url}/health", timeout=1) as answer:
+                    if answer.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"Prefect's temporary API server did not answer within {timeout_s:.0f} s")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def start_temporary_api(env: Mapping[str, str] | None = None) -> TemporaryApi | None:
+    """Boot Prefect's API in the background unless one is configured (PREFECT_API_URL, or a Prefect
+    profile naming a server); run flows inside `using(api)`."""
+    env = os.environ if env is None else env
+    if env.get("PREFECT_API_URL") or _profile_names_a_server(env):
         return None
-    from prefect.server.api.server import SubprocessASGIServer
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}/api"
+    server_env = {**env, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
+    process = subprocess.Popen(  # the command Prefect's own SubprocessASGIServer runs
+        [sys.executable, "-m", "uvicorn", "--factory", "prefect.server.api.server:create_app",
+         "--host", "127.0.0.1", "--port", str(port), "--log-level", "error", "--lifespan", "on"],
+        env=server_env, stdin=subprocess.DEVNULL, start_new_session=True,
+    )
+    return TemporaryApi(url, process)
 
-    # A failed start is not lost: it resets the server, and the flow's own start() raises the error.
-    thread = threading.Thread(target=SubprocessASGIServer().start, name="prefect-api-boot", daemon=True)
-    thread.start()
-    return thread
+
+@contextmanager
+def using(api: TemporaryApi | None) -> Iterator[None]:
+    """Flows inside run against `api` once it answers (Prefect's own settings when None).
+
+    A settings context rather than the environment: Prefect read the environment
+    when it was imported, and a process may run several commands (tests do).
+    """
+    if api is None:
+        yield
+        return
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    api.wait()
+    with temporary_settings(updates={PREFECT_API_URL: api.url}):
+        yield
 
 
 def load_backbone_early(rt: Runtime) -> None:
@@ -40,3 +102,18 @@ def load_backbone_early(rt: Runtime) -> None:
     from tasks.extract import shared_backbone
 
     shared_backbone(rt.config.sampling, rt.config.backbone, Path(rt.torch_hub_dir), rt.config.sources)
+
+
+def _profile_names_a_server(env: Mapping[str, str]) -> bool:
+    """Whether the active Prefect profile (PREFECT_HOME/profiles.toml) sets an API URL."""
+    profiles = Path(env.get("PREFECT_PROFILES_PATH") or Path(env.get("PREFECT_HOME", "~/.prefect")) / "profiles.toml")
+    try:
+        return "PREFECT_API_URL" in profiles.expanduser().read_text()
+    except OSError:
+        return False
+
+
+def _free_port() -> int:
+    with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import pickle
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,6 +84,15 @@ def resolve_precision(requested: str, device: torch.device) -> str:
     return "bf16" if cpu_has_fast_bf16() else "fp32"
 
 
+def resolve_optimize(requested: str, device: torch.device, precision: str) -> str:
+    """`auto` freezes on CPU in fp32 (tested there); autocast and GPUs run the module as it is."""
+    if requested not in {"auto", "freeze", "inductor", "none"}:
+        raise ConfigError(f"backbone.optimize: {requested!r}; expected auto, freeze, inductor or none")
+    if requested != "auto":
+        return requested
+    return "freeze" if device.type == "cpu" and precision == "fp32" else "none"
+
+
 def cpu_has_fast_bf16() -> bool:
     """AMX or AVX512-BF16: without them bf16 autocast on CPU is slower than fp32."""
     try:
@@ -106,9 +116,8 @@ class Backbone:
         self.precision = resolve_precision(config.precision, self.device)
         self.feature_dtype = _FEATURE_DTYPES[config.feature_dtype]
         self.model = _headless(_build(config, weights)).eval().to(self.device, memory_format=torch.channels_last)
-        if config.compile:
-            # dynamic=False: one graph per batch shape (full batches, and the last one of a run)
-            self.model = torch.compile(self.model, dynamic=False)
+        self.optimize = resolve_optimize(config.optimize, self.device, self.precision)
+        self.model = _optimized(self.model, self.optimize)
         self.mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1)
         self.std = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1)
         self.feature_dim = self._probe_dim()
@@ -142,6 +151,21 @@ class Backbone:
 
     def _probe_dim(self) -> int:
         return int(self(np.zeros((1, 64, 64, 3), dtype=np.uint8)).shape[1])
+
+
+def _optimized(model: nn.Module, how: str) -> nn.Module | torch.jit.ScriptModule:
+    """The same function, faster: TorchScript frozen (batch norms folded into convolutions, constants
+    inlined; traced once on a small frame, valid for any batch and frame size) or torch.compile."""
+    if how == "freeze":
+        example = torch.zeros(1, 3, 64, 64, device=next(model.parameters()).device)
+        # torch 2.14 marks TorchScript deprecated in favour of torch.compile, which on these CPUs costs a
+        # minute of compiling per run; freezing is still supported, 1 s, and as fast: kept until it goes.
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.jit")
+            return torch.jit.freeze(torch.jit.trace(model, example.contiguous(memory_format=torch.channels_last)))
+    if how == "inductor":
+        return torch.compile(model, dynamic=False)  # one graph per batch shape: full batches and the last one
+    return model
 
 
 def _build(config: BackboneConfig, weights: WeightsSource) -> nn.Module:

@@ -1,7 +1,7 @@
 """The feature recipe: everything that changes the numbers in the feature cache (SPEC §3.3).
 
 A changed recipe is a different cache entry; an unchanged one is never recomputed.
-Decode chunk size, timeouts, batch size and torch.compile do not change the
+Decode chunk size, timeouts, batch size and graph optimisation do not change the
 features (beyond float rounding), so they are not part of it.
 """
 
@@ -82,7 +82,7 @@ class FeatureRecipe:
             weights, seed = self.weights, base.seed
         return BackboneConfig(name=self.backbone, weights=weights, precision=self.precision,
                               batch_size=base.batch_size, seed=seed, feature_dtype=self.feature_dtype,
-                              compile=base.compile)
+                              optimize=base.optimize)
 
 
 def make_recipe(decoder: str, sampling: SamplingConfig, sources: SourcesConfig, backbone: str,

@@ -69,7 +69,7 @@ def shared_backbone(sampling: SamplingConfig, config: BackboneConfig, torch_hub_
     every shard share it. Keyed on what makes the features, with weights and precision resolved, so a
     config ("auto", "DEFAULT") and the recipe it produced find the same backbone."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    key = (sampling.fps, sampling.num_frames, sampling.size, config.name, config.feature_dtype, config.compile,
+    key = (sampling.fps, sampling.num_frames, sampling.size, config.name, config.feature_dtype, config.optimize,
            resolve_weights(config, torch_hub_dir).digest, resolve_precision(config.precision, torch.device(device)),
            sources)
     if key not in _loaded:

@@ -17,7 +17,7 @@ import pytest
 import torch
 import torchvision
 
-from lib.backbone import Backbone, WeightsSource, cpu_has_fast_bf16, resolve_precision, resolve_weights
+from lib.backbone import Backbone, WeightsSource, cpu_has_fast_bf16, resolve_optimize, resolve_precision, resolve_weights
 from lib.config import BackboneConfig, Config, SamplingConfig
 from lib.errors import ConfigError
 from lib.features import check_recipe, load_backbone
@@ -175,10 +175,10 @@ def test_state_dict_file_loads_the_same_network(tmp_path: Path, torch_hub_dir: P
     path = tmp_path / "resnet18-seed123.pth"
     torch.save(network.state_dict(), path)
 
-    config = BackboneConfig(weights=str(path), seed=0, precision="fp32")  # seed 0: the file must win
+    config = BackboneConfig(weights=str(path), seed=0, precision="fp32", optimize="none")  # seed 0: the file must win
     from_file = Backbone(config, resolve_weights(config, torch_hub_dir))
     torch.testing.assert_close(from_file.model.conv1.weight, network.conv1.weight, rtol=0, atol=0)
-    twin = BackboneConfig(weights="none", seed=123, precision="fp32")  # the same network, made in memory
+    twin = BackboneConfig(weights="none", seed=123, precision="fp32", optimize="none")  # the same network, in memory
     np.testing.assert_array_equal(from_file(frames), Backbone(twin, resolve_weights(twin, torch_hub_dir))(frames))
     assert np.abs(from_file(frames) - backbone[0](frames)).max() > 1e-2  # and not the seed-0 network
 
@@ -246,12 +246,23 @@ def test_batch_size_is_chosen_per_device_unless_given(backbone: tuple[Backbone, 
     assert backbone[0].batch_size(224, requested=8) == 8
 
 
-@pytest.mark.slow
-def test_compiled_backbone_gives_the_same_features(backbone: tuple[Backbone, FeatureRecipe], torch_hub_dir: Path,
-                                                   frames: np.ndarray) -> None:
-    config = BackboneConfig(weights="none", seed=0, precision="fp32", compile=True)
-    compiled = Backbone(config, resolve_weights(config, torch_hub_dir))
-    np.testing.assert_allclose(compiled(frames[:2]), backbone[0](frames[:2]), rtol=1e-3, atol=1e-3)
+@pytest.mark.parametrize("optimize", ["freeze", pytest.param("inductor", marks=pytest.mark.slow)])
+def test_optimized_backbone_gives_the_same_features(torch_hub_dir: Path, frames: np.ndarray, optimize: str) -> None:
+    plain = BackboneConfig(weights="none", seed=0, precision="fp32", optimize="none")
+    reference = Backbone(plain, resolve_weights(plain, torch_hub_dir))
+    config = dataclasses.replace(plain, optimize=optimize)
+    optimized = Backbone(config, resolve_weights(config, torch_hub_dir))
+    assert optimized.optimize == optimize and reference.optimize == "none"
+    for batch in (frames[:1], frames):  # traced on one 64 px frame: any batch size still fits
+        np.testing.assert_allclose(optimized(batch), reference(batch), rtol=1e-4, atol=1e-4)
+
+
+def test_auto_optimisation_freezes_fp32_on_cpu_only() -> None:
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert resolve_optimize("auto", cpu, "fp32") == "freeze"
+    assert resolve_optimize("auto", cpu, "bf16") == "none" and resolve_optimize("auto", gpu, "fp16") == "none"
+    with pytest.raises(ConfigError, match="backbone.optimize"):
+        resolve_optimize("fast", cpu, "fp32")
 
 
 def test_other_heads_are_removed_too(torch_hub_dir: Path, frames: np.ndarray) -> None:
