@@ -8,7 +8,9 @@ downloaded, and the speed is that of real weights), 224 px, 8 fps, batches of 32
 2. cold: `lstmpipe extract CLIPS --weights none --json` with an empty LSTMPIPE_HOME;
    pipeline frames/s = compute.frames / compute.seconds from its summary (the extraction
    stage: backbone load, decode, CNN, cache writes; no Prefect/Ray start-up).
-3. warm: the same command again on the same home: no frame may reach the backbone.
+3. warm: the same command again on the same home: no frame may reach the backbone;
+   and a warm re-run inside a process that already ran a flow (a Prefect worker or
+   `serve` pays start-up once), which is what the 3 % target compares.
 4. naive: bench/naive.py, the per-frame script a user would write, on the same clips.
 5. start-up: two short clips, 80 frames each, end to end: lstmpipe against naive.py and
    a popular single-script extractor's 16 s for the same 160 frames.
@@ -50,7 +52,7 @@ REFERENCE_S = 16.0  # a popular single-script extractor on the same 160 frames
 
 # How each check compares its value with its bound
 TARGETS = {
-    "pipeline_vs_ceiling": ">=", "pipeline_vs_naive": ">=", "warm_vs_cold": "<=",
+    "pipeline_vs_ceiling": ">=", "pipeline_vs_naive": ">=", "warm_vs_cold": "<=", "warm_cli_vs_cold": "<=",
     "warm_compute_frames": "==", "memory_10min_vs_1min": "<=", "startup_seconds": "<=",
 }
 
@@ -184,6 +186,38 @@ def run_extract(source: Path, home: Path, *flags: str) -> dict:
     return row
 
 
+WARM_IN_PROCESS = """
+import json, os, sys, time
+from flows.runtime import load_runtime, prepare_process
+source, overrides = sys.argv[1], json.loads(sys.argv[2])
+prepare_process(load_runtime().home)
+from flows import startup
+api = startup.start_temporary_api()
+from flows.extract import extract
+try:
+    with startup.using(api):
+        extract(source, overrides=overrides)  # the first flow of a process pays Prefect's one-off costs
+        started = time.perf_counter()
+        summary = extract(source, overrides=overrides)
+        elapsed = time.perf_counter() - started
+finally:
+    if api is not None:
+        api.stop()
+print(json.dumps({"seconds": round(elapsed, 2), "compute": summary["compute"], "cached": summary["cached"]}))
+"""
+
+
+def run_warm_in_process(source: Path, home: Path) -> dict:
+    """A warm re-run inside a process already running flows (a Prefect worker, `serve`): no start-up."""
+    overrides = {"backbone.weights": "none", "sampling.size": SIZE, "backbone.batch_size": BATCH, "sampling.fps": FPS}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LSTMPIPE_")}
+    env["LSTMPIPE_HOME"] = str(home)
+    done, usage = timed([sys.executable, "-c", WARM_IN_PROCESS, str(source), json.dumps(overrides)], env=env)
+    if done.returncode != 0:
+        raise RuntimeError(f"warm in-process run exited {done.returncode}: {done.stderr.strip()[-2000:]}")
+    return {**json.loads(done.stdout.strip().splitlines()[-1]), "process": usage}
+
+
 def run_naive(clips: list[Path], out: Path, *flags: str) -> dict:
     """bench/naive.py in a fresh interpreter: its own JSON, plus the wall time seen from here."""
     cmd = [sys.executable, str(BENCH / "naive.py"), *map(str, clips), "--out", str(out), "--size", str(SIZE),
@@ -264,13 +298,15 @@ def main() -> None:
         cold = run_extract(source, home)
         log("warm: the same again, on the same home")
         warm = run_extract(source, home)
+        log("warm again, inside a process that already ran a flow (no start-up)")
+        warm_in_process = run_warm_in_process(source, home)
         log("naive: bench/naive.py on the same clips")
         naive = run_naive(clips, Path(tmp) / "naive", "--fps", str(FPS))
         log(f"start-up: {' + '.join(STARTUP_CLIPS)}, {STARTUP_FRAMES} frames each, lstmpipe then naive.py")
         startup_pipe = run_extract(startup, Path(tmp) / "home-startup", "--num-frames", str(STARTUP_FRAMES))
         startup_naive = run_naive([startup / n for n in STARTUP_CLIPS], Path(tmp) / "naive-startup",
                                   "--num-frames", str(STARTUP_FRAMES))
-    result.update(cold=cold, warm=warm, naive=naive,
+    result.update(cold=cold, warm=warm, warm_in_process=warm_in_process, naive=naive,
                   startup={"lstmpipe": startup_pipe, "naive": startup_naive, "reference_s": REFERENCE_S})
     for name, row in (("cold", cold), ("warm", warm), ("startup", startup_pipe)):
         if row.get("error") or row["exit_code"] != 0:
@@ -284,7 +320,7 @@ def main() -> None:
         result["memory"] = run_memory(minutes)
 
     pipeline_fps = cold.get("pipeline_fps")
-    warm_frames = (warm.get("compute") or {}).get("frames")
+    warm_frames = max((warm.get("compute") or {}).get("frames", 1), warm_in_process["compute"]["frames"])
     memory = result.get("memory")
     span = f"{memory['rows'][-1]['minutes']}-min / {memory['rows'][0]['minutes']}-min" if memory else ""
     result["checks"] = [
@@ -294,8 +330,10 @@ def main() -> None:
         check("pipeline_vs_naive", ratio(pipeline_fps, naive["fps"]), 4,
               f"pipeline {pipeline_fps} / naive {naive['fps']} frames/s "
               f"(at most ceiling / naive = {ratio(ceiling_fps, naive['fps'])})"),
-        check("warm_vs_cold", ratio(warm["wall_s"], cold["wall_s"]), 0.03,
-              f"warm {warm['wall_s']} s / cold {cold['wall_s']} s wall"),
+        check("warm_vs_cold", ratio(warm_in_process["seconds"], cold["wall_s"]), 0.03,
+              f"warm re-run in a running process {warm_in_process['seconds']} s / cold {cold['wall_s']} s wall"),
+        check("warm_cli_vs_cold", ratio(warm["wall_s"], cold["wall_s"]), 0.03,
+              f"warm CLI, start-up included, {warm['wall_s']} s / cold {cold['wall_s']} s wall"),
         check("warm_compute_frames", warm_frames, 0, "frames through the backbone on the warm run"),
         *([check("memory_10min_vs_1min", memory["ratio"], 1.10, f"peak RSS {span} "
                  f"({memory['rows'][-1]['peak_rss_mb']:.0f} / {memory['rows'][0]['peak_rss_mb']:.0f} MB)")]
