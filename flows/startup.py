@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 import time
+import tomllib
 import urllib.request
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
@@ -105,12 +106,14 @@ def load_backbone_early(rt: Runtime) -> None:
 
 
 def _profile_names_a_server(env: Mapping[str, str]) -> bool:
-    """Whether the active Prefect profile (PREFECT_HOME/profiles.toml) sets an API URL."""
-    profiles = Path(env.get("PREFECT_PROFILES_PATH") or Path(env.get("PREFECT_HOME", "~/.prefect")) / "profiles.toml")
+    """Whether the active Prefect profile (PREFECT_HOME/profiles.toml, or PREFECT_PROFILES_PATH) sets an API URL."""
+    path = Path(env.get("PREFECT_PROFILES_PATH") or Path(env.get("PREFECT_HOME", "~/.prefect")) / "profiles.toml")
     try:
-        return "PREFECT_API_URL" in profiles.expanduser().read_text()
-    except OSError:
-        return False
+        profiles = tomllib.loads(path.expanduser().read_text())
+    except (OSError, tomllib.TOMLDecodeError):
+        return False  # no profile file (the usual case), or one Prefect itself will complain about
+    active = env.get("PREFECT_PROFILE") or profiles.get("active", "ephemeral")
+    return bool(profiles.get("profiles", {}).get(active, {}).get("PREFECT_API_URL"))
 
 
 def _free_port() -> int:
