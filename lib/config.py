@@ -79,8 +79,23 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class PromoteConfig:
+    """The promotion gate (lib/promote.py): every check must pass, on the challenger's frozen evaluation set."""
+
     margin: float = 0.0  # challenger macro-F1 must be >= champion's + margin on the same evaluation set
     alias: str = "champion"
+    # bootstrap: the one-sided (1 - alpha) lower bound of the paired-bootstrap macro-F1 gain must exceed margin |
+    # mcnemar: exact one-sided McNemar p-value on per-series correctness < alpha | none: the point estimate alone
+    test: str = "bootstrap"
+    alpha: float = 0.05  # significance level of the test
+    resamples: int = 1000  # paired bootstrap resamples of the evaluation series (1000: bound stable to ~0.01)
+    seed: int = 0  # bootstrap resampling seed: the same two models always get the same decision
+    # A challenger predicting exactly what the champion predicts on every series takes over when margin <= 0
+    # (a nightly retrain on unchanged data keeps the newest lineage; consumers see no change); false: refuse it.
+    promote_identical: bool = True
+    max_recall_drop: float | None = 0.10  # no class's recall may fall more than this; None = unchecked
+    # Parameter count and measured seconds per series, each <= ratio x the champion's; None = unchecked
+    max_cost_ratio: float | None = 2.0
+    cost_floor_ms: float = 1.0  # predict times per series below this count as this: timer noise, not cost
 
 
 @dataclass(frozen=True)
