@@ -63,18 +63,49 @@ class BackboneConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    hidden_size: int = 128  # LSTM units per direction
-    num_layers: int = 1
-    bidirectional: bool = False
-    dropout: float = 0.2  # on the LSTM output and between layers
+    """The sequence model, its data splits and its training loop (lib/model.py, lib/splits.py, lib/train.py)."""
+
+    cell: str = "lstm"  # lstm | gru: a GRU has 3/4 of the weights and often matches an LSTM on short series
+    hidden_size: int = 128  # recurrent units per direction
+    num_layers: int = 1  # stacked recurrent layers; 1 suffices for tens of frames
+    bidirectional: bool = False  # True doubles the head's input; the backward pass reads each series end to start
+    dropout: float = 0.2  # probability, on the pooled output and between layers
+    # width of the per-frame Linear + GELU after the input LayerNorm; none = the normalised features go straight
+    # into the recurrent layer. 128 = the hidden size's default, as before this option existed
+    input_proj: int | None = 128
+    pooling: str = "last"  # last: state after the last valid frame | attention: learned weights over valid frames
+    # augmentation, training batches only (never validation, test or inference), seeded from `seed`:
+    crop_fraction: float = 1.0  # a random contiguous crop keeps this fraction of each series' frames; 1.0 = off
+    frame_dropout: float = 0.0  # probability that each frame is dropped (one always stays); 0.0 = off
+    balance: str = "weights"  # weights: inverse-frequency class weights in the loss | sampler: class-balanced draws
     epochs: int = 100  # upper bound; early stopping usually ends sooner
     patience: int = 25  # epochs without a better validation macro-F1 before stopping (small val sets are noisy)
-    lr: float = 3e-3  # AdamW peak learning rate (OneCycle)
-    weight_decay: float = 1e-2
+    lr: float = 3e-3  # AdamW peak learning rate (OneCycle: 10 % warm-up, cosine decay to ~0)
+    weight_decay: float = 1e-2  # AdamW, on weight matrices only
+    grad_clip: float = 1.0  # max global grad norm: recurrent nets on long series occasionally spike
     batch_size: int = 16  # series per step
-    val_fraction: float = 0.15  # of each class, by a hash of series_id (stable across runs)
-    test_fraction: float = 0.15
-    seed: int = 0
+    val_fraction: float = 0.15  # of each class (of the official train part when split_lists is given)
+    test_fraction: float = 0.15  # of each class; ignored when split_lists is given (the lists name the test set)
+    # official split lists: a folder (or one file in it) of UCF101 trainlist0N.txt / testlist0N.txt or HMDB51
+    # <class>_test_splitN.txt files; none = a stratified split by content hash. Relative to the working directory
+    split_lists: str | None = None
+    split_number: int = 1  # which official split (UCF101 and HMDB51 ship 1, 2 and 3)
+    # an earlier run's split record (its split_records.json or splits.json): the series it names, matched by
+    # content hash then id, keep their split, so adding series never moves one across splits; none = no pins
+    split_record: str | None = None
+    seed: int = 0  # splits, initialisation, batch order and augmentation
+
+    def __post_init__(self) -> None:
+        choices = {"cell": ("lstm", "gru"), "pooling": ("last", "attention"), "balance": ("weights", "sampler")}
+        for key, allowed in choices.items():
+            if getattr(self, key) not in allowed:
+                raise ConfigError(f"train.{key}: {getattr(self, key)!r} is not one of {', '.join(allowed)}")
+        if not 0.0 < self.crop_fraction <= 1.0:
+            raise ConfigError(f"train.crop_fraction: {self.crop_fraction} must be in (0, 1]; 1.0 turns cropping off")
+        if not 0.0 <= self.frame_dropout < 1.0:
+            raise ConfigError(f"train.frame_dropout: {self.frame_dropout} must be in [0, 1); 0.0 turns it off")
+        if self.input_proj is not None and self.input_proj < 1:
+            raise ConfigError(f"train.input_proj: {self.input_proj} must be >= 1, or none for no projection")
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,8 @@
 Both networks take a zero- (or anything-) padded batch of per-frame feature vectors
 and the true lengths, and never let padding reach the logits: a series gets the same
 logits batched alone or beside longer ones. That is what makes batch inference
-reproducible whatever the batch composition.
+reproducible whatever the batch composition. The recurrent network packs the batch
+(padding is never read); attention pooling masks the padded steps out of its softmax.
 """
 
 from __future__ import annotations
@@ -13,13 +14,20 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.nn.utils.rnn import pack_padded_sequence
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 KINDS = ("lstm", "mean")
+CELLS = ("lstm", "gru")
+POOLINGS = ("last", "attention")
 
 
 class LSTMClassifier(nn.Module):
-    """Per-frame projection, an LSTM over time, a linear head on the last valid hidden state (LRCN)."""
+    """LayerNorm per frame, an optional projection, an LSTM or GRU over time, pooling, a linear head (LRCN).
+
+    pooling "last": the state after the last valid frame (forward direction) and after reading
+    back to frame 0 (backward direction). "attention": a learned score per valid step, softmax
+    over the valid steps only, the weighted sum of the recurrent outputs.
+    """
 
     def __init__(
         self,
@@ -29,33 +37,55 @@ class LSTMClassifier(nn.Module):
         num_layers: int = 1,
         bidirectional: bool = False,
         dropout: float = 0.2,
+        cell: str = "lstm",
+        input_proj: int | None = 128,
+        pooling: str = "last",
     ) -> None:
         super().__init__()
         self.num_classes = num_classes
         self.num_directions = 2 if bidirectional else 1
+        self.pooling = pooling
         # CNN features come in at very different scales per backbone; LayerNorm makes lr choices portable.
         self.norm = nn.LayerNorm(input_dim)
-        self.proj = nn.Sequential(nn.Linear(input_dim, hidden_size), nn.GELU())
-        self.lstm = nn.LSTM(
-            hidden_size,
+        # Per frame, so padded frames cannot touch valid ones; None feeds the normalised features straight in.
+        self.proj = nn.Sequential(nn.Linear(input_dim, input_proj), nn.GELU()) if input_proj else nn.Identity()
+        rnn = nn.LSTM if cell == "lstm" else nn.GRU
+        self.rnn = rnn(
+            input_proj or input_dim,
             hidden_size,
             num_layers=num_layers,
             batch_first=True,
             bidirectional=bidirectional,
-            dropout=dropout if num_layers > 1 else 0.0,  # nn.LSTM applies it between layers only
+            dropout=dropout if num_layers > 1 else 0.0,  # applied between layers only
         )
+        width = hidden_size * self.num_directions
+        self.attention = nn.Linear(width, 1) if pooling == "attention" else None
         self.drop = nn.Dropout(dropout)
-        self.head = nn.Linear(hidden_size * self.num_directions, num_classes)
+        self.head = nn.Linear(width, num_classes)
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """x: (B, T, F) float; lengths: (B,) int64 on the CPU (what packing wants) -> logits (B, C)."""
-        h = self.proj(self.norm(x))  # (B, T, H): per frame, so padded frames cannot touch valid ones
+        batch = x.shape[0]
+        h = self.proj(self.norm(x))  # (B, T, P)
         packed = pack_padded_sequence(h, lengths.cpu(), batch_first=True, enforce_sorted=False)
-        _, (h_n, _) = self.lstm(packed)  # h_n: (L * D, B, H), already back in input order
-        last = h_n.view(self.lstm.num_layers, self.num_directions, x.shape[0], -1)[-1]  # (D, B, H)
-        # Forward direction: state after the last valid frame; backward: after reading back to frame 0.
-        last = last.transpose(0, 1).reshape(x.shape[0], -1)  # (B, D * H)
-        return self.head(self.drop(last))  # (B, C)
+        out, h_n = self.rnn(packed)  # h_n: (L * D, B, H) in input order; an LSTM also returns c_n
+        if self.attention is None:
+            h_n = h_n[0] if isinstance(h_n, tuple) else h_n
+            last = h_n.view(self.rnn.num_layers, self.num_directions, batch, -1)[-1]  # (D, B, H)
+            pooled = last.transpose(0, 1).reshape(batch, -1)  # (B, D * H)
+        else:
+            out, _ = pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])  # (B, T, D * H), 0 past ends
+            valid = torch.arange(x.shape[1], device=x.device)[None, :] < lengths.to(x.device)[:, None]  # (B, T)
+            scores = self.attention(out).squeeze(-1).float()  # (B, T)
+            weights = torch.softmax(scores.masked_fill(~valid, float("-inf")), dim=1)  # (B, T), 0 on padding
+            pooled = (weights.unsqueeze(-1).to(out.dtype) * out).sum(dim=1)  # (B, D * H)
+        return self.head(self.drop(pooled))  # (B, C)
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+        """Checkpoints from before the GRU option named the recurrent layer `lstm`: read them as `rnn`."""
+        for key in [k for k in state_dict if k.startswith(prefix + "lstm.")]:
+            state_dict[prefix + "rnn." + key[len(prefix) + len("lstm."):]] = state_dict.pop(key)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
 class MeanPoolClassifier(nn.Module):
@@ -82,23 +112,36 @@ class MeanPoolClassifier(nn.Module):
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """Everything needed to rebuild a network: a registry stores this as JSON beside the state_dict."""
+    """Everything needed to rebuild a network: a registry stores this as JSON beside the state_dict.
 
-    kind: str  # "lstm" | "mean"
+    Fields added later have defaults that rebuild what older versions built, so an
+    older spec.json loads unchanged (see from_dict for the one that depends on another).
+    """
+
+    kind: str  # "lstm" (the recurrent network, whatever its cell) | "mean"
     input_dim: int  # per-frame feature size (the backbone's output width)
     num_classes: int
-    hidden_size: int = 128  # LSTM units per direction; unused by "mean"
+    hidden_size: int = 128  # recurrent units per direction; unused by "mean"
     num_layers: int = 1
     bidirectional: bool = False
     dropout: float = 0.2
+    cell: str = "lstm"  # "lstm" | "gru"
+    input_proj: int | None = 128  # width of the per-frame Linear + GELU after LayerNorm; None = no projection
+    pooling: str = "last"  # "last" | "attention"
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"ModelSpec.kind {self.kind!r} is not supported; use one of {', '.join(KINDS)}")
+        if self.cell not in CELLS:
+            raise ValueError(f"ModelSpec.cell {self.cell!r} is not supported; use one of {', '.join(CELLS)}")
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"ModelSpec.pooling {self.pooling!r} is not supported; use one of {', '.join(POOLINGS)}")
         if self.input_dim < 1 or self.num_classes < 2:
             raise ValueError(
                 f"ModelSpec needs input_dim >= 1 and num_classes >= 2, got {self.input_dim} and {self.num_classes}"
             )
+        if self.input_proj is not None and self.input_proj < 1:
+            raise ValueError(f"ModelSpec.input_proj {self.input_proj!r}: give a width >= 1, or None for no projection")
 
     def build(self) -> nn.Module:
         """A freshly initialised module (seed torch first for reproducible weights)."""
@@ -111,6 +154,9 @@ class ModelSpec:
             num_layers=self.num_layers,
             bidirectional=self.bidirectional,
             dropout=self.dropout,
+            cell=self.cell,
+            input_proj=self.input_proj,
+            pooling=self.pooling,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -118,9 +164,14 @@ class ModelSpec:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelSpec:
-        """Inverse of to_dict; an unknown key is an error (a spec from a newer version must not half-load)."""
+        """Inverse of to_dict; an unknown key is an error (a spec from a newer version must not half-load).
+
+        A spec written before `input_proj` existed projected every frame to hidden_size.
+        """
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"ModelSpec: unknown keys {unknown}; known keys: {', '.join(sorted(known))}")
+        if "input_proj" not in data:
+            data = {**data, "input_proj": data.get("hidden_size", 128)}
         return cls(**data)

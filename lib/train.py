@@ -4,6 +4,11 @@ Values in, values out: `fit` returns the model and a per-epoch history; logging 
 (MLflow) is the caller's job, per epoch through `on_epoch`. CPU first; pass
 `device="cuda"` to train on a GPU, where bf16 autocast is used (never on the CPU,
 whose results must be bit-for-bit reproducible from the seed).
+
+Randomness comes from three seeded streams, so turning one feature on does not
+reshuffle the others: initialisation (torch's global seed), batch order and balanced
+sampling (one generator), augmentation (its own generator). Augmentation touches
+training batches only; validation, evaluation and prediction see whole series.
 """
 
 from __future__ import annotations
@@ -22,7 +27,6 @@ from lib.config import TrainConfig
 from lib.metrics import classification_metrics, confusion_matrix
 from lib.model import ModelSpec
 
-GRAD_CLIP = 1.0  # max global grad norm: LSTMs on long series occasionally spike
 BUCKET_BATCHES = 8  # batches per length bucket: less padding, still shuffled across epochs
 
 
@@ -76,6 +80,9 @@ def model_spec(config: TrainConfig, input_dim: int, num_classes: int, kind: str 
         num_layers=config.num_layers,
         bidirectional=config.bidirectional,
         dropout=config.dropout,
+        cell=config.cell,
+        input_proj=config.input_proj,
+        pooling=config.pooling,
     )
 
 
@@ -98,7 +105,7 @@ def fit(
     on_epoch: Callable[[dict[str, float]], None] | None = None,
     device: str = "cpu",
 ) -> FitResult:
-    """Train with AdamW + OneCycle, class-weighted loss and early stopping on validation macro-F1.
+    """Train with AdamW + OneCycle, class balancing and early stopping on validation macro-F1.
 
     "Better" is a higher val macro-F1, or the same one with a lower val loss: small
     validation sets tie on F1 often, and the earliest tie is usually undertrained.
@@ -116,8 +123,11 @@ def fit(
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=config.lr, total_steps=config.epochs * steps_per_epoch, pct_start=0.1
     )
-    criterion = nn.CrossEntropyLoss(weight=_class_weights(train.labels, spec.num_classes).to(device))
+    # Balanced sampling already shows each class equally often: weighting the loss too would count it twice.
+    weights = _class_weights(train.labels, spec.num_classes) if config.balance == "weights" else None
+    criterion = nn.CrossEntropyLoss(weight=None if weights is None else weights.to(device))
     generator = torch.Generator().manual_seed(config.seed)
+    augment_generator = torch.Generator().manual_seed(_substream(config.seed, 1))
     train_items, val_items = _items(train), _items(val)
     class_names = [str(c) for c in range(spec.num_classes)]
 
@@ -125,8 +135,10 @@ def fit(
     best: tuple[float, float] = (-1.0, -float("inf"))  # (val macro-F1, -val loss): higher is better
     best_state, best_epoch, stale = copy.deepcopy(model.state_dict()), 0, 0
     for epoch in range(1, config.epochs + 1):
-        batches = _bucketed_batches([len(f) for f, _ in train_items], config.batch_size, generator)
-        train_loss = _train_epoch(model, train_items, batches, criterion, optimizer, scheduler, device)
+        order = _balanced_draw(train.labels, spec.num_classes, generator) if config.balance == "sampler" else None
+        batches = _bucketed_batches([len(f) for f, _ in train_items], config.batch_size, generator, order)
+        train_loss = _train_epoch(model, train_items, batches, criterion, optimizer, scheduler, device,
+                                  lambda f: augment(f, config, augment_generator), config.grad_clip)
         val_loss, val_pred = _validate(model, val_items, criterion, config.batch_size, device)
         scores = classification_metrics(val.labels, val_pred, class_names)
         row = {
@@ -178,6 +190,37 @@ def evaluate(model: nn.Module, data: SequenceSet, class_names: list[str]) -> dic
     return metrics
 
 
+def augment(frames: torch.Tensor, config: TrainConfig, generator: torch.Generator) -> torch.Tensor:
+    """A random temporal crop, then frame dropout, of one series (T, F) -> (T', F), 1 <= T' <= T.
+
+    Training batches only: fit never calls this on validation data, predict_proba never.
+    With crop_fraction 1.0 and frame_dropout 0.0 the input comes back untouched (no draw is made).
+    """
+    length = len(frames)
+    if config.crop_fraction < 1.0:
+        keep = max(1, round(config.crop_fraction * length))
+        start = int(torch.randint(length - keep + 1, (1,), generator=generator))
+        frames, length = frames[start : start + keep], keep
+    if config.frame_dropout > 0.0:
+        kept = torch.rand(length, generator=generator) >= config.frame_dropout  # (T,)
+        if not kept.any():
+            kept[int(torch.randint(length, (1,), generator=generator))] = True  # a series keeps at least one frame
+        frames = frames[kept]
+    return frames
+
+
+def _substream(seed: int, stream: int) -> int:
+    """An independent seed for one purpose, derived from the run's seed."""
+    return int(np.random.SeedSequence([seed, stream]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+def _balanced_draw(labels: np.ndarray, num_classes: int, generator: torch.Generator) -> list[int]:
+    """len(labels) indices drawn with replacement, every class equally likely (an epoch of a balanced sampler)."""
+    counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
+    weights = torch.tensor(1.0 / counts[labels], dtype=torch.float64)  # (N,): each class sums to 1
+    return torch.multinomial(weights, len(labels), replacement=True, generator=generator).tolist()
+
+
 def _adamw(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
     """Weight decay on matrices only: decaying LayerNorm gains and biases only hurts (as in nanoGPT)."""
     params = [p for p in model.parameters() if p.requires_grad]
@@ -201,9 +244,15 @@ def _items(data: SequenceSet) -> list[tuple[torch.Tensor, int]]:
     return [(torch.as_tensor(f, dtype=torch.float32), int(y)) for f, y in zip(data.features, data.labels)]
 
 
-def _bucketed_batches(lengths: list[int], batch_size: int, generator: torch.Generator) -> list[list[int]]:
-    """Shuffle, sort by length within buckets of BUCKET_BATCHES batches, cut, shuffle the batches."""
-    order = torch.randperm(len(lengths), generator=generator).tolist()
+def _bucketed_batches(
+    lengths: list[int], batch_size: int, generator: torch.Generator, order: list[int] | None = None
+) -> list[list[int]]:
+    """Shuffle, sort by length within buckets of BUCKET_BATCHES batches, cut, shuffle the batches.
+
+    `order`: the indices to batch (a balanced draw, with repeats); None = each index once.
+    """
+    if order is None:
+        order = torch.randperm(len(lengths), generator=generator).tolist()
     bucket = batch_size * BUCKET_BATCHES
     batches: list[list[int]] = []
     for start in range(0, len(order), bucket):
@@ -220,22 +269,24 @@ def _train_epoch(
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     device: str,
+    transform: Callable[[torch.Tensor], torch.Tensor],
+    grad_clip: float,
 ) -> float:
-    """One pass over the batches; returns the batch losses averaged with batch-size weights."""
+    """One pass over the batches (each series through `transform`); returns the mean loss per series."""
     model.train()
-    total = 0.0
+    total, seen = 0.0, 0
     for rows in batches:
-        x, lengths, y = collate([items[i] for i in rows])
+        x, lengths, y = collate([(transform(items[i][0]), items[i][1]) for i in rows])
         with _autocast(device):
             logits = model(x.to(device), lengths)  # (B, C)
         loss = criterion(logits.float(), y.to(device))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
+        nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
         optimizer.step()
         scheduler.step()
-        total += loss.item() * len(rows)
-    return total / len(items)
+        total, seen = total + loss.item() * len(rows), seen + len(rows)
+    return total / seen
 
 
 def _validate(
