@@ -11,6 +11,9 @@ from typing import Any
 
 import numpy as np
 
+TOP_K = (3, 5)  # top-k accuracies reported when there are more than 5 classes (below that they say little)
+PER_CLASS = ("precision", "recall", "f1", "support")
+
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
     """(C, C) int64 counts: row = true class, column = predicted class."""
@@ -19,8 +22,10 @@ def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -
     return counts.reshape(num_classes, num_classes)
 
 
-def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, class_names: list[str]) -> dict[str, Any]:
-    """accuracy, macro_f1 and `precision/<class>`, `recall/<class>`, `f1/<class>`, `support/<class>`."""
+def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, class_names: list[str],
+                           probabilities: np.ndarray | None = None) -> dict[str, Any]:
+    """accuracy, macro_f1 and `precision/<class>`, `recall/<class>`, `f1/<class>`, `support/<class>`;
+    with class `probabilities` (N, C) and more than 5 classes, also `top3_accuracy` and `top5_accuracy`."""
     cm = confusion_matrix(y_true, y_pred, len(class_names))
     hits = np.diag(cm).astype(np.float64)  # (C,)
     support = cm.sum(axis=1)  # (C,) true examples per class
@@ -38,7 +43,37 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, class_names: 
         metrics[f"recall/{name}"] = float(recall[i])
         metrics[f"f1/{name}"] = float(f1[i])
         metrics[f"support/{name}"] = int(support[i])
+    if probabilities is not None and len(class_names) > max(TOP_K):
+        for k in TOP_K:
+            metrics[f"top{k}_accuracy"] = top_k_accuracy(y_true, probabilities, k)
     return metrics
+
+
+def top_k_accuracy(y_true: np.ndarray, probabilities: np.ndarray, k: int) -> float:
+    """Fraction of rows whose true class is among the k most probable; classes tied with it do not push it out."""
+    y_true = np.asarray(y_true, dtype=np.int64).ravel()
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    if probabilities.ndim != 2 or probabilities.shape[0] != y_true.size:
+        raise ValueError(f"probabilities of shape {probabilities.shape} do not match {y_true.size} labels; "
+                         "expected (N, C)")
+    _as_labels(y_true, y_true, probabilities.shape[1])  # names a class index outside [0, C)
+    if not y_true.size:
+        return 0.0
+    true_p = probabilities[np.arange(y_true.size), y_true]  # (N,)
+    higher = (probabilities > true_p[:, None]).sum(axis=1)  # (N,) classes strictly more probable
+    return float((higher < k).mean())
+
+
+def per_class_report(metrics_by_model: dict[str, dict[str, dict[str, Any]]],
+                     class_names: list[str]) -> list[dict[str, Any]]:
+    """Rows model, split, class, precision, recall, f1, support from {model: {split: classification_metrics}}."""
+    return [
+        {"model": model, "split": split, "class": name,
+         **{key: values.get(f"{key}/{name}") for key in PER_CLASS}}
+        for model, splits in metrics_by_model.items()
+        for split, values in splits.items()
+        for name in class_names
+    ]
 
 
 def _safe_divide(num: np.ndarray, den: np.ndarray) -> np.ndarray:

@@ -7,11 +7,17 @@ an exported graph that bakes in the example's shapes.
 
 from __future__ import annotations
 
+import csv
 import datetime as dt
+import hashlib
 import json
+import logging
 import os
 import re
+import subprocess
 import tempfile
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,15 +26,19 @@ import mlflow
 import numpy as np
 import torch
 from mlflow.exceptions import MlflowException
+from mlflow.entities import Metric, Param, RunTag
 from mlflow.models.signature import ModelSignature
 from mlflow.tracking import MlflowClient
 from mlflow.types.schema import Schema, TensorSpec
 from mlflow.types.type_hints import TypeFromExample
 
+from lib import modelcard
 from lib.bundle import ModelBundle
 from lib.experiment import Outcome
+from lib.metrics import PER_CLASS, per_class_report
 from lib.plots import confusion_matrix_png, learning_curves_png
 from lib.recipe import FeatureRecipe
+from lib.tune import TrialRecord
 
 _MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[\w-]+)|/(?P<version>\d+))$")
 
@@ -97,7 +107,7 @@ def log_model(bundle: ModelBundle, model_name: str) -> ModelRef:
         outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, len(bundle.labels)), "probabilities")]),
     )
     example = {"features": np.zeros((1, 3, dim), np.float32), "lengths": np.array([3], np.int64)}
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, _without_dict_example_warning():
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=str(Path(__file__).with_name("pyfunc_entry.py")),
@@ -110,6 +120,25 @@ def log_model(bundle: ModelBundle, model_name: str) -> ModelRef:
         )
     run_id = mlflow.active_run().info.run_id
     return ModelRef(model_name, str(info.registered_model_version), run_id)
+
+
+class _DictExampleWarning(logging.Filter):
+    """Drops MLflow 3.17's "Input example must be one of pandas.DataFrame, pandas.Series or list when
+    using TypeFromExample" record: that check knows only list-like examples, while the explicit tensor
+    signature (which validates every call) is built for exactly this dict of arrays."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "when using TypeFromExample" not in record.getMessage()
+
+
+@contextmanager
+def _without_dict_example_warning() -> Iterator[None]:
+    logger, only = logging.getLogger("mlflow.pyfunc"), _DictExampleWarning()
+    logger.addFilter(only)
+    try:
+        yield
+    finally:
+        logger.removeFilter(only)
 
 
 def tag_version(client: MlflowClient, ref: ModelRef, tags: dict[str, Any]) -> None:
@@ -169,35 +198,155 @@ def now_iso() -> str:
 
 
 def log_training(client: MlflowClient, outcome: Outcome, model_name: str, params: dict[str, Any],
-                 artifact_root: str | None, tags: dict[str, str]) -> ModelRef:
-    """One MLflow run: params, per-epoch curves, final metrics of LSTM and baseline, plots, model."""
+                 artifact_root: str | None, tags: dict[str, str], *, parent_run_id: str | None = None,
+                 content_hashes: Mapping[str, str] | None = None) -> ModelRef:
+    """One MLflow run: params, per-epoch curves, final metrics of LSTM and baseline, plots, reports, model.
+
+    `parent_run_id` nests the run under another (a search's); `content_hashes` (series id -> content
+    hash) makes the dataset hash cover the bytes of every series, not only their ids.
+    """
     mlflow.set_experiment(experiment_id=experiment_id(client, f"lstmpipe/{model_name}", artifact_root))
-    with mlflow.start_run(tags=tags) as run, tempfile.TemporaryDirectory() as tmp:
-        mlflow.log_params({**params, "recipe_id": outcome.bundle.recipe.recipe_id, "split_hash": outcome.split_hash,
-                           **{f"n_{name}": len(ids) for name, ids in outcome.splits.items()}})
+    run_tags = {**tags, **({"mlflow.parentRunId": parent_run_id} if parent_run_id else {})}
+    snapshot = data_snapshot(outcome, content_hashes)
+    commit = source_commit()
+    with mlflow.start_run(tags=run_tags) as run, tempfile.TemporaryDirectory() as tmp:
+        mlflow.log_params({**params, "recipe_id": outcome.bundle.recipe.recipe_id, **snapshot})
         for row in outcome.fit.history:
             mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"]))
         mlflow.log_metrics(_flat("", outcome.metrics) | _flat("baseline_", outcome.baseline_metrics))
         out = Path(tmp)
         test = outcome.metrics.get("test") or outcome.metrics["val"]
-        confusion_matrix_png(np.array(test["confusion"]), outcome.bundle.labels, out / "confusion_matrix.png")
+        labels = outcome.bundle.labels
+        confusion_matrix_png(np.array(test["confusion"]), labels, out / "confusion_matrix.png")
         learning_curves_png(outcome.fit.history, out / "learning_curves.png", outcome.fit.best_epoch)
         (out / "eval_set.json").write_text(json.dumps(outcome.eval_set, indent=1))
         (out / "splits.json").write_text(json.dumps(outcome.splits, indent=1))
         (out / "metrics.json").write_text(json.dumps({"lstm": outcome.metrics, "baseline": outcome.baseline_metrics},
                                                      indent=1, default=float))
         (out / "recipe.json").write_text(json.dumps(outcome.bundle.recipe.to_dict(), indent=1, sort_keys=True))
+        _write_csv(out / "per_class_report.csv", ["model", "split", "class", *PER_CLASS],
+                   per_class_report({"lstm": outcome.metrics, "baseline": outcome.baseline_metrics}, labels))
         mlflow.log_artifacts(str(out))
         ref = log_model(outcome.bundle, model_name)
-    tag_version(client, ref, {
-        "recipe_id": outcome.bundle.recipe.recipe_id,
-        "labels": outcome.bundle.labels,
-        "split_hash": outcome.split_hash,
-        "eval_set": "eval_set.json",
-        "test_macro_f1": f"{test['macro_f1']:.4f}",
-        **tags,
-    })
+        version_tags_ = {
+            "recipe_id": outcome.bundle.recipe.recipe_id,
+            "labels": labels,
+            "split_hash": outcome.split_hash,
+            "dataset_hash": snapshot["data.dataset_hash"],
+            "git_commit": commit,
+            "eval_set": "eval_set.json",
+            "test_macro_f1": f"{test['macro_f1']:.4f}",
+            **tags,
+        }
+        card = modelcard.render(
+            model_name=model_name, version=ref.version, labels=labels, recipe=outcome.bundle.recipe.to_dict(),
+            snapshot=snapshot, metrics=outcome.metrics, baseline=outcome.baseline_metrics,
+            spec=outcome.bundle.spec.to_dict(), params=params,
+            tags={k: v if isinstance(v, str) else json.dumps(v) for k, v in version_tags_.items()},
+        )
+        mlflow.log_text(card, "model_card.md")
+    tag_version(client, ref, version_tags_)
     return ModelRef(ref.name, ref.version, run.info.run_id)
+
+
+def data_snapshot(outcome: Outcome, content_hashes: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Params naming the data a run saw: series per split, the split-list hash, a dataset hash."""
+    return {
+        **{f"n_{name}": len(ids) for name, ids in outcome.splits.items()},
+        "split_hash": outcome.split_hash,
+        "data.classes": len(outcome.bundle.labels),
+        "data.dataset_hash": dataset_hash(outcome.splits, outcome.bundle.recipe.recipe_id, content_hashes),
+        "data.dataset_hash_covers": "ids+content" if content_hashes is not None else "ids",
+    }
+
+
+def dataset_hash(splits: dict[str, list[str]], recipe_id: str, content_hashes: Mapping[str, str] | None) -> str:
+    """blake2b of (split, series id, content hash) rows and the recipe: same hash = same features, same splits."""
+    rows = sorted((split, sid, (content_hashes or {}).get(sid, "")) for split, ids in splits.items() for sid in ids)
+    canonical = json.dumps({"recipe_id": recipe_id, "rows": rows}, separators=(",", ":"))
+    return hashlib.blake2b(canonical.encode(), digest_size=16).hexdigest()
+
+
+def source_commit() -> str:
+    """The git commit lstmpipe's own source tree is at, with "-dirty" for local changes; "unknown" outside git."""
+    here = Path(__file__).resolve().parent
+    try:
+        head = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):  # no git, not a checkout (an installed wheel), or a hung git
+        return "unknown"
+    return f"{head}-dirty" if dirty else head
+
+
+# -- hyperparameter search: one parent run, one child run per trial ---------------------------------
+
+def start_search(client: MlflowClient, model_name: str, artifact_root: str | None, params: dict[str, Any],
+                 tags: dict[str, str]) -> str:
+    """The search's parent run (in the model's experiment); its id."""
+    exp = experiment_id(client, f"lstmpipe/{model_name}", artifact_root)
+    run = client.create_run(exp, run_name=f"tune-{model_name}", tags={**tags, "lstmpipe.kind": "search"})
+    client.log_batch(run.info.run_id, params=[Param(k, _text(v)) for k, v in params.items()])
+    return run.info.run_id
+
+
+def start_trial(client: MlflowClient, parent_run_id: str, trial_id: str, index: int, hp: dict[str, Any]) -> str:
+    """A child run for one trial: its hyperparameters as params; its id."""
+    parent = client.get_run(parent_run_id)
+    run = client.create_run(parent.info.experiment_id, run_name=f"trial-{index:03d}-{trial_id}", tags={
+        "mlflow.parentRunId": parent_run_id, "lstmpipe.kind": "trial",
+        "lstmpipe.tune.trial_id": trial_id, "lstmpipe.tune.index": str(index)})
+    client.log_batch(run.info.run_id, params=[Param(k, _text(v)) for k, v in hp.items()])
+    return run.info.run_id
+
+
+def log_trial_epoch(client: MlflowClient, run_id: str, row: dict[str, float]) -> None:
+    step, at = int(row["epoch"]), _millis()
+    client.log_batch(run_id, metrics=[Metric(k, float(v), at, step) for k, v in row.items() if k != "epoch"])
+
+
+def end_trial(client: MlflowClient, run_id: str, record: TrialRecord) -> None:
+    """Best-epoch metrics and the trial's fate (completed | stopped by the scheduler | error)."""
+    best = record.best or {}
+    client.log_batch(run_id, metrics=[Metric(f"best_{k}", float(v), _millis(), 0) for k, v in best.items()],
+                     tags=[RunTag("lstmpipe.tune.status", record.status)])
+    client.set_terminated(run_id, "FAILED" if record.status == "error" else "FINISHED")
+
+
+def end_search(client: MlflowClient, parent_run_id: str, trials: list[TrialRecord], best: TrialRecord | None,
+               ref: ModelRef | None, failed: bool) -> None:
+    """The search's summary on its parent run: the trial table, the best trial, the version it registered."""
+    counts = {status: sum(t.status == status for t in trials) for status in ("completed", "stopped", "error")}
+    tags = [RunTag(f"lstmpipe.tune.{k}", v) for k, v in {
+        "best_trial_id": best.trial_id if best else "",
+        "registered_version": ref.version if ref else "",
+        "registered_run_id": ref.run_id if ref else "",
+    }.items()]
+    metrics = [Metric(f"trials_{k}", v, _millis(), 0) for k, v in counts.items()]
+    if best is not None and best.best is not None:
+        metrics.append(Metric("best_val_macro_f1", float(best.best["val_macro_f1"]), _millis(), 0))
+    client.log_batch(parent_run_id, metrics=metrics, tags=tags)
+    with tempfile.TemporaryDirectory() as tmp:
+        rows = [t.summary() for t in sorted(trials, key=lambda t: t.index)]
+        (Path(tmp) / "trials.json").write_text(json.dumps(rows, indent=1, default=str))
+        client.log_artifact(parent_run_id, str(Path(tmp) / "trials.json"))
+    client.set_terminated(parent_run_id, "FAILED" if failed else "FINISHED")
+
+
+def _millis() -> int:
+    return int(dt.datetime.now(dt.timezone.utc).timestamp() * 1000)
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def _write_csv(path: Path, columns: list[str], rows: list[dict[str, Any]]) -> None:
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
 
 
 def _flat(prefix: str, metrics: dict[str, dict[str, Any]]) -> dict[str, float]:
