@@ -2,11 +2,24 @@
 
 from __future__ import annotations
 
+import json
 import random
+from pathlib import Path
 
 import pytest
 
-from lib.splits import SPLITS, split_hash, stratified_split
+from lib.config import TrainConfig
+from lib.errors import BadInput
+from lib.experiment import make_splits
+from lib.splits import (
+    SPLITS,
+    match_split_lists,
+    pins_from_record,
+    read_split_lists,
+    split_hash,
+    split_records,
+    stratified_split,
+)
 
 
 def _data(counts: dict[str, int]) -> tuple[list[str], list[str]]:
@@ -106,3 +119,174 @@ def test_bad_inputs_are_named() -> None:
         stratified_split(["a", "b", "c"], ["x", "y"], 0.1, 0.1, seed=0)
     with pytest.raises(ValueError, match="val_fraction=0.6"):
         stratified_split(["a", "b"], ["x", "y"], 0.6, 0.5, seed=0)
+
+
+def _hash(series_id: str) -> str:
+    """A stand-in content hash: what the bytes of `series_id` would hash to."""
+    return f"h-{series_id.rsplit('/', 1)[-1]}-{series_id.split('/')[0]}"
+
+
+def test_a_renamed_series_with_the_same_bytes_keeps_its_split() -> None:
+    ids, labels = _data({"walk": 30, "run": 30})
+    hashes = [_hash(s) for s in ids]
+    before = _where(stratified_split(ids, labels, 0.2, 0.2, seed=0, keys=hashes))
+    renamed = [f"moved/{s}" for s in ids]  # every id changes; no byte does
+    after = _where(stratified_split(renamed, labels, 0.2, 0.2, seed=0, keys=hashes))
+    assert all(before[s] == after[f"moved/{s}"] for s in ids)
+
+
+def test_the_same_bytes_under_two_names_never_straddle_splits() -> None:
+    ids, labels = _data({"walk": 40})
+    copies = [f"copy/{s}" for s in ids[:10]]
+    keys = [_hash(s) for s in ids] + [_hash(s) for s in ids[:10]]
+    where = _where(stratified_split(ids + copies, labels + ["walk"] * 10, 0.2, 0.2, seed=0, keys=keys))
+    assert all(where[s] == where[f"copy/{s}"] for s in ids[:10])
+
+
+def test_with_the_earlier_record_no_series_crosses_splits_when_series_are_added() -> None:
+    ids, labels = _data({"walk": 30, "run": 12, "jump": 3})
+    hashes = {s: _hash(s) for s in ids}
+    first = stratified_split(ids, labels, 0.15, 0.2, seed=0, keys=[hashes[s] for s in ids])
+    record = json.loads(json.dumps(split_records(first, hashes)))  # as logged
+    assert record["test"][0] == {"series_id": first["test"][0], "content_hash": hashes[first["test"][0]]}
+    before = _where(first)
+    grown_ids, grown_labels = list(ids), list(labels)
+    for step in range(1, 41):  # one new series at a time, in every class
+        label = ("walk", "run", "jump")[step % 3]
+        grown_ids.append(f"{label}/new_{step:03d}.mp4")
+        grown_labels.append(label)
+        keys = [_hash(s) for s in grown_ids]
+        pins = pins_from_record(record, grown_ids, keys)
+        after = _where(stratified_split(grown_ids, grown_labels, 0.15, 0.2, seed=0, keys=keys, pinned=pins))
+        assert {s: after[s] for s in ids} == before
+    # Still stratified: the new series went where their class was short.
+    sizes = {name: sum(after[s] == name for s in grown_ids if s.startswith("jump")) for name in SPLITS}
+    assert sizes["test"] >= 3 and sizes["val"] >= 2  # 16 jump series: round(16 * .2) = 3, round(16 * .35) = 6
+
+
+def test_a_plain_id_record_from_an_older_run_pins_by_id_and_a_hash_wins_over_an_id() -> None:
+    pins = pins_from_record({"test": ["a/1.mp4"], "train": [{"series_id": "b/2.mp4", "content_hash": "h2"}]},
+                            ["a/1.mp4", "renamed/2.mp4", "c/3.mp4"], ["h1", "h2", "h3"])
+    assert pins == {"a/1.mp4": "test", "renamed/2.mp4": "train"}
+    with pytest.raises(ValueError, match="'holdout'"):
+        pins_from_record({"holdout": []}, [], [])
+
+
+def _ucf(tmp_path: Path) -> Path:
+    """UCF101-style lists for split 1 (and a split 2 that must be ignored); Windows separators in one line."""
+    folder = tmp_path / "ucfTrainTestlist"
+    folder.mkdir()
+    (folder / "classInd.txt").write_text("1 Archery\n2 Bowling\n")
+    train = [f"Archery/v_Archery_g{g:02d}_c01.avi {1}" for g in range(1, 9)]
+    train += [f"Bowling/v_Bowling_g{g:02d}_c01.avi {2}" for g in range(1, 9)]
+    train[0] = train[0].replace("/", "\\")
+    (folder / "trainlist01.txt").write_text("\r\n".join(train) + "\r\n")
+    test = [f"Archery/v_Archery_g{g:02d}_c01.avi" for g in (9, 10)] + ["Bowling/v_Bowling_g09_c01.avi"]
+    (folder / "testlist01.txt").write_text("\n".join(test) + "\n\n")
+    (folder / "testlist02.txt").write_text("Archery/v_Archery_g01_c01.avi\n")
+    return folder
+
+
+def _hmdb(tmp_path: Path) -> Path:
+    folder = tmp_path / "testTrainMulti_7030_splits"
+    folder.mkdir()
+    for label in ("brush_hair", "cartwheel"):
+        lines = [f"{label}_clip{i}.avi {1 if i < 7 else 2 if i < 9 else 0} " for i in range(10)]
+        (folder / f"{label}_test_split1.txt").write_text("\n".join(lines) + "\n")
+        (folder / f"{label}_test_split2.txt").write_text(f"{label}_clip0.avi 2\n")
+    return folder
+
+
+def test_ucf101_lists_are_read_for_the_chosen_split(tmp_path: Path) -> None:
+    folder = _ucf(tmp_path)
+    entries = read_split_lists(folder, 1)
+    assert entries["Archery/v_Archery_g01_c01.avi"] == "train"
+    assert entries["Bowling/v_Bowling_g09_c01.avi"] == "test"
+    assert sorted(set(entries.values())) == ["test", "train"] and len(entries) == 19
+    assert read_split_lists(folder / "trainlist01.txt", 1) == entries  # a file in the folder works too
+    assert read_split_lists(folder, 2) == {"Archery/v_Archery_g01_c01.avi": "test"}
+
+
+def test_hmdb51_lists_name_class_and_video(tmp_path: Path) -> None:
+    entries = read_split_lists(_hmdb(tmp_path), 1)
+    assert entries["brush_hair/brush_hair_clip0.avi"] == "train"
+    assert entries["cartwheel/cartwheel_clip7.avi"] == "test"
+    assert entries["cartwheel/cartwheel_clip9.avi"] == "unused"
+    assert len(entries) == 20
+
+
+def test_bad_split_lists_are_named(tmp_path: Path) -> None:
+    with pytest.raises(BadInput, match="trainlist03.txt"):
+        read_split_lists(_ucf(tmp_path), 3)
+    with pytest.raises(BadInput, match="nowhere"):
+        read_split_lists(tmp_path / "nowhere", 1)
+    folder = tmp_path / "bad"
+    folder.mkdir()
+    (folder / "run_test_split1.txt").write_text("a.avi 7\n")
+    with pytest.raises(BadInput, match="run_test_split1.txt"):
+        read_split_lists(folder, 1)
+    (folder / "run_test_split1.txt").write_text("a.avi 1\n")
+    (folder / "run2_test_split1.txt").write_text("")
+    (folder / "trainlist01.txt").write_text("x/a.avi 1\n")
+    (folder / "testlist01.txt").write_text("x/a.avi\n")
+    with pytest.raises(BadInput, match="both train and test"):
+        read_split_lists(folder, 1)
+
+
+def test_listed_paths_match_series_ids_by_path_then_by_file_name(tmp_path: Path) -> None:
+    entries = read_split_lists(_ucf(tmp_path), 1)
+    ids = [
+        "UCF101.zip/UCF-101/Archery/v_Archery_g01_c01.avi",  # by relative path, inside an archive
+        "archery/v_archery_g09_c01.avi",  # case differs (UCF101's own lists do that)
+        "elsewhere/v_Bowling_g02_c01.avi",  # only the file name matches
+        "Bowling/v_Bowling_g99_c01.avi",  # not listed
+    ]
+    assigned, unlisted = match_split_lists(entries, ids)
+    assert assigned == {ids[0]: "train", ids[1]: "test", ids[2]: "train"}
+    assert unlisted == [ids[3]]
+
+
+def _series_for(entries: dict[str, str], extra: int = 0) -> tuple[list[str], list[str], list[str]]:
+    ids = [f"2026-11-19/{rel}" for rel in sorted(entries)] + [f"new/v_extra_{i}.avi" for i in range(extra)]
+    labels = [sid.split("/")[1] if not sid.startswith("new/") else "Archery" for sid in ids]
+    return ids, labels, [_hash(s) for s in ids]
+
+
+@pytest.mark.parametrize("make", [_ucf, _hmdb], ids=["ucf101", "hmdb51"])
+def test_official_lists_decide_test_and_validation_comes_from_their_train_part(tmp_path: Path, make) -> None:
+    folder = make(tmp_path)
+    entries = read_split_lists(folder, 1)
+    ids, labels, hashes = _series_for(entries, extra=2)
+    config = TrainConfig(split_lists=str(folder), split_number=1, val_fraction=0.25, seed=0)
+    splits, excluded = make_splits(ids, labels, hashes, config)
+    where = _where(splits)
+    for sid in ids:
+        listed = entries.get(sid.split("/", 1)[1])
+        if listed == "test":
+            assert where[sid] == "test", sid
+        elif listed == "train":
+            assert where[sid] in ("train", "val"), sid
+        else:
+            assert sid not in where, sid
+    assert excluded["unlisted"] == ["new/v_extra_0.avi", "new/v_extra_1.avi"]
+    assert len(excluded["unused"]) == (2 if make is _hmdb else 0)  # HMDB51's code 0: one per class here
+    for label in {rel.split("/")[0] for rel in entries}:  # stratified: every class gives validation series
+        assert any(labels[ids.index(s)] == label for s in splits["val"]), label
+    assert make_splits(ids, labels, hashes, config) == (splits, excluded)  # deterministic
+
+
+def test_official_lists_with_a_record_keep_validation_stable(tmp_path: Path) -> None:
+    folder = _ucf(tmp_path)
+    entries = read_split_lists(folder, 1)
+    ids, labels, hashes = _series_for(entries)
+    config = TrainConfig(split_lists=str(folder), val_fraction=0.25)
+    first, _ = make_splits(ids, labels, hashes, config)
+    record = tmp_path / "split_records.json"
+    record.write_text(json.dumps(split_records(first, dict(zip(ids, hashes)))))
+    more = [f"2026-11-19/Archery/v_Archery_g{g:02d}_c02.avi" for g in range(1, 9)]
+    (folder / "trainlist01.txt").write_text((folder / "trainlist01.txt").read_text() + "".join(
+        f"{m.split('/', 1)[1]} 1\n" for m in more))
+    ids2, labels2 = ids + more, labels + ["Archery"] * len(more)
+    second, _ = make_splits(ids2, labels2, [_hash(s) for s in ids2],
+                            TrainConfig(split_lists=str(folder), val_fraction=0.25, split_record=str(record)))
+    assert {s: n for s, n in _where(second).items() if s in ids} == _where(first)
