@@ -188,9 +188,13 @@ def recipe_of(ref: ModelRef) -> FeatureRecipe:
 
 
 def load_run_json(run_id: str, artifact: str) -> Any:
+    return json.loads(load_run_text(run_id, artifact))
+
+
+def load_run_text(run_id: str, artifact: str) -> str:
     with tempfile.TemporaryDirectory() as tmp:
         path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact, dst_path=tmp)
-        return json.loads(Path(path).read_text())
+        return Path(path).read_text()
 
 
 def now_iso() -> str:

@@ -54,3 +54,32 @@ def test_bad_labels_are_named() -> None:
         confusion_matrix(np.array([0, 5]), np.array([0, 1]), 3)
     with pytest.raises(ValueError, match="3 labels but y_pred has 2"):
         confusion_matrix(np.array([0, 1, 1]), np.array([0, 1]), 3)
+
+
+def test_top_k_accuracy_by_hand_and_only_beyond_five_classes() -> None:
+    from lib.metrics import per_class_report, top_k_accuracy
+
+    probs = np.array([[0.1, 0.2, 0.7], [0.5, 0.3, 0.2], [0.2, 0.2, 0.6]])
+    y = np.array([1, 2, 0])  # ranks of the true class: 2nd, 3rd, 2nd (tied with class 1)
+    assert top_k_accuracy(y, probs, 1) == 0.0
+    assert top_k_accuracy(y, probs, 2) == pytest.approx(2 / 3)
+    assert top_k_accuracy(y, probs, 3) == 1.0
+    with pytest.raises(ValueError, match="class index 3"):
+        top_k_accuracy(np.array([3, 0, 0]), probs, 1)
+    with pytest.raises(ValueError, match=r"\(N, C\)"):
+        top_k_accuracy(np.array([0, 0]), probs, 1)
+
+    names6 = [f"c{i}" for i in range(6)]
+    rng = np.random.default_rng(0)
+    p6 = rng.dirichlet(np.ones(6), size=20)
+    y6 = rng.integers(0, 6, size=20)
+    m6 = classification_metrics(y6, p6.argmax(axis=1), names6, probabilities=p6)
+    assert m6["top3_accuracy"] == top_k_accuracy(y6, p6, 3) and m6["top5_accuracy"] == top_k_accuracy(y6, p6, 5)
+    assert m6["top3_accuracy"] >= m6["accuracy"]
+    m3 = classification_metrics(y, probs.argmax(axis=1), ["a", "b", "c"], probabilities=probs)
+    assert "top3_accuracy" not in m3  # 3 classes: top-3 is always 1, so it is left out
+
+    rows = per_class_report({"lstm": {"test": m3}}, ["a", "b", "c"])
+    assert [r["class"] for r in rows] == ["a", "b", "c"]
+    assert rows[0] == {"model": "lstm", "split": "test", "class": "a", "precision": m3["precision/a"],
+                       "recall": m3["recall/a"], "f1": m3["f1/a"], "support": 1}

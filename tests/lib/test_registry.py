@@ -162,6 +162,73 @@ def test_pyfunc_model_takes_padded_features_and_lengths(registered: ModelRef, ou
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
 
 
+def test_run_logs_data_snapshot_reports_model_card_and_provenance_tags(store: Store, registered: ModelRef,
+                                                                       outcome: Outcome) -> None:
+    run = store.client.get_run(registered.run_id)
+    params = run.data.params
+    assert (params["n_train"], params["n_val"], params["n_test"]) == ("4", "4", "4")
+    assert params["split_hash"] == outcome.split_hash and params["data.classes"] == "4"
+    assert params["data.dataset_hash"] == registry.dataset_hash(outcome.splits, outcome.bundle.recipe.recipe_id, None)
+    assert params["data.dataset_hash_covers"] == "ids"
+    tags = registry.version_tags(store.client, registered)
+    assert tags["dataset_hash"] == params["data.dataset_hash"]
+    assert tags["git_commit"] == registry.source_commit() != ""
+
+    report = registry.load_run_text(registered.run_id, "per_class_report.csv").splitlines()
+    assert report[0] == "model,split,class,precision,recall,f1,support"
+    assert len(report) == 1 + 2 * 3 * len(CLASSES)  # lstm and baseline x train, val, test x classes
+    card = registry.load_run_text(registered.run_id, "model_card.md")
+    assert card.startswith(f"# seq v{registered.version}")
+    for heading in ("## Intended use", "## Data snapshot", "## Metrics (LSTM vs frame-averaging baseline)",
+                    "## Limitations", "## Training configuration"):
+        assert heading in card
+    assert f"| test | macro_f1 | {outcome.metrics['test']['macro_f1']:.4f} | " \
+           f"{outcome.baseline_metrics['test']['macro_f1']:.4f} |" in card
+    assert outcome.bundle.recipe.recipe_id in card and outcome.split_hash in card
+
+
+def test_dataset_hash_changes_with_content_split_or_recipe() -> None:
+    splits = {"train": ["a", "b"], "test": ["c"]}
+    same = registry.dataset_hash(splits, "r1", {"a": "1", "b": "2", "c": "3"})
+    assert same == registry.dataset_hash({"test": ["c"], "train": ["b", "a"]}, "r1", {"a": "1", "b": "2", "c": "3"})
+    assert same != registry.dataset_hash(splits, "r1", {"a": "1", "b": "2", "c": "4"})
+    assert same != registry.dataset_hash({"train": ["a"], "test": ["b", "c"]}, "r1", {"a": "1", "b": "2", "c": "3"})
+    assert same != registry.dataset_hash(splits, "r2", {"a": "1", "b": "2", "c": "3"})
+
+
+def test_source_commit_is_unknown_outside_git(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_git(*args, **kwargs):
+        raise FileNotFoundError("git")
+    monkeypatch.setattr(registry.subprocess, "run", no_git)
+    assert registry.source_commit() == "unknown"
+
+
+def test_logged_model_has_a_variable_length_signature_and_an_example(store: Store, registered: ModelRef,
+                                                                     outcome: Outcome) -> None:
+    store.client.set_registered_model_alias("seq", "signature-test", registered.version)
+    model = mlflow.pyfunc.load_model("models:/seq@signature-test")
+    inputs = {spec.name: spec for spec in model.metadata.get_input_schema().inputs}
+    assert inputs["features"].shape == (-1, -1, 512) and inputs["lengths"].shape == (-1,)
+    assert model.metadata.get_output_schema().inputs[0].shape == (-1, 4)
+    assert model.metadata.saved_input_example_info is not None
+    for lengths in ([3], [9, 2]):  # neither is fixed by the logged example's 3 frames
+        features = sequences(lengths, seed=7)
+        padded = np.zeros((len(lengths), max(lengths), 512), np.float32)
+        for row, f in enumerate(features):
+            padded[row, :len(f)] = f
+        got = model.predict({"features": padded, "lengths": np.array(lengths, np.int64)})
+        np.testing.assert_allclose(got, outcome.bundle.predict(features), atol=1e-5)
+    store.client.delete_registered_model_alias("seq", "signature-test")
+
+
+def test_logging_a_model_warns_nothing_about_its_dict_example(store: Store, outcome: Outcome,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
+    mlflow.set_experiment(experiment_id=registry.experiment_id(store.client, "quiet", store.artifact_root))
+    with caplog.at_level("WARNING", logger="mlflow"), mlflow.start_run():
+        registry.log_model(outcome.bundle, "quiet")
+    assert not [r for r in caplog.records if "input example" in r.getMessage().lower()], caplog.text
+
+
 def test_resolve_pins_aliases_and_versions(store: Store, registered: ModelRef) -> None:
     store.client.set_registered_model_alias("seq", "pinned", registered.version)  # not @champion: promotion owns it
     pinned = ModelRef("seq", "1", registered.run_id)
