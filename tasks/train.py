@@ -28,7 +28,8 @@ def train_model(refs: list[dict], recipe: dict, model_name: str, config: Config,
                                  on_epoch=lambda _: bar.update(), device=device)
     client = registry.connect(tracking_uri)
     params = {f"train.{k}": v for k, v in config.train.__dict__.items()} | {"device": device}
-    ref = registry.log_training(client, outcome, model_name, params, artifact_root, tags)
+    ref = registry.log_training(client, outcome, model_name, params, artifact_root, tags,
+                                content_hashes={r["series_id"]: r["content_hash"] for r in refs})
     return {
         "model": ref.name,
         "version": ref.version,
