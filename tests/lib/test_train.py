@@ -139,3 +139,31 @@ def test_plots_write_png_files(tmp_path, data: dict[str, SequenceSet], lstm: Fit
     for path in paths:
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert path.stat().st_size > 1000
+
+
+def test_lr_warms_up_to_its_peak_then_decays_and_gradients_are_clipped(data: dict[str, SequenceSet],
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    norms: list[float] = []
+    clip = torch.nn.utils.clip_grad_norm_
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", lambda params, max_norm: norms.append(max_norm)
+                        or clip(params, max_norm))
+    config = dataclasses.replace(CONFIG, epochs=20, patience=20, grad_clip=0.5)
+    result = fit(model_spec(config, F, 2, "lstm"), data["train"], data["val"], config)
+    lrs = [row["lr"] for row in result.history]
+    peak = int(np.argmax(lrs))
+    assert peak == 1 and lrs[0] < lrs[1] <= config.lr  # OneCycle: 10 % warm-up (2 of 20 epochs), then decay
+    assert all(a >= b for a, b in zip(lrs[1:], lrs[2:]))
+    assert lrs[-1] < 0.01 * config.lr
+    assert norms and set(norms) == {0.5}
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("cell", "rnn"), ("pooling", "max"), ("balance", "oversample"), ("crop_fraction", 0.0),
+     ("frame_dropout", 1.0), ("input_proj", 0)],
+)
+def test_bad_training_options_name_the_key(key: str, value: object) -> None:
+    from lib.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=f"train.{key}"):
+        TrainConfig(**{key: value})
