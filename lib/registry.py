@@ -225,6 +225,10 @@ def log_training(client: MlflowClient, outcome: Outcome, model_name: str, params
         learning_curves_png(outcome.fit.history, out / "learning_curves.png", outcome.fit.best_epoch)
         (out / "eval_set.json").write_text(json.dumps(outcome.eval_set, indent=1))
         (out / "splits.json").write_text(json.dumps(outcome.splits, indent=1))
+        # what a later run passes as train.split_record, so recorded series keep their split
+        (out / "split_records.json").write_text(json.dumps(outcome.split_records, indent=1))
+        if outcome.excluded:
+            (out / "excluded.json").write_text(json.dumps(outcome.excluded, indent=1))
         (out / "metrics.json").write_text(json.dumps({"lstm": outcome.metrics, "baseline": outcome.baseline_metrics},
                                                      indent=1, default=float))
         (out / "recipe.json").write_text(json.dumps(outcome.bundle.recipe.to_dict(), indent=1, sort_keys=True))

@@ -184,8 +184,9 @@ def predict_proba(model: nn.Module, features: list[np.ndarray], batch_size: int 
 
 def evaluate(model: nn.Module, data: SequenceSet, class_names: list[str]) -> dict[str, Any]:
     """classification_metrics on `data`, plus `confusion` (rows true, columns predicted) as lists."""
-    y_pred = predict_proba(model, data.features).argmax(axis=1)
-    metrics = classification_metrics(data.labels, y_pred, class_names)
+    probs = predict_proba(model, data.features)
+    y_pred = probs.argmax(axis=1)
+    metrics = classification_metrics(data.labels, y_pred, class_names, probabilities=probs)  # top-k above 5 classes
     metrics["confusion"] = confusion_matrix(data.labels, y_pred, len(class_names)).tolist()
     return metrics
 

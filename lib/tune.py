@@ -18,9 +18,9 @@ import numpy as np
 
 from lib.cache import FeatureCache
 from lib.config import TrainConfig
-from lib.experiment import load_sequences
+from lib.experiment import load_sequences, make_splits
 from lib.series import SeriesRef
-from lib.splits import split_hash, stratified_split
+from lib.splits import split_hash
 from lib.train import FitResult, SequenceSet, fit, model_spec
 
 TUNED = ("hidden_size", "num_layers", "dropout", "lr", "bidirectional")  # the TrainConfig keys a search varies
@@ -129,8 +129,9 @@ def prepare(cache: FeatureCache, recipe_id: str, input_dim: int, refs: list[Seri
     if len(labels) < 2:
         raise ValueError(f"a search needs at least 2 classes with cached features; found {labels or 'none'}")
     data = load_sequences(cache, recipe_id, labelled, labels)
-    splits = stratified_split(data.series_ids, [labels[y] for y in data.labels],
-                              config.val_fraction, config.test_fraction, config.seed)
+    by_id = {r.series_id: r for r in labelled}
+    splits, _ = make_splits(data.series_ids, [labels[y] for y in data.labels],
+                            [by_id[s].content_hash for s in data.series_ids], config)
     return SearchData(labels, splits, data.select(splits["train"]), data.select(splits["val"]), input_dim)
 
 
