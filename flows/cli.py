@@ -43,7 +43,14 @@ TRAIN_FLAGS = {
     "--lr": ("train.lr", float, "AdamW learning rate (default 0.002)"),
     "--seed": ("train.seed", int, "seed for splits and initialisation (default 0)"),
 }
-PROMOTE_FLAGS = {"--margin": ("promote.margin", float, "macro-F1 the challenger must gain (default 0.0)")}
+PROMOTE_FLAGS = {
+    "--margin": ("promote.margin", float, "macro-F1 the challenger must gain (default 0.0)"),
+    "--test": ("promote.test", str, "paired significance test: bootstrap|mcnemar|none (default bootstrap)"),
+    "--alpha": ("promote.alpha", float, "significance level of --test (default 0.05)"),
+    "--max-recall-drop": ("promote.max_recall_drop", float, "largest fall of any class's recall (default 0.10)"),
+    "--max-cost-ratio": ("promote.max_cost_ratio", float,
+                         "parameters and predict time per series vs the champion's (default 2.0)"),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,9 +79,15 @@ def build_parser() -> argparse.ArgumentParser:
                        FEATURE_FLAGS | PROMOTE_FLAGS)
     promote.add_argument("model", help="registered model name")
     promote.add_argument("--version", help="challenger version (default: the latest)")
+    promote.add_argument("--history", action="store_true",
+                         help="print MODEL's recorded promotion decisions and rollbacks instead (default off)")
 
     rollback = _command(commands, "rollback", "move @champion back to the version it replaced", {})
     rollback.add_argument("model", help="registered model name")
+
+    report = _command(commands, "report", "write RUN_ID's HTML report under $LSTMPIPE_HOME/reports", {})
+    report.add_argument("run", metavar="RUN_ID",
+                        help="a lstmpipe run id (train, promote, nightly) or an MLflow run id")
 
     infer = _command(commands, "infer", "predict every series of SOURCE with a registered model", FEATURE_FLAGS)
     infer.add_argument("source")
@@ -136,13 +149,15 @@ def main(argv: list[str] | None = None) -> int:
         # stdout carries only the summary (JSON with --json); chatter from libraries goes to stderr.
         with contextlib.redirect_stdout(sys.stderr):
             readers = {"status": lambda: _status(rt), "plan": lambda: _plan(rt, args),
-                       "compact": lambda: _compact(rt)}
-            result = readers[args.command]() if args.command in readers else _run(args, rt, overrides, run_id)
+                       "compact": lambda: _compact(rt), "report": lambda: _report(args, overrides),
+                       "history": lambda: _history(rt, args.model)}
+            command = "history" if getattr(args, "history", False) else args.command
+            result = readers[command]() if command in readers else _run(args, rt, overrides, run_id)
     except (ConfigError, LookupError) as exc:
         print(f"lstmpipe {args.command}: {exc}", file=sys.stderr)
         return EXIT_USAGE
     result = {"command": args.command, "run_id": run_id, "seconds": round(time.monotonic() - started, 1), **result}
-    if args.command not in {"status", "plan"}:  # they only read
+    if args.command not in {"status", "plan"} and "history" not in result:  # they only read
         _save_run(rt, result)
     print(json.dumps(result, indent=2, default=str) if args.json else render(result))
     return EXIT_FAILED_SERIES if result.get("failed") else EXIT_OK
@@ -176,8 +191,8 @@ def _call(module: Any, args: argparse.Namespace, overrides: dict[str, Any], run_
         "demo": lambda: module.demo(seed=args.sample_seed, clips_per_class=args.clips_per_class, **common),
         "extract": lambda: module.extract(args.source, args.labels, **common),
         "train": lambda: module.train(args.source, args.model, args.labels, **common),
-        "promote": lambda: module.promote(args.model, args.version, **config),
-        "rollback": lambda: module.rollback_flow(args.model, **config),
+        "promote": lambda: module.promote(args.model, args.version, **common),
+        "rollback": lambda: module.rollback_flow(args.model, **common),
         "infer": lambda: module.infer(args.source, args.model, args.out, **common),
         "nightly": lambda: module.nightly(args.root, args.model, args.labels, args.infer_source, args.out,
                                           **common),
@@ -189,6 +204,19 @@ def _status(rt: Runtime) -> dict[str, Any]:
     from lib import registry, status  # MLflow loads in seconds: only for this command
 
     return status.collect(rt.home, registry.connect(rt.tracking_uri), rt.config.promote.alias)
+
+
+def _history(rt: Runtime, model: str) -> dict[str, Any]:
+    from flows.report import history_file  # no Prefect, no MLflow: reading a SQLite table
+    from lib.promote import read_history
+
+    return {"model": model, "history": read_history(history_file(rt), model)}
+
+
+def _report(args: argparse.Namespace, overrides: dict[str, Any]) -> dict[str, Any]:
+    from flows.report import report  # MLflow only: no Prefect API to boot for one page
+
+    return report(args.run, args.config, overrides)
 
 
 def _compact(rt: Runtime) -> dict[str, Any]:

@@ -33,6 +33,8 @@ def _sections(command: str, r: dict[str, Any]) -> list[str]:
                 f"{r['orphans_deleted']} orphan files deleted"]
     if command == "rollback":
         return [f"  rollback  {r['model']}: @champion v{r['from']} -> v{r['to']}"]
+    if command == "report":
+        return [f"  report    {r['of']} -> {r['report']}"]
     if command == "infer":
         return _extract(r["extract"]) + _infer(r)
     return _sections("train", r["train"]) + _promote(r["promote"]) + _sections("infer", r["infer"])  # nightly, demo
@@ -59,8 +61,31 @@ def _train(r: dict[str, Any]) -> list[str]:
 
 
 def _promote(r: dict[str, Any]) -> list[str]:
+    if "history" in r:
+        return _history(r)
     verdict = "promoted to" if r["promoted"] else "not promoted to"
-    return [f"  promote   {r['model']} v{r['challenger']} {verdict} @{r['alias']}: {r['reason']}"]
+    lines = [f"  promote   {r['model']} v{r['challenger']} {verdict} @{r['alias']}: {r['reason']}"]
+    shown = (("history", "history_file"), ("report", "report"))
+    lines += [f"  {label:9} {r[key]}" for label, key in shown if r.get(key)]
+    return lines
+
+
+def _history(r: dict[str, Any]) -> list[str]:
+    """One line per recorded decision, oldest first: what `promote --history MODEL` prints."""
+    if not r["history"]:
+        return [f"  history   {r['model']}: no promotion decisions recorded"]
+    lines = [f"  {'time':25} {'decision':11} {'challenger':>10} {'champion':>8} {'F1 new':>7} {'F1 old':>7} "
+             f"{'test':9} {'p':>7}  reason"]
+    for row in r["history"]:
+        lines.append(f"  {row['time']:25} {row['decision']:11} {'v' + str(row['challenger_version'] or '-'):>10} "
+                     f"{'v' + str(row['champion_version'] or '-'):>8} {_f(row['challenger_macro_f1']):>7} "
+                     f"{_f(row['champion_macro_f1']):>7} {row['test'] or '-':9} {_f(row['p_value']):>7}  "
+                     f"{row['reason']}")
+    return lines
+
+
+def _f(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
 
 
 def _infer(r: dict[str, Any]) -> list[str]:

@@ -1,31 +1,44 @@
-"""Flows `promote` and `rollback`: gate a challenger on the frozen evaluation set; move the alias back."""
+"""Flows `promote` and `rollback`: gate a challenger on the frozen evaluation set; move the alias back.
+
+Both append their decision to the promotion history; promote ends by (re)writing the challenger's
+run report, which then shows the decision.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from prefect import flow
 
 from flows.extract import extract_refs
-from flows.runtime import load_runtime
-from tasks.promote import promote_challenger, promotion_candidates
+from flows.report import history_file, reports_dir
+from flows.runtime import load_runtime, run_id_of
+from lib.promote import lock_path
+from tasks.promote import promote_challenger, promotion_candidates, run_report
 from tasks.promote import rollback as rollback_task
 
 
 @flow(name="promote")
 def promote(model: str, version: str | None = None, config_file: str | None = None,
-            overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+            overrides: dict[str, Any] | None = None, run_id: str | None = None) -> dict[str, Any]:
     rt = load_runtime(config_file, overrides)
-    alias = rt.config.promote.alias
-    plan = promotion_candidates(rt.tracking_uri, model, version, alias)
+    run_id = run_id_of(run_id)
+    rules = rt.config.promote
+    plan = promotion_candidates(rt.tracking_uri, model, version, rules.alias)
     for recipe in plan["recipes"].values():  # each model scores on features made by its own recipe
         extract_refs(rt, plan["eval_set"], recipe)
-    return promote_challenger(plan, rt.tracking_uri, rt.cache_root, rt.config.promote.margin, alias,
-                              rt.promote_lock)
+    decided = promote_challenger(plan, rt.tracking_uri, rt.cache_root, rules,
+                                 str(lock_path(Path(rt.promote_lock).parent, model)), str(history_file(rt)), run_id)
+    page = run_report(rt.tracking_uri, decided["challenger_run_id"], str(rt.runs_dir), str(history_file(rt)),
+                      str(reports_dir(rt)))
+    return {**decided, "report": page}
 
 
 @flow(name="rollback")
-def rollback_flow(model: str, config_file: str | None = None,
-                  overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+def rollback_flow(model: str, config_file: str | None = None, overrides: dict[str, Any] | None = None,
+                  run_id: str | None = None) -> dict[str, Any]:
     rt = load_runtime(config_file, overrides)
-    return rollback_task(rt.tracking_uri, model, rt.config.promote.alias, rt.promote_lock)
+    return rollback_task(rt.tracking_uri, model, rt.config.promote.alias,
+                         str(lock_path(Path(rt.promote_lock).parent, model)), str(history_file(rt)),
+                         run_id_of(run_id))

@@ -54,7 +54,9 @@ from lib.series import SeriesRef
 from lib.train import predict_proba
 
 TESTS = ("bootstrap", "mcnemar", "none")
-TIMING_REPEATS = 3  # predict passes timed per model; the fastest counts (the others met a busy machine)
+# Predict passes timed per model, the two models alternating so that both meet the same load; each model's
+# fastest pass counts (the slower ones met a busy machine, not a costlier model).
+TIMING_ROUNDS = 5
 BOOTSTRAP_CHUNK = 64  # resamples counted at once: bounds memory at 64 x series x classes^2 ints
 
 
@@ -92,26 +94,31 @@ def decide(challenger: dict[str, float], champion: dict[str, float] | None, marg
 
 # -- scoring ------------------------------------------------------------------------------------------
 
-def predictions(bundle: ModelBundle, cache: FeatureCache, eval_set: list[SeriesRef]) -> Predictions:
-    """Predict every evaluation series with features made by the model's own recipe, and time it."""
-    names = sorted({r.label for r in eval_set if r.label is not None} | set(bundle.labels))
-    data = load_sequences(cache, bundle.recipe.recipe_id, eval_set, names)
-    if len(data) < len(eval_set):
-        raise LookupError(f"{len(eval_set) - len(data)} evaluation series lack features for recipe "
-                          f"{bundle.recipe.recipe_id}; extract them first")
-    predict_proba(bundle.module, data.features[:1])  # warm-up: first-call allocations are not the model's cost
-    seconds = math.inf
-    for _ in range(TIMING_REPEATS):
-        started = time.perf_counter()
-        probs = predict_proba(bundle.module, data.features)  # (N, C) in bundle.labels order
-        seconds = min(seconds, time.perf_counter() - started)
-    return Predictions(
+def predictions(bundles: dict[str, ModelBundle], cache: FeatureCache,
+                eval_set: list[SeriesRef]) -> dict[str, Predictions]:
+    """Predict every evaluation series with each model (features made by its own recipe), and time each."""
+    loaded = {}
+    for role, bundle in bundles.items():
+        names = sorted({r.label for r in eval_set if r.label is not None} | set(bundle.labels))
+        data = load_sequences(cache, bundle.recipe.recipe_id, eval_set, names)
+        if len(data) < len(eval_set):
+            raise LookupError(f"{len(eval_set) - len(data)} evaluation series lack features for recipe "
+                              f"{bundle.recipe.recipe_id}; extract them first")
+        probs = predict_proba(bundle.module, data.features)  # (N, C) in bundle.labels order; also the warm-up
+        loaded[role] = (names, data, probs)
+    seconds = dict.fromkeys(bundles, math.inf)
+    for _ in range(TIMING_ROUNDS):
+        for role, bundle in bundles.items():
+            started = time.perf_counter()
+            predict_proba(bundle.module, loaded[role][1].features)
+            seconds[role] = min(seconds[role], time.perf_counter() - started)
+    return {role: Predictions(
         series_ids=list(data.series_ids),
         y_true=[names[i] for i in data.labels],
-        y_pred=[bundle.labels[i] for i in probs.argmax(axis=1)],
-        parameters=sum(p.numel() for p in bundle.module.parameters()),
-        seconds_per_series=seconds / max(len(data), 1),
-    )
+        y_pred=[bundles[role].labels[i] for i in probs.argmax(axis=1)],
+        parameters=sum(p.numel() for p in bundles[role].module.parameters()),
+        seconds_per_series=seconds[role] / max(len(data), 1),
+    ) for role, (names, data, probs) in loaded.items()}
 
 
 def metrics_of(p: Predictions, labels: list[str]) -> dict[str, Any]:
@@ -296,12 +303,14 @@ def promote(client: MlflowClient, cache: FeatureCache, plan: dict[str, Any], mar
     challenger = ModelRef(**plan["challenger"])
     with exclusive(lock_file):
         champion = registry.alias_version(client, challenger.name, alias)  # re-read under the lock
-        scored = {"challenger": predictions(registry.load_bundle(challenger), cache, eval_set)}
-        if champion is not None and champion.version == challenger.version:
+        again = champion is not None and champion.version == challenger.version
+        bundles = {"challenger": registry.load_bundle(challenger)}
+        if champion is not None and not again:
+            bundles["champion"] = registry.load_bundle(champion)
+        scored = predictions(bundles, cache, eval_set)
+        if again:
             decision = Decision(True, f"version {challenger.version} is already @{alias}")
         else:
-            if champion is not None:
-                scored["champion"] = predictions(registry.load_bundle(champion), cache, eval_set)
             decision = gate(scored["challenger"], scored.get("champion"), config)
         labels = sorted({y for p in scored.values() for y in p.y_true + p.y_pred})
         scores = {role: metrics_of(p, labels) for role, p in scored.items()}
@@ -322,7 +331,7 @@ def promote(client: MlflowClient, cache: FeatureCache, plan: dict[str, Any], mar
         }
         if history_file is not None:
             append_history(history_file, history_row(summary, run_id))
-            summary["history"] = str(history_file)
+            summary["history_file"] = str(history_file)
     return summary
 
 

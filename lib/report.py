@@ -133,7 +133,8 @@ def _plots(plots: dict[str, str]) -> str:
 def _promotion(r: dict[str, Any]) -> str:
     out = ["<h2>Promotion</h2>"]
     for v in r.get("versions", []):
-        tags = {k.split(".", 1)[1]: val for k, val in v["tags"].items() if k.startswith("promotion.") and k != "promotion.checks"}
+        tags = {k.split(".", 1)[1]: val for k, val in v["tags"].items()
+                if k.startswith("promotion.") and k != "promotion.checks"}
         if not tags:
             out.append(f"<p>{_e(v['name'])} v{_e(v['version'])}: not gated yet "
                        f"(<code>lstmpipe promote {_e(v['name'])} --version {_e(v['version'])}</code>).</p>")
@@ -160,3 +161,23 @@ def write(report: dict[str, Any], path: Path) -> Path:
     """Render and write the page atomically (a reader never sees half a page)."""
     write_text_atomic(render(report), Path(path))
     return Path(path)
+
+
+def mlflow_run_id(runs_dir: Path, given: str) -> str:
+    """`given` as a lstmpipe run id (runs_dir/<id>.json names the MLflow run it trained or promoted), else as is."""
+    record_file = Path(runs_dir) / f"{given}.json"
+    if not record_file.is_file():
+        return given
+    record = json.loads(record_file.read_text())
+    found = mlflow_run_of(record)
+    if found is None:
+        raise LookupError(f"run {given}: a `{record.get('command')}` run, which trained and promoted no model; "
+                          "pass the id of a train, promote, nightly or demo run")
+    return found
+
+
+def build(client: MlflowClient, given: str, runs_dir: Path, history: list[dict[str, Any]], reports_dir: Path) -> Path:
+    """Write the page of run `given` (lstmpipe or MLflow run id) as reports_dir/<training's lstmpipe run id>.html."""
+    values = collect(client, mlflow_run_id(runs_dir, given), history)
+    name = values["tags"].get("lstmpipe.run_id") or values["run_id"]  # one page per training run
+    return write(values, Path(reports_dir) / f"{name}.html")

@@ -1,4 +1,4 @@
-"""Prefect tasks for promotion and rollback; the logic lives in lib/promote.py."""
+"""Prefect tasks for promotion, rollback and the run report; the logic lives in lib/promote.py and lib/report.py."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ from pathlib import Path
 
 from prefect import task
 
-from lib import promote, registry
+from lib import promote, registry, report
 from lib.cache import FeatureCache
+from lib.config import PromoteConfig
 from tasks.retry import transient_only
 
 
@@ -17,12 +18,19 @@ def promotion_candidates(tracking_uri: str, model_name: str, version: str | None
 
 
 @task(name="promote", tags=["promote"], retries=2, retry_condition_fn=transient_only)
-def promote_challenger(plan: dict, tracking_uri: str, cache_root: str, margin: float, alias: str,
-                       lock_file: str) -> dict:
-    return promote.promote(registry.connect(tracking_uri), FeatureCache(Path(cache_root)), plan, margin, alias,
-                           Path(lock_file))
+def promote_challenger(plan: dict, tracking_uri: str, cache_root: str, rules: PromoteConfig, lock_file: str,
+                       history_file: str, run_id: str) -> dict:
+    return promote.promote(registry.connect(tracking_uri), FeatureCache(Path(cache_root)), plan, rules.margin,
+                           rules.alias, Path(lock_file), rules, Path(history_file), run_id)
 
 
 @task(name="rollback", tags=["promote"], retries=2, retry_condition_fn=transient_only)
-def rollback(tracking_uri: str, model_name: str, alias: str, lock_file: str) -> dict:
-    return promote.rollback(registry.connect(tracking_uri), model_name, alias, Path(lock_file))
+def rollback(tracking_uri: str, model_name: str, alias: str, lock_file: str, history_file: str, run_id: str) -> dict:
+    return promote.rollback(registry.connect(tracking_uri), model_name, alias, Path(lock_file), Path(history_file),
+                            run_id)
+
+
+@task(name="report", retries=2, retry_condition_fn=transient_only)
+def run_report(tracking_uri: str, given: str, runs_dir: str, history_file: str, reports_dir: str) -> str:
+    return str(report.build(registry.connect(tracking_uri), given, Path(runs_dir),
+                            promote.read_history(Path(history_file)), Path(reports_dir)))

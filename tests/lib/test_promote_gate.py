@@ -48,7 +48,8 @@ def test_macro_f1_rows_matches_lib_metrics() -> None:
 def test_mcnemar_exact_tail() -> None:
     right, wrong = np.ones(7, bool), np.zeros(7, bool)
     both = np.array([True] * 6 + [False])
-    assert promote.mcnemar(right, wrong) == {"challenger_only": 7, "champion_only": 0, "p_value": pytest.approx(1 / 128)}
+    assert promote.mcnemar(right, wrong) == {"challenger_only": 7, "champion_only": 0,
+                                             "p_value": pytest.approx(1 / 128)}
     # 6 of 7 discordant series favour the challenger: P(X >= 6 | 7, 1/2) = (7 + 1) / 128
     assert promote.mcnemar(both, ~both)["p_value"] == pytest.approx(8 / 128)
     assert promote.mcnemar(right, right)["p_value"] == 1.0  # no discordant series: no evidence

@@ -1,0 +1,29 @@
+"""`lstmpipe report RUN_ID`: one HTML page per training run under $LSTMPIPE_HOME/reports/.
+
+No Prefect here: a report only reads the MLflow store and writes one file, so the CLI runs it
+without booting Prefect's API; the flows write theirs through tasks.promote.run_report.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from flows.runtime import Runtime, load_runtime
+from lib import promote, registry, report as pages
+
+
+def history_file(rt: Runtime) -> Path:
+    """The append-only promotion history (lib/promote.py), one table for every model of this home."""
+    return rt.home / "promotions" / "history.sqlite"
+
+
+def reports_dir(rt: Runtime) -> Path:
+    return rt.home / "reports"
+
+
+def report(run_id: str, config_file: str | None = None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    rt = load_runtime(config_file, overrides)
+    path = pages.build(registry.connect(rt.tracking_uri), run_id, rt.runs_dir,
+                       promote.read_history(history_file(rt)), reports_dir(rt))
+    return {"report": str(path), "of": run_id}
