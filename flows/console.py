@@ -12,6 +12,8 @@ def render(result: dict[str, Any]) -> str:
     lines += _sections(result["command"], result)
     if result["command"] == "demo":
         lines += _where(result)
+    if result["command"] == "train" and result.get("report"):  # promote prints its own; nightly's is promote's
+        lines.append(f"  report    {result['report']}")
     if result.get("failed"):
         lines.append(f"finished with {result['failed']} failed series (exit code 3)")
     return "\n".join(lines)
@@ -77,11 +79,15 @@ def _history(r: dict[str, Any]) -> list[str]:
     lines = [f"  {'time':25} {'decision':11} {'challenger':>10} {'champion':>8} {'F1 new':>7} {'F1 old':>7} "
              f"{'test':9} {'p':>7}  reason"]
     for row in r["history"]:
-        lines.append(f"  {row['time']:25} {row['decision']:11} {'v' + str(row['challenger_version'] or '-'):>10} "
-                     f"{'v' + str(row['champion_version'] or '-'):>8} {_f(row['challenger_macro_f1']):>7} "
+        lines.append(f"  {row['time']:25} {row['decision']:11} {_v(row['challenger_version']):>10} "
+                     f"{_v(row['champion_version']):>8} {_f(row['challenger_macro_f1']):>7} "
                      f"{_f(row['champion_macro_f1']):>7} {row['test'] or '-':9} {_f(row['p_value']):>7}  "
                      f"{row['reason']}")
     return lines
+
+
+def _v(version: str | None) -> str:
+    return f"v{version}" if version else "-"
 
 
 def _f(value: float | None) -> str:

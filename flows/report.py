@@ -22,6 +22,12 @@ def reports_dir(rt: Runtime) -> Path:
     return rt.home / "reports"
 
 
+def report_of_run(rt: Runtime, mlflow_run_id: str) -> str:
+    """(Re)write the page of one MLflow training run; the train flow ends with it (the promote flow's task too)."""
+    return str(pages.build(registry.connect(rt.tracking_uri), mlflow_run_id, rt.runs_dir,
+                           promote.read_history(history_file(rt)), reports_dir(rt)))
+
+
 def report(run_id: str, config_file: str | None = None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     rt = load_runtime(config_file, overrides)
     path = pages.build(registry.connect(rt.tracking_uri), run_id, rt.runs_dir,

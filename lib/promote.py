@@ -11,7 +11,7 @@ every check holds:
                  bootstrap: resample the series (the same draw for both models) `resamples`
                    times; the alpha-quantile of the macro-F1 gain, a one-sided (1 - alpha)
                    lower confidence bound, must exceed margin. p_value = the share of resamples
-                   whose gain falls short of margin.
+                   whose gain does not exceed margin.
                  mcnemar: exact one-sided binomial test on the discordant series (challenger
                    right and champion wrong vs the reverse): p_value < alpha.
                  none: the point estimate alone.
@@ -147,7 +147,7 @@ def paired_bootstrap(y_true: np.ndarray, challenger: np.ndarray, champion: np.nd
     """Macro-F1 gain (challenger - champion) over `resamples` draws of the series, both models on each draw.
 
     ci_low is the one-sided (1 - alpha) lower bound, ci_high the matching upper one (together a
-    1 - 2 alpha interval); p_value is the share of draws whose gain falls short of `margin`.
+    1 - 2 alpha interval); p_value is the share of draws whose gain does not exceed `margin`.
     """
     n = len(y_true)
     rng = np.random.default_rng(seed)
@@ -158,7 +158,7 @@ def paired_bootstrap(y_true: np.ndarray, challenger: np.ndarray, champion: np.nd
                      - macro_f1_rows(y_true[rows], champion[rows], num_classes))
     gain = np.concatenate(gains)
     return {"ci_low": float(np.quantile(gain, alpha)), "ci_high": float(np.quantile(gain, 1 - alpha)),
-            "p_value": float(np.mean(gain < margin - 1e-12))}
+            "p_value": float(np.mean(gain <= margin + 1e-12))}
 
 
 def mcnemar(challenger_right: np.ndarray, champion_right: np.ndarray) -> dict[str, float]:

@@ -63,7 +63,9 @@ def collect(client: MlflowClient, run_id: str, history: list[dict[str, Any]]) ->
 
 def render(report: dict[str, Any]) -> str:
     """The page: no external resource, every value from data escaped."""
-    title = f"lstmpipe run {report['run_id']}"
+    lstmpipe_run = report.get("tags", {}).get("lstmpipe.run_id")
+    title = f"lstmpipe run {lstmpipe_run} (MLflow run {report['run_id']})" if lstmpipe_run else \
+        f"MLflow run {report['run_id']}"
     parts = [f"<h1>{_e(title)}</h1>", _run_table(report), _metrics_tables(report.get("metrics", {})),
              _plots(report.get("plots", {})), _promotion(report), _params(report.get("params", {}))]
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"

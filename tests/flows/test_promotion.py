@@ -20,7 +20,7 @@ from prefect.testing.utilities import prefect_test_harness
 from flows.cli import main
 from flows.console import render
 from flows.promote import promote, rollback_flow
-from flows.report import history_file
+from flows.report import history_file, report_of_run
 from flows.runtime import load_runtime
 from flows.train import train
 from lib import promote as gate
@@ -80,6 +80,8 @@ def test_weak_refused_strong_promoted_rollback_restores(harness, home: Path, sam
 
     # 2. A stronger version beats it by more than chance on the same frozen evaluation set.
     strong = train_version(sample, home, epochs=40, run_id="t-strong")
+    trained_page = Path(report_of_run(rt, strong["run_id"]))  # what the train flow ends with
+    assert trained_page == home / "reports" / "t-strong.html" and "not gated yet" in trained_page.read_text()
     second = promote(MODEL, overrides=tiny(home, 1), run_id="p2")
     assert second["promoted"], second
     assert second["champion_before"] == weak["version"] and champion() == strong["version"]
