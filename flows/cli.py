@@ -75,6 +75,16 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--labels", help="manifest CSV/Parquet with series_id,label (default: folder names)")
     train.add_argument("--model", required=True, help="registered model name")
 
+    tune = _command(commands, "tune", "search the LSTM's hyperparameters with Ray Tune; register the best trial",
+                    FEATURE_FLAGS | TRAIN_FLAGS)
+    tune.add_argument("source")
+    tune.add_argument("--labels", help="manifest CSV/Parquet with series_id,label (default: folder names)")
+    tune.add_argument("--model", required=True, help="registered model name")
+    tune.add_argument("--trials", type=int, default=8, help="hyperparameter sets tried (default 8)")
+    tune.add_argument("--grace-period", type=int, default=3,
+                      help="epochs every trial runs before ASHA may stop it (default 3)")
+    tune.add_argument("--gpus-per-trial", type=float, default=0.0, help="GPU share per trial (default 0)")
+
     promote = _command(commands, "promote", "gate the latest (or --version) version and move @champion",
                        FEATURE_FLAGS | PROMOTE_FLAGS)
     promote.add_argument("model", help="registered model name")
@@ -164,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 # command -> the flows module that runs it: only that one is imported (each pulls in torch, Prefect, MLflow...)
-FLOW_MODULES = {"demo": "demo", "extract": "extract", "train": "train", "promote": "promote",
+FLOW_MODULES = {"demo": "demo", "extract": "extract", "train": "train", "tune": "tune", "promote": "promote",
                 "rollback": "promote", "infer": "infer", "nightly": "nightly"}
 
 
@@ -175,7 +185,7 @@ def _run(args: argparse.Namespace, rt: Runtime, overrides: dict[str, Any], run_i
     api = startup.start_temporary_api()
     try:
         module = importlib.import_module(f"flows.{FLOW_MODULES[args.command]}")
-        if args.command in {"extract", "train", "nightly"}:  # they extract with the configured backbone
+        if args.command in {"extract", "train", "tune", "nightly"}:  # they extract with the configured backbone
             startup.load_backbone_early(rt)
         with startup.using(api):
             return _call(module, args, overrides, run_id)
@@ -191,6 +201,8 @@ def _call(module: Any, args: argparse.Namespace, overrides: dict[str, Any], run_
         "demo": lambda: module.demo(seed=args.sample_seed, clips_per_class=args.clips_per_class, **common),
         "extract": lambda: module.extract(args.source, args.labels, **common),
         "train": lambda: module.train(args.source, args.model, args.labels, **common),
+        "tune": lambda: module.tune(args.source, args.model, args.labels, trials=args.trials,
+                                    grace_period=args.grace_period, gpus_per_trial=args.gpus_per_trial, **common),
         "promote": lambda: module.promote(args.model, args.version, **common),
         "rollback": lambda: module.rollback_flow(args.model, **common),
         "infer": lambda: module.infer(args.source, args.model, args.out, **common),

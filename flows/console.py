@@ -23,7 +23,9 @@ def _sections(command: str, r: dict[str, Any]) -> list[str]:
     if command == "extract":
         return _extract(r)
     if command == "train":
-        return _extract(r["extract"]) + _train(r["train"])
+        return _extract(r["extract"]) + _train(r["train"]) + ([f"  report    {r['report']}"] if r.get("report") else [])
+    if command == "tune":
+        return _extract(r["extract"]) + _tune(r["tune"])
     if command == "promote":
         return _promote(r)
     if command == "status":
@@ -60,6 +62,13 @@ def _train(r: dict[str, Any]) -> list[str]:
     return [f"  train     {r['model']} v{r['version']}: test accuracy {r['test'].get('accuracy')}, macro-F1 "
             f"{r['test'].get('macro_f1')}; frame-averaging baseline macro-F1 {r['baseline_test'].get('macro_f1')}; "
             f"splits {r['splits']}"]
+
+
+def _tune(r: dict[str, Any]) -> list[str]:
+    trials = ", ".join(f"{n} {state}" for state, n in r["trials"].items())
+    return [f"  tune      trials: {trials}; best trial {r['best_trial']} registered as {r['model']} v{r['version']}: "
+            f"test accuracy {r['test'].get('accuracy')}, macro-F1 {r['test'].get('macro_f1')}; "
+            f"search run {r['parent_run_id']}"]
 
 
 def _promote(r: dict[str, Any]) -> list[str]:

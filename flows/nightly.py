@@ -19,7 +19,7 @@ def nightly(root: str, model: str, labels: str | None = None, infer_source: str 
     run_id = run_id_of(run_id)  # one id for the whole chain
     trained = train(root, model, labels, config_file, overrides, run_id)
     version = trained["train"]["version"]
-    promoted = promote(model, version, config_file, overrides)
+    promoted = promote(model, version, config_file, overrides, run_id)
     predicted = infer(infer_source or root, f"models:/{model}@{promoted['alias']}", out, config_file,
                       overrides, run_id)
     return {"train": trained, "promote": promoted, "infer": predicted,

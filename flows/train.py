@@ -7,6 +7,7 @@ from typing import Any
 from prefect import flow
 
 from flows.extract import discover_and_extract
+from flows.report import report_of_run
 from flows.runtime import load_runtime, run_id_of
 from lib.summary import usable
 from tasks.train import train_model
@@ -20,4 +21,5 @@ def train(source: str, model: str, labels: str | None = None, config_file: str |
     refs, recipe, extraction = discover_and_extract(rt, source, labels, run_id)
     trained = train_model(usable(refs, extraction), recipe, model, rt.config, rt.cache_root, rt.tracking_uri,
                           rt.artifact_root, {"lstmpipe.run_id": run_id, "lstmpipe.source": source})
-    return {"extract": extraction, "train": trained, "failed": extraction["failed"]}
+    return {"extract": extraction, "train": trained, "failed": extraction["failed"],
+            "report": report_of_run(rt, trained["run_id"])}

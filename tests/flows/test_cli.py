@@ -8,7 +8,8 @@ import pytest
 
 from flows.cli import EXIT_USAGE, build_parser, main, overrides_of
 
-COMMANDS = ("demo", "extract", "train", "promote", "rollback", "infer", "nightly", "status", "plan", "compact")
+COMMANDS = ("demo", "extract", "train", "tune", "promote", "rollback", "infer", "nightly", "status", "plan",
+            "compact", "report")
 
 
 @pytest.mark.parametrize("command", COMMANDS)
