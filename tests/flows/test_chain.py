@@ -5,22 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pyarrow.parquet as pq
-import pytest
-import ray
 from mlflow.tracking import MlflowClient
-from prefect.testing.utilities import prefect_test_harness
 
 from flows.demo import DEMO_MODEL, demo
 from flows.promote import rollback_flow
-from tasks import ray_workers
 
-
-@pytest.fixture(scope="module")
-def harness():
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
-    ray_workers.release_workers()
-    ray.shutdown()
 
 
 def tiny(home: Path) -> dict:

@@ -13,9 +13,7 @@ import threading
 from pathlib import Path
 
 import pytest
-import ray
 from mlflow.tracking import MlflowClient
-from prefect.testing.utilities import prefect_test_harness
 
 from flows.cli import main
 from flows.console import render
@@ -28,18 +26,10 @@ from lib import registry
 from lib.cache import FeatureCache
 from lib.promote import lock_path, read_history
 from lib.samples import SampleSpec, generate_archive
-from tasks import ray_workers
 
 pytestmark = pytest.mark.slow
 MODEL = "gated"
 
-
-@pytest.fixture(scope="module")
-def harness():
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
-    ray_workers.release_workers()
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Iterator
 
 import numpy as np
 import pytest
@@ -20,13 +19,7 @@ CLASSES = ["ramp_up", "ramp_down"]
 CONFIG = TrainConfig(hidden_size=32, dropout=0.1, epochs=25, patience=8, lr=1e-2, batch_size=16, seed=0)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """Networks this small gain nothing from intra-op threads, and on a busy 2-core box they spin-wait (4x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/lib/conftest.py: tiny networks, one thread
 
 
 def order_only_task(n: int, seed: int) -> SequenceSet:

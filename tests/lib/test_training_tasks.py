@@ -8,7 +8,6 @@ tests/lib/test_training_real_frames.py (and the slow tests/lib/test_uses_time.py
 from __future__ import annotations
 
 import dataclasses
-from typing import Iterator
 
 import numpy as np
 import pytest
@@ -26,13 +25,7 @@ CONFIG = TrainConfig(hidden_size=32, input_proj=32, dropout=0.1, epochs=40, pati
 BASELINE_LR_FACTOR = 5.0  # as lib/experiment.py: the linear baseline needs larger steps to converge
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """Networks this small gain nothing from intra-op threads, and on a busy 2-core box they spin-wait."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/lib/conftest.py: tiny networks, one thread
 
 
 def _reorder(label: int, steps: int) -> np.ndarray:
