@@ -66,9 +66,10 @@ def _train(r: dict[str, Any]) -> list[str]:
 
 def _tune(r: dict[str, Any]) -> list[str]:
     trials = ", ".join(f"{n} {state}" for state, n in r["trials"].items())
-    return [f"  tune      trials: {trials}; best trial {r['best_trial']} registered as {r['model']} v{r['version']}: "
-            f"test accuracy {r['test'].get('accuracy')}, macro-F1 {r['test'].get('macro_f1')}; "
-            f"search run {r['parent_run_id']}"]
+    best = r["best_trial"]
+    return [f"  tune      trials: {trials}; best {best['trial_id']} (val macro-F1 {best['best_val_macro_f1']:.3f}) "
+            f"registered as {r['model']} v{r['version']}: test accuracy {r['test'].get('accuracy')}, "
+            f"macro-F1 {r['test'].get('macro_f1')}; search run {r['parent_run_id']}"]
 
 
 def _promote(r: dict[str, Any]) -> list[str]:
