@@ -132,7 +132,10 @@ def fit(
     class_names = [str(c) for c in range(spec.num_classes)]
 
     history: list[dict[str, float]] = []
-    best: tuple[float, float] = (-1.0, -float("inf"))  # (val macro-F1, -val loss): higher is better
+    # Best = highest val macro-F1; on a tie the later epoch wins (its state is kept, though the tie does not
+    # reset patience): small validation sets tie often, and the later model has fit the training data longer,
+    # while validation loss over a handful of series grows with confidence on one mistake, not with error.
+    best = -1.0
     best_state, best_epoch, stale = copy.deepcopy(model.state_dict()), 0, 0
     for epoch in range(1, config.epochs + 1):
         order = _balanced_draw(train.labels, spec.num_classes, generator) if config.balance == "sampler" else None
@@ -152,14 +155,13 @@ def fit(
         history.append(row)
         if on_epoch is not None:
             on_epoch(dict(row))  # a copy: the caller may add keys before logging
-        score = (row["val_macro_f1"], -val_loss)
-        if score > best:
-            best, best_epoch, stale = score, epoch, 0
-            best_state = copy.deepcopy(model.state_dict())
-        else:
-            stale += 1
-            if stale >= config.patience:
-                break
+        score = row["val_macro_f1"]
+        if score >= best:
+            best_state, best_epoch = copy.deepcopy(model.state_dict()), epoch
+        stale = 0 if score > best else stale + 1
+        best = max(best, score)
+        if stale >= config.patience:
+            break
     model.load_state_dict(best_state)
     model.eval()
     return FitResult(model=model, history=history, best_epoch=best_epoch, stopped_early=len(history) < config.epochs)
