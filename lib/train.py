@@ -107,9 +107,8 @@ def fit(
 ) -> FitResult:
     """Train with AdamW + OneCycle, class balancing and early stopping on validation macro-F1.
 
-    "Better" is a higher val macro-F1, or the same one with a lower val loss: small
-    validation sets tie on F1 often, and the earliest tie is usually undertrained.
-    Same seed, same data, same device -> the same history.
+    The best state is the last epoch with the highest val macro-F1 (see the loop for why
+    ties go to the later epoch). Same seed, same data, same device -> the same history.
     """
     if len(train) == 0 or len(val) == 0:
         raise ValueError(
