@@ -10,7 +10,12 @@ from prefect import flow
 from flows.extract import discover_and_extract
 from flows.runtime import load_runtime, run_id_of
 from lib.summary import usable
-from tasks.infer import predict_shard, resolve_model, write_predictions_file
+from tasks.infer import (
+    predict_shard,
+    resolve_model,
+    write_domain_outputs,
+    write_predictions_file,
+)
 
 
 @flow(name="infer")
@@ -27,11 +32,16 @@ def infer(source: str, model: str, out: str | None = None, config_file: str | No
     name, version = pinned["ref"]["name"], pinned["ref"]["version"]
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     target = out or str(rt.predictions_dir / f"{name}-v{version}-{stamp}.parquet")
+    predictions = write_predictions_file(rows, target) if rows else None
+    # beside the Parquet: <stem>.clinical.csv for DICOM/NIfTI series, <stem>.geojson for GeoTIFF stacks
+    outputs = write_domain_outputs(predictions, ready, pinned["recipe"], rt.config.sampling,
+                                   rt.tmp_dir) if predictions else {}
     return {
         "extract": extraction,
         "model": name,
         "version": version,
-        "predictions": write_predictions_file(rows, target) if rows else None,
+        "predictions": predictions,
+        "outputs": outputs,
         "predicted": len(rows),
         "failed": extraction["failed"],
     }

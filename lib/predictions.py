@@ -3,6 +3,8 @@
 Columns: series_id, content_hash, source_kind, predicted_label, probability,
 prob_<class> (one per class), model_name, model_version, recipe_id, run_id,
 predicted_at. Written atomically, so a reader never sees half a file.
+Beside it, lib.outputs writes what each domain's users open: a clinical CSV for
+DICOM/NIfTI series and a GeoJSON of tile footprints for GeoTIFF stacks.
 """
 
 from __future__ import annotations

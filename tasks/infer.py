@@ -8,8 +8,11 @@ import pyarrow as pa
 from prefect import task
 
 from lib import registry
+from lib.config import SamplingConfig
 from lib.infer import Predictor
+from lib.outputs import outputs_beside
 from lib.predictions import write_predictions
+from lib.recipe import FeatureRecipe
 from lib.series import SeriesRef
 from tasks.retry import transient_only
 
@@ -34,3 +37,15 @@ def predict_shard(refs: list[dict], model: dict, tracking_uri: str, cache_root: 
 @task(name="write-predictions", retries=2, retry_condition_fn=transient_only)
 def write_predictions_file(rows: list[dict], out: str) -> str:
     return str(write_predictions(pa.Table.from_pylist(rows), Path(out)))
+
+
+@task(name="write-domain-outputs", retries=2, retry_condition_fn=transient_only)
+def write_domain_outputs(predictions: str, refs: list[dict], recipe: dict, sampling: SamplingConfig,
+                         tmp_dir: str) -> dict[str, str]:
+    """The clinical CSV and the GeoJSON beside the predictions, for the series of those domains.
+
+    Series are described with the model's recipe, so a stack's dates are the ones the model saw.
+    """
+    wanted = FeatureRecipe.from_dict(recipe)
+    return outputs_beside(Path(predictions), [SeriesRef.from_dict(r) for r in refs], wanted.sampling(sampling),
+                          Path(tmp_dir), wanted.sources_config())
