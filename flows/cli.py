@@ -62,6 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo = _command(commands, "demo", "generate a labelled sample archive and run the whole chain on it",
                     FEATURE_FLAGS | TRAIN_FLAGS | PROMOTE_FLAGS)
     demo.add_argument("--sample-seed", type=int, default=0, help="seed of the generated sample (default 0)")
+    demo.add_argument("--domain", choices=["video", "medical", "remote-sensing"], default="video",
+                      help="video clips, cine-MR DICOM series or dated GeoTIFF stacks (default video)")
     demo.add_argument("--clips-per-class", type=int, default=24,
                       help="clips of each of the 4 classes in the sample (default 24)")
 
@@ -198,7 +200,8 @@ def _call(module: Any, args: argparse.Namespace, overrides: dict[str, Any], run_
     config = {"config_file": args.config, "overrides": overrides}
     common = {**config, "run_id": run_id}  # for the flows that record failures under the run
     calls: dict[str, Callable[[], dict[str, Any]]] = {
-        "demo": lambda: module.demo(seed=args.sample_seed, clips_per_class=args.clips_per_class, **common),
+        "demo": lambda: module.demo(seed=args.sample_seed, clips_per_class=args.clips_per_class, domain=args.domain,
+                                    **common),
         "extract": lambda: module.extract(args.source, args.labels, **common),
         "train": lambda: module.train(args.source, args.model, args.labels, **common),
         "tune": lambda: module.tune(args.source, args.model, args.labels, trials=args.trials,

@@ -105,7 +105,8 @@ def _f(value: float | None) -> str:
 
 
 def _infer(r: dict[str, Any]) -> list[str]:
-    return [f"  infer     {r['predicted']} series with {r['model']} v{r['version']} -> {r['predictions']}"]
+    lines = [f"  infer     {r['predicted']} series with {r['model']} v{r['version']} -> {r['predictions']}"]
+    return lines + [f"            {kind}: {path}" for kind, path in (r.get("outputs") or {}).items()]
 
 
 def _where(r: dict[str, Any]) -> list[str]:
