@@ -20,17 +20,14 @@ arguments give byte-identical files.
 from __future__ import annotations
 
 import datetime as dt
-import json
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import tifffile
 
-from lib.atomic import write_text_atomic
 from lib.errors import ConfigError
+from lib.sample_folders import publish_sample
 
 CLASSES = ("crop_early", "crop_late")
 PEAK_DOY = {"crop_early": 150.0, "crop_late": 230.0}  # day of year of peak greenness
@@ -127,30 +124,17 @@ def generate_geo(root: Path, tiles_per_class: int, seed: int, size: int = 32, da
         raise ConfigError(f"size: {size} must be >= 8 px")
     if not 2 <= dates <= 365:
         raise ConfigError(f"dates: {dates} must be between 2 and 365 (distinct days of one year)")
-    root = Path(root)
-    marker = root / ".sample-spec.json"
-    marker_text = json.dumps({"format": _FORMAT, "kind": "remote-sensing", "tiles_per_class": tiles_per_class,
-                              "seed": seed, "size": size, "dates": dates}, indent=2, sort_keys=True)
-    if marker.exists() and marker.read_text() == marker_text and (root / "labels.csv").exists():
-        return root
-    root.mkdir(parents=True, exist_ok=True)
-    marker.unlink(missing_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=root, prefix=".tmp-"))
-    try:
+    spec = {"format": _FORMAT, "kind": "remote-sensing", "tiles_per_class": tiles_per_class, "seed": seed,
+            "size": size, "dates": dates}
+
+    def write(staging: Path) -> list[tuple[str, str]]:
         rows = []
         for number, (label, index) in enumerate((c, i) for c in CLASSES for i in range(tiles_per_class)):
             write_tile(staging / label / f"tile_{index:04d}", label, index, seed, size, dates, number)
-            rows.append(f"{label}/tile_{index:04d},{label}")
-        for label in CLASSES:
-            target = root / label
-            if target.exists():  # a folder cannot be replaced in one rename: park the old one for deletion
-                target.rename(staging / f"old-{label}")
-            (staging / label).rename(target)
-        write_text_atomic("series_id,label\n" + "".join(f"{row}\n" for row in sorted(rows)), root / "labels.csv")
-        write_text_atomic(marker_text, marker)
-    finally:
-        shutil.rmtree(staging)
-    return root
+            rows.append((f"{label}/tile_{index:04d}", label))
+        return rows
+
+    return publish_sample(root, spec, CLASSES, write)
 
 
 def write_tile(folder: Path, label: str, index: int, seed: int, size: int, dates: int, number: int) -> Path:

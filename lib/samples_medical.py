@@ -19,9 +19,6 @@ give byte-identical files. lib.kinds.dicom names each series
 
 from __future__ import annotations
 
-import json
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,8 +26,8 @@ import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
-from lib.atomic import write_text_atomic
 from lib.errors import ConfigError
+from lib.sample_folders import publish_sample
 
 CLASSES = ("regular", "irregular")
 FRAME_MS = 120.0  # ms between frames: real-time cine, so a beat of 4-7 frames is 0.5-0.8 s (70-125 per minute)
@@ -109,32 +106,18 @@ def generate_medical(root: Path, clips_per_class: int, seed: int, size: int = 64
         raise ConfigError(f"size: {size} must be >= 16 px")
     if frames < 2:
         raise ConfigError(f"frames: {frames} must be >= 2 (a cine series shows motion)")
-    root = Path(root)
-    marker = root / ".sample-spec.json"
-    marker_text = json.dumps({"format": _FORMAT, "kind": "medical", "clips_per_class": clips_per_class,
-                              "seed": seed, "size": size, "frames": frames}, indent=2, sort_keys=True)
-    if marker.exists() and marker.read_text() == marker_text and (root / "labels.csv").exists():
-        return root
-    root.mkdir(parents=True, exist_ok=True)
-    marker.unlink(missing_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=root, prefix=".tmp-"))
-    try:
+    spec = {"format": _FORMAT, "kind": "medical", "clips_per_class": clips_per_class, "seed": seed,
+            "size": size, "frames": frames}
+
+    def write(staging: Path) -> list[tuple[str, str]]:
         rows = []
         for label in CLASSES:
             for index in range(clips_per_class):
-                folder = staging / label / f"series_{index:04d}"
-                series_uid = write_series(folder, label, index, seed, size, frames)
-                rows.append(f"{label}/series_{index:04d}/{series_uid},{label}")
-        for label in CLASSES:
-            target = root / label
-            if target.exists():  # a folder cannot be replaced in one rename: park the old one for deletion
-                target.rename(staging / f"old-{label}")
-            (staging / label).rename(target)
-        write_text_atomic("series_id,label\n" + "".join(f"{row}\n" for row in sorted(rows)), root / "labels.csv")
-        write_text_atomic(marker_text, marker)
-    finally:
-        shutil.rmtree(staging)
-    return root
+                series_uid = write_series(staging / label / f"series_{index:04d}", label, index, seed, size, frames)
+                rows.append((f"{label}/series_{index:04d}/{series_uid}", label))
+        return rows
+
+    return publish_sample(root, spec, CLASSES, write)
 
 
 def write_series(folder: Path, label: str, index: int, seed: int, size: int, frames: int) -> str:
