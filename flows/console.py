@@ -105,7 +105,8 @@ def _f(value: float | None) -> str:
 
 
 def _infer(r: dict[str, Any]) -> list[str]:
-    lines = [f"  infer     {r['predicted']} series with {r['model']} v{r['version']} -> {r['predictions']}"]
+    lines = [f"  infer     {r['predicted']} series with {r['model']} v{r['version']} -> {r['predictions']}"
+             + (f"; {r['skipped']} already predicted by v{r['version']} (--force redoes them)" if r.get("skipped") else "")]
     return lines + [f"            {kind}: {path}" for kind, path in (r.get("outputs") or {}).items()]
 
 

@@ -25,16 +25,22 @@ def extract_refs(rt: Runtime, refs: list[dict], recipe: dict) -> tuple[list[dict
     return statuses, seconds
 
 
-def discover_and_extract(rt: Runtime, source: str, labels: str | None, run_id: str,
-                         recipe: dict | None = None) -> tuple[list[dict], dict, dict[str, Any]]:
-    """(refs, recipe, summary) for a source: what every flow that needs features starts with."""
+def discover_and_extract(rt: Runtime, source: str, labels: str | None, run_id: str, recipe: dict | None = None,
+                         skip_hashes: frozenset[str] = frozenset()) -> tuple[list[dict], dict, dict[str, Any]]:
+    """(refs, recipe, summary) for a source: what every flow that needs features starts with.
+
+    Series whose content hash is in `skip_hashes` (already predicted, at inference) are
+    left out before any decoding; the summary counts them as `skipped`.
+    """
     found = discover_source(source, labels, rt.hash_memo, rt.config.sources)
     recipe = recipe or feature_recipe(rt.config, rt.torch_hub_dir)
-    statuses, seconds = extract_refs(rt, found["refs"], recipe)
+    refs = [r for r in found["refs"] if r["content_hash"] not in skip_hashes]
+    statuses, seconds = extract_refs(rt, refs, recipe)
     summary = extraction_summary(statuses, found["failures"], seconds)
     summary["failures_file"] = record_run_failures(str(rt.failures_dir), run_id, summary)
     summary["recipe_id"] = recipe["recipe_id"]
-    return found["refs"], recipe, summary
+    summary["skipped"] = len(found["refs"]) - len(refs)
+    return refs, recipe, summary
 
 
 @flow(name="extract")

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 from typing import Any
 
 from prefect import flow
 
 from flows.extract import discover_and_extract
 from flows.runtime import load_runtime, run_id_of
+from lib.predictions import already_predicted
 from lib.summary import usable
 from tasks.infer import (
     predict_shard,
@@ -20,16 +22,19 @@ from tasks.infer import (
 
 @flow(name="infer")
 def infer(source: str, model: str, out: str | None = None, config_file: str | None = None,
-          overrides: dict[str, Any] | None = None, run_id: str | None = None) -> dict[str, Any]:
+          overrides: dict[str, Any] | None = None, run_id: str | None = None, force: bool = False) -> dict[str, Any]:
+    """Predict the series of `source` not yet predicted by the pinned version (all of them with `force`)."""
     rt = load_runtime(config_file, overrides)
     run_id = run_id_of(run_id)
     pinned = resolve_model(rt.tracking_uri, model)  # once per run: the alias may move meanwhile
-    refs, _, extraction = discover_and_extract(rt, source, None, run_id, recipe=pinned["recipe"])
+    name, version = pinned["ref"]["name"], pinned["ref"]["version"]
+    folders = {rt.predictions_dir, *([Path(out).parent] if out else [])}  # where this run's rows would go
+    done = frozenset() if force else frozenset(h for f in folders for h in already_predicted(f, name, version))
+    refs, _, extraction = discover_and_extract(rt, source, None, run_id, recipe=pinned["recipe"], skip_hashes=done)
     ready = usable(refs, extraction)
     size = rt.config.runtime.shard_size
     rows = [row for start in range(0, len(ready), size)
             for row in predict_shard(ready[start:start + size], pinned, rt.tracking_uri, rt.cache_root, run_id)]
-    name, version = pinned["ref"]["name"], pinned["ref"]["version"]
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     target = out or str(rt.predictions_dir / f"{name}-v{version}-{stamp}.parquet")
     predictions = write_predictions_file(rows, target) if rows else None
@@ -43,5 +48,6 @@ def infer(source: str, model: str, out: str | None = None, config_file: str | No
         "predictions": predictions,
         "outputs": outputs,
         "predicted": len(rows),
+        "skipped": extraction["skipped"],  # already predicted by this version (re-run with force to redo)
         "failed": extraction["failed"],
     }

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from lib.atomic import write_parquet_atomic
 from lib.series import SeriesRef
@@ -46,3 +47,20 @@ def predictions_table(refs: list[SeriesRef], probabilities: np.ndarray, labels: 
 
 def write_predictions(table: pa.Table, target: Path) -> Path:
     return write_parquet_atomic(table, target)
+
+
+def already_predicted(folder: Path, model_name: str, model_version: str) -> set[str]:
+    """Content hashes that predictions files in `folder` hold for this model version: what a re-run skips.
+
+    Only the three key columns are read, filtered by the Parquet reader; files that are
+    not predictions tables (no such columns) are ignored.
+    """
+    found: set[str] = set()
+    for path in sorted(Path(folder).glob("*.parquet")):
+        try:
+            table = pq.read_table(path, columns=["content_hash", "model_name", "model_version"],
+                                  filters=[("model_name", "=", model_name), ("model_version", "=", model_version)])
+        except (pa.ArrowInvalid, KeyError):
+            continue
+        found.update(table["content_hash"].to_pylist())
+    return found

@@ -8,6 +8,7 @@ import pyarrow.parquet as pq
 from mlflow.tracking import MlflowClient
 
 from flows.demo import DEMO_MODEL, demo
+from flows.infer import infer
 from flows.promote import rollback_flow
 
 
@@ -39,6 +40,16 @@ def test_demo_chain_registers_promotes_predicts_and_reruns_from_cache(tmp_path: 
     assert second["promote"]["champion_before"] == trained["version"]
     assert second["promote"]["promoted"]
 
+    assert second["infer"]["version"] == second["promote"]["challenger"] and second["infer"]["predicted"] == 16
+
     rolled = rollback_flow(DEMO_MODEL, overrides=tiny(tmp_path))
     assert rolled == {"model": DEMO_MODEL, "from": second["promote"]["challenger"], "to": trained["version"]}
     assert str(client.get_model_version_by_alias(DEMO_MODEL, "champion").version) == trained["version"]
+
+    # Idempotent: the champion (v1 again) already predicted these series: no rows, nothing decoded.
+    incoming, champion = first["sample"]["incoming"], f"models:/{DEMO_MODEL}@champion"
+    again = infer(incoming, champion, overrides=tiny(tmp_path), run_id="again")
+    assert (again["predicted"], again["skipped"], again["predictions"]) == (0, 16, None)
+    assert again["extract"]["series"] == 0 and again["extract"]["compute"]["frames"] == 0
+    forced = infer(incoming, champion, overrides=tiny(tmp_path), run_id="forced", force=True)
+    assert forced["predicted"] == 16 and forced["skipped"] == 0
