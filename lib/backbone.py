@@ -6,6 +6,7 @@ random init, labelled as such). Nothing is ever downloaded.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import pickle
 import warnings
@@ -45,7 +46,9 @@ def resolve_weights(config: BackboneConfig, torch_hub_dir: Path) -> WeightsSourc
     if as_path.suffix in {".pt", ".pth"} or as_path.exists():
         if not as_path.is_file():
             raise ConfigError(f"backbone.weights: file {as_path} does not exist")
-        return WeightsSource(f"file:{as_path.name}", _file_digest(as_path), as_path)
+        stat = as_path.stat()
+        return WeightsSource(f"file:{as_path.name}", _file_digest(as_path.resolve(), stat.st_size, stat.st_mtime_ns),
+                             as_path)
     return _torchvision_weights(config, torch_hub_dir)
 
 
@@ -65,7 +68,10 @@ def _torchvision_weights(config: BackboneConfig, torch_hub_dir: Path) -> Weights
     return WeightsSource(weights.name, filename, cached)
 
 
-def _file_digest(path: Path) -> str:
+@functools.lru_cache(maxsize=8)
+def _file_digest(path: Path, size: int, mtime_ns: int) -> str:
+    """blake2b of a weights file, once per process per (path, size, mtime): the recipe, the early
+    load and every shard resolve the same file, and hashing it reads tens of MB each time."""
     digest = hashlib.blake2b(digest_size=16)
     with path.open("rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):

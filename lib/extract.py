@@ -207,6 +207,7 @@ def extract_to_cache(refs: list[SeriesRef], sampling: SamplingConfig, embed: Emb
     """
     rows: list[dict] = []
     group: list[SeriesFeatures] = []
+    group_frames = 0
     commits: list[Future] = []
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="cache-writer") as writer:
         for result in extract_many(refs, sampling, embed, batch_size, tmp_dir, sources=sources, decoders=decoders,
@@ -217,10 +218,11 @@ def extract_to_cache(refs: list[SeriesRef], sampling: SamplingConfig, embed: Emb
                              "stage": result.stage, "reason": result.reason, "path": result.path})
                 continue
             group.append(result)
+            group_frames += len(result.features)
             rows.append({"series_id": result.series_id, "status": "extracted", "frames": len(result.features)})
-            if sum(len(g.features) for g in group) >= commit_frames:
+            if group_frames >= commit_frames:
                 commits.append(writer.submit(cache.write, recipe_id, group))
-                group = []
+                group, group_frames = [], 0
                 if len(commits) > 2:
                     commits.pop(0).result()  # back-pressure; raises a failed commit (disk full) here
         if group:
