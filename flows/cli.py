@@ -107,6 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     infer.add_argument("--out", help="predictions Parquet (default $LSTMPIPE_HOME/predictions/NAME-vN-TIME.parquet)")
     infer.add_argument("--force", action="store_true",
                        help="predict series this model version already predicted too (default: skip them)")
+    infer.add_argument("--per-frame", action="store_true",
+                       help="also write per-frame class scores and the LSTM's per-timestep hidden states to "
+                            "<out stem>.frames.parquet (default off)")
 
     _command(commands, "status", "cache size, last runs, champions, recent failures (reads only)", {})
     _command(commands, "compact", "merge small feature-cache files into large ones (safe while others run)", {})
@@ -210,7 +213,8 @@ def _call(module: Any, args: argparse.Namespace, overrides: dict[str, Any], run_
                                     grace_period=args.grace_period, gpus_per_trial=args.gpus_per_trial, **common),
         "promote": lambda: module.promote(args.model, args.version, **common),
         "rollback": lambda: module.rollback_flow(args.model, **common),
-        "infer": lambda: module.infer(args.source, args.model, args.out, force=args.force, **common),
+        "infer": lambda: module.infer(args.source, args.model, args.out, force=args.force,
+                                      per_frame=args.per_frame, **common),
         "nightly": lambda: module.nightly(args.root, args.model, args.labels, args.infer_source, args.out,
                                           **common),
     }

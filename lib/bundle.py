@@ -20,7 +20,7 @@ from torch import nn
 
 from lib.model import ModelSpec
 from lib.recipe import FeatureRecipe
-from lib.train import predict_proba
+from lib.train import predict_proba, predict_steps
 
 
 @dataclass
@@ -55,3 +55,7 @@ class ModelBundle:
     def predict(self, features: list[np.ndarray]) -> np.ndarray:
         """Class probabilities (N, C) for N variable-length (T_i, F) feature sequences."""
         return predict_proba(self.module, features)
+
+    def predict_steps(self, features: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per series, (T_i, C) probabilities per frame and (T_i, S) per-timestep states."""
+        return predict_steps(self.module, features)

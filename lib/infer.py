@@ -9,8 +9,8 @@ from pathlib import Path
 import pyarrow as pa
 
 from lib.bundle import ModelBundle
-from lib.cache import FeatureCache
-from lib.predictions import predictions_table
+from lib.cache import FeatureCache, SeriesFeatures
+from lib.predictions import frames_table, predictions_table
 from lib.registry import ModelRef
 from lib.series import SeriesRef
 
@@ -26,9 +26,20 @@ class Predictor:
 
     def __call__(self, refs: list[SeriesRef]) -> pa.Table:
         """Predictions for the series of `refs` that have features; the others are left out."""
+        ready, features = self._cached(refs)
+        probabilities = self.bundle.predict([f.features for f in features])
+        return predictions_table(ready, probabilities, self.bundle.labels, self.model.name, self.model.version,
+                                 self.bundle.recipe.recipe_id, self.run_id)
+
+    def per_frame(self, refs: list[SeriesRef]) -> pa.Table:
+        """One row per frame of the series of `refs` that have features (lib.predictions.frames_table)."""
+        ready, features = self._cached(refs)
+        return frames_table(ready, features, self.bundle.predict_steps([f.features for f in features]), self.bundle.labels,
+                            self.model.name, self.model.version, self.bundle.recipe.recipe_id, self.run_id)
+
+    def _cached(self, refs: list[SeriesRef]) -> tuple[list[SeriesRef], list[SeriesFeatures]]:
+        """The refs whose features the cache holds under the model's recipe, and those features."""
         recipe_id = self.bundle.recipe.recipe_id
         found = self.cache.read([(r.content_hash, recipe_id) for r in refs])
         ready = [r for r in refs if (r.content_hash, recipe_id) in found]
-        probabilities = self.bundle.predict([found[(r.content_hash, recipe_id)].features for r in ready])
-        return predictions_table(ready, probabilities, self.bundle.labels, self.model.name, self.model.version,
-                                 recipe_id, self.run_id)
+        return ready, [found[(r.content_hash, recipe_id)] for r in ready]

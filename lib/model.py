@@ -81,6 +81,18 @@ class LSTMClassifier(nn.Module):
             pooled = (weights.unsqueeze(-1).to(out.dtype) * out).sum(dim=1)  # (B, D * H)
         return self.head(self.drop(pooled))  # (B, C)
 
+    def per_step(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-timestep logits (B, T, C) and recurrent outputs (B, T, D * H); steps past a length are padding.
+
+        Step t's logits are the head applied to the recurrent output at t: with forward-only "last"
+        pooling, the prediction had the series ended at frame t (the last valid step's logits are
+        forward()'s). The outputs are the temporal features downstream analyses ask for.
+        """
+        h = self.proj(self.norm(x))  # (B, T, P)
+        packed = pack_padded_sequence(h, lengths.cpu(), batch_first=True, enforce_sorted=False)
+        out, _ = pad_packed_sequence(self.rnn(packed)[0], batch_first=True, total_length=x.shape[1])  # (B, T, D * H)
+        return self.head(out), out
+
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
         """Checkpoints from before the GRU option named the recurrent layer `lstm`: read them as `rnn`."""
         for key in [k for k in state_dict if k.startswith(prefix + "lstm.")]:
@@ -108,6 +120,11 @@ class MeanPoolClassifier(nn.Module):
         summed = x.masked_fill(~valid[..., None], 0.0).sum(dim=1)  # (B, F)
         mean = summed / lengths[:, None].to(x.dtype)  # (B, F)
         return self.head(self.norm(mean))  # (B, C)
+
+    def per_step(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each frame's logits alone (B, T, C): the baseline's view of that frame. It has no hidden
+        state, so the states are (B, T, 0)."""
+        return self.head(self.norm(x)), x.new_zeros(*x.shape[:2], 0)
 
 
 @dataclass(frozen=True)

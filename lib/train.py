@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import copy
 from dataclasses import dataclass
-from typing import Any, Callable, ContextManager, Sequence
+from typing import Any, Callable, ContextManager, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -168,19 +168,40 @@ def fit(
 
 def predict_proba(model: nn.Module, features: list[np.ndarray], batch_size: int = 64) -> np.ndarray:
     """Class probabilities (N, C) float32, rows in the order of `features`, on the model's device."""
+    probs = np.zeros((len(features), model.num_classes), dtype=np.float32)
+    for rows, _, logits in _inference_batches(model, features, batch_size, model):
+        probs[rows] = torch.softmax(logits.float(), dim=-1).cpu().numpy()
+    return probs
+
+
+def predict_steps(model: nn.Module, features: list[np.ndarray],
+                  batch_size: int = 64) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per series, (T_i, C) class probabilities per frame and (T_i, S) per-timestep states (S = 0
+    for models without a hidden state), in the order of `features`. See the models' per_step."""
+    found: list[tuple[np.ndarray, np.ndarray]] = [(np.zeros(0), np.zeros(0))] * len(features)
+    for rows, lengths, (logits, states) in _inference_batches(model, features, batch_size, model.per_step):
+        probs = torch.softmax(logits.float(), dim=-1).cpu().numpy()  # (B, T, C)
+        states = states.float().cpu().numpy()  # (B, T, S)
+        for b, i in enumerate(rows):
+            found[i] = (probs[b, : lengths[b]], states[b, : lengths[b]])
+    return found
+
+
+def _inference_batches(model: nn.Module, features: list[np.ndarray], batch_size: int,
+                       forward: Callable[[torch.Tensor, torch.Tensor], Any]) -> Iterator[tuple[np.ndarray, torch.Tensor, Any]]:
+    """(rows, lengths, forward(x, lengths)) per batch, run in eval and inference mode under the device's autocast.
+
+    Length-sorted batches waste the least padding; padding never changes a row's outputs.
+    """
     device = next(model.parameters()).device
     model.eval()
-    # Length-sorted batches waste the least padding; padding never changes a row's logits.
     order = np.argsort([len(f) for f in features], kind="stable")
-    probs = np.zeros((len(features), model.num_classes), dtype=np.float32)
-    with torch.inference_mode():
-        for start in range(0, len(order), batch_size):
-            rows = order[start : start + batch_size]
-            x, lengths, _ = collate([(features[i], 0) for i in rows])
-            with _autocast(device):
-                logits = model(x.to(device), lengths)  # (B, C)
-            probs[rows] = torch.softmax(logits.float(), dim=-1).cpu().numpy()
-    return probs
+    for start in range(0, len(order), batch_size):
+        rows = order[start : start + batch_size]
+        x, lengths, _ = collate([(features[i], 0) for i in rows])
+        with torch.inference_mode(), _autocast(device):
+            out = forward(x.to(device), lengths)
+        yield rows, lengths, out
 
 
 def evaluate(model: nn.Module, data: SequenceSet, class_names: list[str]) -> dict[str, Any]:

@@ -11,7 +11,8 @@ from lib import registry
 from lib.config import SamplingConfig
 from lib.infer import Predictor
 from lib.outputs import outputs_beside
-from lib.predictions import write_predictions
+from lib.atomic import write_parquet_atomic
+from lib.predictions import frames_path, write_predictions
 from lib.recipe import FeatureRecipe
 from lib.series import SeriesRef
 from tasks.retry import transient_only
@@ -26,16 +27,22 @@ def resolve_model(tracking_uri: str, model_uri: str) -> dict:
 
 
 @task(name="predict-shard", tags=["infer"], retries=2, retry_condition_fn=transient_only)
-def predict_shard(refs: list[dict], model: dict, tracking_uri: str, cache_root: str, run_id: str) -> list[dict]:
-    """Prediction rows for one shard (small: a few numbers per series)."""
+def predict_shard(refs: list[dict], model: dict, tracking_uri: str, cache_root: str, run_id: str,
+                  per_frame: bool = False) -> dict:
+    """Prediction rows for one shard (small: a few numbers per series), and its per-frame table if asked."""
     registry.connect(tracking_uri)
     ref = registry.ModelRef(**model["ref"])
     predictor = Predictor(registry.load_bundle(ref), ref, Path(cache_root), run_id)
-    return predictor([SeriesRef.from_dict(r) for r in refs]).to_pylist()
+    series = [SeriesRef.from_dict(r) for r in refs]
+    return {"rows": predictor(series).to_pylist(), "frames": predictor.per_frame(series) if per_frame else None}
 
 
 @task(name="write-predictions", retries=2, retry_condition_fn=transient_only)
-def write_predictions_file(rows: list[dict], out: str) -> str:
+def write_predictions_file(rows: list[dict], frames: list[pa.Table], out: str) -> str:
+    """The per-frame table first (when there is one), then the predictions: a predictions file
+    on disk means its series are done, which is what a re-run checks."""
+    if frames:
+        write_parquet_atomic(pa.concat_tables(frames), frames_path(Path(out)))
     return str(write_predictions(pa.Table.from_pylist(rows), Path(out)))
 
 

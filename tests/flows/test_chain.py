@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 from mlflow.tracking import MlflowClient
 
@@ -51,5 +52,10 @@ def test_demo_chain_registers_promotes_predicts_and_reruns_from_cache(tmp_path: 
     again = infer(incoming, champion, overrides=tiny(tmp_path), run_id="again")
     assert (again["predicted"], again["skipped"], again["predictions"]) == (0, 16, None)
     assert again["extract"]["series"] == 0 and again["extract"]["compute"]["frames"] == 0
-    forced = infer(incoming, champion, overrides=tiny(tmp_path), run_id="forced", force=True)
+    forced = infer(incoming, champion, overrides=tiny(tmp_path), run_id="forced", force=True, per_frame=True)
     assert forced["predicted"] == 16 and forced["skipped"] == 0
+    frames = pq.read_table(forced["outputs"]["frames"])  # per-frame scores and per-timestep LSTM states
+    assert set(frames["series_id"].to_pylist()) == set(pq.read_table(forced["predictions"])["series_id"].to_pylist())
+    probs = np.stack([frames[c].to_numpy() for c in frames.column_names if c.startswith("prob_")], axis=1)
+    assert np.allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+    assert len(frames["state"][0]) == 64  # train.hidden_size

@@ -155,3 +155,28 @@ def test_spec_errors_name_the_bad_value() -> None:
         ModelSpec(kind="lstm", input_dim=F, num_classes=C, cell="rnn")
     with pytest.raises(ValueError, match="'max'"):
         ModelSpec(kind="lstm", input_dim=F, num_classes=C, pooling="max")
+
+
+@pytest.mark.parametrize("options", RECURRENT, ids=lambda o: "-".join(str(v) for v in o.values()))
+def test_per_step_outputs_cover_the_valid_steps_and_ignore_padding(options: dict) -> None:
+    torch.manual_seed(0)
+    model = ModelSpec("lstm", F, C, hidden_size=8, **options).build().eval()
+    short, longer = torch.randn(4, F), torch.randn(7, F)
+    alone_logits, alone_states = model.per_step(*_padded([short], float("nan")))
+    logits, states = model.per_step(*_padded([longer, short], float("nan")))
+    width = 8 * (2 if options["bidirectional"] else 1)
+    assert logits.shape == (2, 7, C) and states.shape == (2, 7, width)
+    assert torch.allclose(alone_logits[0], logits[1, :4], atol=1e-5)
+    assert torch.allclose(alone_states[0], states[1, :4], atol=1e-5)
+    if options["pooling"] == "last" and not options["bidirectional"]:
+        # the last valid step's scores are the series' own: the prediction had it ended there
+        assert torch.allclose(logits[1, 3], model(*_padded([short], 0.0))[0], atol=1e-5)
+
+
+def test_mean_pool_per_step_scores_each_frame_alone_and_has_no_state() -> None:
+    torch.manual_seed(0)
+    model = MeanPoolClassifier(F, C).eval()
+    frames = torch.randn(5, F)
+    logits, states = model.per_step(*_padded([frames], 0.0))
+    assert states.shape == (1, 5, 0)
+    assert torch.allclose(logits[0, 2], model(*_padded([frames[2:3]], 0.0))[0], atol=1e-5)
