@@ -6,7 +6,8 @@
   (a patient's name, birth date, ...) can reach the file.
 - `<stem>.geojson`: an RFC 7946 FeatureCollection, one Feature per remote-sensing series
   (GeoTIFF stacks, and data cubes whose metadata has bounds and a CRS): the tile footprint
-  reprojected to WGS 84 lon/lat, the prediction row as properties.
+  reprojected to WGS 84 lon/lat, the prediction row as properties, with the dates the model saw
+  and those dropped as too cloudy or nodata-heavy.
 
 Nothing is written for a domain with no series. Both files are written atomically.
 """
@@ -169,7 +170,9 @@ def feature_collection(table: pa.Table, metadata: Mapping[str, Mapping[str, Any]
                       for k, v in pred.items()}
         dates = meta.get("dates") or meta.get("times") or []
         properties |= {"crs": meta.get("crs"), "bounds": meta.get("bounds"), "dates": len(dates),
-                       "first_date": _at(dates, 0), "last_date": _at(dates, -1)}
+                       "first_date": _at(dates, 0), "last_date": _at(dates, -1),
+                       # cloudy or nodata-heavy dates the model did not see (sources.geotiff_max_masked_fraction)
+                       "dropped_dates": meta.get("dropped_dates", [])}
         geometry = None
         try:
             if not (meta.get("bounds") and meta.get("crs")):

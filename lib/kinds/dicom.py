@@ -153,6 +153,7 @@ def _read_header(path: Path, rel: str) -> _Header | None:
             "description": _text(ds.get("SeriesDescription")),
             "photometric": _text(ds.get("PhotometricInterpretation")),
             "pixel_spacing": _floats(_attr(ds, "PixelSpacing", "PixelMeasuresSequence")),
+            "orientation": _floats(_attr(ds, "ImageOrientationPatient", "PlaneOrientationSequence")),
             "slice_thickness": _float(_attr(ds, "SliceThickness", "PixelMeasuresSequence")),
             "window": _window(ds),
             "study_uid": _text(ds.get("StudyInstanceUID")),
@@ -250,6 +251,7 @@ def _series_ref(base: Path, members: list[_Header], memo: HashMemo | None) -> Se
         raise BadInput(str(members[0].path), f"series mixes image sizes: {examples}")
     if None in shapes[0][:2]:
         raise BadInput(str(members[0].path), f"{members[0].rel}: no Rows/Columns in the header")
+    _check_geometry(members)
     ordered, order = _order(members)
     times = _frame_times(ordered)
     digest = hashlib.blake2b(digest_size=16)
@@ -283,6 +285,24 @@ def _series_ref(base: Path, members: list[_Header], memo: HashMemo | None) -> Se
             "t": times,  # seconds from the first frame, one per frame
         },
     )
+
+
+def _check_geometry(members: list[_Header]) -> None:
+    """BadInput when the files of a series differ in pixel spacing or image orientation.
+
+    Such a series is not one sequence of the same view: a multi-plane localizer holds axial,
+    sagittal and coronal images, a projection series rotates its view frame by frame.
+    Values are compared to 3 decimals (spacing in mm, orientation as direction cosines).
+    """
+    for key, what in (("pixel_spacing", "pixel spacings"), ("orientation", "image orientations")):
+        seen: dict[tuple[float, ...] | None, _Header] = {}
+        for member in members:
+            value = member.info[key]
+            seen.setdefault(tuple(round(v, 3) + 0.0 for v in value) if value else None, member)  # + 0.0: no -0.0
+        if len(seen) > 1:
+            examples = ", ".join(f"{m.rel} {list(v) if v else '(none)'}" for v, m in list(seen.items())[:3])
+            raise BadInput(str(members[0].path), f"series mixes {len(seen)} {what}, so it is not one sequence "
+                                                 f"of one view (a multi-plane localizer?): {examples}")
 
 
 def _file_hash(header: _Header, memo: HashMemo | None) -> str:

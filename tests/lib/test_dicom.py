@@ -77,6 +77,19 @@ def root(tmp_path_factory: pytest.TempPathFactory, pydicom_files: Path, pydicom_
         ds.Rows = rows
         ds.PixelData = ds.PixelData[: rows * ds.Columns * 2]
         ds.save_as(root / "bad" / "mixed" / name)
+    (root / "one-view").mkdir()  # MR700 with its orientations made to agree: it passes the geometry check,
+    first_view = None  # and its files, named out of instance order, test the ordering
+    for path in sorted((pydicom_files / "dicomdirtests" / "98892003" / "MR700").iterdir()):
+        ds = pydicom.dcmread(path)
+        first_view = first_view or ds.ImageOrientationPatient
+        ds.ImageOrientationPatient = first_view
+        ds.SeriesInstanceUID = "1.2.826.0.1.3680043.8.498.2"
+        ds.save_as(root / "one-view" / path.name)
+    (root / "bad" / "spacing").mkdir()
+    for name, spacing in (("a.dcm", [0.5, 0.5]), ("b.dcm", [0.7, 0.7])):
+        ds = pydicom.dcmread(pydicom_files / "CT_small.dcm")
+        ds.SeriesInstanceUID, ds.PixelSpacing = "1.2.826.0.1.3680043.8.498.3", spacing
+        ds.save_as(root / "bad" / "spacing" / name)
     (root / "bad" / "empty.dcm").write_bytes(b"")
     (root / "bad" / "text.dcm").write_text("not a DICOM file")
     return root
@@ -125,7 +138,9 @@ def test_dicomdir_tree_is_one_series_per_series_instance_uid(root: Path, found: 
         else:
             without_pixels.add(ds.SeriesInstanceUID)
     tree = {sid: r for sid, r in refs.items() if sid.startswith("tree/")}
-    assert len(with_pixels) == 13 and sorted(r.meta["series_uid"] for r in tree.values()) == sorted(with_pixels)
+    mixed_views = {f.series_id.rsplit("/", 1)[1]: f for f in failures if "image orientations" in f.reason}
+    assert len(with_pixels) == 13 and len(mixed_views) == 4  # two 3-plane pilots, a 2-plane scout, a rotating MIP
+    assert sorted(r.meta["series_uid"] for r in tree.values()) == sorted(set(with_pixels) - set(mixed_views))
     for sid, ref in tree.items():
         uid = ref.meta["series_uid"]
         assert sid.endswith("/" + uid) and ref.kind == "dicom" and ref.partition == "tree"
@@ -139,9 +154,18 @@ def test_dicomdir_tree_is_one_series_per_series_instance_uid(root: Path, found: 
     assert tiny.stage == "discover" and "no pixel data" in tiny.reason and "IM000000" in tiny.reason
 
 
+def test_a_series_mixing_views_is_refused_with_its_files_named(found: Found) -> None:
+    """A multi-plane localizer is three views in one series, not one sequence: a recorded failure."""
+    pilots = [f for f in found[1] if "98892003/MR2/" in f.series_id and "orientations" in f.reason]
+    assert len(pilots) == 2
+    assert all("series mixes 3 image orientations" in f.reason and "tree/98892003/MR2/" in f.reason for f in pilots)
+    rotation = failure_of(found[1], "MR700")
+    assert "mixes 7 image orientations" in rotation.reason and rotation.stage == "discover"
+
+
 def test_frames_come_in_instance_number_order(found: Found) -> None:
     """MR700's files are named out of order (4467 is instance 4): decoded frame i is instance i."""
-    ref = series_of(found[0], "tree/98892003/MR700/")
+    ref = series_of(found[0], "one-view/")
     assert ref.meta["order"] == "InstanceNumber" and ref.meta["instances"] == 7
     root = Path(ref.meta["root"])
     by_number = sorted((int(ds.InstanceNumber), ds.pixel_array.astype(float).mean())
@@ -193,9 +217,11 @@ def test_bad_inputs_are_recorded_and_the_rest_goes_on(found: Found) -> None:
     assert "no pixel data" in failure_of(failures, "no_pixels.dcm").reason
     mixed = failure_of(failures, "mixed/a.dcm")
     assert "mixes image sizes" in mixed.reason and "128x128" in mixed.reason and "64x128" in mixed.reason
+    spacing = failure_of(failures, "spacing/a.dcm")
+    assert "mixes 2 pixel spacings" in spacing.reason and "[0.7, 0.7]" in spacing.reason
     assert failure_of(failures, "empty.dcm").reason.endswith("empty file")
     assert "not a readable DICOM file" in failure_of(failures, "text.dcm").reason
-    assert len(failures) == 6  # the five above and TINY_ALPHA
+    assert len(failures) == 11  # the six above, TINY_ALPHA and the tree's four series mixing views
     assert not any("Anonymized" in f"{f.series_id} {f.reason}" for f in failures)  # no patient names
     ct = series_of(refs, "bad/1.3.6.1.4.1.5962.1.3.1.1.20040119072730.12322")
     frames, _ = decoded(ct)
@@ -204,7 +230,8 @@ def test_bad_inputs_are_recorded_and_the_rest_goes_on(found: Found) -> None:
 
 def test_everything_through_discover_and_decode(found: Found) -> None:
     refs, _ = found
-    assert len(refs) == 13 + 3 + 1 + 1  # the tree, three multi-frame files, nibabel's pair, the CT beside the bad
+    assert len(refs) == 9 + 3 + 1 + 1 + 1  # the tree's one-view series, three multi-frame files, nibabel's pair,
+    # the CT beside the bad ones, MR700 made one view
     for ref in refs.values():
         frames, t = decoded(SeriesRef.from_dict(ref.to_dict()))  # as a task receives it
         assert frames.shape == (ref.meta["frames"], 32, 32, 3) and frames.dtype == np.uint8

