@@ -111,7 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="also write per-frame class scores and the LSTM's per-timestep hidden states to "
                             "<out stem>.frames.parquet (default off)")
 
-    _command(commands, "status", "cache size, last runs, champions, recent failures (reads only)", {})
+    status = _command(commands, "status", "cache size, last runs, champions, recent failures (reads only)", {})
+    status.add_argument("root", nargs="?", metavar="ROOT",
+                        help="also list ROOT's partitions done and pending (default: none)")
     _command(commands, "compact", "merge small feature-cache files into large ones (safe while others run)", {})
 
     plan = _command(commands, "plan", "what extract would compute, what is cached, and why (reads only)",
@@ -126,6 +128,29 @@ def build_parser() -> argparse.ArgumentParser:
     nightly.add_argument("--model", required=True, help="registered model name")
     nightly.add_argument("--infer-source", help="what to predict (default: ROOT)")
     nightly.add_argument("--out", help="predictions Parquet (default under $LSTMPIPE_HOME/predictions)")
+    nightly.add_argument("--retrain", action="store_true",
+                         help="train even when no partition is new since the newest version (default off)")
+
+    backfill = _command(commands, "backfill", "extract a date range of ROOT's partitions (or all) into the cache; "
+                        "resumable", FEATURE_FLAGS | {"--concurrency": (
+                            "runtime.partition_concurrency", int, "partitions extracted at once (default 2)")})
+    backfill.add_argument("root", help="source root whose top-level folders/archives are partitions")
+    backfill.add_argument("--from", dest="start", metavar="D1",
+                          help="first day: YYYY-MM-DD, YYYYMMDD, or YYYY-MM for the month's first (default: open)")
+    backfill.add_argument("--to", dest="end", metavar="D2",
+                          help="last day, inclusive; YYYY-MM for the month's last (default: open)")
+    backfill.add_argument("--all", dest="every", action="store_true",
+                          help="every partition, undated ones too (default off: give --from and/or --to)")
+
+    serve = _command(commands, "serve", "run the deployments on this machine, nightly on its cron (until Ctrl-C)", {
+        "--root": ("nightly.root", str, "the archive nightly processes (default: config nightly.root)"),
+        "--model": ("nightly.model", str, "registered model name (default: config nightly.model)"),
+        "--labels": ("nightly.labels", str, "manifest CSV/Parquet (default: folder names)"),
+        "--infer-source": ("nightly.infer_source", str, "what nightly predicts (default: the root)"),
+        "--cron": ("nightly.cron", str, "nightly's schedule (default '0 2 * * *', UTC)"),
+    })
+    serve.add_argument("--port", type=int, default=4200,
+                       help="port of the Prefect server started when PREFECT_API_URL is unset (default 4200)")
     return parser
 
 
@@ -156,6 +181,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         overrides = overrides_of(args)
         rt = load_runtime(args.config, overrides)
+        if args.command == "backfill":  # a bad range is bad usage: say so before anything boots
+            from lib.partitions import date_range  # late: pyarrow would delay every command's start
+
+            date_range(args.start, args.end, args.every)
     except ConfigError as exc:
         print(f"lstmpipe: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -165,7 +194,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         # stdout carries only the summary (JSON with --json); chatter from libraries goes to stderr.
         with contextlib.redirect_stdout(sys.stderr):
-            readers = {"status": lambda: _status(rt), "plan": lambda: _plan(rt, args),
+            readers = {"status": lambda: _status(rt, args.root), "plan": lambda: _plan(rt, args),
+                       "serve": lambda: _serve(rt, args, overrides),
                        "compact": lambda: _compact(rt), "report": lambda: _report(args, overrides),
                        "history": lambda: _history(rt, args.model)}
             command = "history" if getattr(args, "history", False) else args.command
@@ -174,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"lstmpipe {args.command}: {exc}", file=sys.stderr)
         return EXIT_USAGE
     result = {"command": args.command, "run_id": run_id, "seconds": round(time.monotonic() - started, 1), **result}
-    if args.command not in {"status", "plan"} and "history" not in result:  # they only read
+    if args.command not in {"status", "plan", "serve"} and "history" not in result:  # they only read, or serve
         _save_run(rt, result)
     print(json.dumps(result, indent=2, default=str) if args.json else render(result))
     return EXIT_FAILED_SERIES if result.get("failed") else EXIT_OK
@@ -182,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
 
 # command -> the flows module that runs it: only that one is imported (each pulls in torch, Prefect, MLflow...)
 FLOW_MODULES = {"demo": "demo", "extract": "extract", "train": "train", "tune": "tune", "promote": "promote",
-                "rollback": "promote", "infer": "infer", "nightly": "nightly"}
+                "rollback": "promote", "infer": "infer", "nightly": "nightly", "backfill": "backfill"}
 
 
 def _run(args: argparse.Namespace, rt: Runtime, overrides: dict[str, Any], run_id: str) -> dict[str, Any]:
@@ -192,7 +222,7 @@ def _run(args: argparse.Namespace, rt: Runtime, overrides: dict[str, Any], run_i
     api = startup.start_temporary_api()
     try:
         module = importlib.import_module(f"flows.{FLOW_MODULES[args.command]}")
-        if args.command in {"extract", "train", "tune", "nightly"}:  # they extract with the configured backbone
+        if args.command in {"extract", "train", "tune", "nightly", "backfill"}:  # they extract with the configured backbone
             startup.load_backbone_early(rt)
         with startup.using(api):
             return _call(module, args, overrides, run_id)
@@ -216,15 +246,23 @@ def _call(module: Any, args: argparse.Namespace, overrides: dict[str, Any], run_
         "infer": lambda: module.infer(args.source, args.model, args.out, force=args.force,
                                       per_frame=args.per_frame, **common),
         "nightly": lambda: module.nightly(args.root, args.model, args.labels, args.infer_source, args.out,
-                                          **common),
+                                          retrain=args.retrain, **common),
+        "backfill": lambda: module.backfill(args.root, args.start, args.end, args.every, **common),
     }
     return calls[args.command]()
 
 
-def _status(rt: Runtime) -> dict[str, Any]:
+def _status(rt: Runtime, root: str | None) -> dict[str, Any]:
     from lib import registry, status  # MLflow loads in seconds: only for this command
 
-    return status.collect(rt.home, registry.connect(rt.tracking_uri), rt.config.promote.alias)
+    return status.collect(rt.home, registry.connect(rt.tracking_uri), rt.config.promote.alias,
+                          Path(root) if root else None)
+
+
+def _serve(rt: Runtime, args: argparse.Namespace, overrides: dict[str, Any]) -> dict[str, Any]:
+    from flows.serve import serve  # late: it boots a Prefect server and imports every flow
+
+    return serve(rt, args.config, overrides, args.port)
 
 
 def _history(rt: Runtime, model: str) -> dict[str, Any]:

@@ -41,7 +41,36 @@ def _sections(command: str, r: dict[str, Any]) -> list[str]:
         return [f"  report    {r['of']} -> {r['report']}"]
     if command == "infer":
         return _extract(r["extract"]) + _infer(r)
-    return _sections("train", r["train"]) + _promote(r["promote"]) + _sections("infer", r["infer"])  # nightly, demo
+    if command == "backfill":
+        return _partitions(r)
+    if command == "serve":
+        return [f"  serve     {', '.join(r['served'])} served by {r['api']}; nightly on {r['cron']}"]
+    return _nightly(r)  # nightly, demo
+
+
+def _nightly(r: dict[str, Any]) -> list[str]:
+    lines = _partitions(r["partitions"])
+    if r["train"] is None:
+        lines.append(f"  train     {r['train_reason']}")
+    else:
+        lines += [f"  retrain   {r['train_reason']}"] + _sections("train", r["train"]) + _promote(r["promote"])
+    return lines + _sections("infer", r["infer"])
+
+
+def _partitions(r: dict[str, Any]) -> list[str]:
+    """What a backfill or nightly run extracted, partition by partition."""
+    lines = [f"  partitions {len(r['done'])} of {r['selected']} extracted now ({r['already_done']} done before) "
+             f"under recipe {r['recipe_id']}: {r['series']} series, {r['cached']} cached, {r['extracted']} "
+             f"extracted, {r['failed']} failed"]
+    lines += [f"    {p['partition']}: {p['series']} series, {p['cached']} cached, {p['extracted']} extracted, "
+              f"{p['failed']} failed, {p['seconds']} s" for p in r["done"][:MAX_FAILURES_SHOWN]]
+    if len(r["done"]) > MAX_FAILURES_SHOWN:
+        lines.append(f"    ... and {len(r['done']) - MAX_FAILURES_SHOWN} more partitions (--json lists every one)")
+    failed = r["failed_series"]
+    lines += [f"    FAILED {row['series_id']} [{row.get('stage')}]: {row['reason']}" for row in failed[:MAX_FAILURES_SHOWN]]
+    if len(failed) > MAX_FAILURES_SHOWN:
+        lines.append(f"    ... and {len(failed) - MAX_FAILURES_SHOWN} more (lstmpipe status, or the failures table)")
+    return lines
 
 
 def _extract(r: dict[str, Any]) -> list[str]:
@@ -133,8 +162,12 @@ def _status(r: dict[str, Any]) -> list[str]:
              f"{cache['bytes'] / 1e6:.1f} MB"]
     lines += [f"  model     {m['model']}: " + ", ".join(f"@{k} = v{v}" for k, v in m.items() if k != "model")
               for m in r["champions"]]
-    lines += [f"  run       {run['run_id']} {run['command']} {run['seconds']} s, {run['failed']} failed"
-              for run in r["runs"]]
+    lines += [f"  run       {run['run_id']} {run['command']} {run['seconds']} s: {run['outcome']}" for run in r["runs"]]
+    parts = r.get("partitions")
+    if parts:
+        lines.append(f"  partitions {parts['root']}: {len(parts['done'])} done, {len(parts['pending'])} pending "
+                     f"under recipe {parts['recipe_id'] or '- (none recorded yet)'}")
+        lines += [f"    pending {name}" for name in parts["pending"][:MAX_FAILURES_SHOWN]]
     lines.append(f"  failures  {r['failures_total']} recorded; most recent:")
     lines += [f"    {f['time']} {f['series_id']} [{f['stage']}]: {f['reason']}" for f in r["recent_failures"]]
     return lines

@@ -57,6 +57,7 @@ def demo(config_file: str | None = None, overrides: dict[str, Any] | None = None
     rt = load_runtime(config_file, overrides)
     folder = f"seed{seed}-n{clips_per_class}" if domain == "video" else f"{domain}-seed{seed}-n{clips_per_class}"
     sample = generate_sample(str(rt.home / "demo" / folder), seed, clips_per_class, domain)
+    # retrain: the demo shows the whole chain every time, even when no partition is new
     result = nightly(sample["archive"], model, sample["labels"], sample["incoming"], None, config_file,
-                     overrides, run_id)
+                     overrides, run_id, retrain=True)
     return {**result, "sample": sample, "tracking_uri": rt.tracking_uri, "home": str(rt.home)}

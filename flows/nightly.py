@@ -1,4 +1,11 @@
-"""Flow `nightly`: extract, train, register, promote, then infer on the inference source."""
+"""Flow `nightly`: the partitions of a root not yet done, then train, register, promote and infer.
+
+Training reads the whole root (every partition's features are cached by then, so it
+costs no CNN work). It is skipped when no partition of the root was done, under the
+configured recipe, since the model's newest version was registered: a night without
+new data registers no new version and moves no alias (`retrain` forces it). Inference
+runs either way, with the champion, on what it has not predicted yet.
+"""
 
 from __future__ import annotations
 
@@ -6,22 +13,49 @@ from typing import Any
 
 from prefect import flow
 
+from flows.artifacts import publish_mlflow_run, publish_summary
+from flows.backfill import extract_partitions, partitions_markdown, records_file
 from flows.infer import infer
 from flows.promote import promote
-from flows.runtime import run_id_of
+from flows.runtime import load_runtime, run_id_of
 from flows.train import train
+from tasks.extract import feature_recipe
+from tasks.partitions import why_train
 
 
 @flow(name="nightly")
 def nightly(root: str, model: str, labels: str | None = None, infer_source: str | None = None,
             out: str | None = None, config_file: str | None = None, overrides: dict[str, Any] | None = None,
-            run_id: str | None = None) -> dict[str, Any]:
+            run_id: str | None = None, retrain: bool = False) -> dict[str, Any]:
+    rt = load_runtime(config_file, overrides)
     run_id = run_id_of(run_id)  # one id for the whole chain
-    trained = train(root, model, labels, config_file, overrides, run_id)
-    version = trained["train"]["version"]
-    promoted = promote(model, version, config_file, overrides, run_id)
-    predicted = infer(infer_source or root, f"models:/{model}@{promoted['alias']}", out, config_file,
+    recipe = feature_recipe(rt.config, rt.torch_hub_dir)
+    partitions = extract_partitions(rt, root, recipe, run_id)
+    reason = "asked for (retrain)" if retrain else why_train(rt.tracking_uri, model, str(records_file(rt)), root,
+                                                             recipe["recipe_id"])
+    trained = promoted = None
+    if reason:
+        trained = train(root, model, labels, config_file, overrides, run_id)
+        publish_mlflow_run(rt.tracking_uri, trained["train"]["run_id"])
+        promoted = promote(model, trained["train"]["version"], config_file, overrides, run_id)
+    predicted = infer(infer_source or root, f"models:/{model}@{rt.config.promote.alias}", out, config_file,
                       overrides, run_id)
-    return {"train": trained, "promote": promoted, "infer": predicted,
-            "failed": trained["failed"] + predicted["failed"]}
+    result = {"partitions": partitions, "train": trained, "promote": promoted, "infer": predicted,
+              "train_reason": reason or "skipped: no partition done since the newest version (retrain forces it)",
+              # training re-reads the whole root, partitions included: count its failures, else the partitions'
+              "failed": (trained or partitions)["failed"] + predicted["failed"]}
+    publish_summary("nightly-summary", nightly_markdown(run_id, model, result))
+    return result
 
+
+def nightly_markdown(run_id: str, model: str, r: dict[str, Any]) -> str:
+    lines = [partitions_markdown(f"nightly {run_id}", r["partitions"]), "", f"**train**: {r['train_reason']}"]
+    if r["train"]:
+        t, p = r["train"]["train"], r["promote"]
+        lines.append(f"- {model} v{t['version']}: test accuracy {t['test'].get('accuracy')}, macro-F1 "
+                     f"{t['test'].get('macro_f1')}")
+        lines.append(f"- promote: {'promoted to' if p['promoted'] else 'not promoted to'} @{p['alias']}: "
+                     f"{p['reason']}")
+    i = r["infer"]
+    lines.append(f"- infer: {i['predicted']} series with {i['model']} v{i['version']} -> {i['predictions']}")
+    return "\n".join(lines)

@@ -147,6 +147,26 @@ class RuntimeConfig:
     decode_on: str = "auto"
     decode_cpus: float = 1.0  # CPUs a decode task requests (ffmpeg decoding + resizing one series)
     shard_size: int = 64  # series per Prefect task: a task run costs tens of ms of API traffic
+    # partitions a backfill or nightly run extracts at once. In-process, all share one backbone that already
+    # uses every core, so 2 only overlaps one partition's discovery, decoder start-up and cache commits with
+    # another's CNN work; on a Ray cluster raise it until the actors stay busy
+    partition_concurrency: int = 2
+
+    def __post_init__(self) -> None:
+        if self.partition_concurrency < 1:
+            raise ConfigError(f"runtime.partition_concurrency: {self.partition_concurrency} must be >= 1")
+
+
+@dataclass(frozen=True)
+class NightlyConfig:
+    """What `lstmpipe serve` schedules (flows/serve.py); `lstmpipe nightly` takes these on its command line."""
+
+    cron: str = "0 2 * * *"  # when the nightly deployment runs: 02:00, after the day's partition has landed
+    timezone: str = "UTC"  # of the cron string (IANA name, e.g. Europe/Paris)
+    root: str | None = None  # the partitioned archive; required by serve
+    model: str | None = None  # registered model name; required by serve
+    labels: str | None = None  # manifest CSV/Parquet; None = labels from folder names
+    infer_source: str | None = None  # what to predict; None = root
 
 
 @dataclass(frozen=True)
@@ -157,6 +177,7 @@ class Config:
     promote: PromoteConfig = field(default_factory=PromoteConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     sources: SourcesConfig = field(default_factory=SourcesConfig)
+    nightly: NightlyConfig = field(default_factory=NightlyConfig)
 
 
 ENV_PREFIX = "LSTMPIPE_"

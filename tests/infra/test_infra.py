@@ -34,6 +34,7 @@ INFRA = ROOT / "infra"
 POOL = "lstmpipe-pool"
 EXPECTED_DEPLOYMENTS = {
     "nightly": "flows/nightly.py:nightly",
+    "backfill": "flows/backfill.py:backfill",
     "extract": "flows/extract.py:extract",
     "train": "flows/train.py:train",
     "promote": "flows/promote.py:promote",
@@ -275,6 +276,28 @@ def test_only_nightly_is_scheduled_and_its_cron_is_valid(deployments: dict) -> N
     assert scheduled == {"nightly": [{"cron": "0 2 * * *", "timezone": "UTC"}]}
     for schedule in scheduled["nightly"]:
         assert CronSchedule(**schedule).timezone == "UTC"
+
+
+def test_serve_serves_the_deployments_declared_here(deployments: dict) -> None:
+    """`lstmpipe serve` (flows/serve.py) and prefect.yaml must not drift apart: served with the
+    placeholders as its nightly.* config, it builds the very same deployments."""
+    from flows.serve import deployments as served_deployments
+    from lib.config import load_config
+
+    nightly = deployments["nightly"]["parameters"]
+    config = load_config(overrides={f"nightly.{key}": value for key, value in nightly.items()})
+    served = {d.name: d for d in served_deployments(config)}
+    assert set(served) == set(deployments)
+    for name, d in served.items():
+        declared = deployments[name]
+        module, function = d.entrypoint.rsplit(".", 1)  # served by module path
+        assert declared["entrypoint"] == f"{module.replace('.', '/')}.py:{function}"
+        given = {k: v for k, v in d.parameters.items() if k not in {"config_file", "overrides"} and v is not None}
+        assert given == {k: v for k, v in declared["parameters"].items() if v is not None}, name
+        assert d.tags == declared["tags"], name
+        assert d.concurrency_limit == declared.get("concurrency_limit"), name
+        schedules = [{"cron": s.schedule.cron, "timezone": s.schedule.timezone} for s in d.schedules]
+        assert schedules == (declared.get("schedules") or []), name
 
 
 def test_promotions_are_serialised(deployments: dict, services: dict) -> None:

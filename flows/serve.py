@@ -1,0 +1,93 @@
+"""`lstmpipe serve`: infra/prefect.yaml's deployments, served by this one process (nightly on its cron).
+
+Schedules need a Prefect server running its scheduler service, which the temporary
+API of the other commands does not run: with no PREFECT_API_URL, serve starts
+`prefect server start` on 127.0.0.1 (its database under $LSTMPIPE_HOME/prefect) and
+stops it on Ctrl-C. Flow runs execute in subprocesses of this one, importing the
+flows by module path, with the configuration serve was given. The server's
+scheduler creates each scheduled run with an idempotency key (deployment, schedule,
+time), so a restarted serve never runs a night twice; the partition records make a
+manual re-run of a night cheap anyway.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from typing import Any
+
+from prefect import serve as prefect_serve
+from prefect.client.orchestration import get_client
+from prefect.deployments.runner import EntrypointType, RunnerDeployment
+from prefect.flows import Flow
+from prefect.schedules import Cron
+
+from flows.backfill import backfill
+from flows.extract import extract
+from flows.infer import infer
+from flows.nightly import nightly
+from flows.promote import promote, rollback_flow
+from flows.runtime import Runtime
+from flows.startup import TemporaryApi, using
+from flows.train import train
+from lib.config import Config
+from lib.errors import ConfigError
+
+PORT = 4200  # Prefect's usual port: the UI at http://127.0.0.1:4200
+SERIALISED = {"promote", "rollback"}  # one run at a time (SPEC §3.5); so is nightly, so nights never overlap
+
+
+def deployments(config: Config, config_file: str | None = None,
+                overrides: dict[str, Any] | None = None) -> list[RunnerDeployment]:
+    """The deployments infra/prefect.yaml declares, with parameters from `config.nightly`."""
+    n = config.nightly
+    for key in ("root", "model"):
+        if not getattr(n, key):
+            raise ConfigError(f"serve: nightly.{key} is not set; pass --{key} or set it in the config file")
+    given = {"config_file": config_file, "overrides": overrides or None}
+    flows: dict[str, tuple[Flow, dict[str, Any]]] = {
+        "nightly": (nightly, {"root": n.root, "model": n.model, "labels": n.labels, "infer_source": n.infer_source}),
+        "backfill": (backfill, {"root": n.root, "every": True}),
+        "extract": (extract, {"source": n.root, "labels": n.labels}),
+        "train": (train, {"source": n.root, "model": n.model, "labels": n.labels}),
+        "promote": (promote, {"model": n.model}),
+        "rollback": (rollback_flow, {"model": n.model}),
+        "infer": (infer, {"source": n.infer_source or n.root, "model": f"models:/{n.model}@{config.promote.alias}"}),
+    }
+    return [
+        flow.to_deployment(
+            name, parameters={**params, **given},
+            tags=["lstmpipe"] + (["scheduled"] if name == "nightly" else ["promote"] if name in SERIALISED else []),
+            schedules=[Cron(n.cron, timezone=n.timezone)] if name == "nightly" else None,
+            concurrency_limit=1 if name in SERIALISED | {"nightly"} else None,
+            entrypoint_type=EntrypointType.MODULE_PATH,  # the installed package, wherever serve was started
+        )
+        for name, (flow, params) in flows.items()
+    ]
+
+
+def serve(rt: Runtime, config_file: str | None, overrides: dict[str, Any], port: int = PORT) -> dict[str, Any]:
+    """Serve until interrupted; the summary names what was served."""
+    served = deployments(rt.config, config_file, overrides)
+    api = None if os.environ.get("PREFECT_API_URL") else _start_server(port)
+    try:
+        with using(api):
+            if api is not None:
+                os.environ["PREFECT_API_URL"] = api.url  # the flow-run subprocesses report to it too
+            with get_client(sync_client=True) as client:
+                client.create_concurrency_limit(tag="promote", concurrency_limit=1)  # nightly's promotions too
+            prefect_serve(*served)
+    finally:
+        if api is not None:
+            api.stop()
+    return {"served": [d.name for d in served], "cron": f"{rt.config.nightly.cron} {rt.config.nightly.timezone}",
+            "api": api.url if api else os.environ["PREFECT_API_URL"]}
+
+
+def _start_server(port: int) -> TemporaryApi:
+    """`prefect server start` with its services (the scheduler), on localhost only (SPEC §6)."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        stdin=subprocess.DEVNULL, start_new_session=True)
+    return TemporaryApi(f"http://127.0.0.1:{port}/api", process)

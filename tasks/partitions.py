@@ -1,0 +1,34 @@
+"""Prefect tasks for partitions: what is left to do, the record of a finished one, whether to retrain."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+from prefect import task
+
+from lib import partitions, registry
+from lib.partitions import Partition, PartitionRecords
+from tasks.retry import transient_only
+
+
+@task(name="partitions-to-do", retries=2, retry_condition_fn=transient_only)
+def partitions_to_do(root: str, records_file: str, recipe_id: str, start: dt.date | None, end: dt.date | None,
+                     every: bool) -> dict[str, list[Partition]]:
+    selected, pending = partitions.to_do(Path(root), PartitionRecords(Path(records_file)), recipe_id, start, end,
+                                         every)
+    return {"selected": selected, "pending": pending}
+
+
+@task(name="mark-partition-done", retries=2, retry_condition_fn=transient_only)
+def mark_partition_done(records_file: str, root: str, partition: Partition, recipe_id: str, series: int,
+                        failed: int, run_id: str) -> dict:
+    record = PartitionRecords(Path(records_file)).mark_done(Path(root), partition, recipe_id, series, failed, run_id)
+    return record.__dict__
+
+
+@task(name="why-train", retries=2, retry_condition_fn=transient_only)
+def why_train(tracking_uri: str, model: str, records_file: str, root: str, recipe_id: str) -> str | None:
+    """Why nightly trains (None: nothing new since the newest version of `model`)."""
+    newest = partitions.newest_version(registry.connect(tracking_uri), model)
+    return partitions.why_train(PartitionRecords(Path(records_file)).records(Path(root), recipe_id), newest)
