@@ -4,7 +4,9 @@ A member stored uncompressed is handed to ffmpeg in place (a `subfile` URL on th
 archive: no copy at all); a compressed one is copied, size-bounded, to one temp
 file at a time. Listing rejects what an archive must not smuggle in: absolute
 paths, `..`, links, devices, and sizes or compression ratios beyond the limits
-(a zip bomb is reported, never expanded).
+(a zip or tar bomb is reported, never expanded: a compressed tar's listing stops at
+the first header that would take the archive past `max_ratio` times its own size,
+before that member's bytes are decompressed).
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ class ArchiveLimits:
     max_total_bytes: int = 1 << 40  # uncompressed bytes of all members of one archive (1 TiB)
     max_ratio: float = 100.0  # zip uncompressed/compressed; video barely compresses, zeros do 1000x
     ratio_min_bytes: int = 1 << 20  # ratios of members smaller than 1 MiB are not checked: tiny files compress oddly
+    # Entries (any type) listed per archive: bounds listing memory (tarfile keeps every header). UCF101 is 13,320 clips.
+    max_members: int = 100_000
 
 
 @dataclass(frozen=True)
@@ -83,17 +87,23 @@ def list_members(archive: Path, limits: ArchiveLimits = ArchiveLimits(),
     seen: set[str] = set()
     total = 0
     try:
-        for name, size, problem, offset in _entries(archive, limits):
+        budget = _expansion_budget(archive.stat().st_size, limits)
+        for count, (name, size, problem, offset) in enumerate(_entries(archive, limits, budget), start=1):
+            if count > limits.max_members:
+                failures.append(Failure(prefix, str(archive), "discover", f"more than max_members="
+                                        f"{limits.max_members} entries; the rest of the archive is not listed"))
+                break
             if problem is None and name in seen:
                 problem = "duplicate member name"
             if problem is None:
                 total += size  # once over the limit it stays over: every later member is refused too
-                problem = _total_problem(total, limits)
+                problem = _total_problem(total, limits, budget)
             if problem is None:
                 seen.add(name)
                 members.append(Member(name, size, offset if size else None))  # empty: a 0-byte copy, so probe says "empty file"
             else:
-                failures.append(Failure(f"{prefix}/{name}", f"{archive}!{name}", "discover", problem))
+                failures.append(Failure(printable(f"{prefix}/{name}"), printable(f"{archive}!{name}"), "discover",
+                                        problem))
     except READ_ERRORS as exc:
         failures.append(Failure(prefix, str(archive), "discover", f"unreadable archive: {exc}"))
     return members, failures
@@ -183,12 +193,21 @@ def _copy_bounded(src: IO[bytes], dst: IO[bytes], member: Member, where: str) ->
 _Entry = tuple[str, int, "str | None", "int | None"]  # name, size, why rejected (None = fine), raw offset
 
 
-def _entries(archive: Path, limits: ArchiveLimits) -> Iterator[_Entry]:
-    """Every non-directory member with the reason it is unacceptable, if any."""
+def _entries(archive: Path, limits: ArchiveLimits, budget: int) -> Iterator[_Entry]:
+    """Every non-directory member with the reason it is unacceptable, if any.
+
+    `budget`: the uncompressed bytes the archive may expand to (see _expansion_budget).
+    """
     if archive_suffix(archive.name) == ".zip":
         yield from _zip_entries(archive, limits)
     else:
-        yield from _tar_entries(archive, limits)
+        yield from _tar_entries(archive, limits, budget)
+
+
+def _expansion_budget(archive_bytes: int, limits: ArchiveLimits) -> int:
+    """Uncompressed bytes an archive of `archive_bytes` may hold: video barely compresses, so more
+    than max_ratio times its own size is a bomb (or overlapping zip members), whatever each member says."""
+    return int(max(limits.ratio_min_bytes, limits.max_ratio * archive_bytes))
 
 
 def _tar_mode(archive: Path) -> str:
@@ -196,10 +215,18 @@ def _tar_mode(archive: Path) -> str:
     return "r:" if archive_suffix(archive.name) == ".tar" else "r:gz"
 
 
-def _tar_entries(archive: Path, limits: ArchiveLimits) -> Iterator[_Entry]:
+def _tar_entries(archive: Path, limits: ArchiveLimits, budget: int) -> Iterator[_Entry]:
+    """Headers are checked before the member's data is passed over: in a .tar.gz passing over means
+    decompressing, so a bomb member ends the listing there (refused members too: they are skipped the same way)."""
     plain = _tar_mode(archive) == "r:"
     with tarfile.open(archive, _tar_mode(archive)) as tf:
         for info in tf:
+            if info.offset_data + info.size > budget:
+                yield info.name, info.size, (
+                    f"archive would expand past max_ratio={limits.max_ratio:g} times its own size at this "
+                    f"member of {info.size} bytes (decompression bomb?); it and the rest of the archive are "
+                    "refused"), None
+                return
             if info.isdir():
                 continue
             problem = _name_problem(info.name) or _tar_type_problem(info) or _size_problem(info.size, limits)
@@ -257,7 +284,14 @@ def _zip_data_offset(raw: IO[bytes], info: zipfile.ZipInfo) -> int:
     return info.header_offset + _ZIP_LOCAL_HEADER.size + name_len + extra_len
 
 
+def printable(name: str) -> str:
+    """`name` with bytes that are not UTF-8 spelt `\\xNN`: ids and tables (Arrow, SQLite, JSON) need valid UTF-8."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def _name_problem(name: str) -> str | None:
+    if printable(name) != name:  # tarfile hands undecodable bytes over as surrogates
+        return f"member name is not valid UTF-8: {printable(name)} (rename it)"
     path = PurePosixPath(name)
     if path.is_absolute():
         return f"absolute path rejected: {name}"
@@ -272,7 +306,9 @@ def _size_problem(size: int, limits: ArchiveLimits) -> str | None:
     return None
 
 
-def _total_problem(total: int, limits: ArchiveLimits) -> str | None:
+def _total_problem(total: int, limits: ArchiveLimits, budget: int) -> str | None:
     if total > limits.max_total_bytes:
         return f"archive total exceeds max_total_bytes={limits.max_total_bytes}"
+    if total > budget:  # zip members that overlap, or many small ratios adding up
+        return f"archive total exceeds max_ratio={limits.max_ratio:g} times its own size (decompression bomb?)"
     return None

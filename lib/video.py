@@ -27,6 +27,10 @@ from lib.ffmpeg import ffmpeg_exe
 from lib.series import FrameChunk
 
 _INVALID = "Invalid data found when processing input"
+# Frames larger than this are refused at probe time, before ffmpeg allocates one: 8192 x 8192 (8K UHD is
+# 7680 x 4320). Decoding one frame costs about 4.5 bytes per pixel (YUV in, RGB scaled out) in ffmpeg, so a
+# file declaring 16000 x 16000 would take over 1 GB per decoder; ffmpeg itself only refuses beyond ~16384^2.
+MAX_PIXELS = 8192 * 8192
 
 
 # File suffixes discovery reads as video; ffmpeg decodes more, but these are what archives of clips hold.
@@ -55,16 +59,24 @@ def subfile_url(path: str, start: int, size: int) -> str:
     return f"subfile,,start,{start},end,{start + size},,:{path}"
 
 
-def probe(input: str, name: str, timeout_s: float) -> VideoInfo:
-    """Size, rate, duration, codec and rotation of the first video stream; BadInput when there is none."""
+def probe(input: str, name: str, timeout_s: float, max_pixels: int = MAX_PIXELS) -> VideoInfo:
+    """Size, rate, duration, codec and rotation of the first video stream; BadInput when there is none,
+    or when its frames would exceed `max_pixels` (refused before anything decodes them)."""
     if _is_empty(input):
         raise BadInput(name, "empty file")
-    cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", input]
+    cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", input]  # argv, no shell: a name is never interpreted
     try:
         done = subprocess.run(cmd, capture_output=True, timeout=timeout_s, stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired as exc:
         raise BadInput(name, f"probe timed out after {timeout_s:g}s") from exc
-    return _parse_probe(done.stderr.decode(errors="replace"), name)
+    # ffmpeg echoes the input name verbatim: a name holding a newline and `Stream #0:0: Video: ...` would
+    # otherwise be parsed as a stream of the attacker's choosing. Bytes, so non-UTF-8 names match too.
+    text = done.stderr.replace(os.fsencode(input), b"<input>").decode(errors="replace")
+    info = _parse_probe(text, name)
+    if info.width * info.height > max_pixels:
+        raise BadInput(name, f"frames of {info.width}x{info.height} pixels exceed the limit of {max_pixels} "
+                             "pixels (a decompression bomb, or a video too large to decode here); refused unread")
+    return info
 
 
 def _parse_probe(text: str, name: str) -> VideoInfo:
@@ -286,6 +298,9 @@ def _open_error(text: str) -> str:
     if final == _INVALID:
         extra = [d for d in details if d != _INVALID]
         return f"not a media file: {_INVALID}" + (f" ({'; '.join(extra)})" if extra else "")
+    too_large = next((d for d in details if re.fullmatch(r"Picture size \d+x\d+ is invalid", d)), None)
+    if too_large:  # ffmpeg's own size check; its final line then blames the device ("resource busy")
+        return f"cannot open: declared frame size too large ({too_large})"
     return f"cannot open: {final}"
 
 

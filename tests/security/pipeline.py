@@ -1,0 +1,48 @@
+"""The lib chain a run uses, shrunk: discover -> decode -> features -> cache + failures table.
+
+A stand-in embedding (mean colour per frame) replaces the CNN: hostile input is about decoding
+and bookkeeping, and the backbone would only add seconds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from lib.archives import ArchiveLimits
+from lib.cache import FeatureCache, SeriesFeatures
+from lib.extract import extract_many
+from lib.failures import Failure, read_failures, record_failures
+from lib.hashing import HashMemo
+from lib.sources import discover
+from tests.security.conftest import SMALL
+
+
+def mean_colour(frames: np.ndarray) -> np.ndarray:
+    """(N, H, W, 3) uint8 -> (N, 3) float32."""
+    return frames.reshape(len(frames), -1, 3).mean(axis=1).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    features: dict[str, SeriesFeatures]  # by series id
+    failures: pa.Table  # the recorded failures table, read back
+
+
+def run(source: Path, home: Path, limits: ArchiveLimits = ArchiveLimits(), manifest: Path | None = None) -> Outcome:
+    """Extract every series of `source` into `home`'s cache and record its failures, as `lstmpipe extract` does."""
+    found = discover(source, manifest=manifest, memo=HashMemo(home / "cache" / "hashes.sqlite"), limits=limits)
+    results = list(extract_many(found.refs, SMALL, mean_colour, 16, home / "tmp"))
+    done = [r for r in results if isinstance(r, SeriesFeatures)]
+    FeatureCache(home / "cache").write("test-recipe", done)
+    record_failures(home / "failures", "run", found.failures + [r for r in results if isinstance(r, Failure)])
+    assert list((home / "tmp").iterdir()) == [] if (home / "tmp").exists() else True, "a temp copy outlived its series"
+    return Outcome({r.series_id: r for r in done}, read_failures(home / "failures"))
+
+
+def reasons(outcome: Outcome) -> dict[str, str]:
+    """{series id: reason} of the recorded failures."""
+    return dict(zip(outcome.failures["series_id"].to_pylist(), outcome.failures["reason"].to_pylist()))
