@@ -302,7 +302,7 @@ def _check_geometry(members: list[_Header]) -> None:
         if len(seen) > 1:
             examples = ", ".join(f"{m.rel} {list(v) if v else '(none)'}" for v, m in list(seen.items())[:3])
             raise BadInput(str(members[0].path), f"series mixes {len(seen)} {what}, so it is not one sequence "
-                                                 f"of one view (a multi-plane localizer?): {examples}")
+                                                 f"of one view (a multi-plane localizer, a rotating projection?): {examples}")
 
 
 def _file_hash(header: _Header, memo: HashMemo | None) -> str:
