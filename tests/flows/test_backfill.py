@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 from prefect.settings import PREFECT_API_URL
 
 from flows.backfill import backfill, records_file
@@ -69,6 +71,16 @@ def record_rows(home: Path) -> list[tuple]:
         return sorted(db.execute("SELECT partition, recipe_id, fingerprint, series, failed FROM done"))
 
 
+def recorded(home: Path) -> int:
+    """Partitions recorded so far; 0 also before the records file and its table exist."""
+    if not (home / "partitions.sqlite").exists():
+        return 0
+    try:
+        return len(record_rows(home))
+    except sqlite3.OperationalError:  # created, its table not yet
+        return 0
+
+
 def spawn(home: Path, *args: str) -> subprocess.Popen:
     env = {**os.environ, "LSTMPIPE_HOME": str(home), "PREFECT_API_URL": PREFECT_API_URL.value()}
     env.pop("RAY_ADDRESS", None)
@@ -109,13 +121,23 @@ def test_nightly_does_only_new_partitions_and_skips_training_without_them(harnes
     client = MlflowClient(rt.tracking_uri, registry_uri=rt.tracking_uri)
     assert len(client.search_model_versions(f"name = '{MODEL}'")) == 2  # no version for a night without data
 
+    with get_client(sync_client=True) as prefect:  # what the Prefect UI shows for these runs
+        def artifacts(key: str) -> list:
+            return prefect.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])),
+                                          sort="CREATED_DESC")[::-1]
+        summaries, links = artifacts("nightly-summary"), artifacts("mlflow-run")
+    assert len(summaries) == 3 and f"| {DAYS[-1]} | 8 |" in summaries[1].data
+    assert "**train**: skipped" in summaries[2].data
+    assert [link.data.split("/#/runs/")[1].split(")")[0] for link in links] == [
+        first["train"]["train"]["run_id"], second["train"]["train"]["run_id"]]
+
 
 def test_a_killed_backfill_resumes_with_only_the_remainder(harness, root: Path, tmp_path: Path) -> None:
     killed_home, whole_home = tmp_path / "killed", tmp_path / "whole"
     process = spawn(killed_home, "backfill", str(root), "--all")
     try:
         deadline = time.monotonic() + CLI_TIMEOUT_S
-        while not (killed_home / "partitions.sqlite").exists() or not record_rows(killed_home):
+        while not recorded(killed_home):
             assert process.poll() is None, f"finished before it could be killed:\n{process.communicate()[1][-3000:]}"
             assert time.monotonic() < deadline, "no partition was recorded in time"
             time.sleep(0.05)
