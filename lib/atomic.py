@@ -22,19 +22,31 @@ def write_atomic(target: Path, write: Callable[[IO[bytes]], None], suffix: str =
     """Call `write(handle)` on a temp file, make it durable, then rename it over `target`."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=target.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=target.parent)
+    except OSError as exc:
+        raise _naming(exc, target) from exc
     try:
         with os.fdopen(fd, "wb") as handle:
             write(handle)
             handle.flush()
-            os.fsync(handle.fileno())
+            os.fsync(handle.fileno())  # a full disk may only say so here (delayed allocation)
         os.chmod(tmp, _PUBLIC)
         os.replace(tmp, target)
-        fsync_path(target.parent)  # make the rename itself durable
+    except OSError as exc:  # disk full, quota, I/O error: say which file, and that it is untouched
+        raise _naming(exc, target) from exc
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+    fsync_path(target.parent)  # make the rename itself durable
     return target
+
+
+def _naming(exc: OSError, target: Path) -> OSError:
+    """`exc` restated with the file it was writing (a bare ENOSPC names none); errno kept for callers."""
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    message = f"cannot write {target}: {reason}; the file was left as it was and no temp file remains"
+    return OSError(exc.errno, message) if exc.errno is not None else OSError(message)
 
 
 def write_parquet_atomic(table: pa.Table, target: Path, row_group_size: int | None = None) -> Path:

@@ -221,19 +221,24 @@ class FeatureCache:
         target = self.files / f"part-{uuid.uuid4().hex}.parquet"
         write_parquet_atomic(table, target, row_group_size=_row_group_rows(table.schema.field("feature").type))
         now = time.time()
-        with closing(self._connect()) as db:
-            db.execute("BEGIN IMMEDIATE")  # against compaction's orphan sweep, which holds this lock
-            if not target.exists():
-                raise FileNotFoundError(
-                    f"{target}: removed as an orphan before its index commit (this write stalled longer than "
-                    f"the {ORPHAN_GRACE_S:.0f} s compaction grace); nothing was indexed, write the series again")
-            db.executemany(
-                "INSERT OR IGNORE INTO entries (content_hash, recipe_id, series_id, file, n_frames, written_at,"
-                " row_offset) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [(i.content_hash, recipe_id, i.series_id, target.name, int(n), now, int(o))
-                 for i, n, o in zip(items, counts, offsets)],
-            )
-            db.commit()
+        try:
+            with closing(self._connect()) as db:
+                db.execute("BEGIN IMMEDIATE")  # against compaction's orphan sweep, which holds this lock
+                if not target.exists():
+                    raise FileNotFoundError(
+                        f"{target}: removed as an orphan before its index commit (this write stalled longer than "
+                        f"the {ORPHAN_GRACE_S:.0f} s compaction grace); nothing was indexed, write the series again")
+                db.executemany(
+                    "INSERT OR IGNORE INTO entries (content_hash, recipe_id, series_id, file, n_frames, written_at,"
+                    " row_offset) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    [(i.content_hash, recipe_id, i.series_id, target.name, int(n), now, int(o))
+                     for i, n, o in zip(items, counts, offsets)],
+                )
+                db.commit()
+        except sqlite3.OperationalError as exc:  # a full disk, a lock held past the timeout: name the index
+            raise sqlite3.OperationalError(
+                f"{self.index_path}: {exc} while indexing {len(items)} series written to {target.name}; none of "
+                "them was indexed (compaction deletes the unindexed file), write them again") from exc
         return target
 
     def read(self, keys: list[Key]) -> dict[Key, SeriesFeatures]:
