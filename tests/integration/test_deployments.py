@@ -1,0 +1,105 @@
+"""`lstmpipe serve` against real servers: a deployment run of `nightly` goes through the Prefect
+server, extracts on the Ray head (joined by address) and registers on the MLflow server (on
+PostgreSQL where it is installed); a second run after a new partition lands does only that one.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from mlflow.tracking import MlflowClient
+
+from lib.partitions import PartitionRecords
+from lib.samples import SampleSpec, generate_archive
+from tests.integration.conftest import Stack
+
+pytestmark = pytest.mark.integration
+LSTMPIPE = str(Path(sys.executable).parent / "lstmpipe")
+MODEL = "served"
+DAYS = ("2026-11-19", "2026-11-20", "2026-11-21")
+RUN_TIMEOUT_S = 600
+
+
+def settings(root: Path) -> list[str]:
+    values = {"nightly.root": root, "nightly.model": MODEL, "sampling.size": 64, "sampling.fps": 4.0,
+              "backbone.weights": "none", "train.epochs": 2, "train.patience": 2, "train.hidden_size": 16}
+    return [f"--set={key}={value}" for key, value in values.items()]
+
+
+def deployment_id(api: str, name: str, serve: subprocess.Popen, log: Path) -> str:
+    """Wait until `lstmpipe serve` has registered the deployment with the server."""
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        assert serve.poll() is None, f"serve exited with {serve.returncode}:\n{log.read_text()[-3000:]}"
+        answer = httpx.get(f"{api}/deployments/name/{name}")
+        if answer.status_code == 200:
+            return answer.json()["id"]
+        time.sleep(1)
+    raise AssertionError(f"deployment {name} never appeared:\n{log.read_text()[-3000:]}")
+
+
+def run_deployment(api: str, deployment: str, log: Path) -> dict:
+    """Create a flow run of the deployment, as the scheduler (or `prefect deployment run`) does, and wait for it."""
+    flow_run = httpx.post(f"{api}/deployments/{deployment}/create_flow_run", json={}).json()
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    while time.monotonic() < deadline:
+        state = httpx.get(f"{api}/flow_runs/{flow_run['id']}").json()
+        if state["state_type"] in {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}:
+            return state
+        time.sleep(2)
+    raise AssertionError(f"flow run {flow_run['id']} still running after {RUN_TIMEOUT_S} s:\n{log.read_text()[-3000:]}")
+
+
+def test_served_nightly_runs_through_the_servers_then_does_only_the_new_partition(stack: Stack,
+                                                                                   tmp_path: Path) -> None:
+    sample = generate_archive(tmp_path / "sample", SampleSpec(clips_per_class=6, partitions=DAYS, size=32,
+                                                                  min_frames=8, max_frames=12))
+    root = tmp_path / "archive"
+    root.mkdir()
+    for entry in sorted(sample.iterdir()):  # the first two nights; the third lands later
+        if entry.name.startswith(DAYS[:2]):
+            (shutil.copytree if entry.is_dir() else shutil.copy)(entry, root / entry.name)
+    home, log = tmp_path / "home", tmp_path / "serve.log"
+    with log.open("wb") as out:
+        serve = subprocess.Popen([LSTMPIPE, "serve", *settings(root)], env={**stack.env, "LSTMPIPE_HOME": str(home)},
+                                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        nightly = deployment_id(stack.prefect_api, "nightly/nightly", serve, log)
+        first = run_deployment(stack.prefect_api, nightly, log)
+        assert first["state_type"] == "COMPLETED", log.read_text()[-4000:]
+
+        if shutil.which("initdb"):
+            assert stack.mlflow_backend.startswith("postgresql")  # the registry's rows are in PostgreSQL
+        client = MlflowClient(stack.mlflow_uri, registry_uri=stack.mlflow_uri)
+        champion = client.get_model_version_by_alias(MODEL, "champion")
+        assert champion.version == "1"
+        records = PartitionRecords(home / "partitions.sqlite")
+        done = {r.partition: r for r in records.records(root)}
+        assert sorted(done) == list(DAYS[:2])
+
+        for entry in sorted(sample.iterdir()):
+            if entry.name.startswith(DAYS[2]):
+                (shutil.copytree if entry.is_dir() else shutil.copy)(entry, root / entry.name)
+        second = run_deployment(stack.prefect_api, nightly, log)
+        assert second["state_type"] == "COMPLETED", log.read_text()[-4000:]
+        again = {r.partition: r for r in records.records(root)}
+        assert sorted(again) == list(DAYS)
+        assert all(again[day] == done[day] for day in DAYS[:2])  # the first two were not redone
+        assert again[DAYS[2]].run_id != done[DAYS[0]].run_id
+        versions = client.search_model_versions(f"name='{MODEL}'")
+        assert sorted(int(v.version) for v in versions) == [1, 2]  # a new partition: retrained on the servers
+    finally:
+        os.killpg(serve.pid, signal.SIGINT)  # serve stops its runner on Ctrl-C
+        try:
+            serve.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(serve.pid, signal.SIGKILL)
+            serve.wait(30)
