@@ -9,6 +9,7 @@ import os
 import tarfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from lib.decode import describe
@@ -35,6 +36,7 @@ NAMES = [
     "%s%n%x.mp4",
     "ünïcödé ✓.mp4",
 ]
+SUBFILE_FORGERY = "x,,start,0,end,5,,:y.tar"  # an archive name that tries to rewrite ffmpeg's subfile range
 NOT_UTF8 = os.fsdecode(b"bad-\xff\xfe-utf8.mp4")  # how Python spells the raw bytes: surrogate escapes
 
 
@@ -51,6 +53,8 @@ def hostile_source(tmp_path: Path, clip: Path, monkeypatch: pytest.MonkeyPatch) 
     with tarfile.open(source / "odd,name;$(x).tar", "w") as tar:
         for name in ["in tar\nnewline.mp4", f"$(touch {MARKER}).mp4", NOT_UTF8]:
             tar.add(folder / NAMES[0], arcname=f"cls/{name}")
+    with tarfile.open(source / SUBFILE_FORGERY, "w") as tar:  # stored members are read through a subfile URL
+        tar.add(folder / NAMES[0], arcname="cls/clip.mp4")
     return source
 
 
@@ -60,9 +64,12 @@ def test_hostile_names_decode_like_any_clip_and_run_nothing(hostile_source: Path
     folder = f"$(touch {MARKER})"
     archive = "odd,name;$(x).tar"
     expected = {f"{folder}/{name}" for name in NAMES} | {
-        f"{archive}/cls/{name}" for name in ["in tar\nnewline.mp4", f"$(touch {MARKER}).mp4"]}
+        f"{archive}/cls/{name}" for name in ["in tar\nnewline.mp4", f"$(touch {MARKER}).mp4"]} | {
+        f"{SUBFILE_FORGERY}/cls/clip.mp4"}
     assert set(outcome.features) == expected
     assert {len(f.features) for f in outcome.features.values()} == {16}  # 4 s at 4 fps, every one
+    first = next(iter(outcome.features.values())).features
+    assert all(np.array_equal(f.features, first) for f in outcome.features.values())  # the same bytes were read
     assert {f.label for f in discover(hostile_source).refs} == {folder, "cls"}
     # a member name that is not UTF-8 cannot become an id (Arrow, SQLite and JSON need UTF-8): refused by name
     assert reasons(outcome) == {
