@@ -31,6 +31,10 @@ _INVALID = "Invalid data found when processing input"
 # 7680 x 4320). Decoding one frame costs about 4.5 bytes per pixel (YUV in, RGB scaled out) in ffmpeg, so a
 # file declaring 16000 x 16000 would take over 1 GB per decoder; ffmpeg itself only refuses beyond ~16384^2.
 MAX_PIXELS = 8192 * 8192
+# Frames handed out per series: 36 h at 8 fps, 9.7 h of every frame at 30 fps. Beyond this a file is more
+# likely a timestamp bomb (2 frames 277 h apart make the fps filter emit 4 million duplicates from 3 kB) than a
+# clip; even at the limit its features take 2 GiB (D=512, float32) before the LSTM sees them.
+MAX_FRAMES = 1 << 20
 
 
 # File suffixes discovery reads as video; ffmpeg decodes more, but these are what archives of clips hold.
@@ -114,8 +118,10 @@ def output_fps(sampling: SamplingConfig, info: VideoInfo, name: str) -> float:
     return sampling.fps if sampling.fps is not None else info.fps
 
 
-def decode_video(input: str, name: str, sampling: SamplingConfig, info: VideoInfo | None = None) -> Iterator[FrameChunk]:
-    """Chunks of (N, size, size, 3) uint8 RGB frames with t in seconds.
+def decode_video(input: str, name: str, sampling: SamplingConfig, info: VideoInfo | None = None,
+                 max_frames: int = MAX_FRAMES) -> Iterator[FrameChunk]:
+    """Chunks of (N, size, size, 3) uint8 RGB frames with t in seconds; BadInput beyond `max_frames`
+    (refused before decoding when the duration says so, else stopped once that many came out).
 
     Sampled (fps or num_frames): an fps filter makes the output constant-rate, so
     t = index / rate is exact, and frames are chosen by timestamp, variable frame rate
@@ -128,6 +134,11 @@ def decode_video(input: str, name: str, sampling: SamplingConfig, info: VideoInf
     info = info or probe(input, name, sampling.timeout_s)
     every_frame = sampling.fps is None and sampling.num_frames is None
     rate = None if every_frame else output_fps(sampling, info, name)
+    expected = _expected_frames(sampling, info, rate)
+    if expected is not None and expected > max_frames:
+        why = "num_frames" if sampling.num_frames is not None else f"{info.duration_s:g} s at {rate or info.fps:g} fps"
+        raise BadInput(name, f"would yield about {expected} frames ({why}), beyond the limit of {max_frames} per "
+                             "series (a timestamp gap, or a video too long to sample this densely); use num_frames")
     frame_bytes = sampling.size * sampling.size * 3
     proc = subprocess.Popen(_command(input, sampling.size, rate, sampling.num_frames), stdin=subprocess.DEVNULL,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0)
@@ -136,6 +147,9 @@ def decode_video(input: str, name: str, sampling: SamplingConfig, info: VideoInf
     try:
         start = 0
         while len(frames := _read_frames(proc.stdout, sampling.chunk_frames, frame_bytes, watchdog)):
+            if start + len(frames) // frame_bytes > max_frames:  # no usable duration said so beforehand
+                raise BadInput(name, f"more than {max_frames} frames decoded, the limit per series "
+                                     "(a timestamp gap, or a video too long to sample this densely); use num_frames")
             frames = frames.reshape(-1, sampling.size, sampling.size, 3)
             t = stderr.take_times(len(frames), sampling.timeout_s) if every_frame \
                 else np.arange(start, start + len(frames)) / rate
@@ -148,6 +162,15 @@ def decode_video(input: str, name: str, sampling: SamplingConfig, info: VideoInf
         proc.wait()
         stderr.join()
         proc.stdout.close()
+
+
+def _expected_frames(sampling: SamplingConfig, info: VideoInfo, rate: float | None) -> int | None:
+    """Frames decoding will hand out, from the container's duration; None when it does not say."""
+    if sampling.num_frames is not None:
+        return sampling.num_frames
+    if not info.duration_s:
+        return None
+    return int(info.duration_s * (rate if rate is not None else info.fps))
 
 
 def _command(input: str, size: int, rate: float | None, max_frames: int | None) -> list[str]:

@@ -1,19 +1,23 @@
 """Videos declaring enormous frames (SPEC §6: sizes are bounded). A 100000x100000 header is refused by
 ffmpeg and reported as such; one ffmpeg would accept (16000x16000, 1 GB a frame through the scaler) is
 refused by lib.video at probe time, before any frame is decoded; an MJPEG whose frame headers were patched
-to 40000x40000 fails cleanly. Each is a recorded failure naming the file, in bounded time and memory."""
+to 40000x40000 fails cleanly; two frames a million seconds apart (which an fps filter would expand into
+millions of frames) are refused by their duration, or stopped at the frame limit when none is declared.
+Each is a recorded failure naming the file, in bounded time and memory."""
 
 from __future__ import annotations
 
 import subprocess
 import struct
+import time
 from pathlib import Path
 
 import pytest
 
 from lib.errors import BadInput
 from lib.ffmpeg import ffmpeg_exe
-from lib.video import MAX_PIXELS, probe
+from lib.video import MAX_FRAMES, MAX_PIXELS, VideoInfo, decode_video, probe
+from tests.helpers import ffmpeg_children
 from tests.security.conftest import SMALL, isolated
 from tests.security.pipeline import reasons, run
 
@@ -87,3 +91,37 @@ def test_decoding_a_huge_declared_video_stays_small(tmp_path: Path) -> None:
     """)
     assert "exceed the limit" in shown["result"]["reason"] and shown["result"]["seconds"] < 10
     assert shown["self_bytes"] < 400 << 20 and shown["children_bytes"] < 600 << 20, shown
+
+
+def timestamp_gap(path: Path) -> Path:
+    """2 real H.264 frames 1,000,000 s apart: 3 kB that an fps filter would expand into 4 million frames."""
+    subprocess.run([ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi", "-i",
+                    "testsrc=size=64x64:rate=1:duration=2", "-vf", "setpts=N*1000000/TB", "-fps_mode", "passthrough",
+                    "-c:v", "libx264", str(path)], check=True, timeout=60)
+    return path
+
+
+def test_a_timestamp_gap_is_refused_before_decoding(tmp_path: Path, home: Path, clip: Path, system_tmp: Path) -> None:
+    source = tmp_path / "source"
+    source.mkdir()
+    timestamp_gap(source / "gap.mkv")
+    (source / "fine.mp4").write_bytes(clip.read_bytes())
+    began = time.monotonic()
+    outcome = run(source, home)
+    assert time.monotonic() - began < 30  # decoding it would run for hours
+    assert list(outcome.features) == ["fine.mp4"]
+    reason = reasons(outcome)["gap.mkv"]
+    assert "would yield about 4000004 frames" in reason and f"limit of {MAX_FRAMES}" in reason
+
+
+def test_a_stream_without_duration_is_stopped_at_the_frame_limit(tmp_path: Path) -> None:
+    """When the container gives no duration to check first, decoding stops once the limit is passed."""
+    path = timestamp_gap(tmp_path / "gap.mkv")
+    info = probe(str(path), path.name, timeout_s=20)
+    unknown = VideoInfo(info.width, info.height, info.fps, None, info.codec)
+    began = time.monotonic()
+    with pytest.raises(BadInput, match="more than 100 frames decoded") as caught:
+        for _ in decode_video(str(path), path.name, SMALL, unknown, max_frames=100):
+            pass
+    assert caught.value.path == "gap.mkv" and time.monotonic() - began < 10
+    assert ffmpeg_children() == []
