@@ -16,7 +16,15 @@ import pyarrow as pa
 import pyarrow.csv as pv
 import pyarrow.parquet as pq
 
-from lib.archives import READ_ERRORS, ArchiveLimits, Member, archive_suffix, list_members, strip_archive_suffix
+from lib.archives import (
+    READ_ERRORS,
+    ArchiveLimits,
+    Member,
+    archive_suffix,
+    list_members,
+    printable,
+    strip_archive_suffix,
+)
 from lib.config import SourcesConfig
 from lib.errors import BadInput
 from lib.failures import Failure
@@ -40,7 +48,8 @@ def discover(root: Path, manifest: Path | None = None, memo: HashMemo | None = N
     refs: list[SeriesRef] = []
     failures: list[Failure] = []
     base = root.parent if root.is_file() else root
-    files = _walk(root)
+    files, refused = _walk(root, base)
+    failures += refused
     for kind in KINDS:  # DICOM, NIfTI, GeoTIFF, ... take their files first; the rest may be video
         claim = kind.claim(base, files, memo, sources)
         refs += claim.refs
@@ -71,15 +80,29 @@ def partitions(root: Path) -> list[str]:
     )
 
 
-def _walk(root: Path) -> list[Path]:
-    """Files under `root` (or `root` itself), sorted, hidden files and folders skipped."""
+def _walk(root: Path, base: Path) -> tuple[list[Path], list[Failure]]:
+    """Regular files under `root` (or `root` itself), sorted, hidden files and folders skipped; and the
+    refused: what is not a regular file (opening a fifo waits for a writer forever; a device may never
+    end) and names that are not UTF-8 (ids, the cache and the failures table need UTF-8)."""
     if root.is_file():
-        return [root]
+        candidates = [root]
+    else:
+        candidates = []
+        for folder, dirs, files in os.walk(root):
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            candidates += [Path(folder, f) for f in files if not f.startswith(".")]
     found: list[Path] = []
-    for folder, dirs, files in os.walk(root):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        found += [Path(folder, f) for f in files if not f.startswith(".")]
-    return sorted(found, key=lambda p: p.relative_to(root).parts)
+    refused: list[Failure] = []
+    for path in sorted(candidates, key=lambda p: p.relative_to(base).parts):
+        rel = path.relative_to(base).as_posix()
+        if printable(rel) != rel:
+            refused.append(Failure(printable(rel), printable(str(path)), "discover",
+                                   "file name is not valid UTF-8 (rename it)"))
+        elif not path.is_file():  # follows links: a link to a regular file is one
+            refused.append(Failure(rel, str(path), "discover", "not a regular file (fifo, socket, device or broken link)"))
+        else:
+            found.append(path)
+    return found, refused
 
 
 def _archive_refs(archive: Path, rel: str, memo: HashMemo | None,

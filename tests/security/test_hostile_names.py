@@ -83,11 +83,6 @@ def test_a_name_cannot_forge_what_probe_reads(hostile_source: Path, home: Path) 
     assert (meta["width"], meta["height"], round(meta["fps"], 2)) == (176, 144, 29.97)
 
 
-@pytest.mark.xfail(strict=True, raises=UnicodeEncodeError, reason=(
-    "lib/sources.py (not this suite's to change) hands a file name that is not UTF-8 to the hash memo, "
-    "the cache and the failures table, which need UTF-8: the run crashes instead of recording the file. "
-    "Fix: refuse such names in discover() with Failure(lib.archives.printable(rel), ..., 'discover', "
-    "'file name is not valid UTF-8 (rename it)'), as archive members are."))
 def test_a_file_name_that_is_not_utf8_is_recorded_not_fatal(tmp_path: Path, clip: Path, home: Path) -> None:
     source = tmp_path / "source"
     source.mkdir()

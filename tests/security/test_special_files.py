@@ -7,18 +7,12 @@ import os
 import threading
 from pathlib import Path
 
-import pytest
 
 from lib.sources import Discovery, discover
 
 WAIT_S = 3.0
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "lib/sources.py (not this suite's to change) offers every walked path to the kinds and the hasher, which "
-    "open it: a fifo blocks discovery forever. Fix: in sources._walk keep only regular files (Path.is_file() "
-    "is False for fifos, sockets and devices) and record the rest as Failure(rel, path, 'discover', "
-    "'not a regular file (fifo, socket or device)')."))
 def test_a_named_pipe_in_a_source_folder_is_refused_not_waited_on(tmp_path: Path, clip: Path) -> None:
     source = tmp_path / "source"
     source.mkdir()
