@@ -31,7 +31,7 @@ test: $(VENV)/.installed ## run every test: unit, tasks, flows, infra, integrati
 test-fast: $(VENV)/.installed ## unit tests of lib/ only (no servers)
 	$(BIN)/python -m pytest -q tests/lib
 
-bench: $(VENV)/.installed ## extraction speed vs ceiling and naive, warm re-run, start-up, memory, cache scale: JSON in bench/results/, one table (BENCH_ARGS=--quick)
+bench: $(VENV)/.installed ## extraction speed vs ceiling and naive, warm re-run, start-up, memory, cache scale, nightly overhead: JSON in bench/results/, one table (BENCH_ARGS=--quick)
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 lint: $(VENV)/.installed ## architecture contracts: lib never imports prefect/ray/tasks/flows

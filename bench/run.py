@@ -1,4 +1,4 @@
-"""Every benchmark in one go: bench/extract.py, then bench/cache_scale.py where it exists; one summary table.
+"""Every benchmark in one go: bench/extract.py, bench/cache_scale.py, bench/nightly.py; one summary table.
 
 Each benchmark runs as its own process and writes its JSON under bench/results/;
 its progress and its own table go to stderr, its results into the table here (stdout).
@@ -53,8 +53,8 @@ def main() -> None:
     verbatim: list[tuple[str, str]] = []
     crashed: list[str] = []
     benchmarks = [(BENCH / "extract.py", [*flags, "--out", str(RESULTS / f"extract-{stamp}.json")])]
-    if (BENCH / "cache_scale.py").exists():  # written by another hand: run it with the flags it knows
-        benchmarks.append((BENCH / "cache_scale.py", supported(BENCH / "cache_scale.py", flags)))
+    for other in ("cache_scale.py", "nightly.py"):  # run with the flags each knows
+        benchmarks.append((BENCH / other, supported(BENCH / other, flags)))
     for script, script_flags in benchmarks:
         code, stdout = run(script, script_flags)
         print(stdout, end="", file=sys.stderr)  # its own table and details, before the summary
