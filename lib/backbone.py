@@ -186,6 +186,10 @@ def _build(config: BackboneConfig, weights: WeightsSource) -> nn.Module:
         except pickle.UnpicklingError as exc:  # torch's own message advises weights_only=False: never here
             raise ConfigError(f"backbone.weights: {weights.path} is not a plain state_dict of tensors "
                               "(refused: loading it could run code); save model.state_dict() instead") from exc
+        except Exception as exc:  # torch raises anything on a corrupt file (RuntimeError, EOFError, IndexError, ...)
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ConfigError(f"backbone.weights: {weights.path} is not a readable state_dict file ({first}); "
+                              "save it again with torch.save(model.state_dict(), path)") from exc
         try:
             model.load_state_dict(state)
         except RuntimeError as exc:

@@ -1,12 +1,15 @@
 """A "weights" file that carries a pickled payload (SPEC §6: weights are loaded with
 torch.load(weights_only=True)). Whether torch's zip format or a bare pickle, as backbone weights or
 as a registered model's weights.pt, it is refused with a message naming the file, and the payload,
-which would create a marker file, never runs."""
+which would create a marker file, never runs. A weights file that is truncated, not torch's, or declares an
+8 GiB tensor in 16 bytes is a configuration error naming the file, never an 8 GiB allocation."""
 
 from __future__ import annotations
 
 import os
 import pickle
+import struct
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -19,6 +22,7 @@ from lib.errors import ConfigError
 from lib.features import load_backbone
 from lib.model import ModelSpec
 from lib.recipe import FeatureRecipe
+from tests.security.conftest import isolated
 
 
 RECIPE = FeatureRecipe(decoder="ffmpeg 7.1", fps=4.0, num_frames=None, size=64, backbone="resnet18",
@@ -82,3 +86,44 @@ def test_a_trojan_is_refused_before_any_backbone_is_built(tmp_path: Path) -> Non
         Backbone(BackboneConfig(weights=str(path), optimize="none"), weights)
     assert not marker.exists()
 
+
+
+def lying_sizes(path: Path) -> Path:
+    """A real 4-float state_dict whose pickle declares the tensor (and its storage) as 2^31 - 1 floats: 8 GiB."""
+    small = path.with_suffix(".small")
+    torch.save({"conv1.weight": torch.zeros(4)}, small)
+    with zipfile.ZipFile(small) as source:
+        name = next(n for n in source.namelist() if n.endswith("data.pkl"))
+        data = source.read(name)
+        huge = b"J" + struct.pack("<i", 2**31 - 1)  # BININT in place of BININT1 4
+        assert data.count(b"K\x04") == 2, "storage numel and tensor size, as torch 2.x pickles them"
+        with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as out:
+            for info in source.infolist():
+                out.writestr(info, data.replace(b"K\x04", huge) if info.filename == name else source.read(info))
+    small.unlink()
+    return path
+
+
+@pytest.mark.parametrize("kind", ["lying-sizes", "truncated", "not-torch"])
+def test_a_corrupt_weights_file_is_a_config_error_naming_it_in_bounded_memory(tmp_path: Path, kind: str) -> None:
+    path = tmp_path / f"{kind}.pth"
+    if kind == "lying-sizes":
+        lying_sizes(path)
+    elif kind == "truncated":
+        torch.save({"conv1.weight": torch.zeros(64, 3, 7, 7)}, path)
+        path.write_bytes(path.read_bytes()[:5000])
+    else:
+        path.write_text("these are not weights\n")
+    shown = isolated(f"""
+        from lib.backbone import Backbone, resolve_weights
+        from lib.config import BackboneConfig
+        from lib.errors import ConfigError
+        config = BackboneConfig(weights={str(path)!r}, optimize="none")
+        try:
+            Backbone(config, resolve_weights(config, None))
+            result = "loaded"
+        except ConfigError as exc:
+            result = str(exc)
+    """)
+    assert shown["result"].startswith(f"backbone.weights: {path} is not a ")
+    assert shown["self_bytes"] < 1 << 30, shown  # torch itself is ~500 MB; 8 GiB of tensor never allocated
