@@ -91,8 +91,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--series", type=int, default=5000, help="series in the archive (default 5000)")
     parser.add_argument("--executor", choices=["local", "ray"], default="local",
-                        help="where extraction runs (default local: in-process; ray: a local Ray started by the run, "
-                             "whose workers are not children of the CLI and so not in the RSS)")
+                        help="where extraction runs (default local: in-process; ray: a local Ray started by the run)")
     parser.add_argument("--keep", action="store_true", help="keep the temp folder (default: delete it)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="lstmpipe-bench-load-"))
