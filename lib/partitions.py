@@ -81,6 +81,8 @@ def period(name: str) -> tuple[dt.date, dt.date] | None:
 def list_partitions(root: Path) -> list[Partition]:
     """The partitions of `root` in date order (undated ones last, by name), each fingerprinted now."""
     root = Path(root)
+    if not root.is_dir():  # bad usage, not bad input: nothing to record per series, nothing to retry
+        raise ConfigError(f"{root}: not a folder; partitions are the dated folders and archives inside one")
     grouped: dict[str, list[Path]] = defaultdict(list)
     for path in sorted(root.iterdir()):
         if not path.name.startswith(".") and (path.is_dir() or archive_suffix(path.name)):

@@ -64,6 +64,11 @@ def test_partitions_are_top_level_folders_and_archives_in_date_order(root: Path)
     assert len({p.fingerprint for p in found}) == 5
 
 
+def test_a_root_that_is_no_folder_is_a_usage_error_naming_it(root: Path) -> None:
+    with pytest.raises(ConfigError, match="2026-11-20.tar"):
+        list_partitions(root / "2026-11-20.tar")
+
+
 def test_series_ids_group_into_the_partitions_they_came_from(root: Path) -> None:
     found = discover(root)
     grouped = by_partition([r.to_dict() for r in found.refs])
