@@ -93,7 +93,13 @@ def decode_in_tasks(sampling: SamplingConfig, sources: SourcesConfig, tmp_dir: s
     return decode_fn
 
 
-@ray.remote
+# A worker process that dies (OOM killer, a node lost, SIGKILL) is restarted, and the call it was running
+# re-runs on the new process: extract() is idempotent (the cache's first index row wins), so the group is
+# extracted again whole and reported once. Bounded, so a series that kills every worker fails the shard.
+RESTARTS = 3
+
+
+@ray.remote(max_restarts=RESTARTS, max_task_retries=RESTARTS)
 class FeatureWorker:
     """Holds one backbone; extracts groups of series into the cache.
 
