@@ -13,7 +13,20 @@ import numpy as np
 from PIL import Image
 
 from lib.config import SamplingConfig
+from lib.errors import BadInput
 from lib.series import FrameChunk
+
+# Frames larger than this are refused from their header, before anything is allocated: 8192 x 8192 (8K UHD
+# is 7680 x 4320). Decoding one costs a few bytes per pixel (ffmpeg: YUV in, RGB out; DICOM: 16-bit values;
+# GeoTIFF: float32 per band), so a file declaring 100000 x 100000 would ask for tens of GB.
+MAX_PIXELS = 8192 * 8192
+
+
+def check_frame_size(where: str, rows: int, cols: int, max_pixels: int = MAX_PIXELS) -> None:
+    """BadInput naming `where` when a header declares frames of more than `max_pixels` pixels."""
+    if rows * cols > max_pixels:
+        raise BadInput(where, f"frames of {cols}x{rows} pixels exceed the limit of {max_pixels} pixels "
+                              "(a decompression bomb, or a frame too large to decode here); refused unread")
 
 
 def scale_to_uint8(image: np.ndarray, low: float, high: float) -> np.ndarray:

@@ -23,14 +23,11 @@ import numpy as np
 
 from lib.config import SamplingConfig
 from lib.errors import BadInput
+from lib.frames import MAX_PIXELS, check_frame_size
 from lib.ffmpeg import ffmpeg_exe
 from lib.series import FrameChunk
 
 _INVALID = "Invalid data found when processing input"
-# Frames larger than this are refused at probe time, before ffmpeg allocates one: 8192 x 8192 (8K UHD is
-# 7680 x 4320). Decoding one frame costs about 4.5 bytes per pixel (YUV in, RGB scaled out) in ffmpeg, so a
-# file declaring 16000 x 16000 would take over 1 GB per decoder; ffmpeg itself only refuses beyond ~16384^2.
-MAX_PIXELS = 8192 * 8192
 # Frames handed out per series: 36 h at 8 fps, 9.7 h of every frame at 30 fps. Beyond this a file is more
 # likely a timestamp bomb (2 frames 277 h apart make the fps filter emit 4 million duplicates from 3 kB) than a
 # clip; even at the limit its features take 2 GiB (D=512, float32) before the LSTM sees them.
@@ -77,9 +74,7 @@ def probe(input: str, name: str, timeout_s: float, max_pixels: int = MAX_PIXELS)
     # otherwise be parsed as a stream of the attacker's choosing. Bytes, so non-UTF-8 names match too.
     text = done.stderr.replace(os.fsencode(input), b"<input>").decode(errors="replace")
     info = _parse_probe(text, name)
-    if info.width * info.height > max_pixels:
-        raise BadInput(name, f"frames of {info.width}x{info.height} pixels exceed the limit of {max_pixels} "
-                             "pixels (a decompression bomb, or a video too large to decode here); refused unread")
+    check_frame_size(name, info.height, info.width, max_pixels)  # before ffmpeg allocates one
     return info
 
 

@@ -44,7 +44,7 @@ from lib.archives import ArchiveLimits
 from lib.config import SamplingConfig, SourcesConfig
 from lib.errors import BadInput, ConfigError
 from lib.failures import Failure
-from lib.frames import chunked, pick, robust_range, scale_to_uint8, to_rgb
+from lib.frames import check_frame_size, chunked, pick, robust_range, scale_to_uint8, to_rgb
 from lib.hashing import HashMemo, content_hash
 from lib.kinds import Claim, make_ref, with_options
 from lib.kinds.geotiff import combined_hash, iso, series_id
@@ -195,6 +195,7 @@ class _Cube:
             raise BadInput(where, f"variables {', '.join(variables)} lie on different grids: {sorted(grids)}")
         others = grids.pop()
         rows, cols = str(others[-2]), str(others[-1])
+        check_frame_size(where, int(ds.sizes[rows]), int(ds.sizes[cols]))
         seconds, labels, t_unit = _times(ds, time_dim, where)
         return cls(variables, time_dim, rows, cols, {str(d): 0 for d in others[:-2]}, seconds, labels, t_unit,
                    int(ds.sizes[rows]), int(ds.sizes[cols]))

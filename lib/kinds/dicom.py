@@ -37,7 +37,7 @@ from lib.archives import ArchiveLimits
 from lib.config import SamplingConfig, SourcesConfig
 from lib.errors import BadInput, ConfigError
 from lib.failures import Failure
-from lib.frames import chunked, pick, robust_range, scale_to_uint8, to_rgb
+from lib.frames import check_frame_size, chunked, pick, robust_range, scale_to_uint8, to_rgb
 from lib.hashing import HashMemo, content_hash
 from lib.kinds import Claim, SourceKind
 from lib.series import FrameChunk, OpenSeries, SeriesRef
@@ -251,6 +251,7 @@ def _series_ref(base: Path, members: list[_Header], memo: HashMemo | None) -> Se
         raise BadInput(str(members[0].path), f"series mixes image sizes: {examples}")
     if None in shapes[0][:2]:
         raise BadInput(str(members[0].path), f"{members[0].rel}: no Rows/Columns in the header")
+    check_frame_size(str(members[0].path), shapes[0][0], shapes[0][1])  # compressed data says nothing of it
     _check_geometry(members)
     ordered, order = _order(members)
     times = _frame_times(ordered)

@@ -67,7 +67,7 @@ from lib.archives import ArchiveLimits
 from lib.config import SamplingConfig, SourcesConfig
 from lib.errors import BadInput, ConfigError
 from lib.failures import Failure
-from lib.frames import chunked, pick, robust_range, scale_to_uint8, to_rgb
+from lib.frames import check_frame_size, chunked, pick, robust_range, scale_to_uint8, to_rgb
 from lib.hashing import HashMemo, content_hash
 from lib.kinds import Claim, make_ref, with_options
 from lib.series import OpenSeries, SeriesRef
@@ -233,6 +233,7 @@ def _header(tif: tifffile.TiffFile, where: str) -> Header:
     if len(extra) > 1:
         raise BadInput(where, f"unsupported TIFF layout {axes} {shape}: one band axis expected")
     band_axis = extra[0] if extra else None
+    check_frame_size(where, int(shape[axes.index("Y")]), int(shape[axes.index("X")]))
     dataset, per_band = _gdal_metadata(_tag(tags, _GDAL_METADATA))
     bands = shape[band_axis] if band_axis is not None else 1
     descriptions = tuple(per_band.get(i, {}).get("DESCRIPTION") for i in range(bands))

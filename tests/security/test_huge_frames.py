@@ -16,7 +16,8 @@ import pytest
 
 from lib.errors import BadInput
 from lib.ffmpeg import ffmpeg_exe
-from lib.video import MAX_FRAMES, MAX_PIXELS, VideoInfo, decode_video, probe
+from lib.frames import MAX_PIXELS
+from lib.video import MAX_FRAMES, VideoInfo, decode_video, probe
 from tests.helpers import ffmpeg_children
 from tests.security.conftest import SMALL, isolated
 from tests.security.pipeline import reasons, run

@@ -1,0 +1,87 @@
+"""Image series declaring huge frames: a compressed DICOM claiming 65535 x 65535 pixels, a GeoTIFF stack and a
+NetCDF cube claiming 100000 x 100000 are refused at discovery by file name (lib.frames.check_frame_size), never
+decoded into a gigabytes-large array. Each runs in a fresh interpreter under a 4 GiB address-space limit."""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+import tifffile
+
+from lib.samples_geo import write_geotiff
+from tests.helpers import wheel_data
+from tests.security.conftest import isolated
+
+RUN = """
+    import time
+    from pathlib import Path
+    from lib.config import SamplingConfig
+    from lib.decode import decode
+    from lib.sources import discover
+    began = time.monotonic()
+    found = discover(Path({source!r}))
+    decoded = []
+    for ref in found.refs:  # whatever discovery lets through must decode within bounds or fail as BadInput
+        try:
+            decoded.append(sum(len(c) for c in decode(ref, SamplingConfig(size=32), Path({tmp!r}))))
+        except Exception as exc:
+            decoded.append(type(exc).__name__ + ": " + str(exc)[:200])
+    result = {{"seconds": time.monotonic() - began, "decoded": decoded,
+               "failures": [[f.series_id, f.path, f.stage, f.reason] for f in found.failures]}}
+"""
+
+
+@pytest.mark.parametrize("dataset", ["MR_small_RLE.dcm", "SC_rgb_jpeg_dcmtk.dcm"])
+def test_a_compressed_dicom_claiming_65535_squared_is_refused(tmp_path: Path, dataset: str) -> None:
+    series = tmp_path / "source" / "mr"
+    series.mkdir(parents=True)
+    ds = pydicom.dcmread(wheel_data("pydicom", "pydicom/data/test_files") / dataset)
+    ds.Rows, ds.Columns = 65535, 65535  # 4.3 G pixels: 8-12 GiB once decoded
+    ds.save_as(series / "huge.dcm")
+    shown = isolated(RUN.format(source=str(tmp_path / "source"), tmp=str(tmp_path / "tmp")))
+    assert shown["result"]["decoded"] == [], shown  # unbounded, this was a MemoryError (8 GiB)
+    [(_, path, stage, why)] = shown["result"]["failures"]
+    assert path.endswith("huge.dcm") and stage == "discover" and "65535x65535" in why
+
+
+def test_a_geotiff_stack_claiming_100000_squared_is_refused(tmp_path: Path) -> None:
+    field = tmp_path / "source" / "field"
+    for i, day in enumerate(["20240501", "20240601"]):
+        path = write_geotiff(field / f"LC08_{day}.tif", np.full((32, 32), 100, np.uint16),
+                             (500000.0, 4400000.0), "0", 120 + 30 * i)
+        with tifffile.TiffFile(path) as tif:
+            spots = [(tif.pages.first.tags[name].valueoffset, tif.pages.first.tags[name].dtype)
+                     for name in ("ImageWidth", "ImageLength")]
+        data = bytearray(path.read_bytes())
+        for offset, dtype in spots:  # ImageWidth / ImageLength patched in place: 1 kB claiming 10 G pixels
+            assert dtype == 4, "tifffile writes these as LONG"
+            data[offset:offset + 4] = struct.pack("<I", 100_000)
+        path.write_bytes(bytes(data))
+    shown = isolated(RUN.format(source=str(tmp_path / "source"), tmp=str(tmp_path / "tmp")))
+    assert shown["result"]["decoded"] == [], shown  # unbounded, a MemoryError (18.6 GiB)
+    failures = shown["result"]["failures"]  # each date's file, by name
+    assert sorted(Path(path).name for _, path, _, _ in failures) == ["LC08_20240501.tif", "LC08_20240601.tif"]
+    assert all(stage == "discover" and "100000x100000" in why for _, _, stage, why in failures)
+
+
+def test_a_netcdf_cube_declaring_100000_squared_is_refused(tmp_path: Path) -> None:
+    """10 kB on disk: HDF5 allocates chunks lazily, so the variables are all fill value."""
+    import h5netcdf
+
+    source = tmp_path / "source"
+    source.mkdir()
+    with h5netcdf.File(source / "huge.nc", "w") as f:
+        f.dimensions = {"time": 2, "y": 100000, "x": 100000}
+        t = f.create_variable("time", ("time",), "f8")
+        t.attrs["units"] = "days since 2024-01-01"
+        t[:] = [0, 10]
+        for name in ("red", "green", "blue"):
+            f.create_variable(name, ("time", "y", "x"), "f4", chunks=(1, 1000, 1000), fillvalue=0.0)
+    shown = isolated(RUN.format(source=str(source), tmp=str(tmp_path / "tmp")))
+    assert shown["result"]["decoded"] == [], shown  # unbounded, a MemoryError (37 GiB)
+    [(_, path, stage, why)] = shown["result"]["failures"]
+    assert path.endswith("huge.nc") and stage == "discover" and "100000x100000" in why
