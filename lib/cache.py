@@ -210,6 +210,8 @@ class FeatureCache:
     def write(self, recipe_id: str, items: list[SeriesFeatures]) -> Path | None:
         """Commit many series in one new file; keys already present stay as they were.
 
+        Returns the file, or None when nothing was new (the file is then removed again).
+
         Features are stored as float16 when every item is float16, else as float32.
         """
         items = list({item.content_hash: item for item in reversed(items)}.values())[::-1]  # one copy per key
@@ -228,13 +230,16 @@ class FeatureCache:
                     raise FileNotFoundError(
                         f"{target}: removed as an orphan before its index commit (this write stalled longer than "
                         f"the {ORPHAN_GRACE_S:.0f} s compaction grace); nothing was indexed, write the series again")
-                db.executemany(
+                inserted = db.executemany(
                     "INSERT OR IGNORE INTO entries (content_hash, recipe_id, series_id, file, n_frames, written_at,"
                     " row_offset) VALUES (?, ?, ?, ?, ?, ?, ?)",
                     [(i.content_hash, recipe_id, i.series_id, target.name, int(n), now, int(o))
                      for i, n, o in zip(items, counts, offsets)],
-                )
+                ).rowcount
                 db.commit()
+                if inserted == 0:  # another writer indexed every one of them first: this file holds nothing used
+                    target.unlink()
+                    return None
         except sqlite3.OperationalError as exc:  # a full disk, a lock held past the timeout: name the index
             raise sqlite3.OperationalError(
                 f"{self.index_path}: {exc} while indexing {len(items)} series written to {target.name}; none of "

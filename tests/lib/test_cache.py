@@ -106,6 +106,13 @@ def test_duplicate_keys_in_one_write_are_stored_once(cache: FeatureCache) -> Non
     assert cache.stats()["series"] == 2
 
 
+def test_a_write_with_nothing_new_leaves_no_file(cache: FeatureCache) -> None:
+    """The losing writer of a race (or a retried shard): its file would only wait for compaction's sweep."""
+    kept = cache.write(RID, [series("a", 6, 0), series("b", 2, 2)])
+    assert cache.write(RID, [series("a", 6, 1), series("b", 2, 3)]) is None
+    assert sorted(p.name for p in cache.files.glob("*.parquet")) == [kept.name]
+
+
 def test_a_second_writer_of_a_key_changes_nothing_that_is_read(tmp_path: Path) -> None:
     """Two workers that extracted the same series: the first committed entry stays, read once."""
     one, two = FeatureCache(tmp_path / "c"), FeatureCache(tmp_path / "c")  # two handles, as two processes hold
