@@ -302,6 +302,7 @@ def promote(client: MlflowClient, cache: FeatureCache, plan: dict[str, Any], mar
     eval_set = [SeriesRef.from_dict(r) for r in plan["eval_set"]]
     challenger = ModelRef(**plan["challenger"])
     with exclusive(lock_file):
+        registry.check_complete(client, challenger)  # the alias never points at a half-registered version
         champion = registry.alias_version(client, challenger.name, alias)  # re-read under the lock
         again = champion is not None and champion.version == challenger.version
         bundles = {"challenger": registry.load_bundle(challenger)}
@@ -364,14 +365,14 @@ def _test_summary(decision: Decision) -> dict[str, Any]:
 
 def _record(client: MlflowClient, challenger: ModelRef, champion: ModelRef | None, decision: Decision,
             scores: dict[str, dict[str, Any]], alias: str, run_id: str) -> None:
-    """Every decision is written on the challenger's version, promote or not; then the alias moves."""
+    """Every decision is written on the challenger's version, promote or not; the alias moves before the
+    decision tag is written, so a version never reads "promoted" while the alias failed to move."""
     if champion is not None and champion.version == challenger.version:  # re-promoted: keep whom it replaced
         previous = registry.version_tags(client, challenger).get("promotion.previous_champion", "")
     else:
         previous = champion.version if champion else ""
     test = _test_summary(decision)
     registry.tag_version(client, challenger, {
-        "promotion.decision": "promoted" if decision.promote else "rejected",
         "promotion.reason": decision.reason,
         "promotion.time": registry.now_iso(),
         "promotion.previous_champion": previous,
@@ -385,6 +386,7 @@ def _record(client: MlflowClient, challenger: ModelRef, champion: ModelRef | Non
     })
     if decision.promote:
         client.set_registered_model_alias(challenger.name, alias, challenger.version)
+    registry.tag_version(client, challenger, {"promotion.decision": "promoted" if decision.promote else "rejected"})
 
 
 # -- history ----------------------------------------------------------------------------------------------

@@ -98,8 +98,12 @@ def experiment_id(client: MlflowClient, name: str, artifact_root: str | None) ->
         return client.get_experiment_by_name(name).experiment_id
 
 
-def log_model(bundle: ModelBundle, model_name: str) -> ModelRef:
-    """Log `bundle` as a pyfunc in the active run and register it as a new version of `model_name`."""
+def log_model(bundle: ModelBundle, model_name: str, tags: dict[str, Any] | None = None) -> ModelRef:
+    """Log `bundle` as a pyfunc in the active run, then register it as a new version of `model_name`.
+
+    The version is created with its `tags` in one registry call (one transaction on the server), after
+    every file of the model is stored: a failure or a kill at any point leaves no version, or a complete one.
+    """
     dim = bundle.spec.input_dim
     signature = ModelSignature(
         inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, -1, dim), "features"),
@@ -116,10 +120,9 @@ def log_model(bundle: ModelBundle, model_name: str) -> ModelRef:
             input_example=example,
             # Listed, not inferred: inference re-imports the model and takes seconds.
             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}", "lstmpipe"],
-            registered_model_name=model_name,
         )
-    run_id = mlflow.active_run().info.run_id
-    return ModelRef(model_name, str(info.registered_model_version), run_id)
+    version = mlflow.register_model(info.model_uri, model_name, tags={k: _text(v) for k, v in (tags or {}).items()})
+    return ModelRef(model_name, str(version.version), mlflow.active_run().info.run_id)
 
 
 class _DictExampleWarning(logging.Filter):
@@ -159,17 +162,44 @@ def resolve(client: MlflowClient, uri: str) -> ModelRef:
         else:
             version = client.get_model_version(name, match["version"])
     except MlflowException as exc:
+        if not _not_found(exc):
+            raise  # the server failed to answer (transient): not a verdict on the model
         raise LookupError(f"model {uri}: not in the registry ({exc.message})") from exc
     return ModelRef(name, str(version.version), version.run_id)
 
 
 def alias_version(client: MlflowClient, name: str, alias: str) -> ModelRef | None:
-    """The version `alias` points at, or None when the alias (or the model) does not exist."""
+    """The version `alias` points at, or None when the alias (or the model) does not exist.
+
+    Only the registry's "not found" means None: a server that fails to answer (5xx, unreachable) raises,
+    or promotion would take an existing champion for none and promote without the gate.
+    """
     try:
         version = client.get_model_version_by_alias(name, alias)
-    except MlflowException:
-        return None
+    except MlflowException as exc:
+        if _not_found(exc):
+            return None
+        raise
     return ModelRef(name, str(version.version), version.run_id)
+
+
+def _not_found(exc: MlflowException) -> bool:
+    """The registry's answer "no such model, version or alias" (an unknown alias is INVALID_PARAMETER_VALUE)."""
+    return exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
+
+
+# Written with the version in the one call that creates it (log_model): a version without it was not
+# registered by lstmpipe's log_training, or by an older lstmpipe that crashed between creating and tagging.
+COMPLETE_TAG = "recipe_id"
+
+
+def check_complete(client: MlflowClient, ref: ModelRef) -> None:
+    """Raise LookupError naming the version unless it is READY and carries the tags it was created with."""
+    version = client.get_model_version(ref.name, ref.version)
+    if version.status != "READY" or COMPLETE_TAG not in version.tags:
+        raise LookupError(f"model {ref.name} version {ref.version}: half-registered (status {version.status}, "
+                          f"{'with' if COMPLETE_TAG in version.tags else 'without'} its {COMPLETE_TAG} tag); "
+                          "it is never promoted: train again to register a complete version")
 
 
 def version_tags(client: MlflowClient, ref: ModelRef) -> dict[str, str]:
@@ -235,9 +265,8 @@ def log_training(client: MlflowClient, outcome: Outcome, model_name: str, params
         _write_csv(out / "per_class_report.csv", ["model", "split", "class", *PER_CLASS],
                    per_class_report({"lstm": outcome.metrics, "baseline": outcome.baseline_metrics}, labels))
         mlflow.log_artifacts(str(out))
-        ref = log_model(outcome.bundle, model_name)
         version_tags_ = {
-            "recipe_id": outcome.bundle.recipe.recipe_id,
+            COMPLETE_TAG: outcome.bundle.recipe.recipe_id,
             "labels": labels,
             "split_hash": outcome.split_hash,
             "dataset_hash": snapshot["data.dataset_hash"],
@@ -246,6 +275,7 @@ def log_training(client: MlflowClient, outcome: Outcome, model_name: str, params
             "test_macro_f1": f"{test['macro_f1']:.4f}",
             **tags,
         }
+        ref = log_model(outcome.bundle, model_name, version_tags_)
         card = modelcard.render(
             model_name=model_name, version=ref.version, labels=labels, recipe=outcome.bundle.recipe.to_dict(),
             snapshot=snapshot, metrics=outcome.metrics, baseline=outcome.baseline_metrics,
@@ -253,7 +283,6 @@ def log_training(client: MlflowClient, outcome: Outcome, model_name: str, params
             tags={k: v if isinstance(v, str) else json.dumps(v) for k, v in version_tags_.items()},
         )
         mlflow.log_text(card, "model_card.md")
-    tag_version(client, ref, version_tags_)
     return ModelRef(ref.name, ref.version, run.info.run_id)
 
 
