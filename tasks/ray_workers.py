@@ -4,12 +4,15 @@ An actor loads the backbone once and extracts many series; it writes features to
 the cache itself and returns statuses only, so no features cross the object
 store. Frames do only where decoding runs in tasks (clusters with GPUs, see
 lib/placement.py): each decode task streams one series' chunks with at most two
-unread, and each actor reads `decoders` series at once, so the object store holds
-frames of at most actors x decoders series, whatever their length.
+unread, each actor reads `decoders` series at once and copies each chunk out as it
+reads it, so the object store holds at most actors x decoders x 3 chunks, whatever
+the number and length of the series, plus the chunks read in the last second that
+Ray has yet to free (it frees in batches, free_objects_period_milliseconds).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -87,7 +90,10 @@ def decode_in_tasks(sampling: SamplingConfig, sources: SourcesConfig, tmp_dir: s
                 item = ray.get(chunk)
                 if isinstance(item, str):
                     raise BadInput(ref.location, item)
-                yield item
+                # Copies: a zero-copy view (frames or t) would pin the chunk in the shared object store for as
+                # long as the extractor's queue and batch hold it; copied, the store can free it at once.
+                yield dataclasses.replace(item, frames=item.frames.copy(), t=item.t.copy())
+                del chunk, item
         finally:
             ray.cancel(stream)  # the extractor stopped early: so does the decoder
     return decode_fn
