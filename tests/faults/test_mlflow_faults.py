@@ -177,7 +177,7 @@ def assert_registry_whole(direct: MlflowClient) -> list[str]:
     versions = direct.search_model_versions(f"name = '{MODEL}'")
     for version in versions:
         assert version.status == "READY" and registry.COMPLETE_TAG in version.tags, f"v{version.version} is half-registered"
-    names = {v.version for v in versions}
+    names = {str(v.version) for v in versions}
     champion = registry.alias_version(direct, MODEL, "champion")
     assert champion is None or champion.version in names
     return sorted(names, key=int)
