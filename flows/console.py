@@ -63,7 +63,7 @@ def _partitions(r: dict[str, Any]) -> list[str]:
              f"under recipe {r['recipe_id']}: {r['series']} series, {r['cached']} cached, {r['extracted']} "
              f"extracted, {r['failed']} failed"]
     lines += [f"    {p['partition']}: {p['series']} series, {p['cached']} cached, {p['extracted']} extracted, "
-              f"{p['failed']} failed, {p['seconds']} s" for p in r["done"][:MAX_FAILURES_SHOWN]]
+              f"{p['failed']} failed; {p['frames']} frames in {p['seconds']} s" for p in r["done"][:MAX_FAILURES_SHOWN]]
     if len(r["done"]) > MAX_FAILURES_SHOWN:
         lines.append(f"    ... and {len(r['done']) - MAX_FAILURES_SHOWN} more partitions (--json lists every one)")
     failed = r["failed_series"]

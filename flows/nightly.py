@@ -31,7 +31,7 @@ def nightly(root: str, model: str, labels: str | None = None, infer_source: str 
     run_id = run_id_of(run_id)  # one id for the whole chain
     recipe = feature_recipe(rt.config, rt.torch_hub_dir)
     partitions = extract_partitions(rt, root, recipe, run_id)
-    reason = "asked for (retrain)" if retrain else why_train(rt.tracking_uri, model, str(records_file(rt)), root,
+    reason = "asked for (--retrain)" if retrain else why_train(rt.tracking_uri, model, str(records_file(rt)), root,
                                                              recipe["recipe_id"])
     trained = promoted = None
     if reason:
