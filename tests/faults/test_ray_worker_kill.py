@@ -33,14 +33,6 @@ SERIES = 48  # six groups of 8 over two actors: both are busy when the first gro
 TIMEOUT_S = 120
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray_workers.release_workers()
-    ray.shutdown()
-
-
 def indexed(cache_root: Path) -> int:
     try:
         with sqlite3.connect(cache_root / "index.sqlite") as db:

@@ -11,22 +11,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import ray
 
 from lib.cache import FeatureCache
 from lib.config import SourcesConfig, load_config
-from tasks import ray_workers
 from tasks.extract import discover_source, extract_shard, feature_recipe
 
 TINY = {"sampling.size": 64, "sampling.fps": 4.0, "backbone.weights": "none", "runtime.workers": 2}
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray_workers.release_workers()
-    ray.shutdown()
 
 
 @pytest.fixture(params=[None, "local"], ids=["in-process", "ray"])
