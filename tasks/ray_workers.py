@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -31,16 +32,22 @@ from lib.recipe import FeatureRecipe
 from lib.series import FrameChunk, SeriesRef
 
 
+# Shards run in threads of one flow run: without the lock two of them starting at once would each start a
+# pool, and on a cluster with CPUs for one pool the second pool's actors wait forever for CPUs (a deadlock).
+_lock = threading.RLock()
+
+
 def ensure_ray(address: str) -> None:
     """Join `address` (a running cluster), or start a Ray of this process's own for "local"; once per process.
 
     The edge says "local", never None: a bare ray.init() silently joins whatever
     cluster `ray start` left on this machine (/tmp/ray/ray_current_cluster).
     """
-    if ray.is_initialized():
-        return
-    ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="WARNING",
-             configure_logging=False)
+    with _lock:
+        if ray.is_initialized():
+            return
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="WARNING",
+                 configure_logging=False)
 
 
 _pool: tuple[str, list] | None = None  # (key, actors): at most one pool alive per process
@@ -53,20 +60,22 @@ def feature_workers(key: str, count: int, start: Callable[[], Any]) -> list:
     CPUs for a recipe it no longer extracts.
     """
     global _pool
-    if _pool is not None and _pool[0] == key and len(_pool[1]) >= count:
-        return _pool[1][:count]
-    release_workers()
-    _pool = (key, [start() for _ in range(count)])
-    return _pool[1]
+    with _lock:
+        if _pool is not None and _pool[0] == key and len(_pool[1]) >= count:
+            return _pool[1][:count]
+        release_workers()
+        _pool = (key, [start() for _ in range(count)])
+        return _pool[1]
 
 
 def release_workers() -> None:
     """Kill the pool (after a worker died, or when the key changes)."""
     global _pool
-    if _pool is not None:
-        for actor in _pool[1]:
-            ray.kill(actor)
-    _pool = None
+    with _lock:
+        if _pool is not None:
+            for actor in _pool[1]:
+                ray.kill(actor)
+        _pool = None
 
 
 @ray.remote(num_returns="streaming", _generator_backpressure_num_objects=2)

