@@ -46,6 +46,12 @@ def deployment_id(api: str, name: str, serve: subprocess.Popen, log: Path) -> st
     raise AssertionError(f"deployment {name} never appeared:\n{log.read_text()[-3000:]}")
 
 
+def scheduled_runs(api: str, deployment: str) -> list[dict]:
+    """The runs the server's scheduler has created for the deployment's cron, waiting for their time."""
+    query = {"flow_runs": {"deployment_id": {"any_": [deployment]}, "state": {"type": {"any_": ["SCHEDULED"]}}}}
+    return httpx.post(f"{api}/flow_runs/filter", json=query).json()
+
+
 def run_deployment(api: str, deployment: str, log: Path) -> dict:
     """Create a flow run of the deployment, as the scheduler (or `prefect deployment run`) does, and wait for it."""
     flow_run = httpx.post(f"{api}/deployments/{deployment}/create_flow_run", json={}).json()
@@ -58,8 +64,6 @@ def run_deployment(api: str, deployment: str, log: Path) -> dict:
     raise AssertionError(f"flow run {flow_run['id']} still running after {RUN_TIMEOUT_S} s:\n{log.read_text()[-3000:]}")
 
 
-@pytest.mark.skip(reason="passes alone (224 s), but in the full suite its extraction on the shared Ray head stalled "
-                         "at 0/8 series for 10 min (stop 11's CI run); to be diagnosed before it runs again")
 def test_served_nightly_runs_through_the_servers_then_does_only_the_new_partition(stack: Stack,
                                                                                    tmp_path: Path) -> None:
     sample = generate_archive(tmp_path / "sample", SampleSpec(clips_per_class=6, partitions=DAYS, size=32,
@@ -98,6 +102,14 @@ def test_served_nightly_runs_through_the_servers_then_does_only_the_new_partitio
         assert again[DAYS[2]].run_id != done[DAYS[0]].run_id
         versions = client.search_model_versions(f"name='{MODEL}'")
         assert sorted(int(v.version) for v in versions) == [1, 2]  # a new partition: retrained on the servers
+
+        # The cron (02:00 UTC) is served: the server's scheduler has created the coming nights' runs, each
+        # once, under its idempotency key (SQLAlchemy 2.1 broke that insert: no run was ever scheduled).
+        coming = scheduled_runs(stack.prefect_api, nightly)
+        assert coming, log.read_text()[-3000:]
+        assert len({run["idempotency_key"] for run in coming}) == len(coming)
+        assert all(run["idempotency_key"].startswith(f"scheduled {nightly} ") for run in coming)
+        assert {run["expected_start_time"][11:16] for run in coming} == {"02:00"}
     finally:
         os.killpg(serve.pid, signal.SIGINT)  # serve stops its runner on Ctrl-C
         try:
