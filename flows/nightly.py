@@ -3,8 +3,10 @@
 Training reads the whole root (every partition's features are cached by then, so it
 costs no CNN work). It is skipped when no partition of the root was done, under the
 configured recipe, since the model's newest version was registered: a night without
-new data registers no new version and moves no alias (`retrain` forces it). Inference
-runs either way, with the champion, on what it has not predicted yet.
+new data registers no new version and moves no alias (`retrain` forces it). A newest
+version with no promotion decision (a night stopped between registering and promoting
+it) is promoted then. Inference runs either way, with the champion, on what it has not
+predicted yet.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from flows.promote import promote
 from flows.runtime import load_runtime, run_id_of
 from flows.train import train
 from tasks.extract import feature_recipe
-from tasks.partitions import why_train
+from tasks.partitions import nightly_plan
 
 
 @flow(name="nightly")
@@ -31,13 +33,15 @@ def nightly(root: str, model: str, labels: str | None = None, infer_source: str 
     run_id = run_id_of(run_id)  # one id for the whole chain
     recipe = feature_recipe(rt.config, rt.torch_hub_dir)
     partitions = extract_partitions(rt, root, recipe, run_id)
-    reason = "asked for (--retrain)" if retrain else why_train(rt.tracking_uri, model, str(records_file(rt)), root,
-                                                             recipe["recipe_id"])
+    plan = nightly_plan(rt.tracking_uri, model, str(records_file(rt)), root, recipe["recipe_id"])
+    reason = "asked for (--retrain)" if retrain else plan["train"]
     trained = promoted = None
     if reason:
         trained = train(root, model, labels, config_file, overrides, run_id)
         publish_mlflow_run(rt.tracking_uri, trained["train"]["run_id"])
         promoted = promote(model, trained["train"]["version"], config_file, overrides, run_id)
+    elif plan["promote"]:  # registered by a night that stopped before promoting it
+        promoted = promote(model, plan["promote"], config_file, overrides, run_id)
     predicted = infer(infer_source or root, f"models:/{model}@{rt.config.promote.alias}", out, config_file,
                       overrides, run_id)
     result = {"partitions": partitions, "train": trained, "promote": promoted, "infer": predicted,
@@ -51,9 +55,10 @@ def nightly(root: str, model: str, labels: str | None = None, infer_source: str 
 def nightly_markdown(run_id: str, model: str, r: dict[str, Any]) -> str:
     lines = [partitions_markdown(f"nightly {run_id}", r["partitions"]), "", f"**train**: {r['train_reason']}"]
     if r["train"]:
-        t, p = r["train"]["train"], r["promote"]
+        t = r["train"]["train"]
         lines.append(f"- {model} v{t['version']}: test accuracy {t['test'].get('accuracy')}, macro-F1 "
                      f"{t['test'].get('macro_f1')}")
+    if p := r["promote"]:
         lines.append(f"- promote: {'promoted to' if p['promoted'] else 'not promoted to'} @{p['alias']}: "
                      f"{p['reason']}")
     i = r["infer"]

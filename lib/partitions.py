@@ -207,16 +207,26 @@ def to_do(root: Path, records: PartitionRecords, recipe_id: str, start: dt.date 
     return selected, records.pending(root, selected, recipe_id)
 
 
-def newest_version(client: Any, model: str) -> tuple[str, dt.datetime] | None:
-    """(version, registered at) of `model`'s newest registered version; None when it has none."""
+@dataclass(frozen=True)
+class Newest:
+    """A model's newest registered version, as nightly sees it."""
+
+    version: str
+    registered: dt.datetime
+    decided: bool  # a promotion decision (promoted or rejected) is recorded on it
+
+
+def newest_version(client: Any, model: str) -> Newest | None:
+    """`model`'s newest registered version; None when it has none."""
     versions = client.search_model_versions(f"name = '{model}'")
     if not versions:
         return None
     newest = max(versions, key=lambda v: int(v.version))
-    return str(newest.version), dt.datetime.fromtimestamp(newest.creation_timestamp / 1000, dt.timezone.utc)
+    return Newest(str(newest.version), dt.datetime.fromtimestamp(newest.creation_timestamp / 1000, dt.timezone.utc),
+                  "promotion.decision" in (newest.tags or {}))
 
 
-def why_train(records: list[Record], newest: tuple[str, dt.datetime] | None) -> str | None:
+def why_train(records: list[Record], newest: Newest | None) -> str | None:
     """Why nightly should train, or None: no partition was done since the newest version was registered.
 
     Comparing with the registry, not with this run, also retrains after a night whose
@@ -224,11 +234,17 @@ def why_train(records: list[Record], newest: tuple[str, dt.datetime] | None) -> 
     """
     if newest is None:
         return "no version registered yet"
-    version, registered = newest
-    fresh = [r.partition for r in records if dt.datetime.fromisoformat(r.finished_at) > registered]
+    fresh = [r.partition for r in records if dt.datetime.fromisoformat(r.finished_at) > newest.registered]
     if fresh:
-        return f"{len(fresh)} partition(s) done since v{version} was registered: {', '.join(sorted(fresh)[:5])}"
+        return f"{len(fresh)} partition(s) done since v{newest.version} was registered: {', '.join(sorted(fresh)[:5])}"
     return None
+
+
+def undecided(newest: Newest | None) -> str | None:
+    """The newest version when no promotion decision was recorded on it: a night stopped between registering
+    and promoting it, so the next night promotes it (else it would never be judged, and a first model would
+    leave no champion to infer with)."""
+    return newest.version if newest is not None and not newest.decided else None
 
 
 def markdown_table(rows: list[dict[str, Any]], columns: list[str]) -> str:

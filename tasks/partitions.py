@@ -27,8 +27,10 @@ def mark_partition_done(records_file: str, root: str, partition: Partition, reci
     return record.__dict__
 
 
-@task(name="why-train", retries=2, retry_condition_fn=transient_only)
-def why_train(tracking_uri: str, model: str, records_file: str, root: str, recipe_id: str) -> str | None:
-    """Why nightly trains (None: nothing new since the newest version of `model`)."""
+@task(name="nightly-plan", retries=2, retry_condition_fn=transient_only)
+def nightly_plan(tracking_uri: str, model: str, records_file: str, root: str, recipe_id: str) -> dict:
+    """Why nightly trains ("train"; None: nothing new since the newest version of `model`), and the newest
+    version left without a promotion decision ("promote"; None when there is none)."""
     newest = partitions.newest_version(registry.connect(tracking_uri), model)
-    return partitions.why_train(PartitionRecords(Path(records_file)).records(Path(root), recipe_id), newest)
+    records = PartitionRecords(Path(records_file)).records(Path(root), recipe_id)
+    return {"train": partitions.why_train(records, newest), "promote": partitions.undecided(newest)}

@@ -157,9 +157,7 @@ def assert_same(got: dict, want: dict) -> None:
         np.testing.assert_allclose(got["predicted"][key][1], probs, atol=2e-3)
 
 
-# nightly is left out for now: a kill between registering a version and promoting it leaves a rerun
-# with nothing new to train and no champion to infer with (issue 8, open).
-@pytest.mark.parametrize("command", ["extract"])
+@pytest.mark.parametrize("command", ["extract", "nightly"])
 def test_killed_at_random_points_a_rerun_ends_as_an_uninterrupted_run(command: str, root: Path, tmp_path: Path,
                                                                       prefect_api: str) -> None:
     args = [command, str(root)] + (["--model", MODEL] if command == "nightly" else [])

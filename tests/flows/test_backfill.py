@@ -121,12 +121,23 @@ def test_nightly_does_only_new_partitions_and_skips_training_without_them(harnes
     client = MlflowClient(rt.tracking_uri, registry_uri=rt.tracking_uri)
     assert len(client.search_model_versions(f"name = '{MODEL}'")) == 2  # no version for a night without data
 
+    # A night killed between registering v2 and promoting it: v1 still champion, v2 without a decision. The
+    # next night has nothing new to train on, and judges v2 then.
+    client.set_registered_model_alias(MODEL, "champion", "1")
+    client.delete_model_version_tag(MODEL, "2", "promotion.decision")
+    fourth = nightly(str(root), MODEL, overrides=tiny(home), run_id="n4")
+    assert fourth["train"] is None and fourth["promote"]["challenger"] == "2", fourth["promote"]
+    decision = client.get_model_version(MODEL, "2").tags["promotion.decision"]
+    assert decision == ("promoted" if fourth["promote"]["promoted"] else "rejected")
+    champion = client.get_model_version_by_alias(MODEL, "champion")
+    assert str(champion.version) == ("2" if fourth["promote"]["promoted"] else "1")
+
     with get_client(sync_client=True) as prefect:  # what the Prefect UI shows for these runs
         def artifacts(key: str) -> list:
             return prefect.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])),
                                           sort="CREATED_DESC")[::-1]
         summaries, links = artifacts("nightly-summary"), artifacts("mlflow-run")
-    assert len(summaries) == 3 and f"| {DAYS[-1]} | 8 |" in summaries[1].data
+    assert len(summaries) == 4 and f"| {DAYS[-1]} | 8 |" in summaries[1].data
     assert "**train**: skipped" in summaries[2].data
     assert [link.data.split("/#/runs/")[1].split(")")[0] for link in links] == [
         first["train"]["train"]["run_id"], second["train"]["train"]["run_id"]]

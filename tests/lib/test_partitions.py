@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from lib.errors import ConfigError
-from lib.partitions import (PartitionRecords, by_partition, date_range, list_partitions, period, select, to_do,
-                            why_train)
+from lib.partitions import (Newest, PartitionRecords, by_partition, date_range, list_partitions, period, select,
+                            to_do, undecided, why_train)
 from lib.sources import discover
 
 D = dt.date
@@ -144,5 +144,12 @@ def test_nightly_trains_only_when_a_partition_was_done_after_the_newest_version(
     done = records.mark_done(root, list_partitions(root)[0], "r1", series=1, failed=0, run_id="run1")
     at = dt.datetime.fromisoformat(done.finished_at)
     assert why_train([done], None) == "no version registered yet"
-    assert why_train([done], ("3", at + dt.timedelta(seconds=1))) is None
-    assert "2026-11-19" in why_train([done], ("3", at - dt.timedelta(seconds=1)))
+    assert why_train([done], Newest("3", at + dt.timedelta(seconds=1), decided=True)) is None
+    assert "2026-11-19" in why_train([done], Newest("3", at - dt.timedelta(seconds=1), decided=True))
+
+
+def test_a_newest_version_without_a_promotion_decision_is_promoted_next_night() -> None:
+    at = dt.datetime(2026, 11, 20, tzinfo=dt.timezone.utc)
+    assert undecided(None) is None
+    assert undecided(Newest("2", at, decided=True)) is None
+    assert undecided(Newest("3", at, decided=False)) == "3"
