@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+from dataclasses import asdict
 from importlib.metadata import version
 from pathlib import Path
 
-from lib.backbone import Backbone, resolve_weights
+import torch
+
+from lib import backbone as backbone_module
+from lib import recipe as recipe_module
+from lib.backbone import Backbone, resolve_precision, resolve_weights
 from lib.config import BackboneConfig, SamplingConfig, SourcesConfig
 from lib.errors import ConfigError
 from lib.ffmpeg import ffmpeg_version
@@ -20,6 +27,22 @@ def load_backbone(sampling: SamplingConfig, config: BackboneConfig, torch_hub_di
     recipe = make_recipe(decoder_versions(), sampling, sources, config.name, weights,
                          backbone.precision, backbone.feature_dim, config.feature_dtype)
     return backbone, recipe
+
+
+def recipe_key(sampling: SamplingConfig, config: BackboneConfig, torch_hub_dir: Path, device: str = "cpu",
+               sources: SourcesConfig = SourcesConfig()) -> str:
+    """A key for the recipe load_backbone would return, found without building the backbone: the settings,
+    the weights' identity, the precision resolved on this machine, the readers' versions and the code that
+    makes recipes. Equal keys, equal recipes: flows cache the recipe under it instead of loading a model."""
+    code = hashlib.blake2b(digest_size=16)
+    for module in (recipe_module, backbone_module):
+        code.update(Path(module.__file__).read_bytes())
+    code.update(Path(__file__).read_bytes())
+    inputs = {"sampling": asdict(sampling), "backbone": asdict(config), "sources": asdict(sources),
+              "weights": resolve_weights(config, torch_hub_dir).digest,
+              "precision": resolve_precision(config.precision, torch.device(device)),
+              "decoders": decoder_versions(), "code": code.hexdigest()}
+    return hashlib.blake2b(json.dumps(inputs, sort_keys=True, default=str).encode(), digest_size=16).hexdigest()
 
 
 # The readers whose output pixels could change with their version (Pillow resizes every non-video kind).

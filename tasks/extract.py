@@ -15,7 +15,7 @@ from lib.cache import FeatureCache
 from lib.backbone import Backbone, resolve_precision, resolve_weights
 from lib.config import BackboneConfig, Config, SamplingConfig, SourcesConfig
 from lib.extract import extract_to_cache, split_cached
-from lib.features import check_recipe, load_backbone
+from lib.features import check_recipe, load_backbone, recipe_key
 from lib.hashing import HashMemo
 from lib.placement import placement
 from lib.recipe import FeatureRecipe
@@ -35,7 +35,19 @@ def discover_source(source: str, manifest: str | None, memo_path: str, sources: 
     return {"refs": [r.to_dict() for r in found.refs], "failures": [f.__dict__ for f in found.failures]}
 
 
-@task(name="feature-recipe")
+def _device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _recipe_cache_key(_context: object, parameters: dict) -> str:
+    config = parameters["config"]
+    return "feature-recipe-" + recipe_key(config.sampling, config.backbone, Path(parameters["torch_hub_dir"]),
+                                          _device(), config.sources)
+
+
+# Cached across flow runs (persisted as JSON under Prefect's local storage): a run with nothing to extract, or
+# one extracting on a Ray cluster, never loads the backbone in this process only to name the recipe.
+@task(name="feature-recipe", cache_key_fn=_recipe_cache_key, persist_result=True, result_serializer="json")
 def feature_recipe(config: Config, torch_hub_dir: str) -> dict:
     """The recipe this configuration yields on this machine (precision resolved)."""
     _, recipe = shared_backbone(config.sampling, config.backbone, Path(torch_hub_dir), config.sources)
@@ -68,7 +80,7 @@ def shared_backbone(sampling: SamplingConfig, config: BackboneConfig, torch_hub_
     """load_backbone, once per process for the same features: feature_recipe, the CLI's early load and
     every shard share it. Keyed on what makes the features, with weights and precision resolved, so a
     config ("auto", "DEFAULT") and the recipe it produced find the same backbone."""
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = _device()
     key = (sampling.fps, sampling.num_frames, sampling.size, config.name, config.feature_dtype, config.optimize,
            resolve_weights(config, torch_hub_dir).digest, resolve_precision(config.precision, torch.device(device)),
            sources)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import os
 import pickle
 from collections import OrderedDict
 from pathlib import Path
@@ -18,9 +19,9 @@ import torch
 import torchvision
 
 from lib.backbone import Backbone, WeightsSource, cpu_has_fast_bf16, resolve_optimize, resolve_precision, resolve_weights
-from lib.config import BackboneConfig, Config, SamplingConfig
+from lib.config import BackboneConfig, Config, SamplingConfig, load_config
 from lib.errors import ConfigError
-from lib.features import check_recipe, load_backbone
+from lib.features import check_recipe, load_backbone, recipe_key
 from lib.recipe import FeatureRecipe, make_recipe
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -302,3 +303,21 @@ def test_check_recipe_names_the_differing_fields() -> None:
 def test_load_backbone_rejects_unknown_names_before_building(tiny_config: Config, torch_hub_dir: Path) -> None:
     with pytest.raises(ConfigError, match="resnet19"):
         load_backbone(tiny_config.sampling, dataclasses.replace(tiny_config.backbone, name="resnet19"), torch_hub_dir)
+
+
+def test_the_recipe_key_follows_what_makes_the_recipe(tmp_path: Path) -> None:
+    """flows cache recipes under recipe_key: it must change with the settings and the weights' content."""
+    config = load_config(overrides={"sampling.size": 32, "backbone.weights": "none"})
+    key = recipe_key(config.sampling, config.backbone, tmp_path)
+    assert key == recipe_key(config.sampling, config.backbone, tmp_path)
+    assert key != recipe_key(dataclasses.replace(config.sampling, fps=3.0), config.backbone, tmp_path)
+    assert key != recipe_key(config.sampling, dataclasses.replace(config.backbone, seed=7), tmp_path)
+    assert key != recipe_key(config.sampling, config.backbone, tmp_path,
+                             sources=dataclasses.replace(config.sources, geotiff_bands="b4"))
+    weights = tmp_path / "weights.pth"
+    weights.write_bytes(b"one")
+    from_file = dataclasses.replace(config.backbone, weights=str(weights))
+    before = recipe_key(config.sampling, from_file, tmp_path)
+    weights.write_bytes(b"two")
+    os.utime(weights, ns=(1, 1))
+    assert recipe_key(config.sampling, from_file, tmp_path) != before
