@@ -26,7 +26,7 @@ demo: $(VENV)/.installed ## generate a labelled sample archive and run the whole
 	$(BIN)/lstmpipe demo
 
 test: $(VENV)/.installed ## run every test: unit, tasks, flows, infra, integration (real servers)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=25
 
 test-fast: $(VENV)/.installed ## unit tests of lib/ only (no servers)
 	$(BIN)/python -m pytest -q tests/lib
