@@ -13,7 +13,7 @@ import os
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, MutableMapping
 
 from lib.config import Config, load_config
 from lib.errors import ConfigError
@@ -60,6 +60,7 @@ class Runtime:
 def load_runtime(config_file: str | None = None, overrides: Mapping[str, Any] | None = None,
                  env: Mapping[str, str] | None = None) -> Runtime:
     env = os.environ if env is None else env
+    bound_mlflow_retries(os.environ)  # flows a worker runs from infra/prefect.yaml never pass the CLI
     config = load_config(config_file or env.get("LSTMPIPE_CONFIG"),
                          {k: v for k, v in env.items() if k != "LSTMPIPE_CONFIG"}, overrides)
     home = Path(config.runtime.home).expanduser().resolve()
@@ -97,6 +98,15 @@ def prepare_process(home: Path, env: dict[str, str] | None = None) -> None:
     env.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     env.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     env.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    bound_mlflow_retries(env)
+
+
+def bound_mlflow_retries(env: MutableMapping[str, str]) -> None:
+    """MLflow's client retries a request 7 times with back-off (246 s measured against a dead server) and
+    Prefect's task retries run on top of it (12 min before a failure is named). 3 retries (about 14 s) ride
+    out a server restart; Prefect's attempts then make about 45 s in all. The user's values win."""
+    env.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
+    env.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "60")
     env.setdefault("GIT_PYTHON_REFRESH", "quiet")
 
 

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from flows.cli import EXIT_USAGE, build_parser, main, overrides_of
+from flows.runtime import prepare_process
 
 COMMANDS = ("demo", "extract", "train", "tune", "promote", "rollback", "infer", "nightly", "status", "plan",
             "compact", "report")
@@ -75,3 +76,13 @@ def test_compact_merges_small_cache_files_keeping_every_series(tmp_path, capsys:
     assert (shown["files_before"], shown["files_after"], shown["series_moved"]) == (3, 1, 3)
     found = FeatureCache(tmp_path / "cache").read([(f"h{i}", "r1") for i in range(3)])
     assert [float(found[(f"h{i}", "r1")].features[0, 0]) for i in range(3)] == [0.0, 1.0, 2.0]
+
+
+def test_the_process_bounds_mlflow_retries_unless_the_user_set_them(tmp_path) -> None:
+    """MLflow's own default (7 retries with back-off: 246 s per request against a dead server) under
+    Prefect's task retries would take minutes to name a dead server."""
+    env: dict[str, str] = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
+    prepare_process(tmp_path, env)
+    assert env["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "3"
+    assert env["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "5"  # the user's value wins
+    assert env["PREFECT_HOME"] == str(tmp_path / "prefect")
