@@ -15,7 +15,8 @@ from contextlib import closing
 from pathlib import Path
 from typing import IO
 
-from lib.archives import BLOCK_BYTES, Member, read_members
+from lib.archives import BLOCK_BYTES, READ_ERRORS, Member, read_members
+from lib.errors import BadInput
 
 _FILE = ""  # the member column of a plain file's memo row
 
@@ -31,7 +32,10 @@ def hash_stream(stream: IO[bytes]) -> str:
 def content_hash(path: Path, member: Member | None = None, memo: "HashMemo | None" = None) -> str:
     """The hash of a file, or of one member of the archive at `path`."""
     if member is not None:
-        return member_hashes(path, [member], memo)[member.name]
+        hashes, unreadable = member_hashes(path, [member], memo)
+        if member.name in unreadable:
+            raise BadInput(f"{path}!{member.name}", unreadable[member.name])
+        return hashes[member.name]
     info = path.stat()  # taken before reading: a file changed while hashed is re-read next time
     known = memo.lookup(path, info, [_FILE]) if memo else {}
     if _FILE in known:
@@ -43,15 +47,28 @@ def content_hash(path: Path, member: Member | None = None, memo: "HashMemo | Non
     return digest
 
 
-def member_hashes(archive: Path, members: list[Member], memo: "HashMemo | None" = None) -> dict[str, str]:
-    """{member name: hash} for the given members, reading the archive once for those not memoised."""
+def member_hashes(archive: Path, members: list[Member],
+                  memo: "HashMemo | None" = None) -> tuple[dict[str, str], dict[str, str]]:
+    """({member name: hash}, {member name: why it is unreadable}) for the given members, reading the archive
+    once for those not memoised. A member that fails its CRC or ends early costs only itself; an archive
+    whose stream breaks (a compressed tar) costs the members not yet read."""
     info = archive.stat()
     hashes = memo.lookup(archive, info, [m.name for m in members]) if memo else {}
     missing = [m for m in members if m.name not in hashes]
-    fresh = {member.name: hash_stream(stream) for member, stream in read_members(archive, missing)}
+    fresh: dict[str, str] = {}
+    unreadable: dict[str, str] = {}
+    try:
+        for member, stream in read_members(archive, missing):
+            try:
+                fresh[member.name] = hash_stream(stream)
+            except READ_ERRORS as exc:
+                unreadable[member.name] = f"unreadable member: {exc}"
+    except READ_ERRORS as exc:
+        unreadable |= {m.name: f"unreadable archive: {exc}" for m in missing
+                       if m.name not in fresh and m.name not in unreadable}
     if memo and fresh:
         memo.store(archive, info, fresh)
-    return {**hashes, **fresh}
+    return {**hashes, **fresh}, unreadable
 
 
 class HashMemo:

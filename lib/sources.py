@@ -111,11 +111,14 @@ def _archive_refs(archive: Path, rel: str, memo: HashMemo | None,
     members, failures = list_members(archive, limits, series_prefix=rel)
     videos = [m for m in members if _is_video(m.path) and not _hidden(m.path)]
     try:
-        hashes = member_hashes(archive, videos, memo)
-    except READ_ERRORS as exc:
+        hashes, unreadable = member_hashes(archive, videos, memo)
+    except READ_ERRORS as exc:  # not even opened
         return [], failures + [Failure(rel, str(archive), "discover", f"unreadable archive: {exc}")]
+    videos = sorted(videos, key=lambda m: PurePosixPath(m.path).parts)  # sorted like the folder walk
     refs = [_ref(f"{rel}/{m.path}", hashes[m.name], archive, m, m.size, _parent(m.path))
-            for m in sorted(videos, key=lambda m: PurePosixPath(m.path).parts)]  # sorted like the folder walk
+            for m in videos if m.name in hashes]
+    failures += [Failure(f"{rel}/{m.path}", f"{archive}!{m.name}", "discover", unreadable[m.name])
+                 for m in videos if m.name in unreadable]
     return refs, failures
 
 

