@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import pickle
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ from torch import nn
 
 from lib.config import BackboneConfig
 from lib.errors import ConfigError
+from lib.state_files import load_state_dict
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -181,15 +181,7 @@ def _build(config: BackboneConfig, weights: WeightsSource) -> nn.Module:
     except ValueError as exc:
         raise ConfigError(f"backbone.name: unknown torchvision model {config.name!r}") from exc
     if weights.path is not None:
-        try:
-            state = torch.load(weights.path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as exc:  # torch's own message advises weights_only=False: never here
-            raise ConfigError(f"backbone.weights: {weights.path} is not a plain state_dict of tensors "
-                              "(refused: loading it could run code); save model.state_dict() instead") from exc
-        except Exception as exc:  # torch raises anything on a corrupt file (RuntimeError, EOFError, IndexError, ...)
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ConfigError(f"backbone.weights: {weights.path} is not a readable state_dict file ({first}); "
-                              "save it again with torch.save(model.state_dict(), path)") from exc
+        state = load_state_dict(weights.path, "backbone.weights")
         try:
             model.load_state_dict(state)
         except RuntimeError as exc:

@@ -20,6 +20,7 @@ from torch import nn
 
 from lib.model import ModelSpec
 from lib.recipe import FeatureRecipe
+from lib.state_files import load_state_dict
 from lib.train import predict_proba, predict_steps
 
 
@@ -44,7 +45,7 @@ class ModelBundle:
         directory = Path(directory)
         spec = ModelSpec.from_dict(json.loads((directory / "spec.json").read_text()))
         module = spec.build()
-        module.load_state_dict(torch.load(directory / "weights.pt", map_location="cpu", weights_only=True))
+        module.load_state_dict(load_state_dict(directory / "weights.pt", "model bundle"))
         return cls(
             spec=spec,
             module=module.eval(),
