@@ -24,6 +24,9 @@ through nibabel's array proxy on a file this module opens and closes, never with
 intensity sample, then the frames), sequentially; metadata (describe) needs the
 header alone. A truncated .nii is refused at discovery (its size is short of what
 the header promises); a truncated .nii.gz only shows when decoded, and fails then.
+A .nii.gz promising more data than its size can inflate to (a gzip bomb), frames
+beyond lib.frames.MAX_PIXELS and volumes beyond MAX_VOLUME_VOXELS are refused at
+discovery too; a bomb within deflate's ratio costs time, one volume of memory.
 
 A 3-D (or 2-D) image is refused at discovery, "not a time series: 3-D volume",
 rather than turned into a series of slices: slices of one volume are space, not
@@ -49,7 +52,7 @@ from lib.archives import ArchiveLimits
 from lib.config import SamplingConfig
 from lib.errors import BadInput
 from lib.failures import Failure
-from lib.frames import chunked, pick, robust_range, scale_to_uint8, to_rgb
+from lib.frames import check_frame_size, chunked, pick, robust_range, scale_to_uint8, to_rgb
 from lib.hashing import HashMemo, content_hash
 from lib.kinds import Claim, SourceKind, make_ref
 from lib.series import OpenSeries, SeriesRef
@@ -59,6 +62,11 @@ VIEWS = ("middle", "mip")
 # The 2-D view per time point when none is given; the pipeline passes `sources.nifti_view`
 # (part of the feature recipe, so a changed view is a new cache entry).
 VIEW = "middle"
+# One time point is read at once (the MIP view reads the whole volume): 512^3 voxels (a CT volume is about
+# 512 x 512 x 600 at most, an fMRI one 100 x 100 x 70). A header declaring more is refused unread.
+MAX_VOLUME_VOXELS = 1 << 27
+# Deflate cannot expand data more than 1032-fold: a .nii.gz promising more than that is truncated or lying.
+GZIP_MAX_RATIO = 1100
 RANGE_SAMPLE = 16  # time points read to fix the intensity range: bounded work and memory, whatever the length
 _SECONDS_PER = {"sec": 1.0, "msec": 1e-3, "usec": 1e-6}
 # What a broken or truncated file raises from nibabel, gzip or numpy while reading.
@@ -154,13 +162,21 @@ def _time_series_shape(path: Path, image: nib.Nifti1Image) -> tuple[int, ...]:
 
 
 def _check_size(path: Path, image: nib.Nifti1Image, shape: tuple[int, ...]) -> None:
-    """An uncompressed file shorter than its header promises is truncated: known without reading it."""
-    if path.name.lower().endswith(".gz"):
-        return  # only decompressing tells; decoding reports it
+    """Refused from the header, before any data is read: a file that cannot hold what its header promises
+    (a short .nii, or a .nii.gz promising more than any gzip stream of its size holds: a bomb), and frames or
+    volumes too large to read one at a time."""
     expected = int(image.dataobj.offset) + int(np.prod(shape)) * image.dataobj.dtype.itemsize
     actual = path.stat().st_size
-    if actual < expected:
+    if path.name.lower().endswith(".gz"):
+        if expected > actual * GZIP_MAX_RATIO:
+            raise BadInput(str(path), f"declares {expected} bytes of data, more than a {actual}-byte gzip stream "
+                                      "can hold (a decompression bomb, or truncated); refused unread")
+    elif actual < expected:
         raise BadInput(str(path), f"truncated: {actual} of {expected} bytes")
+    check_frame_size(str(path), shape[1], shape[0])
+    if (voxels := shape[0] * shape[1] * shape[2]) > MAX_VOLUME_VOXELS:
+        raise BadInput(str(path), f"volumes of {'x'.join(map(str, shape[:3]))} = {voxels} voxels exceed the limit "
+                                  f"of {MAX_VOLUME_VOXELS} per time point; refused unread")
 
 
 def _header_meta(image: nib.Nifti1Image) -> dict[str, Any]:
@@ -209,8 +225,8 @@ def _view(proxy: ArrayProxy, shape: tuple[int, ...], t: int, view: str, path: Pa
         if view == "middle":
             plane = np.asarray(proxy[(slice(None), slice(None), shape[2] // 2, t) + extra], dtype=np.float64)
         else:
-            volume = np.asarray(proxy[(slice(None), slice(None), slice(None), t) + extra], dtype=np.float64)
-            plane = np.fmax.reduce(volume, axis=2)  # fmax: a NaN voxel does not blank its ray
+            volume = np.asarray(proxy[(slice(None), slice(None), slice(None), t) + extra])  # as stored: no float64 copy
+            plane = np.fmax.reduce(volume, axis=2).astype(np.float64)  # fmax: a NaN voxel does not blank its ray
     except _READ_ERRORS as exc:
         raise BadInput(str(path), f"unreadable data at time point {t}: {exc}") from exc
     return plane.T[::-1]

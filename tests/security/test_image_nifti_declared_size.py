@@ -59,3 +59,45 @@ def test_a_nifti_declaring_30000_to_the_fourth_is_refused_at_discovery(tmp_path:
     [(series_id, stage, reason)] = shown["result"]["failures"]
     assert (series_id, stage) == ("huge.nii", "discover") and reason.startswith("truncated: ")
     assert shown["self_bytes"] < 400 << 20, shown
+
+
+def gzip_nifti(path: Path, shape: tuple[int, ...], data_bytes: int) -> Path:
+    """A .nii.gz whose header declares `shape` (int16) and whose gzip stream inflates to `data_bytes` of zeros
+    after the header: written block by block, so the test never holds the inflated bytes."""
+    header = nib.Nifti1Image(np.zeros((2, 2, 2, 2), np.int16), np.eye(4))
+    header.header.set_data_shape(shape)
+    raw = bytearray(header.header.binaryblock) + b"\0" * 4  # 348-byte header, 4 extension bytes: data at 352
+    packer = zlib.compressobj(9, zlib.DEFLATED, 31)  # wbits 31: a gzip stream
+    with path.open("wb") as out:
+        out.write(packer.compress(bytes(raw)))
+        block = b"\0" * (1 << 24)
+        for _ in range(data_bytes >> 24):
+            out.write(packer.compress(block))
+        out.write(packer.flush())
+    return path
+
+
+def test_a_nifti_gz_declaring_more_than_gzip_can_hold_is_refused_at_discovery(tmp_path: Path) -> None:
+    """A 60 kB .nii.gz declaring 512^3 x 400 int16 voxels (100 GiB): deflate inflates at most 1032-fold."""
+    source = tmp_path / "source"
+    source.mkdir()
+    gzip_nifti(source / "bomb.nii.gz", (512, 512, 512, 400), 64 << 20)
+    shown = isolated(RUN.format(source=str(source), tmp=str(tmp_path / "tmp")))
+    assert shown["result"]["decoded"] == []
+    [(series_id, stage, reason)] = shown["result"]["failures"]
+    assert (series_id, stage) == ("bomb.nii.gz", "discover") and "decompression bomb" in reason
+    assert shown["self_bytes"] < 400 << 20, shown
+
+
+def test_a_nifti_gz_inflating_to_512_mib_decodes_in_one_volume_of_memory(tmp_path: Path) -> None:
+    """Within deflate's ratio (a 0.5 MB file of zeros inflating to 512 MiB, 256^3 x 16 int16 voxels) the
+    series is decoded: streamed one volume at a time through the MIP view, never held whole."""
+    source = tmp_path / "source"
+    source.mkdir()
+    gzip_nifti(source / "zeros.nii.gz", (256, 256, 256, 16), 512 << 20)
+    assert (source / "zeros.nii.gz").stat().st_size < 1 << 20
+    run = RUN.replace("Path({tmp!r})))", "Path({tmp!r}), sources=SourcesConfig(nifti_view='mip')))").replace(
+        "import SamplingConfig", "import SamplingConfig, SourcesConfig")
+    shown = isolated(run.format(source=str(source), tmp=str(tmp_path / "tmp")), timeout_s=120)
+    assert shown["result"] == {"decoded": [16], "failures": []}, shown
+    assert shown["self_bytes"] < 400 << 20, shown  # the inflated data is 512 MiB; a volume is 32 MiB
