@@ -39,7 +39,7 @@ def root(nib_data: Path, tmp_path: Path) -> Path:
     (root / "rest").mkdir(parents=True)
     for name in ("example4d.nii.gz", "functional.nii", "anatomical.nii"):
         shutil.copy(nib_data / name, root / "rest" / name)
-    (root / "rest" / "cut.nii.gz").write_bytes((nib_data / "example4d.nii.gz").read_bytes()[:1024])
+    (root / "rest" / "cut.nii.gz").write_bytes((nib_data / "example4d.nii.gz").read_bytes()[:100_000])  # time point 1 cut off
     (root / "short.nii").write_bytes((nib_data / "functional.nii").read_bytes()[:1024])
     (root / "text.nii").write_text("not an image")
     return root
@@ -128,7 +128,7 @@ def test_truncated_gzip_fails_alone(root: Path, tmp_path: Path) -> None:
     results = list(extract_many(refs, SMALL, mean_embed, batch_size=16, tmp_dir=tmp_path))
     failed = [r for r in results if isinstance(r, Failure)]
     assert [(f.series_id, f.stage) for f in failed] == [("rest/cut.nii.gz", "decode")]
-    assert failed[0].path.endswith("cut.nii.gz") and "unreadable data at time point 0" in failed[0].reason
+    assert failed[0].path.endswith("cut.nii.gz") and "unreadable data at time point 1" in failed[0].reason
     lengths = {r.series_id: len(r.features) for r in results if not isinstance(r, Failure)}
     assert lengths == {"rest/example4d.nii.gz": 2, "rest/functional.nii": 20}
     cut = next(r for r in refs if r.series_id == "rest/cut.nii.gz")
