@@ -39,7 +39,8 @@ def root(nib_data: Path, tmp_path: Path) -> Path:
     (root / "rest").mkdir(parents=True)
     for name in ("example4d.nii.gz", "functional.nii", "anatomical.nii"):
         shutil.copy(nib_data / name, root / "rest" / name)
-    (root / "rest" / "cut.nii.gz").write_bytes((nib_data / "example4d.nii.gz").read_bytes()[:100_000])  # time point 1 cut off
+    cut = (nib_data / "example4d.nii.gz").read_bytes()[:100_000]  # time point 1 cut off
+    (root / "rest" / "cut.nii.gz").write_bytes(cut)
     (root / "short.nii").write_bytes((nib_data / "functional.nii").read_bytes()[:1024])
     (root / "text.nii").write_text("not an image")
     return root
