@@ -17,6 +17,7 @@ import subprocess
 import sys
 from typing import Any
 
+import torch
 from prefect import serve as prefect_serve
 from prefect.client.orchestration import get_client
 from prefect.deployments.runner import EntrypointType, RunnerDeployment
@@ -77,6 +78,8 @@ def serve(rt: Runtime, config_file: str | None, overrides: dict[str, Any], port:
                 os.environ["PREFECT_API_URL"] = api.url  # the flow-run subprocesses report to it too
             with get_client(sync_client=True) as client:
                 client.create_concurrency_limit(tag="promote", concurrency_limit=1)  # nightly's promotions too
+                if gpus := torch.cuda.device_count():  # tasks running the CNN or the LSTM: one per GPU at a time
+                    client.create_concurrency_limit(tag="gpu", concurrency_limit=gpus)
             prefect_serve(*served)
     finally:
         if api is not None:

@@ -54,7 +54,7 @@ def feature_recipe(config: Config, torch_hub_dir: str) -> dict:
     return recipe.to_dict()
 
 
-@task(name="extract-shard", tags=["extract"], retries=2, retry_condition_fn=transient_only)
+@task(name="extract-shard", tags=["extract", "gpu"], retries=2, retry_condition_fn=transient_only)
 def extract_shard(refs: list[dict], recipe: dict, config: Config, cache_root: str, tmp_dir: str,
                   torch_hub_dir: str, ray_address: str | None) -> dict:
     """One shard: a status row per series (cached, extracted now, or failed with a reason) and the

@@ -17,7 +17,7 @@ from lib.series import SeriesRef
 from tasks.retry import transient_only
 
 
-@task(name="train-model", tags=["train"], retries=1, retry_condition_fn=transient_only)
+@task(name="train-model", tags=["train", "gpu"], retries=1, retry_condition_fn=transient_only)
 def train_model(refs: list[dict], recipe: dict, model_name: str, config: Config, cache_root: str,
                 tracking_uri: str, artifact_root: str | None, tags: dict[str, str]) -> dict:
     """Fit LSTM + baseline on the labelled, cached series of `refs`; register the LSTM."""

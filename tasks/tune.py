@@ -93,7 +93,7 @@ class MlflowTrials(tune.Callback):
         self.bar.update()
 
 
-@task(name="tune-model", tags=["tune"])  # no retries: a search is long, and a rerun is a new search
+@task(name="tune-model", tags=["tune", "gpu"])  # no retries: a search is long, and a rerun is a new search
 def tune_model(refs: list[dict], recipe: dict, model_name: str, config: Config, cache_root: str, tracking_uri: str,
                artifact_root: str | None, ray_address: str | None, storage_dir: str, tags: dict[str, str],
                trials: int = 8, space: SearchSpace | None = None, grace_period: int = 3, reduction_factor: int = 2,

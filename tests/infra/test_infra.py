@@ -315,6 +315,19 @@ def test_promotions_are_serialised(deployments: dict, services: dict) -> None:
     assert "prefect deploy --all --prefect-file infra/prefect.yaml --no-prompt" in script
 
 
+def test_the_tasks_that_run_a_network_carry_the_gpu_tag() -> None:
+    """The `gpu` tag limit (serve sets it to the GPU count; prefect.yaml says how on a worker) must cover
+    every task that runs the CNN or the LSTM, and nothing else."""
+    from prefect import Task
+
+    from tasks import extract, infer, promote, train, tune
+
+    tagged = {t.name for module in (extract, infer, promote, train, tune) for t in vars(module).values()
+              if isinstance(t, Task) and "gpu" in t.tags}
+    assert tagged == {"extract-shard", "train-model", "tune-model"}
+    assert "prefect concurrency-limit create gpu" in (ROOT / "infra" / "prefect.yaml").read_text()
+
+
 def test_infer_reads_the_alias_that_promote_moves(deployments: dict) -> None:
     from lib.config import PromoteConfig
 
