@@ -14,6 +14,7 @@ from tqdm import tqdm
 from lib.cache import FeatureCache
 from lib.backbone import Backbone, resolve_precision, resolve_weights
 from lib.config import BackboneConfig, Config, SamplingConfig, SourcesConfig
+from lib.errors import ConfigError
 from lib.extract import extract_to_cache, split_cached
 from lib.features import check_recipe, load_backbone, recipe_key
 from lib.hashing import HashMemo
@@ -39,10 +40,13 @@ def _device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _recipe_cache_key(_context: object, parameters: dict) -> str:
+def _recipe_cache_key(_context: object, parameters: dict) -> str | None:
     config = parameters["config"]
-    return "feature-recipe-" + recipe_key(config.sampling, config.backbone, Path(parameters["torch_hub_dir"]),
-                                          _device(), config.sources)
+    try:
+        return "feature-recipe-" + recipe_key(config.sampling, config.backbone, Path(parameters["torch_hub_dir"]),
+                                              _device(), config.sources)
+    except ConfigError:
+        return None  # not cached: the task raises the same error, once, naming the setting
 
 
 # Cached across flow runs (persisted as JSON under Prefect's local storage): a run with nothing to extract, or

@@ -11,6 +11,7 @@ import pytest
 from prefect import flow
 
 from lib.config import Config, load_config
+from lib.errors import ConfigError
 from tasks import extract as extract_tasks
 from tasks.extract import feature_recipe
 
@@ -37,3 +38,11 @@ def test_a_new_flow_run_reuses_the_recipe_without_loading_the_backbone(harness, 
     larger = dataclasses.replace(config, sampling=dataclasses.replace(config.sampling, size=48))
     with pytest.raises(AssertionError, match="the backbone was built"):
         name_recipe(larger, hub)  # other settings: another key, computed
+
+
+def test_missing_weights_are_named_once_not_logged_as_a_cache_key_error(harness, tmp_path: Path,
+                                                                      caplog: pytest.LogCaptureFixture) -> None:
+    config = load_config(overrides={"sampling.size": 32, "backbone.weights": "IMAGENET1K_V1"})
+    with pytest.raises(ConfigError, match="not in the local torch cache"):
+        name_recipe(config, str(tmp_path / "empty-hub"))
+    assert "computing cache key" not in caplog.text
