@@ -12,8 +12,6 @@ def render(result: dict[str, Any]) -> str:
     lines += _sections(result["command"], result)
     if result["command"] == "demo":
         lines += _where(result)
-    if result["command"] == "train" and result.get("report"):  # promote prints its own; nightly's is promote's
-        lines.append(f"  report    {result['report']}")
     if result.get("failed"):
         lines.append(f"finished with {result['failed']} failed series (exit code 3)")
     return "\n".join(lines)
@@ -52,8 +50,10 @@ def _nightly(r: dict[str, Any]) -> list[str]:
     lines = _partitions(r["partitions"])
     if r["train"] is None:
         lines.append(f"  train     {r['train_reason']}")
-    else:
-        lines += [f"  retrain   {r['train_reason']}"] + _sections("train", r["train"]) + _promote(r["promote"])
+    else:  # the run's report is named once, by promote, which adds its decision to it
+        lines += [f"  retrain   {r['train_reason']}"] + _extract(r["train"]["extract"]) + _train(r["train"]["train"])
+    if r["promote"]:  # also a version left undecided by a night that stopped before promoting it
+        lines += _promote(r["promote"])
     return lines + _sections("infer", r["infer"])
 
 
