@@ -1,6 +1,6 @@
 """Frames in Ray's object store stay bounded (issue 8, SPEC §6): with decoding in Ray tasks, at most
 `workers x decoders` series stream at once, each with at most two unread chunks (and one being
-read, one awaiting the store's next free batch), whatever the number and length of the series.
+read, and a few awaiting the store's next free batch), whatever the number and length of the series.
 
 Ray frees a consumed chunk in a batch up to a second later (free_objects_period_milliseconds), so in
 production the store also holds about a second of decoded chunks; the test shortens that period to see
@@ -34,9 +34,9 @@ _STATS = re.compile(r"Plasma memory usage (\d+) MiB, (\d+) objects")
 @pytest.fixture(scope="module")
 def local_ray():
     # Ray frees objects whose last reference is gone in batches, once a second by default: the store then
-    # also holds about a second of throughput. Freeing every 50 ms leaves the bound our streams set.
+    # also holds about a second of throughput. Freeing every 10 ms leaves the bound our streams set.
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
-             _system_config={"free_objects_period_milliseconds": 50})
+             _system_config={"free_objects_period_milliseconds": 10})
     yield ray.get_runtime_context().gcs_address
     ray_workers.release_workers()
     ray.shutdown()
@@ -74,8 +74,10 @@ def test_the_object_store_holds_chunks_of_a_bounded_number_of_series(tmp_path: P
 
     assert [r["status"] for r in rows] == ["extracted"] * 6 and {r["frames"] for r in rows} == {80}
     chunk_mib = 8 * 160 * 160 * 3 / 2**20  # 0.6 MiB
-    # Per stream: two unread chunks, the one being read, and the one just read that the store frees in its
-    # next 50 ms batch (under CI load that batch can lag a sample: 7 seen once). Zero-copy views pinned 23.
-    bound = WORKERS * DECODERS * 4
-    assert 0 < peaks["objects"] <= bound, peaks  # 60 chunks went through; never more than 8 at once
+    # Per stream: two unread chunks and the one being read, plus those read but not yet freed: the store frees
+    # in batches (every 10 ms here), and a batch lagging a sample under load held up to 3 (9 seen in CI with
+    # 50 ms). So at most 6 chunks of each of the 2 series streaming: 12, of the 60 that went through.
+    # Zero-copy views, which pinned every chunk until its series was done, held 23.
+    bound = WORKERS * DECODERS * 6
+    assert 0 < peaks["objects"] <= bound, peaks
     assert peaks["mib"] <= bound * chunk_mib + 1, peaks
