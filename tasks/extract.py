@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
@@ -77,6 +78,9 @@ def extract_shard(refs: list[dict], recipe: dict, config: Config, cache_root: st
 
 
 _loaded: dict[tuple, tuple[Backbone, FeatureRecipe]] = {}  # at most one backbone per process
+# Shards run in threads: two building the backbone at once would trace it concurrently, and torch.jit's
+# trace check then fails ("Graphs differed across invocations"). One builds; the others wait and share it.
+_loading = threading.Lock()
 
 
 def shared_backbone(sampling: SamplingConfig, config: BackboneConfig, torch_hub_dir: Path,
@@ -88,10 +92,11 @@ def shared_backbone(sampling: SamplingConfig, config: BackboneConfig, torch_hub_
     key = (sampling.fps, sampling.num_frames, sampling.size, config.name, config.feature_dtype, config.optimize,
            resolve_weights(config, torch_hub_dir).digest, resolve_precision(config.precision, torch.device(device)),
            sources)
-    if key not in _loaded:
-        _loaded.clear()  # free the previous model first
-        _loaded[key] = load_backbone(sampling, config, torch_hub_dir, device, sources)
-    return _loaded[key]
+    with _loading:
+        if key not in _loaded:
+            _loaded.clear()  # free the previous model first
+            _loaded[key] = load_backbone(sampling, config, torch_hub_dir, device, sources)
+        return _loaded[key]
 
 
 def _extract_here(todo: list[SeriesRef], wanted: FeatureRecipe, config: Config, cache: FeatureCache,

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import httpx
@@ -54,11 +55,21 @@ def scheduled_runs(api: str, deployment: str) -> list[dict]:
 
 def run_deployment(api: str, deployment: str, log: Path) -> dict:
     """Create a flow run of the deployment, as the scheduler (or `prefect deployment run`) does, and wait for it."""
-    flow_run = httpx.post(f"{api}/deployments/{deployment}/create_flow_run", json={}).json()
+    # The same idempotency key on every try: a busy server's error (seen once in CI) is retried, never doubled.
+    key, answer = uuid.uuid4().hex, None
+    for _ in range(5):
+        answer = httpx.post(f"{api}/deployments/{deployment}/create_flow_run", json={"idempotency_key": key},
+                            timeout=30)
+        if answer.status_code in (200, 201):
+            break
+        time.sleep(3)
+    assert answer.status_code in (200, 201), f"create_flow_run: {answer.status_code} {answer.text[:1000]}"
+    flow_run = answer.json()
     deadline = time.monotonic() + RUN_TIMEOUT_S
     while time.monotonic() < deadline:
-        state = httpx.get(f"{api}/flow_runs/{flow_run['id']}").json()
-        if state["state_type"] in {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}:
+        answer = httpx.get(f"{api}/flow_runs/{flow_run['id']}", timeout=30)
+        state = answer.json() if answer.status_code == 200 else {}
+        if state.get("state_type") in {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}:
             return state
         time.sleep(2)
     raise AssertionError(f"flow run {flow_run['id']} still running after {RUN_TIMEOUT_S} s:\n{log.read_text()[-3000:]}")

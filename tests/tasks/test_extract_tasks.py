@@ -110,3 +110,18 @@ def test_decode_tasks_feed_the_actors_the_same_features(tmp_path: Path, source: 
     for key, here in results[None].items():
         np.testing.assert_allclose(results["local"][key].features, here.features, rtol=1e-4, atol=1e-4)
         np.testing.assert_array_equal(results["local"][key].t, here.t)
+
+
+def test_shards_starting_at_once_build_one_backbone(tmp_path: Path) -> None:
+    """Shard threads share the process's backbone; two building it at once traced it concurrently and
+    torch.jit's check failed ("Graphs differed across invocations", seen in CI)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tasks import extract as extract_tasks
+
+    config = load_config(overrides={**TINY, "backbone.optimize": "freeze", "backbone.seed": 11})
+    extract_tasks._loaded.clear()
+    with ThreadPoolExecutor(4) as pool:
+        built = list(pool.map(lambda _: extract_tasks.shared_backbone(
+            config.sampling, config.backbone, tmp_path / "hub", config.sources), range(4)))
+    assert all(b is built[0] for b in built)
