@@ -98,6 +98,7 @@ def prepare_process(home: Path, env: dict[str, str] | None = None) -> None:
     env.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     env.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     env.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    env.setdefault("GIT_PYTHON_REFRESH", "quiet")
     bound_mlflow_retries(env)
 
 
@@ -107,7 +108,6 @@ def bound_mlflow_retries(env: MutableMapping[str, str]) -> None:
     out a server restart; Prefect's attempts then make about 45 s in all. The user's values win."""
     env.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
     env.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "60")
-    env.setdefault("GIT_PYTHON_REFRESH", "quiet")
 
 
 def new_run_id() -> str:
