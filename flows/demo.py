@@ -27,7 +27,10 @@ DEMO_OVERRIDES = {"backbone.weights": "none", "sampling.size": 112, "sampling.fp
 DOMAINS: dict[str, tuple[str, dict[str, Any]]] = {
     "video": (DEMO_MODEL, DEMO_OVERRIDES),
     "medical": ("demo-medical", {"backbone.weights": "none", "sampling.size": 64, "sampling.fps": None}),
-    "remote-sensing": ("demo-remote-sensing", {"backbone.weights": "none", "sampling.size": 64, "sampling.fps": None}),
+    # no dropout: on 34 training stacks it held the loss on its plateau past early stopping's patience (seeds 1, 3
+    # and 4 of 6 stayed at chance with the default 0.2; all reached test macro-F1 1.0 without it)
+    "remote-sensing": ("demo-remote-sensing", {"backbone.weights": "none", "sampling.size": 64, "sampling.fps": None,
+                                               "train.dropout": 0.0}),
 }
 _SERIES_MAKERS = {"medical": generate_medical, "remote-sensing": generate_geo}
 

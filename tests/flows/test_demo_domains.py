@@ -8,7 +8,13 @@ from pathlib import Path
 import pytest
 
 from flows.demo import DOMAINS, demo, generate_sample
+from lib.cache import FeatureCache
+from lib.config import load_config
 from lib.errors import ConfigError
+from lib.experiment import run_experiment
+from lib.extract import extract_many
+from lib.features import load_backbone
+from lib.samples_geo import generate_geo
 from lib.sources import discover
 
 
@@ -28,3 +34,20 @@ def test_domain_samples_are_labelled_series_of_their_kind(tmp_path: Path, domain
 def test_an_unknown_domain_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="satellite"):
         demo.fn(domain="satellite")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [0, 3])
+def test_the_remote_sensing_demo_model_beats_frame_averaging(tmp_path: Path, seed: int) -> None:
+    """The demo's own settings on its sample: the seasonal order, not the mean colour, tells the crops apart."""
+    config = load_config(overrides=DOMAINS["remote-sensing"][1])
+    backbone, recipe = load_backbone(config.sampling, config.backbone, tmp_path / "torch-hub", device="cpu")
+    archive = generate_geo(tmp_path / "sample", tiles_per_class=24, seed=seed)
+    refs = discover(archive, archive / "labels.csv").refs
+    cache = FeatureCache(tmp_path / "cache")
+    cache.write(recipe.recipe_id, list(extract_many(refs, config.sampling, backbone, 64, tmp_path / "tmp")))
+
+    outcome = run_experiment(cache, recipe, refs, config.train)
+
+    assert outcome.metrics["test"]["macro_f1"] >= 0.9, outcome.metrics["test"]
+    assert outcome.baseline_metrics["test"]["macro_f1"] <= 0.5, outcome.baseline_metrics["test"]
