@@ -12,7 +12,7 @@ from lib.cache import FeatureCache
 from lib.config import load_config
 from lib.errors import ConfigError
 from lib.experiment import run_experiment
-from lib.extract import extract_many
+from lib.extract import extract_to_cache
 from lib.features import load_backbone
 from lib.samples_geo import generate_geo
 from lib.sources import discover
@@ -45,7 +45,9 @@ def test_the_remote_sensing_demo_model_beats_frame_averaging(tmp_path: Path, see
     archive = generate_geo(tmp_path / "sample", tiles_per_class=24, seed=seed)
     refs = discover(archive, archive / "labels.csv").refs
     cache = FeatureCache(tmp_path / "cache")
-    cache.write(recipe.recipe_id, list(extract_many(refs, config.sampling, backbone, 64, tmp_path / "tmp")))
+    rows = extract_to_cache(refs, config.sampling, backbone, 64, tmp_path / "tmp", config.sources, cache,
+                            recipe.recipe_id)
+    assert {row["status"] for row in rows} == {"extracted"}, rows
 
     outcome = run_experiment(cache, recipe, refs, config.train)
 

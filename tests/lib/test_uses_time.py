@@ -10,8 +10,7 @@ import pytest
 from lib.cache import FeatureCache
 from lib.config import TrainConfig
 from lib.experiment import run_experiment
-from lib.extract import extract_many
-from lib.failures import Failure
+from lib.extract import extract_to_cache
 from lib.features import load_backbone
 from lib.samples import SampleSpec, generate_archive
 from lib.sources import discover
@@ -25,9 +24,9 @@ def test_lstm_beats_the_frame_averaging_baseline_by_a_wide_margin(tmp_path: Path
     sampling = dataclasses.replace(tiny_config.sampling, fps=8.0)  # every frame the generator wrote
     backbone, recipe = load_backbone(sampling, tiny_config.backbone, torch_hub_dir)
     cache = FeatureCache(tmp_path / "cache")
-    results = list(extract_many(refs, sampling, backbone, 64, tmp_path / "tmp"))
-    assert not [r for r in results if isinstance(r, Failure)]
-    cache.write(recipe.recipe_id, results)
+    rows = extract_to_cache(refs, sampling, backbone, 64, tmp_path / "tmp", tiny_config.sources, cache,
+                            recipe.recipe_id)
+    assert {row["status"] for row in rows} == {"extracted"}, rows
 
     outcome = run_experiment(cache, recipe, refs, TrainConfig())
 
