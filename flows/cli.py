@@ -64,8 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--sample-seed", type=int, default=0, help="seed of the generated sample (default 0)")
     demo.add_argument("--domain", choices=["video", "medical", "remote-sensing"], default="video",
                       help="video clips, cine-MR DICOM series or dated GeoTIFF stacks (default video)")
-    demo.add_argument("--clips-per-class", type=int, default=24,
-                      help="clips of each of the 4 classes in the sample (default 24)")
+    demo.add_argument("--clips-per-class", type=int, default=None,
+                      help="series of each class in the sample (default: video 24, medical 96, remote-sensing 24)")
 
     extract = _command(commands, "extract", "decode SOURCE and cache its CNN features", FEATURE_FLAGS)
     extract.add_argument("source", help="a folder, video file or archive (.tar, .tar.gz, .zip)")

@@ -74,6 +74,9 @@ class TrainConfig:
     # into the recurrent layer. 128 = the hidden size's default, as before this option existed
     input_proj: int | None = 128
     pooling: str = "last"  # last: state after the last valid frame | attention: learned weights over valid frames
+    # layer: LayerNorm per frame | series: each series minus its own mean, over the training set's scale. series
+    # suits classes only change tells apart when the backbone's per-series level swamps the motion (lib/model.py)
+    input_norm: str = "layer"
     # augmentation, training batches only (never validation, test or inference), seeded from `seed`:
     crop_fraction: float = 1.0  # a random contiguous crop keeps this fraction of each series' frames; 1.0 = off
     frame_dropout: float = 0.0  # probability that each frame is dropped (one always stays); 0.0 = off
@@ -96,7 +99,8 @@ class TrainConfig:
     seed: int = 0  # splits, initialisation, batch order and augmentation
 
     def __post_init__(self) -> None:
-        choices = {"cell": ("lstm", "gru"), "pooling": ("last", "attention"), "balance": ("weights", "sampler")}
+        choices = {"cell": ("lstm", "gru"), "pooling": ("last", "attention"), "balance": ("weights", "sampler"),
+                   "input_norm": ("layer", "series")}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise ConfigError(f"train.{key}: {getattr(self, key)!r} is not one of {', '.join(allowed)}")

@@ -10,8 +10,9 @@ reproducible whatever the batch composition. The recurrent network packs the bat
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import Any, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
@@ -19,10 +20,40 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 KINDS = ("lstm", "mean")
 CELLS = ("lstm", "gru")
 POOLINGS = ("last", "attention")
+INPUT_NORMS = ("layer", "series")
+
+
+class SeriesCentring(nn.Module):
+    """Each series minus its own mean over its valid frames, over one scale fitted on the training set.
+
+    For classes that only change tells apart: a random-init or off-domain backbone puts most of
+    a frame's features in a per-series level (anatomy, contrast, position) and a tenth in what
+    moves. LayerNorm keeps that level, and a recurrent net then memorises series by it instead
+    of reading the motion. Centring removes it; the training set's scale (a buffer, so it travels
+    in the state_dict) keeps every series' amplitude comparable, which a per-frame norm would not.
+    The mean spans the whole series, so per-step outputs see every frame's level, not only the past.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("scale", torch.ones(()))
+
+    def fit(self, features: Sequence[np.ndarray]) -> None:
+        """Set the scale to the root mean square of the centred training frames."""
+        centred = np.concatenate([f - f.mean(axis=0) for f in features]).astype(np.float64)
+        self.scale.fill_(max(float(np.sqrt(np.mean(centred**2))), 1e-12))
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """x: (B, T, F), lengths: (B,) -> (B, T, F) centred and scaled; padding stays 0."""
+        valid = (torch.arange(x.shape[1], device=x.device)[None, :] < lengths.to(x.device)[:, None])[..., None]
+        mean = x.masked_fill(~valid, 0.0).sum(dim=1, keepdim=True) / lengths.to(x.device)[:, None, None].to(x.dtype)
+        return (x - mean).masked_fill(~valid, 0.0) / self.scale
 
 
 class LSTMClassifier(nn.Module):
-    """LayerNorm per frame, an optional projection, an LSTM or GRU over time, pooling, a linear head (LRCN).
+    """An input norm, an optional projection, an LSTM or GRU over time, pooling, a linear head (LRCN).
+
+    input_norm "layer": LayerNorm per frame. "series": SeriesCentring (fit it on the training set).
 
     pooling "last": the state after the last valid frame (forward direction) and after reading
     back to frame 0 (backward direction). "attention": a learned score per valid step, softmax
@@ -40,13 +71,14 @@ class LSTMClassifier(nn.Module):
         cell: str = "lstm",
         input_proj: int | None = 128,
         pooling: str = "last",
+        input_norm: str = "layer",
     ) -> None:
         super().__init__()
         self.num_classes = num_classes
         self.num_directions = 2 if bidirectional else 1
         self.pooling = pooling
-        # CNN features come in at very different scales per backbone; LayerNorm makes lr choices portable.
-        self.norm = nn.LayerNorm(input_dim)
+        # CNN features come in at very different scales per backbone; either norm makes lr choices portable.
+        self.norm = nn.LayerNorm(input_dim) if input_norm == "layer" else SeriesCentring()
         # Per frame, so padded frames cannot touch valid ones; None feeds the normalised features straight in.
         self.proj = nn.Sequential(nn.Linear(input_dim, input_proj), nn.GELU()) if input_proj else nn.Identity()
         rnn = nn.LSTM if cell == "lstm" else nn.GRU
@@ -66,7 +98,7 @@ class LSTMClassifier(nn.Module):
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """x: (B, T, F) float; lengths: (B,) int64 on the CPU (what packing wants) -> logits (B, C)."""
         batch = x.shape[0]
-        h = self.proj(self.norm(x))  # (B, T, P)
+        h = self._inputs(x, lengths)  # (B, T, P)
         packed = pack_padded_sequence(h, lengths.cpu(), batch_first=True, enforce_sorted=False)
         out, h_n = self.rnn(packed)  # h_n: (L * D, B, H) in input order; an LSTM also returns c_n
         if self.attention is None:
@@ -88,10 +120,15 @@ class LSTMClassifier(nn.Module):
         pooling, the prediction had the series ended at frame t (the last valid step's logits are
         forward()'s). The outputs are the temporal features downstream analyses ask for.
         """
-        h = self.proj(self.norm(x))  # (B, T, P)
+        h = self._inputs(x, lengths)  # (B, T, P)
         packed = pack_padded_sequence(h, lengths.cpu(), batch_first=True, enforce_sorted=False)
         out, _ = pad_packed_sequence(self.rnn(packed)[0], batch_first=True, total_length=x.shape[1])  # (B, T, D * H)
         return self.head(out), out
+
+    def _inputs(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """Normalised, projected frames (B, T, P): what the recurrent layer reads."""
+        normed = self.norm(x, lengths) if isinstance(self.norm, SeriesCentring) else self.norm(x)
+        return self.proj(normed)
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
         """Checkpoints from before the GRU option named the recurrent layer `lstm`: read them as `rnn`."""
@@ -145,6 +182,7 @@ class ModelSpec:
     cell: str = "lstm"  # "lstm" | "gru"
     input_proj: int | None = 128  # width of the per-frame Linear + GELU after LayerNorm; None = no projection
     pooling: str = "last"  # "last" | "attention"
+    input_norm: str = "layer"  # "layer" | "series"; unused by "mean"
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -153,6 +191,10 @@ class ModelSpec:
             raise ValueError(f"ModelSpec.cell {self.cell!r} is not supported; use one of {', '.join(CELLS)}")
         if self.pooling not in POOLINGS:
             raise ValueError(f"ModelSpec.pooling {self.pooling!r} is not supported; use one of {', '.join(POOLINGS)}")
+        if self.input_norm not in INPUT_NORMS:
+            raise ValueError(
+                f"ModelSpec.input_norm {self.input_norm!r} is not supported; use one of {', '.join(INPUT_NORMS)}"
+            )
         if self.input_dim < 1 or self.num_classes < 2:
             raise ValueError(
                 f"ModelSpec needs input_dim >= 1 and num_classes >= 2, got {self.input_dim} and {self.num_classes}"
@@ -174,6 +216,7 @@ class ModelSpec:
             cell=self.cell,
             input_proj=self.input_proj,
             pooling=self.pooling,
+            input_norm=self.input_norm,
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -2,11 +2,15 @@
 
 Each series is one slice imaged over time: a folder of single-frame MR Image Storage
 files (`root/<label>/series_<index>/IM_<frame>.dcm`) showing a disc (a ventricle, say)
-whose radius beats. `regular` beats with one period; `irregular` beats with intervals
-drawn between 0.45 and 1.55 periods. Series `regular/series_0003` and
-`irregular/series_0003` share one random draw (size, amplitude, period, intensities,
-noise), so both classes cover the same radii with the same amplitude distribution: a
-model that averages per-frame features sees nearly the same mean, an LSTM sees the rhythm.
+whose radius beats. `regular` beats with one period (7-9 frames, 67-86 per minute);
+`irregular` alternates a premature beat (half a period) with a compensatory pause (one
+and a half), as in ventricular bigeminy, so both beat as often on average. Every frame
+samples a beat's phase alike in both classes: frame averaging sees the same mean, an
+LSTM sees the rhythm. Every series has its own draw (size, amplitude, period, phase,
+noise): series that shared one across classes would let a model memorise pairs.
+One protocol images them all, so the disc sits centred with the same blood and tissue
+intensities (a random-init backbone's features move with contrast and position far
+more than with the beat; see lib/model.py's SeriesCentring).
 
 The files are real DICOM (pydicom, explicit VR little endian, 12-bit MONOCHROME2 in
 uint16) with Study/Series/SOP Instance UIDs derived from the seed, InstanceNumber,
@@ -30,28 +34,27 @@ from lib.errors import ConfigError
 from lib.sample_folders import publish_sample
 
 CLASSES = ("regular", "irregular")
-FRAME_MS = 120.0  # ms between frames: real-time cine, so a beat of 4-7 frames is 0.5-0.8 s (70-125 per minute)
+FRAME_MS = 100.0  # ms between frames: real-time cine, so a beat of 7-9 frames is 0.7-0.9 s
 FOV_MM = 320.0  # field of view: PixelSpacing = FOV / size
 SLICE_MM = 8.0  # SliceThickness of a short-axis cine slice
 BITS_STORED = 12  # what MR scanners store; values stay within 0..4095
 WINDOW = (1100.0, 2400.0)  # WindowCenter, WindowWidth: one fixed window, so every series maps alike
+BLOOD, TISSUE = 1950.0, 350.0  # stored values of the disc and of the background
+BIGEMINY = (0.5, 1.5)  # irregular beats last these fractions of the period, alternately
 STUDY_DATE = "20261119"
 START_S = 9 * 3600.0  # AcquisitionTime of the first frame: 09:00:00
-_FORMAT = 1  # bump when rendering or tags change: old samples are then regenerated
+_FORMAT = 2  # bump when rendering or tags change: old samples are then regenerated
 _UID_SALT = "lstmpipe-sample-medical"
 
 
 @dataclass(frozen=True)
 class BeatDraw:
-    """Everything random about one pair of series (regular and irregular share it)."""
+    """Everything random about one series."""
 
     radius: float  # end-diastolic radius, fraction of the size
     amplitude: float  # systolic shrink, fraction of the radius
     period: float  # frames per beat
     phase: float  # beat phase at frame 0, in [0, 1)
-    offset: tuple[float, float]  # disc centre minus image centre, fraction of the size
-    blood: float  # disc intensity (stored value)
-    tissue: float  # background intensity
     noise_sigma: float  # stored values of per-pixel Gaussian noise
     noise_seed: int
 
@@ -60,21 +63,24 @@ def draw_beat(rng: np.random.Generator) -> BeatDraw:
     return BeatDraw(
         radius=float(rng.uniform(0.2, 0.28)),
         amplitude=float(rng.uniform(0.25, 0.4)),
-        period=float(rng.uniform(4.0, 7.0)),
+        period=float(rng.uniform(7.0, 9.0)),
         phase=float(rng.uniform(0.0, 1.0)),
-        offset=(float(rng.uniform(-0.06, 0.06)), float(rng.uniform(-0.06, 0.06))),
-        blood=float(rng.uniform(1700.0, 2200.0)),
-        tissue=float(rng.uniform(250.0, 450.0)),
         noise_sigma=float(rng.uniform(30.0, 70.0)),
         noise_seed=int(rng.integers(2**31)),
     )
 
 
 def beat_phase(label: str, draw: BeatDraw, frames: int, rng: np.random.Generator) -> np.ndarray:
-    """(T,) cumulative beat phase per frame (a beat per unit); irregular beats last 0.45-1.55 periods."""
+    """(T,) cumulative beat phase per frame (a beat per unit).
+
+    Irregular beats alternate BIGEMINY's short and long fractions of the period, from a random
+    one of the two, each within 10 %: the pattern, not any one beat, is what sets them apart.
+    """
     if label == "regular":
         return draw.phase + np.arange(frames) / draw.period
-    durations = draw.period * rng.uniform(0.45, 1.55, frames + 2)  # enough beats for any run of frames
+    beats = frames + 2  # enough beats for any run of frames
+    pattern = np.asarray(BIGEMINY)[(np.arange(beats) + rng.integers(2)) % 2]
+    durations = draw.period * pattern * rng.uniform(0.9, 1.1, beats)
     starts = np.concatenate([[0.0], np.cumsum(durations)]) - draw.phase * durations[0]
     t = np.arange(frames, dtype=np.float64)
     beat = np.searchsorted(starts, t, side="right") - 1
@@ -85,16 +91,16 @@ def render_series(label: str, draw: BeatDraw, phase: np.ndarray, size: int) -> n
     """(T, size, size) uint16 frames: a bright disc shrinking once per beat over darker tissue."""
     contraction = 0.5 - 0.5 * np.cos(2 * np.pi * phase)  # 0 at end-diastole, 1 at end-systole
     radius_px = draw.radius * size * (1.0 - draw.amplitude * contraction)  # (T,)
-    centre = size / 2 + np.asarray(draw.offset) * size
+    centre = np.full(2, size / 2)
     grid = np.arange(size, dtype=np.float64) + 0.5
     distance = np.hypot(grid[None, :] - centre[0], grid[:, None] - centre[1])  # (H, W)
     coverage = np.clip(0.5 - (distance[None] - radius_px[:, None, None]), 0.0, 1.0)  # (T, H, W), anti-aliased
     noise = np.random.default_rng(draw.noise_seed).normal(0.0, draw.noise_sigma, coverage.shape)
-    values = draw.tissue + coverage * (draw.blood - draw.tissue) + noise
+    values = TISSUE + coverage * (BLOOD - TISSUE) + noise
     return np.clip(np.rint(values), 0, 2**BITS_STORED - 1).astype(np.uint16)
 
 
-def generate_medical(root: Path, clips_per_class: int, seed: int, size: int = 64, frames: int = 16) -> Path:
+def generate_medical(root: Path, clips_per_class: int, seed: int, size: int = 64, frames: int = 32) -> Path:
     """Write `clips_per_class` series per class under root and `labels.csv`; returns root.
 
     A re-run with the same arguments finds the marker and does nothing; other arguments
@@ -124,8 +130,9 @@ def write_series(folder: Path, label: str, index: int, seed: int, size: int, fra
     """Write one series' files into folder; returns its SeriesInstanceUID."""
     if label not in CLASSES:
         raise ConfigError(f"label: {label!r} unknown; choose one of {', '.join(CLASSES)}")
-    draw = draw_beat(np.random.default_rng([seed, 0, index]))  # the pair's shared stream
-    phase = beat_phase(label, draw, frames, np.random.default_rng([seed, 1, index]))
+    stream = [seed, CLASSES.index(label), index]
+    draw = draw_beat(np.random.default_rng([*stream, 0]))
+    phase = beat_phase(label, draw, frames, np.random.default_rng([*stream, 1]))
     pixels = render_series(label, draw, phase, size)
     key = [_UID_SALT, str(seed), label, str(index)]
     study_uid = generate_uid(entropy_srcs=key + ["study"])

@@ -25,7 +25,7 @@ from torch.nn.utils.rnn import pad_sequence
 
 from lib.config import TrainConfig
 from lib.metrics import classification_metrics, confusion_matrix
-from lib.model import ModelSpec
+from lib.model import ModelSpec, SeriesCentring
 
 BUCKET_BATCHES = 8  # batches per length bucket: less padding, still shuffled across epochs
 
@@ -83,6 +83,7 @@ def model_spec(config: TrainConfig, input_dim: int, num_classes: int, kind: str 
         cell=config.cell,
         input_proj=config.input_proj,
         pooling=config.pooling,
+        input_norm=config.input_norm,
     )
 
 
@@ -116,7 +117,10 @@ def fit(
             "(early stopping needs a validation set: add series or raise train.val_fraction)"
         )
     torch.manual_seed(config.seed)
-    model = spec.build().to(device)
+    model = spec.build()
+    if isinstance(getattr(model, "norm", None), SeriesCentring):
+        model.norm.fit(train.features)
+    model = model.to(device)
     optimizer = _adamw(model, config)
     steps_per_epoch = -(-len(train) // config.batch_size)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(

@@ -7,14 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from flows.demo import DOMAINS, demo, generate_sample
+from flows.demo import SERIES_MAKERS, DOMAINS, demo, generate_sample
 from lib.cache import FeatureCache
 from lib.config import load_config
 from lib.errors import ConfigError
 from lib.experiment import run_experiment
 from lib.extract import extract_to_cache
 from lib.features import load_backbone
-from lib.samples_geo import generate_geo
 from lib.sources import discover
 
 
@@ -27,8 +26,8 @@ def test_domain_samples_are_labelled_series_of_their_kind(tmp_path: Path, domain
     incoming = discover(Path(sample["incoming"]))
     assert incoming.refs and {r.kind for r in incoming.refs} == {kind}
     assert not {r.content_hash for r in incoming.refs} & {r.content_hash for r in archive.refs}  # other series
-    model, overrides = DOMAINS[domain]
-    assert model == f"demo-{domain}" and overrides["sampling.fps"] is None  # every frame / date is kept
+    chosen = DOMAINS[domain]
+    assert chosen.model == f"demo-{domain}" and chosen.overrides["sampling.fps"] is None  # every frame / date is kept
 
 
 def test_an_unknown_domain_is_a_config_error() -> None:
@@ -37,12 +36,15 @@ def test_an_unknown_domain_is_a_config_error() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("seed", [0, 3])
-def test_the_remote_sensing_demo_model_beats_frame_averaging(tmp_path: Path, seed: int) -> None:
-    """The demo's own settings on its sample: the seasonal order, not the mean colour, tells the crops apart."""
-    config = load_config(overrides=DOMAINS["remote-sensing"][1])
+@pytest.mark.parametrize("domain, seed", [("remote-sensing", 0), ("remote-sensing", 3), ("medical", 0),
+                                          ("medical", 3)])
+def test_the_domain_demo_models_beat_frame_averaging(tmp_path: Path, domain: str, seed: int) -> None:
+    """The demo's own settings and sample size: the seasonal order, not the mean colour, tells the crops apart;
+    the rhythm, not the mean disc, tells bigeminy from a regular beat."""
+    chosen = DOMAINS[domain]
+    config = load_config(overrides=chosen.overrides)
     backbone, recipe = load_backbone(config.sampling, config.backbone, tmp_path / "torch-hub", device="cpu")
-    archive = generate_geo(tmp_path / "sample", tiles_per_class=24, seed=seed)
+    archive = SERIES_MAKERS[domain](tmp_path / "sample", chosen.clips_per_class, seed)
     refs = discover(archive, archive / "labels.csv").refs
     cache = FeatureCache(tmp_path / "cache")
     rows = extract_to_cache(refs, config.sampling, backbone, 64, tmp_path / "tmp", config.sources, cache,
@@ -51,5 +53,6 @@ def test_the_remote_sensing_demo_model_beats_frame_averaging(tmp_path: Path, see
 
     outcome = run_experiment(cache, recipe, refs, config.train)
 
-    assert outcome.metrics["test"]["macro_f1"] >= 0.9, outcome.metrics["test"]
-    assert outcome.baseline_metrics["test"]["macro_f1"] <= 0.5, outcome.baseline_metrics["test"]
+    lstm, baseline = outcome.metrics["test"]["macro_f1"], outcome.baseline_metrics["test"]["macro_f1"]
+    assert lstm >= 0.9, outcome.metrics["test"]
+    assert lstm - baseline >= 0.25, outcome.baseline_metrics["test"]  # 28-30 test series: chance varies by +-0.15
