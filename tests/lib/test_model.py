@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from lib.model import LSTMClassifier, MeanPoolClassifier, ModelSpec
+from lib.model import LSTMClassifier, MeanPoolClassifier, ModelSpec, SeriesCentring
 
 F, C = 6, 3
 RECURRENT = [
@@ -46,6 +46,26 @@ def test_logits_do_not_depend_on_padding_or_batch_neighbours(model: torch.nn.Mod
 def test_every_cell_and_pooling_ignores_padding_and_batch_neighbours(options: dict, fill: float) -> None:
     torch.manual_seed(0)
     _check_batch_invariance(ModelSpec("lstm", F, C, hidden_size=8, num_layers=2, **options).build(), fill)
+
+
+@pytest.mark.parametrize("options", [{"pooling": "last"}, {"pooling": "attention", "bidirectional": True}])
+@pytest.mark.parametrize("fill", [1e3, float("nan")])
+def test_series_centring_ignores_padding_and_batch_neighbours(options: dict, fill: float) -> None:
+    torch.manual_seed(0)
+    _check_batch_invariance(ModelSpec("lstm", F, C, hidden_size=8, input_norm="series", **options).build(), fill)
+
+
+def test_series_centring_removes_each_series_level_and_keeps_its_amplitude() -> None:
+    norm = SeriesCentring()
+    norm.scale.fill_(2.0)
+    motion = torch.randn(5, F)
+    x, lengths = _padded([motion, motion + 7.0, 3.0 * motion], fill=float("nan"))
+    out = norm(x, lengths)  # (3, 5, F)
+    expected = (motion - motion.mean(dim=0)) / 2.0
+    assert torch.allclose(out[0], expected, atol=1e-5) and torch.allclose(out[1], expected, atol=1e-5)
+    assert torch.allclose(out[2], 3.0 * expected, atol=1e-5)  # one scale for all: a bigger beat stays bigger
+    norm.fit([motion.numpy(), 3.0 * motion.numpy()])
+    assert norm.scale.item() == pytest.approx(float(torch.sqrt(((motion - motion.mean(0)) ** 2).mean() * 5)), rel=1e-5)
 
 
 def _check_batch_invariance(model: torch.nn.Module, fill: float) -> None:
@@ -89,13 +109,15 @@ def test_bidirectional_head_sees_both_directions() -> None:
     assert model(torch.randn(2, 5, F), torch.tensor([5, 2])).shape == (2, C)
 
 
-@pytest.mark.parametrize(("kind", "options"), [("lstm", {}), ("mean", {}),
+@pytest.mark.parametrize(("kind", "options"), [("lstm", {}), ("mean", {}), ("lstm", {"input_norm": "series"}),
                                                ("lstm", {"cell": "gru", "pooling": "attention", "input_proj": None})])
 def test_spec_and_state_dict_rebuild_the_same_model(kind: str, options: dict, tmp_path) -> None:
     spec = ModelSpec(kind=kind, input_dim=F, num_classes=C, hidden_size=12, num_layers=2, bidirectional=True,
                      **options)
     torch.manual_seed(1)
     model = spec.build().eval()
+    if isinstance(getattr(model, "norm", None), SeriesCentring):
+        model.norm.scale.fill_(3.0)  # fitted: the buffer must travel in the state_dict
     torch.save(model.state_dict(), tmp_path / "weights.pt")
     (tmp_path / "spec.json").write_text(json.dumps(spec.to_dict()))
 
@@ -132,7 +154,7 @@ OLD_STATE = {"norm.weight": (6,), "norm.bias": (6,), "proj.0.weight": (8, 6), "p
 
 def test_old_spec_and_old_weights_still_load() -> None:
     spec = ModelSpec.from_dict(dict(OLD_SPEC))
-    assert (spec.cell, spec.input_proj, spec.pooling) == ("lstm", 8, "last")  # what old specs built
+    assert (spec.cell, spec.input_proj, spec.pooling, spec.input_norm) == ("lstm", 8, "last", "layer")
     torch.manual_seed(0)
     old_weights = {name: torch.randn(shape) for name, shape in OLD_STATE.items()}
     model = spec.build()
@@ -155,6 +177,8 @@ def test_spec_errors_name_the_bad_value() -> None:
         ModelSpec(kind="lstm", input_dim=F, num_classes=C, cell="rnn")
     with pytest.raises(ValueError, match="'max'"):
         ModelSpec(kind="lstm", input_dim=F, num_classes=C, pooling="max")
+    with pytest.raises(ValueError, match="'batch'"):
+        ModelSpec(kind="lstm", input_dim=F, num_classes=C, input_norm="batch")
 
 
 @pytest.mark.parametrize("options", RECURRENT, ids=lambda o: "-".join(str(v) for v in o.values()))

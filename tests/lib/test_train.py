@@ -63,6 +63,21 @@ def test_lstm_learns_order_that_a_frame_average_cannot_see(data: dict[str, Seque
     assert np.array(lstm_test["confusion"]).sum() == len(data["test"])
 
 
+def test_series_centring_fits_its_scale_and_reads_order_under_a_per_series_level(
+        data: dict[str, SequenceSet]) -> None:
+    """Each series sits at its own level, ten times the ramp: what a backbone's anatomy and contrast look like."""
+    rng = np.random.default_rng(1)
+    shifted = {name: SequenceSet([f + 15.0 * rng.normal(size=F).astype(np.float32) for f in part.features],
+                                 part.labels, part.series_ids) for name, part in data.items()}
+    config = dataclasses.replace(CONFIG, input_norm="series")
+    result = fit(model_spec(config, F, 2, "lstm"), shifted["train"], shifted["val"], config)
+    centred = np.concatenate([f - f.mean(axis=0) for f in shifted["train"].features])
+    assert result.model.norm.scale.item() == pytest.approx(float(np.sqrt(np.mean(centred.astype(np.float64) ** 2))),
+                                                           rel=1e-5)
+    assert "norm.scale" in result.model.state_dict()
+    assert evaluate(result.model, shifted["test"], CLASSES)["accuracy"] >= 0.9
+
+
 def test_the_returned_model_is_the_best_epoch(data: dict[str, SequenceSet], lstm: FitResult) -> None:
     assert [row["epoch"] for row in lstm.history] == list(range(1, len(lstm.history) + 1))
     assert set(lstm.history[0]) == {"epoch", "train_loss", "val_loss", "val_accuracy", "val_macro_f1", "lr"}
@@ -153,7 +168,7 @@ def test_lr_warms_up_to_its_peak_then_decays_and_gradients_are_clipped(data: dic
 @pytest.mark.parametrize(
     ("key", "value"),
     [("cell", "rnn"), ("pooling", "max"), ("balance", "oversample"), ("crop_fraction", 0.0),
-     ("frame_dropout", 1.0), ("input_proj", 0)],
+     ("frame_dropout", 1.0), ("input_proj", 0), ("input_norm", "batch")],
 )
 def test_bad_training_options_name_the_key(key: str, value: object) -> None:
     from lib.errors import ConfigError
