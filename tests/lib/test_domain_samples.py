@@ -155,6 +155,9 @@ def test_medical_classes_differ_in_rhythm_not_in_amplitude(index: int) -> None:
     regular, irregular = beat_lengths(phases["regular"]), beat_lengths(phases["irregular"])
     assert np.allclose(regular, draw.period)  # one period throughout
     assert irregular.std() > 0.15 * draw.period  # beats of varied length
+    short = irregular < draw.period
+    assert np.all(short[1:] != short[:-1])  # bigeminy: premature beat, compensatory pause, in turn
+    assert np.all(irregular[short] < 0.7 * draw.period) and np.all(irregular[~short] > 1.25 * draw.period)
     frames = {label: render_series(label, draw, phases[label], 48).astype(float) for label in samples_medical.CLASSES}
     means = {label: f.mean(axis=0) for label, f in frames.items()}  # what frame averaging sees
     spread = frames["regular"].std(axis=0).mean()
