@@ -91,9 +91,9 @@ def render_series(label: str, draw: BeatDraw, phase: np.ndarray, size: int) -> n
     """(T, size, size) uint16 frames: a bright disc shrinking once per beat over darker tissue."""
     contraction = 0.5 - 0.5 * np.cos(2 * np.pi * phase)  # 0 at end-diastole, 1 at end-systole
     radius_px = draw.radius * size * (1.0 - draw.amplitude * contraction)  # (T,)
-    centre = np.full(2, size / 2)
+    centre = size / 2  # the disc sits in the middle of the field of view
     grid = np.arange(size, dtype=np.float64) + 0.5
-    distance = np.hypot(grid[None, :] - centre[0], grid[:, None] - centre[1])  # (H, W)
+    distance = np.hypot(grid[None, :] - centre, grid[:, None] - centre)  # (H, W)
     coverage = np.clip(0.5 - (distance[None] - radius_px[:, None, None]), 0.0, 1.0)  # (T, H, W), anti-aliased
     noise = np.random.default_rng(draw.noise_seed).normal(0.0, draw.noise_sigma, coverage.shape)
     values = TISSUE + coverage * (BLOOD - TISSUE) + noise
