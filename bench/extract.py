@@ -38,7 +38,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from lib.ffmpeg import ffmpeg_exe, ffmpeg_version
+from lstmpipe.lib.sources.ffmpeg import ffmpeg_exe, ffmpeg_version
 
 BENCH = Path(__file__).parent
 DATA = BENCH / ".data"
@@ -60,9 +60,9 @@ CEILING = """
 import json, os, sys, time
 import numpy as np, torch
 from pathlib import Path
-from lib.config import BackboneConfig, SamplingConfig
-from lib.features import load_backbone
-from lib.video import decode_video
+from lstmpipe.lib.config import BackboneConfig, SamplingConfig
+from lstmpipe.lib.features.build import load_backbone
+from lstmpipe.lib.sources.kinds.video import decode_video
 clip, precision, threads, seconds = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
 fps, size, batch = float(sys.argv[5]), int(sys.argv[6]), int(sys.argv[7])
 torch.set_num_threads(threads)
@@ -84,8 +84,8 @@ print(json.dumps({"precision": backbone.precision, "threads": torch.get_num_thre
 DECODE = """
 import json, sys, time
 from pathlib import Path
-from lib.config import SamplingConfig
-from lib.video import decode_video
+from lstmpipe.lib.config import SamplingConfig
+from lstmpipe.lib.sources.kinds.video import decode_video
 sampling = SamplingConfig(fps=float(sys.argv[1]), size=int(sys.argv[2]))
 frames, started = 0, time.perf_counter()
 for clip in sys.argv[3:]:
@@ -154,7 +154,7 @@ def child(code: str, *args: object) -> dict:
 
 def lstmpipe_command() -> list[str]:
     script = Path(sys.executable).parent / "lstmpipe"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "flows.cli"]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "lstmpipe.flows.cli"]
 
 
 def run_extract(source: Path, home: Path, *flags: str) -> dict:
@@ -188,12 +188,12 @@ def run_extract(source: Path, home: Path, *flags: str) -> dict:
 
 WARM_IN_PROCESS = """
 import json, os, sys, time
-from flows.runtime import load_runtime, prepare_process
+from lstmpipe.flows.runtime import load_runtime, prepare_process
 source, overrides = sys.argv[1], json.loads(sys.argv[2])
 prepare_process(load_runtime().home)
-from flows import startup
+from lstmpipe.flows import startup
 api = startup.start_temporary_api()
-from flows.extract import extract
+from lstmpipe.flows.extract import extract
 try:
     with startup.using(api):
         extract(source, overrides=overrides)  # the first flow of a process pays Prefect's one-off costs

@@ -29,7 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from lib.samples import SampleSpec, generate_archive  # noqa: E402
+from lstmpipe.lib.demo.video import SampleSpec, generate_archive  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 LSTMPIPE = str(Path(sys.executable).parent / "lstmpipe")

@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from lib.ffmpeg import ffmpeg_exe
+from lstmpipe.lib.sources.ffmpeg import ffmpeg_exe
 
 DATA = Path(__file__).parent / ".data"
 RESULTS = Path(__file__).parent / "results"
@@ -26,10 +26,10 @@ RESULTS = Path(__file__).parent / "results"
 CHILD = """
 import json, resource, sys, time, torch
 from pathlib import Path
-from lib.config import load_config
-from lib.extract import extract_many
-from lib.features import load_backbone
-from lib.series import SeriesRef
+from lstmpipe.lib.config import load_config
+from lstmpipe.lib.features.extract import extract_many
+from lstmpipe.lib.features.build import load_backbone
+from lstmpipe.lib.series import SeriesRef
 torch.set_num_threads(2)
 path, fps, size = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
 config = load_config(overrides={"sampling.fps": fps, "sampling.size": size, "backbone.weights": "none"})

@@ -37,7 +37,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from lib.samples import SampleSpec, generate_archive  # noqa: E402
+from lstmpipe.lib.demo.video import SampleSpec, generate_archive  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 TARGET_S = 60.0

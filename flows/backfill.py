@@ -1,6 +1,6 @@
 """Flow `backfill`: extract a date range of a root's partitions (or all of them), a few at a time.
 
-Each partition is recorded done (lib/partitions.py) as soon as its series are in the
+Each partition is recorded done (lib/ops/partitions.py) as soon as its series are in the
 cache and its failures recorded, so a killed backfill, run again, skips the partitions
 it finished, and inside the one it was killed in, the series already cached. Running
 beside a nightly run is safe: cache entries are keyed by content and recipe (the first
@@ -17,14 +17,14 @@ from typing import Any
 
 from prefect import flow
 
-from flows.artifacts import publish_summary
-from flows.extract import extract_refs
-from flows.runtime import Runtime, load_runtime, run_id_of
-from lib.partitions import Partition, by_partition, date_range, markdown_table
-from lib.summary import extraction_summary
-from tasks.extract import discover_source, feature_recipe
-from tasks.partitions import mark_partition_done, partitions_to_do
-from tasks.records import record_run_failures
+from lstmpipe.flows.artifacts import publish_summary
+from lstmpipe.flows.extract import extract_refs
+from lstmpipe.flows.runtime import Runtime, load_runtime, run_id_of
+from lstmpipe.lib.ops.partitions import Partition, by_partition, date_range, markdown_table
+from lstmpipe.lib.ops.summary import extraction_summary
+from lstmpipe.tasks.extract import discover_source, feature_recipe
+from lstmpipe.tasks.partitions import mark_partition_done, partitions_to_do
+from lstmpipe.tasks.records import record_run_failures
 
 
 def records_file(rt: Runtime) -> Path:

@@ -15,10 +15,10 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from flows.console import render
-from flows.runtime import Runtime, load_runtime, new_run_id, prepare_process
-from lib.atomic import write_text_atomic
-from lib.errors import ConfigError
+from lstmpipe.flows.console import render
+from lstmpipe.flows.runtime import Runtime, load_runtime, new_run_id, prepare_process
+from lstmpipe.lib.atomic import write_text_atomic
+from lstmpipe.lib.errors import ConfigError
 
 EXIT_OK, EXIT_CRASH, EXIT_USAGE, EXIT_FAILED_SERIES = 0, 1, 2, 3
 
@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         overrides = overrides_of(args)
         rt = load_runtime(args.config, overrides)
         if args.command == "backfill":  # a bad range is bad usage: say so before anything boots
-            from lib.partitions import date_range  # late: pyarrow would delay every command's start
+            from lstmpipe.lib.ops.partitions import date_range  # late: pyarrow would delay every command's start
 
             date_range(args.start, args.end, args.every)
     except ConfigError as exc:
@@ -217,11 +217,11 @@ FLOW_MODULES = {"demo": "demo", "extract": "extract", "train": "train", "tune": 
 
 def _run(args: argparse.Namespace, rt: Runtime, overrides: dict[str, Any], run_id: str) -> dict[str, Any]:
     """Boot Prefect's API, import the command's flow and load the backbone meanwhile, then run it."""
-    from flows import startup
+    from lstmpipe.flows import startup
 
     api = startup.start_temporary_api()
     try:
-        module = importlib.import_module(f"flows.{FLOW_MODULES[args.command]}")
+        module = importlib.import_module(f"lstmpipe.flows.{FLOW_MODULES[args.command]}")
         if args.command in {"extract", "train", "tune", "nightly", "backfill"}:  # they extract with the configured backbone
             startup.load_backbone_early(rt)
         with startup.using(api):
@@ -253,33 +253,34 @@ def _call(module: Any, args: argparse.Namespace, overrides: dict[str, Any], run_
 
 
 def _status(rt: Runtime, root: str | None) -> dict[str, Any]:
-    from lib import registry, status  # MLflow loads in seconds: only for this command
+    from lstmpipe.lib.registry import mlflow_store as registry
+    from lstmpipe.lib.ops import status  # MLflow loads in seconds: only for this command
 
     return status.collect(rt.home, registry.connect(rt.tracking_uri), rt.config.promote.alias,
                           Path(root) if root else None)
 
 
 def _serve(rt: Runtime, args: argparse.Namespace, overrides: dict[str, Any]) -> dict[str, Any]:
-    from flows.serve import serve  # late: it boots a Prefect server and imports every flow
+    from lstmpipe.flows.serve import serve  # late: it boots a Prefect server and imports every flow
 
     return serve(rt, args.config, overrides, args.port)
 
 
 def _history(rt: Runtime, model: str) -> dict[str, Any]:
-    from flows.report import history_file  # no Prefect, no MLflow: reading a SQLite table
-    from lib.promote import read_history
+    from lstmpipe.flows.report import history_file  # no Prefect, no MLflow: reading a SQLite table
+    from lstmpipe.lib.registry.promotion import read_history
 
     return {"model": model, "history": read_history(history_file(rt), model)}
 
 
 def _report(args: argparse.Namespace, overrides: dict[str, Any]) -> dict[str, Any]:
-    from flows.report import report  # MLflow only: no Prefect API to boot for one page
+    from lstmpipe.flows.report import report  # MLflow only: no Prefect API to boot for one page
 
     return report(args.run, args.config, overrides)
 
 
 def _compact(rt: Runtime) -> dict[str, Any]:
-    from lib.cache import FeatureCache  # late: torch and Arrow load in seconds, and delay Prefect's boot
+    from lstmpipe.lib.features.cache import FeatureCache  # late: torch and Arrow load in seconds, and delay Prefect's boot
 
     return FeatureCache(Path(rt.cache_root)).compact()
 
@@ -287,7 +288,7 @@ def _compact(rt: Runtime) -> dict[str, Any]:
 def _plan(rt: Runtime, args: argparse.Namespace) -> dict[str, Any]:
     import torch  # late, like _status: only this command needs it here
 
-    from lib.plan import plan_source
+    from lstmpipe.lib.ops.plan import plan_source
 
     return plan_source(Path(args.source), Path(args.labels) if args.labels else None, rt.config,
                        Path(rt.torch_hub_dir), Path(rt.cache_root), Path(rt.hash_memo),

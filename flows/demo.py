@@ -13,12 +13,12 @@ from typing import Any, NamedTuple
 
 from prefect import flow, task
 
-from flows.nightly import nightly
-from flows.runtime import load_runtime
-from lib.errors import ConfigError
-from lib.samples import SampleSpec, generate_archive, generate_incoming
-from lib.samples_geo import generate_geo
-from lib.samples_medical import generate_medical
+from lstmpipe.flows.nightly import nightly
+from lstmpipe.flows.runtime import load_runtime
+from lstmpipe.lib.errors import ConfigError
+from lstmpipe.lib.demo.video import SampleSpec, generate_archive, generate_incoming
+from lstmpipe.lib.demo.geo import generate_geo
+from lstmpipe.lib.demo.medical import generate_medical
 
 DEMO_MODEL = "demo-motion"
 # Offline and deterministic: a seeded random-init backbone, small frames.

@@ -6,10 +6,10 @@ from typing import Any
 
 from prefect import flow
 
-from flows.runtime import Runtime, load_runtime, run_id_of
-from lib.summary import extraction_summary
-from tasks.extract import discover_source, extract_shard, feature_recipe
-from tasks.records import record_run_failures
+from lstmpipe.flows.runtime import Runtime, load_runtime, run_id_of
+from lstmpipe.lib.ops.summary import extraction_summary
+from lstmpipe.tasks.extract import discover_source, extract_shard, feature_recipe
+from lstmpipe.tasks.records import record_run_failures
 
 
 def extract_refs(rt: Runtime, refs: list[dict], recipe: dict) -> tuple[list[dict], float]:

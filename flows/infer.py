@@ -8,11 +8,11 @@ from typing import Any
 
 from prefect import flow
 
-from flows.extract import discover_and_extract
-from flows.runtime import load_runtime, run_id_of
-from lib.predictions import already_predicted, frames_path
-from lib.summary import usable
-from tasks.infer import (
+from lstmpipe.flows.extract import discover_and_extract
+from lstmpipe.flows.runtime import load_runtime, run_id_of
+from lstmpipe.lib.inference.predictions import already_predicted, frames_path
+from lstmpipe.lib.ops.summary import usable
+from lstmpipe.tasks.infer import (
     predict_shard,
     resolve_model,
     write_domain_outputs,

@@ -15,14 +15,14 @@ from typing import Any
 
 from prefect import flow
 
-from flows.artifacts import publish_mlflow_run, publish_summary
-from flows.backfill import extract_partitions, partitions_markdown, records_file
-from flows.infer import infer
-from flows.promote import promote
-from flows.runtime import load_runtime, run_id_of
-from flows.train import train
-from tasks.extract import feature_recipe
-from tasks.partitions import nightly_plan
+from lstmpipe.flows.artifacts import publish_mlflow_run, publish_summary
+from lstmpipe.flows.backfill import extract_partitions, partitions_markdown, records_file
+from lstmpipe.flows.infer import infer
+from lstmpipe.flows.promote import promote
+from lstmpipe.flows.runtime import load_runtime, run_id_of
+from lstmpipe.flows.train import train
+from lstmpipe.tasks.extract import feature_recipe
+from lstmpipe.tasks.partitions import nightly_plan
 
 
 @flow(name="nightly")

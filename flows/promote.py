@@ -11,12 +11,12 @@ from typing import Any
 
 from prefect import flow
 
-from flows.extract import extract_refs
-from flows.report import history_file, reports_dir
-from flows.runtime import load_runtime, run_id_of
-from lib.promote import lock_path
-from tasks.promote import promote_challenger, promotion_candidates, run_report
-from tasks.promote import rollback as rollback_task
+from lstmpipe.flows.extract import extract_refs
+from lstmpipe.flows.report import history_file, reports_dir
+from lstmpipe.flows.runtime import load_runtime, run_id_of
+from lstmpipe.lib.registry.promotion import lock_path
+from lstmpipe.tasks.promote import promote_challenger, promotion_candidates, run_report
+from lstmpipe.tasks.promote import rollback as rollback_task
 
 
 @flow(name="promote")

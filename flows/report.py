@@ -9,12 +9,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from flows.runtime import Runtime, load_runtime
-from lib import promote, registry, report as pages
+from lstmpipe.flows.runtime import Runtime, load_runtime
+from lstmpipe.lib.registry import promotion as promote
+from lstmpipe.lib.registry import mlflow_store as registry
+from lstmpipe.lib.registry import report as pages
 
 
 def history_file(rt: Runtime) -> Path:
-    """The append-only promotion history (lib/promote.py), one table for every model of this home."""
+    """The append-only promotion history (lib/registry/promotion.py), one table for every model of this home."""
     return rt.home / "promotions" / "history.sqlite"
 
 

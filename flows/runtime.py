@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, MutableMapping
 
-from lib.config import Config, load_config
-from lib.errors import ConfigError
+from lstmpipe.lib.config import Config, load_config
+from lstmpipe.lib.errors import ConfigError
 
 
 @dataclass(frozen=True)

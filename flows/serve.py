@@ -24,16 +24,16 @@ from prefect.deployments.runner import EntrypointType, RunnerDeployment
 from prefect.flows import Flow
 from prefect.schedules import Cron
 
-from flows.backfill import backfill
-from flows.extract import extract
-from flows.infer import infer
-from flows.nightly import nightly
-from flows.promote import promote, rollback_flow
-from flows.runtime import Runtime
-from flows.startup import TemporaryApi, using
-from flows.train import train
-from lib.config import Config
-from lib.errors import ConfigError
+from lstmpipe.flows.backfill import backfill
+from lstmpipe.flows.extract import extract
+from lstmpipe.flows.infer import infer
+from lstmpipe.flows.nightly import nightly
+from lstmpipe.flows.promote import promote, rollback_flow
+from lstmpipe.flows.runtime import Runtime
+from lstmpipe.flows.startup import TemporaryApi, using
+from lstmpipe.flows.train import train
+from lstmpipe.lib.config import Config
+from lstmpipe.lib.errors import ConfigError
 
 PORT = 4200  # Prefect's usual port: the UI at http://127.0.0.1:4200
 SERIALISED = {"promote", "rollback"}  # one run at a time (SPEC §3.5); so is nightly, so nights never overlap

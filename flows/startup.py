@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Iterator, Mapping
 
-from flows.runtime import Runtime
+from lstmpipe.flows.runtime import Runtime
 
 BOOT_TIMEOUT_S = 120.0  # a first boot migrates a new database: 15 s on 2 idle cores, far more when busy
 
@@ -121,7 +121,7 @@ def load_backbone_early(rt: Runtime) -> None:
     """Build the configured backbone now, for in-process extraction to reuse (see tasks.extract)."""
     if rt.ray_address is not None:
         return  # Ray actors build their own
-    from tasks.extract import shared_backbone
+    from lstmpipe.tasks.extract import shared_backbone
 
     shared_backbone(rt.config.sampling, rt.config.backbone, Path(rt.torch_hub_dir), rt.config.sources)
 

@@ -6,11 +6,11 @@ from typing import Any
 
 from prefect import flow
 
-from flows.extract import discover_and_extract
-from flows.report import report_of_run
-from flows.runtime import load_runtime, run_id_of
-from lib.summary import usable
-from tasks.train import train_model
+from lstmpipe.flows.extract import discover_and_extract
+from lstmpipe.flows.report import report_of_run
+from lstmpipe.flows.runtime import load_runtime, run_id_of
+from lstmpipe.lib.ops.summary import usable
+from lstmpipe.tasks.train import train_model
 
 
 @flow(name="train")

@@ -6,10 +6,10 @@ from typing import Any
 
 from prefect import flow
 
-from flows.extract import discover_and_extract
-from flows.runtime import load_runtime, run_id_of
-from lib.summary import usable
-from tasks.tune import tune_model
+from lstmpipe.flows.extract import discover_and_extract
+from lstmpipe.flows.runtime import load_runtime, run_id_of
+from lstmpipe.lib.ops.summary import usable
+from lstmpipe.tasks.tune import tune_model
 
 
 @flow(name="tune")

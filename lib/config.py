@@ -19,7 +19,7 @@ from typing import Any, Mapping
 
 import yaml
 
-from lib.errors import ConfigError
+from lstmpipe.lib.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -33,7 +33,7 @@ class SamplingConfig:
 
 @dataclass(frozen=True)
 class SourcesConfig:
-    """How non-video kinds become frames (lib/kinds/); part of the feature recipe."""
+    """How non-video kinds become frames (lib/sources/kinds/); part of the feature recipe."""
 
     dicom_window: str | None = None  # "CENTER,WIDTH" forces one window; None = the file's, else 1st-99th percentiles
     nifti_view: str = "middle"  # middle: the middle slice of the 3rd axis | mip: maximum-intensity projection
@@ -63,7 +63,7 @@ class BackboneConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """The sequence model, its data splits and its training loop (lib/model.py, lib/splits.py, lib/train.py)."""
+    """The sequence model, its data splits and its training loop (lib/training/model.py, lib/training/splits.py, lib/training/loop.py)."""
 
     cell: str = "lstm"  # lstm | gru: a GRU has 3/4 of the weights and often matches an LSTM on short series
     hidden_size: int = 128  # recurrent units per direction
@@ -75,7 +75,7 @@ class TrainConfig:
     input_proj: int | None = 128
     pooling: str = "last"  # last: state after the last valid frame | attention: learned weights over valid frames
     # layer: LayerNorm per frame | series: each series minus its own mean, over the training set's scale. series
-    # suits classes only change tells apart when the backbone's per-series level swamps the motion (lib/model.py)
+    # suits classes only change tells apart when the backbone's per-series level swamps the motion (lib/training/model.py)
     input_norm: str = "layer"
     # augmentation, training batches only (never validation, test or inference), seeded from `seed`:
     crop_fraction: float = 1.0  # a random contiguous crop keeps this fraction of each series' frames; 1.0 = off
@@ -114,7 +114,7 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class PromoteConfig:
-    """The promotion gate (lib/promote.py): every check must pass, on the challenger's frozen evaluation set."""
+    """The promotion gate (lib/registry/promotion.py): every check must pass, on the challenger's frozen evaluation set."""
 
     margin: float = 0.0  # challenger macro-F1 must be >= champion's + margin on the same evaluation set
     alias: str = "champion"

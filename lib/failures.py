@@ -16,7 +16,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.dataset as ds
 
-from lib.atomic import write_parquet_atomic
+from lstmpipe.lib.atomic import write_parquet_atomic
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from lib.errors import ConfigError
+from lstmpipe.lib.errors import ConfigError
 
 
 def load_state_dict(path: Path, what: str) -> dict:

@@ -12,19 +12,19 @@ from prefect import task
 from ray.util import ActorPool
 from tqdm import tqdm
 
-from lib.cache import FeatureCache
-from lib.backbone import Backbone, resolve_precision, resolve_weights
-from lib.config import BackboneConfig, Config, SamplingConfig, SourcesConfig
-from lib.errors import ConfigError
-from lib.extract import extract_to_cache, split_cached
-from lib.features import check_recipe, load_backbone, recipe_key
-from lib.hashing import HashMemo
-from lib.placement import placement
-from lib.recipe import FeatureRecipe
-from lib.series import SeriesRef
-from lib.sources import discover
-from tasks.ray_workers import FeatureWorker, ensure_ray, feature_workers, release_workers
-from tasks.retry import transient_only
+from lstmpipe.lib.features.cache import FeatureCache
+from lstmpipe.lib.features.backbone import Backbone, resolve_precision, resolve_weights
+from lstmpipe.lib.config import BackboneConfig, Config, SamplingConfig, SourcesConfig
+from lstmpipe.lib.errors import ConfigError
+from lstmpipe.lib.features.extract import extract_to_cache, split_cached
+from lstmpipe.lib.features.build import check_recipe, load_backbone, recipe_key
+from lstmpipe.lib.sources.hashing import HashMemo
+from lstmpipe.lib.features.placement import placement
+from lstmpipe.lib.features.recipe import FeatureRecipe
+from lstmpipe.lib.series import SeriesRef
+from lstmpipe.lib.sources.discover import discover
+from lstmpipe.tasks.ray_workers import FeatureWorker, ensure_ray, feature_workers, release_workers
+from lstmpipe.tasks.retry import transient_only
 
 GROUP = 8  # series per actor call: progress granularity and load balance; one cache file per call
 

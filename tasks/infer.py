@@ -7,15 +7,15 @@ from pathlib import Path
 import pyarrow as pa
 from prefect import task
 
-from lib import registry
-from lib.config import SamplingConfig
-from lib.infer import Predictor
-from lib.outputs import outputs_beside
-from lib.atomic import write_parquet_atomic
-from lib.predictions import frames_path, write_predictions
-from lib.recipe import FeatureRecipe
-from lib.series import SeriesRef
-from tasks.retry import transient_only
+from lstmpipe.lib.registry import mlflow_store as registry
+from lstmpipe.lib.config import SamplingConfig
+from lstmpipe.lib.inference.predictor import Predictor
+from lstmpipe.lib.inference.outputs import outputs_beside
+from lstmpipe.lib.atomic import write_parquet_atomic
+from lstmpipe.lib.inference.predictions import frames_path, write_predictions
+from lstmpipe.lib.features.recipe import FeatureRecipe
+from lstmpipe.lib.series import SeriesRef
+from lstmpipe.tasks.retry import transient_only
 
 
 @task(name="resolve-model", retries=2, retry_condition_fn=transient_only)

@@ -7,9 +7,11 @@ from pathlib import Path
 
 from prefect import task
 
-from lib import partitions, registry
-from lib.partitions import Partition, PartitionRecords
-from tasks.retry import transient_only
+from lstmpipe.lib.ops import partitions
+
+from lstmpipe.lib.registry import mlflow_store as registry
+from lstmpipe.lib.ops.partitions import Partition, PartitionRecords
+from lstmpipe.tasks.retry import transient_only
 
 
 @task(name="partitions-to-do", retries=2, retry_condition_fn=transient_only)

@@ -1,4 +1,4 @@
-"""Prefect tasks for promotion, rollback and the run report; the logic lives in lib/promote.py and lib/report.py."""
+"""Prefect tasks for promotion, rollback and the run report; the logic lives in lib/registry/promotion.py and lib/registry/report.py."""
 
 from __future__ import annotations
 
@@ -6,10 +6,14 @@ from pathlib import Path
 
 from prefect import task
 
-from lib import promote, registry, report
-from lib.cache import FeatureCache
-from lib.config import PromoteConfig
-from tasks.retry import transient_only
+from lstmpipe.lib.registry import promotion as promote
+
+from lstmpipe.lib.registry import mlflow_store as registry
+
+from lstmpipe.lib.registry import report
+from lstmpipe.lib.features.cache import FeatureCache
+from lstmpipe.lib.config import PromoteConfig
+from lstmpipe.tasks.retry import transient_only
 
 
 @task(name="promotion-candidates", retries=2, retry_condition_fn=transient_only)

@@ -3,7 +3,7 @@
 An actor loads the backbone once and extracts many series; it writes features to
 the cache itself and returns statuses only, so no features cross the object
 store. Frames do only where decoding runs in tasks (clusters with GPUs, see
-lib/placement.py): each decode task streams one series' chunks with at most two
+lib/features/placement.py): each decode task streams one series' chunks with at most two
 unread, each actor reads `decoders` series at once and copies each chunk out as it
 reads it, so the object store holds at most actors x decoders x 3 chunks, whatever
 the number and length of the series, plus the chunks read in the last second that
@@ -22,14 +22,14 @@ from typing import Any
 import ray
 import torch
 
-from lib.cache import FeatureCache
-from lib.config import BackboneConfig, SamplingConfig, SourcesConfig
-from lib.decode import decode
-from lib.errors import BadInput
-from lib.extract import Decode, extract_to_cache
-from lib.features import check_recipe, load_backbone
-from lib.recipe import FeatureRecipe
-from lib.series import FrameChunk, SeriesRef
+from lstmpipe.lib.features.cache import FeatureCache
+from lstmpipe.lib.config import BackboneConfig, SamplingConfig, SourcesConfig
+from lstmpipe.lib.sources.decode import decode
+from lstmpipe.lib.errors import BadInput
+from lstmpipe.lib.features.extract import Decode, extract_to_cache
+from lstmpipe.lib.features.build import check_recipe, load_backbone
+from lstmpipe.lib.features.recipe import FeatureRecipe
+from lstmpipe.lib.series import FrameChunk, SeriesRef
 
 
 # Shards run in threads of one flow run: without the lock two of them starting at once would each start a

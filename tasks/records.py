@@ -6,9 +6,9 @@ from pathlib import Path
 
 from prefect import task
 
-from lib.failures import record_failures
-from lib.summary import failures_of
-from tasks.retry import transient_only
+from lstmpipe.lib.failures import record_failures
+from lstmpipe.lib.ops.summary import failures_of
+from lstmpipe.tasks.retry import transient_only
 
 
 @task(name="record-failures", retries=2, retry_condition_fn=transient_only)

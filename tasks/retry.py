@@ -6,7 +6,7 @@ from typing import Any
 
 from mlflow.exceptions import MlflowException
 
-from lib.errors import BadInput, ConfigError
+from lstmpipe.lib.errors import BadInput, ConfigError
 
 _PERMANENT = (BadInput, ConfigError, ValueError, TypeError, KeyError, LookupError)
 

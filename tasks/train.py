@@ -8,13 +8,13 @@ import torch
 from prefect import task
 from tqdm import tqdm
 
-from lib import registry
-from lib.cache import FeatureCache
-from lib.config import Config
-from lib.experiment import run_experiment
-from lib.recipe import FeatureRecipe
-from lib.series import SeriesRef
-from tasks.retry import transient_only
+from lstmpipe.lib.registry import mlflow_store as registry
+from lstmpipe.lib.features.cache import FeatureCache
+from lstmpipe.lib.config import Config
+from lstmpipe.lib.training.experiment import run_experiment
+from lstmpipe.lib.features.recipe import FeatureRecipe
+from lstmpipe.lib.series import SeriesRef
+from lstmpipe.tasks.retry import transient_only
 
 
 @task(name="train-model", tags=["train", "gpu"], retries=1, retry_condition_fn=transient_only)

@@ -21,15 +21,15 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 from tqdm import tqdm
 
-from lib import registry
-from lib.cache import FeatureCache
-from lib.config import Config, TrainConfig
-from lib.experiment import run_experiment
-from lib.recipe import FeatureRecipe
-from lib.series import SeriesRef
-from lib.tune import METRIC, SearchData, SearchSpace, TrialRecord, pick_best, prepare, sample_trials, \
+from lstmpipe.lib.registry import mlflow_store as registry
+from lstmpipe.lib.features.cache import FeatureCache
+from lstmpipe.lib.config import Config, TrainConfig
+from lstmpipe.lib.training.experiment import run_experiment
+from lstmpipe.lib.features.recipe import FeatureRecipe
+from lstmpipe.lib.series import SeriesRef
+from lstmpipe.lib.training.tune import METRIC, SearchData, SearchSpace, TrialRecord, pick_best, prepare, sample_trials, \
     train_trial, trial_config
-from tasks.ray_workers import ensure_ray
+from lstmpipe.tasks.ray_workers import ensure_ray
 
 
 def run_trial(params: dict[str, Any], data: SearchData, trials: list[dict[str, Any]], base: TrainConfig) -> None:

@@ -23,7 +23,7 @@ def local_ray() -> Iterator[None]:
     """One local Ray of 2 CPUs per test module (STYLE §12); imported late: most tests never need Ray."""
     import ray
 
-    from tasks import ray_workers
+    from lstmpipe.tasks import ray_workers
 
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield

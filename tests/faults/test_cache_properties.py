@@ -18,9 +18,9 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-import lib.atomic
-import lib.cache
-from lib.cache import FeatureCache, SeriesFeatures
+from lstmpipe.lib import atomic
+from lstmpipe.lib.features import cache
+from lstmpipe.lib.features.cache import FeatureCache, SeriesFeatures
 
 RECIPES = ["r1", "r2"]
 HASHES = [f"h{i}" for i in range(6)]
@@ -43,20 +43,20 @@ def series(content_hash: str, version: int) -> SeriesFeatures:
 def crashing(where: str):
     """A context that makes the next Parquet write of the cache crash at `where`."""
     if where == "in-parquet-write":
-        real_write = lib.atomic.pq.write_table
+        real_write = atomic.pq.write_table
 
         def half_then_crash(table, handle, **kwargs):
             real_write(table.slice(0, max(1, table.num_rows // 2)), handle, **kwargs)  # half a file, then death
             raise Crash("injected: killed while writing the Parquet file")
 
-        return mock.patch.object(lib.atomic.pq, "write_table", half_then_crash)
-    real = lib.cache.write_parquet_atomic
+        return mock.patch.object(atomic.pq, "write_table", half_then_crash)
+    real = cache.write_parquet_atomic
 
     def renamed_then_crash(*args, **kwargs):
         real(*args, **kwargs)
         raise Crash("injected: killed between the rename and the index commit")
 
-    return mock.patch.object(lib.cache, "write_parquet_atomic", renamed_then_crash)
+    return mock.patch.object(cache, "write_parquet_atomic", renamed_then_crash)
 
 
 class CacheMachine(RuleBasedStateMachine):
@@ -92,7 +92,7 @@ class CacheMachine(RuleBasedStateMachine):
     @rule(target_rows=st.sampled_from([2, 8, 1 << 16]), crash=st.sampled_from(CRASHES),
           sweep=st.booleans())
     def compact(self, target_rows: int, crash: str, sweep: bool) -> None:
-        grace = 0.0 if sweep else lib.cache.ORPHAN_GRACE_S  # sweeping: no writer is between rename and commit here
+        grace = 0.0 if sweep else cache.ORPHAN_GRACE_S  # sweeping: no writer is between rename and commit here
         if crash == "none":
             self.cache.compact(target_rows=target_rows, orphan_grace_s=grace)
             return

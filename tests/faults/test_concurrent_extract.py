@@ -24,9 +24,9 @@ import pytest
 from prefect.settings import PREFECT_API_URL
 from prefect.testing.utilities import prefect_test_harness
 
-from lib.cache import FeatureCache
-from lib.samples import SampleSpec, generate_archive
-from lib.sources import discover
+from lstmpipe.lib.features.cache import FeatureCache
+from lstmpipe.lib.demo.video import SampleSpec, generate_archive
+from lstmpipe.lib.sources.discover import discover
 
 pytestmark = pytest.mark.slow
 LSTMPIPE = str(Path(sys.executable).parent / "lstmpipe")

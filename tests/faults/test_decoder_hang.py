@@ -16,11 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
-from lib.config import SamplingConfig
-from lib.extract import extract_many
-from lib.failures import Failure
-from lib.series import SeriesRef
-from lib.sources import discover
+from lstmpipe.lib.config import SamplingConfig
+from lstmpipe.lib.features.extract import extract_many
+from lstmpipe.lib.failures import Failure
+from lstmpipe.lib.series import SeriesRef
+from lstmpipe.lib.sources.discover import discover
 from tests.helpers import wheel_data
 
 TIMEOUT_S = 2.0

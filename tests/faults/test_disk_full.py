@@ -20,10 +20,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-import lib.atomic
-from lib.cache import FeatureCache, SeriesFeatures
-from lib.failures import Failure, read_failures, record_failures
-from lib.predictions import write_predictions
+from lstmpipe.lib import atomic
+from lstmpipe.lib.features.cache import FeatureCache, SeriesFeatures
+from lstmpipe.lib.failures import Failure, read_failures, record_failures
+from lstmpipe.lib.inference.predictions import write_predictions
 
 RID = "recipe"
 
@@ -40,14 +40,14 @@ def disk_full(at: str) -> Iterator[None]:
             os.close(fd)  # the temp file stays empty; write_atomic must still remove it
             return real(os.open("/dev/full", os.O_WRONLY), mode)
 
-        with mock.patch.object(lib.atomic.os, "fdopen", onto_a_full_device):
+        with mock.patch.object(atomic.os, "fdopen", onto_a_full_device):
             yield
         return
 
     def no_room(fd: int) -> None:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    with mock.patch.object(lib.atomic.os, "fsync", no_room):
+    with mock.patch.object(atomic.os, "fsync", no_room):
         yield
 
 

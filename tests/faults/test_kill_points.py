@@ -9,7 +9,7 @@ reference's, compared by content (run ids and times left out):
   - failures: the same set of (series, path, stage, reason) rows (a killed run may have recorded some of
     them already: rows are per run, so they are compared as a set);
   - partition records: the same (partition, recipe, fingerprint, series, failed) rows;
-  - registry: no half-registered version (each READY with the tags it is created with, lib/registry.py),
+  - registry: no half-registered version (each READY with the tags it is created with, lib/registry/mlflow_store.py),
     the champion alias on such a version; a kill during training may leave a run but no version;
   - predictions: the same label and probabilities per series, from the champion of the final state.
 """
@@ -35,13 +35,13 @@ from mlflow.tracking import MlflowClient
 from prefect.settings import PREFECT_API_URL
 from prefect.testing.utilities import prefect_test_harness
 
-from flows.extract import extract
-from flows.nightly import nightly
-from flows.runtime import load_runtime
-from lib import registry
-from lib.cache import FeatureCache
-from lib.failures import read_failures
-from lib.samples import SampleSpec, generate_archive
+from lstmpipe.flows.extract import extract
+from lstmpipe.flows.nightly import nightly
+from lstmpipe.flows.runtime import load_runtime
+from lstmpipe.lib.registry import mlflow_store as registry
+from lstmpipe.lib.features.cache import FeatureCache
+from lstmpipe.lib.failures import read_failures
+from lstmpipe.lib.demo.video import SampleSpec, generate_archive
 
 pytestmark = pytest.mark.slow
 LSTMPIPE = str(Path(sys.executable).parent / "lstmpipe")

@@ -28,11 +28,11 @@ import pytest
 from mlflow.tracking import MlflowClient
 from prefect.testing.utilities import prefect_test_harness
 
-from flows.promote import promote
-from flows.train import train
-from lib import registry
-from lib.cache import FeatureCache
-from lib.samples import SampleSpec, generate_archive
+from lstmpipe.flows.promote import promote
+from lstmpipe.flows.train import train
+from lstmpipe.lib.registry import mlflow_store as registry
+from lstmpipe.lib.features.cache import FeatureCache
+from lstmpipe.lib.demo.video import SampleSpec, generate_archive
 from tests.integration.servers import Server, free_port, start
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]  # a real `mlflow server`

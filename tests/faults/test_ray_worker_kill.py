@@ -20,11 +20,11 @@ import numpy as np
 import pytest
 import ray
 
-from lib.cache import FeatureCache
-from lib.config import SourcesConfig, load_config
-from lib.samples import SampleSpec, generate_archive
-from tasks import ray_workers
-from tasks.extract import GROUP, discover_source, extract_shard, feature_recipe
+from lstmpipe.lib.features.cache import FeatureCache
+from lstmpipe.lib.config import SourcesConfig, load_config
+from lstmpipe.lib.demo.video import SampleSpec, generate_archive
+from lstmpipe.tasks import ray_workers
+from lstmpipe.tasks.extract import GROUP, discover_source, extract_shard, feature_recipe
 
 pytestmark = pytest.mark.slow
 TINY = {"sampling.size": 64, "sampling.fps": 4.0, "backbone.weights": "none", "runtime.workers": 2,

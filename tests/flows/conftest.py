@@ -8,7 +8,7 @@ import pytest
 import ray
 from prefect.testing.utilities import prefect_test_harness
 
-from tasks import ray_workers
+from lstmpipe.tasks import ray_workers
 
 
 @pytest.fixture(scope="module")

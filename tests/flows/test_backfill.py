@@ -23,11 +23,11 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 from prefect.settings import PREFECT_API_URL
 
-from flows.backfill import backfill, records_file
-from flows.nightly import nightly
-from flows.runtime import load_runtime
-from lib.cache import FeatureCache
-from lib.samples import SampleSpec, generate_archive
+from lstmpipe.flows.backfill import backfill, records_file
+from lstmpipe.flows.nightly import nightly
+from lstmpipe.flows.runtime import load_runtime
+from lstmpipe.lib.features.cache import FeatureCache
+from lstmpipe.lib.demo.video import SampleSpec, generate_archive
 
 pytestmark = pytest.mark.slow
 LSTMPIPE = str(Path(sys.executable).parent / "lstmpipe")

@@ -8,9 +8,9 @@ import numpy as np
 import pyarrow.parquet as pq
 from mlflow.tracking import MlflowClient
 
-from flows.demo import DEMO_MODEL, demo
-from flows.infer import infer
-from flows.promote import rollback_flow
+from lstmpipe.flows.demo import DEMO_MODEL, demo
+from lstmpipe.flows.infer import infer
+from lstmpipe.flows.promote import rollback_flow
 
 
 

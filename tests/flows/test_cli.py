@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from flows.cli import EXIT_USAGE, build_parser, main, overrides_of
-from flows.runtime import prepare_process
+from lstmpipe.flows.cli import EXIT_USAGE, build_parser, main, overrides_of
+from lstmpipe.flows.runtime import prepare_process
 
 COMMANDS = ("demo", "extract", "train", "tune", "promote", "rollback", "infer", "nightly", "status", "plan",
             "compact", "report")
@@ -65,7 +65,7 @@ def test_compact_merges_small_cache_files_keeping_every_series(tmp_path, capsys:
                                                               monkeypatch) -> None:
     import numpy as np
 
-    from lib.cache import FeatureCache, SeriesFeatures
+    from lstmpipe.lib.features.cache import FeatureCache, SeriesFeatures
 
     monkeypatch.setenv("LSTMPIPE_HOME", str(tmp_path))
     cache = FeatureCache(tmp_path / "cache")

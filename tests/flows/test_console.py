@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flows.console import render
+from lstmpipe.flows.console import render
 
 EXTRACT = {"series": 8, "cached": 8, "extracted": 0, "failed": 0, "frames": 96, "recipe_id": "r1", "per_series": [],
            "failures_file": None}

@@ -7,14 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from flows.demo import SERIES_MAKERS, DOMAINS, demo, generate_sample
-from lib.cache import FeatureCache
-from lib.config import load_config
-from lib.errors import ConfigError
-from lib.experiment import run_experiment
-from lib.extract import extract_to_cache
-from lib.features import load_backbone
-from lib.sources import discover
+from lstmpipe.flows.demo import SERIES_MAKERS, DOMAINS, demo, generate_sample
+from lstmpipe.lib.features.cache import FeatureCache
+from lstmpipe.lib.config import load_config
+from lstmpipe.lib.errors import ConfigError
+from lstmpipe.lib.training.experiment import run_experiment
+from lstmpipe.lib.features.extract import extract_to_cache
+from lstmpipe.lib.features.build import load_backbone
+from lstmpipe.lib.sources.discover import discover
 
 
 @pytest.mark.parametrize("domain, kind", [("medical", "dicom"), ("remote-sensing", "geotiff")])

@@ -15,8 +15,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from flows.demo import demo
-from flows.infer import infer
+from lstmpipe.flows.demo import demo
+from lstmpipe.flows.infer import infer
 from tests.helpers import wheel_data
 
 TINY = {"sampling.size": 32, "train.epochs": 4, "train.patience": 4, "train.hidden_size": 16}

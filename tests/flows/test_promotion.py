@@ -15,17 +15,17 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from flows.cli import main
-from flows.console import render
-from flows.promote import promote, rollback_flow
-from flows.report import history_file, report_of_run
-from flows.runtime import load_runtime
-from flows.train import train
-from lib import promote as gate
-from lib import registry
-from lib.cache import FeatureCache
-from lib.promote import lock_path, read_history
-from lib.samples import SampleSpec, generate_archive
+from lstmpipe.flows.cli import main
+from lstmpipe.flows.console import render
+from lstmpipe.flows.promote import promote, rollback_flow
+from lstmpipe.flows.report import history_file, report_of_run
+from lstmpipe.flows.runtime import load_runtime
+from lstmpipe.flows.train import train
+from lstmpipe.lib.registry import promotion as gate
+from lstmpipe.lib.registry import mlflow_store as registry
+from lstmpipe.lib.features.cache import FeatureCache
+from lstmpipe.lib.registry.promotion import lock_path, read_history
+from lstmpipe.lib.demo.video import SampleSpec, generate_archive
 
 pytestmark = pytest.mark.slow
 MODEL = "gated"

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from prefect import flow
 
-from lib.config import Config, load_config
-from lib.errors import ConfigError
-from tasks import extract as extract_tasks
-from tasks.extract import feature_recipe
+from lstmpipe.lib.config import Config, load_config
+from lstmpipe.lib.errors import ConfigError
+from lstmpipe.tasks import extract as extract_tasks
+from lstmpipe.tasks.extract import feature_recipe
 
 
 @flow(name="name-recipe")

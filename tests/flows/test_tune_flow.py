@@ -9,8 +9,8 @@ import ray
 from mlflow.tracking import MlflowClient
 from prefect.testing.utilities import prefect_test_harness
 
-from flows.tune import tune
-from lib.samples import SampleSpec, generate_archive
+from lstmpipe.flows.tune import tune
+from lstmpipe.lib.demo.video import SampleSpec, generate_archive
 
 pytestmark = pytest.mark.slow
 

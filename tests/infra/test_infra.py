@@ -188,7 +188,7 @@ def test_readme_names_every_infra_file() -> None:
 def test_lstmpipe_variables_named_in_infra_are_config_keys() -> None:
     """lib/config.py reads *every* LSTMPIPE_* variable and rejects unknown ones, so infra
     must not invent any (the pull step's checkout variable is REPO_DIR for that reason)."""
-    from lib.config import Config
+    from lstmpipe.lib.config import Config
 
     sections = {name: {f.name for f in dataclasses.fields(cls)} for name, cls in typing.get_type_hints(Config).items()}
     names = {name for path in INFRA.rglob("*") if path.is_file()
@@ -234,7 +234,7 @@ def test_entrypoint_is_a_flow_that_accepts_the_parameters(deployments: dict, nam
     assert deployment["entrypoint"] == EXPECTED_DEPLOYMENTS[name]
     path, function = deployment["entrypoint"].split(":")
     assert (ROOT / path).is_file()
-    flow = getattr(importlib.import_module(path.removesuffix(".py").replace("/", ".")), function)
+    flow = getattr(importlib.import_module("lstmpipe." + path.removesuffix(".py").replace("/", ".")), function)
     assert isinstance(flow, Flow), f"{deployment['entrypoint']} is not a Prefect flow"
     assert flow.name == name  # `prefect deployment run NAME/NAME`, as infra/README.md says
 
@@ -281,8 +281,8 @@ def test_only_nightly_is_scheduled_and_its_cron_is_valid(deployments: dict) -> N
 def test_serve_serves_the_deployments_declared_here(deployments: dict) -> None:
     """`lstmpipe serve` (flows/serve.py) and prefect.yaml must not drift apart: served with the
     placeholders as its nightly.* config, it builds the very same deployments."""
-    from flows.serve import deployments as served_deployments
-    from lib.config import load_config
+    from lstmpipe.flows.serve import deployments as served_deployments
+    from lstmpipe.lib.config import load_config
 
     nightly = deployments["nightly"]["parameters"]
     config = load_config(overrides={f"nightly.{key}": value for key, value in nightly.items()})
@@ -291,7 +291,7 @@ def test_serve_serves_the_deployments_declared_here(deployments: dict) -> None:
     for name, d in served.items():
         declared = deployments[name]
         module, function = d.entrypoint.rsplit(".", 1)  # served by module path
-        assert declared["entrypoint"] == f"{module.replace('.', '/')}.py:{function}"
+        assert declared["entrypoint"] == f"{module.removeprefix('lstmpipe.').replace('.', '/')}.py:{function}"
         given = {k: v for k, v in d.parameters.items() if k not in {"config_file", "overrides"} and v is not None}
         assert given == {k: v for k, v in declared["parameters"].items() if v is not None}, name
         assert d.tags == declared["tags"], name
@@ -303,7 +303,7 @@ def test_serve_serves_the_deployments_declared_here(deployments: dict) -> None:
 def test_promotions_are_serialised(deployments: dict, services: dict) -> None:
     """Deployment limits cover runs of promote/rollback; the `promote` tag limit also covers
     nightly's promotion, because the promotion tasks carry that tag."""
-    from tasks import promote as promote_tasks
+    from lstmpipe.tasks import promote as promote_tasks
 
     for name in ("promote", "rollback"):
         assert deployments[name]["concurrency_limit"] == 1
@@ -320,7 +320,15 @@ def test_the_tasks_that_run_a_network_carry_the_gpu_tag() -> None:
     every task that runs the CNN or the LSTM, and nothing else."""
     from prefect import Task
 
-    from tasks import extract, infer, promote, train, tune
+    from lstmpipe.tasks import extract
+
+    from lstmpipe.tasks import infer
+
+    from lstmpipe.tasks import promote
+
+    from lstmpipe.tasks import train
+
+    from lstmpipe.tasks import tune
 
     tagged = {t.name for module in (extract, infer, promote, train, tune) for t in vars(module).values()
               if isinstance(t, Task) and "gpu" in t.tags}
@@ -329,7 +337,7 @@ def test_the_tasks_that_run_a_network_carry_the_gpu_tag() -> None:
 
 
 def test_infer_reads_the_alias_that_promote_moves(deployments: dict) -> None:
-    from lib.config import PromoteConfig
+    from lstmpipe.lib.config import PromoteConfig
 
     model = deployments["promote"]["parameters"]["model"]
     assert deployments["nightly"]["parameters"]["model"] == model == deployments["train"]["parameters"]["model"]
@@ -386,7 +394,7 @@ def test_no_credential_in_plain_text(compose_raw: dict) -> None:
 
 
 def test_worker_environment_reaches_the_servers(services: dict, tmp_path: Path) -> None:
-    from flows.runtime import load_runtime
+    from lstmpipe.flows.runtime import load_runtime
 
     env = services["prefect-worker"]["environment"]
     assert set(env) >= {"PREFECT_API_URL", "MLFLOW_TRACKING_URI", "RAY_ADDRESS", "LSTMPIPE_HOME", "REPO_DIR"}
@@ -545,7 +553,7 @@ def test_dockerfile_installs_ffmpeg_and_the_project_as_non_root(services: dict) 
     assert re.search(rf"useradd\b.*\b{users[-1]}\b", " ".join(runs))
 
     copied = {source for op, args in steps if op == "COPY" for source in args.split()[:-1]}
-    packages = {p.rstrip("*") for p in PYPROJECT["tool"]["setuptools"]["packages"]["find"]["include"]}
+    packages = set(PYPROJECT["tool"]["setuptools"]["package-dir"].values())  # lib, tasks, flows
     assert copied >= packages | {"pyproject.toml", PYPROJECT["project"]["readme"]}
     ignored = (INFRA / "Dockerfile.dockerignore").read_text().split()
     for source in copied:  # the ignore file excludes everything else from the build context
@@ -579,9 +587,9 @@ def requested_resources() -> set[str]:
 
 
 def test_the_code_requests_cpus_and_gpus() -> None:
-    from lib.config import RuntimeConfig
-    from lib.placement import placement
-    from tasks.ray_workers import FeatureWorker
+    from lstmpipe.lib.config import RuntimeConfig
+    from lstmpipe.lib.features.placement import placement
+    from lstmpipe.tasks.ray_workers import FeatureWorker
 
     assert requested_resources() == {"CPU", "GPU"}
     assert "num_cpus" not in FeatureWorker._default_options  # lib.placement sizes each actor for its cluster

@@ -18,8 +18,8 @@ import httpx
 import pytest
 from mlflow.tracking import MlflowClient
 
-from lib.partitions import PartitionRecords
-from lib.samples import SampleSpec, generate_archive
+from lstmpipe.lib.ops.partitions import PartitionRecords
+from lstmpipe.lib.demo.video import SampleSpec, generate_archive
 from tests.integration.conftest import Stack
 
 pytestmark = pytest.mark.integration

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 from mlflow.tracking import MlflowClient
 
-from lib.failures import read_failures
+from lstmpipe.lib.failures import read_failures
 from tests.integration.conftest import Stack
 
 pytestmark = pytest.mark.integration

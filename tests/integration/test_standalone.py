@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from flows.startup import start_temporary_api
+from lstmpipe.flows.startup import start_temporary_api
 
 pytestmark = pytest.mark.integration
 LSTMPIPE = str(Path(sys.executable).parent / "lstmpipe")

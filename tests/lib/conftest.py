@@ -15,15 +15,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from lib.backbone import Backbone
-from lib.cache import FeatureCache, SeriesFeatures
-from lib.config import Config, load_config
-from lib.extract import extract_many
-from lib.features import load_backbone
-from lib.recipe import FeatureRecipe
-from lib.samples import SampleSpec, generate_archive
-from lib.series import SeriesRef
-from lib.sources import discover
+from lstmpipe.lib.features.backbone import Backbone
+from lstmpipe.lib.features.cache import FeatureCache, SeriesFeatures
+from lstmpipe.lib.config import Config, load_config
+from lstmpipe.lib.features.extract import extract_many
+from lstmpipe.lib.features.build import load_backbone
+from lstmpipe.lib.features.recipe import FeatureRecipe
+from lstmpipe.lib.demo.video import SampleSpec, generate_archive
+from lstmpipe.lib.series import SeriesRef
+from lstmpipe.lib.sources.discover import discover
 
 SAMPLE = SampleSpec(clips_per_class=3, size=64)
 

@@ -11,12 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lib.archives import ArchiveLimits, Member, find_member, list_members, member_input, read_members
-from lib.config import SamplingConfig
-from lib.errors import BadInput
-from lib.hashing import HashMemo
-from lib.sources import discover
-from lib.video import decode_video
+from lstmpipe.lib.sources.archives import ArchiveLimits, Member, find_member, list_members, member_input, read_members
+from lstmpipe.lib.config import SamplingConfig
+from lstmpipe.lib.errors import BadInput
+from lstmpipe.lib.sources.hashing import HashMemo
+from lstmpipe.lib.sources.discover import discover
+from lstmpipe.lib.sources.kinds.video import decode_video
 
 SMALL = SamplingConfig(fps=5.0, size=32, chunk_frames=16, timeout_s=30.0)
 CLIPS = {"grow/bikes.mp4": "bikes.mp4", "shrink/carphone.mp4": "carphone_distorted.mp4"}

@@ -12,9 +12,9 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
-from lib.atomic import write_atomic, write_parquet_atomic, write_text_atomic
-from lib.failures import SCHEMA, Failure, read_failures, record_failures
-from lib.summary import extraction_summary, failures_of, usable
+from lstmpipe.lib.atomic import write_atomic, write_parquet_atomic, write_text_atomic
+from lstmpipe.lib.failures import SCHEMA, Failure, read_failures, record_failures
+from lstmpipe.lib.ops.summary import extraction_summary, failures_of, usable
 
 
 def leftovers(folder: Path) -> list[str]:

@@ -15,9 +15,9 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-import lib.cache as lib_cache
-from lib.cache import FeatureCache, SeriesFeatures, feature_schema
-from lib.recipe import FeatureRecipe
+from lstmpipe.lib.features import cache as lib_cache
+from lstmpipe.lib.features.cache import FeatureCache, SeriesFeatures, feature_schema
+from lstmpipe.lib.features.recipe import FeatureRecipe
 
 DIM = 8
 RECIPE = FeatureRecipe(decoder="ffmpeg 7.1", fps=4.0, num_frames=None, size=64, backbone="resnet18",

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from lib.config import (
+from lstmpipe.lib.config import (
     BackboneConfig,
     Config,
     PromoteConfig,
@@ -16,7 +16,7 @@ from lib.config import (
     load_config,
     replace,
 )
-from lib.errors import ConfigError
+from lstmpipe.lib.errors import ConfigError
 
 YAML = """
 sampling:

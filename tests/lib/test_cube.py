@@ -11,12 +11,12 @@ import pandas as pd
 import pytest
 import xarray as xr
 
-from lib.config import SamplingConfig
-from lib.decode import decode, describe
-from lib.errors import BadInput
-from lib.kinds import cube
-from lib.series import SeriesRef
-from lib.sources import discover
+from lstmpipe.lib.config import SamplingConfig
+from lstmpipe.lib.sources.decode import decode, describe
+from lstmpipe.lib.errors import BadInput
+from lstmpipe.lib.sources.kinds import cube
+from lstmpipe.lib.series import SeriesRef
+from lstmpipe.lib.sources.discover import discover
 
 SMALL = SamplingConfig(fps=None, size=20, chunk_frames=3)
 DAY = 86400.0

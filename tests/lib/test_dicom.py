@@ -18,14 +18,14 @@ from pydicom.errors import InvalidDicomError
 from pydicom.pixels import get_decoder
 from pydicom.uid import JPEGLSNearLossless, MPEG2MPML
 
-from lib.config import SamplingConfig
-from lib.decode import decode, describe
-from lib.errors import BadInput
-from lib.failures import Failure
-from lib.hashing import HashMemo
-from lib.kinds import KINDS, dicom
-from lib.series import SeriesRef
-from lib.sources import discover
+from lstmpipe.lib.config import SamplingConfig
+from lstmpipe.lib.sources.decode import decode, describe
+from lstmpipe.lib.errors import BadInput
+from lstmpipe.lib.failures import Failure
+from lstmpipe.lib.sources.hashing import HashMemo
+from lstmpipe.lib.sources.kinds import KINDS, dicom
+from lstmpipe.lib.series import SeriesRef
+from lstmpipe.lib.sources.discover import discover
 from tests.helpers import wheel_data
 
 SMALL = SamplingConfig(fps=None, size=32, chunk_frames=8)

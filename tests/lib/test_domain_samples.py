@@ -13,25 +13,27 @@ import pytest
 import tifffile
 from pydicom.uid import UID, MRImageStorage
 
-from lib import samples_geo, samples_medical
-from lib.config import SamplingConfig
-from lib.decode import decode, describe
-from lib.errors import ConfigError
-from lib.samples_geo import (
+from lstmpipe.lib.demo import geo as samples_geo
+
+from lstmpipe.lib.demo import medical as samples_medical
+from lstmpipe.lib.config import SamplingConfig
+from lstmpipe.lib.sources.decode import decode, describe
+from lstmpipe.lib.errors import ConfigError
+from lstmpipe.lib.demo.geo import (
     acquisition_days,
     draw_field,
     generate_geo,
     greenness,
     render_tile,
 )
-from lib.samples_medical import (
+from lstmpipe.lib.demo.medical import (
     FRAME_MS,
     beat_phase,
     draw_beat,
     generate_medical,
     render_series,
 )
-from lib.sources import discover
+from lstmpipe.lib.sources.discover import discover
 
 MEDICAL = {"clips_per_class": 2, "seed": 3, "size": 32, "frames": 10}
 GEO = {"tiles_per_class": 2, "seed": 3, "size": 16, "dates": 8}

@@ -16,16 +16,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lib.backbone import Backbone
-from lib.cache import SeriesFeatures
-from lib.config import Config, SamplingConfig
-from lib.decode import decode
-from lib.extract import extract_many
-from lib.failures import Failure
-from lib.ffmpeg import ffmpeg_exe
-from lib.recipe import FeatureRecipe
-from lib.series import SeriesRef
-from lib.sources import discover
+from lstmpipe.lib.features.backbone import Backbone
+from lstmpipe.lib.features.cache import SeriesFeatures
+from lstmpipe.lib.config import Config, SamplingConfig
+from lstmpipe.lib.sources.decode import decode
+from lstmpipe.lib.features.extract import extract_many
+from lstmpipe.lib.failures import Failure
+from lstmpipe.lib.sources.ffmpeg import ffmpeg_exe
+from lstmpipe.lib.features.recipe import FeatureRecipe
+from lstmpipe.lib.series import SeriesRef
+from lstmpipe.lib.sources.discover import discover
 from tests.helpers import ffmpeg_children
 
 pytestmark = pytest.mark.usefixtures("one_thread")

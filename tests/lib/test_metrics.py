@@ -8,7 +8,7 @@ import warnings
 import numpy as np
 import pytest
 
-from lib.metrics import classification_metrics, confusion_matrix
+from lstmpipe.lib.training.metrics import classification_metrics, confusion_matrix
 
 NAMES = ["walk", "run", "jump", "swim"]  # swim occurs in neither y_true nor y_pred
 
@@ -57,7 +57,7 @@ def test_bad_labels_are_named() -> None:
 
 
 def test_top_k_accuracy_by_hand_and_only_beyond_five_classes() -> None:
-    from lib.metrics import per_class_report, top_k_accuracy
+    from lstmpipe.lib.training.metrics import per_class_report, top_k_accuracy
 
     probs = np.array([[0.1, 0.2, 0.7], [0.5, 0.3, 0.2], [0.2, 0.2, 0.6]])
     y = np.array([1, 2, 0])  # ranks of the true class: 2nd, 3rd, 2nd (tied with class 1)

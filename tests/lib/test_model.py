@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from lib.model import LSTMClassifier, MeanPoolClassifier, ModelSpec, SeriesCentring
+from lstmpipe.lib.training.model import LSTMClassifier, MeanPoolClassifier, ModelSpec, SeriesCentring
 
 F, C = 6, 3
 RECURRENT = [

@@ -12,13 +12,13 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from lib.config import SamplingConfig
-from lib.decode import decode, describe
-from lib.extract import extract_many
-from lib.failures import Failure
-from lib.kinds import KINDS, nifti
-from lib.series import SeriesRef
-from lib.sources import discover
+from lstmpipe.lib.config import SamplingConfig
+from lstmpipe.lib.sources.decode import decode, describe
+from lstmpipe.lib.features.extract import extract_many
+from lstmpipe.lib.failures import Failure
+from lstmpipe.lib.sources.kinds import KINDS, nifti
+from lstmpipe.lib.series import SeriesRef
+from lstmpipe.lib.sources.discover import discover
 from tests.helpers import wheel_data
 
 SMALL = SamplingConfig(fps=None, size=32, chunk_frames=8)

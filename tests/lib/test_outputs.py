@@ -12,11 +12,11 @@ import pydicom
 import pytest
 from pyproj import Transformer
 
-from lib.config import SamplingConfig, SourcesConfig
-from lib.outputs import feature_collection, footprint, outputs_beside, write_outputs
-from lib.predictions import predictions_table, write_predictions
-from lib.series import SeriesRef
-from lib.sources import discover
+from lstmpipe.lib.config import SamplingConfig, SourcesConfig
+from lstmpipe.lib.inference.outputs import feature_collection, footprint, outputs_beside, write_outputs
+from lstmpipe.lib.inference.predictions import predictions_table, write_predictions
+from lstmpipe.lib.series import SeriesRef
+from lstmpipe.lib.sources.discover import discover
 from tests.helpers import wheel_data
 
 SAMPLING = SamplingConfig(fps=None, size=32, chunk_frames=8)

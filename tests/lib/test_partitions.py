@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from lib.errors import ConfigError
-from lib.partitions import (Newest, PartitionRecords, by_partition, date_range, list_partitions, period, select,
+from lstmpipe.lib.errors import ConfigError
+from lstmpipe.lib.ops.partitions import (Newest, PartitionRecords, by_partition, date_range, list_partitions, period, select,
                             to_do, undecided, why_train)
-from lib.sources import discover
+from lstmpipe.lib.sources.discover import discover
 
 D = dt.date
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from lib.config import RuntimeConfig
-from lib.errors import ConfigError
-from lib.placement import Placement, placement
+from lstmpipe.lib.config import RuntimeConfig
+from lstmpipe.lib.errors import ConfigError
+from lstmpipe.lib.features.placement import Placement, placement
 
 
 def test_cpu_only_cluster_decodes_in_the_actors_one_actor_per_cpu() -> None:

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import numpy as np
 
-from lib.cache import FeatureCache, SeriesFeatures
-from lib.plan import plan
-from lib.recipe import FeatureRecipe
-from lib.series import SeriesRef
+from lstmpipe.lib.features.cache import FeatureCache, SeriesFeatures
+from lstmpipe.lib.ops.plan import plan
+from lstmpipe.lib.features.recipe import FeatureRecipe
+from lstmpipe.lib.series import SeriesRef
 
 RECIPE = FeatureRecipe(decoder="ffmpeg 9", fps=4.0, num_frames=None, size=64, backbone="resnet18",
                        weights="none(seed=0)", weights_digest="random-seed-0", precision="fp32", feature_dim=4)

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import numpy as np
 
-from lib.cache import SeriesFeatures
-from lib.predictions import already_predicted, frames_path, frames_table, predictions_table, write_predictions
-from lib.series import SeriesRef
+from lstmpipe.lib.features.cache import SeriesFeatures
+from lstmpipe.lib.inference.predictions import already_predicted, frames_path, frames_table, predictions_table, write_predictions
+from lstmpipe.lib.series import SeriesRef
 
 
 def test_already_predicted_is_per_model_version(tmp_path: Path) -> None:

@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lib import promote
-from lib.config import PromoteConfig
-from lib.errors import ConfigError
-from lib.metrics import classification_metrics
-from lib.promote import Predictions
+from lstmpipe.lib.registry import promotion as promote
+from lstmpipe.lib.config import PromoteConfig
+from lstmpipe.lib.errors import ConfigError
+from lstmpipe.lib.training.metrics import classification_metrics
+from lstmpipe.lib.registry.promotion import Predictions
 
 CLASSES = ["a", "b", "c", "d"]
 

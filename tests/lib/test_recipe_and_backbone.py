@@ -18,11 +18,11 @@ import pytest
 import torch
 import torchvision
 
-from lib.backbone import Backbone, WeightsSource, cpu_has_fast_bf16, resolve_optimize, resolve_precision, resolve_weights
-from lib.config import BackboneConfig, Config, SamplingConfig, load_config
-from lib.errors import ConfigError
-from lib.features import check_recipe, load_backbone, recipe_key
-from lib.recipe import FeatureRecipe, make_recipe
+from lstmpipe.lib.features.backbone import Backbone, WeightsSource, cpu_has_fast_bf16, resolve_optimize, resolve_precision, resolve_weights
+from lstmpipe.lib.config import BackboneConfig, Config, SamplingConfig, load_config
+from lstmpipe.lib.errors import ConfigError
+from lstmpipe.lib.features.build import check_recipe, load_backbone, recipe_key
+from lstmpipe.lib.features.recipe import FeatureRecipe, make_recipe
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

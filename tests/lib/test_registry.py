@@ -25,17 +25,19 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from lib import promote, registry
-from lib.backbone import Backbone
-from lib.bundle import ModelBundle
-from lib.cache import FeatureCache
-from lib.config import Config
-from lib.experiment import Outcome, run_experiment, score
-from lib.infer import Predictor
-from lib.predictions import predictions_table, write_predictions
-from lib.recipe import FeatureRecipe
-from lib.registry import ModelRef
-from lib.series import SeriesRef
+from lstmpipe.lib.registry import promotion as promote
+
+from lstmpipe.lib.registry import mlflow_store as registry
+from lstmpipe.lib.features.backbone import Backbone
+from lstmpipe.lib.training.bundle import ModelBundle
+from lstmpipe.lib.features.cache import FeatureCache
+from lstmpipe.lib.config import Config
+from lstmpipe.lib.training.experiment import Outcome, run_experiment, score
+from lstmpipe.lib.inference.predictor import Predictor
+from lstmpipe.lib.inference.predictions import predictions_table, write_predictions
+from lstmpipe.lib.features.recipe import FeatureRecipe
+from lstmpipe.lib.registry.mlflow_store import ModelRef
+from lstmpipe.lib.series import SeriesRef
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from lib import report
-from lib.plots import confusion_matrix_png
+from lstmpipe.lib.registry import report
+from lstmpipe.lib.training.plots import confusion_matrix_png
 
 EVIL = "<script>alert(1)</script>"
 
@@ -75,7 +75,7 @@ def test_collect_reads_a_logged_run(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     import mlflow.tracking._tracking_service.utils as tracking_globals
     import mlflow.tracking.fluent as fluent_globals
 
-    from lib import registry
+    from lstmpipe.lib.registry import mlflow_store as registry
 
     for module, name in ((tracking_globals, "_tracking_uri"), (registry_globals, "_registry_uri"),
                          (fluent_globals, "_active_experiment_id")):

@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lib.errors import ConfigError
-from lib.ffmpeg import ffmpeg_exe
-from lib.samples import (
+from lstmpipe.lib.errors import ConfigError
+from lstmpipe.lib.sources.ffmpeg import ffmpeg_exe
+from lstmpipe.lib.demo.video import (
     SampleSpec,
     add_bad_files,
     draw_clip,

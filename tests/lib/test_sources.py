@@ -13,12 +13,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from lib.config import SamplingConfig
-from lib.decode import decode, describe
-from lib.errors import BadInput
-from lib.hashing import HashMemo, content_hash
-from lib.series import SeriesRef
-from lib.sources import discover, partitions
+from lstmpipe.lib.config import SamplingConfig
+from lstmpipe.lib.sources.decode import decode, describe
+from lstmpipe.lib.errors import BadInput
+from lstmpipe.lib.sources.hashing import HashMemo, content_hash
+from lstmpipe.lib.series import SeriesRef
+from lstmpipe.lib.sources.discover import discover, partitions
 
 SMALL = SamplingConfig(fps=5.0, size=32, chunk_frames=16, timeout_s=30.0)
 BIKES_IDS = ["2026-11-20/grow/bikes.mp4", "2026-11-21.tar/grow/bikes.mp4", "2026-11-22.zip/grow/bikes.mp4"]

@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lib.config import SamplingConfig, SourcesConfig, load_config
-from lib.errors import ConfigError
-from lib.decode import decode
-from lib.kinds import KINDS
-from lib.sources import discover
+from lstmpipe.lib.config import SamplingConfig, SourcesConfig, load_config
+from lstmpipe.lib.errors import ConfigError
+from lstmpipe.lib.sources.decode import decode
+from lstmpipe.lib.sources.kinds import KINDS
+from lstmpipe.lib.sources.discover import discover
 from tests.helpers import wheel_data
 
 SMALL = SamplingConfig(fps=None, size=32, chunk_frames=8)

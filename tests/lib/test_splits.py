@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from lib.config import TrainConfig
-from lib.errors import BadInput
-from lib.experiment import make_splits
-from lib.splits import (
+from lstmpipe.lib.config import TrainConfig
+from lstmpipe.lib.errors import BadInput
+from lstmpipe.lib.training.experiment import make_splits
+from lstmpipe.lib.training.splits import (
     SPLITS,
     match_split_lists,
     pins_from_record,

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from lib.config import TrainConfig
-from lib.plots import confusion_matrix_png, learning_curves_png
-from lib.splits import stratified_split
-from lib.train import FitResult, SequenceSet, collate, evaluate, fit, model_spec, predict_proba
+from lstmpipe.lib.config import TrainConfig
+from lstmpipe.lib.training.plots import confusion_matrix_png, learning_curves_png
+from lstmpipe.lib.training.splits import stratified_split
+from lstmpipe.lib.training.loop import FitResult, SequenceSet, collate, evaluate, fit, model_spec, predict_proba
 
 F = 16
 CLASSES = ["ramp_up", "ramp_down"]
@@ -171,7 +171,7 @@ def test_lr_warms_up_to_its_peak_then_decays_and_gradients_are_clipped(data: dic
      ("frame_dropout", 1.0), ("input_proj", 0), ("input_norm", "batch")],
 )
 def test_bad_training_options_name_the_key(key: str, value: object) -> None:
-    from lib.errors import ConfigError
+    from lstmpipe.lib.errors import ConfigError
 
     with pytest.raises(ConfigError, match=f"train.{key}"):
         TrainConfig(**{key: value})

@@ -13,14 +13,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lib.backbone import Backbone
-from lib.bundle import ModelBundle
-from lib.cache import FeatureCache
-from lib.config import Config
-from lib.experiment import load_sequences, run_experiment
-from lib.recipe import FeatureRecipe
-from lib.series import SeriesRef
-from lib.train import predict_proba
+from lstmpipe.lib.features.backbone import Backbone
+from lstmpipe.lib.training.bundle import ModelBundle
+from lstmpipe.lib.features.cache import FeatureCache
+from lstmpipe.lib.config import Config
+from lstmpipe.lib.training.experiment import load_sequences, run_experiment
+from lstmpipe.lib.features.recipe import FeatureRecipe
+from lstmpipe.lib.series import SeriesRef
+from lstmpipe.lib.training.loop import predict_proba
 
 
 def _relative(ref: SeriesRef) -> str:
@@ -76,7 +76,7 @@ def test_official_lists_and_every_model_option_on_real_features(
         assert [r["series_id"] for r in records] == outcome.splits[name]
         assert all(r["content_hash"] == by_id[r["series_id"]].content_hash for r in records)
 
-    # The registered form rebuilds the same network from its spec (what lib/registry.py and inference load).
+    # The registered form rebuilds the same network from its spec (what lib/registry/mlflow_store.py and inference load).
     spec = outcome.bundle.spec
     assert (spec.cell, spec.pooling, spec.bidirectional, spec.input_proj) == ("gru", "attention", True, 16)
     loaded = ModelBundle.load(outcome.bundle.save(tmp_path / "bundle"))

@@ -13,16 +13,16 @@ import numpy as np
 import pytest
 import torch
 
-import lib.train
-from lib.config import TrainConfig
-from lib.splits import stratified_split
-from lib.train import SequenceSet, augment, evaluate, fit, model_spec, predict_proba
+from lstmpipe.lib.training import loop
+from lstmpipe.lib.config import TrainConfig
+from lstmpipe.lib.training.splits import stratified_split
+from lstmpipe.lib.training.loop import SequenceSet, augment, evaluate, fit, model_spec, predict_proba
 
 F = 8
 ORDER_CLASSES = ["rise", "fall", "peak", "valley"]
 # Shrunk for a 2-core laptop: a few seconds per fit.
 CONFIG = TrainConfig(hidden_size=32, input_proj=32, dropout=0.1, epochs=40, patience=15, lr=1e-2, seed=0)
-BASELINE_LR_FACTOR = 5.0  # as lib/experiment.py: the linear baseline needs larger steps to converge
+BASELINE_LR_FACTOR = 5.0  # as lib/training/experiment.py: the linear baseline needs larger steps to converge
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/lib/conftest.py: tiny networks, one thread
@@ -148,7 +148,7 @@ def test_augmentation_touches_training_series_only(order_parts: dict, monkeypatc
         seen.append(frames.data_ptr())
         return augment(frames, config, generator)
 
-    monkeypatch.setattr(lib.train, "augment", spy)
+    monkeypatch.setattr(loop, "augment", spy)
     config = dataclasses.replace(CONFIG, epochs=2, patience=5, crop_fraction=0.7, frame_dropout=0.2)
     result = fit(model_spec(config, F, 4, "lstm"), order_parts["train"], order_parts["val"], config)
     train_ptrs = {f.ctypes.data for f in order_parts["train"].features}
@@ -164,7 +164,7 @@ def test_augmentation_touches_training_series_only(order_parts: dict, monkeypatc
 
 def test_balanced_sampler_draws_each_class_about_equally_often() -> None:
     labels = np.array([0] * 90 + [1] * 10)
-    draws = lib.train._balanced_draw(labels, 2, torch.Generator().manual_seed(0))
+    draws = loop._balanced_draw(labels, 2, torch.Generator().manual_seed(0))
     assert len(draws) == 100
     counts = np.bincount(labels[draws], minlength=2)
     assert 35 <= counts[1] <= 65, counts  # 10 % of the data, about half of the draws

@@ -1,13 +1,13 @@
-"""lib/tune.py: the search's pure parts (space, trials, best pick, one trial's reports), no Ray."""
+"""lib/training/tune.py: the search's pure parts (space, trials, best pick, one trial's reports), no Ray."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from lib.config import TrainConfig
-from lib.train import SequenceSet
-from lib.tune import TUNED, SearchData, SearchSpace, TrialRecord, pick_best, sample_trials, train_trial, \
+from lstmpipe.lib.config import TrainConfig
+from lstmpipe.lib.training.loop import SequenceSet
+from lstmpipe.lib.training.tune import TUNED, SearchData, SearchSpace, TrialRecord, pick_best, sample_trials, train_trial, \
     trial_config
 
 

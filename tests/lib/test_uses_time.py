@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from lib.cache import FeatureCache
-from lib.config import TrainConfig
-from lib.experiment import run_experiment
-from lib.extract import extract_to_cache
-from lib.features import load_backbone
-from lib.samples import SampleSpec, generate_archive
-from lib.sources import discover
+from lstmpipe.lib.features.cache import FeatureCache
+from lstmpipe.lib.config import TrainConfig
+from lstmpipe.lib.training.experiment import run_experiment
+from lstmpipe.lib.features.extract import extract_to_cache
+from lstmpipe.lib.features.build import load_backbone
+from lstmpipe.lib.demo.video import SampleSpec, generate_archive
+from lstmpipe.lib.sources.discover import discover
 
 
 @pytest.mark.slow

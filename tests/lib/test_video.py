@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lib.config import SamplingConfig
-from lib.errors import BadInput
-from lib.ffmpeg import ffmpeg_exe
-from lib.series import FrameChunk
-from lib.video import VideoInfo, decode_video, probe
+from lstmpipe.lib.config import SamplingConfig
+from lstmpipe.lib.errors import BadInput
+from lstmpipe.lib.sources.ffmpeg import ffmpeg_exe
+from lstmpipe.lib.series import FrameChunk
+from lstmpipe.lib.sources.kinds.video import VideoInfo, decode_video, probe
 from tests.helpers import ffmpeg_children
 
 SMALL = SamplingConfig(fps=5.0, size=64, chunk_frames=16, timeout_s=30.0)

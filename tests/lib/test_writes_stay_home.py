@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from lib.cache import FeatureCache, SeriesFeatures
-from lib.extract import extract_many
-from lib.failures import Failure, record_failures
-from lib.hashing import HashMemo
-from lib.sources import discover
+from lstmpipe.lib.features.cache import FeatureCache, SeriesFeatures
+from lstmpipe.lib.features.extract import extract_many
+from lstmpipe.lib.failures import Failure, record_failures
+from lstmpipe.lib.sources.hashing import HashMemo
+from lstmpipe.lib.sources.discover import discover
 from tests.helpers import wheel_data
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from lib.config import SamplingConfig
+from lstmpipe.lib.config import SamplingConfig
 
 SMALL = SamplingConfig(fps=4.0, size=32, chunk_frames=8, timeout_s=20.0)
 _REPORT = """

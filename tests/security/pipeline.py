@@ -12,12 +12,12 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from lib.archives import ArchiveLimits
-from lib.cache import FeatureCache, SeriesFeatures
-from lib.extract import extract_many
-from lib.failures import Failure, read_failures, record_failures
-from lib.hashing import HashMemo
-from lib.sources import discover
+from lstmpipe.lib.sources.archives import ArchiveLimits
+from lstmpipe.lib.features.cache import FeatureCache, SeriesFeatures
+from lstmpipe.lib.features.extract import extract_many
+from lstmpipe.lib.failures import Failure, read_failures, record_failures
+from lstmpipe.lib.sources.hashing import HashMemo
+from lstmpipe.lib.sources.discover import discover
 from tests.security.conftest import SMALL
 
 

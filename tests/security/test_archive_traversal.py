@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from lib.archives import find_member, member_input
-from lib.decode import decode
-from lib.errors import BadInput
-from lib.series import SeriesRef
+from lstmpipe.lib.sources.archives import find_member, member_input
+from lstmpipe.lib.sources.decode import decode
+from lstmpipe.lib.errors import BadInput
+from lstmpipe.lib.series import SeriesRef
 from tests.security.conftest import SMALL, snapshot
 from tests.security.pipeline import reasons, run
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from lib.archives import ArchiveLimits, list_members
+from lstmpipe.lib.sources.archives import ArchiveLimits, list_members
 from tests.security.conftest import isolated, snapshot
 from tests.security.pipeline import reasons, run
 
@@ -82,7 +82,7 @@ def test_listing_a_bomb_takes_bounded_time_and_memory(bombs: Path, archive: str)
     shown = isolated(f"""
         import time
         from pathlib import Path
-        from lib.sources import discover
+        from lstmpipe.lib.sources.discover import discover
         began = time.monotonic()
         found = discover(Path({str(bombs / archive)!r}))
         result = {{"seconds": time.monotonic() - began, "refs": [r.series_id for r in found.refs],

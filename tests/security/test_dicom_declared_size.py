@@ -44,7 +44,7 @@ def test_a_dicom_declaring_gigabytes_is_refused_at_discovery(tmp_path: Path, mak
     shown = isolated(f"""
         import time
         from pathlib import Path
-        from lib.sources import discover
+        from lstmpipe.lib.sources.discover import discover
         began = time.monotonic()
         found = discover(Path({str(tmp_path / "source")!r}))
         result = {{"seconds": time.monotonic() - began, "refs": len(found.refs),

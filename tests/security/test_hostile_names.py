@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lib.decode import describe
-from lib.sources import discover
+from lstmpipe.lib.sources.decode import describe
+from lstmpipe.lib.sources.discover import discover
 from tests.security.conftest import SMALL
 from tests.security.pipeline import reasons, run
 

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from lib.errors import BadInput
-from lib.ffmpeg import ffmpeg_exe
-from lib.frames import MAX_PIXELS
-from lib.video import MAX_FRAMES, VideoInfo, decode_video, probe
+from lstmpipe.lib.errors import BadInput
+from lstmpipe.lib.sources.ffmpeg import ffmpeg_exe
+from lstmpipe.lib.sources.frames import MAX_PIXELS
+from lstmpipe.lib.sources.kinds.video import MAX_FRAMES, VideoInfo, decode_video, probe
 from tests.helpers import ffmpeg_children
 from tests.security.conftest import SMALL, isolated
 from tests.security.pipeline import reasons, run
@@ -78,10 +78,10 @@ def test_decoding_a_huge_declared_video_stays_small(tmp_path: Path) -> None:
     shown = isolated(f"""
         import time
         from pathlib import Path
-        from lib.config import SamplingConfig
-        from lib.decode import decode
-        from lib.errors import BadInput
-        from lib.series import SeriesRef
+        from lstmpipe.lib.config import SamplingConfig
+        from lstmpipe.lib.sources.decode import decode
+        from lstmpipe.lib.errors import BadInput
+        from lstmpipe.lib.series import SeriesRef
         ref = SeriesRef("claims_16000.y4m", "x", "video", {str(path)!r})
         began = time.monotonic()
         try:

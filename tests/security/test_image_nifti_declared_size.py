@@ -16,10 +16,10 @@ from tests.security.conftest import isolated
 
 RUN = """
     from pathlib import Path
-    from lib.config import SamplingConfig
-    from lib.decode import decode
-    from lib.errors import BadInput
-    from lib.sources import discover
+    from lstmpipe.lib.config import SamplingConfig
+    from lstmpipe.lib.sources.decode import decode
+    from lstmpipe.lib.errors import BadInput
+    from lstmpipe.lib.sources.discover import discover
     found = discover(Path({source!r}))
     decoded = []
     for ref in found.refs:

@@ -12,16 +12,16 @@ import pydicom
 import pytest
 import tifffile
 
-from lib.samples_geo import write_geotiff
+from lstmpipe.lib.demo.geo import write_geotiff
 from tests.helpers import wheel_data
 from tests.security.conftest import isolated
 
 RUN = """
     import time
     from pathlib import Path
-    from lib.config import SamplingConfig
-    from lib.decode import decode
-    from lib.sources import discover
+    from lstmpipe.lib.config import SamplingConfig
+    from lstmpipe.lib.sources.decode import decode
+    from lstmpipe.lib.sources.discover import discover
     began = time.monotonic()
     found = discover(Path({source!r}))
     decoded = []

@@ -15,13 +15,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from lib.backbone import Backbone, resolve_weights
-from lib.bundle import ModelBundle
-from lib.config import BackboneConfig, SamplingConfig
-from lib.errors import ConfigError
-from lib.features import load_backbone
-from lib.model import ModelSpec
-from lib.recipe import FeatureRecipe
+from lstmpipe.lib.features.backbone import Backbone, resolve_weights
+from lstmpipe.lib.training.bundle import ModelBundle
+from lstmpipe.lib.config import BackboneConfig, SamplingConfig
+from lstmpipe.lib.errors import ConfigError
+from lstmpipe.lib.features.build import load_backbone
+from lstmpipe.lib.training.model import ModelSpec
+from lstmpipe.lib.features.recipe import FeatureRecipe
 from tests.security.conftest import isolated
 
 
@@ -115,9 +115,9 @@ def test_a_corrupt_weights_file_is_a_config_error_naming_it_in_bounded_memory(tm
     else:
         path.write_text("these are not weights\n")
     shown = isolated(f"""
-        from lib.backbone import Backbone, resolve_weights
-        from lib.config import BackboneConfig
-        from lib.errors import ConfigError
+        from lstmpipe.lib.features.backbone import Backbone, resolve_weights
+        from lstmpipe.lib.config import BackboneConfig
+        from lstmpipe.lib.errors import ConfigError
         config = BackboneConfig(weights={str(path)!r}, optimize="none")
         try:
             Backbone(config, resolve_weights(config, None))

@@ -9,8 +9,8 @@ import html
 from html.parser import HTMLParser
 from pathlib import Path
 
-from lib import report
-from lib.sources import read_manifest
+from lstmpipe.lib.registry import report
+from lstmpipe.lib.sources.discover import read_manifest
 
 EVIL = [
     "<script>alert(1)</script>",

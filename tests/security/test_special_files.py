@@ -7,7 +7,7 @@ import os
 import threading
 from pathlib import Path
 
-from lib.sources import Discovery, discover
+from lstmpipe.lib.sources.discover import Discovery, discover
 
 WAIT_S = 3.0
 

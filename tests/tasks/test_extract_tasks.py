@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lib.cache import FeatureCache
-from lib.config import SourcesConfig, load_config
-from tasks.extract import discover_source, extract_shard, feature_recipe
+from lstmpipe.lib.features.cache import FeatureCache
+from lstmpipe.lib.config import SourcesConfig, load_config
+from lstmpipe.tasks.extract import discover_source, extract_shard, feature_recipe
 
 TINY = {"sampling.size": 64, "sampling.fps": 4.0, "backbone.weights": "none", "runtime.workers": 2}
 
@@ -117,7 +117,7 @@ def test_shards_starting_at_once_build_one_backbone(tmp_path: Path) -> None:
     torch.jit's check failed ("Graphs differed across invocations", seen in CI)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from tasks import extract as extract_tasks
+    from lstmpipe.tasks import extract as extract_tasks
 
     config = load_config(overrides={**TINY, "backbone.optimize": "freeze", "backbone.seed": 11})
     extract_tasks._loaded.clear()

@@ -19,9 +19,9 @@ import pytest
 import ray
 from ray._private.internal_api import memory_summary
 
-from lib.config import SourcesConfig, load_config
-from tasks import ray_workers
-from tasks.extract import discover_source, extract_shard, feature_recipe
+from lstmpipe.lib.config import SourcesConfig, load_config
+from lstmpipe.tasks import ray_workers
+from lstmpipe.tasks.extract import discover_source, extract_shard, feature_recipe
 
 pytestmark = pytest.mark.slow
 WORKERS, DECODERS = 1, 2

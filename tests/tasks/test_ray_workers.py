@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
-from tasks import ray_workers
+from lstmpipe.tasks import ray_workers
 
 
 def test_shards_starting_at_once_share_one_pool() -> None:

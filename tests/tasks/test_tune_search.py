@@ -13,12 +13,12 @@ import pytest
 import ray
 from mlflow.tracking import MlflowClient
 
-from lib.cache import FeatureCache, SeriesFeatures
-from lib.config import load_config
-from lib.recipe import FeatureRecipe
-from lib.series import SeriesRef
-from lib.tune import SearchSpace
-from tasks.tune import tune_model
+from lstmpipe.lib.features.cache import FeatureCache, SeriesFeatures
+from lstmpipe.lib.config import load_config
+from lstmpipe.lib.features.recipe import FeatureRecipe
+from lstmpipe.lib.series import SeriesRef
+from lstmpipe.lib.training.tune import SearchSpace
+from lstmpipe.tasks.tune import tune_model
 
 pytestmark = pytest.mark.slow
 

@@ -1,0 +1,198 @@
+"""Torchvision backbones as per-frame feature extractors (SPEC §3.2).
+
+Weights come from the local torch cache, a state_dict file, or `none` (a seeded
+random init, labelled as such). Nothing is ever downloaded.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchvision
+from torch import nn
+
+from lstmpipe.lib.config import BackboneConfig
+from lstmpipe.lib.errors import ConfigError
+from lstmpipe.lib.state_files import load_state_dict
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+_HEADS = ("fc", "classifier", "heads", "head")  # where torchvision models keep their classifier
+_FEATURE_DTYPES = {"float32": torch.float32, "float16": torch.float16}
+CPU_BATCH = 32
+MAX_GPU_BATCH = 1024  # beyond this a GPU is saturated by any torchvision backbone; latency only grows
+
+
+@dataclass(frozen=True)
+class WeightsSource:
+    """What initialised the backbone: goes into the feature recipe."""
+
+    label: str  # e.g. "IMAGENET1K_V1", "file:resnet18.pth", "none(seed=0)"
+    digest: str  # identifies the exact tensors: file hash, or "random-seed-N"
+    path: Path | None  # the state_dict file to load, None for a random init
+
+
+def resolve_weights(config: BackboneConfig, torch_hub_dir: Path) -> WeightsSource:
+    """Find the weights `config.weights` names, without touching the network."""
+    if config.weights.lower() == "none":
+        return WeightsSource(f"none(seed={config.seed})", f"random-seed-{config.seed}", None)
+    as_path = Path(config.weights).expanduser()
+    if as_path.suffix in {".pt", ".pth"} or as_path.exists():
+        if not as_path.is_file():
+            raise ConfigError(f"backbone.weights: file {as_path} does not exist")
+        stat = as_path.stat()
+        return WeightsSource(f"file:{as_path.name}", _file_digest(as_path.resolve(), stat.st_size, stat.st_mtime_ns),
+                             as_path)
+    return _torchvision_weights(config, torch_hub_dir)
+
+
+def _torchvision_weights(config: BackboneConfig, torch_hub_dir: Path) -> WeightsSource:
+    try:
+        enum = torchvision.models.get_model_weights(config.name)
+        weights = enum[config.weights] if config.weights != "DEFAULT" else enum.DEFAULT
+    except (KeyError, ValueError) as exc:
+        raise ConfigError(f"backbone.weights: {config.weights!r} is not a weights name of {config.name}") from exc
+    filename = Path(weights.url).name
+    cached = torch_hub_dir / "checkpoints" / filename
+    if not cached.is_file():
+        raise ConfigError(
+            f"backbone.weights: {config.name} {weights.name} is not in the local torch cache ({cached}); "
+            "nothing is downloaded at run time: copy the file there, pass a .pth path, or use --weights none"
+        )
+    return WeightsSource(weights.name, filename, cached)
+
+
+@functools.lru_cache(maxsize=8)
+def _file_digest(path: Path, size: int, mtime_ns: int) -> str:
+    """blake2b of a weights file, once per process per (path, size, mtime): the recipe, the early
+    load and every shard resolve the same file, and hashing it reads tens of MB each time."""
+    digest = hashlib.blake2b(digest_size=16)
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def resolve_precision(requested: str, device: torch.device) -> str:
+    """`auto` picks bf16 where the hardware runs it fast, else fp16 on GPU, else fp32."""
+    if requested not in {"auto", "fp32", "bf16", "fp16"}:
+        raise ConfigError(f"backbone.precision: {requested!r}; expected auto, fp32, bf16 or fp16")
+    if requested != "auto":
+        return requested
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if cpu_has_fast_bf16() else "fp32"
+
+
+def resolve_optimize(requested: str, device: torch.device, precision: str) -> str:
+    """`auto` freezes on CPU in fp32 (tested there); autocast and GPUs run the module as it is."""
+    if requested not in {"auto", "freeze", "inductor", "none"}:
+        raise ConfigError(f"backbone.optimize: {requested!r}; expected auto, freeze, inductor or none")
+    if requested != "auto":
+        return requested
+    return "freeze" if device.type == "cpu" and precision == "fp32" else "none"
+
+
+def cpu_has_fast_bf16() -> bool:
+    """AMX or AVX512-BF16: without them bf16 autocast on CPU is slower than fp32."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+class Backbone:
+    """A headless torchvision model: uint8 frames in, one feature vector per frame out.
+
+    Loaded once (in `__init__`), then called on batches; the caller decides batching
+    and placement (a Ray actor holds one per worker).
+    """
+
+    def __init__(self, config: BackboneConfig, weights: WeightsSource, device: str = "cpu") -> None:
+        if config.feature_dtype not in _FEATURE_DTYPES:
+            raise ConfigError(f"backbone.feature_dtype: {config.feature_dtype!r}; expected float32 or float16")
+        self.device = torch.device(device)
+        self.precision = resolve_precision(config.precision, self.device)
+        self.feature_dtype = _FEATURE_DTYPES[config.feature_dtype]
+        self.model = _headless(_build(config, weights)).eval().to(self.device, memory_format=torch.channels_last)
+        self.optimize = resolve_optimize(config.optimize, self.device, self.precision)
+        self.model = _optimized(self.model, self.optimize)
+        self.mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1)
+        self.std = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1)
+        self.feature_dim = self._probe_dim()
+
+    @torch.inference_mode()
+    def __call__(self, frames: np.ndarray) -> np.ndarray:
+        """(N, H, W, 3) uint8 -> (N, D) features, float32 (or float16 when the recipe stores that)."""
+        x = torch.from_numpy(frames).to(self.device, non_blocking=True)  # (N, H, W, 3) uint8
+        x = x.permute(0, 3, 1, 2).float().div_(255.0)  # (N, 3, H, W), a channels_last view
+        x = ((x - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
+        with torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None):
+            features = self.model(x)  # (N, D)
+        return features.to(self.feature_dtype).flatten(1).cpu().numpy()
+
+    def batch_size(self, size: int, requested: int | None = None) -> int:
+        """Frames per forward pass: `requested`, else 32 on CPU (throughput is flat beyond ~16 there and
+        memory grows), else on GPU what half the free memory holds, from a measured probe batch."""
+        if requested:
+            return requested
+        if self.device.type != "cuda":
+            return CPU_BATCH
+        probe = 16
+        torch.cuda.synchronize(self.device)
+        torch.cuda.reset_peak_memory_stats(self.device)
+        before = torch.cuda.memory_allocated(self.device)
+        self(np.zeros((probe, size, size, 3), dtype=np.uint8))
+        per_frame = max(1, (torch.cuda.max_memory_allocated(self.device) - before) // probe)
+        free, _ = torch.cuda.mem_get_info(self.device)
+        return int(min(MAX_GPU_BATCH, max(CPU_BATCH, free // 2 // per_frame // 32 * 32)))
+
+    def _probe_dim(self) -> int:
+        return int(self(np.zeros((1, 64, 64, 3), dtype=np.uint8)).shape[1])
+
+
+def _optimized(model: nn.Module, how: str) -> nn.Module | torch.jit.ScriptModule:
+    """The same function, faster: TorchScript frozen (batch norms folded into convolutions, constants
+    inlined; traced once on a small frame, valid for any batch and frame size) or torch.compile."""
+    if how == "freeze":
+        example = torch.zeros(1, 3, 64, 64, device=next(model.parameters()).device)
+        # torch 2.14 marks TorchScript deprecated in favour of torch.compile, which on these CPUs costs a
+        # minute of compiling per run; freezing is still supported, 1 s, and as fast: kept until it goes.
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.jit")
+            return torch.jit.freeze(torch.jit.trace(model, example.contiguous(memory_format=torch.channels_last)))
+    if how == "inductor":
+        return torch.compile(model, dynamic=False)  # one graph per batch shape: full batches and the last one
+    return model
+
+
+def _build(config: BackboneConfig, weights: WeightsSource) -> nn.Module:
+    try:
+        torch.manual_seed(config.seed)  # `none` weights: the same random init every time
+        model = torchvision.models.get_model(config.name, weights=None)
+    except ValueError as exc:
+        raise ConfigError(f"backbone.name: unknown torchvision model {config.name!r}") from exc
+    if weights.path is not None:
+        state = load_state_dict(weights.path, "backbone.weights")
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as exc:
+            raise ConfigError(f"backbone.weights: {weights.path} does not fit {config.name}: {exc}") from exc
+    return model
+
+
+def _headless(model: nn.Module) -> nn.Module:
+    """Replace the classifier head with Identity so the model returns pooled features."""
+    for name in _HEADS:
+        if isinstance(getattr(model, name, None), nn.Module):
+            setattr(model, name, nn.Identity())
+            return model
+    raise ConfigError(f"backbone.name: {type(model).__name__} has no known classifier head ({', '.join(_HEADS)})")

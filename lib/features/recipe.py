@@ -1,0 +1,100 @@
+"""The feature recipe: everything that changes the numbers in the feature cache (SPEC §3.3).
+
+A changed recipe is a different cache entry; an unchanged one is never recomputed.
+Decode chunk size, timeouts, batch size and graph optimisation do not change the
+features (beyond float rounding), so they are not part of it.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from lstmpipe.lib.features.backbone import WeightsSource
+from lstmpipe.lib.config import BackboneConfig, SamplingConfig, SourcesConfig
+
+
+_ABSENT = object()
+_LATER_FIELDS = {"feature_dtype": "float32"}  # field -> the value recipes stored before it existed
+
+
+@dataclass(frozen=True)
+class FeatureRecipe:
+    decoder: str  # "ffmpeg <version>; pydicom <version>; ...": decoded pixels can differ between versions
+    fps: float | None
+    num_frames: int | None
+    size: int
+    backbone: str
+    weights: str  # label: "IMAGENET1K_V1", "file:x.pth", "none(seed=0)"
+    weights_digest: str
+    precision: str  # resolved: fp32 | bf16 | fp16, never "auto"
+    feature_dim: int
+    # how DICOM, NIfTI, GeoTIFF and cubes become frames: canonical JSON of SourcesConfig
+    sources: str = field(default_factory=lambda: canonical_sources(SourcesConfig()))
+    feature_dtype: str = "float32"  # as stored in the cache: float32 | float16
+
+    @functools.cached_property  # a frozen recipe's id never changes; planning 100 000 series reads it often
+    def recipe_id(self) -> str:
+        """A short stable id: the hash of the canonical JSON of every field.
+
+        Fields added after recipes were first stored count only when they differ from
+        the value every earlier recipe implicitly had, so those recipes keep their ids.
+        """
+        hashed = {k: v for k, v in asdict(self).items() if _LATER_FIELDS.get(k, _ABSENT) != v}
+        canonical = json.dumps(hashed, sort_keys=True, separators=(",", ":"))
+        return hashlib.blake2b(canonical.encode(), digest_size=8).hexdigest()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "recipe_id": self.recipe_id}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "FeatureRecipe":
+        fields = {k: v for k, v in data.items() if k != "recipe_id"}
+        recipe = cls(**fields)
+        if "recipe_id" in data and data["recipe_id"] != recipe.recipe_id:
+            raise ValueError(f"recipe {data['recipe_id']} does not match its fields (got {recipe.recipe_id})")
+        return recipe
+
+    def sampling(self, base: SamplingConfig) -> SamplingConfig:
+        """The sampling this recipe decodes with; chunking and timeouts come from `base`."""
+        return SamplingConfig(
+            fps=self.fps, num_frames=self.num_frames, size=self.size,
+            chunk_frames=base.chunk_frames, timeout_s=base.timeout_s,
+        )
+
+    def sources_config(self) -> SourcesConfig:
+        return SourcesConfig(**json.loads(self.sources))
+
+    def backbone_config(self, base: BackboneConfig) -> BackboneConfig:
+        """The backbone settings that reproduce this recipe; batch size comes from `base`.
+
+        A recipe made from a weights file needs that file again: `base.weights` must
+        name it (its digest is checked when the backbone is resolved).
+        """
+        if self.weights.startswith("none(seed="):
+            weights, seed = "none", int(self.weights[len("none(seed="):-1])
+        elif self.weights.startswith("file:"):
+            weights, seed = base.weights, base.seed
+        else:
+            weights, seed = self.weights, base.seed
+        return BackboneConfig(name=self.backbone, weights=weights, precision=self.precision,
+                              batch_size=base.batch_size, seed=seed, feature_dtype=self.feature_dtype,
+                              optimize=base.optimize)
+
+
+def make_recipe(decoder: str, sampling: SamplingConfig, sources: SourcesConfig, backbone: str,
+                weights: WeightsSource, precision: str, feature_dim: int,
+                feature_dtype: str = "float32") -> FeatureRecipe:
+    return FeatureRecipe(
+        decoder=decoder, fps=sampling.fps, num_frames=sampling.num_frames, size=sampling.size,
+        backbone=backbone, weights=weights.label, weights_digest=weights.digest,
+        precision=precision, feature_dim=feature_dim, feature_dtype=feature_dtype,
+        sources=canonical_sources(sources),
+    )
+
+
+def canonical_sources(sources: SourcesConfig) -> str:
+    return json.dumps(asdict(sources), sort_keys=True, separators=(",", ":"))

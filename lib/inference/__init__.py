@@ -1,0 +1,1 @@
+"""Stage 6, infer: the predictor, the predictions table and the domain outputs."""

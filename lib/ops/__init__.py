@@ -1,0 +1,1 @@
+"""Operations: partitions, plans, status and run summaries."""

@@ -1,0 +1,56 @@
+"""What a source kind is: a claim over files and an opener of series (see kinds/__init__.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from lstmpipe.lib.sources.archives import ArchiveLimits
+from lstmpipe.lib.config import SamplingConfig, SourcesConfig
+from lstmpipe.lib.failures import Failure
+from lstmpipe.lib.sources.hashing import HashMemo
+from lstmpipe.lib.series import OpenSeries, SeriesRef
+
+
+@dataclass(frozen=True)
+class Claim:
+    refs: list[SeriesRef] = field(default_factory=list)
+    failures: list[Failure] = field(default_factory=list)
+    claimed: frozenset[Path] = frozenset()
+
+
+@dataclass(frozen=True)
+class SourceKind:
+    name: str
+    claim: Callable[[Path, list[Path], HashMemo | None, SourcesConfig], Claim]
+    open: Callable[[SeriesRef, SamplingConfig, Path, ArchiveLimits, SourcesConfig],
+                   AbstractContextManager[OpenSeries]]
+
+
+def make_ref(kind: str, sid: str, digest: str, path: Path, meta: dict[str, Any]) -> SeriesRef:
+    """A SeriesRef labelled by its parent folder and partitioned by its top-level folder, as videos are."""
+    parts = PurePosixPath(sid).parts
+    return SeriesRef(
+        series_id=sid,
+        content_hash=digest,
+        kind=kind,
+        path=str(path.resolve()),
+        label=parts[-2] if len(parts) > 1 else None,
+        partition=parts[0] if len(parts) > 1 else None,
+        meta=meta,
+    )
+
+
+def with_options(name: str, claim: Callable[..., Claim], open_series: Callable[..., AbstractContextManager[OpenSeries]],
+                 options_from: Callable[[SourcesConfig], Any]) -> SourceKind:
+    """A kind whose claim and open take `options=` of their own type, made from the sources config."""
+    return SourceKind(
+        name,
+        lambda base, files, memo, sources: claim(base, files, memo, options=options_from(sources)),
+        lambda ref, sampling, tmp_dir, limits, sources: open_series(ref, sampling, tmp_dir, limits,
+                                                                    options=options_from(sources)),
+    )
+

@@ -1,0 +1,327 @@
+"""Video through ffmpeg: probe a file, stream its frames as bounded chunks (SPEC §2).
+
+There is no ffprobe: `probe` parses what `ffmpeg -i INPUT` prints. Decoding is
+one ffmpeg process writing raw RGB frames to a pipe, read one chunk at a time,
+so memory is bounded by the chunk, never by the video. Inputs are always
+seekable (a path or a `subfile,,start,S,end,E,,:ARCHIVE` URL), never a pipe:
+an mp4 whose moov atom sits at the end needs to seek.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import IO, Iterator
+
+import ffmpeg
+import numpy as np
+
+from lstmpipe.lib.config import SamplingConfig
+from lstmpipe.lib.errors import BadInput
+from lstmpipe.lib.sources.frames import MAX_PIXELS, check_frame_size
+from lstmpipe.lib.sources.ffmpeg import ffmpeg_exe
+from lstmpipe.lib.series import FrameChunk
+
+_INVALID = "Invalid data found when processing input"
+# Frames handed out per series: 36 h at 8 fps, 9.7 h of every frame at 30 fps. Beyond this a file is more
+# likely a timestamp bomb (2 frames 277 h apart make the fps filter emit 4 million duplicates from 3 kB) than a
+# clip; even at the limit its features take 2 GiB (D=512, float32) before the LSTM sees them.
+MAX_FRAMES = 1 << 20
+
+
+# File suffixes discovery reads as video; ffmpeg decodes more, but these are what archives of clips hold.
+VIDEO_SUFFIXES = frozenset(
+    {".mp4", ".mkv", ".avi", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".flv", ".wmv", ".gif"}
+)
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What `ffmpeg -i` says about the first video stream.
+
+    width, height are the coded size; frames come out already turned by
+    `rotation` (degrees counter-clockwise), since ffmpeg autorotates.
+    """
+
+    width: int
+    height: int
+    fps: float
+    duration_s: float | None  # None when the container does not say (N/A)
+    codec: str
+    rotation: float = 0.0
+
+
+def probe(input: str, name: str, timeout_s: float, max_pixels: int = MAX_PIXELS) -> VideoInfo:
+    """Size, rate, duration, codec and rotation of the first video stream; BadInput when there is none,
+    or when its frames would exceed `max_pixels` (refused before anything decodes them)."""
+    if _is_empty(input):
+        raise BadInput(name, "empty file")
+    cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", input]  # argv, no shell: a name is never interpreted
+    try:
+        done = subprocess.run(cmd, capture_output=True, timeout=timeout_s, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired as exc:
+        raise BadInput(name, f"probe timed out after {timeout_s:g}s") from exc
+    # ffmpeg echoes the input name verbatim: a name holding a newline and `Stream #0:0: Video: ...` would
+    # otherwise be parsed as a stream of the attacker's choosing. Bytes, so non-UTF-8 names match too.
+    text = done.stderr.replace(os.fsencode(input), b"<input>").decode(errors="replace")
+    info = _parse_probe(text, name)
+    check_frame_size(name, info.height, info.width, max_pixels)  # before ffmpeg allocates one
+    return info
+
+
+def _parse_probe(text: str, name: str) -> VideoInfo:
+    """The VideoInfo in what `ffmpeg -i` printed, or BadInput with the most precise reason found."""
+    if "Input #0" not in text:
+        raise BadInput(name, _open_error(text))
+    block = _first_video_block(text)
+    if block is None:
+        kinds = sorted(set(re.findall(r"Stream #\S+: (\w+):", text)))
+        reason = f"no video stream ({', '.join(k.lower() for k in kinds)} only)" if kinds else "no video stream"
+        raise BadInput(name, reason)
+    head = block.splitlines()[0]
+    size = re.search(r"[ ,](\d+)x(\d+)[ ,]", head)
+    rate = re.search(r"([\d.]+)(k?) fps", head) or re.search(r"([\d.]+)(k?) tbr", head)
+    if size is None or rate is None:
+        raise BadInput(name, f"unreadable video stream: {head.strip()}")
+    duration = re.search(r"Duration: (\d+):(\d+):([\d.]+)", text)
+    rotation = re.search(r"display ?matrix: rotation of (-?[\d.]+) degrees", block, re.IGNORECASE)
+    return VideoInfo(
+        width=int(size.group(1)),
+        height=int(size.group(2)),
+        fps=float(rate.group(1)) * (1000 if rate.group(2) else 1),
+        duration_s=_seconds(duration.groups()) if duration else None,
+        codec=re.search(r"Video: (\w+)", head).group(1),
+        rotation=float(rotation.group(1)) if rotation else 0.0,
+    )
+
+
+def output_fps(sampling: SamplingConfig, info: VideoInfo, name: str) -> float:
+    """Frames per second handed out: num_frames spread over the duration, else fps, else the source rate."""
+    if sampling.num_frames is not None:
+        if not info.duration_s:
+            raise BadInput(name, f"duration unknown: cannot spread {sampling.num_frames} frames uniformly; use fps")
+        return sampling.num_frames / info.duration_s
+    return sampling.fps if sampling.fps is not None else info.fps
+
+
+def decode_video(input: str, name: str, sampling: SamplingConfig, info: VideoInfo | None = None,
+                 max_frames: int = MAX_FRAMES) -> Iterator[FrameChunk]:
+    """Chunks of (N, size, size, 3) uint8 RGB frames with t in seconds; BadInput beyond `max_frames`
+    (refused before decoding when the duration says so, else stopped once that many came out).
+
+    Sampled (fps or num_frames): an fps filter makes the output constant-rate, so
+    t = index / rate is exact, and frames are chosen by timestamp, variable frame rate
+    or not. Every frame (fps None): frames pass through untouched and t is each frame's
+    own presentation time, read from ffmpeg's showinfo filter, so a variable frame rate
+    keeps its real timing. `info` saves a probe when the caller already has one. ffmpeg
+    is killed and reaped when the consumer stops early, when it stalls for `timeout_s`,
+    or on error.
+    """
+    info = info or probe(input, name, sampling.timeout_s)
+    every_frame = sampling.fps is None and sampling.num_frames is None
+    rate = None if every_frame else output_fps(sampling, info, name)
+    expected = _expected_frames(sampling, info, rate)
+    if expected is not None and expected > max_frames:
+        why = "num_frames" if sampling.num_frames is not None else f"{info.duration_s:g} s at {rate or info.fps:g} fps"
+        raise BadInput(name, f"would yield about {expected} frames ({why}), beyond the limit of {max_frames} per "
+                             "series (a timestamp gap, or a video too long to sample this densely); use num_frames")
+    frame_bytes = sampling.size * sampling.size * 3
+    proc = subprocess.Popen(_command(input, sampling.size, rate, sampling.num_frames), stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0)
+    stderr = _StderrTail(proc.stderr)
+    watchdog = _Watchdog(proc, sampling.timeout_s)
+    try:
+        start = 0
+        while len(frames := _read_frames(proc.stdout, sampling.chunk_frames, frame_bytes, watchdog)):
+            if start + len(frames) // frame_bytes > max_frames:  # no usable duration said so beforehand
+                raise BadInput(name, f"more than {max_frames} frames decoded, the limit per series "
+                                     "(a timestamp gap, or a video too long to sample this densely); use num_frames")
+            frames = frames.reshape(-1, sampling.size, sampling.size, 3)
+            t = stderr.take_times(len(frames), sampling.timeout_s) if every_frame \
+                else np.arange(start, start + len(frames)) / rate
+            yield FrameChunk(frames=frames, t=t, start=start)
+            start += len(frames)
+        _check_exit(proc, stderr, watchdog, name, start, sampling.timeout_s)
+    finally:
+        watchdog.stop()
+        proc.kill()
+        proc.wait()
+        stderr.join()
+        proc.stdout.close()
+
+
+def _expected_frames(sampling: SamplingConfig, info: VideoInfo, rate: float | None) -> int | None:
+    """Frames decoding will hand out, from the container's duration; None when it does not say."""
+    if sampling.num_frames is not None:
+        return sampling.num_frames
+    if not info.duration_s:
+        return None
+    return int(info.duration_s * (rate if rate is not None else info.fps))
+
+
+def _command(input: str, size: int, rate: float | None, max_frames: int | None) -> list[str]:
+    """input → fps (or showinfo) → cover size×size → center crop → raw RGB on stdout; audio, subtitles, data dropped.
+
+    rate None passes every frame through (no duplicates, no drops) and logs each one's
+    pts_time at info level; ffmpeg's own messages keep their level as a prefix.
+    max_frames stops ffmpeg itself: the fps filter may round one frame over num_frames.
+    """
+    stream = ffmpeg.input(input).video
+    stream = stream.filter("showinfo") if rate is None else stream.filter("fps", fps=repr(rate))
+    stream = stream.filter("scale", size, size, force_original_aspect_ratio="increase").filter("crop", size, size)
+    options = {"frames:v": max_frames} if max_frames is not None else {}
+    if rate is None:
+        options["fps_mode"] = "passthrough"
+    out = stream.output("pipe:", format="rawvideo", pix_fmt="rgb24", an=None, sn=None, dn=None, **options)
+    level = "level+info" if rate is None else "error"
+    return out.global_args("-nostdin", "-hide_banner", "-nostats", "-loglevel", level).compile(cmd=ffmpeg_exe())
+
+
+def _read_frames(pipe: IO[bytes], count: int, frame_bytes: int, watchdog: "_Watchdog") -> np.ndarray:
+    """Up to `count` whole frames as flat uint8; fewer only at the end of the stream."""
+    buf = bytearray(count * frame_bytes)
+    view = memoryview(buf)
+    got = 0
+    while got < len(buf):
+        watchdog.waiting(True)
+        n = pipe.readinto(view[got:])
+        watchdog.waiting(False)
+        if not n:
+            break
+        got += n
+    view.release()
+    return np.frombuffer(buf, dtype=np.uint8, count=got - got % frame_bytes)
+
+
+def _check_exit(proc: subprocess.Popen, stderr: "_StderrTail", watchdog: "_Watchdog",
+                name: str, frames: int, timeout_s: float) -> None:
+    """BadInput for a stalled, failed or empty decode, once the consumer has read everything."""
+    code = proc.wait()
+    stderr.join()
+    if watchdog.fired:
+        raise BadInput(name, f"decoder timed out after {timeout_s:g}s")
+    if code != 0:
+        raise BadInput(name, f"ffmpeg failed: {stderr.last_line() or f'exit code {code}'}")
+    if frames == 0:
+        raise BadInput(name, "no frames decoded")
+
+
+_PTS_TIME = re.compile(r"pts_time:\s*(-?[0-9.]+)")
+_LEVEL = re.compile(r"\[(?:panic|fatal|error|warning|info|verbose|debug|trace)\]\s*")
+
+class _StderrTail:
+    """Drains ffmpeg's stderr in a thread, so a chatty decoder can never block on a full pipe; keeps the tail."""
+
+    def __init__(self, pipe: IO[bytes], keep: int = 64) -> None:
+        self._tail: deque[str] = deque(maxlen=keep)  # the last messages that are not showinfo's
+        self._times: deque[float] = deque()  # showinfo pts_time values not yet taken
+        self._arrived = threading.Condition()
+        self._ended = False
+        self._thread = threading.Thread(target=self._drain, args=(pipe,), daemon=True, name="ffmpeg-stderr")
+        self._thread.start()
+
+    def _drain(self, pipe: IO[bytes]) -> None:
+        try:
+            for raw in pipe:
+                line = raw.decode(errors="replace").strip()
+                match = _PTS_TIME.search(line) if "showinfo" in line else None
+                if match:
+                    with self._arrived:
+                        self._times.append(float(match.group(1)))
+                        self._arrived.notify_all()
+                elif line:
+                    self._tail.append(line)
+        finally:
+            pipe.close()
+            with self._arrived:
+                self._ended = True
+                self._arrived.notify_all()
+
+    def take_times(self, count: int, timeout_s: float) -> np.ndarray:
+        """The next `count` frames' presentation times: showinfo logs a frame before it reaches the pipe."""
+        with self._arrived:
+            self._arrived.wait_for(lambda: len(self._times) >= count or self._ended, timeout=timeout_s)
+            return np.array([self._times.popleft() for _ in range(min(count, len(self._times)))], dtype=np.float64)
+
+    def join(self) -> None:
+        self._thread.join()
+
+    def last_line(self) -> str:
+        lines = [line for line in self._tail if line != "Conversion failed!" and "[info]" not in line]
+        return _strip_context(_LEVEL.sub("", lines[-1])) if lines else ""
+
+
+class _Watchdog:
+    """Kills ffmpeg when a read has waited `timeout_s` without a byte.
+
+    Only time spent waiting on ffmpeg counts: a slow consumer between chunks
+    (ffmpeg blocked on a full stdout pipe) never trips it.
+    """
+
+    def __init__(self, proc: subprocess.Popen, timeout_s: float) -> None:
+        self.fired = False
+        self._proc = proc
+        self._timeout_s = timeout_s
+        self._since: float | None = None
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True, name="ffmpeg-watchdog")
+        self._thread.start()
+
+    def waiting(self, waiting: bool) -> None:
+        self._since = time.monotonic() if waiting else None
+
+    def _watch(self) -> None:
+        while not self._done.wait(min(self._timeout_s / 10, 0.5)):
+            since = self._since
+            if since is not None and time.monotonic() - since > self._timeout_s:
+                self.fired = True
+                self._proc.kill()
+                return
+
+    def stop(self) -> None:
+        self._done.set()
+        self._thread.join()
+
+
+def _is_empty(input: str) -> bool:
+    """A zero-byte file: say so, rather than ffmpeg's 'Invalid data'."""
+    try:
+        return os.path.isfile(input) and os.path.getsize(input) == 0  # a fifo also reports size 0
+    except OSError:
+        return False  # ffmpeg will name the problem (no such file, permission denied)
+
+
+def _first_video_block(text: str) -> str | None:
+    """The first non-cover-art `Stream #..: Video:` line and the indented lines under it."""
+    for match in re.finditer(r"^ *Stream #\S+: Video:.*(?:\n(?! *Stream #)[ \t].*)*", text, re.MULTILINE):
+        if "(attached pic)" not in match.group(0).splitlines()[0]:
+            return match.group(0)
+    return None
+
+
+def _open_error(text: str) -> str:
+    """A precise reason from ffmpeg's complaint about opening the input."""
+    lines = [_strip_context(line.strip()) for line in text.splitlines() if line.strip()]
+    details = [line for line in lines if not line.startswith("Error opening input") and "misdetection" not in line]
+    final = lines[-1].removeprefix("Error opening input files: ") if lines else "ffmpeg printed nothing"
+    if final == _INVALID:
+        extra = [d for d in details if d != _INVALID]
+        return f"not a media file: {_INVALID}" + (f" ({'; '.join(extra)})" if extra else "")
+    too_large = next((d for d in details if re.fullmatch(r"Picture size \d+x\d+ is invalid", d)), None)
+    if too_large:  # ffmpeg's own size check; its final line then blames the device ("resource busy")
+        return f"cannot open: declared frame size too large ({too_large})"
+    return f"cannot open: {final}"
+
+
+def _strip_context(line: str) -> str:
+    """`[in#0 @ 0x55..] moov atom not found` -> `moov atom not found`."""
+    return re.sub(r"^\[[^\]]*@ 0x[0-9a-f]+\] ", "", line)
+
+
+def _seconds(hms: tuple[str, str, str]) -> float:
+    hours, minutes, seconds = hms
+    return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
