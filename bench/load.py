@@ -65,10 +65,21 @@ def tree_rss(root_pid: int) -> int:
 def backfill(root: Path, home: Path, executor: str) -> dict:
     """Run the CLI, sampling its tree's memory; its summary, wall time and memory samples."""
     env = {**os.environ, "LSTMPIPE_HOME": str(home)}
-    process = subprocess.Popen([LSTMPIPE, "backfill", str(root), "--all", "--json",
-                                f"--set=runtime.executor={executor}",
-                                *[f"--set={k}={v}" for k, v in SETTINGS.items()]],
-                               env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    process = subprocess.Popen(
+        [
+            LSTMPIPE,
+            "backfill",
+            str(root),
+            "--all",
+            "--json",
+            f"--set=runtime.executor={executor}",
+            *[f"--set={k}={v}" for k, v in SETTINGS.items()],
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     samples: list[tuple[float, int]] = []
     started = time.monotonic()
 
@@ -89,16 +100,32 @@ def backfill(root: Path, home: Path, executor: str) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--series", type=int, default=5000, help="series in the archive (default 5000)")
-    parser.add_argument("--executor", choices=["local", "ray"], default="local",
-                        help="where extraction runs (default local: in-process; ray: a local Ray started by the run)")
-    parser.add_argument("--keep", action="store_true", help="keep the temp folder (default: delete it)")
+    parser.add_argument(
+        "--series", type=int, default=5000, help="series in the archive (default 5000)"
+    )
+    parser.add_argument(
+        "--executor",
+        choices=["local", "ray"],
+        default="local",
+        help="where extraction runs (default local: in-process; ray: a local Ray started by the run)",
+    )
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the temp folder (default: delete it)"
+    )
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="lstmpipe-bench-load-"))
     try:
         started = time.monotonic()
-        root = generate_archive(work / "archive", SampleSpec(clips_per_class=args.series // 4, partitions=DAYS,
-                                                             size=32, min_frames=4, max_frames=8))
+        root = generate_archive(
+            work / "archive",
+            SampleSpec(
+                clips_per_class=args.series // 4,
+                partitions=DAYS,
+                size=32,
+                min_frames=4,
+                max_frames=8,
+            ),
+        )
         (root / "labels.csv").unlink()
         generated_s = time.monotonic() - started
         run = backfill(root, work / "home", args.executor)
@@ -111,18 +138,37 @@ def main() -> None:
     first = max((rss for t, rss in samples if t <= half), default=peak)
     second = max((rss for t, rss in samples if t > half), default=peak)
     result = {
-        "benchmark": "load", "series": args.series, "executor": args.executor, "generated_s": round(generated_s, 1),
-        "wall_s": round(run["wall_s"], 1), "series_per_s": round(args.series / run["wall_s"], 1),
-        "extracted": summary.get("extracted"), "failed": summary.get("failed"),
-        "peak_rss_mib": round(peak / 2**20), "peak_rss_first_half_mib": round(first / 2**20),
-        "peak_rss_second_half_mib": round(second / 2**20), "growth_ratio": round(second / first, 2), "cpus": os.cpu_count(), "machine": platform.machine(),
-        "at": dt.datetime.now(dt.timezone.utc).isoformat(),
+        "benchmark": "load",
+        "series": args.series,
+        "executor": args.executor,
+        "generated_s": round(generated_s, 1),
+        "wall_s": round(run["wall_s"], 1),
+        "series_per_s": round(args.series / run["wall_s"], 1),
+        "extracted": summary.get("extracted"),
+        "failed": summary.get("failed"),
+        "peak_rss_mib": round(peak / 2**20),
+        "peak_rss_first_half_mib": round(first / 2**20),
+        "peak_rss_second_half_mib": round(second / 2**20),
+        "growth_ratio": round(second / first, 2),
+        "cpus": os.cpu_count(),
+        "machine": platform.machine(),
+        "at": dt.datetime.now(dt.UTC).isoformat(),
     }
     RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"load-{dt.datetime.now(dt.timezone.utc).strftime('%Y%m%dT%H%M%SZ')}.json"
+    out = RESULTS / f"load-{dt.datetime.now(dt.UTC).strftime('%Y%m%dT%H%M%SZ')}.json"
     out.write_text(json.dumps(result, indent=2))
-    for key in ("series", "executor", "wall_s", "series_per_s", "extracted", "failed", "peak_rss_mib",
-                "peak_rss_first_half_mib", "peak_rss_second_half_mib", "growth_ratio"):
+    for key in (
+        "series",
+        "executor",
+        "wall_s",
+        "series_per_s",
+        "extracted",
+        "failed",
+        "peak_rss_mib",
+        "peak_rss_first_half_mib",
+        "peak_rss_second_half_mib",
+        "growth_ratio",
+    ):
         print(f"{key:<26} {result[key]}")
     print(f"wrote {out}")
 

@@ -15,7 +15,6 @@ import datetime as dt
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from lstmpipe.lib.sources.ffmpeg import ffmpeg_exe
@@ -52,22 +51,48 @@ def make_clip(minutes: int) -> Path:
     target = DATA / f"testsrc-720p-{minutes}min.mp4"
     if not target.exists():
         DATA.mkdir(parents=True, exist_ok=True)
-        subprocess.run([ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi", "-i",
-                        f"testsrc2=size=1280x720:rate=30:duration={minutes * 60}", "-c:v", "libx264",
-                        "-preset", "ultrafast", "-pix_fmt", "yuv420p", str(target)], check=True)
+        subprocess.run(
+            [
+                ffmpeg_exe(),
+                "-hide_banner",
+                "-loglevel",
+                "error",
+                "-y",
+                "-f",
+                "lavfi",
+                "-i",
+                f"testsrc2=size=1280x720:rate=30:duration={minutes * 60}",
+                "-c:v",
+                "libx264",
+                "-preset",
+                "ultrafast",
+                "-pix_fmt",
+                "yuv420p",
+                str(target),
+            ],
+            check=True,
+        )
     return target
 
 
 def measure(clip: Path, fps: float, size: int) -> dict:
-    done = subprocess.run([sys.executable, "-c", CHILD, str(clip), str(fps), str(size)], capture_output=True,
-                          text=True, check=True)
+    done = subprocess.run(
+        [sys.executable, "-c", CHILD, str(clip), str(fps), str(size)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--minutes", type=int, nargs="+", default=[1, 10], help="clip lengths (default 1 10)")
-    parser.add_argument("--fps", type=float, default=2.0, help="sampled frames per second (default 2)")
+    parser.add_argument(
+        "--minutes", type=int, nargs="+", default=[1, 10], help="clip lengths (default 1 10)"
+    )
+    parser.add_argument(
+        "--fps", type=float, default=2.0, help="sampled frames per second (default 2)"
+    )
     parser.add_argument("--size", type=int, default=224, help="frame size in px (default 224)")
     args = parser.parse_args()
     rows = []
@@ -77,14 +102,18 @@ def main() -> None:
     base = rows[0]["peak_rss_mb"]
     for row in rows:
         row["peak_vs_first"] = round(row["peak_rss_mb"] / base, 3)
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"memory-{stamp}.json"
     out.write_text(json.dumps({"fps": args.fps, "size": args.size, "rows": rows}, indent=2))
-    print(f"{'minutes':>7} {'frames':>7} {'seconds':>8} {'peak RSS MB':>12} {'ffmpeg MB':>10} {'vs first':>9}")
+    print(
+        f"{'minutes':>7} {'frames':>7} {'seconds':>8} {'peak RSS MB':>12} {'ffmpeg MB':>10} {'vs first':>9}"
+    )
     for row in rows:
-        print(f"{row['minutes']:>7} {row['frames']:>7} {row['seconds']:>8} {row['peak_rss_mb']:>12.0f} "
-              f"{row['ffmpeg_peak_rss_mb']:>10.0f} {row['peak_vs_first']:>9}")
+        print(
+            f"{row['minutes']:>7} {row['frames']:>7} {row['seconds']:>8} {row['peak_rss_mb']:>12.0f} "
+            f"{row['ffmpeg_peak_rss_mb']:>10.0f} {row['peak_vs_first']:>9}"
+        )
     print(f"written to {out}")
 
 

@@ -34,7 +34,9 @@ IMPORTED = time.perf_counter()
 
 def video_size(ffmpeg: str, video: Path) -> tuple[int, int]:
     """(width, height) from what `ffmpeg -i` prints (no ffprobe in the imageio-ffmpeg wheel)."""
-    text = subprocess.run([ffmpeg, "-hide_banner", "-i", str(video)], capture_output=True, text=True).stderr
+    text = subprocess.run(
+        [ffmpeg, "-hide_banner", "-i", str(video)], capture_output=True, text=True
+    ).stderr
     match = re.search(r"Video: .*?[ ,](\d+)x(\d+)[ ,]", text)
     if match is None:
         raise SystemExit(f"{video}: no video stream in ffmpeg's output")
@@ -54,12 +56,24 @@ def read_frames(ffmpeg: str, video: Path, fps: float | None) -> np.ndarray:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("videos", nargs="+", type=Path)
-    parser.add_argument("--out", type=Path, required=True, help="folder for one .npy per video (required)")
-    parser.add_argument("--fps", type=float, default=8.0, help="frames per second sampled (default 8)")
-    parser.add_argument("--num-frames", type=int, default=None,
-                        help="N frames uniformly spaced over all decoded frames instead of --fps (default off)")
+    parser.add_argument(
+        "--out", type=Path, required=True, help="folder for one .npy per video (required)"
+    )
+    parser.add_argument(
+        "--fps", type=float, default=8.0, help="frames per second sampled (default 8)"
+    )
+    parser.add_argument(
+        "--num-frames",
+        type=int,
+        default=None,
+        help="N frames uniformly spaced over all decoded frames instead of --fps (default off)",
+    )
     parser.add_argument("--size", type=int, default=224, help="crop size in px (default 224)")
-    parser.add_argument("--ffmpeg", default=imageio_ffmpeg.get_ffmpeg_exe(), help="ffmpeg binary (default: imageio-ffmpeg's)")
+    parser.add_argument(
+        "--ffmpeg",
+        default=imageio_ffmpeg.get_ffmpeg_exe(),
+        help="ffmpeg binary (default: imageio-ffmpeg's)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count())
 
@@ -68,8 +82,14 @@ def main() -> None:
     model = torchvision.models.resnet18(weights=None)
     model.fc = torch.nn.Identity()
     model.eval()
-    preprocess = T.Compose([T.Resize(args.size), T.CenterCrop(args.size), T.ToTensor(),
-                            T.Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])])
+    preprocess = T.Compose(
+        [
+            T.Resize(args.size),
+            T.CenterCrop(args.size),
+            T.ToTensor(),
+            T.Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225]),
+        ]
+    )
     model_s = time.perf_counter() - started
 
     args.out.mkdir(parents=True, exist_ok=True)
@@ -90,17 +110,21 @@ def main() -> None:
         cnn_s += time.perf_counter() - t1
         frames_total += len(frames)
     seconds = time.perf_counter() - started
-    print(json.dumps({
-        "videos": len(args.videos),
-        "frames": frames_total,
-        "seconds": round(seconds, 2),
-        "fps": round(frames_total / seconds, 2),
-        "import_s": round(IMPORTED - STARTED, 2),
-        "model_s": round(model_s, 2),
-        "decode_s": round(decode_s, 2),
-        "cnn_s": round(cnn_s, 2),  # transforms + forward, frame by frame
-        "threads": torch.get_num_threads(),
-    }))
+    print(
+        json.dumps(
+            {
+                "videos": len(args.videos),
+                "frames": frames_total,
+                "seconds": round(seconds, 2),
+                "fps": round(frames_total / seconds, 2),
+                "import_s": round(IMPORTED - STARTED, 2),
+                "model_s": round(model_s, 2),
+                "decode_s": round(decode_s, 2),
+                "cnn_s": round(cnn_s, 2),  # transforms + forward, frame by frame
+                "threads": torch.get_num_threads(),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -42,8 +42,14 @@ from lstmpipe.lib.demo.video import SampleSpec, generate_archive  # noqa: E402
 RESULTS = Path(__file__).parent / "results"
 TARGET_S = 60.0
 LSTMPIPE = str(Path(sys.executable).parent / "lstmpipe")
-SETTINGS = {"sampling.size": 32, "sampling.fps": 4.0, "backbone.weights": "none", "train.epochs": 3,
-            "train.patience": 3, "train.hidden_size": 32}
+SETTINGS = {
+    "sampling.size": 32,
+    "sampling.fps": 4.0,
+    "backbone.weights": "none",
+    "train.epochs": 3,
+    "train.patience": 3,
+    "train.hidden_size": 32,
+}
 DAYS = tuple(f"2026-11-{day:02d}" for day in range(10, 20))
 
 
@@ -53,10 +59,23 @@ def prefect_server(work: Path) -> tuple[subprocess.Popen, str, float]:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     started = time.monotonic()
-    process = subprocess.Popen([str(Path(sys.executable).parent / "prefect"), "server", "start", "--host", "127.0.0.1",
-                                "--port", str(port), "--no-ui", "--analytics-off"],
-                               env={**os.environ, "PREFECT_HOME": str(work / "prefect")}, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL, start_new_session=True)
+    process = subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "prefect"),
+            "server",
+            "start",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--no-ui",
+            "--analytics-off",
+        ],
+        env={**os.environ, "PREFECT_HOME": str(work / "prefect")},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     url = f"http://127.0.0.1:{port}/api"
     while time.monotonic() - started < 300:
         try:
@@ -71,10 +90,21 @@ def prefect_server(work: Path) -> tuple[subprocess.Popen, str, float]:
 def nightly(root: Path, home: Path, api: str, *extra: str) -> dict:
     """One `lstmpipe nightly` run: its wall time and its JSON summary."""
     started = time.monotonic()
-    done = subprocess.run([LSTMPIPE, "nightly", str(root), "--model", "bench", "--json", *extra,
-                           *[f"--set={k}={v}" for k, v in SETTINGS.items()]],
-                          env={**os.environ, "LSTMPIPE_HOME": str(home), "PREFECT_API_URL": api},
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        [
+            LSTMPIPE,
+            "nightly",
+            str(root),
+            "--model",
+            "bench",
+            "--json",
+            *extra,
+            *[f"--set={k}={v}" for k, v in SETTINGS.items()],
+        ],
+        env={**os.environ, "LSTMPIPE_HOME": str(home), "PREFECT_API_URL": api},
+        capture_output=True,
+        text=True,
+    )
     wall = time.monotonic() - started
     if done.returncode not in (0, 3):
         raise RuntimeError(f"nightly exited {done.returncode}:\n{done.stderr[-3000:]}")
@@ -83,14 +113,22 @@ def nightly(root: Path, home: Path, api: str, *extra: str) -> dict:
 
 def _extracted(summary: dict) -> int:
     """Series that went through the CNN anywhere in the run (0 when everything came from the cache)."""
-    parts = [summary.get("partitions"), (summary.get("train") or {}).get("extract"), summary["infer"]["extract"]]
+    parts = [
+        summary.get("partitions"),
+        (summary.get("train") or {}).get("extract"),
+        summary["infer"]["extract"],
+    ]
     return sum((p or {}).get("extracted", 0) for p in parts)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--series", type=int, default=1000, help="series in the archive (default 1000)")
-    parser.add_argument("--keep", action="store_true", help="keep the temp folder (default: delete it)")
+    parser.add_argument(
+        "--series", type=int, default=1000, help="series in the archive (default 1000)"
+    )
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the temp folder (default: delete it)"
+    )
     parser.add_argument("--quick", action="store_true", help="smoke run: 200 series (default off)")
     args = parser.parse_args()
     if args.quick:
@@ -98,38 +136,74 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="lstmpipe-bench-nightly-"))
     try:
         started = time.monotonic()
-        root = generate_archive(work / "archive", SampleSpec(clips_per_class=args.series // 4, partitions=DAYS,
-                                                             size=32, min_frames=4, max_frames=8))
+        root = generate_archive(
+            work / "archive",
+            SampleSpec(
+                clips_per_class=args.series // 4,
+                partitions=DAYS,
+                size=32,
+                min_frames=4,
+                max_frames=8,
+            ),
+        )
         (root / "labels.csv").unlink()  # labels from the class folders
         generated_s = time.monotonic() - started
         home = work / "home"
         server, api, server_s = prefect_server(work)
         try:
-            runs = {"cold": nightly(root, home, api), "no-op": nightly(root, home, api),
-                    "retrain": nightly(root, home, api, "--retrain")}
+            runs = {
+                "cold": nightly(root, home, api),
+                "no-op": nightly(root, home, api),
+                "retrain": nightly(root, home, api, "--retrain"),
+            }
         finally:
             os.killpg(server.pid, signal.SIGTERM)
             server.wait(30)
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
-    rows = {name: {"wall_s": r["wall_s"], "reported_s": r["summary"]["seconds"],
-                   "trained": r["summary"]["train"] is not None, "predicted": r["summary"]["infer"]["predicted"],
-                   "extracted": _extracted(r["summary"])} for name, r in runs.items()}
-    checks = [{"name": f"nightly {name}", "value": rows[name]["wall_s"], "target": TARGET_S,
-               "pass": rows[name]["wall_s"] < TARGET_S, "label": f"s wall for {args.series} cached series"}
-              for name in ("no-op", "retrain")]
-    result = {"benchmark": "nightly", "series": args.series, "generated_s": round(generated_s, 1),
-              "prefect_server_start_s": round(server_s, 1), "runs": rows,
-              "checks": checks, "cpus": os.cpu_count(), "machine": platform.machine(),
-              "at": dt.datetime.now(dt.timezone.utc).isoformat()}
+    rows = {
+        name: {
+            "wall_s": r["wall_s"],
+            "reported_s": r["summary"]["seconds"],
+            "trained": r["summary"]["train"] is not None,
+            "predicted": r["summary"]["infer"]["predicted"],
+            "extracted": _extracted(r["summary"]),
+        }
+        for name, r in runs.items()
+    }
+    checks = [
+        {
+            "name": f"nightly {name}",
+            "value": rows[name]["wall_s"],
+            "target": TARGET_S,
+            "pass": rows[name]["wall_s"] < TARGET_S,
+            "label": f"s wall for {args.series} cached series",
+        }
+        for name in ("no-op", "retrain")
+    ]
+    result = {
+        "benchmark": "nightly",
+        "series": args.series,
+        "generated_s": round(generated_s, 1),
+        "prefect_server_start_s": round(server_s, 1),
+        "runs": rows,
+        "checks": checks,
+        "cpus": os.cpu_count(),
+        "machine": platform.machine(),
+        "at": dt.datetime.now(dt.UTC).isoformat(),
+    }
     RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"nightly-{dt.datetime.now(dt.timezone.utc).strftime('%Y%m%dT%H%M%SZ')}.json"
+    out = RESULTS / f"nightly-{dt.datetime.now(dt.UTC).strftime('%Y%m%dT%H%M%SZ')}.json"
     out.write_text(json.dumps(result, indent=2))
-    print(f"{'run':<8} {'wall s':>7} {'reported s':>10} {'extracted':>9} {'trained':>7} {'predicted':>9}")
+    print(
+        f"{'run':<8} {'wall s':>7} {'reported s':>10} {'extracted':>9} {'trained':>7} {'predicted':>9}"
+    )
     for name, row in rows.items():
-        print(f"{name:<8} {row['wall_s']:>7} {row['reported_s']:>10} {row['extracted']:>9} "
-              f"{row['trained']!s:>7} {row['predicted']:>9}")
+        print(
+            f"{name:<8} {row['wall_s']:>7} {row['reported_s']:>10} {row['extracted']:>9} "
+            f"{row['trained']!s:>7} {row['predicted']:>9}"
+        )
     print(f"(prefect server start-up, not included: {server_s:.1f} s)")
     print(f"wrote {out}")
 

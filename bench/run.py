@@ -31,7 +31,9 @@ def run(script: Path, flags: list[str]) -> tuple[int, str]:
 
 def supported(script: Path, flags: list[str]) -> list[str]:
     """The flags among `flags` that `script --help` mentions: another benchmark may not take them."""
-    shown = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True).stdout
+    shown = subprocess.run(
+        [sys.executable, str(script), "--help"], capture_output=True, text=True
+    ).stdout
     return [flag for flag in flags if flag in shown]
 
 
@@ -43,11 +45,17 @@ def written(stdout: str) -> Path | None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="smoke run: fewer, shorter clips (default off)")
-    parser.add_argument("--skip-memory", action="store_true", help="leave out the memory measurement (default off)")
+    parser.add_argument(
+        "--quick", action="store_true", help="smoke run: fewer, shorter clips (default off)"
+    )
+    parser.add_argument(
+        "--skip-memory", action="store_true", help="leave out the memory measurement (default off)"
+    )
     args = parser.parse_args()
-    flags = [flag for flag, on in (("--quick", args.quick), ("--skip-memory", args.skip_memory)) if on]
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    flags = [
+        flag for flag, on in (("--quick", args.quick), ("--skip-memory", args.skip_memory)) if on
+    ]
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
 
     rows: list[tuple[str, dict]] = []
     verbatim: list[tuple[str, str]] = []
@@ -61,7 +69,9 @@ def main() -> None:
         path = written(stdout)
         result = json.loads(path.read_text()) if path and path.exists() else {}
         if code != 0:
-            crashed.append(f"{script.name} exited {code}" + "".join(f"; {e}" for e in result.get("errors", [])))
+            crashed.append(
+                f"{script.name} exited {code}" + "".join(f"; {e}" for e in result.get("errors", []))
+            )
         if result.get("checks"):
             rows += [(script.stem, c) for c in result["checks"]]
         else:
@@ -75,7 +85,9 @@ def main() -> None:
     for bench, c in rows:
         verdict = "n/a" if c.get("pass") is None else ("pass" if c["pass"] else "FAIL")
         value = "-" if c.get("value") is None else f"{c['value']:g}"
-        print(f"{bench:<12} {c['name']:<22} {value:>8} {c['target']:>8} {verdict:>4}  {c.get('label', '')}")
+        print(
+            f"{bench:<12} {c['name']:<22} {value:>8} {c['target']:>8} {verdict:>4}  {c.get('label', '')}"
+        )
     for problem in crashed:
         print(f"problem: {problem}")
     sys.exit(1 if crashed else 0)

@@ -28,5 +28,10 @@ def publish_mlflow_run(tracking_uri: str, run_id: str) -> None:
     served = tracking_uri.startswith(("http://", "https://"))
     base = tracking_uri.rstrip("/") if served else "http://127.0.0.1:5000"
     create_link_artifact(
-        f"{base}/#/runs/{run_id}", link_text=f"MLflow run {run_id}", key="mlflow-run",
-        description=None if served else f"start the UI first: mlflow ui --backend-store-uri {tracking_uri}")
+        f"{base}/#/runs/{run_id}",
+        link_text=f"MLflow run {run_id}",
+        key="mlflow-run",
+        description=None
+        if served
+        else f"start the UI first: mlflow ui --backend-store-uri {tracking_uri}",
+    )

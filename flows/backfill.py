@@ -31,22 +31,34 @@ def records_file(rt: Runtime) -> Path:
     return rt.home / "partitions.sqlite"
 
 
-def extract_partitions(rt: Runtime, root: str, recipe: dict, run_id: str, start: dt.date | None = None,
-                       end: dt.date | None = None, every: bool = True) -> dict[str, Any]:
+def extract_partitions(
+    rt: Runtime,
+    root: str,
+    recipe: dict,
+    run_id: str,
+    start: dt.date | None = None,
+    end: dt.date | None = None,
+    every: bool = True,
+) -> dict[str, Any]:
     """Extract the selected partitions of `root` not yet done under `recipe`; the summary of what was done."""
     plan = partitions_to_do(root, str(records_file(rt)), recipe["recipe_id"], start, end, every)
     rows: list[dict[str, Any]] = []
     if plan["pending"]:
-        found = discover_source(root, None, rt.hash_memo, rt.config.sources)  # once: the memo makes it cheap
+        found = discover_source(
+            root, None, rt.hash_memo, rt.config.sources
+        )  # once: the memo makes it cheap
         refs, failures = by_partition(found["refs"]), by_partition(found["failures"])
 
         def one(part: Partition) -> dict[str, Any]:
-            return _extract_partition(rt, root, part, refs.get(part.name, []), failures.get(part.name, []),
-                                      recipe, run_id)
+            return _extract_partition(
+                rt, root, part, refs.get(part.name, []), failures.get(part.name, []), recipe, run_id
+            )
 
         # Threads in the flow's context (copied per partition), so their task runs belong to this flow run.
         with ThreadPoolExecutor(max_workers=rt.config.runtime.partition_concurrency) as pool:
-            futures = [pool.submit(contextvars.copy_context().run, one, part) for part in plan["pending"]]
+            futures = [
+                pool.submit(contextvars.copy_context().run, one, part) for part in plan["pending"]
+            ]
             rows = [future.result() for future in futures]
     failed_series = [row for r in rows for row in r.pop("failed_series")]
     return {
@@ -60,32 +72,59 @@ def extract_partitions(rt: Runtime, root: str, recipe: dict, run_id: str, start:
     }
 
 
-def _extract_partition(rt: Runtime, root: str, part: Partition, refs: list[dict], failures: list[dict],
-                       recipe: dict, run_id: str) -> dict[str, Any]:
+def _extract_partition(
+    rt: Runtime,
+    root: str,
+    part: Partition,
+    refs: list[dict],
+    failures: list[dict],
+    recipe: dict,
+    run_id: str,
+) -> dict[str, Any]:
     """Extract one partition, record its failures, then (only then) record it done."""
     statuses, seconds = extract_refs(rt, refs, recipe)
     summary = extraction_summary(statuses, failures, seconds)
     record_run_failures(str(rt.failures_dir), run_id, summary)
-    mark_partition_done(str(records_file(rt)), root, part, recipe["recipe_id"], summary["series"],
-                        summary["failed"], run_id)
-    return {"partition": part.name, **{k: summary[k] for k in ("series", "cached", "extracted", "failed", "frames")},
-            "seconds": round(seconds, 1),
-            "failed_series": [row for row in summary["per_series"] if row["status"] == "failed"]}
+    mark_partition_done(
+        str(records_file(rt)),
+        root,
+        part,
+        recipe["recipe_id"],
+        summary["series"],
+        summary["failed"],
+        run_id,
+    )
+    return {
+        "partition": part.name,
+        **{k: summary[k] for k in ("series", "cached", "extracted", "failed", "frames")},
+        "seconds": round(seconds, 1),
+        "failed_series": [row for row in summary["per_series"] if row["status"] == "failed"],
+    }
 
 
 def partitions_markdown(title: str, summary: dict[str, Any]) -> str:
     """The Markdown artifact of a run's partitions: one row per partition done."""
-    head = (f"## {title}\n\n`{summary['root']}`, recipe `{summary['recipe_id']}`: {len(summary['done'])} of "
-            f"{summary['selected']} partitions done now ({summary['already_done']} were done before); "
-            f"{summary['series']} series, {summary['extracted']} extracted, {summary['failed']} failed.\n\n")
-    return head + markdown_table(summary["done"], ["partition", "series", "cached", "extracted", "failed",
-                                                   "frames", "seconds"])
+    head = (
+        f"## {title}\n\n`{summary['root']}`, recipe `{summary['recipe_id']}`: {len(summary['done'])} of "
+        f"{summary['selected']} partitions done now ({summary['already_done']} were done before); "
+        f"{summary['series']} series, {summary['extracted']} extracted, {summary['failed']} failed.\n\n"
+    )
+    return head + markdown_table(
+        summary["done"],
+        ["partition", "series", "cached", "extracted", "failed", "frames", "seconds"],
+    )
 
 
 @flow(name="backfill")
-def backfill(root: str, start: str | None = None, end: str | None = None, every: bool = False,
-             config_file: str | None = None, overrides: dict[str, Any] | None = None,
-             run_id: str | None = None) -> dict[str, Any]:
+def backfill(
+    root: str,
+    start: str | None = None,
+    end: str | None = None,
+    every: bool = False,
+    config_file: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    run_id: str | None = None,
+) -> dict[str, Any]:
     """Extract the partitions of `root` dated within [start, end] (or `every` one, undated too) not yet done."""
     first, last = date_range(start, end, every)
     rt = load_runtime(config_file, overrides)

@@ -12,8 +12,9 @@ import importlib
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from lstmpipe.flows.console import render
 from lstmpipe.flows.runtime import Runtime, load_runtime, new_run_id, prepare_process
@@ -25,14 +26,33 @@ EXIT_OK, EXIT_CRASH, EXIT_USAGE, EXIT_FAILED_SERIES = 0, 1, 2, 3
 # flag -> config key; every help text states the default from lib/config.py
 FEATURE_FLAGS = {
     "--fps": ("sampling.fps", float, "frames per second sampled from videos (default 8)"),
-    "--num-frames": ("sampling.num_frames", int, "N frames spread uniformly instead of --fps (default off)"),
-    "--size": ("sampling.size", int, "frame size in px after shorter-side resize + center crop (default 224)"),
+    "--num-frames": (
+        "sampling.num_frames",
+        int,
+        "N frames spread uniformly instead of --fps (default off)",
+    ),
+    "--size": (
+        "sampling.size",
+        int,
+        "frame size in px after shorter-side resize + center crop (default 224)",
+    ),
     "--backbone": ("backbone.name", str, "torchvision model (default resnet18)"),
-    "--weights": ("backbone.weights", str,
-                  "torchvision weights name from the local torch cache, a .pth path, or none (default DEFAULT)"),
+    "--weights": (
+        "backbone.weights",
+        str,
+        "torchvision weights name from the local torch cache, a .pth path, or none (default DEFAULT)",
+    ),
     "--precision": ("backbone.precision", str, "auto|fp32|bf16|fp16 (default auto)"),
-    "--batch-size": ("backbone.batch_size", int, "frames per CNN batch (default: 32 on CPU, by free memory on GPU)"),
-    "--feature-dtype": ("backbone.feature_dtype", str, "float32|float16 features in the cache (default float32)"),
+    "--batch-size": (
+        "backbone.batch_size",
+        int,
+        "frames per CNN batch (default: 32 on CPU, by free memory on GPU)",
+    ),
+    "--feature-dtype": (
+        "backbone.feature_dtype",
+        str,
+        "float32|float16 features in the cache (default float32)",
+    ),
     "--workers": ("runtime.workers", int, "Ray extraction actors (default: one per CPU)"),
     "--shard-size": ("runtime.shard_size", int, "series per Prefect task (default 64)"),
 }
@@ -45,123 +65,285 @@ TRAIN_FLAGS = {
 }
 PROMOTE_FLAGS = {
     "--margin": ("promote.margin", float, "macro-F1 the challenger must gain (default 0.0)"),
-    "--test": ("promote.test", str, "paired significance test: bootstrap|mcnemar|none (default bootstrap)"),
+    "--test": (
+        "promote.test",
+        str,
+        "paired significance test: bootstrap|mcnemar|none (default bootstrap)",
+    ),
     "--alpha": ("promote.alpha", float, "significance level of --test (default 0.05)"),
-    "--max-recall-drop": ("promote.max_recall_drop", float, "largest fall of any class's recall (default 0.10)"),
-    "--max-cost-ratio": ("promote.max_cost_ratio", float,
-                         "parameters and predict time per series vs the champion's (default 2.0)"),
+    "--max-recall-drop": (
+        "promote.max_recall_drop",
+        float,
+        "largest fall of any class's recall (default 0.10)",
+    ),
+    "--max-cost-ratio": (
+        "promote.max_cost_ratio",
+        float,
+        "parameters and predict time per series vs the champion's (default 2.0)",
+    ),
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lstmpipe", description=(
-        "Archives of videos and image series in; trained, registered LSTM sequence models and batch predictions "
-        "out. State lives under $LSTMPIPE_HOME (default ./.lstmpipe)."))
+    parser = argparse.ArgumentParser(
+        prog="lstmpipe",
+        description=(
+            "Archives of videos and image series in; trained, registered LSTM sequence models and batch predictions "
+            "out. State lives under $LSTMPIPE_HOME (default ./.lstmpipe)."
+        ),
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    demo = _command(commands, "demo", "generate a labelled sample archive and run the whole chain on it",
-                    FEATURE_FLAGS | TRAIN_FLAGS | PROMOTE_FLAGS)
-    demo.add_argument("--sample-seed", type=int, default=0, help="seed of the generated sample (default 0)")
-    demo.add_argument("--domain", choices=["video", "medical", "remote-sensing"], default="video",
-                      help="video clips, cine-MR DICOM series or dated GeoTIFF stacks (default video)")
-    demo.add_argument("--clips-per-class", type=int, default=None,
-                      help="series of each class in the sample (default: video 24, medical 96, remote-sensing 24)")
+    demo = _command(
+        commands,
+        "demo",
+        "generate a labelled sample archive and run the whole chain on it",
+        FEATURE_FLAGS | TRAIN_FLAGS | PROMOTE_FLAGS,
+    )
+    demo.add_argument(
+        "--sample-seed", type=int, default=0, help="seed of the generated sample (default 0)"
+    )
+    demo.add_argument(
+        "--domain",
+        choices=["video", "medical", "remote-sensing"],
+        default="video",
+        help="video clips, cine-MR DICOM series or dated GeoTIFF stacks (default video)",
+    )
+    demo.add_argument(
+        "--clips-per-class",
+        type=int,
+        default=None,
+        help="series of each class in the sample (default: video 24, medical 96, remote-sensing 24)",
+    )
 
-    extract = _command(commands, "extract", "decode SOURCE and cache its CNN features", FEATURE_FLAGS)
+    extract = _command(
+        commands, "extract", "decode SOURCE and cache its CNN features", FEATURE_FLAGS
+    )
     extract.add_argument("source", help="a folder, video file or archive (.tar, .tar.gz, .zip)")
-    extract.add_argument("--labels", help="manifest CSV/Parquet with series_id,label (default: folder names)")
+    extract.add_argument(
+        "--labels", help="manifest CSV/Parquet with series_id,label (default: folder names)"
+    )
 
-    train = _command(commands, "train", "train an LSTM on SOURCE's cached features and register it",
-                     FEATURE_FLAGS | TRAIN_FLAGS)
+    train = _command(
+        commands,
+        "train",
+        "train an LSTM on SOURCE's cached features and register it",
+        FEATURE_FLAGS | TRAIN_FLAGS,
+    )
     train.add_argument("source")
-    train.add_argument("--labels", help="manifest CSV/Parquet with series_id,label (default: folder names)")
+    train.add_argument(
+        "--labels", help="manifest CSV/Parquet with series_id,label (default: folder names)"
+    )
     train.add_argument("--model", required=True, help="registered model name")
 
-    tune = _command(commands, "tune", "search the LSTM's hyperparameters with Ray Tune; register the best trial",
-                    FEATURE_FLAGS | TRAIN_FLAGS)
+    tune = _command(
+        commands,
+        "tune",
+        "search the LSTM's hyperparameters with Ray Tune; register the best trial",
+        FEATURE_FLAGS | TRAIN_FLAGS,
+    )
     tune.add_argument("source")
-    tune.add_argument("--labels", help="manifest CSV/Parquet with series_id,label (default: folder names)")
+    tune.add_argument(
+        "--labels", help="manifest CSV/Parquet with series_id,label (default: folder names)"
+    )
     tune.add_argument("--model", required=True, help="registered model name")
     tune.add_argument("--trials", type=int, default=8, help="hyperparameter sets tried (default 8)")
-    tune.add_argument("--grace-period", type=int, default=3,
-                      help="epochs every trial runs before ASHA may stop it (default 3)")
-    tune.add_argument("--gpus-per-trial", type=float, default=0.0, help="GPU share per trial (default 0)")
+    tune.add_argument(
+        "--grace-period",
+        type=int,
+        default=3,
+        help="epochs every trial runs before ASHA may stop it (default 3)",
+    )
+    tune.add_argument(
+        "--gpus-per-trial", type=float, default=0.0, help="GPU share per trial (default 0)"
+    )
 
-    promote = _command(commands, "promote", "gate the latest (or --version) version and move @champion",
-                       FEATURE_FLAGS | PROMOTE_FLAGS)
+    promote = _command(
+        commands,
+        "promote",
+        "gate the latest (or --version) version and move @champion",
+        FEATURE_FLAGS | PROMOTE_FLAGS,
+    )
     promote.add_argument("model", help="registered model name")
     promote.add_argument("--version", help="challenger version (default: the latest)")
-    promote.add_argument("--history", action="store_true",
-                         help="print MODEL's recorded promotion decisions and rollbacks instead (default off)")
+    promote.add_argument(
+        "--history",
+        action="store_true",
+        help="print MODEL's recorded promotion decisions and rollbacks instead (default off)",
+    )
 
     rollback = _command(commands, "rollback", "move @champion back to the version it replaced", {})
     rollback.add_argument("model", help="registered model name")
 
-    report = _command(commands, "report", "write RUN_ID's HTML report under $LSTMPIPE_HOME/reports", {})
-    report.add_argument("run", metavar="RUN_ID",
-                        help="a lstmpipe run id (train, promote, nightly) or an MLflow run id")
+    report = _command(
+        commands, "report", "write RUN_ID's HTML report under $LSTMPIPE_HOME/reports", {}
+    )
+    report.add_argument(
+        "run",
+        metavar="RUN_ID",
+        help="a lstmpipe run id (train, promote, nightly) or an MLflow run id",
+    )
 
-    infer = _command(commands, "infer", "predict every series of SOURCE with a registered model", FEATURE_FLAGS)
+    infer = _command(
+        commands, "infer", "predict every series of SOURCE with a registered model", FEATURE_FLAGS
+    )
     infer.add_argument("source")
-    infer.add_argument("--model", required=True, help="models:/NAME@champion, models:/NAME/3 or NAME")
-    infer.add_argument("--out", help="predictions Parquet (default $LSTMPIPE_HOME/predictions/NAME-vN-TIME.parquet)")
-    infer.add_argument("--force", action="store_true",
-                       help="predict series this model version already predicted too (default: skip them)")
-    infer.add_argument("--per-frame", action="store_true",
-                       help="also write per-frame class scores and the LSTM's per-timestep hidden states to "
-                            "<out stem>.frames.parquet (default off)")
+    infer.add_argument(
+        "--model", required=True, help="models:/NAME@champion, models:/NAME/3 or NAME"
+    )
+    infer.add_argument(
+        "--out",
+        help="predictions Parquet (default $LSTMPIPE_HOME/predictions/NAME-vN-TIME.parquet)",
+    )
+    infer.add_argument(
+        "--force",
+        action="store_true",
+        help="predict series this model version already predicted too (default: skip them)",
+    )
+    infer.add_argument(
+        "--per-frame",
+        action="store_true",
+        help="also write per-frame class scores and the LSTM's per-timestep hidden states to "
+        "<out stem>.frames.parquet (default off)",
+    )
 
-    status = _command(commands, "status", "cache size, last runs, champions, recent failures (reads only)", {})
-    status.add_argument("root", nargs="?", metavar="ROOT",
-                        help="also list ROOT's partitions done and pending (default: none)")
-    _command(commands, "compact", "merge small feature-cache files into large ones (safe while others run)", {})
+    status = _command(
+        commands, "status", "cache size, last runs, champions, recent failures (reads only)", {}
+    )
+    status.add_argument(
+        "root",
+        nargs="?",
+        metavar="ROOT",
+        help="also list ROOT's partitions done and pending (default: none)",
+    )
+    _command(
+        commands,
+        "compact",
+        "merge small feature-cache files into large ones (safe while others run)",
+        {},
+    )
 
-    plan = _command(commands, "plan", "what extract would compute, what is cached, and why (reads only)",
-                    FEATURE_FLAGS)
+    plan = _command(
+        commands,
+        "plan",
+        "what extract would compute, what is cached, and why (reads only)",
+        FEATURE_FLAGS,
+    )
     plan.add_argument("source", help="a folder, file or archive, as for extract")
-    plan.add_argument("--labels", help="manifest CSV/Parquet with series_id,label (default: folder names)")
+    plan.add_argument(
+        "--labels", help="manifest CSV/Parquet with series_id,label (default: folder names)"
+    )
 
-    nightly = _command(commands, "nightly", "extract, train, promote, then infer", FEATURE_FLAGS | TRAIN_FLAGS
-                       | PROMOTE_FLAGS)
+    nightly = _command(
+        commands,
+        "nightly",
+        "extract, train, promote, then infer",
+        FEATURE_FLAGS | TRAIN_FLAGS | PROMOTE_FLAGS,
+    )
     nightly.add_argument("root", help="source root whose top-level folders/archives are partitions")
-    nightly.add_argument("--labels", help="manifest CSV/Parquet with series_id,label (default: folder names)")
+    nightly.add_argument(
+        "--labels", help="manifest CSV/Parquet with series_id,label (default: folder names)"
+    )
     nightly.add_argument("--model", required=True, help="registered model name")
     nightly.add_argument("--infer-source", help="what to predict (default: ROOT)")
-    nightly.add_argument("--out", help="predictions Parquet (default under $LSTMPIPE_HOME/predictions)")
-    nightly.add_argument("--retrain", action="store_true",
-                         help="train even when no partition is new since the newest version (default off)")
+    nightly.add_argument(
+        "--out", help="predictions Parquet (default under $LSTMPIPE_HOME/predictions)"
+    )
+    nightly.add_argument(
+        "--retrain",
+        action="store_true",
+        help="train even when no partition is new since the newest version (default off)",
+    )
 
-    backfill = _command(commands, "backfill", "extract a date range of ROOT's partitions (or all) into the cache; "
-                        "resumable", FEATURE_FLAGS | {"--concurrency": (
-                            "runtime.partition_concurrency", int, "partitions extracted at once (default 2)")})
-    backfill.add_argument("root", help="source root whose top-level folders/archives are partitions")
-    backfill.add_argument("--from", dest="start", metavar="D1",
-                          help="first day: YYYY-MM-DD, YYYYMMDD, or YYYY-MM for the month's first (default: open)")
-    backfill.add_argument("--to", dest="end", metavar="D2",
-                          help="last day, inclusive; YYYY-MM for the month's last (default: open)")
-    backfill.add_argument("--all", dest="every", action="store_true",
-                          help="every partition, undated ones too (default off: give --from and/or --to)")
+    backfill = _command(
+        commands,
+        "backfill",
+        "extract a date range of ROOT's partitions (or all) into the cache; resumable",
+        FEATURE_FLAGS
+        | {
+            "--concurrency": (
+                "runtime.partition_concurrency",
+                int,
+                "partitions extracted at once (default 2)",
+            )
+        },
+    )
+    backfill.add_argument(
+        "root", help="source root whose top-level folders/archives are partitions"
+    )
+    backfill.add_argument(
+        "--from",
+        dest="start",
+        metavar="D1",
+        help="first day: YYYY-MM-DD, YYYYMMDD, or YYYY-MM for the month's first (default: open)",
+    )
+    backfill.add_argument(
+        "--to",
+        dest="end",
+        metavar="D2",
+        help="last day, inclusive; YYYY-MM for the month's last (default: open)",
+    )
+    backfill.add_argument(
+        "--all",
+        dest="every",
+        action="store_true",
+        help="every partition, undated ones too (default off: give --from and/or --to)",
+    )
 
-    serve = _command(commands, "serve", "run the deployments on this machine, nightly on its cron (until Ctrl-C)", {
-        "--root": ("nightly.root", str, "the archive nightly processes (default: config nightly.root)"),
-        "--model": ("nightly.model", str, "registered model name (default: config nightly.model)"),
-        "--labels": ("nightly.labels", str, "manifest CSV/Parquet (default: folder names)"),
-        "--infer-source": ("nightly.infer_source", str, "what nightly predicts (default: the root)"),
-        "--cron": ("nightly.cron", str, "nightly's schedule (default '0 2 * * *', UTC)"),
-    })
-    serve.add_argument("--port", type=int, default=4200,
-                       help="port of the Prefect server started when PREFECT_API_URL is unset (default 4200)")
+    serve = _command(
+        commands,
+        "serve",
+        "run the deployments on this machine, nightly on its cron (until Ctrl-C)",
+        {
+            "--root": (
+                "nightly.root",
+                str,
+                "the archive nightly processes (default: config nightly.root)",
+            ),
+            "--model": (
+                "nightly.model",
+                str,
+                "registered model name (default: config nightly.model)",
+            ),
+            "--labels": ("nightly.labels", str, "manifest CSV/Parquet (default: folder names)"),
+            "--infer-source": (
+                "nightly.infer_source",
+                str,
+                "what nightly predicts (default: the root)",
+            ),
+            "--cron": ("nightly.cron", str, "nightly's schedule (default '0 2 * * *', UTC)"),
+        },
+    )
+    serve.add_argument(
+        "--port",
+        type=int,
+        default=4200,
+        help="port of the Prefect server started when PREFECT_API_URL is unset (default 4200)",
+    )
     return parser
 
 
-def _command(commands: Any, name: str, help_text: str, flags: dict[str, tuple[str, type, str]]) -> argparse.ArgumentParser:
+def _command(
+    commands: Any, name: str, help_text: str, flags: dict[str, tuple[str, type, str]]
+) -> argparse.ArgumentParser:
     parser = commands.add_parser(name, help=help_text, description=help_text)
     for flag, (key, kind, text) in flags.items():
         parser.add_argument(flag, dest=key, type=kind, default=None, help=text)
-    parser.add_argument("--config", help="YAML or TOML config file (default: $LSTMPIPE_CONFIG, else none)")
-    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                        help="override any config key, e.g. --set train.dropout=0.3 (repeatable; default none)")
-    parser.add_argument("--json", action="store_true", help="print a machine-readable summary on stdout (default: a readable one)")
+    parser.add_argument(
+        "--config", help="YAML or TOML config file (default: $LSTMPIPE_CONFIG, else none)"
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override any config key, e.g. --set train.dropout=0.3 (repeatable; default none)",
+    )
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="print a machine-readable summary on stdout (default: a readable one)",
+    )
     return parser
 
 
@@ -182,7 +364,9 @@ def main(argv: list[str] | None = None) -> int:
         overrides = overrides_of(args)
         rt = load_runtime(args.config, overrides)
         if args.command == "backfill":  # a bad range is bad usage: say so before anything boots
-            from lstmpipe.lib.ops.partitions import date_range  # late: pyarrow would delay every command's start
+            from lstmpipe.lib.ops.partitions import (
+                date_range,
+            )  # late: pyarrow would delay every command's start
 
             date_range(args.start, args.end, args.every)
     except ConfigError as exc:
@@ -194,35 +378,63 @@ def main(argv: list[str] | None = None) -> int:
     try:
         # stdout carries only the summary (JSON with --json); chatter from libraries goes to stderr.
         with contextlib.redirect_stdout(sys.stderr):
-            readers = {"status": lambda: _status(rt, args.root), "plan": lambda: _plan(rt, args),
-                       "serve": lambda: _serve(rt, args, overrides),
-                       "compact": lambda: _compact(rt), "report": lambda: _report(args, overrides),
-                       "history": lambda: _history(rt, args.model)}
+            readers = {
+                "status": lambda: _status(rt, args.root),
+                "plan": lambda: _plan(rt, args),
+                "serve": lambda: _serve(rt, args, overrides),
+                "compact": lambda: _compact(rt),
+                "report": lambda: _report(args, overrides),
+                "history": lambda: _history(rt, args.model),
+            }
             command = "history" if getattr(args, "history", False) else args.command
             result = readers[command]() if command in readers else _run(args, rt, overrides, run_id)
     except (ConfigError, LookupError) as exc:
         print(f"lstmpipe {args.command}: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    result = {"command": args.command, "run_id": run_id, "seconds": round(time.monotonic() - started, 1), **result}
-    if args.command not in {"status", "plan", "serve"} and "history" not in result:  # they only read, or serve
+    result = {
+        "command": args.command,
+        "run_id": run_id,
+        "seconds": round(time.monotonic() - started, 1),
+        **result,
+    }
+    if (
+        args.command not in {"status", "plan", "serve"} and "history" not in result
+    ):  # they only read, or serve
         _save_run(rt, result)
     print(json.dumps(result, indent=2, default=str) if args.json else render(result))
     return EXIT_FAILED_SERIES if result.get("failed") else EXIT_OK
 
 
 # command -> the flows module that runs it: only that one is imported (each pulls in torch, Prefect, MLflow...)
-FLOW_MODULES = {"demo": "demo", "extract": "extract", "train": "train", "tune": "tune", "promote": "promote",
-                "rollback": "promote", "infer": "infer", "nightly": "nightly", "backfill": "backfill"}
+FLOW_MODULES = {
+    "demo": "demo",
+    "extract": "extract",
+    "train": "train",
+    "tune": "tune",
+    "promote": "promote",
+    "rollback": "promote",
+    "infer": "infer",
+    "nightly": "nightly",
+    "backfill": "backfill",
+}
 
 
-def _run(args: argparse.Namespace, rt: Runtime, overrides: dict[str, Any], run_id: str) -> dict[str, Any]:
+def _run(
+    args: argparse.Namespace, rt: Runtime, overrides: dict[str, Any], run_id: str
+) -> dict[str, Any]:
     """Boot Prefect's API, import the command's flow and load the backbone meanwhile, then run it."""
     from lstmpipe.flows import startup
 
     api = startup.start_temporary_api()
     try:
         module = importlib.import_module(f"lstmpipe.flows.{FLOW_MODULES[args.command]}")
-        if args.command in {"extract", "train", "tune", "nightly", "backfill"}:  # they extract with the configured backbone
+        if args.command in {
+            "extract",
+            "train",
+            "tune",
+            "nightly",
+            "backfill",
+        }:  # they extract with the configured backbone
             startup.load_backbone_early(rt)
         with startup.using(api):
             return _call(module, args, overrides, run_id)
@@ -231,33 +443,58 @@ def _run(args: argparse.Namespace, rt: Runtime, overrides: dict[str, Any], run_i
             api.stop()
 
 
-def _call(module: Any, args: argparse.Namespace, overrides: dict[str, Any], run_id: str) -> dict[str, Any]:
+def _call(
+    module: Any, args: argparse.Namespace, overrides: dict[str, Any], run_id: str
+) -> dict[str, Any]:
     config = {"config_file": args.config, "overrides": overrides}
     common = {**config, "run_id": run_id}  # for the flows that record failures under the run
     calls: dict[str, Callable[[], dict[str, Any]]] = {
-        "demo": lambda: module.demo(seed=args.sample_seed, clips_per_class=args.clips_per_class, domain=args.domain,
-                                    **common),
+        "demo": lambda: module.demo(
+            seed=args.sample_seed,
+            clips_per_class=args.clips_per_class,
+            domain=args.domain,
+            **common,
+        ),
         "extract": lambda: module.extract(args.source, args.labels, **common),
         "train": lambda: module.train(args.source, args.model, args.labels, **common),
-        "tune": lambda: module.tune(args.source, args.model, args.labels, trials=args.trials,
-                                    grace_period=args.grace_period, gpus_per_trial=args.gpus_per_trial, **common),
+        "tune": lambda: module.tune(
+            args.source,
+            args.model,
+            args.labels,
+            trials=args.trials,
+            grace_period=args.grace_period,
+            gpus_per_trial=args.gpus_per_trial,
+            **common,
+        ),
         "promote": lambda: module.promote(args.model, args.version, **common),
         "rollback": lambda: module.rollback_flow(args.model, **common),
-        "infer": lambda: module.infer(args.source, args.model, args.out, force=args.force,
-                                      per_frame=args.per_frame, **common),
-        "nightly": lambda: module.nightly(args.root, args.model, args.labels, args.infer_source, args.out,
-                                          retrain=args.retrain, **common),
+        "infer": lambda: module.infer(
+            args.source, args.model, args.out, force=args.force, per_frame=args.per_frame, **common
+        ),
+        "nightly": lambda: module.nightly(
+            args.root,
+            args.model,
+            args.labels,
+            args.infer_source,
+            args.out,
+            retrain=args.retrain,
+            **common,
+        ),
         "backfill": lambda: module.backfill(args.root, args.start, args.end, args.every, **common),
     }
     return calls[args.command]()
 
 
 def _status(rt: Runtime, root: str | None) -> dict[str, Any]:
-    from lstmpipe.lib.registry import mlflow_store as registry
     from lstmpipe.lib.ops import status  # MLflow loads in seconds: only for this command
+    from lstmpipe.lib.registry import mlflow_store as registry
 
-    return status.collect(rt.home, registry.connect(rt.tracking_uri), rt.config.promote.alias,
-                          Path(root) if root else None)
+    return status.collect(
+        rt.home,
+        registry.connect(rt.tracking_uri),
+        rt.config.promote.alias,
+        Path(root) if root else None,
+    )
 
 
 def _serve(rt: Runtime, args: argparse.Namespace, overrides: dict[str, Any]) -> dict[str, Any]:
@@ -280,7 +517,9 @@ def _report(args: argparse.Namespace, overrides: dict[str, Any]) -> dict[str, An
 
 
 def _compact(rt: Runtime) -> dict[str, Any]:
-    from lstmpipe.lib.features.cache import FeatureCache  # late: torch and Arrow load in seconds, and delay Prefect's boot
+    from lstmpipe.lib.features.cache import (
+        FeatureCache,
+    )  # late: torch and Arrow load in seconds, and delay Prefect's boot
 
     return FeatureCache(Path(rt.cache_root)).compact()
 
@@ -290,13 +529,21 @@ def _plan(rt: Runtime, args: argparse.Namespace) -> dict[str, Any]:
 
     from lstmpipe.lib.ops.plan import plan_source
 
-    return plan_source(Path(args.source), Path(args.labels) if args.labels else None, rt.config,
-                       Path(rt.torch_hub_dir), Path(rt.cache_root), Path(rt.hash_memo),
-                       "cuda" if torch.cuda.is_available() else "cpu")
+    return plan_source(
+        Path(args.source),
+        Path(args.labels) if args.labels else None,
+        rt.config,
+        Path(rt.torch_hub_dir),
+        Path(rt.cache_root),
+        Path(rt.hash_memo),
+        "cuda" if torch.cuda.is_available() else "cpu",
+    )
 
 
 def _save_run(rt: Runtime, result: dict[str, Any]) -> None:
-    write_text_atomic(json.dumps(result, indent=2, default=str), rt.runs_dir / f"{result['run_id']}.json")
+    write_text_atomic(
+        json.dumps(result, indent=2, default=str), rt.runs_dir / f"{result['run_id']}.json"
+    )
 
 
 if __name__ == "__main__":

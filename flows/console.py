@@ -21,7 +21,11 @@ def _sections(command: str, r: dict[str, Any]) -> list[str]:
     if command == "extract":
         return _extract(r)
     if command == "train":
-        return _extract(r["extract"]) + _train(r["train"]) + ([f"  report    {r['report']}"] if r.get("report") else [])
+        return (
+            _extract(r["extract"])
+            + _train(r["train"])
+            + ([f"  report    {r['report']}"] if r.get("report") else [])
+        )
     if command == "tune":
         return _extract(r["extract"]) + _tune(r["tune"])
     if command == "promote":
@@ -31,8 +35,10 @@ def _sections(command: str, r: dict[str, Any]) -> list[str]:
     if command == "plan":
         return _plan(r)
     if command == "compact":
-        return [f"  compact   {r['files_before']} files -> {r['files_after']}: {r['series_moved']} series moved, "
-                f"{r['orphans_deleted']} orphan files deleted"]
+        return [
+            f"  compact   {r['files_before']} files -> {r['files_after']}: {r['series_moved']} series moved, "
+            f"{r['orphans_deleted']} orphan files deleted"
+        ]
     if command == "rollback":
         return [f"  rollback  {r['model']}: @champion v{r['from']} -> v{r['to']}"]
     if command == "report":
@@ -42,7 +48,9 @@ def _sections(command: str, r: dict[str, Any]) -> list[str]:
     if command == "backfill":
         return _partitions(r)
     if command == "serve":
-        return [f"  serve     {', '.join(r['served'])} served by {r['api']}; nightly on {r['cron']}"]
+        return [
+            f"  serve     {', '.join(r['served'])} served by {r['api']}; nightly on {r['cron']}"
+        ]
     return _nightly(r)  # nightly, demo
 
 
@@ -51,7 +59,11 @@ def _nightly(r: dict[str, Any]) -> list[str]:
     if r["train"] is None:
         lines.append(f"  train     {r['train_reason']}")
     else:  # the run's report is named once, by promote, which adds its decision to it
-        lines += [f"  retrain   {r['train_reason']}"] + _extract(r["train"]["extract"]) + _train(r["train"]["train"])
+        lines += (
+            [f"  retrain   {r['train_reason']}"]
+            + _extract(r["train"]["extract"])
+            + _train(r["train"]["train"])
+        )
     if r["promote"]:  # also a version left undecided by a night that stopped before promoting it
         lines += _promote(r["promote"])
     return lines + _sections("infer", r["infer"])
@@ -59,46 +71,71 @@ def _nightly(r: dict[str, Any]) -> list[str]:
 
 def _partitions(r: dict[str, Any]) -> list[str]:
     """What a backfill or nightly run extracted, partition by partition."""
-    lines = [f"  partitions {len(r['done'])} of {r['selected']} extracted now ({r['already_done']} done before) "
-             f"under recipe {r['recipe_id']}: {r['series']} series, {r['cached']} cached, {r['extracted']} "
-             f"extracted, {r['failed']} failed"]
-    lines += [f"    {p['partition']}: {p['series']} series, {p['cached']} cached, {p['extracted']} extracted, "
-              f"{p['failed']} failed; {p['frames']} frames in {p['seconds']} s" for p in r["done"][:MAX_FAILURES_SHOWN]]
+    lines = [
+        f"  partitions {len(r['done'])} of {r['selected']} extracted now ({r['already_done']} done before) "
+        f"under recipe {r['recipe_id']}: {r['series']} series, {r['cached']} cached, {r['extracted']} "
+        f"extracted, {r['failed']} failed"
+    ]
+    lines += [
+        f"    {p['partition']}: {p['series']} series, {p['cached']} cached, {p['extracted']} extracted, "
+        f"{p['failed']} failed; {p['frames']} frames in {p['seconds']} s"
+        for p in r["done"][:MAX_FAILURES_SHOWN]
+    ]
     if len(r["done"]) > MAX_FAILURES_SHOWN:
-        lines.append(f"    ... and {len(r['done']) - MAX_FAILURES_SHOWN} more partitions (--json lists every one)")
+        lines.append(
+            f"    ... and {len(r['done']) - MAX_FAILURES_SHOWN} more partitions (--json lists every one)"
+        )
     failed = r["failed_series"]
-    lines += [f"    FAILED {row['series_id']} [{row.get('stage')}]: {row['reason']}" for row in failed[:MAX_FAILURES_SHOWN]]
+    lines += [
+        f"    FAILED {row['series_id']} [{row.get('stage')}]: {row['reason']}"
+        for row in failed[:MAX_FAILURES_SHOWN]
+    ]
     if len(failed) > MAX_FAILURES_SHOWN:
-        lines.append(f"    ... and {len(failed) - MAX_FAILURES_SHOWN} more (lstmpipe status, or the failures table)")
+        lines.append(
+            f"    ... and {len(failed) - MAX_FAILURES_SHOWN} more (lstmpipe status, or the failures table)"
+        )
     return lines
 
 
 def _extract(r: dict[str, Any]) -> list[str]:
-    lines = [f"  extract   {r['series']} series: {r['cached']} cached, {r['extracted']} extracted, "
-             f"{r['failed']} failed; {r['frames']} frames; recipe {r['recipe_id']}"]
+    lines = [
+        f"  extract   {r['series']} series: {r['cached']} cached, {r['extracted']} extracted, "
+        f"{r['failed']} failed; {r['frames']} frames; recipe {r['recipe_id']}"
+    ]
     compute = r.get("compute") or {}
     if compute.get("frames"):
-        lines.append(f"            {compute['frames']} frames through the CNN in {compute['seconds']} s "
-                     f"({compute['frames'] / max(compute['seconds'], 1e-9):.1f} frames/s)")
+        lines.append(
+            f"            {compute['frames']} frames through the CNN in {compute['seconds']} s "
+            f"({compute['frames'] / max(compute['seconds'], 1e-9):.1f} frames/s)"
+        )
     failed = [row for row in r["per_series"] if row["status"] == "failed"]
-    lines += [f"    FAILED {row['series_id']} [{row.get('stage')}]: {row['reason']}" for row in failed[:MAX_FAILURES_SHOWN]]
+    lines += [
+        f"    FAILED {row['series_id']} [{row.get('stage')}]: {row['reason']}"
+        for row in failed[:MAX_FAILURES_SHOWN]
+    ]
     if len(failed) > MAX_FAILURES_SHOWN:
-        lines.append(f"    ... and {len(failed) - MAX_FAILURES_SHOWN} more (failures table: {r['failures_file']})")
+        lines.append(
+            f"    ... and {len(failed) - MAX_FAILURES_SHOWN} more (failures table: {r['failures_file']})"
+        )
     return lines
 
 
 def _train(r: dict[str, Any]) -> list[str]:
-    return [f"  train     {r['model']} v{r['version']}: test accuracy {r['test'].get('accuracy')}, macro-F1 "
-            f"{r['test'].get('macro_f1')}; frame-averaging baseline macro-F1 {r['baseline_test'].get('macro_f1')}; "
-            f"splits {r['splits']}"]
+    return [
+        f"  train     {r['model']} v{r['version']}: test accuracy {r['test'].get('accuracy')}, macro-F1 "
+        f"{r['test'].get('macro_f1')}; frame-averaging baseline macro-F1 {r['baseline_test'].get('macro_f1')}; "
+        f"splits {r['splits']}"
+    ]
 
 
 def _tune(r: dict[str, Any]) -> list[str]:
     trials = ", ".join(f"{n} {state}" for state, n in r["trials"].items())
     best = r["best_trial"]
-    return [f"  tune      trials: {trials}; best {best['trial_id']} (val macro-F1 {best['best_val_macro_f1']:.3f}) "
-            f"registered as {r['model']} v{r['version']}: test accuracy {r['test'].get('accuracy')}, "
-            f"macro-F1 {r['test'].get('macro_f1')}; search run {r['parent_run_id']}"]
+    return [
+        f"  tune      trials: {trials}; best {best['trial_id']} (val macro-F1 {best['best_val_macro_f1']:.3f}) "
+        f"registered as {r['model']} v{r['version']}: test accuracy {r['test'].get('accuracy')}, "
+        f"macro-F1 {r['test'].get('macro_f1')}; search run {r['parent_run_id']}"
+    ]
 
 
 def _promote(r: dict[str, Any]) -> list[str]:
@@ -115,13 +152,17 @@ def _history(r: dict[str, Any]) -> list[str]:
     """One line per recorded decision, oldest first: what `promote --history MODEL` prints."""
     if not r["history"]:
         return [f"  history   {r['model']}: no promotion decisions recorded"]
-    lines = [f"  {'time':25} {'decision':11} {'challenger':>10} {'champion':>8} {'F1 new':>7} {'F1 old':>7} "
-             f"{'test':9} {'p':>7}  reason"]
+    lines = [
+        f"  {'time':25} {'decision':11} {'challenger':>10} {'champion':>8} {'F1 new':>7} {'F1 old':>7} "
+        f"{'test':9} {'p':>7}  reason"
+    ]
     for row in r["history"]:
-        lines.append(f"  {row['time']:25} {row['decision']:11} {_v(row['challenger_version']):>10} "
-                     f"{_v(row['champion_version']):>8} {_f(row['challenger_macro_f1']):>7} "
-                     f"{_f(row['champion_macro_f1']):>7} {row['test'] or '-':9} {_f(row['p_value']):>7}  "
-                     f"{row['reason']}")
+        lines.append(
+            f"  {row['time']:25} {row['decision']:11} {_v(row['challenger_version']):>10} "
+            f"{_v(row['champion_version']):>8} {_f(row['challenger_macro_f1']):>7} "
+            f"{_f(row['champion_macro_f1']):>7} {row['test'] or '-':9} {_f(row['p_value']):>7}  "
+            f"{row['reason']}"
+        )
     return lines
 
 
@@ -134,9 +175,17 @@ def _f(value: float | None) -> str:
 
 
 def _infer(r: dict[str, Any]) -> list[str]:
-    lines = [f"  infer     {r['predicted']} series with {r['model']} v{r['version']} -> {r['predictions']}"
-             + (f"; {r['skipped']} already predicted by v{r['version']} (--force redoes them)" if r.get("skipped") else "")]
-    return lines + [f"            {kind}: {path}" for kind, path in (r.get("outputs") or {}).items()]
+    lines = [
+        f"  infer     {r['predicted']} series with {r['model']} v{r['version']} -> {r['predictions']}"
+        + (
+            f"; {r['skipped']} already predicted by v{r['version']} (--force redoes them)"
+            if r.get("skipped")
+            else ""
+        )
+    ]
+    return lines + [
+        f"            {kind}: {path}" for kind, path in (r.get("outputs") or {}).items()
+    ]
 
 
 def _where(r: dict[str, Any]) -> list[str]:
@@ -157,27 +206,47 @@ def _where(r: dict[str, Any]) -> list[str]:
 
 def _status(r: dict[str, Any]) -> list[str]:
     cache = r["cache"]
-    lines = [f"  state     {r['home']}",
-             f"  cache     {cache['series']} series, {cache['frames']} frames, {cache['recipes']} recipes, "
-             f"{cache['bytes'] / 1e6:.1f} MB"]
-    lines += [f"  model     {m['model']}: " + ", ".join(f"@{k} = v{v}" for k, v in m.items() if k != "model")
-              for m in r["champions"]]
-    lines += [f"  run       {run['run_id']} {run['command']} {run['seconds']} s: {run['outcome']}" for run in r["runs"]]
+    lines = [
+        f"  state     {r['home']}",
+        f"  cache     {cache['series']} series, {cache['frames']} frames, {cache['recipes']} recipes, "
+        f"{cache['bytes'] / 1e6:.1f} MB",
+    ]
+    lines += [
+        f"  model     {m['model']}: "
+        + ", ".join(f"@{k} = v{v}" for k, v in m.items() if k != "model")
+        for m in r["champions"]
+    ]
+    lines += [
+        f"  run       {run['run_id']} {run['command']} {run['seconds']} s: {run['outcome']}"
+        for run in r["runs"]
+    ]
     parts = r.get("partitions")
     if parts:
-        lines.append(f"  partitions {parts['root']}: {len(parts['done'])} done, {len(parts['pending'])} pending "
-                     f"under recipe {parts['recipe_id'] or '- (none recorded yet)'}")
+        lines.append(
+            f"  partitions {parts['root']}: {len(parts['done'])} done, {len(parts['pending'])} pending "
+            f"under recipe {parts['recipe_id'] or '- (none recorded yet)'}"
+        )
         lines += [f"    pending {name}" for name in parts["pending"][:MAX_FAILURES_SHOWN]]
     lines.append(f"  failures  {r['failures_total']} recorded; most recent:")
-    lines += [f"    {f['time']} {f['series_id']} [{f['stage']}]: {f['reason']}" for f in r["recent_failures"]]
+    lines += [
+        f"    {f['time']} {f['series_id']} [{f['stage']}]: {f['reason']}"
+        for f in r["recent_failures"]
+    ]
     return lines
 
 
 def _plan(r: dict[str, Any]) -> list[str]:
-    lines = [f"  plan      {r['series']} series under recipe {r['recipe_id']}: {r['cached']} cached, "
-             f"{r['compute']} to compute, {r['failed']} refused"]
+    lines = [
+        f"  plan      {r['series']} series under recipe {r['recipe_id']}: {r['cached']} cached, "
+        f"{r['compute']} to compute, {r['failed']} refused"
+    ]
     todo = [row for row in r["per_series"] if row["action"] != "cached"]
-    lines += [f"    {row['action'].upper():8} {row['series_id']}: {row['reason']}" for row in todo[:MAX_FAILURES_SHOWN]]
+    lines += [
+        f"    {row['action'].upper():8} {row['series_id']}: {row['reason']}"
+        for row in todo[:MAX_FAILURES_SHOWN]
+    ]
     if len(todo) > MAX_FAILURES_SHOWN:
-        lines.append(f"    ... and {len(todo) - MAX_FAILURES_SHOWN} more (--json lists every series)")
+        lines.append(
+            f"    ... and {len(todo) - MAX_FAILURES_SHOWN} more (--json lists every series)"
+        )
     return lines

@@ -15,10 +15,10 @@ from prefect import flow, task
 
 from lstmpipe.flows.nightly import nightly
 from lstmpipe.flows.runtime import load_runtime
-from lstmpipe.lib.errors import ConfigError
-from lstmpipe.lib.demo.video import SampleSpec, generate_archive, generate_incoming
 from lstmpipe.lib.demo.geo import generate_geo
 from lstmpipe.lib.demo.medical import generate_medical
+from lstmpipe.lib.demo.video import SampleSpec, generate_archive, generate_incoming
+from lstmpipe.lib.errors import ConfigError
 
 DEMO_MODEL = "demo-motion"
 # Offline and deterministic: a seeded random-init backbone, small frames.
@@ -38,18 +38,36 @@ DOMAINS: dict[str, Domain] = {
     # series centring: the beat moves a tenth of what contrast and anatomy put in each series' features, and with
     # LayerNorm the LSTM memorised series instead (test macro-F1 at chance). 96 per class: a rhythm is learnt from
     # examples; with 24, an LSTM fed the true contraction curve itself stayed at chance
-    "medical": Domain("demo-medical", {"backbone.weights": "none", "sampling.size": 64, "sampling.fps": None,
-                                       "train.input_norm": "series"}, 96),
+    "medical": Domain(
+        "demo-medical",
+        {
+            "backbone.weights": "none",
+            "sampling.size": 64,
+            "sampling.fps": None,
+            "train.input_norm": "series",
+        },
+        96,
+    ),
     # no dropout: on 34 training stacks it held the loss on its plateau past early stopping's patience (seeds 1, 3
     # and 4 of 6 stayed at chance with the default 0.2; all reached test macro-F1 1.0 without it)
-    "remote-sensing": Domain("demo-remote-sensing", {"backbone.weights": "none", "sampling.size": 64,
-                                                     "sampling.fps": None, "train.dropout": 0.0}, 24),
+    "remote-sensing": Domain(
+        "demo-remote-sensing",
+        {
+            "backbone.weights": "none",
+            "sampling.size": 64,
+            "sampling.fps": None,
+            "train.dropout": 0.0,
+        },
+        24,
+    ),
 }
 SERIES_MAKERS = {"medical": generate_medical, "remote-sensing": generate_geo}
 
 
 @task(name="generate-sample")
-def generate_sample(root: str, seed: int, clips_per_class: int, domain: str = "video") -> dict[str, str]:
+def generate_sample(
+    root: str, seed: int, clips_per_class: int, domain: str = "video"
+) -> dict[str, str]:
     """The labelled archive to train on and an incoming batch to predict (another seed's series)."""
     if domain == "video":
         spec = SampleSpec(seed=seed, clips_per_class=clips_per_class)
@@ -59,12 +77,22 @@ def generate_sample(root: str, seed: int, clips_per_class: int, domain: str = "v
         make = SERIES_MAKERS[domain]
         archive = make(Path(root) / "archive", clips_per_class, seed)
         incoming = make(Path(root) / "incoming", max(2, clips_per_class // 4), seed + 1)
-    return {"archive": str(archive), "labels": str(archive / "labels.csv"), "incoming": str(incoming)}
+    return {
+        "archive": str(archive),
+        "labels": str(archive / "labels.csv"),
+        "incoming": str(incoming),
+    }
 
 
 @flow(name="demo")
-def demo(config_file: str | None = None, overrides: dict[str, Any] | None = None, seed: int = 0,
-         clips_per_class: int | None = None, run_id: str | None = None, domain: str = "video") -> dict[str, Any]:
+def demo(
+    config_file: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    seed: int = 0,
+    clips_per_class: int | None = None,
+    run_id: str | None = None,
+    domain: str = "video",
+) -> dict[str, Any]:
     """clips_per_class: None = the domain's default (DOMAINS)."""
     if domain not in DOMAINS:
         raise ConfigError(f"demo --domain {domain!r}; expected one of {', '.join(DOMAINS)}")
@@ -75,6 +103,15 @@ def demo(config_file: str | None = None, overrides: dict[str, Any] | None = None
     folder = f"seed{seed}-n{clips}" if domain == "video" else f"{domain}-seed{seed}-n{clips}"
     sample = generate_sample(str(rt.home / "demo" / folder), seed, clips, domain)
     # retrain: the demo shows the whole chain every time, even when no partition is new
-    result = nightly(sample["archive"], chosen.model, sample["labels"], sample["incoming"], None, config_file,
-                     overrides, run_id, retrain=True)
+    result = nightly(
+        sample["archive"],
+        chosen.model,
+        sample["labels"],
+        sample["incoming"],
+        None,
+        config_file,
+        overrides,
+        run_id,
+        retrain=True,
+    )
     return {**result, "sample": sample, "tracking_uri": rt.tracking_uri, "home": str(rt.home)}

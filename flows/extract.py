@@ -18,15 +18,28 @@ def extract_refs(rt: Runtime, refs: list[dict], recipe: dict) -> tuple[list[dict
     statuses: list[dict] = []
     seconds = 0.0
     for start in range(0, len(refs), size):
-        shard = extract_shard(refs[start:start + size], recipe, rt.config, rt.cache_root, rt.tmp_dir,
-                              rt.torch_hub_dir, rt.ray_address)
+        shard = extract_shard(
+            refs[start : start + size],
+            recipe,
+            rt.config,
+            rt.cache_root,
+            rt.tmp_dir,
+            rt.torch_hub_dir,
+            rt.ray_address,
+        )
         statuses += shard["rows"]
         seconds += shard["seconds"]
     return statuses, seconds
 
 
-def discover_and_extract(rt: Runtime, source: str, labels: str | None, run_id: str, recipe: dict | None = None,
-                         skip_hashes: frozenset[str] = frozenset()) -> tuple[list[dict], dict, dict[str, Any]]:
+def discover_and_extract(
+    rt: Runtime,
+    source: str,
+    labels: str | None,
+    run_id: str,
+    recipe: dict | None = None,
+    skip_hashes: frozenset[str] = frozenset(),
+) -> tuple[list[dict], dict, dict[str, Any]]:
     """(refs, recipe, summary) for a source: what every flow that needs features starts with.
 
     Series whose content hash is in `skip_hashes` (already predicted, at inference) are
@@ -44,8 +57,13 @@ def discover_and_extract(rt: Runtime, source: str, labels: str | None, run_id: s
 
 
 @flow(name="extract")
-def extract(source: str, labels: str | None = None, config_file: str | None = None,
-            overrides: dict[str, Any] | None = None, run_id: str | None = None) -> dict[str, Any]:
+def extract(
+    source: str,
+    labels: str | None = None,
+    config_file: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    run_id: str | None = None,
+) -> dict[str, Any]:
     """Decode every series of `source` and cache its features; cached series are not recomputed."""
     rt = load_runtime(config_file, overrides)
     _, _, summary = discover_and_extract(rt, source, labels, run_id_of(run_id))

@@ -21,9 +21,16 @@ from lstmpipe.tasks.infer import (
 
 
 @flow(name="infer")
-def infer(source: str, model: str, out: str | None = None, config_file: str | None = None,
-          overrides: dict[str, Any] | None = None, run_id: str | None = None, force: bool = False,
-          per_frame: bool = False) -> dict[str, Any]:
+def infer(
+    source: str,
+    model: str,
+    out: str | None = None,
+    config_file: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    run_id: str | None = None,
+    force: bool = False,
+    per_frame: bool = False,
+) -> dict[str, Any]:
     """Predict the series of `source` not yet predicted by the pinned version (all of them with `force`).
 
     `per_frame` also writes <stem>.frames.parquet: per-frame class scores and per-timestep states.
@@ -32,28 +39,47 @@ def infer(source: str, model: str, out: str | None = None, config_file: str | No
     run_id = run_id_of(run_id)
     pinned = resolve_model(rt.tracking_uri, model)  # once per run: the alias may move meanwhile
     name, version = pinned["ref"]["name"], pinned["ref"]["version"]
-    folders = {rt.predictions_dir, *([Path(out).parent] if out else [])}  # where this run's rows would go
-    done = frozenset() if force else frozenset(h for f in folders for h in already_predicted(f, name, version))
-    refs, _, extraction = discover_and_extract(rt, source, None, run_id, recipe=pinned["recipe"], skip_hashes=done)
+    folders = {
+        rt.predictions_dir,
+        *([Path(out).parent] if out else []),
+    }  # where this run's rows would go
+    done = (
+        frozenset()
+        if force
+        else frozenset(h for f in folders for h in already_predicted(f, name, version))
+    )
+    refs, _, extraction = discover_and_extract(
+        rt, source, None, run_id, recipe=pinned["recipe"], skip_hashes=done
+    )
     ready = usable(refs, extraction)
     size = rt.config.runtime.shard_size
-    shards = [predict_shard(ready[start:start + size], pinned, rt.tracking_uri, rt.cache_root, run_id, per_frame)
-              for start in range(0, len(ready), size)]
+    shards = [
+        predict_shard(
+            ready[start : start + size], pinned, rt.tracking_uri, rt.cache_root, run_id, per_frame
+        )
+        for start in range(0, len(ready), size)
+    ]
     rows = [row for shard in shards for row in shard["rows"]]
     frames = [shard["frames"] for shard in shards if shard["frames"] is not None]
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     target = out or str(rt.predictions_dir / f"{name}-v{version}-{stamp}.parquet")
     predictions = write_predictions_file(rows, frames, target) if rows else None
     # beside the Parquet: <stem>.clinical.csv for DICOM/NIfTI series, <stem>.geojson for GeoTIFF stacks
-    outputs = write_domain_outputs(predictions, ready, pinned["recipe"], rt.config.sampling,
-                                   rt.tmp_dir) if predictions else {}
+    outputs = (
+        write_domain_outputs(predictions, ready, pinned["recipe"], rt.config.sampling, rt.tmp_dir)
+        if predictions
+        else {}
+    )
     return {
         "extract": extraction,
         "model": name,
         "version": version,
         "predictions": predictions,
-        "outputs": outputs | ({"frames": str(frames_path(Path(predictions)))} if frames and predictions else {}),
+        "outputs": outputs
+        | ({"frames": str(frames_path(Path(predictions)))} if frames and predictions else {}),
         "predicted": len(rows),
-        "skipped": extraction["skipped"],  # already predicted by this version (re-run with force to redo)
+        "skipped": extraction[
+            "skipped"
+        ],  # already predicted by this version (re-run with force to redo)
         "failed": extraction["failed"],
     }

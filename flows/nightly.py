@@ -26,9 +26,17 @@ from lstmpipe.tasks.partitions import nightly_plan
 
 
 @flow(name="nightly")
-def nightly(root: str, model: str, labels: str | None = None, infer_source: str | None = None,
-            out: str | None = None, config_file: str | None = None, overrides: dict[str, Any] | None = None,
-            run_id: str | None = None, retrain: bool = False) -> dict[str, Any]:
+def nightly(
+    root: str,
+    model: str,
+    labels: str | None = None,
+    infer_source: str | None = None,
+    out: str | None = None,
+    config_file: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    run_id: str | None = None,
+    retrain: bool = False,
+) -> dict[str, Any]:
     rt = load_runtime(config_file, overrides)
     run_id = run_id_of(run_id)  # one id for the whole chain
     recipe = feature_recipe(rt.config, rt.torch_hub_dir)
@@ -42,25 +50,47 @@ def nightly(root: str, model: str, labels: str | None = None, infer_source: str 
         promoted = promote(model, trained["train"]["version"], config_file, overrides, run_id)
     elif plan["promote"]:  # registered by a night that stopped before promoting it
         promoted = promote(model, plan["promote"], config_file, overrides, run_id)
-    predicted = infer(infer_source or root, f"models:/{model}@{rt.config.promote.alias}", out, config_file,
-                      overrides, run_id)
-    result = {"partitions": partitions, "train": trained, "promote": promoted, "infer": predicted,
-              "train_reason": reason or "skipped: no partition done since the newest version (retrain forces it)",
-              # training re-reads the whole root, partitions included: count its failures, else the partitions'
-              "failed": (trained or partitions)["failed"] + predicted["failed"]}
+    predicted = infer(
+        infer_source or root,
+        f"models:/{model}@{rt.config.promote.alias}",
+        out,
+        config_file,
+        overrides,
+        run_id,
+    )
+    result = {
+        "partitions": partitions,
+        "train": trained,
+        "promote": promoted,
+        "infer": predicted,
+        "train_reason": reason
+        or "skipped: no partition done since the newest version (retrain forces it)",
+        # training re-reads the whole root, partitions included: count its failures, else the partitions'
+        "failed": (trained or partitions)["failed"] + predicted["failed"],
+    }
     publish_summary("nightly-summary", nightly_markdown(run_id, model, result))
     return result
 
 
 def nightly_markdown(run_id: str, model: str, r: dict[str, Any]) -> str:
-    lines = [partitions_markdown(f"nightly {run_id}", r["partitions"]), "", f"**train**: {r['train_reason']}"]
+    lines = [
+        partitions_markdown(f"nightly {run_id}", r["partitions"]),
+        "",
+        f"**train**: {r['train_reason']}",
+    ]
     if r["train"]:
         t = r["train"]["train"]
-        lines.append(f"- {model} v{t['version']}: test accuracy {t['test'].get('accuracy')}, macro-F1 "
-                     f"{t['test'].get('macro_f1')}")
+        lines.append(
+            f"- {model} v{t['version']}: test accuracy {t['test'].get('accuracy')}, macro-F1 "
+            f"{t['test'].get('macro_f1')}"
+        )
     if p := r["promote"]:
-        lines.append(f"- promote: {'promoted to' if p['promoted'] else 'not promoted to'} @{p['alias']}: "
-                     f"{p['reason']}")
+        lines.append(
+            f"- promote: {'promoted to' if p['promoted'] else 'not promoted to'} @{p['alias']}: "
+            f"{p['reason']}"
+        )
     i = r["infer"]
-    lines.append(f"- infer: {i['predicted']} series with {i['model']} v{i['version']} -> {i['predictions']}")
+    lines.append(
+        f"- infer: {i['predicted']} series with {i['model']} v{i['version']} -> {i['predictions']}"
+    )
     return "\n".join(lines)

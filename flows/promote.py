@@ -20,25 +20,51 @@ from lstmpipe.tasks.promote import rollback as rollback_task
 
 
 @flow(name="promote")
-def promote(model: str, version: str | None = None, config_file: str | None = None,
-            overrides: dict[str, Any] | None = None, run_id: str | None = None) -> dict[str, Any]:
+def promote(
+    model: str,
+    version: str | None = None,
+    config_file: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    run_id: str | None = None,
+) -> dict[str, Any]:
     rt = load_runtime(config_file, overrides)
     run_id = run_id_of(run_id)
     rules = rt.config.promote
     plan = promotion_candidates(rt.tracking_uri, model, version, rules.alias)
     for recipe in plan["recipes"].values():  # each model scores on features made by its own recipe
         extract_refs(rt, plan["eval_set"], recipe)
-    decided = promote_challenger(plan, rt.tracking_uri, rt.cache_root, rules,
-                                 str(lock_path(Path(rt.promote_lock).parent, model)), str(history_file(rt)), run_id)
-    page = run_report(rt.tracking_uri, decided["challenger_run_id"], str(rt.runs_dir), str(history_file(rt)),
-                      str(reports_dir(rt)))
+    decided = promote_challenger(
+        plan,
+        rt.tracking_uri,
+        rt.cache_root,
+        rules,
+        str(lock_path(Path(rt.promote_lock).parent, model)),
+        str(history_file(rt)),
+        run_id,
+    )
+    page = run_report(
+        rt.tracking_uri,
+        decided["challenger_run_id"],
+        str(rt.runs_dir),
+        str(history_file(rt)),
+        str(reports_dir(rt)),
+    )
     return {**decided, "report": page}
 
 
 @flow(name="rollback")
-def rollback_flow(model: str, config_file: str | None = None, overrides: dict[str, Any] | None = None,
-                  run_id: str | None = None) -> dict[str, Any]:
+def rollback_flow(
+    model: str,
+    config_file: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    run_id: str | None = None,
+) -> dict[str, Any]:
     rt = load_runtime(config_file, overrides)
-    return rollback_task(rt.tracking_uri, model, rt.config.promote.alias,
-                         str(lock_path(Path(rt.promote_lock).parent, model)), str(history_file(rt)),
-                         run_id_of(run_id))
+    return rollback_task(
+        rt.tracking_uri,
+        model,
+        rt.config.promote.alias,
+        str(lock_path(Path(rt.promote_lock).parent, model)),
+        str(history_file(rt)),
+        run_id_of(run_id),
+    )

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from lstmpipe.flows.runtime import Runtime, load_runtime
-from lstmpipe.lib.registry import promotion as promote
 from lstmpipe.lib.registry import mlflow_store as registry
+from lstmpipe.lib.registry import promotion as promote
 from lstmpipe.lib.registry import report as pages
 
 
@@ -26,12 +26,26 @@ def reports_dir(rt: Runtime) -> Path:
 
 def report_of_run(rt: Runtime, mlflow_run_id: str) -> str:
     """(Re)write the page of one MLflow training run; the train flow ends with it (the promote flow's task too)."""
-    return str(pages.build(registry.connect(rt.tracking_uri), mlflow_run_id, rt.runs_dir,
-                           promote.read_history(history_file(rt)), reports_dir(rt)))
+    return str(
+        pages.build(
+            registry.connect(rt.tracking_uri),
+            mlflow_run_id,
+            rt.runs_dir,
+            promote.read_history(history_file(rt)),
+            reports_dir(rt),
+        )
+    )
 
 
-def report(run_id: str, config_file: str | None = None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+def report(
+    run_id: str, config_file: str | None = None, overrides: dict[str, Any] | None = None
+) -> dict[str, Any]:
     rt = load_runtime(config_file, overrides)
-    path = pages.build(registry.connect(rt.tracking_uri), run_id, rt.runs_dir,
-                       promote.read_history(history_file(rt)), reports_dir(rt))
+    path = pages.build(
+        registry.connect(rt.tracking_uri),
+        run_id,
+        rt.runs_dir,
+        promote.read_history(history_file(rt)),
+        reports_dir(rt),
+    )
     return {"report": str(path), "of": run_id}

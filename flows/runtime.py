@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, MutableMapping
+from typing import Any
 
 from lstmpipe.lib.config import Config, load_config
 from lstmpipe.lib.errors import ConfigError
@@ -25,7 +26,9 @@ class Runtime:
     home: Path  # $LSTMPIPE_HOME: every piece of state lives below it
     tracking_uri: str  # MLflow tracking and registry store
     artifact_root: str | None  # MLflow artifacts for a local store; a server chooses its own
-    ray_address: str | None  # None: extract in-process; "local": a Ray of our own; else a cluster to join
+    ray_address: (
+        str | None
+    )  # None: extract in-process; "local": a Ray of our own; else a cluster to join
     torch_hub_dir: str  # where backbone weights are looked up (never downloaded)
 
     @property
@@ -57,22 +60,36 @@ class Runtime:
         return str(self.home / "locks" / "promote.lock")
 
 
-def load_runtime(config_file: str | None = None, overrides: Mapping[str, Any] | None = None,
-                 env: Mapping[str, str] | None = None) -> Runtime:
+def load_runtime(
+    config_file: str | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    env: Mapping[str, str] | None = None,
+) -> Runtime:
     env = os.environ if env is None else env
-    bound_mlflow_retries(os.environ)  # flows a worker runs from infra/prefect.yaml never pass the CLI
-    config = load_config(config_file or env.get("LSTMPIPE_CONFIG"),
-                         {k: v for k, v in env.items() if k != "LSTMPIPE_CONFIG"}, overrides)
+    bound_mlflow_retries(
+        os.environ
+    )  # flows a worker runs from infra/prefect.yaml never pass the CLI
+    config = load_config(
+        config_file or env.get("LSTMPIPE_CONFIG"),
+        {k: v for k, v in env.items() if k != "LSTMPIPE_CONFIG"},
+        overrides,
+    )
     home = Path(config.runtime.home).expanduser().resolve()
     home.mkdir(parents=True, exist_ok=True)
-    tracking_uri = config.runtime.mlflow_uri or env.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home / 'mlflow.db'}"
+    tracking_uri = (
+        config.runtime.mlflow_uri
+        or env.get("MLFLOW_TRACKING_URI")
+        or f"sqlite:///{home / 'mlflow.db'}"
+    )
     local_store = tracking_uri.startswith(("sqlite:", "file:")) or "://" not in tracking_uri
     return Runtime(
         config=config,
         home=home,
         tracking_uri=tracking_uri,
         artifact_root=(home / "mlartifacts").as_uri() if local_store else None,
-        ray_address=_ray_address(config.runtime.executor, config.runtime.ray_address or env.get("RAY_ADDRESS")),
+        ray_address=_ray_address(
+            config.runtime.executor, config.runtime.ray_address or env.get("RAY_ADDRESS")
+        ),
         torch_hub_dir=str(_torch_home(env) / "hub"),
     )
 

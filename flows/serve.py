@@ -36,30 +36,47 @@ from lstmpipe.lib.config import Config
 from lstmpipe.lib.errors import ConfigError
 
 PORT = 4200  # Prefect's usual port: the UI at http://127.0.0.1:4200
-SERIALISED = {"promote", "rollback"}  # one run at a time (SPEC §3.5); so is nightly, so nights never overlap
+SERIALISED = {
+    "promote",
+    "rollback",
+}  # one run at a time (SPEC §3.5); so is nightly, so nights never overlap
 
 
-def deployments(config: Config, config_file: str | None = None,
-                overrides: dict[str, Any] | None = None) -> list[RunnerDeployment]:
+def deployments(
+    config: Config, config_file: str | None = None, overrides: dict[str, Any] | None = None
+) -> list[RunnerDeployment]:
     """The deployments infra/prefect.yaml declares, with parameters from `config.nightly`."""
     n = config.nightly
     for key in ("root", "model"):
         if not getattr(n, key):
-            raise ConfigError(f"serve: nightly.{key} is not set; pass --{key} or set it in the config file")
+            raise ConfigError(
+                f"serve: nightly.{key} is not set; pass --{key} or set it in the config file"
+            )
     given = {"config_file": config_file, "overrides": overrides or None}
     flows: dict[str, tuple[Flow, dict[str, Any]]] = {
-        "nightly": (nightly, {"root": n.root, "model": n.model, "labels": n.labels, "infer_source": n.infer_source}),
+        "nightly": (
+            nightly,
+            {"root": n.root, "model": n.model, "labels": n.labels, "infer_source": n.infer_source},
+        ),
         "backfill": (backfill, {"root": n.root, "every": True}),
         "extract": (extract, {"source": n.root, "labels": n.labels}),
         "train": (train, {"source": n.root, "model": n.model, "labels": n.labels}),
         "promote": (promote, {"model": n.model}),
         "rollback": (rollback_flow, {"model": n.model}),
-        "infer": (infer, {"source": n.infer_source or n.root, "model": f"models:/{n.model}@{config.promote.alias}"}),
+        "infer": (
+            infer,
+            {
+                "source": n.infer_source or n.root,
+                "model": f"models:/{n.model}@{config.promote.alias}",
+            },
+        ),
     }
     return [
         flow.to_deployment(
-            name, parameters={**params, **given},
-            tags=["lstmpipe"] + (["scheduled"] if name == "nightly" else ["promote"] if name in SERIALISED else []),
+            name,
+            parameters={**params, **given},
+            tags=["lstmpipe"]
+            + (["scheduled"] if name == "nightly" else ["promote"] if name in SERIALISED else []),
             schedules=[Cron(n.cron, timezone=n.timezone)] if name == "nightly" else None,
             concurrency_limit=1 if name in SERIALISED | {"nightly"} else None,
             entrypoint_type=EntrypointType.MODULE_PATH,  # the installed package, wherever serve was started
@@ -68,29 +85,52 @@ def deployments(config: Config, config_file: str | None = None,
     ]
 
 
-def serve(rt: Runtime, config_file: str | None, overrides: dict[str, Any], port: int = PORT) -> dict[str, Any]:
+def serve(
+    rt: Runtime, config_file: str | None, overrides: dict[str, Any], port: int = PORT
+) -> dict[str, Any]:
     """Serve until interrupted; the summary names what was served."""
     served = deployments(rt.config, config_file, overrides)
     api = None if os.environ.get("PREFECT_API_URL") else _start_server(port)
     try:
         with using(api):
             if api is not None:
-                os.environ["PREFECT_API_URL"] = api.url  # the flow-run subprocesses report to it too
+                os.environ["PREFECT_API_URL"] = (
+                    api.url
+                )  # the flow-run subprocesses report to it too
             with get_client(sync_client=True) as client:
-                client.create_concurrency_limit(tag="promote", concurrency_limit=1)  # nightly's promotions too
-                if gpus := torch.cuda.device_count():  # tasks running the CNN or the LSTM: one per GPU at a time
+                client.create_concurrency_limit(
+                    tag="promote", concurrency_limit=1
+                )  # nightly's promotions too
+                if (
+                    gpus := torch.cuda.device_count()
+                ):  # tasks running the CNN or the LSTM: one per GPU at a time
                     client.create_concurrency_limit(tag="gpu", concurrency_limit=gpus)
             prefect_serve(*served)
     finally:
         if api is not None:
             api.stop()
-    return {"served": [d.name for d in served], "cron": f"{rt.config.nightly.cron} {rt.config.nightly.timezone}",
-            "api": api.url if api else os.environ["PREFECT_API_URL"]}
+    return {
+        "served": [d.name for d in served],
+        "cron": f"{rt.config.nightly.cron} {rt.config.nightly.timezone}",
+        "api": api.url if api else os.environ["PREFECT_API_URL"],
+    }
 
 
 def _start_server(port: int) -> TemporaryApi:
     """`prefect server start` with its services (the scheduler), on localhost only (SPEC §6)."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        stdin=subprocess.DEVNULL, start_new_session=True)
+        [
+            sys.executable,
+            "-m",
+            "prefect",
+            "server",
+            "start",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     return TemporaryApi(f"http://127.0.0.1:{port}/api", process)

@@ -21,14 +21,17 @@ import sys
 import time
 import tomllib
 import urllib.request
+from collections.abc import Iterator, Mapping
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Iterator, Mapping
+from typing import BinaryIO
 
 from lstmpipe.flows.runtime import Runtime
 
-BOOT_TIMEOUT_S = 120.0  # a first boot migrates a new database: 15 s on 2 idle cores, far more when busy
+BOOT_TIMEOUT_S = (
+    120.0  # a first boot migrates a new database: 15 s on 2 idle cores, far more when busy
+)
 
 
 @dataclass
@@ -49,8 +52,10 @@ class TemporaryApi:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"Prefect's temporary API server exited with code {self.process.returncode} "
-                                   f"while starting (set PREFECT_API_URL to use a running server instead)")
+                raise RuntimeError(
+                    f"Prefect's temporary API server exited with code {self.process.returncode} "
+                    f"while starting (set PREFECT_API_URL to use a running server instead)"
+                )
             try:
                 with urllib.request.urlopen(f"{self.url}/health", timeout=1) as answer:
                     if answer.status == 200:
@@ -58,7 +63,9 @@ class TemporaryApi:
             except OSError:
                 time.sleep(0.1)
         self.stop()
-        raise RuntimeError(f"Prefect's temporary API server did not answer within {timeout_s:.0f} s")
+        raise RuntimeError(
+            f"Prefect's temporary API server did not answer within {timeout_s:.0f} s"
+        )
 
     def _release(self) -> None:
         if self.boot_lock is not None:
@@ -91,11 +98,31 @@ def start_temporary_api(env: Mapping[str, str] | None = None) -> TemporaryApi | 
     fcntl.flock(boot_lock, fcntl.LOCK_EX)
     port = _free_port()
     url = f"http://127.0.0.1:{port}/api"
-    server_env = {**env, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
+    server_env = {
+        **env,
+        "PREFECT_UI_ENABLED": "0",
+        "PREFECT__SERVER_EPHEMERAL": "1",
+        "PREFECT__SERVER_FINAL": "1",
+    }
     process = subprocess.Popen(  # the command Prefect's own SubprocessASGIServer runs
-        [sys.executable, "-m", "uvicorn", "--factory", "prefect.server.api.server:create_app",
-         "--host", "127.0.0.1", "--port", str(port), "--log-level", "error", "--lifespan", "on"],
-        env=server_env, stdin=subprocess.DEVNULL, start_new_session=True,
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "--factory",
+            "prefect.server.api.server:create_app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--log-level",
+            "error",
+            "--lifespan",
+            "on",
+        ],
+        env=server_env,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
     )
     return TemporaryApi(url, process, boot_lock)
 
@@ -123,12 +150,17 @@ def load_backbone_early(rt: Runtime) -> None:
         return  # Ray actors build their own
     from lstmpipe.tasks.extract import shared_backbone
 
-    shared_backbone(rt.config.sampling, rt.config.backbone, Path(rt.torch_hub_dir), rt.config.sources)
+    shared_backbone(
+        rt.config.sampling, rt.config.backbone, Path(rt.torch_hub_dir), rt.config.sources
+    )
 
 
 def _profile_names_a_server(env: Mapping[str, str]) -> bool:
     """Whether the active Prefect profile (PREFECT_HOME/profiles.toml, or PREFECT_PROFILES_PATH) sets an API URL."""
-    path = Path(env.get("PREFECT_PROFILES_PATH") or Path(env.get("PREFECT_HOME", "~/.prefect")) / "profiles.toml")
+    path = Path(
+        env.get("PREFECT_PROFILES_PATH")
+        or Path(env.get("PREFECT_HOME", "~/.prefect")) / "profiles.toml"
+    )
     try:
         profiles = tomllib.loads(path.expanduser().read_text())
     except (OSError, tomllib.TOMLDecodeError):

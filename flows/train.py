@@ -14,12 +14,30 @@ from lstmpipe.tasks.train import train_model
 
 
 @flow(name="train")
-def train(source: str, model: str, labels: str | None = None, config_file: str | None = None,
-          overrides: dict[str, Any] | None = None, run_id: str | None = None) -> dict[str, Any]:
+def train(
+    source: str,
+    model: str,
+    labels: str | None = None,
+    config_file: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    run_id: str | None = None,
+) -> dict[str, Any]:
     rt = load_runtime(config_file, overrides)
     run_id = run_id_of(run_id)
     refs, recipe, extraction = discover_and_extract(rt, source, labels, run_id)
-    trained = train_model(usable(refs, extraction), recipe, model, rt.config, rt.cache_root, rt.tracking_uri,
-                          rt.artifact_root, {"lstmpipe.run_id": run_id, "lstmpipe.source": source})
-    return {"extract": extraction, "train": trained, "failed": extraction["failed"],
-            "report": report_of_run(rt, trained["run_id"])}
+    trained = train_model(
+        usable(refs, extraction),
+        recipe,
+        model,
+        rt.config,
+        rt.cache_root,
+        rt.tracking_uri,
+        rt.artifact_root,
+        {"lstmpipe.run_id": run_id, "lstmpipe.source": source},
+    )
+    return {
+        "extract": extraction,
+        "train": trained,
+        "failed": extraction["failed"],
+        "report": report_of_run(rt, trained["run_id"]),
+    }

@@ -13,16 +13,35 @@ from lstmpipe.tasks.tune import tune_model
 
 
 @flow(name="tune")
-def tune(source: str, model: str, labels: str | None = None, config_file: str | None = None,
-         overrides: dict[str, Any] | None = None, run_id: str | None = None, trials: int = 8,
-         grace_period: int = 3, gpus_per_trial: float = 0.0) -> dict[str, Any]:
+def tune(
+    source: str,
+    model: str,
+    labels: str | None = None,
+    config_file: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    run_id: str | None = None,
+    trials: int = 8,
+    grace_period: int = 3,
+    gpus_per_trial: float = 0.0,
+) -> dict[str, Any]:
     """`trials` hyperparameter sets, ASHA-stopped on validation macro-F1 after `grace_period` epochs at the
     earliest; each trial an MLflow child run of one search run; the best retrained and registered as `model`."""
     rt = load_runtime(config_file, overrides)
     run_id = run_id_of(run_id)
     refs, recipe, extraction = discover_and_extract(rt, source, labels, run_id)
-    searched = tune_model(usable(refs, extraction), recipe, model, rt.config, rt.cache_root, rt.tracking_uri,
-                          rt.artifact_root, rt.ray_address, str(rt.home / "tune"),
-                          {"lstmpipe.run_id": run_id, "lstmpipe.source": source},
-                          trials=trials, grace_period=grace_period, gpus_per_trial=gpus_per_trial)
+    searched = tune_model(
+        usable(refs, extraction),
+        recipe,
+        model,
+        rt.config,
+        rt.cache_root,
+        rt.tracking_uri,
+        rt.artifact_root,
+        rt.ray_address,
+        str(rt.home / "tune"),
+        {"lstmpipe.run_id": run_id, "lstmpipe.source": source},
+        trials=trials,
+        grace_period=grace_period,
+        gpus_per_trial=gpus_per_trial,
+    )
     return {"extract": extraction, "tune": searched, "failed": extraction["failed"]}

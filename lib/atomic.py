@@ -45,13 +45,18 @@ def write_atomic(target: Path, write: Callable[[IO[bytes]], None], suffix: str =
 def _naming(exc: OSError, target: Path) -> OSError:
     """`exc` restated with the file it was writing (a bare ENOSPC names none); errno kept for callers."""
     reason = exc.strerror or str(exc) or type(exc).__name__
-    message = f"cannot write {target}: {reason}; the file was left as it was and no temp file remains"
+    message = (
+        f"cannot write {target}: {reason}; the file was left as it was and no temp file remains"
+    )
     return OSError(exc.errno, message) if exc.errno is not None else OSError(message)
 
 
 def write_parquet_atomic(table: pa.Table, target: Path, row_group_size: int | None = None) -> Path:
     return write_atomic(
-        target, lambda handle: pq.write_table(table, handle, row_group_size=row_group_size, compression="zstd"),
+        target,
+        lambda handle: pq.write_table(
+            table, handle, row_group_size=row_group_size, compression="zstd"
+        ),
         suffix=".parquet",
     )
 

@@ -13,9 +13,10 @@ import difflib
 import tomllib
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 
@@ -35,26 +36,50 @@ class SamplingConfig:
 class SourcesConfig:
     """How non-video kinds become frames (lib/sources/kinds/); part of the feature recipe."""
 
-    dicom_window: str | None = None  # "CENTER,WIDTH" forces one window; None = the file's, else 1st-99th percentiles
-    nifti_view: str = "middle"  # middle: the middle slice of the 3rd axis | mip: maximum-intensity projection
-    geotiff_mode: str = "rgb"  # rgb: three bands as R, G, B | ndvi: (nir - red) / (nir + red) as grey
-    geotiff_bands: str | None = None  # "b5,b4,b3" (or one band: grey); None = b5,b4,b3 when present, else the first three
+    dicom_window: str | None = (
+        None  # "CENTER,WIDTH" forces one window; None = the file's, else 1st-99th percentiles
+    )
+    nifti_view: str = (
+        "middle"  # middle: the middle slice of the 3rd axis | mip: maximum-intensity projection
+    )
+    geotiff_mode: str = (
+        "rgb"  # rgb: three bands as R, G, B | ndvi: (nir - red) / (nir + red) as grey
+    )
+    geotiff_bands: str | None = (
+        None  # "b5,b4,b3" (or one band: grey); None = b5,b4,b3 when present, else the first three
+    )
     geotiff_red: str = "b3"  # NDVI red band: Landsat 4-7 b3 (Landsat 8-9 b4, Sentinel-2 b04)
-    geotiff_nir: str = "b4"  # NDVI near-infrared band: Landsat 4-7 b4 (Landsat 8-9 b5, Sentinel-2 b08)
+    geotiff_nir: str = (
+        "b4"  # NDVI near-infrared band: Landsat 4-7 b4 (Landsat 8-9 b5, Sentinel-2 b08)
+    )
     geotiff_mask_band: str = "fmask"  # band flagging cloud, shadow and fill (values 2, 4, 255)
-    geotiff_max_masked_fraction: float = 1.0  # dates masked beyond this fraction are dropped; 1.0 keeps every date
-    geotiff_date_pattern: str | None = None  # regex with groups year and (month, day) or doy, tried before the built-ins
-    cube_variables: str | None = None  # "red,nir" as R, G(, B); None = the first three data variables with time
-    cube_time_dim: str | None = None  # None = `time`, else the dimension whose coordinate holds dates
+    geotiff_max_masked_fraction: float = (
+        1.0  # dates masked beyond this fraction are dropped; 1.0 keeps every date
+    )
+    geotiff_date_pattern: str | None = (
+        None  # regex with groups year and (month, day) or doy, tried before the built-ins
+    )
+    cube_variables: str | None = (
+        None  # "red,nir" as R, G(, B); None = the first three data variables with time
+    )
+    cube_time_dim: str | None = (
+        None  # None = `time`, else the dimension whose coordinate holds dates
+    )
 
 
 @dataclass(frozen=True)
 class BackboneConfig:
     name: str = "resnet18"  # any torchvision classification model; its head is removed
-    weights: str = "DEFAULT"  # torchvision weights name (local torch cache only), a .pth path, or "none"
+    weights: str = (
+        "DEFAULT"  # torchvision weights name (local torch cache only), a .pth path, or "none"
+    )
     precision: str = "auto"  # auto | fp32 | bf16 | fp16; auto = bf16 where the CPU/GPU has it
-    batch_size: int | None = None  # frames per forward pass, across series; None = per device (CPU 32, GPU by memory)
-    feature_dtype: str = "float32"  # float32 | float16: the cached features; float16 halves the disk, ~1e-3 error
+    batch_size: int | None = (
+        None  # frames per forward pass, across series; None = per device (CPU 32, GPU by memory)
+    )
+    feature_dtype: str = (
+        "float32"  # float32 | float16: the cached features; float16 halves the disk, ~1e-3 error
+    )
     # auto: TorchScript trace + freeze on CPU in fp32 (conv+BN folded: +10 % resnet18, +40 % efficientnet here,
     # about 1 s to build) | freeze | inductor: torch.compile (a minute of compiling; pays on GPU, long runs) | none
     optimize: str = "auto"
@@ -65,10 +90,14 @@ class BackboneConfig:
 class TrainConfig:
     """The sequence model, its data splits and its training loop (lib/training/model.py, lib/training/splits.py, lib/training/loop.py)."""
 
-    cell: str = "lstm"  # lstm | gru: a GRU has 3/4 of the weights and often matches an LSTM on short series
+    cell: str = (
+        "lstm"  # lstm | gru: a GRU has 3/4 of the weights and often matches an LSTM on short series
+    )
     hidden_size: int = 128  # recurrent units per direction
     num_layers: int = 1  # stacked recurrent layers; 1 suffices for tens of frames
-    bidirectional: bool = False  # True doubles the head's input; the backward pass reads each series end to start
+    bidirectional: bool = (
+        False  # True doubles the head's input; the backward pass reads each series end to start
+    )
     dropout: float = 0.2  # probability, on the pooled output and between layers
     # width of the per-frame Linear + GELU after the input LayerNorm; none = the normalised features go straight
     # into the recurrent layer. 128 = the hidden size's default, as before this option existed
@@ -78,17 +107,27 @@ class TrainConfig:
     # suits classes only change tells apart when the backbone's per-series level swamps the motion (lib/training/model.py)
     input_norm: str = "layer"
     # augmentation, training batches only (never validation, test or inference), seeded from `seed`:
-    crop_fraction: float = 1.0  # a random contiguous crop keeps this fraction of each series' frames; 1.0 = off
-    frame_dropout: float = 0.0  # probability that each frame is dropped (one always stays); 0.0 = off
+    crop_fraction: float = (
+        1.0  # a random contiguous crop keeps this fraction of each series' frames; 1.0 = off
+    )
+    frame_dropout: float = (
+        0.0  # probability that each frame is dropped (one always stays); 0.0 = off
+    )
     balance: str = "weights"  # weights: inverse-frequency class weights in the loss | sampler: class-balanced draws
     epochs: int = 100  # upper bound; early stopping usually ends sooner
-    patience: int = 25  # epochs without a better validation macro-F1 before stopping (small val sets are noisy)
+    patience: int = (
+        25  # epochs without a better validation macro-F1 before stopping (small val sets are noisy)
+    )
     lr: float = 3e-3  # AdamW peak learning rate (OneCycle: 10 % warm-up, cosine decay to ~0)
     weight_decay: float = 1e-2  # AdamW, on weight matrices only
     grad_clip: float = 1.0  # max global grad norm: recurrent nets on long series occasionally spike
     batch_size: int = 16  # series per step
-    val_fraction: float = 0.15  # of each class (of the official train part when split_lists is given)
-    test_fraction: float = 0.15  # of each class; ignored when split_lists is given (the lists name the test set)
+    val_fraction: float = (
+        0.15  # of each class (of the official train part when split_lists is given)
+    )
+    test_fraction: float = (
+        0.15  # of each class; ignored when split_lists is given (the lists name the test set)
+    )
     # official split lists: a folder (or one file in it) of UCF101 trainlist0N.txt / testlist0N.txt or HMDB51
     # <class>_test_splitN.txt files; none = a stratified split by content hash. Relative to the working directory
     split_lists: str | None = None
@@ -99,38 +138,58 @@ class TrainConfig:
     seed: int = 0  # splits, initialisation, batch order and augmentation
 
     def __post_init__(self) -> None:
-        choices = {"cell": ("lstm", "gru"), "pooling": ("last", "attention"), "balance": ("weights", "sampler"),
-                   "input_norm": ("layer", "series")}
+        choices = {
+            "cell": ("lstm", "gru"),
+            "pooling": ("last", "attention"),
+            "balance": ("weights", "sampler"),
+            "input_norm": ("layer", "series"),
+        }
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
-                raise ConfigError(f"train.{key}: {getattr(self, key)!r} is not one of {', '.join(allowed)}")
+                raise ConfigError(
+                    f"train.{key}: {getattr(self, key)!r} is not one of {', '.join(allowed)}"
+                )
         if not 0.0 < self.crop_fraction <= 1.0:
-            raise ConfigError(f"train.crop_fraction: {self.crop_fraction} must be in (0, 1]; 1.0 turns cropping off")
+            raise ConfigError(
+                f"train.crop_fraction: {self.crop_fraction} must be in (0, 1]; 1.0 turns cropping off"
+            )
         if not 0.0 <= self.frame_dropout < 1.0:
-            raise ConfigError(f"train.frame_dropout: {self.frame_dropout} must be in [0, 1); 0.0 turns it off")
+            raise ConfigError(
+                f"train.frame_dropout: {self.frame_dropout} must be in [0, 1); 0.0 turns it off"
+            )
         if self.input_proj is not None and self.input_proj < 1:
-            raise ConfigError(f"train.input_proj: {self.input_proj} must be >= 1, or none for no projection")
+            raise ConfigError(
+                f"train.input_proj: {self.input_proj} must be >= 1, or none for no projection"
+            )
 
 
 @dataclass(frozen=True)
 class PromoteConfig:
     """The promotion gate (lib/registry/promotion.py): every check must pass, on the challenger's frozen evaluation set."""
 
-    margin: float = 0.0  # challenger macro-F1 must be >= champion's + margin on the same evaluation set
+    margin: float = (
+        0.0  # challenger macro-F1 must be >= champion's + margin on the same evaluation set
+    )
     alias: str = "champion"
     # bootstrap: the one-sided (1 - alpha) lower bound of the paired-bootstrap macro-F1 gain must exceed margin |
     # mcnemar: exact one-sided McNemar p-value on per-series correctness < alpha | none: the point estimate alone
     test: str = "bootstrap"
     alpha: float = 0.05  # significance level of the test
-    resamples: int = 1000  # paired bootstrap resamples of the evaluation series (1000: bound stable to ~0.01)
+    resamples: int = (
+        1000  # paired bootstrap resamples of the evaluation series (1000: bound stable to ~0.01)
+    )
     seed: int = 0  # bootstrap resampling seed: the same two models always get the same decision
     # A challenger predicting exactly what the champion predicts on every series takes over when margin <= 0
     # (a nightly retrain on unchanged data keeps the newest lineage; consumers see no change); false: refuse it.
     promote_identical: bool = True
-    max_recall_drop: float | None = 0.10  # no class's recall may fall more than this; None = unchecked
+    max_recall_drop: float | None = (
+        0.10  # no class's recall may fall more than this; None = unchecked
+    )
     # Parameter count and measured seconds per series, each <= ratio x the champion's; None = unchecked
     max_cost_ratio: float | None = 2.0
-    cost_floor_ms: float = 1.0  # predict times per series below this count as this: timer noise, not cost
+    cost_floor_ms: float = (
+        1.0  # predict times per series below this count as this: timer noise, not cost
+    )
 
 
 @dataclass(frozen=True)
@@ -143,7 +202,9 @@ class RuntimeConfig:
     # auto: Ray when a cluster address is known, else in-process (Ray's ~10 s start-up buys nothing on one
     # machine: torch already uses every core) | local | ray (a local Ray, e.g. for several GPUs)
     executor: str = "auto"
-    workers: int | None = None  # Ray extraction actors; None = one per CPU Ray has, or per GPU share
+    workers: int | None = (
+        None  # Ray extraction actors; None = one per CPU Ray has, or per GPU share
+    )
     gpus_per_worker: float = 1.0  # GPU share per actor: 0.5 puts two small backbones on each GPU
     decoders: int = 2  # series decoded at once per extractor: hides each series' decoder start-up
     # On Ray, where frames are decoded: auto = in Ray tasks when the cluster has GPUs (the CPUs are free for
@@ -158,14 +219,18 @@ class RuntimeConfig:
 
     def __post_init__(self) -> None:
         if self.partition_concurrency < 1:
-            raise ConfigError(f"runtime.partition_concurrency: {self.partition_concurrency} must be >= 1")
+            raise ConfigError(
+                f"runtime.partition_concurrency: {self.partition_concurrency} must be >= 1"
+            )
 
 
 @dataclass(frozen=True)
 class NightlyConfig:
     """What `lstmpipe serve` schedules (flows/serve.py); `lstmpipe nightly` takes these on its command line."""
 
-    cron: str = "0 2 * * *"  # when the nightly deployment runs: 02:00, after the day's partition has landed
+    cron: str = (
+        "0 2 * * *"  # when the nightly deployment runs: 02:00, after the day's partition has landed
+    )
     timezone: str = "UTC"  # of the cron string (IANA name, e.g. Europe/Paris)
     root: str | None = None  # the partitioned archive; required by serve
     model: str | None = None  # registered model name; required by serve
@@ -204,7 +269,9 @@ def load_config(
 
 def replace(config: Config, **sections: Mapping[str, Any]) -> Config:
     """A copy of `config` with some keys of some sections changed, validated like a file."""
-    _merge({name: {} for name in _SECTIONS}, sections, origin="replace")  # an unknown section is a ConfigError
+    _merge(
+        {name: {} for name in _SECTIONS}, sections, origin="replace"
+    )  # an unknown section is a ConfigError
     changed = {
         name: _build(name, {**dataclasses.asdict(getattr(config, name)), **dict(keys)})
         for name, keys in sections.items()
@@ -220,11 +287,15 @@ def _read_file(path: Path) -> dict[str, Any]:
     try:
         data = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
     except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
-        raise ConfigError(f"config file {path}: not valid {path.suffix.lstrip('.') or 'YAML'}: {exc}") from exc
+        raise ConfigError(
+            f"config file {path}: not valid {path.suffix.lstrip('.') or 'YAML'}: {exc}"
+        ) from exc
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"config file {path}: expected sections such as 'sampling:', got {type(data).__name__}")
+        raise ConfigError(
+            f"config file {path}: expected sections such as 'sampling:', got {type(data).__name__}"
+        )
     return data
 
 
@@ -234,7 +305,7 @@ def _from_env(env: Mapping[str, str]) -> dict[str, dict[str, Any]]:
     for name, value in env.items():
         if not name.startswith(ENV_PREFIX):
             continue
-        rest = name[len(ENV_PREFIX):].lower()
+        rest = name[len(ENV_PREFIX) :].lower()
         if rest == "home":
             nested.setdefault("runtime", {})["home"] = value
             continue
@@ -245,7 +316,9 @@ def _from_env(env: Mapping[str, str]) -> dict[str, dict[str, Any]]:
         # Not a config variable (a wrapper's own LSTMPIPE_DATA, say) unless it looks like a misspelt one.
         near = difflib.get_close_matches(section, _SECTIONS, n=1, cutoff=0.75)
         if near:
-            raise ConfigError(f"environment variable {name}: unknown section {section!r}; did you mean {near[0]}?")
+            raise ConfigError(
+                f"environment variable {name}: unknown section {section!r}; did you mean {near[0]}?"
+            )
     return nested
 
 
@@ -262,7 +335,9 @@ def _nest(overrides: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
 def _merge(values: dict[str, dict[str, Any]], layer: Mapping[str, Any], origin: str) -> None:
     for section, keys in layer.items():
         if section not in _SECTIONS:
-            raise ConfigError(f"{origin}: unknown section {section!r}; known: {', '.join(_SECTIONS)}")
+            raise ConfigError(
+                f"{origin}: unknown section {section!r}; known: {', '.join(_SECTIONS)}"
+            )
         if not isinstance(keys, Mapping):
             raise ConfigError(f"{origin}: section {section!r} must be a table of keys")
         values[section].update(keys)
@@ -274,8 +349,12 @@ def _build(section: str, keys: Mapping[str, Any]) -> Any:
     known = {f.name for f in dataclasses.fields(cls)}
     for key in keys:
         if key not in known:
-            raise ConfigError(f"unknown key {section}.{key}; known keys: {', '.join(sorted(known))}")
-    return cls(**{key: _coerce(f"{section}.{key}", value, hints[key]) for key, value in keys.items()})
+            raise ConfigError(
+                f"unknown key {section}.{key}; known keys: {', '.join(sorted(known))}"
+            )
+    return cls(
+        **{key: _coerce(f"{section}.{key}", value, hints[key]) for key, value in keys.items()}
+    )
 
 
 def _coerce(key: str, value: Any, hint: Any) -> Any:

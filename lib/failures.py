@@ -45,7 +45,7 @@ def record_failures(directory: Path, run_id: str, failures: list[Failure]) -> Pa
     """Append this run's failures as one new file; None when there were none."""
     if not failures:
         return None
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     rows = [{"run_id": run_id, **asdict(f), "time": now} for f in failures]
     target = Path(directory) / f"{run_id}-{uuid.uuid4().hex[:12]}.parquet"
     write_parquet_atomic(pa.Table.from_pylist(rows, schema=SCHEMA), target)
@@ -55,7 +55,11 @@ def record_failures(directory: Path, run_id: str, failures: list[Failure]) -> Pa
 def read_failures(directory: Path) -> pa.Table:
     """Every recorded failure, oldest files first; an empty table when none."""
     directory = Path(directory)
-    files = sorted(directory.glob("*.parquet"), key=lambda p: p.stat().st_mtime) if directory.exists() else []
+    files = (
+        sorted(directory.glob("*.parquet"), key=lambda p: p.stat().st_mtime)
+        if directory.exists()
+        else []
+    )
     if not files:
         return SCHEMA.empty_table()
     return ds.dataset([str(f) for f in files], schema=SCHEMA, format="parquet").to_table()

@@ -41,7 +41,7 @@ class SeriesRef:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "SeriesRef":
+    def from_dict(cls, data: dict[str, Any]) -> SeriesRef:
         return cls(**data)
 
     @property

@@ -19,9 +19,15 @@ def load_state_dict(path: Path, what: str) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        raise ConfigError(f"{what}: {path} is not a plain state_dict of tensors "
-                          "(refused: loading it could run code); save model.state_dict() instead") from exc
-    except Exception as exc:  # torch raises anything on a corrupt file (RuntimeError, EOFError, IndexError, ...)
+        raise ConfigError(
+            f"{what}: {path} is not a plain state_dict of tensors "
+            "(refused: loading it could run code); save model.state_dict() instead"
+        ) from exc
+    except (
+        Exception
+    ) as exc:  # torch raises anything on a corrupt file (RuntimeError, EOFError, IndexError, ...)
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(f"{what}: {path} is not a readable state_dict file ({first}); "
-                          "save it again with torch.save(model.state_dict(), path)") from exc
+        raise ConfigError(
+            f"{what}: {path} is not a readable state_dict file ({first}); "
+            "save it again with torch.save(model.state_dict(), path)"
+        ) from exc

@@ -12,17 +12,17 @@ from prefect import task
 from ray.util import ActorPool
 from tqdm import tqdm
 
-from lstmpipe.lib.features.cache import FeatureCache
-from lstmpipe.lib.features.backbone import Backbone, resolve_precision, resolve_weights
 from lstmpipe.lib.config import BackboneConfig, Config, SamplingConfig, SourcesConfig
 from lstmpipe.lib.errors import ConfigError
-from lstmpipe.lib.features.extract import extract_to_cache, split_cached
+from lstmpipe.lib.features.backbone import Backbone, resolve_precision, resolve_weights
 from lstmpipe.lib.features.build import check_recipe, load_backbone, recipe_key
-from lstmpipe.lib.sources.hashing import HashMemo
+from lstmpipe.lib.features.cache import FeatureCache
+from lstmpipe.lib.features.extract import extract_to_cache, split_cached
 from lstmpipe.lib.features.placement import placement
 from lstmpipe.lib.features.recipe import FeatureRecipe
 from lstmpipe.lib.series import SeriesRef
 from lstmpipe.lib.sources.discover import discover
+from lstmpipe.lib.sources.hashing import HashMemo
 from lstmpipe.tasks.ray_workers import FeatureWorker, ensure_ray, feature_workers, release_workers
 from lstmpipe.tasks.retry import transient_only
 
@@ -30,11 +30,20 @@ GROUP = 8  # series per actor call: progress granularity and load balance; one c
 
 
 @task(name="discover", retries=2, retry_condition_fn=transient_only)
-def discover_source(source: str, manifest: str | None, memo_path: str, sources: SourcesConfig) -> dict:
+def discover_source(
+    source: str, manifest: str | None, memo_path: str, sources: SourcesConfig
+) -> dict:
     """Series refs (as dicts) and discovery failures of a source root, file or archive."""
-    found = discover(Path(source), Path(manifest) if manifest else None, HashMemo(Path(memo_path)),
-                     sources=sources)
-    return {"refs": [r.to_dict() for r in found.refs], "failures": [f.__dict__ for f in found.failures]}
+    found = discover(
+        Path(source),
+        Path(manifest) if manifest else None,
+        HashMemo(Path(memo_path)),
+        sources=sources,
+    )
+    return {
+        "refs": [r.to_dict() for r in found.refs],
+        "failures": [f.__dict__ for f in found.failures],
+    }
 
 
 def _device() -> str:
@@ -44,24 +53,43 @@ def _device() -> str:
 def _recipe_cache_key(_context: object, parameters: dict) -> str | None:
     config = parameters["config"]
     try:
-        return "feature-recipe-" + recipe_key(config.sampling, config.backbone, Path(parameters["torch_hub_dir"]),
-                                              _device(), config.sources)
+        return "feature-recipe-" + recipe_key(
+            config.sampling,
+            config.backbone,
+            Path(parameters["torch_hub_dir"]),
+            _device(),
+            config.sources,
+        )
     except ConfigError:
         return None  # not cached: the task raises the same error, once, naming the setting
 
 
 # Cached across flow runs (persisted as JSON under Prefect's local storage): a run with nothing to extract, or
 # one extracting on a Ray cluster, never loads the backbone in this process only to name the recipe.
-@task(name="feature-recipe", cache_key_fn=_recipe_cache_key, persist_result=True, result_serializer="json")
+@task(
+    name="feature-recipe",
+    cache_key_fn=_recipe_cache_key,
+    persist_result=True,
+    result_serializer="json",
+)
 def feature_recipe(config: Config, torch_hub_dir: str) -> dict:
     """The recipe this configuration yields on this machine (precision resolved)."""
-    _, recipe = shared_backbone(config.sampling, config.backbone, Path(torch_hub_dir), config.sources)
+    _, recipe = shared_backbone(
+        config.sampling, config.backbone, Path(torch_hub_dir), config.sources
+    )
     return recipe.to_dict()
 
 
 @task(name="extract-shard", tags=["extract", "gpu"], retries=2, retry_condition_fn=transient_only)
-def extract_shard(refs: list[dict], recipe: dict, config: Config, cache_root: str, tmp_dir: str,
-                  torch_hub_dir: str, ray_address: str | None) -> dict:
+def extract_shard(
+    refs: list[dict],
+    recipe: dict,
+    config: Config,
+    cache_root: str,
+    tmp_dir: str,
+    torch_hub_dir: str,
+    ray_address: str | None,
+) -> dict:
     """One shard: a status row per series (cached, extracted now, or failed with a reason) and the
     seconds spent extracting. `ray_address` None extracts in this process, else on that Ray cluster."""
     cache = FeatureCache(Path(cache_root))
@@ -72,8 +100,15 @@ def extract_shard(refs: list[dict], recipe: dict, config: Config, cache_root: st
     if todo and ray_address is None:
         rows += _extract_here(todo, wanted, config, cache, Path(tmp_dir), Path(torch_hub_dir))
     elif todo:
-        rows += _extract_on_ray([r.to_dict() for r in todo], recipe, config, cache_root, tmp_dir, torch_hub_dir,
-                                ray_address)
+        rows += _extract_on_ray(
+            [r.to_dict() for r in todo],
+            recipe,
+            config,
+            cache_root,
+            tmp_dir,
+            torch_hub_dir,
+            ray_address,
+        )
     return {"rows": rows, "seconds": time.monotonic() - started if todo else 0.0}
 
 
@@ -83,15 +118,24 @@ _loaded: dict[tuple, tuple[Backbone, FeatureRecipe]] = {}  # at most one backbon
 _loading = threading.Lock()
 
 
-def shared_backbone(sampling: SamplingConfig, config: BackboneConfig, torch_hub_dir: Path,
-                    sources: SourcesConfig) -> tuple[Backbone, FeatureRecipe]:
+def shared_backbone(
+    sampling: SamplingConfig, config: BackboneConfig, torch_hub_dir: Path, sources: SourcesConfig
+) -> tuple[Backbone, FeatureRecipe]:
     """load_backbone, once per process for the same features: feature_recipe, the CLI's early load and
     every shard share it. Keyed on what makes the features, with weights and precision resolved, so a
     config ("auto", "DEFAULT") and the recipe it produced find the same backbone."""
     device = _device()
-    key = (sampling.fps, sampling.num_frames, sampling.size, config.name, config.feature_dtype, config.optimize,
-           resolve_weights(config, torch_hub_dir).digest, resolve_precision(config.precision, torch.device(device)),
-           sources)
+    key = (
+        sampling.fps,
+        sampling.num_frames,
+        sampling.size,
+        config.name,
+        config.feature_dtype,
+        config.optimize,
+        resolve_weights(config, torch_hub_dir).digest,
+        resolve_precision(config.precision, torch.device(device)),
+        sources,
+    )
     with _loading:
         if key not in _loaded:
             _loaded.clear()  # free the previous model first
@@ -99,23 +143,48 @@ def shared_backbone(sampling: SamplingConfig, config: BackboneConfig, torch_hub_
         return _loaded[key]
 
 
-def _extract_here(todo: list[SeriesRef], wanted: FeatureRecipe, config: Config, cache: FeatureCache,
-                  tmp_dir: Path, torch_hub_dir: Path) -> list[dict]:
+def _extract_here(
+    todo: list[SeriesRef],
+    wanted: FeatureRecipe,
+    config: Config,
+    cache: FeatureCache,
+    tmp_dir: Path,
+    torch_hub_dir: Path,
+) -> list[dict]:
     """In this process: one backbone using every core, decoders and the cache writer in threads."""
     # Everything that shapes the features comes from the recipe (a model's, at inference), not from this
     # run's flags; the precision too, so "auto" is never re-resolved differently.
     sampling, sources = wanted.sampling(config.sampling), wanted.sources_config()
-    backbone, built = shared_backbone(sampling, wanted.backbone_config(config.backbone), torch_hub_dir, sources)
+    backbone, built = shared_backbone(
+        sampling, wanted.backbone_config(config.backbone), torch_hub_dir, sources
+    )
     check_recipe(wanted, built)
     tmp_dir.mkdir(parents=True, exist_ok=True)
     batch_size = backbone.batch_size(sampling.size, config.backbone.batch_size)
     with tqdm(total=len(todo), desc="extract", unit="series", leave=False) as bar:
-        return extract_to_cache(todo, sampling, backbone, batch_size, tmp_dir, sources, cache, wanted.recipe_id,
-                                decoders=config.runtime.decoders, on_series=bar.update)
+        return extract_to_cache(
+            todo,
+            sampling,
+            backbone,
+            batch_size,
+            tmp_dir,
+            sources,
+            cache,
+            wanted.recipe_id,
+            decoders=config.runtime.decoders,
+            on_series=bar.update,
+        )
 
 
-def _extract_on_ray(todo: list[dict], recipe: dict, config: Config, cache_root: str, tmp_dir: str,
-                    torch_hub_dir: str, ray_address: str) -> list[dict]:
+def _extract_on_ray(
+    todo: list[dict],
+    recipe: dict,
+    config: Config,
+    cache_root: str,
+    tmp_dir: str,
+    torch_hub_dir: str,
+    ray_address: str,
+) -> list[dict]:
     ensure_ray(ray_address)
     where = placement(config.runtime, ray.cluster_resources())
     # Everything that shapes the features comes from the recipe (a model's, at inference), not
@@ -123,12 +192,20 @@ def _extract_on_ray(todo: list[dict], recipe: dict, config: Config, cache_root: 
     wanted = FeatureRecipe.from_dict(recipe)
     sampling, backbone = wanted.sampling(config.sampling), wanted.backbone_config(config.backbone)
     workers = feature_workers(
-        f"{recipe['recipe_id']}:{cache_root}:{where}", where.actors,
+        f"{recipe['recipe_id']}:{cache_root}:{where}",
+        where.actors,
         lambda: FeatureWorker.options(num_cpus=where.actor_cpus, num_gpus=where.actor_gpus).remote(
-            sampling, backbone, recipe, torch_hub_dir, cache_root, tmp_dir, config.runtime.decoders,
-            where.decode_cpus),
+            sampling,
+            backbone,
+            recipe,
+            torch_hub_dir,
+            cache_root,
+            tmp_dir,
+            config.runtime.decoders,
+            where.decode_cpus,
+        ),
     )
-    groups = [todo[i:i + GROUP] for i in range(0, len(todo), GROUP)]
+    groups = [todo[i : i + GROUP] for i in range(0, len(todo), GROUP)]
     statuses: list[dict] = []
     try:
         with tqdm(total=len(todo), desc="extract", unit="series", leave=False) as bar:

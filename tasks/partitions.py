@@ -8,29 +8,46 @@ from pathlib import Path
 from prefect import task
 
 from lstmpipe.lib.ops import partitions
-
-from lstmpipe.lib.registry import mlflow_store as registry
 from lstmpipe.lib.ops.partitions import Partition, PartitionRecords
+from lstmpipe.lib.registry import mlflow_store as registry
 from lstmpipe.tasks.retry import transient_only
 
 
 @task(name="partitions-to-do", retries=2, retry_condition_fn=transient_only)
-def partitions_to_do(root: str, records_file: str, recipe_id: str, start: dt.date | None, end: dt.date | None,
-                     every: bool) -> dict[str, list[Partition]]:
-    selected, pending = partitions.to_do(Path(root), PartitionRecords(Path(records_file)), recipe_id, start, end,
-                                         every)
+def partitions_to_do(
+    root: str,
+    records_file: str,
+    recipe_id: str,
+    start: dt.date | None,
+    end: dt.date | None,
+    every: bool,
+) -> dict[str, list[Partition]]:
+    selected, pending = partitions.to_do(
+        Path(root), PartitionRecords(Path(records_file)), recipe_id, start, end, every
+    )
     return {"selected": selected, "pending": pending}
 
 
 @task(name="mark-partition-done", retries=2, retry_condition_fn=transient_only)
-def mark_partition_done(records_file: str, root: str, partition: Partition, recipe_id: str, series: int,
-                        failed: int, run_id: str) -> dict:
-    record = PartitionRecords(Path(records_file)).mark_done(Path(root), partition, recipe_id, series, failed, run_id)
+def mark_partition_done(
+    records_file: str,
+    root: str,
+    partition: Partition,
+    recipe_id: str,
+    series: int,
+    failed: int,
+    run_id: str,
+) -> dict:
+    record = PartitionRecords(Path(records_file)).mark_done(
+        Path(root), partition, recipe_id, series, failed, run_id
+    )
     return record.__dict__
 
 
 @task(name="nightly-plan", retries=2, retry_condition_fn=transient_only)
-def nightly_plan(tracking_uri: str, model: str, records_file: str, root: str, recipe_id: str) -> dict:
+def nightly_plan(
+    tracking_uri: str, model: str, records_file: str, root: str, recipe_id: str
+) -> dict:
     """Why nightly trains ("train"; None: nothing new since the newest version of `model`), and the newest
     version left without a promotion decision ("promote"; None when there is none)."""
     newest = partitions.newest_version(registry.connect(tracking_uri), model)

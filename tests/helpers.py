@@ -16,7 +16,11 @@ def ffmpeg_children() -> list[int]:
         except OSError:
             continue
         fields = stat.rsplit(")", 1)[1].split()
-        if entry.name.isdigit() and int(fields[1]) == os.getpid() and "ffmpeg" in stat.split(")")[0]:
+        if (
+            entry.name.isdigit()
+            and int(fields[1]) == os.getpid()
+            and "ffmpeg" in stat.split(")")[0]
+        ):
             found.append(int(entry.name))
     return found
 

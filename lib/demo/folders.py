@@ -18,8 +18,12 @@ from typing import Any
 from lstmpipe.lib.atomic import write_text_atomic
 
 
-def publish_sample(root: Path, spec: dict[str, Any], classes: Sequence[str],
-                   write: Callable[[Path], list[tuple[str, str]]]) -> Path:
+def publish_sample(
+    root: Path,
+    spec: dict[str, Any],
+    classes: Sequence[str],
+    write: Callable[[Path], list[tuple[str, str]]],
+) -> Path:
     """`write(staging)` fills staging/<class>/... and returns (series_id, label) rows; returns root."""
     root = Path(root)
     marker = root / ".sample-spec.json"
@@ -33,7 +37,9 @@ def publish_sample(root: Path, spec: dict[str, Any], classes: Sequence[str],
         rows = write(staging)
         for label in classes:
             target = root / label
-            if target.exists():  # a folder cannot be replaced in one rename: park the old one for deletion
+            if (
+                target.exists()
+            ):  # a folder cannot be replaced in one rename: park the old one for deletion
                 target.rename(staging / f"old-{label}")
             (staging / label).rename(target)
         labels = "".join(f"{series_id},{label}\n" for series_id, label in sorted(rows))

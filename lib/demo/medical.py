@@ -30,8 +30,8 @@ import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
-from lstmpipe.lib.errors import ConfigError
 from lstmpipe.lib.demo.folders import publish_sample
+from lstmpipe.lib.errors import ConfigError
 
 CLASSES = ("regular", "irregular")
 FRAME_MS = 100.0  # ms between frames: real-time cine, so a beat of 7-9 frames is 0.7-0.9 s
@@ -94,13 +94,17 @@ def render_series(label: str, draw: BeatDraw, phase: np.ndarray, size: int) -> n
     centre = size / 2  # the disc sits in the middle of the field of view
     grid = np.arange(size, dtype=np.float64) + 0.5
     distance = np.hypot(grid[None, :] - centre, grid[:, None] - centre)  # (H, W)
-    coverage = np.clip(0.5 - (distance[None] - radius_px[:, None, None]), 0.0, 1.0)  # (T, H, W), anti-aliased
+    coverage = np.clip(
+        0.5 - (distance[None] - radius_px[:, None, None]), 0.0, 1.0
+    )  # (T, H, W), anti-aliased
     noise = np.random.default_rng(draw.noise_seed).normal(0.0, draw.noise_sigma, coverage.shape)
     values = TISSUE + coverage * (BLOOD - TISSUE) + noise
     return np.clip(np.rint(values), 0, 2**BITS_STORED - 1).astype(np.uint16)
 
 
-def generate_medical(root: Path, clips_per_class: int, seed: int, size: int = 64, frames: int = 32) -> Path:
+def generate_medical(
+    root: Path, clips_per_class: int, seed: int, size: int = 64, frames: int = 32
+) -> Path:
     """Write `clips_per_class` series per class under root and `labels.csv`; returns root.
 
     A re-run with the same arguments finds the marker and does nothing; other arguments
@@ -112,14 +116,22 @@ def generate_medical(root: Path, clips_per_class: int, seed: int, size: int = 64
         raise ConfigError(f"size: {size} must be >= 16 px")
     if frames < 2:
         raise ConfigError(f"frames: {frames} must be >= 2 (a cine series shows motion)")
-    spec = {"format": _FORMAT, "kind": "medical", "clips_per_class": clips_per_class, "seed": seed,
-            "size": size, "frames": frames}
+    spec = {
+        "format": _FORMAT,
+        "kind": "medical",
+        "clips_per_class": clips_per_class,
+        "seed": seed,
+        "size": size,
+        "frames": frames,
+    }
 
     def write(staging: Path) -> list[tuple[str, str]]:
         rows = []
         for label in CLASSES:
             for index in range(clips_per_class):
-                series_uid = write_series(staging / label / f"series_{index:04d}", label, index, seed, size, frames)
+                series_uid = write_series(
+                    staging / label / f"series_{index:04d}", label, index, seed, size, frames
+                )
                 rows.append((f"{label}/series_{index:04d}/{series_uid}", label))
         return rows
 
@@ -138,16 +150,32 @@ def write_series(folder: Path, label: str, index: int, seed: int, size: int, fra
     study_uid = generate_uid(entropy_srcs=key + ["study"])
     series_uid = generate_uid(entropy_srcs=key + ["series"])
     folder.mkdir(parents=True, exist_ok=True)
-    number = CLASSES.index(label) * 100_000 + index  # pseudonymous patient number; says nothing of the class
+    number = (
+        CLASSES.index(label) * 100_000 + index
+    )  # pseudonymous patient number; says nothing of the class
     for frame in range(frames):
-        ds = _frame_dataset(pixels[frame], frame, size, study_uid, series_uid,
-                            generate_uid(entropy_srcs=key + ["sop", str(frame)]), f"ANON{number:06d}")
+        ds = _frame_dataset(
+            pixels[frame],
+            frame,
+            size,
+            study_uid,
+            series_uid,
+            generate_uid(entropy_srcs=key + ["sop", str(frame)]),
+            f"ANON{number:06d}",
+        )
         ds.save_as(folder / f"IM_{frame + 1:04d}.dcm", enforce_file_format=True)
     return str(series_uid)
 
 
-def _frame_dataset(pixels: np.ndarray, frame: int, size: int, study_uid: str, series_uid: str, sop_uid: str,
-                   patient_id: str) -> Dataset:
+def _frame_dataset(
+    pixels: np.ndarray,
+    frame: int,
+    size: int,
+    study_uid: str,
+    series_uid: str,
+    sop_uid: str,
+    patient_id: str,
+) -> Dataset:
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = MRImageStorage
     meta.MediaStorageSOPInstanceUID = sop_uid
@@ -172,11 +200,20 @@ def _frame_dataset(pixels: np.ndarray, frame: int, size: int, study_uid: str, se
     ds.PixelSpacing = [round(FOV_MM / size, 6)] * 2
     ds.SliceThickness = SLICE_MM
     ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-    ds.ImagePositionPatient = [-FOV_MM / 2, -FOV_MM / 2, 0.0]  # one slice: the same place every frame
+    ds.ImagePositionPatient = [
+        -FOV_MM / 2,
+        -FOV_MM / 2,
+        0.0,
+    ]  # one slice: the same place every frame
     ds.SliceLocation = 0.0
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
     ds.Rows, ds.Columns = size, size
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, BITS_STORED, BITS_STORED - 1, 0
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = (
+        16,
+        BITS_STORED,
+        BITS_STORED - 1,
+        0,
+    )
     ds.WindowCenter, ds.WindowWidth = WINDOW
     ds.PixelData = np.ascontiguousarray(pixels, dtype="<u2").tobytes()
     return ds

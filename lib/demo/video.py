@@ -42,7 +42,11 @@ _RAMPS = {
 # Both classes of a time-reversal pair draw from the same stream, so their frames match.
 _PAIR = {"grow": 0, "shrink": 0, "fade_in": 1, "fade_out": 1}
 _SHAPES = ("disc", "square", "triangle")
-_PARTITION_KINDS = ("folder", "tar", "zip")  # by partition position, cycling: every kind gets exercised
+_PARTITION_KINDS = (
+    "folder",
+    "tar",
+    "zip",
+)  # by partition position, cycling: every kind gets exercised
 _FORMAT = 1  # bump when rendering or encoding changes: old archives are then regenerated
 _ARCHIVE_STREAM, _INCOMING_STREAM, _BAD_STREAM = 0, 1, 2  # independent seed streams
 _ENCODE_TIMEOUT_S = 120
@@ -52,7 +56,11 @@ _ENCODE_TIMEOUT_S = 120
 class SampleSpec:
     classes: tuple[str, ...] = ("grow", "shrink", "fade_in", "fade_out")  # any of these four
     clips_per_class: int = 24  # spread round-robin over the partitions
-    partitions: tuple[str, ...] = ("2026-11-19", "2026-11-20", "2026-11-21")  # ISO dates: folder, .tar, .zip
+    partitions: tuple[str, ...] = (
+        "2026-11-19",
+        "2026-11-20",
+        "2026-11-21",
+    )  # ISO dates: folder, .tar, .zip
     size: int = 96  # frame width = height in px; even, as yuv420p needs
     fps: int = 8  # frames per second written into the MP4
     min_frames: int = 12  # clip length drawn uniformly in [min_frames, max_frames]: lengths vary
@@ -62,14 +70,20 @@ class SampleSpec:
     def __post_init__(self) -> None:
         unknown = [c for c in self.classes if c not in _RAMPS]
         if unknown or not self.classes:
-            raise ConfigError(f"classes: {unknown or 'empty'} not allowed; choose from {list(_RAMPS)}")
+            raise ConfigError(
+                f"classes: {unknown or 'empty'} not allowed; choose from {list(_RAMPS)}"
+            )
         for name in ("clips_per_class", "fps", "min_frames"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: {getattr(self, name)} must be >= 1")
         if self.max_frames < self.min_frames:
-            raise ConfigError(f"max_frames: {self.max_frames} must be >= min_frames ({self.min_frames})")
+            raise ConfigError(
+                f"max_frames: {self.max_frames} must be >= min_frames ({self.min_frames})"
+            )
         if self.size < 16 or self.size % 2:
-            raise ConfigError(f"size: {self.size} must be an even number >= 16 (yuv420p halves the chroma)")
+            raise ConfigError(
+                f"size: {self.size} must be an even number >= 16 (yuv420p halves the chroma)"
+            )
         if not self.partitions:
             raise ConfigError("partitions: empty; give at least one ISO date such as '2026-11-19'")
         for name in self.partitions:
@@ -140,7 +154,9 @@ def write_clip(frames: np.ndarray, fps: int, path: Path) -> Path:
         "-fflags", "+bitexact", "-flags:v", "+bitexact", "-map_metadata", "-1",  # no version strings, no dates
         "-movflags", "+faststart", str(path),
     ]  # fmt: skip
-    done = subprocess.run(cmd, input=frames.tobytes(), capture_output=True, timeout=_ENCODE_TIMEOUT_S)
+    done = subprocess.run(
+        cmd, input=frames.tobytes(), capture_output=True, timeout=_ENCODE_TIMEOUT_S
+    )
     if done.returncode != 0:
         stderr = done.stderr.decode(errors="replace").strip()
         raise RuntimeError(f"ffmpeg could not write {path} (exit {done.returncode}): {stderr}")
@@ -153,9 +169,22 @@ def generate_archive(root: Path, spec: SampleSpec) -> Path:
     A re-run with the same spec finds the marker and does nothing.
     """
     root = Path(root)
-    jobs = [_archive_job(spec, label, index) for label in spec.classes for index in range(spec.clips_per_class)]
-    kinds = {name: _PARTITION_KINDS[i % len(_PARTITION_KINDS)] for i, name in enumerate(spec.partitions)}
-    return _generate(root, jobs, kinds, spec, root / "labels.csv", (root / ".sample-spec.json", _marker_text(spec)))
+    jobs = [
+        _archive_job(spec, label, index)
+        for label in spec.classes
+        for index in range(spec.clips_per_class)
+    ]
+    kinds = {
+        name: _PARTITION_KINDS[i % len(_PARTITION_KINDS)] for i, name in enumerate(spec.partitions)
+    }
+    return _generate(
+        root,
+        jobs,
+        kinds,
+        spec,
+        root / "labels.csv",
+        (root / ".sample-spec.json", _marker_text(spec)),
+    )
 
 
 def generate_incoming(root: Path, spec: SampleSpec, count: int = 16) -> Path:
@@ -196,12 +225,19 @@ class _Job:
 def _archive_job(spec: SampleSpec, label: str, index: int) -> _Job:
     rng = np.random.default_rng([spec.seed, _ARCHIVE_STREAM, _PAIR[label], index])
     partition = spec.partitions[index % len(spec.partitions)]
-    return _Job(partition, f"{label}/clip_{index:04d}.mp4", label, draw_clip(rng, spec.min_frames, spec.max_frames))
+    return _Job(
+        partition,
+        f"{label}/clip_{index:04d}.mp4",
+        label,
+        draw_clip(rng, spec.min_frames, spec.max_frames),
+    )
 
 
 def _incoming_job(spec: SampleSpec, partition: str, label: str, index: int) -> _Job:
     rng = np.random.default_rng([spec.seed, _INCOMING_STREAM, index])
-    return _Job(partition, f"clip_{index:04d}.mp4", label, draw_clip(rng, spec.min_frames, spec.max_frames))
+    return _Job(
+        partition, f"clip_{index:04d}.mp4", label, draw_clip(rng, spec.min_frames, spec.max_frames)
+    )
 
 
 def _marker_text(spec: SampleSpec, **extra: int) -> str:
@@ -211,12 +247,21 @@ def _marker_text(spec: SampleSpec, **extra: int) -> str:
 
 
 def _generate(
-    root: Path, jobs: list[_Job], kinds: dict[str, str], spec: SampleSpec, csv_path: Path, marker: tuple[Path, str]
+    root: Path,
+    jobs: list[_Job],
+    kinds: dict[str, str],
+    spec: SampleSpec,
+    csv_path: Path,
+    marker: tuple[Path, str],
 ) -> Path:
     """Write partitions, then the CSV, then the marker (path, text) last: no marker means incomplete."""
     marker_path, marker_text = marker
     targets = [root / _partition_file(name, kind) for name, kind in kinds.items()] + [csv_path]
-    if marker_path.exists() and marker_path.read_text() == marker_text and all(t.exists() for t in targets):
+    if (
+        marker_path.exists()
+        and marker_path.read_text() == marker_text
+        and all(t.exists() for t in targets)
+    ):
         return root
     root.mkdir(parents=True, exist_ok=True)
     marker_path.unlink(missing_ok=True)
@@ -225,8 +270,13 @@ def _generate(
         _encode_all(staging, jobs, spec)
         for name, kind in kinds.items():
             _publish(staging, name, kind, root)
-        rows = [f"{_partition_file(job.partition, kinds[job.partition])}/{job.member},{job.label}" for job in jobs]
-        write_text_atomic("series_id,label\n" + "".join(f"{row}\n" for row in sorted(rows)), csv_path)
+        rows = [
+            f"{_partition_file(job.partition, kinds[job.partition])}/{job.member},{job.label}"
+            for job in jobs
+        ]
+        write_text_atomic(
+            "series_id,label\n" + "".join(f"{row}\n" for row in sorted(rows)), csv_path
+        )
         write_text_atomic(marker_text, marker_path)
     finally:
         shutil.rmtree(staging)
@@ -253,7 +303,9 @@ def _publish(staging: Path, name: str, kind: str, root: Path) -> None:
     source = staging / name
     target = root / _partition_file(name, kind)
     if kind == "folder":
-        if target.exists():  # a directory cannot be replaced in one rename: park the old one for deletion
+        if (
+            target.exists()
+        ):  # a directory cannot be replaced in one rename: park the old one for deletion
             target.rename(staging / f"old-{name}")
         source.rename(target)
         return
@@ -278,13 +330,19 @@ def _write_zip(source: Path, target: Path) -> None:
     with zipfile.ZipFile(target, "w", compression=zipfile.ZIP_STORED) as archive:
         for path, member in _members(source):
             info = zipfile.ZipInfo(member, date_time=(1980, 1, 1, 0, 0, 0))
-            info.compress_type, info.create_system, info.external_attr = zipfile.ZIP_STORED, 3, 0o644 << 16
+            info.compress_type, info.create_system, info.external_attr = (
+                zipfile.ZIP_STORED,
+                3,
+                0o644 << 16,
+            )
             archive.writestr(info, path.read_bytes())
 
 
 def _members(source: Path) -> list[tuple[Path, str]]:
     """Files under source with their posix member names, sorted so archives are byte-stable."""
-    files = [(path, path.relative_to(source).as_posix()) for path in source.rglob("*") if path.is_file()]
+    files = [
+        (path, path.relative_to(source).as_posix()) for path in source.rglob("*") if path.is_file()
+    ]
     return sorted(files, key=lambda pair: pair[1])
 
 
@@ -319,7 +377,9 @@ def _paint(draw: ClipDraw, radius_px: np.ndarray, alpha: np.ndarray, size: int) 
     coverage = np.clip(0.5 - _signed_distance(draw.shape, dx, dy, r), 0.0, 1.0)  # (T, H, W)
     weight = (coverage * alpha[:, None, None])[..., None]  # (T, H, W, 1)
     background, colour = np.asarray(draw.background, float), np.asarray(draw.colour, float)
-    noise = np.random.default_rng(draw.noise_seed).normal(0.0, draw.noise_sigma, weight.shape[:3] + (3,))
+    noise = np.random.default_rng(draw.noise_seed).normal(
+        0.0, draw.noise_sigma, weight.shape[:3] + (3,)
+    )
     frames = background + weight * (colour - background) + noise
     return np.clip(np.rint(frames), 0, 255).astype(np.uint8)
 

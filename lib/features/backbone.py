@@ -26,7 +26,9 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 _HEADS = ("fc", "classifier", "heads", "head")  # where torchvision models keep their classifier
 _FEATURE_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 CPU_BATCH = 32
-MAX_GPU_BATCH = 1024  # beyond this a GPU is saturated by any torchvision backbone; latency only grows
+MAX_GPU_BATCH = (
+    1024  # beyond this a GPU is saturated by any torchvision backbone; latency only grows
+)
 
 
 @dataclass(frozen=True)
@@ -47,8 +49,11 @@ def resolve_weights(config: BackboneConfig, torch_hub_dir: Path) -> WeightsSourc
         if not as_path.is_file():
             raise ConfigError(f"backbone.weights: file {as_path} does not exist")
         stat = as_path.stat()
-        return WeightsSource(f"file:{as_path.name}", _file_digest(as_path.resolve(), stat.st_size, stat.st_mtime_ns),
-                             as_path)
+        return WeightsSource(
+            f"file:{as_path.name}",
+            _file_digest(as_path.resolve(), stat.st_size, stat.st_mtime_ns),
+            as_path,
+        )
     return _torchvision_weights(config, torch_hub_dir)
 
 
@@ -57,7 +62,9 @@ def _torchvision_weights(config: BackboneConfig, torch_hub_dir: Path) -> Weights
         enum = torchvision.models.get_model_weights(config.name)
         weights = enum[config.weights] if config.weights != "DEFAULT" else enum.DEFAULT
     except (KeyError, ValueError) as exc:
-        raise ConfigError(f"backbone.weights: {config.weights!r} is not a weights name of {config.name}") from exc
+        raise ConfigError(
+            f"backbone.weights: {config.weights!r} is not a weights name of {config.name}"
+        ) from exc
     filename = Path(weights.url).name
     cached = torch_hub_dir / "checkpoints" / filename
     if not cached.is_file():
@@ -93,7 +100,9 @@ def resolve_precision(requested: str, device: torch.device) -> str:
 def resolve_optimize(requested: str, device: torch.device, precision: str) -> str:
     """`auto` freezes on CPU in fp32 (tested there); autocast and GPUs run the module as it is."""
     if requested not in {"auto", "freeze", "inductor", "none"}:
-        raise ConfigError(f"backbone.optimize: {requested!r}; expected auto, freeze, inductor or none")
+        raise ConfigError(
+            f"backbone.optimize: {requested!r}; expected auto, freeze, inductor or none"
+        )
     if requested != "auto":
         return requested
     return "freeze" if device.type == "cpu" and precision == "fp32" else "none"
@@ -117,11 +126,17 @@ class Backbone:
 
     def __init__(self, config: BackboneConfig, weights: WeightsSource, device: str = "cpu") -> None:
         if config.feature_dtype not in _FEATURE_DTYPES:
-            raise ConfigError(f"backbone.feature_dtype: {config.feature_dtype!r}; expected float32 or float16")
+            raise ConfigError(
+                f"backbone.feature_dtype: {config.feature_dtype!r}; expected float32 or float16"
+            )
         self.device = torch.device(device)
         self.precision = resolve_precision(config.precision, self.device)
         self.feature_dtype = _FEATURE_DTYPES[config.feature_dtype]
-        self.model = _headless(_build(config, weights)).eval().to(self.device, memory_format=torch.channels_last)
+        self.model = (
+            _headless(_build(config, weights))
+            .eval()
+            .to(self.device, memory_format=torch.channels_last)
+        )
         self.optimize = resolve_optimize(config.optimize, self.device, self.precision)
         self.model = _optimized(self.model, self.optimize)
         self.mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1)
@@ -168,9 +183,13 @@ def _optimized(model: nn.Module, how: str) -> nn.Module | torch.jit.ScriptModule
         # minute of compiling per run; freezing is still supported, 1 s, and as fast: kept until it goes.
         with torch.no_grad(), warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.jit")
-            return torch.jit.freeze(torch.jit.trace(model, example.contiguous(memory_format=torch.channels_last)))
+            return torch.jit.freeze(
+                torch.jit.trace(model, example.contiguous(memory_format=torch.channels_last))
+            )
     if how == "inductor":
-        return torch.compile(model, dynamic=False)  # one graph per batch shape: full batches and the last one
+        return torch.compile(
+            model, dynamic=False
+        )  # one graph per batch shape: full batches and the last one
     return model
 
 
@@ -185,7 +204,9 @@ def _build(config: BackboneConfig, weights: WeightsSource) -> nn.Module:
         try:
             model.load_state_dict(state)
         except RuntimeError as exc:
-            raise ConfigError(f"backbone.weights: {weights.path} does not fit {config.name}: {exc}") from exc
+            raise ConfigError(
+                f"backbone.weights: {weights.path} does not fit {config.name}: {exc}"
+            ) from exc
     return model
 
 
@@ -195,4 +216,6 @@ def _headless(model: nn.Module) -> nn.Module:
         if isinstance(getattr(model, name, None), nn.Module):
             setattr(model, name, nn.Identity())
             return model
-    raise ConfigError(f"backbone.name: {type(model).__name__} has no known classifier head ({', '.join(_HEADS)})")
+    raise ConfigError(
+        f"backbone.name: {type(model).__name__} has no known classifier head ({', '.join(_HEADS)})"
+    )

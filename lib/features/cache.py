@@ -67,7 +67,10 @@ COMPACT_TARGET_ROWS = 1 << 16
 # index commit: compaction leaves it alone. Far longer than any write takes.
 ORPHAN_GRACE_S = 3600.0
 
-_DICTIONARY_COLUMNS = ["content_hash", "recipe_id"]  # few distinct values per row group: decode as codes
+_DICTIONARY_COLUMNS = [
+    "content_hash",
+    "recipe_id",
+]  # few distinct values per row group: decode as codes
 
 
 @dataclass(frozen=True)
@@ -98,7 +101,7 @@ class StackedFeatures:
         """(T_i, D) view of keys[i]'s frames."""
         if self.offsets[i] < 0:
             raise KeyError(f"StackedFeatures: {self.keys[i]} is not cached; check `missing` first")
-        return self.features[self.offsets[i]: self.offsets[i] + self.lengths[i]]
+        return self.features[self.offsets[i] : self.offsets[i] + self.lengths[i]]
 
 
 def feature_schema(dim: int, dtype: pa.DataType = pa.float32()) -> pa.Schema:
@@ -140,11 +143,17 @@ class FeatureCache:
         self.files = self.root / "features"
         self.files.mkdir(parents=True, exist_ok=True)
         self.index_path = self.root / "index.sqlite"
-        self._recipes: dict[str, FeatureRecipe] = {}  # recipes never change under their id: safe to keep
+        self._recipes: dict[
+            str, FeatureRecipe
+        ] = {}  # recipes never change under their id: safe to keep
         with closing(self._connect()) as db:
             db.execute("PRAGMA journal_mode=WAL")
-            if not _schema_is_current(db):  # checked first: opening a current index takes no write lock
-                db.execute("BEGIN IMMEDIATE")  # two processes opening an old index: one adds the column
+            if not _schema_is_current(
+                db
+            ):  # checked first: opening a current index takes no write lock
+                db.execute(
+                    "BEGIN IMMEDIATE"
+                )  # two processes opening an old index: one adds the column
                 db.execute(
                     "CREATE TABLE IF NOT EXISTS entries (content_hash TEXT, recipe_id TEXT, series_id TEXT,"
                     " file TEXT, n_frames INTEGER, written_at REAL, row_offset INTEGER,"
@@ -154,7 +163,9 @@ class FeatureCache:
                     db.execute("ALTER TABLE entries ADD COLUMN row_offset INTEGER")
                 # compaction asks which entries a file holds, and which files are referenced at all
                 db.execute("CREATE INDEX IF NOT EXISTS entries_by_file ON entries (file)")
-                db.execute("CREATE TABLE IF NOT EXISTS recipes (recipe_id TEXT PRIMARY KEY, recipe TEXT)")
+                db.execute(
+                    "CREATE TABLE IF NOT EXISTS recipes (recipe_id TEXT PRIMARY KEY, recipe TEXT)"
+                )
                 db.commit()
 
     def _connect(self) -> sqlite3.Connection:
@@ -164,13 +175,17 @@ class FeatureCache:
 
     def add_recipe(self, recipe: FeatureRecipe) -> None:
         with closing(self._connect()) as db, db:
-            db.execute("INSERT OR IGNORE INTO recipes VALUES (?, ?)",
-                       (recipe.recipe_id, json.dumps(recipe.to_dict(), sort_keys=True)))
+            db.execute(
+                "INSERT OR IGNORE INTO recipes VALUES (?, ?)",
+                (recipe.recipe_id, json.dumps(recipe.to_dict(), sort_keys=True)),
+            )
 
     def recipe(self, recipe_id: str) -> FeatureRecipe | None:
         if recipe_id not in self._recipes:
             with closing(self._connect()) as db:
-                row = db.execute("SELECT recipe FROM recipes WHERE recipe_id = ?", (recipe_id,)).fetchone()
+                row = db.execute(
+                    "SELECT recipe FROM recipes WHERE recipe_id = ?", (recipe_id,)
+                ).fetchone()
             if row is None:
                 return None  # not remembered: it may be added later
             self._recipes[recipe_id] = FeatureRecipe.from_dict(json.loads(row[0]))
@@ -182,8 +197,10 @@ class FeatureCache:
             return set()
         with closing(self._connect()) as db:
             _wanted(db, keys)
-            rows = db.execute("SELECT w.content_hash, w.recipe_id FROM wanted w CROSS JOIN entries e"
-                              " ON e.content_hash = w.content_hash AND e.recipe_id = w.recipe_id").fetchall()
+            rows = db.execute(
+                "SELECT w.content_hash, w.recipe_id FROM wanted w CROSS JOIN entries e"
+                " ON e.content_hash = w.content_hash AND e.recipe_id = w.recipe_id"
+            ).fetchall()
         return set(rows)
 
     def recipes_of(self, hashes: list[str]) -> dict[str, list[str]]:
@@ -192,8 +209,10 @@ class FeatureCache:
         with closing(self._connect()) as db:
             db.execute("CREATE TEMP TABLE wanted_hashes (content_hash TEXT)")
             db.executemany("INSERT INTO wanted_hashes VALUES (?)", [(h,) for h in set(hashes)])
-            rows = db.execute("SELECT e.content_hash, e.recipe_id FROM wanted_hashes w CROSS JOIN entries e"
-                              " ON e.content_hash = w.content_hash ORDER BY e.written_at").fetchall()
+            rows = db.execute(
+                "SELECT e.content_hash, e.recipe_id FROM wanted_hashes w CROSS JOIN entries e"
+                " ON e.content_hash = w.content_hash ORDER BY e.written_at"
+            ).fetchall()
         for content_hash, recipe_id in rows:
             found[content_hash].append(recipe_id)
         return dict(found)
@@ -203,8 +222,10 @@ class FeatureCache:
             return {}
         with closing(self._connect()) as db:
             _wanted(db, keys)
-            rows = db.execute("SELECT w.content_hash, w.recipe_id, e.n_frames FROM wanted w CROSS JOIN entries e"
-                              " ON e.content_hash = w.content_hash AND e.recipe_id = w.recipe_id").fetchall()
+            rows = db.execute(
+                "SELECT w.content_hash, w.recipe_id, e.n_frames FROM wanted w CROSS JOIN entries e"
+                " ON e.content_hash = w.content_hash AND e.recipe_id = w.recipe_id"
+            ).fetchall()
         return {(h, r): n for h, r, n in rows}
 
     def write(self, recipe_id: str, items: list[SeriesFeatures]) -> Path | None:
@@ -214,36 +235,50 @@ class FeatureCache:
 
         Features are stored as float16 when every item is float16, else as float32.
         """
-        items = list({item.content_hash: item for item in reversed(items)}.values())[::-1]  # one copy per key
+        items = list({item.content_hash: item for item in reversed(items)}.values())[
+            ::-1
+        ]  # one copy per key
         if not items:
             return None
         table = _series_table(recipe_id, items)
         counts = np.array([len(i.features) for i in items], dtype=np.int64)
         offsets = np.cumsum(counts) - counts
         target = self.files / f"part-{uuid.uuid4().hex}.parquet"
-        write_parquet_atomic(table, target, row_group_size=_row_group_rows(table.schema.field("feature").type))
+        write_parquet_atomic(
+            table, target, row_group_size=_row_group_rows(table.schema.field("feature").type)
+        )
         now = time.time()
         try:
             with closing(self._connect()) as db:
-                db.execute("BEGIN IMMEDIATE")  # against compaction's orphan sweep, which holds this lock
+                db.execute(
+                    "BEGIN IMMEDIATE"
+                )  # against compaction's orphan sweep, which holds this lock
                 if not target.exists():
                     raise FileNotFoundError(
                         f"{target}: removed as an orphan before its index commit (this write stalled longer than "
-                        f"the {ORPHAN_GRACE_S:.0f} s compaction grace); nothing was indexed, write the series again")
+                        f"the {ORPHAN_GRACE_S:.0f} s compaction grace); nothing was indexed, write the series again"
+                    )
                 inserted = db.executemany(
                     "INSERT OR IGNORE INTO entries (content_hash, recipe_id, series_id, file, n_frames, written_at,"
                     " row_offset) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    [(i.content_hash, recipe_id, i.series_id, target.name, int(n), now, int(o))
-                     for i, n, o in zip(items, counts, offsets)],
+                    [
+                        (i.content_hash, recipe_id, i.series_id, target.name, int(n), now, int(o))
+                        for i, n, o in zip(items, counts, offsets, strict=False)
+                    ],
                 ).rowcount
                 db.commit()
-                if inserted == 0:  # another writer indexed every one of them first: this file holds nothing used
+                if (
+                    inserted == 0
+                ):  # another writer indexed every one of them first: this file holds nothing used
                     target.unlink()
                     return None
-        except sqlite3.OperationalError as exc:  # a full disk, a lock held past the timeout: name the index
+        except (
+            sqlite3.OperationalError
+        ) as exc:  # a full disk, a lock held past the timeout: name the index
             raise sqlite3.OperationalError(
                 f"{self.index_path}: {exc} while indexing {len(items)} series written to {target.name}; none of "
-                "them was indexed (compaction deletes the unindexed file), write them again") from exc
+                "them was indexed (compaction deletes the unindexed file), write them again"
+            ) from exc
         return target
 
     def read(self, keys: list[Key]) -> dict[Key, SeriesFeatures]:
@@ -260,9 +295,13 @@ class FeatureCache:
             t = np.empty(len(rows.pos), np.float64)
             _gather(rows.table["t"], rows.pos, t)
             starts = np.cumsum(rows.counts) - rows.counts
-            for key, start, n in zip(rows.keys, starts.tolist(), rows.counts.tolist()):
-                found[key] = SeriesFeatures(series_id=entries[key].series_id, content_hash=key[0],
-                                            features=features[start:start + n], t=t[start:start + n])
+            for key, start, n in zip(rows.keys, starts.tolist(), rows.counts.tolist(), strict=False):
+                found[key] = SeriesFeatures(
+                    series_id=entries[key].series_id,
+                    content_hash=key[0],
+                    features=features[start : start + n],
+                    t=t[start : start + n],
+                )
 
         self._each_file(keys, take)
         return found
@@ -293,11 +332,13 @@ class FeatureCache:
             if out is None:
                 out = np.empty((total, dim), np.float32)
             elif out.shape[1] != dim:
-                raise ValueError(f"read_stacked: {path.name} holds D={dim} features, earlier files D={out.shape[1]};"
-                                 " ask for keys of one recipe at a time")
-            _gather(rows.table["feature"], rows.pos, out[cursor:cursor + len(rows.pos)])
+                raise ValueError(
+                    f"read_stacked: {path.name} holds D={dim} features, earlier files D={out.shape[1]};"
+                    " ask for keys of one recipe at a time"
+                )
+            _gather(rows.table["feature"], rows.pos, out[cursor : cursor + len(rows.pos)])
             starts = cursor + np.cumsum(rows.counts) - rows.counts
-            for key, start, n in zip(rows.keys, starts.tolist(), rows.counts.tolist()):
+            for key, start, n in zip(rows.keys, starts.tolist(), rows.counts.tolist(), strict=False):
                 offsets[slots[key]] = start
                 lengths[slots[key]] = n
             cursor += len(rows.pos)
@@ -307,17 +348,33 @@ class FeatureCache:
             total = sum(entry.n_frames for entry in located.values())
 
         self._each_file(keys, take, on_located=size)
-        features = torch.from_numpy(out) if out is not None else torch.empty((0, 0), dtype=torch.float32)
-        return StackedFeatures(keys=keys, features=features, offsets=offsets, lengths=lengths,
-                               missing=[key for key, start in zip(keys, offsets) if start < 0])
+        features = (
+            torch.from_numpy(out) if out is not None else torch.empty((0, 0), dtype=torch.float32)
+        )
+        return StackedFeatures(
+            keys=keys,
+            features=features,
+            offsets=offsets,
+            lengths=lengths,
+            missing=[key for key, start in zip(keys, offsets, strict=False) if start < 0],
+        )
 
     def stats(self) -> dict[str, int]:
         with closing(self._connect()) as db:
-            entries, frames = db.execute("SELECT COUNT(*), COALESCE(SUM(n_frames), 0) FROM entries").fetchone()
+            entries, frames = db.execute(
+                "SELECT COUNT(*), COALESCE(SUM(n_frames), 0) FROM entries"
+            ).fetchone()
             recipes = db.execute("SELECT COUNT(*) FROM recipes").fetchone()[0]
-        return {"series": entries, "frames": frames, "recipes": recipes, "bytes": sum(self._parts().values())}
+        return {
+            "series": entries,
+            "frames": frames,
+            "recipes": recipes,
+            "bytes": sum(self._parts().values()),
+        }
 
-    def compact(self, target_rows: int = COMPACT_TARGET_ROWS, orphan_grace_s: float = ORPHAN_GRACE_S) -> dict[str, int]:
+    def compact(
+        self, target_rows: int = COMPACT_TARGET_ROWS, orphan_grace_s: float = ORPHAN_GRACE_S
+    ) -> dict[str, int]:
         """Merge files whose entries hold fewer than `target_rows` rows into files of about that many.
 
         Files whose entries predate row offsets are rewritten whatever their size, so that
@@ -329,8 +386,10 @@ class FeatureCache:
         """
         before = self._parts()
         with closing(self._connect()) as db:
-            usage = db.execute("SELECT file, SUM(n_frames), COUNT(*) - COUNT(row_offset) FROM entries"
-                               " GROUP BY file").fetchall()
+            usage = db.execute(
+                "SELECT file, SUM(n_frames), COUNT(*) - COUNT(row_offset) FROM entries"
+                " GROUP BY file"
+            ).fetchall()
         by_type: dict[pa.DataType, list[tuple[str, int, bool]]] = defaultdict(list)
         for name, rows, unranged in usage:
             if name in before and (rows < target_rows or unranged):
@@ -351,17 +410,26 @@ class FeatureCache:
             _unlink(self.files / name)
         orphans = self._sweep_orphans(orphan_grace_s)
         after = self._parts()
-        return {"files_before": len(before), "files_after": len(after), "files_written": written,
-                "files_merged_away": len(merged_away), "orphans_deleted": orphans, "series_moved": moved,
-                "bytes_before": sum(before.values()), "bytes_after": sum(after.values())}
+        return {
+            "files_before": len(before),
+            "files_after": len(after),
+            "files_written": written,
+            "files_merged_away": len(merged_away),
+            "orphans_deleted": orphans,
+            "series_moved": moved,
+            "bytes_before": sum(before.values()),
+            "bytes_after": sum(after.values()),
+        }
 
     def _merge(self, names: list[str]) -> int:
         """Rewrite the entries of `names` into one new file; the number of entries repointed to it."""
         with closing(self._connect()) as db:
             db.execute("CREATE TEMP TABLE merging (file TEXT PRIMARY KEY)")
             db.executemany("INSERT INTO merging VALUES (?)", [(n,) for n in names])
-            rows = db.execute("SELECT e.content_hash, e.recipe_id, e.series_id, e.file, e.n_frames, e.row_offset"
-                              " FROM merging m CROSS JOIN entries e ON e.file = m.file").fetchall()
+            rows = db.execute(
+                "SELECT e.content_hash, e.recipe_id, e.series_id, e.file, e.n_frames, e.row_offset"
+                " FROM merging m CROSS JOIN entries e ON e.file = m.file"
+            ).fetchall()
         by_file: dict[str, dict[Key, _Entry]] = defaultdict(dict)
         for h, r, sid, name, n, offset in rows:
             by_file[name][(h, r)] = _Entry(sid, name, n, offset)
@@ -381,22 +449,27 @@ class FeatureCache:
         sources: list[str] = []
         cursor = 0
         for name, rows in parts:
-            _gather(rows.table["feature"], rows.pos, features[cursor:cursor + len(rows.pos)])
-            _gather(rows.table["t"], rows.pos, t[cursor:cursor + len(rows.pos)])
+            _gather(rows.table["feature"], rows.pos, features[cursor : cursor + len(rows.pos)])
+            _gather(rows.table["t"], rows.pos, t[cursor : cursor + len(rows.pos)])
             keys += rows.keys
             sources += [name] * len(rows.keys)
             cursor += len(rows.pos)
         counts = np.concatenate([rows.counts for _, rows in parts])
-        series_ids = [by_file[name][key].series_id for name, key in zip(sources, keys)]
+        series_ids = [by_file[name][key].series_id for name, key in zip(sources, keys, strict=False)]
         table = _table(series_ids, keys, counts, features, t)
         target = self.files / f"part-{uuid.uuid4().hex}.parquet"
-        write_parquet_atomic(table, target, row_group_size=_row_group_rows(table.schema.field("feature").type))
+        write_parquet_atomic(
+            table, target, row_group_size=_row_group_rows(table.schema.field("feature").type)
+        )
         offsets = np.cumsum(counts) - counts
         with closing(self._connect()) as db:
             db.execute("BEGIN IMMEDIATE")
             moved = db.executemany(
                 "UPDATE entries SET file = ?, row_offset = ? WHERE content_hash = ? AND recipe_id = ? AND file = ?",
-                [(target.name, int(o), h, r, old) for (h, r), o, old in zip(keys, offsets.tolist(), sources)],
+                [
+                    (target.name, int(o), h, r, old)
+                    for (h, r), o, old in zip(keys, offsets.tolist(), sources, strict=False)
+                ],
             ).rowcount
             db.commit()
         return moved
@@ -416,7 +489,8 @@ class FeatureCache:
             with os.scandir(self.files) as listing:
                 for item in listing:
                     leftover = item.name.startswith(".tmp-") or (
-                        item.name.startswith("part-") and item.name.endswith(".parquet"))
+                        item.name.startswith("part-") and item.name.endswith(".parquet")
+                    )
                     if leftover and item.name not in referenced and _mtime(item) < deadline:
                         deleted += _unlink(Path(item.path))
             db.rollback()  # nothing was written; the lock is released
@@ -446,8 +520,12 @@ class FeatureCache:
             ).fetchall()
         return {(h, r): _Entry(sid, name, n, offset) for h, r, sid, name, n, offset in rows}
 
-    def _each_file(self, keys: list[Key], take: Callable[[Path, dict[Key, _Entry]], None],
-                   on_located: Callable[[dict[Key, _Entry]], None] | None = None) -> None:
+    def _each_file(
+        self,
+        keys: list[Key],
+        take: Callable[[Path, dict[Key, _Entry]], None],
+        on_located: Callable[[dict[Key, _Entry]], None] | None = None,
+    ) -> None:
         """Locate `keys` and call `take(path, entries)` per file; keys whose file was deleted
         between lookup and open (compaction moved them) are located once more."""
         located = self._locate(keys)
@@ -466,7 +544,8 @@ class FeatureCache:
                         raise FileNotFoundError(
                             f"{self.files / name}: the index points at a missing file even after a second "
                             f"lookup; its {len(entries)} series cannot be read (delete their entries from "
-                            f"{self.index_path} and extract them again)") from error
+                            f"{self.index_path} and extract them again)"
+                        ) from error
                     gone += entries
             if not gone:
                 return
@@ -479,7 +558,9 @@ def _columns(db: sqlite3.Connection, table: str) -> set[str]:
 
 def _schema_is_current(db: sqlite3.Connection) -> bool:
     names = {name for (name,) in db.execute("SELECT name FROM sqlite_master")}
-    return {"entries", "recipes", "entries_by_file"} <= names and "row_offset" in _columns(db, "entries")
+    return {"entries", "recipes", "entries_by_file"} <= names and "row_offset" in _columns(
+        db, "entries"
+    )
 
 
 def _wanted(db: sqlite3.Connection, keys: list[Key]) -> None:
@@ -490,7 +571,9 @@ def _wanted(db: sqlite3.Connection, keys: list[Key]) -> None:
 
 def _row_group_rows(feature: pa.DataType) -> int:
     """Rows per row group so that one holds about ROW_GROUP_BYTES uncompressed."""
-    row_bytes = feature.list_size * feature.value_type.byte_width + 8 + 4 + 12  # + t, frame_index, string codes
+    row_bytes = (
+        feature.list_size * feature.value_type.byte_width + 8 + 4 + 12
+    )  # + t, frame_index, string codes
     return int(np.clip(ROW_GROUP_BYTES // row_bytes, 1024, 1 << 20))
 
 
@@ -498,22 +581,32 @@ def _series_table(recipe_id: str, items: list[SeriesFeatures]) -> pa.Table:
     dims = {item.features.shape[1:] for item in items}
     if len(dims) != 1 or len(next(iter(dims))) != 1:
         shapes = {item.series_id: item.features.shape for item in items[:5]}
-        raise ValueError(f"FeatureCache.write: every series needs (T, D) features with one D; got "
-                         f"{sorted(dims)} among {len(items)} series, e.g. {shapes}")
+        raise ValueError(
+            f"FeatureCache.write: every series needs (T, D) features with one D; got "
+            f"{sorted(dims)} among {len(items)} series, e.g. {shapes}"
+        )
     for item in items:
         if len(item.t) != len(item.features):
-            raise ValueError(f"FeatureCache.write: {item.series_id} has {len(item.features)} feature rows but "
-                             f"{len(item.t)} times; they must match")
+            raise ValueError(
+                f"FeatureCache.write: {item.series_id} has {len(item.features)} feature rows but "
+                f"{len(item.t)} times; they must match"
+            )
     dtype = np.float16 if all(item.features.dtype == np.float16 for item in items) else np.float32
     features = np.concatenate([np.asarray(item.features, dtype=dtype) for item in items])
     t = np.concatenate([np.asarray(item.t, dtype=np.float64) for item in items])
     counts = np.array([len(item.features) for item in items], dtype=np.int64)
-    return _table([item.series_id for item in items], [(item.content_hash, recipe_id) for item in items],
-                  counts, features, t)
+    return _table(
+        [item.series_id for item in items],
+        [(item.content_hash, recipe_id) for item in items],
+        counts,
+        features,
+        t,
+    )
 
 
-def _table(series_ids: list[str], keys: list[Key], counts: np.ndarray, features: np.ndarray,
-           t: np.ndarray) -> pa.Table:
+def _table(
+    series_ids: list[str], keys: list[Key], counts: np.ndarray, features: np.ndarray, t: np.ndarray
+) -> pa.Table:
     """The part-file table of series laid end to end: series i is `counts[i]` rows."""
     which = pa.array(np.repeat(np.arange(len(keys)), counts))
     starts = np.cumsum(counts) - counts
@@ -526,7 +619,9 @@ def _table(series_ids: list[str], keys: list[Key], counts: np.ndarray, features:
             pa.array([r for _, r in keys], pa.string()).take(which),
             pa.array(frame_index),
             pa.array(t),
-            pa.FixedSizeListArray.from_arrays(pa.array(features.reshape(-1), dtype), features.shape[1]),
+            pa.FixedSizeListArray.from_arrays(
+                pa.array(features.reshape(-1), dtype), features.shape[1]
+            ),
         ],
         schema=feature_schema(features.shape[1], dtype),
     )
@@ -544,13 +639,17 @@ def _file_rows(path: Path, entries: dict[Key, _Entry], with_t: bool) -> _Rows:
     return _filtered_rows(path, entries, columns)
 
 
-def _ranged_rows(handle: pq.ParquetFile, entries: dict[Key, _Entry], columns: list[str]) -> _Rows | None:
+def _ranged_rows(
+    handle: pq.ParquetFile, entries: dict[Key, _Entry], columns: list[str]
+) -> _Rows | None:
     """The row groups covering each entry's [row_offset, row_offset + n_frames); None if they do not match."""
     order = sorted(entries, key=lambda key: entries[key].row_offset)
     offset = np.array([entries[key].row_offset for key in order], dtype=np.int64)
     counts = np.array([entries[key].n_frames for key in order], dtype=np.int64)
     meta = handle.metadata
-    group_rows = np.array([meta.row_group(g).num_rows for g in range(meta.num_row_groups)], dtype=np.int64)
+    group_rows = np.array(
+        [meta.row_group(g).num_rows for g in range(meta.num_row_groups)], dtype=np.int64
+    )
     group_start = np.concatenate([[0], np.cumsum(group_rows)])
     if (offset + counts > group_start[-1]).any():
         return None
@@ -560,7 +659,9 @@ def _ranged_rows(handle: pq.ParquetFile, entries: dict[Key, _Entry], columns: li
     groups = np.searchsorted(group_start, rows, side="right") - 1
     needed = np.unique(groups)
     table = handle.read_row_groups(needed.tolist(), columns=columns)
-    read_start = np.zeros(len(group_rows), dtype=np.int64)  # where each group read begins in `table`
+    read_start = np.zeros(
+        len(group_rows), dtype=np.int64
+    )  # where each group read begins in `table`
     read_start[needed] = np.cumsum(group_rows[needed]) - group_rows[needed]
     pos = rows - group_start[groups] + read_start[groups]
     # The index is trusted for where rows are, and checked: a rewritten file falls back to the filter.
@@ -569,7 +670,7 @@ def _ranged_rows(handle: pq.ParquetFile, entries: dict[Key, _Entry], columns: li
     nonempty = counts > 0
     ends = np.concatenate([pos[first[nonempty]], pos[(first + counts - 1)[nonempty]]])
     for column, part in (("content_hash", 0), ("recipe_id", 1)):
-        want = [key[part] for key, n in zip(order, counts) if n > 0]
+        want = [key[part] for key, n in zip(order, counts, strict=False) if n > 0]
         if table[column].take(pa.array(ends)).cast(pa.string()).to_pylist() != want + want:
             return None
     return _Rows(table, pos, order, counts)
@@ -578,23 +679,39 @@ def _ranged_rows(handle: pq.ParquetFile, entries: dict[Key, _Entry], columns: li
 def _filtered_rows(path: Path, entries: dict[Key, _Entry], columns: list[str]) -> _Rows:
     """Every row of the file's wanted content hashes, sorted into series and frame order."""
     hashes = sorted({h for h, _ in entries})
-    table = pq.read_table(path, columns=columns, filters=[("content_hash", "in", hashes)],
-                          read_dictionary=_DICTIONARY_COLUMNS).combine_chunks()
+    table = pq.read_table(
+        path,
+        columns=columns,
+        filters=[("content_hash", "in", hashes)],
+        read_dictionary=_DICTIONARY_COLUMNS,
+    ).combine_chunks()
     order = list(entries)
-    wanted = pa.table({"content_hash": [h for h, _ in order], "recipe_id": [r for _, r in order],
-                       "series": np.arange(len(order))})
-    found = pa.table({"content_hash": table["content_hash"].cast(pa.string()),
-                      "recipe_id": table["recipe_id"].cast(pa.string()),
-                      "frame_index": table["frame_index"], "row": np.arange(table.num_rows)})
+    wanted = pa.table(
+        {
+            "content_hash": [h for h, _ in order],
+            "recipe_id": [r for _, r in order],
+            "series": np.arange(len(order)),
+        }
+    )
+    found = pa.table(
+        {
+            "content_hash": table["content_hash"].cast(pa.string()),
+            "recipe_id": table["recipe_id"].cast(pa.string()),
+            "frame_index": table["frame_index"],
+            "row": np.arange(table.num_rows),
+        }
+    )
     joined = found.join(wanted, keys=["content_hash", "recipe_id"], join_type="inner")
     joined = joined.sort_by([("series", "ascending"), ("frame_index", "ascending")])
     counts = np.bincount(joined["series"].to_numpy(), minlength=len(order)).astype(np.int64)
     expected = np.array([entries[key].n_frames for key in order], dtype=np.int64)
     if not np.array_equal(counts, expected):
-        bad = [key for key, n, m in zip(order, counts, expected) if n != m]
-        raise ValueError(f"{path}: the index says {bad[:3]} have {expected[counts != expected][:3].tolist()} "
-                         f"frames but the file holds {counts[counts != expected][:3].tolist()}; the file was "
-                         f"changed outside lstmpipe: delete these entries from the index and extract again")
+        bad = [key for key, n, m in zip(order, counts, expected, strict=False) if n != m]
+        raise ValueError(
+            f"{path}: the index says {bad[:3]} have {expected[counts != expected][:3].tolist()} "
+            f"frames but the file holds {counts[counts != expected][:3].tolist()}; the file was "
+            f"changed outside lstmpipe: delete these entries from the index and extract again"
+        )
     return _Rows(table, joined["row"].to_numpy().astype(np.int64), order, counts)
 
 
@@ -606,14 +723,20 @@ def _gather(column: pa.ChunkedArray, pos: np.ndarray, out: np.ndarray) -> None:
     """
     start = 0
     for chunk in column.chunks:
-        lo, hi = (0, len(pos)) if column.num_chunks == 1 else np.searchsorted(pos, [start, start + len(chunk)])
+        lo, hi = (
+            (0, len(pos))
+            if column.num_chunks == 1
+            else np.searchsorted(pos, [start, start + len(chunk)])
+        )
         if hi > lo:
             values = chunk.flatten() if pa.types.is_fixed_size_list(chunk.type) else chunk
             source = values.to_numpy(zero_copy_only=False)  # zero-copy: floats without nulls
             if out.ndim == 2:
                 source = source.reshape(len(chunk), out.shape[1])
             if source.dtype == out.dtype:
-                np.take(source, pos[lo:hi] - start, axis=0, out=out[lo:hi], mode="clip")  # clip: no buffering
+                np.take(
+                    source, pos[lo:hi] - start, axis=0, out=out[lo:hi], mode="clip"
+                )  # clip: no buffering
             else:
                 out[lo:hi] = source[pos[lo:hi] - start]  # float16 -> float32
         start += len(chunk)

@@ -20,15 +20,17 @@ from pathlib import Path
 
 import numpy as np
 
-from lstmpipe.lib.features.cache import FeatureCache, SeriesFeatures
 from lstmpipe.lib.config import SamplingConfig, SourcesConfig
-from lstmpipe.lib.sources.decode import decode
 from lstmpipe.lib.errors import BadInput
 from lstmpipe.lib.failures import Failure
+from lstmpipe.lib.features.cache import FeatureCache, SeriesFeatures
 from lstmpipe.lib.series import FrameChunk, SeriesRef
+from lstmpipe.lib.sources.decode import decode
 
 Embed = Callable[[np.ndarray], np.ndarray]  # (N, H, W, 3) uint8 -> (N, D) float32 or float16
-Decode = Callable[[SeriesRef], Iterator[FrameChunk]]  # a series' chunks; BadInput when it cannot be read
+Decode = Callable[
+    [SeriesRef], Iterator[FrameChunk]
+]  # a series' chunks; BadInput when it cannot be read
 
 
 @dataclass
@@ -66,8 +68,12 @@ def extract_many(
     stop = threading.Event()
     todo = iter(list(enumerate(refs)))  # shared by the decoder threads; next() under a lock
     lock = threading.Lock()
-    producers = [threading.Thread(target=_decode_all, args=(todo, lock, decode_fn, events, stop),
-                                  daemon=True) for _ in range(max(1, min(decoders, len(refs))))]
+    producers = [
+        threading.Thread(
+            target=_decode_all, args=(todo, lock, decode_fn, events, stop), daemon=True
+        )
+        for _ in range(max(1, min(decoders, len(refs))))
+    ]
     for producer in producers:
         producer.start()
     running = len(producers)
@@ -91,7 +97,9 @@ def extract_many(
                 entry.t.append(payload.t)
                 entry.queued += len(payload)
                 batch.append((index, payload.frames))
-                while sum(len(f) for _, f in batch) >= batch_size:  # while: a chunk may hold many batches
+                while (
+                    sum(len(f) for _, f in batch) >= batch_size
+                ):  # while: a chunk may hold many batches
                     yield from _flush(batch, pending, embed, batch_size)
             else:  # "end"
                 entry.ended = True
@@ -106,8 +114,13 @@ def extract_many(
             producer.join(timeout=30)
 
 
-def _decode_all(todo: Iterator[tuple[int, SeriesRef]], lock: threading.Lock, decode_fn: Decode,
-                events: queue.Queue, stop: threading.Event) -> None:
+def _decode_all(
+    todo: Iterator[tuple[int, SeriesRef]],
+    lock: threading.Lock,
+    decode_fn: Decode,
+    events: queue.Queue,
+    stop: threading.Event,
+) -> None:
     """A decoder thread: takes series until none is left; per series its chunks, then an end marker
     (or a failure); the error that stops it, if any; finally None."""
     try:
@@ -117,14 +130,22 @@ def _decode_all(todo: Iterator[tuple[int, SeriesRef]], lock: threading.Lock, dec
             if ref is None or stop.is_set():
                 return
             try:
-                with closing(decode_fn(ref)) as chunks:  # closing: the decoder is stopped when we stop
+                with closing(
+                    decode_fn(ref)
+                ) as chunks:  # closing: the decoder is stopped when we stop
                     for chunk in chunks:
                         _put(events, ("chunk", index, chunk), stop)
-                        if stop.is_set():  # the consumer left: do not decode the rest of a long series
+                        if (
+                            stop.is_set()
+                        ):  # the consumer left: do not decode the rest of a long series
                             return
                 _put(events, ("end", index, None), stop)
             except BadInput as exc:
-                _put(events, ("fail", index, Failure(ref.series_id, ref.location, "decode", exc.reason)), stop)
+                _put(
+                    events,
+                    ("fail", index, Failure(ref.series_id, ref.location, "decode", exc.reason)),
+                    stop,
+                )
     except Exception as exc:  # handed to the consumer, which raises it: never lost with this thread
         _put(events, ("error", -1, exc), stop)
     finally:
@@ -148,8 +169,9 @@ def _drain(events: queue.Queue) -> None:
             return
 
 
-def _flush(batch: list[tuple[int, np.ndarray]], pending: dict[int, _Pending], embed: Embed,
-           batch_size: int) -> Iterator[SeriesFeatures]:
+def _flush(
+    batch: list[tuple[int, np.ndarray]], pending: dict[int, _Pending], embed: Embed, batch_size: int
+) -> Iterator[SeriesFeatures]:
     """Run one batch of at most `batch_size` frames; the rest stays queued."""
     taken, count = [], 0
     while batch and count < batch_size:
@@ -164,7 +186,7 @@ def _flush(batch: list[tuple[int, np.ndarray]], pending: dict[int, _Pending], em
     offset = 0
     for index, frames in taken:
         if index in pending:
-            pending[index].features.append(features[offset:offset + len(frames)])
+            pending[index].features.append(features[offset : offset + len(frames)])
             pending[index].done += len(frames)
         offset += len(frames)
     yield from _finished(pending)
@@ -184,19 +206,37 @@ def _finished(pending: dict[int, _Pending]) -> Iterator[SeriesFeatures | Failure
         )
 
 
-def split_cached(cache: FeatureCache, refs: list[SeriesRef], recipe_id: str) -> tuple[list[dict], list[SeriesRef]]:
+def split_cached(
+    cache: FeatureCache, refs: list[SeriesRef], recipe_id: str
+) -> tuple[list[dict], list[SeriesRef]]:
     """(status rows of the series already cached under `recipe_id`, the series still to extract)."""
     cached = cache.frame_counts([(r.content_hash, recipe_id) for r in refs])
-    rows = [{"series_id": r.series_id, "status": "cached", "frames": cached[(r.content_hash, recipe_id)]}
-            for r in refs if (r.content_hash, recipe_id) in cached]
+    rows = [
+        {
+            "series_id": r.series_id,
+            "status": "cached",
+            "frames": cached[(r.content_hash, recipe_id)],
+        }
+        for r in refs
+        if (r.content_hash, recipe_id) in cached
+    ]
     return rows, [r for r in refs if (r.content_hash, recipe_id) not in cached]
 
 
-def extract_to_cache(refs: list[SeriesRef], sampling: SamplingConfig, embed: Embed, batch_size: int,
-                     tmp_dir: Path, sources: SourcesConfig, cache: FeatureCache, recipe_id: str,
-                     decoders: int = 2, commit_frames: int = 4096,
-                     on_series: Callable[[int], object] = lambda n: None,
-                     decode_fn: Decode | None = None) -> list[dict]:
+def extract_to_cache(
+    refs: list[SeriesRef],
+    sampling: SamplingConfig,
+    embed: Embed,
+    batch_size: int,
+    tmp_dir: Path,
+    sources: SourcesConfig,
+    cache: FeatureCache,
+    recipe_id: str,
+    decoders: int = 2,
+    commit_frames: int = 4096,
+    on_series: Callable[[int], object] = lambda n: None,
+    decode_fn: Decode | None = None,
+) -> list[dict]:
     """Extract `refs` into the cache; one status row per series (extracted, or failed and why).
 
     Finished series are committed in groups of about `commit_frames` frames by a
@@ -210,21 +250,45 @@ def extract_to_cache(refs: list[SeriesRef], sampling: SamplingConfig, embed: Emb
     group_frames = 0
     commits: list[Future] = []
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="cache-writer") as writer:
-        for result in extract_many(refs, sampling, embed, batch_size, tmp_dir, sources=sources, decoders=decoders,
-                                   decode_fn=decode_fn):
+        for result in extract_many(
+            refs,
+            sampling,
+            embed,
+            batch_size,
+            tmp_dir,
+            sources=sources,
+            decoders=decoders,
+            decode_fn=decode_fn,
+        ):
             on_series(1)
             if isinstance(result, Failure):
-                rows.append({"series_id": result.series_id, "status": "failed", "frames": 0,
-                             "stage": result.stage, "reason": result.reason, "path": result.path})
+                rows.append(
+                    {
+                        "series_id": result.series_id,
+                        "status": "failed",
+                        "frames": 0,
+                        "stage": result.stage,
+                        "reason": result.reason,
+                        "path": result.path,
+                    }
+                )
                 continue
             group.append(result)
             group_frames += len(result.features)
-            rows.append({"series_id": result.series_id, "status": "extracted", "frames": len(result.features)})
+            rows.append(
+                {
+                    "series_id": result.series_id,
+                    "status": "extracted",
+                    "frames": len(result.features),
+                }
+            )
             if group_frames >= commit_frames:
                 commits.append(writer.submit(cache.write, recipe_id, group))
                 group, group_frames = [], 0
                 if len(commits) > 2:
-                    commits.pop(0).result()  # back-pressure; raises a failed commit (disk full) here
+                    commits.pop(
+                        0
+                    ).result()  # back-pressure; raises a failed commit (disk full) here
         if group:
             commits.append(writer.submit(cache.write, recipe_id, group))
         for commit in commits:

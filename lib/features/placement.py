@@ -27,9 +27,13 @@ def placement(runtime: RuntimeConfig, resources: dict[str, float]) -> Placement:
     scheduled would leave its actor waiting forever.
     """
     if runtime.decode_on not in {"auto", "tasks", "actor"}:
-        raise ConfigError(f"runtime.decode_on: {runtime.decode_on!r}; expected auto, tasks or actor")
+        raise ConfigError(
+            f"runtime.decode_on: {runtime.decode_on!r}; expected auto, tasks or actor"
+        )
     if not 0 < runtime.gpus_per_worker <= 1 and resources.get("GPU"):
-        raise ConfigError(f"runtime.gpus_per_worker: {runtime.gpus_per_worker}; expected a share in (0, 1]")
+        raise ConfigError(
+            f"runtime.gpus_per_worker: {runtime.gpus_per_worker}; expected a share in (0, 1]"
+        )
     cpus, gpus = resources.get("CPU", 1.0), resources.get("GPU", 0.0)
     in_tasks = runtime.decode_on == "tasks" or (runtime.decode_on == "auto" and gpus > 0)
     if gpus:
@@ -39,5 +43,7 @@ def placement(runtime: RuntimeConfig, resources: dict[str, float]) -> Placement:
         actors = runtime.workers or max(1, int(cpus - reserve))
     left = cpus - actors  # each actor requests one CPU
     if in_tasks and left > 0:
-        return Placement(actors, 1.0, runtime.gpus_per_worker if gpus else 0.0, min(runtime.decode_cpus, left))
+        return Placement(
+            actors, 1.0, runtime.gpus_per_worker if gpus else 0.0, min(runtime.decode_cpus, left)
+        )
     return Placement(actors, 1.0, runtime.gpus_per_worker if gpus else 0.0, None)

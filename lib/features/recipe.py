@@ -13,9 +13,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from lstmpipe.lib.features.backbone import WeightsSource
 from lstmpipe.lib.config import BackboneConfig, SamplingConfig, SourcesConfig
-
+from lstmpipe.lib.features.backbone import WeightsSource
 
 _ABSENT = object()
 _LATER_FIELDS = {"feature_dtype": "float32"}  # field -> the value recipes stored before it existed
@@ -51,18 +50,23 @@ class FeatureRecipe:
         return {**asdict(self), "recipe_id": self.recipe_id}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "FeatureRecipe":
+    def from_dict(cls, data: dict[str, Any]) -> FeatureRecipe:
         fields = {k: v for k, v in data.items() if k != "recipe_id"}
         recipe = cls(**fields)
         if "recipe_id" in data and data["recipe_id"] != recipe.recipe_id:
-            raise ValueError(f"recipe {data['recipe_id']} does not match its fields (got {recipe.recipe_id})")
+            raise ValueError(
+                f"recipe {data['recipe_id']} does not match its fields (got {recipe.recipe_id})"
+            )
         return recipe
 
     def sampling(self, base: SamplingConfig) -> SamplingConfig:
         """The sampling this recipe decodes with; chunking and timeouts come from `base`."""
         return SamplingConfig(
-            fps=self.fps, num_frames=self.num_frames, size=self.size,
-            chunk_frames=base.chunk_frames, timeout_s=base.timeout_s,
+            fps=self.fps,
+            num_frames=self.num_frames,
+            size=self.size,
+            chunk_frames=base.chunk_frames,
+            timeout_s=base.timeout_s,
         )
 
     def sources_config(self) -> SourcesConfig:
@@ -75,23 +79,43 @@ class FeatureRecipe:
         name it (its digest is checked when the backbone is resolved).
         """
         if self.weights.startswith("none(seed="):
-            weights, seed = "none", int(self.weights[len("none(seed="):-1])
+            weights, seed = "none", int(self.weights[len("none(seed=") : -1])
         elif self.weights.startswith("file:"):
             weights, seed = base.weights, base.seed
         else:
             weights, seed = self.weights, base.seed
-        return BackboneConfig(name=self.backbone, weights=weights, precision=self.precision,
-                              batch_size=base.batch_size, seed=seed, feature_dtype=self.feature_dtype,
-                              optimize=base.optimize)
+        return BackboneConfig(
+            name=self.backbone,
+            weights=weights,
+            precision=self.precision,
+            batch_size=base.batch_size,
+            seed=seed,
+            feature_dtype=self.feature_dtype,
+            optimize=base.optimize,
+        )
 
 
-def make_recipe(decoder: str, sampling: SamplingConfig, sources: SourcesConfig, backbone: str,
-                weights: WeightsSource, precision: str, feature_dim: int,
-                feature_dtype: str = "float32") -> FeatureRecipe:
+def make_recipe(
+    decoder: str,
+    sampling: SamplingConfig,
+    sources: SourcesConfig,
+    backbone: str,
+    weights: WeightsSource,
+    precision: str,
+    feature_dim: int,
+    feature_dtype: str = "float32",
+) -> FeatureRecipe:
     return FeatureRecipe(
-        decoder=decoder, fps=sampling.fps, num_frames=sampling.num_frames, size=sampling.size,
-        backbone=backbone, weights=weights.label, weights_digest=weights.digest,
-        precision=precision, feature_dim=feature_dim, feature_dtype=feature_dtype,
+        decoder=decoder,
+        fps=sampling.fps,
+        num_frames=sampling.num_frames,
+        size=sampling.size,
+        backbone=backbone,
+        weights=weights.label,
+        weights_digest=weights.digest,
+        precision=precision,
+        feature_dim=feature_dim,
+        feature_dtype=feature_dtype,
         sources=canonical_sources(sources),
     )
 

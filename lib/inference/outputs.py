@@ -31,9 +31,9 @@ from pyproj.exceptions import CRSError, ProjError
 
 from lstmpipe.lib.atomic import write_text_atomic
 from lstmpipe.lib.config import SamplingConfig, SourcesConfig
-from lstmpipe.lib.sources.decode import describe
 from lstmpipe.lib.errors import BadInput
 from lstmpipe.lib.series import SeriesRef
+from lstmpipe.lib.sources.decode import describe
 
 MEDICAL_KINDS = frozenset({"dicom", "nifti"})
 GEO_KINDS = frozenset({"geotiff", "cube"})
@@ -43,14 +43,31 @@ WGS84 = "EPSG:4326"  # RFC 7946 §4: coordinates are WGS 84 longitude, latitude
 
 # The clinical CSV's columns before the per-class probabilities, and after them. An allow-list:
 # a header field that is not named here never reaches the file.
-_CLINICAL_HEAD = ("series_id", "source_kind", "modality", "description", "study_uid", "series_uid",
-                  "frames", "matrix", "spacing", "spacing_unit", "slice_thickness_mm", "time_step_s",
-                  "predicted_label", "probability")
+_CLINICAL_HEAD = (
+    "series_id",
+    "source_kind",
+    "modality",
+    "description",
+    "study_uid",
+    "series_uid",
+    "frames",
+    "matrix",
+    "spacing",
+    "spacing_unit",
+    "slice_thickness_mm",
+    "time_step_s",
+    "predicted_label",
+    "probability",
+)
 _CLINICAL_TAIL = ("model_name", "model_version", "recipe_id", "run_id", "predicted_at")
 
 
-def describe_series(refs: Sequence[SeriesRef], sampling: SamplingConfig, tmp_dir: Path,
-                    sources: SourcesConfig = DEFAULT_SOURCES) -> dict[str, dict[str, Any]]:
+def describe_series(
+    refs: Sequence[SeriesRef],
+    sampling: SamplingConfig,
+    tmp_dir: Path,
+    sources: SourcesConfig = DEFAULT_SOURCES,
+) -> dict[str, dict[str, Any]]:
     """series_id -> describe() metadata for the medical and remote-sensing series (video needs none).
 
     A series that cannot be described is left out (its row in the outputs then has blank fields
@@ -72,7 +89,9 @@ def describe_series(refs: Sequence[SeriesRef], sampling: SamplingConfig, tmp_dir
 # --- clinical CSV ------------------------------------------------------------------------------------
 
 
-def clinical_rows(table: pa.Table, metadata: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
+def clinical_rows(
+    table: pa.Table, metadata: Mapping[str, Mapping[str, Any]]
+) -> list[dict[str, Any]]:
     """One row per DICOM or NIfTI series of the predictions table, in its order."""
     prob_columns = [c for c in table.column_names if c.startswith("prob_")]
     rows = []
@@ -109,7 +128,11 @@ def clinical_csv(table: pa.Table, metadata: Mapping[str, Mapping[str, Any]]) -> 
     rows = clinical_rows(table, metadata)
     if not rows:
         return None
-    columns = [*_CLINICAL_HEAD, *[c for c in table.column_names if c.startswith("prob_")], *_CLINICAL_TAIL]
+    columns = [
+        *_CLINICAL_HEAD,
+        *[c for c in table.column_names if c.startswith("prob_")],
+        *_CLINICAL_TAIL,
+    ]
     text = io.StringIO()
     writer = csv.DictWriter(text, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
@@ -129,7 +152,9 @@ def _spacing(meta: Mapping[str, Any]) -> tuple[str | None, str | None]:
 # --- GeoJSON -----------------------------------------------------------------------------------------
 
 
-def footprint(bounds: Sequence[float], crs: str, edge_points: int = EDGE_POINTS) -> list[list[float]]:
+def footprint(
+    bounds: Sequence[float], crs: str, edge_points: int = EDGE_POINTS
+) -> list[list[float]]:
     """The closed ring [[lon, lat], ...] of `bounds` [left, bottom, right, top] in `crs`, in WGS 84.
 
     Each edge is densified with `edge_points` points before reprojection, so the polygon follows
@@ -138,22 +163,32 @@ def footprint(bounds: Sequence[float], crs: str, edge_points: int = EDGE_POINTS)
     Footprints crossing the antimeridian are not split (RFC 7946 §3.1.9); no tile here does.
     """
     left, bottom, right, top = (float(v) for v in bounds)
-    corners = [(left, bottom), (right, bottom), (right, top), (left, top), (left, bottom)]  # counter-clockwise
+    corners = [
+        (left, bottom),
+        (right, bottom),
+        (right, top),
+        (left, top),
+        (left, bottom),
+    ]  # counter-clockwise
     xs: list[float] = []
     ys: list[float] = []
     for (x0, y0), (x1, y1) in itertools.pairwise(corners):
         for i in range(edge_points):
             xs.append(x0 + (x1 - x0) * i / edge_points)
             ys.append(y0 + (y1 - y0) * i / edge_points)
-    transformer = Transformer.from_crs(CRS.from_user_input(crs), WGS84, always_xy=True)  # x, y -> lon, lat
+    transformer = Transformer.from_crs(
+        CRS.from_user_input(crs), WGS84, always_xy=True
+    )  # x, y -> lon, lat
     lons, lats = transformer.transform(xs, ys, errcheck=True)
-    ring = [[round(lon, 7), round(lat, 7)] for lon, lat in zip(lons, lats)]  # 7 decimals: ~1 cm
+    ring = [[round(lon, 7), round(lat, 7)] for lon, lat in zip(lons, lats, strict=False)]  # 7 decimals: ~1 cm
     if not all(math.isfinite(v) for point in ring for v in point):
         raise ProjError(f"bounds {list(bounds)} in {crs} do not reproject to finite lon/lat")
     return [*ring, ring[0]]
 
 
-def feature_collection(table: pa.Table, metadata: Mapping[str, Mapping[str, Any]]) -> dict[str, Any] | None:
+def feature_collection(
+    table: pa.Table, metadata: Mapping[str, Mapping[str, Any]]
+) -> dict[str, Any] | None:
     """The FeatureCollection of the remote-sensing series, or None when there is none.
 
     Every GeoTIFF series is a Feature; one whose footprint cannot be made (no geotransform, a
@@ -164,27 +199,45 @@ def feature_collection(table: pa.Table, metadata: Mapping[str, Mapping[str, Any]
     for pred in table.to_pylist():
         meta = metadata.get(pred["series_id"], {})
         kind = pred["source_kind"]
-        if kind not in GEO_KINDS or (kind == "cube" and not (meta.get("bounds") and meta.get("crs"))):
+        if kind not in GEO_KINDS or (
+            kind == "cube" and not (meta.get("bounds") and meta.get("crs"))
+        ):
             continue
-        properties = {k: _iso(_round(v) if k == "probability" or k.startswith("prob_") else v)
-                      for k, v in pred.items()}
+        properties = {
+            k: _iso(_round(v) if k == "probability" or k.startswith("prob_") else v)
+            for k, v in pred.items()
+        }
         dates = meta.get("dates") or meta.get("times") or []
-        properties |= {"crs": meta.get("crs"), "bounds": meta.get("bounds"), "dates": len(dates),
-                       "first_date": _at(dates, 0), "last_date": _at(dates, -1),
-                       # cloudy or nodata-heavy dates the model did not see (sources.geotiff_max_masked_fraction)
-                       "dropped_dates": meta.get("dropped_dates", [])}
+        properties |= {
+            "crs": meta.get("crs"),
+            "bounds": meta.get("bounds"),
+            "dates": len(dates),
+            "first_date": _at(dates, 0),
+            "last_date": _at(dates, -1),
+            # cloudy or nodata-heavy dates the model did not see (sources.geotiff_max_masked_fraction)
+            "dropped_dates": meta.get("dropped_dates", []),
+        }
         geometry = None
         try:
             if not (meta.get("bounds") and meta.get("crs")):
-                raise ValueError("no bounds and CRS in the series' metadata" if meta else "series not described")
+                raise ValueError(
+                    "no bounds and CRS in the series' metadata" if meta else "series not described"
+                )
             ring = footprint(meta["bounds"], meta["crs"])
             geometry = {"type": "Polygon", "coordinates": [ring]}
         except (CRSError, ProjError, ValueError) as exc:
             properties["footprint_error"] = str(exc)
-        feature: dict[str, Any] = {"type": "Feature", "id": pred["series_id"], "geometry": geometry,
-                                   "properties": properties}
+        feature: dict[str, Any] = {
+            "type": "Feature",
+            "id": pred["series_id"],
+            "geometry": geometry,
+            "properties": properties,
+        }
         if geometry is not None:
-            lons, lats = [p[0] for p in geometry["coordinates"][0]], [p[1] for p in geometry["coordinates"][0]]
+            lons, lats = (
+                [p[0] for p in geometry["coordinates"][0]],
+                [p[1] for p in geometry["coordinates"][0]],
+            )
             feature["bbox"] = [min(lons), min(lats), max(lons), max(lats)]
         features.append(feature)
     return {"type": "FeatureCollection", "features": features} if features else None
@@ -197,11 +250,15 @@ def output_paths(predictions: Path) -> dict[str, Path]:
     """`x.parquet` -> x.clinical.csv and x.geojson beside it."""
     predictions = Path(predictions)
     stem = predictions.stem if predictions.suffix == ".parquet" else predictions.name
-    return {"clinical_csv": predictions.with_name(f"{stem}.clinical.csv"),
-            "geojson": predictions.with_name(f"{stem}.geojson")}
+    return {
+        "clinical_csv": predictions.with_name(f"{stem}.clinical.csv"),
+        "geojson": predictions.with_name(f"{stem}.geojson"),
+    }
 
 
-def write_outputs(table: pa.Table, metadata: Mapping[str, Mapping[str, Any]], predictions: Path) -> dict[str, str]:
+def write_outputs(
+    table: pa.Table, metadata: Mapping[str, Mapping[str, Any]], predictions: Path
+) -> dict[str, str]:
     """Write the outputs that have series; {"clinical_csv": path, "geojson": path} for those written."""
     paths = output_paths(predictions)
     written: dict[str, str] = {}
@@ -210,17 +267,26 @@ def write_outputs(table: pa.Table, metadata: Mapping[str, Mapping[str, Any]], pr
         written["clinical_csv"] = str(write_text_atomic(text, paths["clinical_csv"]))
     collection = feature_collection(table, metadata)
     if collection is not None:
-        written["geojson"] = str(write_text_atomic(json.dumps(collection, indent=1) + "\n", paths["geojson"]))
+        written["geojson"] = str(
+            write_text_atomic(json.dumps(collection, indent=1) + "\n", paths["geojson"])
+        )
     return written
 
 
-def outputs_beside(predictions: Path, refs: Sequence[SeriesRef], sampling: SamplingConfig, tmp_dir: Path,
-                   sources: SourcesConfig = DEFAULT_SOURCES) -> dict[str, str]:
+def outputs_beside(
+    predictions: Path,
+    refs: Sequence[SeriesRef],
+    sampling: SamplingConfig,
+    tmp_dir: Path,
+    sources: SourcesConfig = DEFAULT_SOURCES,
+) -> dict[str, str]:
     """Read the predictions Parquet, describe its medical and remote-sensing series, write their outputs."""
     table = pq.read_table(predictions)
     Path(tmp_dir).mkdir(parents=True, exist_ok=True)
     predicted = set(table["series_id"].to_pylist())
-    metadata = describe_series([r for r in refs if r.series_id in predicted], sampling, Path(tmp_dir), sources)
+    metadata = describe_series(
+        [r for r in refs if r.series_id in predicted], sampling, Path(tmp_dir), sources
+    )
     return write_outputs(table, metadata, Path(predictions))
 
 

@@ -25,8 +25,15 @@ from lstmpipe.lib.series import SeriesRef
 FRAMES_SUFFIX = ".frames.parquet"
 
 
-def predictions_table(refs: list[SeriesRef], probabilities: np.ndarray, labels: list[str], model_name: str,
-                      model_version: str, recipe_id: str, run_id: str) -> pa.Table:
+def predictions_table(
+    refs: list[SeriesRef],
+    probabilities: np.ndarray,
+    labels: list[str],
+    model_name: str,
+    model_version: str,
+    recipe_id: str,
+    run_id: str,
+) -> pa.Table:
     """`probabilities` is (N, C) in the order of `refs` and `labels`."""
     columns: dict[str, pa.Array] = {
         "series_id": pa.array([r.series_id for r in refs], pa.string()),
@@ -37,8 +44,16 @@ def predictions_table(refs: list[SeriesRef], probabilities: np.ndarray, labels: 
     return pa.table(columns | _provenance(len(refs), model_name, model_version, recipe_id, run_id))
 
 
-def frames_table(refs: list[SeriesRef], series: list[SeriesFeatures], steps: list[tuple[np.ndarray, np.ndarray]],
-                 labels: list[str], model_name: str, model_version: str, recipe_id: str, run_id: str) -> pa.Table:
+def frames_table(
+    refs: list[SeriesRef],
+    series: list[SeriesFeatures],
+    steps: list[tuple[np.ndarray, np.ndarray]],
+    labels: list[str],
+    model_name: str,
+    model_version: str,
+    recipe_id: str,
+    run_id: str,
+) -> pa.Table:
     """One row per frame: its time, class probabilities and (LSTM/GRU models) the network's state there.
 
     series[i] holds refs[i]'s cached features (for their times); `steps[i]` is its ((T_i, C) probabilities, (T_i, S) states), as lib.train.predict_steps
@@ -48,8 +63,12 @@ def frames_table(refs: list[SeriesRef], series: list[SeriesFeatures], steps: lis
     probabilities = np.concatenate([p for p, _ in steps]) if series else np.zeros((0, len(labels)))
     columns: dict[str, pa.Array] = {
         "series_id": pa.array(np.repeat([r.series_id for r in refs], counts).tolist(), pa.string()),
-        "content_hash": pa.array(np.repeat([r.content_hash for r in refs], counts).tolist(), pa.string()),
-        "frame": pa.array(np.concatenate([np.arange(n, dtype=np.int32) for n in counts] or [[]]), pa.int32()),
+        "content_hash": pa.array(
+            np.repeat([r.content_hash for r in refs], counts).tolist(), pa.string()
+        ),
+        "frame": pa.array(
+            np.concatenate([np.arange(n, dtype=np.int32) for n in counts] or [[]]), pa.int32()
+        ),
         "t": pa.array(np.concatenate([s.t for s in series] or [[]]), pa.float64()),
     }
     columns |= _scores(probabilities, labels)
@@ -57,7 +76,9 @@ def frames_table(refs: list[SeriesRef], series: list[SeriesFeatures], steps: lis
     if width:
         states = np.concatenate([st for _, st in steps]).astype(np.float32)
         columns["state"] = pa.FixedSizeListArray.from_arrays(pa.array(states.ravel()), width)
-    return pa.table(columns | _provenance(sum(counts), model_name, model_version, recipe_id, run_id))
+    return pa.table(
+        columns | _provenance(sum(counts), model_name, model_version, recipe_id, run_id)
+    )
 
 
 def _scores(probabilities: np.ndarray, labels: list[str]) -> dict[str, pa.Array]:
@@ -65,15 +86,19 @@ def _scores(probabilities: np.ndarray, labels: list[str]) -> dict[str, pa.Array]
     best = probabilities.argmax(axis=1) if len(probabilities) else np.zeros(0, dtype=int)
     columns = {
         "predicted_label": pa.array([labels[i] for i in best], pa.string()),
-        "probability": pa.array(probabilities.max(axis=1) if len(probabilities) else [], pa.float32()),
+        "probability": pa.array(
+            probabilities.max(axis=1) if len(probabilities) else [], pa.float32()
+        ),
     }
     for c, label in enumerate(labels):
         columns[f"prob_{label}"] = pa.array(probabilities[:, c], pa.float32())
     return columns
 
 
-def _provenance(n: int, model_name: str, model_version: str, recipe_id: str, run_id: str) -> dict[str, pa.Array]:
-    now = dt.datetime.now(dt.timezone.utc)
+def _provenance(
+    n: int, model_name: str, model_version: str, recipe_id: str, run_id: str
+) -> dict[str, pa.Array]:
+    now = dt.datetime.now(dt.UTC)
     return {
         "model_name": pa.array([model_name] * n, pa.string()),
         "model_version": pa.array([model_version] * n, pa.string()),
@@ -103,8 +128,11 @@ def already_predicted(folder: Path, model_name: str, model_version: str) -> set[
         if path.name.endswith(FRAMES_SUFFIX):
             continue  # written before its predictions file: alone, it does not mean a series was predicted
         try:
-            table = pq.read_table(path, columns=["content_hash", "model_name", "model_version"],
-                                  filters=[("model_name", "=", model_name), ("model_version", "=", model_version)])
+            table = pq.read_table(
+                path,
+                columns=["content_hash", "model_name", "model_version"],
+                filters=[("model_name", "=", model_name), ("model_version", "=", model_version)],
+            )
         except (pa.ArrowInvalid, KeyError):
             continue
         found.update(table["content_hash"].to_pylist())

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from lstmpipe.lib.training.bundle import ModelBundle
 from lstmpipe.lib.features.cache import FeatureCache, SeriesFeatures
 from lstmpipe.lib.inference.predictions import frames_table, predictions_table
 from lstmpipe.lib.registry.mlflow_store import ModelRef
 from lstmpipe.lib.series import SeriesRef
+from lstmpipe.lib.training.bundle import ModelBundle
 
 
 class Predictor:
@@ -28,14 +28,29 @@ class Predictor:
         """Predictions for the series of `refs` that have features; the others are left out."""
         ready, features = self._cached(refs)
         probabilities = self.bundle.predict([f.features for f in features])
-        return predictions_table(ready, probabilities, self.bundle.labels, self.model.name, self.model.version,
-                                 self.bundle.recipe.recipe_id, self.run_id)
+        return predictions_table(
+            ready,
+            probabilities,
+            self.bundle.labels,
+            self.model.name,
+            self.model.version,
+            self.bundle.recipe.recipe_id,
+            self.run_id,
+        )
 
     def per_frame(self, refs: list[SeriesRef]) -> pa.Table:
         """One row per frame of the series of `refs` that have features (lib.predictions.frames_table)."""
         ready, features = self._cached(refs)
-        return frames_table(ready, features, self.bundle.predict_steps([f.features for f in features]), self.bundle.labels,
-                            self.model.name, self.model.version, self.bundle.recipe.recipe_id, self.run_id)
+        return frames_table(
+            ready,
+            features,
+            self.bundle.predict_steps([f.features for f in features]),
+            self.bundle.labels,
+            self.model.name,
+            self.model.version,
+            self.bundle.recipe.recipe_id,
+            self.run_id,
+        )
 
     def _cached(self, refs: list[SeriesRef]) -> tuple[list[SeriesRef], list[SeriesFeatures]]:
         """The refs whose features the cache holds under the model's recipe, and those features."""

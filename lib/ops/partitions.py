@@ -23,18 +23,21 @@ import os
 import re
 import sqlite3
 from collections import defaultdict
+from collections.abc import Iterable
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any, Iterable
+from typing import Any
 
-from lstmpipe.lib.sources.archives import archive_suffix, strip_archive_suffix
 from lstmpipe.lib.errors import ConfigError
+from lstmpipe.lib.sources.archives import archive_suffix, strip_archive_suffix
 
 # Tried in order on the name; the digits must not run on (`x20261121y` is dated, `120261121` is not).
 _DAY = re.compile(r"(?<!\d)(\d{4})[-_.]?(\d{2})[-_.]?(\d{2})(?!\d)")
 _MONTH = re.compile(r"(?<!\d)(\d{4})[-_.](\d{2})(?![-_.]?\d)")
-BUSY_TIMEOUT_S = 60.0  # a writer waits this long for another process's commit (they take milliseconds)
+BUSY_TIMEOUT_S = (
+    60.0  # a writer waits this long for another process's commit (they take milliseconds)
+)
 
 
 @dataclass(frozen=True)
@@ -74,15 +77,21 @@ def period(name: str) -> tuple[dt.date, dt.date] | None:
     if month:
         year, number = map(int, month.groups())
         if 1 <= number <= 12:
-            return dt.date(year, number, 1), dt.date(year, number, calendar.monthrange(year, number)[1])
+            return dt.date(year, number, 1), dt.date(
+                year, number, calendar.monthrange(year, number)[1]
+            )
     return None
 
 
 def list_partitions(root: Path) -> list[Partition]:
     """The partitions of `root` in date order (undated ones last, by name), each fingerprinted now."""
     root = Path(root)
-    if not root.is_dir():  # bad usage, not bad input: nothing to record per series, nothing to retry
-        raise ConfigError(f"{root}: not a folder; partitions are the dated folders and archives inside one")
+    if (
+        not root.is_dir()
+    ):  # bad usage, not bad input: nothing to record per series, nothing to retry
+        raise ConfigError(
+            f"{root}: not a folder; partitions are the dated folders and archives inside one"
+        )
     grouped: dict[str, list[Path]] = defaultdict(list)
     for path in sorted(root.iterdir()):
         if not path.name.startswith(".") and (path.is_dir() or archive_suffix(path.name)):
@@ -90,8 +99,15 @@ def list_partitions(root: Path) -> list[Partition]:
     found = []
     for name, paths in grouped.items():
         days = period(name)
-        found.append(Partition(name, tuple(p.name for p in paths), days[0] if days else None,
-                               days[1] if days else None, fingerprint(root, paths)))
+        found.append(
+            Partition(
+                name,
+                tuple(p.name for p in paths),
+                days[0] if days else None,
+                days[1] if days else None,
+                fingerprint(root, paths),
+            )
+        )
     return sorted(found, key=lambda p: (p.start is None, p.start or dt.date.min, p.name))
 
 
@@ -99,31 +115,53 @@ def fingerprint(root: Path, paths: Iterable[Path]) -> str:
     """A hash of (relative path, size, mtime) of every file under `paths`: cheap, no content read."""
     digest = hashlib.blake2b(digest_size=12)
     for path in paths:
-        files = [path] if path.is_file() else sorted(
-            Path(folder, f) for folder, _, names in os.walk(path) for f in names)
+        files = (
+            [path]
+            if path.is_file()
+            else sorted(Path(folder, f) for folder, _, names in os.walk(path) for f in names)
+        )
         for file in files:
             stat = file.stat()
-            digest.update(f"{file.relative_to(root).as_posix()}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+            digest.update(
+                f"{file.relative_to(root).as_posix()}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode()
+            )
     return digest.hexdigest()
 
 
-def select(found: list[Partition], start: dt.date | None = None, end: dt.date | None = None,
-           every: bool = False) -> list[Partition]:
+def select(
+    found: list[Partition],
+    start: dt.date | None = None,
+    end: dt.date | None = None,
+    every: bool = False,
+) -> list[Partition]:
     """`every`: all partitions, undated ones too; else the dated ones whose period overlaps [start, end]
     (an open end is unbounded), so a month partition counts for any of its days."""
     if every:
         return list(found)
-    return [p for p in found if p.start is not None and p.end is not None
-            and (start is None or p.end >= start) and (end is None or p.start <= end)]
+    return [
+        p
+        for p in found
+        if p.start is not None
+        and p.end is not None
+        and (start is None or p.end >= start)
+        and (end is None or p.start <= end)
+    ]
 
 
-def date_range(start: str | None, end: str | None, every: bool) -> tuple[dt.date | None, dt.date | None]:
+def date_range(
+    start: str | None, end: str | None, every: bool
+) -> tuple[dt.date | None, dt.date | None]:
     """A backfill's --from/--to as days (`--from 2026-11` starts on the 1st, `--to 2026-11` ends on the
     30th); exactly one of a range or `every` must be given."""
-    days = {flag: period(value) if value is not None else None for flag, value in (("--from", start), ("--to", end))}
+    days = {
+        flag: period(value) if value is not None else None
+        for flag, value in (("--from", start), ("--to", end))
+    }
     for flag, value in (("--from", start), ("--to", end)):
         if value is not None and days[flag] is None:
-            raise ConfigError(f"backfill {flag} {value!r}: not a date; expected YYYY-MM-DD, YYYYMMDD or YYYY-MM")
+            raise ConfigError(
+                f"backfill {flag} {value!r}: not a date; expected YYYY-MM-DD, YYYYMMDD or YYYY-MM"
+            )
     first = days["--from"][0] if days["--from"] else None
     last = days["--to"][1] if days["--to"] else None
     if every == (start is not None or end is not None):
@@ -161,25 +199,51 @@ class PartitionRecords:
             db.execute(
                 "CREATE TABLE IF NOT EXISTS done (root TEXT, partition TEXT, recipe_id TEXT, fingerprint TEXT,"
                 " series INTEGER, failed INTEGER, finished_at TEXT, run_id TEXT,"
-                " PRIMARY KEY (root, partition, recipe_id))")
+                " PRIMARY KEY (root, partition, recipe_id))"
+            )
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S)
         db.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
         return db
 
-    def mark_done(self, root: Path, partition: Partition, recipe_id: str, series: int, failed: int,
-                  run_id: str) -> Record:
+    def mark_done(
+        self,
+        root: Path,
+        partition: Partition,
+        recipe_id: str,
+        series: int,
+        failed: int,
+        run_id: str,
+    ) -> Record:
         """Record `partition` done; call only once its features are committed and its failures recorded.
 
         Replaces an earlier record of the same partition (a changed partition redone).
         """
-        record = Record(str(Path(root).resolve()), partition.name, recipe_id, partition.fingerprint, series, failed,
-                        dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds"), run_id)
+        record = Record(
+            str(Path(root).resolve()),
+            partition.name,
+            recipe_id,
+            partition.fingerprint,
+            series,
+            failed,
+            dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"),
+            run_id,
+        )
         with closing(self._connect()) as db, db:
-            db.execute("INSERT OR REPLACE INTO done VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                       (record.root, record.partition, record.recipe_id, record.fingerprint, record.series,
-                        record.failed, record.finished_at, record.run_id))
+            db.execute(
+                "INSERT OR REPLACE INTO done VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    record.root,
+                    record.partition,
+                    record.recipe_id,
+                    record.fingerprint,
+                    record.series,
+                    record.failed,
+                    record.finished_at,
+                    record.run_id,
+                ),
+            )
         return record
 
     def records(self, root: Path, recipe_id: str | None = None) -> list[Record]:
@@ -188,7 +252,9 @@ class PartitionRecords:
         if recipe_id is not None:
             query, args = query + " AND recipe_id = ?", args + [recipe_id]
         with closing(self._connect()) as db:
-            return [Record(*row) for row in db.execute(query + " ORDER BY finished_at, partition", args)]
+            return [
+                Record(*row) for row in db.execute(query + " ORDER BY finished_at, partition", args)
+            ]
 
     def pending(self, root: Path, found: list[Partition], recipe_id: str) -> list[Partition]:
         """The partitions of `found` not done under `recipe_id`, or changed since they were."""
@@ -196,8 +262,14 @@ class PartitionRecords:
         return [p for p in found if done.get(p.name) != p.fingerprint]
 
 
-def to_do(root: Path, records: PartitionRecords, recipe_id: str, start: dt.date | None = None,
-          end: dt.date | None = None, every: bool = False) -> tuple[list[Partition], list[Partition]]:
+def to_do(
+    root: Path,
+    records: PartitionRecords,
+    recipe_id: str,
+    start: dt.date | None = None,
+    end: dt.date | None = None,
+    every: bool = False,
+) -> tuple[list[Partition], list[Partition]]:
     """(selected, pending): the partitions of `root` in the range, and those of them not yet done.
 
     Fingerprints are taken here, before discovery: files that land while a partition is
@@ -222,8 +294,11 @@ def newest_version(client: Any, model: str) -> Newest | None:
     if not versions:
         return None
     newest = max(versions, key=lambda v: int(v.version))
-    return Newest(str(newest.version), dt.datetime.fromtimestamp(newest.creation_timestamp / 1000, dt.timezone.utc),
-                  "promotion.decision" in (newest.tags or {}))
+    return Newest(
+        str(newest.version),
+        dt.datetime.fromtimestamp(newest.creation_timestamp / 1000, dt.UTC),
+        "promotion.decision" in (newest.tags or {}),
+    )
 
 
 def why_train(records: list[Record], newest: Newest | None) -> str | None:
@@ -234,7 +309,9 @@ def why_train(records: list[Record], newest: Newest | None) -> str | None:
     """
     if newest is None:
         return "no version registered yet"
-    fresh = [r.partition for r in records if dt.datetime.fromisoformat(r.finished_at) > newest.registered]
+    fresh = [
+        r.partition for r in records if dt.datetime.fromisoformat(r.finished_at) > newest.registered
+    ]
     if fresh:
         return f"{len(fresh)} partition(s) done since v{newest.version} was registered: {', '.join(sorted(fresh)[:5])}"
     return None
@@ -250,5 +327,8 @@ def undecided(newest: Newest | None) -> str | None:
 def markdown_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
     """A Markdown table (Prefect artifacts render it); `|` in values escaped."""
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(str(row.get(c, "")).replace("|", "\\|") for c in columns) + " |" for row in rows]
+    lines += [
+        "| " + " | ".join(str(row.get(c, "")).replace("|", "\\|") for c in columns) + " |"
+        for row in rows
+    ]
     return "\n".join(lines)

@@ -10,14 +10,16 @@ from typing import Any
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from lstmpipe.lib.features.cache import FeatureCache
 from lstmpipe.lib.failures import read_failures
+from lstmpipe.lib.features.cache import FeatureCache
 from lstmpipe.lib.ops.partitions import PartitionRecords, list_partitions
 
 RECENT = 10
 
 
-def collect(home: Path, client: MlflowClient, alias: str, root: Path | None = None) -> dict[str, Any]:
+def collect(
+    home: Path, client: MlflowClient, alias: str, root: Path | None = None
+) -> dict[str, Any]:
     """Cache size, the last runs and their outcome, each model's champion, recent failures; with `root`,
     its partitions done and pending."""
     failures = read_failures(home / "failures").to_pylist()
@@ -33,15 +35,27 @@ def collect(home: Path, client: MlflowClient, alias: str, root: Path | None = No
 
 
 def _recent_runs(runs_dir: Path) -> list[dict[str, Any]]:
-    files = sorted(runs_dir.glob("*.json"), key=lambda p: p.stat().st_mtime)[-RECENT:] if runs_dir.exists() else []
+    files = (
+        sorted(runs_dir.glob("*.json"), key=lambda p: p.stat().st_mtime)[-RECENT:]
+        if runs_dir.exists()
+        else []
+    )
     runs = []
     for path in files:
         record = json.loads(path.read_text())
         failed = record.get("failed", 0)
-        runs.append({"run_id": record["run_id"], "command": record["command"], "seconds": record["seconds"],
-                     "finished": dt.datetime.fromtimestamp(path.stat().st_mtime, dt.timezone.utc).isoformat(
-                         timespec="seconds"),
-                     "failed": failed, "outcome": f"{failed} series failed (exit 3)" if failed else "ok"})
+        runs.append(
+            {
+                "run_id": record["run_id"],
+                "command": record["command"],
+                "seconds": record["seconds"],
+                "finished": dt.datetime.fromtimestamp(
+                    path.stat().st_mtime, dt.UTC
+                ).isoformat(timespec="seconds"),
+                "failed": failed,
+                "outcome": f"{failed} series failed (exit 3)" if failed else "ok",
+            }
+        )
     return runs
 
 
@@ -52,9 +66,12 @@ def _partitions(records_file: Path, root: Path) -> dict[str, Any]:
     recipe_id = records[-1].recipe_id if records else None
     done = {r.partition: r.fingerprint for r in records if r.recipe_id == recipe_id}
     found = list_partitions(root)
-    return {"root": str(root), "recipe_id": recipe_id,
-            "done": [p.name for p in found if done.get(p.name) == p.fingerprint],
-            "pending": [p.name for p in found if done.get(p.name) != p.fingerprint]}
+    return {
+        "root": str(root),
+        "recipe_id": recipe_id,
+        "done": [p.name for p in found if done.get(p.name) == p.fingerprint],
+        "pending": [p.name for p in found if done.get(p.name) != p.fingerprint],
+    }
 
 
 def _champions(client: MlflowClient, alias: str) -> list[dict[str, str]]:

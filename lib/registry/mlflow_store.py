@@ -25,19 +25,19 @@ from typing import Any
 import mlflow
 import numpy as np
 import torch
-from mlflow.exceptions import MlflowException
 from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
 from mlflow.models.signature import ModelSignature
 from mlflow.tracking import MlflowClient
 from mlflow.types.schema import Schema, TensorSpec
 from mlflow.types.type_hints import TypeFromExample
 
+from lstmpipe.lib.features.recipe import FeatureRecipe
 from lstmpipe.lib.registry import modelcard
 from lstmpipe.lib.training.bundle import ModelBundle
 from lstmpipe.lib.training.experiment import Outcome
 from lstmpipe.lib.training.metrics import PER_CLASS, per_class_report
 from lstmpipe.lib.training.plots import confusion_matrix_png, learning_curves_png
-from lstmpipe.lib.features.recipe import FeatureRecipe
 from lstmpipe.lib.training.tune import TrialRecord
 
 _MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[\w-]+)|/(?P<version>\d+))$")
@@ -60,9 +60,11 @@ class SequenceModel(mlflow.pyfunc.PythonModel):
 
     # TypeFromExample: the input's type is the logged example's (a dict of arrays), which
     # MLflow's list-only type hints cannot spell; the explicit signature validates it.
-    def predict(self, context: Any, model_input: TypeFromExample, params: dict | None = None) -> np.ndarray:
+    def predict(
+        self, context: Any, model_input: TypeFromExample, params: dict | None = None
+    ) -> np.ndarray:
         features, lengths = model_input["features"], model_input["lengths"]
-        return self.bundle.predict([f[:n] for f, n in zip(features, lengths)]).astype(np.float32)
+        return self.bundle.predict([f[:n] for f, n in zip(features, lengths, strict=False)]).astype(np.float32)
 
 
 _EXPORTED = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
@@ -106,9 +108,15 @@ def log_model(bundle: ModelBundle, model_name: str, tags: dict[str, Any] | None 
     """
     dim = bundle.spec.input_dim
     signature = ModelSignature(
-        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, -1, dim), "features"),
-                       TensorSpec(np.dtype(np.int64), (-1,), "lengths")]),
-        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, len(bundle.labels)), "probabilities")]),
+        inputs=Schema(
+            [
+                TensorSpec(np.dtype(np.float32), (-1, -1, dim), "features"),
+                TensorSpec(np.dtype(np.int64), (-1,), "lengths"),
+            ]
+        ),
+        outputs=Schema(
+            [TensorSpec(np.dtype(np.float32), (-1, len(bundle.labels)), "probabilities")]
+        ),
     )
     example = {"features": np.zeros((1, 3, dim), np.float32), "lengths": np.array([3], np.int64)}
     with tempfile.TemporaryDirectory() as tmp, _without_dict_example_warning():
@@ -119,9 +127,15 @@ def log_model(bundle: ModelBundle, model_name: str, tags: dict[str, Any] | None 
             signature=signature,
             input_example=example,
             # Listed, not inferred: inference re-imports the model and takes seconds.
-            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}", "lstmpipe"],
+            pip_requirements=[
+                f"torch=={torch.__version__.split('+')[0]}",
+                f"mlflow=={mlflow.__version__}",
+                "lstmpipe",
+            ],
         )
-    version = mlflow.register_model(info.model_uri, model_name, tags={k: _text(v) for k, v in (tags or {}).items()})
+    version = mlflow.register_model(
+        info.model_uri, model_name, tags={k: _text(v) for k, v in (tags or {}).items()}
+    )
     return ModelRef(model_name, str(version.version), mlflow.active_run().info.run_id)
 
 
@@ -197,9 +211,11 @@ def check_complete(client: MlflowClient, ref: ModelRef) -> None:
     """Raise LookupError naming the version unless it is READY and carries the tags it was created with."""
     version = client.get_model_version(ref.name, ref.version)
     if version.status != "READY" or COMPLETE_TAG not in version.tags:
-        raise LookupError(f"model {ref.name} version {ref.version}: half-registered (status {version.status}, "
-                          f"{'with' if COMPLETE_TAG in version.tags else 'without'} its {COMPLETE_TAG} tag); "
-                          "it is never promoted: train again to register a complete version")
+        raise LookupError(
+            f"model {ref.name} version {ref.version}: half-registered (status {version.status}, "
+            f"{'with' if COMPLETE_TAG in version.tags else 'without'} its {COMPLETE_TAG} tag); "
+            "it is never promoted: train again to register a complete version"
+        )
 
 
 def version_tags(client: MlflowClient, ref: ModelRef) -> dict[str, str]:
@@ -223,47 +239,77 @@ def load_run_json(run_id: str, artifact: str) -> Any:
 
 def load_run_text(run_id: str, artifact: str) -> str:
     with tempfile.TemporaryDirectory() as tmp:
-        path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact, dst_path=tmp)
+        path = mlflow.artifacts.download_artifacts(
+            run_id=run_id, artifact_path=artifact, dst_path=tmp
+        )
         return Path(path).read_text()
 
 
 def now_iso() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
-def log_training(client: MlflowClient, outcome: Outcome, model_name: str, params: dict[str, Any],
-                 artifact_root: str | None, tags: dict[str, str], *, parent_run_id: str | None = None,
-                 content_hashes: Mapping[str, str] | None = None) -> ModelRef:
+def log_training(
+    client: MlflowClient,
+    outcome: Outcome,
+    model_name: str,
+    params: dict[str, Any],
+    artifact_root: str | None,
+    tags: dict[str, str],
+    *,
+    parent_run_id: str | None = None,
+    content_hashes: Mapping[str, str] | None = None,
+) -> ModelRef:
     """One MLflow run: params, per-epoch curves, final metrics of LSTM and baseline, plots, reports, model.
 
     `parent_run_id` nests the run under another (a search's); `content_hashes` (series id -> content
     hash) makes the dataset hash cover the bytes of every series, not only their ids.
     """
-    mlflow.set_experiment(experiment_id=experiment_id(client, f"lstmpipe/{model_name}", artifact_root))
+    mlflow.set_experiment(
+        experiment_id=experiment_id(client, f"lstmpipe/{model_name}", artifact_root)
+    )
     run_tags = {**tags, **({"mlflow.parentRunId": parent_run_id} if parent_run_id else {})}
     snapshot = data_snapshot(outcome, content_hashes)
     commit = source_commit()
     with mlflow.start_run(tags=run_tags) as run, tempfile.TemporaryDirectory() as tmp:
         mlflow.log_params({**params, "recipe_id": outcome.bundle.recipe.recipe_id, **snapshot})
         for row in outcome.fit.history:
-            mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"]))
-        mlflow.log_metrics(_flat("", outcome.metrics) | _flat("baseline_", outcome.baseline_metrics))
+            mlflow.log_metrics(
+                {k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"])
+            )
+        mlflow.log_metrics(
+            _flat("", outcome.metrics) | _flat("baseline_", outcome.baseline_metrics)
+        )
         out = Path(tmp)
         test = outcome.metrics.get("test") or outcome.metrics["val"]
         labels = outcome.bundle.labels
         confusion_matrix_png(np.array(test["confusion"]), labels, out / "confusion_matrix.png")
-        learning_curves_png(outcome.fit.history, out / "learning_curves.png", outcome.fit.best_epoch)
+        learning_curves_png(
+            outcome.fit.history, out / "learning_curves.png", outcome.fit.best_epoch
+        )
         (out / "eval_set.json").write_text(json.dumps(outcome.eval_set, indent=1))
         (out / "splits.json").write_text(json.dumps(outcome.splits, indent=1))
         # what a later run passes as train.split_record, so recorded series keep their split
         (out / "split_records.json").write_text(json.dumps(outcome.split_records, indent=1))
         if outcome.excluded:
             (out / "excluded.json").write_text(json.dumps(outcome.excluded, indent=1))
-        (out / "metrics.json").write_text(json.dumps({"lstm": outcome.metrics, "baseline": outcome.baseline_metrics},
-                                                     indent=1, default=float))
-        (out / "recipe.json").write_text(json.dumps(outcome.bundle.recipe.to_dict(), indent=1, sort_keys=True))
-        _write_csv(out / "per_class_report.csv", ["model", "split", "class", *PER_CLASS],
-                   per_class_report({"lstm": outcome.metrics, "baseline": outcome.baseline_metrics}, labels))
+        (out / "metrics.json").write_text(
+            json.dumps(
+                {"lstm": outcome.metrics, "baseline": outcome.baseline_metrics},
+                indent=1,
+                default=float,
+            )
+        )
+        (out / "recipe.json").write_text(
+            json.dumps(outcome.bundle.recipe.to_dict(), indent=1, sort_keys=True)
+        )
+        _write_csv(
+            out / "per_class_report.csv",
+            ["model", "split", "class", *PER_CLASS],
+            per_class_report(
+                {"lstm": outcome.metrics, "baseline": outcome.baseline_metrics}, labels
+            ),
+        )
         mlflow.log_artifacts(str(out))
         version_tags_ = {
             COMPLETE_TAG: outcome.bundle.recipe.recipe_id,
@@ -277,29 +323,45 @@ def log_training(client: MlflowClient, outcome: Outcome, model_name: str, params
         }
         ref = log_model(outcome.bundle, model_name, version_tags_)
         card = modelcard.render(
-            model_name=model_name, version=ref.version, labels=labels, recipe=outcome.bundle.recipe.to_dict(),
-            snapshot=snapshot, metrics=outcome.metrics, baseline=outcome.baseline_metrics,
-            spec=outcome.bundle.spec.to_dict(), params=params,
+            model_name=model_name,
+            version=ref.version,
+            labels=labels,
+            recipe=outcome.bundle.recipe.to_dict(),
+            snapshot=snapshot,
+            metrics=outcome.metrics,
+            baseline=outcome.baseline_metrics,
+            spec=outcome.bundle.spec.to_dict(),
+            params=params,
             tags={k: v if isinstance(v, str) else json.dumps(v) for k, v in version_tags_.items()},
         )
         mlflow.log_text(card, "model_card.md")
     return ModelRef(ref.name, ref.version, run.info.run_id)
 
 
-def data_snapshot(outcome: Outcome, content_hashes: Mapping[str, str] | None = None) -> dict[str, Any]:
+def data_snapshot(
+    outcome: Outcome, content_hashes: Mapping[str, str] | None = None
+) -> dict[str, Any]:
     """Params naming the data a run saw: series per split, the split-list hash, a dataset hash."""
     return {
         **{f"n_{name}": len(ids) for name, ids in outcome.splits.items()},
         "split_hash": outcome.split_hash,
         "data.classes": len(outcome.bundle.labels),
-        "data.dataset_hash": dataset_hash(outcome.splits, outcome.bundle.recipe.recipe_id, content_hashes),
+        "data.dataset_hash": dataset_hash(
+            outcome.splits, outcome.bundle.recipe.recipe_id, content_hashes
+        ),
         "data.dataset_hash_covers": "ids+content" if content_hashes is not None else "ids",
     }
 
 
-def dataset_hash(splits: dict[str, list[str]], recipe_id: str, content_hashes: Mapping[str, str] | None) -> str:
+def dataset_hash(
+    splits: dict[str, list[str]], recipe_id: str, content_hashes: Mapping[str, str] | None
+) -> str:
     """blake2b of (split, series id, content hash) rows and the recipe: same hash = same features, same splits."""
-    rows = sorted((split, sid, (content_hashes or {}).get(sid, "")) for split, ids in splits.items() for sid in ids)
+    rows = sorted(
+        (split, sid, (content_hashes or {}).get(sid, ""))
+        for split, ids in splits.items()
+        for sid in ids
+    )
     canonical = json.dumps({"recipe_id": recipe_id, "rows": rows}, separators=(",", ":"))
     return hashlib.blake2b(canonical.encode(), digest_size=16).hexdigest()
 
@@ -308,58 +370,105 @@ def source_commit() -> str:
     """The git commit lstmpipe's own source tree is at, with "-dirty" for local changes; "unknown" outside git."""
     here = Path(__file__).resolve().parent
     try:
-        head = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True,
-                              timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
-    except (OSError, subprocess.SubprocessError):  # no git, not a checkout (an installed wheel), or a hung git
+        head = subprocess.run(
+            ["git", "-C", str(here), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+    except (
+        OSError,
+        subprocess.SubprocessError,
+    ):  # no git, not a checkout (an installed wheel), or a hung git
         return "unknown"
     return f"{head}-dirty" if dirty else head
 
 
 # -- hyperparameter search: one parent run, one child run per trial ---------------------------------
 
-def start_search(client: MlflowClient, model_name: str, artifact_root: str | None, params: dict[str, Any],
-                 tags: dict[str, str]) -> str:
+
+def start_search(
+    client: MlflowClient,
+    model_name: str,
+    artifact_root: str | None,
+    params: dict[str, Any],
+    tags: dict[str, str],
+) -> str:
     """The search's parent run (in the model's experiment); its id."""
     exp = experiment_id(client, f"lstmpipe/{model_name}", artifact_root)
-    run = client.create_run(exp, run_name=f"tune-{model_name}", tags={**tags, "lstmpipe.kind": "search"})
+    run = client.create_run(
+        exp, run_name=f"tune-{model_name}", tags={**tags, "lstmpipe.kind": "search"}
+    )
     client.log_batch(run.info.run_id, params=[Param(k, _text(v)) for k, v in params.items()])
     return run.info.run_id
 
 
-def start_trial(client: MlflowClient, parent_run_id: str, trial_id: str, index: int, hp: dict[str, Any]) -> str:
+def start_trial(
+    client: MlflowClient, parent_run_id: str, trial_id: str, index: int, hp: dict[str, Any]
+) -> str:
     """A child run for one trial: its hyperparameters as params; its id."""
     parent = client.get_run(parent_run_id)
-    run = client.create_run(parent.info.experiment_id, run_name=f"trial-{index:03d}-{trial_id}", tags={
-        "mlflow.parentRunId": parent_run_id, "lstmpipe.kind": "trial",
-        "lstmpipe.tune.trial_id": trial_id, "lstmpipe.tune.index": str(index)})
+    run = client.create_run(
+        parent.info.experiment_id,
+        run_name=f"trial-{index:03d}-{trial_id}",
+        tags={
+            "mlflow.parentRunId": parent_run_id,
+            "lstmpipe.kind": "trial",
+            "lstmpipe.tune.trial_id": trial_id,
+            "lstmpipe.tune.index": str(index),
+        },
+    )
     client.log_batch(run.info.run_id, params=[Param(k, _text(v)) for k, v in hp.items()])
     return run.info.run_id
 
 
 def log_trial_epoch(client: MlflowClient, run_id: str, row: dict[str, float]) -> None:
     step, at = int(row["epoch"]), _millis()
-    client.log_batch(run_id, metrics=[Metric(k, float(v), at, step) for k, v in row.items() if k != "epoch"])
+    client.log_batch(
+        run_id, metrics=[Metric(k, float(v), at, step) for k, v in row.items() if k != "epoch"]
+    )
 
 
 def end_trial(client: MlflowClient, run_id: str, record: TrialRecord) -> None:
     """Best-epoch metrics and the trial's fate (completed | stopped by the scheduler | error)."""
     best = record.best or {}
-    client.log_batch(run_id, metrics=[Metric(f"best_{k}", float(v), _millis(), 0) for k, v in best.items()],
-                     tags=[RunTag("lstmpipe.tune.status", record.status)])
+    client.log_batch(
+        run_id,
+        metrics=[Metric(f"best_{k}", float(v), _millis(), 0) for k, v in best.items()],
+        tags=[RunTag("lstmpipe.tune.status", record.status)],
+    )
     client.set_terminated(run_id, "FAILED" if record.status == "error" else "FINISHED")
 
 
-def end_search(client: MlflowClient, parent_run_id: str, trials: list[TrialRecord], best: TrialRecord | None,
-               ref: ModelRef | None, failed: bool) -> None:
+def end_search(
+    client: MlflowClient,
+    parent_run_id: str,
+    trials: list[TrialRecord],
+    best: TrialRecord | None,
+    ref: ModelRef | None,
+    failed: bool,
+) -> None:
     """The search's summary on its parent run: the trial table, the best trial, the version it registered."""
-    counts = {status: sum(t.status == status for t in trials) for status in ("completed", "stopped", "error")}
-    tags = [RunTag(f"lstmpipe.tune.{k}", v) for k, v in {
-        "best_trial_id": best.trial_id if best else "",
-        "registered_version": ref.version if ref else "",
-        "registered_run_id": ref.run_id if ref else "",
-    }.items()]
+    counts = {
+        status: sum(t.status == status for t in trials)
+        for status in ("completed", "stopped", "error")
+    }
+    tags = [
+        RunTag(f"lstmpipe.tune.{k}", v)
+        for k, v in {
+            "best_trial_id": best.trial_id if best else "",
+            "registered_version": ref.version if ref else "",
+            "registered_run_id": ref.run_id if ref else "",
+        }.items()
+    ]
     metrics = [Metric(f"trials_{k}", v, _millis(), 0) for k, v in counts.items()]
     if best is not None and best.best is not None:
         metrics.append(Metric("best_val_macro_f1", float(best.best["val_macro_f1"]), _millis(), 0))
@@ -372,7 +481,7 @@ def end_search(client: MlflowClient, parent_run_id: str, trials: list[TrialRecor
 
 
 def _millis() -> int:
-    return int(dt.datetime.now(dt.timezone.utc).timestamp() * 1000)
+    return int(dt.datetime.now(dt.UTC).timestamp() * 1000)
 
 
 def _text(value: Any) -> str:

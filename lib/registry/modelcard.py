@@ -8,16 +8,27 @@ from typing import Any
 HEADLINE = ("accuracy", "macro_f1", "top3_accuracy", "top5_accuracy")
 
 
-def render(*, model_name: str, version: str, labels: list[str], recipe: dict[str, Any],
-           snapshot: dict[str, Any], metrics: dict[str, dict[str, Any]], baseline: dict[str, dict[str, Any]],
-           spec: dict[str, Any], params: dict[str, Any], tags: dict[str, str]) -> str:
+def render(
+    *,
+    model_name: str,
+    version: str,
+    labels: list[str],
+    recipe: dict[str, Any],
+    snapshot: dict[str, Any],
+    metrics: dict[str, dict[str, Any]],
+    baseline: dict[str, dict[str, Any]],
+    spec: dict[str, Any],
+    params: dict[str, Any],
+    tags: dict[str, str],
+) -> str:
     """Markdown: what the model is, what it was trained on, how well it does next to the baseline, its limits."""
     lines = [
         f"# {model_name} v{version}",
         "",
         f"An LSTM sequence classifier over per-frame CNN features ({recipe.get('backbone', '?')} "
         f"features, recipe `{recipe.get('recipe_id', '?')}`), {len(labels)} classes: "
-        + ", ".join(f"`{label}`" for label in labels) + ".",
+        + ", ".join(f"`{label}`" for label in labels)
+        + ".",
         "",
         "## Intended use",
         "",
@@ -36,8 +47,12 @@ def render(*, model_name: str, version: str, labels: list[str], recipe: dict[str
         "",
         "| split | metric | LSTM | baseline |",
         "|---|---|---|---|",
-        *[f"| {split} | {key} | {_num(values.get(key))} | {_num(baseline.get(split, {}).get(key))} |"
-          for split, values in metrics.items() for key in HEADLINE if key in values],
+        *[
+            f"| {split} | {key} | {_num(values.get(key))} | {_num(baseline.get(split, {}).get(key))} |"
+            for split, values in metrics.items()
+            for key in HEADLINE
+            if key in values
+        ],
         "",
         "Per-class precision and recall are in `per_class_report.csv`; the confusion matrix in "
         "`confusion_matrix.png`.",

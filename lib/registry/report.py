@@ -19,7 +19,10 @@ from mlflow.tracking import MlflowClient
 
 from lstmpipe.lib.atomic import write_text_atomic
 
-PLOTS = {"confusion_matrix.png": "Confusion matrix (test split)", "learning_curves.png": "Learning curves"}
+PLOTS = {
+    "confusion_matrix.png": "Confusion matrix (test split)",
+    "learning_curves.png": "Learning curves",
+}
 HEADLINE = ("accuracy", "macro_f1")
 
 
@@ -40,14 +43,21 @@ def collect(client: MlflowClient, run_id: str, history: list[dict[str, Any]]) ->
     try:
         run = client.get_run(run_id)
     except MlflowException as exc:
-        raise LookupError(f"run {run_id}: not an MLflow run in this store ({exc.message}); pass a lstmpipe run id "
-                          "from `lstmpipe status` or an MLflow run id") from exc
+        raise LookupError(
+            f"run {run_id}: not an MLflow run in this store ({exc.message}); pass a lstmpipe run id "
+            "from `lstmpipe status` or an MLflow run id"
+        ) from exc
     artifacts = {a.path for a in client.list_artifacts(run_id)}
     with tempfile.TemporaryDirectory() as tmp:
-        files = {name: Path(client.download_artifacts(run_id, name, tmp)).read_bytes()
-                 for name in [*PLOTS, "metrics.json"] if name in artifacts}
-    versions = [{"name": v.name, "version": str(v.version), "tags": dict(v.tags)}
-                for v in client.search_model_versions(f"run_id = '{run_id}'")]
+        files = {
+            name: Path(client.download_artifacts(run_id, name, tmp)).read_bytes()
+            for name in [*PLOTS, "metrics.json"]
+            if name in artifacts
+        }
+    versions = [
+        {"name": v.name, "version": str(v.version), "tags": dict(v.tags)}
+        for v in client.search_model_versions(f"run_id = '{run_id}'")
+    ]
     return {
         "run_id": run_id,
         "run_name": run.info.run_name,
@@ -64,19 +74,33 @@ def collect(client: MlflowClient, run_id: str, history: list[dict[str, Any]]) ->
 def render(report: dict[str, Any]) -> str:
     """The page: no external resource, every value from data escaped."""
     lstmpipe_run = report.get("tags", {}).get("lstmpipe.run_id")
-    title = f"lstmpipe run {lstmpipe_run} (MLflow run {report['run_id']})" if lstmpipe_run else \
-        f"MLflow run {report['run_id']}"
-    parts = [f"<h1>{_e(title)}</h1>", _run_table(report), _metrics_tables(report.get("metrics", {})),
-             _plots(report.get("plots", {})), _promotion(report), _params(report.get("params", {}))]
-    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f"<title>{_e(title)}</title><style>{_CSS}</style></head><body>\n"
-            + "\n".join(p for p in parts if p) + "\n</body></html>\n")
+    title = (
+        f"lstmpipe run {lstmpipe_run} (MLflow run {report['run_id']})"
+        if lstmpipe_run
+        else f"MLflow run {report['run_id']}"
+    )
+    parts = [
+        f"<h1>{_e(title)}</h1>",
+        _run_table(report),
+        _metrics_tables(report.get("metrics", {})),
+        _plots(report.get("plots", {})),
+        _promotion(report),
+        _params(report.get("params", {})),
+    ]
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>{_e(title)}</title><style>{_CSS}</style></head><body>\n"
+        + "\n".join(p for p in parts if p)
+        + "\n</body></html>\n"
+    )
 
 
-_CSS = ("body{font-family:system-ui,sans-serif;margin:2em;max-width:1100px}table{border-collapse:collapse;"
-        "margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:left}"
-        "th{background:#f3f3f3}td.n{text-align:right;font-variant-numeric:tabular-nums}img{max-width:100%}"
-        ".promoted{color:#176317}.rejected{color:#a01818}")
+_CSS = (
+    "body{font-family:system-ui,sans-serif;margin:2em;max-width:1100px}table{border-collapse:collapse;"
+    "margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:left}"
+    "th{background:#f3f3f3}td.n{text-align:right;font-variant-numeric:tabular-nums}img{max-width:100%}"
+    ".promoted{color:#176317}.rejected{color:#a01818}"
+)
 
 
 def _e(value: Any) -> str:
@@ -107,18 +131,42 @@ def _metrics_tables(metrics: dict[str, Any]) -> str:
     if not lstm:
         return "<h2>Metrics</h2><p>No metrics.json in this run.</p>"
     rows = []
-    for split in [s for s in ("train", "val", "test") if s in lstm] + sorted(set(lstm) - {"train", "val", "test"}):
-        rows.append([split, *(lstm[split].get(k) for k in HEADLINE), *(base.get(split, {}).get(k) for k in HEADLINE),
-                     _gain(lstm[split].get("macro_f1"), base.get(split, {}).get("macro_f1"))])
-    out = ("<h2>Metrics: LSTM vs frame-averaging baseline</h2>"
-           + _table(["split", "LSTM accuracy", "LSTM macro-F1", "baseline accuracy", "baseline macro-F1",
-                     "macro-F1 gain from time"], rows))
+    for split in [s for s in ("train", "val", "test") if s in lstm] + sorted(
+        set(lstm) - {"train", "val", "test"}
+    ):
+        rows.append(
+            [
+                split,
+                *(lstm[split].get(k) for k in HEADLINE),
+                *(base.get(split, {}).get(k) for k in HEADLINE),
+                _gain(lstm[split].get("macro_f1"), base.get(split, {}).get("macro_f1")),
+            ]
+        )
+    out = "<h2>Metrics: LSTM vs frame-averaging baseline</h2>" + _table(
+        [
+            "split",
+            "LSTM accuracy",
+            "LSTM macro-F1",
+            "baseline accuracy",
+            "baseline macro-F1",
+            "macro-F1 gain from time",
+        ],
+        rows,
+    )
     split = "test" if "test" in lstm else next(iter(lstm))
     classes = [key.split("/", 1)[1] for key in lstm[split] if key.startswith("recall/")]
-    per_class = [[name, *(lstm[split].get(f"{k}/{name}") for k in ("precision", "recall", "f1", "support")),
-                  base.get(split, {}).get(f"recall/{name}")] for name in classes]
-    return out + (f"<h3>Per class ({_e(split)} split)</h3>"
-                  + _table(["class", "precision", "recall", "F1", "support", "baseline recall"], per_class))
+    per_class = [
+        [
+            name,
+            *(lstm[split].get(f"{k}/{name}") for k in ("precision", "recall", "f1", "support")),
+            base.get(split, {}).get(f"recall/{name}"),
+        ]
+        for name in classes
+    ]
+    return out + (
+        f"<h3>Per class ({_e(split)} split)</h3>"
+        + _table(["class", "precision", "recall", "F1", "support", "baseline recall"], per_class)
+    )
 
 
 def _gain(a: Any, b: Any) -> Any:
@@ -126,37 +174,82 @@ def _gain(a: Any, b: Any) -> Any:
 
 
 def _plots(plots: dict[str, str]) -> str:
-    figures = [f'<figure><img alt="{_e(PLOTS.get(name, name))}" src="data:image/png;base64,{_e(data)}">'
-               f"<figcaption>{_e(PLOTS.get(name, name))}</figcaption></figure>"
-               for name, data in plots.items()]
+    figures = [
+        f'<figure><img alt="{_e(PLOTS.get(name, name))}" src="data:image/png;base64,{_e(data)}">'
+        f"<figcaption>{_e(PLOTS.get(name, name))}</figcaption></figure>"
+        for name, data in plots.items()
+    ]
     return "<h2>Plots</h2>" + ("".join(figures) or "<p>No plots in this run.</p>")
 
 
 def _promotion(r: dict[str, Any]) -> str:
     out = ["<h2>Promotion</h2>"]
     for v in r.get("versions", []):
-        tags = {k.split(".", 1)[1]: val for k, val in v["tags"].items()
-                if k.startswith("promotion.") and k != "promotion.checks"}
+        tags = {
+            k.split(".", 1)[1]: val
+            for k, val in v["tags"].items()
+            if k.startswith("promotion.") and k != "promotion.checks"
+        }
         if not tags:
-            out.append(f"<p>{_e(v['name'])} v{_e(v['version'])}: not gated yet "
-                       f"(<code>lstmpipe promote {_e(v['name'])} --version {_e(v['version'])}</code>).</p>")
+            out.append(
+                f"<p>{_e(v['name'])} v{_e(v['version'])}: not gated yet "
+                f"(<code>lstmpipe promote {_e(v['name'])} --version {_e(v['version'])}</code>).</p>"
+            )
             continue
         decision = tags.get("decision", "")
-        out.append(f'<p class="{_e(decision)}"><b>{_e(v["name"])} v{_e(v["version"])}: {_e(decision)}</b>: '
-                   f"{_e(tags.get('reason'))}</p>")
-        out.append(_table(["tag", "value"], [[k, val] for k, val in sorted(tags.items()) if k not in {"reason"}]))
-    rows = [[row.get("time"), row.get("action"), row.get("decision"), row.get("challenger_version"),
-             row.get("champion_version"), row.get("challenger_macro_f1"), row.get("champion_macro_f1"),
-             row.get("test"), row.get("p_value"), row.get("reason")] for row in r.get("history", [])]
+        out.append(
+            f'<p class="{_e(decision)}"><b>{_e(v["name"])} v{_e(v["version"])}: {_e(decision)}</b>: '
+            f"{_e(tags.get('reason'))}</p>"
+        )
+        out.append(
+            _table(
+                ["tag", "value"],
+                [[k, val] for k, val in sorted(tags.items()) if k not in {"reason"}],
+            )
+        )
+    rows = [
+        [
+            row.get("time"),
+            row.get("action"),
+            row.get("decision"),
+            row.get("challenger_version"),
+            row.get("champion_version"),
+            row.get("challenger_macro_f1"),
+            row.get("champion_macro_f1"),
+            row.get("test"),
+            row.get("p_value"),
+            row.get("reason"),
+        ]
+        for row in r.get("history", [])
+    ]
     if rows:
-        out.append("<h3>Decisions about this run's version</h3>" + _table(
-            ["time", "action", "decision", "challenger", "champion", "challenger macro-F1", "champion macro-F1",
-             "test", "p-value", "reason"], rows))
+        out.append(
+            "<h3>Decisions about this run's version</h3>"
+            + _table(
+                [
+                    "time",
+                    "action",
+                    "decision",
+                    "challenger",
+                    "champion",
+                    "challenger macro-F1",
+                    "champion macro-F1",
+                    "test",
+                    "p-value",
+                    "reason",
+                ],
+                rows,
+            )
+        )
     return "".join(out) if len(out) > 1 else out[0] + "<p>No registered version.</p>"
 
 
 def _params(params: dict[str, str]) -> str:
-    return "<h2>Parameters</h2>" + _table(["parameter", "value"], sorted(params.items())) if params else ""
+    return (
+        "<h2>Parameters</h2>" + _table(["parameter", "value"], sorted(params.items()))
+        if params
+        else ""
+    )
 
 
 def write(report: dict[str, Any], path: Path) -> Path:
@@ -173,12 +266,20 @@ def mlflow_run_id(runs_dir: Path, given: str) -> str:
     record = json.loads(record_file.read_text())
     found = mlflow_run_of(record)
     if found is None:
-        raise LookupError(f"run {given}: a `{record.get('command')}` run, which trained and promoted no model; "
-                          "pass the id of a train, promote, nightly or demo run")
+        raise LookupError(
+            f"run {given}: a `{record.get('command')}` run, which trained and promoted no model; "
+            "pass the id of a train, promote, nightly or demo run"
+        )
     return found
 
 
-def build(client: MlflowClient, given: str, runs_dir: Path, history: list[dict[str, Any]], reports_dir: Path) -> Path:
+def build(
+    client: MlflowClient,
+    given: str,
+    runs_dir: Path,
+    history: list[dict[str, Any]],
+    reports_dir: Path,
+) -> Path:
     """Write the page of run `given` (lstmpipe or MLflow run id) as reports_dir/<training's lstmpipe run id>.html."""
     values = collect(client, mlflow_run_id(runs_dir, given), history)
     name = values["tags"].get("lstmpipe.run_id") or values["run_id"]  # one page per training run

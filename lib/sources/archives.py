@@ -18,10 +18,11 @@ import tarfile
 import tempfile
 import zipfile
 import zlib
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import IO, Iterator
+from typing import IO
 
 from lstmpipe.lib.errors import BadInput
 from lstmpipe.lib.failures import Failure
@@ -29,8 +30,16 @@ from lstmpipe.lib.sources.ffmpeg import subfile_url
 
 SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")  # longest first: ".tar.gz" before ".tar"
 BLOCK_BYTES = 1 << 20  # bytes per read when copying or hashing: fast, and never a memory concern
-READ_ERRORS = (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error, OSError)  # what a broken archive raises
-_ZIP_LOCAL_HEADER = struct.Struct("<4s22xHH")  # signature, then file name and extra field lengths at 26, 28
+READ_ERRORS = (
+    tarfile.TarError,
+    zipfile.BadZipFile,
+    EOFError,
+    zlib.error,
+    OSError,
+)  # what a broken archive raises
+_ZIP_LOCAL_HEADER = struct.Struct(
+    "<4s22xHH"
+)  # signature, then file name and extra field lengths at 26, 28
 
 
 @dataclass(frozen=True)
@@ -40,7 +49,9 @@ class ArchiveLimits:
     max_member_bytes: int = 2 << 30  # one video beyond 2 GiB is more likely a bomb than a clip
     max_total_bytes: int = 1 << 40  # uncompressed bytes of all members of one archive (1 TiB)
     max_ratio: float = 100.0  # zip uncompressed/compressed; video barely compresses, zeros do 1000x
-    ratio_min_bytes: int = 1 << 20  # ratios of members smaller than 1 MiB are not checked: tiny files compress oddly
+    ratio_min_bytes: int = (
+        1 << 20
+    )  # ratios of members smaller than 1 MiB are not checked: tiny files compress oddly
     # Entries (any type) listed per archive: bounds listing memory (tarfile keeps every header). UCF101 is 13,320 clips.
     max_members: int = 100_000
 
@@ -75,8 +86,9 @@ def strip_archive_suffix(name: str) -> str:
     return name[: -len(suffix)] if suffix else name
 
 
-def list_members(archive: Path, limits: ArchiveLimits = ArchiveLimits(),
-                 series_prefix: str | None = None) -> tuple[list[Member], list[Failure]]:
+def list_members(
+    archive: Path, limits: ArchiveLimits = ArchiveLimits(), series_prefix: str | None = None
+) -> tuple[list[Member], list[Failure]]:
     """The acceptable regular-file members, and a Failure for each rejected one (or an unreadable archive).
 
     Failures are named `<series_prefix>/<member>` (default: the archive's file name), as series ids are.
@@ -88,22 +100,41 @@ def list_members(archive: Path, limits: ArchiveLimits = ArchiveLimits(),
     total = 0
     try:
         budget = _expansion_budget(archive.stat().st_size, limits)
-        for count, (name, size, problem, offset) in enumerate(_entries(archive, limits, budget), start=1):
+        for count, (name, size, problem, offset) in enumerate(
+            _entries(archive, limits, budget), start=1
+        ):
             if count > limits.max_members:
-                failures.append(Failure(prefix, str(archive), "discover", f"more than max_members="
-                                        f"{limits.max_members} entries; the rest of the archive is not listed"))
+                failures.append(
+                    Failure(
+                        prefix,
+                        str(archive),
+                        "discover",
+                        f"more than max_members="
+                        f"{limits.max_members} entries; the rest of the archive is not listed",
+                    )
+                )
                 break
             if problem is None and name in seen:
                 problem = "duplicate member name"
             if problem is None:
-                total += size  # once over the limit it stays over: every later member is refused too
+                total += (
+                    size  # once over the limit it stays over: every later member is refused too
+                )
                 problem = _total_problem(total, limits, budget)
             if problem is None:
                 seen.add(name)
-                members.append(Member(name, size, offset if size else None))  # empty: a 0-byte copy, so probe says "empty file"
+                members.append(
+                    Member(name, size, offset if size else None)
+                )  # empty: a 0-byte copy, so probe says "empty file"
             else:
-                failures.append(Failure(printable(f"{prefix}/{name}"), printable(f"{archive}!{name}"), "discover",
-                                        problem))
+                failures.append(
+                    Failure(
+                        printable(f"{prefix}/{name}"),
+                        printable(f"{archive}!{name}"),
+                        "discover",
+                        problem,
+                    )
+                )
     except READ_ERRORS as exc:
         failures.append(Failure(prefix, str(archive), "discover", f"unreadable archive: {exc}"))
     return members, failures
@@ -135,7 +166,9 @@ def member_input(archive: Path, member: Member, tmp_dir: Path) -> Iterator[str]:
         return
     suffix = PurePosixPath(member.name).suffix
     Path(tmp_dir).mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=tmp_dir, prefix="member-", suffix=suffix, delete=False) as out:
+    with tempfile.NamedTemporaryFile(
+        dir=tmp_dir, prefix="member-", suffix=suffix, delete=False
+    ) as out:
         copy = Path(out.name)
     try:
         _copy_member(archive, member, copy)
@@ -190,7 +223,9 @@ def _copy_bounded(src: IO[bytes], dst: IO[bytes], member: Member, where: str) ->
         raise BadInput(where, f"member truncated: {copied} of {member.size} bytes")
 
 
-_Entry = tuple[str, int, "str | None", "int | None"]  # name, size, why rejected (None = fine), raw offset
+_Entry = tuple[
+    str, int, "str | None", "int | None"
+]  # name, size, why rejected (None = fine), raw offset
 
 
 def _entries(archive: Path, limits: ArchiveLimits, budget: int) -> Iterator[_Entry]:
@@ -222,20 +257,32 @@ def _tar_entries(archive: Path, limits: ArchiveLimits, budget: int) -> Iterator[
     with tarfile.open(archive, _tar_mode(archive)) as tf:
         for info in tf:
             if info.offset_data + info.size > budget:
-                yield info.name, info.size, (
-                    f"archive would expand past max_ratio={limits.max_ratio:g} times its own size at this "
-                    f"member of {info.size} bytes (decompression bomb?); it and the rest of the archive are "
-                    "refused"), None
+                yield (
+                    info.name,
+                    info.size,
+                    (
+                        f"archive would expand past max_ratio={limits.max_ratio:g} times its own size at this "
+                        f"member of {info.size} bytes (decompression bomb?); it and the rest of the archive are "
+                        "refused"
+                    ),
+                    None,
+                )
                 return
             if info.isdir():
                 continue
-            problem = _name_problem(info.name) or _tar_type_problem(info) or _size_problem(info.size, limits)
+            problem = (
+                _name_problem(info.name)
+                or _tar_type_problem(info)
+                or _size_problem(info.size, limits)
+            )
             yield info.name, info.size, problem, info.offset_data if plain else None
 
 
 def _tar_type_problem(info: tarfile.TarInfo) -> str | None:
     if info.issym() or info.islnk():
-        return f"link member rejected ({'symlink' if info.issym() else 'hardlink'} to {info.linkname})"
+        return (
+            f"link member rejected ({'symlink' if info.issym() else 'hardlink'} to {info.linkname})"
+        )
     if info.ischr() or info.isblk() or info.isfifo():
         return "device or fifo member rejected"
     if info.issparse():
@@ -248,10 +295,19 @@ def _zip_entries(archive: Path, limits: ArchiveLimits) -> Iterator[_Entry]:
         for info in zf.infolist():
             if info.is_dir():
                 continue
-            problem = (_name_problem(info.filename) or _zip_type_problem(info)
-                       or _size_problem(info.file_size, limits) or _ratio_problem(info, limits))
+            problem = (
+                _name_problem(info.filename)
+                or _zip_type_problem(info)
+                or _size_problem(info.file_size, limits)
+                or _ratio_problem(info, limits)
+            )
             stored = problem is None and info.compress_type == zipfile.ZIP_STORED
-            yield info.filename, info.file_size, problem, _zip_data_offset(raw, info) if stored else None
+            yield (
+                info.filename,
+                info.file_size,
+                problem,
+                _zip_data_offset(raw, info) if stored else None,
+            )
 
 
 def _zip_type_problem(info: zipfile.ZipInfo) -> str | None:

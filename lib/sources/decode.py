@@ -6,40 +6,56 @@ the other source kinds (lib/sources/kinds/) bring their own openers.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
-from lstmpipe.lib.sources.kinds import video
-from lstmpipe.lib.sources.archives import ArchiveLimits, find_member, member_input
 from lstmpipe.lib.config import SamplingConfig, SourcesConfig
 from lstmpipe.lib.errors import BadInput
-from lstmpipe.lib.sources.kinds import KINDS
 from lstmpipe.lib.series import FrameChunk, OpenSeries, SeriesRef
+from lstmpipe.lib.sources.archives import ArchiveLimits, find_member, member_input
+from lstmpipe.lib.sources.kinds import KINDS, video
 
 
-def decode(ref: SeriesRef, sampling: SamplingConfig, tmp_dir: Path,
-           limits: ArchiveLimits = ArchiveLimits(), sources: SourcesConfig = SourcesConfig()) -> Iterator[FrameChunk]:
+def decode(
+    ref: SeriesRef,
+    sampling: SamplingConfig,
+    tmp_dir: Path,
+    limits: ArchiveLimits = ArchiveLimits(),
+    sources: SourcesConfig = SourcesConfig(),
+) -> Iterator[FrameChunk]:
     """The series' frames in bounded chunks; BadInput naming `ref.location` when it cannot be read."""
     with open_series(ref, sampling, tmp_dir, limits, sources) as series:
         yield from series.chunks
 
 
-def describe(ref: SeriesRef, sampling: SamplingConfig, tmp_dir: Path,
-             limits: ArchiveLimits = ArchiveLimits(), sources: SourcesConfig = SourcesConfig()) -> dict[str, Any]:
+def describe(
+    ref: SeriesRef,
+    sampling: SamplingConfig,
+    tmp_dir: Path,
+    limits: ArchiveLimits = ArchiveLimits(),
+    sources: SourcesConfig = SourcesConfig(),
+) -> dict[str, Any]:
     """The series' metadata (source kind, fps, size, duration, ...) without decoding frames."""
     with open_series(ref, sampling, tmp_dir, limits, sources) as series:
         return series.meta
 
 
 @contextmanager
-def open_series(ref: SeriesRef, sampling: SamplingConfig, tmp_dir: Path,
-                limits: ArchiveLimits = ArchiveLimits(),
-                sources: SourcesConfig = SourcesConfig()) -> Iterator[OpenSeries]:
+def open_series(
+    ref: SeriesRef,
+    sampling: SamplingConfig,
+    tmp_dir: Path,
+    limits: ArchiveLimits = ArchiveLimits(),
+    sources: SourcesConfig = SourcesConfig(),
+) -> Iterator[OpenSeries]:
     """Metadata and a lazy chunk iterator sharing one input (one temp copy for a compressed member)."""
     opener = _OPENERS.get(ref.kind)
     if opener is None:
-        raise BadInput(ref.location, f"unknown series kind {ref.kind!r}; known: {', '.join(sorted(_OPENERS))}")
+        raise BadInput(
+            ref.location, f"unknown series kind {ref.kind!r}; known: {', '.join(sorted(_OPENERS))}"
+        )
     with opener(ref, sampling, Path(tmp_dir), limits, sources) as series:
         try:
             yield series
@@ -48,8 +64,13 @@ def open_series(ref: SeriesRef, sampling: SamplingConfig, tmp_dir: Path,
 
 
 @contextmanager
-def _open_video(ref: SeriesRef, sampling: SamplingConfig, tmp_dir: Path,
-                limits: ArchiveLimits, sources: SourcesConfig) -> Iterator[OpenSeries]:
+def _open_video(
+    ref: SeriesRef,
+    sampling: SamplingConfig,
+    tmp_dir: Path,
+    limits: ArchiveLimits,
+    sources: SourcesConfig,
+) -> Iterator[OpenSeries]:
     with _input(ref, tmp_dir, limits) as url:
         info = video.probe(url, ref.location, sampling.timeout_s)
         meta = {
@@ -76,6 +97,8 @@ def _input(ref: SeriesRef, tmp_dir: Path, limits: ArchiveLimits) -> Iterator[str
         yield url
 
 
-_Opener = Callable[[SeriesRef, SamplingConfig, Path, ArchiveLimits, SourcesConfig],
-                   AbstractContextManager[OpenSeries]]
+_Opener = Callable[
+    [SeriesRef, SamplingConfig, Path, ArchiveLimits, SourcesConfig],
+    AbstractContextManager[OpenSeries],
+]
 _OPENERS: dict[str, _Opener] = {"video": _open_video, **{kind.name: kind.open for kind in KINDS}}

@@ -16,6 +16,10 @@ import pyarrow as pa
 import pyarrow.csv as pv
 import pyarrow.parquet as pq
 
+from lstmpipe.lib.config import SourcesConfig
+from lstmpipe.lib.errors import BadInput
+from lstmpipe.lib.failures import Failure
+from lstmpipe.lib.series import SeriesRef
 from lstmpipe.lib.sources.archives import (
     READ_ERRORS,
     ArchiveLimits,
@@ -25,14 +29,9 @@ from lstmpipe.lib.sources.archives import (
     printable,
     strip_archive_suffix,
 )
-from lstmpipe.lib.config import SourcesConfig
-from lstmpipe.lib.errors import BadInput
-from lstmpipe.lib.failures import Failure
 from lstmpipe.lib.sources.hashing import HashMemo, content_hash, member_hashes
 from lstmpipe.lib.sources.kinds import KINDS
-from lstmpipe.lib.series import SeriesRef
 from lstmpipe.lib.sources.kinds.video import VIDEO_SUFFIXES
-
 
 
 @dataclass(frozen=True)
@@ -41,8 +40,13 @@ class Discovery:
     failures: list[Failure] = field(default_factory=list)
 
 
-def discover(root: Path, manifest: Path | None = None, memo: HashMemo | None = None,
-             limits: ArchiveLimits = ArchiveLimits(), sources: SourcesConfig = SourcesConfig()) -> Discovery:
+def discover(
+    root: Path,
+    manifest: Path | None = None,
+    memo: HashMemo | None = None,
+    limits: ArchiveLimits = ArchiveLimits(),
+    sources: SourcesConfig = SourcesConfig(),
+) -> Discovery:
     """Every series under `root` (other kinds first, then video), with the inputs that were refused."""
     root = Path(root)
     refs: list[SeriesRef] = []
@@ -63,7 +67,16 @@ def discover(root: Path, manifest: Path | None = None, memo: HashMemo | None = N
             failures += refused
         elif _is_video(path.name):
             try:
-                refs.append(_ref(rel, content_hash(path, memo=memo), path, None, path.stat().st_size, _parent(rel)))
+                refs.append(
+                    _ref(
+                        rel,
+                        content_hash(path, memo=memo),
+                        path,
+                        None,
+                        path.stat().st_size,
+                        _parent(rel),
+                    )
+                )
             except OSError as exc:
                 failures.append(Failure(rel, str(path), "discover", f"unreadable: {exc.strerror}"))
     return Discovery(_relabel(refs, manifest) if manifest else refs, failures)
@@ -75,7 +88,8 @@ def partitions(root: Path) -> list[str]:
     if root.is_file():
         return [strip_archive_suffix(root.name)] if archive_suffix(root.name) else []
     return sorted(
-        strip_archive_suffix(p.name) for p in root.iterdir()
+        strip_archive_suffix(p.name)
+        for p in root.iterdir()
         if not p.name.startswith(".") and (p.is_dir() or archive_suffix(p.name))
     )
 
@@ -96,17 +110,31 @@ def _walk(root: Path, base: Path) -> tuple[list[Path], list[Failure]]:
     for path in sorted(candidates, key=lambda p: p.relative_to(base).parts):
         rel = path.relative_to(base).as_posix()
         if printable(rel) != rel:
-            refused.append(Failure(printable(rel), printable(str(path)), "discover",
-                                   "file name is not valid UTF-8 (rename it)"))
+            refused.append(
+                Failure(
+                    printable(rel),
+                    printable(str(path)),
+                    "discover",
+                    "file name is not valid UTF-8 (rename it)",
+                )
+            )
         elif not path.is_file():  # follows links: a link to a regular file is one
-            refused.append(Failure(rel, str(path), "discover", "not a regular file (fifo, socket, device or broken link)"))
+            refused.append(
+                Failure(
+                    rel,
+                    str(path),
+                    "discover",
+                    "not a regular file (fifo, socket, device or broken link)",
+                )
+            )
         else:
             found.append(path)
     return found, refused
 
 
-def _archive_refs(archive: Path, rel: str, memo: HashMemo | None,
-                  limits: ArchiveLimits) -> tuple[list[SeriesRef], list[Failure]]:
+def _archive_refs(
+    archive: Path, rel: str, memo: HashMemo | None, limits: ArchiveLimits
+) -> tuple[list[SeriesRef], list[Failure]]:
     """One SeriesRef per acceptable video member; hashing reads the archive at most once."""
     members, failures = list_members(archive, limits, series_prefix=rel)
     videos = [m for m in members if _is_video(m.path) and not _hidden(m.path)]
@@ -114,15 +142,25 @@ def _archive_refs(archive: Path, rel: str, memo: HashMemo | None,
         hashes, unreadable = member_hashes(archive, videos, memo)
     except READ_ERRORS as exc:  # not even opened
         return [], failures + [Failure(rel, str(archive), "discover", f"unreadable archive: {exc}")]
-    videos = sorted(videos, key=lambda m: PurePosixPath(m.path).parts)  # sorted like the folder walk
-    refs = [_ref(f"{rel}/{m.path}", hashes[m.name], archive, m, m.size, _parent(m.path))
-            for m in videos if m.name in hashes]
-    failures += [Failure(f"{rel}/{m.path}", f"{archive}!{m.name}", "discover", unreadable[m.name])
-                 for m in videos if m.name in unreadable]
+    videos = sorted(
+        videos, key=lambda m: PurePosixPath(m.path).parts
+    )  # sorted like the folder walk
+    refs = [
+        _ref(f"{rel}/{m.path}", hashes[m.name], archive, m, m.size, _parent(m.path))
+        for m in videos
+        if m.name in hashes
+    ]
+    failures += [
+        Failure(f"{rel}/{m.path}", f"{archive}!{m.name}", "discover", unreadable[m.name])
+        for m in videos
+        if m.name in unreadable
+    ]
     return refs, failures
 
 
-def _ref(series_id: str, digest: str, path: Path, member: Member | None, size: int, label: str | None) -> SeriesRef:
+def _ref(
+    series_id: str, digest: str, path: Path, member: Member | None, size: int, label: str | None
+) -> SeriesRef:
     parts = PurePosixPath(series_id).parts
     return SeriesRef(
         series_id=series_id,
@@ -155,15 +193,21 @@ def read_manifest(manifest: Path) -> dict[str, str | None]:
         if manifest.suffix.lower() == ".parquet":
             table = pq.read_table(manifest)
         else:
-            types = {"series_id": pa.string(), "label": pa.string()}  # "1" stays a label, not a number
+            types = {
+                "series_id": pa.string(),
+                "label": pa.string(),
+            }  # "1" stays a label, not a number
             table = pv.read_csv(manifest, convert_options=pv.ConvertOptions(column_types=types))
     except (OSError, pa.ArrowInvalid) as exc:
         raise BadInput(str(manifest), f"unreadable manifest: {exc}") from exc
     missing = {"series_id", "label"} - set(table.column_names)
     if missing:
-        raise BadInput(str(manifest), f"manifest lacks column(s) {', '.join(sorted(missing))}; expected series_id,label")
+        raise BadInput(
+            str(manifest),
+            f"manifest lacks column(s) {', '.join(sorted(missing))}; expected series_id,label",
+        )
     ids = table["series_id"].cast(pa.string()).to_pylist()
-    return dict(zip(ids, table["label"].cast(pa.string()).to_pylist()))
+    return dict(zip(ids, table["label"].cast(pa.string()).to_pylist(), strict=False))
 
 
 def _is_video(name: str) -> bool:

@@ -22,7 +22,9 @@ def ffmpeg_exe() -> str:
 @functools.cache
 def ffmpeg_version() -> str:
     """`7.1` from `ffmpeg version 7.1-static ...`; decoded pixels may differ between versions."""
-    out = subprocess.run([ffmpeg_exe(), "-hide_banner", "-version"], capture_output=True, text=True, timeout=30).stdout
+    out = subprocess.run(
+        [ffmpeg_exe(), "-hide_banner", "-version"], capture_output=True, text=True, timeout=30
+    ).stdout
     match = re.search(r"ffmpeg version (\S+)", out)
     return match.group(1) if match else "unknown"
 

@@ -25,8 +25,11 @@ MAX_PIXELS = 8192 * 8192
 def check_frame_size(where: str, rows: int, cols: int, max_pixels: int = MAX_PIXELS) -> None:
     """BadInput naming `where` when a header declares frames of more than `max_pixels` pixels."""
     if rows * cols > max_pixels:
-        raise BadInput(where, f"frames of {cols}x{rows} pixels exceed the limit of {max_pixels} pixels "
-                              "(a decompression bomb, or a frame too large to decode here); refused unread")
+        raise BadInput(
+            where,
+            f"frames of {cols}x{rows} pixels exceed the limit of {max_pixels} pixels "
+            "(a decompression bomb, or a frame too large to decode here); refused unread",
+        )
 
 
 def scale_to_uint8(image: np.ndarray, low: float, high: float) -> np.ndarray:
@@ -36,7 +39,9 @@ def scale_to_uint8(image: np.ndarray, low: float, high: float) -> np.ndarray:
     return np.nan_to_num(np.clip(scaled, 0, 255), nan=0.0).astype(np.uint8)
 
 
-def robust_range(values: np.ndarray, lower_pct: float = 1.0, upper_pct: float = 99.0) -> tuple[float, float]:
+def robust_range(
+    values: np.ndarray, lower_pct: float = 1.0, upper_pct: float = 99.0
+) -> tuple[float, float]:
     """Percentile limits over the finite values: one outlier pixel does not wash out the series."""
     finite = np.asarray(values, dtype=np.float64)
     finite = finite[np.isfinite(finite)]
@@ -62,7 +67,7 @@ def resize_crop(image: np.ndarray, size: int) -> np.ndarray:
     new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))
     resized = np.asarray(Image.fromarray(image).resize((new_w, new_h), Image.Resampling.BILINEAR))
     top, left = (new_h - size) // 2, (new_w - size) // 2
-    return resized[top:top + size, left:left + size]
+    return resized[top : top + size, left : left + size]
 
 
 def pick(count: int, sampling: SamplingConfig) -> np.ndarray:
@@ -72,7 +77,9 @@ def pick(count: int, sampling: SamplingConfig) -> np.ndarray:
     return np.linspace(0, count - 1, sampling.num_frames).round().astype(int)
 
 
-def chunked(frames: Iterable[tuple[np.ndarray, float]], sampling: SamplingConfig) -> Iterator[FrameChunk]:
+def chunked(
+    frames: Iterable[tuple[np.ndarray, float]], sampling: SamplingConfig
+) -> Iterator[FrameChunk]:
     """(RGB uint8 image, t seconds) pairs -> FrameChunks of `chunk_frames`, resized to `size`."""
     batch: list[np.ndarray] = []
     times: list[float] = []

@@ -15,8 +15,8 @@ from contextlib import closing
 from pathlib import Path
 from typing import IO
 
-from lstmpipe.lib.sources.archives import BLOCK_BYTES, READ_ERRORS, Member, read_members
 from lstmpipe.lib.errors import BadInput
+from lstmpipe.lib.sources.archives import BLOCK_BYTES, READ_ERRORS, Member, read_members
 
 _FILE = ""  # the member column of a plain file's memo row
 
@@ -29,7 +29,7 @@ def hash_stream(stream: IO[bytes]) -> str:
     return digest.hexdigest()
 
 
-def content_hash(path: Path, member: Member | None = None, memo: "HashMemo | None" = None) -> str:
+def content_hash(path: Path, member: Member | None = None, memo: HashMemo | None = None) -> str:
     """The hash of a file, or of one member of the archive at `path`."""
     if member is not None:
         hashes, unreadable = member_hashes(path, [member], memo)
@@ -47,8 +47,9 @@ def content_hash(path: Path, member: Member | None = None, memo: "HashMemo | Non
     return digest
 
 
-def member_hashes(archive: Path, members: list[Member],
-                  memo: "HashMemo | None" = None) -> tuple[dict[str, str], dict[str, str]]:
+def member_hashes(
+    archive: Path, members: list[Member], memo: HashMemo | None = None
+) -> tuple[dict[str, str], dict[str, str]]:
     """({member name: hash}, {member name: why it is unreadable}) for the given members, reading the archive
     once for those not memoised. A member that fails its CRC or ends early costs only itself; an archive
     whose stream breaks (a compressed tar) costs the members not yet read."""
@@ -64,8 +65,11 @@ def member_hashes(archive: Path, members: list[Member],
             except READ_ERRORS as exc:
                 unreadable[member.name] = f"unreadable member: {exc}"
     except READ_ERRORS as exc:
-        unreadable |= {m.name: f"unreadable archive: {exc}" for m in missing
-                       if m.name not in fresh and m.name not in unreadable}
+        unreadable |= {
+            m.name: f"unreadable archive: {exc}"
+            for m in missing
+            if m.name not in fresh and m.name not in unreadable
+        }
     if memo and fresh:
         memo.store(archive, info, fresh)
     return {**hashes, **fresh}, unreadable
@@ -101,7 +105,10 @@ class HashMemo:
 
     def store(self, path: Path, info: os.stat_result, hashes: dict[str, str]) -> None:
         """Remember `hashes` for `path` as it was at `info`; replaces older rows of the same members."""
-        rows = [(_key(path), member, info.st_size, info.st_mtime_ns, digest) for member, digest in hashes.items()]
+        rows = [
+            (_key(path), member, info.st_size, info.st_mtime_ns, digest)
+            for member, digest in hashes.items()
+        ]
         with closing(self._connect()) as db, db:
             db.executemany("INSERT OR REPLACE INTO memo VALUES (?, ?, ?, ?, ?)", rows)
 

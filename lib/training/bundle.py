@@ -18,10 +18,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from lstmpipe.lib.training.model import ModelSpec
 from lstmpipe.lib.features.recipe import FeatureRecipe
 from lstmpipe.lib.state_files import load_state_dict
 from lstmpipe.lib.training.loop import predict_proba, predict_steps
+from lstmpipe.lib.training.model import ModelSpec
 
 
 @dataclass
@@ -36,12 +36,14 @@ class ModelBundle:
         directory.mkdir(parents=True, exist_ok=True)
         (directory / "spec.json").write_text(json.dumps(self.spec.to_dict(), indent=2))
         (directory / "labels.json").write_text(json.dumps(self.labels))
-        (directory / "recipe.json").write_text(json.dumps(self.recipe.to_dict(), indent=2, sort_keys=True))
+        (directory / "recipe.json").write_text(
+            json.dumps(self.recipe.to_dict(), indent=2, sort_keys=True)
+        )
         torch.save(self.module.state_dict(), directory / "weights.pt")
         return directory
 
     @classmethod
-    def load(cls, directory: Path) -> "ModelBundle":
+    def load(cls, directory: Path) -> ModelBundle:
         directory = Path(directory)
         spec = ModelSpec.from_dict(json.loads((directory / "spec.json").read_text()))
         module = spec.build()

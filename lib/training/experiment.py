@@ -19,11 +19,12 @@ from typing import Any
 
 import numpy as np
 
-from lstmpipe.lib.training.bundle import ModelBundle
-from lstmpipe.lib.features.cache import FeatureCache
 from lstmpipe.lib.config import TrainConfig
+from lstmpipe.lib.features.cache import FeatureCache
 from lstmpipe.lib.features.recipe import FeatureRecipe
 from lstmpipe.lib.series import SeriesRef
+from lstmpipe.lib.training.bundle import ModelBundle
+from lstmpipe.lib.training.loop import FitResult, SequenceSet, evaluate, fit, model_spec
 from lstmpipe.lib.training.splits import (
     match_split_lists,
     pins_from_record,
@@ -32,7 +33,6 @@ from lstmpipe.lib.training.splits import (
     split_records,
     stratified_split,
 )
-from lstmpipe.lib.training.loop import FitResult, SequenceSet, evaluate, fit, model_spec
 
 # A linear model on mean features needs larger steps than the LSTM to converge before
 # early stopping: at the LSTM's rate it stops near chance and flatters the comparison.
@@ -58,12 +58,19 @@ class Outcome:
         return split_hash(self.splits)
 
 
-def load_sequences(cache: FeatureCache, recipe_id: str, refs: list[SeriesRef], labels: list[str]) -> SequenceSet:
+def load_sequences(
+    cache: FeatureCache, recipe_id: str, refs: list[SeriesRef], labels: list[str]
+) -> SequenceSet:
     """The labelled series of `refs` whose features are cached under `recipe_id`."""
     stacked = cache.read_stacked([(r.content_hash, recipe_id) for r in refs])
-    stacked_rows = stacked.features.numpy()  # one (sum_T, D) array; each series below is a view of it
-    rows = [(r, stacked_rows[o:o + n]) for r, o, n in zip(refs, stacked.offsets.tolist(), stacked.lengths.tolist())
-            if o >= 0]
+    stacked_rows = (
+        stacked.features.numpy()
+    )  # one (sum_T, D) array; each series below is a view of it
+    rows = [
+        (r, stacked_rows[o : o + n])
+        for r, o, n in zip(refs, stacked.offsets.tolist(), stacked.lengths.tolist(), strict=False)
+        if o >= 0
+    ]
     index = {label: i for i, label in enumerate(labels)}
     return SequenceSet(
         features=[features for _, features in rows],
@@ -72,64 +79,116 @@ def load_sequences(cache: FeatureCache, recipe_id: str, refs: list[SeriesRef], l
     )
 
 
-def run_experiment(cache: FeatureCache, recipe: FeatureRecipe, refs: list[SeriesRef], config: TrainConfig,
-                   on_epoch: Any = None, device: str = "cpu") -> Outcome:
+def run_experiment(
+    cache: FeatureCache,
+    recipe: FeatureRecipe,
+    refs: list[SeriesRef],
+    config: TrainConfig,
+    on_epoch: Any = None,
+    device: str = "cpu",
+) -> Outcome:
     """Split, fit the LSTM and the baseline on the same splits, evaluate both on every split."""
     labelled = [r for r in refs if r.label is not None]
     labels = sorted({r.label for r in labelled})
     if len(labels) < 2:
-        raise ValueError(f"training needs at least 2 classes with cached features; found {labels or 'none'}")
+        raise ValueError(
+            f"training needs at least 2 classes with cached features; found {labels or 'none'}"
+        )
     data = load_sequences(cache, recipe.recipe_id, labelled, labels)
     by_id = {r.series_id: r for r in labelled}
-    splits, excluded = make_splits(data.series_ids, [labels[y] for y in data.labels],
-                                   [by_id[sid].content_hash for sid in data.series_ids], config)
+    splits, excluded = make_splits(
+        data.series_ids,
+        [labels[y] for y in data.labels],
+        [by_id[sid].content_hash for sid in data.series_ids],
+        config,
+    )
     parts = {name: data.select(ids) for name, ids in splits.items()}
     lstm_spec = model_spec(config, recipe.feature_dim, len(labels), "lstm")
     lstm = fit(lstm_spec, parts["train"], parts["val"], config, on_epoch=on_epoch, device=device)
-    base = fit(model_spec(config, recipe.feature_dim, len(labels), "mean"), parts["train"], parts["val"],
-               dataclasses.replace(config, lr=config.lr * BASELINE_LR_FACTOR), device=device)
+    base = fit(
+        model_spec(config, recipe.feature_dim, len(labels), "mean"),
+        parts["train"],
+        parts["val"],
+        dataclasses.replace(config, lr=config.lr * BASELINE_LR_FACTOR),
+        device=device,
+    )
     return Outcome(
         bundle=ModelBundle(lstm_spec, lstm.model.cpu(), labels, recipe),
         fit=lstm,
         baseline_fit=base,
-        metrics={name: evaluate(lstm.model, part, labels) for name, part in parts.items() if len(part)},
-        baseline_metrics={name: evaluate(base.model, part, labels) for name, part in parts.items() if len(part)},
+        metrics={
+            name: evaluate(lstm.model, part, labels) for name, part in parts.items() if len(part)
+        },
+        baseline_metrics={
+            name: evaluate(base.model, part, labels) for name, part in parts.items() if len(part)
+        },
         splits=splits,
         eval_set=[by_id[sid].to_dict() for sid in splits["test"]],
-        split_records=split_records(splits, {sid: by_id[sid].content_hash for sid in data.series_ids}),
+        split_records=split_records(
+            splits, {sid: by_id[sid].content_hash for sid in data.series_ids}
+        ),
         excluded=excluded,
     )
 
 
-def make_splits(series_ids: list[str], labels: list[str], content_hashes: list[str],
-                config: TrainConfig) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+def make_splits(
+    series_ids: list[str], labels: list[str], content_hashes: list[str], config: TrainConfig
+) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
     """(split -> series ids, reason -> series ids left out), as the module docstring describes."""
     pins: dict[str, str] = {}
     if config.split_record is not None:
         try:
             record = json.loads(Path(config.split_record).read_text())
         except (OSError, ValueError) as exc:
-            raise ValueError(f"train.split_record {config.split_record}: cannot read it as JSON ({exc})") from exc
+            raise ValueError(
+                f"train.split_record {config.split_record}: cannot read it as JSON ({exc})"
+            ) from exc
         pins = pins_from_record(record, series_ids, content_hashes)
     if config.split_lists is None:
-        splits = stratified_split(series_ids, labels, config.val_fraction, config.test_fraction, config.seed,
-                                  keys=content_hashes, pinned=pins)
+        splits = stratified_split(
+            series_ids,
+            labels,
+            config.val_fraction,
+            config.test_fraction,
+            config.seed,
+            keys=content_hashes,
+            pinned=pins,
+        )
         return splits, {}
-    listed, unlisted = match_split_lists(read_split_lists(config.split_lists, config.split_number), series_ids)
+    listed, unlisted = match_split_lists(
+        read_split_lists(config.split_lists, config.split_number), series_ids
+    )
     train = [i for i, sid in enumerate(series_ids) if listed.get(sid) == "train"]
     # The official lists decide test; pins only steer which official-train series become validation.
-    train_pins = {sid: split for sid, split in pins.items() if listed.get(sid) == "train" and split != "test"}
-    carved = stratified_split([series_ids[i] for i in train], [labels[i] for i in train], config.val_fraction, 0.0,
-                              config.seed, keys=[content_hashes[i] for i in train], pinned=train_pins)
-    splits = {"train": carved["train"], "val": carved["val"],
-              "test": sorted(sid for sid in series_ids if listed.get(sid) == "test")}
-    return splits, {"unlisted": unlisted, "unused": sorted(sid for sid in series_ids if listed.get(sid) == "unused")}
+    train_pins = {
+        sid: split for sid, split in pins.items() if listed.get(sid) == "train" and split != "test"
+    }
+    carved = stratified_split(
+        [series_ids[i] for i in train],
+        [labels[i] for i in train],
+        config.val_fraction,
+        0.0,
+        config.seed,
+        keys=[content_hashes[i] for i in train],
+        pinned=train_pins,
+    )
+    splits = {
+        "train": carved["train"],
+        "val": carved["val"],
+        "test": sorted(sid for sid in series_ids if listed.get(sid) == "test"),
+    }
+    return splits, {
+        "unlisted": unlisted,
+        "unused": sorted(sid for sid in series_ids if listed.get(sid) == "unused"),
+    }
 
 
 def score(bundle: ModelBundle, cache: FeatureCache, eval_set: list[SeriesRef]) -> dict[str, Any]:
     """Metrics of a registered model on an evaluation set, with features made by its own recipe."""
     data = load_sequences(cache, bundle.recipe.recipe_id, eval_set, bundle.labels)
     if len(data) < len(eval_set):
-        raise LookupError(f"{len(eval_set) - len(data)} evaluation series lack features for recipe "
-                          f"{bundle.recipe.recipe_id}; extract them first")
+        raise LookupError(
+            f"{len(eval_set) - len(data)} evaluation series lack features for recipe "
+            f"{bundle.recipe.recipe_id}; extract them first"
+        )
     return evaluate(bundle.module, data, bundle.labels)

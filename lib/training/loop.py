@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import contextlib
 import copy
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, ContextManager, Iterator, Sequence
+from typing import Any, ContextManager
 
 import numpy as np
 import torch
@@ -45,9 +46,11 @@ class SequenceSet:
                 f"SequenceSet: {len(self.features)} feature sequences, {len(self.labels)} labels and "
                 f"{len(self.series_ids)} series ids; they must match one to one"
             )
-        empty = [sid for sid, f in zip(self.series_ids, self.features) if len(f) == 0]
+        empty = [sid for sid, f in zip(self.series_ids, self.features, strict=False) if len(f) == 0]
         if empty:
-            raise ValueError(f"SequenceSet: series {empty[:5]} have no frames; drop them before training")
+            raise ValueError(
+                f"SequenceSet: series {empty[:5]} have no frames; drop them before training"
+            )
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -65,12 +68,16 @@ class SequenceSet:
 @dataclass
 class FitResult:
     model: nn.Module  # best validation state restored, in eval mode
-    history: list[dict[str, float]]  # per epoch: epoch, train_loss, val_loss, val_accuracy, val_macro_f1, lr (at its end)
+    history: list[
+        dict[str, float]
+    ]  # per epoch: epoch, train_loss, val_loss, val_accuracy, val_macro_f1, lr (at its end)
     best_epoch: int  # 1-based, as in history
     stopped_early: bool
 
 
-def model_spec(config: TrainConfig, input_dim: int, num_classes: int, kind: str = "lstm") -> ModelSpec:
+def model_spec(
+    config: TrainConfig, input_dim: int, num_classes: int, kind: str = "lstm"
+) -> ModelSpec:
     """The ModelSpec a TrainConfig describes, for data of this width and number of classes."""
     return ModelSpec(
         kind=kind,
@@ -127,7 +134,9 @@ def fit(
         optimizer, max_lr=config.lr, total_steps=config.epochs * steps_per_epoch, pct_start=0.1
     )
     # Balanced sampling already shows each class equally often: weighting the loss too would count it twice.
-    weights = _class_weights(train.labels, spec.num_classes) if config.balance == "weights" else None
+    weights = (
+        _class_weights(train.labels, spec.num_classes) if config.balance == "weights" else None
+    )
     criterion = nn.CrossEntropyLoss(weight=None if weights is None else weights.to(device))
     generator = torch.Generator().manual_seed(config.seed)
     augment_generator = torch.Generator().manual_seed(_substream(config.seed, 1))
@@ -141,10 +150,25 @@ def fit(
     best = -1.0
     best_state, best_epoch, stale = copy.deepcopy(model.state_dict()), 0, 0
     for epoch in range(1, config.epochs + 1):
-        order = _balanced_draw(train.labels, spec.num_classes, generator) if config.balance == "sampler" else None
-        batches = _bucketed_batches([len(f) for f, _ in train_items], config.batch_size, generator, order)
-        train_loss = _train_epoch(model, train_items, batches, criterion, optimizer, scheduler, device,
-                                  lambda f: augment(f, config, augment_generator), config.grad_clip)
+        order = (
+            _balanced_draw(train.labels, spec.num_classes, generator)
+            if config.balance == "sampler"
+            else None
+        )
+        batches = _bucketed_batches(
+            [len(f) for f, _ in train_items], config.batch_size, generator, order
+        )
+        train_loss = _train_epoch(
+            model,
+            train_items,
+            batches,
+            criterion,
+            optimizer,
+            scheduler,
+            device,
+            lambda f: augment(f, config, augment_generator),
+            config.grad_clip,
+        )
         val_loss, val_pred = _validate(model, val_items, criterion, config.batch_size, device)
         scores = classification_metrics(val.labels, val_pred, class_names)
         row = {
@@ -167,7 +191,12 @@ def fit(
             break
     model.load_state_dict(best_state)
     model.eval()
-    return FitResult(model=model, history=history, best_epoch=best_epoch, stopped_early=len(history) < config.epochs)
+    return FitResult(
+        model=model,
+        history=history,
+        best_epoch=best_epoch,
+        stopped_early=len(history) < config.epochs,
+    )
 
 
 def predict_proba(model: nn.Module, features: list[np.ndarray], batch_size: int = 64) -> np.ndarray:
@@ -178,12 +207,15 @@ def predict_proba(model: nn.Module, features: list[np.ndarray], batch_size: int 
     return probs
 
 
-def predict_steps(model: nn.Module, features: list[np.ndarray],
-                  batch_size: int = 64) -> list[tuple[np.ndarray, np.ndarray]]:
+def predict_steps(
+    model: nn.Module, features: list[np.ndarray], batch_size: int = 64
+) -> list[tuple[np.ndarray, np.ndarray]]:
     """Per series, (T_i, C) class probabilities per frame and (T_i, S) per-timestep states (S = 0
     for models without a hidden state), in the order of `features`. See the models' per_step."""
     found: list[tuple[np.ndarray, np.ndarray]] = [(np.zeros(0), np.zeros(0))] * len(features)
-    for rows, lengths, (logits, states) in _inference_batches(model, features, batch_size, model.per_step):
+    for rows, lengths, (logits, states) in _inference_batches(
+        model, features, batch_size, model.per_step
+    ):
         probs = torch.softmax(logits.float(), dim=-1).cpu().numpy()  # (B, T, C)
         states = states.float().cpu().numpy()  # (B, T, S)
         for b, i in enumerate(rows):
@@ -191,8 +223,12 @@ def predict_steps(model: nn.Module, features: list[np.ndarray],
     return found
 
 
-def _inference_batches(model: nn.Module, features: list[np.ndarray], batch_size: int,
-                       forward: Callable[[torch.Tensor, torch.Tensor], Any]) -> Iterator[tuple[np.ndarray, torch.Tensor, Any]]:
+def _inference_batches(
+    model: nn.Module,
+    features: list[np.ndarray],
+    batch_size: int,
+    forward: Callable[[torch.Tensor, torch.Tensor], Any],
+) -> Iterator[tuple[np.ndarray, torch.Tensor, Any]]:
     """(rows, lengths, forward(x, lengths)) per batch, run in eval and inference mode under the device's autocast.
 
     Length-sorted batches waste the least padding; padding never changes a row's outputs.
@@ -212,7 +248,9 @@ def evaluate(model: nn.Module, data: SequenceSet, class_names: list[str]) -> dic
     """classification_metrics on `data`, plus `confusion` (rows true, columns predicted) as lists."""
     probs = predict_proba(model, data.features)
     y_pred = probs.argmax(axis=1)
-    metrics = classification_metrics(data.labels, y_pred, class_names, probabilities=probs)  # top-k above 5 classes
+    metrics = classification_metrics(
+        data.labels, y_pred, class_names, probabilities=probs
+    )  # top-k above 5 classes
     metrics["confusion"] = confusion_matrix(data.labels, y_pred, len(class_names)).tolist()
     return metrics
 
@@ -231,7 +269,9 @@ def augment(frames: torch.Tensor, config: TrainConfig, generator: torch.Generato
     if config.frame_dropout > 0.0:
         kept = torch.rand(length, generator=generator) >= config.frame_dropout  # (T,)
         if not kept.any():
-            kept[int(torch.randint(length, (1,), generator=generator))] = True  # a series keeps at least one frame
+            kept[int(torch.randint(length, (1,), generator=generator))] = (
+                True  # a series keeps at least one frame
+            )
         frames = frames[kept]
     return frames
 
@@ -268,7 +308,10 @@ def _class_weights(labels: np.ndarray, num_classes: int) -> torch.Tensor:
 
 def _items(data: SequenceSet) -> list[tuple[torch.Tensor, int]]:
     """Convert to tensors once, not every epoch."""
-    return [(torch.as_tensor(f, dtype=torch.float32), int(y)) for f, y in zip(data.features, data.labels)]
+    return [
+        (torch.as_tensor(f, dtype=torch.float32), int(y))
+        for f, y in zip(data.features, data.labels, strict=False)
+    ]
 
 
 def _bucketed_batches(
@@ -283,7 +326,9 @@ def _bucketed_batches(
     bucket = batch_size * BUCKET_BATCHES
     batches: list[list[int]] = []
     for start in range(0, len(order), bucket):
-        chunk = sorted(order[start : start + bucket], key=lambda i: lengths[i])  # stable: ties stay shuffled
+        chunk = sorted(
+            order[start : start + bucket], key=lambda i: lengths[i]
+        )  # stable: ties stay shuffled
         batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
     return [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
 
@@ -317,7 +362,11 @@ def _train_epoch(
 
 
 def _validate(
-    model: nn.Module, items: list[tuple[torch.Tensor, int]], criterion: nn.Module, batch_size: int, device: str
+    model: nn.Module,
+    items: list[tuple[torch.Tensor, int]],
+    criterion: nn.Module,
+    batch_size: int,
+    device: str,
 ) -> tuple[float, np.ndarray]:
     """Mean validation loss per series and the predicted classes (N,), in input order."""
     model.eval()

@@ -11,7 +11,10 @@ from typing import Any
 
 import numpy as np
 
-TOP_K = (3, 5)  # top-k accuracies reported when there are more than 5 classes (below that they say little)
+TOP_K = (
+    3,
+    5,
+)  # top-k accuracies reported when there are more than 5 classes (below that they say little)
 PER_CLASS = ("precision", "recall", "f1", "support")
 
 
@@ -22,8 +25,12 @@ def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -
     return counts.reshape(num_classes, num_classes)
 
 
-def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, class_names: list[str],
-                           probabilities: np.ndarray | None = None) -> dict[str, Any]:
+def classification_metrics(
+    y_true: np.ndarray,
+    y_pred: np.ndarray,
+    class_names: list[str],
+    probabilities: np.ndarray | None = None,
+) -> dict[str, Any]:
     """accuracy, macro_f1 and `precision/<class>`, `recall/<class>`, `f1/<class>`, `support/<class>`;
     with class `probabilities` (N, C) and more than 5 classes, also `top3_accuracy` and `top5_accuracy`."""
     cm = confusion_matrix(y_true, y_pred, len(class_names))
@@ -54,8 +61,10 @@ def top_k_accuracy(y_true: np.ndarray, probabilities: np.ndarray, k: int) -> flo
     y_true = np.asarray(y_true, dtype=np.int64).ravel()
     probabilities = np.asarray(probabilities, dtype=np.float64)
     if probabilities.ndim != 2 or probabilities.shape[0] != y_true.size:
-        raise ValueError(f"probabilities of shape {probabilities.shape} do not match {y_true.size} labels; "
-                         "expected (N, C)")
+        raise ValueError(
+            f"probabilities of shape {probabilities.shape} do not match {y_true.size} labels; "
+            "expected (N, C)"
+        )
     _as_labels(y_true, y_true, probabilities.shape[1])  # names a class index outside [0, C)
     if not y_true.size:
         return 0.0
@@ -64,12 +73,17 @@ def top_k_accuracy(y_true: np.ndarray, probabilities: np.ndarray, k: int) -> flo
     return float((higher < k).mean())
 
 
-def per_class_report(metrics_by_model: dict[str, dict[str, dict[str, Any]]],
-                     class_names: list[str]) -> list[dict[str, Any]]:
+def per_class_report(
+    metrics_by_model: dict[str, dict[str, dict[str, Any]]], class_names: list[str]
+) -> list[dict[str, Any]]:
     """Rows model, split, class, precision, recall, f1, support from {model: {split: classification_metrics}}."""
     return [
-        {"model": model, "split": split, "class": name,
-         **{key: values.get(f"{key}/{name}") for key in PER_CLASS}}
+        {
+            "model": model,
+            "split": split,
+            "class": name,
+            **{key: values.get(f"{key}/{name}") for key in PER_CLASS},
+        }
         for model, splits in metrics_by_model.items()
         for split, values in splits.items()
         for name in class_names
@@ -83,7 +97,9 @@ def _safe_divide(num: np.ndarray, den: np.ndarray) -> np.ndarray:
     return out
 
 
-def _as_labels(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+def _as_labels(
+    y_true: np.ndarray, y_pred: np.ndarray, num_classes: int
+) -> tuple[np.ndarray, np.ndarray]:
     y_true = np.asarray(y_true, dtype=np.int64).ravel()
     y_pred = np.asarray(y_pred, dtype=np.int64).ravel()
     if y_true.shape != y_pred.shape:

@@ -9,8 +9,9 @@ reproducible whatever the batch composition. The recurrent network packs the bat
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -45,8 +46,12 @@ class SeriesCentring(nn.Module):
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """x: (B, T, F), lengths: (B,) -> (B, T, F) centred and scaled; padding stays 0."""
-        valid = (torch.arange(x.shape[1], device=x.device)[None, :] < lengths.to(x.device)[:, None])[..., None]
-        mean = x.masked_fill(~valid, 0.0).sum(dim=1, keepdim=True) / lengths.to(x.device)[:, None, None].to(x.dtype)
+        valid = (
+            torch.arange(x.shape[1], device=x.device)[None, :] < lengths.to(x.device)[:, None]
+        )[..., None]
+        mean = x.masked_fill(~valid, 0.0).sum(dim=1, keepdim=True) / lengths.to(x.device)[
+            :, None, None
+        ].to(x.dtype)
         return (x - mean).masked_fill(~valid, 0.0) / self.scale
 
 
@@ -80,7 +85,11 @@ class LSTMClassifier(nn.Module):
         # CNN features come in at very different scales per backbone; either norm makes lr choices portable.
         self.norm = nn.LayerNorm(input_dim) if input_norm == "layer" else SeriesCentring()
         # Per frame, so padded frames cannot touch valid ones; None feeds the normalised features straight in.
-        self.proj = nn.Sequential(nn.Linear(input_dim, input_proj), nn.GELU()) if input_proj else nn.Identity()
+        self.proj = (
+            nn.Sequential(nn.Linear(input_dim, input_proj), nn.GELU())
+            if input_proj
+            else nn.Identity()
+        )
         rnn = nn.LSTM if cell == "lstm" else nn.GRU
         self.rnn = rnn(
             input_proj or input_dim,
@@ -106,10 +115,16 @@ class LSTMClassifier(nn.Module):
             last = h_n.view(self.rnn.num_layers, self.num_directions, batch, -1)[-1]  # (D, B, H)
             pooled = last.transpose(0, 1).reshape(batch, -1)  # (B, D * H)
         else:
-            out, _ = pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])  # (B, T, D * H), 0 past ends
-            valid = torch.arange(x.shape[1], device=x.device)[None, :] < lengths.to(x.device)[:, None]  # (B, T)
+            out, _ = pad_packed_sequence(
+                out, batch_first=True, total_length=x.shape[1]
+            )  # (B, T, D * H), 0 past ends
+            valid = (
+                torch.arange(x.shape[1], device=x.device)[None, :] < lengths.to(x.device)[:, None]
+            )  # (B, T)
             scores = self.attention(out).squeeze(-1).float()  # (B, T)
-            weights = torch.softmax(scores.masked_fill(~valid, float("-inf")), dim=1)  # (B, T), 0 on padding
+            weights = torch.softmax(
+                scores.masked_fill(~valid, float("-inf")), dim=1
+            )  # (B, T), 0 on padding
             pooled = (weights.unsqueeze(-1).to(out.dtype) * out).sum(dim=1)  # (B, D * H)
         return self.head(self.drop(pooled))  # (B, C)
 
@@ -122,7 +137,9 @@ class LSTMClassifier(nn.Module):
         """
         h = self._inputs(x, lengths)  # (B, T, P)
         packed = pack_padded_sequence(h, lengths.cpu(), batch_first=True, enforce_sorted=False)
-        out, _ = pad_packed_sequence(self.rnn(packed)[0], batch_first=True, total_length=x.shape[1])  # (B, T, D * H)
+        out, _ = pad_packed_sequence(
+            self.rnn(packed)[0], batch_first=True, total_length=x.shape[1]
+        )  # (B, T, D * H)
         return self.head(out), out
 
     def _inputs(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -130,10 +147,12 @@ class LSTMClassifier(nn.Module):
         normed = self.norm(x, lengths) if isinstance(self.norm, SeriesCentring) else self.norm(x)
         return self.proj(normed)
 
-    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+    def _load_from_state_dict(
+        self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any
+    ) -> None:
         """Checkpoints from before the GRU option named the recurrent layer `lstm`: read them as `rnn`."""
         for key in [k for k in state_dict if k.startswith(prefix + "lstm.")]:
-            state_dict[prefix + "rnn." + key[len(prefix) + len("lstm."):]] = state_dict.pop(key)
+            state_dict[prefix + "rnn." + key[len(prefix) + len("lstm.") :]] = state_dict.pop(key)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
@@ -180,17 +199,25 @@ class ModelSpec:
     bidirectional: bool = False
     dropout: float = 0.2
     cell: str = "lstm"  # "lstm" | "gru"
-    input_proj: int | None = 128  # width of the per-frame Linear + GELU after LayerNorm; None = no projection
+    input_proj: int | None = (
+        128  # width of the per-frame Linear + GELU after LayerNorm; None = no projection
+    )
     pooling: str = "last"  # "last" | "attention"
     input_norm: str = "layer"  # "layer" | "series"; unused by "mean"
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
-            raise ValueError(f"ModelSpec.kind {self.kind!r} is not supported; use one of {', '.join(KINDS)}")
+            raise ValueError(
+                f"ModelSpec.kind {self.kind!r} is not supported; use one of {', '.join(KINDS)}"
+            )
         if self.cell not in CELLS:
-            raise ValueError(f"ModelSpec.cell {self.cell!r} is not supported; use one of {', '.join(CELLS)}")
+            raise ValueError(
+                f"ModelSpec.cell {self.cell!r} is not supported; use one of {', '.join(CELLS)}"
+            )
         if self.pooling not in POOLINGS:
-            raise ValueError(f"ModelSpec.pooling {self.pooling!r} is not supported; use one of {', '.join(POOLINGS)}")
+            raise ValueError(
+                f"ModelSpec.pooling {self.pooling!r} is not supported; use one of {', '.join(POOLINGS)}"
+            )
         if self.input_norm not in INPUT_NORMS:
             raise ValueError(
                 f"ModelSpec.input_norm {self.input_norm!r} is not supported; use one of {', '.join(INPUT_NORMS)}"
@@ -200,7 +227,9 @@ class ModelSpec:
                 f"ModelSpec needs input_dim >= 1 and num_classes >= 2, got {self.input_dim} and {self.num_classes}"
             )
         if self.input_proj is not None and self.input_proj < 1:
-            raise ValueError(f"ModelSpec.input_proj {self.input_proj!r}: give a width >= 1, or None for no projection")
+            raise ValueError(
+                f"ModelSpec.input_proj {self.input_proj!r}: give a width >= 1, or None for no projection"
+            )
 
     def build(self) -> nn.Module:
         """A freshly initialised module (seed torch first for reproducible weights)."""
@@ -231,7 +260,9 @@ class ModelSpec:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ValueError(f"ModelSpec: unknown keys {unknown}; known keys: {', '.join(sorted(known))}")
+            raise ValueError(
+                f"ModelSpec: unknown keys {unknown}; known keys: {', '.join(sorted(known))}"
+            )
         if "input_proj" not in data:
             data = {**data, "input_proj": data.get("hidden_size", 128)}
         return cls(**data)

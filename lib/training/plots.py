@@ -7,8 +7,8 @@ saving: a nightly process that plots every run must not accumulate them.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import matplotlib
 
@@ -33,13 +33,22 @@ def confusion_matrix_png(cm: np.ndarray, class_names: list[str], path: str | Pat
         ax.set_xlabel("predicted")
         ax.set_ylabel("true")
         for (i, j), count in np.ndenumerate(cm):
-            ax.text(j, i, str(count), ha="center", va="center", color="white" if shares[i, j] > 0.5 else "black")
+            ax.text(
+                j,
+                i,
+                str(count),
+                ha="center",
+                va="center",
+                color="white" if shares[i, j] > 0.5 else "black",
+            )
         return _save(fig, path)
     finally:
         plt.close(fig)
 
 
-def learning_curves_png(history: Sequence[dict[str, float]], path: str | Path, best_epoch: int | None = None) -> Path:
+def learning_curves_png(
+    history: Sequence[dict[str, float]], path: str | Path, best_epoch: int | None = None
+) -> Path:
     """Losses on the left, validation accuracy and macro-F1 on the right; best_epoch (FitResult's) marked."""
     epochs = [row["epoch"] for row in history]
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
@@ -53,7 +62,9 @@ def learning_curves_png(history: Sequence[dict[str, float]], path: str | Path, b
         right.set_ylim(0.0, 1.0)
         for ax in (left, right):
             if best_epoch is not None:
-                ax.axvline(best_epoch, color="grey", linestyle=":", label=f"best epoch {best_epoch}")
+                ax.axvline(
+                    best_epoch, color="grey", linestyle=":", label=f"best epoch {best_epoch}"
+                )
             ax.set_xlabel("epoch")
             ax.legend()
         return _save(fig, path)

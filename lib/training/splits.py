@@ -64,16 +64,21 @@ def stratified_split(
     bad = sorted({split for split in pinned.values() if split not in SPLITS})
     if bad:
         raise ValueError(f"stratified_split: pinned splits {bad} are not among {', '.join(SPLITS)}")
-    by_class: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))  # label -> key -> ids
-    for series_id, label, key in zip(series_ids, labels, keys):
+    by_class: dict[str, dict[str, list[str]]] = defaultdict(
+        lambda: defaultdict(list)
+    )  # label -> key -> ids
+    for series_id, label, key in zip(series_ids, labels, keys, strict=False):
         by_class[label][key].append(series_id)
     splits: dict[str, list[str]] = {name: [] for name in SPLITS}
     for units in by_class.values():
         ordered = sorted(units, key=lambda key: (_rank_key(seed, key), min(units[key])))
         c1, c2 = _cuts(len(ordered), test_fraction, val_fraction)
         # A unit (one content, perhaps under several ids) follows its first pinned id.
-        held = {key: next(pinned[sid] for sid in sorted(units[key]) if sid in pinned)
-                for key in ordered if any(sid in pinned for sid in units[key])}
+        held = {
+            key: next(pinned[sid] for sid in sorted(units[key]) if sid in pinned)
+            for key in ordered
+            if any(sid in pinned for sid in units[key])
+        }
         room = Counter({"test": c1, "val": c2 - c1})
         room.subtract(held.values())
         for key in ordered:
@@ -85,14 +90,19 @@ def stratified_split(
     return {name: sorted(ids) for name, ids in splits.items()}
 
 
-def split_records(splits: Mapping[str, list[str]], content_hashes: Mapping[str, str]) -> dict[str, list[dict]]:
+def split_records(
+    splits: Mapping[str, list[str]], content_hashes: Mapping[str, str]
+) -> dict[str, list[dict]]:
     """split -> [{"series_id", "content_hash"}]: what a later run pins its splits with."""
-    return {name: [{"series_id": sid, "content_hash": content_hashes.get(sid)} for sid in sorted(ids)]
-            for name, ids in splits.items()}
+    return {
+        name: [{"series_id": sid, "content_hash": content_hashes.get(sid)} for sid in sorted(ids)]
+        for name, ids in splits.items()
+    }
 
 
-def pins_from_record(record: Mapping[str, list[Any]], series_ids: Sequence[str],
-                     content_hashes: Sequence[str]) -> dict[str, str]:
+def pins_from_record(
+    record: Mapping[str, list[Any]], series_ids: Sequence[str], content_hashes: Sequence[str]
+) -> dict[str, str]:
     """series_id -> split for the series an earlier run's record names: by content hash first, then by id.
 
     `record` is `split_records` output, or a plain {split: [series ids]} (an older run's splits.json).
@@ -109,7 +119,7 @@ def pins_from_record(record: Mapping[str, list[Any]], series_ids: Sequence[str],
             if entry.get("series_id"):
                 by_id[entry["series_id"]] = split
     pins = {}
-    for series_id, content_hash in zip(series_ids, content_hashes):
+    for series_id, content_hash in zip(series_ids, content_hashes, strict=False):
         split = by_hash.get(content_hash) or by_id.get(series_id)
         if split is not None:
             pins[series_id] = split
@@ -132,7 +142,7 @@ def read_split_lists(path: str | Path, split_number: int) -> dict[str, str]:
     hmdb = sorted(folder.glob(f"*_test_split{split_number}.txt"))
     entries: dict[str, str] = {}
     if any(p.exists() for p in ucf):
-        for list_path, split in zip(ucf, ("train", "test")):
+        for list_path, split in zip(ucf, ("train", "test"), strict=False):
             for rel, _ in _lines(list_path) if list_path.exists() else []:
                 _enter(entries, rel, split, list_path)
     elif hmdb:
@@ -141,16 +151,23 @@ def read_split_lists(path: str | Path, split_number: int) -> dict[str, str]:
             label = list_path.name[: -len(f"_test_split{split_number}.txt")]
             for name, code in _lines(list_path):
                 if code not in codes:
-                    raise BadInput(str(list_path), f"line {name!r}: expected 0, 1 or 2 after the file name")
+                    raise BadInput(
+                        str(list_path), f"line {name!r}: expected 0, 1 or 2 after the file name"
+                    )
                 _enter(entries, f"{label}/{name}", codes[code], list_path)
     else:
-        raise BadInput(str(folder), f"no split lists for split {split_number}: looked for "
-                       f"trainlist{split_number:02d}.txt / testlist{split_number:02d}.txt (UCF101) and "
-                       f"*_test_split{split_number}.txt (HMDB51); check train.split_lists and train.split_number")
+        raise BadInput(
+            str(folder),
+            f"no split lists for split {split_number}: looked for "
+            f"trainlist{split_number:02d}.txt / testlist{split_number:02d}.txt (UCF101) and "
+            f"*_test_split{split_number}.txt (HMDB51); check train.split_lists and train.split_number",
+        )
     return entries
 
 
-def match_split_lists(entries: Mapping[str, str], series_ids: Sequence[str]) -> tuple[dict[str, str], list[str]]:
+def match_split_lists(
+    entries: Mapping[str, str], series_ids: Sequence[str]
+) -> tuple[dict[str, str], list[str]]:
     """Listed paths onto series ids -> ({series_id: split}, sorted ids the lists do not name).
 
     A series matches a listed path when its id ends with that path (`x.zip/Class/v_X.avi`
@@ -160,7 +177,11 @@ def match_split_lists(entries: Mapping[str, str], series_ids: Sequence[str]) -> 
     """
     by_path = {rel.casefold(): split for rel, split in entries.items()}
     names = Counter(rel.rsplit("/", 1)[-1] for rel in by_path)
-    by_name = {rel.rsplit("/", 1)[-1]: split for rel, split in by_path.items() if names[rel.rsplit("/", 1)[-1]] == 1}
+    by_name = {
+        rel.rsplit("/", 1)[-1]: split
+        for rel, split in by_path.items()
+        if names[rel.rsplit("/", 1)[-1]] == 1
+    }
     assigned: dict[str, str] = {}
     unlisted: list[str] = []
     for series_id in series_ids:
@@ -207,7 +228,9 @@ def _cuts(n: int, test_fraction: float, val_fraction: float) -> tuple[int, int]:
     such step functions: round-half-up(n * f), small constants, and n - 1.
     """
     want_test, want_val = int(test_fraction > 0), int(val_fraction > 0)
-    c2 = min(max(_round(n * (test_fraction + val_fraction)), want_test + want_val), n - 1)  # train keeps >= 1
+    c2 = min(
+        max(_round(n * (test_fraction + val_fraction)), want_test + want_val), n - 1
+    )  # train keeps >= 1
     c1 = min(max(_round(n * test_fraction), want_test), c2 - want_val)  # val keeps >= 1 when wanted
     return max(c1, 0), max(c2, 0)
 
@@ -217,14 +240,23 @@ def _round(x: float) -> int:
     return math.floor(x + 0.5)
 
 
-def _check(series_ids: list[str], labels: list[str], val_fraction: float, test_fraction: float,
-           keys: list[str]) -> None:
+def _check(
+    series_ids: list[str],
+    labels: list[str],
+    val_fraction: float,
+    test_fraction: float,
+    keys: list[str],
+) -> None:
     if len(series_ids) != len(labels) or len(keys) != len(labels):
-        raise ValueError(f"stratified_split: {len(series_ids)} series ids but {len(labels)} labels "
-                         f"and {len(keys)} keys")
+        raise ValueError(
+            f"stratified_split: {len(series_ids)} series ids but {len(labels)} labels "
+            f"and {len(keys)} keys"
+        )
     duplicates = sorted(series_id for series_id, count in Counter(series_ids).items() if count > 1)
     if duplicates:
-        raise ValueError(f"stratified_split: series ids {duplicates[:5]} appear more than once; ids must be unique")
+        raise ValueError(
+            f"stratified_split: series ids {duplicates[:5]} appear more than once; ids must be unique"
+        )
     if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
         raise ValueError(
             f"stratified_split: val_fraction={val_fraction} and test_fraction={test_fraction} must each be in "

@@ -11,21 +11,37 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
-from lstmpipe.lib.features.cache import FeatureCache
 from lstmpipe.lib.config import TrainConfig
-from lstmpipe.lib.training.experiment import load_sequences, make_splits
+from lstmpipe.lib.features.cache import FeatureCache
 from lstmpipe.lib.series import SeriesRef
-from lstmpipe.lib.training.splits import split_hash
+from lstmpipe.lib.training.experiment import load_sequences, make_splits
 from lstmpipe.lib.training.loop import FitResult, SequenceSet, fit, model_spec
+from lstmpipe.lib.training.splits import split_hash
 
-TUNED = ("hidden_size", "num_layers", "dropout", "lr", "bidirectional")  # the TrainConfig keys a search varies
-METRIC = "val_macro_f1"  # what ASHA compares trials on, per epoch (the metric fit's early stopping uses)
-EPOCH_KEYS = ("epoch", "train_loss", "val_loss", "val_accuracy", "val_macro_f1", "lr")  # one row of fit's history
+TUNED = (
+    "hidden_size",
+    "num_layers",
+    "dropout",
+    "lr",
+    "bidirectional",
+)  # the TrainConfig keys a search varies
+METRIC = (
+    "val_macro_f1"  # what ASHA compares trials on, per epoch (the metric fit's early stopping uses)
+)
+EPOCH_KEYS = (
+    "epoch",
+    "train_loss",
+    "val_loss",
+    "val_accuracy",
+    "val_macro_f1",
+    "lr",
+)  # one row of fit's history
 
 
 @dataclass(frozen=True)
@@ -35,17 +51,24 @@ class SearchSpace:
     hidden_size: tuple[int, ...] = (32, 64, 128, 256)  # LSTM units per direction, one of
     num_layers: tuple[int, ...] = (1, 2)  # one of
     dropout: tuple[float, float] = (0.0, 0.5)  # uniform in [low, high]
-    lr: tuple[float, float] = (3e-4, 1e-2)  # log-uniform in [low, high]: learning rates matter by ratio
+    lr: tuple[float, float] = (
+        3e-4,
+        1e-2,
+    )  # log-uniform in [low, high]: learning rates matter by ratio
     bidirectional: tuple[bool, ...] = (False, True)  # one of
 
     def __post_init__(self) -> None:
         for name in ("hidden_size", "num_layers", "bidirectional"):
             if not getattr(self, name):
-                raise ValueError(f"search space {name}: needs at least one choice, got {getattr(self, name)!r}")
+                raise ValueError(
+                    f"search space {name}: needs at least one choice, got {getattr(self, name)!r}"
+                )
         for name in ("dropout", "lr"):
             low, high = getattr(self, name)
             if not 0 <= low <= high or (name == "lr" and low <= 0):
-                raise ValueError(f"search space {name}: ({low}, {high}) is not a range low <= high (lr > 0)")
+                raise ValueError(
+                    f"search space {name}: ({low}, {high}) is not a range low <= high (lr > 0)"
+                )
         if not self.dropout[1] < 1:
             raise ValueError(f"search space dropout: {self.dropout[1]} must stay below 1")
 
@@ -84,27 +107,39 @@ class TrialRecord:
 
     def summary(self) -> dict[str, Any]:
         best = self.best or {}
-        return {"trial_id": self.trial_id, "index": self.index, "status": self.status, "epochs": len(self.history),
-                **{f"hp.{k}": v for k, v in self.hp.items()},
-                "best_epoch": best.get("epoch"), "best_val_macro_f1": best.get(METRIC),
-                "best_val_loss": best.get("val_loss")}
+        return {
+            "trial_id": self.trial_id,
+            "index": self.index,
+            "status": self.status,
+            "epochs": len(self.history),
+            **{f"hp.{k}": v for k, v in self.hp.items()},
+            "best_epoch": best.get("epoch"),
+            "best_val_macro_f1": best.get(METRIC),
+            "best_val_loss": best.get("val_loss"),
+        }
 
 
-def sample_trials(base: TrainConfig, space: SearchSpace, count: int, seed: int) -> list[dict[str, Any]]:
+def sample_trials(
+    base: TrainConfig, space: SearchSpace, count: int, seed: int
+) -> list[dict[str, Any]]:
     """`count` hyperparameter sets: the base config's own first, then seeded draws from `space`, no repeats."""
     if count < 1:
         raise ValueError(f"trials: {count}; a search needs at least 1")
     rng = np.random.default_rng(seed)
     trials = [{key: getattr(base, key) for key in TUNED}]
     seen = {_key(trials[0])}
-    for _ in range(100 * count):  # bounded: a space of few discrete points cannot give `count` distinct sets
+    for _ in range(
+        100 * count
+    ):  # bounded: a space of few discrete points cannot give `count` distinct sets
         if len(trials) == count:
             break
         hp = {
             "hidden_size": int(rng.choice(space.hidden_size)),
             "num_layers": int(rng.choice(space.num_layers)),
             "dropout": round(float(rng.uniform(*space.dropout)), 4),
-            "lr": float(f"{math.exp(rng.uniform(math.log(space.lr[0]), math.log(space.lr[1]))):.3g}"),
+            "lr": float(
+                f"{math.exp(rng.uniform(math.log(space.lr[0]), math.log(space.lr[1]))):.3g}"
+            ),
             "bidirectional": bool(rng.choice(space.bidirectional)),
         }
         if _key(hp) not in seen:
@@ -117,29 +152,51 @@ def trial_config(base: TrainConfig, hp: dict[str, Any]) -> TrainConfig:
     """The base training config with one trial's hyperparameters."""
     unknown = set(hp) - set(TUNED)
     if unknown:
-        raise ValueError(f"trial hyperparameters {sorted(unknown)}: not tunable; tunable are {', '.join(TUNED)}")
+        raise ValueError(
+            f"trial hyperparameters {sorted(unknown)}: not tunable; tunable are {', '.join(TUNED)}"
+        )
     return dataclasses.replace(base, **hp)
 
 
-def prepare(cache: FeatureCache, recipe_id: str, input_dim: int, refs: list[SeriesRef],
-            config: TrainConfig) -> SearchData:
+def prepare(
+    cache: FeatureCache, recipe_id: str, input_dim: int, refs: list[SeriesRef], config: TrainConfig
+) -> SearchData:
     """Read the labelled series' features once and split them as run_experiment does (same seed, same ids)."""
     labelled = [r for r in refs if r.label is not None]
     labels = sorted({r.label for r in labelled})
     if len(labels) < 2:
-        raise ValueError(f"a search needs at least 2 classes with cached features; found {labels or 'none'}")
+        raise ValueError(
+            f"a search needs at least 2 classes with cached features; found {labels or 'none'}"
+        )
     data = load_sequences(cache, recipe_id, labelled, labels)
     by_id = {r.series_id: r for r in labelled}
-    splits, _ = make_splits(data.series_ids, [labels[y] for y in data.labels],
-                            [by_id[s].content_hash for s in data.series_ids], config)
-    return SearchData(labels, splits, data.select(splits["train"]), data.select(splits["val"]), input_dim)
+    splits, _ = make_splits(
+        data.series_ids,
+        [labels[y] for y in data.labels],
+        [by_id[s].content_hash for s in data.series_ids],
+        config,
+    )
+    return SearchData(
+        labels, splits, data.select(splits["train"]), data.select(splits["val"]), input_dim
+    )
 
 
-def train_trial(data: SearchData, config: TrainConfig, report: Callable[[dict[str, float]], None],
-                device: str = "cpu") -> FitResult:
+def train_trial(
+    data: SearchData,
+    config: TrainConfig,
+    report: Callable[[dict[str, float]], None],
+    device: str = "cpu",
+) -> FitResult:
     """Fit one trial's LSTM on the train split, `report`ing each epoch's row (the scheduler's input)."""
     spec = model_spec(config, data.input_dim, len(data.labels), "lstm")
-    return fit(spec, data.train, data.val, config, on_epoch=lambda row: report(_epoch_row(row)), device=device)
+    return fit(
+        spec,
+        data.train,
+        data.val,
+        config,
+        on_epoch=lambda row: report(_epoch_row(row)),
+        device=device,
+    )
 
 
 def pick_best(trials: list[TrialRecord]) -> TrialRecord:

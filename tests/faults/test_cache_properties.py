@@ -46,7 +46,9 @@ def crashing(where: str):
         real_write = atomic.pq.write_table
 
         def half_then_crash(table, handle, **kwargs):
-            real_write(table.slice(0, max(1, table.num_rows // 2)), handle, **kwargs)  # half a file, then death
+            real_write(
+                table.slice(0, max(1, table.num_rows // 2)), handle, **kwargs
+            )  # half a file, then death
             raise Crash("injected: killed while writing the Parquet file")
 
         return mock.patch.object(atomic.pq, "write_table", half_then_crash)
@@ -65,17 +67,24 @@ class CacheMachine(RuleBasedStateMachine):
         self.tmp = tempfile.TemporaryDirectory(prefix="cache-props-")
         self.root = Path(self.tmp.name)
         self.cache = FeatureCache(self.root)
-        self.first: dict[tuple[str, str], SeriesFeatures] = {}  # key -> the series its first committed write held
+        self.first: dict[
+            tuple[str, str], SeriesFeatures
+        ] = {}  # key -> the series its first committed write held
         self.version = 0
 
     def teardown(self) -> None:
         self.tmp.cleanup()
 
-    @rule(recipe=st.sampled_from(RECIPES), hashes=st.lists(st.sampled_from(HASHES), min_size=1, max_size=4),
-          crash=st.sampled_from(CRASHES))
+    @rule(
+        recipe=st.sampled_from(RECIPES),
+        hashes=st.lists(st.sampled_from(HASHES), min_size=1, max_size=4),
+        crash=st.sampled_from(CRASHES),
+    )
     def write(self, recipe: str, hashes: list[str], crash: str) -> None:
         self.version += 1
-        items = [series(h, self.version) for h in hashes]  # a repeated hash within one write is stored once
+        items = [
+            series(h, self.version) for h in hashes
+        ]  # a repeated hash within one write is stored once
         if crash == "none":
             self.cache.write(recipe, items)
             for item in items:
@@ -89,10 +98,15 @@ class CacheMachine(RuleBasedStateMachine):
             else:
                 raise AssertionError("the injected crash did not happen")
 
-    @rule(target_rows=st.sampled_from([2, 8, 1 << 16]), crash=st.sampled_from(CRASHES),
-          sweep=st.booleans())
+    @rule(
+        target_rows=st.sampled_from([2, 8, 1 << 16]),
+        crash=st.sampled_from(CRASHES),
+        sweep=st.booleans(),
+    )
     def compact(self, target_rows: int, crash: str, sweep: bool) -> None:
-        grace = 0.0 if sweep else cache.ORPHAN_GRACE_S  # sweeping: no writer is between rename and commit here
+        grace = (
+            0.0 if sweep else cache.ORPHAN_GRACE_S
+        )  # sweeping: no writer is between rename and commit here
         if crash == "none":
             self.cache.compact(target_rows=target_rows, orphan_grace_s=grace)
             return
@@ -117,24 +131,48 @@ class CacheMachine(RuleBasedStateMachine):
     @invariant()
     def every_indexed_entry_is_complete_and_matches_its_key(self) -> None:
         with sqlite3.connect(self.cache.index_path) as db:
-            rows = db.execute("SELECT content_hash, recipe_id, file, n_frames, row_offset FROM entries").fetchall()
+            rows = db.execute(
+                "SELECT content_hash, recipe_id, file, n_frames, row_offset FROM entries"
+            ).fetchall()
         keys = [(h, r) for h, r, *_ in rows]
         assert len(keys) == len(set(keys)), "a key is indexed twice"
-        assert set(keys) == set(self.first), "the index lost a committed entry or shows an uncommitted one"
+        assert set(keys) == set(self.first), (
+            "the index lost a committed entry or shows an uncommitted one"
+        )
         found = self.cache.read(keys)
         for key in keys:
             expected = self.first[key]
             np.testing.assert_array_equal(found[key].features, expected.features)
             np.testing.assert_array_equal(found[key].t, expected.t)
             assert found[key].series_id == expected.series_id
-        for h, r, name, n_frames, offset in rows:  # the named file holds the key's rows once, where the index says
-            table = pq.read_table(self.cache.files / name, columns=["content_hash", "recipe_id", "frame_index"])
-            mine = [i for i, (th, tr) in enumerate(zip(table["content_hash"].to_pylist(),
-                                                      table["recipe_id"].to_pylist())) if (th, tr) == (h, r)]
+        for (
+            h,
+            r,
+            name,
+            n_frames,
+            offset,
+        ) in rows:  # the named file holds the key's rows once, where the index says
+            table = pq.read_table(
+                self.cache.files / name, columns=["content_hash", "recipe_id", "frame_index"]
+            )
+            mine = [
+                i
+                for i, (th, tr) in enumerate(
+                    zip(table["content_hash"].to_pylist(), table["recipe_id"].to_pylist(), strict=False)
+                )
+                if (th, tr) == (h, r)
+            ]
             assert mine == list(range(offset, offset + n_frames)), (h, r, name)
-        assert not [p for p in os.listdir(self.cache.files) if p.startswith(".tmp-")], "a temp file was left"
+        assert not [p for p in os.listdir(self.cache.files) if p.startswith(".tmp-")], (
+            "a temp file was left"
+        )
 
 
-CacheMachine.TestCase.settings = settings(max_examples=30, stateful_step_count=12, deadline=None, database=None,
-                                          suppress_health_check=[HealthCheck.too_slow])
+CacheMachine.TestCase.settings = settings(
+    max_examples=30,
+    stateful_step_count=12,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 test_cache_under_writes_crashes_compactions_and_reads = CacheMachine.TestCase

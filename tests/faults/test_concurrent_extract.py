@@ -24,8 +24,8 @@ import pytest
 from prefect.settings import PREFECT_API_URL
 from prefect.testing.utilities import prefect_test_harness
 
-from lstmpipe.lib.features.cache import FeatureCache
 from lstmpipe.lib.demo.video import SampleSpec, generate_archive
+from lstmpipe.lib.features.cache import FeatureCache
 from lstmpipe.lib.sources.discover import discover
 
 pytestmark = pytest.mark.slow
@@ -44,22 +44,34 @@ def spawn(source: Path, home: Path, prefect_api: str) -> subprocess.Popen:
     env = {**os.environ, "LSTMPIPE_HOME": str(home), "PREFECT_API_URL": prefect_api}
     for name in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI"):  # each run with its own local Ray
         env.pop(name, None)
-    return subprocess.Popen([LSTMPIPE, "extract", str(source), *TINY], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    return subprocess.Popen(
+        [LSTMPIPE, "extract", str(source), *TINY],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
 
 
-def test_two_extracts_at_once_index_each_series_once_and_completely(tmp_path: Path, prefect_api: str) -> None:
-    source = generate_archive(tmp_path / "source", SampleSpec(clips_per_class=3, size=32, min_frames=8, max_frames=12))
+def test_two_extracts_at_once_index_each_series_once_and_completely(
+    tmp_path: Path, prefect_api: str
+) -> None:
+    source = generate_archive(
+        tmp_path / "source", SampleSpec(clips_per_class=3, size=32, min_frames=8, max_frames=12)
+    )
     home = tmp_path / "home"
     runs = [spawn(source, home, prefect_api), spawn(source, home, prefect_api)]
     try:
         outputs = [run.communicate(timeout=TIMEOUT_S) for run in runs]
     finally:
-        for run in runs:  # a hung run is killed with its Ray and Prefect children, never left behind
+        for (
+            run
+        ) in runs:  # a hung run is killed with its Ray and Prefect children, never left behind
             if run.poll() is None:
                 os.killpg(run.pid, signal.SIGKILL)
                 run.wait()
-    for run, (out, err) in zip(runs, outputs):
+    for run, (out, err) in zip(runs, outputs, strict=False):
         assert run.returncode == 0, f"exit {run.returncode}:\n{err[-4000:]}"
     summaries = [json.loads(out) for out, _ in outputs]
     refs = discover(source).refs
@@ -71,7 +83,9 @@ def test_two_extracts_at_once_index_each_series_once_and_completely(tmp_path: Pa
 
     cache = FeatureCache(home / "cache")
     with sqlite3.connect(cache.index_path) as db:
-        rows = db.execute("SELECT content_hash, recipe_id, series_id, file, n_frames, row_offset FROM entries").fetchall()
+        rows = db.execute(
+            "SELECT content_hash, recipe_id, series_id, file, n_frames, row_offset FROM entries"
+        ).fetchall()
     keys = [(h, r) for h, r, *_ in rows]
     assert len(keys) == len(set(keys)) == 12, "a series is indexed twice, or one is missing"
     assert set(keys) == {(ref.content_hash, recipe_id) for ref in refs}
@@ -80,11 +94,20 @@ def test_two_extracts_at_once_index_each_series_once_and_completely(tmp_path: Pa
         entry = found[(content_hash, recipe)]
         assert entry.series_id == series_id and entry.features.shape == (n_frames, 512)
         assert np.isfinite(entry.features).all() and (np.diff(entry.t) > 0).all()
-        table = pq.read_table(cache.files / name, columns=["content_hash", "recipe_id", "frame_index"])
-        mine = [i for i, (h, r) in enumerate(zip(table["content_hash"].to_pylist(), table["recipe_id"].to_pylist()))
-                if (h, r) == (content_hash, recipe)]
-        assert mine == list(range(offset, offset + n_frames)), f"{series_id}: torn or duplicated rows in {name}"
-        assert table["frame_index"].to_pylist()[offset:offset + n_frames] == list(range(n_frames))
+        table = pq.read_table(
+            cache.files / name, columns=["content_hash", "recipe_id", "frame_index"]
+        )
+        mine = [
+            i
+            for i, (h, r) in enumerate(
+                zip(table["content_hash"].to_pylist(), table["recipe_id"].to_pylist(), strict=False)
+            )
+            if (h, r) == (content_hash, recipe)
+        ]
+        assert mine == list(range(offset, offset + n_frames)), (
+            f"{series_id}: torn or duplicated rows in {name}"
+        )
+        assert table["frame_index"].to_pylist()[offset : offset + n_frames] == list(range(n_frames))
 
     # The run that lost a race wrote rows nobody indexes: invisible, and compaction takes them away.
     cache.compact(orphan_grace_s=0)

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from lstmpipe.lib.config import SamplingConfig
-from lstmpipe.lib.features.extract import extract_many
 from lstmpipe.lib.failures import Failure
+from lstmpipe.lib.features.extract import extract_many
 from lstmpipe.lib.series import SeriesRef
 from lstmpipe.lib.sources.discover import discover
 from tests.helpers import wheel_data
@@ -55,12 +55,21 @@ def test_a_stalled_stream_is_timed_out_recorded_and_the_run_goes_on(tmp_path: Pa
     stalled = SeriesRef("stalled.mp4", "0" * 64, "video", str(fifo))
     refs = [stalled, *discover(source).refs]
     stop = threading.Event()
-    feeder = threading.Thread(target=stall_feeder, args=(fifo, clip.read_bytes()[:40_000], stop), daemon=True)
+    feeder = threading.Thread(
+        target=stall_feeder, args=(fifo, clip.read_bytes()[:40_000], stop), daemon=True
+    )
     feeder.start()
     started = time.monotonic()
     try:
-        results = list(extract_many(refs, SAMPLING, lambda frames: frames.mean(axis=(1, 2)).astype(np.float32),
-                                    batch_size=8, tmp_dir=tmp_path / "tmp"))
+        results = list(
+            extract_many(
+                refs,
+                SAMPLING,
+                lambda frames: frames.mean(axis=(1, 2)).astype(np.float32),
+                batch_size=8,
+                tmp_dir=tmp_path / "tmp",
+            )
+        )
     finally:
         stop.set()
     elapsed = time.monotonic() - started

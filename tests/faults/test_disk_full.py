@@ -21,8 +21,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from lstmpipe.lib import atomic
-from lstmpipe.lib.features.cache import FeatureCache, SeriesFeatures
 from lstmpipe.lib.failures import Failure, read_failures, record_failures
+from lstmpipe.lib.features.cache import FeatureCache, SeriesFeatures
 from lstmpipe.lib.inference.predictions import write_predictions
 
 RID = "recipe"
@@ -57,8 +57,12 @@ class _FullIndex(sqlite3.Connection):
 
 
 def series(name: str, frames: int, dim: int = 16) -> SeriesFeatures:
-    return SeriesFeatures(name, f"hash-{name}", np.full((frames, dim), len(name), np.float32),
-                          np.arange(frames, dtype=np.float64))
+    return SeriesFeatures(
+        name,
+        f"hash-{name}",
+        np.full((frames, dim), len(name), np.float32),
+        np.arange(frames, dtype=np.float64),
+    )
 
 
 def index_rows(cache: FeatureCache) -> list[tuple]:
@@ -79,28 +83,39 @@ def test_a_full_disk_while_caching_leaves_the_cache_as_it_was(tmp_path: Path, at
     new = [series("new-a", 50), series("new-b", 20)]
 
     if at == "index":  # the part is renamed into place; the index commit finds the disk full
-        with mock.patch.object(FeatureCache, "_connect",
-                               lambda self: sqlite3.connect(self.index_path, timeout=60, factory=_FullIndex)):
-            with pytest.raises(sqlite3.OperationalError) as caught:
-                cache.write(RID, new)
+        with mock.patch.object(
+            FeatureCache,
+            "_connect",
+            lambda self: sqlite3.connect(self.index_path, timeout=60, factory=_FullIndex),
+        ), pytest.raises(sqlite3.OperationalError) as caught:
+            cache.write(RID, new)
         assert str(cache.index_path) in str(caught.value) and "disk is full" in str(caught.value)
         assert "none of them was indexed" in str(caught.value)
     else:
         with disk_full(at), pytest.raises(OSError) as caught:
             cache.write(RID, new)
         assert caught.value.errno == errno.ENOSPC
-        assert f"cannot write {cache.files}/part-" in str(caught.value) and "No space left" in str(caught.value)
-        assert sorted(p.name for p in cache.files.iterdir()) == files_before  # no partial part, no temp file
+        assert f"cannot write {cache.files}/part-" in str(caught.value) and "No space left" in str(
+            caught.value
+        )
+        assert (
+            sorted(p.name for p in cache.files.iterdir()) == files_before
+        )  # no partial part, no temp file
 
     assert index_rows(cache) == before
     assert cache.read([(s.content_hash, RID) for s in new]) == {}
-    np.testing.assert_array_equal(cache.read([(kept.content_hash, RID)])[(kept.content_hash, RID)].features,
-                                  kept.features)
+    np.testing.assert_array_equal(
+        cache.read([(kept.content_hash, RID)])[(kept.content_hash, RID)].features, kept.features
+    )
     assert not leftovers(tmp_path)
 
     cache.write(RID, new)  # space is back: the same write goes through
-    assert set(cache.read([(s.content_hash, RID) for s in new])) == {(s.content_hash, RID) for s in new}
-    cache.compact(orphan_grace_s=0)  # the index case left an unindexed part: swept, nothing indexed is lost
+    assert set(cache.read([(s.content_hash, RID) for s in new])) == {
+        (s.content_hash, RID) for s in new
+    }
+    cache.compact(
+        orphan_grace_s=0
+    )  # the index case left an unindexed part: swept, nothing indexed is lost
     with sqlite3.connect(cache.index_path) as db:
         referenced = {name for (name,) in db.execute("SELECT DISTINCT file FROM entries")}
     assert {p.name for p in cache.files.iterdir()} == referenced
@@ -110,11 +125,21 @@ def test_a_full_disk_while_caching_leaves_the_cache_as_it_was(tmp_path: Path, at
 @pytest.mark.parametrize("at", ["write", "fsync"])
 def test_a_full_disk_while_recording_failures_adds_no_row(tmp_path: Path, at: str) -> None:
     folder = tmp_path / "failures"
-    record_failures(folder, "run1", [Failure("a.mp4", "/src/a.mp4", "decode", "moov atom not found")])
+    record_failures(
+        folder, "run1", [Failure("a.mp4", "/src/a.mp4", "decode", "moov atom not found")]
+    )
     with disk_full(at), pytest.raises(OSError) as caught:
-        record_failures(folder, "run2", [Failure(f"b{i}.mp4", "/src/b.mp4", "decode", "x" * 200) for i in range(50)])
-    assert caught.value.errno == errno.ENOSPC and f"cannot write {folder}/run2-" in str(caught.value)
-    assert read_failures(folder)["series_id"].to_pylist() == ["a.mp4"]  # the earlier run's row, nothing torn
+        record_failures(
+            folder,
+            "run2",
+            [Failure(f"b{i}.mp4", "/src/b.mp4", "decode", "x" * 200) for i in range(50)],
+        )
+    assert caught.value.errno == errno.ENOSPC and f"cannot write {folder}/run2-" in str(
+        caught.value
+    )
+    assert read_failures(folder)["series_id"].to_pylist() == [
+        "a.mp4"
+    ]  # the earlier run's row, nothing torn
     assert [p.name for p in folder.iterdir() if not p.name.startswith("run1-")] == []
 
 
@@ -123,7 +148,9 @@ def test_a_full_disk_while_writing_predictions_keeps_the_old_file(tmp_path: Path
     target = tmp_path / "out" / "preds.parquet"
     old = pa.table({"series_id": ["a"], "predicted_label": ["grow"]})
     write_predictions(old, target)
-    new = pa.table({"series_id": [f"s{i}" for i in range(2000)], "predicted_label": ["shrink"] * 2000})
+    new = pa.table(
+        {"series_id": [f"s{i}" for i in range(2000)], "predicted_label": ["shrink"] * 2000}
+    )
     with disk_full(at), pytest.raises(OSError) as caught:
         write_predictions(new, target)
     assert caught.value.errno == errno.ENOSPC and f"cannot write {target}" in str(caught.value)
@@ -136,7 +163,9 @@ def tiny_disk(tmp_path: Path) -> Iterator[Path]:
     """A real 1 MiB tmpfs (root with mount rights only; skipped elsewhere)."""
     mount = tmp_path / "tiny"
     mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True
+    )
     if done.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip() or done.returncode}")
     try:
@@ -151,14 +180,22 @@ def test_a_real_full_file_system_while_caching(tiny_disk: Path) -> None:
     cache.write(RID, [small])
     before = index_rows(cache)
     rng = np.random.default_rng(0)
-    big = SeriesFeatures("big", "hash-big", rng.standard_normal((2000, 512)).astype(np.float32),  # 4 MB: no room
-                         np.arange(2000, dtype=np.float64))
+    big = SeriesFeatures(
+        "big",
+        "hash-big",
+        rng.standard_normal((2000, 512)).astype(np.float32),  # 4 MB: no room
+        np.arange(2000, dtype=np.float64),
+    )
     with pytest.raises(OSError) as caught:
         cache.write(RID, [big])
-    assert caught.value.errno == errno.ENOSPC and f"cannot write {cache.files}/part-" in str(caught.value)
+    assert caught.value.errno == errno.ENOSPC and f"cannot write {cache.files}/part-" in str(
+        caught.value
+    )
     assert index_rows(cache) == before and not leftovers(tiny_disk)
     assert cache.read([("hash-big", RID)]) == {}
     other = series("other", 8)
     cache.write(RID, [other])  # the space the failed write took is free again
     assert set(cache.read([(small.content_hash, RID), (other.content_hash, RID)])) == {
-        (small.content_hash, RID), (other.content_hash, RID)}
+        (small.content_hash, RID),
+        (other.content_hash, RID),
+    }

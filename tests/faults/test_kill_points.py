@@ -16,7 +16,6 @@ reference's, compared by content (run ids and times left out):
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import shutil
@@ -38,10 +37,10 @@ from prefect.testing.utilities import prefect_test_harness
 from lstmpipe.flows.extract import extract
 from lstmpipe.flows.nightly import nightly
 from lstmpipe.flows.runtime import load_runtime
-from lstmpipe.lib.registry import mlflow_store as registry
-from lstmpipe.lib.features.cache import FeatureCache
-from lstmpipe.lib.failures import read_failures
 from lstmpipe.lib.demo.video import SampleSpec, generate_archive
+from lstmpipe.lib.failures import read_failures
+from lstmpipe.lib.features.cache import FeatureCache
+from lstmpipe.lib.registry import mlflow_store as registry
 
 pytestmark = pytest.mark.slow
 LSTMPIPE = str(Path(sys.executable).parent / "lstmpipe")
@@ -51,8 +50,16 @@ TIMEOUT_S = 240
 
 
 def tiny(home: Path) -> dict:
-    return {"runtime.home": str(home), "sampling.size": 32, "sampling.fps": 4.0, "backbone.weights": "none",
-            "train.epochs": 2, "train.patience": 2, "train.hidden_size": 16, "runtime.partition_concurrency": 1}
+    return {
+        "runtime.home": str(home),
+        "sampling.size": 32,
+        "sampling.fps": 4.0,
+        "backbone.weights": "none",
+        "train.epochs": 2,
+        "train.patience": 2,
+        "train.hidden_size": 16,
+        "runtime.partition_concurrency": 1,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -65,8 +72,16 @@ def prefect_api() -> Iterator[str]:
 def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Two daily partitions of 8 clips (a folder, a .tar; labels from the class folders), and a file in the
     folder that is no video."""
-    sample = generate_archive(tmp_path_factory.mktemp("sample"), SampleSpec(
-        clips_per_class=4, partitions=("2026-11-20", "2026-11-21"), size=32, min_frames=8, max_frames=12))
+    sample = generate_archive(
+        tmp_path_factory.mktemp("sample"),
+        SampleSpec(
+            clips_per_class=4,
+            partitions=("2026-11-20", "2026-11-21"),
+            size=32,
+            min_frames=8,
+            max_frames=12,
+        ),
+    )
     root = tmp_path_factory.mktemp("archive") / "root"
     shutil.copytree(sample, root, ignore=shutil.ignore_patterns("labels.csv", ".*"))
     (root / "2026-11-20" / "grow" / "broken.mp4").write_text("not a video\n")
@@ -78,8 +93,14 @@ def spawn(home: Path, prefect_api: str, command: list[str]) -> subprocess.Popen:
     for name in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI"):
         env.pop(name, None)
     flags = [f"--set={key}={value}" for key, value in tiny(home).items()] + ["--json"]
-    return subprocess.Popen([LSTMPIPE, *command, *flags], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)  # its own group: the kill takes ffmpeg too
+    return subprocess.Popen(
+        [LSTMPIPE, *command, *flags],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )  # its own group: the kill takes ffmpeg too
 
 
 def run_timed(home: Path, prefect_api: str, command: list[str]) -> float:
@@ -91,7 +112,9 @@ def run_timed(home: Path, prefect_api: str, command: list[str]) -> float:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
-    assert process.returncode == 3, f"exit {process.returncode} (3: one series failed):\n{err[-4000:]}"
+    assert process.returncode == 3, (
+        f"exit {process.returncode} (3: one series failed):\n{err[-4000:]}"
+    )
     return time.monotonic() - started
 
 
@@ -113,24 +136,39 @@ def state(home: Path) -> dict:
     """Everything a run leaves, by content."""
     cache = FeatureCache(home / "cache")
     with sqlite3.connect(cache.index_path) as db:
-        entries = sorted(db.execute("SELECT content_hash, recipe_id, series_id, n_frames FROM entries"))
+        entries = sorted(
+            db.execute("SELECT content_hash, recipe_id, series_id, n_frames FROM entries")
+        )
     keys = [(h, r) for h, r, _, _ in entries]
     assert len(keys) == len(set(keys)), "a series is indexed twice"
     features = cache.read(keys)
-    failures = read_failures(home / "failures").select(["series_id", "path", "stage", "reason"]).to_pylist()
+    failures = (
+        read_failures(home / "failures")
+        .select(["series_id", "path", "stage", "reason"])
+        .to_pylist()
+    )
     records = []
     if (home / "partitions.sqlite").exists():
         with sqlite3.connect(home / "partitions.sqlite") as db:
-            records = sorted(db.execute("SELECT partition, recipe_id, fingerprint, series, failed FROM done"))
+            records = sorted(
+                db.execute("SELECT partition, recipe_id, fingerprint, series, failed FROM done")
+            )
     predicted = {}
-    for path in sorted((home / "predictions").glob("*.parquet")) if (home / "predictions").exists() else []:
+    for path in (
+        sorted((home / "predictions").glob("*.parquet")) if (home / "predictions").exists() else []
+    ):
         if path.name.endswith(".frames.parquet"):
             continue
         for row in pq.read_table(path).to_pylist():
             probs = tuple(round(v, 4) for k, v in sorted(row.items()) if k.startswith("prob_"))
             predicted[(row["series_id"], row["content_hash"])] = (row["predicted_label"], probs)
-    return {"entries": entries, "features": features, "failures": {tuple(f.values()) for f in failures},
-            "records": records, "predicted": predicted}
+    return {
+        "entries": entries,
+        "features": features,
+        "failures": {tuple(f.values()) for f in failures},
+        "records": records,
+        "predicted": predicted,
+    }
 
 
 def registry_state(home: Path) -> str | None:
@@ -139,7 +177,9 @@ def registry_state(home: Path) -> str | None:
     client = MlflowClient(rt.tracking_uri, registry_uri=rt.tracking_uri)
     versions = client.search_model_versions(f"name = '{MODEL}'")
     for version in versions:
-        assert version.status == "READY" and registry.COMPLETE_TAG in version.tags, f"v{version.version} is half-registered"
+        assert version.status == "READY" and registry.COMPLETE_TAG in version.tags, (
+            f"v{version.version} is half-registered"
+        )
     champion = registry.alias_version(client, MODEL, "champion")
     assert champion is None or champion.version in {str(v.version) for v in versions}
     return champion.version if champion else None
@@ -158,8 +198,9 @@ def assert_same(got: dict, want: dict) -> None:
 
 
 @pytest.mark.parametrize("command", ["extract", "nightly"])
-def test_killed_at_random_points_a_rerun_ends_as_an_uninterrupted_run(command: str, root: Path, tmp_path: Path,
-                                                                      prefect_api: str) -> None:
+def test_killed_at_random_points_a_rerun_ends_as_an_uninterrupted_run(
+    command: str, root: Path, tmp_path: Path, prefect_api: str
+) -> None:
     args = [command, str(root)] + (["--model", MODEL] if command == "nightly" else [])
     reference = tmp_path / "reference"
     duration = run_timed(reference, prefect_api, args)
@@ -181,5 +222,7 @@ def test_killed_at_random_points_a_rerun_ends_as_an_uninterrupted_run(command: s
             assert registry_state(home) is not None, f"seed {seed}: no champion after the re-run"
         got = state(home)
         assert_same(got, want)
-        print(f"{command} seed {seed}: killed after {delay:.1f} of {duration:.1f} s"
-              f"{' (it had finished)' if finished is not None else ''}; the re-run matches")
+        print(
+            f"{command} seed {seed}: killed after {delay:.1f} of {duration:.1f} s"
+            f"{' (it had finished)' if finished is not None else ''}; the re-run matches"
+        )

@@ -30,16 +30,24 @@ from prefect.testing.utilities import prefect_test_harness
 
 from lstmpipe.flows.promote import promote
 from lstmpipe.flows.train import train
-from lstmpipe.lib.registry import mlflow_store as registry
-from lstmpipe.lib.features.cache import FeatureCache
 from lstmpipe.lib.demo.video import SampleSpec, generate_archive
+from lstmpipe.lib.features.cache import FeatureCache
+from lstmpipe.lib.registry import mlflow_store as registry
 from tests.integration.servers import Server, free_port, start
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]  # a real `mlflow server`
 BIN = Path(sys.executable).parent
 MODEL = "flaky"
-TINY = {"sampling.size": 32, "sampling.fps": 4.0, "backbone.weights": "none", "train.epochs": 2,
-        "train.patience": 2, "train.hidden_size": 16, "promote.test": "none", "promote.max_cost_ratio": None}
+TINY = {
+    "sampling.size": 32,
+    "sampling.fps": 4.0,
+    "backbone.weights": "none",
+    "train.epochs": 2,
+    "train.patience": 2,
+    "train.hidden_size": 16,
+    "promote.test": "none",
+    "promote.max_cost_ratio": None,
+}
 CLIENT_RETRIES = 1  # MLflow's own retries per HTTP request: each call is tried twice
 TRAIN_ATTEMPTS, PROMOTE_ATTEMPTS = 2, 3  # tasks/train.py retries=1, tasks/promote.py retries=2
 
@@ -60,7 +68,9 @@ class Fault:
         if method != self.method or self.fragment not in path:
             return False
         self.seen += 1
-        return self.after < self.seen and (self.count is None or self.seen <= self.after + self.count)
+        return self.after < self.seen and (
+            self.count is None or self.seen <= self.after + self.count
+        )
 
 
 @dataclass
@@ -91,12 +101,18 @@ class Proxy:
                 if mode == "503":
                     self.send_error(503, "injected: service unavailable")
                     return
-                if mode == "refuse":  # this connection is dropped unanswered; the listener is closing
+                if (
+                    mode == "refuse"
+                ):  # this connection is dropped unanswered; the listener is closing
                     self.close_connection = True
                     return
                 upstream = http.client.HTTPConnection("127.0.0.1", proxy.upstream, timeout=60)
                 try:
-                    headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")}
+                    headers = {
+                        k: v
+                        for k, v in self.headers.items()
+                        if k.lower() not in ("host", "connection")
+                    }
                     upstream.request(self.command, self.path, body=body, headers=headers)
                     answer = upstream.getresponse()
                     data = answer.read()
@@ -123,7 +139,9 @@ class Proxy:
                 return None
             if self.fault.mode == "refuse" and self.server is not None:
                 closing, self.server = self.server, None
-                threading.Thread(target=lambda: (closing.shutdown(), closing.server_close()), daemon=True).start()
+                threading.Thread(
+                    target=lambda: (closing.shutdown(), closing.server_close()), daemon=True
+                ).start()
             return self.fault.mode
 
     def inject(self, fault: Fault) -> None:
@@ -138,17 +156,33 @@ class Proxy:
                 self.listen()
 
     def attempts(self, method: str, endpoint: str) -> int:
-        return sum(n for (verb, path), n in self.hits.items() if verb == method and path.endswith(endpoint))
+        return sum(
+            n for (verb, path), n in self.hits.items() if verb == method and path.endswith(endpoint)
+        )
 
 
 @pytest.fixture(scope="module")
 def mlflow_proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Proxy, str]]:
     root = tmp_path_factory.mktemp("mlflow")
     port = free_port()
-    command = [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--backend-store-uri",
-               f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination", str(root / "artifacts"), "--workers", "1"]
+    command = [
+        str(BIN / "mlflow"),
+        "server",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--backend-store-uri",
+        f"sqlite:///{root / 'mlflow.db'}",
+        "--artifacts-destination",
+        str(root / "artifacts"),
+        "--workers",
+        "1",
+    ]
     with ThreadPoolExecutor(1) as pool:  # the MLflow server boots while Prefect's test server does
-        booting = pool.submit(start, "mlflow", command, f"http://127.0.0.1:{port}/health", dict(os.environ), root)
+        booting = pool.submit(
+            start, "mlflow", command, f"http://127.0.0.1:{port}/health", dict(os.environ), root
+        )
         with prefect_test_harness(server_startup_timeout=120):
             server: Server = booting.result()
             proxy = Proxy(upstream=port)
@@ -176,7 +210,9 @@ def assert_registry_whole(direct: MlflowClient) -> list[str]:
     """Every version is READY with its creation tags; the champion (if any) is one of them. The versions."""
     versions = direct.search_model_versions(f"name = '{MODEL}'")
     for version in versions:
-        assert version.status == "READY" and registry.COMPLETE_TAG in version.tags, f"v{version.version} is half-registered"
+        assert version.status == "READY" and registry.COMPLETE_TAG in version.tags, (
+            f"v{version.version} is half-registered"
+        )
     names = {str(v.version) for v in versions}
     champion = registry.alias_version(direct, MODEL, "champion")
     assert champion is None or champion.version in names
@@ -184,10 +220,15 @@ def assert_registry_whole(direct: MlflowClient) -> list[str]:
 
 
 def test_registration_and_promotion_survive_an_unreachable_or_failing_server(
-        tmp_path: Path, mlflow_proxy: tuple[Proxy, str], env: None) -> None:
+    tmp_path: Path, mlflow_proxy: tuple[Proxy, str], env: None
+) -> None:
     proxy, upstream = mlflow_proxy
-    direct = MlflowClient(upstream, registry_uri=upstream)  # the server itself, never through the proxy
-    source = generate_archive(tmp_path / "src", SampleSpec(clips_per_class=4, size=32, min_frames=8, max_frames=12))
+    direct = MlflowClient(
+        upstream, registry_uri=upstream
+    )  # the server itself, never through the proxy
+    source = generate_archive(
+        tmp_path / "src", SampleSpec(clips_per_class=4, size=32, min_frames=8, max_frames=12)
+    )
     overrides = {**TINY, "runtime.home": str(tmp_path / "home")}
     cache = FeatureCache(tmp_path / "home" / "cache")
 
@@ -196,18 +237,28 @@ def test_registration_and_promotion_survive_an_unreachable_or_failing_server(
         proxy.inject(Fault("POST", "/model-versions/create", mode))
         with pytest.raises(Exception) as failed:
             train(str(source), MODEL, overrides=overrides, run_id=f"reg-{mode}")
-        assert f"127.0.0.1:{proxy.port}" in str(failed.value), f"the failure does not name the server: {failed.value}"
-        if mode == "503":  # both retry layers: the task's attempts, each with the client's own retries
-            assert proxy.attempts("POST", "/model-versions/create") == TRAIN_ATTEMPTS * (1 + CLIENT_RETRIES)
+        assert f"127.0.0.1:{proxy.port}" in str(failed.value), (
+            f"the failure does not name the server: {failed.value}"
+        )
+        if (
+            mode == "503"
+        ):  # both retry layers: the task's attempts, each with the client's own retries
+            assert proxy.attempts("POST", "/model-versions/create") == TRAIN_ATTEMPTS * (
+                1 + CLIENT_RETRIES
+            )
         proxy.heal()
         assert assert_registry_whole(direct) == [], "a failed registration left a version behind"
         assert cache.stats()["series"] == 16, "the computed features were not kept"
 
     first = train(str(source), MODEL, overrides=overrides, run_id="healed")
-    assert first["extract"]["extracted"] == 0 and first["extract"]["cached"] == 16  # no CNN work again
+    assert (
+        first["extract"]["extracted"] == 0 and first["extract"]["cached"] == 16
+    )  # no CNN work again
     assert first["train"]["version"] == "1"
     assert promote(MODEL, "1", overrides=overrides, run_id="p1")["promoted"]
-    assert train(str(source), MODEL, overrides=overrides, run_id="second")["train"]["version"] == "2"
+    assert (
+        train(str(source), MODEL, overrides=overrides, run_id="second")["train"]["version"] == "2"
+    )
 
     # Promotion: the alias move answered 503, or the server gone from it on: retried, named; v1 stays champion
     # and v2 does not read "promoted".
@@ -215,9 +266,13 @@ def test_registration_and_promotion_survive_an_unreachable_or_failing_server(
         proxy.inject(Fault("POST", "/registered-models/alias", mode))
         with pytest.raises(Exception) as failed:
             promote(MODEL, "2", overrides=overrides, run_id=f"promote-{mode}")
-        assert f"127.0.0.1:{proxy.port}" in str(failed.value), f"the failure does not name the server: {failed.value}"
+        assert f"127.0.0.1:{proxy.port}" in str(failed.value), (
+            f"the failure does not name the server: {failed.value}"
+        )
         if mode == "503":
-            assert proxy.attempts("POST", "/registered-models/alias") == PROMOTE_ATTEMPTS * (1 + CLIENT_RETRIES)
+            assert proxy.attempts("POST", "/registered-models/alias") == PROMOTE_ATTEMPTS * (
+                1 + CLIENT_RETRIES
+            )
         proxy.heal()
         assert assert_registry_whole(direct) == ["1", "2"]
         assert direct.get_model_version_by_alias(MODEL, "champion").version == "1"
@@ -233,11 +288,15 @@ def test_registration_and_promotion_survive_an_unreachable_or_failing_server(
 
     # A version created without its tags (what an interrupted registration left before) is never promoted.
     one = direct.get_model_version(MODEL, "1")
-    half = direct.create_model_version(MODEL, one.source, run_id=one.run_id,
-                                       model_id=one.source.removeprefix("models:/"))
+    half = direct.create_model_version(
+        MODEL, one.source, run_id=one.run_id, model_id=one.source.removeprefix("models:/")
+    )
     with pytest.raises(LookupError, match=f"version {half.version}: half-registered"):
         promote(MODEL, half.version, overrides=overrides, run_id="half")
     champion = direct.get_model_version_by_alias(MODEL, "champion").version
-    assert champion in ("1", "2") and registry.COMPLETE_TAG in direct.get_model_version(MODEL, champion).tags
+    assert (
+        champion in ("1", "2")
+        and registry.COMPLETE_TAG in direct.get_model_version(MODEL, champion).tags
+    )
     direct.delete_model_version(MODEL, half.version)
     assert assert_registry_whole(direct) == ["1", "2"]

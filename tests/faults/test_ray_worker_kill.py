@@ -20,15 +20,19 @@ import numpy as np
 import pytest
 import ray
 
-from lstmpipe.lib.features.cache import FeatureCache
 from lstmpipe.lib.config import SourcesConfig, load_config
 from lstmpipe.lib.demo.video import SampleSpec, generate_archive
-from lstmpipe.tasks import ray_workers
+from lstmpipe.lib.features.cache import FeatureCache
 from lstmpipe.tasks.extract import GROUP, discover_source, extract_shard, feature_recipe
 
 pytestmark = pytest.mark.slow
-TINY = {"sampling.size": 64, "sampling.fps": 4.0, "backbone.weights": "none", "runtime.workers": 2,
-        "runtime.executor": "ray"}
+TINY = {
+    "sampling.size": 64,
+    "sampling.fps": 4.0,
+    "backbone.weights": "none",
+    "runtime.workers": 2,
+    "runtime.executor": "ray",
+}
 SERIES = 48  # six groups of 8 over two actors: both are busy when the first group lands
 TIMEOUT_S = 120
 
@@ -44,12 +48,18 @@ def indexed(cache_root: Path) -> int:
 def worker_pids() -> list[int]:
     """The live FeatureWorker processes, from the GCS actor table (ray.util.state needs the dashboard)."""
     table = ray._private.state.actors().values()  # noqa: SLF001 - the one way to a pid without the dashboard
-    return [a["Pid"] for a in table if a["ActorClassName"] == "FeatureWorker" and a["State"] == "ALIVE"]
+    return [
+        a["Pid"] for a in table if a["ActorClassName"] == "FeatureWorker" and a["State"] == "ALIVE"
+    ]
 
 
-def test_a_killed_feature_worker_is_retried_and_every_series_cached_once(tmp_path: Path, local_ray) -> None:
-    source = generate_archive(tmp_path / "src", SampleSpec(clips_per_class=SERIES // 4, size=32, min_frames=8,
-                                                           max_frames=12))
+def test_a_killed_feature_worker_is_retried_and_every_series_cached_once(
+    tmp_path: Path, local_ray
+) -> None:
+    source = generate_archive(
+        tmp_path / "src",
+        SampleSpec(clips_per_class=SERIES // 4, size=32, min_frames=8, max_frames=12),
+    )
     config, hub, cache_root = load_config(overrides=TINY), str(tmp_path / "hub"), tmp_path / "cache"
     found = discover_source.fn(str(source), None, str(tmp_path / "hashes.sqlite"), SourcesConfig())
     assert len(found["refs"]) == SERIES and SERIES > 2 * GROUP
@@ -58,8 +68,9 @@ def test_a_killed_feature_worker_is_retried_and_every_series_cached_once(tmp_pat
 
     def run() -> None:
         try:
-            result["shard"] = extract_shard.fn(found["refs"], recipe, config, str(cache_root), str(tmp_path / "tmp"),
-                                               hub, "local")
+            result["shard"] = extract_shard.fn(
+                found["refs"], recipe, config, str(cache_root), str(tmp_path / "tmp"), hub, "local"
+            )
         except BaseException as exc:  # noqa: BLE001 - handed to the test thread, which reports it
             result["error"] = exc
 
@@ -80,11 +91,17 @@ def test_a_killed_feature_worker_is_retried_and_every_series_cached_once(tmp_pat
 
     rows = result["shard"]["rows"]
     refs = {r["series_id"]: r for r in found["refs"]}
-    assert sorted(row["series_id"] for row in rows) == sorted(refs), "a series reported twice, or not at all"
-    assert {row["status"] for row in rows} == {"extracted"}, "a cold cache: every series was extracted by this run"
+    assert sorted(row["series_id"] for row in rows) == sorted(refs), (
+        "a series reported twice, or not at all"
+    )
+    assert {row["status"] for row in rows} == {"extracted"}, (
+        "a cold cache: every series was extracted by this run"
+    )
     cache = FeatureCache(cache_root)
     with sqlite3.connect(cache.index_path) as db:
-        entries = db.execute("SELECT content_hash, recipe_id, series_id, n_frames FROM entries").fetchall()
+        entries = db.execute(
+            "SELECT content_hash, recipe_id, series_id, n_frames FROM entries"
+        ).fetchall()
     keys = [(h, r) for h, r, _, _ in entries]
     assert len(keys) == len(set(keys)) == SERIES
     assert set(keys) == {(r["content_hash"], recipe["recipe_id"]) for r in found["refs"]}

@@ -26,8 +26,8 @@ from prefect.settings import PREFECT_API_URL
 from lstmpipe.flows.backfill import backfill, records_file
 from lstmpipe.flows.nightly import nightly
 from lstmpipe.flows.runtime import load_runtime
-from lstmpipe.lib.features.cache import FeatureCache
 from lstmpipe.lib.demo.video import SampleSpec, generate_archive
+from lstmpipe.lib.features.cache import FeatureCache
 
 pytestmark = pytest.mark.slow
 LSTMPIPE = str(Path(sys.executable).parent / "lstmpipe")
@@ -38,8 +38,16 @@ CLI_TIMEOUT_S = 240
 
 def tiny(home: Path) -> dict:
     """Small and quick: 64 px, random-init backbone, 2 epochs; one partition at a time, so a kill lands between."""
-    return {"runtime.home": str(home), "sampling.size": 64, "sampling.fps": 4.0, "backbone.weights": "none",
-            "train.epochs": 2, "train.patience": 2, "train.hidden_size": 16, "runtime.partition_concurrency": 1}
+    return {
+        "runtime.home": str(home),
+        "sampling.size": 64,
+        "sampling.fps": 4.0,
+        "backbone.weights": "none",
+        "train.epochs": 2,
+        "train.patience": 2,
+        "train.hidden_size": 16,
+        "runtime.partition_concurrency": 1,
+    }
 
 
 def cli_args(home: Path) -> list[str]:
@@ -49,8 +57,10 @@ def cli_args(home: Path) -> list[str]:
 @pytest.fixture(scope="module")
 def sample(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Four daily partitions of 8 clips (2 per class), labelled by folder name."""
-    return generate_archive(tmp_path_factory.mktemp("sample"),
-                            SampleSpec(clips_per_class=8, partitions=DAYS, size=32, min_frames=8, max_frames=12))
+    return generate_archive(
+        tmp_path_factory.mktemp("sample"),
+        SampleSpec(clips_per_class=8, partitions=DAYS, size=32, min_frames=8, max_frames=12),
+    )
 
 
 @pytest.fixture()
@@ -63,12 +73,16 @@ def root(sample: Path, tmp_path: Path) -> Path:
 
 def cache_rows(home: Path) -> list[tuple]:
     with sqlite3.connect(home / "cache" / "index.sqlite") as db:
-        return sorted(db.execute("SELECT content_hash, recipe_id, series_id, n_frames FROM entries"))
+        return sorted(
+            db.execute("SELECT content_hash, recipe_id, series_id, n_frames FROM entries")
+        )
 
 
 def record_rows(home: Path) -> list[tuple]:
     with sqlite3.connect(home / "partitions.sqlite") as db:
-        return sorted(db.execute("SELECT partition, recipe_id, fingerprint, series, failed FROM done"))
+        return sorted(
+            db.execute("SELECT partition, recipe_id, fingerprint, series, failed FROM done")
+        )
 
 
 def recorded(home: Path) -> int:
@@ -84,8 +98,13 @@ def recorded(home: Path) -> int:
 def spawn(home: Path, *args: str) -> subprocess.Popen:
     env = {**os.environ, "LSTMPIPE_HOME": str(home), "PREFECT_API_URL": PREFECT_API_URL.value()}
     env.pop("RAY_ADDRESS", None)
-    return subprocess.Popen([LSTMPIPE, *args, *cli_args(home)], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [LSTMPIPE, *args, *cli_args(home)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def finish(process: subprocess.Popen) -> dict:
@@ -94,8 +113,9 @@ def finish(process: subprocess.Popen) -> dict:
     return json.loads(out)
 
 
-def test_nightly_does_only_new_partitions_and_skips_training_without_them(harness, root: Path,
-                                                                          tmp_path: Path) -> None:
+def test_nightly_does_only_new_partitions_and_skips_training_without_them(
+    harness, root: Path, tmp_path: Path
+) -> None:
     home = tmp_path / "home"
     late = root / DAYS[-1]
     late.rename(tmp_path / "late")  # the last day has not landed yet
@@ -110,16 +130,24 @@ def test_nightly_does_only_new_partitions_and_skips_training_without_them(harnes
     parts = second["partitions"]
     assert [p["partition"] for p in parts["done"]] == [DAYS[-1]] and parts["already_done"] == 3
     assert (parts["series"], parts["extracted"], parts["cached"]) == (8, 8, 0)
-    assert second["train"]["extract"]["cached"] == 32  # training reads the whole root, from the cache
+    assert (
+        second["train"]["extract"]["cached"] == 32
+    )  # training reads the whole root, from the cache
     assert DAYS[-1] in second["train_reason"]
     assert second["infer"]["predicted"] == 32 or second["infer"]["skipped"] > 0
 
     third = nightly(str(root), MODEL, overrides=tiny(home), run_id="n3")
     assert third["partitions"]["done"] == [] and third["partitions"]["already_done"] == 4
-    assert third["train"] is None and third["promote"] is None and third["train_reason"].startswith("skipped")
+    assert (
+        third["train"] is None
+        and third["promote"] is None
+        and third["train_reason"].startswith("skipped")
+    )
     rt = load_runtime(overrides=tiny(home))
     client = MlflowClient(rt.tracking_uri, registry_uri=rt.tracking_uri)
-    assert len(client.search_model_versions(f"name = '{MODEL}'")) == 2  # no version for a night without data
+    assert (
+        len(client.search_model_versions(f"name = '{MODEL}'")) == 2
+    )  # no version for a night without data
 
     # A night killed between registering v2 and promoting it: v1 still champion, v2 without a decision. The
     # next night has nothing new to train on, and judges v2 then.
@@ -133,23 +161,33 @@ def test_nightly_does_only_new_partitions_and_skips_training_without_them(harnes
     assert str(champion.version) == ("2" if fourth["promote"]["promoted"] else "1")
 
     with get_client(sync_client=True) as prefect:  # what the Prefect UI shows for these runs
+
         def artifacts(key: str) -> list:
-            return prefect.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])),
-                                          sort="CREATED_DESC")[::-1]
+            return prefect.read_artifacts(
+                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])),
+                sort="CREATED_DESC",
+            )[::-1]
+
         summaries, links = artifacts("nightly-summary"), artifacts("mlflow-run")
     assert len(summaries) == 4 and f"| {DAYS[-1]} | 8 |" in summaries[1].data
     assert "**train**: skipped" in summaries[2].data
     assert [link.data.split("/#/runs/")[1].split(")")[0] for link in links] == [
-        first["train"]["train"]["run_id"], second["train"]["train"]["run_id"]]
+        first["train"]["train"]["run_id"],
+        second["train"]["train"]["run_id"],
+    ]
 
 
-def test_a_killed_backfill_resumes_with_only_the_remainder(harness, root: Path, tmp_path: Path) -> None:
+def test_a_killed_backfill_resumes_with_only_the_remainder(
+    harness, root: Path, tmp_path: Path
+) -> None:
     killed_home, whole_home = tmp_path / "killed", tmp_path / "whole"
     process = spawn(killed_home, "backfill", str(root), "--all")
     try:
         deadline = time.monotonic() + CLI_TIMEOUT_S
         while not recorded(killed_home):
-            assert process.poll() is None, f"finished before it could be killed:\n{process.communicate()[1][-3000:]}"
+            assert process.poll() is None, (
+                f"finished before it could be killed:\n{process.communicate()[1][-3000:]}"
+            )
             assert time.monotonic() < deadline, "no partition was recorded in time"
             time.sleep(0.05)
         process.send_signal(signal.SIGKILL)
@@ -168,14 +206,21 @@ def test_a_killed_backfill_resumes_with_only_the_remainder(harness, root: Path, 
     assert record_rows(killed_home) == record_rows(whole_home)
     assert cache_rows(killed_home) == cache_rows(whole_home)
     keys = [(h, r) for h, r, _, _ in cache_rows(whole_home)]
-    before, after = FeatureCache(killed_home / "cache").read(keys), FeatureCache(whole_home / "cache").read(keys)
+    before, after = (
+        FeatureCache(killed_home / "cache").read(keys),
+        FeatureCache(whole_home / "cache").read(keys),
+    )
     assert all(np.allclose(before[k].features, after[k].features, atol=1e-5) for k in keys)
 
 
-def test_backfill_beside_nightly_leaves_no_duplicates_and_one_champion(harness, root: Path, tmp_path: Path) -> None:
+def test_backfill_beside_nightly_leaves_no_duplicates_and_one_champion(
+    harness, root: Path, tmp_path: Path
+) -> None:
     home = tmp_path / "home"
-    runs = [spawn(home, "backfill", str(root), "--from", DAYS[1], "--to", "2026-11"),
-            spawn(home, "nightly", str(root), "--model", MODEL)]
+    runs = [
+        spawn(home, "backfill", str(root), "--from", DAYS[1], "--to", "2026-11"),
+        spawn(home, "nightly", str(root), "--model", MODEL),
+    ]
     try:
         filled, night = finish(runs[0]), finish(runs[1])
     finally:
@@ -192,8 +237,13 @@ def test_backfill_beside_nightly_leaves_no_duplicates_and_one_champion(harness, 
     (version,) = client.search_model_versions(f"name = '{MODEL}'")
     assert client.get_model_version_by_alias(MODEL, "champion").version == version.version
 
-    status = subprocess.run([LSTMPIPE, "status", str(root), "--json"], env={**os.environ, "LSTMPIPE_HOME": str(home)},
-                            capture_output=True, text=True, timeout=120)
+    status = subprocess.run(
+        [LSTMPIPE, "status", str(root), "--json"],
+        env={**os.environ, "LSTMPIPE_HOME": str(home)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     shown = json.loads(status.stdout)["partitions"]
     assert (shown["done"], shown["pending"]) == (sorted(DAYS), [])
     assert records_file(rt).is_file()

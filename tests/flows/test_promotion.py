@@ -21,15 +21,14 @@ from lstmpipe.flows.promote import promote, rollback_flow
 from lstmpipe.flows.report import history_file, report_of_run
 from lstmpipe.flows.runtime import load_runtime
 from lstmpipe.flows.train import train
-from lstmpipe.lib.registry import promotion as gate
-from lstmpipe.lib.registry import mlflow_store as registry
-from lstmpipe.lib.features.cache import FeatureCache
-from lstmpipe.lib.registry.promotion import lock_path, read_history
 from lstmpipe.lib.demo.video import SampleSpec, generate_archive
+from lstmpipe.lib.features.cache import FeatureCache
+from lstmpipe.lib.registry import mlflow_store as registry
+from lstmpipe.lib.registry import promotion as gate
+from lstmpipe.lib.registry.promotion import lock_path, read_history
 
 pytestmark = pytest.mark.slow
 MODEL = "gated"
-
 
 
 @pytest.fixture(scope="module")
@@ -39,21 +38,36 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def sample(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return generate_archive(tmp_path_factory.mktemp("sample"), SampleSpec(clips_per_class=12, size=64))
+    return generate_archive(
+        tmp_path_factory.mktemp("sample"), SampleSpec(clips_per_class=12, size=64)
+    )
 
 
 def tiny(home: Path, epochs: int) -> dict:
-    return {"runtime.home": str(home), "sampling.size": 64, "backbone.weights": "none", "train.epochs": epochs,
-            "train.patience": epochs, "train.hidden_size": 64, "train.test_fraction": 0.25}
+    return {
+        "runtime.home": str(home),
+        "sampling.size": 64,
+        "backbone.weights": "none",
+        "train.epochs": epochs,
+        "train.patience": epochs,
+        "train.hidden_size": 64,
+        "train.test_fraction": 0.25,
+    }
 
 
 def train_version(sample: Path, home: Path, epochs: int, run_id: str) -> dict:
-    return train(str(sample), MODEL, str(sample / "labels.csv"), overrides=tiny(home, epochs), run_id=run_id)["train"]
+    return train(
+        str(sample), MODEL, str(sample / "labels.csv"), overrides=tiny(home, epochs), run_id=run_id
+    )["train"]
 
 
-def test_weak_refused_strong_promoted_rollback_restores(harness, home: Path, sample: Path,
-                                                        monkeypatch: pytest.MonkeyPatch,
-                                                        capsys: pytest.CaptureFixture) -> None:
+def test_weak_refused_strong_promoted_rollback_restores(
+    harness,
+    home: Path,
+    sample: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+) -> None:
     weak = train_version(sample, home, epochs=1, run_id="t-weak")
     rt = load_runtime(overrides=tiny(home, 1))
     client = MlflowClient(rt.tracking_uri, registry_uri=rt.tracking_uri)
@@ -66,12 +80,17 @@ def test_weak_refused_strong_promoted_rollback_restores(harness, home: Path, sam
 
     # 1. No champion yet: the first version is promoted, whatever it scores.
     first = promote(MODEL, overrides=tiny(home, 1), run_id="p1")
-    assert first["promoted"] and first["champion_before"] is None, first and champion() == weak["version"]
+    assert first["promoted"] and first["champion_before"] is None, (
+        first and champion() == weak["version"]
+    )
 
     # 2. A stronger version beats it by more than chance on the same frozen evaluation set.
     strong = train_version(sample, home, epochs=40, run_id="t-strong")
     trained_page = Path(report_of_run(rt, strong["run_id"]))  # what the train flow ends with
-    assert trained_page == home / "reports" / "t-strong.html" and "not gated yet" in trained_page.read_text()
+    assert (
+        trained_page == home / "reports" / "t-strong.html"
+        and "not gated yet" in trained_page.read_text()
+    )
     second = promote(MODEL, overrides=tiny(home, 1), run_id="p2")
     assert second["promoted"], second
     assert second["champion_before"] == weak["version"] and champion() == strong["version"]
@@ -84,9 +103,17 @@ def test_weak_refused_strong_promoted_rollback_restores(harness, home: Path, sam
     assert not third["promoted"] and third["reason"].startswith("refused: macro-F1 "), third
     assert champion() == strong["version"]
     recorded = tags(weakened["version"])
-    assert recorded["promotion.decision"] == "rejected" and recorded["promotion.reason"] == third["reason"]
-    assert recorded["promotion.previous_champion"] == strong["version"] and recorded["promotion.test"] == "bootstrap"
-    assert float(recorded["promotion.champion_macro_f1"]) == second["scores"]["challenger"]["macro_f1"]
+    assert (
+        recorded["promotion.decision"] == "rejected"
+        and recorded["promotion.reason"] == third["reason"]
+    )
+    assert (
+        recorded["promotion.previous_champion"] == strong["version"]
+        and recorded["promotion.test"] == "bootstrap"
+    )
+    assert (
+        float(recorded["promotion.champion_macro_f1"]) == second["scores"]["challenger"]["macro_f1"]
+    )
     assert json.loads(recorded["promotion.checks"])["significance"]["passed"] is False
 
     # 4. Rollback restores the version the current champion replaced.
@@ -100,7 +127,9 @@ def test_weak_refused_strong_promoted_rollback_restores(harness, home: Path, sam
 
     # Every decision and the rollback are rows of the history, in order.
     rows = read_history(history_file(rt), MODEL)
-    assert [(r["decision"], r["challenger_version"], r["champion_version"], r["run_id"]) for r in rows] == [
+    assert [
+        (r["decision"], r["challenger_version"], r["champion_version"], r["run_id"]) for r in rows
+    ] == [
         ("promoted", weak["version"], None, "p1"),
         ("promoted", strong["version"], weak["version"], "p2"),
         ("rejected", weakened["version"], strong["version"], "p3"),
@@ -112,7 +141,12 @@ def test_weak_refused_strong_promoted_rollback_restores(harness, home: Path, sam
     monkeypatch.setenv("LSTMPIPE_HOME", str(home))
     assert main(["promote", "--history", MODEL, "--json"]) == 0
     shown = json.loads(capsys.readouterr().out)
-    assert [r["decision"] for r in shown["history"]] == ["promoted", "promoted", "rejected", "rolled_back"]
+    assert [r["decision"] for r in shown["history"]] == [
+        "promoted",
+        "promoted",
+        "rejected",
+        "rolled_back",
+    ]
     assert main(["promote", "--history", MODEL]) == 0
     assert "rolled_back" in capsys.readouterr().out
 
@@ -123,10 +157,15 @@ def test_weak_refused_strong_promoted_rollback_restores(harness, home: Path, sam
     assert "rejected" in text and "data:image/png;base64," in text and "LSTM macro-F1" in text
     page.unlink()
     assert main(["report", weakened["run_id"], "--json"]) == 0  # an MLflow run id
-    assert json.loads(capsys.readouterr().out)["report"] == str(page) and "rejected" in page.read_text()
+    assert (
+        json.loads(capsys.readouterr().out)["report"] == str(page)
+        and "rejected" in page.read_text()
+    )
 
 
-def test_two_concurrent_promotions_leave_one_champion_and_two_decisions(harness, home: Path, sample: Path) -> None:
+def test_two_concurrent_promotions_leave_one_champion_and_two_decisions(
+    harness, home: Path, sample: Path
+) -> None:
     """Two strong challengers at once against the weak champion: serialised, the second meets the first as
     champion (identical predictions, and this gate refuses identical ones), so exactly one wins. Without
     the lock both would read the weak champion, both pass, and both record a win."""
@@ -134,7 +173,9 @@ def test_two_concurrent_promotions_leave_one_champion_and_two_decisions(harness,
     client = registry.connect(rt.tracking_uri)
     a = train_version(sample, home, epochs=40, run_id="t-a")
     b = train_version(sample, home, epochs=40, run_id="t-b")
-    champion = registry.alias_version(client, MODEL, "champion")  # the weak one, after the test above
+    champion = registry.alias_version(
+        client, MODEL, "champion"
+    )  # the weak one, after the test above
     before = champion.version if champion else None
     rules = dataclasses.replace(rt.config.promote, promote_identical=False)
     plans = [gate.candidates(client, MODEL, v["version"], "champion") for v in (a, b)]
@@ -143,8 +184,16 @@ def test_two_concurrent_promotions_leave_one_champion_and_two_decisions(harness,
 
     def run(plan: dict) -> None:
         results[plan["challenger"]["version"]] = gate.promote(
-            client, FeatureCache(Path(rt.cache_root)), plan, rules.margin, rules.alias,
-            lock_path(Path(rt.promote_lock).parent, MODEL), rules, history_file(rt), "concurrent")
+            client,
+            FeatureCache(Path(rt.cache_root)),
+            plan,
+            rules.margin,
+            rules.alias,
+            lock_path(Path(rt.promote_lock).parent, MODEL),
+            rules,
+            history_file(rt),
+            "concurrent",
+        )
 
     threads = [threading.Thread(target=run, args=(plan,)) for plan in plans]
     for t in threads:
@@ -159,7 +208,10 @@ def test_two_concurrent_promotions_leave_one_champion_and_two_decisions(harness,
     (loser,) = set(results) - {winner}
     assert str(client.get_model_version_by_alias(MODEL, "champion").version) == winner
     assert results[winner]["champion_before"] == before
-    assert results[loser]["champion_before"] == winner  # it waited for the lock and met the new champion
+    assert (
+        results[loser]["champion_before"] == winner
+    )  # it waited for the lock and met the new champion
     rows = read_history(history_file(rt), MODEL)[done_before:]
     assert sorted((r["challenger_version"], r["decision"]) for r in rows) == sorted(
-        [(winner, "promoted"), (loser, "rejected")])
+        [(winner, "promoted"), (loser, "rejected")]
+    )

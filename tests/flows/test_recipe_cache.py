@@ -21,11 +21,17 @@ def name_recipe(config: Config, torch_hub_dir: str) -> dict:
     return feature_recipe(config, torch_hub_dir)
 
 
-def test_a_new_flow_run_reuses_the_recipe_without_loading_the_backbone(harness, tmp_path: Path,
-                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_new_flow_run_reuses_the_recipe_without_loading_the_backbone(
+    harness, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # A fresh seed: persisted results outlive the test, and this run must compute its first recipe.
-    config = load_config(overrides={"sampling.size": 32, "backbone.weights": "none",
-                                    "backbone.seed": random.randrange(1 << 30)})
+    config = load_config(
+        overrides={
+            "sampling.size": 32,
+            "backbone.weights": "none",
+            "backbone.seed": random.randrange(1 << 30),
+        }
+    )
     hub = str(tmp_path / "hub")
     first = name_recipe(config, hub)
     assert first["weights"].startswith("none(seed=")
@@ -34,14 +40,17 @@ def test_a_new_flow_run_reuses_the_recipe_without_loading_the_backbone(harness, 
         raise AssertionError("the backbone was built")
 
     monkeypatch.setattr(extract_tasks, "shared_backbone", no_backbone)
-    assert name_recipe(config, hub) == first  # another flow run: the recipe comes from Prefect's cache
+    assert (
+        name_recipe(config, hub) == first
+    )  # another flow run: the recipe comes from Prefect's cache
     larger = dataclasses.replace(config, sampling=dataclasses.replace(config.sampling, size=48))
     with pytest.raises(AssertionError, match="the backbone was built"):
         name_recipe(larger, hub)  # other settings: another key, computed
 
 
-def test_missing_weights_are_named_once_not_logged_as_a_cache_key_error(harness, tmp_path: Path,
-                                                                      caplog: pytest.LogCaptureFixture) -> None:
+def test_missing_weights_are_named_once_not_logged_as_a_cache_key_error(
+    harness, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     config = load_config(overrides={"sampling.size": 32, "backbone.weights": "IMAGENET1K_V1"})
     with pytest.raises(ConfigError, match="not in the local torch cache"):
         name_recipe(config, str(tmp_path / "empty-hub"))

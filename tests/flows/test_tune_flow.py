@@ -17,7 +17,9 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def harness():
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)  # ensure_ray joins this one
+    ray.init(
+        address="local", num_cpus=2, include_dashboard=False, log_to_driver=False
+    )  # ensure_ray joins this one
     try:
         with prefect_test_harness(server_startup_timeout=120):
             yield
@@ -27,8 +29,15 @@ def harness():
 
 def test_tune_flow_extracts_searches_and_registers(tmp_path: Path, harness) -> None:
     archive = generate_archive(tmp_path / "sample", SampleSpec(clips_per_class=3, size=64))
-    overrides = {"runtime.home": str(tmp_path / "home"), "sampling.size": 64, "sampling.fps": 4,
-                 "backbone.weights": "none", "train.epochs": 4, "train.patience": 4, "train.hidden_size": 16}
+    overrides = {
+        "runtime.home": str(tmp_path / "home"),
+        "sampling.size": 64,
+        "sampling.fps": 4,
+        "backbone.weights": "none",
+        "train.epochs": 4,
+        "train.patience": 4,
+        "train.hidden_size": 16,
+    }
     out = tune(str(archive), "tuned", overrides=overrides, run_id="tune1", trials=2, grace_period=2)
 
     assert out["failed"] == 0 and out["extract"]["series"] == 12

@@ -22,8 +22,9 @@ import subprocess
 import sys
 import tomllib
 import typing
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
@@ -91,8 +92,10 @@ def raycluster() -> dict:
     return found
 
 
-_VAR = re.compile(r"\$(?:(?P<escaped>\$)|\{(?P<name>[A-Za-z_]\w*)(?:(?P<op>:?[-?])(?P<arg>[^}]*))?\}"
-                  r"|(?P<bare>[A-Za-z_]\w*))")
+_VAR = re.compile(
+    r"\$(?:(?P<escaped>\$)|\{(?P<name>[A-Za-z_]\w*)(?:(?P<op>:?[-?])(?P<arg>[^}]*))?\}"
+    r"|(?P<bare>[A-Za-z_]\w*))"
+)
 
 
 def interpolate(value: Any, env: dict[str, str]) -> Any:
@@ -160,7 +163,7 @@ def ray_start_args(shell: str) -> list[str]:
     """The arguments after `ray start` in a shell line such as `ulimit -n 65536; ray start --head ...`."""
     (line,) = [part for part in re.split(r"[;&\n]+", shell) if "ray start" in part]
     words = shlex.split(line.replace("$RAY_HEAD_IP", "10.0.0.1"))
-    return words[words.index("start") + 1:]
+    return words[words.index("start") + 1 :]
 
 
 # --------------------------------------------------------------------------- every file
@@ -169,7 +172,11 @@ def ray_start_args(shell: str) -> list[str]:
 def test_every_yaml_file_parses() -> None:
     files = sorted(INFRA.rglob("*.yaml"))
     assert {f.relative_to(INFRA).as_posix() for f in files} >= {
-        "prefect.yaml", "compose.yaml", "ray/cluster.yaml", "ray/kuberay.yaml"}
+        "prefect.yaml",
+        "compose.yaml",
+        "ray/cluster.yaml",
+        "ray/kuberay.yaml",
+    }
     for path in files:
         docs = list(yaml.safe_load_all(path.read_text()))
         assert docs and all(isinstance(d, dict) for d in docs), path
@@ -181,7 +188,9 @@ def test_readme_names_every_infra_file() -> None:
         if path.is_file() and path.name not in {"README.md", ".env"}:
             relative = path.relative_to(INFRA).as_posix()
             # a file of an image folder (mlflow/) is covered by the folder's line
-            named = relative in readme or (path.parent != INFRA and f"`{path.parent.name}/`" in readme)
+            named = relative in readme or (
+                path.parent != INFRA and f"`{path.parent.name}/`" in readme
+            )
             assert named, f"infra/README.md does not say what {relative} is"
 
 
@@ -190,9 +199,16 @@ def test_lstmpipe_variables_named_in_infra_are_config_keys() -> None:
     must not invent any (the pull step's checkout variable is REPO_DIR for that reason)."""
     from lstmpipe.lib.config import Config
 
-    sections = {name: {f.name for f in dataclasses.fields(cls)} for name, cls in typing.get_type_hints(Config).items()}
-    names = {name for path in INFRA.rglob("*") if path.is_file()
-             for name in re.findall(r"\bLSTMPIPE_[A-Z0-9_]+\b", path.read_text())}
+    sections = {
+        name: {f.name for f in dataclasses.fields(cls)}
+        for name, cls in typing.get_type_hints(Config).items()
+    }
+    names = {
+        name
+        for path in INFRA.rglob("*")
+        if path.is_file()
+        for name in re.findall(r"\bLSTMPIPE_[A-Z0-9_]+\b", path.read_text())
+    }
     assert "LSTMPIPE_HOME" in names
     for name in names:
         rest = name.removeprefix("LSTMPIPE_").lower()
@@ -200,7 +216,8 @@ def test_lstmpipe_variables_named_in_infra_are_config_keys() -> None:
             continue
         section, _, key = rest.partition("_")
         assert section in sections and key in sections[section], (
-            f"{name} appears in infra/ but lib/config.py would reject it: not LSTMPIPE_<SECTION>_<KEY>")
+            f"{name} appears in infra/ but lib/config.py would reject it: not LSTMPIPE_<SECTION>_<KEY>"
+        )
 
 
 # --------------------------------------------------------------------------- prefect.yaml
@@ -212,13 +229,17 @@ def test_prefect_yaml_follows_prefects_own_model(prefect_yaml: dict) -> None:
     from prefect.cli.deploy._models import DeploymentConfig, PrefectYamlModel, RawScheduleConfig
 
     model = PrefectYamlModel.model_validate(prefect_yaml)
-    top_level = {f.alias or name for name, f in PrefectYamlModel.model_fields.items()} | {"definitions"}
+    top_level = {f.alias or name for name, f in PrefectYamlModel.model_fields.items()} | {
+        "definitions"
+    }
     assert set(prefect_yaml) <= top_level, set(prefect_yaml) - top_level
     assert prefect_yaml["prefect-version"] == prefect.__version__
     assert {d.name for d in model.deployments} == set(EXPECTED_DEPLOYMENTS)
     for deployment in prefect_yaml["deployments"]:
         unknown = set(deployment) - set(DeploymentConfig.model_fields)
-        assert not unknown, f"{deployment['name']}: keys prefect deploy would silently ignore: {unknown}"
+        assert not unknown, (
+            f"{deployment['name']}: keys prefect deploy would silently ignore: {unknown}"
+        )
         assert deployment["work_pool"]["name"] == POOL
         for schedule in deployment.get("schedules") or []:
             RawScheduleConfig.model_validate(schedule)  # extra="forbid": a typo fails here
@@ -234,21 +255,28 @@ def test_entrypoint_is_a_flow_that_accepts_the_parameters(deployments: dict, nam
     assert deployment["entrypoint"] == EXPECTED_DEPLOYMENTS[name]
     path, function = deployment["entrypoint"].split(":")
     assert (ROOT / path).is_file()
-    flow = getattr(importlib.import_module("lstmpipe." + path.removesuffix(".py").replace("/", ".")), function)
+    flow = getattr(
+        importlib.import_module("lstmpipe." + path.removesuffix(".py").replace("/", ".")), function
+    )
     assert isinstance(flow, Flow), f"{deployment['entrypoint']} is not a Prefect flow"
     assert flow.name == name  # `prefect deployment run NAME/NAME`, as infra/README.md says
 
     given = deployment.get("parameters") or {}
     accepted = inspect.signature(flow.fn).parameters
-    assert set(given) <= set(accepted), f"{name}: the flow has no parameter {set(given) - set(accepted)}"
+    assert set(given) <= set(accepted), (
+        f"{name}: the flow has no parameter {set(given) - set(accepted)}"
+    )
     required = {p for p, spec in accepted.items() if spec.default is inspect.Parameter.empty}
-    assert required <= set(given), f"{name}: required flow parameters not given: {required - set(given)}"
+    assert required <= set(given), (
+        f"{name}: required flow parameters not given: {required - set(given)}"
+    )
     # What the Prefect server checks when it creates a run (enforce_parameter_schema).
     validate(given, parameter_schema(flow).model_dump_for_openapi(), raise_on_error=True)
 
 
 def test_pull_step_enters_the_checkout_where_every_entrypoint_loads(
-        prefect_yaml: dict, deployments: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    prefect_yaml: dict, deployments: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """What a worker does before a run: template the pull step with its environment, chdir, load the flow."""
     from prefect.deployments.steps.pull import set_working_directory
     from prefect.flows import load_flow_from_entrypoint
@@ -291,12 +319,21 @@ def test_serve_serves_the_deployments_declared_here(deployments: dict) -> None:
     for name, d in served.items():
         declared = deployments[name]
         module, function = d.entrypoint.rsplit(".", 1)  # served by module path
-        assert declared["entrypoint"] == f"{module.removeprefix('lstmpipe.').replace('.', '/')}.py:{function}"
-        given = {k: v for k, v in d.parameters.items() if k not in {"config_file", "overrides"} and v is not None}
+        assert (
+            declared["entrypoint"]
+            == f"{module.removeprefix('lstmpipe.').replace('.', '/')}.py:{function}"
+        )
+        given = {
+            k: v
+            for k, v in d.parameters.items()
+            if k not in {"config_file", "overrides"} and v is not None
+        }
         assert given == {k: v for k, v in declared["parameters"].items() if v is not None}, name
         assert d.tags == declared["tags"], name
         assert d.concurrency_limit == declared.get("concurrency_limit"), name
-        schedules = [{"cron": s.schedule.cron, "timezone": s.schedule.timezone} for s in d.schedules]
+        schedules = [
+            {"cron": s.schedule.cron, "timezone": s.schedule.timezone} for s in d.schedules
+        ]
         assert schedules == (declared.get("schedules") or []), name
 
 
@@ -320,18 +357,14 @@ def test_the_tasks_that_run_a_network_carry_the_gpu_tag() -> None:
     every task that runs the CNN or the LSTM, and nothing else."""
     from prefect import Task
 
-    from lstmpipe.tasks import extract
+    from lstmpipe.tasks import extract, infer, promote, train, tune
 
-    from lstmpipe.tasks import infer
-
-    from lstmpipe.tasks import promote
-
-    from lstmpipe.tasks import train
-
-    from lstmpipe.tasks import tune
-
-    tagged = {t.name for module in (extract, infer, promote, train, tune) for t in vars(module).values()
-              if isinstance(t, Task) and "gpu" in t.tags}
+    tagged = {
+        t.name
+        for module in (extract, infer, promote, train, tune)
+        for t in vars(module).values()
+        if isinstance(t, Task) and "gpu" in t.tags
+    }
     assert tagged == {"extract-shard", "train-model", "tune-model"}
     assert "prefect concurrency-limit create gpu" in (ROOT / "infra" / "prefect.yaml").read_text()
 
@@ -340,7 +373,11 @@ def test_infer_reads_the_alias_that_promote_moves(deployments: dict) -> None:
     from lstmpipe.lib.config import PromoteConfig
 
     model = deployments["promote"]["parameters"]["model"]
-    assert deployments["nightly"]["parameters"]["model"] == model == deployments["train"]["parameters"]["model"]
+    assert (
+        deployments["nightly"]["parameters"]["model"]
+        == model
+        == deployments["train"]["parameters"]["model"]
+    )
     assert deployments["infer"]["parameters"]["model"] == f"models:/{model}@{PromoteConfig().alias}"
 
 
@@ -348,20 +385,34 @@ def test_infer_reads_the_alias_that_promote_moves(deployments: dict) -> None:
 
 
 def test_compose_has_the_services(services: dict) -> None:
-    assert set(services) >= {"postgres", "mlflow", "prefect-server", "prefect-deploy", "prefect-worker",
-                             "ray-head", "ray-worker"}
+    assert set(services) >= {
+        "postgres",
+        "mlflow",
+        "prefect-server",
+        "prefect-deploy",
+        "prefect-worker",
+        "ray-head",
+        "ray-worker",
+    }
     assert "healthcheck" in services["postgres"]
     for name in ("mlflow", "prefect-server"):
         assert services[name]["depends_on"]["postgres"]["condition"] == "service_healthy"
-    assert services["prefect-worker"]["depends_on"]["prefect-deploy"]["condition"] == "service_completed_successfully"
+    assert (
+        services["prefect-worker"]["depends_on"]["prefect-deploy"]["condition"]
+        == "service_completed_successfully"
+    )
 
 
 def test_published_ports_bind_localhost_only(services: dict) -> None:
     published = set()
     for name, service in services.items():
-        assert service.get("network_mode") != "host", f"{name}: host networking bypasses the bindings"
+        assert service.get("network_mode") != "host", (
+            f"{name}: host networking bypasses the bindings"
+        )
         for host_ip, host_port, _ in published_ports(service):
-            assert host_ip == "127.0.0.1", f"{name}: port {host_port} is published on every interface"
+            assert host_ip == "127.0.0.1", (
+                f"{name}: port {host_port} is published on every interface"
+            )
             published.add(host_port)
     assert published == {"4200", "5000", "8265"}  # Prefect UI, MLflow UI, Ray dashboard
 
@@ -389,15 +440,25 @@ def test_no_credential_in_plain_text(compose_raw: dict) -> None:
             assert secret_ref.match(value), f"{key}: {value!r} is not a required ${{VARIABLE:?...}}"
         for password in re.findall(r"://[^:/@\s]+:([^@\s]+)@", value):
             assert secret_ref.match(password), f"a URI embeds a literal password: {value!r}"
-    tracked = subprocess.run(["git", "ls-files", "infra"], cwd=ROOT, capture_output=True, text=True).stdout
-    assert not [f for f in tracked.split() if Path(f).name == ".env"], "an env file with credentials is in git"
+    tracked = subprocess.run(
+        ["git", "ls-files", "infra"], cwd=ROOT, capture_output=True, text=True
+    ).stdout
+    assert not [f for f in tracked.split() if Path(f).name == ".env"], (
+        "an env file with credentials is in git"
+    )
 
 
 def test_worker_environment_reaches_the_servers(services: dict, tmp_path: Path) -> None:
     from lstmpipe.flows.runtime import load_runtime
 
     env = services["prefect-worker"]["environment"]
-    assert set(env) >= {"PREFECT_API_URL", "MLFLOW_TRACKING_URI", "RAY_ADDRESS", "LSTMPIPE_HOME", "REPO_DIR"}
+    assert set(env) >= {
+        "PREFECT_API_URL",
+        "MLFLOW_TRACKING_URI",
+        "RAY_ADDRESS",
+        "LSTMPIPE_HOME",
+        "REPO_DIR",
+    }
 
     api = urlsplit(env["PREFECT_API_URL"])
     server_cmd = services["prefect-server"]["command"]
@@ -407,7 +468,10 @@ def test_worker_environment_reaches_the_servers(services: dict, tmp_path: Path) 
 
     tracking = urlsplit(env["MLFLOW_TRACKING_URI"])
     mlflow_cmd = services["mlflow"]["command"]
-    assert tracking.hostname == "mlflow" and str(tracking.port) == mlflow_cmd[mlflow_cmd.index("--port") + 1]
+    assert (
+        tracking.hostname == "mlflow"
+        and str(tracking.port) == mlflow_cmd[mlflow_cmd.index("--port") + 1]
+    )
 
     ray_host, ray_port = env["RAY_ADDRESS"].split(":")
     assert ray_host == "ray-head"
@@ -428,7 +492,9 @@ def test_worker_and_ray_nodes_share_state_and_data_at_the_same_paths(services: d
     """Tasks pass paths; Ray actors write the feature cache and read sources themselves."""
     env = services["prefect-worker"]["environment"]
     home = env["LSTMPIPE_HOME"]
-    assert env["TORCH_HOME"].startswith(home + "/")  # weights are looked up by path on the nodes too
+    assert env["TORCH_HOME"].startswith(
+        home + "/"
+    )  # weights are looked up by path on the nodes too
     worker = mounts(services["prefect-worker"])
     assert home in worker and "/data" in worker
     for name in ("ray-head", "ray-worker", "ray-worker-gpu"):
@@ -441,7 +507,9 @@ def test_postgres_serves_both_stores(services: dict, compose: dict) -> None:
     pg = services["postgres"]["environment"]
     mlflow_cmd = services["mlflow"]["command"]
     mlflow_db = urlsplit(mlflow_cmd[mlflow_cmd.index("--backend-store-uri") + 1])
-    prefect_db = urlsplit(services["prefect-server"]["environment"]["PREFECT_SERVER_DATABASE_CONNECTION_URL"])
+    prefect_db = urlsplit(
+        services["prefect-server"]["environment"]["PREFECT_SERVER_DATABASE_CONNECTION_URL"]
+    )
     assert mlflow_db.scheme == "postgresql" and prefect_db.scheme == "postgresql+asyncpg"
     for url in (mlflow_db, prefect_db):
         assert (url.hostname, url.port) == ("postgres", 5432)
@@ -451,12 +519,16 @@ def test_postgres_serves_both_stores(services: dict, compose: dict) -> None:
     assert prefect_db.path != mlflow_db.path
     init = compose["configs"]["postgres-init"]["content"]
     assert f"CREATE DATABASE {prefect_db.path.lstrip('/')};" in init
-    assert importlib.util.find_spec("asyncpg"), "Prefect's postgresql+asyncpg driver is missing from the image deps"
+    assert importlib.util.find_spec("asyncpg"), (
+        "Prefect's postgresql+asyncpg driver is missing from the image deps"
+    )
 
 
 def test_prefect_variables_are_prefect_settings(services: dict) -> None:
     from prefect.settings import Settings
-    from prefect.settings.legacy import _get_valid_setting_names  # the names Prefect reads from the environment
+    from prefect.settings.legacy import (
+        _get_valid_setting_names,
+    )  # the names Prefect reads from the environment
 
     valid = _get_valid_setting_names(Settings)
     for name, service in services.items():
@@ -473,8 +545,9 @@ def mlflow_source(relative: str) -> Path:
 def mlflow_host_rule():
     """MLflow's own Host-header check, loaded from its module file: importing it the usual
     way executes mlflow.server's package __init__ (the Flask app), which costs seconds."""
-    spec = importlib.util.spec_from_file_location("_mlflow_security_utils",
-                                                  mlflow_source("server/security_utils.py"))
+    spec = importlib.util.spec_from_file_location(
+        "_mlflow_security_utils", mlflow_source("server/security_utils.py")
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.is_allowed_host_header
@@ -489,9 +562,16 @@ def test_mlflow_server_options(services: dict) -> None:
         if word.startswith("--"):
             following = command[i + 1] if i + 1 < len(command) else "--"
             options[word] = True if following.startswith("--") else following
-    declared = set(re.findall(r'"(--[a-z][a-z-]*)', mlflow_source("cli/__init__.py").read_text()
-                              + mlflow_source("utils/cli_args.py").read_text()))
-    assert set(options) <= declared, f"options mlflow server does not have: {set(options) - declared}"
+    declared = set(
+        re.findall(
+            r'"(--[a-z][a-z-]*)',
+            mlflow_source("cli/__init__.py").read_text()
+            + mlflow_source("utils/cli_args.py").read_text(),
+        )
+    )
+    assert set(options) <= declared, (
+        f"options mlflow server does not have: {set(options) - declared}"
+    )
     assert options["--serve-artifacts"] is True
     assert options["--artifacts-destination"] in mounts(service)
     assert options["--host"] == "0.0.0.0"  # inside the container; published on 127.0.0.1 only
@@ -499,16 +579,22 @@ def test_mlflow_server_options(services: dict) -> None:
     # MLflow rejects Host headers it does not know (DNS-rebinding guard): the worker's and the browser's.
     is_allowed = mlflow_host_rule()
     allowed = options["--allowed-hosts"].split(",")
-    assert is_allowed(allowed, urlsplit(services["prefect-worker"]["environment"]["MLFLOW_TRACKING_URI"]).netloc)
+    assert is_allowed(
+        allowed, urlsplit(services["prefect-worker"]["environment"]["MLFLOW_TRACKING_URI"]).netloc
+    )
     assert not is_allowed(allowed, "attacker.example:5000")
     for host_ip, host_port, _ in published_ports(service):
-        assert is_allowed(allowed, f"{host_ip}:{host_port}") and is_allowed(allowed, f"localhost:{host_port}")
+        assert is_allowed(allowed, f"{host_ip}:{host_port}") and is_allowed(
+            allowed, f"localhost:{host_port}"
+        )
 
 
 def test_mlflow_image_pins_the_client_version() -> None:
     import mlflow
 
-    pins = dict(re.findall(r"^([\w-]+)==(\S+)", (INFRA / "mlflow/requirements.txt").read_text(), re.M))
+    pins = dict(
+        re.findall(r"^([\w-]+)==(\S+)", (INFRA / "mlflow/requirements.txt").read_text(), re.M)
+    )
     assert pins["mlflow"] == mlflow.__version__
     assert f"mlflow=={pins['mlflow']}" in PYPROJECT["project"]["dependencies"]
     assert "psycopg2-binary" in pins  # the postgresql:// backend store driver
@@ -518,15 +604,22 @@ def test_mlflow_image_pins_the_client_version() -> None:
 def _compose_plugin() -> bool:
     if not shutil.which("docker"):
         return False
-    return subprocess.run(["docker", "compose", "version"], capture_output=True, timeout=30).returncode == 0
+    return (
+        subprocess.run(["docker", "compose", "version"], capture_output=True, timeout=30).returncode
+        == 0
+    )
 
 
 @pytest.mark.skipif(not _compose_plugin(), reason="the docker compose plugin is not installed")
 def test_docker_compose_config_accepts_the_file() -> None:
     base = ["docker", "compose", "-f", str(INFRA / "compose.yaml"), "config", "--quiet"]
     env = {k: v for k, v in os.environ.items() if k not in COMPOSE_TEST_ENV}
-    subprocess.run(base, env={**env, **COMPOSE_TEST_ENV}, check=True, capture_output=True, timeout=60)
-    missing = subprocess.run(base, env={**env, "DATA_DIR": "/srv"}, capture_output=True, text=True, timeout=60)
+    subprocess.run(
+        base, env={**env, **COMPOSE_TEST_ENV}, check=True, capture_output=True, timeout=60
+    )
+    missing = subprocess.run(
+        base, env={**env, "DATA_DIR": "/srv"}, capture_output=True, text=True, timeout=60
+    )
     assert missing.returncode != 0 and "POSTGRES_PASSWORD" in missing.stderr
 
 
@@ -537,7 +630,11 @@ def dockerfile(path: Path) -> list[tuple[str, str]]:
     """(INSTRUCTION, arguments), continuation lines joined, comments dropped."""
     lines = [line for line in path.read_text().splitlines() if not line.lstrip().startswith("#")]
     joined = re.sub(r"\\\n\s*", " ", "\n".join(lines))
-    return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1]) for line in joined.splitlines() if line.strip()]
+    return [
+        (line.split(None, 1)[0].upper(), line.split(None, 1)[1])
+        for line in joined.splitlines()
+        if line.strip()
+    ]
 
 
 def test_dockerfile_installs_ffmpeg_and_the_project_as_non_root(services: dict) -> None:
@@ -577,11 +674,20 @@ def requested_resources() -> set[str]:
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.keyword) and node.arg in by_keyword:
                 names.add(by_keyword[node.arg])
-            if isinstance(node, ast.keyword) and node.arg == "resources" and isinstance(node.value, ast.Dict):
+            if (
+                isinstance(node, ast.keyword)
+                and node.arg == "resources"
+                and isinstance(node.value, ast.Dict)
+            ):
                 names |= {k.value for k in node.value.keys if isinstance(k, ast.Constant)}
-            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "get"
-                    and "cluster_resources" in ast.unparse(node.func.value) and node.args
-                    and isinstance(node.args[0], ast.Constant)):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr == "get"
+                and "cluster_resources" in ast.unparse(node.func.value)
+                and node.args
+                and isinstance(node.args[0], ast.Constant)
+            ):
                 names.add(node.args[0].value)
     return names
 
@@ -592,7 +698,9 @@ def test_the_code_requests_cpus_and_gpus() -> None:
     from lstmpipe.tasks.ray_workers import FeatureWorker
 
     assert requested_resources() == {"CPU", "GPU"}
-    assert "num_cpus" not in FeatureWorker._default_options  # lib.placement sizes each actor for its cluster
+    assert (
+        "num_cpus" not in FeatureWorker._default_options
+    )  # lib.placement sizes each actor for its cluster
     assert placement(RuntimeConfig(), {"CPU": 8.0, "GPU": 1.0}).actor_cpus == 1
 
 
@@ -613,16 +721,26 @@ def test_cluster_yaml_node_types_match_the_actors(cluster: dict) -> None:
     requested = requested_resources()
     types = cluster["available_node_types"]
     for name, node_type in types.items():
-        assert set(node_type["resources"]) <= requested, f"{name}: resources the code never requests"
+        assert set(node_type["resources"]) <= requested, (
+            f"{name}: resources the code never requests"
+        )
     workers = {n: t["resources"] for n, t in types.items() if n != cluster["head_node_type"]}
     # A FeatureWorker takes CPU 1 (and GPU 1 where there are GPUs) on one node.
-    assert any(r.get("GPU", 0) >= 1 and r.get("CPU", 0) >= 1 for r in workers.values()), "no GPU worker type"
-    assert any(r.get("CPU", 0) >= 1 and not r.get("GPU") for r in workers.values()), "no CPU worker type"
+    assert any(r.get("GPU", 0) >= 1 and r.get("CPU", 0) >= 1 for r in workers.values()), (
+        "no GPU worker type"
+    )
+    assert any(r.get("CPU", 0) >= 1 and not r.get("GPU") for r in workers.values()), (
+        "no CPU worker type"
+    )
 
     head = ray_start_context(ray_start_args(" ".join(cluster["head_start_ray_commands"]))).params
-    assert head["head"] and head["num_cpus"] == types[cluster["head_node_type"]]["resources"].get("CPU")
+    assert head["head"] and head["num_cpus"] == types[cluster["head_node_type"]]["resources"].get(
+        "CPU"
+    )
     assert head["dashboard_host"] == "127.0.0.1"  # SPEC §6
-    worker = ray_start_context(ray_start_args(" ".join(cluster["worker_start_ray_commands"]))).params
+    worker = ray_start_context(
+        ray_start_args(" ".join(cluster["worker_start_ray_commands"]))
+    ).params
     assert worker["address"] == f"10.0.0.1:{head['port']}"
 
 
@@ -641,19 +759,28 @@ def test_kuberay_raycluster(raycluster: dict, services: dict) -> None:
     assert raycluster["apiVersion"] == "ray.io/v1" and raycluster["kind"] == "RayCluster"
     spec = raycluster["spec"]
     assert spec["rayVersion"] == ray.__version__
-    assert any(re.fullmatch(rf"ray\[[a-z,]*default[a-z,]*\]=={re.escape(ray.__version__)}", dep)
-               for dep in PYPROJECT["project"]["dependencies"])
+    assert any(
+        re.fullmatch(rf"ray\[[a-z,]*default[a-z,]*\]=={re.escape(ray.__version__)}", dep)
+        for dep in PYPROJECT["project"]["dependencies"]
+    )
 
-    groups = {"head": spec["headGroupSpec"], **{g["groupName"]: g for g in spec["workerGroupSpecs"]}}
+    groups = {
+        "head": spec["headGroupSpec"],
+        **{g["groupName"]: g for g in spec["workerGroupSpecs"]},
+    }
     requested = requested_resources()
     gpu_groups, cpu_groups = [], []
     for name, group in groups.items():
         params = group["rayStartParams"]
-        assert all(isinstance(v, str) for v in params.values()), f"{name}: rayStartParams values are strings"
+        assert all(isinstance(v, str) for v in params.values()), (
+            f"{name}: rayStartParams values are strings"
+        )
         ray_start_context([f"--{k}={v}" for k, v in params.items()])  # valid `ray start` options
         pod = group["template"]["spec"]
         (container,) = pod["containers"]
-        assert re.search(r"/lstmpipe:", container["image"]), f"{name}: not the infra/Dockerfile image"
+        assert re.search(r"/lstmpipe:", container["image"]), (
+            f"{name}: not the infra/Dockerfile image"
+        )
         assert pod["securityContext"]["runAsNonRoot"] is True
         limits = container["resources"]["limits"]
         names = {"CPU"} | ({"GPU"} if "nvidia.com/gpu" in limits else set())
@@ -671,10 +798,16 @@ def test_kuberay_raycluster(raycluster: dict, services: dict) -> None:
     assert len({g["template"]["spec"]["containers"][0]["image"] for g in groups.values()}) == 1
 
     # Every pod mounts the same claims, which many nodes can write at once.
-    claims = {d["metadata"]["name"]: d for d in yaml.safe_load_all((INFRA / "ray/kuberay.yaml").read_text())
-              if d and d["kind"] == "PersistentVolumeClaim"}
+    claims = {
+        d["metadata"]["name"]: d
+        for d in yaml.safe_load_all((INFRA / "ray/kuberay.yaml").read_text())
+        if d and d["kind"] == "PersistentVolumeClaim"
+    }
     for name, group in groups.items():
-        used = {v["persistentVolumeClaim"]["claimName"] for v in group["template"]["spec"]["volumes"]
-                if "persistentVolumeClaim" in v}
+        used = {
+            v["persistentVolumeClaim"]["claimName"]
+            for v in group["template"]["spec"]["volumes"]
+            if "persistentVolumeClaim" in v
+        }
         assert used == set(claims), name
     assert all("ReadWriteMany" in claim["spec"]["accessModes"] for claim in claims.values())

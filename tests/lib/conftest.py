@@ -15,13 +15,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from lstmpipe.lib.features.backbone import Backbone
-from lstmpipe.lib.features.cache import FeatureCache, SeriesFeatures
 from lstmpipe.lib.config import Config, load_config
-from lstmpipe.lib.features.extract import extract_many
-from lstmpipe.lib.features.build import load_backbone
-from lstmpipe.lib.features.recipe import FeatureRecipe
 from lstmpipe.lib.demo.video import SampleSpec, generate_archive
+from lstmpipe.lib.features.backbone import Backbone
+from lstmpipe.lib.features.build import load_backbone
+from lstmpipe.lib.features.cache import FeatureCache, SeriesFeatures
+from lstmpipe.lib.features.extract import extract_many
+from lstmpipe.lib.features.recipe import FeatureRecipe
 from lstmpipe.lib.series import SeriesRef
 from lstmpipe.lib.sources.discover import discover
 
@@ -41,18 +41,20 @@ def one_thread() -> Iterator[None]:
 def tiny_config(tmp_path_factory: pytest.TempPathFactory) -> Config:
     """The whole pipeline shrunk for a laptop: 64 px, 4 fps, random-init resnet18, CPU, 15 epochs."""
     home = tmp_path_factory.mktemp("home")
-    return load_config(overrides={
-        "sampling.size": 64,
-        "sampling.fps": 4,
-        "sampling.chunk_frames": 8,  # several chunks per clip: chunk boundaries get exercised
-        "sampling.timeout_s": 30,
-        "backbone.weights": "none",
-        "backbone.batch_size": 16,
-        "train.epochs": 15,
-        "train.patience": 15,
-        "train.hidden_size": 32,
-        "runtime.home": str(home),
-    })
+    return load_config(
+        overrides={
+            "sampling.size": 64,
+            "sampling.fps": 4,
+            "sampling.chunk_frames": 8,  # several chunks per clip: chunk boundaries get exercised
+            "sampling.timeout_s": 30,
+            "backbone.weights": "none",
+            "backbone.batch_size": 16,
+            "train.epochs": 15,
+            "train.patience": 15,
+            "train.hidden_size": 32,
+            "runtime.home": str(home),
+        }
+    )
 
 
 @pytest.fixture(scope="session")
@@ -62,7 +64,9 @@ def torch_hub_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def backbone(tiny_config: Config, torch_hub_dir: Path, one_thread: None) -> tuple[Backbone, FeatureRecipe]:
+def backbone(
+    tiny_config: Config, torch_hub_dir: Path, one_thread: None
+) -> tuple[Backbone, FeatureRecipe]:
     return load_backbone(tiny_config.sampling, tiny_config.backbone, torch_hub_dir, device="cpu")
 
 
@@ -79,14 +83,25 @@ def sample_refs(sample_archive: Path) -> list[SeriesRef]:
 
 
 @pytest.fixture(scope="session")
-def sample_cache(tmp_path_factory: pytest.TempPathFactory, tiny_config: Config, sample_refs: list[SeriesRef],
-                 backbone: tuple[Backbone, FeatureRecipe]) -> FeatureCache:
+def sample_cache(
+    tmp_path_factory: pytest.TempPathFactory,
+    tiny_config: Config,
+    sample_refs: list[SeriesRef],
+    backbone: tuple[Backbone, FeatureRecipe],
+) -> FeatureCache:
     """The sample archive's features, extracted once with the tiny config's backbone."""
     model, recipe = backbone
     cache = FeatureCache(tmp_path_factory.mktemp("cache"))
     cache.add_recipe(recipe)
-    results = list(extract_many(sample_refs, tiny_config.sampling, model, tiny_config.backbone.batch_size,
-                                tmp_path_factory.mktemp("extract-tmp")))
+    results = list(
+        extract_many(
+            sample_refs,
+            tiny_config.sampling,
+            model,
+            tiny_config.backbone.batch_size,
+            tmp_path_factory.mktemp("extract-tmp"),
+        )
+    )
     assert all(isinstance(r, SeriesFeatures) for r in results), results
     cache.write(recipe.recipe_id, results)
     return cache

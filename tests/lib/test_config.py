@@ -50,10 +50,24 @@ def config_file(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
 
 def test_defaults_are_the_dataclass_defaults() -> None:
     config = load_config()
-    assert config == Config(SamplingConfig(), BackboneConfig(), TrainConfig(), PromoteConfig(), RuntimeConfig())
-    assert (config.sampling.fps, config.sampling.size, config.sampling.num_frames) == (8.0, 224, None)
-    assert (config.backbone.name, config.backbone.weights, config.backbone.precision) == ("resnet18", "DEFAULT", "auto")
-    assert (config.runtime.home, config.runtime.mlflow_uri, config.promote.alias) == (".lstmpipe", None, "champion")
+    assert config == Config(
+        SamplingConfig(), BackboneConfig(), TrainConfig(), PromoteConfig(), RuntimeConfig()
+    )
+    assert (config.sampling.fps, config.sampling.size, config.sampling.num_frames) == (
+        8.0,
+        224,
+        None,
+    )
+    assert (config.backbone.name, config.backbone.weights, config.backbone.precision) == (
+        "resnet18",
+        "DEFAULT",
+        "auto",
+    )
+    assert (config.runtime.home, config.runtime.mlflow_uri, config.promote.alias) == (
+        ".lstmpipe",
+        None,
+        "champion",
+    )
 
 
 def test_config_is_frozen() -> None:
@@ -63,7 +77,11 @@ def test_config_is_frozen() -> None:
 
 def test_file_sets_keys_and_leaves_the_rest_default(config_file: Path) -> None:
     config = load_config(config_file)
-    assert (config.sampling.fps, config.sampling.size, config.backbone.name) == (2.0, 96, "resnet34")
+    assert (config.sampling.fps, config.sampling.size, config.backbone.name) == (
+        2.0,
+        96,
+        "resnet34",
+    )
     assert isinstance(config.sampling.fps, float)  # an int in the file becomes the declared float
     assert config.runtime.home == "/from/file"
     assert config.sampling.chunk_frames == SamplingConfig.chunk_frames
@@ -71,28 +89,43 @@ def test_file_sets_keys_and_leaves_the_rest_default(config_file: Path) -> None:
 
 
 def test_environment_beats_file_and_overrides_beat_both(config_file: Path) -> None:
-    env = {"LSTMPIPE_SAMPLING_FPS": "3", "LSTMPIPE_HOME": "/from/env", "PATH": "/usr/bin", "OTHER_SAMPLING_FPS": "9"}
+    env = {
+        "LSTMPIPE_SAMPLING_FPS": "3",
+        "LSTMPIPE_HOME": "/from/env",
+        "PATH": "/usr/bin",
+        "OTHER_SAMPLING_FPS": "9",
+    }
     from_env = load_config(config_file, env)
     assert (from_env.sampling.fps, from_env.runtime.home) == (3.0, "/from/env")
-    assert from_env.sampling.size == 96  # the file still wins over the default where env says nothing
+    assert (
+        from_env.sampling.size == 96
+    )  # the file still wins over the default where env says nothing
 
     flags = load_config(config_file, env, {"sampling.fps": "5", "runtime.home": "/from/flags"})
     assert (flags.sampling.fps, flags.runtime.home, flags.sampling.size) == (5.0, "/from/flags", 96)
 
 
 def test_environment_reaches_keys_with_underscores() -> None:
-    env = {"LSTMPIPE_SAMPLING_CHUNK_FRAMES": "12", "LSTMPIPE_RUNTIME_MLFLOW_URI": "http://localhost:5000"}
+    env = {
+        "LSTMPIPE_SAMPLING_CHUNK_FRAMES": "12",
+        "LSTMPIPE_RUNTIME_MLFLOW_URI": "http://localhost:5000",
+    }
     config = load_config(env=env)
     assert config.sampling.chunk_frames == 12
     assert config.runtime.mlflow_uri == "http://localhost:5000"
 
 
-@pytest.mark.parametrize("text, suffix, key", [
-    ("sampling:\n  fsp: 2\n", ".yaml", "sampling.fsp"),
-    ("[backbone]\nwieghts = 'none'\n", ".toml", "backbone.wieghts"),
-    ("sampler:\n  fps: 2\n", ".yaml", "sampler"),
-])
-def test_unknown_key_or_section_in_a_file_is_named(tmp_path: Path, text: str, suffix: str, key: str) -> None:
+@pytest.mark.parametrize(
+    "text, suffix, key",
+    [
+        ("sampling:\n  fsp: 2\n", ".yaml", "sampling.fsp"),
+        ("[backbone]\nwieghts = 'none'\n", ".toml", "backbone.wieghts"),
+        ("sampler:\n  fps: 2\n", ".yaml", "sampler"),
+    ],
+)
+def test_unknown_key_or_section_in_a_file_is_named(
+    tmp_path: Path, text: str, suffix: str, key: str
+) -> None:
     path = tmp_path / f"config{suffix}"
     path.write_text(text)
     with pytest.raises(ConfigError, match=key):
@@ -108,17 +141,24 @@ def test_unknown_environment_section_and_override_key_are_named() -> None:
         load_config(overrides={"epochs": 3})  # not section.key
 
 
-@pytest.mark.parametrize("key, value, expected", [
-    ("sampling.size", "big", "expected int"),
-    ("sampling.size", 64.5, "expected int"),
-    ("sampling.size", True, "expected int"),  # a bool is not a number here, though Python says it is an int
-    ("sampling.fps", "fast", "expected float"),
-    ("train.bidirectional", "maybe", "expected bool"),
-    ("train.bidirectional", 1, "expected bool"),
-    ("backbone.name", 18, "expected str"),
-    ("sampling.size", None, "a value is required"),
-    ("backbone.weights", None, "a value is required"),
-])
+@pytest.mark.parametrize(
+    "key, value, expected",
+    [
+        ("sampling.size", "big", "expected int"),
+        ("sampling.size", 64.5, "expected int"),
+        (
+            "sampling.size",
+            True,
+            "expected int",
+        ),  # a bool is not a number here, though Python says it is an int
+        ("sampling.fps", "fast", "expected float"),
+        ("train.bidirectional", "maybe", "expected bool"),
+        ("train.bidirectional", 1, "expected bool"),
+        ("backbone.name", 18, "expected str"),
+        ("sampling.size", None, "a value is required"),
+        ("backbone.weights", None, "a value is required"),
+    ],
+)
 def test_wrong_type_names_the_key_and_the_value(key: str, value: object, expected: str) -> None:
     with pytest.raises(ConfigError, match=expected) as caught:
         load_config(overrides={key: value})
@@ -133,21 +173,38 @@ def test_wrong_type_in_a_file_names_the_key(tmp_path: Path) -> None:
         load_config(path)
 
 
-@pytest.mark.parametrize("text, truth", [("true", True), ("True", True), ("1", True), ("yes", True),
-                                         ("false", False), ("0", False), ("NO", False)])
+@pytest.mark.parametrize(
+    "text, truth",
+    [
+        ("true", True),
+        ("True", True),
+        ("1", True),
+        ("yes", True),
+        ("false", False),
+        ("0", False),
+        ("NO", False),
+    ],
+)
 def test_bools_parse_from_strings(text: str, truth: bool) -> None:
     assert load_config(env={"LSTMPIPE_TRAIN_BIDIRECTIONAL": text}).train.bidirectional is truth
 
 
 def test_numbers_and_none_parse_from_strings() -> None:
-    config = load_config(env={
-        "LSTMPIPE_SAMPLING_SIZE": "112",
-        "LSTMPIPE_SAMPLING_FPS": "2.5",
-        "LSTMPIPE_SAMPLING_NUM_FRAMES": "none",
-        "LSTMPIPE_RUNTIME_WORKERS": "3",
-        "LSTMPIPE_TRAIN_LR": "1e-3",
-    })
-    assert (config.sampling.size, config.sampling.fps, config.train.lr, config.runtime.workers) == (112, 2.5, 1e-3, 3)
+    config = load_config(
+        env={
+            "LSTMPIPE_SAMPLING_SIZE": "112",
+            "LSTMPIPE_SAMPLING_FPS": "2.5",
+            "LSTMPIPE_SAMPLING_NUM_FRAMES": "none",
+            "LSTMPIPE_RUNTIME_WORKERS": "3",
+            "LSTMPIPE_TRAIN_LR": "1e-3",
+        }
+    )
+    assert (config.sampling.size, config.sampling.fps, config.train.lr, config.runtime.workers) == (
+        112,
+        2.5,
+        1e-3,
+        3,
+    )
     assert type(config.sampling.size) is int and type(config.train.lr) is float
     assert config.sampling.num_frames is None
     assert load_config(env={"LSTMPIPE_SAMPLING_FPS": "null"}).sampling.fps is None  # every frame

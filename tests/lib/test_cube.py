@@ -12,11 +12,11 @@ import pytest
 import xarray as xr
 
 from lstmpipe.lib.config import SamplingConfig
-from lstmpipe.lib.sources.decode import decode, describe
 from lstmpipe.lib.errors import BadInput
-from lstmpipe.lib.sources.kinds import cube
 from lstmpipe.lib.series import SeriesRef
+from lstmpipe.lib.sources.decode import decode, describe
 from lstmpipe.lib.sources.discover import discover
+from lstmpipe.lib.sources.kinds import cube
 
 SMALL = SamplingConfig(fps=None, size=20, chunk_frames=3)
 DAY = 86400.0
@@ -31,7 +31,12 @@ UTM13N_WKT = (
 )
 # stored out of order: frames must follow the time coordinate, not the file
 DATES = ["2021-03-01", "2021-01-05", "2021-04-20", "2021-02-10"]
-LEVELS = {"2021-01-05": 0.1, "2021-02-10": 0.2, "2021-03-01": 0.3, "2021-04-20": 0.4}  # brighter with time
+LEVELS = {
+    "2021-01-05": 0.1,
+    "2021-02-10": 0.2,
+    "2021-03-01": 0.3,
+    "2021-04-20": 0.4,
+}  # brighter with time
 
 
 def sample_cube() -> xr.Dataset:
@@ -46,8 +51,15 @@ def sample_cube() -> xr.Dataset:
         {
             "red": (("time", "y", "x"), red, {"units": "1", **grid}),
             "nir": (("time", "y", "x"), nir, {"units": "1", **grid}),
-            "crs": ((), np.int32(0), {"grid_mapping_name": "transverse_mercator", "crs_wkt": UTM13N_WKT,
-                                      "spatial_ref": UTM13N_WKT}),
+            "crs": (
+                (),
+                np.int32(0),
+                {
+                    "grid_mapping_name": "transverse_mercator",
+                    "crs_wkt": UTM13N_WKT,
+                    "spatial_ref": UTM13N_WKT,
+                },
+            ),
         },
         coords={
             "time": pd.to_datetime(DATES),
@@ -58,7 +70,9 @@ def sample_cube() -> xr.Dataset:
 
 
 def write_zarr(ds: xr.Dataset, path: Path, **kwargs: object) -> None:
-    with warnings.catch_warnings():  # zarr 3 says consolidated metadata is not in its spec yet: not this test's concern
+    with (
+        warnings.catch_warnings()
+    ):  # zarr 3 says consolidated metadata is not in its spec yet: not this test's concern
         warnings.simplefilter("ignore")
         ds.to_zarr(path, mode="w", **kwargs)
 
@@ -97,23 +111,40 @@ def test_netcdf_cube_is_one_series_in_time_order(root: Path, tmp_path: Path) -> 
     assert frames.shape == (4, 20, 20, 3) and frames.dtype == np.uint8
     assert meta["times"] == sorted(DATES) and meta["frames"] == 4
     assert list(t) == [0.0, 36 * DAY, 55 * DAY, 105 * DAY]
-    assert meta["variables"] == ["red", "nir"] and meta["mode"] == "rg" and not frames[..., 2].any()  # two bands: B black
-    assert np.all(np.diff(frames[..., 0].mean(axis=(1, 2))) > 0)  # red brightens with time, in frame order
+    assert (
+        meta["variables"] == ["red", "nir"] and meta["mode"] == "rg" and not frames[..., 2].any()
+    )  # two bands: B black
+    assert np.all(
+        np.diff(frames[..., 0].mean(axis=(1, 2))) > 0
+    )  # red brightens with time, in frame order
     assert meta["epsg"] == "EPSG:32613" and "UTM zone 13N" in meta["crs"]
-    assert (meta["time_dim"], meta["dims"], meta["width"], meta["height"]) == ("time", ["y", "x"], 30, 20)
+    assert (meta["time_dim"], meta["dims"], meta["width"], meta["height"]) == (
+        "time",
+        ["y", "x"],
+        30,
+        20,
+    )
     february = frames[1]
-    assert not february[:5].any() and february[5:, :, :2].all()  # the cloud is 0 in every channel, the rest shows
+    assert (
+        not february[:5].any() and february[5:, :, :2].all()
+    )  # the cloud is 0 in every channel, the rest shows
 
 
 def test_zarr_store_is_one_series_like_the_netcdf(root: Path, tmp_path: Path) -> None:
     found = discover(root)
     refs = {r.series_id: r for r in found.refs}
-    assert {r.kind for r in found.refs} == {"cube"}  # no file inside a store became a series of another kind
+    assert {r.kind for r in found.refs} == {
+        "cube"
+    }  # no file inside a store became a series of another kind
     nc_frames, nc_t = frames_of(refs["nc/site.nc"], tmp_path)
     for store in ("zarr/site.zarr", "zarr/site_v2.zarr"):
         meta = describe(refs[store], SMALL, tmp_path)
         frames, t = frames_of(refs[store], tmp_path)
-        assert meta["format"] == "zarr" and meta["times"] == sorted(DATES) and meta["epsg"] == "EPSG:32613"
+        assert (
+            meta["format"] == "zarr"
+            and meta["times"] == sorted(DATES)
+            and meta["epsg"] == "EPSG:32613"
+        )
         assert np.array_equal(t, nc_t)
         # Zarr lists variables by name (nir, red): same pixels, channels in that order
         order = [meta["variables"].index(v) for v in ("red", "nir")]
@@ -122,7 +153,9 @@ def test_zarr_store_is_one_series_like_the_netcdf(root: Path, tmp_path: Path) ->
 
 def test_zarr_hash_covers_the_whole_store(root: Path) -> None:
     store = root / "zarr" / "site_v2.zarr"
-    assert (store / ".zattrs").is_file()  # v2 metadata is hidden from the folder walk, yet defines the cube
+    assert (
+        store / ".zattrs"
+    ).is_file()  # v2 metadata is hidden from the folder walk, yet defines the cube
     before = {r.series_id: r.content_hash for r in discover(root).refs}
     assert before == {r.series_id: r.content_hash for r in discover(root).refs}  # stable
     attrs = json.loads((store / ".zattrs").read_text())
@@ -132,7 +165,9 @@ def test_zarr_hash_covers_the_whole_store(root: Path) -> None:
     assert after["nc/site.nc"] == before["nc/site.nc"]
     claimed = cube.claim(root, files_under(root), None)
     assert all(p.suffix == ".nc" or ".zarr" in p.as_posix() for p in claimed.claimed)
-    assert sum(".zarr" in p.as_posix() for p in claimed.claimed) == sum(".zarr" in p.as_posix() for p in files_under(root))
+    assert sum(".zarr" in p.as_posix() for p in claimed.claimed) == sum(
+        ".zarr" in p.as_posix() for p in files_under(root)
+    )
 
 
 def test_bad_cubes_are_failures_naming_the_file(root: Path) -> None:
@@ -140,7 +175,9 @@ def test_bad_cubes_are_failures_naming_the_file(root: Path) -> None:
     failures = {f.series_id: f for f in found.failures}
     assert sorted(failures) == ["nc/still.nc", "nc/text.nc"]
     assert "no time dimension" in failures["nc/still.nc"].reason
-    assert "unreadable NetCDF" in failures["nc/text.nc"].reason and failures["nc/text.nc"].path.endswith("text.nc")
+    assert "unreadable NetCDF" in failures["nc/text.nc"].reason and failures[
+        "nc/text.nc"
+    ].path.endswith("text.nc")
     assert {f.stage for f in found.failures} == {"discover"}
     assert len(found.refs) == 3  # the good cubes are unaffected
 
@@ -150,14 +187,19 @@ def test_chosen_variables_and_repeated_times(tmp_path: Path) -> None:
     sample_cube().to_netcdf(path)
     claim = cube.claim(tmp_path, [path], None, options=cube.CubeOptions(variables=("nir",)))
     assert claim.refs[0].content_hash != cube.claim(tmp_path, [path], None).refs[0].content_hash
-    with cube.open_series(claim.refs[0], SMALL, tmp_path, options=cube.CubeOptions(variables=("nir",))) as series:
+    with cube.open_series(
+        claim.refs[0], SMALL, tmp_path, options=cube.CubeOptions(variables=("nir",))
+    ) as series:
         frames = np.concatenate([c.frames for c in series.chunks])
         assert series.meta["mode"] == "grey" and series.meta["variables"] == ["nir"]
     assert np.array_equal(frames[..., 0], frames[..., 2])
-    with pytest.raises(BadInput, match="'ndvi'"):
-        with cube.open_series(claim.refs[0], SMALL, tmp_path, options=cube.CubeOptions(variables=("ndvi",))):
-            pass
+    with pytest.raises(BadInput, match="'ndvi'"), cube.open_series(
+        claim.refs[0], SMALL, tmp_path, options=cube.CubeOptions(variables=("ndvi",))
+    ):
+        pass
     twice = tmp_path / "twice.nc"
-    sample_cube().assign_coords(time=pd.to_datetime(["2021-01-01"] * 2 + ["2021-01-02"] * 2)).to_netcdf(twice)
+    sample_cube().assign_coords(
+        time=pd.to_datetime(["2021-01-01"] * 2 + ["2021-01-02"] * 2)
+    ).to_netcdf(twice)
     failure = cube.claim(tmp_path, [twice], None).failures[0]
     assert "repeats a time" in failure.reason and failure.series_id == "twice.nc"

@@ -16,20 +16,22 @@ import pytest
 from pydicom.encaps import encapsulate
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import get_decoder
-from pydicom.uid import JPEGLSNearLossless, MPEG2MPML
+from pydicom.uid import MPEG2MPML, JPEGLSNearLossless
 
 from lstmpipe.lib.config import SamplingConfig
-from lstmpipe.lib.sources.decode import decode, describe
 from lstmpipe.lib.errors import BadInput
 from lstmpipe.lib.failures import Failure
+from lstmpipe.lib.series import SeriesRef
+from lstmpipe.lib.sources.decode import decode, describe
+from lstmpipe.lib.sources.discover import discover
 from lstmpipe.lib.sources.hashing import HashMemo
 from lstmpipe.lib.sources.kinds import KINDS, dicom
-from lstmpipe.lib.series import SeriesRef
-from lstmpipe.lib.sources.discover import discover
 from tests.helpers import wheel_data
 
 SMALL = SamplingConfig(fps=None, size=32, chunk_frames=8)
-Found = tuple[dict[str, SeriesRef], list[Failure]]  # discovery of the shared root: refs by series_id, failures
+Found = tuple[
+    dict[str, SeriesRef], list[Failure]
+]  # discovery of the shared root: refs by series_id, failures
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +54,12 @@ def nib_data() -> Path:
 
 
 @pytest.fixture(scope="module")
-def root(tmp_path_factory: pytest.TempPathFactory, pydicom_files: Path, pydicom_data: Path, nib_data: Path) -> Path:
+def root(
+    tmp_path_factory: pytest.TempPathFactory,
+    pydicom_files: Path,
+    pydicom_data: Path,
+    nib_data: Path,
+) -> Path:
     """A source root: the dicomdirtests tree, multi-frame files, nibabel's pair, and bad inputs beside them."""
     root = tmp_path_factory.mktemp("dicom") / "source"
     shutil.copytree(pydicom_files / "dicomdirtests", root / "tree")
@@ -65,7 +72,9 @@ def root(tmp_path_factory: pytest.TempPathFactory, pydicom_files: Path, pydicom_
         shutil.copy(nib_data / name, root / "nib" / "pair" / name)
     (root / "bad" / "cut").mkdir(parents=True)
     shutil.copy(pydicom_files / "MR_truncated.dcm", root / "bad" / "cut" / "MR_truncated.dcm")
-    shutil.copy(pydicom_files / "CT_small.dcm", root / "bad" / "ct.dcm")  # a good series beside the bad ones
+    shutil.copy(
+        pydicom_files / "CT_small.dcm", root / "bad" / "ct.dcm"
+    )  # a good series beside the bad ones
     no_pixels = pydicom.dcmread(pydicom_files / "CT_small.dcm")
     no_pixels.SeriesInstanceUID = pydicom.uid.generate_uid()
     del no_pixels.PixelData
@@ -77,7 +86,9 @@ def root(tmp_path_factory: pytest.TempPathFactory, pydicom_files: Path, pydicom_
         ds.Rows = rows
         ds.PixelData = ds.PixelData[: rows * ds.Columns * 2]
         ds.save_as(root / "bad" / "mixed" / name)
-    (root / "one-view").mkdir()  # MR700 with its orientations made to agree: it passes the geometry check,
+    (
+        root / "one-view"
+    ).mkdir()  # MR700 with its orientations made to agree: it passes the geometry check,
     first_view = None  # and its files, named out of instance order, test the ordering
     for path in sorted((pydicom_files / "dicomdirtests" / "98892003" / "MR700").iterdir()):
         ds = pydicom.dcmread(path)
@@ -126,7 +137,9 @@ def test_dicomdir_tree_is_one_series_per_series_instance_uid(root: Path, found: 
     refs, failures = found
     with_pixels: dict[str, list[int]] = {}
     without_pixels: set[str] = set()
-    for path in sorted((root / "tree").rglob("*")):  # counted with pydicom alone, pixel data and all
+    for path in sorted(
+        (root / "tree").rglob("*")
+    ):  # counted with pydicom alone, pixel data and all
         try:
             ds = pydicom.dcmread(path)
         except (InvalidDicomError, IsADirectoryError):
@@ -138,15 +151,23 @@ def test_dicomdir_tree_is_one_series_per_series_instance_uid(root: Path, found: 
         else:
             without_pixels.add(ds.SeriesInstanceUID)
     tree = {sid: r for sid, r in refs.items() if sid.startswith("tree/")}
-    mixed_views = {f.series_id.rsplit("/", 1)[1]: f for f in failures if "image orientations" in f.reason}
-    assert len(with_pixels) == 13 and len(mixed_views) == 4  # two 3-plane pilots, a 2-plane scout, a rotating MIP
-    assert sorted(r.meta["series_uid"] for r in tree.values()) == sorted(set(with_pixels) - set(mixed_views))
+    mixed_views = {
+        f.series_id.rsplit("/", 1)[1]: f for f in failures if "image orientations" in f.reason
+    }
+    assert (
+        len(with_pixels) == 13 and len(mixed_views) == 4
+    )  # two 3-plane pilots, a 2-plane scout, a rotating MIP
+    assert sorted(r.meta["series_uid"] for r in tree.values()) == sorted(
+        set(with_pixels) - set(mixed_views)
+    )
     for sid, ref in tree.items():
         uid = ref.meta["series_uid"]
         assert sid.endswith("/" + uid) and ref.kind == "dicom" and ref.partition == "tree"
         assert ref.meta["instances"] == ref.meta["frames"] == len(with_pixels[uid])
-        numbers = [int(pydicom.dcmread(Path(ref.meta["root"]) / f, stop_before_pixels=True).InstanceNumber)
-                   for f in ref.meta["files"]]
+        numbers = [
+            int(pydicom.dcmread(Path(ref.meta["root"]) / f, stop_before_pixels=True).InstanceNumber)
+            for f in ref.meta["files"]
+        ]
         assert numbers == sorted(with_pixels[uid])
     # TINY_ALPHA's 50 files are headers without pixels: one failure for the series, not 50
     (tiny,) = [f for f in failures if f.series_id.startswith("tree/TINY_ALPHA/")]
@@ -158,7 +179,10 @@ def test_a_series_mixing_views_is_refused_with_its_files_named(found: Found) -> 
     """A multi-plane localizer is three views in one series, not one sequence: a recorded failure."""
     pilots = [f for f in found[1] if "98892003/MR2/" in f.series_id and "orientations" in f.reason]
     assert len(pilots) == 2
-    assert all("series mixes 3 image orientations" in f.reason and "tree/98892003/MR2/" in f.reason for f in pilots)
+    assert all(
+        "series mixes 3 image orientations" in f.reason and "tree/98892003/MR2/" in f.reason
+        for f in pilots
+    )
     rotation = failure_of(found[1], "MR700")
     assert "mixes 7 image orientations" in rotation.reason and rotation.stage == "discover"
 
@@ -168,12 +192,18 @@ def test_frames_come_in_instance_number_order(found: Found) -> None:
     ref = series_of(found[0], "one-view/")
     assert ref.meta["order"] == "InstanceNumber" and ref.meta["instances"] == 7
     root = Path(ref.meta["root"])
-    by_number = sorted((int(ds.InstanceNumber), ds.pixel_array.astype(float).mean())
-                       for ds in (pydicom.dcmread(root / f) for f in sorted(ref.meta["files"])))
-    frames, t = decoded(ref, SamplingConfig(fps=None, size=16, chunk_frames=3))  # native 16x16: no resampling
+    by_number = sorted(
+        (int(ds.InstanceNumber), ds.pixel_array.astype(float).mean())
+        for ds in (pydicom.dcmread(root / f) for f in sorted(ref.meta["files"]))
+    )
+    frames, t = decoded(
+        ref, SamplingConfig(fps=None, size=16, chunk_frames=3)
+    )  # native 16x16: no resampling
     assert frames.shape == (7, 16, 16, 3)
     means = frames[..., 0].astype(float).mean(axis=(1, 2))
-    assert np.corrcoef(means, [m for _, m in by_number])[0, 1] > 0.99  # one linear window for the whole series
+    assert (
+        np.corrcoef(means, [m for _, m in by_number])[0, 1] > 0.99
+    )  # one linear window for the whole series
     assert t.tolist() == list(range(7))  # no acquisition times that increase: the frame index
 
 
@@ -196,10 +226,14 @@ def test_multiframe_mr_and_rle(found: Found) -> None:
     emri = found[0]["multi/emri_small.dcm"]
     frames, t = decoded(emri)
     assert frames.shape == (10, 32, 32, 3) and t.tolist() == list(range(10))
-    assert emri.meta["window"] is None and 0 < frames.mean() < 255  # no window in the file: percentiles
+    assert (
+        emri.meta["window"] is None and 0 < frames.mean() < 255
+    )  # no window in the file: percentiles
     rle = found[0]["multi/SC_rgb_rle_2frame.dcm"]
     frames, _ = decoded(rle)
-    assert frames.shape == (2, 32, 32, 3) and len(np.unique(frames.reshape(-1, 3), axis=0)) > 2  # colour kept
+    assert (
+        frames.shape == (2, 32, 32, 3) and len(np.unique(frames.reshape(-1, 3), axis=0)) > 2
+    )  # colour kept
 
 
 def test_nibabel_pair_is_one_series(found: Found) -> None:
@@ -207,7 +241,10 @@ def test_nibabel_pair_is_one_series(found: Found) -> None:
     assert ref.label == "nib" and ref.meta["files"] == ["nib/pair/0.dcm", "nib/pair/1.dcm"]
     assert ref.meta["window"] == [468.0, 1016.0] and ref.meta["pixel_spacing"] is not None
     frames, t = decoded(ref)
-    assert frames.shape == (2, 32, 32, 3) and t.tolist() == [0.0, 1.0]  # equal acquisition times: the index
+    assert frames.shape == (2, 32, 32, 3) and t.tolist() == [
+        0.0,
+        1.0,
+    ]  # equal acquisition times: the index
 
 
 def test_bad_inputs_are_recorded_and_the_rest_goes_on(found: Found) -> None:
@@ -216,13 +253,19 @@ def test_bad_inputs_are_recorded_and_the_rest_goes_on(found: Found) -> None:
     assert truncated.stage == "discover" and "truncated" in truncated.reason
     assert "no pixel data" in failure_of(failures, "no_pixels.dcm").reason
     mixed = failure_of(failures, "mixed/a.dcm")
-    assert "mixes image sizes" in mixed.reason and "128x128" in mixed.reason and "64x128" in mixed.reason
+    assert (
+        "mixes image sizes" in mixed.reason
+        and "128x128" in mixed.reason
+        and "64x128" in mixed.reason
+    )
     spacing = failure_of(failures, "spacing/a.dcm")
     assert "mixes 2 pixel spacings" in spacing.reason and "[0.7, 0.7]" in spacing.reason
     assert failure_of(failures, "empty.dcm").reason.endswith("empty file")
     assert "not a readable DICOM file" in failure_of(failures, "text.dcm").reason
     assert len(failures) == 11  # the six above, TINY_ALPHA and the tree's four series mixing views
-    assert not any("Anonymized" in f"{f.series_id} {f.reason}" for f in failures)  # no patient names
+    assert not any(
+        "Anonymized" in f"{f.series_id} {f.reason}" for f in failures
+    )  # no patient names
     ct = series_of(refs, "bad/1.3.6.1.4.1.5962.1.3.1.1.20040119072730.12322")
     frames, _ = decoded(ct)
     assert frames.shape == (1, 32, 32, 3)
@@ -230,7 +273,9 @@ def test_bad_inputs_are_recorded_and_the_rest_goes_on(found: Found) -> None:
 
 def test_everything_through_discover_and_decode(found: Found) -> None:
     refs, _ = found
-    assert len(refs) == 9 + 3 + 1 + 1 + 1  # the tree's one-view series, three multi-frame files, nibabel's pair,
+    assert (
+        len(refs) == 9 + 3 + 1 + 1 + 1
+    )  # the tree's one-view series, three multi-frame files, nibabel's pair,
     # the CT beside the bad ones, MR700 made one view
     for ref in refs.values():
         frames, t = decoded(SeriesRef.from_dict(ref.to_dict()))  # as a task receives it
@@ -246,7 +291,9 @@ def test_content_hash_is_stable_and_follows_the_bytes(root: Path, tmp_path: Path
     assert first == {r.series_id: r.content_hash for r in discover(root / "nib", memo=memo).refs}
     copy = tmp_path / "nib"
     shutil.copytree(root / "nib", copy)
-    assert set(first.values()) == {r.content_hash for r in discover(copy).refs}  # the bytes, not the place
+    assert set(first.values()) == {
+        r.content_hash for r in discover(copy).refs
+    }  # the bytes, not the place
     ds = pydicom.dcmread(copy / "pair" / "1.dcm")
     ds.WindowWidth = 500
     ds.save_as(copy / "pair" / "1.dcm")
@@ -269,11 +316,25 @@ def ct_copies(pydicom_files: Path, folder: Path, edits: list[dict[str, object]])
 
 def test_order_falls_back_to_time_then_slice_position(pydicom_files: Path, tmp_path: Path) -> None:
     unnumbered = {"InstanceNumber": None, "ContentTime": None}
-    ct_copies(pydicom_files, tmp_path / "cls" / "timed",
-              [{**unnumbered, "AcquisitionTime": time} for time in ("120010.5", "120000", "120005")])
-    ct_copies(pydicom_files, tmp_path / "cls" / "stacked",
-              [{**unnumbered, "AcquisitionTime": None, "SeriesInstanceUID": "1.2.3.4",
-                "ImageOrientationPatient": [1, 0, 0, 0, 1, 0], "ImagePositionPatient": [0, 0, z]} for z in (5, -5, 0)])
+    ct_copies(
+        pydicom_files,
+        tmp_path / "cls" / "timed",
+        [{**unnumbered, "AcquisitionTime": time} for time in ("120010.5", "120000", "120005")],
+    )
+    ct_copies(
+        pydicom_files,
+        tmp_path / "cls" / "stacked",
+        [
+            {
+                **unnumbered,
+                "AcquisitionTime": None,
+                "SeriesInstanceUID": "1.2.3.4",
+                "ImageOrientationPatient": [1, 0, 0, 0, 1, 0],
+                "ImagePositionPatient": [0, 0, z],
+            }
+            for z in (5, -5, 0)
+        ],
+    )
     refs = {r.meta["order"]: r for r in discover(tmp_path).refs}
     timed, stacked = refs["AcquisitionTime"], refs["ImagePositionPatient"]
     assert timed.meta["files"] == ["cls/timed/1.dcm", "cls/timed/2.dcm", "cls/timed/0.dcm"]
@@ -285,8 +346,11 @@ def test_order_falls_back_to_time_then_slice_position(pydicom_files: Path, tmp_p
 def test_rescale_window_and_monochrome1(pydicom_files: Path, tmp_path: Path) -> None:
     """CT_small (intercept -1024) under a soft-tissue window; MONOCHROME1 is its negative."""
     ct_copies(pydicom_files, tmp_path / "m2", [{"WindowCenter": 40, "WindowWidth": 400}])
-    ct_copies(pydicom_files, tmp_path / "m1", [{"WindowCenter": 40, "WindowWidth": 400,
-                                                 "PhotometricInterpretation": "MONOCHROME1"}])
+    ct_copies(
+        pydicom_files,
+        tmp_path / "m1",
+        [{"WindowCenter": 40, "WindowWidth": 400, "PhotometricInterpretation": "MONOCHROME1"}],
+    )
     (m2,) = discover(tmp_path / "m2").refs
     (m1,) = discover(tmp_path / "m1").refs
     size = SamplingConfig(fps=None, size=128)  # CT_small is 128x128: frames as stored
@@ -297,7 +361,9 @@ def test_rescale_window_and_monochrome1(pydicom_files: Path, tmp_path: Path) -> 
     assert np.abs(grey[0, ..., 0].astype(int) - expected).max() <= 1
 
 
-def test_compressed_without_a_decoder_is_a_clear_decode_failure(pydicom_files: Path, tmp_path: Path) -> None:
+def test_compressed_without_a_decoder_is_a_clear_decode_failure(
+    pydicom_files: Path, tmp_path: Path
+) -> None:
     ds = pydicom.dcmread(pydicom_files / "CT_small.dcm")
     ds.file_meta.TransferSyntaxUID = MPEG2MPML
     ds.PixelData = encapsulate([b"\x00\x00\x01\xb3" + bytes(60)])
@@ -319,8 +385,14 @@ def test_jpeg_ls_decodes_where_a_plugin_is_installed(pydicom_files: Path, tmp_pa
 
 
 def test_files_other_kinds_may_want_are_left_alone(pydicom_files: Path, tmp_path: Path) -> None:
-    shutil.copy(pydicom_files / "CT_small.dcm", tmp_path / "1.2.840.113619.2.55")  # named by its UID, no .dcm
+    shutil.copy(
+        pydicom_files / "CT_small.dcm", tmp_path / "1.2.840.113619.2.55"
+    )  # named by its UID, no .dcm
     (tmp_path / "notes").write_text("README")
     (tmp_path / "clip.mp4").write_bytes(b"\x00" * 200)
     found = dicom.claim(tmp_path, sorted(tmp_path.iterdir()), None)
-    assert found.claimed == {tmp_path / "1.2.840.113619.2.55"} and len(found.refs) == 1 and not found.failures
+    assert (
+        found.claimed == {tmp_path / "1.2.840.113619.2.55"}
+        and len(found.refs) == 1
+        and not found.failures
+    )

@@ -13,12 +13,9 @@ import pytest
 import tifffile
 from pydicom.uid import UID, MRImageStorage
 
-from lstmpipe.lib.demo import geo as samples_geo
-
-from lstmpipe.lib.demo import medical as samples_medical
 from lstmpipe.lib.config import SamplingConfig
-from lstmpipe.lib.sources.decode import decode, describe
-from lstmpipe.lib.errors import ConfigError
+from lstmpipe.lib.demo import geo as samples_geo
+from lstmpipe.lib.demo import medical as samples_medical
 from lstmpipe.lib.demo.geo import (
     acquisition_days,
     draw_field,
@@ -33,6 +30,8 @@ from lstmpipe.lib.demo.medical import (
     generate_medical,
     render_series,
 )
+from lstmpipe.lib.errors import ConfigError
+from lstmpipe.lib.sources.decode import decode, describe
 from lstmpipe.lib.sources.discover import discover
 
 MEDICAL = {"clips_per_class": 2, "seed": 3, "size": 32, "frames": 10}
@@ -52,7 +51,9 @@ def geo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def hashes(root: Path) -> dict[str, str]:
     files = [p for p in root.rglob("*") if p.is_file()]
-    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+    return {
+        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() for p in files
+    }
 
 
 def read_labels(root: Path) -> dict[str, str]:
@@ -88,12 +89,15 @@ def test_rerun_rewrites_nothing_and_new_args_regenerate(make, args: dict, tmp_pa
     assert set(hashes(root)) >= {"labels.csv", ".sample-spec.json"} and hashes(root) != first
 
 
-@pytest.mark.parametrize(("make", "args", "key"), [
-    (generate_medical, {**MEDICAL, "clips_per_class": 0}, "clips_per_class"),
-    (generate_medical, {**MEDICAL, "frames": 1}, "frames"),
-    (generate_geo, {**GEO, "dates": 400}, "dates"),
-    (generate_geo, {**GEO, "size": 4}, "size"),
-])
+@pytest.mark.parametrize(
+    ("make", "args", "key"),
+    [
+        (generate_medical, {**MEDICAL, "clips_per_class": 0}, "clips_per_class"),
+        (generate_medical, {**MEDICAL, "frames": 1}, "frames"),
+        (generate_geo, {**GEO, "dates": 400}, "dates"),
+        (generate_geo, {**GEO, "size": 4}, "size"),
+    ],
+)
 def test_bad_arguments_name_the_key(make, args: dict, key: str, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=key):
         make(tmp_path, **args)
@@ -126,9 +130,16 @@ def test_medical_files_carry_uids_timing_and_geometry(medical: Path) -> None:
         assert first.SOPClassUID == MRImageStorage == first.file_meta.MediaStorageSOPClassUID
         assert first.Modality == "MR" and str(first.PatientName) == "Anon^Sample"
         assert [float(v) for v in first.PixelSpacing] == [10.0, 10.0]  # 320 mm over 32 px
-        assert list(first.ImageOrientationPatient) == [1, 0, 0, 0, 1, 0] and len(first.ImagePositionPatient) == 3
+        assert (
+            list(first.ImageOrientationPatient) == [1, 0, 0, 0, 1, 0]
+            and len(first.ImagePositionPatient) == 3
+        )
         assert first.PhotometricInterpretation == "MONOCHROME2" and first.BitsStored == 12
-        for uid in (first.StudyInstanceUID, first.SeriesInstanceUID, *(ds.SOPInstanceUID for ds in sets)):
+        for uid in (
+            first.StudyInstanceUID,
+            first.SeriesInstanceUID,
+            *(ds.SOPInstanceUID for ds in sets),
+        ):
             assert UID(uid).is_valid
         assert len({ds.SOPInstanceUID for ds in sets}) == len(sets)
         assert {ds.SeriesInstanceUID for ds in sets} == {first.SeriesInstanceUID}
@@ -139,32 +150,48 @@ def test_medical_files_carry_uids_timing_and_geometry(medical: Path) -> None:
         assert pixels.dtype == np.uint16 and pixels.shape == (32, 32) and pixels.max() < 4096
         series_uids.add(first.SeriesInstanceUID)
         study_uids.add(first.StudyInstanceUID)
-    assert len(series_uids) == len(study_uids) == len(samples_medical.CLASSES) * MEDICAL["clips_per_class"]
+    assert (
+        len(series_uids)
+        == len(study_uids)
+        == len(samples_medical.CLASSES) * MEDICAL["clips_per_class"]
+    )
 
 
 def beat_lengths(phase: np.ndarray) -> np.ndarray:
     """Frames between successive beat starts (where the phase crosses an integer)."""
     beats = np.floor(phase)
     starts = np.flatnonzero(np.diff(beats)) + 1
-    fractions = (np.ceil(phase[starts - 1]) - phase[starts - 1]) / (phase[starts] - phase[starts - 1])
+    fractions = (np.ceil(phase[starts - 1]) - phase[starts - 1]) / (
+        phase[starts] - phase[starts - 1]
+    )
     return np.diff(starts - 1 + fractions)
 
 
 @pytest.mark.parametrize("index", range(6))
 def test_medical_classes_differ_in_rhythm_not_in_amplitude(index: int) -> None:
     draw = draw_beat(np.random.default_rng([0, 0, index]))
-    phases = {label: beat_phase(label, draw, 120, np.random.default_rng([0, 1, index])) for label in samples_medical.CLASSES}
+    phases = {
+        label: beat_phase(label, draw, 120, np.random.default_rng([0, 1, index]))
+        for label in samples_medical.CLASSES
+    }
     regular, irregular = beat_lengths(phases["regular"]), beat_lengths(phases["irregular"])
     assert np.allclose(regular, draw.period)  # one period throughout
     assert irregular.std() > 0.15 * draw.period  # beats of varied length
     short = irregular < draw.period
     assert np.all(short[1:] != short[:-1])  # bigeminy: premature beat, compensatory pause, in turn
-    assert np.all(irregular[short] < 0.7 * draw.period) and np.all(irregular[~short] > 1.25 * draw.period)
-    frames = {label: render_series(label, draw, phases[label], 48).astype(float) for label in samples_medical.CLASSES}
+    assert np.all(irregular[short] < 0.7 * draw.period) and np.all(
+        irregular[~short] > 1.25 * draw.period
+    )
+    frames = {
+        label: render_series(label, draw, phases[label], 48).astype(float)
+        for label in samples_medical.CLASSES
+    }
     means = {label: f.mean(axis=0) for label, f in frames.items()}  # what frame averaging sees
     spread = frames["regular"].std(axis=0).mean()
     assert np.abs(means["regular"] - means["irregular"]).mean() < 0.25 * spread
-    sums = {label: f.sum(axis=(1, 2)) for label, f in frames.items()}  # disc area per frame: same range
+    sums = {
+        label: f.sum(axis=(1, 2)) for label, f in frames.items()
+    }  # disc area per frame: same range
     assert abs(sums["regular"].min() - sums["irregular"].min()) < 0.05 * np.ptp(sums["regular"])
     assert abs(sums["regular"].max() - sums["irregular"].max()) < 0.1 * np.ptp(sums["regular"])
 
@@ -184,9 +211,14 @@ def test_geo_discovered_as_labelled_geotiff_stacks(geo: Path, tmp_path: Path) ->
         assert meta["layout"] == "product" and meta["crs"] == "EPSG:32613"
         assert meta["available_bands"] == ["b3", "b4", "b5"] and meta["mask_band"] == "fmask"
         assert len(meta["dates"]) == GEO["dates"] and meta["dropped_dates"] == []
-        assert all(d.startswith("2025-") for d in meta["dates"]) and meta["dates"] == sorted(meta["dates"])
+        assert all(d.startswith("2025-") for d in meta["dates"]) and meta["dates"] == sorted(
+            meta["dates"]
+        )
         left, bottom, right, top = meta["bounds"]
-        assert meta["geotransform"][1] == samples_geo.PIXEL_M and meta["geotransform"][5] == -samples_geo.PIXEL_M
+        assert (
+            meta["geotransform"][1] == samples_geo.PIXEL_M
+            and meta["geotransform"][5] == -samples_geo.PIXEL_M
+        )
         assert (right - left, top - bottom) == (GEO["size"] * samples_geo.PIXEL_M,) * 2
         footprints.add(tuple(meta["bounds"]))
         assert frames_of(ref, tmp_path).shape == (GEO["dates"], 16, 16, 3)
@@ -211,7 +243,14 @@ def test_geo_classes_differ_in_season_timing_not_mean(index: int) -> None:
     curves = {label: greenness(label, draw, days) for label in samples_geo.CLASSES}
     early, late = (days[int(np.argmax(curves[label]))] for label in samples_geo.CLASSES)
     assert late - early > 50
-    assert abs(curves["crop_early"].mean() - curves["crop_late"].mean()) < 0.02 * curves["crop_early"].max()
-    tiles = {label: render_tile(label, draw, days, 16)[0].astype(float) for label in samples_geo.CLASSES}
+    assert (
+        abs(curves["crop_early"].mean() - curves["crop_late"].mean())
+        < 0.02 * curves["crop_early"].max()
+    )
+    tiles = {
+        label: render_tile(label, draw, days, 16)[0].astype(float) for label in samples_geo.CLASSES
+    }
     nir = {label: np.where(t == -9999, np.nan, t)[:, 1] for label, t in tiles.items()}
-    assert abs(np.nanmean(nir["crop_early"]) - np.nanmean(nir["crop_late"])) < 0.05 * np.nanstd(nir["crop_early"])
+    assert abs(np.nanmean(nir["crop_early"]) - np.nanmean(nir["crop_late"])) < 0.05 * np.nanstd(
+        nir["crop_early"]
+    )

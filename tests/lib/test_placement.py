@@ -18,7 +18,9 @@ def test_gpu_cluster_decodes_in_tasks_on_the_cpus_the_actors_leave() -> None:
 
 
 def test_small_backbones_share_a_gpu() -> None:
-    assert placement(RuntimeConfig(gpus_per_worker=0.5), {"CPU": 16.0, "GPU": 2.0}) == Placement(4, 1.0, 0.5, 1.0)
+    assert placement(RuntimeConfig(gpus_per_worker=0.5), {"CPU": 16.0, "GPU": 2.0}) == Placement(
+        4, 1.0, 0.5, 1.0
+    )
 
 
 def test_decode_tasks_on_cpus_keep_cpus_free_for_them() -> None:
@@ -33,13 +35,19 @@ def test_no_cpu_left_for_a_decode_task_means_decoding_in_the_actor() -> None:
 
 
 def test_a_decode_task_never_asks_for_more_than_is_left() -> None:
-    assert placement(RuntimeConfig(decode_on="tasks", decode_cpus=2.0), {"CPU": 2.5}).decode_cpus == 1.5
+    assert (
+        placement(RuntimeConfig(decode_on="tasks", decode_cpus=2.0), {"CPU": 2.5}).decode_cpus
+        == 1.5
+    )
 
 
-@pytest.mark.parametrize("runtime, message", [
-    (RuntimeConfig(decode_on="gpu"), "runtime.decode_on"),
-    (RuntimeConfig(gpus_per_worker=1.5), "runtime.gpus_per_worker"),
-])
+@pytest.mark.parametrize(
+    "runtime, message",
+    [
+        (RuntimeConfig(decode_on="gpu"), "runtime.decode_on"),
+        (RuntimeConfig(gpus_per_worker=1.5), "runtime.gpus_per_worker"),
+    ],
+)
 def test_bad_values_name_the_key(runtime: RuntimeConfig, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         placement(runtime, {"CPU": 8.0, "GPU": 1.0})

@@ -8,12 +8,21 @@ from pathlib import Path
 import numpy as np
 
 from lstmpipe.lib.features.cache import FeatureCache, SeriesFeatures
-from lstmpipe.lib.ops.plan import plan
 from lstmpipe.lib.features.recipe import FeatureRecipe
+from lstmpipe.lib.ops.plan import plan
 from lstmpipe.lib.series import SeriesRef
 
-RECIPE = FeatureRecipe(decoder="ffmpeg 9", fps=4.0, num_frames=None, size=64, backbone="resnet18",
-                       weights="none(seed=0)", weights_digest="random-seed-0", precision="fp32", feature_dim=4)
+RECIPE = FeatureRecipe(
+    decoder="ffmpeg 9",
+    fps=4.0,
+    num_frames=None,
+    size=64,
+    backbone="resnet18",
+    weights="none(seed=0)",
+    weights_digest="random-seed-0",
+    precision="fp32",
+    feature_dim=4,
+)
 
 
 def ref(name: str, digest: str) -> SeriesRef:
@@ -23,7 +32,10 @@ def ref(name: str, digest: str) -> SeriesRef:
 def test_plan_says_what_is_cached_and_why_the_rest_is_not(tmp_path: Path) -> None:
     cache = FeatureCache(tmp_path)
     cache.add_recipe(RECIPE)
-    cache.write(RECIPE.recipe_id, [SeriesFeatures("a.mp4", "h-a", np.zeros((3, 4), np.float32), np.arange(3.0))])
+    cache.write(
+        RECIPE.recipe_id,
+        [SeriesFeatures("a.mp4", "h-a", np.zeros((3, 4), np.float32), np.arange(3.0))],
+    )
     refs = [ref("a.mp4", "h-a"), ref("b.mp4", "h-b")]
 
     same = plan(refs, RECIPE, cache)
@@ -34,4 +46,7 @@ def test_plan_says_what_is_cached_and_why_the_rest_is_not(tmp_path: Path) -> Non
     bigger = dataclasses.replace(RECIPE, size=96)
     changed = {row["series_id"]: row for row in plan(refs, bigger, cache)["per_series"]}
     assert changed["a.mp4"]["action"] == "compute"
-    assert changed["a.mp4"]["reason"] == f"recipe changed: cached under {RECIPE.recipe_id}, which differs in size"
+    assert (
+        changed["a.mp4"]["reason"]
+        == f"recipe changed: cached under {RECIPE.recipe_id}, which differs in size"
+    )

@@ -18,17 +18,33 @@ import pytest
 import torch
 import torchvision
 
-from lstmpipe.lib.features.backbone import Backbone, WeightsSource, cpu_has_fast_bf16, resolve_optimize, resolve_precision, resolve_weights
 from lstmpipe.lib.config import BackboneConfig, Config, SamplingConfig, load_config
 from lstmpipe.lib.errors import ConfigError
+from lstmpipe.lib.features.backbone import (
+    Backbone,
+    WeightsSource,
+    cpu_has_fast_bf16,
+    resolve_optimize,
+    resolve_precision,
+    resolve_weights,
+)
 from lstmpipe.lib.features.build import check_recipe, load_backbone, recipe_key
 from lstmpipe.lib.features.recipe import FeatureRecipe, make_recipe
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-RECIPE = FeatureRecipe(decoder="ffmpeg 7.1", fps=4.0, num_frames=None, size=64, backbone="resnet18",
-                       weights="none(seed=0)", weights_digest="random-seed-0", precision="fp32", feature_dim=512,
-                       sources='{"nifti_view":"middle"}')
+RECIPE = FeatureRecipe(
+    decoder="ffmpeg 7.1",
+    fps=4.0,
+    num_frames=None,
+    size=64,
+    backbone="resnet18",
+    weights="none(seed=0)",
+    weights_digest="random-seed-0",
+    precision="fp32",
+    feature_dim=512,
+    sources='{"nifti_view":"middle"}',
+)
 
 
 @pytest.fixture(scope="module")
@@ -36,14 +52,17 @@ def frames() -> np.ndarray:
     """Six 64 px RGB frames with structure (gradients and a square), not just noise."""
     rng = np.random.default_rng(0)
     ramp = np.linspace(0, 255, 64)
-    base = np.stack([np.add.outer(ramp, ramp) / 2, np.tile(ramp, (64, 1)), np.tile(ramp[:, None], (1, 64))], -1)
+    base = np.stack(
+        [np.add.outer(ramp, ramp) / 2, np.tile(ramp, (64, 1)), np.tile(ramp[:, None], (1, 64))], -1
+    )
     out = np.repeat(base[None], 6, axis=0) + rng.normal(0, 20, (6, 64, 64, 3))
     for i in range(6):
-        out[i, 8 + 4 * i:30 + 4 * i, 10:40] = 255 - 30 * i
+        out[i, 8 + 4 * i : 30 + 4 * i, 10:40] = 255 - 30 * i
     return np.clip(out, 0, 255).astype(np.uint8)
 
 
 # -- recipe ---------------------------------------------------------------------------------------
+
 
 def test_recipe_id_is_stable_across_processes_and_versions() -> None:
     """Pinned: changing how the id is computed silently orphans every cache entry ever written."""
@@ -52,9 +71,17 @@ def test_recipe_id_is_stable_across_processes_and_versions() -> None:
 
 
 CHANGES = [
-    {"fps": 8.0}, {"fps": None}, {"num_frames": 16}, {"size": 96}, {"backbone": "resnet34"},
-    {"weights": "IMAGENET1K_V1"}, {"weights_digest": "random-seed-1"}, {"precision": "bf16"},
-    {"decoder": "ffmpeg 7.2"}, {"feature_dim": 256}, {"sources": '{"nifti_view":"mip"}'},
+    {"fps": 8.0},
+    {"fps": None},
+    {"num_frames": 16},
+    {"size": 96},
+    {"backbone": "resnet34"},
+    {"weights": "IMAGENET1K_V1"},
+    {"weights_digest": "random-seed-1"},
+    {"precision": "bf16"},
+    {"decoder": "ffmpeg 7.2"},
+    {"feature_dim": 256},
+    {"sources": '{"nifti_view":"mip"}'},
     {"feature_dtype": "float16"},
 ]
 
@@ -66,7 +93,9 @@ def test_recipe_id_changes_when_any_field_changes(change: dict) -> None:
 
 def test_every_recipe_field_is_covered_by_a_change() -> None:
     """A field added to the recipe without a case above could silently stop changing the key."""
-    assert {key for change in CHANGES for key in change} == {f.name for f in dataclasses.fields(FeatureRecipe)}
+    assert {key for change in CHANGES for key in change} == {
+        f.name for f in dataclasses.fields(FeatureRecipe)
+    }
 
 
 def test_recipe_round_trips_and_detects_tampering() -> None:
@@ -75,27 +104,37 @@ def test_recipe_round_trips_and_detects_tampering() -> None:
     assert FeatureRecipe.from_dict(data) == RECIPE
     assert FeatureRecipe.from_dict({k: v for k, v in data.items() if k != "recipe_id"}) == RECIPE
     with pytest.raises(ValueError, match=RECIPE.recipe_id):
-        FeatureRecipe.from_dict({**data, "size": 96})  # fields edited, id kept: not the recipe it claims
+        FeatureRecipe.from_dict(
+            {**data, "size": 96}
+        )  # fields edited, id kept: not the recipe it claims
 
 
 def test_recipe_gives_back_the_sampling_and_backbone_that_make_it() -> None:
     base_sampling = SamplingConfig(fps=1.0, size=224, chunk_frames=5, timeout_s=7.0)
-    assert RECIPE.sampling(base_sampling) == SamplingConfig(fps=4.0, num_frames=None, size=64, chunk_frames=5,
-                                                           timeout_s=7.0)
+    assert RECIPE.sampling(base_sampling) == SamplingConfig(
+        fps=4.0, num_frames=None, size=64, chunk_frames=5, timeout_s=7.0
+    )
     seeded = dataclasses.replace(RECIPE, weights="none(seed=12)")
     base = BackboneConfig(name="resnet50", weights="DEFAULT", batch_size=9, seed=0)
-    assert seeded.backbone_config(base) == BackboneConfig("resnet18", "none", "fp32", batch_size=9, seed=12)
+    assert seeded.backbone_config(base) == BackboneConfig(
+        "resnet18", "none", "fp32", batch_size=9, seed=12
+    )
     named = dataclasses.replace(RECIPE, weights="IMAGENET1K_V1")
     assert named.backbone_config(base).weights == "IMAGENET1K_V1"
     from_file = dataclasses.replace(RECIPE, weights="file:mine.pth")
-    assert from_file.backbone_config(dataclasses.replace(base, weights="/w/mine.pth")).weights == "/w/mine.pth"
+    assert (
+        from_file.backbone_config(dataclasses.replace(base, weights="/w/mine.pth")).weights
+        == "/w/mine.pth"
+    )
 
 
 # -- weights --------------------------------------------------------------------------------------
 
+
 def test_none_weights_are_a_labelled_seed(torch_hub_dir: Path) -> None:
-    assert resolve_weights(BackboneConfig(weights="none", seed=3), torch_hub_dir) == \
-        WeightsSource("none(seed=3)", "random-seed-3", None)
+    assert resolve_weights(BackboneConfig(weights="none", seed=3), torch_hub_dir) == WeightsSource(
+        "none(seed=3)", "random-seed-3", None
+    )
     assert resolve_weights(BackboneConfig(weights="None"), torch_hub_dir).label == "none(seed=0)"
 
 
@@ -103,7 +142,9 @@ def test_weights_file_is_identified_by_its_digest(tmp_path: Path, torch_hub_dir:
     path = tmp_path / "mine.pth"
     torch.save({"w": torch.arange(10.0)}, path)
     source = resolve_weights(BackboneConfig(weights=str(path)), torch_hub_dir)
-    assert source == WeightsSource("file:mine.pth", hashlib.blake2b(path.read_bytes(), digest_size=16).hexdigest(), path)
+    assert source == WeightsSource(
+        "file:mine.pth", hashlib.blake2b(path.read_bytes(), digest_size=16).hexdigest(), path
+    )
     torch.save({"w": torch.arange(10.0) + 1}, path)
     assert resolve_weights(BackboneConfig(weights=str(path)), torch_hub_dir).digest != source.digest
     with pytest.raises(ConfigError, match="missing.pth does not exist"):
@@ -111,7 +152,9 @@ def test_weights_file_is_identified_by_its_digest(tmp_path: Path, torch_hub_dir:
 
 
 @pytest.mark.parametrize("weights", ["IMAGENET1K_V1", "DEFAULT"])
-def test_torchvision_weights_not_in_the_local_cache_are_never_downloaded(torch_hub_dir: Path, weights: str) -> None:
+def test_torchvision_weights_not_in_the_local_cache_are_never_downloaded(
+    torch_hub_dir: Path, weights: str
+) -> None:
     with pytest.raises(ConfigError, match="not in the local torch cache") as caught:
         resolve_weights(BackboneConfig(name="resnet18", weights=weights), torch_hub_dir)
     assert "nothing is downloaded" in str(caught.value) and "--weights none" in str(caught.value)
@@ -133,6 +176,7 @@ def test_unknown_weights_name_is_a_config_error(torch_hub_dir: Path) -> None:
 
 # -- precision ------------------------------------------------------------------------------------
 
+
 def test_precision_resolution() -> None:
     cpu = torch.device("cpu")
     for explicit in ("fp32", "bf16", "fp16"):
@@ -144,44 +188,70 @@ def test_precision_resolution() -> None:
 
 # -- the backbone ---------------------------------------------------------------------------------
 
-def test_backbone_gives_one_float32_vector_per_frame(backbone: tuple[Backbone, FeatureRecipe],
-                                                     tiny_config: Config, frames: np.ndarray) -> None:
+
+def test_backbone_gives_one_float32_vector_per_frame(
+    backbone: tuple[Backbone, FeatureRecipe], tiny_config: Config, frames: np.ndarray
+) -> None:
     model, recipe = backbone
     features = model(frames)
     assert features.shape == (6, 512) and features.dtype == np.float32
     assert np.isfinite(features).all() and features.std() > 0
     assert not np.allclose(features[0], features[1])  # different frames, different features
-    np.testing.assert_allclose(model(frames[2:3]), features[2:3], rtol=1e-5, atol=1e-5)  # batching is invisible
+    np.testing.assert_allclose(
+        model(frames[2:3]), features[2:3], rtol=1e-5, atol=1e-5
+    )  # batching is invisible
     assert model.precision == resolve_precision("auto", torch.device("cpu"))
-    assert (recipe.feature_dim, recipe.precision, recipe.size, recipe.fps) == (512, model.precision, 64, 4.0)
+    assert (recipe.feature_dim, recipe.precision, recipe.size, recipe.fps) == (
+        512,
+        model.precision,
+        64,
+        4.0,
+    )
     assert recipe.decoder.startswith("ffmpeg ") and recipe.weights == "none(seed=0)"
     assert tiny_config.backbone.weights == "none"
 
 
-def test_none_weights_are_deterministic_per_seed(backbone: tuple[Backbone, FeatureRecipe], torch_hub_dir: Path,
-                                                 frames: np.ndarray) -> None:
+def test_none_weights_are_deterministic_per_seed(
+    backbone: tuple[Backbone, FeatureRecipe], torch_hub_dir: Path, frames: np.ndarray
+) -> None:
     model, _ = backbone
-    again = Backbone(BackboneConfig(weights="none", seed=0, precision=model.precision),
-                     resolve_weights(BackboneConfig(weights="none", seed=0), torch_hub_dir))
+    again = Backbone(
+        BackboneConfig(weights="none", seed=0, precision=model.precision),
+        resolve_weights(BackboneConfig(weights="none", seed=0), torch_hub_dir),
+    )
     np.testing.assert_array_equal(again(frames), model(frames))
-    other = Backbone(BackboneConfig(weights="none", seed=1, precision=model.precision),
-                     resolve_weights(BackboneConfig(weights="none", seed=1), torch_hub_dir))
+    other = Backbone(
+        BackboneConfig(weights="none", seed=1, precision=model.precision),
+        resolve_weights(BackboneConfig(weights="none", seed=1), torch_hub_dir),
+    )
     assert np.abs(other(frames) - model(frames)).max() > 1e-2
 
 
-def test_state_dict_file_loads_the_same_network(tmp_path: Path, torch_hub_dir: Path,
-                                                backbone: tuple[Backbone, FeatureRecipe], frames: np.ndarray) -> None:
+def test_state_dict_file_loads_the_same_network(
+    tmp_path: Path,
+    torch_hub_dir: Path,
+    backbone: tuple[Backbone, FeatureRecipe],
+    frames: np.ndarray,
+) -> None:
     torch.manual_seed(123)
     network = torchvision.models.resnet18(weights=None)
     path = tmp_path / "resnet18-seed123.pth"
     torch.save(network.state_dict(), path)
 
-    config = BackboneConfig(weights=str(path), seed=0, precision="fp32", optimize="none")  # seed 0: the file must win
+    config = BackboneConfig(
+        weights=str(path), seed=0, precision="fp32", optimize="none"
+    )  # seed 0: the file must win
     from_file = Backbone(config, resolve_weights(config, torch_hub_dir))
     torch.testing.assert_close(from_file.model.conv1.weight, network.conv1.weight, rtol=0, atol=0)
-    twin = BackboneConfig(weights="none", seed=123, precision="fp32", optimize="none")  # the same network, in memory
-    np.testing.assert_array_equal(from_file(frames), Backbone(twin, resolve_weights(twin, torch_hub_dir))(frames))
-    assert np.abs(from_file(frames) - backbone[0](frames)).max() > 1e-2  # and not the seed-0 network
+    twin = BackboneConfig(
+        weights="none", seed=123, precision="fp32", optimize="none"
+    )  # the same network, in memory
+    np.testing.assert_array_equal(
+        from_file(frames), Backbone(twin, resolve_weights(twin, torch_hub_dir))(frames)
+    )
+    assert (
+        np.abs(from_file(frames) - backbone[0](frames)).max() > 1e-2
+    )  # and not the seed-0 network
 
 
 class Payload:
@@ -194,7 +264,9 @@ class Payload:
         return (Path.touch, (self.marker,))
 
 
-def test_weights_file_carrying_pickled_objects_is_refused(tmp_path: Path, torch_hub_dir: Path) -> None:
+def test_weights_file_carrying_pickled_objects_is_refused(
+    tmp_path: Path, torch_hub_dir: Path
+) -> None:
     """weights_only=True: a file that would run code when unpickled is never loaded."""
     path, marker = tmp_path / "trojan.pth", tmp_path / "code-ran"
     torch.save({"conv1.weight": torch.zeros(2), "payload": Payload(marker)}, path)
@@ -213,8 +285,9 @@ def test_weights_file_for_another_network_is_refused(tmp_path: Path, torch_hub_d
         Backbone(config, resolve_weights(config, torch_hub_dir))
 
 
-def test_bf16_requested_on_cpu_still_works(backbone: tuple[Backbone, FeatureRecipe], torch_hub_dir: Path,
-                                           frames: np.ndarray) -> None:
+def test_bf16_requested_on_cpu_still_works(
+    backbone: tuple[Backbone, FeatureRecipe], torch_hub_dir: Path, frames: np.ndarray
+) -> None:
     config = BackboneConfig(weights="none", seed=0, precision="bf16")
     model = Backbone(config, resolve_weights(config, torch_hub_dir))
     assert model.precision == "bf16"
@@ -226,13 +299,16 @@ def test_bf16_requested_on_cpu_still_works(backbone: tuple[Backbone, FeatureReci
     assert not np.array_equal(features, reference)
 
 
-def test_float16_features_halve_the_storage_and_stay_close(backbone: tuple[Backbone, FeatureRecipe],
-                                                           torch_hub_dir: Path, frames: np.ndarray) -> None:
+def test_float16_features_halve_the_storage_and_stay_close(
+    backbone: tuple[Backbone, FeatureRecipe], torch_hub_dir: Path, frames: np.ndarray
+) -> None:
     config = BackboneConfig(weights="none", seed=0, precision="fp32", feature_dtype="float16")
     features = Backbone(config, resolve_weights(config, torch_hub_dir))(frames[:2])
     reference = backbone[0](frames[:2])
     assert features.dtype == np.float16 and features.nbytes * 2 == reference.nbytes
-    assert np.linalg.norm(features.astype(np.float32) - reference) / np.linalg.norm(reference) < 2e-3
+    assert (
+        np.linalg.norm(features.astype(np.float32) - reference) / np.linalg.norm(reference) < 2e-3
+    )
 
 
 def test_unknown_feature_dtype_is_a_config_error(torch_hub_dir: Path) -> None:
@@ -241,14 +317,20 @@ def test_unknown_feature_dtype_is_a_config_error(torch_hub_dir: Path) -> None:
         Backbone(config, resolve_weights(config, torch_hub_dir))
 
 
-def test_batch_size_is_chosen_per_device_unless_given(backbone: tuple[Backbone, FeatureRecipe]) -> None:
-    assert backbone[0].device.type == "cpu"  # the GPU twin (a probe batch against free memory) needs a GPU
+def test_batch_size_is_chosen_per_device_unless_given(
+    backbone: tuple[Backbone, FeatureRecipe],
+) -> None:
+    assert (
+        backbone[0].device.type == "cpu"
+    )  # the GPU twin (a probe batch against free memory) needs a GPU
     assert backbone[0].batch_size(224) == 32
     assert backbone[0].batch_size(224, requested=8) == 8
 
 
 @pytest.mark.parametrize("optimize", ["freeze", pytest.param("inductor", marks=pytest.mark.slow)])
-def test_optimized_backbone_gives_the_same_features(torch_hub_dir: Path, frames: np.ndarray, optimize: str) -> None:
+def test_optimized_backbone_gives_the_same_features(
+    torch_hub_dir: Path, frames: np.ndarray, optimize: str
+) -> None:
     plain = BackboneConfig(weights="none", seed=0, precision="fp32", optimize="none")
     reference = Backbone(plain, resolve_weights(plain, torch_hub_dir))
     config = dataclasses.replace(plain, optimize=optimize)
@@ -261,7 +343,10 @@ def test_optimized_backbone_gives_the_same_features(torch_hub_dir: Path, frames:
 def test_auto_optimisation_freezes_fp32_on_cpu_only() -> None:
     cpu, gpu = torch.device("cpu"), torch.device("cuda")
     assert resolve_optimize("auto", cpu, "fp32") == "freeze"
-    assert resolve_optimize("auto", cpu, "bf16") == "none" and resolve_optimize("auto", gpu, "fp16") == "none"
+    assert (
+        resolve_optimize("auto", cpu, "bf16") == "none"
+        and resolve_optimize("auto", gpu, "fp16") == "none"
+    )
     with pytest.raises(ConfigError, match="backbone.optimize"):
         resolve_optimize("fast", cpu, "fp32")
 
@@ -269,7 +354,10 @@ def test_auto_optimisation_freezes_fp32_on_cpu_only() -> None:
 def test_other_heads_are_removed_too(torch_hub_dir: Path, frames: np.ndarray) -> None:
     config = BackboneConfig(name="mobilenet_v3_small", weights="none", precision="fp32")
     model = Backbone(config, resolve_weights(config, torch_hub_dir))
-    assert model.feature_dim == 576 and model(frames[:2]).shape == (2, 576)  # pooled features, not 1000 logits
+    assert model.feature_dim == 576 and model(frames[:2]).shape == (
+        2,
+        576,
+    )  # pooled features, not 1000 logits
 
 
 def test_unknown_backbone_is_a_config_error(torch_hub_dir: Path) -> None:
@@ -280,16 +368,26 @@ def test_unknown_backbone_is_a_config_error(torch_hub_dir: Path) -> None:
 
 # -- recipes made and checked ---------------------------------------------------------------------
 
-def test_load_backbone_makes_the_recipe_of_its_config(backbone: tuple[Backbone, FeatureRecipe],
-                                                      tiny_config: Config) -> None:
+
+def test_load_backbone_makes_the_recipe_of_its_config(
+    backbone: tuple[Backbone, FeatureRecipe], tiny_config: Config
+) -> None:
     model, recipe = backbone
     weights = WeightsSource("none(seed=0)", "random-seed-0", None)
-    assert recipe == make_recipe(recipe.decoder, tiny_config.sampling, tiny_config.sources, "resnet18", weights,
-                                 model.precision, 512)
+    assert recipe == make_recipe(
+        recipe.decoder,
+        tiny_config.sampling,
+        tiny_config.sources,
+        "resnet18",
+        weights,
+        model.precision,
+        512,
+    )
     assert recipe.sources_config() == tiny_config.sources
     assert recipe.sampling(tiny_config.sampling) == tiny_config.sampling
     assert recipe.backbone_config(tiny_config.backbone) == dataclasses.replace(
-        tiny_config.backbone, precision=model.precision)
+        tiny_config.backbone, precision=model.precision
+    )
 
 
 def test_check_recipe_names_the_differing_fields() -> None:
@@ -300,9 +398,15 @@ def test_check_recipe_names_the_differing_fields() -> None:
     assert str(caught.value).endswith("differing: size, precision")
 
 
-def test_load_backbone_rejects_unknown_names_before_building(tiny_config: Config, torch_hub_dir: Path) -> None:
+def test_load_backbone_rejects_unknown_names_before_building(
+    tiny_config: Config, torch_hub_dir: Path
+) -> None:
     with pytest.raises(ConfigError, match="resnet19"):
-        load_backbone(tiny_config.sampling, dataclasses.replace(tiny_config.backbone, name="resnet19"), torch_hub_dir)
+        load_backbone(
+            tiny_config.sampling,
+            dataclasses.replace(tiny_config.backbone, name="resnet19"),
+            torch_hub_dir,
+        )
 
 
 def test_the_recipe_key_follows_what_makes_the_recipe(tmp_path: Path) -> None:
@@ -310,10 +414,18 @@ def test_the_recipe_key_follows_what_makes_the_recipe(tmp_path: Path) -> None:
     config = load_config(overrides={"sampling.size": 32, "backbone.weights": "none"})
     key = recipe_key(config.sampling, config.backbone, tmp_path)
     assert key == recipe_key(config.sampling, config.backbone, tmp_path)
-    assert key != recipe_key(dataclasses.replace(config.sampling, fps=3.0), config.backbone, tmp_path)
-    assert key != recipe_key(config.sampling, dataclasses.replace(config.backbone, seed=7), tmp_path)
-    assert key != recipe_key(config.sampling, config.backbone, tmp_path,
-                             sources=dataclasses.replace(config.sources, geotiff_bands="b4"))
+    assert key != recipe_key(
+        dataclasses.replace(config.sampling, fps=3.0), config.backbone, tmp_path
+    )
+    assert key != recipe_key(
+        config.sampling, dataclasses.replace(config.backbone, seed=7), tmp_path
+    )
+    assert key != recipe_key(
+        config.sampling,
+        config.backbone,
+        tmp_path,
+        sources=dataclasses.replace(config.sources, geotiff_bands="b4"),
+    )
     weights = tmp_path / "weights.pth"
     weights.write_bytes(b"one")
     from_file = dataclasses.replace(config.backbone, weights=str(weights))

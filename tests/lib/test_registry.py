@@ -25,19 +25,18 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from lstmpipe.lib.registry import promotion as promote
-
-from lstmpipe.lib.registry import mlflow_store as registry
-from lstmpipe.lib.features.backbone import Backbone
-from lstmpipe.lib.training.bundle import ModelBundle
-from lstmpipe.lib.features.cache import FeatureCache
 from lstmpipe.lib.config import Config
-from lstmpipe.lib.training.experiment import Outcome, run_experiment, score
-from lstmpipe.lib.inference.predictor import Predictor
-from lstmpipe.lib.inference.predictions import predictions_table, write_predictions
+from lstmpipe.lib.features.backbone import Backbone
+from lstmpipe.lib.features.cache import FeatureCache
 from lstmpipe.lib.features.recipe import FeatureRecipe
+from lstmpipe.lib.inference.predictions import predictions_table, write_predictions
+from lstmpipe.lib.inference.predictor import Predictor
+from lstmpipe.lib.registry import mlflow_store as registry
+from lstmpipe.lib.registry import promotion as promote
 from lstmpipe.lib.registry.mlflow_store import ModelRef
 from lstmpipe.lib.series import SeriesRef
+from lstmpipe.lib.training.bundle import ModelBundle
+from lstmpipe.lib.training.experiment import Outcome, run_experiment, score
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
@@ -60,23 +59,36 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
         for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_EXPERIMENT_ID"):
             mp.setenv(var, "")  # remembers the old value (or its absence) ...
             mp.delenv(var)  # ... and nothing from outside leaks in
-        for module, name in ((tracking_globals, "_tracking_uri"), (registry_globals, "_registry_uri"),
-                             (fluent_globals, "_active_experiment_id")):
+        for module, name in (
+            (tracking_globals, "_tracking_uri"),
+            (registry_globals, "_registry_uri"),
+            (fluent_globals, "_active_experiment_id"),
+        ):
             mp.setattr(module, name, getattr(module, name))  # restored when the context ends
         uri = f"sqlite:///{root}/mlflow.db"
         yield Store(registry.connect(uri), uri, (root / "art").as_uri(), root)
 
 
 @pytest.fixture(scope="module")
-def outcome(sample_cache: FeatureCache, sample_refs: list[SeriesRef], backbone: tuple[Backbone, FeatureRecipe],
-            tiny_config: Config) -> Outcome:
+def outcome(
+    sample_cache: FeatureCache,
+    sample_refs: list[SeriesRef],
+    backbone: tuple[Backbone, FeatureRecipe],
+    tiny_config: Config,
+) -> Outcome:
     return run_experiment(sample_cache, backbone[1], sample_refs, tiny_config.train)
 
 
 @pytest.fixture(scope="module")
 def registered(store: Store, outcome: Outcome) -> ModelRef:
-    return registry.log_training(store.client, outcome, "seq", {"epochs": 15}, store.artifact_root,
-                                 {"lstmpipe.run_id": "test-run"})
+    return registry.log_training(
+        store.client,
+        outcome,
+        "seq",
+        {"epochs": 15},
+        store.artifact_root,
+        {"lstmpipe.run_id": "test-run"},
+    )
 
 
 def sequences(lengths: list[int], dim: int = 512, seed: int = 0) -> list[np.ndarray]:
@@ -99,27 +111,46 @@ def zeroed(bundle: ModelBundle) -> ModelBundle:
 
 # -- training outcome and the bundle on disk ------------------------------------------------------
 
+
 def test_outcome_covers_the_sample(outcome: Outcome, sample_refs: list[SeriesRef]) -> None:
     assert outcome.bundle.labels == CLASSES
     assert sorted(sum(outcome.splits.values(), [])) == sorted(r.series_id for r in sample_refs)
-    assert {split: len(ids) for split, ids in outcome.splits.items()} == {"train": 4, "val": 4, "test": 4}
+    assert {split: len(ids) for split, ids in outcome.splits.items()} == {
+        "train": 4,
+        "val": 4,
+        "test": 4,
+    }
     assert [r["series_id"] for r in outcome.eval_set] == outcome.splits["test"]
     assert 1 <= len(outcome.fit.history) <= 15
 
 
 def test_bundle_files_round_trip(outcome: Outcome, tmp_path: Path) -> None:
     saved = outcome.bundle.save(tmp_path / "bundle")
-    assert sorted(p.name for p in saved.iterdir()) == ["labels.json", "recipe.json", "spec.json", "weights.pt"]
+    assert sorted(p.name for p in saved.iterdir()) == [
+        "labels.json",
+        "recipe.json",
+        "spec.json",
+        "weights.pt",
+    ]
     torch.load(saved / "weights.pt", weights_only=True)  # plain tensors only
     loaded = ModelBundle.load(saved)
-    assert (loaded.spec, loaded.labels, loaded.recipe) == (outcome.bundle.spec, CLASSES, outcome.bundle.recipe)
+    assert (loaded.spec, loaded.labels, loaded.recipe) == (
+        outcome.bundle.spec,
+        CLASSES,
+        outcome.bundle.recipe,
+    )
     features = sequences([5, 11, 1])
-    np.testing.assert_allclose(loaded.predict(features), outcome.bundle.predict(features), atol=1e-6)
+    np.testing.assert_allclose(
+        loaded.predict(features), outcome.bundle.predict(features), atol=1e-6
+    )
 
 
 # -- registry ---------------------------------------------------------------------------------------
 
-def test_log_training_registers_a_version_with_its_tags(store: Store, registered: ModelRef, outcome: Outcome) -> None:
+
+def test_log_training_registers_a_version_with_its_tags(
+    store: Store, registered: ModelRef, outcome: Outcome
+) -> None:
     assert (registered.name, registered.version) == ("seq", "1")
     tags = registry.version_tags(store.client, registered)
     assert tags["recipe_id"] == outcome.bundle.recipe.recipe_id
@@ -130,47 +161,78 @@ def test_log_training_registers_a_version_with_its_tags(store: Store, registered
     assert registry.load_run_json(registered.run_id, "eval_set.json") == outcome.eval_set
 
     run = store.client.get_run(registered.run_id)
-    assert run.data.params["recipe_id"] == outcome.bundle.recipe.recipe_id and run.data.params["epochs"] == "15"
-    assert {"test_macro_f1", "test_accuracy", "baseline_test_macro_f1", "val_recall_grow"} <= set(run.data.metrics)
-    assert len(store.client.get_metric_history(registered.run_id, "val_loss")) == len(outcome.fit.history)
+    assert (
+        run.data.params["recipe_id"] == outcome.bundle.recipe.recipe_id
+        and run.data.params["epochs"] == "15"
+    )
+    assert {"test_macro_f1", "test_accuracy", "baseline_test_macro_f1", "val_recall_grow"} <= set(
+        run.data.metrics
+    )
+    assert len(store.client.get_metric_history(registered.run_id, "val_loss")) == len(
+        outcome.fit.history
+    )
     logged = {a.path for a in store.client.list_artifacts(registered.run_id)}
-    assert {"confusion_matrix.png", "learning_curves.png", "eval_set.json", "splits.json", "metrics.json",
-            "recipe.json"} <= logged
+    assert {
+        "confusion_matrix.png",
+        "learning_curves.png",
+        "eval_set.json",
+        "splits.json",
+        "metrics.json",
+        "recipe.json",
+    } <= logged
     # Artifacts land under the artifact root given, not wherever the process happens to run.
     assert list((store.root / "art").rglob("confusion_matrix.png"))
 
 
-def test_registry_bundle_predicts_like_the_in_memory_model(registered: ModelRef, outcome: Outcome) -> None:
+def test_registry_bundle_predicts_like_the_in_memory_model(
+    registered: ModelRef, outcome: Outcome
+) -> None:
     """Loaded through pyfunc (models from code); lengths other than the logged example's 3 frames."""
     loaded = registry.load_bundle(registered)
-    assert loaded is not outcome.bundle and loaded.recipe == outcome.bundle.recipe and loaded.labels == CLASSES
+    assert (
+        loaded is not outcome.bundle
+        and loaded.recipe == outcome.bundle.recipe
+        and loaded.labels == CLASSES
+    )
     for lengths in ([5], [11], [5, 11, 2]):
         features = sequences(lengths, seed=len(lengths))
         got, want = loaded.predict(features), outcome.bundle.predict(features)
         assert got.shape == (len(lengths), 4)
         np.testing.assert_allclose(got, want, atol=1e-5)
-    assert np.abs(outcome.bundle.predict(sequences([5])) - outcome.bundle.predict(sequences([11]))).max() > 1e-4
+    assert (
+        np.abs(
+            outcome.bundle.predict(sequences([5])) - outcome.bundle.predict(sequences([11]))
+        ).max()
+        > 1e-4
+    )
 
 
-def test_pyfunc_model_takes_padded_features_and_lengths(registered: ModelRef, outcome: Outcome) -> None:
+def test_pyfunc_model_takes_padded_features_and_lengths(
+    registered: ModelRef, outcome: Outcome
+) -> None:
     model = mlflow.pyfunc.load_model(f"models:/{registered.name}/{registered.version}")
     features = sequences([5, 11])
-    padded = np.full((2, 11, 512), 1e3, np.float32)  # padding holds garbage: lengths must cut it off
+    padded = np.full(
+        (2, 11, 512), 1e3, np.float32
+    )  # padding holds garbage: lengths must cut it off
     for row, f in enumerate(features):
-        padded[row, :len(f)] = f
+        padded[row, : len(f)] = f
     probabilities = model.predict({"features": padded, "lengths": np.array([5, 11], np.int64)})
     assert probabilities.shape == (2, 4) and probabilities.dtype == np.float32
     np.testing.assert_allclose(probabilities, outcome.bundle.predict(features), atol=1e-5)
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
 
 
-def test_run_logs_data_snapshot_reports_model_card_and_provenance_tags(store: Store, registered: ModelRef,
-                                                                       outcome: Outcome) -> None:
+def test_run_logs_data_snapshot_reports_model_card_and_provenance_tags(
+    store: Store, registered: ModelRef, outcome: Outcome
+) -> None:
     run = store.client.get_run(registered.run_id)
     params = run.data.params
     assert (params["n_train"], params["n_val"], params["n_test"]) == ("4", "4", "4")
     assert params["split_hash"] == outcome.split_hash and params["data.classes"] == "4"
-    assert params["data.dataset_hash"] == registry.dataset_hash(outcome.splits, outcome.bundle.recipe.recipe_id, None)
+    assert params["data.dataset_hash"] == registry.dataset_hash(
+        outcome.splits, outcome.bundle.recipe.recipe_id, None
+    )
     assert params["data.dataset_hash_covers"] == "ids"
     tags = registry.version_tags(store.client, registered)
     assert tags["dataset_hash"] == params["data.dataset_hash"]
@@ -181,32 +243,45 @@ def test_run_logs_data_snapshot_reports_model_card_and_provenance_tags(store: St
     assert len(report) == 1 + 2 * 3 * len(CLASSES)  # lstm and baseline x train, val, test x classes
     card = registry.load_run_text(registered.run_id, "model_card.md")
     assert card.startswith(f"# seq v{registered.version}")
-    for heading in ("## Intended use", "## Data snapshot", "## Metrics (LSTM vs frame-averaging baseline)",
-                    "## Limitations", "## Training configuration"):
+    for heading in (
+        "## Intended use",
+        "## Data snapshot",
+        "## Metrics (LSTM vs frame-averaging baseline)",
+        "## Limitations",
+        "## Training configuration",
+    ):
         assert heading in card
-    assert f"| test | macro_f1 | {outcome.metrics['test']['macro_f1']:.4f} | " \
-           f"{outcome.baseline_metrics['test']['macro_f1']:.4f} |" in card
+    assert (
+        f"| test | macro_f1 | {outcome.metrics['test']['macro_f1']:.4f} | "
+        f"{outcome.baseline_metrics['test']['macro_f1']:.4f} |" in card
+    )
     assert outcome.bundle.recipe.recipe_id in card and outcome.split_hash in card
 
 
 def test_dataset_hash_changes_with_content_split_or_recipe() -> None:
     splits = {"train": ["a", "b"], "test": ["c"]}
     same = registry.dataset_hash(splits, "r1", {"a": "1", "b": "2", "c": "3"})
-    assert same == registry.dataset_hash({"test": ["c"], "train": ["b", "a"]}, "r1", {"a": "1", "b": "2", "c": "3"})
+    assert same == registry.dataset_hash(
+        {"test": ["c"], "train": ["b", "a"]}, "r1", {"a": "1", "b": "2", "c": "3"}
+    )
     assert same != registry.dataset_hash(splits, "r1", {"a": "1", "b": "2", "c": "4"})
-    assert same != registry.dataset_hash({"train": ["a"], "test": ["b", "c"]}, "r1", {"a": "1", "b": "2", "c": "3"})
+    assert same != registry.dataset_hash(
+        {"train": ["a"], "test": ["b", "c"]}, "r1", {"a": "1", "b": "2", "c": "3"}
+    )
     assert same != registry.dataset_hash(splits, "r2", {"a": "1", "b": "2", "c": "3"})
 
 
 def test_source_commit_is_unknown_outside_git(monkeypatch: pytest.MonkeyPatch) -> None:
     def no_git(*args, **kwargs):
         raise FileNotFoundError("git")
+
     monkeypatch.setattr(registry.subprocess, "run", no_git)
     assert registry.source_commit() == "unknown"
 
 
-def test_logged_model_has_a_variable_length_signature_and_an_example(store: Store, registered: ModelRef,
-                                                                     outcome: Outcome) -> None:
+def test_logged_model_has_a_variable_length_signature_and_an_example(
+    store: Store, registered: ModelRef, outcome: Outcome
+) -> None:
     store.client.set_registered_model_alias("seq", "signature-test", registered.version)
     model = mlflow.pyfunc.load_model("models:/seq@signature-test")
     inputs = {spec.name: spec for spec in model.metadata.get_input_schema().inputs}
@@ -217,22 +292,27 @@ def test_logged_model_has_a_variable_length_signature_and_an_example(store: Stor
         features = sequences(lengths, seed=7)
         padded = np.zeros((len(lengths), max(lengths), 512), np.float32)
         for row, f in enumerate(features):
-            padded[row, :len(f)] = f
+            padded[row, : len(f)] = f
         got = model.predict({"features": padded, "lengths": np.array(lengths, np.int64)})
         np.testing.assert_allclose(got, outcome.bundle.predict(features), atol=1e-5)
     store.client.delete_registered_model_alias("seq", "signature-test")
 
 
-def test_logging_a_model_warns_nothing_about_its_dict_example(store: Store, outcome: Outcome,
-                                                              caplog: pytest.LogCaptureFixture) -> None:
-    mlflow.set_experiment(experiment_id=registry.experiment_id(store.client, "quiet", store.artifact_root))
+def test_logging_a_model_warns_nothing_about_its_dict_example(
+    store: Store, outcome: Outcome, caplog: pytest.LogCaptureFixture
+) -> None:
+    mlflow.set_experiment(
+        experiment_id=registry.experiment_id(store.client, "quiet", store.artifact_root)
+    )
     with caplog.at_level("WARNING", logger="mlflow"), mlflow.start_run():
         registry.log_model(outcome.bundle, "quiet")
     assert not [r for r in caplog.records if "input example" in r.getMessage().lower()], caplog.text
 
 
 def test_resolve_pins_aliases_and_versions(store: Store, registered: ModelRef) -> None:
-    store.client.set_registered_model_alias("seq", "pinned", registered.version)  # not @champion: promotion owns it
+    store.client.set_registered_model_alias(
+        "seq", "pinned", registered.version
+    )  # not @champion: promotion owns it
     pinned = ModelRef("seq", "1", registered.run_id)
     assert registry.resolve(store.client, "models:/seq@pinned") == pinned
     assert registry.resolve(store.client, "models:/seq/1") == pinned
@@ -250,18 +330,26 @@ def test_resolve_pins_aliases_and_versions(store: Store, registered: ModelRef) -
 
 # -- promotion --------------------------------------------------------------------------------------
 
+
 def test_decide_gate() -> None:
-    assert promote.decide({"macro_f1": 0.1}, None, margin=0.5).promote  # no champion: anything goes first
-    assert promote.decide({"macro_f1": 0.75}, {"macro_f1": 0.5}, margin=0.25).promote  # exactly the margin
+    assert promote.decide(
+        {"macro_f1": 0.1}, None, margin=0.5
+    ).promote  # no champion: anything goes first
+    assert promote.decide(
+        {"macro_f1": 0.75}, {"macro_f1": 0.5}, margin=0.25
+    ).promote  # exactly the margin
     assert not promote.decide({"macro_f1": 0.74}, {"macro_f1": 0.5}, margin=0.25).promote
-    assert promote.decide({"macro_f1": 0.5}, {"macro_f1": 0.5}, margin=0.0).promote  # a tie passes a zero margin
+    assert promote.decide(
+        {"macro_f1": 0.5}, {"macro_f1": 0.5}, margin=0.0
+    ).promote  # a tie passes a zero margin
     assert not promote.decide({"macro_f1": 0.5}, {"macro_f1": 0.5}, margin=0.01).promote
     rejected = promote.decide({"macro_f1": 0.4}, {"macro_f1": 0.6}, margin=0.0)
     assert rejected.reason == "challenger macro-F1 0.400 < champion 0.600 + margin 0.000"
 
 
-def test_promote_reject_promote_rollback(store: Store, registered: ModelRef, outcome: Outcome,
-                                        sample_cache: FeatureCache, tmp_path: Path) -> None:
+def test_promote_reject_promote_rollback(
+    store: Store, registered: ModelRef, outcome: Outcome, sample_cache: FeatureCache, tmp_path: Path
+) -> None:
     """On `seq`: its version 1 (the trained model), then a worse version 2, then version 3 equal to 1."""
     client, lock, name = store.client, tmp_path / "promote.lock", registered.name
 
@@ -278,47 +366,75 @@ def test_promote_reject_promote_rollback(store: Store, registered: ModelRef, out
     good = score(outcome.bundle, sample_cache, eval_refs(outcome))["macro_f1"]
     bad_bundle = zeroed(outcome.bundle)
     bad = score(bad_bundle, sample_cache, eval_refs(outcome))["macro_f1"]
-    assert bad < good, "the worse model must score lower on the evaluation set for this test to mean anything"
+    assert bad < good, (
+        "the worse model must score lower on the evaluation set for this test to mean anything"
+    )
 
     # 1. The first version meets no champion: promoted.
     v1 = registered
     assert champion() is None
     plan = latest_plan()
     assert plan["challenger"]["version"] == v1.version and plan["champion"] is None
-    assert plan["eval_set"] == outcome.eval_set and plan["recipes"]["challenger"] == outcome.bundle.recipe.to_dict()
-    first = promote.promote(client, sample_cache, plan, margin=0.0, alias="champion", lock_file=lock)
+    assert (
+        plan["eval_set"] == outcome.eval_set
+        and plan["recipes"]["challenger"] == outcome.bundle.recipe.to_dict()
+    )
+    first = promote.promote(
+        client, sample_cache, plan, margin=0.0, alias="champion", lock_file=lock
+    )
     assert (first["promoted"], first["champion_before"], first["eval_series"]) == (True, None, 4)
     assert champion() == v1.version
-    assert registry.resolve(client, f"models:/{name}@champion") == registry.resolve(client, name) == v1
+    assert (
+        registry.resolve(client, f"models:/{name}@champion") == registry.resolve(client, name) == v1
+    )
     assert tags(v1.version)["promotion.decision"] == "promoted"
     assert tags(v1.version)["promotion.challenger_macro_f1"] == f"{good:.4f}"
-    assert tags(v1.version)["promotion.previous_champion"] == "" and "no champion" in tags(v1.version)["promotion.reason"]
+    assert (
+        tags(v1.version)["promotion.previous_champion"] == ""
+        and "no champion" in tags(v1.version)["promotion.reason"]
+    )
 
     # 2. A worse version is scored on the same frozen evaluation set and rejected; the champion stays.
-    v2 = registry.log_training(client, dataclasses.replace(outcome, bundle=bad_bundle), name, {},
-                               store.artifact_root, {})
+    v2 = registry.log_training(
+        client, dataclasses.replace(outcome, bundle=bad_bundle), name, {}, store.artifact_root, {}
+    )
     plan = latest_plan()
     assert plan["challenger"]["version"] == v2.version and plan["champion"]["version"] == v1.version
-    second = promote.promote(client, sample_cache, plan, margin=0.0, alias="champion", lock_file=lock)
+    second = promote.promote(
+        client, sample_cache, plan, margin=0.0, alias="champion", lock_file=lock
+    )
     assert not second["promoted"] and second["champion_before"] == v1.version
     assert second["scores"]["challenger"]["macro_f1"] == round(bad, 4)
     assert second["scores"]["champion"]["macro_f1"] == round(good, 4)
     assert champion() == v1.version
     assert tags(v2.version)["promotion.decision"] == "rejected"
     assert tags(v2.version)["promotion.champion_macro_f1"] == f"{good:.4f}"
-    assert tags(v2.version)["promotion.reason"] == second["reason"] and tags(v2.version)["promotion.time"]
+    assert (
+        tags(v2.version)["promotion.reason"] == second["reason"]
+        and tags(v2.version)["promotion.time"]
+    )
 
     # 3. An equally good version passes a zero margin, and remembers whom it replaced.
     v3 = registry.log_training(client, outcome, name, {}, store.artifact_root, {})
-    third = promote.promote(client, sample_cache, latest_plan(), margin=0.0, alias="champion", lock_file=lock)
+    third = promote.promote(
+        client, sample_cache, latest_plan(), margin=0.0, alias="champion", lock_file=lock
+    )
     assert third["promoted"] and champion() == v3.version
     assert tags(v3.version)["promotion.previous_champion"] == v1.version
-    again = promote.promote(client, sample_cache, latest_plan(), margin=0.0, alias="champion", lock_file=lock)
+    again = promote.promote(
+        client, sample_cache, latest_plan(), margin=0.0, alias="champion", lock_file=lock
+    )
     assert again["promoted"] and "already @champion" in again["reason"] and champion() == v3.version
-    assert tags(v3.version)["promotion.previous_champion"] == v1.version  # a re-run keeps what rollback needs
+    assert (
+        tags(v3.version)["promotion.previous_champion"] == v1.version
+    )  # a re-run keeps what rollback needs
 
     # 4. Rollback puts the previous champion back, once.
-    assert promote.rollback(client, name, "champion", lock) == {"model": name, "from": v3.version, "to": v1.version}
+    assert promote.rollback(client, name, "champion", lock) == {
+        "model": name,
+        "from": v3.version,
+        "to": v1.version,
+    }
     assert champion() == v1.version
     assert "promotion.rolled_back" in tags(v3.version)
     with pytest.raises(LookupError, match="replaced no earlier champion"):
@@ -340,30 +456,55 @@ def test_scoring_needs_every_evaluation_series_cached(outcome: Outcome, tmp_path
 
 # -- inference --------------------------------------------------------------------------------------
 
-PREDICTION_COLUMNS = ["series_id", "content_hash", "source_kind", "predicted_label", "probability",
-                      *[f"prob_{c}" for c in CLASSES], "model_name", "model_version", "recipe_id", "run_id",
-                      "predicted_at"]
+PREDICTION_COLUMNS = [
+    "series_id",
+    "content_hash",
+    "source_kind",
+    "predicted_label",
+    "probability",
+    *[f"prob_{c}" for c in CLASSES],
+    "model_name",
+    "model_version",
+    "recipe_id",
+    "run_id",
+    "predicted_at",
+]
 
 
-def test_predictor_writes_the_documented_table(registered: ModelRef, outcome: Outcome, sample_cache: FeatureCache,
-                                               sample_refs: list[SeriesRef], tmp_path: Path) -> None:
+def test_predictor_writes_the_documented_table(
+    registered: ModelRef,
+    outcome: Outcome,
+    sample_cache: FeatureCache,
+    sample_refs: list[SeriesRef],
+    tmp_path: Path,
+) -> None:
     not_extracted = SeriesRef("new/clip.mp4", "hash-never-extracted", "video", "/nowhere/clip.mp4")
-    predictor = Predictor(registry.load_bundle(registered), registered, sample_cache.root, run_id="infer-1")
+    predictor = Predictor(
+        registry.load_bundle(registered), registered, sample_cache.root, run_id="infer-1"
+    )
     table = predictor(sample_refs + [not_extracted])
     assert table.column_names == PREDICTION_COLUMNS
-    assert table["series_id"].to_pylist() == [r.series_id for r in sample_refs]  # the one without features left out
+    assert table["series_id"].to_pylist() == [
+        r.series_id for r in sample_refs
+    ]  # the one without features left out
 
     probabilities = np.stack([table[f"prob_{c}"].to_numpy() for c in CLASSES], axis=1)
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
     recipe_id = outcome.bundle.recipe.recipe_id
     cached = sample_cache.read([(r.content_hash, recipe_id) for r in sample_refs])
-    expected = outcome.bundle.predict([cached[(r.content_hash, recipe_id)].features for r in sample_refs])
+    expected = outcome.bundle.predict(
+        [cached[(r.content_hash, recipe_id)].features for r in sample_refs]
+    )
     np.testing.assert_allclose(probabilities, expected, atol=1e-5)
     assert table["predicted_label"].to_pylist() == [CLASSES[i] for i in expected.argmax(axis=1)]
     np.testing.assert_allclose(table["probability"].to_numpy(), probabilities.max(axis=1))
     assert set(table["source_kind"].to_pylist()) == {"video"}
-    assert set(table["model_name"].to_pylist()) == {"seq"} and set(table["model_version"].to_pylist()) == {"1"}
-    assert set(table["recipe_id"].to_pylist()) == {recipe_id} and set(table["run_id"].to_pylist()) == {"infer-1"}
+    assert set(table["model_name"].to_pylist()) == {"seq"} and set(
+        table["model_version"].to_pylist()
+    ) == {"1"}
+    assert set(table["recipe_id"].to_pylist()) == {recipe_id} and set(
+        table["run_id"].to_pylist()
+    ) == {"infer-1"}
     assert table.schema.field("predicted_at").type == pa.timestamp("us", tz="UTC")
 
     target = write_predictions(table, tmp_path / "out" / "preds.parquet")

@@ -15,18 +15,50 @@ EVIL = "<script>alert(1)</script>"
 
 
 def values(png: bytes) -> dict:
-    test = {"accuracy": 0.75, "macro_f1": 0.7, f"recall/{EVIL}": 1.0, f"precision/{EVIL}": 0.5, f"f1/{EVIL}": 0.6,
-            f"support/{EVIL}": 2, "recall/b": 0.5, "precision/b": 1.0, "f1/b": 0.66, "support/b": 2}
+    test = {
+        "accuracy": 0.75,
+        "macro_f1": 0.7,
+        f"recall/{EVIL}": 1.0,
+        f"precision/{EVIL}": 0.5,
+        f"f1/{EVIL}": 0.6,
+        f"support/{EVIL}": 2,
+        "recall/b": 0.5,
+        "precision/b": 1.0,
+        "f1/b": 0.66,
+        "support/b": 2,
+    }
     return {
-        "run_id": "abc123", "run_name": "r", "start_time": 0, "tags": {"lstmpipe.source": EVIL},
+        "run_id": "abc123",
+        "run_name": "r",
+        "start_time": 0,
+        "tags": {"lstmpipe.source": EVIL},
         "params": {"train.epochs": "3"},
-        "metrics": {"lstm": {"train": {"accuracy": 1.0, "macro_f1": 1.0}, "test": test},
-                    "baseline": {"test": {"accuracy": 0.5, "macro_f1": 0.4, f"recall/{EVIL}": 0.5}}},
+        "metrics": {
+            "lstm": {"train": {"accuracy": 1.0, "macro_f1": 1.0}, "test": test},
+            "baseline": {"test": {"accuracy": 0.5, "macro_f1": 0.4, f"recall/{EVIL}": 0.5}},
+        },
         "plots": {"confusion_matrix.png": base64.b64encode(png).decode()},
-        "versions": [{"name": "m", "version": "2", "tags": {"promotion.decision": "rejected",
-                                                          "promotion.reason": f"refused: recall drop ({EVIL})"}}],
-        "history": [{"time": "t", "action": "promote", "decision": "rejected", "challenger_version": "2",
-                     "champion_version": "1", "reason": EVIL, "challenger_run_id": "abc123"}],
+        "versions": [
+            {
+                "name": "m",
+                "version": "2",
+                "tags": {
+                    "promotion.decision": "rejected",
+                    "promotion.reason": f"refused: recall drop ({EVIL})",
+                },
+            }
+        ],
+        "history": [
+            {
+                "time": "t",
+                "action": "promote",
+                "decision": "rejected",
+                "challenger_version": "2",
+                "champion_version": "1",
+                "reason": EVIL,
+                "challenger_run_id": "abc123",
+            }
+        ],
     }
 
 
@@ -49,7 +81,9 @@ def test_render_escapes_labels_and_embeds_plots(tmp_path: Path) -> None:
     parsed = Tags()
     parsed.feed(page)
     assert "script" not in parsed.seen
-    assert parsed.images == ["data:image/png;base64," + base64.b64encode(png).decode()]  # self-contained
+    assert parsed.images == [
+        "data:image/png;base64," + base64.b64encode(png).decode()
+    ]  # self-contained
     assert "http://" not in page and "https://" not in page
     assert "0.3000" in page  # the macro-F1 the LSTM gains over the baseline on the test split
     assert "rejected" in page and "refused: recall drop" in page
@@ -61,7 +95,10 @@ def test_render_survives_a_run_without_artifacts() -> None:
 
 
 def test_mlflow_run_of_finds_train_and_promote_records() -> None:
-    train = {"command": "train", "train": {"extract": {}, "train": {"model": "m", "version": "1", "run_id": "R1"}}}
+    train = {
+        "command": "train",
+        "train": {"extract": {}, "train": {"model": "m", "version": "1", "run_id": "R1"}},
+    }
     nightly = {"command": "nightly", "train": train, "promote": {"challenger_run_id": "R1"}}
     assert report.mlflow_run_of(train) == report.mlflow_run_of(nightly) == "R1"
     assert report.mlflow_run_of({"command": "promote", "challenger_run_id": "R2"}) == "R2"
@@ -77,22 +114,38 @@ def test_collect_reads_a_logged_run(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 
     from lstmpipe.lib.registry import mlflow_store as registry
 
-    for module, name in ((tracking_globals, "_tracking_uri"), (registry_globals, "_registry_uri"),
-                         (fluent_globals, "_active_experiment_id")):
-        monkeypatch.setattr(module, name, getattr(module, name))  # MLflow's process-wide state, put back after
+    for module, name in (
+        (tracking_globals, "_tracking_uri"),
+        (registry_globals, "_registry_uri"),
+        (fluent_globals, "_active_experiment_id"),
+    ):
+        monkeypatch.setattr(
+            module, name, getattr(module, name)
+        )  # MLflow's process-wide state, put back after
     client = registry.connect(f"sqlite:///{tmp_path}/mlflow.db")
     experiment = registry.experiment_id(client, "report-test", (tmp_path / "art").as_uri())
     with mlflow.start_run(experiment_id=experiment) as run:
         confusion_matrix_png([[1, 0], [0, 1]], ["a", EVIL], tmp_path / "confusion_matrix.png")
-        (tmp_path / "metrics.json").write_text('{"lstm": {"test": {"accuracy": 1.0, "macro_f1": 1.0}}}')
+        (tmp_path / "metrics.json").write_text(
+            '{"lstm": {"test": {"accuracy": 1.0, "macro_f1": 1.0}}}'
+        )
         mlflow.log_artifact(str(tmp_path / "confusion_matrix.png"))
         mlflow.log_artifact(str(tmp_path / "metrics.json"))
         mlflow.log_param("p", EVIL)
-    got = report.collect(client, run.info.run_id, [{"challenger_run_id": run.info.run_id, "decision": "promoted"},
-                                                  {"challenger_run_id": "other"}])
-    assert got["metrics"]["lstm"]["test"]["macro_f1"] == 1.0 and set(got["plots"]) == {"confusion_matrix.png"}
-    assert got["params"] == {"p": EVIL} and got["history"] == [{"challenger_run_id": run.info.run_id,
-                                                               "decision": "promoted"}]
+    got = report.collect(
+        client,
+        run.info.run_id,
+        [
+            {"challenger_run_id": run.info.run_id, "decision": "promoted"},
+            {"challenger_run_id": "other"},
+        ],
+    )
+    assert got["metrics"]["lstm"]["test"]["macro_f1"] == 1.0 and set(got["plots"]) == {
+        "confusion_matrix.png"
+    }
+    assert got["params"] == {"p": EVIL} and got["history"] == [
+        {"challenger_run_id": run.info.run_id, "decision": "promoted"}
+    ]
     path = report.write(got, tmp_path / "reports" / "r.html")
     assert EVIL not in path.read_text()
     with pytest.raises(LookupError, match="run nope: not an MLflow run"):

@@ -13,8 +13,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lstmpipe.lib.errors import ConfigError
-from lstmpipe.lib.sources.ffmpeg import ffmpeg_exe
 from lstmpipe.lib.demo.video import (
     SampleSpec,
     add_bad_files,
@@ -24,6 +22,8 @@ from lstmpipe.lib.demo.video import (
     render_clip,
     write_clip,
 )
+from lstmpipe.lib.errors import ConfigError
+from lstmpipe.lib.sources.ffmpeg import ffmpeg_exe
 
 # 3 clips per class over 3 partitions: every partition (folder, tar, zip) holds every class.
 SPEC = SampleSpec(clips_per_class=3, size=64, min_frames=6, max_frames=9)
@@ -53,7 +53,18 @@ def read_series(root: Path, series_id: str) -> bytes:
 
 def decode(data: bytes, size: int = SPEC.size) -> np.ndarray:
     """(T, size, size, 3) uint8 frames, decoded by the same ffmpeg binary the pipeline uses."""
-    cmd = [ffmpeg_exe(), "-v", "error", "-i", "pipe:", "-f", "rawvideo", "-pix_fmt", "rgb24", "pipe:"]
+    cmd = [
+        ffmpeg_exe(),
+        "-v",
+        "error",
+        "-i",
+        "pipe:",
+        "-f",
+        "rawvideo",
+        "-pix_fmt",
+        "rgb24",
+        "pipe:",
+    ]
     out = subprocess.run(cmd, input=data, capture_output=True, check=True, timeout=60).stdout
     assert len(out) % (size * size * 3) == 0
     return np.frombuffer(out, np.uint8).reshape(-1, size, size, 3)
@@ -71,12 +82,16 @@ def all_series(root: Path) -> set[str]:
 
 def hashes(root: Path) -> dict[str, str]:
     files = [p for p in root.rglob("*") if p.is_file()]
-    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+    return {
+        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() for p in files
+    }
 
 
 def areas(frames: np.ndarray) -> np.ndarray:
     """Pixels per frame that differ clearly from the background (median of the border, never covered)."""
-    border = np.concatenate([frames[:, 0], frames[:, -1], frames[:, :, 0], frames[:, :, -1]], axis=1)  # (T, 4S, 3)
+    border = np.concatenate(
+        [frames[:, 0], frames[:, -1], frames[:, :, 0], frames[:, :, -1]], axis=1
+    )  # (T, 4S, 3)
     background = np.median(border, axis=1)[:, None, None, :]  # (T, 1, 1, 3)
     distance = np.abs(frames.astype(int) - background).sum(axis=-1)  # (T, S, S)
     return (distance > 60).sum(axis=(1, 2))
@@ -138,7 +153,9 @@ def test_changed_spec_regenerates_in_place(tmp_path: Path) -> None:
 
 def clip(root: Path, label: str, index: int) -> np.ndarray:
     """Decoded frames of `<label>/clip_<index>` wherever labels.csv puts it (folder, tar or zip)."""
-    (series_id,) = [s for s in read_csv(root / "labels.csv") if s.endswith(f"{label}/clip_{index:04d}.mp4")]
+    (series_id,) = [
+        s for s in read_csv(root / "labels.csv") if s.endswith(f"{label}/clip_{index:04d}.mp4")
+    ]
     return decode(read_series(root, series_id))
 
 
@@ -152,13 +169,18 @@ def test_grow_area_increases_and_shrink_area_decreases(archive: Path, index: int
 
 @pytest.mark.parametrize("index", range(SPEC.clips_per_class))
 def test_fade_in_contrast_increases_and_fade_out_decreases(archive: Path, index: int) -> None:
-    fade_in, fade_out = contrast(clip(archive, "fade_in", index)), contrast(clip(archive, "fade_out", index))
+    fade_in, fade_out = (
+        contrast(clip(archive, "fade_in", index)),
+        contrast(clip(archive, "fade_out", index)),
+    )
     assert fade_in[-1] > 2 * fade_in[0] and fade_out[0] > 2 * fade_out[-1]
 
 
 @pytest.mark.parametrize("index", range(SPEC.clips_per_class))
 @pytest.mark.parametrize(("forward", "backward"), [("grow", "shrink"), ("fade_in", "fade_out")])
-def test_reversal_pairs_hold_the_same_frames(archive: Path, index: int, forward: str, backward: str) -> None:
+def test_reversal_pairs_hold_the_same_frames(
+    archive: Path, index: int, forward: str, backward: str
+) -> None:
     """Only temporal order tells a pair apart: a frame-averaging model sees the same mean."""
     a, b = clip(archive, forward, index).astype(float), clip(archive, backward, index).astype(float)
     first_frames = np.abs(a[0] - b[0]).mean()  # order differs: about 30-45 grey levels
@@ -178,7 +200,11 @@ def test_incoming_writes_clips_and_matching_truth(tmp_path: Path) -> None:
     files = {p.relative_to(root).as_posix() for p in (root / "2026-11-22").iterdir()}
     assert set(truth) == files == {f"2026-11-22/clip_{i:04d}.mp4" for i in range(5)}
     assert set(truth.values()) <= set(SPEC.classes) and len(set(truth.values())) > 1
-    assert decode((root / "2026-11-22/clip_0000.mp4").read_bytes()).shape[1:] == (SPEC.size, SPEC.size, 3)
+    assert decode((root / "2026-11-22/clip_0000.mp4").read_bytes()).shape[1:] == (
+        SPEC.size,
+        SPEC.size,
+        3,
+    )
     assert hashes(generate_incoming(tmp_path / "b", SPEC, count=5)) == hashes(root)
 
 
@@ -190,7 +216,10 @@ def test_bad_files_do_not_decode(tmp_path: Path) -> None:
         cmd = [ffmpeg_exe(), "-v", "error", "-i", str(path), "-f", "null", "-"]
         done = subprocess.run(cmd, capture_output=True, timeout=60)
         assert done.returncode != 0, path
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.mp4", "truncated.mp4"]  # no temp leftovers
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "broken.mp4",
+        "truncated.mp4",
+    ]  # no temp leftovers
 
 
 def test_encoder_failure_names_the_file(tmp_path: Path) -> None:

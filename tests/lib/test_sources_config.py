@@ -11,8 +11,8 @@ import pytest
 from lstmpipe.lib.config import SamplingConfig, SourcesConfig, load_config
 from lstmpipe.lib.errors import ConfigError
 from lstmpipe.lib.sources.decode import decode
-from lstmpipe.lib.sources.kinds import KINDS
 from lstmpipe.lib.sources.discover import discover
+from lstmpipe.lib.sources.kinds import KINDS
 from tests.helpers import wheel_data
 
 SMALL = SamplingConfig(fps=None, size=32, chunk_frames=8)
@@ -42,13 +42,17 @@ def test_geotiff_ndvi_comes_from_the_config(tmp_path: Path) -> None:
     assert rgb_ref.content_hash != ndvi_ref.content_hash  # another rendering is another cache entry
     rgb, grey = frames(rgb_ref, SourcesConfig(), tmp_path), frames(ndvi_ref, ndvi, tmp_path)
     assert len(rgb) == len(grey) == 3
-    assert np.array_equal(grey[..., 0], grey[..., 1]) and not np.array_equal(rgb[..., 0], rgb[..., 1])
+    assert np.array_equal(grey[..., 0], grey[..., 1]) and not np.array_equal(
+        rgb[..., 0], rgb[..., 1]
+    )
 
 
 def test_a_bad_geotiff_mode_is_a_config_error_naming_it(tmp_path: Path) -> None:
     geotiff = next(k for k in KINDS if k.name == "geotiff")
     with pytest.raises(ConfigError, match="sources.geotiff"):
-        geotiff.claim(tmp_path, [], None, load_config(overrides={"sources.geotiff_mode": "sepia"}).sources)
+        geotiff.claim(
+            tmp_path, [], None, load_config(overrides={"sources.geotiff_mode": "sepia"}).sources
+        )
 
 
 def test_a_bad_dicom_window_is_a_config_error_naming_it(tmp_path: Path) -> None:
@@ -64,5 +68,7 @@ def test_a_dicom_window_from_the_config_changes_the_frames(tmp_path: Path) -> No
     data = wheel_data("pydicom", "pydicom/data/test_files")
     shutil.copy(data / "CT_small.dcm", tmp_path / "CT_small.dcm")
     [ref] = discover(tmp_path).refs
-    assert not np.array_equal(frames(ref, SourcesConfig(), tmp_path),
-                              frames(ref, SourcesConfig(dicom_window="40,400"), tmp_path))
+    assert not np.array_equal(
+        frames(ref, SourcesConfig(), tmp_path),
+        frames(ref, SourcesConfig(dicom_window="40,400"), tmp_path),
+    )

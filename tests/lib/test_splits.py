@@ -34,7 +34,7 @@ def _where(splits: dict[str, list[str]]) -> dict[str, str]:
 def test_same_inputs_in_any_order_give_the_same_split() -> None:
     ids, labels = _data({"walk": 40, "run": 25})
     first = stratified_split(ids, labels, 0.15, 0.15, seed=7)
-    pairs = list(zip(ids, labels))
+    pairs = list(zip(ids, labels, strict=False))
     random.Random(0).shuffle(pairs)
     shuffled = stratified_split([p[0] for p in pairs], [p[1] for p in pairs], 0.15, 0.15, seed=7)
     assert first == shuffled
@@ -69,7 +69,13 @@ def test_a_split_is_pinned_so_a_refactor_cannot_silently_reshuffle_it() -> None:
     ids, labels = _data({"a": 5, "b": 4})
     splits = stratified_split(ids, labels, 0.2, 0.2, seed=0)
     assert splits == {
-        "train": ["a/clip_000.mp4", "a/clip_001.mp4", "a/clip_003.mp4", "b/clip_000.mp4", "b/clip_001.mp4"],
+        "train": [
+            "a/clip_000.mp4",
+            "a/clip_001.mp4",
+            "a/clip_003.mp4",
+            "b/clip_000.mp4",
+            "b/clip_001.mp4",
+        ],
         "val": ["a/clip_002.mp4", "b/clip_002.mp4"],
         "test": ["a/clip_004.mp4", "b/clip_003.mp4"],
     }
@@ -82,7 +88,11 @@ def test_adding_one_series_moves_at_most_one_existing_series_across_each_cut() -
     before = None
     for i in range(60):
         grown.append(f"grow/{random.Random(i).random()}")
-        after = _where(stratified_split(other + grown, ["other"] * 12 + ["grow"] * len(grown), 0.15, 0.2, seed=3))
+        after = _where(
+            stratified_split(
+                other + grown, ["other"] * 12 + ["grow"] * len(grown), 0.15, 0.2, seed=3
+            )
+        )
         if len(grown) >= 3:
             assert set(after[s] for s in grown) == set(SPLITS)
         if before is not None:
@@ -139,7 +149,9 @@ def test_the_same_bytes_under_two_names_never_straddle_splits() -> None:
     ids, labels = _data({"walk": 40})
     copies = [f"copy/{s}" for s in ids[:10]]
     keys = [_hash(s) for s in ids] + [_hash(s) for s in ids[:10]]
-    where = _where(stratified_split(ids + copies, labels + ["walk"] * 10, 0.2, 0.2, seed=0, keys=keys))
+    where = _where(
+        stratified_split(ids + copies, labels + ["walk"] * 10, 0.2, 0.2, seed=0, keys=keys)
+    )
     assert all(where[s] == where[f"copy/{s}"] for s in ids[:10])
 
 
@@ -148,7 +160,10 @@ def test_with_the_earlier_record_no_series_crosses_splits_when_series_are_added(
     hashes = {s: _hash(s) for s in ids}
     first = stratified_split(ids, labels, 0.15, 0.2, seed=0, keys=[hashes[s] for s in ids])
     record = json.loads(json.dumps(split_records(first, hashes)))  # as logged
-    assert record["test"][0] == {"series_id": first["test"][0], "content_hash": hashes[first["test"][0]]}
+    assert record["test"][0] == {
+        "series_id": first["test"][0],
+        "content_hash": hashes[first["test"][0]],
+    }
     before = _where(first)
     grown_ids, grown_labels = list(ids), list(labels)
     for step in range(1, 41):  # one new series at a time, in every class
@@ -157,16 +172,25 @@ def test_with_the_earlier_record_no_series_crosses_splits_when_series_are_added(
         grown_labels.append(label)
         keys = [_hash(s) for s in grown_ids]
         pins = pins_from_record(record, grown_ids, keys)
-        after = _where(stratified_split(grown_ids, grown_labels, 0.15, 0.2, seed=0, keys=keys, pinned=pins))
+        after = _where(
+            stratified_split(grown_ids, grown_labels, 0.15, 0.2, seed=0, keys=keys, pinned=pins)
+        )
         assert {s: after[s] for s in ids} == before
     # Still stratified: the new series went where their class was short.
-    sizes = {name: sum(after[s] == name for s in grown_ids if s.startswith("jump")) for name in SPLITS}
-    assert sizes["test"] >= 3 and sizes["val"] >= 2  # 16 jump series: round(16 * .2) = 3, round(16 * .35) = 6
+    sizes = {
+        name: sum(after[s] == name for s in grown_ids if s.startswith("jump")) for name in SPLITS
+    }
+    assert (
+        sizes["test"] >= 3 and sizes["val"] >= 2
+    )  # 16 jump series: round(16 * .2) = 3, round(16 * .35) = 6
 
 
 def test_a_plain_id_record_from_an_older_run_pins_by_id_and_a_hash_wins_over_an_id() -> None:
-    pins = pins_from_record({"test": ["a/1.mp4"], "train": [{"series_id": "b/2.mp4", "content_hash": "h2"}]},
-                            ["a/1.mp4", "renamed/2.mp4", "c/3.mp4"], ["h1", "h2", "h3"])
+    pins = pins_from_record(
+        {"test": ["a/1.mp4"], "train": [{"series_id": "b/2.mp4", "content_hash": "h2"}]},
+        ["a/1.mp4", "renamed/2.mp4", "c/3.mp4"],
+        ["h1", "h2", "h3"],
+    )
     assert pins == {"a/1.mp4": "test", "renamed/2.mp4": "train"}
     with pytest.raises(ValueError, match="'holdout'"):
         pins_from_record({"holdout": []}, [], [])
@@ -181,7 +205,9 @@ def _ucf(tmp_path: Path) -> Path:
     train += [f"Bowling/v_Bowling_g{g:02d}_c01.avi {2}" for g in range(1, 9)]
     train[0] = train[0].replace("/", "\\")
     (folder / "trainlist01.txt").write_text("\r\n".join(train) + "\r\n")
-    test = [f"Archery/v_Archery_g{g:02d}_c01.avi" for g in (9, 10)] + ["Bowling/v_Bowling_g09_c01.avi"]
+    test = [f"Archery/v_Archery_g{g:02d}_c01.avi" for g in (9, 10)] + [
+        "Bowling/v_Bowling_g09_c01.avi"
+    ]
     (folder / "testlist01.txt").write_text("\n".join(test) + "\n\n")
     (folder / "testlist02.txt").write_text("Archery/v_Archery_g01_c01.avi\n")
     return folder
@@ -203,7 +229,9 @@ def test_ucf101_lists_are_read_for_the_chosen_split(tmp_path: Path) -> None:
     assert entries["Archery/v_Archery_g01_c01.avi"] == "train"
     assert entries["Bowling/v_Bowling_g09_c01.avi"] == "test"
     assert sorted(set(entries.values())) == ["test", "train"] and len(entries) == 19
-    assert read_split_lists(folder / "trainlist01.txt", 1) == entries  # a file in the folder works too
+    assert (
+        read_split_lists(folder / "trainlist01.txt", 1) == entries
+    )  # a file in the folder works too
     assert read_split_lists(folder, 2) == {"Archery/v_Archery_g01_c01.avi": "test"}
 
 
@@ -247,13 +275,17 @@ def test_listed_paths_match_series_ids_by_path_then_by_file_name(tmp_path: Path)
 
 
 def _series_for(entries: dict[str, str], extra: int = 0) -> tuple[list[str], list[str], list[str]]:
-    ids = [f"2026-11-19/{rel}" for rel in sorted(entries)] + [f"new/v_extra_{i}.avi" for i in range(extra)]
+    ids = [f"2026-11-19/{rel}" for rel in sorted(entries)] + [
+        f"new/v_extra_{i}.avi" for i in range(extra)
+    ]
     labels = [sid.split("/")[1] if not sid.startswith("new/") else "Archery" for sid in ids]
     return ids, labels, [_hash(s) for s in ids]
 
 
 @pytest.mark.parametrize("make", [_ucf, _hmdb], ids=["ucf101", "hmdb51"])
-def test_official_lists_decide_test_and_validation_comes_from_their_train_part(tmp_path: Path, make) -> None:
+def test_official_lists_decide_test_and_validation_comes_from_their_train_part(
+    tmp_path: Path, make
+) -> None:
     folder = make(tmp_path)
     entries = read_split_lists(folder, 1)
     ids, labels, hashes = _series_for(entries, extra=2)
@@ -269,8 +301,12 @@ def test_official_lists_decide_test_and_validation_comes_from_their_train_part(t
         else:
             assert sid not in where, sid
     assert excluded["unlisted"] == ["new/v_extra_0.avi", "new/v_extra_1.avi"]
-    assert len(excluded["unused"]) == (2 if make is _hmdb else 0)  # HMDB51's code 0: one per class here
-    for label in {rel.split("/")[0] for rel in entries}:  # stratified: every class gives validation series
+    assert len(excluded["unused"]) == (
+        2 if make is _hmdb else 0
+    )  # HMDB51's code 0: one per class here
+    for label in {
+        rel.split("/")[0] for rel in entries
+    }:  # stratified: every class gives validation series
         assert any(labels[ids.index(s)] == label for s in splits["val"]), label
     assert make_splits(ids, labels, hashes, config) == (splits, excluded)  # deterministic
 
@@ -282,11 +318,17 @@ def test_official_lists_with_a_record_keep_validation_stable(tmp_path: Path) -> 
     config = TrainConfig(split_lists=str(folder), val_fraction=0.25)
     first, _ = make_splits(ids, labels, hashes, config)
     record = tmp_path / "split_records.json"
-    record.write_text(json.dumps(split_records(first, dict(zip(ids, hashes)))))
+    record.write_text(json.dumps(split_records(first, dict(zip(ids, hashes, strict=False)))))
     more = [f"2026-11-19/Archery/v_Archery_g{g:02d}_c02.avi" for g in range(1, 9)]
-    (folder / "trainlist01.txt").write_text((folder / "trainlist01.txt").read_text() + "".join(
-        f"{m.split('/', 1)[1]} 1\n" for m in more))
+    (folder / "trainlist01.txt").write_text(
+        (folder / "trainlist01.txt").read_text()
+        + "".join(f"{m.split('/', 1)[1]} 1\n" for m in more)
+    )
     ids2, labels2 = ids + more, labels + ["Archery"] * len(more)
-    second, _ = make_splits(ids2, labels2, [_hash(s) for s in ids2],
-                            TrainConfig(split_lists=str(folder), val_fraction=0.25, split_record=str(record)))
+    second, _ = make_splits(
+        ids2,
+        labels2,
+        [_hash(s) for s in ids2],
+        TrainConfig(split_lists=str(folder), val_fraction=0.25, split_record=str(record)),
+    )
     assert {s: n for s, n in _where(second).items() if s in ids} == _where(first)

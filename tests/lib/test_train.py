@@ -9,17 +9,29 @@ import pytest
 import torch
 
 from lstmpipe.lib.config import TrainConfig
+from lstmpipe.lib.training.loop import (
+    FitResult,
+    SequenceSet,
+    collate,
+    evaluate,
+    fit,
+    model_spec,
+    predict_proba,
+)
 from lstmpipe.lib.training.plots import confusion_matrix_png, learning_curves_png
 from lstmpipe.lib.training.splits import stratified_split
-from lstmpipe.lib.training.loop import FitResult, SequenceSet, collate, evaluate, fit, model_spec, predict_proba
 
 F = 16
 CLASSES = ["ramp_up", "ramp_down"]
 # Shrunk for a 2-core laptop: a few seconds per fit.
-CONFIG = TrainConfig(hidden_size=32, dropout=0.1, epochs=25, patience=8, lr=1e-2, batch_size=16, seed=0)
+CONFIG = TrainConfig(
+    hidden_size=32, dropout=0.1, epochs=25, patience=8, lr=1e-2, batch_size=16, seed=0
+)
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")  # tests/lib/conftest.py: tiny networks, one thread
+pytestmark = pytest.mark.usefixtures(
+    "one_thread"
+)  # tests/lib/conftest.py: tiny networks, one thread
 
 
 def order_only_task(n: int, seed: int) -> SequenceSet:
@@ -38,13 +50,17 @@ def order_only_task(n: int, seed: int) -> SequenceSet:
         frames = rng.normal(size=(steps, F)) + 1.5 * ramp[:, None] * direction[None, :]  # (T, F)
         features.append(frames.astype(np.float32))
         labels.append(label)
-    return SequenceSet(features, np.array(labels), [f"{CLASSES[y]}/series_{i:03d}" for i, y in enumerate(labels)])
+    return SequenceSet(
+        features, np.array(labels), [f"{CLASSES[y]}/series_{i:03d}" for i, y in enumerate(labels)]
+    )
 
 
 @pytest.fixture(scope="module")
 def data() -> dict[str, SequenceSet]:
     everything = order_only_task(360, seed=0)
-    splits = stratified_split(everything.series_ids, [CLASSES[y] for y in everything.labels], 0.15, 0.4, seed=0)
+    splits = stratified_split(
+        everything.series_ids, [CLASSES[y] for y in everything.labels], 0.15, 0.4, seed=0
+    )
     return {name: everything.select(ids) for name, ids in splits.items()}
 
 
@@ -53,7 +69,9 @@ def lstm(data: dict[str, SequenceSet]) -> FitResult:
     return fit(model_spec(CONFIG, F, 2, "lstm"), data["train"], data["val"], CONFIG)
 
 
-def test_lstm_learns_order_that_a_frame_average_cannot_see(data: dict[str, SequenceSet], lstm: FitResult) -> None:
+def test_lstm_learns_order_that_a_frame_average_cannot_see(
+    data: dict[str, SequenceSet], lstm: FitResult
+) -> None:
     mean = fit(model_spec(CONFIG, F, 2, "mean"), data["train"], data["val"], CONFIG)
     lstm_test = evaluate(lstm.model, data["test"], CLASSES)
     mean_test = evaluate(mean.model, data["test"], CLASSES)
@@ -64,23 +82,40 @@ def test_lstm_learns_order_that_a_frame_average_cannot_see(data: dict[str, Seque
 
 
 def test_series_centring_fits_its_scale_and_reads_order_under_a_per_series_level(
-        data: dict[str, SequenceSet]) -> None:
+    data: dict[str, SequenceSet],
+) -> None:
     """Each series sits at its own level, ten times the ramp: what a backbone's anatomy and contrast look like."""
     rng = np.random.default_rng(1)
-    shifted = {name: SequenceSet([f + 15.0 * rng.normal(size=F).astype(np.float32) for f in part.features],
-                                 part.labels, part.series_ids) for name, part in data.items()}
+    shifted = {
+        name: SequenceSet(
+            [f + 15.0 * rng.normal(size=F).astype(np.float32) for f in part.features],
+            part.labels,
+            part.series_ids,
+        )
+        for name, part in data.items()
+    }
     config = dataclasses.replace(CONFIG, input_norm="series")
     result = fit(model_spec(config, F, 2, "lstm"), shifted["train"], shifted["val"], config)
     centred = np.concatenate([f - f.mean(axis=0) for f in shifted["train"].features])
-    assert result.model.norm.scale.item() == pytest.approx(float(np.sqrt(np.mean(centred.astype(np.float64) ** 2))),
-                                                           rel=1e-5)
+    assert result.model.norm.scale.item() == pytest.approx(
+        float(np.sqrt(np.mean(centred.astype(np.float64) ** 2))), rel=1e-5
+    )
     assert "norm.scale" in result.model.state_dict()
     assert evaluate(result.model, shifted["test"], CLASSES)["accuracy"] >= 0.9
 
 
-def test_the_returned_model_is_the_best_epoch(data: dict[str, SequenceSet], lstm: FitResult) -> None:
+def test_the_returned_model_is_the_best_epoch(
+    data: dict[str, SequenceSet], lstm: FitResult
+) -> None:
     assert [row["epoch"] for row in lstm.history] == list(range(1, len(lstm.history) + 1))
-    assert set(lstm.history[0]) == {"epoch", "train_loss", "val_loss", "val_accuracy", "val_macro_f1", "lr"}
+    assert set(lstm.history[0]) == {
+        "epoch",
+        "train_loss",
+        "val_loss",
+        "val_accuracy",
+        "val_macro_f1",
+        "lr",
+    }
     assert lstm.stopped_early == (len(lstm.history) < CONFIG.epochs)
     best = lstm.history[lstm.best_epoch - 1]
     assert best["val_macro_f1"] == max(row["val_macro_f1"] for row in lstm.history)
@@ -101,7 +136,9 @@ def test_same_seed_same_history_and_on_epoch_sees_every_row(data: dict[str, Sequ
         assert torch.equal(weights, second.model.state_dict()[name]), name
 
 
-def test_predict_proba_keeps_input_order_whatever_the_batch_size(data: dict[str, SequenceSet], lstm: FitResult) -> None:
+def test_predict_proba_keeps_input_order_whatever_the_batch_size(
+    data: dict[str, SequenceSet], lstm: FitResult
+) -> None:
     features = data["test"].features[:20]
     probs = predict_proba(lstm.model, features, batch_size=64)
     assert probs.shape == (20, 2)
@@ -142,33 +179,48 @@ def test_plots_write_png_files(tmp_path, data: dict[str, SequenceSet], lstm: Fit
     confusion = np.array(evaluate(lstm.model, data["test"], CLASSES)["confusion"])
     paths = [
         confusion_matrix_png(confusion, CLASSES, tmp_path / "confusion.png"),
-        learning_curves_png(lstm.history, tmp_path / "plots" / "curves.png", best_epoch=lstm.best_epoch),
+        learning_curves_png(
+            lstm.history, tmp_path / "plots" / "curves.png", best_epoch=lstm.best_epoch
+        ),
     ]
     for path in paths:
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert path.stat().st_size > 1000
 
 
-def test_lr_warms_up_to_its_peak_then_decays_and_gradients_are_clipped(data: dict[str, SequenceSet],
-                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_lr_warms_up_to_its_peak_then_decays_and_gradients_are_clipped(
+    data: dict[str, SequenceSet], monkeypatch: pytest.MonkeyPatch
+) -> None:
     norms: list[float] = []
     clip = torch.nn.utils.clip_grad_norm_
-    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", lambda params, max_norm: norms.append(max_norm)
-                        or clip(params, max_norm))
+    monkeypatch.setattr(
+        torch.nn.utils,
+        "clip_grad_norm_",
+        lambda params, max_norm: norms.append(max_norm) or clip(params, max_norm),
+    )
     config = dataclasses.replace(CONFIG, epochs=20, patience=20, grad_clip=0.5)
     result = fit(model_spec(config, F, 2, "lstm"), data["train"], data["val"], config)
     lrs = [row["lr"] for row in result.history]
     peak = int(np.argmax(lrs))
-    assert peak == 1 and lrs[0] < lrs[1] <= config.lr  # OneCycle: 10 % warm-up (2 of 20 epochs), then decay
-    assert all(a >= b for a, b in zip(lrs[1:], lrs[2:]))
+    assert (
+        peak == 1 and lrs[0] < lrs[1] <= config.lr
+    )  # OneCycle: 10 % warm-up (2 of 20 epochs), then decay
+    assert all(a >= b for a, b in zip(lrs[1:], lrs[2:], strict=False))
     assert lrs[-1] < 0.01 * config.lr
     assert norms and set(norms) == {0.5}
 
 
 @pytest.mark.parametrize(
     ("key", "value"),
-    [("cell", "rnn"), ("pooling", "max"), ("balance", "oversample"), ("crop_fraction", 0.0),
-     ("frame_dropout", 1.0), ("input_proj", 0), ("input_norm", "batch")],
+    [
+        ("cell", "rnn"),
+        ("pooling", "max"),
+        ("balance", "oversample"),
+        ("crop_fraction", 0.0),
+        ("frame_dropout", 1.0),
+        ("input_proj", 0),
+        ("input_norm", "batch"),
+    ],
 )
 def test_bad_training_options_name_the_key(key: str, value: object) -> None:
     from lstmpipe.lib.errors import ConfigError

@@ -13,13 +13,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lstmpipe.lib.features.backbone import Backbone
-from lstmpipe.lib.training.bundle import ModelBundle
-from lstmpipe.lib.features.cache import FeatureCache
 from lstmpipe.lib.config import Config
-from lstmpipe.lib.training.experiment import load_sequences, run_experiment
+from lstmpipe.lib.features.backbone import Backbone
+from lstmpipe.lib.features.cache import FeatureCache
 from lstmpipe.lib.features.recipe import FeatureRecipe
 from lstmpipe.lib.series import SeriesRef
+from lstmpipe.lib.training.bundle import ModelBundle
+from lstmpipe.lib.training.experiment import load_sequences, run_experiment
 from lstmpipe.lib.training.loop import predict_proba
 
 
@@ -34,7 +34,9 @@ def write_ucf101(folder: Path, refs: list[SeriesRef]) -> None:
     rels = sorted(_relative(r) for r in refs)
     train = [rel for rel in rels if not rel.endswith("2.mp4") and rel != "fade_out/clip_0001.mp4"]
     (folder / "trainlist01.txt").write_text("".join(f"{rel} 1\n" for rel in train))
-    (folder / "testlist01.txt").write_text("".join(f"{rel}\n" for rel in rels if rel.endswith("2.mp4")))
+    (folder / "testlist01.txt").write_text(
+        "".join(f"{rel}\n" for rel in rels if rel.endswith("2.mp4"))
+    )
 
 
 def write_hmdb51(folder: Path, refs: list[SeriesRef]) -> None:
@@ -51,23 +53,41 @@ def write_hmdb51(folder: Path, refs: list[SeriesRef]) -> None:
 
 @pytest.mark.parametrize("fmt", ["ucf101", "hmdb51"])
 def test_official_lists_and_every_model_option_on_real_features(
-    fmt: str, tmp_path: Path, sample_cache: FeatureCache, sample_refs: list[SeriesRef],
-    backbone: tuple[Backbone, FeatureRecipe], tiny_config: Config, one_thread: None,
+    fmt: str,
+    tmp_path: Path,
+    sample_cache: FeatureCache,
+    sample_refs: list[SeriesRef],
+    backbone: tuple[Backbone, FeatureRecipe],
+    tiny_config: Config,
+    one_thread: None,
 ) -> None:
     (write_ucf101 if fmt == "ucf101" else write_hmdb51)(tmp_path / "lists", sample_refs)
     config = dataclasses.replace(
-        tiny_config.train, epochs=4, patience=4, cell="gru", pooling="attention", bidirectional=True,
-        input_proj=16, crop_fraction=0.75, frame_dropout=0.1, balance="sampler",
-        split_lists=str(tmp_path / "lists"), split_number=1,
+        tiny_config.train,
+        epochs=4,
+        patience=4,
+        cell="gru",
+        pooling="attention",
+        bidirectional=True,
+        input_proj=16,
+        crop_fraction=0.75,
+        frame_dropout=0.1,
+        balance="sampler",
+        split_lists=str(tmp_path / "lists"),
+        split_number=1,
     )
     outcome = run_experiment(sample_cache, backbone[1], sample_refs, config)
 
     by_id = {r.series_id: r for r in sample_refs}
     left_out = [sid for sid in by_id if sid.endswith("fade_out/clip_0001.mp4")]
-    assert outcome.excluded == ({"unlisted": left_out, "unused": []} if fmt == "ucf101"
-                                else {"unlisted": [], "unused": left_out})
+    assert outcome.excluded == (
+        {"unlisted": left_out, "unused": []}
+        if fmt == "ucf101"
+        else {"unlisted": [], "unused": left_out}
+    )
     assert sorted(_relative(by_id[s]) for s in outcome.splits["test"]) == sorted(
-        f"{label}/clip_0002.mp4" for label in ("fade_in", "fade_out", "grow", "shrink"))
+        f"{label}/clip_0002.mp4" for label in ("fade_in", "fade_out", "grow", "shrink")
+    )
     # Validation carved from the official train part, per class: a class of 2 gives 1, a class of 1 (fade_out) none.
     val_classes = sorted(by_id[s].label for s in outcome.splits["val"])
     assert val_classes == ["fade_in", "grow", "shrink"] and len(outcome.splits["train"]) == 4
@@ -78,9 +98,16 @@ def test_official_lists_and_every_model_option_on_real_features(
 
     # The registered form rebuilds the same network from its spec (what lib/registry/mlflow_store.py and inference load).
     spec = outcome.bundle.spec
-    assert (spec.cell, spec.pooling, spec.bidirectional, spec.input_proj) == ("gru", "attention", True, 16)
+    assert (spec.cell, spec.pooling, spec.bidirectional, spec.input_proj) == (
+        "gru",
+        "attention",
+        True,
+        16,
+    )
     loaded = ModelBundle.load(outcome.bundle.save(tmp_path / "bundle"))
-    features = load_sequences(sample_cache, backbone[1].recipe_id, sample_refs, outcome.bundle.labels).features
+    features = load_sequences(
+        sample_cache, backbone[1].recipe_id, sample_refs, outcome.bundle.labels
+    ).features
     assert len({len(f) for f in features}) > 1  # real clips of different lengths
     together = loaded.predict(features)
     assert np.allclose(together, outcome.bundle.predict(features), atol=1e-6)

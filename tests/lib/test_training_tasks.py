@@ -13,19 +13,32 @@ import numpy as np
 import pytest
 import torch
 
-from lstmpipe.lib.training import loop
 from lstmpipe.lib.config import TrainConfig
+from lstmpipe.lib.training import loop
+from lstmpipe.lib.training.loop import (
+    SequenceSet,
+    augment,
+    evaluate,
+    fit,
+    model_spec,
+    predict_proba,
+)
 from lstmpipe.lib.training.splits import stratified_split
-from lstmpipe.lib.training.loop import SequenceSet, augment, evaluate, fit, model_spec, predict_proba
 
 F = 8
 ORDER_CLASSES = ["rise", "fall", "peak", "valley"]
 # Shrunk for a 2-core laptop: a few seconds per fit.
-CONFIG = TrainConfig(hidden_size=32, input_proj=32, dropout=0.1, epochs=40, patience=15, lr=1e-2, seed=0)
-BASELINE_LR_FACTOR = 5.0  # as lib/training/experiment.py: the linear baseline needs larger steps to converge
+CONFIG = TrainConfig(
+    hidden_size=32, input_proj=32, dropout=0.1, epochs=40, patience=15, lr=1e-2, seed=0
+)
+BASELINE_LR_FACTOR = (
+    5.0  # as lib/training/experiment.py: the linear baseline needs larger steps to converge
+)
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")  # tests/lib/conftest.py: tiny networks, one thread
+pytestmark = pytest.mark.usefixtures(
+    "one_thread"
+)  # tests/lib/conftest.py: tiny networks, one thread
 
 
 def _reorder(label: int, steps: int) -> np.ndarray:
@@ -48,10 +61,14 @@ def order_only_task(n: int, seed: int) -> SequenceSet:
     features, labels = [], []
     for i in range(n):
         label, steps = i % 4, int(rng.integers(8, 21))
-        frames = rng.normal(size=(steps, F)) + 3.0 * np.linspace(-1.0, 1.0, steps)[:, None] * direction  # (T, F)
+        frames = (
+            rng.normal(size=(steps, F)) + 3.0 * np.linspace(-1.0, 1.0, steps)[:, None] * direction
+        )  # (T, F)
         features.append(frames[_reorder(label, steps)].astype(np.float32))
         labels.append(label)
-    return SequenceSet(features, np.array(labels), [f"{ORDER_CLASSES[y]}/s{i:03d}" for i, y in enumerate(labels)])
+    return SequenceSet(
+        features, np.array(labels), [f"{ORDER_CLASSES[y]}/s{i:03d}" for i, y in enumerate(labels)]
+    )
 
 
 def static_task(n: int, seed: int, classes: int = 4) -> SequenceSet:
@@ -68,7 +85,10 @@ def static_task(n: int, seed: int, classes: int = 4) -> SequenceSet:
 
 def _split(data: SequenceSet) -> dict[str, SequenceSet]:
     names = [sid.split("/")[0] for sid in data.series_ids]
-    return {name: data.select(ids) for name, ids in stratified_split(data.series_ids, names, 0.15, 0.3, 0).items()}
+    return {
+        name: data.select(ids)
+        for name, ids in stratified_split(data.series_ids, names, 0.15, 0.3, 0).items()
+    }
 
 
 def _fit_both(parts: dict[str, SequenceSet], config: TrainConfig) -> tuple[dict, dict]:
@@ -77,7 +97,9 @@ def _fit_both(parts: dict[str, SequenceSet], config: TrainConfig) -> tuple[dict,
     lstm = fit(model_spec(config, F, n, "lstm"), parts["train"], parts["val"], config)
     base_config = dataclasses.replace(config, lr=config.lr * BASELINE_LR_FACTOR)
     base = fit(model_spec(base_config, F, n, "mean"), parts["train"], parts["val"], base_config)
-    return evaluate(lstm.model, parts["test"], classes), evaluate(base.model, parts["test"], classes)
+    return evaluate(lstm.model, parts["test"], classes), evaluate(
+        base.model, parts["test"], classes
+    )
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +112,9 @@ def order_parts() -> dict[str, SequenceSet]:
     [{}, {"cell": "gru", "pooling": "attention"}],
     ids=["lstm-last", "gru-attention"],
 )
-def test_only_the_recurrent_model_tells_classes_apart_by_order(order_parts: dict, options: dict) -> None:
+def test_only_the_recurrent_model_tells_classes_apart_by_order(
+    order_parts: dict, options: dict
+) -> None:
     lstm, baseline = _fit_both(order_parts, dataclasses.replace(CONFIG, **options))
     assert len(order_parts["test"]) == 144
     assert lstm["accuracy"] >= 0.95, lstm
@@ -104,29 +128,46 @@ def test_when_one_frame_suffices_both_models_do_well() -> None:
 
 
 EVERYTHING_ON = dataclasses.replace(
-    CONFIG, epochs=4, cell="gru", pooling="attention", bidirectional=True, num_layers=2,
-    crop_fraction=0.8, frame_dropout=0.1, balance="sampler",
+    CONFIG,
+    epochs=4,
+    cell="gru",
+    pooling="attention",
+    bidirectional=True,
+    num_layers=2,
+    crop_fraction=0.8,
+    frame_dropout=0.1,
+    balance="sampler",
 )
 
 
-@pytest.mark.parametrize("config", [dataclasses.replace(CONFIG, epochs=4), EVERYTHING_ON], ids=["default", "all-on"])
-def test_same_seed_gives_bit_identical_metrics_and_another_seed_does_not(order_parts: dict,
-                                                                        config: TrainConfig) -> None:
+@pytest.mark.parametrize(
+    "config", [dataclasses.replace(CONFIG, epochs=4), EVERYTHING_ON], ids=["default", "all-on"]
+)
+def test_same_seed_gives_bit_identical_metrics_and_another_seed_does_not(
+    order_parts: dict, config: TrainConfig
+) -> None:
     def run(seed: int) -> tuple[list[dict], dict, np.ndarray]:
         c = dataclasses.replace(config, seed=seed)
         result = fit(model_spec(c, F, 4, "lstm"), order_parts["train"], order_parts["val"], c)
-        return (result.history, evaluate(result.model, order_parts["test"], ORDER_CLASSES),
-                predict_proba(result.model, order_parts["test"].features))
+        return (
+            result.history,
+            evaluate(result.model, order_parts["test"], ORDER_CLASSES),
+            predict_proba(result.model, order_parts["test"].features),
+        )
 
     first, second, other = run(0), run(0), run(1)
-    assert first[0] == second[0] and first[1] == second[1]  # ==, not approx: every float bit-identical
+    assert (
+        first[0] == second[0] and first[1] == second[1]
+    )  # ==, not approx: every float bit-identical
     assert np.array_equal(first[2], second[2])
     assert first[0] != other[0] and not np.array_equal(first[2], other[2])
 
 
 def test_augment_is_seeded_bounded_and_off_by_default() -> None:
     frames = torch.arange(40, dtype=torch.float32).reshape(20, 2)  # (T, F): frame t holds 2t, 2t+1
-    assert augment(frames, TrainConfig(), torch.Generator().manual_seed(0)) is frames  # off: untouched, no draw
+    assert (
+        augment(frames, TrainConfig(), torch.Generator().manual_seed(0)) is frames
+    )  # off: untouched, no draw
     crop = TrainConfig(crop_fraction=0.5)
     a = augment(frames, crop, torch.Generator().manual_seed(0))
     b = augment(frames, crop, torch.Generator().manual_seed(0))
@@ -140,7 +181,9 @@ def test_augment_is_seeded_bounded_and_off_by_default() -> None:
     assert len(one) == 1  # a series always keeps a frame
 
 
-def test_augmentation_touches_training_series_only(order_parts: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_augmentation_touches_training_series_only(
+    order_parts: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """fit calls augment on training series (as views of their arrays), never on validation ones."""
     seen: list[int] = []
 
@@ -157,7 +200,9 @@ def test_augmentation_touches_training_series_only(order_parts: dict, monkeypatc
     assert set(seen) == train_ptrs and not set(seen) & val_ptrs
     # Validation saw whole series: the best epoch's logged accuracy is what evaluate() finds on them.
     best = result.history[result.best_epoch - 1]
-    assert evaluate(result.model, order_parts["val"], ORDER_CLASSES)["accuracy"] == pytest.approx(best["val_accuracy"])
+    assert evaluate(result.model, order_parts["val"], ORDER_CLASSES)["accuracy"] == pytest.approx(
+        best["val_accuracy"]
+    )
     probs = predict_proba(result.model, order_parts["test"].features)
     assert np.array_equal(probs, predict_proba(result.model, order_parts["test"].features))
 
@@ -172,7 +217,9 @@ def test_balanced_sampler_draws_each_class_about_equally_often() -> None:
 
 def test_sampler_learns_an_imbalanced_task() -> None:
     data = static_task(200, seed=2, classes=2)
-    keep = [sid for sid, y in zip(data.series_ids, data.labels) if y == 0 or int(sid[-3:]) % 8 == 1]  # 100 : 25
+    keep = [
+        sid for sid, y in zip(data.series_ids, data.labels, strict=False) if y == 0 or int(sid[-3:]) % 8 == 1
+    ]  # 100 : 25
     parts = _split(data.select(keep))
     config = dataclasses.replace(CONFIG, balance="sampler", epochs=15)
     result = fit(model_spec(config, F, 2, "lstm"), parts["train"], parts["val"], config)
@@ -182,10 +229,18 @@ def test_sampler_learns_an_imbalanced_task() -> None:
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize("options", [{}, {"cell": "gru", "pooling": "attention", "bidirectional": True}])
+@pytest.mark.parametrize(
+    "options", [{}, {"cell": "gru", "pooling": "attention", "bidirectional": True}]
+)
 def test_bf16_autocast_on_gpu_learns_order_too(order_parts: dict, options: dict) -> None:
     """The GPU twin of test_only_the_recurrent_model_tells_classes_apart_by_order (bf16 autocast)."""
     config = dataclasses.replace(CONFIG, **options)
-    result = fit(model_spec(config, F, 4, "lstm"), order_parts["train"], order_parts["val"], config, device="cuda")
+    result = fit(
+        model_spec(config, F, 4, "lstm"),
+        order_parts["train"],
+        order_parts["val"],
+        config,
+        device="cuda",
+    )
     assert next(result.model.parameters()).is_cuda
     assert evaluate(result.model, order_parts["test"], ORDER_CLASSES)["accuracy"] >= 0.95

@@ -7,8 +7,16 @@ import pytest
 
 from lstmpipe.lib.config import TrainConfig
 from lstmpipe.lib.training.loop import SequenceSet
-from lstmpipe.lib.training.tune import TUNED, SearchData, SearchSpace, TrialRecord, pick_best, sample_trials, train_trial, \
-    trial_config
+from lstmpipe.lib.training.tune import (
+    TUNED,
+    SearchData,
+    SearchSpace,
+    TrialRecord,
+    pick_best,
+    sample_trials,
+    train_trial,
+    trial_config,
+)
 
 
 def test_trials_start_with_the_base_config_and_are_seeded_distinct_and_in_range() -> None:
@@ -25,13 +33,27 @@ def test_trials_start_with_the_base_config_and_are_seeded_distinct_and_in_range(
 
 
 def test_a_small_space_gives_fewer_trials_not_a_hang() -> None:
-    space = SearchSpace(hidden_size=(32,), num_layers=(1,), dropout=(0.1, 0.1), lr=(1e-3, 1e-3),
-                        bidirectional=(False,))
-    assert len(sample_trials(TrainConfig(), space, 5, seed=0)) == 2  # the base config and the one point
+    space = SearchSpace(
+        hidden_size=(32,),
+        num_layers=(1,),
+        dropout=(0.1, 0.1),
+        lr=(1e-3, 1e-3),
+        bidirectional=(False,),
+    )
+    assert (
+        len(sample_trials(TrainConfig(), space, 5, seed=0)) == 2
+    )  # the base config and the one point
 
 
-@pytest.mark.parametrize("kwargs, name", [({"hidden_size": ()}, "hidden_size"), ({"lr": (0.0, 1e-3)}, "lr"),
-                                          ({"dropout": (0.5, 0.1)}, "dropout"), ({"dropout": (0.0, 1.0)}, "dropout")])
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        ({"hidden_size": ()}, "hidden_size"),
+        ({"lr": (0.0, 1e-3)}, "lr"),
+        ({"dropout": (0.5, 0.1)}, "dropout"),
+        ({"dropout": (0.0, 1.0)}, "dropout"),
+    ],
+)
 def test_bad_spaces_name_the_key(kwargs: dict, name: str) -> None:
     with pytest.raises(ValueError, match=name):
         SearchSpace(**kwargs)
@@ -53,7 +75,9 @@ def row(epoch: int, f1: float, loss: float) -> dict:
 def test_pick_best_by_best_epoch_f1_then_loss_then_trial_order() -> None:
     a = TrialRecord("a", 0, {}, [row(1, 0.5, 1.0), row(2, 0.9, 0.5)], "completed")
     b = TrialRecord("b", 1, {}, [row(1, 0.9, 0.4)], "stopped")  # same F1, lower loss: better
-    c = TrialRecord("c", 2, {}, [row(1, 0.9, 0.4)], "completed")  # a tie with b: the earlier trial wins
+    c = TrialRecord(
+        "c", 2, {}, [row(1, 0.9, 0.4)], "completed"
+    )  # a tie with b: the earlier trial wins
     dead = TrialRecord("d", 3, {}, [], "error")
     assert a.best == row(2, 0.9, 0.5)
     assert pick_best([a, b, c, dead]).trial_id == "b"
@@ -66,11 +90,25 @@ def test_pick_best_by_best_epoch_f1_then_loss_then_trial_order() -> None:
 
 def test_train_trial_reports_every_epoch_through_the_callback() -> None:
     rng = np.random.default_rng(0)
+
     def part(n: int) -> SequenceSet:
-        return SequenceSet([rng.normal(size=(int(rng.integers(3, 6)), 4)).astype(np.float32) for _ in range(n)],
-                           np.arange(n) % 2, [f"s{i}" for i in range(n)])
-    data = SearchData(["a", "b"], {"train": [], "val": [], "test": []}, part(6), part(4), input_dim=4)
+        return SequenceSet(
+            [rng.normal(size=(int(rng.integers(3, 6)), 4)).astype(np.float32) for _ in range(n)],
+            np.arange(n) % 2,
+            [f"s{i}" for i in range(n)],
+        )
+
+    data = SearchData(
+        ["a", "b"], {"train": [], "val": [], "test": []}, part(6), part(4), input_dim=4
+    )
     reports: list[dict] = []
     result = train_trial(data, TrainConfig(epochs=3, patience=3, hidden_size=8), reports.append)
     assert [r["epoch"] for r in reports] == [1.0, 2.0, 3.0] and len(result.history) == 3
-    assert set(reports[0]) == {"epoch", "train_loss", "val_loss", "val_accuracy", "val_macro_f1", "lr"}
+    assert set(reports[0]) == {
+        "epoch",
+        "train_loss",
+        "val_loss",
+        "val_accuracy",
+        "val_macro_f1",
+        "lr",
+    }

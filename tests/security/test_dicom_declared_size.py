@@ -20,8 +20,10 @@ def declared_length(source: Path, target: Path, length: int) -> Path:
     """A copy of an explicit-VR little-endian DICOM whose pixel data element declares `length` bytes."""
     data = bytearray(source.read_bytes())
     at = data.rfind(PIXEL_DATA)
-    assert data[at + 4:at + 6] in (b"OW", b"OB"), "expected an explicit VR OB/OW element: 32-bit length at +8"
-    data[at + 8:at + 12] = struct.pack("<I", length)
+    assert data[at + 4 : at + 6] in (b"OW", b"OB"), (
+        "expected an explicit VR OB/OW element: 32-bit length at +8"
+    )
+    data[at + 8 : at + 12] = struct.pack("<I", length)
     target.write_bytes(bytes(data))
     return target
 
@@ -33,11 +35,23 @@ def declared_shape(source: Path, target: Path, rows: int, columns: int) -> Path:
     return target
 
 
-@pytest.mark.parametrize("make, reason", [
-    (lambda src, dst: declared_length(src, dst, 2 << 30), f"pixel data truncated: the file holds 32906 of its {2 << 30} bytes"),
-    (lambda src, dst: declared_shape(src, dst, 46341, 46341), "pixel data holds 32768 bytes; 46341x46341 needs 4294976562"),
-], ids=["2GiB-length", "46341x46341"])
-def test_a_dicom_declaring_gigabytes_is_refused_at_discovery(tmp_path: Path, make, reason: str) -> None:
+@pytest.mark.parametrize(
+    "make, reason",
+    [
+        (
+            lambda src, dst: declared_length(src, dst, 2 << 30),
+            f"pixel data truncated: the file holds 32906 of its {2 << 30} bytes",
+        ),
+        (
+            lambda src, dst: declared_shape(src, dst, 46341, 46341),
+            "pixel data holds 32768 bytes; 46341x46341 needs 4294976562",
+        ),
+    ],
+    ids=["2GiB-length", "46341x46341"],
+)
+def test_a_dicom_declaring_gigabytes_is_refused_at_discovery(
+    tmp_path: Path, make, reason: str
+) -> None:
     series = tmp_path / "source" / "ct"
     series.mkdir(parents=True)
     make(wheel_data("pydicom", "pydicom/data/test_files") / "CT_small.dcm", series / "huge.dcm")

@@ -24,7 +24,7 @@ NAMES = [
     f"; touch {MARKER} ;.mp4",
     f"| touch {MARKER}.mp4",
     f"&& touch {MARKER} &&.mp4",
-    "it's a \"quoted\" clip.mp4",
+    'it\'s a "quoted" clip.mp4',
     "new\nline.mp4",
     "tab\tand\rreturn.mp4",
     # a forged stream line: parsed as the clip's stream, it would say 640x480 at 99 fps
@@ -36,8 +36,12 @@ NAMES = [
     "%s%n%x.mp4",
     "ünïcödé ✓.mp4",
 ]
-SUBFILE_FORGERY = "x,,start,0,end,5,,:y.tar"  # an archive name that tries to rewrite ffmpeg's subfile range
-NOT_UTF8 = os.fsdecode(b"bad-\xff\xfe-utf8.mp4")  # how Python spells the raw bytes: surrogate escapes
+SUBFILE_FORGERY = (
+    "x,,start,0,end,5,,:y.tar"  # an archive name that tries to rewrite ffmpeg's subfile range
+)
+NOT_UTF8 = os.fsdecode(
+    b"bad-\xff\xfe-utf8.mp4"
+)  # how Python spells the raw bytes: surrogate escapes
 
 
 @pytest.fixture()
@@ -53,28 +57,38 @@ def hostile_source(tmp_path: Path, clip: Path, monkeypatch: pytest.MonkeyPatch) 
     with tarfile.open(source / "odd,name;$(x).tar", "w") as tar:
         for name in ["in tar\nnewline.mp4", f"$(touch {MARKER}).mp4", NOT_UTF8]:
             tar.add(folder / NAMES[0], arcname=f"cls/{name}")
-    with tarfile.open(source / SUBFILE_FORGERY, "w") as tar:  # stored members are read through a subfile URL
+    with tarfile.open(
+        source / SUBFILE_FORGERY, "w"
+    ) as tar:  # stored members are read through a subfile URL
         tar.add(folder / NAMES[0], arcname="cls/clip.mp4")
     return source
 
 
-def test_hostile_names_decode_like_any_clip_and_run_nothing(hostile_source: Path, tmp_path: Path, home: Path,
-                                                           system_tmp: Path) -> None:
+def test_hostile_names_decode_like_any_clip_and_run_nothing(
+    hostile_source: Path, tmp_path: Path, home: Path, system_tmp: Path
+) -> None:
     outcome = run(hostile_source, home)
     folder = f"$(touch {MARKER})"
     archive = "odd,name;$(x).tar"
-    expected = {f"{folder}/{name}" for name in NAMES} | {
-        f"{archive}/cls/{name}" for name in ["in tar\nnewline.mp4", f"$(touch {MARKER}).mp4"]} | {
-        f"{SUBFILE_FORGERY}/cls/clip.mp4"}
+    expected = (
+        {f"{folder}/{name}" for name in NAMES}
+        | {f"{archive}/cls/{name}" for name in ["in tar\nnewline.mp4", f"$(touch {MARKER}).mp4"]}
+        | {f"{SUBFILE_FORGERY}/cls/clip.mp4"}
+    )
     assert set(outcome.features) == expected
     assert {len(f.features) for f in outcome.features.values()} == {16}  # 4 s at 4 fps, every one
     first = next(iter(outcome.features.values())).features
-    assert all(np.array_equal(f.features, first) for f in outcome.features.values())  # the same bytes were read
+    assert all(
+        np.array_equal(f.features, first) for f in outcome.features.values()
+    )  # the same bytes were read
     assert {f.label for f in discover(hostile_source).refs} == {folder, "cls"}
     # a member name that is not UTF-8 cannot become an id (Arrow, SQLite and JSON need UTF-8): refused by name
     assert reasons(outcome) == {
-        f"{archive}/cls/bad-\\xff\\xfe-utf8.mp4": "member name is not valid UTF-8: cls/bad-\\xff\\xfe-utf8.mp4 (rename it)"}
-    assert not list(tmp_path.rglob(MARKER)) and not (Path.cwd() / MARKER).exists(), "a name was run as a command"
+        f"{archive}/cls/bad-\\xff\\xfe-utf8.mp4": "member name is not valid UTF-8: cls/bad-\\xff\\xfe-utf8.mp4 (rename it)"
+    }
+    assert not list(tmp_path.rglob(MARKER)) and not (Path.cwd() / MARKER).exists(), (
+        "a name was run as a command"
+    )
 
 
 def test_a_name_cannot_forge_what_probe_reads(hostile_source: Path, home: Path) -> None:
@@ -83,7 +97,9 @@ def test_a_name_cannot_forge_what_probe_reads(hostile_source: Path, home: Path) 
     assert (meta["width"], meta["height"], round(meta["fps"], 2)) == (176, 144, 29.97)
 
 
-def test_a_file_name_that_is_not_utf8_is_recorded_not_fatal(tmp_path: Path, clip: Path, home: Path) -> None:
+def test_a_file_name_that_is_not_utf8_is_recorded_not_fatal(
+    tmp_path: Path, clip: Path, home: Path
+) -> None:
     source = tmp_path / "source"
     source.mkdir()
     (source / NOT_UTF8).write_bytes(clip.read_bytes())

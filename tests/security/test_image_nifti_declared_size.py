@@ -39,7 +39,9 @@ def test_an_image_frame_declaring_60000_squared_fails_its_series_by_name(tmp_pat
     frame = series / "f001.png"
     data = bytearray(frame.read_bytes())
     data[16:24] = struct.pack(">II", 60000, 60000)  # IHDR width, height
-    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))  # a valid chunk CRC: only the size lies
+    data[29:33] = struct.pack(
+        ">I", zlib.crc32(bytes(data[12:29]))
+    )  # a valid chunk CRC: only the size lies
     frame.write_bytes(bytes(data))
     shown = isolated(RUN.format(source=str(tmp_path / "source"), tmp=str(tmp_path / "tmp")))
     [message] = shown["result"]["decoded"]
@@ -66,7 +68,9 @@ def gzip_nifti(path: Path, shape: tuple[int, ...], data_bytes: int) -> Path:
     after the header: written block by block, so the test never holds the inflated bytes."""
     header = nib.Nifti1Image(np.zeros((2, 2, 2, 2), np.int16), np.eye(4))
     header.header.set_data_shape(shape)
-    raw = bytearray(header.header.binaryblock) + b"\0" * 4  # 348-byte header, 4 extension bytes: data at 352
+    raw = (
+        bytearray(header.header.binaryblock) + b"\0" * 4
+    )  # 348-byte header, 4 extension bytes: data at 352
     packer = zlib.compressobj(9, zlib.DEFLATED, 31)  # wbits 31: a gzip stream
     with path.open("wb") as out:
         out.write(packer.compress(bytes(raw)))
@@ -77,7 +81,9 @@ def gzip_nifti(path: Path, shape: tuple[int, ...], data_bytes: int) -> Path:
     return path
 
 
-def test_a_nifti_gz_declaring_more_than_gzip_can_hold_is_refused_at_discovery(tmp_path: Path) -> None:
+def test_a_nifti_gz_declaring_more_than_gzip_can_hold_is_refused_at_discovery(
+    tmp_path: Path,
+) -> None:
     """A 60 kB .nii.gz declaring 512^3 x 400 int16 voxels (100 GiB): deflate inflates at most 1032-fold."""
     source = tmp_path / "source"
     source.mkdir()
@@ -96,8 +102,11 @@ def test_a_nifti_gz_inflating_to_512_mib_decodes_in_one_volume_of_memory(tmp_pat
     source.mkdir()
     gzip_nifti(source / "zeros.nii.gz", (256, 256, 256, 16), 512 << 20)
     assert (source / "zeros.nii.gz").stat().st_size < 1 << 20
-    run = RUN.replace("Path({tmp!r})))", "Path({tmp!r}), sources=SourcesConfig(nifti_view='mip')))").replace(
-        "import SamplingConfig", "import SamplingConfig, SourcesConfig")
+    run = RUN.replace(
+        "Path({tmp!r})))", "Path({tmp!r}), sources=SourcesConfig(nifti_view='mip')))"
+    ).replace("import SamplingConfig", "import SamplingConfig, SourcesConfig")
     shown = isolated(run.format(source=str(source), tmp=str(tmp_path / "tmp")), timeout_s=120)
     assert shown["result"] == {"decoded": [16], "failures": []}, shown
-    assert shown["self_bytes"] < 400 << 20, shown  # the inflated data is 512 MiB; a volume is 32 MiB
+    assert shown["self_bytes"] < 400 << 20, (
+        shown
+    )  # the inflated data is 512 MiB; a volume is 32 MiB

@@ -51,20 +51,33 @@ def test_a_compressed_dicom_claiming_65535_squared_is_refused(tmp_path: Path, da
 def test_a_geotiff_stack_claiming_100000_squared_is_refused(tmp_path: Path) -> None:
     field = tmp_path / "source" / "field"
     for i, day in enumerate(["20240501", "20240601"]):
-        path = write_geotiff(field / f"LC08_{day}.tif", np.full((32, 32), 100, np.uint16),
-                             (500000.0, 4400000.0), "0", 120 + 30 * i)
+        path = write_geotiff(
+            field / f"LC08_{day}.tif",
+            np.full((32, 32), 100, np.uint16),
+            (500000.0, 4400000.0),
+            "0",
+            120 + 30 * i,
+        )
         with tifffile.TiffFile(path) as tif:
-            spots = [(tif.pages.first.tags[name].valueoffset, tif.pages.first.tags[name].dtype)
-                     for name in ("ImageWidth", "ImageLength")]
+            spots = [
+                (tif.pages.first.tags[name].valueoffset, tif.pages.first.tags[name].dtype)
+                for name in ("ImageWidth", "ImageLength")
+            ]
         data = bytearray(path.read_bytes())
-        for offset, dtype in spots:  # ImageWidth / ImageLength patched in place: 1 kB claiming 10 G pixels
+        for (
+            offset,
+            dtype,
+        ) in spots:  # ImageWidth / ImageLength patched in place: 1 kB claiming 10 G pixels
             assert dtype == 4, "tifffile writes these as LONG"
-            data[offset:offset + 4] = struct.pack("<I", 100_000)
+            data[offset : offset + 4] = struct.pack("<I", 100_000)
         path.write_bytes(bytes(data))
     shown = isolated(RUN.format(source=str(tmp_path / "source"), tmp=str(tmp_path / "tmp")))
     assert shown["result"]["decoded"] == [], shown  # unbounded, a MemoryError (18.6 GiB)
     failures = shown["result"]["failures"]  # each date's file, by name
-    assert sorted(Path(path).name for _, path, _, _ in failures) == ["LC08_20240501.tif", "LC08_20240601.tif"]
+    assert sorted(Path(path).name for _, path, _, _ in failures) == [
+        "LC08_20240501.tif",
+        "LC08_20240601.tif",
+    ]
     assert all(stage == "discover" and "100000x100000" in why for _, _, stage, why in failures)
 
 

@@ -15,19 +15,27 @@ from pathlib import Path
 import pytest
 import torch
 
-from lstmpipe.lib.features.backbone import Backbone, resolve_weights
-from lstmpipe.lib.training.bundle import ModelBundle
 from lstmpipe.lib.config import BackboneConfig, SamplingConfig
 from lstmpipe.lib.errors import ConfigError
+from lstmpipe.lib.features.backbone import Backbone, resolve_weights
 from lstmpipe.lib.features.build import load_backbone
-from lstmpipe.lib.training.model import ModelSpec
 from lstmpipe.lib.features.recipe import FeatureRecipe
+from lstmpipe.lib.training.bundle import ModelBundle
+from lstmpipe.lib.training.model import ModelSpec
 from tests.security.conftest import isolated
 
-
-RECIPE = FeatureRecipe(decoder="ffmpeg 7.1", fps=4.0, num_frames=None, size=64, backbone="resnet18",
-                       weights="none(seed=0)", weights_digest="random-seed-0", precision="fp32", feature_dim=4,
-                       sources="{}")
+RECIPE = FeatureRecipe(
+    decoder="ffmpeg 7.1",
+    fps=4.0,
+    num_frames=None,
+    size=64,
+    backbone="resnet18",
+    weights="none(seed=0)",
+    weights_digest="random-seed-0",
+    precision="fp32",
+    feature_dim=4,
+    sources="{}",
+)
 
 
 class Payload:
@@ -56,10 +64,14 @@ def test_backbone_weights_with_a_payload_are_refused_unrun(tmp_path: Path, legac
     path = trojan(tmp_path / "resnet18-trojan.pth", marker, legacy)
     config = BackboneConfig(weights=str(path), precision="fp32", optimize="none")
     with pytest.raises(ConfigError) as caught:
-        load_backbone(SamplingConfig(size=32), config, tmp_path / "torch-hub")  # what `lstmpipe extract` calls
+        load_backbone(
+            SamplingConfig(size=32), config, tmp_path / "torch-hub"
+        )  # what `lstmpipe extract` calls
     message = str(caught.value)
     assert str(path) in message and "refused: loading it could run code" in message
-    assert "weights_only=False" not in message  # torch's own advice to turn the protection off is not passed on
+    assert (
+        "weights_only=False" not in message
+    )  # torch's own advice to turn the protection off is not passed on
     assert isinstance(caught.value.__cause__, pickle.UnpicklingError)
     assert not marker.exists(), "the pickled payload ran"
 
@@ -87,7 +99,6 @@ def test_a_trojan_is_refused_before_any_backbone_is_built(tmp_path: Path) -> Non
     assert not marker.exists()
 
 
-
 def lying_sizes(path: Path) -> Path:
     """A real 4-float state_dict whose pickle declares the tensor (and its storage) as 2^31 - 1 floats: 8 GiB."""
     small = path.with_suffix(".small")
@@ -99,13 +110,18 @@ def lying_sizes(path: Path) -> Path:
         assert data.count(b"K\x04") == 2, "storage numel and tensor size, as torch 2.x pickles them"
         with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as out:
             for info in source.infolist():
-                out.writestr(info, data.replace(b"K\x04", huge) if info.filename == name else source.read(info))
+                out.writestr(
+                    info,
+                    data.replace(b"K\x04", huge) if info.filename == name else source.read(info),
+                )
     small.unlink()
     return path
 
 
 @pytest.mark.parametrize("kind", ["lying-sizes", "truncated", "not-torch"])
-def test_a_corrupt_weights_file_is_a_config_error_naming_it_in_bounded_memory(tmp_path: Path, kind: str) -> None:
+def test_a_corrupt_weights_file_is_a_config_error_naming_it_in_bounded_memory(
+    tmp_path: Path, kind: str
+) -> None:
     path = tmp_path / f"{kind}.pth"
     if kind == "lying-sizes":
         lying_sizes(path)
@@ -126,4 +142,6 @@ def test_a_corrupt_weights_file_is_a_config_error_naming_it_in_bounded_memory(tm
             result = str(exc)
     """)
     assert shown["result"].startswith(f"backbone.weights: {path} is not a ")
-    assert shown["self_bytes"] < 1 << 30, shown  # torch itself is ~500 MB; 8 GiB of tensor never allocated
+    assert shown["self_bytes"] < 1 << 30, (
+        shown
+    )  # torch itself is ~500 MB; 8 GiB of tensor never allocated

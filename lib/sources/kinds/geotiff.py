@@ -63,18 +63,30 @@ from typing import Any
 import numpy as np
 import tifffile
 
-from lstmpipe.lib.sources.archives import ArchiveLimits
 from lstmpipe.lib.config import SamplingConfig, SourcesConfig
 from lstmpipe.lib.errors import BadInput, ConfigError
 from lstmpipe.lib.failures import Failure
-from lstmpipe.lib.sources.frames import check_frame_size, chunked, pick, robust_range, scale_to_uint8, to_rgb
+from lstmpipe.lib.series import OpenSeries, SeriesRef
+from lstmpipe.lib.sources.archives import ArchiveLimits
+from lstmpipe.lib.sources.frames import (
+    check_frame_size,
+    chunked,
+    pick,
+    robust_range,
+    scale_to_uint8,
+    to_rgb,
+)
 from lstmpipe.lib.sources.hashing import HashMemo, content_hash
 from lstmpipe.lib.sources.kinds.base import Claim, make_ref, with_options
-from lstmpipe.lib.series import OpenSeries, SeriesRef
 
 SUFFIXES = (".tif", ".tiff")
 SIDECAR = ".dates.txt"  # STACK.tif -> STACK.dates.txt: one date per band, in band order
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")  # plain images: a broken .tif beside them is theirs
+IMAGE_SUFFIXES = (
+    ".png",
+    ".jpg",
+    ".jpeg",
+    ".bmp",
+)  # plain images: a broken .tif beside them is theirs
 LANDSAT_FALSE_COLOUR = ("b5", "b4", "b3")  # Landsat 4-7 SWIR-1, NIR, red
 
 DATE_PATTERNS = (
@@ -90,12 +102,31 @@ STATS_DATES = 32  # dates sampled for the robust range when no date can be dropp
 _PIXEL_SCALE, _TIEPOINT, _TRANSFORMATION, _GEOKEYS, _GEOASCII = 33550, 33922, 34264, 34735, 34737
 _GDAL_METADATA, _GDAL_NODATA, _DATETIME = 42112, 42113, 306
 _PROJECTED_CRS, _GEOGRAPHIC_CRS = 3072, 2048  # GeoKeys holding an EPSG code
-_CITATIONS = (3073, 1026, 2049)  # PCSCitation, GTCitation, GeogCitation: all a user-defined CRS says without GDAL
+_CITATIONS = (
+    3073,
+    1026,
+    2049,
+)  # PCSCitation, GTCitation, GeogCitation: all a user-defined CRS says without GDAL
 _USER_DEFINED = 32767
-_DATE_ITEMS = ("ACQUISITION_DATE", "ACQUISITIONDATE", "DATE_ACQUIRED", "SENSING_TIME", "TIFFTAG_DATETIME")
+_DATE_ITEMS = (
+    "ACQUISITION_DATE",
+    "ACQUISITIONDATE",
+    "DATE_ACQUIRED",
+    "SENSING_TIME",
+    "TIFFTAG_DATETIME",
+)
 _MAX_METADATA_CHARS = 1 << 20  # GDAL_METADATA is a few kB; a larger one is not parsed
 # What tifffile, its codecs and numpy raise on broken or truncated bytes (TiffFileError is a ValueError).
-_READ_ERRORS = (OSError, EOFError, ValueError, KeyError, IndexError, RuntimeError, struct.error, zlib.error)
+_READ_ERRORS = (
+    OSError,
+    EOFError,
+    ValueError,
+    KeyError,
+    IndexError,
+    RuntimeError,
+    struct.error,
+    zlib.error,
+)
 
 
 @dataclass(frozen=True)
@@ -103,21 +134,42 @@ class GeoTiffOptions:
     """How a stack becomes frames: what a `geotiff:` config section would hold (not there yet)."""
 
     mode: str = "rgb"  # rgb: three bands as R, G, B | ndvi: (nir - red) / (nir + red) as grey
-    rgb: tuple[str, ...] | None = None  # band names for R, G, B (or one, grey); None: b5, b4, b3 if present, else the first three
+    rgb: tuple[str, ...] | None = (
+        None  # band names for R, G, B (or one, grey); None: b5, b4, b3 if present, else the first three
+    )
     red: str = "b3"  # NDVI red band: Landsat 4-7 b3 (Landsat 8-9: b4; Sentinel-2: b04)
     nir: str = "b4"  # NDVI near-infrared band: Landsat 4-7 b4 (Landsat 8-9: b5; Sentinel-2: b08)
-    mask_band: str = "fmask"  # product-layout band flagging unusable pixels; a date without it is not masked
-    mask_values: tuple[int, ...] = (2, 4, 255)  # fmask shadow, cloud, fill (0 clear land, 1 water, 3 snow stay)
-    max_masked_fraction: float = 1.0  # a date masked beyond this fraction is dropped; 1.0 keeps every date
-    date_patterns: tuple[str, ...] = DATE_PATTERNS  # regexes with year + (month, day) or (doy) groups, first match wins
-    percentiles: tuple[float, float] = (1.0, 99.0)  # robust range of each band over the stack: one glint does not wash it out
-    stats_pixels: int = 1_000_000  # values sampled per band for that range: bounded memory on 10980 px tiles
+    mask_band: str = (
+        "fmask"  # product-layout band flagging unusable pixels; a date without it is not masked
+    )
+    mask_values: tuple[int, ...] = (
+        2,
+        4,
+        255,
+    )  # fmask shadow, cloud, fill (0 clear land, 1 water, 3 snow stay)
+    max_masked_fraction: float = (
+        1.0  # a date masked beyond this fraction is dropped; 1.0 keeps every date
+    )
+    date_patterns: tuple[str, ...] = (
+        DATE_PATTERNS  # regexes with year + (month, day) or (doy) groups, first match wins
+    )
+    percentiles: tuple[float, float] = (
+        1.0,
+        99.0,
+    )  # robust range of each band over the stack: one glint does not wash it out
+    stats_pixels: int = (
+        1_000_000  # values sampled per band for that range: bounded memory on 10980 px tiles
+    )
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
-            raise ValueError(f"GeoTIFF mode {self.mode!r} unknown; choose one of {', '.join(MODES)}")
+            raise ValueError(
+                f"GeoTIFF mode {self.mode!r} unknown; choose one of {', '.join(MODES)}"
+            )
         if self.rgb is not None and len(self.rgb) not in (1, 3):
-            raise ValueError(f"GeoTIFF rgb bands {self.rgb!r}: give three band names (or one, for grey)")
+            raise ValueError(
+                f"GeoTIFF rgb bands {self.rgb!r}: give three band names (or one, for grey)"
+            )
 
 
 DEFAULTS = GeoTiffOptions()
@@ -183,7 +235,9 @@ class Header:
     bands: int
     band_axis: int | None  # axis of tifffile's series array holding the bands; None for 2-D
     crs: str | None  # "EPSG:32613", or "user-defined: <citation>"
-    geotransform: tuple[float, ...] | None  # GDAL order: x0, pixel width, row rotation, y0, column rotation, -pixel height
+    geotransform: (
+        tuple[float, ...] | None
+    )  # GDAL order: x0, pixel width, row rotation, y0, column rotation, -pixel height
     nodata: float | None
     datetime: dt.datetime | None  # DateTime tag or a GDAL acquisition-date item
     descriptions: tuple[str | None, ...]  # GDAL band descriptions, one per band
@@ -259,7 +313,7 @@ def _crs(keys: Any, ascii_params: Any) -> str | None:
     """EPSG code from the GeoKeyDirectory (projected first), else the citation of a user-defined CRS."""
     if not keys or len(keys) < 4:
         return None
-    entries = {keys[i]: keys[i:i + 4] for i in range(4, min(len(keys), 4 + 4 * keys[3]) - 3, 4)}
+    entries = {keys[i]: keys[i : i + 4] for i in range(4, min(len(keys), 4 + 4 * keys[3]) - 3, 4)}
     for code in (_PROJECTED_CRS, _GEOGRAPHIC_CRS):
         entry = entries.get(code)
         if entry is not None and entry[1] == 0 and 0 < entry[3] < _USER_DEFINED:
@@ -268,14 +322,16 @@ def _crs(keys: Any, ascii_params: Any) -> str | None:
     for code in _CITATIONS:
         entry = entries.get(code)
         if entry is not None and entry[1] == _GEOASCII and text:
-            return f"user-defined: {text[entry[3]:entry[3] + entry[2]].strip('|').strip()}"
+            return f"user-defined: {text[entry[3] : entry[3] + entry[2]].strip('|').strip()}"
     return None
 
 
 def _geotransform(tags: Any) -> tuple[float, ...] | None:
     matrix = _tag(tags, _TRANSFORMATION)
     if matrix is not None and len(matrix) >= 8:
-        return tuple(float(v) for v in (matrix[3], matrix[0], matrix[1], matrix[7], matrix[4], matrix[5]))
+        return tuple(
+            float(v) for v in (matrix[3], matrix[0], matrix[1], matrix[7], matrix[4], matrix[5])
+        )
     scale, tie = _tag(tags, _PIXEL_SCALE), _tag(tags, _TIEPOINT)
     if scale is None or tie is None or len(scale) < 2 or len(tie) < 6:
         return None
@@ -351,8 +407,9 @@ class _Group:
     problem: str | None = None
 
 
-def claim(base: Path, files: list[Path], memo: HashMemo | None, *,
-          options: GeoTiffOptions | None = None) -> Claim:
+def claim(
+    base: Path, files: list[Path], memo: HashMemo | None, *, options: GeoTiffOptions | None = None
+) -> Claim:
     """Every GeoTIFF under `base` grouped into series by layout; plain TIFFs are left alone."""
     options = options or DEFAULTS
     base = Path(base)
@@ -371,7 +428,9 @@ def claim(base: Path, files: list[Path], memo: HashMemo | None, *,
         else:
             headers[path] = header
     # a broken .tif among plain images is a frame of theirs: the image kind reports it
-    image_folders = {p.parent for p in plain} | {p.parent for p in files if p.suffix.lower() in IMAGE_SUFFIXES}
+    image_folders = {p.parent for p in plain} | {
+        p.parent for p in files if p.suffix.lower() in IMAGE_SUFFIXES
+    }
     broken = {p: why for p, why in broken.items() if p.parent not in image_folders}
 
     refs: list[SeriesRef] = []
@@ -384,32 +443,59 @@ def claim(base: Path, files: list[Path], memo: HashMemo | None, *,
         poison = sorted(p for p in broken if p.parent in group.folders)
         covered.update(poison)
         problem = group.problem or (
-            f"unreadable GeoTIFF {series_id(base, poison[0])}: {broken[poison[0]]}" if poison else None)
+            f"unreadable GeoTIFF {series_id(base, poison[0])}: {broken[poison[0]]}"
+            if poison
+            else None
+        )
         try:
             if problem:
                 raise BadInput(str(group.root), problem)
             meta = _plan(group, headers, options)
-            named = [(p.relative_to(group.root if group.root.is_dir() else group.root.parent).as_posix(),
-                      content_hash(p, memo=memo)) for p in group.files]
+            named = [
+                (
+                    p.relative_to(
+                        group.root if group.root.is_dir() else group.root.parent
+                    ).as_posix(),
+                    content_hash(p, memo=memo),
+                )
+                for p in group.files
+            ]
         except BadInput as exc:
             where = "" if exc.path == str(group.root) else f"{series_id(base, Path(exc.path))}: "
             failures.append(Failure(sid, str(group.root), "discover", where + exc.reason))
             continue
         except OSError as exc:
-            failures.append(Failure(sid, str(group.root), "discover", f"unreadable {exc.filename}: {exc.strerror or exc}"))
+            failures.append(
+                Failure(
+                    sid,
+                    str(group.root),
+                    "discover",
+                    f"unreadable {exc.filename}: {exc.strerror or exc}",
+                )
+            )
             continue
-        refs.append(make_ref("geotiff", sid, combined_hash(named, f"{RECIPE} {options!r}"), group.root, meta))
+        refs.append(
+            make_ref(
+                "geotiff", sid, combined_hash(named, f"{RECIPE} {options!r}"), group.root, meta
+            )
+        )
     for path in sorted(set(broken) - covered):
-        failures.append(Failure(series_id(base, path), str(path), "discover", f"{path.name}: {broken[path]}"))
+        failures.append(
+            Failure(series_id(base, path), str(path), "discover", f"{path.name}: {broken[path]}")
+        )
     return Claim(refs, failures, frozenset(claimed))
 
 
-def _groups(base: Path, headers: dict[Path, Header], present: set[Path], options: GeoTiffOptions) -> list[_Group]:
+def _groups(
+    base: Path, headers: dict[Path, Header], present: set[Path], options: GeoTiffOptions
+) -> list[_Group]:
     """Date folders -> product series of their parent; other folders -> dated_files and band_per_date series."""
     by_dir: dict[Path, list[Path]] = defaultdict(list)
     for path in sorted(headers):
         by_dir[path.parent].append(path)
-    date_dirs = {d for d, paths in by_dir.items() if _date_folder(d, paths, headers, options) is not None}
+    date_dirs = {
+        d for d, paths in by_dir.items() if _date_folder(d, paths, headers, options) is not None
+    }
     products: dict[Path, list[Path]] = defaultdict(list)
     for d in sorted(date_dirs):
         products[d.parent if d != base else d].append(d)
@@ -420,8 +506,10 @@ def _groups(base: Path, headers: dict[Path, Header], present: set[Path], options
         loose = by_dir.get(site, []) if site not in date_dirs else []
         if loose:
             group.files += loose
-            group.problem = (f"holds both date folders and GeoTIFFs of its own ({loose[0].name}, ...):"
-                             " move those into a folder of their own")
+            group.problem = (
+                f"holds both date folders and GeoTIFFs of its own ({loose[0].name}, ...):"
+                " move those into a folder of their own"
+            )
         groups.append(group)
     for folder, paths in by_dir.items():
         if folder in date_dirs or folder in products:
@@ -444,8 +532,9 @@ def _split_band(stem: str) -> tuple[str, str] | None:
     return (prefix, band.lower()) if prefix and band else None
 
 
-def _date_folder(folder: Path, paths: list[Path], headers: dict[Path, Header],
-                 options: GeoTiffOptions) -> dt.datetime | None:
+def _date_folder(
+    folder: Path, paths: list[Path], headers: dict[Path, Header], options: GeoTiffOptions
+) -> dt.datetime | None:
     """The date of a folder of single-band files named <scene>_<band> (one scene), else None."""
     if len(paths) < 2 or any(headers[p].bands != 1 for p in paths):
         return None
@@ -457,15 +546,23 @@ def _date_folder(folder: Path, paths: list[Path], headers: dict[Path, Header],
         return None
     if any(parse_date(b, options.date_patterns) for b in band_names):
         return None  # ndvi_2020-01-01.tif, ndvi_2020-02-01.tif: dated files, not bands of one date
-    found = parse_date(folder.name, options.date_patterns) or parse_date(prefixes.pop(), options.date_patterns)
+    found = parse_date(folder.name, options.date_patterns) or parse_date(
+        prefixes.pop(), options.date_patterns
+    )
     tagged = {headers[p].datetime for p in paths} - {None}
     return found or (tagged.pop() if len(tagged) == 1 else None)
 
 
-def _is_band_per_date(path: Path, header: Header, has_sidecar: bool, options: GeoTiffOptions) -> bool:
+def _is_band_per_date(
+    path: Path, header: Header, has_sidecar: bool, options: GeoTiffOptions
+) -> bool:
     if has_sidecar or any(d and parse_date(d, options.date_patterns) for d in header.descriptions):
         return True
-    return header.bands > 1 and header.datetime is None and parse_date(path.name, options.date_patterns) is None
+    return (
+        header.bands > 1
+        and header.datetime is None
+        and parse_date(path.name, options.date_patterns) is None
+    )
 
 
 def _plan(group: _Group, headers: dict[Path, Header], options: GeoTiffOptions) -> dict[str, Any]:
@@ -474,14 +571,19 @@ def _plan(group: _Group, headers: dict[Path, Header], options: GeoTiffOptions) -
     first = headers[tiffs[0]]
     for path in tiffs[1:]:
         if headers[path].grid != first.grid:
-            raise BadInput(str(path), f"grid differs from {tiffs[0].name}: {_grid_text(headers[path])}"
-                                      f" vs {_grid_text(first)}; a series is one place")
+            raise BadInput(
+                str(path),
+                f"grid differs from {tiffs[0].name}: {_grid_text(headers[path])}"
+                f" vs {_grid_text(first)}; a series is one place",
+            )
     root = group.root
     if group.layout == "band_per_date":
         dates = _band_dates(root, first, group.files[1:], options)
         if dates:
             _distinct(root, dates, [f"band {i + 1}" for i in range(len(dates))])
-            frames: list[dict[str, Any]] = [{"date": iso(d), "band": i} for i, d in sorted(enumerate(dates), key=lambda x: x[1])]
+            frames: list[dict[str, Any]] = [
+                {"date": iso(d), "band": i} for i, d in sorted(enumerate(dates), key=lambda x: x[1])
+            ]
         else:
             frames = [{"date": None, "band": i} for i in range(first.bands)]
         available = bands = first.band_names()  # each band is a date: a frame is one band, grey
@@ -491,7 +593,10 @@ def _plan(group: _Group, headers: dict[Path, Header], options: GeoTiffOptions) -
             split = _split_band(path.stem)
             if split:
                 by_date[path.parent][split[1]] = path.relative_to(root).as_posix()
-        when = {d: _date_folder(d, [root / f for f in files.values()], headers, options) for d, files in by_date.items()}
+        when = {
+            d: _date_folder(d, [root / f for f in files.values()], headers, options)
+            for d, files in by_date.items()
+        }
         _distinct(root, [when[d] for d in by_date], [d.name for d in by_date])
         every = set.union(*(set(files) for files in by_date.values()))
         available = sorted(every - {options.mask_band.lower()})
@@ -499,28 +604,39 @@ def _plan(group: _Group, headers: dict[Path, Header], options: GeoTiffOptions) -
         for folder, files in by_date.items():
             lacking = [b for b in bands if b not in files]
             if lacking:
-                raise BadInput(str(folder), f"lacks band {lacking[0]} (no *_{lacking[0]}.tif); every date needs"
-                                            f" {', '.join(bands)}")
-        frames = [{"date": iso(when[d]), "files": files} for d, files in sorted(by_date.items(), key=lambda kv: when[kv[0]])]
+                raise BadInput(
+                    str(folder),
+                    f"lacks band {lacking[0]} (no *_{lacking[0]}.tif); every date needs"
+                    f" {', '.join(bands)}",
+                )
+        frames = [
+            {"date": iso(when[d]), "files": files}
+            for d, files in sorted(by_date.items(), key=lambda kv: when[kv[0]])
+        ]
     else:
         dates = [parse_date(p.name, options.date_patterns) or headers[p].datetime for p in tiffs]
-        undated = [p.name for p, d in zip(tiffs, dates) if d is None]
+        undated = [p.name for p, d in zip(tiffs, dates, strict=False) if d is None]
         if undated:
-            raise BadInput(str(root / undated[0]), "no acquisition date: the name matches none of the date"
-                                                   " patterns and the file has no DateTime tag")
+            raise BadInput(
+                str(root / undated[0]),
+                "no acquisition date: the name matches none of the date"
+                " patterns and the file has no DateTime tag",
+            )
         names = {tuple(headers[p].band_names()) for p in tiffs}
         if len(names) > 1:
             raise BadInput(str(root), f"band names differ between files: {sorted(names)}")
         _distinct(root, dates, [p.name for p in tiffs])
         available = first.band_names()
         bands = _bands(available, options, root)
-        frames = [{"date": iso(d), "file": p.name} for d, p in sorted(zip(dates, tiffs))]  # type: ignore[type-var]
+        frames = [{"date": iso(d), "file": p.name} for d, p in sorted(zip(dates, tiffs, strict=False))]  # type: ignore[type-var]
     return {
         "source_kind": "geotiff",
         "layout": group.layout,
         "crs": first.crs,
         "geotransform": list(first.geotransform) if first.geotransform else None,
-        "bounds": bounds(first.geotransform, first.height, first.width) if first.geotransform else None,
+        "bounds": bounds(first.geotransform, first.height, first.width)
+        if first.geotransform
+        else None,
         "width": first.width,
         "height": first.height,
         "bands": bands,
@@ -536,10 +652,13 @@ def _grid_text(header: Header) -> str:
 
 def _distinct(root: Path, dates: Sequence[dt.datetime | None], names: Sequence[str]) -> None:
     seen: dict[dt.datetime | None, str] = {}
-    for date, name in zip(dates, names):
+    for date, name in zip(dates, names, strict=False):
         if date in seen:
-            raise BadInput(str(root), f"two acquisitions on {iso(date) if date else 'an unknown date'}:"
-                                      f" {seen[date]} and {name}")
+            raise BadInput(
+                str(root),
+                f"two acquisitions on {iso(date) if date else 'an unknown date'}:"
+                f" {seen[date]} and {name}",
+            )
         seen[date] = name
 
 
@@ -555,23 +674,35 @@ def _bands(available: list[str], options: GeoTiffOptions, root: Path) -> list[st
         wanted = available[:3] if len(available) >= 3 else available[:1]
     missing = [b for b in wanted if b not in available]
     if missing or not wanted:
-        raise BadInput(str(root), f"no band {missing[0] if missing else 'to show'}; bands there:"
-                                  f" {', '.join(available) or 'none'} (choose others in GeoTiffOptions)")
+        raise BadInput(
+            str(root),
+            f"no band {missing[0] if missing else 'to show'}; bands there:"
+            f" {', '.join(available) or 'none'} (choose others in GeoTiffOptions)",
+        )
     return wanted
 
 
-def _band_dates(path: Path, header: Header, sidecars: list[Path], options: GeoTiffOptions) -> list[dt.datetime] | None:
+def _band_dates(
+    path: Path, header: Header, sidecars: list[Path], options: GeoTiffOptions
+) -> list[dt.datetime] | None:
     """A band_per_date file's dates: band descriptions, else the sidecar, else None (band index)."""
     described = [parse_date(d, options.date_patterns) if d else None for d in header.descriptions]
     if all(described):
         return described  # type: ignore[return-value]
     if not sidecars:
         return None
-    lines = [line.strip() for line in sidecars[0].read_text(errors="replace").splitlines() if line.strip()]
+    lines = [
+        line.strip()
+        for line in sidecars[0].read_text(errors="replace").splitlines()
+        if line.strip()
+    ]
     dates = [parse_date(line, options.date_patterns) for line in lines]
     if len(dates) != header.bands or not all(dates):
-        raise BadInput(str(sidecars[0]), f"expected {header.bands} dates, one per line in band order;"
-                                         f" got {len(lines)} line(s), {sum(map(bool, dates))} of them dates")
+        raise BadInput(
+            str(sidecars[0]),
+            f"expected {header.bands} dates, one per line in band order;"
+            f" got {len(lines)} line(s), {sum(map(bool, dates))} of them dates",
+        )
     return dates  # type: ignore[return-value]
 
 
@@ -579,9 +710,14 @@ def _band_dates(path: Path, header: Header, sidecars: list[Path], options: GeoTi
 
 
 @contextmanager
-def open_series(ref: SeriesRef, sampling: SamplingConfig, tmp_dir: Path,
-                limits: ArchiveLimits = ArchiveLimits(), *,
-                options: GeoTiffOptions | None = None) -> Iterator[OpenSeries]:
+def open_series(
+    ref: SeriesRef,
+    sampling: SamplingConfig,
+    tmp_dir: Path,
+    limits: ArchiveLimits = ArchiveLimits(),
+    *,
+    options: GeoTiffOptions | None = None,
+) -> Iterator[OpenSeries]:
     """Metadata now, one frame per (kept, picked) date lazily; BadInput naming the file that cannot be read.
 
     tmp_dir and limits are unused: GeoTIFFs are read in place, never from archives.
@@ -594,7 +730,9 @@ def open_series(ref: SeriesRef, sampling: SamplingConfig, tmp_dir: Path,
     grid = (int(ref.meta["height"]), int(ref.meta["width"]))
     layout = ref.meta["layout"]
     available: list[str] = list(ref.meta["available_bands"])
-    bands = available if layout == "band_per_date" else _bands(available, options, root)  # the opener's options rule
+    bands = (
+        available if layout == "band_per_date" else _bands(available, options, root)
+    )  # the opener's options rule
     with _reader(layout, root, plan, bands, grid, options) as read:
         dated = [_parse_iso(f["date"]) for f in plan]
         drop = options.max_masked_fraction < 1.0
@@ -602,7 +740,12 @@ def open_series(ref: SeriesRef, sampling: SamplingConfig, tmp_dir: Path,
         candidates = range(len(plan)) if drop else _spread(len(plan), STATS_DATES)
         channels = 1 if layout == "band_per_date" else len(bands)
         samples: list[list[np.ndarray]] = [[] for _ in range(channels)]
-        stride = max(1, math.ceil(math.sqrt(grid[0] * grid[1] * len(candidates) / max(options.stats_pixels, 1))))
+        stride = max(
+            1,
+            math.ceil(
+                math.sqrt(grid[0] * grid[1] * len(candidates) / max(options.stats_pixels, 1))
+            ),
+        )
         dropped: list[int] = []
         ndvi = options.mode == "ndvi" and layout != "band_per_date"
         if drop or not ndvi:
@@ -611,13 +754,21 @@ def open_series(ref: SeriesRef, sampling: SamplingConfig, tmp_dir: Path,
                 if drop and np.isnan(values[0]).mean() > options.max_masked_fraction:
                     dropped.append(i)
                     continue
-                for band, sample in zip(values, samples):
+                for band, sample in zip(values, samples, strict=False):
                     sample.append(band[::stride, ::stride].ravel())
-        ranges = [] if ndvi else [robust_range(np.concatenate(s) if s else np.empty(0), *options.percentiles)
-                                  for s in samples]
+        ranges = (
+            []
+            if ndvi
+            else [
+                robust_range(np.concatenate(s) if s else np.empty(0), *options.percentiles)
+                for s in samples
+            ]
+        )
         kept = [i for i in range(len(plan)) if i not in set(dropped)]
         if not kept:
-            raise BadInput(ref.location, f"every date masked beyond {options.max_masked_fraction:.0%}")
+            raise BadInput(
+                ref.location, f"every date masked beyond {options.max_masked_fraction:.0%}"
+            )
         picked = [kept[i] for i in pick(len(kept), sampling)]
         start = dated[kept[0]]
         meta = {
@@ -636,7 +787,11 @@ def open_series(ref: SeriesRef, sampling: SamplingConfig, tmp_dir: Path,
         def frames() -> Iterator[tuple[np.ndarray, float]]:
             for i in picked:
                 when = dated[i]
-                t = (when - start).total_seconds() if when is not None and start is not None else float(i)
+                t = (
+                    (when - start).total_seconds()
+                    if when is not None and start is not None
+                    else float(i)
+                )
                 yield _frame(read(i), ndvi, ranges), t
 
         yield OpenSeries(meta, chunked(frames(), sampling))
@@ -658,7 +813,7 @@ def _frame(values: np.ndarray, ndvi: bool, ranges: list[tuple[float, float]]) ->
             index = (nir - red) / (nir + red)
         index[~np.isfinite(index)] = np.nan  # nir + red == 0: no index, shown as masked
         return to_rgb(scale_to_uint8(index, -1.0, 1.0))
-    channels = [scale_to_uint8(band, low, high) for band, (low, high) in zip(values, ranges)]
+    channels = [scale_to_uint8(band, low, high) for band, (low, high) in zip(values, ranges, strict=False)]
     return to_rgb(channels[0]) if len(channels) == 1 else np.stack(channels, axis=-1)
 
 
@@ -666,8 +821,14 @@ _Read = Callable[[int], np.ndarray]
 
 
 @contextmanager
-def _reader(layout: str, root: Path, plan: list[dict[str, Any]], bands: list[str], grid: tuple[int, int],
-            options: GeoTiffOptions) -> Iterator[_Read]:
+def _reader(
+    layout: str,
+    root: Path,
+    plan: list[dict[str, Any]],
+    bands: list[str],
+    grid: tuple[int, int],
+    options: GeoTiffOptions,
+) -> Iterator[_Read]:
     """read(i) -> (C, H, W) float32 of the i-th planned date, masked pixels NaN in every band."""
     if layout == "band_per_date":
         with _band_store(root, grid) as band:
@@ -679,7 +840,9 @@ def _reader(layout: str, root: Path, plan: list[dict[str, Any]], bands: list[str
         if layout == "product":
             files: dict[str, str] = entry["files"]
             if any(b not in files for b in bands):
-                raise BadInput(str(root), f"date {entry['date']} lacks one of the bands {', '.join(bands)}")
+                raise BadInput(
+                    str(root), f"date {entry['date']} lacks one of the bands {', '.join(bands)}"
+                )
             stack = np.concatenate([_read_tiff(root / files[b], grid)[0][:1] for b in bands])
             mask_file = files.get(options.mask_band.lower())
             if mask_file is not None:
@@ -718,8 +881,11 @@ def _read_tiff(path: Path, grid: tuple[int, int], nodata: bool = True) -> tuple[
 
 def _check_grid(path: Path, header: Header, grid: tuple[int, int]) -> None:
     if (header.height, header.width) != grid:
-        raise BadInput(str(path), f"is {header.width}x{header.height} px, the series {grid[1]}x{grid[0]}:"
-                                  " changed since discovery")
+        raise BadInput(
+            str(path),
+            f"is {header.width}x{header.height} px, the series {grid[1]}x{grid[0]}:"
+            " changed since discovery",
+        )
 
 
 @contextmanager
@@ -740,7 +906,9 @@ def _band_store(path: Path, grid: tuple[int, int]) -> Iterator[Callable[[int], n
         _check_grid(path, header, grid)
 
         def band(i: int) -> np.ndarray:
-            index: list[Any] = [0 if n == 1 else slice(None) for n in array.shape]  # size-1 axes dropped
+            index: list[Any] = [
+                0 if n == 1 else slice(None) for n in array.shape
+            ]  # size-1 axes dropped
             if header.band_axis is not None:
                 index[header.band_axis] = i
             try:
@@ -762,7 +930,9 @@ def options_from(sources: SourcesConfig) -> GeoTiffOptions:
     try:
         return GeoTiffOptions(
             mode=sources.geotiff_mode,
-            rgb=tuple(b.strip() for b in sources.geotiff_bands.split(",")) if sources.geotiff_bands else None,
+            rgb=tuple(b.strip() for b in sources.geotiff_bands.split(","))
+            if sources.geotiff_bands
+            else None,
             red=sources.geotiff_red,
             nir=sources.geotiff_nir,
             mask_band=sources.geotiff_mask_band,

@@ -33,14 +33,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from lstmpipe.lib.sources.archives import ArchiveLimits
 from lstmpipe.lib.config import SamplingConfig
 from lstmpipe.lib.errors import BadInput
 from lstmpipe.lib.failures import Failure
+from lstmpipe.lib.series import OpenSeries, SeriesRef
+from lstmpipe.lib.sources.archives import ArchiveLimits
 from lstmpipe.lib.sources.frames import chunked, pick, scale_to_uint8, to_rgb
 from lstmpipe.lib.sources.hashing import HashMemo, content_hash
 from lstmpipe.lib.sources.kinds.base import Claim, SourceKind, make_ref
-from lstmpipe.lib.series import OpenSeries, SeriesRef
 from lstmpipe.lib.sources.kinds.video import VIDEO_SUFFIXES
 
 SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
@@ -63,7 +63,9 @@ def natural_key(name: str) -> tuple[list[str | int], str]:
 
 def frame_files(folder: Path) -> list[Path]:
     """The folder's images in frame order (hidden files skipped, as discovery skips them)."""
-    found = [p for p in folder.iterdir() if p.is_file() and is_image(p) and not p.name.startswith(".")]
+    found = [
+        p for p in folder.iterdir() if p.is_file() and is_image(p) and not p.name.startswith(".")
+    ]
     return sorted(found, key=lambda p: natural_key(p.name))
 
 
@@ -73,7 +75,9 @@ def claim(base: Path, files: list[Path], memo: HashMemo | None) -> Claim:
     refs: list[SeriesRef] = []
     failures: list[Failure] = []
     claimed: set[Path] = set()
-    for folder, group in groupby(sorted(files, key=lambda p: p.parent.parts), key=lambda p: p.parent):
+    for folder, group in groupby(
+        sorted(files, key=lambda p: p.parent.parts), key=lambda p: p.parent
+    ):
         in_folder = list(group)
         images = sorted((p for p in in_folder if is_image(p)), key=lambda p: natural_key(p.name))
         if len(images) < MIN_FRAMES or any(p.suffix.lower() in VIDEO_SUFFIXES for p in in_folder):
@@ -85,15 +89,23 @@ def claim(base: Path, files: list[Path], memo: HashMemo | None) -> Claim:
         except OSError as exc:
             failures.append(Failure(rel, str(folder), "discover", f"unreadable image: {exc}"))
         else:
-            refs.append(make_ref("images", rel, digest, folder,
-                                 {"source_kind": "images", "frames": len(images), "bytes": size}))
+            refs.append(
+                make_ref(
+                    "images",
+                    rel,
+                    digest,
+                    folder,
+                    {"source_kind": "images", "frames": len(images), "bytes": size},
+                )
+            )
         claimed.update(images)
     return Claim(refs, failures, frozenset(claimed))
 
 
 @contextmanager
-def open_series(ref: SeriesRef, sampling: SamplingConfig, tmp_dir: Path,
-                limits: ArchiveLimits = ArchiveLimits()) -> Iterator[OpenSeries]:
+def open_series(
+    ref: SeriesRef, sampling: SamplingConfig, tmp_dir: Path, limits: ArchiveLimits = ArchiveLimits()
+) -> Iterator[OpenSeries]:
     """The folder's frames, read one at a time; BadInput naming the frame Pillow cannot read."""
     folder = Path(ref.path)
     try:
@@ -102,13 +114,22 @@ def open_series(ref: SeriesRef, sampling: SamplingConfig, tmp_dir: Path,
         raise BadInput(ref.location, f"unreadable folder: {exc.strerror or exc}") from exc
     expected = ref.meta.get("frames")
     if expected is not None and len(files) != expected:
-        raise BadInput(ref.location, f"folder changed since discovery: {len(files)} images, then {expected}")
+        raise BadInput(
+            ref.location, f"folder changed since discovery: {len(files)} images, then {expected}"
+        )
     if len(files) < MIN_FRAMES:
-        raise BadInput(ref.location, f"{len(files)} image(s); an image series needs at least {MIN_FRAMES}")
+        raise BadInput(
+            ref.location, f"{len(files)} image(s); an image series needs at least {MIN_FRAMES}"
+        )
     indices = pick(len(files), sampling)
     width, height = _size(files[0])
-    meta = {"source_kind": "images", "frames": int(len(indices)), "fps": sampling.fps,
-            "width": width, "height": height}  # of the first frame: others may differ
+    meta = {
+        "source_kind": "images",
+        "frames": int(len(indices)),
+        "fps": sampling.fps,
+        "width": width,
+        "height": height,
+    }  # of the first frame: others may differ
 
     def frames() -> Iterator[tuple[np.ndarray, float]]:
         for index in indices:
@@ -129,7 +150,9 @@ def _series_hash(images: list[Path], memo: HashMemo | None) -> str:
     """blake2b over the frames' hashes in frame order: the series' bytes, in the series' order."""
     digest = hashlib.blake2b(digest_size=16)
     for path in images:
-        digest.update(content_hash(path, memo=memo).encode())  # fixed-length hex: no separator needed
+        digest.update(
+            content_hash(path, memo=memo).encode()
+        )  # fixed-length hex: no separator needed
     return digest.hexdigest()
 
 
@@ -138,7 +161,12 @@ def _size(path: Path) -> tuple[int, int]:
     try:
         with Image.open(path) as opened:
             width, height = opened.size
-            turned = opened.getexif().get(ORIENTATION, 1) in (5, 6, 7, 8)  # 90-degree turns swap the sides
+            turned = opened.getexif().get(ORIENTATION, 1) in (
+                5,
+                6,
+                7,
+                8,
+            )  # 90-degree turns swap the sides
     except _READ_ERRORS as exc:
         raise BadInput(str(path), f"unreadable image {path.name}: {exc}") from exc
     return (height, width) if turned else (width, height)

@@ -48,14 +48,21 @@ from nibabel.filebasedimages import ImageFileError
 from nibabel.openers import ImageOpener
 from nibabel.spatialimages import HeaderDataError
 
-from lstmpipe.lib.sources.archives import ArchiveLimits
 from lstmpipe.lib.config import SamplingConfig
 from lstmpipe.lib.errors import BadInput
 from lstmpipe.lib.failures import Failure
-from lstmpipe.lib.sources.frames import check_frame_size, chunked, pick, robust_range, scale_to_uint8, to_rgb
+from lstmpipe.lib.series import OpenSeries, SeriesRef
+from lstmpipe.lib.sources.archives import ArchiveLimits
+from lstmpipe.lib.sources.frames import (
+    check_frame_size,
+    chunked,
+    pick,
+    robust_range,
+    scale_to_uint8,
+    to_rgb,
+)
 from lstmpipe.lib.sources.hashing import HashMemo, content_hash
 from lstmpipe.lib.sources.kinds.base import Claim, SourceKind, make_ref
-from lstmpipe.lib.series import OpenSeries, SeriesRef
 
 SUFFIXES = (".nii", ".nii.gz")
 VIEWS = ("middle", "mip")
@@ -67,7 +74,9 @@ VIEW = "middle"
 MAX_VOLUME_VOXELS = 1 << 27
 # Deflate cannot expand data more than 1032-fold: a .nii.gz promising more than that is truncated or lying.
 GZIP_MAX_RATIO = 1100
-RANGE_SAMPLE = 16  # time points read to fix the intensity range: bounded work and memory, whatever the length
+RANGE_SAMPLE = (
+    16  # time points read to fix the intensity range: bounded work and memory, whatever the length
+)
 _SECONDS_PER = {"sec": 1.0, "msec": 1e-3, "usec": 1e-6}
 # What a broken or truncated file raises from nibabel, gzip or numpy while reading.
 _READ_ERRORS = (OSError, EOFError, zlib.error, ValueError, ImageFileError, HeaderDataError)
@@ -94,16 +103,31 @@ def claim(base: Path, files: list[Path], memo: HashMemo | None) -> Claim:
             failures.append(Failure(rel, str(path), "discover", exc.reason))
             continue
         except OSError as exc:
-            failures.append(Failure(rel, str(path), "discover", f"unreadable: {exc.strerror or exc}"))
+            failures.append(
+                Failure(rel, str(path), "discover", f"unreadable: {exc.strerror or exc}")
+            )
             continue
-        refs.append(make_ref("nifti", rel, digest, path, {"source_kind": "nifti", "bytes": size,
-                                                           **_header_meta(image)}))
+        refs.append(
+            make_ref(
+                "nifti",
+                rel,
+                digest,
+                path,
+                {"source_kind": "nifti", "bytes": size, **_header_meta(image)},
+            )
+        )
     return Claim(refs, failures, frozenset(mine))
 
 
 @contextmanager
-def open_series(ref: SeriesRef, sampling: SamplingConfig, tmp_dir: Path,
-                limits: ArchiveLimits = ArchiveLimits(), *, view: str | None = None) -> Iterator[OpenSeries]:
+def open_series(
+    ref: SeriesRef,
+    sampling: SamplingConfig,
+    tmp_dir: Path,
+    limits: ArchiveLimits = ArchiveLimits(),
+    *,
+    view: str | None = None,
+) -> Iterator[OpenSeries]:
     """Header metadata now, one frame per (picked) time point lazily; BadInput naming the file when unreadable."""
     view = VIEW if view is None else view
     if view not in VIEWS:
@@ -113,15 +137,23 @@ def open_series(ref: SeriesRef, sampling: SamplingConfig, tmp_dir: Path,
     shape = _time_series_shape(path, image)
     indices = pick(shape[3], sampling)
     step = _time_step_s(image)
-    meta = {"source_kind": "nifti", **_header_meta(image), "view": view, "frames": int(len(indices))}
+    meta = {
+        "source_kind": "nifti",
+        **_header_meta(image),
+        "view": view,
+        "frames": int(len(indices)),
+    }
     with _opened(path, image) as proxy:
 
         def frames() -> Iterator[tuple[np.ndarray, float]]:
             # The range comes from the whole series, not the picked frames (a frame looks the same
             # whatever else is picked), and is read here, lazily: describe() reads the header only.
-            sample = np.unique(np.linspace(0, shape[3] - 1, min(RANGE_SAMPLE, shape[3])).round().astype(int))
-            low, high = robust_range(np.concatenate([_view(proxy, shape, int(t), view, path).ravel()
-                                                     for t in sample]))
+            sample = np.unique(
+                np.linspace(0, shape[3] - 1, min(RANGE_SAMPLE, shape[3])).round().astype(int)
+            )
+            low, high = robust_range(
+                np.concatenate([_view(proxy, shape, int(t), view, path).ravel() for t in sample])
+            )
             for t in indices:
                 plane = _view(proxy, shape, int(t), view, path)
                 yield to_rgb(scale_to_uint8(plane, low, high)), float(t * step if step else t)
@@ -132,8 +164,9 @@ def open_series(ref: SeriesRef, sampling: SamplingConfig, tmp_dir: Path,
 KIND = SourceKind(
     "nifti",
     lambda base, files, memo, sources: claim(base, files, memo),
-    lambda ref, sampling, tmp_dir, limits, sources: open_series(ref, sampling, tmp_dir, limits,
-                                                                view=sources.nifti_view),
+    lambda ref, sampling, tmp_dir, limits, sources: open_series(
+        ref, sampling, tmp_dir, limits, view=sources.nifti_view
+    ),
 )
 
 
@@ -143,7 +176,9 @@ def _image(path: Path) -> nib.Nifti1Image:
         image = nib.load(path)
     except _READ_ERRORS as exc:
         raise BadInput(str(path), f"unreadable NIfTI header: {exc}") from exc
-    if not isinstance(image, (nib.Nifti1Image, nib.Nifti2Image)):  # e.g. CIFTI-2, which shares the suffix
+    if not isinstance(
+        image, (nib.Nifti1Image, nib.Nifti2Image)
+    ):  # e.g. CIFTI-2, which shares the suffix
         raise BadInput(str(path), f"not a NIfTI-1/2 volume ({type(image).__name__})")
     return image
 
@@ -153,9 +188,14 @@ def _time_series_shape(path: Path, image: nib.Nifti1Image) -> tuple[int, ...]:
     shape = tuple(int(n) for n in image.shape)
     if len(shape) < 4:
         dims = "x".join(map(str, shape))
-        raise BadInput(str(path), f"not a time series: {len(shape)}-D volume ({dims}); time must be the 4th axis")
+        raise BadInput(
+            str(path),
+            f"not a time series: {len(shape)}-D volume ({dims}); time must be the 4th axis",
+        )
     if any(n != 1 for n in shape[4:]):
-        raise BadInput(str(path), f"unsupported {len(shape)}-D image {shape}: only the 4th axis may be time")
+        raise BadInput(
+            str(path), f"unsupported {len(shape)}-D image {shape}: only the 4th axis may be time"
+        )
     if 0 in shape:
         raise BadInput(str(path), f"empty image: shape {shape}")
     return shape
@@ -169,14 +209,20 @@ def _check_size(path: Path, image: nib.Nifti1Image, shape: tuple[int, ...]) -> N
     actual = path.stat().st_size
     if path.name.lower().endswith(".gz"):
         if expected > actual * GZIP_MAX_RATIO:
-            raise BadInput(str(path), f"declares {expected} bytes of data, more than a {actual}-byte gzip stream "
-                                      "can hold (a decompression bomb, or truncated); refused unread")
+            raise BadInput(
+                str(path),
+                f"declares {expected} bytes of data, more than a {actual}-byte gzip stream "
+                "can hold (a decompression bomb, or truncated); refused unread",
+            )
     elif actual < expected:
         raise BadInput(str(path), f"truncated: {actual} of {expected} bytes")
     check_frame_size(str(path), shape[1], shape[0])
     if (voxels := shape[0] * shape[1] * shape[2]) > MAX_VOLUME_VOXELS:
-        raise BadInput(str(path), f"volumes of {'x'.join(map(str, shape[:3]))} = {voxels} voxels exceed the limit "
-                                  f"of {MAX_VOLUME_VOXELS} per time point; refused unread")
+        raise BadInput(
+            str(path),
+            f"volumes of {'x'.join(map(str, shape[:3]))} = {voxels} voxels exceed the limit "
+            f"of {MAX_VOLUME_VOXELS} per time point; refused unread",
+        )
 
 
 def _header_meta(image: nib.Nifti1Image) -> dict[str, Any]:
@@ -223,10 +269,16 @@ def _view(proxy: ArrayProxy, shape: tuple[int, ...], t: int, view: str, path: Pa
     extra = (0,) * (len(shape) - 4)  # trailing length-1 axes
     try:
         if view == "middle":
-            plane = np.asarray(proxy[(slice(None), slice(None), shape[2] // 2, t) + extra], dtype=np.float64)
+            plane = np.asarray(
+                proxy[(slice(None), slice(None), shape[2] // 2, t) + extra], dtype=np.float64
+            )
         else:
-            volume = np.asarray(proxy[(slice(None), slice(None), slice(None), t) + extra])  # as stored: no float64 copy
-            plane = np.fmax.reduce(volume, axis=2).astype(np.float64)  # fmax: a NaN voxel does not blank its ray
+            volume = np.asarray(
+                proxy[(slice(None), slice(None), slice(None), t) + extra]
+            )  # as stored: no float64 copy
+            plane = np.fmax.reduce(volume, axis=2).astype(
+                np.float64
+            )  # fmax: a NaN voxel does not blank its ray
     except _READ_ERRORS as exc:
         raise BadInput(str(path), f"unreadable data at time point {t}: {exc}") from exc
     return plane.T[::-1]

@@ -15,17 +15,18 @@ import subprocess
 import threading
 import time
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import IO, Iterator
+from typing import IO
 
 import ffmpeg
 import numpy as np
 
 from lstmpipe.lib.config import SamplingConfig
 from lstmpipe.lib.errors import BadInput
-from lstmpipe.lib.sources.frames import MAX_PIXELS, check_frame_size
-from lstmpipe.lib.sources.ffmpeg import ffmpeg_exe
 from lstmpipe.lib.series import FrameChunk
+from lstmpipe.lib.sources.ffmpeg import ffmpeg_exe
+from lstmpipe.lib.sources.frames import MAX_PIXELS, check_frame_size
 
 _INVALID = "Invalid data found when processing input"
 # Frames handed out per series: 36 h at 8 fps, 9.7 h of every frame at 30 fps. Beyond this a file is more
@@ -36,8 +37,22 @@ MAX_FRAMES = 1 << 20
 
 # File suffixes discovery reads as video; ffmpeg decodes more, but these are what archives of clips hold.
 VIDEO_SUFFIXES = frozenset(
-    {".mp4", ".mkv", ".avi", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".flv", ".wmv", ".gif"}
+    {
+        ".mp4",
+        ".mkv",
+        ".avi",
+        ".mov",
+        ".webm",
+        ".m4v",
+        ".mpg",
+        ".mpeg",
+        ".ts",
+        ".flv",
+        ".wmv",
+        ".gif",
+    }
 )
+
 
 @dataclass(frozen=True)
 class VideoInfo:
@@ -60,7 +75,13 @@ def probe(input: str, name: str, timeout_s: float, max_pixels: int = MAX_PIXELS)
     or when its frames would exceed `max_pixels` (refused before anything decodes them)."""
     if _is_empty(input):
         raise BadInput(name, "empty file")
-    cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", input]  # argv, no shell: a name is never interpreted
+    cmd = [
+        ffmpeg_exe(),
+        "-hide_banner",
+        "-nostdin",
+        "-i",
+        input,
+    ]  # argv, no shell: a name is never interpreted
     try:
         done = subprocess.run(cmd, capture_output=True, timeout=timeout_s, stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired as exc:
@@ -80,7 +101,11 @@ def _parse_probe(text: str, name: str) -> VideoInfo:
     block = _first_video_block(text)
     if block is None:
         kinds = sorted(set(re.findall(r"Stream #\S+: (\w+):", text)))
-        reason = f"no video stream ({', '.join(k.lower() for k in kinds)} only)" if kinds else "no video stream"
+        reason = (
+            f"no video stream ({', '.join(k.lower() for k in kinds)} only)"
+            if kinds
+            else "no video stream"
+        )
         raise BadInput(name, reason)
     head = block.splitlines()[0]
     size = re.search(r"[ ,](\d+)x(\d+)[ ,]", head)
@@ -103,13 +128,21 @@ def output_fps(sampling: SamplingConfig, info: VideoInfo, name: str) -> float:
     """Frames per second handed out: num_frames spread over the duration, else fps, else the source rate."""
     if sampling.num_frames is not None:
         if not info.duration_s:
-            raise BadInput(name, f"duration unknown: cannot spread {sampling.num_frames} frames uniformly; use fps")
+            raise BadInput(
+                name,
+                f"duration unknown: cannot spread {sampling.num_frames} frames uniformly; use fps",
+            )
         return sampling.num_frames / info.duration_s
     return sampling.fps if sampling.fps is not None else info.fps
 
 
-def decode_video(input: str, name: str, sampling: SamplingConfig, info: VideoInfo | None = None,
-                 max_frames: int = MAX_FRAMES) -> Iterator[FrameChunk]:
+def decode_video(
+    input: str,
+    name: str,
+    sampling: SamplingConfig,
+    info: VideoInfo | None = None,
+    max_frames: int = MAX_FRAMES,
+) -> Iterator[FrameChunk]:
     """Chunks of (N, size, size, 3) uint8 RGB frames with t in seconds; BadInput beyond `max_frames`
     (refused before decoding when the duration says so, else stopped once that many came out).
 
@@ -126,23 +159,45 @@ def decode_video(input: str, name: str, sampling: SamplingConfig, info: VideoInf
     rate = None if every_frame else output_fps(sampling, info, name)
     expected = _expected_frames(sampling, info, rate)
     if expected is not None and expected > max_frames:
-        why = "num_frames" if sampling.num_frames is not None else f"{info.duration_s:g} s at {rate or info.fps:g} fps"
-        raise BadInput(name, f"would yield about {expected} frames ({why}), beyond the limit of {max_frames} per "
-                             "series (a timestamp gap, or a video too long to sample this densely); use num_frames")
+        why = (
+            "num_frames"
+            if sampling.num_frames is not None
+            else f"{info.duration_s:g} s at {rate or info.fps:g} fps"
+        )
+        raise BadInput(
+            name,
+            f"would yield about {expected} frames ({why}), beyond the limit of {max_frames} per "
+            "series (a timestamp gap, or a video too long to sample this densely); use num_frames",
+        )
     frame_bytes = sampling.size * sampling.size * 3
-    proc = subprocess.Popen(_command(input, sampling.size, rate, sampling.num_frames), stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0)
+    proc = subprocess.Popen(
+        _command(input, sampling.size, rate, sampling.num_frames),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        bufsize=0,
+    )
     stderr = _StderrTail(proc.stderr)
     watchdog = _Watchdog(proc, sampling.timeout_s)
     try:
         start = 0
-        while len(frames := _read_frames(proc.stdout, sampling.chunk_frames, frame_bytes, watchdog)):
-            if start + len(frames) // frame_bytes > max_frames:  # no usable duration said so beforehand
-                raise BadInput(name, f"more than {max_frames} frames decoded, the limit per series "
-                                     "(a timestamp gap, or a video too long to sample this densely); use num_frames")
+        while len(
+            frames := _read_frames(proc.stdout, sampling.chunk_frames, frame_bytes, watchdog)
+        ):
+            if (
+                start + len(frames) // frame_bytes > max_frames
+            ):  # no usable duration said so beforehand
+                raise BadInput(
+                    name,
+                    f"more than {max_frames} frames decoded, the limit per series "
+                    "(a timestamp gap, or a video too long to sample this densely); use num_frames",
+                )
             frames = frames.reshape(-1, sampling.size, sampling.size, 3)
-            t = stderr.take_times(len(frames), sampling.timeout_s) if every_frame \
+            t = (
+                stderr.take_times(len(frames), sampling.timeout_s)
+                if every_frame
                 else np.arange(start, start + len(frames)) / rate
+            )
             yield FrameChunk(frames=frames, t=t, start=start)
             start += len(frames)
         _check_exit(proc, stderr, watchdog, name, start, sampling.timeout_s)
@@ -172,16 +227,24 @@ def _command(input: str, size: int, rate: float | None, max_frames: int | None) 
     """
     stream = ffmpeg.input(input).video
     stream = stream.filter("showinfo") if rate is None else stream.filter("fps", fps=repr(rate))
-    stream = stream.filter("scale", size, size, force_original_aspect_ratio="increase").filter("crop", size, size)
+    stream = stream.filter("scale", size, size, force_original_aspect_ratio="increase").filter(
+        "crop", size, size
+    )
     options = {"frames:v": max_frames} if max_frames is not None else {}
     if rate is None:
         options["fps_mode"] = "passthrough"
-    out = stream.output("pipe:", format="rawvideo", pix_fmt="rgb24", an=None, sn=None, dn=None, **options)
+    out = stream.output(
+        "pipe:", format="rawvideo", pix_fmt="rgb24", an=None, sn=None, dn=None, **options
+    )
     level = "level+info" if rate is None else "error"
-    return out.global_args("-nostdin", "-hide_banner", "-nostats", "-loglevel", level).compile(cmd=ffmpeg_exe())
+    return out.global_args("-nostdin", "-hide_banner", "-nostats", "-loglevel", level).compile(
+        cmd=ffmpeg_exe()
+    )
 
 
-def _read_frames(pipe: IO[bytes], count: int, frame_bytes: int, watchdog: "_Watchdog") -> np.ndarray:
+def _read_frames(
+    pipe: IO[bytes], count: int, frame_bytes: int, watchdog: _Watchdog
+) -> np.ndarray:
     """Up to `count` whole frames as flat uint8; fewer only at the end of the stream."""
     buf = bytearray(count * frame_bytes)
     view = memoryview(buf)
@@ -197,8 +260,14 @@ def _read_frames(pipe: IO[bytes], count: int, frame_bytes: int, watchdog: "_Watc
     return np.frombuffer(buf, dtype=np.uint8, count=got - got % frame_bytes)
 
 
-def _check_exit(proc: subprocess.Popen, stderr: "_StderrTail", watchdog: "_Watchdog",
-                name: str, frames: int, timeout_s: float) -> None:
+def _check_exit(
+    proc: subprocess.Popen,
+    stderr: _StderrTail,
+    watchdog: _Watchdog,
+    name: str,
+    frames: int,
+    timeout_s: float,
+) -> None:
     """BadInput for a stalled, failed or empty decode, once the consumer has read everything."""
     code = proc.wait()
     stderr.join()
@@ -213,6 +282,7 @@ def _check_exit(proc: subprocess.Popen, stderr: "_StderrTail", watchdog: "_Watch
 _PTS_TIME = re.compile(r"pts_time:\s*(-?[0-9.]+)")
 _LEVEL = re.compile(r"\[(?:panic|fatal|error|warning|info|verbose|debug|trace)\]\s*")
 
+
 class _StderrTail:
     """Drains ffmpeg's stderr in a thread, so a chatty decoder can never block on a full pipe; keeps the tail."""
 
@@ -221,7 +291,9 @@ class _StderrTail:
         self._times: deque[float] = deque()  # showinfo pts_time values not yet taken
         self._arrived = threading.Condition()
         self._ended = False
-        self._thread = threading.Thread(target=self._drain, args=(pipe,), daemon=True, name="ffmpeg-stderr")
+        self._thread = threading.Thread(
+            target=self._drain, args=(pipe,), daemon=True, name="ffmpeg-stderr"
+        )
         self._thread.start()
 
     def _drain(self, pipe: IO[bytes]) -> None:
@@ -244,14 +316,21 @@ class _StderrTail:
     def take_times(self, count: int, timeout_s: float) -> np.ndarray:
         """The next `count` frames' presentation times: showinfo logs a frame before it reaches the pipe."""
         with self._arrived:
-            self._arrived.wait_for(lambda: len(self._times) >= count or self._ended, timeout=timeout_s)
-            return np.array([self._times.popleft() for _ in range(min(count, len(self._times)))], dtype=np.float64)
+            self._arrived.wait_for(
+                lambda: len(self._times) >= count or self._ended, timeout=timeout_s
+            )
+            return np.array(
+                [self._times.popleft() for _ in range(min(count, len(self._times)))],
+                dtype=np.float64,
+            )
 
     def join(self) -> None:
         self._thread.join()
 
     def last_line(self) -> str:
-        lines = [line for line in self._tail if line != "Conversion failed!" and "[info]" not in line]
+        lines = [
+            line for line in self._tail if line != "Conversion failed!" and "[info]" not in line
+        ]
         return _strip_context(_LEVEL.sub("", lines[-1])) if lines else ""
 
 
@@ -297,7 +376,9 @@ def _is_empty(input: str) -> bool:
 
 def _first_video_block(text: str) -> str | None:
     """The first non-cover-art `Stream #..: Video:` line and the indented lines under it."""
-    for match in re.finditer(r"^ *Stream #\S+: Video:.*(?:\n(?! *Stream #)[ \t].*)*", text, re.MULTILINE):
+    for match in re.finditer(
+        r"^ *Stream #\S+: Video:.*(?:\n(?! *Stream #)[ \t].*)*", text, re.MULTILINE
+    ):
         if "(attached pic)" not in match.group(0).splitlines()[0]:
             return match.group(0)
     return None
@@ -306,13 +387,23 @@ def _first_video_block(text: str) -> str | None:
 def _open_error(text: str) -> str:
     """A precise reason from ffmpeg's complaint about opening the input."""
     lines = [_strip_context(line.strip()) for line in text.splitlines() if line.strip()]
-    details = [line for line in lines if not line.startswith("Error opening input") and "misdetection" not in line]
-    final = lines[-1].removeprefix("Error opening input files: ") if lines else "ffmpeg printed nothing"
+    details = [
+        line
+        for line in lines
+        if not line.startswith("Error opening input") and "misdetection" not in line
+    ]
+    final = (
+        lines[-1].removeprefix("Error opening input files: ") if lines else "ffmpeg printed nothing"
+    )
     if final == _INVALID:
         extra = [d for d in details if d != _INVALID]
         return f"not a media file: {_INVALID}" + (f" ({'; '.join(extra)})" if extra else "")
-    too_large = next((d for d in details if re.fullmatch(r"Picture size \d+x\d+ is invalid", d)), None)
-    if too_large:  # ffmpeg's own size check; its final line then blames the device ("resource busy")
+    too_large = next(
+        (d for d in details if re.fullmatch(r"Picture size \d+x\d+ is invalid", d)), None
+    )
+    if (
+        too_large
+    ):  # ffmpeg's own size check; its final line then blames the device ("resource busy")
         return f"cannot open: declared frame size too large ({too_large})"
     return f"cannot open: {final}"
 
