@@ -48,6 +48,7 @@ def tiny_config(tmp_path_factory: pytest.TempPathFactory) -> Config:
             "sampling.chunk_frames": 8,  # several chunks per clip: chunk boundaries get exercised
             "sampling.timeout_s": 30,
             "backbone.weights": "none",
+            "backbone.precision": "fp32",  # auto is bf16 on AMX CPUs: the same numbers on every CPU
             "backbone.batch_size": 16,
             "train.epochs": 15,
             "train.patience": 15,
