@@ -1,8 +1,8 @@
-"""The feature cache under any interleaving of writes, crashes, compactions and reads (issue 8, SPEC §3.3):
-every indexed entry is complete and matches its key, each key is indexed once, and its rows lie exactly
-once in the file the index names. Hypothesis draws the interleavings; crashes are exceptions injected at
-the narrowest points: inside the Parquet write before the rename, and between the rename and the index
-commit (of a write, or of a compaction's merge)."""
+"""The feature cache under any interleaving of writes, crashes, compactions and reads (issue 8, SPEC
+§3.3): every indexed entry is complete and matches its key, each key is indexed once, and its rows
+lie exactly once in the file the index names. Hypothesis draws the interleavings; crashes are
+exceptions injected at the narrowest points: inside the Parquet write before the rename, and between
+the rename and the index commit (of a write, or of a compaction's merge)."""
 
 from __future__ import annotations
 
@@ -46,9 +46,8 @@ def crashing(where: str):
         real_write = atomic.pq.write_table
 
         def half_then_crash(table, handle, **kwargs):
-            real_write(
-                table.slice(0, max(1, table.num_rows // 2)), handle, **kwargs
-            )  # half a file, then death
+            # half a file, then death
+            real_write(table.slice(0, max(1, table.num_rows // 2)), handle, **kwargs)
             raise Crash("injected: killed while writing the Parquet file")
 
         return mock.patch.object(atomic.pq, "write_table", half_then_crash)
@@ -104,9 +103,8 @@ class CacheMachine(RuleBasedStateMachine):
         sweep=st.booleans(),
     )
     def compact(self, target_rows: int, crash: str, sweep: bool) -> None:
-        grace = (
-            0.0 if sweep else cache.ORPHAN_GRACE_S
-        )  # sweeping: no writer is between rename and commit here
+        # sweeping: no writer is between rename and commit here
+        grace = 0.0 if sweep else cache.ORPHAN_GRACE_S
         if crash == "none":
             self.cache.compact(target_rows=target_rows, orphan_grace_s=grace)
             return
@@ -158,7 +156,11 @@ class CacheMachine(RuleBasedStateMachine):
             mine = [
                 i
                 for i, (th, tr) in enumerate(
-                    zip(table["content_hash"].to_pylist(), table["recipe_id"].to_pylist(), strict=False)
+                    zip(
+                        table["content_hash"].to_pylist(),
+                        table["recipe_id"].to_pylist(),
+                        strict=False,
+                    )
                 )
                 if (th, tr) == (h, r)
             ]

@@ -83,11 +83,14 @@ def test_a_full_disk_while_caching_leaves_the_cache_as_it_was(tmp_path: Path, at
     new = [series("new-a", 50), series("new-b", 20)]
 
     if at == "index":  # the part is renamed into place; the index commit finds the disk full
-        with mock.patch.object(
-            FeatureCache,
-            "_connect",
-            lambda self: sqlite3.connect(self.index_path, timeout=60, factory=_FullIndex),
-        ), pytest.raises(sqlite3.OperationalError) as caught:
+        with (
+            mock.patch.object(
+                FeatureCache,
+                "_connect",
+                lambda self: sqlite3.connect(self.index_path, timeout=60, factory=_FullIndex),
+            ),
+            pytest.raises(sqlite3.OperationalError) as caught,
+        ):
             cache.write(RID, new)
         assert str(cache.index_path) in str(caught.value) and "disk is full" in str(caught.value)
         assert "none of them was indexed" in str(caught.value)
@@ -98,9 +101,8 @@ def test_a_full_disk_while_caching_leaves_the_cache_as_it_was(tmp_path: Path, at
         assert f"cannot write {cache.files}/part-" in str(caught.value) and "No space left" in str(
             caught.value
         )
-        assert (
-            sorted(p.name for p in cache.files.iterdir()) == files_before
-        )  # no partial part, no temp file
+        # no partial part, no temp file
+        assert sorted(p.name for p in cache.files.iterdir()) == files_before
 
     assert index_rows(cache) == before
     assert cache.read([(s.content_hash, RID) for s in new]) == {}
@@ -113,9 +115,8 @@ def test_a_full_disk_while_caching_leaves_the_cache_as_it_was(tmp_path: Path, at
     assert set(cache.read([(s.content_hash, RID) for s in new])) == {
         (s.content_hash, RID) for s in new
     }
-    cache.compact(
-        orphan_grace_s=0
-    )  # the index case left an unindexed part: swept, nothing indexed is lost
+    # the index case left an unindexed part: swept, nothing indexed is lost
+    cache.compact(orphan_grace_s=0)
     with sqlite3.connect(cache.index_path) as db:
         referenced = {name for (name,) in db.execute("SELECT DISTINCT file FROM entries")}
     assert {p.name for p in cache.files.iterdir()} == referenced

@@ -93,6 +93,7 @@ def spawn(home: Path, prefect_api: str, command: list[str]) -> subprocess.Popen:
     for name in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI"):
         env.pop(name, None)
     flags = [f"--set={key}={value}" for key, value in tiny(home).items()] + ["--json"]
+    # its own group: the kill takes ffmpeg too
     return subprocess.Popen(
         [LSTMPIPE, *command, *flags],
         env=env,
@@ -100,7 +101,7 @@ def spawn(home: Path, prefect_api: str, command: list[str]) -> subprocess.Popen:
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
-    )  # its own group: the kill takes ffmpeg too
+    )
 
 
 def run_timed(home: Path, prefect_api: str, command: list[str]) -> float:

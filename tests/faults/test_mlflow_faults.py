@@ -223,9 +223,8 @@ def test_registration_and_promotion_survive_an_unreachable_or_failing_server(
     tmp_path: Path, mlflow_proxy: tuple[Proxy, str], env: None
 ) -> None:
     proxy, upstream = mlflow_proxy
-    direct = MlflowClient(
-        upstream, registry_uri=upstream
-    )  # the server itself, never through the proxy
+    # the server itself, never through the proxy
+    direct = MlflowClient(upstream, registry_uri=upstream)
     source = generate_archive(
         tmp_path / "src", SampleSpec(clips_per_class=4, size=32, min_frames=8, max_frames=12)
     )
@@ -251,9 +250,8 @@ def test_registration_and_promotion_survive_an_unreachable_or_failing_server(
         assert cache.stats()["series"] == 16, "the computed features were not kept"
 
     first = train(str(source), MODEL, overrides=overrides, run_id="healed")
-    assert (
-        first["extract"]["extracted"] == 0 and first["extract"]["cached"] == 16
-    )  # no CNN work again
+    # no CNN work again
+    assert first["extract"]["extracted"] == 0 and first["extract"]["cached"] == 16
     assert first["train"]["version"] == "1"
     assert promote(MODEL, "1", overrides=overrides, run_id="p1")["promoted"]
     assert (

@@ -103,6 +103,5 @@ def test_remote_sensing_champion_predicts_the_real_landsat_stack_with_its_footpr
     (feature,) = json.loads(Path(result["outputs"]["geojson"]).read_text())["features"]
     assert feature["properties"]["crs"] == "EPSG:32613" and feature["properties"]["dates"] == 105
     ring = feature["geometry"]["coordinates"][0]
-    assert all(
-        -107.5 < lon < -105 and 40 < lat < 41 for lon, lat in ring
-    )  # northern Colorado, lon/lat order
+    # northern Colorado, lon/lat order
+    assert all(-107.5 < lon < -105 and 40 < lat < 41 for lon, lat in ring)

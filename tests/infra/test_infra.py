@@ -492,9 +492,8 @@ def test_worker_and_ray_nodes_share_state_and_data_at_the_same_paths(services: d
     """Tasks pass paths; Ray actors write the feature cache and read sources themselves."""
     env = services["prefect-worker"]["environment"]
     home = env["LSTMPIPE_HOME"]
-    assert env["TORCH_HOME"].startswith(
-        home + "/"
-    )  # weights are looked up by path on the nodes too
+    # weights are looked up by path on the nodes too
+    assert env["TORCH_HOME"].startswith(home + "/")
     worker = mounts(services["prefect-worker"])
     assert home in worker and "/data" in worker
     for name in ("ray-head", "ray-worker", "ray-worker-gpu"):
@@ -526,10 +525,9 @@ def test_postgres_serves_both_stores(services: dict, compose: dict) -> None:
 
 def test_prefect_variables_are_prefect_settings(services: dict) -> None:
     from prefect.settings import Settings
-    from prefect.settings.legacy import (
-        _get_valid_setting_names,
-    )  # the names Prefect reads from the environment
+    from prefect.settings.legacy import _get_valid_setting_names
 
+    # the names Prefect reads from the environment
     valid = _get_valid_setting_names(Settings)
     for name, service in services.items():
         for variable in service.get("environment", {}):
@@ -698,9 +696,8 @@ def test_the_code_requests_cpus_and_gpus() -> None:
     from lstmpipe.tasks.ray_workers import FeatureWorker
 
     assert requested_resources() == {"CPU", "GPU"}
-    assert (
-        "num_cpus" not in FeatureWorker._default_options
-    )  # lib.placement sizes each actor for its cluster
+    # lib.placement sizes each actor for its cluster
+    assert "num_cpus" not in FeatureWorker._default_options
     assert placement(RuntimeConfig(), {"CPU": 8.0, "GPU": 1.0}).actor_cpus == 1
 
 

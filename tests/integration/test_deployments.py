@@ -124,9 +124,8 @@ def test_served_nightly_runs_through_the_servers_then_does_only_the_new_partitio
         assert first["state_type"] == "COMPLETED", log.read_text()[-4000:]
 
         if shutil.which("initdb"):
-            assert stack.mlflow_backend.startswith(
-                "postgresql"
-            )  # the registry's rows are in PostgreSQL
+            # the registry's rows are in PostgreSQL
+            assert stack.mlflow_backend.startswith("postgresql")
         client = MlflowClient(stack.mlflow_uri, registry_uri=stack.mlflow_uri)
         champion = client.get_model_version_by_alias(MODEL, "champion")
         assert champion.version == "1"

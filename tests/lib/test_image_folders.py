@@ -52,9 +52,8 @@ def root(tmp_path: Path) -> Path:
         Image.fromarray(np.random.default_rng(i).integers(0, 255, (64, 64, 3), np.uint8)).save(
             cut / f"f{i}.png"
         )
-    (cut / "f2.png").write_bytes(
-        (cut / "f2.png").read_bytes()[:300]
-    )  # a valid header, then nothing
+    # a valid header, then nothing
+    (cut / "f2.png").write_bytes((cut / "f2.png").read_bytes()[:300])
     clips = root / "dance"
     clips.mkdir()
     grey(clips / "cover.jpg", 10)
@@ -100,17 +99,15 @@ def test_natural_order_times_and_shape(root: Path, tmp_path: Path) -> None:
     ref = by_id(discover(root).refs)["walk/clip_a"]
     frames, t = frames_of(ref, SMALL, tmp_path)
     assert frames.shape == (12, 32, 32, 3) and frames.dtype == np.uint8
-    np.testing.assert_array_equal(
-        frames[:, 0, 0, 0], 20 * np.arange(1, 13)
-    )  # frame_2 before frame_10
+    # frame_2 before frame_10
+    np.testing.assert_array_equal(frames[:, 0, 0, 0], 20 * np.arange(1, 13))
     np.testing.assert_array_equal(t, np.arange(12))  # no fps: t is the index
     _, t_fps = frames_of(ref, SamplingConfig(fps=4.0, size=32), tmp_path)
     np.testing.assert_allclose(t_fps, np.arange(12) / 4.0)  # frames taken as 1/fps apart, all kept
     picked, t_pick = frames_of(ref, SamplingConfig(fps=4.0, num_frames=4, size=32), tmp_path)
     np.testing.assert_array_equal(picked[:, 0, 0, 0], 20 * np.array([1, 5, 8, 12]))
-    np.testing.assert_allclose(
-        t_pick, np.array([0, 4, 7, 11]) / 4.0
-    )  # each frame keeps its own time
+    # each frame keeps its own time
+    np.testing.assert_allclose(t_pick, np.array([0, 4, 7, 11]) / 4.0)
     assert describe(ref, SMALL, tmp_path) == {
         "source_kind": "images",
         "frames": 12,

@@ -84,12 +84,8 @@ def test_nifti_is_a_registered_kind_before_images() -> None:
 def test_discovery_claims_4d_and_refuses_the_rest(root: Path, nib_data: Path) -> None:
     found = discover(root)
     assert [(r.series_id, r.kind, r.label, r.partition) for r in found.refs] == [
-        (
-            "rest/cut.nii.gz",
-            "nifti",
-            "rest",
-            "rest",
-        ),  # its header reads; its data does not (see below)
+        # its header reads; its data does not (see below)
+        ("rest/cut.nii.gz", "nifti", "rest", "rest"),
         ("rest/example4d.nii.gz", "nifti", "rest", "rest"),
         ("rest/functional.nii", "nifti", "rest", "rest"),
     ]
@@ -99,9 +95,8 @@ def test_discovery_claims_4d_and_refuses_the_rest(root: Path, nib_data: Path) ->
         "discover",
         "not a time series: 3-D volume (33x41x25); time must be the 4th axis",
     )
-    whole = (
-        (nib_data / "functional.nii").stat().st_size
-    )  # header + data, nothing after: the full promise
+    # header + data, nothing after: the full promise
+    whole = (nib_data / "functional.nii").stat().st_size
     assert reasons["short.nii"][1] == f"truncated: 1024 of {whole} bytes"
     assert reasons["text.nii"][1].startswith("unreadable NIfTI header")
     assert all(f.path.endswith(f.series_id) for f in found.failures)
@@ -114,9 +109,8 @@ def test_example4d_one_frame_per_time_point(root: Path, tmp_path: Path) -> None:
     ref = next(r for r in discover(root).refs if r.series_id == "rest/example4d.nii.gz")
     frames, t = frames_of(ref, SMALL, tmp_path)
     assert frames.shape == (dim[4], 32, 32, 3) and frames.dtype == np.uint8
-    np.testing.assert_allclose(
-        t, np.arange(dim[4]) * pixdim[4]
-    )  # the header's 2000 s, taken as written
+    # the header's 2000 s, taken as written
+    np.testing.assert_allclose(t, np.arange(dim[4]) * pixdim[4])
     assert frames.std() > 10  # a brain, not a blank
     assert ref.meta["shape"] == dim[1:5] and ref.meta["spacing"] == pytest.approx(pixdim[1:4])
     meta = describe(ref, SMALL, tmp_path)
@@ -134,9 +128,8 @@ def test_functional_frames_times_and_uniform_pick(root: Path, tmp_path: Path) ->
     picked, t5 = frames_of(ref, SamplingConfig(fps=None, num_frames=5, size=32), tmp_path)
     assert len(picked) == 5
     np.testing.assert_allclose(t5, np.array([0, 5, 10, 14, 19]) * pixdim[4])
-    np.testing.assert_array_equal(
-        picked, frames[[0, 5, 10, 14, 19]]
-    )  # same scaling whatever is picked
+    # same scaling whatever is picked
+    np.testing.assert_array_equal(picked, frames[[0, 5, 10, 14, 19]])
 
 
 def test_truncated_gzip_fails_alone(root: Path, tmp_path: Path) -> None:
@@ -165,21 +158,18 @@ def test_mip_and_middle_slice_differ(root: Path, tmp_path: Path) -> None:
 
 def test_mip_sees_what_the_middle_slice_misses(tmp_path: Path) -> None:
     data = np.zeros((16, 16, 5, 3), dtype=np.float32)
-    data[4:8, 4:8, 0, :] = (
-        100.0  # a bright block in the first slice only; the middle slice (2) stays dark
-    )
+    # a bright block in the first slice only; the middle slice (2) stays dark
+    data[4:8, 4:8, 0, :] = 100.0
     data[0, 0, 4, :] = np.nan  # a NaN voxel blanks neither view
     ref = discover(write_nifti(tmp_path / "block.nii", data, 0.5)).refs[0]
     middle, _ = frames_of(ref, SamplingConfig(fps=None, size=16), tmp_path)
     with nifti.open_series(ref, SamplingConfig(fps=None, size=16), tmp_path, view="mip") as series:
         mip = np.concatenate([c.frames for c in series.chunks])
     assert middle.max() == 0
-    bright = (
-        mip[..., 0] >= 250
-    )  # the block is the 99th percentile: full scale (less float rounding)
-    assert (
-        bright.sum() == 3 * 16 and mip[~bright].max() == 0
-    )  # 4x4 in each of 3 frames, and nothing else
+    # the block is the 99th percentile: full scale (less float rounding)
+    bright = mip[..., 0] >= 250
+    # 4x4 in each of 3 frames, and nothing else
+    assert bright.sum() == 3 * 16 and mip[~bright].max() == 0
     # rows follow the 2nd voxel axis, highest index at the top (imshow(view.T, origin="lower")); columns the 1st
     assert bright[:, 8:12, 4:8].all()
     with pytest.raises(ValueError, match="'side' unknown; choose one of middle, mip"):
@@ -199,9 +189,8 @@ def test_time_step_from_header_units(
     ).refs[0]
     _, t = frames_of(ref, SamplingConfig(fps=None, size=8), tmp_path)
     assert ref.meta["time_step_s"] == expected_step
-    np.testing.assert_allclose(
-        t, np.arange(4) * (expected_step or 1.0)
-    )  # no time unit: t is the index
+    # no time unit: t is the index
+    np.testing.assert_allclose(t, np.arange(4) * (expected_step or 1.0))
 
 
 def test_memory_bounded_by_one_volume(tmp_path: Path) -> None:

@@ -76,9 +76,8 @@ def test_geojson_carries_the_landsat_stacks_real_footprint_in_wgs84(
     assert props["crs"] == "EPSG:32613"
     left, bottom, right, top = props["bounds"]
     ring = feature["geometry"]["coordinates"][0]
-    assert (
-        feature["geometry"]["type"] == "Polygon" and ring[0] == ring[-1] and len(ring) > 5
-    )  # closed, densified
+    # closed, densified
+    assert feature["geometry"]["type"] == "Polygon" and ring[0] == ring[-1] and len(ring) > 5
     # [lon, lat] order: UTM zone 13N (central meridian -105), west of it, in northern Colorado
     assert all(-107.5 < lon < -105 and 40 < lat < 41 for lon, lat in ring)
     # corners are the UTM 13N bounds reprojected by pyproj itself
@@ -87,9 +86,8 @@ def test_geojson_carries_the_landsat_stacks_real_footprint_in_wgs84(
         lon, lat = to_wgs84.transform(x, y)
         assert min(np.hypot(p[0] - lon, p[1] - lat) for p in ring) < 1e-6
     lons, lats = np.array(ring).T
-    assert (
-        np.sum(lons[:-1] * lats[1:] - lons[1:] * lats[:-1]) > 0
-    )  # counter-clockwise (RFC 7946 §3.1.6)
+    # counter-clockwise (RFC 7946 §3.1.6)
+    assert np.sum(lons[:-1] * lats[1:] - lons[1:] * lats[:-1]) > 0
     assert feature["bbox"] == [min(lons), min(lats), max(lons), max(lats)]
     row = table.to_pylist()[0]
     assert (
@@ -109,9 +107,8 @@ def test_clinical_csv_has_one_row_per_real_dicom_series_and_no_patient_names(
     dicom_tree: Path, tmp_path: Path
 ) -> None:
     found = discover(dicom_tree)
-    assert (
-        len(found.refs) == 9
-    )  # 13 series; TINY_ALPHA has no pixels and 4 mix views (tests/lib/test_dicom.py)
+    # 13 series; TINY_ALPHA has no pixels and 4 mix views (tests/lib/test_dicom.py)
+    assert len(found.refs) == 9
     nifti = discover(wheel_data("nibabel", "nibabel/tests/data/example4d.nii.gz")).refs
     table = fake_predictions(found.refs + nifti, ["regular", "irregular"])
     predictions = write_predictions(table, tmp_path / "heart-v1.parquet")

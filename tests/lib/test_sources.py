@@ -108,7 +108,8 @@ def test_manifest_overrides_folder_labels(root: Path, tmp_path: Path, suffix: st
     manifest = tmp_path / f"labels.{suffix}"
     if suffix == "csv":
         manifest.write_text(
-            "series_id,label\n" + "".join(f"{s},{l}\n" for s, l in zip(*rows.values(), strict=False))
+            "series_id,label\n"
+            + "".join(f"{s},{l}\n" for s, l in zip(*rows.values(), strict=False))
         )
     else:
         pq.write_table(pa.table(rows), manifest)
@@ -167,9 +168,8 @@ def test_hash_memo_covers_archive_members(root: Path, tmp_path: Path) -> None:
     first = discover(root, memo=memo).refs
     archive = root / "2026-11-21.tar"
     stat = archive.stat()
-    archive.write_bytes(
-        archive.read_bytes().replace(b"moov", b"MOOV")
-    )  # same size, different bytes
+    # same size, different bytes
+    archive.write_bytes(archive.read_bytes().replace(b"moov", b"MOOV"))
     os.utime(archive, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     assert discover(root, memo=memo).refs == first
     assert discover(root).refs != first

@@ -180,9 +180,8 @@ def test_with_the_earlier_record_no_series_crosses_splits_when_series_are_added(
     sizes = {
         name: sum(after[s] == name for s in grown_ids if s.startswith("jump")) for name in SPLITS
     }
-    assert (
-        sizes["test"] >= 3 and sizes["val"] >= 2
-    )  # 16 jump series: round(16 * .2) = 3, round(16 * .35) = 6
+    # 16 jump series: round(16 * .2) = 3, round(16 * .35) = 6
+    assert sizes["test"] >= 3 and sizes["val"] >= 2
 
 
 def test_a_plain_id_record_from_an_older_run_pins_by_id_and_a_hash_wins_over_an_id() -> None:
@@ -229,9 +228,8 @@ def test_ucf101_lists_are_read_for_the_chosen_split(tmp_path: Path) -> None:
     assert entries["Archery/v_Archery_g01_c01.avi"] == "train"
     assert entries["Bowling/v_Bowling_g09_c01.avi"] == "test"
     assert sorted(set(entries.values())) == ["test", "train"] and len(entries) == 19
-    assert (
-        read_split_lists(folder / "trainlist01.txt", 1) == entries
-    )  # a file in the folder works too
+    # a file in the folder works too
+    assert read_split_lists(folder / "trainlist01.txt", 1) == entries
     assert read_split_lists(folder, 2) == {"Archery/v_Archery_g01_c01.avi": "test"}
 
 
@@ -301,9 +299,8 @@ def test_official_lists_decide_test_and_validation_comes_from_their_train_part(
         else:
             assert sid not in where, sid
     assert excluded["unlisted"] == ["new/v_extra_0.avi", "new/v_extra_1.avi"]
-    assert len(excluded["unused"]) == (
-        2 if make is _hmdb else 0
-    )  # HMDB51's code 0: one per class here
+    # HMDB51's code 0: one per class here
+    assert len(excluded["unused"]) == (2 if make is _hmdb else 0)
     for label in {
         rel.split("/")[0] for rel in entries
     }:  # stratified: every class gives validation series

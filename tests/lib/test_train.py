@@ -29,9 +29,8 @@ CONFIG = TrainConfig(
 )
 
 
-pytestmark = pytest.mark.usefixtures(
-    "one_thread"
-)  # tests/lib/conftest.py: tiny networks, one thread
+# tests/lib/conftest.py: tiny networks, one thread
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def order_only_task(n: int, seed: int) -> SequenceSet:
@@ -202,9 +201,8 @@ def test_lr_warms_up_to_its_peak_then_decays_and_gradients_are_clipped(
     result = fit(model_spec(config, F, 2, "lstm"), data["train"], data["val"], config)
     lrs = [row["lr"] for row in result.history]
     peak = int(np.argmax(lrs))
-    assert (
-        peak == 1 and lrs[0] < lrs[1] <= config.lr
-    )  # OneCycle: 10 % warm-up (2 of 20 epochs), then decay
+    # OneCycle: 10 % warm-up (2 of 20 epochs), then decay
+    assert peak == 1 and lrs[0] < lrs[1] <= config.lr
     assert all(a >= b for a, b in zip(lrs[1:], lrs[2:], strict=False))
     assert lrs[-1] < 0.01 * config.lr
     assert norms and set(norms) == {0.5}

@@ -31,14 +31,12 @@ ORDER_CLASSES = ["rise", "fall", "peak", "valley"]
 CONFIG = TrainConfig(
     hidden_size=32, input_proj=32, dropout=0.1, epochs=40, patience=15, lr=1e-2, seed=0
 )
-BASELINE_LR_FACTOR = (
-    5.0  # as lib/training/experiment.py: the linear baseline needs larger steps to converge
-)
+# as lib/training/experiment.py: the linear baseline needs larger steps to converge
+BASELINE_LR_FACTOR = 5.0
 
 
-pytestmark = pytest.mark.usefixtures(
-    "one_thread"
-)  # tests/lib/conftest.py: tiny networks, one thread
+# tests/lib/conftest.py: tiny networks, one thread
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _reorder(label: int, steps: int) -> np.ndarray:
@@ -61,9 +59,10 @@ def order_only_task(n: int, seed: int) -> SequenceSet:
     features, labels = [], []
     for i in range(n):
         label, steps = i % 4, int(rng.integers(8, 21))
+        # (T, F)
         frames = (
             rng.normal(size=(steps, F)) + 3.0 * np.linspace(-1.0, 1.0, steps)[:, None] * direction
-        )  # (T, F)
+        )
         features.append(frames[_reorder(label, steps)].astype(np.float32))
         labels.append(label)
     return SequenceSet(
@@ -156,18 +155,16 @@ def test_same_seed_gives_bit_identical_metrics_and_another_seed_does_not(
         )
 
     first, second, other = run(0), run(0), run(1)
-    assert (
-        first[0] == second[0] and first[1] == second[1]
-    )  # ==, not approx: every float bit-identical
+    # ==, not approx: every float bit-identical
+    assert first[0] == second[0] and first[1] == second[1]
     assert np.array_equal(first[2], second[2])
     assert first[0] != other[0] and not np.array_equal(first[2], other[2])
 
 
 def test_augment_is_seeded_bounded_and_off_by_default() -> None:
     frames = torch.arange(40, dtype=torch.float32).reshape(20, 2)  # (T, F): frame t holds 2t, 2t+1
-    assert (
-        augment(frames, TrainConfig(), torch.Generator().manual_seed(0)) is frames
-    )  # off: untouched, no draw
+    # off: untouched, no draw
+    assert augment(frames, TrainConfig(), torch.Generator().manual_seed(0)) is frames
     crop = TrainConfig(crop_fraction=0.5)
     a = augment(frames, crop, torch.Generator().manual_seed(0))
     b = augment(frames, crop, torch.Generator().manual_seed(0))
@@ -218,7 +215,9 @@ def test_balanced_sampler_draws_each_class_about_equally_often() -> None:
 def test_sampler_learns_an_imbalanced_task() -> None:
     data = static_task(200, seed=2, classes=2)
     keep = [
-        sid for sid, y in zip(data.series_ids, data.labels, strict=False) if y == 0 or int(sid[-3:]) % 8 == 1
+        sid
+        for sid, y in zip(data.series_ids, data.labels, strict=False)
+        if y == 0 or int(sid[-3:]) % 8 == 1
     ]  # 100 : 25
     parts = _split(data.select(keep))
     config = dataclasses.replace(CONFIG, balance="sampler", epochs=15)

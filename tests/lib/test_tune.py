@@ -40,9 +40,8 @@ def test_a_small_space_gives_fewer_trials_not_a_hang() -> None:
         lr=(1e-3, 1e-3),
         bidirectional=(False,),
     )
-    assert (
-        len(sample_trials(TrainConfig(), space, 5, seed=0)) == 2
-    )  # the base config and the one point
+    # the base config and the one point
+    assert len(sample_trials(TrainConfig(), space, 5, seed=0)) == 2
 
 
 @pytest.mark.parametrize(
@@ -75,9 +74,8 @@ def row(epoch: int, f1: float, loss: float) -> dict:
 def test_pick_best_by_best_epoch_f1_then_loss_then_trial_order() -> None:
     a = TrialRecord("a", 0, {}, [row(1, 0.5, 1.0), row(2, 0.9, 0.5)], "completed")
     b = TrialRecord("b", 1, {}, [row(1, 0.9, 0.4)], "stopped")  # same F1, lower loss: better
-    c = TrialRecord(
-        "c", 2, {}, [row(1, 0.9, 0.4)], "completed"
-    )  # a tie with b: the earlier trial wins
+    # a tie with b: the earlier trial wins
+    c = TrialRecord("c", 2, {}, [row(1, 0.9, 0.4)], "completed")
     dead = TrialRecord("d", 3, {}, [], "error")
     assert a.best == row(2, 0.9, 0.5)
     assert pick_best([a, b, c, dead]).trial_id == "b"

@@ -54,5 +54,9 @@ def run(
 def reasons(outcome: Outcome) -> dict[str, str]:
     """{series id: reason} of the recorded failures."""
     return dict(
-        zip(outcome.failures["series_id"].to_pylist(), outcome.failures["reason"].to_pylist(), strict=False)
+        zip(
+            outcome.failures["series_id"].to_pylist(),
+            outcome.failures["reason"].to_pylist(),
+            strict=False,
+        )
     )

@@ -19,9 +19,8 @@ from lstmpipe.lib.sources.decode import decode
 from tests.security.conftest import SMALL, snapshot
 from tests.security.pipeline import reasons, run
 
-ETC_ESCAPE = (
-    "/etc/lstmpipe-escape-test.mp4"  # tests run as root here: an extraction would really land there
-)
+# tests run as root here: an extraction would really land there
+ETC_ESCAPE = "/etc/lstmpipe-escape-test.mp4"
 
 
 def tar_member(
@@ -30,10 +29,11 @@ def tar_member(
     info = tarfile.TarInfo(name)
     info.type, info.linkname, info.size = kind, linkname, len(data)
     if kind in (tarfile.CHRTYPE, tarfile.BLKTYPE):
+        # /dev/null's numbers: harmless if anything ever made it
         info.devmajor, info.devminor = (
             1,
             3,
-        )  # /dev/null's numbers: harmless if anything ever made it
+        )
     return info, data
 
 
@@ -140,7 +140,9 @@ def test_escaping_members_are_refused_by_name_and_the_good_one_decodes(
     assert all(
         path.endswith(f"{name}!{sid.split('/', 1)[1]}")
         for sid, path in zip(
-            outcome.failures["series_id"].to_pylist(), outcome.failures["path"].to_pylist(), strict=False
+            outcome.failures["series_id"].to_pylist(),
+            outcome.failures["path"].to_pylist(),
+            strict=False,
         )
     )
 

@@ -36,12 +36,10 @@ NAMES = [
     "%s%n%x.mp4",
     "ünïcödé ✓.mp4",
 ]
-SUBFILE_FORGERY = (
-    "x,,start,0,end,5,,:y.tar"  # an archive name that tries to rewrite ffmpeg's subfile range
-)
-NOT_UTF8 = os.fsdecode(
-    b"bad-\xff\xfe-utf8.mp4"
-)  # how Python spells the raw bytes: surrogate escapes
+# an archive name that tries to rewrite ffmpeg's subfile range
+SUBFILE_FORGERY = "x,,start,0,end,5,,:y.tar"
+# how Python spells the raw bytes: surrogate escapes
+NOT_UTF8 = os.fsdecode(b"bad-\xff\xfe-utf8.mp4")
 
 
 @pytest.fixture()
@@ -78,9 +76,8 @@ def test_hostile_names_decode_like_any_clip_and_run_nothing(
     assert set(outcome.features) == expected
     assert {len(f.features) for f in outcome.features.values()} == {16}  # 4 s at 4 fps, every one
     first = next(iter(outcome.features.values())).features
-    assert all(
-        np.array_equal(f.features, first) for f in outcome.features.values()
-    )  # the same bytes were read
+    # the same bytes were read
+    assert all(np.array_equal(f.features, first) for f in outcome.features.values())
     assert {f.label for f in discover(hostile_source).refs} == {folder, "cls"}
     # a member name that is not UTF-8 cannot become an id (Arrow, SQLite and JSON need UTF-8): refused by name
     assert reasons(outcome) == {

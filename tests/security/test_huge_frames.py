@@ -97,7 +97,9 @@ def test_huge_videos_in_a_run_are_recorded_and_the_rest_goes_on(
     assert all(
         path.endswith(sid)
         for sid, path in zip(
-            outcome.failures["series_id"].to_pylist(), outcome.failures["path"].to_pylist(), strict=False
+            outcome.failures["series_id"].to_pylist(),
+            outcome.failures["path"].to_pylist(),
+            strict=False,
         )
     )
 

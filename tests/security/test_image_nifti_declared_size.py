@@ -39,9 +39,8 @@ def test_an_image_frame_declaring_60000_squared_fails_its_series_by_name(tmp_pat
     frame = series / "f001.png"
     data = bytearray(frame.read_bytes())
     data[16:24] = struct.pack(">II", 60000, 60000)  # IHDR width, height
-    data[29:33] = struct.pack(
-        ">I", zlib.crc32(bytes(data[12:29]))
-    )  # a valid chunk CRC: only the size lies
+    # a valid chunk CRC: only the size lies
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
     frame.write_bytes(bytes(data))
     shown = isolated(RUN.format(source=str(tmp_path / "source"), tmp=str(tmp_path / "tmp")))
     [message] = shown["result"]["decoded"]
@@ -68,9 +67,8 @@ def gzip_nifti(path: Path, shape: tuple[int, ...], data_bytes: int) -> Path:
     after the header: written block by block, so the test never holds the inflated bytes."""
     header = nib.Nifti1Image(np.zeros((2, 2, 2, 2), np.int16), np.eye(4))
     header.header.set_data_shape(shape)
-    raw = (
-        bytearray(header.header.binaryblock) + b"\0" * 4
-    )  # 348-byte header, 4 extension bytes: data at 352
+    # 348-byte header, 4 extension bytes: data at 352
+    raw = bytearray(header.header.binaryblock) + b"\0" * 4
     packer = zlib.compressobj(9, zlib.DEFLATED, 31)  # wbits 31: a gzip stream
     with path.open("wb") as out:
         out.write(packer.compress(bytes(raw)))
@@ -107,6 +105,5 @@ def test_a_nifti_gz_inflating_to_512_mib_decodes_in_one_volume_of_memory(tmp_pat
     ).replace("import SamplingConfig", "import SamplingConfig, SourcesConfig")
     shown = isolated(run.format(source=str(source), tmp=str(tmp_path / "tmp")), timeout_s=120)
     assert shown["result"] == {"decoded": [16], "failures": []}, shown
-    assert shown["self_bytes"] < 400 << 20, (
-        shown
-    )  # the inflated data is 512 MiB; a volume is 32 MiB
+    # the inflated data is 512 MiB; a volume is 32 MiB
+    assert shown["self_bytes"] < 400 << 20, shown

@@ -64,14 +64,12 @@ def test_backbone_weights_with_a_payload_are_refused_unrun(tmp_path: Path, legac
     path = trojan(tmp_path / "resnet18-trojan.pth", marker, legacy)
     config = BackboneConfig(weights=str(path), precision="fp32", optimize="none")
     with pytest.raises(ConfigError) as caught:
-        load_backbone(
-            SamplingConfig(size=32), config, tmp_path / "torch-hub"
-        )  # what `lstmpipe extract` calls
+        # what `lstmpipe extract` calls
+        load_backbone(SamplingConfig(size=32), config, tmp_path / "torch-hub")
     message = str(caught.value)
     assert str(path) in message and "refused: loading it could run code" in message
-    assert (
-        "weights_only=False" not in message
-    )  # torch's own advice to turn the protection off is not passed on
+    # torch's own advice to turn the protection off is not passed on
+    assert "weights_only=False" not in message
     assert isinstance(caught.value.__cause__, pickle.UnpicklingError)
     assert not marker.exists(), "the pickled payload ran"
 
@@ -142,6 +140,5 @@ def test_a_corrupt_weights_file_is_a_config_error_naming_it_in_bounded_memory(
             result = str(exc)
     """)
     assert shown["result"].startswith(f"backbone.weights: {path} is not a ")
-    assert shown["self_bytes"] < 1 << 30, (
-        shown
-    )  # torch itself is ~500 MB; 8 GiB of tensor never allocated
+    # torch itself is ~500 MB; 8 GiB of tensor never allocated
+    assert shown["self_bytes"] < 1 << 30, shown
