@@ -1,11 +1,11 @@
-"""Two `lstmpipe extract` processes at once on the same source and state directory (issue 8, SPEC §6: two
-runs at once do not corrupt the cache). Real CLI processes, started together, each with its own Ray,
-both talking to one Prefect server (as a team's runs do): both finish with exit 0, every series is indexed
-once, and every indexed entry reads back complete from the rows the index names.
+"""Two `lstmpipe extract` processes at once on the same source and state directory (issue 8, SPEC
+§6: two runs at once do not corrupt the cache). Real CLI processes, started together, each with its
+own Ray, both talking to one Prefect server (as a team's runs do): both finish with exit 0, every
+series is indexed once, and every indexed entry reads back complete from the rows the index names.
 
-Each with its own embedded Prefect API, two runs on a fresh state directory used to race to migrate the
-same Prefect database; flows/startup.py now makes those boots take turns (tests/integration/test_standalone.py
-checks it). The shared server keeps this test on the cache."""
+Each with its own embedded Prefect API, two runs on a fresh state directory used to race to migrate
+the same Prefect database; flows/startup.py now makes those boots take turns
+(tests/integration/test_standalone.py checks it). The shared server keeps this test on the cache."""
 
 from __future__ import annotations
 

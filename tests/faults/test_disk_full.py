@@ -1,8 +1,9 @@
-"""Disk full while writing (issue 8, SPEC §6 nothing lost): the feature cache (Parquet part, then SQLite
-index), the failures table and a predictions file. ENOSPC comes from the kernel (the temp file's bytes
-redirected to /dev/full), from an fsync (delayed allocation), from the index commit, or from a real 1 MiB
-tmpfs where this machine lets us mount one. Each time: an error naming the path, nothing half-written under
-a final name, the index as it was, no temp file left; once space is back the same write succeeds."""
+"""Disk full while writing (issue 8, SPEC §6 nothing lost): the feature cache (Parquet part, then
+SQLite index), the failures table and a predictions file. ENOSPC comes from the kernel (the temp
+file's bytes redirected to /dev/full), from an fsync (delayed allocation), from the index commit, or
+from a real 1 MiB tmpfs where this machine lets us mount one. Each time: an error naming the path,
+nothing half-written under a final name, the index as it was, no temp file left; once space is back
+the same write succeeds."""
 
 from __future__ import annotations
 
@@ -30,9 +31,9 @@ RID = "recipe"
 
 @contextmanager
 def disk_full(at: str) -> Iterator[None]:
-    """ENOSPC from the next atomic write: at `write` (the temp file's data goes to /dev/full, where the kernel
-    itself answers ENOSPC once the buffer flushes), or at `fsync` (the data was accepted but its blocks could
-    not be allocated: what XFS, ext4 and NFS may report only then)."""
+    """ENOSPC from the next atomic write: at `write` (the temp file's data goes to /dev/full, where
+    the kernel itself answers ENOSPC once the buffer flushes), or at `fsync` (the data was accepted
+    but its blocks could not be allocated: what XFS, ext4 and NFS may report only then)."""
     if at == "write":
         real = os.fdopen
 

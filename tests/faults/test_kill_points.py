@@ -1,16 +1,18 @@
-"""`lstmpipe extract` and `lstmpipe nightly` killed with SIGKILL at random points, then run again (issue 8,
-SPEC §6: a killed run resumes from what it finished).
+"""`lstmpipe extract` and `lstmpipe nightly` killed with SIGKILL at random points, then run again
+(issue 8, SPEC §6: a killed run resumes from what it finished).
 
-An uninterrupted CLI run sets the reference state and its measured duration; each seed kills a fresh run
-after a delay drawn uniformly within that duration (process start-up included, so some kills land before
-any work), then runs the same command again in-process to completion. The final state must equal the
-reference's, compared by content (run ids and times left out):
-  - cache: the same (content hash, recipe, series, frames) entries, each once, with the same features;
-  - failures: the same set of (series, path, stage, reason) rows (a killed run may have recorded some of
-    them already: rows are per run, so they are compared as a set);
+An uninterrupted CLI run sets the reference state and its measured duration; each seed kills a fresh
+run after a delay drawn uniformly within that duration (process start-up included, so some kills
+land before any work), then runs the same command again in-process to completion. The final state
+must equal the reference's, compared by content (run ids and times left out):
+  - cache: the same (content hash, recipe, series, frames) entries, each once, with the same
+    features;
+  - failures: the same set of (series, path, stage, reason) rows (a killed run may have recorded
+    some of them already: rows are per run, so they are compared as a set);
   - partition records: the same (partition, recipe, fingerprint, series, failed) rows;
-  - registry: no half-registered version (each READY with the tags it is created with, lib/registry/mlflow_store.py),
-    the champion alias on such a version; a kill during training may leave a run but no version;
+  - registry: no half-registered version (each READY with the tags it is created with,
+    lib/registry/mlflow_store.py), the champion alias on such a version; a kill during training may
+    leave a run but no version;
   - predictions: the same label and probabilities per series, from the champion of the final state.
 """
 
@@ -70,8 +72,8 @@ def prefect_api() -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Two daily partitions of 8 clips (a folder, a .tar; labels from the class folders), and a file in the
-    folder that is no video."""
+    """Two daily partitions of 8 clips (a folder, a .tar; labels from the class folders), and a file
+    in the folder that is no video."""
     sample = generate_archive(
         tmp_path_factory.mktemp("sample"),
         SampleSpec(
@@ -120,7 +122,8 @@ def run_timed(home: Path, prefect_api: str, command: list[str]) -> float:
 
 
 def kill_after(home: Path, prefect_api: str, command: list[str], delay: float) -> int | None:
-    """Start `command`, SIGKILL its process group after `delay` s; its exit code if it finished first."""
+    """Start `command`, SIGKILL its process group after `delay` s; its exit code if it finished
+    first."""
     process = spawn(home, prefect_api, command)
     try:
         process.wait(timeout=delay)

@@ -1,14 +1,15 @@
-"""The MLflow server unreachable, or answering 503, during registration and during promotion (issue 8).
+"""The MLflow server unreachable, or answering 503, during registration and promotion (issue 8).
 
-A real `mlflow server` (SQLite store, proxied artifacts) behind a tiny HTTP proxy of this module that
-passes requests through until a request path containing a trigger arrives; from then on it answers 503,
-or stops listening (connections refused), for a number of requests or for good. The flows run in this
-process under Prefect's test harness, so Prefect's task retries run as they would in production; the
-MLflow client's own HTTP retries are set small (one retry, no back-off) to keep the test bounded.
+A real `mlflow server` (SQLite store, proxied artifacts) behind a tiny HTTP proxy of this module
+that passes requests through until a request path containing a trigger arrives; from then on it
+answers 503, or stops listening (connections refused), for a number of requests or for good. The
+flows run in this process under Prefect's test harness, so Prefect's task retries run as they would
+in production; the MLflow client's own HTTP retries are set small (one retry, no back-off) to keep
+the test bounded.
 
 What must hold: the failure is retried (the proxy counts the attempts), then named with the server's
-address; no version is half-registered (each is READY and carries the tags it was created with) and the
-champion alias only ever points at such a version; features already computed stay in the cache.
+address; no version is half-registered (each is READY and carries the tags it was created with) and
+the champion alias only ever points at such a version; features already computed stay in the cache.
 """
 
 from __future__ import annotations
@@ -54,8 +55,9 @@ TRAIN_ATTEMPTS, PROMOTE_ATTEMPTS = 2, 3  # tasks/train.py retries=1, tasks/promo
 
 @dataclass
 class Fault:
-    """Requests `method` `path` (containing `fragment`) answered 503, or from the first of them on, every
-    connection refused; `after` of them pass first, `count` fail before it heals by itself (None: never)."""
+    """Requests `method` `path` (containing `fragment`) answered 503, or from the first of them on,
+    every connection refused; `after` of them pass first, `count` fail before it heals by itself
+    (None: never)."""
 
     method: str
     fragment: str
@@ -75,7 +77,8 @@ class Fault:
 
 @dataclass
 class Proxy:
-    """HTTP pass-through to `upstream`, with one switchable fault; counts requests per (method, path)."""
+    """HTTP pass-through to `upstream`, with one switchable fault; counts requests per (method,
+    path)."""
 
     upstream: int
     port: int = field(default_factory=free_port)
@@ -132,7 +135,8 @@ class Proxy:
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def failing(self, method: str, path: str) -> str | None:
-        """Count the request; the fault's mode if it must fail ("refuse" stops listening until healed)."""
+        """Count the request; the fault's mode if it must fail ("refuse" stops listening until
+        healed)."""
         with self.lock:
             self.hits[(method, path.split("?")[0])] += 1
             if self.fault is None or not self.fault.hit(method, path):
@@ -207,7 +211,8 @@ def env(mlflow_proxy: tuple[Proxy, str], monkeypatch: pytest.MonkeyPatch) -> Non
 
 
 def assert_registry_whole(direct: MlflowClient) -> list[str]:
-    """Every version is READY with its creation tags; the champion (if any) is one of them. The versions."""
+    """Every version is READY with its creation tags; the champion (if any) is one of them. The
+    versions."""
     versions = direct.search_model_versions(f"name = '{MODEL}'")
     for version in versions:
         assert version.status == "READY" and registry.COMPLETE_TAG in version.tags, (
@@ -231,7 +236,8 @@ def test_registration_and_promotion_survive_an_unreachable_or_failing_server(
     overrides = {**TINY, "runtime.home": str(tmp_path / "home")}
     cache = FeatureCache(tmp_path / "home" / "cache")
 
-    # Registration: the version-create call answered 503, or the server gone from it on: retried, then named.
+    # Registration: the version-create call answered 503, or the server gone from it on: retried,
+    # then named.
     for mode in ("503", "refuse"):
         proxy.inject(Fault("POST", "/model-versions/create", mode))
         with pytest.raises(Exception) as failed:
@@ -258,8 +264,8 @@ def test_registration_and_promotion_survive_an_unreachable_or_failing_server(
         train(str(source), MODEL, overrides=overrides, run_id="second")["train"]["version"] == "2"
     )
 
-    # Promotion: the alias move answered 503, or the server gone from it on: retried, named; v1 stays champion
-    # and v2 does not read "promoted".
+    # Promotion: the alias move answered 503, or the server gone from it on: retried, named; v1
+    # stays champion and v2 does not read "promoted".
     for mode in ("503", "refuse"):
         proxy.inject(Fault("POST", "/registered-models/alias", mode))
         with pytest.raises(Exception) as failed:
@@ -276,15 +282,17 @@ def test_registration_and_promotion_survive_an_unreachable_or_failing_server(
         assert direct.get_model_version_by_alias(MODEL, "champion").version == "1"
         assert direct.get_model_version(MODEL, "2").tags.get("promotion.decision") != "promoted"
 
-    # A blip while the champion is re-read under the promotion lock (the candidates' read passes): retried,
-    # so the gate still meets v1; taking the failed read for "no champion" would promote v2 ungated.
+    # A blip while the champion is re-read under the promotion lock (the candidates' read passes):
+    # retried, so the gate still meets v1; taking the failed read for "no champion" would promote v2
+    # ungated.
     proxy.inject(Fault("GET", "/registered-models/alias", "503", after=1, count=1 + CLIENT_RETRIES))
     decided = promote(MODEL, "2", overrides=overrides, run_id="blip")
     assert proxy.fault.seen > 1 + CLIENT_RETRIES  # the blip happened, and passed
     assert decided["champion_before"] == "1", decided["reason"]
     proxy.heal()
 
-    # A version created without its tags (what an interrupted registration left before) is never promoted.
+    # A version created without its tags (what an interrupted registration left before) is never
+    # promoted.
     one = direct.get_model_version(MODEL, "1")
     half = direct.create_model_version(
         MODEL, one.source, run_id=one.run_id, model_id=one.source.removeprefix("models:/")

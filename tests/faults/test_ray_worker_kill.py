@@ -1,10 +1,11 @@
-"""A FeatureWorker actor's process killed with SIGKILL in the middle of extraction (issue 8, SPEC §6: a killed
-Ray worker is retried without duplicate rows).
+"""A FeatureWorker actor's process killed with SIGKILL in the middle of extraction (issue 8, SPEC
+§6: a killed Ray worker is retried without duplicate rows).
 
-One shard over a real local Ray (two actors, one CPU each, groups of 8 series): as soon as the cache holds
-a finished group, one busy actor's process is killed. Ray restarts the actor and re-runs the call it lost
-(tasks/ray_workers.py), so the shard itself completes, with no Prefect retry: every series is indexed once,
-reads back complete, and the shard's statuses say what happened (all extracted, none failed).
+One shard over a real local Ray (two actors, one CPU each, groups of 8 series): as soon as the cache
+holds a finished group, one busy actor's process is killed. Ray restarts the actor and re-runs the
+call it lost (tasks/ray_workers.py), so the shard itself completes, with no Prefect retry: every
+series is indexed once, reads back complete, and the shard's statuses say what happened (all
+extracted, none failed).
 """
 
 from __future__ import annotations
@@ -46,7 +47,8 @@ def indexed(cache_root: Path) -> int:
 
 
 def worker_pids() -> list[int]:
-    """The live FeatureWorker processes, from the GCS actor table (ray.util.state needs the dashboard)."""
+    """The live FeatureWorker processes, from the GCS actor table (ray.util.state needs the
+    dashboard)."""
     table = ray._private.state.actors().values()  # noqa: SLF001 - the one way to a pid without the dashboard
     return [
         a["Pid"] for a in table if a["ActorClassName"] == "FeatureWorker" and a["State"] == "ALIVE"

@@ -62,7 +62,8 @@ def test_medical_champion_predicts_every_real_series_and_records_the_rest(
 
     table = pq.read_table(result["predictions"])
     kinds = table["source_kind"].to_pylist()
-    # 13 DICOM series: 9 predicted; TINY_ALPHA (no pixel data) and 4 that mix views are recorded failures
+    # 13 DICOM series: 9 predicted; TINY_ALPHA (no pixel data) and 4 that mix views are recorded
+    # failures
     assert kinds.count("dicom") == 9 and kinds.count("nifti") == 1
     assert table.num_rows == len(set(table["series_id"].to_pylist()))  # one row per series
     assert np.allclose(probabilities(table).sum(axis=1), 1.0, atol=1e-5)

@@ -99,7 +99,8 @@ _VAR = re.compile(
 
 
 def interpolate(value: Any, env: dict[str, str]) -> Any:
-    """Compose-spec interpolation: $$, ${VAR}, ${VAR:-default}, ${VAR-default}, ${VAR:?err}, ${VAR?err}."""
+    """Compose-spec interpolation: $$, ${VAR}, ${VAR:-default}, ${VAR-default}, ${VAR:?err},
+    ${VAR?err}."""
     if isinstance(value, dict):
         return {k: interpolate(v, env) for k, v in value.items()}
     if isinstance(value, list):
@@ -160,7 +161,8 @@ def ray_start_context(args: list[str]):
 
 
 def ray_start_args(shell: str) -> list[str]:
-    """The arguments after `ray start` in a shell line such as `ulimit -n 65536; ray start --head ...`."""
+    """The arguments after `ray start` in a shell line such as `ulimit -n 65536; ray start --head
+    ...`."""
     (line,) = [part for part in re.split(r"[;&\n]+", shell) if "ray start" in part]
     words = shlex.split(line.replace("$RAY_HEAD_IP", "10.0.0.1"))
     return words[words.index("start") + 1 :]
@@ -216,7 +218,8 @@ def test_lstmpipe_variables_named_in_infra_are_config_keys() -> None:
             continue
         section, _, key = rest.partition("_")
         assert section in sections and key in sections[section], (
-            f"{name} appears in infra/ but lib/config.py would reject it: not LSTMPIPE_<SECTION>_<KEY>"
+            f"{name} appears in infra/ but lib/config.py would reject it: "
+            "not LSTMPIPE_<SECTION>_<KEY>"
         )
 
 
@@ -224,7 +227,8 @@ def test_lstmpipe_variables_named_in_infra_are_config_keys() -> None:
 
 
 def test_prefect_yaml_follows_prefects_own_model(prefect_yaml: dict) -> None:
-    """The model `prefect deploy` validates prefect.yaml with (it ignores unknown keys, so check those too)."""
+    """The model `prefect deploy` validates prefect.yaml with (it ignores unknown keys, so check
+    those too)."""
     import prefect
     from prefect.cli.deploy._models import DeploymentConfig, PrefectYamlModel, RawScheduleConfig
 
@@ -277,7 +281,8 @@ def test_entrypoint_is_a_flow_that_accepts_the_parameters(deployments: dict, nam
 def test_pull_step_enters_the_checkout_where_every_entrypoint_loads(
     prefect_yaml: dict, deployments: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """What a worker does before a run: template the pull step with its environment, chdir, load the flow."""
+    """What a worker does before a run: template the pull step with its environment, chdir, load the
+    flow."""
     from prefect.deployments.steps.pull import set_working_directory
     from prefect.flows import load_flow_from_entrypoint
     from prefect.utilities.importtools import import_object
@@ -353,8 +358,8 @@ def test_promotions_are_serialised(deployments: dict, services: dict) -> None:
 
 
 def test_the_tasks_that_run_a_network_carry_the_gpu_tag() -> None:
-    """The `gpu` tag limit (serve sets it to the GPU count; prefect.yaml says how on a worker) must cover
-    every task that runs the CNN or the LSTM, and nothing else."""
+    """The `gpu` tag limit (serve sets it to the GPU count; prefect.yaml says how on a worker) must
+    cover every task that runs the CNN or the LSTM, and nothing else."""
     from prefect import Task
 
     from lstmpipe.tasks import extract, infer, promote, train, tune
@@ -574,7 +579,8 @@ def test_mlflow_server_options(services: dict) -> None:
     assert options["--artifacts-destination"] in mounts(service)
     assert options["--host"] == "0.0.0.0"  # inside the container; published on 127.0.0.1 only
     assert int(options["--port"]) == int(next(p for _, _, p in published_ports(service)))
-    # MLflow rejects Host headers it does not know (DNS-rebinding guard): the worker's and the browser's.
+    # MLflow rejects Host headers it does not know (DNS-rebinding guard): the worker's and the
+    # browser's.
     is_allowed = mlflow_host_rule()
     allowed = options["--allowed-hosts"].split(",")
     assert is_allowed(

@@ -57,7 +57,7 @@ def start(
 
 
 def start_postgres(work: Path, log_dir: Path) -> tuple[Server, str] | None:
-    """A throwaway PostgreSQL cluster on a free localhost port, or None where PostgreSQL is not installed.
+    """A throwaway PostgreSQL cluster on a free localhost port, or None where PostgreSQL is missing.
 
     Returns the server and a SQLAlchemy URL of an `mlflow` database on it. initdb and postgres
     refuse to run as root: as root they run as the `postgres` user, so `work` (a directory

@@ -58,7 +58,8 @@ def deployment_id(api: str, name: str, serve: subprocess.Popen, log: Path) -> st
 
 
 def scheduled_runs(api: str, deployment: str) -> list[dict]:
-    """The runs the server's scheduler has created for the deployment's cron, waiting for their time."""
+    """The runs the server's scheduler has created for the deployment's cron, waiting for their
+    time."""
     query = {
         "flow_runs": {
             "deployment_id": {"any_": [deployment]},
@@ -69,8 +70,10 @@ def scheduled_runs(api: str, deployment: str) -> list[dict]:
 
 
 def run_deployment(api: str, deployment: str, log: Path) -> dict:
-    """Create a flow run of the deployment, as the scheduler (or `prefect deployment run`) does, and wait for it."""
-    # The same idempotency key on every try: a busy server's error (seen once in CI) is retried, never doubled.
+    """Create a flow run of the deployment, as the scheduler (or `prefect deployment run`) does, and
+    wait for it."""
+    # The same idempotency key on every try: a busy server's error (seen once in CI) is retried,
+    # never doubled.
     key, answer = uuid.uuid4().hex, None
     for _ in range(5):
         answer = httpx.post(
@@ -93,7 +96,8 @@ def run_deployment(api: str, deployment: str, log: Path) -> dict:
             return state
         time.sleep(2)
     raise AssertionError(
-        f"flow run {flow_run['id']} still running after {RUN_TIMEOUT_S} s:\n{log.read_text()[-3000:]}"
+        f"flow run {flow_run['id']} still running after {RUN_TIMEOUT_S} s:\n"
+        f"{log.read_text()[-3000:]}"
     )
 
 
@@ -148,8 +152,9 @@ def test_served_nightly_runs_through_the_servers_then_does_only_the_new_partitio
             2,
         ]  # a new partition: retrained on the servers
 
-        # The cron (02:00 UTC) is served: the server's scheduler has created the coming nights' runs, each
-        # once, under its idempotency key (SQLAlchemy 2.1 broke that insert: no run was ever scheduled).
+        # The cron (02:00 UTC) is served: the server's scheduler has created the coming nights'
+        # runs, each once, under its idempotency key (SQLAlchemy 2.1 broke that insert: no run was
+        # ever scheduled).
         coming = scheduled_runs(stack.prefect_api, nightly)
         assert coming, log.read_text()[-3000:]
         assert len({run["idempotency_key"] for run in coming}) == len(coming)

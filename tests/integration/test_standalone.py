@@ -1,4 +1,5 @@
-"""The CLI with no servers configured: it boots Prefect's temporary API itself and stops it at the end."""
+"""The CLI with no servers configured: it boots Prefect's temporary API itself and stops it at the
+end."""
 
 from __future__ import annotations
 

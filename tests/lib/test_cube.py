@@ -1,4 +1,5 @@
-"""lib.kinds.cube through discovery and decoding: generated NetCDF files and Zarr stores with real CRS and dates."""
+"""lib.kinds.cube through discovery and decoding: generated NetCDF files and Zarr stores with real
+CRS and dates."""
 
 from __future__ import annotations
 
@@ -22,12 +23,13 @@ SMALL = SamplingConfig(fps=None, size=20, chunk_frames=3)
 DAY = 86400.0
 # EPSG:32613 as GDAL writes it into a CF grid-mapping variable's crs_wkt (WKT 1)
 UTM13N_WKT = (
-    'PROJCS["WGS 84 / UTM zone 13N",GEOGCS["WGS 84",DATUM["WGS_1984",SPHEROID["WGS 84",6378137,298.257223563,'
-    'AUTHORITY["EPSG","7030"]],AUTHORITY["EPSG","6326"]],PRIMEM["Greenwich",0,AUTHORITY["EPSG","8901"]],'
-    'UNIT["degree",0.0174532925199433,AUTHORITY["EPSG","9122"]],AUTHORITY["EPSG","4326"]],'
-    'PROJECTION["Transverse_Mercator"],PARAMETER["latitude_of_origin",0],PARAMETER["central_meridian",-105],'
-    'PARAMETER["scale_factor",0.9996],PARAMETER["false_easting",500000],PARAMETER["false_northing",0],'
-    'UNIT["metre",1,AUTHORITY["EPSG","9001"]],AXIS["Easting",EAST],AXIS["Northing",NORTH],AUTHORITY["EPSG","32613"]]'
+    'PROJCS["WGS 84 / UTM zone 13N",GEOGCS["WGS 84",DATUM["WGS_1984",SPHEROID["WGS 84",6378137,'
+    '298.257223563,AUTHORITY["EPSG","7030"]],AUTHORITY["EPSG","6326"]],PRIMEM["Greenwich",0,'
+    'AUTHORITY["EPSG","8901"]],UNIT["degree",0.0174532925199433,AUTHORITY["EPSG","9122"]],'
+    'AUTHORITY["EPSG","4326"]],PROJECTION["Transverse_Mercator"],PARAMETER["latitude_of_origin",0],'
+    'PARAMETER["central_meridian",-105],PARAMETER["scale_factor",0.9996],PARAMETER["false_easting",'
+    '500000],PARAMETER["false_northing",0],UNIT["metre",1,AUTHORITY["EPSG","9001"]],AXIS["Easting",'
+    'EAST],AXIS["Northing",NORTH],AUTHORITY["EPSG","32613"]]'
 )
 # stored out of order: frames must follow the time coordinate, not the file
 DATES = ["2021-03-01", "2021-01-05", "2021-04-20", "2021-02-10"]
@@ -40,7 +42,8 @@ LEVELS = {
 
 
 def sample_cube() -> xr.Dataset:
-    """(time 4, y 20, x 30) red and nir reflectance on a UTM grid, a CF `crs` variable, NaN where clouds were."""
+    """(time 4, y 20, x 30) red and nir reflectance on a UTM grid, a CF `crs` variable, NaN where
+    clouds were."""
     levels = np.array([LEVELS[d] for d in DATES], np.float32)[:, None, None]
     ramp = np.linspace(0.0, 0.05, 30, dtype=np.float32)[None, None, :]
     red = np.broadcast_to(levels + ramp, (4, 20, 30)).copy()
@@ -78,7 +81,8 @@ def write_zarr(ds: xr.Dataset, path: Path, **kwargs: object) -> None:
 
 
 def files_under(root: Path) -> list[Path]:
-    """Every file under `root`, sorted; unlike discovery's walk, Zarr v2's hidden .zarray files too."""
+    """Every file under `root`, sorted; unlike discovery's walk, Zarr v2's hidden .zarray files
+    too."""
     return sorted(p for p in root.rglob("*") if p.is_file())
 
 
@@ -89,7 +93,8 @@ def frames_of(ref: SeriesRef, tmp_path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 @pytest.fixture
 def root(tmp_path: Path) -> Path:
-    """The same cube as NetCDF and as Zarr (v3 and v2), a cube without time, a broken file, and a video-free rest."""
+    """The same cube as NetCDF and as Zarr (v3 and v2), a cube without time, a broken file, and a
+    video-free rest."""
     root = tmp_path / "source"
     (root / "nc").mkdir(parents=True)
     sample_cube().to_netcdf(root / "nc" / "site.nc")

@@ -103,7 +103,7 @@ def test_bad_arguments_name_the_key(make, args: dict, key: str, tmp_path: Path) 
         make(tmp_path, **args)
 
 
-# --- medical ---------------------------------------------------------------------------------------
+# --- medical --------------------------------------------------------------------------------------
 
 
 def test_medical_discovered_as_labelled_dicom_series(medical: Path, tmp_path: Path) -> None:

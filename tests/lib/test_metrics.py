@@ -39,7 +39,8 @@ def test_metrics_match_hand_computed_values_with_an_absent_class() -> None:
         0,
     )
     assert [m[f"support/{n}"] for n in NAMES] == [2, 3, 1, 0]
-    # swim is in neither y_true nor y_pred: it says nothing about the model, so it is not averaged in.
+    # swim is in neither y_true nor y_pred: it says nothing about the model, so it is not averaged
+    # in.
     assert m["macro_f1"] == pytest.approx((1 / 2 + 2 / 3 + 1.0) / 3)
 
 

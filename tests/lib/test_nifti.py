@@ -1,4 +1,5 @@
-"""lib.kinds.nifti through discovery, decoding and extraction, on nibabel's real test files and generated ones."""
+"""lib.kinds.nifti through discovery, decoding and extraction, on nibabel's real test files and
+generated ones."""
 
 from __future__ import annotations
 
@@ -34,7 +35,8 @@ def nib_data() -> Path:
 
 @pytest.fixture
 def root(nib_data: Path, tmp_path: Path) -> Path:
-    """Real 4-D and 3-D files in a labelled folder, plus a truncated gzip, a truncated .nii and a fake one."""
+    """Real 4-D and 3-D files in a labelled folder, plus a truncated gzip, a truncated .nii and a
+    fake one."""
     root = tmp_path / "source"
     (root / "rest").mkdir(parents=True)
     for name in ("example4d.nii.gz", "functional.nii", "anatomical.nii"):
@@ -47,7 +49,8 @@ def root(nib_data: Path, tmp_path: Path) -> Path:
 
 
 def raw_header(path: Path) -> tuple[list[int], list[float], int]:
-    """dim, pixdim and the time-unit code of a NIfTI-1 file, read with struct: independent of nibabel."""
+    """dim, pixdim and the time-unit code of a NIfTI-1 file, read with struct: independent of
+    nibabel."""
     opener = gzip.open if path.name.endswith(".gz") else open
     with opener(path, "rb") as stream:
         block = stream.read(348)
@@ -170,7 +173,8 @@ def test_mip_sees_what_the_middle_slice_misses(tmp_path: Path) -> None:
     bright = mip[..., 0] >= 250
     # 4x4 in each of 3 frames, and nothing else
     assert bright.sum() == 3 * 16 and mip[~bright].max() == 0
-    # rows follow the 2nd voxel axis, highest index at the top (imshow(view.T, origin="lower")); columns the 1st
+    # rows follow the 2nd voxel axis, highest index at the top (imshow(view.T, origin="lower"));
+    # columns the 1st
     assert bright[:, 8:12, 4:8].all()
     with pytest.raises(ValueError, match="'side' unknown; choose one of middle, mip"):
         with nifti.open_series(ref, SMALL, tmp_path, view="side"):

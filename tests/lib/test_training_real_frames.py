@@ -1,4 +1,5 @@
-"""Training options end to end on real decoded frames: the sample generator's H.264 clips -> resnet18 features.
+"""Training options end to end on real decoded frames: the sample generator's H.264 clips ->
+resnet18 features.
 
 Uses the session's sample archive and feature cache (tests/lib/conftest.py: 12 clips,
 3 per class, in a folder, a .tar and a .zip partition), official split lists written
@@ -24,7 +25,8 @@ from lstmpipe.lib.training.loop import predict_proba
 
 
 def _relative(ref: SeriesRef) -> str:
-    """`2026-11-20.tar/grow/clip_0001.mp4` -> `grow/clip_0001.mp4`: how the official lists name a video."""
+    """`2026-11-20.tar/grow/clip_0001.mp4` -> `grow/clip_0001.mp4`: how the official lists name a
+    video."""
     return ref.series_id.split("/", 1)[1]
 
 
@@ -88,7 +90,8 @@ def test_official_lists_and_every_model_option_on_real_features(
     assert sorted(_relative(by_id[s]) for s in outcome.splits["test"]) == sorted(
         f"{label}/clip_0002.mp4" for label in ("fade_in", "fade_out", "grow", "shrink")
     )
-    # Validation carved from the official train part, per class: a class of 2 gives 1, a class of 1 (fade_out) none.
+    # Validation carved from the official train part, per class: a class of 2 gives 1, a class of 1
+    # (fade_out) none.
     val_classes = sorted(by_id[s].label for s in outcome.splits["val"])
     assert val_classes == ["fade_in", "grow", "shrink"] and len(outcome.splits["train"]) == 4
     assert [e["series_id"] for e in outcome.eval_set] == outcome.splits["test"]
@@ -96,7 +99,8 @@ def test_official_lists_and_every_model_option_on_real_features(
         assert [r["series_id"] for r in records] == outcome.splits[name]
         assert all(r["content_hash"] == by_id[r["series_id"]].content_hash for r in records)
 
-    # The registered form rebuilds the same network from its spec (what lib/registry/mlflow_store.py and inference load).
+    # The registered form rebuilds the same network from its spec (what lib/registry/mlflow_store.py
+    # and inference load).
     spec = outcome.bundle.spec
     assert (spec.cell, spec.pooling, spec.bidirectional, spec.input_proj) == (
         "gru",

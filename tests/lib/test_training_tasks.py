@@ -1,4 +1,5 @@
-"""What the model options buy on generated features: order-only classes, one-frame classes, reproducibility.
+"""What the model options buy on generated features: order-only classes, one-frame classes,
+reproducibility.
 
 Features are made directly as numpy arrays from a seeded generator (8 dims, 8-20 frames),
 so each fit takes seconds on one core. The real-frames counterpart is
@@ -40,7 +41,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _reorder(label: int, steps: int) -> np.ndarray:
-    """Frame order of each class over frames sorted by level: rise, fall, peak (up then down), valley."""
+    """Frame order of each class over frames sorted by level: rise, fall, peak (up then down),
+    valley."""
     up = np.arange(steps)
     down = up[::-1]
     return [up, down, np.r_[up[0::2], up[1::2][::-1]], np.r_[down[0::2], down[1::2][::-1]]][label]
@@ -71,7 +73,8 @@ def order_only_task(n: int, seed: int) -> SequenceSet:
 
 
 def static_task(n: int, seed: int, classes: int = 4) -> SequenceSet:
-    """Each class has its own mean frame; every frame is that plus noise, shuffled: any one frame suffices."""
+    """Each class has its own mean frame; every frame is that plus noise, shuffled: any one frame
+    suffices."""
     rng = np.random.default_rng(seed)
     prototypes = rng.normal(size=(classes, F)) * 1.5
     features, labels = [], []
@@ -195,7 +198,8 @@ def test_augmentation_touches_training_series_only(
     val_ptrs = {f.ctypes.data for f in order_parts["val"].features}
     assert len(seen) == 2 * len(order_parts["train"])
     assert set(seen) == train_ptrs and not set(seen) & val_ptrs
-    # Validation saw whole series: the best epoch's logged accuracy is what evaluate() finds on them.
+    # Validation saw whole series: the best epoch's logged accuracy is what evaluate() finds on
+    # them.
     best = result.history[result.best_epoch - 1]
     assert evaluate(result.model, order_parts["val"], ORDER_CLASSES)["accuracy"] == pytest.approx(
         best["val_accuracy"]
@@ -232,7 +236,8 @@ def test_sampler_learns_an_imbalanced_task() -> None:
     "options", [{}, {"cell": "gru", "pooling": "attention", "bidirectional": True}]
 )
 def test_bf16_autocast_on_gpu_learns_order_too(order_parts: dict, options: dict) -> None:
-    """The GPU twin of test_only_the_recurrent_model_tells_classes_apart_by_order (bf16 autocast)."""
+    """The GPU twin of test_only_the_recurrent_model_tells_classes_apart_by_order (bf16
+    autocast)."""
     config = dataclasses.replace(CONFIG, **options)
     result = fit(
         model_spec(config, F, 4, "lstm"),

@@ -1,6 +1,7 @@
-"""DICOM files whose header declares more pixel data than any scan holds (SPEC §6: sizes are bounded):
-a 2 GiB pixel data length in a 40 kB file, and 46341 x 46341 native pixels. Each is refused at discovery
-from the header alone, by file name, in bounded time and memory; nothing is decoded."""
+"""DICOM files whose header declares more pixel data than any scan holds (SPEC §6: sizes are
+bounded): a 2 GiB pixel data length in a 40 kB file, and 46341 x 46341 native pixels. Each is
+refused at discovery from the header alone, by file name, in bounded time and memory; nothing is
+decoded."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ PIXEL_DATA = b"\xe0\x7f\x10\x00"  # tag (7FE0,0010), little endian
 
 
 def declared_length(source: Path, target: Path, length: int) -> Path:
-    """A copy of an explicit-VR little-endian DICOM whose pixel data element declares `length` bytes."""
+    """A copy of an explicit-VR little-endian DICOM whose pixel data element declares `length`
+    bytes."""
     data = bytearray(source.read_bytes())
     at = data.rfind(PIXEL_DATA)
     assert data[at + 4 : at + 6] in (b"OW", b"OB"), (

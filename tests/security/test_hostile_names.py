@@ -1,7 +1,7 @@
 """File names built to break a shell or a parser (SPEC §6): shell metacharacters, quotes, newlines,
 ffmpeg protocol syntax, a name that forges a stream line in ffmpeg's output, and bytes that are not
-UTF-8. ffmpeg gets argv lists (never a shell) and absolute paths (never a protocol), so each clip decodes
-like any other; nothing runs; every id that reaches a table is the name as found."""
+UTF-8. ffmpeg gets argv lists (never a shell) and absolute paths (never a protocol), so each clip
+decodes like any other; nothing runs; every id that reaches a table is the name as found."""
 
 from __future__ import annotations
 
@@ -44,7 +44,8 @@ NOT_UTF8 = os.fsdecode(b"bad-\xff\xfe-utf8.mp4")
 
 @pytest.fixture()
 def hostile_source(tmp_path: Path, clip: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """The same real clip under every hostile name, in a folder whose own name is hostile, and in a tar."""
+    """The same real clip under every hostile name, in a folder whose own name is hostile, and in a
+    tar."""
     monkeypatch.chdir(tmp_path)  # where a command injected into a shell would drop its marker
     source = tmp_path / "source"
     folder = source / f"$(touch {MARKER})"
@@ -79,9 +80,12 @@ def test_hostile_names_decode_like_any_clip_and_run_nothing(
     # the same bytes were read
     assert all(np.array_equal(f.features, first) for f in outcome.features.values())
     assert {f.label for f in discover(hostile_source).refs} == {folder, "cls"}
-    # a member name that is not UTF-8 cannot become an id (Arrow, SQLite and JSON need UTF-8): refused by name
+    # a member name that is not UTF-8 cannot become an id (Arrow, SQLite and JSON need UTF-8):
+    # refused by name
     assert reasons(outcome) == {
-        f"{archive}/cls/bad-\\xff\\xfe-utf8.mp4": "member name is not valid UTF-8: cls/bad-\\xff\\xfe-utf8.mp4 (rename it)"
+        f"{archive}/cls/bad-\\xff\\xfe-utf8.mp4": (
+            "member name is not valid UTF-8: cls/bad-\\xff\\xfe-utf8.mp4 (rename it)"
+        )
     }
     assert not list(tmp_path.rglob(MARKER)) and not (Path.cwd() / MARKER).exists(), (
         "a name was run as a command"

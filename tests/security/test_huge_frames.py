@@ -1,9 +1,10 @@
-"""Videos declaring enormous frames (SPEC §6: sizes are bounded). A 100000x100000 header is refused by
-ffmpeg and reported as such; one ffmpeg would accept (16000x16000, 1 GB a frame through the scaler) is
-refused by lib.video at probe time, before any frame is decoded; an MJPEG whose frame headers were patched
-to 40000x40000 fails cleanly; two frames a million seconds apart (which an fps filter would expand into
-millions of frames) are refused by their duration, or stopped at the frame limit when none is declared.
-Each is a recorded failure naming the file, in bounded time and memory."""
+"""Videos declaring enormous frames (SPEC §6: sizes are bounded). A 100000x100000 header is refused
+by ffmpeg and reported as such; one ffmpeg would accept (16000x16000, 1 GB a frame through the
+scaler) is refused by lib.video at probe time, before any frame is decoded; an MJPEG whose frame
+headers were patched to 40000x40000 fails cleanly; two frames a million seconds apart (which an fps
+filter would expand into millions of frames) are refused by their duration, or stopped at the frame
+limit when none is declared. Each is a recorded failure naming the file, in bounded time and
+memory."""
 
 from __future__ import annotations
 
@@ -127,7 +128,8 @@ def test_decoding_a_huge_declared_video_stays_small(tmp_path: Path) -> None:
 
 
 def timestamp_gap(path: Path) -> Path:
-    """2 real H.264 frames 1,000,000 s apart: 3 kB that an fps filter would expand into 4 million frames."""
+    """2 real H.264 frames 1,000,000 s apart: 3 kB that an fps filter would expand into 4 million
+    frames."""
     subprocess.run(
         [
             ffmpeg_exe(),
@@ -169,7 +171,8 @@ def test_a_timestamp_gap_is_refused_before_decoding(
 
 
 def test_a_stream_without_duration_is_stopped_at_the_frame_limit(tmp_path: Path) -> None:
-    """When the container gives no duration to check first, decoding stops once the limit is passed."""
+    """When the container gives no duration to check first, decoding stops once the limit is
+    passed."""
     path = timestamp_gap(tmp_path / "gap.mkv")
     info = probe(str(path), path.name, timeout_s=20)
     unknown = VideoInfo(info.width, info.height, info.fps, None, info.codec)

@@ -1,6 +1,7 @@
-"""Image frames and NIfTI volumes whose headers declare gigapixels (SPEC §6: sizes are bounded): a PNG in an
-image-folder series patched to 60000 x 60000, and a 3 kB NIfTI claiming 30000^4 voxels. Pillow's bomb check
-and the NIfTI size check refuse them by file name, in bounded memory, without decoding a frame of them."""
+"""Image frames and NIfTI volumes whose headers declare gigapixels (SPEC §6: sizes are bounded): a
+PNG in an image-folder series patched to 60000 x 60000, and a 3 kB NIfTI claiming 30000^4 voxels.
+Pillow's bomb check and the NIfTI size check refuse them by file name, in bounded memory, without
+decoding a frame of them."""
 
 from __future__ import annotations
 
@@ -27,7 +28,8 @@ RUN = """
             decoded.append(sum(len(c) for c in decode(ref, SamplingConfig(size=32), Path({tmp!r}))))
         except BadInput as exc:
             decoded.append(str(exc))
-    result = {{"decoded": decoded, "failures": [[f.series_id, f.stage, f.reason] for f in found.failures]}}
+    failures = [[f.series_id, f.stage, f.reason] for f in found.failures]
+    result = {{"decoded": decoded, "failures": failures}}
 """
 
 
@@ -63,8 +65,9 @@ def test_a_nifti_declaring_30000_to_the_fourth_is_refused_at_discovery(tmp_path:
 
 
 def gzip_nifti(path: Path, shape: tuple[int, ...], data_bytes: int) -> Path:
-    """A .nii.gz whose header declares `shape` (int16) and whose gzip stream inflates to `data_bytes` of zeros
-    after the header: written block by block, so the test never holds the inflated bytes."""
+    """A .nii.gz whose header declares `shape` (int16) and whose gzip stream inflates to
+    `data_bytes` of zeros after the header: written block by block, so the test never holds the
+    inflated bytes."""
     header = nib.Nifti1Image(np.zeros((2, 2, 2, 2), np.int16), np.eye(4))
     header.header.set_data_shape(shape)
     # 348-byte header, 4 extension bytes: data at 352
@@ -82,7 +85,8 @@ def gzip_nifti(path: Path, shape: tuple[int, ...], data_bytes: int) -> Path:
 def test_a_nifti_gz_declaring_more_than_gzip_can_hold_is_refused_at_discovery(
     tmp_path: Path,
 ) -> None:
-    """A 60 kB .nii.gz declaring 512^3 x 400 int16 voxels (100 GiB): deflate inflates at most 1032-fold."""
+    """A 60 kB .nii.gz declaring 512^3 x 400 int16 voxels (100 GiB): deflate inflates at most
+    1032-fold."""
     source = tmp_path / "source"
     source.mkdir()
     gzip_nifti(source / "bomb.nii.gz", (512, 512, 512, 400), 64 << 20)
@@ -94,8 +98,8 @@ def test_a_nifti_gz_declaring_more_than_gzip_can_hold_is_refused_at_discovery(
 
 
 def test_a_nifti_gz_inflating_to_512_mib_decodes_in_one_volume_of_memory(tmp_path: Path) -> None:
-    """Within deflate's ratio (a 0.5 MB file of zeros inflating to 512 MiB, 256^3 x 16 int16 voxels) the
-    series is decoded: streamed one volume at a time through the MIP view, never held whole."""
+    """Within deflate's ratio (a 0.5 MB file of zeros inflating to 512 MiB, 256^3 x 16 int16 voxels)
+    the series is decoded: streamed one volume at a time through the MIP view, never held whole."""
     source = tmp_path / "source"
     source.mkdir()
     gzip_nifti(source / "zeros.nii.gz", (256, 256, 256, 16), 512 << 20)

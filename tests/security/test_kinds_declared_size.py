@@ -1,6 +1,7 @@
-"""Image series declaring huge frames: a compressed DICOM claiming 65535 x 65535 pixels, a GeoTIFF stack and a
-NetCDF cube claiming 100000 x 100000 are refused at discovery by file name (lib.frames.check_frame_size), never
-decoded into a gigabytes-large array. Each runs in a fresh interpreter under a 4 GiB address-space limit."""
+"""Image series declaring huge frames: a compressed DICOM claiming 65535 x 65535 pixels, a GeoTIFF
+stack and a NetCDF cube claiming 100000 x 100000 are refused at discovery by file name
+(lib.frames.check_frame_size), never decoded into a gigabytes-large array. Each runs in a fresh
+interpreter under a 4 GiB address-space limit."""
 
 from __future__ import annotations
 
@@ -25,7 +26,8 @@ RUN = """
     began = time.monotonic()
     found = discover(Path({source!r}))
     decoded = []
-    for ref in found.refs:  # whatever discovery lets through must decode within bounds or fail as BadInput
+    # whatever discovery lets through must decode within bounds or fail as BadInput
+    for ref in found.refs:
         try:
             decoded.append(sum(len(c) for c in decode(ref, SamplingConfig(size=32), Path({tmp!r}))))
         except Exception as exc:

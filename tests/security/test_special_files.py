@@ -1,5 +1,6 @@
-"""Files that are not files (SPEC §6: a decoder never hangs the run): a named pipe dropped into a source
-folder must be refused at discovery, not opened. Opening one for reading waits for a writer forever."""
+"""Files that are not files (SPEC §6: a decoder never hangs the run): a named pipe dropped into a
+source folder must be refused at discovery, not opened. Opening one for reading waits for a writer
+forever."""
 
 from __future__ import annotations
 
