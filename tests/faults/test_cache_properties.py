@@ -67,9 +67,8 @@ class CacheMachine(RuleBasedStateMachine):
         self.tmp = tempfile.TemporaryDirectory(prefix="cache-props-")
         self.root = Path(self.tmp.name)
         self.cache = FeatureCache(self.root)
-        self.first: dict[
-            tuple[str, str], SeriesFeatures
-        ] = {}  # key -> the series its first committed write held
+        # key -> the series its first committed write held
+        self.first: dict[tuple[str, str], SeriesFeatures] = {}
         self.version = 0
 
     def teardown(self) -> None:
@@ -82,9 +81,8 @@ class CacheMachine(RuleBasedStateMachine):
     )
     def write(self, recipe: str, hashes: list[str], crash: str) -> None:
         self.version += 1
-        items = [
-            series(h, self.version) for h in hashes
-        ]  # a repeated hash within one write is stored once
+        # a repeated hash within one write is stored once
+        items = [series(h, self.version) for h in hashes]
         if crash == "none":
             self.cache.write(recipe, items)
             for item in items:
@@ -144,13 +142,8 @@ class CacheMachine(RuleBasedStateMachine):
             np.testing.assert_array_equal(found[key].features, expected.features)
             np.testing.assert_array_equal(found[key].t, expected.t)
             assert found[key].series_id == expected.series_id
-        for (
-            h,
-            r,
-            name,
-            n_frames,
-            offset,
-        ) in rows:  # the named file holds the key's rows once, where the index says
+        # the named file holds the key's rows once, where the index says
+        for h, r, name, n_frames, offset in rows:
             table = pq.read_table(
                 self.cache.files / name, columns=["content_hash", "recipe_id", "frame_index"]
             )

@@ -65,9 +65,8 @@ def test_two_extracts_at_once_index_each_series_once_and_completely(
     try:
         outputs = [run.communicate(timeout=TIMEOUT_S) for run in runs]
     finally:
-        for (
-            run
-        ) in runs:  # a hung run is killed with its Ray and Prefect children, never left behind
+        # a hung run is killed with its Ray and Prefect children, never left behind
+        for run in runs:
             if run.poll() is None:
                 os.killpg(run.pid, signal.SIGKILL)
                 run.wait()

@@ -139,9 +139,8 @@ def test_a_full_disk_while_recording_failures_adds_no_row(tmp_path: Path, at: st
     assert caught.value.errno == errno.ENOSPC and f"cannot write {folder}/run2-" in str(
         caught.value
     )
-    assert read_failures(folder)["series_id"].to_pylist() == [
-        "a.mp4"
-    ]  # the earlier run's row, nothing torn
+    # the earlier run's row, nothing torn
+    assert read_failures(folder)["series_id"].to_pylist() == ["a.mp4"]
     assert [p.name for p in folder.iterdir() if not p.name.startswith("run1-")] == []
 
 

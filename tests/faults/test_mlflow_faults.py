@@ -104,9 +104,8 @@ class Proxy:
                 if mode == "503":
                     self.send_error(503, "injected: service unavailable")
                     return
-                if (
-                    mode == "refuse"
-                ):  # this connection is dropped unanswered; the listener is closing
+                # this connection is dropped unanswered; the listener is closing
+                if mode == "refuse":
                     self.close_connection = True
                     return
                 upstream = http.client.HTTPConnection("127.0.0.1", proxy.upstream, timeout=60)
@@ -245,9 +244,8 @@ def test_registration_and_promotion_survive_an_unreachable_or_failing_server(
         assert f"127.0.0.1:{proxy.port}" in str(failed.value), (
             f"the failure does not name the server: {failed.value}"
         )
-        if (
-            mode == "503"
-        ):  # both retry layers: the task's attempts, each with the client's own retries
+        # both retry layers: the task's attempts, each with the client's own retries
+        if mode == "503":
             assert proxy.attempts("POST", "/model-versions/create") == TRAIN_ATTEMPTS * (
                 1 + CLIENT_RETRIES
             )

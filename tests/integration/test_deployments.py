@@ -147,10 +147,8 @@ def test_served_nightly_runs_through_the_servers_then_does_only_the_new_partitio
         assert all(again[day] == done[day] for day in DAYS[:2])  # the first two were not redone
         assert again[DAYS[2]].run_id != done[DAYS[0]].run_id
         versions = client.search_model_versions(f"name='{MODEL}'")
-        assert sorted(int(v.version) for v in versions) == [
-            1,
-            2,
-        ]  # a new partition: retrained on the servers
+        # a new partition: retrained on the servers
+        assert sorted(int(v.version) for v in versions) == [1, 2]
 
         # The cron (02:00 UTC) is served: the server's scheduler has created the coming nights'
         # runs, each once, under its idempotency key (SQLAlchemy 2.1 broke that insert: no run was

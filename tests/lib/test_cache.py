@@ -338,9 +338,8 @@ def test_many_series_in_one_file_read_one_by_one_and_in_bulk(
     cache: FeatureCache, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     small_row_groups(monkeypatch)
-    items = [
-        series(f"s{i:03d}", 1 + (i * 7) % 23, i) for i in range(120)
-    ]  # many cross a group boundary
+    # many cross a group boundary
+    items = [series(f"s{i:03d}", 1 + (i * 7) % 23, i) for i in range(120)]
     assert len(parts(cache)) == 0 and cache.write(RID, items) and len(parts(cache)) == 1
     for item in items[::4]:
         assert_same(cache.read([(item.content_hash, RID)])[(item.content_hash, RID)], item)

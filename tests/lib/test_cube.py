@@ -33,12 +33,8 @@ UTM13N_WKT = (
 )
 # stored out of order: frames must follow the time coordinate, not the file
 DATES = ["2021-03-01", "2021-01-05", "2021-04-20", "2021-02-10"]
-LEVELS = {
-    "2021-01-05": 0.1,
-    "2021-02-10": 0.2,
-    "2021-03-01": 0.3,
-    "2021-04-20": 0.4,
-}  # brighter with time
+# brighter with time
+LEVELS = {"2021-01-05": 0.1, "2021-02-10": 0.2, "2021-03-01": 0.3, "2021-04-20": 0.4}
 
 
 def sample_cube() -> xr.Dataset:
@@ -73,9 +69,8 @@ def sample_cube() -> xr.Dataset:
 
 
 def write_zarr(ds: xr.Dataset, path: Path, **kwargs: object) -> None:
-    with (
-        warnings.catch_warnings()
-    ):  # zarr 3 says consolidated metadata is not in its spec yet: not this test's concern
+    # zarr 3 says consolidated metadata is not in its spec yet: not this test's concern
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ds.to_zarr(path, mode="w", **kwargs)
 
@@ -135,9 +130,8 @@ def test_netcdf_cube_is_one_series_in_time_order(root: Path, tmp_path: Path) -> 
 def test_zarr_store_is_one_series_like_the_netcdf(root: Path, tmp_path: Path) -> None:
     found = discover(root)
     refs = {r.series_id: r for r in found.refs}
-    assert {r.kind for r in found.refs} == {
-        "cube"
-    }  # no file inside a store became a series of another kind
+    # no file inside a store became a series of another kind
+    assert {r.kind for r in found.refs} == {"cube"}
     nc_frames, nc_t = frames_of(refs["nc/site.nc"], tmp_path)
     for store in ("zarr/site.zarr", "zarr/site_v2.zarr"):
         meta = describe(refs[store], SMALL, tmp_path)
@@ -155,9 +149,8 @@ def test_zarr_store_is_one_series_like_the_netcdf(root: Path, tmp_path: Path) ->
 
 def test_zarr_hash_covers_the_whole_store(root: Path) -> None:
     store = root / "zarr" / "site_v2.zarr"
-    assert (
-        store / ".zattrs"
-    ).is_file()  # v2 metadata is hidden from the folder walk, yet defines the cube
+    # v2 metadata is hidden from the folder walk, yet defines the cube
+    assert (store / ".zattrs").is_file()
     before = {r.series_id: r.content_hash for r in discover(root).refs}
     assert before == {r.series_id: r.content_hash for r in discover(root).refs}  # stable
     attrs = json.loads((store / ".zattrs").read_text())

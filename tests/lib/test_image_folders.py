@@ -79,8 +79,8 @@ def mean_embed(frames: np.ndarray) -> np.ndarray:
     return frames.reshape(len(frames), -1).mean(axis=1, keepdims=True).astype(np.float32)  # (N, 1)
 
 
-def test_images_is_the_last_kind() -> None:
-    assert KINDS[-1].name == "images"
+def test_images_is_the_last_kind_before_video() -> None:
+    assert [k.name for k in KINDS][-2:] == ["images", "video"]
 
 
 def test_one_series_per_folder_of_frames(root: Path) -> None:
@@ -172,9 +172,8 @@ def test_folder_changed_after_discovery_is_bad_input(root: Path, tmp_path: Path)
 def test_sixteen_bit_and_rotated_frames(tmp_path: Path) -> None:
     folder = tmp_path / "src" / "scope" / "cells"
     folder.mkdir(parents=True)
-    for i, level in enumerate(
-        [0, 32768, 65535]
-    ):  # Pillow's convert("RGB") would clip all but 0 to white
+    # Pillow's convert("RGB") would clip all but 0 to white
+    for i, level in enumerate([0, 32768, 65535]):
         Image.fromarray(np.full((40, 40), level, np.uint16)).save(folder / f"t{i}.png")
     frames, _ = frames_of(discover(tmp_path / "src").refs[0], SMALL, tmp_path)
     assert frames[:, 0, 0, 0].tolist() == [0, 127, 255]

@@ -65,11 +65,12 @@ def test_geojson_carries_the_landsat_stacks_real_footprint_in_wgs84(
     written = outputs_beside(predictions, found.refs, SAMPLING, tmp_path / "tmp")
 
     assert written == {"geojson": str(tmp_path / "crops-v3-20261123T070000Z.geojson")}
+    # no .tmp-*
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "crops-v3-20261123T070000Z.geojson",
         "crops-v3-20261123T070000Z.parquet",
         "tmp",
-    ]  # no .tmp-*
+    ]
     collection = json.loads(Path(written["geojson"]).read_text())
     assert collection["type"] == "FeatureCollection" and len(collection["features"]) == 1
     feature = collection["features"][0]
@@ -116,9 +117,8 @@ def test_clinical_csv_has_one_row_per_real_dicom_series_and_no_patient_names(
 
     written = outputs_beside(predictions, found.refs + nifti, SAMPLING, tmp_path / "tmp")
 
-    assert written == {
-        "clinical_csv": str(tmp_path / "heart-v1.clinical.csv")
-    }  # no GeoTIFF: no GeoJSON
+    # no GeoTIFF: no GeoJSON
+    assert written == {"clinical_csv": str(tmp_path / "heart-v1.clinical.csv")}
     assert not list(tmp_path.glob(".tmp-*"))
     text = Path(written["clinical_csv"]).read_text()
     rows = list(csv.DictReader(text.splitlines()))

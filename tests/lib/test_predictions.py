@@ -50,20 +50,10 @@ def test_frames_table_has_a_row_per_frame_with_times_scores_and_states(tmp_path:
     ]
     table = frames_table(refs, series, steps, ["a", "b"], "m", "4", "r", "run")
     assert table.num_rows == 5
-    assert table["series_id"].to_pylist() == [
-        "s0",
-        "s0",
-        "s0",
-        "s1",
-        "s1",
-    ]  # the refs' ids, not the cache's
-    assert table["frame"].to_pylist() == [0, 1, 2, 0, 1] and table["t"].to_pylist() == [
-        0,
-        0.5,
-        1.0,
-        0,
-        0.5,
-    ]
+    # the refs' ids, not the cache's
+    assert table["series_id"].to_pylist() == ["s0", "s0", "s0", "s1", "s1"]
+    assert table["frame"].to_pylist() == [0, 1, 2, 0, 1]
+    assert table["t"].to_pylist() == [0, 0.5, 1.0, 0, 0.5]
     assert table["predicted_label"].to_pylist() == ["a", "a", "b", "b", "a"]
     assert table["state"].to_pylist()[2] == [6.0, 7.0, 8.0]
     assert set(table["model_version"].to_pylist()) == {"4"}

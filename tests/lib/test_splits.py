@@ -302,9 +302,8 @@ def test_official_lists_decide_test_and_validation_comes_from_their_train_part(
     assert excluded["unlisted"] == ["new/v_extra_0.avi", "new/v_extra_1.avi"]
     # HMDB51's code 0: one per class here
     assert len(excluded["unused"]) == (2 if make is _hmdb else 0)
-    for label in {
-        rel.split("/")[0] for rel in entries
-    }:  # stratified: every class gives validation series
+    # stratified: every class gives validation series
+    for label in {rel.split("/")[0] for rel in entries}:
         assert any(labels[ids.index(s)] == label for s in splits["val"]), label
     assert make_splits(ids, labels, hashes, config) == (splits, excluded)  # deterministic
 

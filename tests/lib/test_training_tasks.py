@@ -218,11 +218,12 @@ def test_balanced_sampler_draws_each_class_about_equally_often() -> None:
 
 def test_sampler_learns_an_imbalanced_task() -> None:
     data = static_task(200, seed=2, classes=2)
+    # 100 : 25
     keep = [
         sid
         for sid, y in zip(data.series_ids, data.labels, strict=False)
         if y == 0 or int(sid[-3:]) % 8 == 1
-    ]  # 100 : 25
+    ]
     parts = _split(data.select(keep))
     config = dataclasses.replace(CONFIG, balance="sampler", epochs=15)
     result = fit(model_spec(config, F, 2, "lstm"), parts["train"], parts["val"], config)

@@ -155,9 +155,8 @@ def test_a_zip_member_lying_about_its_size_is_never_expanded_past_it(
         local = zf.getinfo("a/liar.mp4").header_offset
     data[local + 22 : local + 26] = struct.pack("<I", 1000)  # local header: uncompressed size
     central = data.find(b"PK\x01\x02")
-    while (
-        central != -1
-    ):  # central directory entry of the liar: uncompressed size at +24, name at +46
+    # central directory entry of the liar: uncompressed size at +24, name at +46
+    while central != -1:
         if data[central + 46 : central + 46 + len("a/liar.mp4")] == b"a/liar.mp4":
             data[central + 24 : central + 28] = struct.pack("<I", 1000)
         central = data.find(b"PK\x01\x02", central + 4)

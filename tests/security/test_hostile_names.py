@@ -56,9 +56,8 @@ def hostile_source(tmp_path: Path, clip: Path, monkeypatch: pytest.MonkeyPatch) 
     with tarfile.open(source / "odd,name;$(x).tar", "w") as tar:
         for name in ["in tar\nnewline.mp4", f"$(touch {MARKER}).mp4", NOT_UTF8]:
             tar.add(folder / NAMES[0], arcname=f"cls/{name}")
-    with tarfile.open(
-        source / SUBFILE_FORGERY, "w"
-    ) as tar:  # stored members are read through a subfile URL
+    # stored members are read through a subfile URL
+    with tarfile.open(source / SUBFILE_FORGERY, "w") as tar:
         tar.add(folder / NAMES[0], arcname="cls/clip.mp4")
     return source
 

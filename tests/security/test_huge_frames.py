@@ -92,9 +92,8 @@ def test_huge_videos_in_a_run_are_recorded_and_the_rest_goes_on(
     assert set(refused) == {"claims_100000.avi", "claims_16000.mkv", "mjpeg_40000.avi"}
     assert "declared frame size too large" in refused["claims_100000.avi"]
     assert "exceed the limit" in refused["claims_16000.mkv"]
-    assert refused[
-        "mjpeg_40000.avi"
-    ]  # the container says 64x48; the decoder rejects the patched frames
+    # the container says 64x48; the decoder rejects the patched frames
+    assert refused["mjpeg_40000.avi"]
     assert all(
         path.endswith(sid)
         for sid, path in zip(

@@ -66,10 +66,8 @@ def test_a_geotiff_stack_claiming_100000_squared_is_refused(tmp_path: Path) -> N
                 for name in ("ImageWidth", "ImageLength")
             ]
         data = bytearray(path.read_bytes())
-        for (
-            offset,
-            dtype,
-        ) in spots:  # ImageWidth / ImageLength patched in place: 1 kB claiming 10 G pixels
+        # ImageWidth / ImageLength patched in place: 1 kB claiming 10 G pixels
+        for offset, dtype in spots:
             assert dtype == 4, "tifffile writes these as LONG"
             data[offset : offset + 4] = struct.pack("<I", 100_000)
         path.write_bytes(bytes(data))

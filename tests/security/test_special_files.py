@@ -26,9 +26,8 @@ def test_a_named_pipe_in_a_source_folder_is_refused_not_waited_on(
     worker.start()
     worker.join(WAIT_S)
     hung = worker.is_alive()
-    for _ in range(
-        20
-    ):  # let a stuck discovery finish: each open for reading returns once a writer comes and goes
+    # let a stuck discovery finish: each open for reading returns once a writer comes and goes
+    for _ in range(20):
         if not worker.is_alive():
             break
         try:
