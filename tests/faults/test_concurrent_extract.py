@@ -70,7 +70,7 @@ def test_two_extracts_at_once_index_each_series_once_and_completely(
             if run.poll() is None:
                 os.killpg(run.pid, signal.SIGKILL)
                 run.wait()
-    for run, (out, err) in zip(runs, outputs, strict=False):
+    for run, (_, err) in zip(runs, outputs, strict=False):
         assert run.returncode == 0, f"exit {run.returncode}:\n{err[-4000:]}"
     summaries = [json.loads(out) for out, _ in outputs]
     refs = discover(source).refs

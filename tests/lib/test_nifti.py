@@ -176,9 +176,11 @@ def test_mip_sees_what_the_middle_slice_misses(tmp_path: Path) -> None:
     # rows follow the 2nd voxel axis, highest index at the top (imshow(view.T, origin="lower"));
     # columns the 1st
     assert bright[:, 8:12, 4:8].all()
-    with pytest.raises(ValueError, match="'side' unknown; choose one of middle, mip"):
-        with nifti.open_series(ref, SMALL, tmp_path, view="side"):
-            pass
+    with (
+        pytest.raises(ValueError, match="'side' unknown; choose one of middle, mip"),
+        nifti.open_series(ref, SMALL, tmp_path, view="side"),
+    ):
+        pass
 
 
 @pytest.mark.parametrize(

@@ -111,7 +111,7 @@ def test_manifest_overrides_folder_labels(root: Path, tmp_path: Path, suffix: st
     if suffix == "csv":
         manifest.write_text(
             "series_id,label\n"
-            + "".join(f"{s},{l}\n" for s, l in zip(*rows.values(), strict=False))
+            + "".join(f"{s},{label}\n" for s, label in zip(*rows.values(), strict=False))
         )
     else:
         pq.write_table(pa.table(rows), manifest)
