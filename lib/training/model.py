@@ -1,4 +1,7 @@
-"""The sequence classifiers, and nothing else: the loop lives in lib/training/loop.py (nanoGPT's split).
+"""The sequence classifiers and the spec that rebuilds them; the loop lives in lib/training/loop.py.
+
+Imports only numpy and torch: a registered model version carries this file as code
+(lib/registry/mlflow_store.py), so it must load where lstmpipe is not installed.
 
 Both networks take a zero- (or anything-) padded batch of per-frame feature vectors
 and the true lengths, and never let padding reach the logits: a series gets the same
@@ -25,14 +28,15 @@ INPUT_NORMS = ("layer", "series")
 
 
 class SeriesCentring(nn.Module):
-    """Each series minus its own mean over its valid frames, over one scale fitted on the training set.
+    """Each series minus its own mean over its valid frames, over one scale fitted on training data.
 
     For classes that only change tells apart: a random-init or off-domain backbone puts most of
     a frame's features in a per-series level (anatomy, contrast, position) and a tenth in what
     moves. LayerNorm keeps that level, and a recurrent net then memorises series by it instead
     of reading the motion. Centring removes it; the training set's scale (a buffer, so it travels
     in the state_dict) keeps every series' amplitude comparable, which a per-frame norm would not.
-    The mean spans the whole series, so per-step outputs see every frame's level, not only the past.
+    The mean spans the whole series, so per-step outputs see every frame's level, not only the
+    past.
     """
 
     def __init__(self) -> None:
@@ -56,7 +60,7 @@ class SeriesCentring(nn.Module):
 
 
 class LSTMClassifier(nn.Module):
-    """An input norm, an optional projection, an LSTM or GRU over time, pooling, a linear head (LRCN).
+    """An input norm, an optional projection, an LSTM or GRU over time, pooling, a head (LRCN).
 
     input_norm "layer": LayerNorm per frame. "series": SeriesCentring (fit it on the training set).
 
@@ -82,9 +86,11 @@ class LSTMClassifier(nn.Module):
         self.num_classes = num_classes
         self.num_directions = 2 if bidirectional else 1
         self.pooling = pooling
-        # CNN features come in at very different scales per backbone; either norm makes lr choices portable.
+        # CNN features come in at very different scales per backbone; either norm makes lr choices
+        # portable.
         self.norm = nn.LayerNorm(input_dim) if input_norm == "layer" else SeriesCentring()
-        # Per frame, so padded frames cannot touch valid ones; None feeds the normalised features straight in.
+        # Per frame, so padded frames cannot touch valid ones; None feeds the normalised features
+        # straight in.
         self.proj = (
             nn.Sequential(nn.Linear(input_dim, input_proj), nn.GELU())
             if input_proj
@@ -105,7 +111,7 @@ class LSTMClassifier(nn.Module):
         self.head = nn.Linear(width, num_classes)
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """x: (B, T, F) float; lengths: (B,) int64 on the CPU (what packing wants) -> logits (B, C)."""
+        """x: (B, T, F) float; lengths: (B,) int64 on the CPU (for packing) -> logits (B, C)."""
         batch = x.shape[0]
         h = self._inputs(x, lengths)  # (B, T, P)
         packed = pack_padded_sequence(h, lengths.cpu(), batch_first=True, enforce_sorted=False)
@@ -129,7 +135,8 @@ class LSTMClassifier(nn.Module):
         return self.head(self.drop(pooled))  # (B, C)
 
     def per_step(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-timestep logits (B, T, C) and recurrent outputs (B, T, D * H); steps past a length are padding.
+        """Per-timestep logits (B, T, C) and recurrent outputs (B, T, D * H); steps past a length
+        are padding.
 
         Step t's logits are the head applied to the recurrent output at t: with forward-only "last"
         pooling, the prediction had the series ended at frame t (the last valid step's logits are
@@ -146,14 +153,6 @@ class LSTMClassifier(nn.Module):
         """Normalised, projected frames (B, T, P): what the recurrent layer reads."""
         normed = self.norm(x, lengths) if isinstance(self.norm, SeriesCentring) else self.norm(x)
         return self.proj(normed)
-
-    def _load_from_state_dict(
-        self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any
-    ) -> None:
-        """Checkpoints from before the GRU option named the recurrent layer `lstm`: read them as `rnn`."""
-        for key in [k for k in state_dict if k.startswith(prefix + "lstm.")]:
-            state_dict[prefix + "rnn." + key[len(prefix) + len("lstm.") :]] = state_dict.pop(key)
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
 class MeanPoolClassifier(nn.Module):
@@ -178,8 +177,10 @@ class MeanPoolClassifier(nn.Module):
         return self.head(self.norm(mean))  # (B, C)
 
     def per_step(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Each frame's logits alone (B, T, C): the baseline's view of that frame. It has no hidden
-        state, so the states are (B, T, 0)."""
+        """Each frame's logits alone (B, T, C): the baseline's view of that frame.
+
+        It has no hidden state, so the states are (B, T, 0).
+        """
         return self.head(self.norm(x)), x.new_zeros(*x.shape[:2], 0)
 
 
@@ -187,8 +188,8 @@ class MeanPoolClassifier(nn.Module):
 class ModelSpec:
     """Everything needed to rebuild a network: a registry stores this as JSON beside the state_dict.
 
-    Fields added later have defaults that rebuild what older versions built, so an
-    older spec.json loads unchanged (see from_dict for the one that depends on another).
+    The defaults serve specs built by hand (tests, notebooks); training sets every field from its
+    TrainConfig (lib/training/loop.py: model_spec).
     """
 
     kind: str  # "lstm" (the recurrent network, whatever its cell) | "mean"
@@ -199,9 +200,8 @@ class ModelSpec:
     bidirectional: bool = False
     dropout: float = 0.2
     cell: str = "lstm"  # "lstm" | "gru"
-    input_proj: int | None = (
-        128  # width of the per-frame Linear + GELU after LayerNorm; None = no projection
-    )
+    # width of the per-frame Linear + GELU after the input norm; None = no projection
+    input_proj: int | None = 128
     pooling: str = "last"  # "last" | "attention"
     input_norm: str = "layer"  # "layer" | "series"; unused by "mean"
 
@@ -216,19 +216,23 @@ class ModelSpec:
             )
         if self.pooling not in POOLINGS:
             raise ValueError(
-                f"ModelSpec.pooling {self.pooling!r} is not supported; use one of {', '.join(POOLINGS)}"
+                f"ModelSpec.pooling {self.pooling!r} is not supported; "
+                f"use one of {', '.join(POOLINGS)}"
             )
         if self.input_norm not in INPUT_NORMS:
             raise ValueError(
-                f"ModelSpec.input_norm {self.input_norm!r} is not supported; use one of {', '.join(INPUT_NORMS)}"
+                f"ModelSpec.input_norm {self.input_norm!r} is not supported; "
+                f"use one of {', '.join(INPUT_NORMS)}"
             )
         if self.input_dim < 1 or self.num_classes < 2:
             raise ValueError(
-                f"ModelSpec needs input_dim >= 1 and num_classes >= 2, got {self.input_dim} and {self.num_classes}"
+                "ModelSpec needs input_dim >= 1 and num_classes >= 2, "
+                f"got {self.input_dim} and {self.num_classes}"
             )
         if self.input_proj is not None and self.input_proj < 1:
             raise ValueError(
-                f"ModelSpec.input_proj {self.input_proj!r}: give a width >= 1, or None for no projection"
+                f"ModelSpec.input_proj {self.input_proj!r}: "
+                "give a width >= 1, or None for no projection"
             )
 
     def build(self) -> nn.Module:
@@ -253,16 +257,12 @@ class ModelSpec:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelSpec:
-        """Inverse of to_dict; an unknown key is an error (a spec from a newer version must not half-load).
-
-        A spec written before `input_proj` existed projected every frame to hidden_size.
-        """
+        """Inverse of to_dict; an unknown key is an error (a spec from a newer version must not
+        half-load)."""
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(
                 f"ModelSpec: unknown keys {unknown}; known keys: {', '.join(sorted(known))}"
             )
-        if "input_proj" not in data:
-            data = {**data, "input_proj": data.get("hidden_size", 128)}
         return cls(**data)

@@ -1,4 +1,4 @@
-"""The networks: padding never reaches the logits; a ModelSpec + state_dict rebuilds the same model."""
+"""The networks: padding never reaches the logits; a ModelSpec + state_dict rebuilds the model."""
 
 from __future__ import annotations
 
@@ -108,7 +108,8 @@ def _check_batch_invariance(model: torch.nn.Module, fill: float) -> None:
 
 
 def test_attention_pooling_weighs_valid_steps_only() -> None:
-    """With a constant score every valid step weighs 1/T: the pooled vector is the mean over valid outputs."""
+    """With a constant score every valid step weighs 1/T: the pooled vector is the mean over the
+    valid outputs."""
     torch.manual_seed(0)
     model = LSTMClassifier(F, C, hidden_size=8, input_proj=None, pooling="attention").eval()
     torch.nn.init.zeros_(model.attention.weight)
@@ -183,52 +184,11 @@ def test_gru_and_bidirectional_attention_build_what_they_say() -> None:
     assert isinstance(plain.proj, torch.nn.Identity) and plain.rnn.input_size == F
 
 
-# Written by lstmpipe before cell / input_proj / pooling existed: the spec and the state_dict layout it had.
-OLD_SPEC = {
-    "kind": "lstm",
-    "input_dim": 6,
-    "num_classes": 3,
-    "hidden_size": 8,
-    "num_layers": 2,
-    "bidirectional": True,
-    "dropout": 0.2,
-}
-OLD_STATE = (
-    {"norm.weight": (6,), "norm.bias": (6,), "proj.0.weight": (8, 6), "proj.0.bias": (8,)}
-    | {
-        f"lstm.{kind}_{part}_l{layer}{suffix}": shape
-        for layer, in_width in ((0, 8), (1, 16))
-        for suffix in ("", "_reverse")
-        for kind, part, shape in (
-            ("weight", "ih", (32, in_width)),
-            ("weight", "hh", (32, 8)),
-            ("bias", "ih", (32,)),
-            ("bias", "hh", (32,)),
-        )
-    }
-    | {"head.weight": (3, 16), "head.bias": (3,)}
-)
-
-
-def test_old_spec_and_old_weights_still_load() -> None:
-    spec = ModelSpec.from_dict(dict(OLD_SPEC))
-    assert (spec.cell, spec.input_proj, spec.pooling, spec.input_norm) == (
-        "lstm",
-        8,
-        "last",
-        "layer",
+def test_every_field_round_trips_through_json() -> None:
+    spec = ModelSpec(
+        "lstm", F, C, cell="gru", input_proj=None, pooling="attention", input_norm="series"
     )
-    torch.manual_seed(0)
-    old_weights = {name: torch.randn(shape) for name, shape in OLD_STATE.items()}
-    model = spec.build()
-    model.load_state_dict(old_weights)  # strict: every old key finds its place, none is missing
-    assert torch.equal(model.rnn.weight_ih_l1_reverse, old_weights["lstm.weight_ih_l1_reverse"])
-    assert {
-        k.replace("rnn.", "lstm.", 1): tuple(v.shape) for k, v in model.state_dict().items()
-    } == OLD_STATE
-    # And the new fields round-trip through JSON.
-    new = ModelSpec("lstm", F, C, cell="gru", input_proj=None, pooling="attention")
-    assert ModelSpec.from_dict(json.loads(json.dumps(new.to_dict()))) == new
+    assert ModelSpec.from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
 
 
 def test_spec_errors_name_the_bad_value() -> None:
