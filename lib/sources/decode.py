@@ -1,7 +1,7 @@
 """Decode any series into frame chunks: one dispatch on `SeriesRef.kind` (SPEC §3, stage 1).
 
 Everything downstream sees only FrameChunks (frames + t) and a metadata dict;
-the other source kinds (lib/sources/kinds/) bring their own openers.
+each source kind (lib/sources/kinds/) brings its own opener.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from typing import Any
 from lstmpipe.lib.config import SamplingConfig, SourcesConfig
 from lstmpipe.lib.errors import BadInput
 from lstmpipe.lib.series import FrameChunk, OpenSeries, SeriesRef
-from lstmpipe.lib.sources.archives import ArchiveLimits, find_member, member_input
-from lstmpipe.lib.sources.kinds import KINDS, video
+from lstmpipe.lib.sources.archives import ArchiveLimits
+from lstmpipe.lib.sources.kinds import KINDS
 
 
 def decode(
@@ -63,42 +63,8 @@ def open_series(
             series.chunks.close()  # stops the decoder when the consumer leaves early
 
 
-@contextmanager
-def _open_video(
-    ref: SeriesRef,
-    sampling: SamplingConfig,
-    tmp_dir: Path,
-    limits: ArchiveLimits,
-    sources: SourcesConfig,
-) -> Iterator[OpenSeries]:
-    with _input(ref, tmp_dir, limits) as url:
-        info = video.probe(url, ref.location, sampling.timeout_s)
-        meta = {
-            "source_kind": "video",
-            "fps": info.fps,
-            "width": info.width,
-            "height": info.height,
-            "duration_s": info.duration_s,
-            "codec": info.codec,
-            "rotation": info.rotation,
-            "sampled_fps": video.output_fps(sampling, info, ref.location),
-        }
-        yield OpenSeries(meta, video.decode_video(url, ref.location, sampling, info))
-
-
-@contextmanager
-def _input(ref: SeriesRef, tmp_dir: Path, limits: ArchiveLimits) -> Iterator[str]:
-    """An ffmpeg input for the file or the archive member; seekable, never a pipe."""
-    path = Path(ref.path).resolve()
-    if ref.member is None:
-        yield str(path)  # absolute: a relative `a:b.mp4` would read as protocol `a`
-        return
-    with member_input(path, find_member(path, ref.member, limits), tmp_dir) as url:
-        yield url
-
-
 _Opener = Callable[
     [SeriesRef, SamplingConfig, Path, ArchiveLimits, SourcesConfig],
     AbstractContextManager[OpenSeries],
 ]
-_OPENERS: dict[str, _Opener] = {"video": _open_video, **{kind.name: kind.open for kind in KINDS}}
+_OPENERS: dict[str, _Opener] = {kind.name: kind.open for kind in KINDS}

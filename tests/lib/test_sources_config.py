@@ -10,6 +10,7 @@ import pytest
 
 from lstmpipe.lib.config import SamplingConfig, SourcesConfig, load_config
 from lstmpipe.lib.errors import ConfigError
+from lstmpipe.lib.sources.archives import ArchiveLimits
 from lstmpipe.lib.sources.decode import decode
 from lstmpipe.lib.sources.discover import discover
 from lstmpipe.lib.sources.kinds import KINDS
@@ -50,9 +51,8 @@ def test_geotiff_ndvi_comes_from_the_config(tmp_path: Path) -> None:
 def test_a_bad_geotiff_mode_is_a_config_error_naming_it(tmp_path: Path) -> None:
     geotiff = next(k for k in KINDS if k.name == "geotiff")
     with pytest.raises(ConfigError, match="sources.geotiff"):
-        geotiff.claim(
-            tmp_path, [], None, load_config(overrides={"sources.geotiff_mode": "sepia"}).sources
-        )
+        sources = load_config(overrides={"sources.geotiff_mode": "sepia"}).sources
+        geotiff.claim(tmp_path, [], None, ArchiveLimits(), sources)
 
 
 def test_a_bad_dicom_window_is_a_config_error_naming_it(tmp_path: Path) -> None:

@@ -25,7 +25,7 @@ class Claim:
 @dataclass(frozen=True)
 class SourceKind:
     name: str
-    claim: Callable[[Path, list[Path], HashMemo | None, SourcesConfig], Claim]
+    claim: Callable[[Path, list[Path], HashMemo | None, ArchiveLimits, SourcesConfig], Claim]
     open: Callable[
         [SeriesRef, SamplingConfig, Path, ArchiveLimits, SourcesConfig],
         AbstractContextManager[OpenSeries],
@@ -55,7 +55,9 @@ def with_options(
     """A kind whose claim and open take `options=` of their own type, made from the sources config."""
     return SourceKind(
         name,
-        lambda base, files, memo, sources: claim(base, files, memo, options=options_from(sources)),
+        lambda base, files, memo, limits, sources: claim(
+            base, files, memo, options=options_from(sources)
+        ),
         lambda ref, sampling, tmp_dir, limits, sources: open_series(
             ref, sampling, tmp_dir, limits, options=options_from(sources)
         ),

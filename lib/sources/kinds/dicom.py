@@ -715,7 +715,7 @@ def _window_option(sources: SourcesConfig) -> tuple[float, float] | None:
 
 KIND = SourceKind(
     "dicom",
-    lambda base, files, memo, sources: claim(base, files, memo),
+    lambda base, files, memo, limits, sources: claim(base, files, memo),
     lambda ref, sampling, tmp_dir, limits, sources: open_series(
         ref, sampling, tmp_dir, limits, window=_window_option(sources)
     ),

@@ -141,7 +141,7 @@ def open_series(
 
 KIND = SourceKind(
     "images",
-    lambda base, files, memo, sources: claim(base, files, memo),
+    lambda base, files, memo, limits, sources: claim(base, files, memo),
     lambda ref, sampling, tmp_dir, limits, sources: open_series(ref, sampling, tmp_dir, limits),
 )
 

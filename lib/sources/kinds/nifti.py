@@ -163,7 +163,7 @@ def open_series(
 
 KIND = SourceKind(
     "nifti",
-    lambda base, files, memo, sources: claim(base, files, memo),
+    lambda base, files, memo, limits, sources: claim(base, files, memo),
     lambda ref, sampling, tmp_dir, limits, sources: open_series(
         ref, sampling, tmp_dir, limits, view=sources.nifti_view
     ),

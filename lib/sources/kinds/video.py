@@ -1,10 +1,16 @@
-"""Video through ffmpeg: probe a file, stream its frames as bounded chunks (SPEC §2).
+"""Video through ffmpeg: the last kind, every video file and video archive member (SPEC §2).
 
-There is no ffprobe: `probe` parses what `ffmpeg -i INPUT` prints. Decoding is
-one ffmpeg process writing raw RGB frames to a pipe, read one chunk at a time,
-so memory is bounded by the chunk, never by the video. Inputs are always
-seekable (a path or a `subfile,,start,S,end,E,,:ARCHIVE` URL), never a pipe:
-an mp4 whose moov atom sits at the end needs to seek.
+Discovery: each file with a video suffix, and each video member of a tar or zip
+archive, is one series named by its path under the root
+(`2026-11-20.tar/grow/clip_0003.mp4`), labelled by its parent folder and
+partitioned by its top-level folder or archive. Archives are claimed whole: their
+members are listed once, bounded by ArchiveLimits, and hashed in one pass.
+
+Decoding: there is no ffprobe, so `probe` parses what `ffmpeg -i INPUT` prints.
+Frames come from one ffmpeg process writing raw RGB to a pipe, read one chunk at a
+time, so memory is bounded by the chunk, never by the video. Inputs are always
+seekable (a path or a `subfile,,start,S,end,E,,:ARCHIVE` URL), never a pipe: an mp4
+whose moov atom sits at the end needs to seek.
 """
 
 from __future__ import annotations
@@ -16,7 +22,9 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
 from typing import IO
 
 import ffmpeg
@@ -24,18 +32,31 @@ import numpy as np
 
 from lstmpipe.lib.config import SamplingConfig
 from lstmpipe.lib.errors import BadInput
-from lstmpipe.lib.series import FrameChunk
+from lstmpipe.lib.failures import Failure
+from lstmpipe.lib.series import FrameChunk, OpenSeries, SeriesRef
+from lstmpipe.lib.sources.archives import (
+    READ_ERRORS,
+    ArchiveLimits,
+    Member,
+    archive_suffix,
+    find_member,
+    list_members,
+    member_input,
+    strip_archive_suffix,
+)
 from lstmpipe.lib.sources.ffmpeg import ffmpeg_exe
 from lstmpipe.lib.sources.frames import MAX_PIXELS, check_frame_size
+from lstmpipe.lib.sources.hashing import HashMemo, content_hash, member_hashes
+from lstmpipe.lib.sources.kinds.base import Claim, SourceKind
 
 _INVALID = "Invalid data found when processing input"
-# Frames handed out per series: 36 h at 8 fps, 9.7 h of every frame at 30 fps. Beyond this a file is more
-# likely a timestamp bomb (2 frames 277 h apart make the fps filter emit 4 million duplicates from 3 kB) than a
-# clip; even at the limit its features take 2 GiB (D=512, float32) before the LSTM sees them.
+# Frames handed out per series: 36 h at 8 fps, 9.7 h of every frame at 30 fps. Beyond this a
+# file is more likely a timestamp bomb (2 frames 277 h apart make the fps filter emit 4 million
+# duplicates from 3 kB) than a clip; even at the limit its features take 2 GiB (D=512, float32)
+# before the LSTM sees them.
 MAX_FRAMES = 1 << 20
 
-
-# File suffixes discovery reads as video; ffmpeg decodes more, but these are what archives of clips hold.
+# File suffixes claimed as video; ffmpeg decodes more, but these are what archives of clips hold.
 VIDEO_SUFFIXES = frozenset(
     {
         ".mp4",
@@ -52,6 +73,123 @@ VIDEO_SUFFIXES = frozenset(
         ".gif",
     }
 )
+
+
+def is_video(name: str) -> bool:
+    return PurePosixPath(name).suffix.lower() in VIDEO_SUFFIXES
+
+
+def claim(base: Path, files: list[Path], memo: HashMemo | None, limits: ArchiveLimits) -> Claim:
+    """Each video file and each archive of `files` (the archive's video members are series)."""
+    refs: list[SeriesRef] = []
+    failures: list[Failure] = []
+    claimed: list[Path] = []
+    for path in files:
+        rel = path.relative_to(base).as_posix()
+        if archive_suffix(path.name):
+            found, refused = _archive_refs(path, rel, memo, limits)
+        elif is_video(path.name):
+            found, refused = _file_refs(path, rel, memo)
+        else:
+            continue
+        refs += found
+        failures += refused
+        claimed.append(path)
+    return Claim(refs, failures, frozenset(claimed))
+
+
+@contextmanager
+def open_series(
+    ref: SeriesRef, sampling: SamplingConfig, tmp_dir: Path, limits: ArchiveLimits
+) -> Iterator[OpenSeries]:
+    """Probe once, then decode lazily from the same input (one temp copy for a compressed
+    member)."""
+    with _input(ref, tmp_dir, limits) as url:
+        info = probe(url, ref.location, sampling.timeout_s)
+        meta = {
+            "source_kind": "video",
+            "fps": info.fps,
+            "width": info.width,
+            "height": info.height,
+            "duration_s": info.duration_s,
+            "codec": info.codec,
+            "rotation": info.rotation,
+            "sampled_fps": output_fps(sampling, info, ref.location),
+        }
+        yield OpenSeries(meta, decode_video(url, ref.location, sampling, info))
+
+
+def _file_refs(
+    path: Path, rel: str, memo: HashMemo | None
+) -> tuple[list[SeriesRef], list[Failure]]:
+    try:
+        digest, size = content_hash(path, memo=memo), path.stat().st_size
+    except OSError as exc:
+        return [], [Failure(rel, str(path), "discover", f"unreadable: {exc.strerror}")]
+    return [_ref(rel, digest, path, None, size, _parent(rel))], []
+
+
+def _archive_refs(
+    archive: Path, rel: str, memo: HashMemo | None, limits: ArchiveLimits
+) -> tuple[list[SeriesRef], list[Failure]]:
+    """One SeriesRef per acceptable video member; hashing reads the archive at most once."""
+    members, failures = list_members(archive, limits, series_prefix=rel)
+    videos = [m for m in members if is_video(m.path) and not _hidden(m.path)]
+    try:
+        hashes, unreadable = member_hashes(archive, videos, memo)
+    except READ_ERRORS as exc:  # not even opened
+        return [], failures + [Failure(rel, str(archive), "discover", f"unreadable archive: {exc}")]
+    # sorted like the folder walk
+    videos = sorted(videos, key=lambda m: PurePosixPath(m.path).parts)
+    refs = [
+        _ref(f"{rel}/{m.path}", hashes[m.name], archive, m, m.size, _parent(m.path))
+        for m in videos
+        if m.name in hashes
+    ]
+    failures += [
+        Failure(f"{rel}/{m.path}", f"{archive}!{m.name}", "discover", unreadable[m.name])
+        for m in videos
+        if m.name in unreadable
+    ]
+    return refs, failures
+
+
+def _ref(
+    series_id: str, digest: str, path: Path, member: Member | None, size: int, label: str | None
+) -> SeriesRef:
+    parts = PurePosixPath(series_id).parts
+    return SeriesRef(
+        series_id=series_id,
+        content_hash=digest,
+        kind="video",
+        path=str(path.resolve()),
+        member=member.name if member else None,
+        label=label,
+        partition=strip_archive_suffix(parts[0]) if len(parts) > 1 else None,
+        meta={"source_kind": "video", "bytes": size},
+    )
+
+
+def _parent(path: str) -> str | None:
+    """The folder holding a file (UCF101's `class/clip.mp4`); None at the root of the source or
+    archive."""
+    parts = PurePosixPath(path).parts
+    return parts[-2] if len(parts) > 1 else None
+
+
+def _hidden(member_path: str) -> bool:
+    return any(part.startswith(".") for part in PurePosixPath(member_path).parts)
+
+
+@contextmanager
+def _input(ref: SeriesRef, tmp_dir: Path, limits: ArchiveLimits) -> Iterator[str]:
+    """An ffmpeg input for the file or the archive member; seekable, never a pipe."""
+    path = Path(ref.path).resolve()
+    if ref.member is None:
+        yield str(path)  # absolute: a relative `a:b.mp4` would read as protocol `a`
+        return
+    with member_input(path, find_member(path, ref.member, limits), tmp_dir) as url:
+        yield url
 
 
 @dataclass(frozen=True)
@@ -242,9 +380,7 @@ def _command(input: str, size: int, rate: float | None, max_frames: int | None) 
     )
 
 
-def _read_frames(
-    pipe: IO[bytes], count: int, frame_bytes: int, watchdog: _Watchdog
-) -> np.ndarray:
+def _read_frames(pipe: IO[bytes], count: int, frame_bytes: int, watchdog: _Watchdog) -> np.ndarray:
     """Up to `count` whole frames as flat uint8; fewer only at the end of the stream."""
     buf = bytearray(count * frame_bytes)
     view = memoryview(buf)
@@ -416,3 +552,10 @@ def _strip_context(line: str) -> str:
 def _seconds(hms: tuple[str, str, str]) -> float:
     hours, minutes, seconds = hms
     return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+
+
+KIND = SourceKind(
+    "video",
+    lambda base, files, memo, limits, sources: claim(base, files, memo, limits),
+    lambda ref, sampling, tmp_dir, limits, sources: open_series(ref, sampling, tmp_dir, limits),
+)
