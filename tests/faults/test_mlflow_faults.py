@@ -255,12 +255,10 @@ def test_registration_and_promotion_survive_an_unreachable_or_failing_server(
 
     first = train(str(source), MODEL, overrides=overrides, run_id="healed")
     # no CNN work again
-    assert first["extract"]["extracted"] == 0 and first["extract"]["cached"] == 16
-    assert first["train"]["version"] == "1"
+    assert first.extract.extracted == 0 and first.extract.cached == 16
+    assert first.train.version == "1"
     assert promote(MODEL, "1", overrides=overrides, run_id="p1")["promoted"]
-    assert (
-        train(str(source), MODEL, overrides=overrides, run_id="second")["train"]["version"] == "2"
-    )
+    assert train(str(source), MODEL, overrides=overrides, run_id="second").train.version == "2"
 
     # Promotion: the alias move answered 503, or the server gone from it on: retried, named; v1
     # stays champion and v2 does not read "promoted".

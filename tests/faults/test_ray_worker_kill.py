@@ -64,14 +64,14 @@ def test_a_killed_feature_worker_is_retried_and_every_series_cached_once(
     )
     config, hub, cache_root = load_config(overrides=TINY), str(tmp_path / "hub"), tmp_path / "cache"
     found = discover_source.fn(str(source), None, str(tmp_path / "hashes.sqlite"), SourcesConfig())
-    assert len(found["refs"]) == SERIES and SERIES > 2 * GROUP
+    assert len(found.refs) == SERIES and SERIES > 2 * GROUP
     recipe = feature_recipe.fn(config, hub)
     result: dict = {}
 
     def run() -> None:
         try:
             result["shard"] = extract_shard.fn(
-                found["refs"], recipe, config, str(cache_root), str(tmp_path / "tmp"), hub, "local"
+                found.refs, recipe, config, str(cache_root), str(tmp_path / "tmp"), hub, "local"
             )
         except BaseException as exc:  # noqa: BLE001 - handed to the test thread, which reports it
             result["error"] = exc
@@ -91,12 +91,12 @@ def test_a_killed_feature_worker_is_retried_and_every_series_cached_once(
     assert "error" not in result, f"the shard failed after a worker was killed: {result['error']!r}"
     assert victim not in worker_pids()  # the actor was restarted in a new process
 
-    rows = result["shard"]["rows"]
-    refs = {r["series_id"]: r for r in found["refs"]}
-    assert sorted(row["series_id"] for row in rows) == sorted(refs), (
+    rows = result["shard"].outcomes
+    refs = {r.series_id: r for r in found.refs}
+    assert sorted(row.series_id for row in rows) == sorted(refs), (
         "a series reported twice, or not at all"
     )
-    assert {row["status"] for row in rows} == {"extracted"}, (
+    assert {row.status for row in rows} == {"extracted"}, (
         "a cold cache: every series was extracted by this run"
     )
     cache = FeatureCache(cache_root)
@@ -106,8 +106,8 @@ def test_a_killed_feature_worker_is_retried_and_every_series_cached_once(
         ).fetchall()
     keys = [(h, r) for h, r, _, _ in entries]
     assert len(keys) == len(set(keys)) == SERIES
-    assert set(keys) == {(r["content_hash"], recipe["recipe_id"]) for r in found["refs"]}
-    frames = {row["series_id"]: row["frames"] for row in rows}
+    assert set(keys) == {(r.content_hash, recipe["recipe_id"]) for r in found.refs}
+    frames = {row.series_id: row.frames for row in rows}
     found_features = cache.read(keys)
     for content_hash, recipe_id, series_id, n_frames in entries:
         entry = found_features[(content_hash, recipe_id)]

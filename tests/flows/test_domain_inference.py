@@ -58,7 +58,7 @@ def test_medical_champion_predicts_every_real_series_and_records_the_rest(
 
     result = infer(
         str(source), medical_champion["model"], overrides=overrides, run_id="real", per_frame=True
-    )
+    ).to_json()
 
     table = pq.read_table(result["predictions"])
     kinds = table["source_kind"].to_pylist()
@@ -75,7 +75,9 @@ def test_medical_champion_predicts_every_real_series_and_records_the_rest(
     frames = pq.read_table(result["outputs"]["frames"])
     assert set(frames["series_id"].to_pylist()) == set(table["series_id"].to_pylist())
 
-    again = infer(str(source), medical_champion["model"], overrides=overrides, run_id="again")
+    again = infer(
+        str(source), medical_champion["model"], overrides=overrides, run_id="again"
+    ).to_json()
     assert (
         again["predicted"] == 0
         and again["skipped"] == 10
@@ -96,7 +98,7 @@ def test_remote_sensing_champion_predicts_the_real_landsat_stack_with_its_footpr
         "models:/demo-remote-sensing@champion",
         overrides=overrides,
         run_id="landsat",
-    )
+    ).to_json()
 
     table = pq.read_table(result["predictions"])
     assert table.num_rows == 1 and table["source_kind"].to_pylist() == ["geotiff"]

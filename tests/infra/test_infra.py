@@ -292,7 +292,7 @@ def test_pull_step_enters_the_checkout_where_every_entrypoint_loads(
     ((qualified_name, inputs),) = step.items()
     assert import_object(qualified_name).__name__ == set_working_directory.__name__
     monkeypatch.setenv("REPO_DIR", str(ROOT))
-    resolved = apply_values(inputs, os.environ)
+    resolved = apply_values(inputs, dict(os.environ))
     assert Path(resolved["directory"]) == ROOT
     monkeypatch.chdir(tmp_path)  # restored after the test
     set_working_directory(**resolved)
@@ -314,6 +314,8 @@ def test_only_nightly_is_scheduled_and_its_cron_is_valid(deployments: dict) -> N
 def test_serve_serves_the_deployments_declared_here(deployments: dict) -> None:
     """`lstmpipe serve` (flows/serve.py) and prefect.yaml must not drift apart: served with the
     placeholders as its nightly.* config, it builds the very same deployments."""
+    from prefect.client.schemas.schedules import CronSchedule
+
     from lstmpipe.flows.serve import deployments as served_deployments
     from lstmpipe.lib.config import load_config
 
@@ -323,6 +325,7 @@ def test_serve_serves_the_deployments_declared_here(deployments: dict) -> None:
     assert set(served) == set(deployments)
     for name, d in served.items():
         declared = deployments[name]
+        assert d.entrypoint is not None, name
         module, function = d.entrypoint.rsplit(".", 1)  # served by module path
         assert (
             declared["entrypoint"]
@@ -336,9 +339,10 @@ def test_serve_serves_the_deployments_declared_here(deployments: dict) -> None:
         assert given == {k: v for k, v in declared["parameters"].items() if v is not None}, name
         assert d.tags == declared["tags"], name
         assert d.concurrency_limit == declared.get("concurrency_limit"), name
-        schedules = [
-            {"cron": s.schedule.cron, "timezone": s.schedule.timezone} for s in d.schedules
-        ]
+        schedules = []
+        for s in d.schedules or []:
+            assert isinstance(s.schedule, CronSchedule), name
+            schedules.append({"cron": s.schedule.cron, "timezone": s.schedule.timezone})
         assert schedules == (declared.get("schedules") or []), name
 
 
@@ -542,7 +546,9 @@ def test_prefect_variables_are_prefect_settings(services: dict) -> None:
 
 def mlflow_source(relative: str) -> Path:
     """A file of the installed MLflow, found without importing it."""
-    return Path(importlib.util.find_spec("mlflow").submodule_search_locations[0]) / relative
+    spec = importlib.util.find_spec("mlflow")
+    assert spec is not None and spec.submodule_search_locations is not None
+    return Path(spec.submodule_search_locations[0]) / relative
 
 
 def mlflow_host_rule():
@@ -551,6 +557,7 @@ def mlflow_host_rule():
     spec = importlib.util.spec_from_file_location(
         "_mlflow_security_utils", mlflow_source("server/security_utils.py")
     )
+    assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.is_allowed_host_header
@@ -703,7 +710,7 @@ def test_the_code_requests_cpus_and_gpus() -> None:
 
     assert requested_resources() == {"CPU", "GPU"}
     # lib.placement sizes each actor for its cluster
-    assert "num_cpus" not in FeatureWorker._default_options
+    assert "num_cpus" not in vars(FeatureWorker)["_default_options"]
     assert placement(RuntimeConfig(), {"CPU": 8.0, "GPU": 1.0}).actor_cpus == 1
 
 

@@ -85,6 +85,7 @@ def test_stored_members_decode_in_place_to_the_same_frames(
 ) -> None:
     members, _ = list_members(archives[archive])
     for member in members:
+        assert member.offset is not None  # stored: read in place
         with member_input(archives[archive], member, tmp_path) as url:
             assert url.startswith(
                 f"subfile,,start,{member.offset},end,{member.offset + member.size},,:"

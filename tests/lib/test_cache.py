@@ -130,6 +130,7 @@ def test_a_write_with_nothing_new_leaves_no_file(cache: FeatureCache) -> None:
     """The losing writer of a race (or a retried shard): its file would only wait for compaction's
     sweep."""
     kept = cache.write(RID, [series("a", 6, 0), series("b", 2, 2)])
+    assert kept is not None
     assert cache.write(RID, [series("a", 6, 1), series("b", 2, 3)]) is None
     assert sorted(p.name for p in cache.files.glob("*.parquet")) == [kept.name]
 
@@ -185,7 +186,7 @@ def test_unindexed_files_are_invisible(cache: FeatureCache) -> None:
 def test_parts_are_plain_parquet_with_the_documented_schema(cache: FeatureCache) -> None:
     items = [series("a", 4, 0), series("b", 3, 1)]
     target = cache.write(RID, items)
-    assert target.parent == cache.files and target.name.startswith("part-")
+    assert target is not None and target.parent == cache.files and target.name.startswith("part-")
     table = pq.read_table(target)  # plain pyarrow: no lstmpipe code needed to read the cache
     assert table.schema.names == [
         "series_id",
@@ -579,7 +580,8 @@ def test_a_crash_at_any_compaction_step_leaves_every_entry_readable(
     # the next compaction finishes the job and removes the leftovers
     cache.compact(orphan_grace_s=0)
     assert_all_same(everything(cache), written)
-    assert_stored_once(cache) and len(parts(cache)) == 2
+    assert_stored_once(cache)
+    assert len(parts(cache)) == 2
 
 
 def test_leftovers_younger_than_the_grace_are_kept(

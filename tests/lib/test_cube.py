@@ -68,11 +68,11 @@ def sample_cube() -> xr.Dataset:
     )
 
 
-def write_zarr(ds: xr.Dataset, path: Path, **kwargs: object) -> None:
+def write_zarr(ds: xr.Dataset, path: Path, zarr_format: int | None = None) -> None:
     # zarr 3 says consolidated metadata is not in its spec yet: not this test's concern
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        ds.to_zarr(path, mode="w", **kwargs)
+        ds.to_zarr(path, mode="w", zarr_format=zarr_format)
 
 
 def files_under(root: Path) -> list[Path]:

@@ -16,8 +16,8 @@ import pydicom
 import pytest
 from pydicom.encaps import encapsulate
 from pydicom.errors import InvalidDicomError
-from pydicom.pixels import get_decoder
-from pydicom.uid import MPEG2MPML, JPEGLSNearLossless
+from pydicom.pixels.decoders.base import get_decoder
+from pydicom.uid import MPEG2MPML, JPEGLSNearLossless, generate_uid
 
 from lstmpipe.lib.config import SamplingConfig
 from lstmpipe.lib.errors import BadInput
@@ -76,7 +76,7 @@ def root(
     # a good series beside the bad ones
     shutil.copy(pydicom_files / "CT_small.dcm", root / "bad" / "ct.dcm")
     no_pixels = pydicom.dcmread(pydicom_files / "CT_small.dcm")
-    no_pixels.SeriesInstanceUID = pydicom.uid.generate_uid()
+    no_pixels.SeriesInstanceUID = generate_uid()
     del no_pixels.PixelData
     no_pixels.save_as(root / "bad" / "no_pixels.dcm")
     (root / "bad" / "mixed").mkdir()
@@ -296,7 +296,7 @@ def ct_copies(pydicom_files: Path, folder: Path, edits: list[dict[str, object]])
     folder.mkdir(parents=True)
     for index, edit in enumerate(edits):
         ds = pydicom.dcmread(pydicom_files / "CT_small.dcm")
-        ds.SOPInstanceUID = pydicom.uid.generate_uid()
+        ds.SOPInstanceUID = generate_uid()
         for keyword, value in edit.items():
             if value is None:
                 delattr(ds, keyword)

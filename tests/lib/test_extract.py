@@ -11,6 +11,7 @@ import subprocess
 import tarfile
 import time
 import tracemalloc
+from collections.abc import Generator
 from pathlib import Path
 
 import numpy as np
@@ -148,8 +149,9 @@ def test_all_bad_input_gives_only_failures(tmp_path: Path, tiny_config: Config) 
     (tmp_path / "text.mp4").write_text("no\n")
     refs = discover(tmp_path).refs
     results = list(extract_many(refs, tiny_config.sampling, mean_colour, 4, tmp_path))
-    assert all(isinstance(r, Failure) and r.stage == "decode" for r in results)
-    reasons = {r.series_id: r.reason for r in results}
+    failures = [r for r in results if isinstance(r, Failure)]
+    assert len(failures) == len(results) and all(f.stage == "decode" for f in failures)
+    reasons = {f.series_id: f.reason for f in failures}
     assert sorted(reasons) == ["empty.mp4", "text.mp4"]
     assert reasons["empty.mp4"] == "empty file" and reasons["text.mp4"].startswith(
         "not a media file"
@@ -164,8 +166,10 @@ def test_stopping_early_stops_the_decoder_now(
     # 720 000 frames of the hour: ~a minute to decode
     sampling = SamplingConfig(fps=200.0, size=64, chunk_frames=8)
     results = extract_many([clips[2], hour_long], sampling, mean_colour, 16, tmp_path)
+    assert isinstance(results, Generator)  # closing it is how a consumer leaves
     first = next(results)
     # 4 s at 200 fps
+    assert isinstance(first, SeriesFeatures)
     assert first.series_id == "carphone_pristine.mp4" and abs(len(first.features) - 800) <= 1
     assert len(ffmpeg_children()) == 1  # the hour is being decoded
     began = time.monotonic()
@@ -186,7 +190,7 @@ def test_memory_stays_bounded_when_batches_are_smaller_than_chunks(
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    assert result.features.shape == (7200, 3)
+    assert isinstance(result, SeriesFeatures) and result.features.shape == (7200, 3)
     assert peak < 16 * 2**20, f"peak {peak / 2**20:.0f} MiB"
 
 

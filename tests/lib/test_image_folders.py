@@ -163,10 +163,12 @@ def test_a_folder_given_as_root_is_one_series(root: Path, tmp_path: Path) -> Non
 def test_folder_changed_after_discovery_is_bad_input(root: Path, tmp_path: Path) -> None:
     ref = by_id(discover(root).refs)["walk/clip_a"]
     grey(root / "walk" / "clip_a" / "frame_13.png", 0)
-    results = list(extract_many([ref], SMALL, mean_embed, batch_size=8, tmp_dir=tmp_path))
-    assert [(r.stage, r.reason) for r in results] == [
-        ("decode", "folder changed since discovery: 13 images, then 12")
-    ]
+    (failure,) = extract_many([ref], SMALL, mean_embed, batch_size=8, tmp_dir=tmp_path)
+    assert isinstance(failure, Failure)
+    assert (failure.stage, failure.reason) == (
+        "decode",
+        "folder changed since discovery: 13 images, then 12",
+    )
 
 
 def test_sixteen_bit_and_rotated_frames(tmp_path: Path) -> None:

@@ -174,6 +174,7 @@ def test_a_stack_without_a_usable_crs_keeps_its_prediction_with_null_geometry() 
         }
     }
     collection = feature_collection(fake_predictions([stack], ["a", "b"]), meta)
+    assert collection is not None
     feature = collection["features"][0]
     assert feature["geometry"] is None and "local grid" in feature["properties"]["footprint_error"]
     assert feature["properties"]["series_id"] == "tile"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from lstmpipe.lib.config import RuntimeConfig
@@ -25,7 +27,7 @@ def test_small_backbones_share_a_gpu() -> None:
 
 def test_decode_tasks_on_cpus_keep_cpus_free_for_them() -> None:
     where = placement(RuntimeConfig(decode_on="tasks"), {"CPU": 2.0})
-    assert where == Placement(1, 1.0, 0.0, 1.0)
+    assert where == Placement(1, 1.0, 0.0, 1.0) and where.decode_cpus is not None
     assert where.actors * where.actor_cpus + where.decode_cpus <= 2.0
 
 
@@ -41,13 +43,7 @@ def test_a_decode_task_never_asks_for_more_than_is_left() -> None:
     )
 
 
-@pytest.mark.parametrize(
-    "runtime, message",
-    [
-        (RuntimeConfig(decode_on="gpu"), "runtime.decode_on"),
-        (RuntimeConfig(gpus_per_worker=1.5), "runtime.gpus_per_worker"),
-    ],
-)
-def test_bad_values_name_the_key(runtime: RuntimeConfig, message: str) -> None:
-    with pytest.raises(ConfigError, match=message):
-        placement(runtime, {"CPU": 8.0, "GPU": 1.0})
+@pytest.mark.parametrize(("key", "value"), [("decode_on", "gpu"), ("gpus_per_worker", 1.5)])
+def test_bad_values_name_the_key(key: str, value: Any) -> None:
+    with pytest.raises(ConfigError, match=f"runtime.{key}"):
+        placement(RuntimeConfig(**{key: value}), {"CPU": 8.0, "GPU": 1.0})

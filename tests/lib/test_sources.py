@@ -7,6 +7,7 @@ import os
 import shutil
 import tarfile
 import zipfile
+from collections.abc import Generator
 from pathlib import Path
 
 import numpy as np
@@ -223,6 +224,7 @@ def test_decode_refuses_unknown_kinds_and_missing_members(root: Path, tmp_path: 
 def test_stopping_early_removes_the_temp_copy(root: Path, tmp_path: Path) -> None:
     flat = by_id(discover(root).refs)["2026-11-22.zip/flat.mp4"]
     chunks = decode(flat, SamplingConfig(fps=None, size=32, chunk_frames=4), tmp_path)
+    assert isinstance(chunks, Generator)  # closing it is how a consumer stops early
     assert len(next(chunks)) == 4
     assert len(list(tmp_path.glob("member-*.mp4"))) == 1
     chunks.close()

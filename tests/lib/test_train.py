@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import numpy as np
 import pytest
@@ -18,6 +19,7 @@ from lstmpipe.lib.training.loop import (
     model_spec,
     predict_proba,
 )
+from lstmpipe.lib.training.model import SeriesCentring
 from lstmpipe.lib.training.plots import confusion_matrix_png, learning_curves_png
 from lstmpipe.lib.training.splits import stratified_split
 
@@ -97,7 +99,9 @@ def test_series_centring_fits_its_scale_and_reads_order_under_a_per_series_level
     config = dataclasses.replace(CONFIG, input_norm="series")
     result = fit(model_spec(config, F, 2, "lstm"), shifted["train"], shifted["val"], config)
     centred = np.concatenate([f - f.mean(axis=0) for f in shifted["train"].features])
-    assert result.model.norm.scale.item() == pytest.approx(
+    norm = result.model.norm
+    assert isinstance(norm, SeriesCentring) and isinstance(norm.scale, torch.Tensor)
+    assert norm.scale.item() == pytest.approx(
         float(np.sqrt(np.mean(centred.astype(np.float64) ** 2))), rel=1e-5
     )
     assert "norm.scale" in result.model.state_dict()
@@ -221,7 +225,7 @@ def test_lr_warms_up_to_its_peak_then_decays_and_gradients_are_clipped(
         ("input_norm", "batch"),
     ],
 )
-def test_bad_training_options_name_the_key(key: str, value: object) -> None:
+def test_bad_training_options_name_the_key(key: str, value: Any) -> None:
     from lstmpipe.lib.errors import ConfigError
 
     with pytest.raises(ConfigError, match=f"train.{key}"):

