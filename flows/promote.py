@@ -1,7 +1,9 @@
-"""Flows `promote` and `rollback`: gate a challenger on the frozen evaluation set; move the alias back.
+"""Flows `promote` and `rollback`: gate a challenger on the frozen evaluation set; move the
+alias back.
 
-Both append their decision to the promotion history; promote ends by (re)writing the challenger's
-run report, which then shows the decision.
+Both append their decision to the promotion history; promote ends by (re)writing the
+challenger's run report, which then shows the decision. Each returns its record's JSON (what
+`--json` prints and nightly's "promote" holds).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from prefect import flow
 from lstmpipe.flows.extract import extract_refs
 from lstmpipe.flows.report import history_file, reports_dir
 from lstmpipe.flows.runtime import load_runtime, run_id_of
-from lstmpipe.lib.registry.promotion import lock_path
+from lstmpipe.lib.registry.locks import lock_path
 from lstmpipe.tasks.promote import promote_challenger, promotion_candidates, run_report
 from lstmpipe.tasks.promote import rollback as rollback_task
 
@@ -31,8 +33,8 @@ def promote(
     run_id = run_id_of(run_id)
     rules = rt.config.promote
     plan = promotion_candidates(rt.tracking_uri, model, version, rules.alias)
-    for recipe in plan["recipes"].values():  # each model scores on features made by its own recipe
-        extract_refs(rt, plan["eval_set"], recipe)
+    for recipe in plan.recipes.values():  # each model scores on features made by its own recipe
+        extract_refs(rt, plan.eval_set, recipe.to_dict())
     decided = promote_challenger(
         plan,
         rt.tracking_uri,
@@ -44,12 +46,12 @@ def promote(
     )
     page = run_report(
         rt.tracking_uri,
-        decided["challenger_run_id"],
+        decided.challenger.run_id,
         str(rt.runs_dir),
         str(history_file(rt)),
         str(reports_dir(rt)),
     )
-    return {**decided, "report": page}
+    return decided.to_json() | {"report": page}
 
 
 @flow(name="rollback")
@@ -60,7 +62,7 @@ def rollback_flow(
     run_id: str | None = None,
 ) -> dict[str, Any]:
     rt = load_runtime(config_file, overrides)
-    return rollback_task(
+    rolled = rollback_task(
         rt.tracking_uri,
         model,
         rt.config.promote.alias,
@@ -68,3 +70,4 @@ def rollback_flow(
         str(history_file(rt)),
         run_id_of(run_id),
     )
+    return rolled.to_json()

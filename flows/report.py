@@ -11,12 +11,13 @@ from typing import Any
 
 from lstmpipe.flows.runtime import Runtime, load_runtime
 from lstmpipe.lib.registry import mlflow_store as registry
-from lstmpipe.lib.registry import promotion as promote
 from lstmpipe.lib.registry import report as pages
+from lstmpipe.lib.registry.history import read_history
 
 
 def history_file(rt: Runtime) -> Path:
-    """The append-only promotion history (lib/registry/promotion.py), one table for every model of this home."""
+    """The append-only promotion history (lib/registry/history.py), one table for every model
+    of this home."""
     return rt.home / "promotions" / "history.sqlite"
 
 
@@ -24,14 +25,15 @@ def reports_dir(rt: Runtime) -> Path:
     return rt.home / "reports"
 
 
-def report_of_run(rt: Runtime, mlflow_run_id: str) -> str:
-    """(Re)write the page of one MLflow training run; the train flow ends with it (the promote flow's task too)."""
+def report_of_run(rt: Runtime, run_id: str) -> str:
+    """(Re)write the page of one training run (a lstmpipe or an MLflow run id); the train flow
+    ends with it (the promote flow's task too)."""
     return str(
         pages.build(
             registry.connect(rt.tracking_uri),
-            mlflow_run_id,
+            run_id,
             rt.runs_dir,
-            promote.read_history(history_file(rt)),
+            read_history(history_file(rt)),
             reports_dir(rt),
         )
     )
@@ -41,11 +43,4 @@ def report(
     run_id: str, config_file: str | None = None, overrides: dict[str, Any] | None = None
 ) -> dict[str, Any]:
     rt = load_runtime(config_file, overrides)
-    path = pages.build(
-        registry.connect(rt.tracking_uri),
-        run_id,
-        rt.runs_dir,
-        promote.read_history(history_file(rt)),
-        reports_dir(rt),
-    )
-    return {"report": str(path), "of": run_id}
+    return {"report": report_of_run(rt, run_id), "of": run_id}

@@ -1,4 +1,5 @@
-"""Prefect tasks for promotion, rollback and the run report; the logic lives in lib/registry/promotion.py and lib/registry/report.py."""
+"""Prefect tasks for promotion, rollback and the run report; the logic lives in
+lib/registry/promotion.py and lib/registry/report.py."""
 
 from __future__ import annotations
 
@@ -9,36 +10,36 @@ from prefect import task
 from lstmpipe.lib.config import PromoteConfig
 from lstmpipe.lib.features.cache import FeatureCache
 from lstmpipe.lib.registry import mlflow_store as registry
-from lstmpipe.lib.registry import promotion as promote
-from lstmpipe.lib.registry import report
+from lstmpipe.lib.registry import promotion, report
+from lstmpipe.lib.registry.history import read_history
+from lstmpipe.lib.registry.promotion import Candidates
+from lstmpipe.lib.registry.record import PromotionRecord, RollbackRecord
 from lstmpipe.tasks.retry import transient_only
 
 
 @task(name="promotion-candidates", retries=2, retry_condition_fn=transient_only)
 def promotion_candidates(
     tracking_uri: str, model_name: str, version: str | None, alias: str
-) -> dict:
-    return promote.candidates(registry.connect(tracking_uri), model_name, version, alias)
+) -> Candidates:
+    return promotion.candidates(registry.connect(tracking_uri), model_name, version, alias)
 
 
 @task(name="promote", tags=["promote"], retries=2, retry_condition_fn=transient_only)
 def promote_challenger(
-    plan: dict,
+    plan: Candidates,
     tracking_uri: str,
     cache_root: str,
     rules: PromoteConfig,
     lock_file: str,
     history_file: str,
     run_id: str,
-) -> dict:
-    return promote.promote(
+) -> PromotionRecord:
+    return promotion.promote(
         registry.connect(tracking_uri),
         FeatureCache(Path(cache_root)),
         plan,
-        rules.margin,
-        rules.alias,
-        Path(lock_file),
         rules,
+        Path(lock_file),
         Path(history_file),
         run_id,
     )
@@ -47,8 +48,8 @@ def promote_challenger(
 @task(name="rollback", tags=["promote"], retries=2, retry_condition_fn=transient_only)
 def rollback(
     tracking_uri: str, model_name: str, alias: str, lock_file: str, history_file: str, run_id: str
-) -> dict:
-    return promote.rollback(
+) -> RollbackRecord:
+    return promotion.rollback(
         registry.connect(tracking_uri),
         model_name,
         alias,
@@ -67,7 +68,7 @@ def run_report(
             registry.connect(tracking_uri),
             given,
             Path(runs_dir),
-            promote.read_history(Path(history_file)),
+            read_history(Path(history_file)),
             Path(reports_dir),
         )
     )

@@ -1,4 +1,5 @@
-"""The model card: one Markdown page logged beside every registered version (values in, text out)."""
+"""The model card: one Markdown page logged beside every registered version (values in, text
+out)."""
 
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ def render(
     params: dict[str, Any],
     tags: dict[str, str],
 ) -> str:
-    """Markdown: what the model is, what it was trained on, how well it does next to the baseline, its limits."""
+    """Markdown: what the model is, what it was trained on, how well it does next to the
+    baseline, its limits."""
     lines = [
         f"# {model_name} v{version}",
         "",
@@ -32,8 +34,8 @@ def render(
         "",
         "## Intended use",
         "",
-        "Classifying whole series (videos, image series, DICOM series, time stacks) of the kind it was trained "
-        "on, through `lstmpipe infer SOURCE --model models:/"
+        "Classifying whole series (videos, image series, DICOM series, time stacks) of the kind "
+        "it was trained on, through `lstmpipe infer SOURCE --model models:/"
         f"{model_name}/{version}`, which extracts features with this model's own recipe. "
         "The output is one probability per class for each series.",
         "",
@@ -48,7 +50,8 @@ def render(
         "| split | metric | LSTM | baseline |",
         "|---|---|---|---|",
         *[
-            f"| {split} | {key} | {_num(values.get(key))} | {_num(baseline.get(split, {}).get(key))} |"
+            f"| {split} | {key} | {_num(values.get(key))} "
+            f"| {_num(baseline.get(split, {}).get(key))} |"
             for split, values in metrics.items()
             for key in HEADLINE
             if key in values
@@ -59,11 +62,12 @@ def render(
         "",
         "## Limitations",
         "",
-        "- Scores hold for series like the training data: same sources, sampling and feature recipe. Inputs "
-        "made with another recipe are refused at inference, but a shift in content (cameras, scanners, "
-        "seasons, classes never seen) is not detected.",
+        "- Scores hold for series like the training data: same sources, sampling and feature "
+        "recipe. Inputs made with another recipe are refused at inference, but a shift in "
+        "content (cameras, scanners, seasons, classes never seen) is not detected.",
         "- It always answers with one of the classes above; there is no 'none of these'.",
-        f"- The test split holds {snapshot.get('n_test', '?')} series: small splits give wide error bars.",
+        f"- The test split holds {snapshot.get('n_test', '?')} series: small splits give wide "
+        "error bars.",
         "- Features come from a frozen backbone; what it cannot see, the LSTM cannot learn.",
         "",
         "## Network",

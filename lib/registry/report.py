@@ -11,6 +11,7 @@ import base64
 import html
 import json
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from lstmpipe.lib.atomic import write_text_atomic
+from lstmpipe.lib.registry.history import HistoryRow
 
 PLOTS = {
     "confusion_matrix.png": "Confusion matrix (test split)",
@@ -27,7 +29,8 @@ HEADLINE = ("accuracy", "macro_f1")
 
 
 def mlflow_run_of(record: dict[str, Any]) -> str | None:
-    """The MLflow run a lstmpipe run record (runs/<id>.json) trained or promoted, searched depth-first."""
+    """The MLflow run a lstmpipe run record (runs/<id>.json) trained or promoted, searched
+    depth-first."""
     if {"model", "version", "run_id"} <= record.keys():  # a train summary
         return str(record["run_id"])
     if record.get("challenger_run_id"):  # a promote summary
@@ -38,14 +41,15 @@ def mlflow_run_of(record: dict[str, Any]) -> str | None:
     return None
 
 
-def collect(client: MlflowClient, run_id: str, history: list[dict[str, Any]]) -> dict[str, Any]:
-    """Everything the page shows, as values: run, params, metrics.json, PNGs, versions with promotion tags."""
+def collect(client: MlflowClient, run_id: str, history: list[HistoryRow]) -> dict[str, Any]:
+    """Everything the page shows, as values: run, params, metrics.json, PNGs, versions with
+    promotion tags, the history rows about its version."""
     try:
         run = client.get_run(run_id)
     except MlflowException as exc:
         raise LookupError(
-            f"run {run_id}: not an MLflow run in this store ({exc.message}); pass a lstmpipe run id "
-            "from `lstmpipe status` or an MLflow run id"
+            f"run {run_id}: not an MLflow run in this store ({exc.message}); pass a lstmpipe "
+            "run id from `lstmpipe status` or an MLflow run id"
         ) from exc
     artifacts = {a.path for a in client.list_artifacts(run_id)}
     with tempfile.TemporaryDirectory() as tmp:
@@ -67,7 +71,7 @@ def collect(client: MlflowClient, run_id: str, history: list[dict[str, Any]]) ->
         "metrics": json.loads(files.pop("metrics.json")) if "metrics.json" in files else {},
         "plots": {name: base64.b64encode(data).decode("ascii") for name, data in files.items()},
         "versions": versions,
-        "history": [row for row in history if row.get("challenger_run_id") == run_id],
+        "history": [row.to_json() for row in history if row.challenger_run_id == run_id],
     }
 
 
@@ -113,7 +117,7 @@ def _num(value: Any) -> str:
     return f'<td class="n">{_e(value)}</td>' if isinstance(value, int) else f"<td>{_e(value)}</td>"
 
 
-def _table(header: list[str], rows: list[list[Any]]) -> str:
+def _table(header: list[str], rows: Sequence[Sequence[Any]]) -> str:
     head = "".join(f"<th>{_e(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(_num(v) for v in row) + "</tr>" for row in rows)
     return f"<table><tr>{head}</tr>{body}</table>"
@@ -198,8 +202,8 @@ def _promotion(r: dict[str, Any]) -> str:
             continue
         decision = tags.get("decision", "")
         out.append(
-            f'<p class="{_e(decision)}"><b>{_e(v["name"])} v{_e(v["version"])}: {_e(decision)}</b>: '
-            f"{_e(tags.get('reason'))}</p>"
+            f'<p class="{_e(decision)}"><b>{_e(v["name"])} v{_e(v["version"])}: '
+            f"{_e(decision)}</b>: {_e(tags.get('reason'))}</p>"
         )
         out.append(
             _table(
@@ -259,7 +263,8 @@ def write(report: dict[str, Any], path: Path) -> Path:
 
 
 def mlflow_run_id(runs_dir: Path, given: str) -> str:
-    """`given` as a lstmpipe run id (runs_dir/<id>.json names the MLflow run it trained or promoted), else as is."""
+    """`given` as a lstmpipe run id (runs_dir/<id>.json names the MLflow run it trained or
+    promoted), else as is."""
     record_file = Path(runs_dir) / f"{given}.json"
     if not record_file.is_file():
         return given
@@ -277,10 +282,11 @@ def build(
     client: MlflowClient,
     given: str,
     runs_dir: Path,
-    history: list[dict[str, Any]],
+    history: list[HistoryRow],
     reports_dir: Path,
 ) -> Path:
-    """Write the page of run `given` (lstmpipe or MLflow run id) as reports_dir/<training's lstmpipe run id>.html."""
+    """Write the page of run `given` (lstmpipe or MLflow run id) as
+    reports_dir/<training's lstmpipe run id>.html."""
     values = collect(client, mlflow_run_id(runs_dir, given), history)
     name = values["tags"].get("lstmpipe.run_id") or values["run_id"]  # one page per training run
     return write(values, Path(reports_dir) / f"{name}.html")

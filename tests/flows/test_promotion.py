@@ -1,13 +1,13 @@
-"""Promotion end to end under prefect_test_harness: trained versions, the gate, the history, rollback,
-two promotions at once, `promote --history` and `report` through the CLI.
+"""Promotion end to end under prefect_test_harness: trained versions, the gate, the history,
+rollback, two promotions at once, `promote --history` and `report` through the CLI.
 
-One generated sample (4 classes, 12 clips each) is extracted once; every version is trained on its
-cached features with the same seed, so every version has the same frozen evaluation set (its test split).
+One generated sample (4 classes, 12 clips each) is extracted once; every version is trained on
+its cached features with the same seed, so every version has the same frozen evaluation set (its
+test split).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import threading
 from pathlib import Path
@@ -23,9 +23,13 @@ from lstmpipe.flows.runtime import load_runtime
 from lstmpipe.flows.train import train
 from lstmpipe.lib.demo.video import SampleSpec, generate_archive
 from lstmpipe.lib.features.cache import FeatureCache
+from lstmpipe.lib.ops.results import TrainResult
 from lstmpipe.lib.registry import mlflow_store as registry
-from lstmpipe.lib.registry import promotion as gate
-from lstmpipe.lib.registry.promotion import lock_path, read_history
+from lstmpipe.lib.registry import promotion
+from lstmpipe.lib.registry.history import read_history
+from lstmpipe.lib.registry.locks import lock_path
+from lstmpipe.lib.registry.promotion import Candidates
+from lstmpipe.lib.registry.record import PromotionRecord
 
 pytestmark = pytest.mark.slow
 MODEL = "gated"
@@ -55,10 +59,10 @@ def tiny(home: Path, epochs: int) -> dict:
     }
 
 
-def train_version(sample: Path, home: Path, epochs: int, run_id: str) -> dict:
+def train_version(sample: Path, home: Path, epochs: int, run_id: str) -> TrainResult:
     return train(
         str(sample), MODEL, str(sample / "labels.csv"), overrides=tiny(home, epochs), run_id=run_id
-    )["train"]
+    ).train
 
 
 def test_weak_refused_strong_promoted_rollback_restores(
@@ -80,20 +84,19 @@ def test_weak_refused_strong_promoted_rollback_restores(
 
     # 1. No champion yet: the first version is promoted, whatever it scores.
     first = promote(MODEL, overrides=tiny(home, 1), run_id="p1")
-    assert first["promoted"] and first["champion_before"] is None, (
-        first and champion() == weak["version"]
-    )
+    assert first["promoted"] and first["champion_before"] is None, first
+    assert champion() == weak.version
 
     # 2. A stronger version beats it by more than chance on the same frozen evaluation set.
     strong = train_version(sample, home, epochs=40, run_id="t-strong")
-    trained_page = Path(report_of_run(rt, strong["run_id"]))  # what the train flow ends with
+    trained_page = Path(report_of_run(rt, strong.run_id))  # what the train flow ends with
     assert (
         trained_page == home / "reports" / "t-strong.html"
         and "not gated yet" in trained_page.read_text()
     )
     second = promote(MODEL, overrides=tiny(home, 1), run_id="p2")
     assert second["promoted"], second
-    assert second["champion_before"] == weak["version"] and champion() == strong["version"]
+    assert second["champion_before"] == weak.version and champion() == strong.version
     assert second["test"]["test"] == "bootstrap" and second["test"]["ci_low"] > 0
     assert second["scores"]["challenger"]["macro_f1"] > second["scores"]["champion"]["macro_f1"]
 
@@ -101,14 +104,14 @@ def test_weak_refused_strong_promoted_rollback_restores(
     weakened = train_version(sample, home, epochs=1, run_id="t-weakened")
     third = promote(MODEL, overrides=tiny(home, 1), run_id="p3")
     assert not third["promoted"] and third["reason"].startswith("refused: macro-F1 "), third
-    assert champion() == strong["version"]
-    recorded = tags(weakened["version"])
+    assert champion() == strong.version
+    recorded = tags(weakened.version)
     assert (
         recorded["promotion.decision"] == "rejected"
         and recorded["promotion.reason"] == third["reason"]
     )
     assert (
-        recorded["promotion.previous_champion"] == strong["version"]
+        recorded["promotion.previous_champion"] == strong.version
         and recorded["promotion.test"] == "bootstrap"
     )
     assert (
@@ -118,24 +121,22 @@ def test_weak_refused_strong_promoted_rollback_restores(
 
     # 4. Rollback restores the version the current champion replaced.
     rolled = rollback_flow(MODEL, overrides=tiny(home, 1), run_id="r1")
-    assert rolled == {"model": MODEL, "from": strong["version"], "to": weak["version"]}
-    assert champion() == weak["version"]
+    assert rolled == {"model": MODEL, "from": strong.version, "to": weak.version}
+    assert champion() == weak.version
 
     shown = render({"command": "promote", "run_id": "p3", "seconds": 1.0, **third})
-    assert f"v{weakened['version']} not promoted to @champion: refused: macro-F1" in shown
+    assert f"v{weakened.version} not promoted to @champion: refused: macro-F1" in shown
     assert f"report    {third['report']}" in shown and "history   " in shown
 
     # Every decision and the rollback are rows of the history, in order.
     rows = read_history(history_file(rt), MODEL)
-    assert [
-        (r["decision"], r["challenger_version"], r["champion_version"], r["run_id"]) for r in rows
-    ] == [
-        ("promoted", weak["version"], None, "p1"),
-        ("promoted", strong["version"], weak["version"], "p2"),
-        ("rejected", weakened["version"], strong["version"], "p3"),
-        ("rolled_back", weak["version"], strong["version"], "r1"),
+    assert [(r.decision, r.challenger_version, r.champion_version, r.run_id) for r in rows] == [
+        ("promoted", weak.version, None, "p1"),
+        ("promoted", strong.version, weak.version, "p2"),
+        ("rejected", weakened.version, strong.version, "p3"),
+        ("rolled_back", weak.version, strong.version, "r1"),
     ]
-    assert rows[2]["reason"] == third["reason"] and rows[2]["p_value"] is not None
+    assert rows[2].reason == third["reason"] and rows[2].p_value is not None
 
     # The CLI shows the history (no Prefect involved) ...
     monkeypatch.setenv("LSTMPIPE_HOME", str(home))
@@ -150,13 +151,14 @@ def test_weak_refused_strong_promoted_rollback_restores(
     assert main(["promote", "--history", MODEL]) == 0
     assert "rolled_back" in capsys.readouterr().out
 
-    # ... and the report of the weakened run, written by promote, shows its refusal; `report` rewrites it.
+    # ... and the report of the weakened run, written by promote, shows its refusal; `report`
+    # rewrites it.
     page = Path(third["report"])
     assert page == home / "reports" / "t-weakened.html"  # named by the training's lstmpipe run id
     text = page.read_text()
     assert "rejected" in text and "data:image/png;base64," in text and "LSTM macro-F1" in text
     page.unlink()
-    assert main(["report", weakened["run_id"], "--json"]) == 0  # an MLflow run id
+    assert main(["report", weakened.run_id, "--json"]) == 0  # an MLflow run id
     assert (
         json.loads(capsys.readouterr().out)["report"] == str(page)
         and "rejected" in page.read_text()
@@ -166,31 +168,29 @@ def test_weak_refused_strong_promoted_rollback_restores(
 def test_two_concurrent_promotions_leave_one_champion_and_two_decisions(
     harness, home: Path, sample: Path
 ) -> None:
-    """Two strong challengers at once against the weak champion: serialised, the second meets the first as
-    champion (identical predictions, and this gate refuses identical ones), so exactly one wins. Without
-    the lock both would read the weak champion, both pass, and both record a win."""
+    """Two strong challengers at once against the weak champion: serialised, the second meets the
+    first as champion (identical predictions, and this gate refuses identical ones), so exactly
+    one wins. Without the lock both would read the weak champion, both pass, and both record a
+    win."""
     rt = load_runtime(overrides=tiny(home, 1))
     client = registry.connect(rt.tracking_uri)
     a = train_version(sample, home, epochs=40, run_id="t-a")
     b = train_version(sample, home, epochs=40, run_id="t-b")
-    champion = registry.alias_version(
-        client, MODEL, "champion"
-    )  # the weak one, after the test above
+    # the weak one, after the test above
+    champion = registry.alias_version(client, MODEL, "champion")
     before = champion.version if champion else None
-    rules = dataclasses.replace(rt.config.promote, promote_identical=False)
-    plans = [gate.candidates(client, MODEL, v["version"], "champion") for v in (a, b)]
+    rules = rt.config.promote.model_copy(update={"promote_identical": False})
+    plans = [promotion.candidates(client, MODEL, v.version, "champion") for v in (a, b)]
     done_before = len(read_history(history_file(rt), MODEL))
-    results: dict[str, dict] = {}
+    results: dict[str, PromotionRecord] = {}
 
-    def run(plan: dict) -> None:
-        results[plan["challenger"]["version"]] = gate.promote(
+    def run(plan: Candidates) -> None:
+        results[plan.challenger.version] = promotion.promote(
             client,
             FeatureCache(Path(rt.cache_root)),
             plan,
-            rules.margin,
-            rules.alias,
-            lock_path(Path(rt.promote_lock).parent, MODEL),
             rules,
+            lock_path(Path(rt.promote_lock).parent, MODEL),
             history_file(rt),
             "concurrent",
         )
@@ -202,16 +202,15 @@ def test_two_concurrent_promotions_leave_one_champion_and_two_decisions(
         t.join()
 
     assert len(results) == 2
-    winners = [v for v, r in results.items() if r["promoted"]]
+    winners = [v for v, r in results.items() if r.decision.promote]
     assert len(winners) == 1, results
     (winner,) = winners
     (loser,) = set(results) - {winner}
     assert str(client.get_model_version_by_alias(MODEL, "champion").version) == winner
-    assert results[winner]["champion_before"] == before
-    assert (
-        results[loser]["champion_before"] == winner
-    )  # it waited for the lock and met the new champion
+    assert results[winner].champion_before == before
+    # it waited for the lock and met the new champion
+    assert results[loser].champion_before == winner
     rows = read_history(history_file(rt), MODEL)[done_before:]
-    assert sorted((r["challenger_version"], r["decision"]) for r in rows) == sorted(
+    assert sorted((r.challenger_version, r.decision) for r in rows) == sorted(
         [(winner, "promoted"), (loser, "rejected")]
     )

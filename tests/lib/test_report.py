@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import html.parser
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from lstmpipe.lib.registry import report
+from lstmpipe.lib.registry.history import Action, HistoryRow, Outcome
 from lstmpipe.lib.training.plots import confusion_matrix_png
 
 EVIL = "<script>alert(1)</script>"
@@ -75,15 +78,16 @@ class Tags(html.parser.HTMLParser):
 
 
 def test_render_escapes_labels_and_embeds_plots(tmp_path: Path) -> None:
-    png = confusion_matrix_png([[2, 0], [1, 1]], [EVIL, "b"], tmp_path / "cm.png").read_bytes()
+    png = confusion_matrix_png(
+        np.array([[2, 0], [1, 1]]), [EVIL, "b"], tmp_path / "cm.png"
+    ).read_bytes()
     page = report.render(values(png))
     assert EVIL not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     parsed = Tags()
     parsed.feed(page)
     assert "script" not in parsed.seen
-    assert parsed.images == [
-        "data:image/png;base64," + base64.b64encode(png).decode()
-    ]  # self-contained
+    # self-contained
+    assert parsed.images == ["data:image/png;base64," + base64.b64encode(png).decode()]
     assert "http://" not in page and "https://" not in page
     assert "0.3000" in page  # the macro-F1 the LSTM gains over the baseline on the test split
     assert "rejected" in page and "refused: recall drop" in page
@@ -114,38 +118,42 @@ def test_collect_reads_a_logged_run(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 
     from lstmpipe.lib.registry import mlflow_store as registry
 
+    # MLflow's process-wide state, put back after
     for module, name in (
         (tracking_globals, "_tracking_uri"),
         (registry_globals, "_registry_uri"),
         (fluent_globals, "_active_experiment_id"),
     ):
-        monkeypatch.setattr(
-            module, name, getattr(module, name)
-        )  # MLflow's process-wide state, put back after
+        monkeypatch.setattr(module, name, getattr(module, name))
     client = registry.connect(f"sqlite:///{tmp_path}/mlflow.db")
     experiment = registry.experiment_id(client, "report-test", (tmp_path / "art").as_uri())
     with mlflow.start_run(experiment_id=experiment) as run:
-        confusion_matrix_png([[1, 0], [0, 1]], ["a", EVIL], tmp_path / "confusion_matrix.png")
+        confusion_matrix_png(
+            np.array([[1, 0], [0, 1]]), ["a", EVIL], tmp_path / "confusion_matrix.png"
+        )
         (tmp_path / "metrics.json").write_text(
             '{"lstm": {"test": {"accuracy": 1.0, "macro_f1": 1.0}}}'
         )
         mlflow.log_artifact(str(tmp_path / "confusion_matrix.png"))
         mlflow.log_artifact(str(tmp_path / "metrics.json"))
         mlflow.log_param("p", EVIL)
+    ours = HistoryRow(
+        time="t",
+        model="m",
+        action=Action.PROMOTE,
+        decision=Outcome.PROMOTED,
+        challenger_run_id=run.info.run_id,
+        id=1,
+    )
     got = report.collect(
         client,
         run.info.run_id,
-        [
-            {"challenger_run_id": run.info.run_id, "decision": "promoted"},
-            {"challenger_run_id": "other"},
-        ],
+        [ours, dataclasses.replace(ours, challenger_run_id="other", id=2)],
     )
     assert got["metrics"]["lstm"]["test"]["macro_f1"] == 1.0 and set(got["plots"]) == {
         "confusion_matrix.png"
     }
-    assert got["params"] == {"p": EVIL} and got["history"] == [
-        {"challenger_run_id": run.info.run_id, "decision": "promoted"}
-    ]
+    assert got["params"] == {"p": EVIL} and got["history"] == [ours.to_json()]
     path = report.write(got, tmp_path / "reports" / "r.html")
     assert EVIL not in path.read_text()
     with pytest.raises(LookupError, match="run nope: not an MLflow run"):
