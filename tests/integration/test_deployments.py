@@ -84,6 +84,7 @@ def run_deployment(api: str, deployment: str, log: Path) -> dict:
         if answer.status_code in (200, 201):
             break
         time.sleep(3)
+    assert answer is not None
     assert answer.status_code in (200, 201), (
         f"create_flow_run: {answer.status_code} {answer.text[:1000]}"
     )

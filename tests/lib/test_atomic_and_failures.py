@@ -139,4 +139,3 @@ def test_no_failures_writes_nothing(tmp_path: Path) -> None:
     assert not (tmp_path / "failures").exists()
     empty = read_failures(tmp_path / "failures")
     assert empty.num_rows == 0 and empty.schema == SCHEMA
-
