@@ -30,8 +30,7 @@ CRASHES = ["none", "in-parquet-write", "after-rename"]
 
 
 class Crash(Exception):
-    """An injected crash: what a killed process or a failed disk leaves behind, minus the
-    process."""
+    """An injected crash: what a killed process or failed disk leaves behind, minus the process."""
 
 
 def series(content_hash: str, version: int) -> SeriesFeatures:

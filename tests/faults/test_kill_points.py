@@ -122,8 +122,7 @@ def run_timed(home: Path, prefect_api: str, command: list[str]) -> float:
 
 
 def kill_after(home: Path, prefect_api: str, command: list[str], delay: float) -> int | None:
-    """Start `command`, SIGKILL its process group after `delay` s; its exit code if it finished
-    first."""
+    """Run `command`, SIGKILL its process group after `delay` s; its exit code if it ended first."""
     process = spawn(home, prefect_api, command)
     try:
         process.wait(timeout=delay)

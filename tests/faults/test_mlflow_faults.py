@@ -77,8 +77,7 @@ class Fault:
 
 @dataclass
 class Proxy:
-    """HTTP pass-through to `upstream`, with one switchable fault; counts requests per (method,
-    path)."""
+    """HTTP proxy to `upstream` with one switchable fault; counts requests per (method, path)."""
 
     upstream: int
     port: int = field(default_factory=free_port)
@@ -134,8 +133,8 @@ class Proxy:
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def failing(self, method: str, path: str) -> str | None:
-        """Count the request; the fault's mode if it must fail ("refuse" stops listening until
-        healed)."""
+        """Count the request; the fault's mode if it must
+        fail ("refuse" stops listening until healed)."""
         with self.lock:
             self.hits[(method, path.split("?")[0])] += 1
             if self.fault is None or not self.fault.hit(method, path):
@@ -210,8 +209,7 @@ def env(mlflow_proxy: tuple[Proxy, str], monkeypatch: pytest.MonkeyPatch) -> Non
 
 
 def assert_registry_whole(direct: MlflowClient) -> list[str]:
-    """Every version is READY with its creation tags; the champion (if any) is one of them. The
-    versions."""
+    """The versions, each READY with its creation tags; the champion (if any) is one of them."""
     versions = direct.search_model_versions(f"name = '{MODEL}'")
     for version in versions:
         assert version.status == "READY" and registry.COMPLETE_TAG in version.tags, (

@@ -47,8 +47,7 @@ def indexed(cache_root: Path) -> int:
 
 
 def worker_pids() -> list[int]:
-    """The live FeatureWorker processes, from the GCS actor table (ray.util.state needs the
-    dashboard)."""
+    """Live FeatureWorker processes from the GCS actor table (ray.util.state needs a dashboard)."""
     # Ray's private state module: the one way to a pid without the dashboard
     table = ray_state.actors().values()
     return [

@@ -58,8 +58,7 @@ def deployment_id(api: str, name: str, serve: subprocess.Popen, log: Path) -> st
 
 
 def scheduled_runs(api: str, deployment: str) -> list[dict]:
-    """The runs the server's scheduler has created for the deployment's cron, waiting for their
-    time."""
+    """The runs the server's scheduler created for the deployment's cron, waiting for their time."""
     query = {
         "flow_runs": {
             "deployment_id": {"any_": [deployment]},
@@ -70,8 +69,8 @@ def scheduled_runs(api: str, deployment: str) -> list[dict]:
 
 
 def run_deployment(api: str, deployment: str, log: Path) -> dict:
-    """Create a flow run of the deployment, as the scheduler (or `prefect deployment run`) does, and
-    wait for it."""
+    """Create a flow run of the deployment, as the scheduler
+    (or `prefect deployment run`) does, and wait for it."""
     # The same idempotency key on every try: a busy server's error (seen once in CI) is retried,
     # never doubled.
     key, answer = uuid.uuid4().hex, None

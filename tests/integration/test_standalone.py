@@ -1,5 +1,4 @@
-"""The CLI with no servers configured: it boots Prefect's temporary API itself and stops it at the
-end."""
+"""The CLI with no servers configured boots Prefect's temporary API itself and stops it after."""
 
 from __future__ import annotations
 

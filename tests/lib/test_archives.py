@@ -1,5 +1,4 @@
-"""lib.archives on archives built from real clips: members decode in place, hostile members are
-refused."""
+"""lib.sources.archives on archives of real clips: members decode in place, hostile ones refused."""
 
 from __future__ import annotations
 

@@ -106,8 +106,7 @@ def test_missing_keys_are_absent_and_recipes_keep_entries_apart(cache: FeatureCa
 
 
 def test_rows_come_back_in_frame_order_whatever_the_file_order(cache: FeatureCache) -> None:
-    """Another tool may rewrite a part (compaction, a copy): readers sort by frame_index, not row
-    order."""
+    """Other tools may rewrite a part (compaction, a copy): readers sort by frame_index, not row."""
     item = series("a", 12, 0)
     target = cache.write(RID, [item, series("b", 4, 1)])
     table = pq.read_table(target)
@@ -127,8 +126,7 @@ def test_duplicate_keys_in_one_write_are_stored_once(cache: FeatureCache) -> Non
 
 
 def test_a_write_with_nothing_new_leaves_no_file(cache: FeatureCache) -> None:
-    """The losing writer of a race (or a retried shard): its file would only wait for compaction's
-    sweep."""
+    """The loser of a race (or a retried shard): its file would only wait for compaction's sweep."""
     kept = cache.write(RID, [series("a", 6, 0), series("b", 2, 2)])
     assert kept is not None
     assert cache.write(RID, [series("a", 6, 1), series("b", 2, 3)]) is None
@@ -497,8 +495,7 @@ def indexed_files(cache: FeatureCache) -> set[str]:
 
 
 def assert_stored_once(cache: FeatureCache) -> None:
-    """Files on disk are exactly the indexed ones, and they hold each entry's rows once, nothing
-    else."""
+    """Files on disk are exactly the indexed ones, holding each entry's rows once, nothing else."""
     assert {p.name for p in parts(cache)} == indexed_files(cache)
     assert sum(pq.read_metadata(p).num_rows for p in parts(cache)) == cache.stats()["frames"]
 
@@ -587,8 +584,7 @@ def test_a_crash_at_any_compaction_step_leaves_every_entry_readable(
 def test_leftovers_younger_than_the_grace_are_kept(
     cache: FeatureCache, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A file renamed by a writer whose index rows are not committed yet looks like an orphan: keep
-    it."""
+    """A file renamed by a writer whose index rows are not committed yet looks orphaned: keep it."""
     written = scattered(cache)
     with monkeypatch.context() as crash:
         fail_commits(crash)
@@ -673,8 +669,7 @@ def test_a_crash_mid_write_leaves_no_torn_entry(
 def test_a_write_whose_file_was_swept_as_an_orphan_indexes_nothing(
     cache: FeatureCache, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A writer stalled past the grace between rename and commit: it must fail, not index a missing
-    file."""
+    """A writer stalled past the grace between rename and commit fails, not indexing a lost file."""
     real = lib_cache.write_parquet_atomic
 
     def write_then_stall(table, target, **kwargs):
@@ -690,8 +685,7 @@ def test_a_write_whose_file_was_swept_as_an_orphan_indexes_nothing(
 def test_opening_a_current_index_takes_no_write_lock(
     cache: FeatureCache, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Many workers open the cache while one writes or compacts: opening must not wait for the
-    writer."""
+    """Workers open the cache while one writes or compacts: opening never waits for the writer."""
     cache.write(RID, [series("a", 3, 0)])
     monkeypatch.setattr(
         FeatureCache, "_connect", lambda self: sqlite3.connect(self.index_path, timeout=0.1)

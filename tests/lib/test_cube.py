@@ -1,5 +1,5 @@
-"""lib.kinds.cube through discovery and decoding: generated NetCDF files and Zarr stores with real
-CRS and dates."""
+"""lib.sources.kinds.cube through discovery and decoding: generated NetCDF files and Zarr stores
+with real CRS and dates."""
 
 from __future__ import annotations
 
@@ -38,8 +38,8 @@ LEVELS = {"2021-01-05": 0.1, "2021-02-10": 0.2, "2021-03-01": 0.3, "2021-04-20":
 
 
 def sample_cube() -> xr.Dataset:
-    """(time 4, y 20, x 30) red and nir reflectance on a UTM grid, a CF `crs` variable, NaN where
-    clouds were."""
+    """(time 4, y 20, x 30) red and nir reflectance on a UTM
+    grid, a CF `crs` variable, NaN where clouds were."""
     levels = np.array([LEVELS[d] for d in DATES], np.float32)[:, None, None]
     ramp = np.linspace(0.0, 0.05, 30, dtype=np.float32)[None, None, :]
     red = np.broadcast_to(levels + ramp, (4, 20, 30)).copy()
@@ -76,8 +76,7 @@ def write_zarr(ds: xr.Dataset, path: Path, zarr_format: int | None = None) -> No
 
 
 def files_under(root: Path) -> list[Path]:
-    """Every file under `root`, sorted; unlike discovery's walk, Zarr v2's hidden .zarray files
-    too."""
+    """Every file under `root`, sorted; unlike discovery's walk, Zarr v2's hidden .zarray too."""
     return sorted(p for p in root.rglob("*") if p.is_file())
 
 
@@ -88,8 +87,8 @@ def frames_of(ref: SeriesRef, tmp_path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 @pytest.fixture
 def root(tmp_path: Path) -> Path:
-    """The same cube as NetCDF and as Zarr (v3 and v2), a cube without time, a broken file, and a
-    video-free rest."""
+    """The same cube as NetCDF and as Zarr (v3 and v2), a cube
+    without time, a broken file, and a video-free rest."""
     root = tmp_path / "source"
     (root / "nc").mkdir(parents=True)
     sample_cube().to_netcdf(root / "nc" / "site.nc")

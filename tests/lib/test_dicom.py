@@ -60,8 +60,8 @@ def root(
     pydicom_data: Path,
     nib_data: Path,
 ) -> Path:
-    """A source root: the dicomdirtests tree, multi-frame files, nibabel's pair, and bad inputs
-    beside them."""
+    """A source root: the dicomdirtests tree, multi-frame
+    files, nibabel's pair, and bad inputs beside them."""
     root = tmp_path_factory.mktemp("dicom") / "source"
     shutil.copytree(pydicom_files / "dicomdirtests", root / "tree")
     (root / "multi").mkdir()
@@ -174,8 +174,7 @@ def test_dicomdir_tree_is_one_series_per_series_instance_uid(root: Path, found: 
 
 
 def test_a_series_mixing_views_is_refused_with_its_files_named(found: Found) -> None:
-    """A multi-plane localizer is three views in one series, not one sequence: a recorded
-    failure."""
+    """A multi-plane localizer is three views in one series, not a sequence: a recorded failure."""
     pilots = [f for f in found[1] if "98892003/MR2/" in f.series_id and "orientations" in f.reason]
     assert len(pilots) == 2
     assert all(
@@ -291,8 +290,8 @@ def test_content_hash_is_stable_and_follows_the_bytes(root: Path, tmp_path: Path
 
 
 def ct_copies(pydicom_files: Path, folder: Path, edits: list[dict[str, object]]) -> None:
-    """Files of one series made from CT_small, named 0.dcm, 1.dcm, ...; a None value deletes the
-    element."""
+    """Files of one series made from CT_small, named 0.dcm,
+    1.dcm, ...; a None value deletes the element."""
     folder.mkdir(parents=True)
     for index, edit in enumerate(edits):
         ds = pydicom.dcmread(pydicom_files / "CT_small.dcm")

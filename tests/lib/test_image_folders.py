@@ -1,5 +1,5 @@
-"""lib.kinds.images through discovery, decoding and extraction, on PNG/JPEG frames written with
-Pillow."""
+"""lib.sources.kinds.images through discovery, decoding and extraction, on PNG/JPEG frames written
+with Pillow."""
 
 from __future__ import annotations
 
@@ -29,8 +29,7 @@ def grey(path: Path, level: int, size: tuple[int, int] = (48, 40)) -> Path:
 
 @pytest.fixture
 def root(tmp_path: Path) -> Path:
-    """UCF-style class/clip/frames folders, plus folders that must not become series or must
-    fail."""
+    """UCF-style class/clip/frames folders, and folders that must not become series or must fail."""
     root = tmp_path / "source"
     walk = root / "walk" / "clip_a"
     walk.mkdir(parents=True)

@@ -1,5 +1,5 @@
-"""lib.kinds.nifti through discovery, decoding and extraction, on nibabel's real test files and
-generated ones."""
+"""lib.sources.kinds.nifti through discovery, decoding and extraction, on nibabel's real test files
+and generated ones."""
 
 from __future__ import annotations
 
@@ -35,8 +35,8 @@ def nib_data() -> Path:
 
 @pytest.fixture
 def root(nib_data: Path, tmp_path: Path) -> Path:
-    """Real 4-D and 3-D files in a labelled folder, plus a truncated gzip, a truncated .nii and a
-    fake one."""
+    """Real 4-D and 3-D files in a labelled folder, plus a
+    truncated gzip, a truncated .nii and a fake one."""
     root = tmp_path / "source"
     (root / "rest").mkdir(parents=True)
     for name in ("example4d.nii.gz", "functional.nii", "anatomical.nii"):
@@ -49,8 +49,7 @@ def root(nib_data: Path, tmp_path: Path) -> Path:
 
 
 def raw_header(path: Path) -> tuple[list[int], list[float], int]:
-    """dim, pixdim and the time-unit code of a NIfTI-1 file, read with struct: independent of
-    nibabel."""
+    """dim, pixdim and the time-unit code of a NIfTI-1 file, read with struct, not with nibabel."""
     opener = gzip.open if path.name.endswith(".gz") else open
     with opener(path, "rb") as stream:
         block = stream.read(348)

@@ -1,5 +1,5 @@
-"""lib.outputs on real files: the Landsat stack's footprint in GeoJSON, the DICOM tree's clinical
-CSV."""
+"""lib.inference.outputs on real files: the Landsat stack's footprint in GeoJSON, the DICOM tree's
+clinical CSV."""
 
 from __future__ import annotations
 
@@ -188,8 +188,7 @@ def test_footprint_edges_are_densified_before_reprojection() -> None:
 def test_outputs_skip_a_series_that_was_not_predicted(
     landsat: Path, dicom_tree: Path, tmp_path: Path
 ) -> None:
-    """Only the predicted series are described: a mixed source with the DICOM tree left
-    unpredicted."""
+    """Only the predicted series are described: a mixed source, its DICOM tree left unpredicted."""
     source = tmp_path / "source"
     shutil.copytree(landsat, source / "lsts")
     geo = discover(source).refs

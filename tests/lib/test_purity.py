@@ -1,5 +1,4 @@
-"""lib is pure: it never imports the orchestration (Prefect, Ray) or the layers above it (STYLE
-§2)."""
+"""lib is pure: it never imports the orchestration (Prefect, Ray) or the layers above (STYLE §2)."""
 
 from __future__ import annotations
 
@@ -25,8 +24,8 @@ print(json.dumps({"modules": names, "loaded": sorted(loaded)}))
 
 
 def test_import_linter_contracts_hold() -> None:
-    """The contracts in pyproject.toml: lib imports none of prefect, ray, tasks, flows; tasks never
-    flows."""
+    """The contracts in pyproject.toml: lib imports none of
+    prefect, ray, tasks, flows; tasks never flows."""
     lint = Path(sys.executable).with_name("lint-imports")
     done = subprocess.run(
         [str(lint), "--no-cache", "--no-logo"],
@@ -43,8 +42,8 @@ def test_import_linter_contracts_hold() -> None:
 # a fresh interpreter importing torch, torchvision and mlflow: 8 s on 2 idle cores
 @pytest.mark.slow
 def test_every_lib_module_imports_without_orchestration() -> None:
-    """Catches what a static check cannot: a dependency of lib that drags Prefect or Ray in at
-    import time."""
+    """Catches what a static check cannot: a dependency of
+    lib that drags Prefect or Ray in at import time."""
     done = subprocess.run(
         [sys.executable, "-c", IMPORT_ALL], cwd=REPO, capture_output=True, text=True, timeout=300
     )

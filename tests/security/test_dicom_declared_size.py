@@ -18,8 +18,7 @@ PIXEL_DATA = b"\xe0\x7f\x10\x00"  # tag (7FE0,0010), little endian
 
 
 def declared_length(source: Path, target: Path, length: int) -> Path:
-    """A copy of an explicit-VR little-endian DICOM whose pixel data element declares `length`
-    bytes."""
+    """A copy of an explicit-VR little-endian DICOM whose pixel data element declares `length` B."""
     data = bytearray(source.read_bytes())
     at = data.rfind(PIXEL_DATA)
     assert data[at + 4 : at + 6] in (b"OW", b"OB"), (

@@ -44,8 +44,8 @@ NOT_UTF8 = os.fsdecode(b"bad-\xff\xfe-utf8.mp4")
 
 @pytest.fixture()
 def hostile_source(tmp_path: Path, clip: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """The same real clip under every hostile name, in a folder whose own name is hostile, and in a
-    tar."""
+    """The same real clip under every hostile name, in a
+    folder whose own name is hostile, and in a tar."""
     monkeypatch.chdir(tmp_path)  # where a command injected into a shell would drop its marker
     source = tmp_path / "source"
     folder = source / f"$(touch {MARKER})"

@@ -127,8 +127,8 @@ def test_decoding_a_huge_declared_video_stays_small(tmp_path: Path) -> None:
 
 
 def timestamp_gap(path: Path) -> Path:
-    """2 real H.264 frames 1,000,000 s apart: 3 kB that an fps filter would expand into 4 million
-    frames."""
+    """2 real H.264 frames 1,000,000 s apart: 3 kB that an
+    fps filter would expand into 4 million frames."""
     subprocess.run(
         [
             ffmpeg_exe(),
@@ -170,8 +170,7 @@ def test_a_timestamp_gap_is_refused_before_decoding(
 
 
 def test_a_stream_without_duration_is_stopped_at_the_frame_limit(tmp_path: Path) -> None:
-    """When the container gives no duration to check first, decoding stops once the limit is
-    passed."""
+    """When the container gives no duration to check first, decoding stops once past the limit."""
     path = timestamp_gap(tmp_path / "gap.mkv")
     info = probe(str(path), path.name, timeout_s=20)
     unknown = VideoInfo(info.width, info.height, info.fps, None, info.codec)

@@ -85,8 +85,8 @@ def gzip_nifti(path: Path, shape: tuple[int, ...], data_bytes: int) -> Path:
 def test_a_nifti_gz_declaring_more_than_gzip_can_hold_is_refused_at_discovery(
     tmp_path: Path,
 ) -> None:
-    """A 60 kB .nii.gz declaring 512^3 x 400 int16 voxels (100 GiB): deflate inflates at most
-    1032-fold."""
+    """A 60 kB .nii.gz declaring 512^3 x 400 int16 voxels
+    (100 GiB): deflate inflates at most 1032-fold."""
     source = tmp_path / "source"
     source.mkdir()
     gzip_nifti(source / "bomb.nii.gz", (512, 512, 512, 400), 64 << 20)

@@ -50,8 +50,7 @@ class Payload:
 
 
 def trojan(path: Path, marker: Path, legacy: bool) -> Path:
-    """A state_dict-looking file with the payload inside: torch's zip format, or a bare pickle
-    stream."""
+    """A state_dict-looking file with the payload inside: torch's zip format or a bare pickle."""
     state = {"conv1.weight": torch.zeros(64, 3, 7, 7), "fc.bias": Payload(marker)}
     if legacy:
         path.write_bytes(pickle.dumps(state, protocol=2))  # torch's own protocol: no warning
@@ -77,8 +76,7 @@ def test_backbone_weights_with_a_payload_are_refused_unrun(tmp_path: Path, legac
 
 
 def test_a_registered_models_weights_with_a_payload_never_run(tmp_path: Path) -> None:
-    """Inference loads a model bundle from the registry: its weights.pt goes through weights_only
-    too."""
+    """Inference loads a bundle from the registry: its weights.pt goes through weights_only too."""
     spec = ModelSpec(kind="lstm", input_dim=4, num_classes=2, hidden_size=8)
     bundle = ModelBundle(spec, spec.build(), ["a", "b"], RECIPE)
     directory = bundle.save(tmp_path / "bundle")
@@ -90,8 +88,8 @@ def test_a_registered_models_weights_with_a_payload_never_run(tmp_path: Path) ->
 
 
 def test_a_trojan_is_refused_before_any_backbone_is_built(tmp_path: Path) -> None:
-    """resolve_weights only hashes the file; the refusal comes from the one torch.load,
-    weights_only=True."""
+    """resolve_weights only hashes the file; the refusal
+    comes from the one torch.load, weights_only=True."""
     marker = tmp_path / "payload-ran"
     path = trojan(tmp_path / "w.pth", marker, legacy=True)
     weights = resolve_weights(BackboneConfig(weights=str(path)), tmp_path)
@@ -102,8 +100,8 @@ def test_a_trojan_is_refused_before_any_backbone_is_built(tmp_path: Path) -> Non
 
 
 def lying_sizes(path: Path) -> Path:
-    """A real 4-float state_dict whose pickle declares the tensor (and its storage) as 2^31 - 1
-    floats: 8 GiB."""
+    """A real 4-float state_dict whose pickle declares the
+    tensor (and its storage) as 2^31 - 1 floats: 8 GiB."""
     small = path.with_suffix(".small")
     torch.save({"conv1.weight": torch.zeros(4)}, small)
     with zipfile.ZipFile(small) as source:
