@@ -39,7 +39,7 @@ class Predictor:
         )
 
     def per_frame(self, refs: list[SeriesRef]) -> pa.Table:
-        """One row per frame of the series of `refs` that have features (lib.predictions.frames_table)."""
+        """One row per frame of the series of `refs` that have features (see frames_table)."""
         ready, features = self._cached(refs)
         return frames_table(
             ready,

@@ -1,19 +1,24 @@
 """Everything that talks to MLflow: logging a training run, registering, aliases, loading.
 
-The model is logged as a pyfunc that rebuilds the network from its ModelBundle
-files (config + state_dict, weights_only=True): any sequence length loads, unlike
-an exported graph that bakes in the example's shapes.
+The model is logged as a pyfunc (pyfunc_entry.py) that rebuilds the network from its bundle
+files (spec + state_dict, weights_only=True): any sequence length loads, unlike an exported
+graph that bakes in the example's shapes. Each version carries the lstmpipe code that entry
+imports and pins torch, numpy and mlflow, so it loads where lstmpipe is not installed.
 """
 
 from __future__ import annotations
 
+import ast
 import csv
 import datetime as dt
 import hashlib
+import importlib.metadata
+import importlib.util
 import json
 import logging
 import os
 import re
+import shutil
 import subprocess
 import tempfile
 from collections.abc import Iterator, Mapping
@@ -24,13 +29,12 @@ from typing import Any
 
 import mlflow
 import numpy as np
-import torch
+from mlflow.artifacts import download_artifacts
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.models.signature import ModelSignature
 from mlflow.tracking import MlflowClient
 from mlflow.types.schema import Schema, TensorSpec
-from mlflow.types.type_hints import TypeFromExample
 
 from lstmpipe.lib.features.recipe import FeatureRecipe
 from lstmpipe.lib.registry import modelcard
@@ -50,21 +54,6 @@ class ModelRef:
     name: str
     version: str
     run_id: str
-
-
-class SequenceModel(mlflow.pyfunc.PythonModel):
-    """pyfunc wrapper: {"features": (B, T, F) float32, "lengths": (B,) int64} -> (B, C) probabilities."""
-
-    def load_context(self, context: Any) -> None:
-        self.bundle = ModelBundle.load(Path(context.artifacts["bundle"]))
-
-    # TypeFromExample: the input's type is the logged example's (a dict of arrays), which
-    # MLflow's list-only type hints cannot spell; the explicit signature validates it.
-    def predict(
-        self, context: Any, model_input: TypeFromExample, params: dict | None = None
-    ) -> np.ndarray:
-        features, lengths = model_input["features"], model_input["lengths"]
-        return self.bundle.predict([f[:n] for f, n in zip(features, lengths, strict=False)]).astype(np.float32)
 
 
 _EXPORTED = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
@@ -88,7 +77,7 @@ def connect(tracking_uri: str) -> MlflowClient:
 
 
 def experiment_id(client: MlflowClient, name: str, artifact_root: str | None) -> str:
-    """The experiment's id, created with artifacts under `artifact_root` when given (local stores)."""
+    """The experiment's id, created with artifacts under `artifact_root` if given (local stores)."""
     found = client.get_experiment_by_name(name)
     if found is not None:
         return found.experiment_id
@@ -96,15 +85,24 @@ def experiment_id(client: MlflowClient, name: str, artifact_root: str | None) ->
         folder = re.sub(r"[^\w.-]", "_", name)
         location = f"{artifact_root.rstrip('/')}/{folder}" if artifact_root else None
         return client.create_experiment(name, artifact_location=location)
-    except MlflowException:  # created meanwhile by a concurrent run
-        return client.get_experiment_by_name(name).experiment_id
+    except MlflowException:
+        created = client.get_experiment_by_name(name)  # meanwhile, by a concurrent run
+        if created is None:
+            raise
+        return created.experiment_id
+
+
+_ENTRY = Path(__file__).with_name("pyfunc_entry.py")
+# What a version needs installed: the distributions the entry and its lstmpipe code import.
+REQUIREMENTS = ("torch", "numpy", "mlflow")
 
 
 def log_model(bundle: ModelBundle, model_name: str, tags: dict[str, Any] | None = None) -> ModelRef:
-    """Log `bundle` as a pyfunc in the active run, then register it as a new version of `model_name`.
+    """Log `bundle` as a pyfunc in the active run, then register it as a version of `model_name`.
 
-    The version is created with its `tags` in one registry call (one transaction on the server), after
-    every file of the model is stored: a failure or a kill at any point leaves no version, or a complete one.
+    The version is created with its `tags` in one registry call (one transaction on the server),
+    after every file of the model is stored: a failure or a kill at any point leaves no version,
+    or a complete one.
     """
     dim = bundle.spec.input_dim
     signature = ModelSignature(
@@ -122,27 +120,89 @@ def log_model(bundle: ModelBundle, model_name: str, tags: dict[str, Any] | None 
     with tempfile.TemporaryDirectory() as tmp, _without_dict_example_warning():
         info = mlflow.pyfunc.log_model(
             name="model",
-            python_model=str(Path(__file__).with_name("pyfunc_entry.py")),
+            python_model=str(_ENTRY),
             artifacts={"bundle": str(bundle.save(Path(tmp) / "bundle"))},
+            code_paths=[str(portable_code(Path(tmp) / "code"))],
             signature=signature,
             input_example=example,
             # Listed, not inferred: inference re-imports the model and takes seconds.
-            pip_requirements=[
-                f"torch=={torch.__version__.split('+')[0]}",
-                f"mlflow=={mlflow.__version__}",
-                "lstmpipe",
-            ],
+            pip_requirements=[_pinned(name) for name in REQUIREMENTS],
         )
     version = mlflow.register_model(
         info.model_uri, model_name, tags={k: _text(v) for k, v in (tags or {}).items()}
     )
-    return ModelRef(model_name, str(version.version), mlflow.active_run().info.run_id)
+    return ModelRef(model_name, str(version.version), str(info.run_id))
+
+
+def portable_code(root: Path) -> Path:
+    """A `lstmpipe` folder under `root` with the modules pyfunc_entry.py imports from lstmpipe,
+    transitively, and their packages' __init__.py: the code a version carries.
+
+    Built, not pointed at: the installed package maps lstmpipe.lib to lib/, so no folder named
+    lstmpipe exists to log. Without an __init__.py, lstmpipe stays a namespace package, as
+    installed; where lstmpipe is installed and already imported, its modules take precedence.
+    """
+    for name in _lstmpipe_closure(_ENTRY):
+        spec = importlib.util.find_spec(name)
+        assert spec is not None and spec.origin is not None, name  # found by the closure
+        parts = name.split(".")
+        if spec.submodule_search_locations is not None:  # a package: its __init__.py
+            target = root.joinpath(*parts, "__init__.py")
+        else:
+            target = root.joinpath(*parts[:-1], f"{parts[-1]}.py")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(spec.origin, target)
+    return root / "lstmpipe"
+
+
+def _lstmpipe_closure(entry: Path) -> list[str]:
+    """The lstmpipe modules `entry` imports, directly or through each other, with their parent
+    packages (but not the namespace lstmpipe itself, which has no file)."""
+    found: set[str] = set()
+    todo = _lstmpipe_imports(entry)
+    while todo:
+        name = todo.pop()
+        if name in found or name == "lstmpipe":
+            continue
+        spec = importlib.util.find_spec(name)
+        if spec is None or spec.origin is None:
+            raise ImportError(f"{entry.name} imports {name}, which has no source file to log")
+        found.add(name)
+        todo |= _lstmpipe_imports(Path(spec.origin)) | {name.rpartition(".")[0]}
+    return sorted(found)
+
+
+def _lstmpipe_imports(path: Path) -> set[str]:
+    """Absolute imports of lstmpipe modules in one source file (lstmpipe uses no relative ones)."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names |= {a.name for a in node.names if a.name.startswith("lstmpipe.")}
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("lstmpipe."):
+            module = str(node.module)
+            names.add(module)
+            # `from package import submodule` imports that submodule too
+            spec = importlib.util.find_spec(module)
+            if spec is not None and spec.submodule_search_locations is not None:
+                names |= {
+                    f"{module}.{a.name}"
+                    for a in node.names
+                    if importlib.util.find_spec(f"{module}.{a.name}") is not None
+                }
+    return names
+
+
+def _pinned(distribution: str) -> str:
+    """`name==version` of the installed distribution, without a local tag (torch's "+cu130"):
+    a pin any index can satisfy."""
+    return f"{distribution}=={importlib.metadata.version(distribution).split('+')[0]}"
 
 
 class _DictExampleWarning(logging.Filter):
-    """Drops MLflow 3.17's "Input example must be one of pandas.DataFrame, pandas.Series or list when
-    using TypeFromExample" record: that check knows only list-like examples, while the explicit tensor
-    signature (which validates every call) is built for exactly this dict of arrays."""
+    """Drops MLflow 3.17's "Input example must be one of pandas.DataFrame, pandas.Series or list
+    when using TypeFromExample" record: that check knows only list-like examples, while the
+    explicit tensor signature (which validates every call) is built for exactly this dict of
+    arrays."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         return "when using TypeFromExample" not in record.getMessage()
@@ -179,14 +239,14 @@ def resolve(client: MlflowClient, uri: str) -> ModelRef:
         if not _not_found(exc):
             raise  # the server failed to answer (transient): not a verdict on the model
         raise LookupError(f"model {uri}: not in the registry ({exc.message})") from exc
-    return ModelRef(name, str(version.version), version.run_id)
+    return ModelRef(name, str(version.version), version.run_id or "")
 
 
 def alias_version(client: MlflowClient, name: str, alias: str) -> ModelRef | None:
     """The version `alias` points at, or None when the alias (or the model) does not exist.
 
-    Only the registry's "not found" means None: a server that fails to answer (5xx, unreachable) raises,
-    or promotion would take an existing champion for none and promote without the gate.
+    Only the registry's "not found" means None: a server that fails to answer (5xx, unreachable)
+    raises, or promotion would take an existing champion for none and promote without the gate.
     """
     try:
         version = client.get_model_version_by_alias(name, alias)
@@ -194,21 +254,22 @@ def alias_version(client: MlflowClient, name: str, alias: str) -> ModelRef | Non
         if _not_found(exc):
             return None
         raise
-    return ModelRef(name, str(version.version), version.run_id)
+    return ModelRef(name, str(version.version), version.run_id or "")
 
 
 def _not_found(exc: MlflowException) -> bool:
-    """The registry's answer "no such model, version or alias" (an unknown alias is INVALID_PARAMETER_VALUE)."""
+    """The registry's answer "no such model, version or alias" (an unknown alias is
+    INVALID_PARAMETER_VALUE)."""
     return exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
 
 
-# Written with the version in the one call that creates it (log_model): a version without it was not
-# registered by lstmpipe's log_training, or by an older lstmpipe that crashed between creating and tagging.
+# Written with the version in the one call that creates it (log_model): a version without it was
+# registered by something other than lstmpipe's log_training.
 COMPLETE_TAG = "recipe_id"
 
 
 def check_complete(client: MlflowClient, ref: ModelRef) -> None:
-    """Raise LookupError naming the version unless it is READY and carries the tags it was created with."""
+    """Raise LookupError naming the version unless it is READY and carries its creation tags."""
     version = client.get_model_version(ref.name, ref.version)
     if version.status != "READY" or COMPLETE_TAG not in version.tags:
         raise LookupError(
@@ -225,11 +286,11 @@ def version_tags(client: MlflowClient, ref: ModelRef) -> dict[str, str]:
 def load_bundle(ref: ModelRef) -> ModelBundle:
     """Load through the pyfunc flavour, exactly as a consumer of the registry would."""
     model = mlflow.pyfunc.load_model(f"models:/{ref.name}/{ref.version}")
-    return model.unwrap_python_model().bundle
+    return ModelBundle.from_stored(model.unwrap_python_model().stored)
 
 
 def recipe_of(ref: ModelRef) -> FeatureRecipe:
-    """The feature recipe a version was trained with, from its run's artifacts: no model is loaded."""
+    """The feature recipe a version was trained with, from its run's artifacts (loads no model)."""
     return FeatureRecipe.from_dict(load_run_json(ref.run_id, "recipe.json"))
 
 
@@ -239,9 +300,7 @@ def load_run_json(run_id: str, artifact: str) -> Any:
 
 def load_run_text(run_id: str, artifact: str) -> str:
     with tempfile.TemporaryDirectory() as tmp:
-        path = mlflow.artifacts.download_artifacts(
-            run_id=run_id, artifact_path=artifact, dst_path=tmp
-        )
+        path = download_artifacts(run_id=run_id, artifact_path=artifact, dst_path=tmp)
         return Path(path).read_text()
 
 
@@ -260,7 +319,8 @@ def log_training(
     parent_run_id: str | None = None,
     content_hashes: Mapping[str, str] | None = None,
 ) -> ModelRef:
-    """One MLflow run: params, per-epoch curves, final metrics of LSTM and baseline, plots, reports, model.
+    """One MLflow run: params, per-epoch curves, final metrics of LSTM and baseline, plots,
+    reports, model.
 
     `parent_run_id` nests the run under another (a search's); `content_hashes` (series id -> content
     hash) makes the dataset hash cover the bytes of every series, not only their ids.
@@ -356,7 +416,8 @@ def data_snapshot(
 def dataset_hash(
     splits: dict[str, list[str]], recipe_id: str, content_hashes: Mapping[str, str] | None
 ) -> str:
-    """blake2b of (split, series id, content hash) rows and the recipe: same hash = same features, same splits."""
+    """blake2b of (split, series id, content hash) rows and the recipe: same hash = same
+    features, same splits."""
     rows = sorted(
         (split, sid, (content_hashes or {}).get(sid, ""))
         for split, ids in splits.items()
@@ -367,7 +428,8 @@ def dataset_hash(
 
 
 def source_commit() -> str:
-    """The git commit lstmpipe's own source tree is at, with "-dirty" for local changes; "unknown" outside git."""
+    """The git commit lstmpipe's own source tree is at, with "-dirty" for local changes;
+    "unknown" outside git."""
     here = Path(__file__).resolve().parent
     try:
         head = subprocess.run(
@@ -384,15 +446,13 @@ def source_commit() -> str:
             timeout=10,
             check=True,
         ).stdout.strip()
-    except (
-        OSError,
-        subprocess.SubprocessError,
-    ):  # no git, not a checkout (an installed wheel), or a hung git
+    # no git, not a checkout (an installed wheel), or a hung git
+    except (OSError, subprocess.SubprocessError):
         return "unknown"
     return f"{head}-dirty" if dirty else head
 
 
-# -- hyperparameter search: one parent run, one child run per trial ---------------------------------
+# -- hyperparameter search: one parent run, one child run per trial -------------------------------
 
 
 def start_search(
@@ -456,7 +516,8 @@ def end_search(
     ref: ModelRef | None,
     failed: bool,
 ) -> None:
-    """The search's summary on its parent run: the trial table, the best trial, the version it registered."""
+    """The search's summary on its parent run: the trial table, the best trial, the version it
+    registered."""
     counts = {
         status: sum(t.status == status for t in trials)
         for status in ("completed", "stopped", "error")
@@ -496,7 +557,8 @@ def _write_csv(path: Path, columns: list[str], rows: list[dict[str, Any]]) -> No
 
 
 def _flat(prefix: str, metrics: dict[str, dict[str, Any]]) -> dict[str, float]:
-    """{"test": {"accuracy": .9, "recall/grow": 1.0}} -> {"test_accuracy": .9, "test_recall_grow": 1.0}."""
+    """{"test": {"accuracy": .9, "recall/grow": 1.0}} -> {"test_accuracy": .9,
+    "test_recall_grow": 1.0}."""
     return {
         f"{prefix}{split}_{key.replace('/', '_')}": float(value)
         for split, values in metrics.items()

@@ -1,4 +1,4 @@
-"""lib.bundle, lib.registry, lib.promote, lib.infer and lib.predictions against a real MLflow store.
+"""The bundle, the MLflow store, promotion, the predictor and predictions against a real store.
 
 The store is SQLite plus a file artifact root under tmp_path; the model is an LSTM
 trained on the generated sample's real features (tiny config), so every round trip
@@ -25,12 +25,13 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from lstmpipe.lib.config import Config
+from lstmpipe.lib.config import Config, PromoteConfig
 from lstmpipe.lib.features.backbone import Backbone
 from lstmpipe.lib.features.cache import FeatureCache
 from lstmpipe.lib.features.recipe import FeatureRecipe
 from lstmpipe.lib.inference.predictions import predictions_table, write_predictions
 from lstmpipe.lib.inference.predictor import Predictor
+from lstmpipe.lib.registry import gate
 from lstmpipe.lib.registry import mlflow_store as registry
 from lstmpipe.lib.registry import promotion as promote
 from lstmpipe.lib.registry.mlflow_store import ModelRef
@@ -53,7 +54,7 @@ class Store:
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
-    """A fresh SQLite tracking + registry store; MLflow's process-wide state is put back afterwards."""
+    """A fresh SQLite tracking + registry store; MLflow's process-wide state is put back after."""
     root = tmp_path_factory.mktemp("mlflow")
     with pytest.MonkeyPatch.context() as mp:
         for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_EXPERIMENT_ID"):
@@ -101,7 +102,8 @@ def eval_refs(outcome: Outcome) -> list[SeriesRef]:
 
 
 def zeroed(bundle: ModelBundle) -> ModelBundle:
-    """The same network with every weight zeroed: equal logits, so it predicts the first class for everything."""
+    """The same network with every weight zeroed: equal logits, so it predicts the first class
+    for everything."""
     module = bundle.spec.build()
     with torch.no_grad():
         for parameter in module.parameters():
@@ -145,7 +147,7 @@ def test_bundle_files_round_trip(outcome: Outcome, tmp_path: Path) -> None:
     )
 
 
-# -- registry ---------------------------------------------------------------------------------------
+# -- registry --------------------------------------------------------------------------------------
 
 
 def test_log_training_registers_a_version_with_its_tags(
@@ -187,7 +189,7 @@ def test_log_training_registers_a_version_with_its_tags(
 def test_registry_bundle_predicts_like_the_in_memory_model(
     registered: ModelRef, outcome: Outcome
 ) -> None:
-    """Loaded through pyfunc (models from code); lengths other than the logged example's 3 frames."""
+    """Loaded through pyfunc (models from code); lengths other than the logged example's 3."""
     loaded = registry.load_bundle(registered)
     assert (
         loaded is not outcome.bundle
@@ -212,15 +214,47 @@ def test_pyfunc_model_takes_padded_features_and_lengths(
 ) -> None:
     model = mlflow.pyfunc.load_model(f"models:/{registered.name}/{registered.version}")
     features = sequences([5, 11])
-    padded = np.full(
-        (2, 11, 512), 1e3, np.float32
-    )  # padding holds garbage: lengths must cut it off
+    # padding holds garbage: lengths must cut it off
+    padded = np.full((2, 11, 512), 1e3, np.float32)
     for row, f in enumerate(features):
         padded[row, : len(f)] = f
     probabilities = model.predict({"features": padded, "lengths": np.array([5, 11], np.int64)})
     assert probabilities.shape == (2, 4) and probabilities.dtype == np.float32
     np.testing.assert_allclose(probabilities, outcome.bundle.predict(features), atol=1e-5)
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
+
+    empty = {"features": np.zeros((0, 4, 512), np.float32), "lengths": np.zeros(0, np.int64)}
+    assert model.predict(empty).shape == (0, 4)
+    with pytest.raises(ValueError, match=r"lengths \[5, 12\]"):
+        model.predict({"features": padded, "lengths": np.array([5, 12], np.int64)})
+
+
+def test_a_version_carries_its_code_and_pins_installable_requirements(
+    registered: ModelRef, tmp_path: Path
+) -> None:
+    """What lets it load where lstmpipe is not installed (the load itself:
+    tests/integration/test_model_portable.py)."""
+    local = Path(
+        mlflow.artifacts.download_artifacts(
+            f"models:/{registered.name}/{registered.version}", dst_path=str(tmp_path)
+        )
+    )
+    requirements = (local / "requirements.txt").read_text().split()
+    assert sorted(r.split("==")[0] for r in requirements) == ["mlflow", "numpy", "torch"]
+    assert all(r.count("==") == 1 and "+" not in r for r in requirements), requirements
+    code = local / "code"
+    carried = sorted(str(f.relative_to(code)) for f in code.rglob("*.py"))
+    assert carried == [
+        "lstmpipe/lib/__init__.py",
+        "lstmpipe/lib/errors.py",
+        "lstmpipe/lib/state_files.py",
+        "lstmpipe/lib/training/__init__.py",
+        "lstmpipe/lib/training/bundle_files.py",
+        "lstmpipe/lib/training/model.py",
+    ]
+    lib = Path(registry.__file__).parents[1]
+    for name in carried:
+        assert (code / name).read_bytes() == (lib / name.removeprefix("lstmpipe/lib/")).read_bytes()
 
 
 def test_run_logs_data_snapshot_reports_model_card_and_provenance_tags(
@@ -328,32 +362,33 @@ def test_resolve_pins_aliases_and_versions(store: Store, registered: ModelRef) -
         registry.resolve(store.client, "models:/seq/1/extra")
 
 
-# -- promotion --------------------------------------------------------------------------------------
+# -- promotion -------------------------------------------------------------------------------------
 
 
 def test_decide_gate() -> None:
-    assert promote.decide(
+    assert gate.decide(
         {"macro_f1": 0.1}, None, margin=0.5
     ).promote  # no champion: anything goes first
-    assert promote.decide(
+    assert gate.decide(
         {"macro_f1": 0.75}, {"macro_f1": 0.5}, margin=0.25
     ).promote  # exactly the margin
-    assert not promote.decide({"macro_f1": 0.74}, {"macro_f1": 0.5}, margin=0.25).promote
-    assert promote.decide(
+    assert not gate.decide({"macro_f1": 0.74}, {"macro_f1": 0.5}, margin=0.25).promote
+    assert gate.decide(
         {"macro_f1": 0.5}, {"macro_f1": 0.5}, margin=0.0
     ).promote  # a tie passes a zero margin
-    assert not promote.decide({"macro_f1": 0.5}, {"macro_f1": 0.5}, margin=0.01).promote
-    rejected = promote.decide({"macro_f1": 0.4}, {"macro_f1": 0.6}, margin=0.0)
+    assert not gate.decide({"macro_f1": 0.5}, {"macro_f1": 0.5}, margin=0.01).promote
+    rejected = gate.decide({"macro_f1": 0.4}, {"macro_f1": 0.6}, margin=0.0)
     assert rejected.reason == "challenger macro-F1 0.400 < champion 0.600 + margin 0.000"
 
 
 def test_promote_reject_promote_rollback(
     store: Store, registered: ModelRef, outcome: Outcome, sample_cache: FeatureCache, tmp_path: Path
 ) -> None:
-    """On `seq`: its version 1 (the trained model), then a worse version 2, then version 3 equal to 1."""
+    """On `seq`: its version 1 (the trained model), then a worse version 2, then version 3 equal
+    to 1."""
     client, lock, name = store.client, tmp_path / "promote.lock", registered.name
 
-    def latest_plan() -> dict:
+    def latest_plan() -> promote.Candidates:
         return promote.candidates(client, name, None, "champion")
 
     def champion() -> str | None:
@@ -374,14 +409,10 @@ def test_promote_reject_promote_rollback(
     v1 = registered
     assert champion() is None
     plan = latest_plan()
-    assert plan["challenger"]["version"] == v1.version and plan["champion"] is None
-    assert (
-        plan["eval_set"] == outcome.eval_set
-        and plan["recipes"]["challenger"] == outcome.bundle.recipe.to_dict()
-    )
-    first = promote.promote(
-        client, sample_cache, plan, margin=0.0, alias="champion", lock_file=lock
-    )
+    assert plan.challenger == v1 and plan.champion is None
+    assert [ref.to_dict() for ref in plan.eval_set] == outcome.eval_set
+    assert plan.recipes["challenger"] == outcome.bundle.recipe
+    first = promote.promote(client, sample_cache, plan, PromoteConfig(), lock).to_json()
     assert (first["promoted"], first["champion_before"], first["eval_series"]) == (True, None, 4)
     assert champion() == v1.version
     assert (
@@ -394,15 +425,14 @@ def test_promote_reject_promote_rollback(
         and "no champion" in tags(v1.version)["promotion.reason"]
     )
 
-    # 2. A worse version is scored on the same frozen evaluation set and rejected; the champion stays.
+    # 2. A worse version is scored on the same frozen evaluation set and rejected; the champion
+    # stays.
     v2 = registry.log_training(
         client, dataclasses.replace(outcome, bundle=bad_bundle), name, {}, store.artifact_root, {}
     )
     plan = latest_plan()
-    assert plan["challenger"]["version"] == v2.version and plan["champion"]["version"] == v1.version
-    second = promote.promote(
-        client, sample_cache, plan, margin=0.0, alias="champion", lock_file=lock
-    )
+    assert plan.challenger == v2 and plan.champion == v1
+    second = promote.promote(client, sample_cache, plan, PromoteConfig(), lock).to_json()
     assert not second["promoted"] and second["champion_before"] == v1.version
     assert second["scores"]["challenger"]["macro_f1"] == round(bad, 4)
     assert second["scores"]["champion"]["macro_f1"] == round(good, 4)
@@ -416,21 +446,17 @@ def test_promote_reject_promote_rollback(
 
     # 3. An equally good version passes a zero margin, and remembers whom it replaced.
     v3 = registry.log_training(client, outcome, name, {}, store.artifact_root, {})
-    third = promote.promote(
-        client, sample_cache, latest_plan(), margin=0.0, alias="champion", lock_file=lock
-    )
+    third = promote.promote(client, sample_cache, latest_plan(), PromoteConfig(), lock).to_json()
     assert third["promoted"] and champion() == v3.version
     assert tags(v3.version)["promotion.previous_champion"] == v1.version
-    again = promote.promote(
-        client, sample_cache, latest_plan(), margin=0.0, alias="champion", lock_file=lock
-    )
+    again = promote.promote(client, sample_cache, latest_plan(), PromoteConfig(), lock).to_json()
     assert again["promoted"] and "already @champion" in again["reason"] and champion() == v3.version
     assert (
         tags(v3.version)["promotion.previous_champion"] == v1.version
     )  # a re-run keeps what rollback needs
 
     # 4. Rollback puts the previous champion back, once.
-    assert promote.rollback(client, name, "champion", lock) == {
+    assert promote.rollback(client, name, "champion", lock).to_json() == {
         "model": name,
         "from": v3.version,
         "to": v1.version,
@@ -454,7 +480,7 @@ def test_scoring_needs_every_evaluation_series_cached(outcome: Outcome, tmp_path
         score(outcome.bundle, FeatureCache(tmp_path / "empty"), eval_refs(outcome))
 
 
-# -- inference --------------------------------------------------------------------------------------
+# -- inference -------------------------------------------------------------------------------------
 
 PREDICTION_COLUMNS = [
     "series_id",
