@@ -1,4 +1,4 @@
-"""lib.atomic (whole files or nothing), lib.failures (one append-only table) and lib.summary."""
+"""lib.atomic (whole files or nothing) and lib.failures (one append-only table)."""
 
 from __future__ import annotations
 

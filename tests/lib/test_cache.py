@@ -1,6 +1,6 @@
-"""lib.cache: exact round trips, many series per file, first writer wins, crash leftovers invisible;
-row-range reads, float16 parts, read_stacked, old indexes, compaction and crashes at each of its
-steps."""
+"""lib.features.cache: exact round trips, many series per file, first writer wins, crash leftovers
+invisible; row-range reads, float16 parts, read_stacked, old indexes, compaction and crashes at each
+of its steps."""
 
 from __future__ import annotations
 

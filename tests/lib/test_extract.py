@@ -1,4 +1,4 @@
-"""lib.extract on real clips with a real backbone: batching across series never mixes them.
+"""lib.features.extract on real clips with a real backbone: batching across series never mixes them.
 
 The reference for every feature is the plainest possible path: decode one series,
 run the backbone on all its frames at once.

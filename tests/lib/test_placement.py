@@ -1,4 +1,5 @@
-"""lib.placement: actors and decode tasks fitted to a cluster's resources, never deadlocking it."""
+"""lib.features.placement: actors and decode tasks fitted to a cluster's resources, never
+deadlocking it."""
 
 from __future__ import annotations
 

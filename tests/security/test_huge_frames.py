@@ -1,10 +1,10 @@
 """Videos declaring enormous frames (SPEC §6: sizes are bounded). A 100000x100000 header is refused
 by ffmpeg and reported as such; one ffmpeg would accept (16000x16000, 1 GB a frame through the
-scaler) is refused by lib.video at probe time, before any frame is decoded; an MJPEG whose frame
-headers were patched to 40000x40000 fails cleanly; two frames a million seconds apart (which an fps
-filter would expand into millions of frames) are refused by their duration, or stopped at the frame
-limit when none is declared. Each is a recorded failure naming the file, in bounded time and
-memory."""
+scaler) is refused by lib.sources.kinds.video at probe time, before any frame is decoded; an MJPEG
+whose frame headers were patched to 40000x40000 fails cleanly; two frames a million seconds apart
+(which an fps filter would expand into millions of frames) are refused by their duration, or stopped
+at the frame limit when none is declared. Each is a recorded failure naming the file, in bounded
+time and memory."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Image series declaring huge frames: a compressed DICOM claiming 65535 x 65535 pixels, a GeoTIFF
 stack and a NetCDF cube claiming 100000 x 100000 are refused at discovery by file name
-(lib.frames.check_frame_size), never decoded into a gigabytes-large array. Each runs in a fresh
-interpreter under a 4 GiB address-space limit."""
+(lib.sources.frames.check_frame_size), never decoded into a gigabytes-large array. Each runs in a
+fresh interpreter under a 4 GiB address-space limit."""
 
 from __future__ import annotations
 
