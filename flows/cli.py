@@ -12,75 +12,53 @@ import importlib
 import json
 import sys
 import time
+import typing
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from lstmpipe.flows.console import render
 from lstmpipe.flows.runtime import Runtime, load_runtime, new_run_id, prepare_process
 from lstmpipe.lib.atomic import write_text_atomic
+from lstmpipe.lib.config import SECTIONS, as_text, field_kind
 from lstmpipe.lib.errors import ConfigError
 
 EXIT_OK, EXIT_CRASH, EXIT_USAGE, EXIT_FAILED_SERIES = 0, 1, 2, 3
 
-# flag -> config key; every help text states the default from lib/config.py
+# flag -> the config key it sets; its type, choices and "(default X)" come from lib/config.py
 FEATURE_FLAGS = {
-    "--fps": ("sampling.fps", float, "frames per second sampled from videos (default 8)"),
-    "--num-frames": (
-        "sampling.num_frames",
-        int,
-        "N frames spread uniformly instead of --fps (default off)",
-    ),
-    "--size": (
-        "sampling.size",
-        int,
-        "frame size in px after shorter-side resize + center crop (default 224)",
-    ),
-    "--backbone": ("backbone.name", str, "torchvision model (default resnet18)"),
-    "--weights": (
-        "backbone.weights",
-        str,
-        "torchvision weights name from the local torch cache, a .pth path, or none (default DEFAULT)",
-    ),
-    "--precision": ("backbone.precision", str, "auto|fp32|bf16|fp16 (default auto)"),
-    "--batch-size": (
-        "backbone.batch_size",
-        int,
-        "frames per CNN batch (default: 32 on CPU, by free memory on GPU)",
-    ),
-    "--feature-dtype": (
-        "backbone.feature_dtype",
-        str,
-        "float32|float16 features in the cache (default float32)",
-    ),
-    "--workers": ("runtime.workers", int, "Ray extraction actors (default: one per CPU)"),
-    "--shard-size": ("runtime.shard_size", int, "series per Prefect task (default 64)"),
+    "--fps": "sampling.fps",
+    "--num-frames": "sampling.num_frames",
+    "--size": "sampling.size",
+    "--backbone": "backbone.name",
+    "--weights": "backbone.weights",
+    "--precision": "backbone.precision",
+    "--batch-size": "backbone.batch_size",
+    "--feature-dtype": "backbone.feature_dtype",
+    "--workers": "runtime.workers",
+    "--shard-size": "runtime.shard_size",
 }
 TRAIN_FLAGS = {
-    "--epochs": ("train.epochs", int, "maximum epochs (default 60)"),
-    "--hidden-size": ("train.hidden_size", int, "LSTM units (default 128)"),
-    "--layers": ("train.num_layers", int, "LSTM layers (default 1)"),
-    "--lr": ("train.lr", float, "AdamW learning rate (default 0.002)"),
-    "--seed": ("train.seed", int, "seed for splits and initialisation (default 0)"),
+    "--epochs": "train.epochs",
+    "--hidden-size": "train.hidden_size",
+    "--layers": "train.num_layers",
+    "--lr": "train.lr",
+    "--seed": "train.seed",
 }
 PROMOTE_FLAGS = {
-    "--margin": ("promote.margin", float, "macro-F1 the challenger must gain (default 0.0)"),
-    "--test": (
-        "promote.test",
-        str,
-        "paired significance test: bootstrap|mcnemar|none (default bootstrap)",
-    ),
-    "--alpha": ("promote.alpha", float, "significance level of --test (default 0.05)"),
-    "--max-recall-drop": (
-        "promote.max_recall_drop",
-        float,
-        "largest fall of any class's recall (default 0.10)",
-    ),
-    "--max-cost-ratio": (
-        "promote.max_cost_ratio",
-        float,
-        "parameters and predict time per series vs the champion's (default 2.0)",
-    ),
+    "--margin": "promote.margin",
+    "--test": "promote.test",
+    "--alpha": "promote.alpha",
+    "--max-recall-drop": "promote.max_recall_drop",
+    "--max-cost-ratio": "promote.max_cost_ratio",
+}
+BACKFILL_FLAGS = {"--concurrency": "runtime.partition_concurrency"}
+SERVE_FLAGS = {
+    "--root": "nightly.root",
+    "--model": "nightly.model",
+    "--labels": "nightly.labels",
+    "--infer-source": "nightly.infer_source",
+    "--cron": "nightly.cron",
 }
 
 
@@ -88,8 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lstmpipe",
         description=(
-            "Archives of videos and image series in; trained, registered LSTM sequence models and batch predictions "
-            "out. State lives under $LSTMPIPE_HOME (default ./.lstmpipe)."
+            "Archives of videos and image series in; trained, registered LSTM sequence models "
+            "and batch predictions out. State lives under $LSTMPIPE_HOME (default ./.lstmpipe)."
         ),
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -101,19 +79,23 @@ def build_parser() -> argparse.ArgumentParser:
         FEATURE_FLAGS | TRAIN_FLAGS | PROMOTE_FLAGS,
     )
     demo.add_argument(
-        "--sample-seed", type=int, default=0, help="seed of the generated sample (default 0)"
+        "--sample-seed",
+        type=int,
+        default=0,
+        help="seed of the generated sample (default %(default)s)",
     )
     demo.add_argument(
         "--domain",
         choices=["video", "medical", "remote-sensing"],
         default="video",
-        help="video clips, cine-MR DICOM series or dated GeoTIFF stacks (default video)",
+        help="video clips, cine-MR DICOM series or dated GeoTIFF stacks (default %(default)s)",
     )
     demo.add_argument(
         "--clips-per-class",
         type=int,
         default=None,
-        help="series of each class in the sample (default: video 24, medical 96, remote-sensing 24)",
+        help="series of each class in the sample "
+        "(default: video 24, medical 96, remote-sensing 24)",
     )
 
     extract = _command(
@@ -147,15 +129,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--labels", help="manifest CSV/Parquet with series_id,label (default: folder names)"
     )
     tune.add_argument("--model", required=True, help="registered model name")
-    tune.add_argument("--trials", type=int, default=8, help="hyperparameter sets tried (default 8)")
+    tune.add_argument(
+        "--trials", type=int, default=8, help="hyperparameter sets tried (default %(default)s)"
+    )
     tune.add_argument(
         "--grace-period",
         type=int,
         default=3,
-        help="epochs every trial runs before ASHA may stop it (default 3)",
+        help="epochs every trial runs before ASHA may stop it (default %(default)s)",
     )
     tune.add_argument(
-        "--gpus-per-trial", type=float, default=0.0, help="GPU share per trial (default 0)"
+        "--gpus-per-trial",
+        type=float,
+        default=0.0,
+        help="GPU share per trial (default %(default)s)",
     )
 
     promote = _command(
@@ -259,14 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
         commands,
         "backfill",
         "extract a date range of ROOT's partitions (or all) into the cache; resumable",
-        FEATURE_FLAGS
-        | {
-            "--concurrency": (
-                "runtime.partition_concurrency",
-                int,
-                "partitions extracted at once (default 2)",
-            )
-        },
+        FEATURE_FLAGS | BACKFILL_FLAGS,
     )
     backfill.add_argument(
         "root", help="source root whose top-level folders/archives are partitions"
@@ -294,41 +274,24 @@ def build_parser() -> argparse.ArgumentParser:
         commands,
         "serve",
         "run the deployments on this machine, nightly on its cron (until Ctrl-C)",
-        {
-            "--root": (
-                "nightly.root",
-                str,
-                "the archive nightly processes (default: config nightly.root)",
-            ),
-            "--model": (
-                "nightly.model",
-                str,
-                "registered model name (default: config nightly.model)",
-            ),
-            "--labels": ("nightly.labels", str, "manifest CSV/Parquet (default: folder names)"),
-            "--infer-source": (
-                "nightly.infer_source",
-                str,
-                "what nightly predicts (default: the root)",
-            ),
-            "--cron": ("nightly.cron", str, "nightly's schedule (default '0 2 * * *', UTC)"),
-        },
+        SERVE_FLAGS,
     )
     serve.add_argument(
         "--port",
         type=int,
         default=4200,
-        help="port of the Prefect server started when PREFECT_API_URL is unset (default 4200)",
+        help="port of the Prefect server started when PREFECT_API_URL is unset "
+        "(default %(default)s)",
     )
     return parser
 
 
 def _command(
-    commands: Any, name: str, help_text: str, flags: dict[str, tuple[str, type, str]]
+    commands: Any, name: str, help_text: str, flags: dict[str, str]
 ) -> argparse.ArgumentParser:
     parser = commands.add_parser(name, help=help_text, description=help_text)
-    for flag, (key, kind, text) in flags.items():
-        parser.add_argument(flag, dest=key, type=kind, default=None, help=text)
+    for flag, key in flags.items():
+        parser.add_argument(flag, dest=key, default=None, **config_argument(key))
     parser.add_argument(
         "--config", help="YAML or TOML config file (default: $LSTMPIPE_CONFIG, else none)"
     )
@@ -345,6 +308,24 @@ def _command(
         help="print a machine-readable summary on stdout (default: a readable one)",
     )
     return parser
+
+
+def config_argument(key: str) -> dict[str, Any]:
+    """The type, choices and help of the flag that sets config key `key`, from the config field.
+
+    Its default stays None (only a flag that is given overrides the configuration); the help
+    states the config's default, so the two cannot disagree.
+    """
+    section, _, name = key.partition(".")
+    field = SECTIONS[section].model_fields[name]
+    kind, _ = field_kind(field.annotation)
+    text = f"{field.description} (default {as_text(field.default)})"
+    argument: dict[str, Any] = {"help": text.replace("%", "%%")}  # argparse formats help with %
+    if typing.get_origin(kind) is Literal:
+        argument["choices"] = typing.get_args(kind)
+    # other types (bool, lists) go as text: the config parses them as it parses the environment
+    argument["type"] = kind if kind in (int, float, str) else str
+    return argument
 
 
 def overrides_of(args: argparse.Namespace) -> dict[str, Any]:
@@ -405,7 +386,8 @@ def main(argv: list[str] | None = None) -> int:
     return EXIT_FAILED_SERIES if result.get("failed") else EXIT_OK
 
 
-# command -> the flows module that runs it: only that one is imported (each pulls in torch, Prefect, MLflow...)
+# command -> the flows module that runs it: only that one is imported (each pulls in torch,
+# Prefect, MLflow...)
 FLOW_MODULES = {
     "demo": "demo",
     "extract": "extract",
@@ -422,7 +404,8 @@ FLOW_MODULES = {
 def _run(
     args: argparse.Namespace, rt: Runtime, overrides: dict[str, Any], run_id: str
 ) -> dict[str, Any]:
-    """Boot Prefect's API, import the command's flow and load the backbone meanwhile, then run it."""
+    """Boot Prefect's API, import the command's flow and load the backbone meanwhile, then run
+    it."""
     from lstmpipe.flows import startup
 
     api = startup.start_temporary_api()

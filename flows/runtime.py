@@ -16,8 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lstmpipe.lib.config import Config, load_config
-from lstmpipe.lib.errors import ConfigError
+from lstmpipe.lib.config import Config, Executor, load_config
 
 
 @dataclass(frozen=True)
@@ -26,9 +25,8 @@ class Runtime:
     home: Path  # $LSTMPIPE_HOME: every piece of state lives below it
     tracking_uri: str  # MLflow tracking and registry store
     artifact_root: str | None  # MLflow artifacts for a local store; a server chooses its own
-    ray_address: (
-        str | None
-    )  # None: extract in-process; "local": a Ray of our own; else a cluster to join
+    # None: extract in-process; "local": a Ray of our own; else a cluster to join
+    ray_address: str | None
     torch_hub_dir: str  # where backbone weights are looked up (never downloaded)
 
     @property
@@ -66,9 +64,8 @@ def load_runtime(
     env: Mapping[str, str] | None = None,
 ) -> Runtime:
     env = os.environ if env is None else env
-    bound_mlflow_retries(
-        os.environ
-    )  # flows a worker runs from infra/prefect.yaml never pass the CLI
+    # flows a worker runs from infra/prefect.yaml never pass the CLI
+    bound_mlflow_retries(os.environ)
     config = load_config(
         config_file or env.get("LSTMPIPE_CONFIG"),
         {k: v for k, v in env.items() if k != "LSTMPIPE_CONFIG"},
@@ -94,21 +91,19 @@ def load_runtime(
     )
 
 
-def _ray_address(executor: str, cluster: str | None) -> str | None:
+def _ray_address(executor: Executor, cluster: str | None) -> str | None:
     """Where extraction runs: auto = the cluster when one is named, else in this process."""
-    if executor not in {"auto", "local", "ray"}:
-        raise ConfigError(f"runtime.executor: {executor!r}; expected auto, local or ray")
     if executor == "local":
         return None
     return cluster or ("local" if executor == "ray" else None)
 
 
-def prepare_process(home: Path, env: dict[str, str] | None = None) -> None:
+def prepare_process(home: Path, environ: MutableMapping[str, str] | None = None) -> None:
     """Before Prefect is imported: its state under `home`, quiet logs, no analytics.
 
     Only fills in what the user has not set, so PREFECT_API_URL and friends win.
     """
-    env = os.environ if env is None else env
+    env = os.environ if environ is None else environ
     env.setdefault("PREFECT_HOME", str(home / "prefect"))
     env.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     env.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
@@ -120,9 +115,10 @@ def prepare_process(home: Path, env: dict[str, str] | None = None) -> None:
 
 
 def bound_mlflow_retries(env: MutableMapping[str, str]) -> None:
-    """MLflow's client retries a request 7 times with back-off (246 s measured against a dead server) and
-    Prefect's task retries run on top of it (12 min before a failure is named). 3 retries (about 14 s) ride
-    out a server restart; Prefect's attempts then make about 45 s in all. The user's values win."""
+    """MLflow's client retries a request 7 times with back-off (246 s measured against a dead
+    server) and Prefect's task retries run on top of it (12 min before a failure is named).
+    3 retries (about 14 s) ride out a server restart; Prefect's attempts then make about 45 s in
+    all. The user's values win."""
     env.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
     env.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "60")
 
@@ -141,7 +137,8 @@ def run_id_of(given: str | None) -> str:
 
 
 def _torch_home(env: Mapping[str, str]) -> Path:
-    """Where torch.hub keeps weights: $TORCH_HOME, else $XDG_CACHE_HOME/torch, else ~/.cache/torch."""
+    """Where torch.hub keeps weights: $TORCH_HOME, else $XDG_CACHE_HOME/torch, else
+    ~/.cache/torch."""
     if env.get("TORCH_HOME"):
         return Path(env["TORCH_HOME"]).expanduser()
     return Path(env.get("XDG_CACHE_HOME", Path.home() / ".cache")).expanduser() / "torch"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict
 from importlib.metadata import version
 from pathlib import Path
 
@@ -57,9 +56,9 @@ def recipe_key(
         code.update(Path(module.__file__).read_bytes())
     code.update(Path(__file__).read_bytes())
     inputs = {
-        "sampling": asdict(sampling),
-        "backbone": asdict(config),
-        "sources": asdict(sources),
+        "sampling": sampling.model_dump(),
+        "backbone": config.model_dump(),
+        "sources": sources.model_dump(),
         "weights": resolve_weights(config, torch_hub_dir).digest,
         "precision": resolve_precision(config.precision, torch.device(device)),
         "decoders": decoder_versions(),

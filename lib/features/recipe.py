@@ -11,9 +11,15 @@ import functools
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, cast
 
-from lstmpipe.lib.config import BackboneConfig, SamplingConfig, SourcesConfig
+from lstmpipe.lib.config import (
+    BackboneConfig,
+    FeatureDtype,
+    Precision,
+    SamplingConfig,
+    SourcesConfig,
+)
 from lstmpipe.lib.features.backbone import WeightsSource
 
 _ABSENT = object()
@@ -87,10 +93,11 @@ class FeatureRecipe:
         return BackboneConfig(
             name=self.backbone,
             weights=weights,
-            precision=self.precision,
+            # the recipe's text; BackboneConfig checks it is one of the choices
+            precision=cast(Precision, self.precision),
             batch_size=base.batch_size,
             seed=seed,
-            feature_dtype=self.feature_dtype,
+            feature_dtype=cast(FeatureDtype, self.feature_dtype),
             optimize=base.optimize,
         )
 
@@ -121,4 +128,4 @@ def make_recipe(
 
 
 def canonical_sources(sources: SourcesConfig) -> str:
-    return json.dumps(asdict(sources), sort_keys=True, separators=(",", ":"))
+    return json.dumps(sources.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))

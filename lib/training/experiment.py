@@ -11,7 +11,6 @@ either way an earlier run's record (`train.split_record`) pins the series it nam
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -109,7 +108,7 @@ def run_experiment(
         model_spec(config, recipe.feature_dim, len(labels), "mean"),
         parts["train"],
         parts["val"],
-        dataclasses.replace(config, lr=config.lr * BASELINE_LR_FACTOR),
+        config.model_copy(update={"lr": config.lr * BASELINE_LR_FACTOR}),
         device=device,
     )
     return Outcome(

@@ -9,7 +9,6 @@ never registers something worse than `train` would have on its own trials' data.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -155,7 +154,7 @@ def trial_config(base: TrainConfig, hp: dict[str, Any]) -> TrainConfig:
         raise ValueError(
             f"trial hyperparameters {sorted(unknown)}: not tunable; tunable are {', '.join(TUNED)}"
         )
-    return dataclasses.replace(base, **hp)
+    return base.model_copy(update=hp)
 
 
 def prepare(

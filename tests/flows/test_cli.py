@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import argparse
 import json
+import re
 
 import pytest
 
 from lstmpipe.flows.cli import EXIT_USAGE, build_parser, main, overrides_of
 from lstmpipe.flows.runtime import prepare_process
+from lstmpipe.lib.config import load_config
 
 COMMANDS = (
     "demo",
@@ -35,6 +38,78 @@ def test_every_command_has_help_that_states_defaults(
     text = capsys.readouterr().out
     assert "--json" in text and "--config" in text
     assert text.count("(default") >= (2 if command != "compact" else 1)
+
+
+def _subcommands() -> dict[str, argparse.ArgumentParser]:
+    [commands] = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    return dict(commands.choices)
+
+
+CONFIG_FLAGS = [
+    (command, action)
+    for command, parser in _subcommands().items()
+    for action in parser._actions
+    if "." in action.dest
+]
+
+
+@pytest.mark.parametrize(
+    "command, action",
+    CONFIG_FLAGS,
+    ids=[f"{command} {action.option_strings[0]}" for command, action in CONFIG_FLAGS],
+)
+def test_every_config_flag_states_the_configs_default(
+    command: str, action: argparse.Action
+) -> None:
+    """The "(default X)" of each flag's help, parsed as the config parses a flag, is the
+    config's own default: a default cannot be stated twice, so it cannot drift."""
+    shown = re.search(r"\(default ([^()]*)\)$", " ".join(_help_of(command, action).split()))
+    assert shown, f"{command} {action.option_strings[0]}: no (default X) in its help"
+    key = action.dest
+    section, _, name = key.partition(".")
+    defaults = load_config()
+    assert getattr(getattr(load_config(overrides={key: shown[1]}), section), name) == getattr(
+        getattr(defaults, section), name
+    ), f"{command} {action.option_strings[0]} says (default {shown[1]})"
+
+
+def _help_of(command: str, action: argparse.Action) -> str:
+    """The flag's help as `lstmpipe COMMAND --help` prints it (%% and %(default)s expanded)."""
+    parser = _subcommands()[command]
+    text = parser.format_help()
+    flag = action.option_strings[0]
+    entry = text[text.index(f"  {flag} ") :]
+    following = re.search(r"\n  -", entry[2:])
+    return entry[: following.start() + 2] if following else entry
+
+
+def test_help_states_the_defaults_of_the_config_once_fixed() -> None:
+    """--epochs and --lr said 60 and 0.002 while the config said 100 and 0.003."""
+    assert "(default 100)" in _help_of("train", _action("train", "--epochs"))
+    assert "(default 0.003)" in _help_of("train", _action("train", "--lr"))
+    precision = _action("extract", "--precision")
+    assert precision.choices == ("auto", "fp32", "bf16", "fp16")
+
+
+def _action(command: str, flag: str) -> argparse.Action:
+    return next(a for a in _subcommands()[command]._actions if flag in a.option_strings)
+
+
+def test_a_bad_choice_exits_2_before_anything_runs(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["promote", "m", "--test", "ttest"])
+    assert exit_.value.code == EXIT_USAGE
+    assert "invalid choice: 'ttest'" in capsys.readouterr().err
+
+
+def test_a_bad_choice_in_set_exits_2_naming_it(
+    tmp_path, capsys: pytest.CaptureFixture, monkeypatch
+) -> None:
+    monkeypatch.setenv("LSTMPIPE_HOME", str(tmp_path))
+    assert main(["promote", "m", "--set", "promote.test=ttest"]) == EXIT_USAGE
+    assert "promote.test: 'ttest'; expected one of 'bootstrap', 'mcnemar' or 'none'" in (
+        capsys.readouterr().err
+    )
 
 
 def test_flags_and_set_pairs_become_config_overrides() -> None:

@@ -3,7 +3,6 @@ names its recipe without building the backbone; other settings compute theirs.""
 
 from __future__ import annotations
 
-import dataclasses
 import random
 from pathlib import Path
 
@@ -43,7 +42,7 @@ def test_a_new_flow_run_reuses_the_recipe_without_loading_the_backbone(
     assert (
         name_recipe(config, hub) == first
     )  # another flow run: the recipe comes from Prefect's cache
-    larger = dataclasses.replace(config, sampling=dataclasses.replace(config.sampling, size=48))
+    larger = config.model_copy(update={"sampling": config.sampling.model_copy(update={"size": 48})})
     with pytest.raises(AssertionError, match="the backbone was built"):
         name_recipe(larger, hub)  # other settings: another key, computed
 

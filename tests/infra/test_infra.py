@@ -10,7 +10,6 @@ engine is needed; `docker compose config` runs where the compose plugin exists.
 from __future__ import annotations
 
 import ast
-import dataclasses
 import importlib
 import importlib.util
 import inspect
@@ -21,7 +20,6 @@ import shutil
 import subprocess
 import sys
 import tomllib
-import typing
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -199,12 +197,9 @@ def test_readme_names_every_infra_file() -> None:
 def test_lstmpipe_variables_named_in_infra_are_config_keys() -> None:
     """lib/config.py reads *every* LSTMPIPE_* variable and rejects unknown ones, so infra
     must not invent any (the pull step's checkout variable is REPO_DIR for that reason)."""
-    from lstmpipe.lib.config import Config
+    from lstmpipe.lib.config import SECTIONS
 
-    sections = {
-        name: {f.name for f in dataclasses.fields(cls)}
-        for name, cls in typing.get_type_hints(Config).items()
-    }
+    sections = {name: set(cls.model_fields) for name, cls in SECTIONS.items()}
     names = {
         name
         for path in INFRA.rglob("*")

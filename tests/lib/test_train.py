@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import numpy as np
@@ -96,7 +95,7 @@ def test_series_centring_fits_its_scale_and_reads_order_under_a_per_series_level
         )
         for name, part in data.items()
     }
-    config = dataclasses.replace(CONFIG, input_norm="series")
+    config = CONFIG.model_copy(update={"input_norm": "series"})
     result = fit(model_spec(config, F, 2, "lstm"), shifted["train"], shifted["val"], config)
     centred = np.concatenate([f - f.mean(axis=0) for f in shifted["train"].features])
     norm = result.model.norm
@@ -129,7 +128,7 @@ def test_the_returned_model_is_the_best_epoch(
 
 
 def test_same_seed_same_history_and_on_epoch_sees_every_row(data: dict[str, SequenceSet]) -> None:
-    config = dataclasses.replace(CONFIG, epochs=3)
+    config = CONFIG.model_copy(update={"epochs": 3})
     spec = model_spec(config, F, 2, "lstm")
     seen: list[dict[str, float]] = []
     first = fit(spec, data["train"], data["val"], config, on_epoch=seen.append)
@@ -202,7 +201,7 @@ def test_lr_warms_up_to_its_peak_then_decays_and_gradients_are_clipped(
         "clip_grad_norm_",
         lambda params, max_norm: norms.append(max_norm) or clip(params, max_norm),
     )
-    config = dataclasses.replace(CONFIG, epochs=20, patience=20, grad_clip=0.5)
+    config = CONFIG.model_copy(update={"epochs": 20, "patience": 20, "grad_clip": 0.5})
     result = fit(model_spec(config, F, 2, "lstm"), data["train"], data["val"], config)
     lrs = [row["lr"] for row in result.history]
     peak = int(np.argmax(lrs))

@@ -8,7 +8,6 @@ next to it in both formats, and every new model option at once.
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -70,19 +69,20 @@ def test_official_lists_and_every_model_option_on_real_features(
     one_thread: None,
 ) -> None:
     (write_ucf101 if fmt == "ucf101" else write_hmdb51)(tmp_path / "lists", sample_refs)
-    config = dataclasses.replace(
-        tiny_config.train,
-        epochs=4,
-        patience=4,
-        cell="gru",
-        pooling="attention",
-        bidirectional=True,
-        input_proj=16,
-        crop_fraction=0.75,
-        frame_dropout=0.1,
-        balance="sampler",
-        split_lists=str(tmp_path / "lists"),
-        split_number=1,
+    config = tiny_config.train.model_copy(
+        update={
+            "epochs": 4,
+            "patience": 4,
+            "cell": "gru",
+            "pooling": "attention",
+            "bidirectional": True,
+            "input_proj": 16,
+            "crop_fraction": 0.75,
+            "frame_dropout": 0.1,
+            "balance": "sampler",
+            "split_lists": str(tmp_path / "lists"),
+            "split_number": 1,
+        }
     )
     outcome = run_experiment(sample_cache, backbone[1], sample_refs, config)
 

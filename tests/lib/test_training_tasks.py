@@ -8,8 +8,6 @@ tests/lib/test_training_real_frames.py (and the slow tests/lib/test_uses_time.py
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import pytest
 import torch
@@ -97,7 +95,7 @@ def _fit_both(parts: dict[str, SequenceSet], config: TrainConfig) -> tuple[dict,
     classes = sorted({sid.split("/")[0] for sid in parts["train"].series_ids})
     n = len(classes)
     lstm = fit(model_spec(config, F, n, "lstm"), parts["train"], parts["val"], config)
-    base_config = dataclasses.replace(config, lr=config.lr * BASELINE_LR_FACTOR)
+    base_config = config.model_copy(update={"lr": config.lr * BASELINE_LR_FACTOR})
     base = fit(model_spec(base_config, F, n, "mean"), parts["train"], parts["val"], base_config)
     return evaluate(lstm.model, parts["test"], classes), evaluate(
         base.model, parts["test"], classes
@@ -117,7 +115,7 @@ def order_parts() -> dict[str, SequenceSet]:
 def test_only_the_recurrent_model_tells_classes_apart_by_order(
     order_parts: dict, options: dict
 ) -> None:
-    lstm, baseline = _fit_both(order_parts, dataclasses.replace(CONFIG, **options))
+    lstm, baseline = _fit_both(order_parts, CONFIG.model_copy(update=options))
     assert len(order_parts["test"]) == 144
     assert lstm["accuracy"] >= 0.95, lstm
     assert abs(baseline["accuracy"] - 1 / len(ORDER_CLASSES)) <= 0.10, baseline
@@ -129,27 +127,28 @@ def test_when_one_frame_suffices_both_models_do_well() -> None:
     assert baseline["accuracy"] >= 0.9, baseline
 
 
-EVERYTHING_ON = dataclasses.replace(
-    CONFIG,
-    epochs=4,
-    cell="gru",
-    pooling="attention",
-    bidirectional=True,
-    num_layers=2,
-    crop_fraction=0.8,
-    frame_dropout=0.1,
-    balance="sampler",
+EVERYTHING_ON = CONFIG.model_copy(
+    update={
+        "epochs": 4,
+        "cell": "gru",
+        "pooling": "attention",
+        "bidirectional": True,
+        "num_layers": 2,
+        "crop_fraction": 0.8,
+        "frame_dropout": 0.1,
+        "balance": "sampler",
+    }
 )
 
 
 @pytest.mark.parametrize(
-    "config", [dataclasses.replace(CONFIG, epochs=4), EVERYTHING_ON], ids=["default", "all-on"]
+    "config", [CONFIG.model_copy(update={"epochs": 4}), EVERYTHING_ON], ids=["default", "all-on"]
 )
 def test_same_seed_gives_bit_identical_metrics_and_another_seed_does_not(
     order_parts: dict, config: TrainConfig
 ) -> None:
     def run(seed: int) -> tuple[list[dict], dict, np.ndarray]:
-        c = dataclasses.replace(config, seed=seed)
+        c = config.model_copy(update={"seed": seed})
         result = fit(model_spec(c, F, 4, "lstm"), order_parts["train"], order_parts["val"], c)
         return (
             result.history,
@@ -192,7 +191,9 @@ def test_augmentation_touches_training_series_only(
         return augment(frames, config, generator)
 
     monkeypatch.setattr(loop, "augment", spy)
-    config = dataclasses.replace(CONFIG, epochs=2, patience=5, crop_fraction=0.7, frame_dropout=0.2)
+    config = CONFIG.model_copy(
+        update={"epochs": 2, "patience": 5, "crop_fraction": 0.7, "frame_dropout": 0.2}
+    )
     result = fit(model_spec(config, F, 4, "lstm"), order_parts["train"], order_parts["val"], config)
     train_ptrs = {f.ctypes.data for f in order_parts["train"].features}
     val_ptrs = {f.ctypes.data for f in order_parts["val"].features}
@@ -225,7 +226,7 @@ def test_sampler_learns_an_imbalanced_task() -> None:
         if y == 0 or int(sid[-3:]) % 8 == 1
     ]
     parts = _split(data.select(keep))
-    config = dataclasses.replace(CONFIG, balance="sampler", epochs=15)
+    config = CONFIG.model_copy(update={"balance": "sampler", "epochs": 15})
     result = fit(model_spec(config, F, 2, "lstm"), parts["train"], parts["val"], config)
     metrics = evaluate(result.model, parts["test"], ["c0", "c1"])
     assert metrics["macro_f1"] >= 0.9, metrics
@@ -239,7 +240,7 @@ def test_sampler_learns_an_imbalanced_task() -> None:
 def test_bf16_autocast_on_gpu_learns_order_too(order_parts: dict, options: dict) -> None:
     """The GPU twin of test_only_the_recurrent_model_tells_classes_apart_by_order (bf16
     autocast)."""
-    config = dataclasses.replace(CONFIG, **options)
+    config = CONFIG.model_copy(update=options)
     result = fit(
         model_spec(config, F, 4, "lstm"),
         order_parts["train"],

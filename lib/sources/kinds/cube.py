@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from lstmpipe.lib.config import SamplingConfig, SourcesConfig
-from lstmpipe.lib.errors import BadInput, ConfigError
+from lstmpipe.lib.errors import BadInput
 from lstmpipe.lib.failures import Failure
 from lstmpipe.lib.series import OpenSeries, SeriesRef
 from lstmpipe.lib.sources.archives import ArchiveLimits
@@ -442,7 +442,9 @@ def open_series(
 
 def _frame(values: np.ndarray, ranges: list[tuple[float, float]]) -> np.ndarray:
     """(C, H, W) float, NaN = masked -> (H, W, 3) uint8; C = 1 grey, 2 R + G (B black), 3 RGB."""
-    channels = [scale_to_uint8(v, low, high) for v, (low, high) in zip(values, ranges, strict=False)]
+    channels = [
+        scale_to_uint8(v, low, high) for v, (low, high) in zip(values, ranges, strict=False)
+    ]
     if len(channels) == 1:
         return to_rgb(channels[0])
     if len(channels) == 2:
@@ -451,16 +453,8 @@ def _frame(values: np.ndarray, ranges: list[tuple[float, float]]) -> np.ndarray:
 
 
 def options_from(sources: SourcesConfig) -> CubeOptions:
-    """The `sources.cube_*` keys as CubeOptions."""
-    variables = (
-        tuple(v.strip() for v in sources.cube_variables.split(","))
-        if sources.cube_variables
-        else None
-    )
-    try:
-        return CubeOptions(variables=variables, time_dim=sources.cube_time_dim)
-    except ValueError as exc:
-        raise ConfigError(f"sources.cube_variables: {exc}") from exc
+    """The `sources.cube_*` keys (validated when loaded) as CubeOptions."""
+    return CubeOptions(variables=sources.cube_variables, time_dim=sources.cube_time_dim)
 
 
 KIND = with_options("cube", claim, open_series, options_from)

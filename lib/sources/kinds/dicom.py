@@ -33,8 +33,8 @@ from pydicom.multival import MultiValue
 from pydicom.pixels import apply_color_lut, get_decoder, iter_pixels
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, MediaStorageDirectoryStorage
 
-from lstmpipe.lib.config import SamplingConfig, SourcesConfig
-from lstmpipe.lib.errors import BadInput, ConfigError
+from lstmpipe.lib.config import SamplingConfig
+from lstmpipe.lib.errors import BadInput
 from lstmpipe.lib.failures import Failure
 from lstmpipe.lib.series import FrameChunk, OpenSeries, SeriesRef
 from lstmpipe.lib.sources.archives import ArchiveLimits
@@ -404,11 +404,15 @@ def _order(members: list[_Header]) -> tuple[list[_Header], str]:
         return by_name, "file"
     numbers = [m.instance for m in by_name]
     if None not in numbers:
-        return [m for _, m in sorted(zip(numbers, by_name, strict=False), key=lambda p: p[0])], "InstanceNumber"
+        return [
+            m for _, m in sorted(zip(numbers, by_name, strict=False), key=lambda p: p[0])
+        ], "InstanceNumber"
     for keyword in _TIME_SOURCES[:2]:
         times = _times(by_name, keyword)
         if times is not None:
-            return [m for _, m in sorted(zip(times, by_name, strict=False), key=lambda p: p[0])], keyword
+            return [
+                m for _, m in sorted(zip(times, by_name, strict=False), key=lambda p: p[0])
+            ], keyword
     positions = [m.position for m in by_name]
     if None not in positions:
         return [
@@ -595,9 +599,8 @@ def _series_range(
         return center - 0.5 - (width - 1) / 2, center - 0.5 + (
             width - 1
         ) / 2  # DICOM PS3.3 C.11.2.1.2 (linear)
-    sample = [
-        wanted[i] for i in pick(len(wanted), replace(sampling, num_frames=WINDOW_SAMPLE_FRAMES))
-    ]
+    spread = sampling.model_copy(update={"num_frames": WINDOW_SAMPLE_FRAMES})
+    sample = [wanted[i] for i in pick(len(wanted), spread)]
     step = max(1, ref.meta["rows"] * ref.meta["cols"] * len(sample) // WINDOW_SAMPLE_VALUES)
     return robust_range(
         np.concatenate(
@@ -700,23 +703,10 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
-def _window_option(sources: SourcesConfig) -> tuple[float, float] | None:
-    """`sources.dicom_window` "CENTER,WIDTH" -> (center, width)."""
-    if sources.dicom_window is None:
-        return None
-    try:
-        center, width = (float(v) for v in sources.dicom_window.split(","))
-    except ValueError:
-        raise ConfigError(
-            f"sources.dicom_window: {sources.dicom_window!r}; expected CENTER,WIDTH such as 40,400"
-        )
-    return center, width
-
-
 KIND = SourceKind(
     "dicom",
     lambda base, files, memo, limits, sources: claim(base, files, memo),
     lambda ref, sampling, tmp_dir, limits, sources: open_series(
-        ref, sampling, tmp_dir, limits, window=_window_option(sources)
+        ref, sampling, tmp_dir, limits, window=sources.dicom_window
     ),
 )

@@ -64,7 +64,7 @@ import numpy as np
 import tifffile
 
 from lstmpipe.lib.config import SamplingConfig, SourcesConfig
-from lstmpipe.lib.errors import BadInput, ConfigError
+from lstmpipe.lib.errors import BadInput
 from lstmpipe.lib.failures import Failure
 from lstmpipe.lib.series import OpenSeries, SeriesRef
 from lstmpipe.lib.sources.archives import ArchiveLimits
@@ -628,7 +628,9 @@ def _plan(group: _Group, headers: dict[Path, Header], options: GeoTiffOptions) -
         _distinct(root, dates, [p.name for p in tiffs])
         available = first.band_names()
         bands = _bands(available, options, root)
-        frames = [{"date": iso(d), "file": p.name} for d, p in sorted(zip(dates, tiffs, strict=False))]  # type: ignore[type-var]
+        frames = [
+            {"date": iso(d), "file": p.name} for d, p in sorted(zip(dates, tiffs, strict=False))
+        ]  # type: ignore[type-var]
     return {
         "source_kind": "geotiff",
         "layout": group.layout,
@@ -813,7 +815,9 @@ def _frame(values: np.ndarray, ndvi: bool, ranges: list[tuple[float, float]]) ->
             index = (nir - red) / (nir + red)
         index[~np.isfinite(index)] = np.nan  # nir + red == 0: no index, shown as masked
         return to_rgb(scale_to_uint8(index, -1.0, 1.0))
-    channels = [scale_to_uint8(band, low, high) for band, (low, high) in zip(values, ranges, strict=False)]
+    channels = [
+        scale_to_uint8(band, low, high) for band, (low, high) in zip(values, ranges, strict=False)
+    ]
     return to_rgb(channels[0]) if len(channels) == 1 else np.stack(channels, axis=-1)
 
 
@@ -925,22 +929,18 @@ def _band_store(path: Path, grid: tuple[int, int]) -> Iterator[Callable[[int], n
 
 
 def options_from(sources: SourcesConfig) -> GeoTiffOptions:
-    """The `sources.geotiff_*` keys as GeoTiffOptions; a pattern given there is tried first."""
+    """The `sources.geotiff_*` keys (validated when loaded) as GeoTiffOptions; a pattern given
+    there is tried first."""
     patterns = (sources.geotiff_date_pattern,) if sources.geotiff_date_pattern else ()
-    try:
-        return GeoTiffOptions(
-            mode=sources.geotiff_mode,
-            rgb=tuple(b.strip() for b in sources.geotiff_bands.split(","))
-            if sources.geotiff_bands
-            else None,
-            red=sources.geotiff_red,
-            nir=sources.geotiff_nir,
-            mask_band=sources.geotiff_mask_band,
-            max_masked_fraction=sources.geotiff_max_masked_fraction,
-            date_patterns=patterns + DATE_PATTERNS,
-        )
-    except ValueError as exc:
-        raise ConfigError(f"sources.geotiff_*: {exc}") from exc
+    return GeoTiffOptions(
+        mode=sources.geotiff_mode,
+        rgb=sources.geotiff_bands,
+        red=sources.geotiff_red,
+        nir=sources.geotiff_nir,
+        mask_band=sources.geotiff_mask_band,
+        max_masked_fraction=sources.geotiff_max_masked_fraction,
+        date_patterns=patterns + DATE_PATTERNS,
+    )
 
 
 KIND = with_options("geotiff", claim, open_series, options_from)
