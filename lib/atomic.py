@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 _PUBLIC = 0o644  # mkstemp creates 0600; results are meant to be read by other tools and users
 
 
-def write_atomic(target: Path, write: Callable[[IO[bytes]], None], suffix: str = "") -> Path:
+def write_atomic(target: Path, write: Callable[[IO[bytes]], object], suffix: str = "") -> Path:
     """Call `write(handle)` on a temp file, make it durable, then rename it over `target`."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -43,7 +43,7 @@ def write_atomic(target: Path, write: Callable[[IO[bytes]], None], suffix: str =
 
 
 def _naming(exc: OSError, target: Path) -> OSError:
-    """`exc` restated with the file it was writing (a bare ENOSPC names none); errno kept for callers."""
+    """`exc` restated with the file it was writing (a bare ENOSPC names none); errno kept."""
     reason = exc.strerror or str(exc) or type(exc).__name__
     message = (
         f"cannot write {target}: {reason}; the file was left as it was and no temp file remains"

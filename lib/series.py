@@ -7,7 +7,7 @@ from a video, a DICOM series or a satellite time stack.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -69,7 +69,10 @@ class FrameChunk:
 
 @dataclass(frozen=True)
 class OpenSeries:
-    """A series ready to decode: its metadata now, its frames lazily (valid while open)."""
+    """A series ready to decode: its metadata now, its frames lazily (valid while open).
+
+    `chunks` is a generator so that closing it stops the decoder when a consumer leaves early.
+    """
 
     meta: dict[str, Any]
-    chunks: Iterator[FrameChunk]
+    chunks: Generator[FrameChunk, None, None]

@@ -1,4 +1,4 @@
-"""Reading a state_dict file that may be hostile: backbone weights and registered models' weights.pt."""
+"""Reading a state_dict that may be hostile: backbone weights, registered models' weights.pt."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ from lstmpipe.lib.errors import ConfigError
 
 
 def load_state_dict(path: Path, what: str) -> dict:
-    """torch.load(weights_only=True), with torch's errors made one ConfigError naming `what` and the file.
+    """torch.load(weights_only=True); torch's errors become one ConfigError naming `what` and file.
 
-    weights_only refuses any pickled object but tensors and containers, so a payload never runs; torch's own
-    message on that refusal advises weights_only=False, which must never be followed here.
+    weights_only refuses any pickled object but tensors and containers, so a payload never runs;
+    torch's own message on that refusal advises weights_only=False, which must never be followed.
     """
     try:
         return torch.load(path, map_location="cpu", weights_only=True)

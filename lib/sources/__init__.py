@@ -1,1 +1,1 @@
-"""Stage 1, decode: discovery, archives, content hashes, ffmpeg and the source kinds that open series."""
+"""Stage 1, decode: discovery, archives, content hashes, ffmpeg, and the source kinds."""

@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import IO
+from typing import IO, Literal
 
 from lstmpipe.lib.errors import BadInput
 from lstmpipe.lib.failures import Failure
@@ -30,16 +30,10 @@ from lstmpipe.lib.sources.ffmpeg import subfile_url
 
 SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")  # longest first: ".tar.gz" before ".tar"
 BLOCK_BYTES = 1 << 20  # bytes per read when copying or hashing: fast, and never a memory concern
-READ_ERRORS = (
-    tarfile.TarError,
-    zipfile.BadZipFile,
-    EOFError,
-    zlib.error,
-    OSError,
-)  # what a broken archive raises
-_ZIP_LOCAL_HEADER = struct.Struct(
-    "<4s22xHH"
-)  # signature, then file name and extra field lengths at 26, 28
+# What a broken archive raises.
+READ_ERRORS = (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error, OSError)
+# Signature, then the file name and extra field lengths at offsets 26 and 28.
+_ZIP_LOCAL_HEADER = struct.Struct("<4s22xHH")
 
 
 @dataclass(frozen=True)
@@ -49,10 +43,10 @@ class ArchiveLimits:
     max_member_bytes: int = 2 << 30  # one video beyond 2 GiB is more likely a bomb than a clip
     max_total_bytes: int = 1 << 40  # uncompressed bytes of all members of one archive (1 TiB)
     max_ratio: float = 100.0  # zip uncompressed/compressed; video barely compresses, zeros do 1000x
-    ratio_min_bytes: int = (
-        1 << 20
-    )  # ratios of members smaller than 1 MiB are not checked: tiny files compress oddly
-    # Entries (any type) listed per archive: bounds listing memory (tarfile keeps every header). UCF101 is 13,320 clips.
+    # Ratios of members smaller than 1 MiB are not checked: tiny files compress oddly.
+    ratio_min_bytes: int = 1 << 20
+    # Entries (any type) listed per archive: bounds listing memory (tarfile keeps every header).
+    # UCF101 is 13,320 clips.
     max_members: int = 100_000
 
 
@@ -89,9 +83,10 @@ def strip_archive_suffix(name: str) -> str:
 def list_members(
     archive: Path, limits: ArchiveLimits = ArchiveLimits(), series_prefix: str | None = None
 ) -> tuple[list[Member], list[Failure]]:
-    """The acceptable regular-file members, and a Failure for each rejected one (or an unreadable archive).
+    """The acceptable regular-file members, and a Failure for each rejected one (or the archive).
 
-    Failures are named `<series_prefix>/<member>` (default: the archive's file name), as series ids are.
+    Failures are named `<series_prefix>/<member>` as series ids are (default prefix: the archive's
+    file name).
     """
     prefix = series_prefix or archive.name
     members: list[Member] = []
@@ -109,23 +104,21 @@ def list_members(
                         prefix,
                         str(archive),
                         "discover",
-                        f"more than max_members="
-                        f"{limits.max_members} entries; the rest of the archive is not listed",
+                        f"more than max_members={limits.max_members} entries; "
+                        "the rest of the archive is not listed",
                     )
                 )
                 break
             if problem is None and name in seen:
                 problem = "duplicate member name"
             if problem is None:
-                total += (
-                    size  # once over the limit it stays over: every later member is refused too
-                )
+                # Once over the limit it stays over: every later member is refused too.
+                total += size
                 problem = _total_problem(total, limits, budget)
             if problem is None:
                 seen.add(name)
-                members.append(
-                    Member(name, size, offset if size else None)
-                )  # empty: a 0-byte copy, so probe says "empty file"
+                # An empty member gets a 0-byte copy (no offset), so probe says "empty file".
+                members.append(Member(name, size, offset if size else None))
             else:
                 failures.append(
                     Failure(
@@ -141,7 +134,7 @@ def list_members(
 
 
 def find_member(archive: Path, name: str, limits: ArchiveLimits = ArchiveLimits()) -> Member:
-    """The member called `name`, re-checked against the limits; listings are memoised per archive version."""
+    """The member called `name`, re-checked against the limits (listings memoised per version)."""
     try:
         info = archive.stat()
     except OSError as exc:
@@ -160,7 +153,7 @@ def _listing(archive: Path, size: int, mtime_ns: int, limits: ArchiveLimits) -> 
 
 @contextmanager
 def member_input(archive: Path, member: Member, tmp_dir: Path) -> Iterator[str]:
-    """An ffmpeg input for one member: a subfile URL when stored, else a temp copy deleted afterwards."""
+    """An ffmpeg input for one member: a subfile URL when stored, else a temp copy (deleted)."""
     if member.offset is not None:
         yield subfile_url(str(archive.resolve()), member.offset, member.size)
         return
@@ -178,7 +171,7 @@ def member_input(archive: Path, member: Member, tmp_dir: Path) -> Iterator[str]:
 
 
 def _copy_member(archive: Path, member: Member, target: Path) -> None:
-    """Write one member's bytes to `target`; a broken or changed archive is BadInput for that member."""
+    """Write one member's bytes to `target`; a broken or changed archive is BadInput for it."""
     where = f"{archive}!{member.name}"
     try:
         with target.open("wb") as out:
@@ -191,7 +184,7 @@ def _copy_member(archive: Path, member: Member, target: Path) -> None:
 
 
 def read_members(archive: Path, members: list[Member]) -> Iterator[tuple[Member, IO[bytes]]]:
-    """Each wanted member with a stream of its bytes, in archive order, in one pass over the archive.
+    """Each wanted member with a stream of its bytes, in archive order, in one pass.
 
     A stream is valid only until the next item: read it before asking for more.
     """
@@ -206,7 +199,10 @@ def read_members(archive: Path, members: list[Member]) -> Iterator[tuple[Member,
     with tarfile.open(archive, _tar_mode(archive)) as tf:
         for info in tf:
             if info.name in wanted:
-                yield wanted.pop(info.name), tf.extractfile(info)
+                stream = tf.extractfile(info)
+                if stream is None:  # listed as a regular file, but the archive changed since
+                    raise tarfile.TarError(f"member {info.name} is no longer a regular file")
+                yield wanted.pop(info.name), stream
                 if not wanted:
                     return
 
@@ -223,9 +219,8 @@ def _copy_bounded(src: IO[bytes], dst: IO[bytes], member: Member, where: str) ->
         raise BadInput(where, f"member truncated: {copied} of {member.size} bytes")
 
 
-_Entry = tuple[
-    str, int, "str | None", "int | None"
-]  # name, size, why rejected (None = fine), raw offset
+# name, size, why it is rejected (None = fine), raw offset
+_Entry = tuple[str, int, str | None, int | None]
 
 
 def _entries(archive: Path, limits: ArchiveLimits, budget: int) -> Iterator[_Entry]:
@@ -241,18 +236,20 @@ def _entries(archive: Path, limits: ArchiveLimits, budget: int) -> Iterator[_Ent
 
 def _expansion_budget(archive_bytes: int, limits: ArchiveLimits) -> int:
     """Uncompressed bytes an archive of `archive_bytes` may hold: video barely compresses, so more
-    than max_ratio times its own size is a bomb (or overlapping zip members), whatever each member says."""
+    than max_ratio times its own size is a bomb (or overlapping zip members), whatever each member
+    says."""
     return int(max(limits.ratio_min_bytes, limits.max_ratio * archive_bytes))
 
 
-def _tar_mode(archive: Path) -> str:
+def _tar_mode(archive: Path) -> Literal["r:", "r:gz"]:
     """Compression from the name, never sniffed: offsets are only raw in a plain tar."""
     return "r:" if archive_suffix(archive.name) == ".tar" else "r:gz"
 
 
 def _tar_entries(archive: Path, limits: ArchiveLimits, budget: int) -> Iterator[_Entry]:
     """Headers are checked before the member's data is passed over: in a .tar.gz passing over means
-    decompressing, so a bomb member ends the listing there (refused members too: they are skipped the same way)."""
+    decompressing, so a bomb member ends the listing there (refused members too: they are skipped
+    the same way)."""
     plain = _tar_mode(archive) == "r:"
     with tarfile.open(archive, _tar_mode(archive)) as tf:
         for info in tf:
@@ -261,9 +258,9 @@ def _tar_entries(archive: Path, limits: ArchiveLimits, budget: int) -> Iterator[
                     info.name,
                     info.size,
                     (
-                        f"archive would expand past max_ratio={limits.max_ratio:g} times its own size at this "
-                        f"member of {info.size} bytes (decompression bomb?); it and the rest of the archive are "
-                        "refused"
+                        f"archive would expand past max_ratio={limits.max_ratio:g} times its own "
+                        f"size at this member of {info.size} bytes (decompression bomb?); it and "
+                        "the rest of the archive are refused"
                     ),
                     None,
                 )
@@ -341,7 +338,8 @@ def _zip_data_offset(raw: IO[bytes], info: zipfile.ZipInfo) -> int:
 
 
 def printable(name: str) -> str:
-    """`name` with bytes that are not UTF-8 spelt `\\xNN`: ids and tables (Arrow, SQLite, JSON) need valid UTF-8."""
+    """`name` with bytes that are not UTF-8 spelt `\\xNN`: ids and tables (Arrow, SQLite, JSON)
+    need valid UTF-8."""
     return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
@@ -366,5 +364,8 @@ def _total_problem(total: int, limits: ArchiveLimits, budget: int) -> str | None
     if total > limits.max_total_bytes:
         return f"archive total exceeds max_total_bytes={limits.max_total_bytes}"
     if total > budget:  # zip members that overlap, or many small ratios adding up
-        return f"archive total exceeds max_ratio={limits.max_ratio:g} times its own size (decompression bomb?)"
+        return (
+            f"archive total exceeds max_ratio={limits.max_ratio:g} times its own size "
+            "(decompression bomb?)"
+        )
     return None

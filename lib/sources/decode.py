@@ -25,7 +25,7 @@ def decode(
     limits: ArchiveLimits = ArchiveLimits(),
     sources: SourcesConfig = SourcesConfig(),
 ) -> Iterator[FrameChunk]:
-    """The series' frames in bounded chunks; BadInput naming `ref.location` when it cannot be read."""
+    """The series' frames in bounded chunks; BadInput naming `ref.location` if it is unreadable."""
     with open_series(ref, sampling, tmp_dir, limits, sources) as series:
         yield from series.chunks
 
@@ -50,7 +50,7 @@ def open_series(
     limits: ArchiveLimits = ArchiveLimits(),
     sources: SourcesConfig = SourcesConfig(),
 ) -> Iterator[OpenSeries]:
-    """Metadata and a lazy chunk iterator sharing one input (one temp copy for a compressed member)."""
+    """Metadata and lazy chunks sharing one input (one temp copy for a compressed member)."""
     opener = _OPENERS.get(ref.kind)
     if opener is None:
         raise BadInput(

@@ -58,7 +58,7 @@ def discover(
 
 
 def partitions(root: Path) -> list[str]:
-    """The sorted top-level folders and archives of `root`, archive suffix stripped: `2026-11-20`."""
+    """The sorted top-level folders and archives of `root`, suffix stripped: `2026-11-20`."""
     root = Path(root)
     if root.is_file():
         return [strip_archive_suffix(root.name)] if archive_suffix(root.name) else []
@@ -70,9 +70,9 @@ def partitions(root: Path) -> list[str]:
 
 
 def _walk(root: Path, base: Path) -> tuple[list[Path], list[Failure]]:
-    """Regular files under `root` (or `root` itself), sorted, hidden files and folders skipped; and the
-    refused: what is not a regular file (opening a fifo waits for a writer forever; a device may never
-    end) and names that are not UTF-8 (ids, the cache and the failures table need UTF-8)."""
+    """Regular files under `root` (or `root` itself), sorted, hidden files and folders skipped; and
+    the refused: what is not a regular file (opening a fifo waits for a writer forever; a device may
+    never end) and names that are not UTF-8 (ids, the cache and the failures table need UTF-8)."""
     if root.is_file():
         candidates = [root]
     else:
@@ -120,10 +120,8 @@ def read_manifest(manifest: Path) -> dict[str, str | None]:
         if manifest.suffix.lower() == ".parquet":
             table = pq.read_table(manifest)
         else:
-            types = {
-                "series_id": pa.string(),
-                "label": pa.string(),
-            }  # "1" stays a label, not a number
+            # "1" stays a label, not a number
+            types = {"series_id": pa.string(), "label": pa.string()}
             table = pv.read_csv(manifest, convert_options=pv.ConvertOptions(column_types=types))
     except (OSError, pa.ArrowInvalid) as exc:
         raise BadInput(str(manifest), f"unreadable manifest: {exc}") from exc

@@ -30,5 +30,5 @@ def ffmpeg_version() -> str:
 
 
 def subfile_url(path: str, start: int, size: int) -> str:
-    """An ffmpeg input for `size` bytes of `path` from `start`: a stored archive member, read in place."""
+    """An ffmpeg input for `size` bytes of `path` from `start`: a stored member, read in place."""
     return f"subfile,,start,{start},end,{start + size},,:{path}"

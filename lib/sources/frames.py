@@ -7,7 +7,7 @@ chunking, so a DICOM series and a GeoTIFF stack come out exactly like a video.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable
 
 import numpy as np
 from PIL import Image
@@ -16,9 +16,9 @@ from lstmpipe.lib.config import SamplingConfig
 from lstmpipe.lib.errors import BadInput
 from lstmpipe.lib.series import FrameChunk
 
-# Frames larger than this are refused from their header, before anything is allocated: 8192 x 8192 (8K UHD
-# is 7680 x 4320). Decoding one costs a few bytes per pixel (ffmpeg: YUV in, RGB out; DICOM: 16-bit values;
-# GeoTIFF: float32 per band), so a file declaring 100000 x 100000 would ask for tens of GB.
+# Frames larger than this are refused from their header, before anything is allocated: 8192 x 8192
+# (8K UHD is 7680 x 4320). Decoding one costs a few bytes per pixel (ffmpeg: YUV in, RGB out;
+# DICOM: 16-bit values; GeoTIFF: float32 per band): 100000 x 100000 would ask for tens of GB.
 MAX_PIXELS = 8192 * 8192
 
 
@@ -61,7 +61,8 @@ def to_rgb(image: np.ndarray) -> np.ndarray:
 
 
 def resize_crop(image: np.ndarray, size: int) -> np.ndarray:
-    """(H, W, 3) uint8 -> (size, size, 3): shorter side to `size`, then center crop (as ffmpeg does for video)."""
+    """(H, W, 3) uint8 -> (size, size, 3): shorter side to `size`, then center crop, as ffmpeg
+    does for video."""
     height, width = image.shape[:2]
     scale = size / min(height, width)
     new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))
@@ -79,7 +80,7 @@ def pick(count: int, sampling: SamplingConfig) -> np.ndarray:
 
 def chunked(
     frames: Iterable[tuple[np.ndarray, float]], sampling: SamplingConfig
-) -> Iterator[FrameChunk]:
+) -> Generator[FrameChunk, None, None]:
     """(RGB uint8 image, t seconds) pairs -> FrameChunks of `chunk_frames`, resized to `size`."""
     batch: list[np.ndarray] = []
     times: list[float] = []

@@ -50,9 +50,9 @@ def content_hash(path: Path, member: Member | None = None, memo: HashMemo | None
 def member_hashes(
     archive: Path, members: list[Member], memo: HashMemo | None = None
 ) -> tuple[dict[str, str], dict[str, str]]:
-    """({member name: hash}, {member name: why it is unreadable}) for the given members, reading the archive
-    once for those not memoised. A member that fails its CRC or ends early costs only itself; an archive
-    whose stream breaks (a compressed tar) costs the members not yet read."""
+    """({member name: hash}, {member name: why it is unreadable}) for the given members, reading the
+    archive once for those not memoised. A member that fails its CRC or ends early costs only
+    itself; an archive whose stream breaks (a compressed tar) costs the members not yet read."""
     info = archive.stat()
     hashes = memo.lookup(archive, info, [m.name for m in members]) if memo else {}
     missing = [m for m in members if m.name not in hashes]
@@ -89,8 +89,8 @@ class HashMemo:
         with closing(self._connect()) as db:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute(
-                "CREATE TABLE IF NOT EXISTS memo (path TEXT, member TEXT, size INTEGER, mtime_ns INTEGER,"
-                " hash TEXT, PRIMARY KEY (path, member))"
+                "CREATE TABLE IF NOT EXISTS memo (path TEXT, member TEXT, size INTEGER,"
+                " mtime_ns INTEGER, hash TEXT, PRIMARY KEY (path, member))"
             )
 
     def lookup(self, path: Path, info: os.stat_result, members: list[str]) -> dict[str, str]:
@@ -104,7 +104,7 @@ class HashMemo:
         return {member: digest for member, digest in rows if member in wanted}
 
     def store(self, path: Path, info: os.stat_result, hashes: dict[str, str]) -> None:
-        """Remember `hashes` for `path` as it was at `info`; replaces older rows of the same members."""
+        """Remember `hashes` for `path` as it was at `info` (older rows of those members go)."""
         rows = [
             (_key(path), member, info.st_size, info.st_mtime_ns, digest)
             for member, digest in hashes.items()

@@ -33,7 +33,7 @@ class SourceKind:
 
 
 def make_ref(kind: str, sid: str, digest: str, path: Path, meta: dict[str, Any]) -> SeriesRef:
-    """A SeriesRef labelled by its parent folder and partitioned by its top-level folder, as videos are."""
+    """A SeriesRef labelled by its parent folder and partitioned by its top folder, as videos."""
     parts = PurePosixPath(sid).parts
     return SeriesRef(
         series_id=sid,
@@ -52,7 +52,7 @@ def with_options(
     open_series: Callable[..., AbstractContextManager[OpenSeries]],
     options_from: Callable[[SourcesConfig], Any],
 ) -> SourceKind:
-    """A kind whose claim and open take `options=` of their own type, made from the sources config."""
+    """A kind whose claim and open take `options=` of their own type, made from `sources`."""
     return SourceKind(
         name,
         lambda base, files, memo, limits, sources: claim(

@@ -123,13 +123,14 @@ def open_series(
         )
     indices = pick(len(files), sampling)
     width, height = _size(files[0])
+    # width and height are the first frame's: others may differ
     meta = {
         "source_kind": "images",
         "frames": int(len(indices)),
         "fps": sampling.fps,
         "width": width,
         "height": height,
-    }  # of the first frame: others may differ
+    }
 
     def frames() -> Iterator[tuple[np.ndarray, float]]:
         for index in indices:
@@ -150,9 +151,8 @@ def _series_hash(images: list[Path], memo: HashMemo | None) -> str:
     """blake2b over the frames' hashes in frame order: the series' bytes, in the series' order."""
     digest = hashlib.blake2b(digest_size=16)
     for path in images:
-        digest.update(
-            content_hash(path, memo=memo).encode()
-        )  # fixed-length hex: no separator needed
+        # fixed-length hex: no separator needed
+        digest.update(content_hash(path, memo=memo).encode())
     return digest.hexdigest()
 
 
@@ -161,19 +161,15 @@ def _size(path: Path) -> tuple[int, int]:
     try:
         with Image.open(path) as opened:
             width, height = opened.size
-            turned = opened.getexif().get(ORIENTATION, 1) in (
-                5,
-                6,
-                7,
-                8,
-            )  # 90-degree turns swap the sides
+            # 90-degree turns swap the sides
+            turned = opened.getexif().get(ORIENTATION, 1) in (5, 6, 7, 8)
     except _READ_ERRORS as exc:
         raise BadInput(str(path), f"unreadable image {path.name}: {exc}") from exc
     return (height, width) if turned else (width, height)
 
 
 def _read(path: Path) -> np.ndarray:
-    """One frame as (H, W, 3) uint8, upright; BadInput naming the file when Pillow cannot read it."""
+    """One frame as (H, W, 3) uint8, upright; BadInput naming the file if Pillow cannot read it."""
     try:
         with Image.open(path) as opened:
             image = ImageOps.exif_transpose(opened)

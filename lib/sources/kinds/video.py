@@ -15,17 +15,18 @@ whose moov atom sits at the end needs to seek.
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import subprocess
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import IO
+from typing import IO, cast
 
 import ffmpeg
 import numpy as np
@@ -209,23 +210,18 @@ class VideoInfo:
 
 
 def probe(input: str, name: str, timeout_s: float, max_pixels: int = MAX_PIXELS) -> VideoInfo:
-    """Size, rate, duration, codec and rotation of the first video stream; BadInput when there is none,
-    or when its frames would exceed `max_pixels` (refused before anything decodes them)."""
+    """Size, rate, duration, codec and rotation of the first video stream; BadInput when there is
+    none, or when its frames would exceed `max_pixels` (refused before anything decodes them)."""
     if _is_empty(input):
         raise BadInput(name, "empty file")
-    cmd = [
-        ffmpeg_exe(),
-        "-hide_banner",
-        "-nostdin",
-        "-i",
-        input,
-    ]  # argv, no shell: a name is never interpreted
+    cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", input]  # argv, no shell: never parsed
     try:
         done = subprocess.run(cmd, capture_output=True, timeout=timeout_s, stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired as exc:
         raise BadInput(name, f"probe timed out after {timeout_s:g}s") from exc
-    # ffmpeg echoes the input name verbatim: a name holding a newline and `Stream #0:0: Video: ...` would
-    # otherwise be parsed as a stream of the attacker's choosing. Bytes, so non-UTF-8 names match too.
+    # ffmpeg echoes the input name verbatim: a name holding a newline and `Stream #0:0: Video: ...`
+    # would otherwise be parsed as a stream of the attacker's choosing. Replaced as bytes, so that
+    # names that are not UTF-8 match too.
     text = done.stderr.replace(os.fsencode(input), b"<input>").decode(errors="replace")
     info = _parse_probe(text, name)
     check_frame_size(name, info.height, info.width, max_pixels)  # before ffmpeg allocates one
@@ -248,7 +244,8 @@ def _parse_probe(text: str, name: str) -> VideoInfo:
     head = block.splitlines()[0]
     size = re.search(r"[ ,](\d+)x(\d+)[ ,]", head)
     rate = re.search(r"([\d.]+)(k?) fps", head) or re.search(r"([\d.]+)(k?) tbr", head)
-    if size is None or rate is None:
+    codec = re.search(r"Video: (\w+)", head)
+    if size is None or rate is None or codec is None:
         raise BadInput(name, f"unreadable video stream: {head.strip()}")
     duration = re.search(r"Duration: (\d+):(\d+):([\d.]+)", text)
     rotation = re.search(r"display ?matrix: rotation of (-?[\d.]+) degrees", block, re.IGNORECASE)
@@ -256,14 +253,14 @@ def _parse_probe(text: str, name: str) -> VideoInfo:
         width=int(size.group(1)),
         height=int(size.group(2)),
         fps=float(rate.group(1)) * (1000 if rate.group(2) else 1),
-        duration_s=_seconds(duration.groups()) if duration else None,
-        codec=re.search(r"Video: (\w+)", head).group(1),
+        duration_s=_seconds(duration) if duration else None,
+        codec=codec.group(1),
         rotation=float(rotation.group(1)) if rotation else 0.0,
     )
 
 
 def output_fps(sampling: SamplingConfig, info: VideoInfo, name: str) -> float:
-    """Frames per second handed out: num_frames spread over the duration, else fps, else the source rate."""
+    """Frames per second handed out: num_frames over the duration, else fps, else the video's."""
     if sampling.num_frames is not None:
         if not info.duration_s:
             raise BadInput(
@@ -280,7 +277,7 @@ def decode_video(
     sampling: SamplingConfig,
     info: VideoInfo | None = None,
     max_frames: int = MAX_FRAMES,
-) -> Iterator[FrameChunk]:
+) -> Generator[FrameChunk, None, None]:
     """Chunks of (N, size, size, 3) uint8 RGB frames with t in seconds; BadInput beyond `max_frames`
     (refused before decoding when the duration says so, else stopped once that many came out).
 
@@ -315,16 +312,15 @@ def decode_video(
         stderr=subprocess.PIPE,
         bufsize=0,
     )
-    stderr = _StderrTail(proc.stderr)
+    # Both pipes were asked for, unbuffered (bufsize=0): Popen made them raw FileIO objects.
+    stdout = cast(io.FileIO, proc.stdout)
+    stderr = _StderrTail(cast(io.FileIO, proc.stderr))
     watchdog = _Watchdog(proc, sampling.timeout_s)
     try:
         start = 0
-        while len(
-            frames := _read_frames(proc.stdout, sampling.chunk_frames, frame_bytes, watchdog)
-        ):
-            if (
-                start + len(frames) // frame_bytes > max_frames
-            ):  # no usable duration said so beforehand
+        while len(frames := _read_frames(stdout, sampling.chunk_frames, frame_bytes, watchdog)):
+            # No usable duration said so beforehand.
+            if start + len(frames) // frame_bytes > max_frames:
                 raise BadInput(
                     name,
                     f"more than {max_frames} frames decoded, the limit per series "
@@ -333,7 +329,7 @@ def decode_video(
             frames = frames.reshape(-1, sampling.size, sampling.size, 3)
             t = (
                 stderr.take_times(len(frames), sampling.timeout_s)
-                if every_frame
+                if rate is None  # every frame, at its own presentation time
                 else np.arange(start, start + len(frames)) / rate
             )
             yield FrameChunk(frames=frames, t=t, start=start)
@@ -344,7 +340,7 @@ def decode_video(
         proc.kill()
         proc.wait()
         stderr.join()
-        proc.stdout.close()
+        stdout.close()
 
 
 def _expected_frames(sampling: SamplingConfig, info: VideoInfo, rate: float | None) -> int | None:
@@ -357,7 +353,9 @@ def _expected_frames(sampling: SamplingConfig, info: VideoInfo, rate: float | No
 
 
 def _command(input: str, size: int, rate: float | None, max_frames: int | None) -> list[str]:
-    """input → fps (or showinfo) → cover size×size → center crop → raw RGB on stdout; audio, subtitles, data dropped.
+    """input → fps (or showinfo) → cover size×size → center crop → raw RGB on stdout.
+
+    Audio, subtitles and data streams are dropped.
 
     rate None passes every frame through (no duplicates, no drops) and logs each one's
     pts_time at info level; ffmpeg's own messages keep their level as a prefix.
@@ -368,7 +366,7 @@ def _command(input: str, size: int, rate: float | None, max_frames: int | None) 
     stream = stream.filter("scale", size, size, force_original_aspect_ratio="increase").filter(
         "crop", size, size
     )
-    options = {"frames:v": max_frames} if max_frames is not None else {}
+    options: dict[str, int | str] = {"frames:v": max_frames} if max_frames is not None else {}
     if rate is None:
         options["fps_mode"] = "passthrough"
     out = stream.output(
@@ -380,7 +378,9 @@ def _command(input: str, size: int, rate: float | None, max_frames: int | None) 
     )
 
 
-def _read_frames(pipe: IO[bytes], count: int, frame_bytes: int, watchdog: _Watchdog) -> np.ndarray:
+def _read_frames(
+    pipe: io.RawIOBase, count: int, frame_bytes: int, watchdog: _Watchdog
+) -> np.ndarray:
     """Up to `count` whole frames as flat uint8; fewer only at the end of the stream."""
     buf = bytearray(count * frame_bytes)
     view = memoryview(buf)
@@ -420,7 +420,7 @@ _LEVEL = re.compile(r"\[(?:panic|fatal|error|warning|info|verbose|debug|trace)\]
 
 
 class _StderrTail:
-    """Drains ffmpeg's stderr in a thread, so a chatty decoder can never block on a full pipe; keeps the tail."""
+    """Drains ffmpeg's stderr in a thread, keeping the tail: a chatty decoder never blocks on it."""
 
     def __init__(self, pipe: IO[bytes], keep: int = 64) -> None:
         self._tail: deque[str] = deque(maxlen=keep)  # the last messages that are not showinfo's
@@ -450,7 +450,7 @@ class _StderrTail:
                 self._arrived.notify_all()
 
     def take_times(self, count: int, timeout_s: float) -> np.ndarray:
-        """The next `count` frames' presentation times: showinfo logs a frame before it reaches the pipe."""
+        """The next `count` frames' times: showinfo logs a frame before it reaches the pipe."""
         with self._arrived:
             self._arrived.wait_for(
                 lambda: len(self._times) >= count or self._ended, timeout=timeout_s
@@ -549,9 +549,9 @@ def _strip_context(line: str) -> str:
     return re.sub(r"^\[[^\]]*@ 0x[0-9a-f]+\] ", "", line)
 
 
-def _seconds(hms: tuple[str, str, str]) -> float:
-    hours, minutes, seconds = hms
-    return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+def _seconds(hms: re.Match[str]) -> float:
+    """`Duration: 01:02:03.45` matched as (hours, minutes, seconds) -> seconds."""
+    return int(hms.group(1)) * 3600 + int(hms.group(2)) * 60 + float(hms.group(3))
 
 
 KIND = SourceKind(
