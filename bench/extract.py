@@ -254,7 +254,7 @@ try:
     with startup.using(api):
         extract(source, overrides=overrides)  # the first flow of a process pays Prefect's one-off costs
         started = time.perf_counter()
-        summary = extract(source, overrides=overrides)
+        summary = extract(source, overrides=overrides).to_json()
         elapsed = time.perf_counter() - started
 finally:
     if api is not None:

@@ -22,7 +22,8 @@ def publish_summary(key: str, markdown: str) -> None:
 
 
 def publish_mlflow_run(tracking_uri: str, run_id: str) -> None:
-    """A link to the run in the MLflow UI: the tracking server's, else `mlflow ui`'s default address."""
+    """A link to the run in the MLflow UI: the tracking server's, else `mlflow ui`'s default
+    address."""
     if not api_present():
         return
     served = tracking_uri.startswith(("http://", "https://"))

@@ -1,4 +1,5 @@
-"""Flow `backfill`: extract a date range of a root's partitions (or all of them), a few at a time.
+"""Flow `backfill`: extract a date range of a root's partitions (or all of them), a few at a
+time.
 
 Each partition is recorded done (lib/ops/partitions.py) as soon as its series are in the
 cache and its failures recorded, so a killed backfill, run again, skips the partitions
@@ -20,8 +21,11 @@ from prefect import flow
 from lstmpipe.flows.artifacts import publish_summary
 from lstmpipe.flows.extract import extract_refs
 from lstmpipe.flows.runtime import Runtime, load_runtime, run_id_of
+from lstmpipe.lib.failures import Failure
 from lstmpipe.lib.ops.partitions import Partition, by_partition, date_range, markdown_table
+from lstmpipe.lib.ops.results import PartitionDone, PartitionsRun
 from lstmpipe.lib.ops.summary import extraction_summary
+from lstmpipe.lib.series import SeriesRef
 from lstmpipe.tasks.extract import discover_source, feature_recipe
 from lstmpipe.tasks.partitions import mark_partition_done, partitions_to_do
 from lstmpipe.tasks.records import record_run_failures
@@ -34,83 +38,75 @@ def records_file(rt: Runtime) -> Path:
 def extract_partitions(
     rt: Runtime,
     root: str,
-    recipe: dict,
+    recipe: dict[str, Any],
     run_id: str,
     start: dt.date | None = None,
     end: dt.date | None = None,
     every: bool = True,
-) -> dict[str, Any]:
-    """Extract the selected partitions of `root` not yet done under `recipe`; the summary of what was done."""
+) -> PartitionsRun:
+    """Extract the selected partitions of `root` not yet done under `recipe`; what was done."""
     plan = partitions_to_do(root, str(records_file(rt)), recipe["recipe_id"], start, end, every)
-    rows: list[dict[str, Any]] = []
-    if plan["pending"]:
-        found = discover_source(
-            root, None, rt.hash_memo, rt.config.sources
-        )  # once: the memo makes it cheap
-        refs, failures = by_partition(found["refs"]), by_partition(found["failures"])
+    done: list[PartitionDone] = []
+    if plan.pending:
+        # once: the memo makes it cheap
+        found = discover_source(root, None, rt.hash_memo, rt.config.sources)
+        refs, failures = by_partition(found.refs), by_partition(found.failures)
 
-        def one(part: Partition) -> dict[str, Any]:
+        def one(part: Partition) -> PartitionDone:
             return _extract_partition(
                 rt, root, part, refs.get(part.name, []), failures.get(part.name, []), recipe, run_id
             )
 
-        # Threads in the flow's context (copied per partition), so their task runs belong to this flow run.
+        # Threads in the flow's context (copied per partition), so their task runs belong to this
+        # flow run.
         with ThreadPoolExecutor(max_workers=rt.config.runtime.partition_concurrency) as pool:
             futures = [
-                pool.submit(contextvars.copy_context().run, one, part) for part in plan["pending"]
+                pool.submit(contextvars.copy_context().run, one, part) for part in plan.pending
             ]
-            rows = [future.result() for future in futures]
-    failed_series = [row for r in rows for row in r.pop("failed_series")]
-    return {
-        "root": root,
-        "recipe_id": recipe["recipe_id"],
-        "selected": len(plan["selected"]),
-        "already_done": len(plan["selected"]) - len(plan["pending"]),
-        "done": rows,
-        **{key: sum(r[key] for r in rows) for key in ("series", "cached", "extracted", "failed")},
-        "failed_series": failed_series,
-    }
+            done = [future.result() for future in futures]
+    return PartitionsRun(
+        root=root,
+        recipe_id=recipe["recipe_id"],
+        selected=len(plan.selected),
+        already_done=len(plan.selected) - len(plan.pending),
+        done=tuple(done),
+    )
 
 
 def _extract_partition(
     rt: Runtime,
     root: str,
     part: Partition,
-    refs: list[dict],
-    failures: list[dict],
-    recipe: dict,
+    refs: list[SeriesRef],
+    failures: list[Failure],
+    recipe: dict[str, Any],
     run_id: str,
-) -> dict[str, Any]:
+) -> PartitionDone:
     """Extract one partition, record its failures, then (only then) record it done."""
-    statuses, seconds = extract_refs(rt, refs, recipe)
-    summary = extraction_summary(statuses, failures, seconds)
+    outcomes, seconds = extract_refs(rt, refs, recipe)
+    summary = extraction_summary(outcomes, failures, seconds)
     record_run_failures(str(rt.failures_dir), run_id, summary)
     mark_partition_done(
         str(records_file(rt)),
         root,
         part,
         recipe["recipe_id"],
-        summary["series"],
-        summary["failed"],
+        summary.series,
+        summary.failed,
         run_id,
     )
-    return {
-        "partition": part.name,
-        **{k: summary[k] for k in ("series", "cached", "extracted", "failed", "frames")},
-        "seconds": round(seconds, 1),
-        "failed_series": [row for row in summary["per_series"] if row["status"] == "failed"],
-    }
+    return PartitionDone(part.name, summary, seconds)
 
 
-def partitions_markdown(title: str, summary: dict[str, Any]) -> str:
+def partitions_markdown(title: str, run: PartitionsRun) -> str:
     """The Markdown artifact of a run's partitions: one row per partition done."""
     head = (
-        f"## {title}\n\n`{summary['root']}`, recipe `{summary['recipe_id']}`: {len(summary['done'])} of "
-        f"{summary['selected']} partitions done now ({summary['already_done']} were done before); "
-        f"{summary['series']} series, {summary['extracted']} extracted, {summary['failed']} failed.\n\n"
+        f"## {title}\n\n`{run.root}`, recipe `{run.recipe_id}`: {len(run.done)} of "
+        f"{run.selected} partitions done now ({run.already_done} were done before); "
+        f"{run.series} series, {run.extracted} extracted, {run.failed} failed.\n\n"
     )
     return head + markdown_table(
-        summary["done"],
+        [p.to_json() for p in run.done],
         ["partition", "series", "cached", "extracted", "failed", "frames", "seconds"],
     )
 
@@ -124,8 +120,9 @@ def backfill(
     config_file: str | None = None,
     overrides: dict[str, Any] | None = None,
     run_id: str | None = None,
-) -> dict[str, Any]:
-    """Extract the partitions of `root` dated within [start, end] (or `every` one, undated too) not yet done."""
+) -> PartitionsRun:
+    """Extract the partitions of `root` dated within [start, end] (or `every` one, undated too)
+    not yet done."""
     first, last = date_range(start, end, every)
     rt = load_runtime(config_file, overrides)
     run_id = run_id_of(run_id)

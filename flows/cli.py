@@ -15,7 +15,7 @@ import time
 import typing
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from lstmpipe.flows.console import render
 from lstmpipe.flows.runtime import Runtime, load_runtime, new_run_id, prepare_process
@@ -372,18 +372,29 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, LookupError) as exc:
         print(f"lstmpipe {args.command}: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    result = {
+    record = {
         "command": args.command,
         "run_id": run_id,
         "seconds": round(time.monotonic() - started, 1),
-        **result,
+        **(result if isinstance(result, dict) else result.to_json()),
     }
-    if (
-        args.command not in {"status", "plan", "serve"} and "history" not in result
-    ):  # they only read, or serve
-        _save_run(rt, result)
-    print(json.dumps(result, indent=2, default=str) if args.json else render(result))
-    return EXIT_FAILED_SERIES if result.get("failed") else EXIT_OK
+    # status and plan only read, serve serves, history reads: no run to record
+    if args.command not in {"status", "plan", "serve"} and command != "history":
+        _save_run(rt, record)
+    print(json.dumps(record, indent=2, default=str) if args.json else render(record))
+    return EXIT_FAILED_SERIES if record.get("failed") else EXIT_OK
+
+
+class Result(Protocol):
+    """A typed command result (lib/ops/results.py and others): `--json` prints its to_json(),
+    after the command, run id and seconds; the run record holds the same document."""
+
+    def to_json(self) -> dict[str, Any]: ...
+
+
+# What a command returns: typed, or a dict where its module builds one (compact, report,
+# history, promote, serve).
+Returned = Result | dict[str, Any]
 
 
 # command -> the flows module that runs it: only that one is imported (each pulls in torch,
@@ -401,9 +412,7 @@ FLOW_MODULES = {
 }
 
 
-def _run(
-    args: argparse.Namespace, rt: Runtime, overrides: dict[str, Any], run_id: str
-) -> dict[str, Any]:
+def _run(args: argparse.Namespace, rt: Runtime, overrides: dict[str, Any], run_id: str) -> Returned:
     """Boot Prefect's API, import the command's flow and load the backbone meanwhile, then run
     it."""
     from lstmpipe.flows import startup
@@ -428,10 +437,10 @@ def _run(
 
 def _call(
     module: Any, args: argparse.Namespace, overrides: dict[str, Any], run_id: str
-) -> dict[str, Any]:
+) -> Returned:
     config = {"config_file": args.config, "overrides": overrides}
     common = {**config, "run_id": run_id}  # for the flows that record failures under the run
-    calls: dict[str, Callable[[], dict[str, Any]]] = {
+    calls: dict[str, Callable[[], Returned]] = {
         "demo": lambda: module.demo(
             seed=args.sample_seed,
             clips_per_class=args.clips_per_class,
@@ -468,7 +477,7 @@ def _call(
     return calls[args.command]()
 
 
-def _status(rt: Runtime, root: str | None) -> dict[str, Any]:
+def _status(rt: Runtime, root: str | None) -> Returned:
     from lstmpipe.lib.ops import status  # MLflow loads in seconds: only for this command
     from lstmpipe.lib.registry import mlflow_store as registry
 
@@ -488,9 +497,10 @@ def _serve(rt: Runtime, args: argparse.Namespace, overrides: dict[str, Any]) -> 
 
 def _history(rt: Runtime, model: str) -> dict[str, Any]:
     from lstmpipe.flows.report import history_file  # no Prefect, no MLflow: reading a SQLite table
-    from lstmpipe.lib.registry.promotion import read_history
+    from lstmpipe.lib.registry.history import read_history
 
-    return {"model": model, "history": read_history(history_file(rt), model)}
+    rows = read_history(history_file(rt), model)
+    return {"model": model, "history": [row.to_json() for row in rows]}
 
 
 def _report(args: argparse.Namespace, overrides: dict[str, Any]) -> dict[str, Any]:
@@ -500,14 +510,13 @@ def _report(args: argparse.Namespace, overrides: dict[str, Any]) -> dict[str, An
 
 
 def _compact(rt: Runtime) -> dict[str, Any]:
-    from lstmpipe.lib.features.cache import (
-        FeatureCache,
-    )  # late: torch and Arrow load in seconds, and delay Prefect's boot
+    # late: torch and Arrow load in seconds, and delay Prefect's boot
+    from lstmpipe.lib.features.cache import FeatureCache
 
     return FeatureCache(Path(rt.cache_root)).compact()
 
 
-def _plan(rt: Runtime, args: argparse.Namespace) -> dict[str, Any]:
+def _plan(rt: Runtime, args: argparse.Namespace) -> Returned:
     import torch  # late, like _status: only this command needs it here
 
     from lstmpipe.lib.ops.plan import plan_source
@@ -523,9 +532,11 @@ def _plan(rt: Runtime, args: argparse.Namespace) -> dict[str, Any]:
     )
 
 
-def _save_run(rt: Runtime, result: dict[str, Any]) -> None:
+def _save_run(rt: Runtime, record: dict[str, Any]) -> None:
+    """$LSTMPIPE_HOME/runs/RUN_ID.json: the document `--json` prints (`lstmpipe status` reads
+    them)."""
     write_text_atomic(
-        json.dumps(result, indent=2, default=str), rt.runs_dir / f"{result['run_id']}.json"
+        json.dumps(record, indent=2, default=str), rt.runs_dir / f"{record['run_id']}.json"
     )
 
 

@@ -1,4 +1,8 @@
-"""The one-screen summary each command prints at the end (`--json` prints the dict instead)."""
+"""The one-screen summary each command prints at the end.
+
+It renders the document `--json` prints and $LSTMPIPE_HOME/runs/*.json keeps (the typed results'
+to_json, behind the command, run id and seconds), so the screen shows nothing the record lacks.
+"""
 
 from __future__ import annotations
 
@@ -36,8 +40,8 @@ def _sections(command: str, r: dict[str, Any]) -> list[str]:
         return _plan(r)
     if command == "compact":
         return [
-            f"  compact   {r['files_before']} files -> {r['files_after']}: {r['series_moved']} series moved, "
-            f"{r['orphans_deleted']} orphan files deleted"
+            f"  compact   {r['files_before']} files -> {r['files_after']}: "
+            f"{r['series_moved']} series moved, {r['orphans_deleted']} orphan files deleted"
         ]
     if command == "rollback":
         return [f"  rollback  {r['model']}: @champion v{r['from']} -> v{r['to']}"]
@@ -72,18 +76,20 @@ def _nightly(r: dict[str, Any]) -> list[str]:
 def _partitions(r: dict[str, Any]) -> list[str]:
     """What a backfill or nightly run extracted, partition by partition."""
     lines = [
-        f"  partitions {len(r['done'])} of {r['selected']} extracted now ({r['already_done']} done before) "
-        f"under recipe {r['recipe_id']}: {r['series']} series, {r['cached']} cached, {r['extracted']} "
-        f"extracted, {r['failed']} failed"
+        f"  partitions {len(r['done'])} of {r['selected']} extracted now "
+        f"({r['already_done']} done before) under recipe {r['recipe_id']}: {r['series']} series, "
+        f"{r['cached']} cached, {r['extracted']} extracted, {r['failed']} failed"
     ]
     lines += [
-        f"    {p['partition']}: {p['series']} series, {p['cached']} cached, {p['extracted']} extracted, "
-        f"{p['failed']} failed; {p['frames']} frames in {p['seconds']} s"
+        f"    {p['partition']}: {p['series']} series, {p['cached']} cached, "
+        f"{p['extracted']} extracted, {p['failed']} failed; {p['frames']} frames in "
+        f"{p['seconds']} s"
         for p in r["done"][:MAX_FAILURES_SHOWN]
     ]
     if len(r["done"]) > MAX_FAILURES_SHOWN:
         lines.append(
-            f"    ... and {len(r['done']) - MAX_FAILURES_SHOWN} more partitions (--json lists every one)"
+            f"    ... and {len(r['done']) - MAX_FAILURES_SHOWN} more partitions "
+            "(--json lists every one)"
         )
     failed = r["failed_series"]
     lines += [
@@ -92,7 +98,8 @@ def _partitions(r: dict[str, Any]) -> list[str]:
     ]
     if len(failed) > MAX_FAILURES_SHOWN:
         lines.append(
-            f"    ... and {len(failed) - MAX_FAILURES_SHOWN} more (lstmpipe status, or the failures table)"
+            f"    ... and {len(failed) - MAX_FAILURES_SHOWN} more "
+            "(lstmpipe status, or the failures table)"
         )
     return lines
 
@@ -115,16 +122,17 @@ def _extract(r: dict[str, Any]) -> list[str]:
     ]
     if len(failed) > MAX_FAILURES_SHOWN:
         lines.append(
-            f"    ... and {len(failed) - MAX_FAILURES_SHOWN} more (failures table: {r['failures_file']})"
+            f"    ... and {len(failed) - MAX_FAILURES_SHOWN} more "
+            f"(failures table: {r['failures_file']})"
         )
     return lines
 
 
 def _train(r: dict[str, Any]) -> list[str]:
     return [
-        f"  train     {r['model']} v{r['version']}: test accuracy {r['test'].get('accuracy')}, macro-F1 "
-        f"{r['test'].get('macro_f1')}; frame-averaging baseline macro-F1 {r['baseline_test'].get('macro_f1')}; "
-        f"splits {r['splits']}"
+        f"  train     {r['model']} v{r['version']}: test accuracy {r['test'].get('accuracy')}, "
+        f"macro-F1 {r['test'].get('macro_f1')}; frame-averaging baseline macro-F1 "
+        f"{r['baseline_test'].get('macro_f1')}; splits {r['splits']}"
     ]
 
 
@@ -132,7 +140,8 @@ def _tune(r: dict[str, Any]) -> list[str]:
     trials = ", ".join(f"{n} {state}" for state, n in r["trials"].items())
     best = r["best_trial"]
     return [
-        f"  tune      trials: {trials}; best {best['trial_id']} (val macro-F1 {best['best_val_macro_f1']:.3f}) "
+        f"  tune      trials: {trials}; best {best['trial_id']} "
+        f"(val macro-F1 {best['best_val_macro_f1']:.3f}) "
         f"registered as {r['model']} v{r['version']}: test accuracy {r['test'].get('accuracy')}, "
         f"macro-F1 {r['test'].get('macro_f1')}; search run {r['parent_run_id']}"
     ]
@@ -153,8 +162,8 @@ def _history(r: dict[str, Any]) -> list[str]:
     if not r["history"]:
         return [f"  history   {r['model']}: no promotion decisions recorded"]
     lines = [
-        f"  {'time':25} {'decision':11} {'challenger':>10} {'champion':>8} {'F1 new':>7} {'F1 old':>7} "
-        f"{'test':9} {'p':>7}  reason"
+        f"  {'time':25} {'decision':11} {'challenger':>10} {'champion':>8} {'F1 new':>7} "
+        f"{'F1 old':>7} {'test':9} {'p':>7}  reason"
     ]
     for row in r["history"]:
         lines.append(
@@ -176,7 +185,8 @@ def _f(value: float | None) -> str:
 
 def _infer(r: dict[str, Any]) -> list[str]:
     lines = [
-        f"  infer     {r['predicted']} series with {r['model']} v{r['version']} -> {r['predictions']}"
+        f"  infer     {r['predicted']} series with {r['model']} v{r['version']} -> "
+        f"{r['predictions']}"
         + (
             f"; {r['skipped']} already predicted by v{r['version']} (--force redoes them)"
             if r.get("skipped")
@@ -208,8 +218,8 @@ def _status(r: dict[str, Any]) -> list[str]:
     cache = r["cache"]
     lines = [
         f"  state     {r['home']}",
-        f"  cache     {cache['series']} series, {cache['frames']} frames, {cache['recipes']} recipes, "
-        f"{cache['bytes'] / 1e6:.1f} MB",
+        f"  cache     {cache['series']} series, {cache['frames']} frames, "
+        f"{cache['recipes']} recipes, {cache['bytes'] / 1e6:.1f} MB",
     ]
     lines += [
         f"  model     {m['model']}: "
@@ -223,8 +233,9 @@ def _status(r: dict[str, Any]) -> list[str]:
     parts = r.get("partitions")
     if parts:
         lines.append(
-            f"  partitions {parts['root']}: {len(parts['done'])} done, {len(parts['pending'])} pending "
-            f"under recipe {parts['recipe_id'] or '- (none recorded yet)'}"
+            f"  partitions {parts['root']}: {len(parts['done'])} done, "
+            f"{len(parts['pending'])} pending under recipe "
+            f"{parts['recipe_id'] or '- (none recorded yet)'}"
         )
         lines += [f"    pending {name}" for name in parts["pending"][:MAX_FAILURES_SHOWN]]
     lines.append(f"  failures  {r['failures_total']} recorded; most recent:")

@@ -114,4 +114,8 @@ def demo(
         run_id,
         retrain=True,
     )
-    return {**result, "sample": sample, "tracking_uri": rt.tracking_uri, "home": str(rt.home)}
+    return result.to_json() | {
+        "sample": sample,
+        "tracking_uri": rt.tracking_uri,
+        "home": str(rt.home),
+    }

@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from prefect import flow
 
 from lstmpipe.flows.runtime import Runtime, load_runtime, run_id_of
-from lstmpipe.lib.ops.summary import extraction_summary
+from lstmpipe.lib.features.outcomes import SeriesOutcome
+from lstmpipe.lib.ops.summary import ExtractionSummary, extraction_summary
+from lstmpipe.lib.series import SeriesRef
 from lstmpipe.tasks.extract import discover_source, extract_shard, feature_recipe
 from lstmpipe.tasks.records import record_run_failures
 
 
-def extract_refs(rt: Runtime, refs: list[dict], recipe: dict) -> tuple[list[dict], float]:
-    """(per-series statuses, seconds spent extracting); one Prefect task per shard (never per series)."""
+def extract_refs(
+    rt: Runtime, refs: list[SeriesRef], recipe: dict[str, Any]
+) -> tuple[list[SeriesOutcome], float]:
+    """(per-series outcomes, seconds spent extracting); one Prefect task per shard (never per
+    series)."""
     size = rt.config.runtime.shard_size
-    statuses: list[dict] = []
+    outcomes: list[SeriesOutcome] = []
     seconds = 0.0
     for start in range(0, len(refs), size):
         shard = extract_shard(
@@ -27,9 +33,9 @@ def extract_refs(rt: Runtime, refs: list[dict], recipe: dict) -> tuple[list[dict
             rt.torch_hub_dir,
             rt.ray_address,
         )
-        statuses += shard["rows"]
-        seconds += shard["seconds"]
-    return statuses, seconds
+        outcomes += shard.outcomes
+        seconds += shard.seconds
+    return outcomes, seconds
 
 
 def discover_and_extract(
@@ -37,9 +43,9 @@ def discover_and_extract(
     source: str,
     labels: str | None,
     run_id: str,
-    recipe: dict | None = None,
+    recipe: dict[str, Any] | None = None,
     skip_hashes: frozenset[str] = frozenset(),
-) -> tuple[list[dict], dict, dict[str, Any]]:
+) -> tuple[list[SeriesRef], dict[str, Any], ExtractionSummary]:
     """(refs, recipe, summary) for a source: what every flow that needs features starts with.
 
     Series whose content hash is in `skip_hashes` (already predicted, at inference) are
@@ -47,12 +53,15 @@ def discover_and_extract(
     """
     found = discover_source(source, labels, rt.hash_memo, rt.config.sources)
     recipe = recipe or feature_recipe(rt.config, rt.torch_hub_dir)
-    refs = [r for r in found["refs"] if r["content_hash"] not in skip_hashes]
-    statuses, seconds = extract_refs(rt, refs, recipe)
-    summary = extraction_summary(statuses, found["failures"], seconds)
-    summary["failures_file"] = record_run_failures(str(rt.failures_dir), run_id, summary)
-    summary["recipe_id"] = recipe["recipe_id"]
-    summary["skipped"] = len(found["refs"]) - len(refs)
+    refs = [r for r in found.refs if r.content_hash not in skip_hashes]
+    outcomes, seconds = extract_refs(rt, refs, recipe)
+    summary = extraction_summary(outcomes, found.failures, seconds)
+    summary = dataclasses.replace(
+        summary,
+        failures_file=record_run_failures(str(rt.failures_dir), run_id, summary),
+        recipe_id=recipe["recipe_id"],
+        skipped=len(found.refs) - len(refs),
+    )
     return refs, recipe, summary
 
 
@@ -63,8 +72,9 @@ def extract(
     config_file: str | None = None,
     overrides: dict[str, Any] | None = None,
     run_id: str | None = None,
-) -> dict[str, Any]:
-    """Decode every series of `source` and cache its features; cached series are not recomputed."""
+) -> ExtractionSummary:
+    """Decode every series of `source` and cache its features; cached series are not
+    recomputed."""
     rt = load_runtime(config_file, overrides)
     _, _, summary = discover_and_extract(rt, source, labels, run_id_of(run_id))
     return summary

@@ -21,6 +21,7 @@ from lstmpipe.flows.infer import infer
 from lstmpipe.flows.promote import promote
 from lstmpipe.flows.runtime import load_runtime, run_id_of
 from lstmpipe.flows.train import train
+from lstmpipe.lib.ops.results import NightlyRun
 from lstmpipe.tasks.extract import feature_recipe
 from lstmpipe.tasks.partitions import nightly_plan
 
@@ -36,20 +37,20 @@ def nightly(
     overrides: dict[str, Any] | None = None,
     run_id: str | None = None,
     retrain: bool = False,
-) -> dict[str, Any]:
+) -> NightlyRun:
     rt = load_runtime(config_file, overrides)
     run_id = run_id_of(run_id)  # one id for the whole chain
     recipe = feature_recipe(rt.config, rt.torch_hub_dir)
     partitions = extract_partitions(rt, root, recipe, run_id)
     plan = nightly_plan(rt.tracking_uri, model, str(records_file(rt)), root, recipe["recipe_id"])
-    reason = "asked for (--retrain)" if retrain else plan["train"]
+    reason = "asked for (--retrain)" if retrain else plan.train
     trained = promoted = None
     if reason:
         trained = train(root, model, labels, config_file, overrides, run_id)
-        publish_mlflow_run(rt.tracking_uri, trained["train"]["run_id"])
-        promoted = promote(model, trained["train"]["version"], config_file, overrides, run_id)
-    elif plan["promote"]:  # registered by a night that stopped before promoting it
-        promoted = promote(model, plan["promote"], config_file, overrides, run_id)
+        publish_mlflow_run(rt.tracking_uri, trained.train.run_id)
+        promoted = promote(model, trained.train.version, config_file, overrides, run_id)
+    elif plan.promote:  # registered by a night that stopped before promoting it
+        promoted = promote(model, plan.promote, config_file, overrides, run_id)
     predicted = infer(
         infer_source or root,
         f"models:/{model}@{rt.config.promote.alias}",
@@ -58,39 +59,34 @@ def nightly(
         overrides,
         run_id,
     )
-    result = {
-        "partitions": partitions,
-        "train": trained,
-        "promote": promoted,
-        "infer": predicted,
-        "train_reason": reason
-        or "skipped: no partition done since the newest version (retrain forces it)",
-        # training re-reads the whole root, partitions included: count its failures, else the partitions'
-        "failed": (trained or partitions)["failed"] + predicted["failed"],
-    }
+    result = NightlyRun(
+        partitions,
+        trained,
+        promoted,
+        predicted,
+        reason or "skipped: no partition done since the newest version (retrain forces it)",
+    )
     publish_summary("nightly-summary", nightly_markdown(run_id, model, result))
     return result
 
 
-def nightly_markdown(run_id: str, model: str, r: dict[str, Any]) -> str:
+def nightly_markdown(run_id: str, model: str, night: NightlyRun) -> str:
     lines = [
-        partitions_markdown(f"nightly {run_id}", r["partitions"]),
+        partitions_markdown(f"nightly {run_id}", night.partitions),
         "",
-        f"**train**: {r['train_reason']}",
+        f"**train**: {night.train_reason}",
     ]
-    if r["train"]:
-        t = r["train"]["train"]
+    if night.train:
+        t = night.train.train
         lines.append(
-            f"- {model} v{t['version']}: test accuracy {t['test'].get('accuracy')}, macro-F1 "
-            f"{t['test'].get('macro_f1')}"
+            f"- {model} v{t.version}: test accuracy {t.test.get('accuracy')}, macro-F1 "
+            f"{t.test.get('macro_f1')}"
         )
-    if p := r["promote"]:
+    if p := night.promote:
         lines.append(
             f"- promote: {'promoted to' if p['promoted'] else 'not promoted to'} @{p['alias']}: "
             f"{p['reason']}"
         )
-    i = r["infer"]
-    lines.append(
-        f"- infer: {i['predicted']} series with {i['model']} v{i['version']} -> {i['predictions']}"
-    )
+    i = night.infer
+    lines.append(f"- infer: {i.predicted} series with {i.model} v{i.version} -> {i.predictions}")
     return "\n".join(lines)

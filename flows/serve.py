@@ -1,4 +1,5 @@
-"""`lstmpipe serve`: infra/prefect.yaml's deployments, served by this one process (nightly on its cron).
+"""`lstmpipe serve`: infra/prefect.yaml's deployments, served by this one process (nightly on its
+cron).
 
 Schedules need a Prefect server running its scheduler service, which the temporary
 API of the other commands does not run: with no PREFECT_API_URL, serve starts
@@ -20,9 +21,10 @@ from typing import Any
 import torch
 from prefect import serve as prefect_serve
 from prefect.client.orchestration import get_client
-from prefect.deployments.runner import EntrypointType, RunnerDeployment
+from prefect.deployments.runner import RunnerDeployment
 from prefect.flows import Flow
 from prefect.schedules import Cron
+from prefect.types.entrypoint import EntrypointType
 
 from lstmpipe.flows.backfill import backfill
 from lstmpipe.flows.extract import extract
@@ -36,10 +38,8 @@ from lstmpipe.lib.config import Config
 from lstmpipe.lib.errors import ConfigError
 
 PORT = 4200  # Prefect's usual port: the UI at http://127.0.0.1:4200
-SERIALISED = {
-    "promote",
-    "rollback",
-}  # one run at a time (SPEC §3.5); so is nightly, so nights never overlap
+# one run at a time (SPEC §3.5); so is nightly, so nights never overlap
+SERIALISED = {"promote", "rollback"}
 
 
 def deployments(
@@ -72,14 +72,16 @@ def deployments(
         ),
     }
     return [
-        flow.to_deployment(
+        RunnerDeployment.from_flow(
+            flow,
             name,
             parameters={**params, **given},
             tags=["lstmpipe"]
             + (["scheduled"] if name == "nightly" else ["promote"] if name in SERIALISED else []),
             schedules=[Cron(n.cron, timezone=n.timezone)] if name == "nightly" else None,
             concurrency_limit=1 if name in SERIALISED | {"nightly"} else None,
-            entrypoint_type=EntrypointType.MODULE_PATH,  # the installed package, wherever serve was started
+            # the installed package, wherever serve was started
+            entrypoint_type=EntrypointType.MODULE_PATH,
         )
         for name, (flow, params) in flows.items()
     ]
@@ -94,16 +96,13 @@ def serve(
     try:
         with using(api):
             if api is not None:
-                os.environ["PREFECT_API_URL"] = (
-                    api.url
-                )  # the flow-run subprocesses report to it too
+                # the flow-run subprocesses report to it too
+                os.environ["PREFECT_API_URL"] = api.url
             with get_client(sync_client=True) as client:
-                client.create_concurrency_limit(
-                    tag="promote", concurrency_limit=1
-                )  # nightly's promotions too
-                if (
-                    gpus := torch.cuda.device_count()
-                ):  # tasks running the CNN or the LSTM: one per GPU at a time
+                # nightly's promotions too
+                client.create_concurrency_limit(tag="promote", concurrency_limit=1)
+                # tasks running the CNN or the LSTM: one per GPU at a time
+                if gpus := torch.cuda.device_count():
                     client.create_concurrency_limit(tag="gpu", concurrency_limit=gpus)
             prefect_serve(*served)
     finally:

@@ -29,14 +29,14 @@ from typing import BinaryIO
 
 from lstmpipe.flows.runtime import Runtime
 
-BOOT_TIMEOUT_S = (
-    120.0  # a first boot migrates a new database: 15 s on 2 idle cores, far more when busy
-)
+# a first boot migrates a new database: 15 s on 2 idle cores, far more when busy
+BOOT_TIMEOUT_S = 120.0
 
 
 @dataclass
 class TemporaryApi:
-    """A Prefect API server of this command's own: `wait()` before the first flow, `stop()` at the end."""
+    """A Prefect API server of this command's own: `wait()` before the first flow, `stop()` at the
+    end."""
 
     url: str
     process: subprocess.Popen
@@ -156,7 +156,8 @@ def load_backbone_early(rt: Runtime) -> None:
 
 
 def _profile_names_a_server(env: Mapping[str, str]) -> bool:
-    """Whether the active Prefect profile (PREFECT_HOME/profiles.toml, or PREFECT_PROFILES_PATH) sets an API URL."""
+    """Whether the active Prefect profile (PREFECT_HOME/profiles.toml, or PREFECT_PROFILES_PATH)
+    sets an API URL."""
     path = Path(
         env.get("PREFECT_PROFILES_PATH")
         or Path(env.get("PREFECT_HOME", "~/.prefect")) / "profiles.toml"

@@ -9,7 +9,7 @@ from prefect import flow
 from lstmpipe.flows.extract import discover_and_extract
 from lstmpipe.flows.report import report_of_run
 from lstmpipe.flows.runtime import load_runtime, run_id_of
-from lstmpipe.lib.ops.summary import usable
+from lstmpipe.lib.ops.results import TrainRun
 from lstmpipe.tasks.train import train_model
 
 
@@ -21,12 +21,12 @@ def train(
     config_file: str | None = None,
     overrides: dict[str, Any] | None = None,
     run_id: str | None = None,
-) -> dict[str, Any]:
+) -> TrainRun:
     rt = load_runtime(config_file, overrides)
     run_id = run_id_of(run_id)
     refs, recipe, extraction = discover_and_extract(rt, source, labels, run_id)
     trained = train_model(
-        usable(refs, extraction),
+        extraction.usable(refs),
         recipe,
         model,
         rt.config,
@@ -35,9 +35,4 @@ def train(
         rt.artifact_root,
         {"lstmpipe.run_id": run_id, "lstmpipe.source": source},
     )
-    return {
-        "extract": extraction,
-        "train": trained,
-        "failed": extraction["failed"],
-        "report": report_of_run(rt, trained["run_id"]),
-    }
+    return TrainRun(extraction, trained, report_of_run(rt, trained.run_id))

@@ -1,4 +1,5 @@
-"""Flow `tune`: make sure features are cached, search the LSTM's hyperparameters on Ray Tune, register the best."""
+"""Flow `tune`: make sure features are cached, search the LSTM's hyperparameters on Ray Tune,
+register the best."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from prefect import flow
 
 from lstmpipe.flows.extract import discover_and_extract
 from lstmpipe.flows.runtime import load_runtime, run_id_of
-from lstmpipe.lib.ops.summary import usable
+from lstmpipe.lib.ops.results import TuneRun
 from lstmpipe.tasks.tune import tune_model
 
 
@@ -23,14 +24,15 @@ def tune(
     trials: int = 8,
     grace_period: int = 3,
     gpus_per_trial: float = 0.0,
-) -> dict[str, Any]:
-    """`trials` hyperparameter sets, ASHA-stopped on validation macro-F1 after `grace_period` epochs at the
-    earliest; each trial an MLflow child run of one search run; the best retrained and registered as `model`."""
+) -> TuneRun:
+    """`trials` hyperparameter sets, ASHA-stopped on validation macro-F1 after `grace_period`
+    epochs at the earliest; each trial an MLflow child run of one search run; the best retrained
+    and registered as `model`."""
     rt = load_runtime(config_file, overrides)
     run_id = run_id_of(run_id)
     refs, recipe, extraction = discover_and_extract(rt, source, labels, run_id)
     searched = tune_model(
-        usable(refs, extraction),
+        extraction.usable(refs),
         recipe,
         model,
         rt.config,
@@ -44,4 +46,4 @@ def tune(
         grace_period=grace_period,
         gpus_per_trial=gpus_per_trial,
     )
-    return {"extract": extraction, "tune": searched, "failed": extraction["failed"]}
+    return TuneRun(extraction, searched)

@@ -18,10 +18,11 @@ from lstmpipe.lib.features.backbone import Backbone, resolve_precision, resolve_
 from lstmpipe.lib.features.build import check_recipe, load_backbone, recipe_key
 from lstmpipe.lib.features.cache import FeatureCache
 from lstmpipe.lib.features.extract import extract_to_cache, split_cached
+from lstmpipe.lib.features.outcomes import SeriesOutcome, ShardResult
 from lstmpipe.lib.features.placement import placement
 from lstmpipe.lib.features.recipe import FeatureRecipe
 from lstmpipe.lib.series import SeriesRef
-from lstmpipe.lib.sources.discover import discover
+from lstmpipe.lib.sources.discover import Discovery, discover
 from lstmpipe.lib.sources.hashing import HashMemo
 from lstmpipe.tasks.ray_workers import FeatureWorker, ensure_ray, feature_workers, release_workers
 from lstmpipe.tasks.retry import transient_only
@@ -32,18 +33,14 @@ GROUP = 8  # series per actor call: progress granularity and load balance; one c
 @task(name="discover", retries=2, retry_condition_fn=transient_only)
 def discover_source(
     source: str, manifest: str | None, memo_path: str, sources: SourcesConfig
-) -> dict:
-    """Series refs (as dicts) and discovery failures of a source root, file or archive."""
-    found = discover(
+) -> Discovery:
+    """Series refs and discovery failures of a source root, file or archive."""
+    return discover(
         Path(source),
         Path(manifest) if manifest else None,
         HashMemo(Path(memo_path)),
         sources=sources,
     )
-    return {
-        "refs": [r.to_dict() for r in found.refs],
-        "failures": [f.__dict__ for f in found.failures],
-    }
 
 
 def _device() -> str:
@@ -64,8 +61,9 @@ def _recipe_cache_key(_context: object, parameters: dict) -> str | None:
         return None  # not cached: the task raises the same error, once, naming the setting
 
 
-# Cached across flow runs (persisted as JSON under Prefect's local storage): a run with nothing to extract, or
-# one extracting on a Ray cluster, never loads the backbone in this process only to name the recipe.
+# Cached across flow runs (persisted as JSON under Prefect's local storage): a run with nothing to
+# extract, or one extracting on a Ray cluster, never loads the backbone in this process only to
+# name the recipe. Hence a dict (FeatureRecipe.to_dict), not the FeatureRecipe itself.
 @task(
     name="feature-recipe",
     cache_key_fn=_recipe_cache_key,
@@ -82,48 +80,47 @@ def feature_recipe(config: Config, torch_hub_dir: str) -> dict:
 
 @task(name="extract-shard", tags=["extract", "gpu"], retries=2, retry_condition_fn=transient_only)
 def extract_shard(
-    refs: list[dict],
+    refs: list[SeriesRef],
     recipe: dict,
     config: Config,
     cache_root: str,
     tmp_dir: str,
     torch_hub_dir: str,
     ray_address: str | None,
-) -> dict:
-    """One shard: a status row per series (cached, extracted now, or failed with a reason) and the
-    seconds spent extracting. `ray_address` None extracts in this process, else on that Ray cluster."""
+) -> ShardResult:
+    """One shard: an outcome per series (cached, extracted now, or failed with a reason) and the
+    seconds spent extracting. `ray_address` None extracts in this process, else on that Ray
+    cluster."""
     cache = FeatureCache(Path(cache_root))
     wanted = FeatureRecipe.from_dict(recipe)
     cache.add_recipe(wanted)
-    rows, todo = split_cached(cache, [SeriesRef.from_dict(r) for r in refs], wanted.recipe_id)
+    outcomes, todo = split_cached(cache, refs, wanted.recipe_id)
+    if not todo:
+        return ShardResult(tuple(outcomes), 0.0)
     started = time.monotonic()
-    if todo and ray_address is None:
-        rows += _extract_here(todo, wanted, config, cache, Path(tmp_dir), Path(torch_hub_dir))
-    elif todo:
-        rows += _extract_on_ray(
-            [r.to_dict() for r in todo],
-            recipe,
-            config,
-            cache_root,
-            tmp_dir,
-            torch_hub_dir,
-            ray_address,
+    if ray_address is None:
+        outcomes += _extract_here(todo, wanted, config, cache, Path(tmp_dir), Path(torch_hub_dir))
+    else:
+        outcomes += _extract_on_ray(
+            todo, recipe, config, cache_root, tmp_dir, torch_hub_dir, ray_address
         )
-    return {"rows": rows, "seconds": time.monotonic() - started if todo else 0.0}
+    return ShardResult(tuple(outcomes), time.monotonic() - started)
 
 
 _loaded: dict[tuple, tuple[Backbone, FeatureRecipe]] = {}  # at most one backbone per process
-# Shards run in threads: two building the backbone at once would trace it concurrently, and torch.jit's
-# trace check then fails ("Graphs differed across invocations"). One builds; the others wait and share it.
+# Shards run in threads: two building the backbone at once would trace it concurrently, and
+# torch.jit's trace check then fails ("Graphs differed across invocations"). One builds; the
+# others wait and share it.
 _loading = threading.Lock()
 
 
 def shared_backbone(
     sampling: SamplingConfig, config: BackboneConfig, torch_hub_dir: Path, sources: SourcesConfig
 ) -> tuple[Backbone, FeatureRecipe]:
-    """load_backbone, once per process for the same features: feature_recipe, the CLI's early load and
-    every shard share it. Keyed on what makes the features, with weights and precision resolved, so a
-    config ("auto", "DEFAULT") and the recipe it produced find the same backbone."""
+    """load_backbone, once per process for the same features: feature_recipe, the CLI's early load
+    and every shard share it. Keyed on what makes the features, with weights and precision
+    resolved, so a config ("auto", "DEFAULT") and the recipe it produced find the same
+    backbone."""
     device = _device()
     key = (
         sampling.fps,
@@ -150,10 +147,10 @@ def _extract_here(
     cache: FeatureCache,
     tmp_dir: Path,
     torch_hub_dir: Path,
-) -> list[dict]:
+) -> list[SeriesOutcome]:
     """In this process: one backbone using every core, decoders and the cache writer in threads."""
-    # Everything that shapes the features comes from the recipe (a model's, at inference), not from this
-    # run's flags; the precision too, so "auto" is never re-resolved differently.
+    # Everything that shapes the features comes from the recipe (a model's, at inference), not
+    # from this run's flags; the precision too, so "auto" is never re-resolved differently.
     sampling, sources = wanted.sampling(config.sampling), wanted.sources_config()
     backbone, built = shared_backbone(
         sampling, wanted.backbone_config(config.backbone), torch_hub_dir, sources
@@ -177,16 +174,17 @@ def _extract_here(
 
 
 def _extract_on_ray(
-    todo: list[dict],
+    todo: list[SeriesRef],
     recipe: dict,
     config: Config,
     cache_root: str,
     tmp_dir: str,
     torch_hub_dir: str,
     ray_address: str,
-) -> list[dict]:
+) -> list[SeriesOutcome]:
     ensure_ray(ray_address)
-    where = placement(config.runtime, ray.cluster_resources())
+    resources = {name: float(amount) for name, amount in ray.cluster_resources().items()}
+    where = placement(config.runtime, resources)
     # Everything that shapes the features comes from the recipe (a model's, at inference), not
     # from this run's flags; the precision too, so workers never re-resolve "auto" differently.
     wanted = FeatureRecipe.from_dict(recipe)
@@ -206,13 +204,13 @@ def _extract_on_ray(
         ),
     )
     groups = [todo[i : i + GROUP] for i in range(0, len(todo), GROUP)]
-    statuses: list[dict] = []
+    outcomes: list[SeriesOutcome] = []
     try:
         with tqdm(total=len(todo), desc="extract", unit="series", leave=False) as bar:
             for done in ActorPool(workers).map_unordered(lambda w, g: w.extract.remote(g), groups):
-                statuses += done
+                outcomes += done
                 bar.update(len(done))
     except Exception:
         release_workers()  # a dead actor must not be reused by the retry
         raise
-    return statuses
+    return outcomes

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 from prefect import task
@@ -18,32 +20,46 @@ from lstmpipe.lib.series import SeriesRef
 from lstmpipe.tasks.retry import transient_only
 
 
+@dataclass(frozen=True)
+class PinnedModel:
+    """The version a run predicts with, and its feature recipe (as extract_shard takes it)."""
+
+    ref: registry.ModelRef
+    recipe: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ShardPredictions:
+    """One shard's prediction rows (a few numbers per series; columns per class) and, if asked,
+    its per-frame table."""
+
+    rows: list[dict[str, Any]]
+    frames: pa.Table | None
+
+
 @task(name="resolve-model", retries=2, retry_condition_fn=transient_only)
-def resolve_model(tracking_uri: str, model_uri: str) -> dict:
+def resolve_model(tracking_uri: str, model_uri: str) -> PinnedModel:
     """Pin `models:/NAME@alias` to one version for the whole run; return it with its recipe."""
     client = registry.connect(tracking_uri)
     ref = registry.resolve(client, model_uri)
-    return {"ref": ref.__dict__, "recipe": registry.recipe_of(ref).to_dict()}
+    return PinnedModel(ref, registry.recipe_of(ref).to_dict())
 
 
 @task(name="predict-shard", tags=["infer"], retries=2, retry_condition_fn=transient_only)
 def predict_shard(
-    refs: list[dict],
-    model: dict,
+    refs: list[SeriesRef],
+    model: PinnedModel,
     tracking_uri: str,
     cache_root: str,
     run_id: str,
     per_frame: bool = False,
-) -> dict:
-    """Prediction rows for one shard (small: a few numbers per series), and its per-frame table if asked."""
+) -> ShardPredictions:
+    """Prediction rows for one shard, and its per-frame table if asked."""
     registry.connect(tracking_uri)
-    ref = registry.ModelRef(**model["ref"])
-    predictor = Predictor(registry.load_bundle(ref), ref, Path(cache_root), run_id)
-    series = [SeriesRef.from_dict(r) for r in refs]
-    return {
-        "rows": predictor(series).to_pylist(),
-        "frames": predictor.per_frame(series) if per_frame else None,
-    }
+    predictor = Predictor(registry.load_bundle(model.ref), model.ref, Path(cache_root), run_id)
+    return ShardPredictions(
+        predictor(refs).to_pylist(), predictor.per_frame(refs) if per_frame else None
+    )
 
 
 @task(name="write-predictions", retries=2, retry_condition_fn=transient_only)
@@ -57,7 +73,11 @@ def write_predictions_file(rows: list[dict], frames: list[pa.Table], out: str) -
 
 @task(name="write-domain-outputs", retries=2, retry_condition_fn=transient_only)
 def write_domain_outputs(
-    predictions: str, refs: list[dict], recipe: dict, sampling: SamplingConfig, tmp_dir: str
+    predictions: str,
+    refs: list[SeriesRef],
+    recipe: dict[str, Any],
+    sampling: SamplingConfig,
+    tmp_dir: str,
 ) -> dict[str, str]:
     """The clinical CSV and the GeoJSON beside the predictions, for the series of those domains.
 
@@ -66,7 +86,7 @@ def write_domain_outputs(
     wanted = FeatureRecipe.from_dict(recipe)
     return outputs_beside(
         Path(predictions),
-        [SeriesRef.from_dict(r) for r in refs],
+        refs,
         wanted.sampling(sampling),
         Path(tmp_dir),
         wanted.sources_config(),

@@ -1,4 +1,5 @@
-"""Prefect tasks for partitions: what is left to do, the record of a finished one, whether to retrain."""
+"""Prefect tasks for partitions: what is left to do, the record of a finished one, whether to
+retrain."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 from prefect import task
 
 from lstmpipe.lib.ops import partitions
-from lstmpipe.lib.ops.partitions import Partition, PartitionRecords
+from lstmpipe.lib.ops.partitions import NightlyPlan, Partition, PartitionRecords, Record, ToDo
 from lstmpipe.lib.registry import mlflow_store as registry
 from lstmpipe.tasks.retry import transient_only
 
@@ -21,11 +22,10 @@ def partitions_to_do(
     start: dt.date | None,
     end: dt.date | None,
     every: bool,
-) -> dict[str, list[Partition]]:
-    selected, pending = partitions.to_do(
+) -> ToDo:
+    return partitions.to_do(
         Path(root), PartitionRecords(Path(records_file)), recipe_id, start, end, every
     )
-    return {"selected": selected, "pending": pending}
 
 
 @task(name="mark-partition-done", retries=2, retry_condition_fn=transient_only)
@@ -37,19 +37,18 @@ def mark_partition_done(
     series: int,
     failed: int,
     run_id: str,
-) -> dict:
-    record = PartitionRecords(Path(records_file)).mark_done(
+) -> Record:
+    return PartitionRecords(Path(records_file)).mark_done(
         Path(root), partition, recipe_id, series, failed, run_id
     )
-    return record.__dict__
 
 
 @task(name="nightly-plan", retries=2, retry_condition_fn=transient_only)
 def nightly_plan(
     tracking_uri: str, model: str, records_file: str, root: str, recipe_id: str
-) -> dict:
-    """Why nightly trains ("train"; None: nothing new since the newest version of `model`), and the newest
-    version left without a promotion decision ("promote"; None when there is none)."""
+) -> NightlyPlan:
+    """Whether nightly trains, and which version it promotes without training, judged against
+    the newest version of `model` in the registry."""
     newest = partitions.newest_version(registry.connect(tracking_uri), model)
     records = PartitionRecords(Path(records_file)).records(Path(root), recipe_id)
-    return {"train": partitions.why_train(records, newest), "promote": partitions.undecided(newest)}
+    return partitions.plan_night(records, newest)

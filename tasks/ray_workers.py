@@ -13,31 +13,36 @@ Ray has yet to free (it frees in batches, free_objects_period_milliseconds).
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import Any
 
 import ray
 import torch
+from ray import ObjectRef
 
 from lstmpipe.lib.config import BackboneConfig, SamplingConfig, SourcesConfig
 from lstmpipe.lib.errors import BadInput
 from lstmpipe.lib.features.build import check_recipe, load_backbone
 from lstmpipe.lib.features.cache import FeatureCache
 from lstmpipe.lib.features.extract import Decode, extract_to_cache
+from lstmpipe.lib.features.outcomes import SeriesOutcome
 from lstmpipe.lib.features.recipe import FeatureRecipe
 from lstmpipe.lib.series import FrameChunk, SeriesRef
 from lstmpipe.lib.sources.decode import decode
 
-# Shards run in threads of one flow run: without the lock two of them starting at once would each start a
-# pool, and on a cluster with CPUs for one pool the second pool's actors wait forever for CPUs (a deadlock).
+# Shards run in threads of one flow run: without the lock two of them starting at once would each
+# start a pool, and on a cluster with CPUs for one pool the second pool's actors wait forever for
+# CPUs (a deadlock).
 _lock = threading.RLock()
 
 
 def ensure_ray(address: str) -> None:
-    """Join `address` (a running cluster), or start a Ray of this process's own for "local"; once per process.
+    """Join `address` (a running cluster), or start a Ray of this process's own for "local"; once
+    per process.
 
     The edge says "local", never None: a bare ray.init() silently joins whatever
     cluster `ray start` left on this machine (/tmp/ray/ray_current_cluster).
@@ -49,7 +54,7 @@ def ensure_ray(address: str) -> None:
             address=address,
             include_dashboard=False,
             log_to_driver=False,
-            logging_level="WARNING",
+            logging_level=logging.WARNING,
             configure_logging=False,
         )
 
@@ -82,15 +87,16 @@ def release_workers() -> None:
         _pool = None
 
 
-@ray.remote(num_returns="streaming", _generator_backpressure_num_objects=2)
+@ray.remote(num_returns="streaming")
 def decode_task(
-    ref: dict, sampling: SamplingConfig, sources: SourcesConfig, tmp_dir: str
+    ref: SeriesRef, sampling: SamplingConfig, sources: SourcesConfig, tmp_dir: str
 ) -> Iterator[FrameChunk | str]:
-    """One series' chunks through the object store, at most two unread at a time (bounded memory);
-    a bad input ends the stream with its reason, which the actor records like a local failure."""
+    """One series' chunks through the object store, at most two unread at a time (bounded memory,
+    see decode_in_tasks); a bad input ends the stream with its reason, which the actor records
+    like a local failure."""
     os.makedirs(tmp_dir, exist_ok=True)
     try:
-        yield from decode(SeriesRef.from_dict(ref), sampling, Path(tmp_dir), sources=sources)
+        yield from decode(ref, sampling, Path(tmp_dir), sources=sources)
     except BadInput as exc:
         yield exc.reason
 
@@ -100,17 +106,21 @@ def decode_in_tasks(
 ) -> Decode:
     """A decode function for lib.extract that streams each series from a decode task."""
 
-    def decode_fn(ref: SeriesRef) -> Iterator[FrameChunk]:
-        stream = decode_task.options(num_cpus=cpus).remote(
-            ref.to_dict(), sampling, sources, tmp_dir
-        )
+    def decode_fn(ref: SeriesRef) -> Generator[FrameChunk, None, None]:
+        # At most two chunks unread: an option ray.remote's typed signature does not list. Nor do
+        # Ray's types know streaming: `stream` is an ObjectRefGenerator, a ref per chunk yielded.
+        stream: Any = decode_task.options(
+            num_cpus=cpus, _generator_backpressure_num_objects=2
+        ).remote(ref, sampling, sources, tmp_dir)
+        chunk: ObjectRef[FrameChunk | str]  # a reason instead of a chunk: the input was bad
         try:
             for chunk in stream:
                 item = ray.get(chunk)
                 if isinstance(item, str):
                     raise BadInput(ref.location, item)
-                # Copies: a zero-copy view (frames or t) would pin the chunk in the shared object store for as
-                # long as the extractor's queue and batch hold it; copied, the store can free it at once.
+                # Copies: a zero-copy view (frames or t) would pin the chunk in the shared object
+                # store for as long as the extractor's queue and batch hold it; copied, the store
+                # can free it at once.
                 yield dataclasses.replace(item, frames=item.frames.copy(), t=item.t.copy())
                 del chunk, item
         finally:
@@ -119,9 +129,10 @@ def decode_in_tasks(
     return decode_fn
 
 
-# A worker process that dies (OOM killer, a node lost, SIGKILL) is restarted, and the call it was running
-# re-runs on the new process: extract() is idempotent (the cache's first index row wins), so the group is
-# extracted again whole and reported once. Bounded, so a series that kills every worker fails the shard.
+# A worker process that dies (OOM killer, a node lost, SIGKILL) is restarted, and the call it was
+# running re-runs on the new process: extract() is idempotent (the cache's first index row wins),
+# so the group is extracted again whole and reported once. Bounded, so a series that kills every
+# worker fails the shard.
 RESTARTS = 3
 
 
@@ -165,10 +176,10 @@ class FeatureWorker:
             else decode_in_tasks(sampling, self.sources, tmp_dir, decode_cpus)
         )
 
-    def extract(self, refs: list[dict]) -> list[dict]:
-        """Extract and commit `refs`; one status row per series."""
+    def extract(self, refs: list[SeriesRef]) -> list[SeriesOutcome]:
+        """Extract and commit `refs`; one outcome per series."""
         return extract_to_cache(
-            [SeriesRef.from_dict(r) for r in refs],
+            refs,
             self.sampling,
             self.backbone,
             self.batch_size,

@@ -17,11 +17,11 @@ def transient_only(task: Any, task_run: Any, state: Any) -> bool:
         state.result()
     except _PERMANENT:
         return False
-    except (
-        MlflowException
-    ) as exc:  # the client already retried each request; a 4xx answer stays one
+    # the client already retried each request; a 4xx answer stays one
+    except MlflowException as exc:
         status = exc.get_http_status_code()
         return not 400 <= status < 500 or status == 429
-    except Exception:  # noqa: BLE001 - anything else (IO, network, a dead Ray worker) may pass on retry
+    # anything else (IO, network, a dead Ray worker) may pass on retry
+    except Exception:
         return True
     return False

@@ -11,6 +11,7 @@ from tqdm import tqdm
 from lstmpipe.lib.config import Config
 from lstmpipe.lib.features.cache import FeatureCache
 from lstmpipe.lib.features.recipe import FeatureRecipe
+from lstmpipe.lib.ops.results import TrainResult
 from lstmpipe.lib.registry import mlflow_store as registry
 from lstmpipe.lib.series import SeriesRef
 from lstmpipe.lib.training.experiment import run_experiment
@@ -19,7 +20,7 @@ from lstmpipe.tasks.retry import transient_only
 
 @task(name="train-model", tags=["train", "gpu"], retries=1, retry_condition_fn=transient_only)
 def train_model(
-    refs: list[dict],
+    refs: list[SeriesRef],
     recipe: dict,
     model_name: str,
     config: Config,
@@ -27,14 +28,14 @@ def train_model(
     tracking_uri: str,
     artifact_root: str | None,
     tags: dict[str, str],
-) -> dict:
+) -> TrainResult:
     """Fit LSTM + baseline on the labelled, cached series of `refs`; register the LSTM."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
     with tqdm(total=config.train.epochs, desc="train", unit="epoch", leave=False) as bar:
         outcome = run_experiment(
             FeatureCache(Path(cache_root)),
             FeatureRecipe.from_dict(recipe),
-            [SeriesRef.from_dict(r) for r in refs],
+            refs,
             config.train,
             on_epoch=lambda _: bar.update(),
             device=device,
@@ -48,19 +49,6 @@ def train_model(
         params,
         artifact_root,
         tags,
-        content_hashes={r["series_id"]: r["content_hash"] for r in refs},
+        content_hashes={r.series_id: r.content_hash for r in refs},
     )
-    return {
-        "model": ref.name,
-        "version": ref.version,
-        "run_id": ref.run_id,
-        "splits": {name: len(ids) for name, ids in outcome.splits.items()},
-        "test": _headline(outcome.metrics.get("test", {})),
-        "baseline_test": _headline(outcome.baseline_metrics.get("test", {})),
-        "best_epoch": outcome.fit.best_epoch,
-        "epochs": len(outcome.fit.history),
-    }
-
-
-def _headline(metrics: dict) -> dict:
-    return {k: round(float(metrics[k]), 4) for k in ("accuracy", "macro_f1") if k in metrics}
+    return TrainResult.of(ref, outcome)

@@ -1,4 +1,5 @@
-"""Prefect task: a hyperparameter search on Ray Tune over cached features; the best trial registered.
+"""Prefect task: a hyperparameter search on Ray Tune over cached features; the best trial
+registered.
 
 The data is read once (lib/tune.prepare) and reaches every trial through Ray's object
 store (tune.with_parameters), never re-read per trial. Each trial is one CPU and one
@@ -24,6 +25,7 @@ from tqdm import tqdm
 from lstmpipe.lib.config import Config, TrainConfig
 from lstmpipe.lib.features.cache import FeatureCache
 from lstmpipe.lib.features.recipe import FeatureRecipe
+from lstmpipe.lib.ops.results import TuneResult
 from lstmpipe.lib.registry import mlflow_store as registry
 from lstmpipe.lib.series import SeriesRef
 from lstmpipe.lib.training.experiment import run_experiment
@@ -54,7 +56,8 @@ def run_trial(
 
 
 class MlflowTrials(tune.Callback):
-    """Driver side: a child run per trial under the search's parent run, every epoch logged as it arrives."""
+    """Driver side: a child run per trial under the search's parent run, every epoch logged as it
+    arrives."""
 
     def __init__(
         self,
@@ -76,9 +79,8 @@ class MlflowTrials(tune.Callback):
         self.rows: dict[str, list[dict[str, float]]] = {}
         self.records: dict[str, TrialRecord] = {}
 
-    def __getstate__(
-        self,
-    ) -> dict:  # Tune may pickle its run config; the client and the bar stay here
+    # Tune may pickle its run config; the client and the bar stay here
+    def __getstate__(self) -> dict:
         return {}
 
     @property
@@ -102,9 +104,9 @@ class MlflowTrials(tune.Callback):
         }
         self.rows[trial.trial_id].append(row)
         registry.log_trial_epoch(self.client, self.runs[trial.trial_id], row)
-        # Tune marks the result a STOP decision was taken on as done before calling back; a trial that
-        # returns by itself (its own early stopping) never has a done result here. ASHA also stops every
-        # trial at max_t, which is running to the end, not being cut.
+        # Tune marks the result a STOP decision was taken on as done before calling back; a trial
+        # that returns by itself (its own early stopping) never has a done result here. ASHA also
+        # stops every trial at max_t, which is running to the end, not being cut.
         if result.get("done") and row["epoch"] < self.max_epochs:
             self.stopped.add(trial.trial_id)
 
@@ -125,11 +127,10 @@ class MlflowTrials(tune.Callback):
         self.bar.update()
 
 
-@task(
-    name="tune-model", tags=["tune", "gpu"]
-)  # no retries: a search is long, and a rerun is a new search
+# no retries: a search is long, and a rerun is a new search
+@task(name="tune-model", tags=["tune", "gpu"])
 def tune_model(
-    refs: list[dict],
+    refs: list[SeriesRef],
     recipe: dict,
     model_name: str,
     config: Config,
@@ -144,13 +145,13 @@ def tune_model(
     grace_period: int = 3,
     reduction_factor: int = 2,
     gpus_per_trial: float = 0.0,
-) -> dict:
-    """Search `trials` hyperparameter sets with ASHA, each an MLflow child run; retrain and register the best."""
+) -> TuneResult:
+    """Search `trials` hyperparameter sets with ASHA, each an MLflow child run; retrain and
+    register the best."""
     space = space or SearchSpace()
     recipe_ = FeatureRecipe.from_dict(recipe)
-    series = [SeriesRef.from_dict(r) for r in refs]
     cache = FeatureCache(Path(cache_root))
-    data = prepare(cache, recipe_.recipe_id, recipe_.feature_dim, series, config.train)
+    data = prepare(cache, recipe_.recipe_id, recipe_.feature_dim, refs, config.train)
     hps = sample_trials(config.train, space, trials, config.train.seed)
     ensure_ray(ray_address or "local")
     client = registry.connect(tracking_uri)
@@ -206,7 +207,7 @@ def tune_model(
             best = pick_best(list(callback.records.values()))
             device = "cuda" if torch.cuda.is_available() else "cpu"
             outcome = run_experiment(
-                cache, recipe_, series, trial_config(config.train, best.hp), device=device
+                cache, recipe_, refs, trial_config(config.train, best.hp), device=device
             )
             params = {
                 f"train.{k}": v for k, v in trial_config(config.train, best.hp).__dict__.items()
@@ -223,25 +224,10 @@ def tune_model(
                     "lstmpipe.tune.trial_id": best.trial_id,
                 },
                 parent_run_id=parent,
-                content_hashes={r.series_id: r.content_hash for r in series},
+                content_hashes={r.series_id: r.content_hash for r in refs},
             )
+            searched = TuneResult.of(ref, parent, best, list(callback.records.values()), outcome)
             failed = False
         finally:
             registry.end_search(client, parent, list(callback.records.values()), best, ref, failed)
-    records = list(callback.records.values())
-    return {
-        "model": ref.name,
-        "version": ref.version,
-        "run_id": ref.run_id,
-        "parent_run_id": parent,
-        "best_trial": best.summary(),
-        "trials": {
-            status: sum(t.status == status for t in records)
-            for status in ("completed", "stopped", "error")
-        },
-        "test": {
-            k: round(float(outcome.metrics.get("test", {})[k]), 4)
-            for k in ("accuracy", "macro_f1")
-            if k in outcome.metrics.get("test", {})
-        },
-    }
+    return searched

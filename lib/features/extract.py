@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing
 from dataclasses import dataclass, field
@@ -24,13 +24,13 @@ from lstmpipe.lib.config import SamplingConfig, SourcesConfig
 from lstmpipe.lib.errors import BadInput
 from lstmpipe.lib.failures import Failure
 from lstmpipe.lib.features.cache import FeatureCache, SeriesFeatures
+from lstmpipe.lib.features.outcomes import SeriesOutcome, SeriesStatus
 from lstmpipe.lib.series import FrameChunk, SeriesRef
 from lstmpipe.lib.sources.decode import decode
 
 Embed = Callable[[np.ndarray], np.ndarray]  # (N, H, W, 3) uint8 -> (N, D) float32 or float16
-Decode = Callable[
-    [SeriesRef], Iterator[FrameChunk]
-]  # a series' chunks; BadInput when it cannot be read
+# a series' chunks, stopped by close(); BadInput when it cannot be read
+Decode = Callable[[SeriesRef], Generator[FrameChunk, None, None]]
 
 
 @dataclass
@@ -63,7 +63,11 @@ def extract_many(
     `decode_fn` replaces decoding in this process (a Ray actor passes one that
     streams chunks from decode tasks elsewhere in the cluster).
     """
-    decode_fn = decode_fn or (lambda ref: decode(ref, sampling, tmp_dir, sources=sources))
+
+    def decode_here(ref: SeriesRef) -> Generator[FrameChunk, None, None]:
+        yield from decode(ref, sampling, tmp_dir, sources=sources)
+
+    decode_fn = decode_fn or decode_here
     events: queue.Queue = queue.Queue(maxsize=prefetch_chunks)
     stop = threading.Event()
     todo = iter(list(enumerate(refs)))  # shared by the decoder threads; next() under a lock
@@ -97,9 +101,8 @@ def extract_many(
                 entry.t.append(payload.t)
                 entry.queued += len(payload)
                 batch.append((index, payload.frames))
-                while (
-                    sum(len(f) for _, f in batch) >= batch_size
-                ):  # while: a chunk may hold many batches
+                # while: a chunk may hold many batches
+                while sum(len(f) for _, f in batch) >= batch_size:
                     yield from _flush(batch, pending, embed, batch_size)
             else:  # "end"
                 entry.ended = True
@@ -130,14 +133,12 @@ def _decode_all(
             if ref is None or stop.is_set():
                 return
             try:
-                with closing(
-                    decode_fn(ref)
-                ) as chunks:  # closing: the decoder is stopped when we stop
+                # closing: the decoder is stopped when we stop
+                with closing(decode_fn(ref)) as chunks:
                     for chunk in chunks:
                         _put(events, ("chunk", index, chunk), stop)
-                        if (
-                            stop.is_set()
-                        ):  # the consumer left: do not decode the rest of a long series
+                        # the consumer left: do not decode the rest of a long series
+                        if stop.is_set():
                             return
                 _put(events, ("end", index, None), stop)
             except BadInput as exc:
@@ -171,7 +172,7 @@ def _drain(events: queue.Queue) -> None:
 
 def _flush(
     batch: list[tuple[int, np.ndarray]], pending: dict[int, _Pending], embed: Embed, batch_size: int
-) -> Iterator[SeriesFeatures]:
+) -> Iterator[SeriesFeatures | Failure]:
     """Run one batch of at most `batch_size` frames; the rest stays queued."""
     taken, count = [], 0
     while batch and count < batch_size:
@@ -208,19 +209,15 @@ def _finished(pending: dict[int, _Pending]) -> Iterator[SeriesFeatures | Failure
 
 def split_cached(
     cache: FeatureCache, refs: list[SeriesRef], recipe_id: str
-) -> tuple[list[dict], list[SeriesRef]]:
-    """(status rows of the series already cached under `recipe_id`, the series still to extract)."""
+) -> tuple[list[SeriesOutcome], list[SeriesRef]]:
+    """(outcomes of the series already cached under `recipe_id`, the series still to extract)."""
     cached = cache.frame_counts([(r.content_hash, recipe_id) for r in refs])
-    rows = [
-        {
-            "series_id": r.series_id,
-            "status": "cached",
-            "frames": cached[(r.content_hash, recipe_id)],
-        }
+    done = [
+        SeriesOutcome(r.series_id, SeriesStatus.CACHED, cached[(r.content_hash, recipe_id)])
         for r in refs
         if (r.content_hash, recipe_id) in cached
     ]
-    return rows, [r for r in refs if (r.content_hash, recipe_id) not in cached]
+    return done, [r for r in refs if (r.content_hash, recipe_id) not in cached]
 
 
 def extract_to_cache(
@@ -236,8 +233,8 @@ def extract_to_cache(
     commit_frames: int = 4096,
     on_series: Callable[[int], object] = lambda n: None,
     decode_fn: Decode | None = None,
-) -> list[dict]:
-    """Extract `refs` into the cache; one status row per series (extracted, or failed and why).
+) -> list[SeriesOutcome]:
+    """Extract `refs` into the cache; one outcome per series (extracted, or failed and why).
 
     Finished series are committed in groups of about `commit_frames` frames by a
     writer thread while the CNN goes on; at most two commits wait at once, so a
@@ -245,7 +242,7 @@ def extract_to_cache(
     only once the commit holding it has returned. `on_series(1)` is called as each
     series finishes (a progress bar's update).
     """
-    rows: list[dict] = []
+    rows: list[SeriesOutcome] = []
     group: list[SeriesFeatures] = []
     group_frames = 0
     commits: list[Future] = []
@@ -262,33 +259,19 @@ def extract_to_cache(
         ):
             on_series(1)
             if isinstance(result, Failure):
-                rows.append(
-                    {
-                        "series_id": result.series_id,
-                        "status": "failed",
-                        "frames": 0,
-                        "stage": result.stage,
-                        "reason": result.reason,
-                        "path": result.path,
-                    }
-                )
+                rows.append(SeriesOutcome.failed(result))
                 continue
             group.append(result)
             group_frames += len(result.features)
             rows.append(
-                {
-                    "series_id": result.series_id,
-                    "status": "extracted",
-                    "frames": len(result.features),
-                }
+                SeriesOutcome(result.series_id, SeriesStatus.EXTRACTED, len(result.features))
             )
             if group_frames >= commit_frames:
                 commits.append(writer.submit(cache.write, recipe_id, group))
                 group, group_frames = [], 0
                 if len(commits) > 2:
-                    commits.pop(
-                        0
-                    ).result()  # back-pressure; raises a failed commit (disk full) here
+                    # back-pressure; raises a failed commit (disk full) here
+                    commits.pop(0).result()
         if group:
             commits.append(writer.submit(cache.write, recipe_id, group))
         for commit in commits:

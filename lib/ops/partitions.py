@@ -27,17 +27,18 @@ from collections.abc import Iterable
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from lstmpipe.lib.errors import ConfigError
 from lstmpipe.lib.sources.archives import archive_suffix, strip_archive_suffix
 
-# Tried in order on the name; the digits must not run on (`x20261121y` is dated, `120261121` is not).
+_S = TypeVar("_S", bound="_OfASeries")
+# Tried in order on the name; the digits must not run on (`x20261121y` is dated, `120261121`
+# is not).
 _DAY = re.compile(r"(?<!\d)(\d{4})[-_.]?(\d{2})[-_.]?(\d{2})(?!\d)")
 _MONTH = re.compile(r"(?<!\d)(\d{4})[-_.](\d{2})(?![-_.]?\d)")
-BUSY_TIMEOUT_S = (
-    60.0  # a writer waits this long for another process's commit (they take milliseconds)
-)
+# a writer waits this long for another process's commit (they take milliseconds)
+BUSY_TIMEOUT_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -64,7 +65,8 @@ class Record:
 
 
 def period(name: str) -> tuple[dt.date, dt.date] | None:
-    """The days a partition name covers: one day, a whole month, or None when it names no valid date."""
+    """The days a partition name covers: one day, a whole month, or None when it names no valid
+    date."""
     day = _DAY.search(name)
     if day:
         try:
@@ -84,7 +86,8 @@ def period(name: str) -> tuple[dt.date, dt.date] | None:
 
 
 def list_partitions(root: Path) -> list[Partition]:
-    """The partitions of `root` in date order (undated ones last, by name), each fingerprinted now."""
+    """The partitions of `root` in date order (undated ones last, by name), each fingerprinted
+    now."""
     root = Path(root)
     if (
         not root.is_dir()
@@ -112,7 +115,8 @@ def list_partitions(root: Path) -> list[Partition]:
 
 
 def fingerprint(root: Path, paths: Iterable[Path]) -> str:
-    """A hash of (relative path, size, mtime) of every file under `paths`: cheap, no content read."""
+    """A hash of (relative path, size, mtime) of every file under `paths`: cheap, no content
+    read."""
     digest = hashlib.blake2b(digest_size=12)
     for path in paths:
         files = (
@@ -134,8 +138,8 @@ def select(
     end: dt.date | None = None,
     every: bool = False,
 ) -> list[Partition]:
-    """`every`: all partitions, undated ones too; else the dated ones whose period overlaps [start, end]
-    (an open end is unbounded), so a month partition counts for any of its days."""
+    """`every`: all partitions, undated ones too; else the dated ones whose period overlaps
+    [start, end] (an open end is unbounded), so a month partition counts for any of its days."""
     if every:
         return list(found)
     return [
@@ -151,8 +155,8 @@ def select(
 def date_range(
     start: str | None, end: str | None, every: bool
 ) -> tuple[dt.date | None, dt.date | None]:
-    """A backfill's --from/--to as days (`--from 2026-11` starts on the 1st, `--to 2026-11` ends on the
-    30th); exactly one of a range or `every` must be given."""
+    """A backfill's --from/--to as days (`--from 2026-11` starts on the 1st, `--to 2026-11` ends
+    on the 30th); exactly one of a range or `every` must be given."""
     days = {
         flag: period(value) if value is not None else None
         for flag, value in (("--from", start), ("--to", end))
@@ -176,11 +180,16 @@ def partition_of(series_id: str) -> str:
     return strip_archive_suffix(PurePosixPath(series_id).parts[0])
 
 
-def by_partition(rows: Iterable[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
-    """Rows carrying a `series_id` (refs, failures), grouped by partition."""
-    grouped: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for row in rows:
-        grouped[partition_of(row["series_id"])].append(row)
+class _OfASeries(Protocol):
+    @property
+    def series_id(self) -> str: ...
+
+
+def by_partition(items: Iterable[_S]) -> dict[str, list[_S]]:
+    """Things of a series (refs, failures), grouped by partition."""
+    grouped: dict[str, list[_S]] = defaultdict(list)
+    for item in items:
+        grouped[partition_of(item.series_id)].append(item)
     return dict(grouped)
 
 
@@ -197,8 +206,8 @@ class PartitionRecords:
         with closing(self._connect()) as db, db:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute(
-                "CREATE TABLE IF NOT EXISTS done (root TEXT, partition TEXT, recipe_id TEXT, fingerprint TEXT,"
-                " series INTEGER, failed INTEGER, finished_at TEXT, run_id TEXT,"
+                "CREATE TABLE IF NOT EXISTS done (root TEXT, partition TEXT, recipe_id TEXT,"
+                " fingerprint TEXT, series INTEGER, failed INTEGER, finished_at TEXT, run_id TEXT,"
                 " PRIMARY KEY (root, partition, recipe_id))"
             )
 
@@ -216,7 +225,8 @@ class PartitionRecords:
         failed: int,
         run_id: str,
     ) -> Record:
-        """Record `partition` done; call only once its features are committed and its failures recorded.
+        """Record `partition` done; call only once its features are committed and its failures
+        recorded.
 
         Replaces an earlier record of the same partition (a changed partition redone).
         """
@@ -262,6 +272,14 @@ class PartitionRecords:
         return [p for p in found if done.get(p.name) != p.fingerprint]
 
 
+@dataclass(frozen=True)
+class ToDo:
+    """The partitions of a root in a run's range, and those of them not yet done."""
+
+    selected: list[Partition]
+    pending: list[Partition]
+
+
 def to_do(
     root: Path,
     records: PartitionRecords,
@@ -269,14 +287,14 @@ def to_do(
     start: dt.date | None = None,
     end: dt.date | None = None,
     every: bool = False,
-) -> tuple[list[Partition], list[Partition]]:
-    """(selected, pending): the partitions of `root` in the range, and those of them not yet done.
+) -> ToDo:
+    """What a run over `root` selects, and what of that is left to do.
 
     Fingerprints are taken here, before discovery: files that land while a partition is
     extracted change its fingerprint after the record, so the next run looks again.
     """
     selected = select(list_partitions(root), start, end, every)
-    return selected, records.pending(root, selected, recipe_id)
+    return ToDo(selected, records.pending(root, selected, recipe_id))
 
 
 @dataclass(frozen=True)
@@ -302,7 +320,8 @@ def newest_version(client: Any, model: str) -> Newest | None:
 
 
 def why_train(records: list[Record], newest: Newest | None) -> str | None:
-    """Why nightly should train, or None: no partition was done since the newest version was registered.
+    """Why nightly should train, or None: no partition was done since the newest version was
+    registered.
 
     Comparing with the registry, not with this run, also retrains after a night whose
     partitions were extracted (or backfilled) but whose training crashed.
@@ -313,15 +332,31 @@ def why_train(records: list[Record], newest: Newest | None) -> str | None:
         r.partition for r in records if dt.datetime.fromisoformat(r.finished_at) > newest.registered
     ]
     if fresh:
-        return f"{len(fresh)} partition(s) done since v{newest.version} was registered: {', '.join(sorted(fresh)[:5])}"
+        return (
+            f"{len(fresh)} partition(s) done since v{newest.version} was registered: "
+            f"{', '.join(sorted(fresh)[:5])}"
+        )
     return None
 
 
 def undecided(newest: Newest | None) -> str | None:
-    """The newest version when no promotion decision was recorded on it: a night stopped between registering
-    and promoting it, so the next night promotes it (else it would never be judged, and a first model would
-    leave no champion to infer with)."""
+    """The newest version when no promotion decision was recorded on it: a night stopped between
+    registering and promoting it, so the next night promotes it (else it would never be judged,
+    and a first model would leave no champion to infer with)."""
     return newest.version if newest is not None and not newest.decided else None
+
+
+@dataclass(frozen=True)
+class NightlyPlan:
+    """Why nightly trains (None: nothing new since the model's newest version), and the newest
+    version left without a promotion decision (None when there is none)."""
+
+    train: str | None
+    promote: str | None
+
+
+def plan_night(records: list[Record], newest: Newest | None) -> NightlyPlan:
+    return NightlyPlan(why_train(records, newest), undecided(newest))
 
 
 def markdown_table(rows: list[dict[str, Any]], columns: list[str]) -> str:

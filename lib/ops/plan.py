@@ -7,7 +7,9 @@ plan names the fields of the recipe that changed.
 
 from __future__ import annotations
 
-from collections import Counter
+import dataclasses
+from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +22,45 @@ from lstmpipe.lib.sources.discover import discover
 from lstmpipe.lib.sources.hashing import HashMemo
 
 
-def plan(refs: list[SeriesRef], recipe: FeatureRecipe, cache: FeatureCache) -> dict[str, Any]:
+class PlanAction(StrEnum):
+    CACHED = "cached"  # cached under the recipe: nothing to do
+    COMPUTE = "compute"  # decoded and through the backbone when extract runs
+    FAIL = "fail"  # refused at discovery: extract would record it failed
+
+
+@dataclass(frozen=True)
+class PlannedSeries:
+    series_id: str
+    action: PlanAction
+    reason: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"series_id": self.series_id, "action": self.action.value, "reason": self.reason}
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What extract would do under `recipe_id`: one row per series, cached ones and those to
+    compute by series id, then those discovery refused."""
+
+    recipe_id: str
+    per_series: tuple[PlannedSeries, ...]
+
+    def count(self, action: PlanAction) -> int:
+        return sum(row.action is action for row in self.per_series)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "recipe_id": self.recipe_id,
+            "series": self.count(PlanAction.CACHED) + self.count(PlanAction.COMPUTE),
+            "cached": self.count(PlanAction.CACHED),
+            "compute": self.count(PlanAction.COMPUTE),
+            "per_series": [row.to_json() for row in self.per_series],
+            "failed": self.count(PlanAction.FAIL),
+        }
+
+
+def plan(refs: list[SeriesRef], recipe: FeatureRecipe, cache: FeatureCache) -> Plan:
     """One row per series: `cached`, or `compute` with the reason."""
     recipe_id = recipe.recipe_id
     cached = cache.present([(r.content_hash, recipe_id) for r in refs])
@@ -28,7 +68,7 @@ def plan(refs: list[SeriesRef], recipe: FeatureRecipe, cache: FeatureCache) -> d
     elsewhere = cache.recipes_of([r.content_hash for r in todo])
     reasons: dict[str | None, str] = {}  # one text per earlier recipe, not per series
     rows = [
-        {"series_id": r.series_id, "action": "cached", "reason": f"cached under recipe {recipe_id}"}
+        PlannedSeries(r.series_id, PlanAction.CACHED, f"cached under recipe {recipe_id}")
         for r in refs
         if (r.content_hash, recipe_id) in cached
     ]
@@ -36,15 +76,8 @@ def plan(refs: list[SeriesRef], recipe: FeatureRecipe, cache: FeatureCache) -> d
         latest = elsewhere[r.content_hash][-1] if r.content_hash in elsewhere else None
         if latest not in reasons:
             reasons[latest] = _why(latest, recipe, cache)
-        rows.append({"series_id": r.series_id, "action": "compute", "reason": reasons[latest]})
-    counts = Counter(row["action"] for row in rows)
-    return {
-        "recipe_id": recipe.recipe_id,
-        "series": len(rows),
-        "cached": counts["cached"],
-        "compute": counts["compute"],
-        "per_series": sorted(rows, key=lambda row: row["series_id"]),
-    }
+        rows.append(PlannedSeries(r.series_id, PlanAction.COMPUTE, reasons[latest]))
+    return Plan(recipe_id, tuple(sorted(rows, key=lambda row: row.series_id)))
 
 
 def _why(latest_id: str | None, recipe: FeatureRecipe, cache: FeatureCache) -> str:
@@ -67,16 +100,16 @@ def plan_source(
     cache_root: Path,
     memo: Path,
     device: str,
-) -> dict[str, Any]:
-    """Discover `source` and plan it under the recipe `config` makes on `device`; nothing is extracted."""
+) -> Plan:
+    """Discover `source` and plan it under the recipe `config` makes on `device`; nothing is
+    extracted."""
     found = discover(source, manifest, HashMemo(memo), sources=config.sources)
     _, recipe = load_backbone(
         config.sampling, config.backbone, torch_hub_dir, device, config.sources
     )
-    result = plan(found.refs, recipe, FeatureCache(cache_root))
-    result["per_series"] += [
-        {"series_id": f.series_id, "action": "fail", "reason": f"[{f.stage}] {f.reason}"}
+    planned = plan(found.refs, recipe, FeatureCache(cache_root))
+    refused = [
+        PlannedSeries(f.series_id, PlanAction.FAIL, f"[{f.stage}] {f.reason}")
         for f in found.failures
     ]
-    result["failed"] = len(found.failures)
-    return result
+    return dataclasses.replace(planned, per_series=planned.per_series + tuple(refused))

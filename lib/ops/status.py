@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,24 +18,87 @@ from lstmpipe.lib.ops.partitions import PartitionRecords, list_partitions
 RECENT = 10
 
 
-def collect(
-    home: Path, client: MlflowClient, alias: str, root: Path | None = None
-) -> dict[str, Any]:
-    """Cache size, the last runs and their outcome, each model's champion, recent failures; with `root`,
-    its partitions done and pending."""
+@dataclass(frozen=True)
+class RecentRun:
+    """One run record (runs/RUN_ID.json), as status lists it."""
+
+    run_id: str
+    command: str
+    seconds: float
+    finished: str  # ISO 8601 UTC, from the record's mtime
+    failed: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "command": self.command,
+            "seconds": self.seconds,
+            "finished": self.finished,
+            "failed": self.failed,
+            "outcome": f"{self.failed} series failed (exit 3)" if self.failed else "ok",
+        }
+
+
+@dataclass(frozen=True)
+class PartitionsStatus:
+    """A root's partitions done and pending under `recipe_id` (None: no record yet)."""
+
+    root: str
+    recipe_id: str | None
+    done: list[str]
+    pending: list[str]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "root": self.root,
+            "recipe_id": self.recipe_id,
+            "done": self.done,
+            "pending": self.pending,
+        }
+
+
+@dataclass(frozen=True)
+class Status:
+    """What `lstmpipe status` shows. `cache` is FeatureCache.stats(); a champion row names its
+    model and, under the alias's own name, the version it points at; failures are rows of the
+    failures table, as text."""
+
+    partitions: PartitionsStatus | None
+    home: str
+    cache: dict[str, Any]
+    runs: list[RecentRun]
+    champions: list[dict[str, str]]
+    failures_total: int
+    recent_failures: list[dict[str, str]]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "partitions": self.partitions.to_json() if self.partitions else None,
+            "home": self.home,
+            "cache": self.cache,
+            "runs": [run.to_json() for run in self.runs],
+            "champions": self.champions,
+            "failures_total": self.failures_total,
+            "recent_failures": self.recent_failures,
+        }
+
+
+def collect(home: Path, client: MlflowClient, alias: str, root: Path | None = None) -> Status:
+    """Cache size, the last runs and their outcome, each model's champion, recent failures; with
+    `root`, its partitions done and pending."""
     failures = read_failures(home / "failures").to_pylist()
-    return {
-        "partitions": _partitions(home / "partitions.sqlite", root) if root is not None else None,
-        "home": str(home),
-        "cache": FeatureCache(home / "cache").stats(),
-        "runs": _recent_runs(home / "runs"),
-        "champions": _champions(client, alias),
-        "failures_total": len(failures),
-        "recent_failures": [{k: str(v) for k, v in row.items()} for row in failures[-RECENT:]],
-    }
+    return Status(
+        partitions=_partitions(home / "partitions.sqlite", root) if root is not None else None,
+        home=str(home),
+        cache=FeatureCache(home / "cache").stats(),
+        runs=_recent_runs(home / "runs"),
+        champions=_champions(client, alias),
+        failures_total=len(failures),
+        recent_failures=[{k: str(v) for k, v in row.items()} for row in failures[-RECENT:]],
+    )
 
 
-def _recent_runs(runs_dir: Path) -> list[dict[str, Any]]:
+def _recent_runs(runs_dir: Path) -> list[RecentRun]:
     files = (
         sorted(runs_dir.glob("*.json"), key=lambda p: p.stat().st_mtime)[-RECENT:]
         if runs_dir.exists()
@@ -43,35 +107,33 @@ def _recent_runs(runs_dir: Path) -> list[dict[str, Any]]:
     runs = []
     for path in files:
         record = json.loads(path.read_text())
-        failed = record.get("failed", 0)
+        finished = dt.datetime.fromtimestamp(path.stat().st_mtime, dt.UTC)
         runs.append(
-            {
-                "run_id": record["run_id"],
-                "command": record["command"],
-                "seconds": record["seconds"],
-                "finished": dt.datetime.fromtimestamp(
-                    path.stat().st_mtime, dt.UTC
-                ).isoformat(timespec="seconds"),
-                "failed": failed,
-                "outcome": f"{failed} series failed (exit 3)" if failed else "ok",
-            }
+            RecentRun(
+                record["run_id"],
+                record["command"],
+                record["seconds"],
+                finished.isoformat(timespec="seconds"),
+                record.get("failed", 0),
+            )
         )
     return runs
 
 
-def _partitions(records_file: Path, root: Path) -> dict[str, Any]:
+def _partitions(records_file: Path, root: Path) -> PartitionsStatus:
     """Partitions of `root` done and pending under the recipe its latest record used (the recipe a
-    nightly or backfill last ran with: working out the configured one would mean loading the backbone)."""
+    nightly or backfill last ran with: working out the configured one would mean loading the
+    backbone)."""
     records = PartitionRecords(records_file).records(root) if records_file.exists() else []
     recipe_id = records[-1].recipe_id if records else None
     done = {r.partition: r.fingerprint for r in records if r.recipe_id == recipe_id}
     found = list_partitions(root)
-    return {
-        "root": str(root),
-        "recipe_id": recipe_id,
-        "done": [p.name for p in found if done.get(p.name) == p.fingerprint],
-        "pending": [p.name for p in found if done.get(p.name) != p.fingerprint],
-    }
+    return PartitionsStatus(
+        str(root),
+        recipe_id,
+        [p.name for p in found if done.get(p.name) == p.fingerprint],
+        [p.name for p in found if done.get(p.name) != p.fingerprint],
+    )
 
 
 def _champions(client: MlflowClient, alias: str) -> list[dict[str, str]]:

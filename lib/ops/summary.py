@@ -1,62 +1,86 @@
-"""Run summaries: counts and per-series rows that the CLI prints and `--json` emits."""
+"""Extraction summaries: counts and per-series outcomes that the CLI prints and `--json` emits."""
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from lstmpipe.lib.failures import Failure
+from lstmpipe.lib.features.outcomes import SeriesOutcome, SeriesStatus
+from lstmpipe.lib.series import SeriesRef
+
+
+@dataclass(frozen=True)
+class Compute:
+    """The extraction work itself: frames through the backbone, and the wall time of decoding,
+    CNN and cache writes (start-up excluded)."""
+
+    frames: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class ExtractionSummary:
+    """Counts by status over every series a run saw, and each series' outcome (by series id).
+
+    recipe_id, failures_file and skipped are what the flows add once they know them: the recipe
+    extracted with, the failures table file written (None when nothing failed), the series left
+    out before decoding (already predicted, at inference).
+    """
+
+    series: int
+    cached: int
+    extracted: int
+    failed: int
+    frames: int
+    compute: Compute
+    per_series: tuple[SeriesOutcome, ...]
+    recipe_id: str | None = None
+    failures_file: str | None = None
+    skipped: int = 0
+
+    def failures(self) -> list[Failure]:
+        return [row.failure for row in self.per_series if row.failure is not None]
+
+    def usable(self, refs: Iterable[SeriesRef]) -> list[SeriesRef]:
+        """The refs whose features are in the cache after extraction."""
+        ok = {row.series_id for row in self.per_series if row.usable}
+        return [ref for ref in refs if ref.series_id in ok]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "series": self.series,
+            "cached": self.cached,
+            "extracted": self.extracted,
+            "failed": self.failed,
+            "frames": self.frames,
+            "compute": {"frames": self.compute.frames, "seconds": self.compute.seconds},
+            "per_series": [row.to_json() for row in self.per_series],
+            "failures_file": self.failures_file,
+            "recipe_id": self.recipe_id,
+            "skipped": self.skipped,
+        }
 
 
 def extraction_summary(
-    statuses: list[dict[str, Any]],
-    discovery_failures: list[dict[str, Any]],
+    outcomes: Iterable[SeriesOutcome],
+    discovery_failures: Iterable[Failure] = (),
     compute_seconds: float = 0.0,
-) -> dict[str, Any]:
-    """Counts by status (cached, extracted, failed) over every series the run saw.
-
-    `compute` is the extraction work itself: frames that went through the backbone
-    and the wall time of decoding, CNN and cache writes (start-up excluded).
-    """
-    rows = statuses + [
-        {
-            "series_id": f["series_id"],
-            "status": "failed",
-            "frames": 0,
-            "stage": f["stage"],
-            "reason": f["reason"],
-            "path": f["path"],
-        }
-        for f in discovery_failures
-    ]
-    counts = Counter(row["status"] for row in rows)
-    return {
-        "series": len(rows),
-        "cached": counts["cached"],
-        "extracted": counts["extracted"],
-        "failed": counts["failed"],
-        "frames": sum(row["frames"] for row in rows),
-        "compute": {
-            "frames": sum(row["frames"] for row in rows if row["status"] == "extracted"),
-            "seconds": round(compute_seconds, 2),
-        },
-        "per_series": sorted(rows, key=lambda row: row["series_id"]),
-    }
-
-
-def failures_of(summary: dict[str, Any]) -> list[Failure]:
-    return [
-        Failure(row["series_id"], row.get("path", ""), row.get("stage", "extract"), row["reason"])
-        for row in summary["per_series"]
-        if row["status"] == "failed"
-    ]
-
-
-def usable(refs: list[dict[str, Any]], summary: dict[str, Any]) -> list[dict[str, Any]]:
-    """The refs whose features are in the cache after extraction."""
-    ok = {
-        row["series_id"]
-        for row in summary["per_series"]
-        if row["status"] in {"cached", "extracted"}
-    }
-    return [ref for ref in refs if ref["series_id"] in ok]
+) -> ExtractionSummary:
+    """The summary of a run's outcomes, series refused at discovery counted as failed."""
+    rows = [*outcomes, *(SeriesOutcome.failed(f) for f in discovery_failures)]
+    counts = Counter(row.status for row in rows)
+    return ExtractionSummary(
+        series=len(rows),
+        cached=counts[SeriesStatus.CACHED],
+        extracted=counts[SeriesStatus.EXTRACTED],
+        failed=counts[SeriesStatus.FAILED],
+        frames=sum(row.frames for row in rows),
+        compute=Compute(
+            sum(row.frames for row in rows if row.status is SeriesStatus.EXTRACTED),
+            round(compute_seconds, 2),
+        ),
+        per_series=tuple(sorted(rows, key=lambda row: row.series_id)),
+    )

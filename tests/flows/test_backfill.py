@@ -1,4 +1,5 @@
-"""Partitions end to end: nightly does only new partitions; a killed backfill resumes; backfill beside nightly.
+"""Partitions end to end: nightly does only new partitions; a killed backfill resumes; backfill
+beside nightly.
 
 The CLI runs as real subprocesses (so they can be killed, and run two at once) against this module's
 Prefect test server, so they skip the temporary API boot and their flow runs are visible here.
@@ -21,6 +22,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+from prefect.client.schemas.sorting import ArtifactSort
 from prefect.settings import PREFECT_API_URL
 
 from lstmpipe.flows.backfill import backfill, records_file
@@ -29,7 +31,7 @@ from lstmpipe.flows.runtime import load_runtime
 from lstmpipe.lib.demo.video import SampleSpec, generate_archive
 from lstmpipe.lib.features.cache import FeatureCache
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.own_prefect_server]  # counts all its artifacts
 LSTMPIPE = str(Path(sys.executable).parent / "lstmpipe")
 MODEL = "parts"
 DAYS = ("2026-11-18", "2026-11-19", "2026-11-20", "2026-11-21")  # folder, .tar, .zip, folder
@@ -37,7 +39,8 @@ CLI_TIMEOUT_S = 240
 
 
 def tiny(home: Path) -> dict:
-    """Small and quick: 64 px, random-init backbone, 2 epochs; one partition at a time, so a kill lands between."""
+    """Small and quick: 64 px, random-init backbone, 2 epochs; one partition at a time, so a kill
+    lands between."""
     return {
         "runtime.home": str(home),
         "sampling.size": 64,
@@ -121,27 +124,24 @@ def test_nightly_does_only_new_partitions_and_skips_training_without_them(
     late.rename(tmp_path / "late")  # the last day has not landed yet
 
     first = nightly(str(root), MODEL, overrides=tiny(home), run_id="n1")
-    assert [p["partition"] for p in first["partitions"]["done"]] == list(DAYS[:3])
-    assert first["train"] is not None and first["train_reason"] == "no version registered yet"
-    assert first["infer"]["predicted"] == 24
+    assert [p.partition for p in first.partitions.done] == list(DAYS[:3])
+    assert first.train is not None and first.train_reason == "no version registered yet"
+    assert first.infer.predicted == 24
 
     (tmp_path / "late").rename(late)
     second = nightly(str(root), MODEL, overrides=tiny(home), run_id="n2")
-    parts = second["partitions"]
-    assert [p["partition"] for p in parts["done"]] == [DAYS[-1]] and parts["already_done"] == 3
-    assert (parts["series"], parts["extracted"], parts["cached"]) == (8, 8, 0)
-    assert (
-        second["train"]["extract"]["cached"] == 32
-    )  # training reads the whole root, from the cache
-    assert DAYS[-1] in second["train_reason"]
-    assert second["infer"]["predicted"] == 32 or second["infer"]["skipped"] > 0
+    parts = second.partitions
+    assert [p.partition for p in parts.done] == [DAYS[-1]] and parts.already_done == 3
+    assert (parts.series, parts.extracted, parts.cached) == (8, 8, 0)
+    # training reads the whole root, from the cache
+    assert second.train is not None and second.train.extract.cached == 32
+    assert DAYS[-1] in second.train_reason
+    assert second.infer.predicted == 32 or second.infer.skipped > 0
 
     third = nightly(str(root), MODEL, overrides=tiny(home), run_id="n3")
-    assert third["partitions"]["done"] == [] and third["partitions"]["already_done"] == 4
+    assert third.partitions.done == () and third.partitions.already_done == 4
     assert (
-        third["train"] is None
-        and third["promote"] is None
-        and third["train_reason"].startswith("skipped")
+        third.train is None and third.promote is None and third.train_reason.startswith("skipped")
     )
     rt = load_runtime(overrides=tiny(home))
     client = MlflowClient(rt.tracking_uri, registry_uri=rt.tracking_uri)
@@ -149,31 +149,32 @@ def test_nightly_does_only_new_partitions_and_skips_training_without_them(
         len(client.search_model_versions(f"name = '{MODEL}'")) == 2
     )  # no version for a night without data
 
-    # A night killed between registering v2 and promoting it: v1 still champion, v2 without a decision. The
-    # next night has nothing new to train on, and judges v2 then.
+    # A night killed between registering v2 and promoting it: v1 still champion, v2 without a
+    # decision. The next night has nothing new to train on, and judges v2 then.
     client.set_registered_model_alias(MODEL, "champion", "1")
     client.delete_model_version_tag(MODEL, "2", "promotion.decision")
     fourth = nightly(str(root), MODEL, overrides=tiny(home), run_id="n4")
-    assert fourth["train"] is None and fourth["promote"]["challenger"] == "2", fourth["promote"]
+    promoted = fourth.promote
+    assert fourth.train is None and promoted and promoted["challenger"] == "2", promoted
     decision = client.get_model_version(MODEL, "2").tags["promotion.decision"]
-    assert decision == ("promoted" if fourth["promote"]["promoted"] else "rejected")
+    assert decision == ("promoted" if promoted["promoted"] else "rejected")
     champion = client.get_model_version_by_alias(MODEL, "champion")
-    assert str(champion.version) == ("2" if fourth["promote"]["promoted"] else "1")
+    assert str(champion.version) == ("2" if promoted["promoted"] else "1")
 
     with get_client(sync_client=True) as prefect:  # what the Prefect UI shows for these runs
 
         def artifacts(key: str) -> list:
             return prefect.read_artifacts(
                 artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])),
-                sort="CREATED_DESC",
+                sort=ArtifactSort.CREATED_DESC,
             )[::-1]
 
         summaries, links = artifacts("nightly-summary"), artifacts("mlflow-run")
     assert len(summaries) == 4 and f"| {DAYS[-1]} | 8 |" in summaries[1].data
     assert "**train**: skipped" in summaries[2].data
     assert [link.data.split("/#/runs/")[1].split(")")[0] for link in links] == [
-        first["train"]["train"]["run_id"],
-        second["train"]["train"]["run_id"],
+        first.train.train.run_id,
+        second.train.train.run_id,
     ]
 
 

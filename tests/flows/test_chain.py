@@ -29,7 +29,8 @@ def test_demo_chain_registers_promotes_predicts_and_reruns_from_cache(
     first = demo(overrides=tiny(tmp_path), clips_per_class=6, run_id="first")
 
     assert first["failed"] == 0
-    # nightly extracts the sample's three partitions first; training then reads all 24 series from the cache
+    # nightly extracts the sample's three partitions first; training then reads all 24 series from
+    # the cache
     assert first["partitions"]["extracted"] == 24 and len(first["partitions"]["done"]) == 3
     assert first["train"]["extract"]["series"] == first["train"]["extract"]["cached"] == 24
     trained = first["train"]["train"]
@@ -74,17 +75,16 @@ def test_demo_chain_registers_promotes_predicts_and_reruns_from_cache(
     # Idempotent: the champion (v1 again) already predicted these series: no rows, nothing decoded.
     incoming, champion = first["sample"]["incoming"], f"models:/{DEMO_MODEL}@champion"
     again = infer(incoming, champion, overrides=tiny(tmp_path), run_id="again")
-    assert (again["predicted"], again["skipped"], again["predictions"]) == (0, 16, None)
-    assert again["extract"]["series"] == 0 and again["extract"]["compute"]["frames"] == 0
+    assert (again.predicted, again.skipped, again.predictions) == (0, 16, None)
+    assert again.extract.series == 0 and again.extract.compute.frames == 0
     forced = infer(
         incoming, champion, overrides=tiny(tmp_path), run_id="forced", force=True, per_frame=True
     )
-    assert forced["predicted"] == 16 and forced["skipped"] == 0
-    frames = pq.read_table(
-        forced["outputs"]["frames"]
-    )  # per-frame scores and per-timestep LSTM states
+    assert forced.predicted == 16 and forced.skipped == 0 and forced.predictions
+    # per-frame scores and per-timestep LSTM states
+    frames = pq.read_table(forced.outputs["frames"])
     assert set(frames["series_id"].to_pylist()) == set(
-        pq.read_table(forced["predictions"])["series_id"].to_pylist()
+        pq.read_table(forced.predictions)["series_id"].to_pylist()
     )
     probs = np.stack(
         [frames[c].to_numpy() for c in frames.column_names if c.startswith("prob_")], axis=1

@@ -68,7 +68,7 @@ def test_the_domain_demo_models_beat_frame_averaging(
         cache,
         recipe.recipe_id,
     )
-    assert {row["status"] for row in rows} == {"extracted"}, rows
+    assert {row.status for row in rows} == {"extracted"}, rows
 
     outcome = run_experiment(cache, recipe, refs, config.train)
 

@@ -1,5 +1,5 @@
-"""The feature recipe is cached by Prefect across flow runs (issue 7): a new run with the same settings
-names its recipe without building the backbone; other settings compute theirs."""
+"""The feature recipe is cached by Prefect across flow runs (issue 7): a new run with the same
+settings names its recipe without building the backbone; other settings compute theirs."""
 
 from __future__ import annotations
 

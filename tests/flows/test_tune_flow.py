@@ -1,4 +1,5 @@
-"""flows/tune.py under prefect_test_harness: a generated sample archive -> extract -> a 2-trial search -> a version."""
+"""flows/tune.py under prefect_test_harness: a generated sample archive -> extract -> a 2-trial
+search -> a version."""
 
 from __future__ import annotations
 
@@ -40,10 +41,10 @@ def test_tune_flow_extracts_searches_and_registers(tmp_path: Path, harness) -> N
     }
     out = tune(str(archive), "tuned", overrides=overrides, run_id="tune1", trials=2, grace_period=2)
 
-    assert out["failed"] == 0 and out["extract"]["series"] == 12
-    assert sum(out["tune"]["trials"].values()) == 2
+    assert out.failed == 0 and out.extract.series == 12
+    assert sum(out.tune.trials.values()) == 2
     uri = f"sqlite:///{tmp_path / 'home' / 'mlflow.db'}"
-    version = MlflowClient(uri, registry_uri=uri).get_model_version("tuned", out["tune"]["version"])
+    version = MlflowClient(uri, registry_uri=uri).get_model_version("tuned", out.tune.version)
     assert version.tags["lstmpipe.run_id"] == "tune1"
-    assert version.tags["lstmpipe.tune.parent_run_id"] == out["tune"]["parent_run_id"]
+    assert version.tags["lstmpipe.tune.parent_run_id"] == out.tune.parent_run_id
     assert (tmp_path / "home" / "tune").is_dir()  # Tune's own files stay under the state directory

@@ -1,4 +1,5 @@
-"""Partitions of a root and their durable records, on real clips in folder, tar and zip partitions."""
+"""Partitions of a root and their durable records, on real clips in folder, tar and zip
+partitions."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import pytest
 from lstmpipe.lib.errors import ConfigError
 from lstmpipe.lib.ops.partitions import (
     Newest,
+    Partition,
     PartitionRecords,
     by_partition,
     date_range,
@@ -92,8 +94,8 @@ def test_a_root_that_is_no_folder_is_a_usage_error_naming_it(root: Path) -> None
 
 def test_series_ids_group_into_the_partitions_they_came_from(root: Path) -> None:
     found = discover(root)
-    grouped = by_partition([r.to_dict() for r in found.refs])
-    assert {name: [r["series_id"] for r in refs] for name, refs in grouped.items()} == {
+    grouped = by_partition(found.refs)
+    assert {name: [r.series_id for r in refs] for name, refs in grouped.items()} == {
         "2026-11-19": ["2026-11-19/grow/a.mp4"],
         "2026-11-20": ["2026-11-20.tar/shrink/e.mp4"],
         "20261121": ["20261121.zip/grow/f.mp4"],
@@ -107,7 +109,10 @@ def test_a_range_selects_overlapping_dated_partitions_and_all_takes_undated_ones
     root: Path,
 ) -> None:
     found = list_partitions(root)
-    names = lambda parts: [p.name for p in parts]  # noqa: E731
+
+    def names(parts: list[Partition]) -> list[str]:
+        return [p.name for p in parts]
+
     assert names(select(found, D(2026, 11, 20), D(2026, 11, 21))) == ["2026-11-20", "20261121"]
     assert names(select(found, D(2026, 12, 15), None)) == ["2026-12"]  # the month overlaps
     assert names(select(found, None, D(2026, 11, 19))) == ["2026-11-19"]
@@ -132,24 +137,23 @@ def test_records_make_done_partitions_not_pending_until_they_change(
     root: Path, tmp_path: Path
 ) -> None:
     records = PartitionRecords(tmp_path / "state" / "partitions.sqlite")
-    selected, pending = to_do(root, records, "r1", every=True)
-    assert pending == selected and len(selected) == 5
+    plan = to_do(root, records, "r1", every=True)
+    selected = plan.selected
+    assert plan.pending == selected and len(selected) == 5
     for part in selected[:2]:
         records.mark_done(root, part, "r1", series=1, failed=0, run_id="run1")
-    assert [p.name for p in to_do(root, records, "r1", every=True)[1]] == [
+    assert [p.name for p in to_do(root, records, "r1", every=True).pending] == [
         "20261121",
         "2026-12",
         "misc",
     ]
-    assert (
-        len(to_do(root, records, "r2", every=True)[1]) == 5
-    )  # another recipe: nothing done for it
+    # another recipe: nothing done for it
+    assert len(to_do(root, records, "r2", every=True).pending) == 5
 
-    shutil.copy(
-        root / "2026-11-19/grow/a.mp4", root / "2026-11-19/grow/a2.mp4"
-    )  # a file landed late
+    # a file landed late
+    shutil.copy(root / "2026-11-19/grow/a.mp4", root / "2026-11-19/grow/a2.mp4")
     os.utime(root / "2026-11-20.tar", ns=(0, 0))  # the archive was rewritten
-    assert [p.name for p in to_do(root, records, "r1", every=True)[1]][:2] == [
+    assert [p.name for p in to_do(root, records, "r1", every=True).pending][:2] == [
         "2026-11-19",
         "2026-11-20",
     ]
@@ -202,9 +206,8 @@ def test_nightly_trains_only_when_a_partition_was_done_after_the_newest_version(
     at = dt.datetime.fromisoformat(done.finished_at)
     assert why_train([done], None) == "no version registered yet"
     assert why_train([done], Newest("3", at + dt.timedelta(seconds=1), decided=True)) is None
-    assert "2026-11-19" in why_train(
-        [done], Newest("3", at - dt.timedelta(seconds=1), decided=True)
-    )
+    fresh = why_train([done], Newest("3", at - dt.timedelta(seconds=1), decided=True))
+    assert fresh is not None and "2026-11-19" in fresh
 
 
 def test_a_newest_version_without_a_promotion_decision_is_promoted_next_night() -> None:

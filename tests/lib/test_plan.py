@@ -9,7 +9,7 @@ import numpy as np
 
 from lstmpipe.lib.features.cache import FeatureCache, SeriesFeatures
 from lstmpipe.lib.features.recipe import FeatureRecipe
-from lstmpipe.lib.ops.plan import plan
+from lstmpipe.lib.ops.plan import PlanAction, plan
 from lstmpipe.lib.series import SeriesRef
 
 RECIPE = FeatureRecipe(
@@ -39,14 +39,14 @@ def test_plan_says_what_is_cached_and_why_the_rest_is_not(tmp_path: Path) -> Non
     refs = [ref("a.mp4", "h-a"), ref("b.mp4", "h-b")]
 
     same = plan(refs, RECIPE, cache)
-    assert (same["cached"], same["compute"]) == (1, 1)
-    reasons = {row["series_id"]: row["reason"] for row in same["per_series"]}
+    assert (same.count(PlanAction.CACHED), same.count(PlanAction.COMPUTE)) == (1, 1)
+    reasons = {row.series_id: row.reason for row in same.per_series}
     assert reasons["b.mp4"].startswith("new content")
 
     bigger = dataclasses.replace(RECIPE, size=96)
-    changed = {row["series_id"]: row for row in plan(refs, bigger, cache)["per_series"]}
-    assert changed["a.mp4"]["action"] == "compute"
+    changed = {row.series_id: row for row in plan(refs, bigger, cache).per_series}
+    assert changed["a.mp4"].action is PlanAction.COMPUTE
     assert (
-        changed["a.mp4"]["reason"]
+        changed["a.mp4"].reason
         == f"recipe changed: cached under {RECIPE.recipe_id}, which differs in size"
     )

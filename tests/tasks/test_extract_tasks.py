@@ -14,6 +14,7 @@ import pytest
 
 from lstmpipe.lib.config import SourcesConfig, load_config
 from lstmpipe.lib.features.cache import FeatureCache
+from lstmpipe.lib.features.outcomes import SeriesStatus
 from lstmpipe.tasks.extract import discover_source, extract_shard, feature_recipe
 
 TINY = {"sampling.size": 64, "sampling.fps": 4.0, "backbone.weights": "none", "runtime.workers": 2}
@@ -52,22 +53,23 @@ def test_extract_shard_caches_good_series_and_reports_the_bad_one(
         where,
     )
 
-    shard = extract_shard.fn(found["refs"], *args)
-    first = {row["series_id"]: row for row in shard["rows"]}
-    assert shard["seconds"] > 0
-    assert first["phone/carphone_pristine.mp4"]["status"] == "extracted"
-    assert first["phone/carphone_distorted.mp4"]["status"] == "extracted"
-    assert first["phone/broken.mp4"]["status"] == "failed"
-    assert "broken.mp4" in first["phone/broken.mp4"]["path"]
+    shard = extract_shard.fn(found.refs, *args)
+    first = {row.series_id: row for row in shard.outcomes}
+    assert shard.seconds > 0
+    assert first["phone/carphone_pristine.mp4"].status is SeriesStatus.EXTRACTED
+    assert first["phone/carphone_distorted.mp4"].status is SeriesStatus.EXTRACTED
+    broken = first["phone/broken.mp4"]
+    assert broken.status is SeriesStatus.FAILED and broken.failure is not None
+    assert "broken.mp4" in broken.failure.path
     # carphone is 4.0 s at 29.97 fps: 4 fps gives 16 frames (+-1)
-    assert abs(first["phone/carphone_pristine.mp4"]["frames"] - 16) <= 1
+    assert abs(first["phone/carphone_pristine.mp4"].frames - 16) <= 1
 
-    again = extract_shard.fn(found["refs"], *args)
-    second = {row["series_id"]: row["status"] for row in again["rows"]}
+    again = extract_shard.fn(found.refs, *args)
+    second = {row.series_id: row.status for row in again.outcomes}
     assert second == {
-        "phone/carphone_pristine.mp4": "cached",
-        "phone/carphone_distorted.mp4": "cached",
-        "phone/broken.mp4": "failed",
+        "phone/carphone_pristine.mp4": SeriesStatus.CACHED,
+        "phone/carphone_distorted.mp4": SeriesStatus.CACHED,
+        "phone/broken.mp4": SeriesStatus.FAILED,
     }
     stats = FeatureCache(tmp_path / "cache").stats()
     assert stats["series"] == 2 and stats["recipes"] == 1
@@ -78,14 +80,14 @@ def test_a_changed_recipe_is_a_new_cache_entry(
 ) -> None:
     hub = str(tmp_path / "hub")
     found = discover_source.fn(str(source), None, str(tmp_path / "hashes.sqlite"), SourcesConfig())
-    good = [r for r in found["refs"] if "broken" not in r["series_id"]]
+    good = [r for r in found.refs if "broken" not in r.series_id]
     for size in (64, 96):
         config = load_config(overrides={**TINY, "sampling.size": size})
         recipe = feature_recipe.fn(config, hub)
         rows = extract_shard.fn(
             good, recipe, config, str(tmp_path / "cache"), str(tmp_path / "tmp"), hub, where
-        )["rows"]
-        assert {row["status"] for row in rows} == {"extracted"}
+        ).outcomes
+        assert {row.status for row in rows} == {SeriesStatus.EXTRACTED}
     assert FeatureCache(tmp_path / "cache").stats()["recipes"] == 2
 
 
@@ -95,25 +97,26 @@ def test_a_models_recipe_wins_over_this_runs_flags(
     """Inference extracts with the model's recipe even when the command line says otherwise."""
     hub = str(tmp_path / "hub")
     found = discover_source.fn(str(source), None, str(tmp_path / "hashes.sqlite"), SourcesConfig())
-    good = [r for r in found["refs"] if "broken" not in r["series_id"]]
+    good = [r for r in found.refs if "broken" not in r.series_id]
     model_recipe = feature_recipe.fn(load_config(overrides=TINY), hub)
     flags = load_config(overrides={**TINY, "sampling.size": 96, "sampling.fps": 2.0})
     rows = extract_shard.fn(
         good, model_recipe, flags, str(tmp_path / "cache"), str(tmp_path / "tmp"), hub, where
-    )["rows"]
-    assert {row["status"] for row in rows} == {"extracted"}
-    assert all(abs(row["frames"] - 16) <= 1 for row in rows)  # 4 fps (the recipe's), not 2
+    ).outcomes
+    assert {row.status for row in rows} == {SeriesStatus.EXTRACTED}
+    assert all(abs(row.frames - 16) <= 1 for row in rows)  # 4 fps (the recipe's), not 2
     cache = FeatureCache(tmp_path / "cache")
-    assert cache.present([(r["content_hash"], model_recipe["recipe_id"]) for r in good]) == {
-        (r["content_hash"], model_recipe["recipe_id"]) for r in good
+    assert cache.present([(r.content_hash, model_recipe["recipe_id"]) for r in good]) == {
+        (r.content_hash, model_recipe["recipe_id"]) for r in good
     }
 
 
 def test_decode_tasks_feed_the_actors_the_same_features(
     tmp_path: Path, source: Path, local_ray
 ) -> None:
-    """runtime.decode_on=tasks (what GPU clusters do): frames stream from Ray decode tasks to the actor;
-    the features equal in-process extraction's, and a bad file is still a recorded failure."""
+    """runtime.decode_on=tasks (what GPU clusters do): frames stream from Ray decode tasks to the
+    actor; the features equal in-process extraction's, and a bad file is still a recorded
+    failure."""
     hub = str(tmp_path / "hub")
     found = discover_source.fn(str(source), None, str(tmp_path / "hashes.sqlite"), SourcesConfig())
     config = load_config(overrides={**TINY, "runtime.decode_on": "tasks"})
@@ -122,13 +125,11 @@ def test_decode_tasks_feed_the_actors_the_same_features(
     for where in (None, "local"):
         cache_root = tmp_path / f"cache-{where}"
         rows = extract_shard.fn(
-            found["refs"], recipe, config, str(cache_root), str(tmp_path / "tmp"), hub, where
-        )["rows"]
-        assert {r["series_id"]: r["status"] for r in rows}["phone/broken.mp4"] == "failed"
+            found.refs, recipe, config, str(cache_root), str(tmp_path / "tmp"), hub, where
+        ).outcomes
+        assert {r.series_id: r.status for r in rows}["phone/broken.mp4"] is SeriesStatus.FAILED
         keys = [
-            (r["content_hash"], recipe["recipe_id"])
-            for r in found["refs"]
-            if "broken" not in r["series_id"]
+            (r.content_hash, recipe["recipe_id"]) for r in found.refs if "broken" not in r.series_id
         ]
         results[where] = FeatureCache(cache_root).read(keys)
     assert results[None].keys() == results["local"].keys() and len(results[None]) == 2
@@ -140,8 +141,8 @@ def test_decode_tasks_feed_the_actors_the_same_features(
 
 
 def test_shards_starting_at_once_build_one_backbone(tmp_path: Path) -> None:
-    """Shard threads share the process's backbone; two building it at once traced it concurrently and
-    torch.jit's check failed ("Graphs differed across invocations", seen in CI)."""
+    """Shard threads share the process's backbone; two building it at once traced it concurrently
+    and torch.jit's check failed ("Graphs differed across invocations", seen in CI)."""
     from concurrent.futures import ThreadPoolExecutor
 
     from lstmpipe.tasks import extract as extract_tasks

@@ -2,11 +2,11 @@
 `workers x decoders` series stream at once, each with at most two unread chunks (and one being
 read, and a few awaiting the store's next free batch), whatever the number and length of the series.
 
-Ray frees a consumed chunk in a batch up to a second later (free_objects_period_milliseconds), so in
-production the store also holds about a second of decoded chunks; the test shortens that period to see
-the bound the streams themselves keep. The store is sampled through Raylet's own statistics (what `ray memory --stats-only` prints)
-while a real extraction runs: 6 series of 10 chunks each, whose chunks are large enough to
-live in the shared-memory store rather than inline.
+Ray frees a consumed chunk in a batch up to a second later (free_objects_period_milliseconds), so
+in production the store also holds about a second of decoded chunks; the test shortens that period
+to see the bound the streams themselves keep. The store is sampled through Raylet's own statistics
+(what `ray memory --stats-only` prints) while a real extraction runs: 6 series of 10 chunks each,
+whose chunks are large enough to live in the shared-memory store rather than inline.
 """
 
 from __future__ import annotations
@@ -40,8 +40,9 @@ _STATS = re.compile(r"Plasma memory usage (\d+) MiB, (\d+) objects")
 
 @pytest.fixture(scope="module")
 def local_ray():
-    # Ray frees objects whose last reference is gone in batches, once a second by default: the store then
-    # also holds about a second of throughput. Freeing every 10 ms leaves the bound our streams set.
+    # Ray frees objects whose last reference is gone in batches, once a second by default: the
+    # store then also holds about a second of throughput. Freeing every 10 ms leaves the bound our
+    # streams set.
     ray.init(
         address="local",
         num_cpus=2,
@@ -84,23 +85,24 @@ def test_the_object_store_holds_chunks_of_a_bounded_number_of_series(
     sampler.start()
     try:
         rows = extract_shard.fn(
-            found["refs"],
+            found.refs,
             recipe,
             config,
             str(tmp_path / "cache"),
             str(tmp_path / "tmp"),
             str(tmp_path / "hub"),
             "local",
-        )["rows"]
+        ).outcomes
     finally:
         done.set()
         sampler.join()
 
-    assert [r["status"] for r in rows] == ["extracted"] * 6 and {r["frames"] for r in rows} == {80}
+    assert [r.status for r in rows] == ["extracted"] * 6 and {r.frames for r in rows} == {80}
     chunk_mib = 8 * 160 * 160 * 3 / 2**20  # 0.6 MiB
-    # Per stream: two unread chunks and the one being read, plus those read but not yet freed: the store frees
-    # in batches (every 10 ms here), and a batch lagging a sample under load held up to 3 (9 seen in CI with
-    # 50 ms). So at most 6 chunks of each of the 2 series streaming: 12, of the 60 that went through.
+    # Per stream: two unread chunks and the one being read, plus those read but not yet freed: the
+    # store frees in batches (every 10 ms here), and a batch lagging a sample under load held up to
+    # 3 (9 seen in CI with 50 ms). So at most 6 chunks of each of the 2 series streaming: 12, of
+    # the 60 that went through.
     # Zero-copy views, which pinned every chunk until its series was done, held 23.
     bound = WORKERS * DECODERS * 6
     assert 0 < peaks["objects"] <= bound, peaks

@@ -9,8 +9,9 @@ from lstmpipe.tasks import ray_workers
 
 
 def test_shards_starting_at_once_share_one_pool() -> None:
-    """Two shard threads asking at once must not start two pools: on a cluster with CPUs for one pool,
-    the second pool's actors would wait for CPUs forever (seen on `ray start --head --num-cpus 2`)."""
+    """Two shard threads asking at once must not start two pools: on a cluster with CPUs for one
+    pool, the second pool's actors would wait for CPUs forever (seen on
+    `ray start --head --num-cpus 2`)."""
     started: list[object] = []
     gate = threading.Barrier(2)
 

@@ -1,4 +1,5 @@
-"""tasks/tune.py: a real, tiny Ray Tune search over generated cached features, against SQLite MLflow."""
+"""tasks/tune.py: a real, tiny Ray Tune search over generated cached features, against SQLite
+MLflow."""
 
 from __future__ import annotations
 
@@ -108,7 +109,7 @@ def test_search_logs_trials_under_one_parent_and_registers_the_best(
     )
     space = SearchSpace(hidden_size=(8, 16), num_layers=(1,), dropout=(0.0, 0.2), lr=(1e-4, 3e-2))
     out = tune_model.fn(
-        [r.to_dict() for r in refs],
+        refs,
         RECIPE.to_dict(),
         "tuned",
         config,
@@ -125,7 +126,7 @@ def test_search_logs_trials_under_one_parent_and_registers_the_best(
     )
 
     client = MlflowClient(tracking, registry_uri=tracking)
-    parent = client.get_run(out["parent_run_id"])
+    parent = client.get_run(out.parent_run_id)
     children = client.search_runs(
         [parent.info.experiment_id],
         filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'",
@@ -133,30 +134,32 @@ def test_search_logs_trials_under_one_parent_and_registers_the_best(
     trials = [r for r in children if r.data.tags.get("lstmpipe.kind") == "trial"]
     assert len(trials) == 4
     assert {r.data.tags["lstmpipe.tune.status"] for r in trials} <= {"completed", "stopped"}
-    assert sum(out["trials"].values()) == 4 and out["trials"]["error"] == 0
+    assert sum(out.trials.values()) == 4 and out.trials["error"] == 0
     epochs = {
         r.info.run_id: len(client.get_metric_history(r.info.run_id, "val_macro_f1")) for r in trials
     }
     assert all(1 <= n <= 8 for n in epochs.values())
-    # ASHA (grace 2, factor 2, 4 trials) cuts at least one trial at a rung, unless every one ran to its end.
+    # ASHA (grace 2, factor 2, 4 trials) cuts at least one trial at a rung, unless every one ran to
+    # its end.
     stopped = [r for r in trials if r.data.tags["lstmpipe.tune.status"] == "stopped"]
     assert stopped or all(n == 8 for n in epochs.values())
     assert all(epochs[r.info.run_id] < 8 for r in stopped)
-    assert parent.data.tags["lstmpipe.tune.best_trial_id"] == out["best_trial"]["trial_id"]
+    assert parent.data.tags["lstmpipe.tune.best_trial_id"] == out.best_trial["trial_id"]
     assert parent.info.status == "FINISHED"
     assert "trials.json" in {a.path for a in client.list_artifacts(parent.info.run_id)}
 
-    # The best trial, retrained, is a version like `train` registers, nested under the search and tagged with it.
-    version = client.get_model_version("tuned", out["version"])
+    # The best trial, retrained, is a version like `train` registers, nested under the search and
+    # tagged with it.
+    version = client.get_model_version("tuned", out.version)
     assert version.tags["lstmpipe.tune.parent_run_id"] == parent.info.run_id
-    assert version.tags["lstmpipe.tune.trial_id"] == out["best_trial"]["trial_id"]
+    assert version.tags["lstmpipe.tune.trial_id"] == out.best_trial["trial_id"]
     assert version.tags["recipe_id"] == RECIPE.recipe_id and version.tags["dataset_hash"]
-    retrain = client.get_run(out["run_id"])
+    retrain = client.get_run(out.run_id)
     assert retrain.data.tags["mlflow.parentRunId"] == parent.info.run_id
-    assert retrain.data.params["train.hidden_size"] == str(out["best_trial"]["hp.hidden_size"])
+    assert retrain.data.params["train.hidden_size"] == str(out.best_trial["hp.hidden_size"])
     assert retrain.data.params["data.dataset_hash_covers"] == "ids+content"
     assert {"model_card.md", "per_class_report.csv"} <= {
-        a.path for a in client.list_artifacts(out["run_id"])
+        a.path for a in client.list_artifacts(out.run_id)
     }
     mlflow.set_registry_uri(tracking)
-    assert mlflow.pyfunc.load_model(f"models:/tuned/{out['version']}") is not None
+    assert mlflow.pyfunc.load_model(f"models:/tuned/{out.version}") is not None
