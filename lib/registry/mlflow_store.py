@@ -136,40 +136,36 @@ def log_model(bundle: ModelBundle, model_name: str, tags: dict[str, Any] | None 
 
 def portable_code(root: Path) -> Path:
     """A `lstmpipe` folder under `root` with the modules pyfunc_entry.py imports from lstmpipe,
-    transitively, and their packages' __init__.py: the code a version carries.
+    directly or through each other: the code a version carries.
 
     Built, not pointed at: the installed package maps lstmpipe.lib to lib/, so no folder named
-    lstmpipe exists to log. Without an __init__.py, lstmpipe stays a namespace package, as
-    installed; where lstmpipe is installed and already imported, its modules take precedence.
+    lstmpipe exists to log. The folders get no __init__.py (lstmpipe's hold docstrings only):
+    as namespace packages they never shadow an installed lstmpipe, whose regular packages win
+    the import, so a process that has lstmpipe uses its own modules and the copies serve only
+    where it is absent.
     """
-    for name in _lstmpipe_closure(_ENTRY):
-        spec = importlib.util.find_spec(name)
-        assert spec is not None and spec.origin is not None, name  # found by the closure
-        parts = name.split(".")
-        if spec.submodule_search_locations is not None:  # a package: its __init__.py
-            target = root.joinpath(*parts, "__init__.py")
-        else:
-            target = root.joinpath(*parts[:-1], f"{parts[-1]}.py")
+    for name, source in _lstmpipe_closure(_ENTRY).items():
+        target = root.joinpath(*name.split(".")).with_suffix(".py")
         target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(spec.origin, target)
+        shutil.copyfile(source, target)
     return root / "lstmpipe"
 
 
-def _lstmpipe_closure(entry: Path) -> list[str]:
-    """The lstmpipe modules `entry` imports, directly or through each other, with their parent
-    packages (but not the namespace lstmpipe itself, which has no file)."""
-    found: set[str] = set()
+def _lstmpipe_closure(entry: Path) -> dict[str, Path]:
+    """Module name -> source file of every lstmpipe module `entry` imports, directly or through
+    each other; packages are left out (see portable_code)."""
+    found: dict[str, Path] = {}
     todo = _lstmpipe_imports(entry)
     while todo:
         name = todo.pop()
-        if name in found or name == "lstmpipe":
-            continue
         spec = importlib.util.find_spec(name)
         if spec is None or spec.origin is None:
             raise ImportError(f"{entry.name} imports {name}, which has no source file to log")
-        found.add(name)
-        todo |= _lstmpipe_imports(Path(spec.origin)) | {name.rpartition(".")[0]}
-    return sorted(found)
+        if name in found or spec.submodule_search_locations is not None:
+            continue
+        found[name] = Path(spec.origin)
+        todo |= _lstmpipe_imports(found[name])
+    return dict(sorted(found.items()))
 
 
 def _lstmpipe_imports(path: Path) -> set[str]:

@@ -43,7 +43,7 @@ import mlflow
 model = mlflow.pyfunc.load_model(sys.argv[1])
 batch = dict(np.load(sys.argv[2]))
 np.save(sys.argv[3], model.predict(batch))
-files = {n: m.__file__ for n, m in sys.modules.items() if n.startswith("lstmpipe.")}
+files = {n: m.__file__ for n, m in sys.modules.items() if n.startswith("lstmpipe.") and m.__file__}
 print(json.dumps({"files": files, "path": sys.path}))
 """
 
