@@ -97,8 +97,8 @@ _VAR = re.compile(
 
 
 def interpolate(value: Any, env: dict[str, str]) -> Any:
-    """Compose-spec interpolation: $$, ${VAR}, ${VAR:-default}, ${VAR-default}, ${VAR:?err},
-    ${VAR?err}."""
+    """Compose-spec interpolation: $$, ${VAR}, ${VAR:-default},
+    ${VAR-default}, ${VAR:?err}, ${VAR?err}."""
     if isinstance(value, dict):
         return {k: interpolate(v, env) for k, v in value.items()}
     if isinstance(value, list):
@@ -159,8 +159,7 @@ def ray_start_context(args: list[str]):
 
 
 def ray_start_args(shell: str) -> list[str]:
-    """The arguments after `ray start` in a shell line such as `ulimit -n 65536; ray start --head
-    ...`."""
+    """The arguments after `ray start` in a line like `ulimit -n 65536; ray start --head ...`."""
     (line,) = [part for part in re.split(r"[;&\n]+", shell) if "ray start" in part]
     words = shlex.split(line.replace("$RAY_HEAD_IP", "10.0.0.1"))
     return words[words.index("start") + 1 :]
@@ -222,8 +221,8 @@ def test_lstmpipe_variables_named_in_infra_are_config_keys() -> None:
 
 
 def test_prefect_yaml_follows_prefects_own_model(prefect_yaml: dict) -> None:
-    """The model `prefect deploy` validates prefect.yaml with (it ignores unknown keys, so check
-    those too)."""
+    """The model `prefect deploy` validates prefect.yaml
+    with (it ignores unknown keys, so check those too)."""
     import prefect
     from prefect.cli.deploy._models import DeploymentConfig, PrefectYamlModel, RawScheduleConfig
 
@@ -276,8 +275,7 @@ def test_entrypoint_is_a_flow_that_accepts_the_parameters(deployments: dict, nam
 def test_pull_step_enters_the_checkout_where_every_entrypoint_loads(
     prefect_yaml: dict, deployments: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """What a worker does before a run: template the pull step with its environment, chdir, load the
-    flow."""
+    """A worker before a run: the pull step templated with its environment, chdir, flow loaded."""
     from prefect.deployments.steps.pull import set_working_directory
     from prefect.flows import load_flow_from_entrypoint
     from prefect.utilities.importtools import import_object
@@ -704,7 +702,7 @@ def test_the_code_requests_cpus_and_gpus() -> None:
     from lstmpipe.tasks.ray_workers import FeatureWorker
 
     assert requested_resources() == {"CPU", "GPU"}
-    # lib.placement sizes each actor for its cluster
+    # lib.features.placement sizes each actor for its cluster
     assert "num_cpus" not in vars(FeatureWorker)["_default_options"]
     assert placement(RuntimeConfig(), {"CPU": 8.0, "GPU": 1.0}).actor_cpus == 1
 

@@ -84,8 +84,8 @@ def test_lstm_learns_order_that_a_frame_average_cannot_see(
 def test_series_centring_fits_its_scale_and_reads_order_under_a_per_series_level(
     data: dict[str, SequenceSet],
 ) -> None:
-    """Each series sits at its own level, ten times the ramp: what a backbone's anatomy and contrast
-    look like."""
+    """Each series sits at its own level, ten times the ramp:
+    what a backbone's anatomy and contrast look like."""
     rng = np.random.default_rng(1)
     shifted = {
         name: SequenceSet(

@@ -24,8 +24,7 @@ from lstmpipe.lib.training.loop import predict_proba
 
 
 def _relative(ref: SeriesRef) -> str:
-    """`2026-11-20.tar/grow/clip_0001.mp4` -> `grow/clip_0001.mp4`: how the official lists name a
-    video."""
+    """`2026-11-20.tar/grow/clip_0001.mp4` -> `grow/clip_0001.mp4`, as official lists name it."""
     return ref.series_id.split("/", 1)[1]
 
 

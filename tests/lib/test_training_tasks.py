@@ -39,8 +39,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _reorder(label: int, steps: int) -> np.ndarray:
-    """Frame order of each class over frames sorted by level: rise, fall, peak (up then down),
-    valley."""
+    """Each class's frame order over frames sorted by level: rise, fall, peak (up, down), valley."""
     up = np.arange(steps)
     down = up[::-1]
     return [up, down, np.r_[up[0::2], up[1::2][::-1]], np.r_[down[0::2], down[1::2][::-1]]][label]
@@ -71,8 +70,8 @@ def order_only_task(n: int, seed: int) -> SequenceSet:
 
 
 def static_task(n: int, seed: int, classes: int = 4) -> SequenceSet:
-    """Each class has its own mean frame; every frame is that plus noise, shuffled: any one frame
-    suffices."""
+    """Each class has its own mean frame; every frame is
+    that plus noise, shuffled: any one frame suffices."""
     rng = np.random.default_rng(seed)
     prototypes = rng.normal(size=(classes, F)) * 1.5
     features, labels = [], []
@@ -238,8 +237,7 @@ def test_sampler_learns_an_imbalanced_task() -> None:
     "options", [{}, {"cell": "gru", "pooling": "attention", "bidirectional": True}]
 )
 def test_bf16_autocast_on_gpu_learns_order_too(order_parts: dict, options: dict) -> None:
-    """The GPU twin of test_only_the_recurrent_model_tells_classes_apart_by_order (bf16
-    autocast)."""
+    """The GPU twin of test_only_the_recurrent_model_tells_classes_apart_by_order, bf16 autocast."""
     config = CONFIG.model_copy(update=options)
     result = fit(
         model_spec(config, F, 4, "lstm"),
