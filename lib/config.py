@@ -351,7 +351,7 @@ class TrainConfig(_Model):
 
 
 class PromoteConfig(_Model):
-    """The promotion gate (lib/registry/promotion.py): every check must pass, on the
+    """The promotion gate (lib/registry/gate.py): every check must pass, on the
     challenger's frozen evaluation set."""
 
     margin: float = Field(
