@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lstmpipe.lib.config import PromoteConfig
+from lstmpipe.lib.config import PromoteConfig, PromoteTest
 from lstmpipe.lib.registry import gate
 from lstmpipe.lib.registry.gate import Predictions
 from lstmpipe.lib.registry.history import (
@@ -110,7 +110,9 @@ def test_no_champion_promotes_the_first_version() -> None:
 
 
 @pytest.mark.parametrize("test", ["bootstrap", "mcnemar"])
-def test_a_clearly_stronger_challenger_passes_and_a_weaker_one_is_refused(test: str) -> None:
+def test_a_clearly_stronger_challenger_passes_and_a_weaker_one_is_refused(
+    test: PromoteTest,
+) -> None:
     config = PromoteConfig(test=test)
     strong, weak = preds(TRUTH, with_errors(TRUTH, 2)), preds(TRUTH, with_errors(TRUTH, 30, seed=1))
     promoted = gate.gate(strong, weak, config)
@@ -232,7 +234,7 @@ def record(decision: gate.Decision, champion_score: Score | None) -> PromotionRe
 
 @pytest.mark.parametrize("test", ["bootstrap", "mcnemar"])
 def test_one_decision_gives_the_same_values_to_tags_history_and_json(
-    test: str, tmp_path: Path
+    test: PromoteTest, tmp_path: Path
 ) -> None:
     strong, weak = preds(TRUTH, with_errors(TRUTH, 2)), preds(TRUTH, with_errors(TRUTH, 30, seed=1))
     decided = record(
