@@ -18,8 +18,9 @@ Lookups and reads run --repeats times (the table shows the first and the best ru
 Writes bench/results/cache-scale-<UTC time>.json and prints a table; the data lives
 in a temp folder that is deleted at the end.
 
-    .venv/bin/python bench/cache_scale.py [--files 100] [--series-per-file 1000] [--frames 4] [--dim 32]
-                                          [--small-files 2000] [--reads 1000] [--repeats 3]
+    .venv/bin/python bench/cache_scale.py [--files 100] [--series-per-file 1000] [--frames 4]
+                                          [--dim 32] [--small-files 2000] [--reads 1000]
+                                          [--repeats 3]
 """
 
 from __future__ import annotations
@@ -38,12 +39,12 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import numpy as np
 import pyarrow as pa
 
-from lstmpipe.lib.features.cache import FeatureCache, SeriesFeatures
+from lstmpipe.lib.features.cache import FeatureCache, Key, SeriesFeatures
 from lstmpipe.lib.features.recipe import FeatureRecipe
 from lstmpipe.lib.ops.plan import plan
 from lstmpipe.lib.series import SeriesRef
@@ -105,6 +106,10 @@ def generate(
         cache.write(a.recipe_id, [item(i)])
 
 
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
 class TimedCache(FeatureCache):
     """The cache plan() gets, adding up the seconds spent in the cache methods plan() calls."""
 
@@ -112,20 +117,20 @@ class TimedCache(FeatureCache):
         super().__init__(root)
         self.spent = 0.0
 
-    def _time(self, method: Callable[..., Any], *args: Any) -> Any:
+    def _time(self, method: Callable[_P, _R], *args: _P.args, **kwargs: _P.kwargs) -> _R:
         started = time.perf_counter()
         try:
-            return method(*args)
+            return method(*args, **kwargs)
         finally:
             self.spent += time.perf_counter() - started
 
-    def present(self, keys):  # type: ignore[override]
+    def present(self, keys: list[Key]) -> set[Key]:
         return self._time(super().present, keys)
 
-    def recipes_of(self, hashes):  # type: ignore[override]
+    def recipes_of(self, hashes: list[str]) -> dict[str, list[str]]:
         return self._time(super().recipes_of, hashes)
 
-    def recipe(self, recipe_id):  # type: ignore[override]
+    def recipe(self, recipe_id: str) -> FeatureRecipe | None:
         return self._time(super().recipe, recipe_id)
 
 
@@ -176,9 +181,8 @@ def measure(
 
     timings: dict[str, list[float]] = {}
     planning = TimedCache(cache.root)
-    timings["plan"], planned = timed(
-        1, lambda: plan(refs, a, planning)
-    )  # one run: it is the slowest
+    # one run: it is the slowest
+    timings["plan"], planned = timed(1, lambda: plan(refs, a, planning))
     timings["plan_in_cache"] = [planning.spent]
     timings["present"], present = timed(repeats, lambda: cache.present(keys))
     timings["frame_counts"], counts = timed(repeats, lambda: cache.frame_counts(keys))
@@ -240,8 +244,8 @@ def report(result: dict[str, Any]) -> str:
         "compact": "compact, whole cache",
     }
     lines = [
-        f"generation (excluded): {result['generation_s']:.1f} s for {result['generated']['series']} series "
-        f"in {result['compaction']['files_before']} files",
+        f"generation (excluded): {result['generation_s']:.1f} s for "
+        f"{result['generated']['series']} series in {result['compaction']['files_before']} files",
         f"{'step':<34}{'first s':>10}{'best s':>10}",
         "-" * 54,
     ]
@@ -249,7 +253,8 @@ def report(result: dict[str, Any]) -> str:
         lines.append(f"{what[step]:<34}{seconds[0]:>10.3f}{min(seconds):>10.3f}")
     c = result["compaction"]
     lines.append(
-        f"compaction: {c['files_before']} -> {c['files_after']} files, {c['series_moved']} series moved, "
+        f"compaction: {c['files_before']} -> {c['files_after']} files, "
+        f"{c['series_moved']} series moved, "
         f"{c['bytes_before'] / 1e6:.1f} -> {c['bytes_after'] / 1e6:.1f} MB"
     )
     slow = [
@@ -257,14 +262,13 @@ def report(result: dict[str, Any]) -> str:
         for s in ("plan", "plan_in_cache", "present", "frame_counts")
         if max(result["timings_s"][s]) > TARGET_S
     ]
-    lines.append(
-        f"target (plan and lookups under {TARGET_S:.0f} s each): {'MISSED by ' + ', '.join(slow) if slow else 'met'}"
-    )
+    verdict = "MISSED by " + ", ".join(slow) if slow else "met"
+    lines.append(f"target (plan and lookups under {TARGET_S:.0f} s each): {verdict}")
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument(
         "--files", type=int, default=100, help="part files of generated series (default 100)"
     )

@@ -26,10 +26,7 @@ import threading
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from lstmpipe.lib.demo.video import SampleSpec, generate_archive  # noqa: E402
+from lstmpipe.lib.demo.video import SampleSpec, generate_archive
 
 RESULTS = Path(__file__).parent / "results"
 LSTMPIPE = str(Path(sys.executable).parent / "lstmpipe")
@@ -99,7 +96,7 @@ def backfill(root: Path, home: Path, executor: str) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").partition("\n")[0])
     parser.add_argument(
         "--series", type=int, default=5000, help="series in the archive (default 5000)"
     )
@@ -107,7 +104,7 @@ def main() -> None:
         "--executor",
         choices=["local", "ray"],
         default="local",
-        help="where extraction runs (default local: in-process; ray: a local Ray started by the run)",
+        help="where extraction runs (default local: in-process; ray: a local Ray the run starts)",
     )
     parser.add_argument(
         "--keep", action="store_true", help="keep the temp folder (default: delete it)"

@@ -31,7 +31,8 @@ from lstmpipe.lib.features.build import load_backbone
 from lstmpipe.lib.series import SeriesRef
 torch.set_num_threads(2)
 path, fps, size = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
-config = load_config(overrides={"sampling.fps": fps, "sampling.size": size, "backbone.weights": "none"})
+settings = {"sampling.fps": fps, "sampling.size": size, "backbone.weights": "none"}
+config = load_config(overrides=settings)
 backbone, recipe = load_backbone(config.sampling, config.backbone, Path("/nonexistent"))
 ref = SeriesRef(series_id=Path(path).name, content_hash="bench", kind="video", path=path)
 started = time.monotonic()
@@ -86,7 +87,7 @@ def measure(clip: Path, fps: float, size: int) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").partition("\n")[0])
     parser.add_argument(
         "--minutes", type=int, nargs="+", default=[1, 10], help="clip lengths (default 1 10)"
     )
@@ -107,12 +108,14 @@ def main() -> None:
     out = RESULTS / f"memory-{stamp}.json"
     out.write_text(json.dumps({"fps": args.fps, "size": args.size, "rows": rows}, indent=2))
     print(
-        f"{'minutes':>7} {'frames':>7} {'seconds':>8} {'peak RSS MB':>12} {'ffmpeg MB':>10} {'vs first':>9}"
+        f"{'minutes':>7} {'frames':>7} {'seconds':>8} {'peak RSS MB':>12} {'ffmpeg MB':>10} "
+        f"{'vs first':>9}"
     )
     for row in rows:
         print(
-            f"{row['minutes']:>7} {row['frames']:>7} {row['seconds']:>8} {row['peak_rss_mb']:>12.0f} "
-            f"{row['ffmpeg_peak_rss_mb']:>10.0f} {row['peak_vs_first']:>9}"
+            f"{row['minutes']:>7} {row['frames']:>7} {row['seconds']:>8} "
+            f"{row['peak_rss_mb']:>12.0f} {row['ffmpeg_peak_rss_mb']:>10.0f} "
+            f"{row['peak_vs_first']:>9}"
         )
     print(f"written to {out}")
 

@@ -34,10 +34,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from lstmpipe.lib.demo.video import SampleSpec, generate_archive  # noqa: E402
+from lstmpipe.lib.demo.video import SampleSpec, generate_archive
 
 RESULTS = Path(__file__).parent / "results"
 TARGET_S = 60.0
@@ -54,7 +51,8 @@ DAYS = tuple(f"2026-11-{day:02d}" for day in range(10, 20))
 
 
 def prefect_server(work: Path) -> tuple[subprocess.Popen, str, float]:
-    """`prefect server start` on a free localhost port: the process, its API URL, its start-up seconds."""
+    """`prefect server start` on a free localhost port: the process, its API URL, its start-up
+    seconds."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -112,7 +110,8 @@ def nightly(root: Path, home: Path, api: str, *extra: str) -> dict:
 
 
 def _extracted(summary: dict) -> int:
-    """Series that went through the CNN anywhere in the run (0 when everything came from the cache)."""
+    """Series that went through the CNN anywhere in the run (0 when everything came from the
+    cache)."""
     parts = [
         summary.get("partitions"),
         (summary.get("train") or {}).get("extract"),
@@ -122,7 +121,7 @@ def _extracted(summary: dict) -> int:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").partition("\n")[0])
     parser.add_argument(
         "--series", type=int, default=1000, help="series in the archive (default 1000)"
     )
@@ -197,7 +196,8 @@ def main() -> None:
     out = RESULTS / f"nightly-{dt.datetime.now(dt.UTC).strftime('%Y%m%dT%H%M%SZ')}.json"
     out.write_text(json.dumps(result, indent=2))
     print(
-        f"{'run':<8} {'wall s':>7} {'reported s':>10} {'extracted':>9} {'trained':>7} {'predicted':>9}"
+        f"{'run':<8} {'wall s':>7} {'reported s':>10} {'extracted':>9} {'trained':>7} "
+        f"{'predicted':>9}"
     )
     for name, row in rows.items():
         print(

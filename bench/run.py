@@ -1,4 +1,4 @@
-"""Every benchmark in one go: bench/extract.py, bench/cache_scale.py, bench/nightly.py; one summary table.
+"""Every benchmark in one go (bench/extract.py, cache_scale.py, nightly.py) and one summary table.
 
 Each benchmark runs as its own process and writes its JSON under bench/results/;
 its progress and its own table go to stderr, its results into the table here (stdout).
@@ -30,7 +30,8 @@ def run(script: Path, flags: list[str]) -> tuple[int, str]:
 
 
 def supported(script: Path, flags: list[str]) -> list[str]:
-    """The flags among `flags` that `script --help` mentions: another benchmark may not take them."""
+    """The flags among `flags` that `script --help` mentions: another benchmark may not take
+    them."""
     shown = subprocess.run(
         [sys.executable, str(script), "--help"], capture_output=True, text=True
     ).stdout
@@ -44,7 +45,7 @@ def written(stdout: str) -> Path | None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").partition("\n")[0])
     parser.add_argument(
         "--quick", action="store_true", help="smoke run: fewer, shorter clips (default off)"
     )
@@ -86,7 +87,8 @@ def main() -> None:
         verdict = "n/a" if c.get("pass") is None else ("pass" if c["pass"] else "FAIL")
         value = "-" if c.get("value") is None else f"{c['value']:g}"
         print(
-            f"{bench:<12} {c['name']:<22} {value:>8} {c['target']:>8} {verdict:>4}  {c.get('label', '')}"
+            f"{bench:<12} {c['name']:<22} {value:>8} {c['target']:>8} {verdict:>4}  "
+            f"{c.get('label', '')}"
         )
     for problem in crashed:
         print(f"problem: {problem}")

@@ -24,7 +24,7 @@ def publish_sample(
     classes: Sequence[str],
     write: Callable[[Path], list[tuple[str, str]]],
 ) -> Path:
-    """`write(staging)` fills staging/<class>/... and returns (series_id, label) rows; returns root."""
+    """`write(staging)` fills staging/<class>/... and returns (series_id, label) rows; root back."""
     root = Path(root)
     marker = root / ".sample-spec.json"
     marker_text = json.dumps(spec, indent=2, sort_keys=True)
@@ -37,9 +37,8 @@ def publish_sample(
         rows = write(staging)
         for label in classes:
             target = root / label
-            if (
-                target.exists()
-            ):  # a folder cannot be replaced in one rename: park the old one for deletion
+            # a folder cannot be replaced in one rename: park the old one for deletion
+            if target.exists():
                 target.rename(staging / f"old-{label}")
             (staging / label).rename(target)
         labels = "".join(f"{series_id},{label}\n" for series_id, label in sorted(rows))

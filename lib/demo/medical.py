@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+from pydicom.uid import UID, ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
 from lstmpipe.lib.demo.folders import publish_sample
 from lstmpipe.lib.errors import ConfigError
@@ -94,9 +94,8 @@ def render_series(label: str, draw: BeatDraw, phase: np.ndarray, size: int) -> n
     centre = size / 2  # the disc sits in the middle of the field of view
     grid = np.arange(size, dtype=np.float64) + 0.5
     distance = np.hypot(grid[None, :] - centre, grid[:, None] - centre)  # (H, W)
-    coverage = np.clip(
-        0.5 - (distance[None] - radius_px[:, None, None]), 0.0, 1.0
-    )  # (T, H, W), anti-aliased
+    # (T, H, W), anti-aliased
+    coverage = np.clip(0.5 - (distance[None] - radius_px[:, None, None]), 0.0, 1.0)
     noise = np.random.default_rng(draw.noise_seed).normal(0.0, draw.noise_sigma, coverage.shape)
     values = TISSUE + coverage * (BLOOD - TISSUE) + noise
     return np.clip(np.rint(values), 0, 2**BITS_STORED - 1).astype(np.uint16)
@@ -150,9 +149,8 @@ def write_series(folder: Path, label: str, index: int, seed: int, size: int, fra
     study_uid = generate_uid(entropy_srcs=key + ["study"])
     series_uid = generate_uid(entropy_srcs=key + ["series"])
     folder.mkdir(parents=True, exist_ok=True)
-    number = (
-        CLASSES.index(label) * 100_000 + index
-    )  # pseudonymous patient number; says nothing of the class
+    # pseudonymous patient number; says nothing of the class
+    number = CLASSES.index(label) * 100_000 + index
     for frame in range(frames):
         ds = _frame_dataset(
             pixels[frame],
@@ -178,7 +176,7 @@ def _frame_dataset(
 ) -> Dataset:
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = MRImageStorage
-    meta.MediaStorageSOPInstanceUID = sop_uid
+    meta.MediaStorageSOPInstanceUID = UID(sop_uid)
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds = Dataset()
     ds.file_meta = meta
@@ -200,11 +198,8 @@ def _frame_dataset(
     ds.PixelSpacing = [round(FOV_MM / size, 6)] * 2
     ds.SliceThickness = SLICE_MM
     ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-    ds.ImagePositionPatient = [
-        -FOV_MM / 2,
-        -FOV_MM / 2,
-        0.0,
-    ]  # one slice: the same place every frame
+    # one slice: the same place every frame
+    ds.ImagePositionPatient = [-FOV_MM / 2, -FOV_MM / 2, 0.0]
     ds.SliceLocation = 0.0
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
     ds.Rows, ds.Columns = size, size

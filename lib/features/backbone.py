@@ -26,9 +26,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 _HEADS = ("fc", "classifier", "heads", "head")  # where torchvision models keep their classifier
 _FEATURE_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 CPU_BATCH = 32
-MAX_GPU_BATCH = (
-    1024  # beyond this a GPU is saturated by any torchvision backbone; latency only grows
-)
+# beyond this a GPU is saturated by any torchvision backbone; latency only grows
+MAX_GPU_BATCH = 1024
 
 
 @dataclass(frozen=True)
@@ -60,7 +59,7 @@ def resolve_weights(config: BackboneConfig, torch_hub_dir: Path) -> WeightsSourc
 def _torchvision_weights(config: BackboneConfig, torch_hub_dir: Path) -> WeightsSource:
     try:
         enum = torchvision.models.get_model_weights(config.name)
-        weights = enum[config.weights] if config.weights != "DEFAULT" else enum.DEFAULT
+        weights = enum[config.weights]  # DEFAULT too: an alias member of every weights enum
     except (KeyError, ValueError) as exc:
         raise ConfigError(
             f"backbone.weights: {config.weights!r} is not a weights name of {config.name}"
@@ -69,8 +68,9 @@ def _torchvision_weights(config: BackboneConfig, torch_hub_dir: Path) -> Weights
     cached = torch_hub_dir / "checkpoints" / filename
     if not cached.is_file():
         raise ConfigError(
-            f"backbone.weights: {config.name} {weights.name} is not in the local torch cache ({cached}); "
-            "nothing is downloaded at run time: copy the file there, pass a .pth path, or use --weights none"
+            f"backbone.weights: {config.name} {weights.name} is not in the local torch cache "
+            f"({cached}); nothing is downloaded at run time: copy the file there, pass a .pth "
+            "path, or use --weights none"
         )
     return WeightsSource(weights.name, filename, cached)
 
@@ -135,7 +135,8 @@ class Backbone:
         self.model = (
             _headless(_build(config, weights))
             .eval()
-            .to(self.device, memory_format=torch.channels_last)
+            .to(self.device)
+            .to(memory_format=torch.channels_last)
         )
         self.optimize = resolve_optimize(config.optimize, self.device, self.precision)
         self.model = _optimized(self.model, self.optimize)
@@ -145,7 +146,7 @@ class Backbone:
 
     @torch.inference_mode()
     def __call__(self, frames: np.ndarray) -> np.ndarray:
-        """(N, H, W, 3) uint8 -> (N, D) features, float32 (or float16 when the recipe stores that)."""
+        """(N, H, W, 3) uint8 -> (N, D) features: float32, or float16 if the recipe stores that."""
         x = torch.from_numpy(frames).to(self.device, non_blocking=True)  # (N, H, W, 3) uint8
         x = x.permute(0, 3, 1, 2).float().div_(255.0)  # (N, 3, H, W), a channels_last view
         x = ((x - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
@@ -155,8 +156,8 @@ class Backbone:
         return features.to(self.feature_dtype).flatten(1).cpu().numpy()
 
     def batch_size(self, size: int, requested: int | None = None) -> int:
-        """Frames per forward pass: `requested`, else 32 on CPU (throughput is flat beyond ~16 there and
-        memory grows), else on GPU what half the free memory holds, from a measured probe batch."""
+        """Frames per forward pass: `requested`, else 32 on CPU (throughput is flat beyond ~16 there
+        and memory grows), else on GPU what half the free memory holds (measured on a probe)."""
         if requested:
             return requested
         if self.device.type != "cuda":
@@ -174,22 +175,27 @@ class Backbone:
         return int(self(np.zeros((1, 64, 64, 3), dtype=np.uint8)).shape[1])
 
 
-def _optimized(model: nn.Module, how: str) -> nn.Module | torch.jit.ScriptModule:
-    """The same function, faster: TorchScript frozen (batch norms folded into convolutions, constants
-    inlined; traced once on a small frame, valid for any batch and frame size) or torch.compile."""
+def _optimized(model: nn.Module, how: str) -> nn.Module:
+    """The same function, faster: frozen TorchScript or torch.compile.
+
+    Freezing folds batch norms into convolutions and inlines constants; it is traced once on a
+    small frame and valid for any batch and frame size.
+    """
     if how == "freeze":
         example = torch.zeros(1, 3, 64, 64, device=next(model.parameters()).device)
-        # torch 2.14 marks TorchScript deprecated in favour of torch.compile, which on these CPUs costs a
-        # minute of compiling per run; freezing is still supported, 1 s, and as fast: kept until it goes.
+        # torch 2.14 marks TorchScript deprecated in favour of torch.compile, which on these CPUs
+        # costs a minute of compiling per run; freezing is still supported, takes 1 s and runs as
+        # fast: kept until it goes.
         with torch.no_grad(), warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.jit")
             return torch.jit.freeze(
                 torch.jit.trace(model, example.contiguous(memory_format=torch.channels_last))
             )
     if how == "inductor":
-        return torch.compile(
-            model, dynamic=False
-        )  # one graph per batch shape: full batches and the last one
+        # one graph per batch shape: full batches and the last one
+        compiled = torch.compile(model, dynamic=False)
+        assert isinstance(compiled, nn.Module)  # an OptimizedModule wrapping `model`
+        return compiled
     return model
 
 

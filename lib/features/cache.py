@@ -2,7 +2,7 @@
 
 Layout under the cache root:
     features/part-<uuid>.parquet   rows: series_id, content_hash, recipe_id, frame_index, t, feature
-                                   feature is fixed_size_list<float32>[D] or fixed_size_list<float16>[D]:
+                                   feature is fixed_size_list<float32 or float16>[D]:
                                    whatever the writer held (anything else is stored as float32);
                                    reads return float32. One series' rows are contiguous and in
                                    frame order; a row group holds about ROW_GROUP_BYTES.
@@ -42,7 +42,7 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterable
-from contextlib import closing
+from contextlib import closing, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -67,10 +67,8 @@ COMPACT_TARGET_ROWS = 1 << 16
 # index commit: compaction leaves it alone. Far longer than any write takes.
 ORPHAN_GRACE_S = 3600.0
 
-_DICTIONARY_COLUMNS = [
-    "content_hash",
-    "recipe_id",
-]  # few distinct values per row group: decode as codes
+# few distinct values per row group: decode as codes
+_DICTIONARY_COLUMNS = ["content_hash", "recipe_id"]
 
 
 @dataclass(frozen=True)
@@ -143,21 +141,18 @@ class FeatureCache:
         self.files = self.root / "features"
         self.files.mkdir(parents=True, exist_ok=True)
         self.index_path = self.root / "index.sqlite"
-        self._recipes: dict[
-            str, FeatureRecipe
-        ] = {}  # recipes never change under their id: safe to keep
+        # recipes never change under their id: safe to keep
+        self._recipes: dict[str, FeatureRecipe] = {}
         with closing(self._connect()) as db:
             db.execute("PRAGMA journal_mode=WAL")
-            if not _schema_is_current(
-                db
-            ):  # checked first: opening a current index takes no write lock
+            # checked first: opening a current index takes no write lock
+            if not _schema_is_current(db):
+                # two processes opening an old index: one adds the column
+                db.execute("BEGIN IMMEDIATE")
                 db.execute(
-                    "BEGIN IMMEDIATE"
-                )  # two processes opening an old index: one adds the column
-                db.execute(
-                    "CREATE TABLE IF NOT EXISTS entries (content_hash TEXT, recipe_id TEXT, series_id TEXT,"
-                    " file TEXT, n_frames INTEGER, written_at REAL, row_offset INTEGER,"
-                    " PRIMARY KEY (content_hash, recipe_id))"
+                    "CREATE TABLE IF NOT EXISTS entries (content_hash TEXT, recipe_id TEXT,"
+                    " series_id TEXT, file TEXT, n_frames INTEGER, written_at REAL,"
+                    " row_offset INTEGER, PRIMARY KEY (content_hash, recipe_id))"
                 )
                 if "row_offset" not in _columns(db, "entries"):  # an index from before row offsets
                     db.execute("ALTER TABLE entries ADD COLUMN row_offset INTEGER")
@@ -204,7 +199,7 @@ class FeatureCache:
         return set(rows)
 
     def recipes_of(self, hashes: list[str]) -> dict[str, list[str]]:
-        """The recipe ids each content hash is cached under (hashes cached under none are absent)."""
+        """The recipe ids each content hash is cached under (a hash cached under none is absent)."""
         found: dict[str, list[str]] = defaultdict(list)
         with closing(self._connect()) as db:
             db.execute("CREATE TEMP TABLE wanted_hashes (content_hash TEXT)")
@@ -235,9 +230,8 @@ class FeatureCache:
 
         Features are stored as float16 when every item is float16, else as float32.
         """
-        items = list({item.content_hash: item for item in reversed(items)}.values())[
-            ::-1
-        ]  # one copy per key
+        # one copy per key
+        items = list({item.content_hash: item for item in reversed(items)}.values())[::-1]
         if not items:
             return None
         table = _series_table(recipe_id, items)
@@ -250,34 +244,33 @@ class FeatureCache:
         now = time.time()
         try:
             with closing(self._connect()) as db:
-                db.execute(
-                    "BEGIN IMMEDIATE"
-                )  # against compaction's orphan sweep, which holds this lock
+                # against compaction's orphan sweep, which holds this lock
+                db.execute("BEGIN IMMEDIATE")
                 if not target.exists():
                     raise FileNotFoundError(
-                        f"{target}: removed as an orphan before its index commit (this write stalled longer than "
-                        f"the {ORPHAN_GRACE_S:.0f} s compaction grace); nothing was indexed, write the series again"
+                        f"{target}: removed as an orphan before its index commit (this write "
+                        f"stalled longer than the {ORPHAN_GRACE_S:.0f} s compaction grace); "
+                        "nothing was indexed, write the series again"
                     )
                 inserted = db.executemany(
-                    "INSERT OR IGNORE INTO entries (content_hash, recipe_id, series_id, file, n_frames, written_at,"
-                    " row_offset) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT OR IGNORE INTO entries (content_hash, recipe_id, series_id, file,"
+                    " n_frames, written_at, row_offset) VALUES (?, ?, ?, ?, ?, ?, ?)",
                     [
                         (i.content_hash, recipe_id, i.series_id, target.name, int(n), now, int(o))
                         for i, n, o in zip(items, counts, offsets, strict=False)
                     ],
                 ).rowcount
                 db.commit()
-                if (
-                    inserted == 0
-                ):  # another writer indexed every one of them first: this file holds nothing used
+                # another writer indexed every one of them first: this file holds nothing used
+                if inserted == 0:
                     target.unlink()
                     return None
-        except (
-            sqlite3.OperationalError
-        ) as exc:  # a full disk, a lock held past the timeout: name the index
+        except sqlite3.OperationalError as exc:
+            # a full disk, a lock held past the timeout: name the index
             raise sqlite3.OperationalError(
-                f"{self.index_path}: {exc} while indexing {len(items)} series written to {target.name}; none of "
-                "them was indexed (compaction deletes the unindexed file), write them again"
+                f"{self.index_path}: {exc} while indexing {len(items)} series written to "
+                f"{target.name}; none of them was indexed (compaction deletes the unindexed file), "
+                "write them again"
             ) from exc
         return target
 
@@ -295,7 +288,9 @@ class FeatureCache:
             t = np.empty(len(rows.pos), np.float64)
             _gather(rows.table["t"], rows.pos, t)
             starts = np.cumsum(rows.counts) - rows.counts
-            for key, start, n in zip(rows.keys, starts.tolist(), rows.counts.tolist(), strict=False):
+            for key, start, n in zip(
+                rows.keys, starts.tolist(), rows.counts.tolist(), strict=False
+            ):
                 found[key] = SeriesFeatures(
                     series_id=entries[key].series_id,
                     content_hash=key[0],
@@ -333,12 +328,14 @@ class FeatureCache:
                 out = np.empty((total, dim), np.float32)
             elif out.shape[1] != dim:
                 raise ValueError(
-                    f"read_stacked: {path.name} holds D={dim} features, earlier files D={out.shape[1]};"
-                    " ask for keys of one recipe at a time"
+                    f"read_stacked: {path.name} holds D={dim} features, earlier files "
+                    f"D={out.shape[1]}; ask for keys of one recipe at a time"
                 )
             _gather(rows.table["feature"], rows.pos, out[cursor : cursor + len(rows.pos)])
             starts = cursor + np.cumsum(rows.counts) - rows.counts
-            for key, start, n in zip(rows.keys, starts.tolist(), rows.counts.tolist(), strict=False):
+            for key, start, n in zip(
+                rows.keys, starts.tolist(), rows.counts.tolist(), strict=False
+            ):
                 offsets[slots[key]] = start
                 lengths[slots[key]] = n
             cursor += len(rows.pos)
@@ -375,7 +372,7 @@ class FeatureCache:
     def compact(
         self, target_rows: int = COMPACT_TARGET_ROWS, orphan_grace_s: float = ORPHAN_GRACE_S
     ) -> dict[str, int]:
-        """Merge files whose entries hold fewer than `target_rows` rows into files of about that many.
+        """Merge files of fewer than `target_rows` rows of entries into files of about that many.
 
         Files whose entries predate row offsets are rewritten whatever their size, so that
         they read by row ranges afterwards. Per merged group: write the new file atomically,
@@ -422,7 +419,7 @@ class FeatureCache:
         }
 
     def _merge(self, names: list[str]) -> int:
-        """Rewrite the entries of `names` into one new file; the number of entries repointed to it."""
+        """Rewrite the entries of `names` into one new file; how many entries now point at it."""
         with closing(self._connect()) as db:
             db.execute("CREATE TEMP TABLE merging (file TEXT PRIMARY KEY)")
             db.executemany("INSERT INTO merging VALUES (?)", [(n,) for n in names])
@@ -455,7 +452,9 @@ class FeatureCache:
             sources += [name] * len(rows.keys)
             cursor += len(rows.pos)
         counts = np.concatenate([rows.counts for _, rows in parts])
-        series_ids = [by_file[name][key].series_id for name, key in zip(sources, keys, strict=False)]
+        series_ids = [
+            by_file[name][key].series_id for name, key in zip(sources, keys, strict=False)
+        ]
         table = _table(series_ids, keys, counts, features, t)
         target = self.files / f"part-{uuid.uuid4().hex}.parquet"
         write_parquet_atomic(
@@ -465,7 +464,8 @@ class FeatureCache:
         with closing(self._connect()) as db:
             db.execute("BEGIN IMMEDIATE")
             moved = db.executemany(
-                "UPDATE entries SET file = ?, row_offset = ? WHERE content_hash = ? AND recipe_id = ? AND file = ?",
+                "UPDATE entries SET file = ?, row_offset = ?"
+                " WHERE content_hash = ? AND recipe_id = ? AND file = ?",
                 [
                     (target.name, int(o), h, r, old)
                     for (h, r), o, old in zip(keys, offsets.tolist(), sources, strict=False)
@@ -502,10 +502,8 @@ class FeatureCache:
         with os.scandir(self.files) as listing:
             for item in listing:
                 if item.name.startswith("part-") and item.name.endswith(".parquet"):
-                    try:
+                    with suppress(FileNotFoundError):  # deleted by compaction while listing
                         sizes[item.name] = item.stat().st_size
-                    except FileNotFoundError:  # deleted by compaction while listing
-                        pass
         return sizes
 
     def _locate(self, keys: Iterable[Key]) -> dict[Key, _Entry]:
@@ -516,7 +514,8 @@ class FeatureCache:
             _wanted(db, keys)
             rows = db.execute(
                 "SELECT e.content_hash, e.recipe_id, e.series_id, e.file, e.n_frames, e.row_offset"
-                " FROM wanted w CROSS JOIN entries e ON e.content_hash = w.content_hash AND e.recipe_id = w.recipe_id"
+                " FROM wanted w CROSS JOIN entries e"
+                " ON e.content_hash = w.content_hash AND e.recipe_id = w.recipe_id"
             ).fetchall()
         return {(h, r): _Entry(sid, name, n, offset) for h, r, sid, name, n, offset in rows}
 
@@ -542,9 +541,9 @@ class FeatureCache:
                 except FileNotFoundError as error:
                     if attempt == 2:
                         raise FileNotFoundError(
-                            f"{self.files / name}: the index points at a missing file even after a second "
-                            f"lookup; its {len(entries)} series cannot be read (delete their entries from "
-                            f"{self.index_path} and extract them again)"
+                            f"{self.files / name}: the index points at a missing file even "
+                            f"after a second lookup; its {len(entries)} series cannot be read "
+                            f"(delete their entries from {self.index_path} and extract them again)"
                         ) from error
                     gone += entries
             if not gone:
@@ -571,9 +570,8 @@ def _wanted(db: sqlite3.Connection, keys: list[Key]) -> None:
 
 def _row_group_rows(feature: pa.DataType) -> int:
     """Rows per row group so that one holds about ROW_GROUP_BYTES uncompressed."""
-    row_bytes = (
-        feature.list_size * feature.value_type.byte_width + 8 + 4 + 12
-    )  # + t, frame_index, string codes
+    # + t, frame_index, string codes
+    row_bytes = feature.list_size * feature.value_type.byte_width + 8 + 4 + 12
     return int(np.clip(ROW_GROUP_BYTES // row_bytes, 1024, 1 << 20))
 
 
@@ -632,19 +630,24 @@ def _file_rows(path: Path, entries: dict[Key, _Entry], with_t: bool) -> _Rows:
     row offset and the rows there match, else a content-hash filter over the file."""
     columns = ["content_hash", "recipe_id", "frame_index"] + (["t"] if with_t else []) + ["feature"]
     with pq.ParquetFile(path, read_dictionary=_DICTIONARY_COLUMNS) as handle:
-        if all(entry.row_offset is not None for entry in entries.values()):
-            rows = _ranged_rows(handle, entries, columns)
+        offsets = {k: e.row_offset for k, e in entries.items() if e.row_offset is not None}
+        if len(offsets) == len(entries):
+            rows = _ranged_rows(handle, entries, offsets, columns)
             if rows is not None:
                 return rows
     return _filtered_rows(path, entries, columns)
 
 
 def _ranged_rows(
-    handle: pq.ParquetFile, entries: dict[Key, _Entry], columns: list[str]
+    handle: pq.ParquetFile,
+    entries: dict[Key, _Entry],
+    offsets: dict[Key, int],
+    columns: list[str],
 ) -> _Rows | None:
-    """The row groups covering each entry's [row_offset, row_offset + n_frames); None if they do not match."""
-    order = sorted(entries, key=lambda key: entries[key].row_offset)
-    offset = np.array([entries[key].row_offset for key in order], dtype=np.int64)
+    """The row groups covering each entry's [offset, offset + n_frames); None if the rows there are
+    not the entries'. `offsets`: every entry's row_offset."""
+    order = sorted(entries, key=lambda key: offsets[key])
+    offset = np.array([offsets[key] for key in order], dtype=np.int64)
     counts = np.array([entries[key].n_frames for key in order], dtype=np.int64)
     meta = handle.metadata
     group_rows = np.array(
@@ -659,12 +662,11 @@ def _ranged_rows(
     groups = np.searchsorted(group_start, rows, side="right") - 1
     needed = np.unique(groups)
     table = handle.read_row_groups(needed.tolist(), columns=columns)
-    read_start = np.zeros(
-        len(group_rows), dtype=np.int64
-    )  # where each group read begins in `table`
+    # where each group read begins in `table`
+    read_start = np.zeros(len(group_rows), dtype=np.int64)
     read_start[needed] = np.cumsum(group_rows[needed]) - group_rows[needed]
     pos = rows - group_start[groups] + read_start[groups]
-    # The index is trusted for where rows are, and checked: a rewritten file falls back to the filter.
+    # The index is trusted for where rows are, and checked: a rewritten file goes to the filter.
     if not np.array_equal(table["frame_index"].to_numpy()[pos], within):
         return None
     nonempty = counts > 0
@@ -734,9 +736,8 @@ def _gather(column: pa.ChunkedArray, pos: np.ndarray, out: np.ndarray) -> None:
             if out.ndim == 2:
                 source = source.reshape(len(chunk), out.shape[1])
             if source.dtype == out.dtype:
-                np.take(
-                    source, pos[lo:hi] - start, axis=0, out=out[lo:hi], mode="clip"
-                )  # clip: no buffering
+                # clip: no buffering
+                np.take(source, pos[lo:hi] - start, axis=0, out=out[lo:hi], mode="clip")
             else:
                 out[lo:hi] = source[pos[lo:hi] - start]  # float16 -> float32
         start += len(chunk)

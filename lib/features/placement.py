@@ -1,4 +1,4 @@
-"""How extraction maps onto a Ray cluster's resources: actors, what each requests, where frames decode.
+"""How extraction maps onto a Ray cluster: actors, what each requests, where frames decode.
 
 Pure values in, values out, so the choice is tested without a cluster; tasks/
 turns it into Ray options.

@@ -68,7 +68,7 @@ def describe_series(
     tmp_dir: Path,
     sources: SourcesConfig = DEFAULT_SOURCES,
 ) -> dict[str, dict[str, Any]]:
-    """series_id -> describe() metadata for the medical and remote-sensing series (video needs none).
+    """series_id -> describe() metadata of the medical and remote-sensing series (video needs none).
 
     A series that cannot be described is left out (its row in the outputs then has blank fields
     or no geometry): the predictions are already written, and an output never fails the run.
@@ -86,7 +86,7 @@ def describe_series(
     return found
 
 
-# --- clinical CSV ------------------------------------------------------------------------------------
+# --- clinical CSV ---------------------------------------------------------------------------------
 
 
 def clinical_rows(
@@ -141,7 +141,8 @@ def clinical_csv(table: pa.Table, metadata: Mapping[str, Mapping[str, Any]]) -> 
 
 
 def _spacing(meta: Mapping[str, Any]) -> tuple[str | None, str | None]:
-    """'row x col [x slice]' spacing and its unit: DICOM PixelSpacing is in mm; NIfTI says its own unit."""
+    """'row x col [x slice]' spacing and its unit: DICOM PixelSpacing is in mm, NIfTI says its
+    own."""
     if meta.get("pixel_spacing"):
         return " x ".join(f"{v:g}" for v in meta["pixel_spacing"]), "mm"
     if meta.get("spacing"):
@@ -149,7 +150,7 @@ def _spacing(meta: Mapping[str, Any]) -> tuple[str | None, str | None]:
     return None, None
 
 
-# --- GeoJSON -----------------------------------------------------------------------------------------
+# --- GeoJSON --------------------------------------------------------------------------------------
 
 
 def footprint(
@@ -163,24 +164,19 @@ def footprint(
     Footprints crossing the antimeridian are not split (RFC 7946 §3.1.9); no tile here does.
     """
     left, bottom, right, top = (float(v) for v in bounds)
-    corners = [
-        (left, bottom),
-        (right, bottom),
-        (right, top),
-        (left, top),
-        (left, bottom),
-    ]  # counter-clockwise
+    # counter-clockwise
+    corners = [(left, bottom), (right, bottom), (right, top), (left, top), (left, bottom)]
     xs: list[float] = []
     ys: list[float] = []
     for (x0, y0), (x1, y1) in itertools.pairwise(corners):
         for i in range(edge_points):
             xs.append(x0 + (x1 - x0) * i / edge_points)
             ys.append(y0 + (y1 - y0) * i / edge_points)
-    transformer = Transformer.from_crs(
-        CRS.from_user_input(crs), WGS84, always_xy=True
-    )  # x, y -> lon, lat
+    # x, y -> lon, lat
+    transformer = Transformer.from_crs(CRS.from_user_input(crs), WGS84, always_xy=True)
     lons, lats = transformer.transform(xs, ys, errcheck=True)
-    ring = [[round(lon, 7), round(lat, 7)] for lon, lat in zip(lons, lats, strict=False)]  # 7 decimals: ~1 cm
+    # 7 decimals: ~1 cm
+    ring = [[round(lon, 7), round(lat, 7)] for lon, lat in zip(lons, lats, strict=False)]
     if not all(math.isfinite(v) for point in ring for v in point):
         raise ProjError(f"bounds {list(bounds)} in {crs} do not reproject to finite lon/lat")
     return [*ring, ring[0]]
@@ -214,7 +210,8 @@ def feature_collection(
             "dates": len(dates),
             "first_date": _at(dates, 0),
             "last_date": _at(dates, -1),
-            # cloudy or nodata-heavy dates the model did not see (sources.geotiff_max_masked_fraction)
+            # cloudy or nodata-heavy dates the model did not see
+            # (sources.geotiff_max_masked_fraction)
             "dropped_dates": meta.get("dropped_dates", []),
         }
         geometry = None
@@ -243,7 +240,7 @@ def feature_collection(
     return {"type": "FeatureCollection", "features": features} if features else None
 
 
-# --- files -------------------------------------------------------------------------------------------
+# --- files ----------------------------------------------------------------------------------------
 
 
 def output_paths(predictions: Path) -> dict[str, Path]:
@@ -259,7 +256,7 @@ def output_paths(predictions: Path) -> dict[str, Path]:
 def write_outputs(
     table: pa.Table, metadata: Mapping[str, Mapping[str, Any]], predictions: Path
 ) -> dict[str, str]:
-    """Write the outputs that have series; {"clinical_csv": path, "geojson": path} for those written."""
+    """Write the outputs that have series; {"clinical_csv": path, "geojson": path} of those."""
     paths = output_paths(predictions)
     written: dict[str, str] = {}
     text = clinical_csv(table, metadata)
@@ -280,7 +277,8 @@ def outputs_beside(
     tmp_dir: Path,
     sources: SourcesConfig = DEFAULT_SOURCES,
 ) -> dict[str, str]:
-    """Read the predictions Parquet, describe its medical and remote-sensing series, write their outputs."""
+    """Read the predictions Parquet, describe its medical and remote-sensing series, write the
+    outputs they have."""
     table = pq.read_table(predictions)
     Path(tmp_dir).mkdir(parents=True, exist_ok=True)
     predicted = set(table["series_id"].to_pylist())

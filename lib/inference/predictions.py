@@ -54,10 +54,11 @@ def frames_table(
     recipe_id: str,
     run_id: str,
 ) -> pa.Table:
-    """One row per frame: its time, class probabilities and (LSTM/GRU models) the network's state there.
+    """One row per frame: its time, class probabilities and (LSTM/GRU) the network's state there.
 
-    series[i] holds refs[i]'s cached features (for their times); `steps[i]` is its ((T_i, C) probabilities, (T_i, S) states), as lib.train.predict_steps
-    gives them. `state` is a fixed-size list of S float32; it is left out when S is 0 (the baseline).
+    series[i] holds refs[i]'s cached features (for their times); `steps[i]` is its ((T_i, C)
+    probabilities, (T_i, S) states), as lib.training.loop.predict_steps gives them. `state` is a
+    fixed-size list of S float32; it is left out when S is 0 (the baseline).
     """
     counts = [len(s.t) for s in series]
     probabilities = np.concatenate([p for p, _ in steps]) if series else np.zeros((0, len(labels)))
@@ -82,7 +83,7 @@ def frames_table(
 
 
 def _scores(probabilities: np.ndarray, labels: list[str]) -> dict[str, pa.Array]:
-    """predicted_label, probability (of it) and prob_<class> per class, from (N, C) probabilities."""
+    """predicted_label, probability (of it), prob_<class> per class, from (N, C) probabilities."""
     best = probabilities.argmax(axis=1) if len(probabilities) else np.zeros(0, dtype=int)
     columns = {
         "predicted_label": pa.array([labels[i] for i in best], pa.string()),
@@ -118,7 +119,8 @@ def frames_path(predictions: Path) -> Path:
 
 
 def already_predicted(folder: Path, model_name: str, model_version: str) -> set[str]:
-    """Content hashes that predictions files in `folder` hold for this model version: what a re-run skips.
+    """Content hashes that predictions files in `folder` hold for this model version (a re-run
+    skips them).
 
     Only the three key columns are read, filtered by the Parquet reader; files that are
     not predictions tables (no such columns) are ignored.
@@ -126,7 +128,8 @@ def already_predicted(folder: Path, model_name: str, model_version: str) -> set[
     found: set[str] = set()
     for path in sorted(Path(folder).glob("*.parquet")):
         if path.name.endswith(FRAMES_SUFFIX):
-            continue  # written before its predictions file: alone, it does not mean a series was predicted
+            # written before its predictions file: alone, it does not mean a series was predicted
+            continue
         try:
             table = pq.read_table(
                 path,

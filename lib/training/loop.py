@@ -17,7 +17,7 @@ import contextlib
 import copy
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, ContextManager
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,7 +26,12 @@ from torch.nn.utils.rnn import pad_sequence
 
 from lstmpipe.lib.config import TrainConfig
 from lstmpipe.lib.training.metrics import classification_metrics, confusion_matrix
-from lstmpipe.lib.training.model import ModelSpec, SeriesCentring
+from lstmpipe.lib.training.model import (
+    LSTMClassifier,
+    MeanPoolClassifier,
+    ModelSpec,
+    SeriesCentring,
+)
 
 BUCKET_BATCHES = 8  # batches per length bucket: less padding, still shuffled across epochs
 
@@ -43,8 +48,8 @@ class SequenceSet:
         self.labels = np.asarray(self.labels, dtype=np.int64)
         if not len(self.features) == len(self.labels) == len(self.series_ids):
             raise ValueError(
-                f"SequenceSet: {len(self.features)} feature sequences, {len(self.labels)} labels and "
-                f"{len(self.series_ids)} series ids; they must match one to one"
+                f"SequenceSet: {len(self.features)} feature sequences, {len(self.labels)} labels "
+                f"and {len(self.series_ids)} series ids; they must match one to one"
             )
         empty = [sid for sid, f in zip(self.series_ids, self.features, strict=False) if len(f) == 0]
         if empty:
@@ -68,9 +73,8 @@ class SequenceSet:
 @dataclass
 class FitResult:
     model: nn.Module  # best validation state restored, in eval mode
-    history: list[
-        dict[str, float]
-    ]  # per epoch: epoch, train_loss, val_loss, val_accuracy, val_macro_f1, lr (at its end)
+    # per epoch: epoch, train_loss, val_loss, val_accuracy, val_macro_f1, lr (at its end)
+    history: list[dict[str, float]]
     best_epoch: int  # 1-based, as in history
     stopped_early: bool
 
@@ -97,7 +101,8 @@ def model_spec(
 def collate(
     items: Sequence[tuple[np.ndarray | torch.Tensor, int]],
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(features (T_i, F), label) pairs -> x (B, T, F) float32 zero-padded, lengths (B,) int64, y (B,) int64."""
+    """(features (T_i, F), label) pairs -> x (B, T, F) float32 zero-padded, lengths (B,) int64,
+    y (B,) int64."""
     frames = [torch.as_tensor(f, dtype=torch.float32) for f, _ in items]
     x = pad_sequence(frames, batch_first=True)  # (B, T, F)
     lengths = torch.tensor([len(f) for f in frames], dtype=torch.int64)  # (B,)
@@ -125,15 +130,16 @@ def fit(
         )
     torch.manual_seed(config.seed)
     model = spec.build()
-    if isinstance(getattr(model, "norm", None), SeriesCentring):
-        model.norm.fit(train.features)
+    norm = getattr(model, "norm", None)
+    if isinstance(norm, SeriesCentring):
+        norm.fit(train.features)
     model = model.to(device)
     optimizer = _adamw(model, config)
     steps_per_epoch = -(-len(train) // config.batch_size)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=config.lr, total_steps=config.epochs * steps_per_epoch, pct_start=0.1
     )
-    # Balanced sampling already shows each class equally often: weighting the loss too would count it twice.
+    # Balanced sampling already shows each class equally often: weighting the loss too counts twice.
     weights = (
         _class_weights(train.labels, spec.num_classes) if config.balance == "weights" else None
     )
@@ -144,9 +150,10 @@ def fit(
     class_names = [str(c) for c in range(spec.num_classes)]
 
     history: list[dict[str, float]] = []
-    # Best = highest val macro-F1; on a tie the later epoch wins (its state is kept, though the tie does not
-    # reset patience): small validation sets tie often, and the later model has fit the training data longer,
-    # while validation loss over a handful of series grows with confidence on one mistake, not with error.
+    # Best = highest val macro-F1; on a tie the later epoch wins (its state is kept, though the tie
+    # does not reset patience): small validation sets tie often, and the later model has fit the
+    # training data longer, while validation loss over a handful of series grows with confidence on
+    # one mistake, not with error.
     best = -1.0
     best_state, best_epoch, stale = copy.deepcopy(model.state_dict()), 0, 0
     for epoch in range(1, config.epochs + 1):
@@ -200,8 +207,8 @@ def fit(
 
 
 def predict_proba(model: nn.Module, features: list[np.ndarray], batch_size: int = 64) -> np.ndarray:
-    """Class probabilities (N, C) float32, rows in the order of `features`, on the model's device."""
-    probs = np.zeros((len(features), model.num_classes), dtype=np.float32)
+    """Class probabilities (N, C) float32 on the model's device, rows in the order of `features`."""
+    probs = np.zeros((len(features), _classifier(model).num_classes), dtype=np.float32)
     for rows, _, logits in _inference_batches(model, features, batch_size, model):
         probs[rows] = torch.softmax(logits.float(), dim=-1).cpu().numpy()
     return probs
@@ -213,14 +220,21 @@ def predict_steps(
     """Per series, (T_i, C) class probabilities per frame and (T_i, S) per-timestep states (S = 0
     for models without a hidden state), in the order of `features`. See the models' per_step."""
     found: list[tuple[np.ndarray, np.ndarray]] = [(np.zeros(0), np.zeros(0))] * len(features)
-    for rows, lengths, (logits, states) in _inference_batches(
-        model, features, batch_size, model.per_step
-    ):
+    per_step = _classifier(model).per_step
+    batches = _inference_batches(model, features, batch_size, per_step)
+    for rows, lengths, (logits, states) in batches:
         probs = torch.softmax(logits.float(), dim=-1).cpu().numpy()  # (B, T, C)
         states = states.float().cpu().numpy()  # (B, T, S)
         for b, i in enumerate(rows):
             found[i] = (probs[b, : lengths[b]], states[b, : lengths[b]])
     return found
+
+
+def _classifier(model: nn.Module) -> LSTMClassifier | MeanPoolClassifier:
+    """`model` as one of the classifiers ModelSpec builds (what has num_classes and per_step)."""
+    if not isinstance(model, LSTMClassifier | MeanPoolClassifier):
+        raise TypeError(f"expected a classifier built by ModelSpec, got {type(model).__name__}")
+    return model
 
 
 def _inference_batches(
@@ -229,7 +243,7 @@ def _inference_batches(
     batch_size: int,
     forward: Callable[[torch.Tensor, torch.Tensor], Any],
 ) -> Iterator[tuple[np.ndarray, torch.Tensor, Any]]:
-    """(rows, lengths, forward(x, lengths)) per batch, run in eval and inference mode under the device's autocast.
+    """(rows, lengths, forward(x, lengths)) per batch, in eval and inference mode, under autocast.
 
     Length-sorted batches waste the least padding; padding never changes a row's outputs.
     """
@@ -245,12 +259,11 @@ def _inference_batches(
 
 
 def evaluate(model: nn.Module, data: SequenceSet, class_names: list[str]) -> dict[str, Any]:
-    """classification_metrics on `data`, plus `confusion` (rows true, columns predicted) as lists."""
+    """classification_metrics on `data`, and `confusion` (rows true, columns predicted) as lists."""
     probs = predict_proba(model, data.features)
     y_pred = probs.argmax(axis=1)
-    metrics = classification_metrics(
-        data.labels, y_pred, class_names, probabilities=probs
-    )  # top-k above 5 classes
+    # top-k above 5 classes
+    metrics = classification_metrics(data.labels, y_pred, class_names, probabilities=probs)
     metrics["confusion"] = confusion_matrix(data.labels, y_pred, len(class_names)).tolist()
     return metrics
 
@@ -269,9 +282,8 @@ def augment(frames: torch.Tensor, config: TrainConfig, generator: torch.Generato
     if config.frame_dropout > 0.0:
         kept = torch.rand(length, generator=generator) >= config.frame_dropout  # (T,)
         if not kept.any():
-            kept[int(torch.randint(length, (1,), generator=generator))] = (
-                True  # a series keeps at least one frame
-            )
+            # a series keeps at least one frame
+            kept[int(torch.randint(length, (1,), generator=generator))] = True
         frames = frames[kept]
     return frames
 
@@ -282,14 +294,15 @@ def _substream(seed: int, stream: int) -> int:
 
 
 def _balanced_draw(labels: np.ndarray, num_classes: int, generator: torch.Generator) -> list[int]:
-    """len(labels) indices drawn with replacement, every class equally likely (an epoch of a balanced sampler)."""
+    """len(labels) indices drawn with replacement, every class equally likely: an epoch of a
+    balanced sampler."""
     counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
     weights = torch.tensor(1.0 / counts[labels], dtype=torch.float64)  # (N,): each class sums to 1
     return torch.multinomial(weights, len(labels), replacement=True, generator=generator).tolist()
 
 
 def _adamw(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
-    """Weight decay on matrices only: decaying LayerNorm gains and biases only hurts (as in nanoGPT)."""
+    """Weight decay on matrices only: decaying LayerNorm gains and biases hurts (as in nanoGPT)."""
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [
         {"params": [p for p in params if p.dim() >= 2], "weight_decay": config.weight_decay},
@@ -326,9 +339,8 @@ def _bucketed_batches(
     bucket = batch_size * BUCKET_BATCHES
     batches: list[list[int]] = []
     for start in range(0, len(order), bucket):
-        chunk = sorted(
-            order[start : start + bucket], key=lambda i: lengths[i]
-        )  # stable: ties stay shuffled
+        # stable: ties stay shuffled
+        chunk = sorted(order[start : start + bucket], key=lambda i: lengths[i])
         batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
     return [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
 
@@ -344,7 +356,7 @@ def _train_epoch(
     transform: Callable[[torch.Tensor], torch.Tensor],
     grad_clip: float,
 ) -> float:
-    """One pass over the batches (each series through `transform`); returns the mean loss per series."""
+    """One pass over the batches (each series through `transform`); the mean loss per series."""
     model.train()
     total, seen = 0.0, 0
     for rows in batches:
@@ -381,7 +393,7 @@ def _validate(
     return total / len(items), np.concatenate(preds)
 
 
-def _autocast(device: str | torch.device) -> ContextManager[Any]:
+def _autocast(device: str | torch.device) -> contextlib.AbstractContextManager[Any]:
     """bf16 autocast on CUDA (no GradScaler needed, unlike fp16); nothing elsewhere."""
     if torch.device(device).type == "cuda":
         return torch.autocast(device_type="cuda", dtype=torch.bfloat16)

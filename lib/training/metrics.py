@@ -11,10 +11,8 @@ from typing import Any
 
 import numpy as np
 
-TOP_K = (
-    3,
-    5,
-)  # top-k accuracies reported when there are more than 5 classes (below that they say little)
+# top-k accuracies reported when there are more than 5 classes (below that they say little)
+TOP_K = (3, 5)
 PER_CLASS = ("precision", "recall", "f1", "support")
 
 
@@ -31,8 +29,9 @@ def classification_metrics(
     class_names: list[str],
     probabilities: np.ndarray | None = None,
 ) -> dict[str, Any]:
-    """accuracy, macro_f1 and `precision/<class>`, `recall/<class>`, `f1/<class>`, `support/<class>`;
-    with class `probabilities` (N, C) and more than 5 classes, also `top3_accuracy` and `top5_accuracy`."""
+    """accuracy, macro_f1 and `precision/<class>`, `recall/<class>`, `f1/<class>`,
+    `support/<class>`; with class `probabilities` (N, C) and more than 5 classes, also
+    `top3_accuracy` and `top5_accuracy`."""
     cm = confusion_matrix(y_true, y_pred, len(class_names))
     hits = np.diag(cm).astype(np.float64)  # (C,)
     support = cm.sum(axis=1)  # (C,) true examples per class
@@ -57,7 +56,7 @@ def classification_metrics(
 
 
 def top_k_accuracy(y_true: np.ndarray, probabilities: np.ndarray, k: int) -> float:
-    """Fraction of rows whose true class is among the k most probable; classes tied with it do not push it out."""
+    """Fraction of rows whose true class is among the k most probable (ties do not push it out)."""
     y_true = np.asarray(y_true, dtype=np.int64).ravel()
     probabilities = np.asarray(probabilities, dtype=np.float64)
     if probabilities.ndim != 2 or probabilities.shape[0] != y_true.size:
@@ -76,7 +75,8 @@ def top_k_accuracy(y_true: np.ndarray, probabilities: np.ndarray, k: int) -> flo
 def per_class_report(
     metrics_by_model: dict[str, dict[str, dict[str, Any]]], class_names: list[str]
 ) -> list[dict[str, Any]]:
-    """Rows model, split, class, precision, recall, f1, support from {model: {split: classification_metrics}}."""
+    """Rows model, split, class, precision, recall, f1, support from
+    {model: {split: classification_metrics}}."""
     return [
         {
             "model": model,

@@ -1,4 +1,4 @@
-"""Deterministic, stratified train/val/test splits keyed on series (content hash or id), not on row order.
+"""Deterministic, stratified train/val/test splits keyed on series (content hash or id), not rows.
 
 How a split is made, per class:
   1. order the class' series by blake2b(f"{seed}:{key}"), where key is the series'
@@ -64,9 +64,8 @@ def stratified_split(
     bad = sorted({split for split in pinned.values() if split not in SPLITS})
     if bad:
         raise ValueError(f"stratified_split: pinned splits {bad} are not among {', '.join(SPLITS)}")
-    by_class: dict[str, dict[str, list[str]]] = defaultdict(
-        lambda: defaultdict(list)
-    )  # label -> key -> ids
+    # label -> key -> ids
+    by_class: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
     for series_id, label, key in zip(series_ids, labels, keys, strict=False):
         by_class[label][key].append(series_id)
     splits: dict[str, list[str]] = {name: [] for name in SPLITS}
@@ -103,9 +102,10 @@ def split_records(
 def pins_from_record(
     record: Mapping[str, list[Any]], series_ids: Sequence[str], content_hashes: Sequence[str]
 ) -> dict[str, str]:
-    """series_id -> split for the series an earlier run's record names: by content hash first, then by id.
+    """series_id -> split for the series an earlier run's record names: by content hash, then id.
 
-    `record` is `split_records` output, or a plain {split: [series ids]} (an older run's splits.json).
+    `record` is `split_records` output, or a plain {split: [series ids]} (an older run's
+    splits.json).
     """
     by_hash: dict[str, str] = {}
     by_id: dict[str, str] = {}
@@ -160,7 +160,8 @@ def read_split_lists(path: str | Path, split_number: int) -> dict[str, str]:
             str(folder),
             f"no split lists for split {split_number}: looked for "
             f"trainlist{split_number:02d}.txt / testlist{split_number:02d}.txt (UCF101) and "
-            f"*_test_split{split_number}.txt (HMDB51); check train.split_lists and train.split_number",
+            f"*_test_split{split_number}.txt (HMDB51); check train.split_lists and "
+            "train.split_number",
         )
     return entries
 
@@ -228,9 +229,8 @@ def _cuts(n: int, test_fraction: float, val_fraction: float) -> tuple[int, int]:
     such step functions: round-half-up(n * f), small constants, and n - 1.
     """
     want_test, want_val = int(test_fraction > 0), int(val_fraction > 0)
-    c2 = min(
-        max(_round(n * (test_fraction + val_fraction)), want_test + want_val), n - 1
-    )  # train keeps >= 1
+    # train keeps >= 1
+    c2 = min(max(_round(n * (test_fraction + val_fraction)), want_test + want_val), n - 1)
     c1 = min(max(_round(n * test_fraction), want_test), c2 - want_val)  # val keeps >= 1 when wanted
     return max(c1, 0), max(c2, 0)
 
@@ -255,10 +255,11 @@ def _check(
     duplicates = sorted(series_id for series_id, count in Counter(series_ids).items() if count > 1)
     if duplicates:
         raise ValueError(
-            f"stratified_split: series ids {duplicates[:5]} appear more than once; ids must be unique"
+            f"stratified_split: series ids {duplicates[:5]} appear more than once; "
+            "ids must be unique"
         )
     if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
         raise ValueError(
-            f"stratified_split: val_fraction={val_fraction} and test_fraction={test_fraction} must each be in "
-            "[0, 1) and sum to less than 1, so that training keeps some series"
+            f"stratified_split: val_fraction={val_fraction} and test_fraction={test_fraction} "
+            "must each be in [0, 1) and sum to less than 1, so that training keeps some series"
         )
