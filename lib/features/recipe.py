@@ -28,7 +28,8 @@ _LATER_FIELDS = {"feature_dtype": "float32"}  # field -> the value recipes store
 
 @dataclass(frozen=True)
 class FeatureRecipe:
-    decoder: str  # "ffmpeg <version>; pydicom <version>; ...": decoded pixels can differ between versions
+    # "ffmpeg <version>; pydicom <version>; ...": decoded pixels can differ between versions
+    decoder: str
     fps: float | None
     num_frames: int | None
     size: int
@@ -41,7 +42,8 @@ class FeatureRecipe:
     sources: str = field(default_factory=lambda: canonical_sources(SourcesConfig()))
     feature_dtype: str = "float32"  # as stored in the cache: float32 | float16
 
-    @functools.cached_property  # a frozen recipe's id never changes; planning 100 000 series reads it often
+    # a frozen recipe's id never changes; planning 100 000 series reads it often
+    @functools.cached_property
     def recipe_id(self) -> str:
         """A short stable id: the hash of the canonical JSON of every field.
 

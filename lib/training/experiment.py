@@ -47,9 +47,11 @@ class Outcome:
     baseline_metrics: dict[str, dict[str, Any]]  # split -> metrics of the frame-averaging baseline
     splits: dict[str, list[str]]  # split -> series ids
     eval_set: list[dict]  # the test split's refs: what promotion scores on
-    # split -> [{"series_id", "content_hash"}]: log it; a later run pins its splits with it (train.split_record)
+    # split -> [{"series_id", "content_hash"}]: log it; a later run pins its splits with it
+    # (train.split_record)
     split_records: dict[str, list[dict]] = field(default_factory=dict)
-    # series left out of training: "unlisted" (official lists do not name them), "unused" (HMDB51's 0)
+    # series left out of training: "unlisted" (official lists do not name them), "unused"
+    # (HMDB51's 0)
     excluded: dict[str, list[str]] = field(default_factory=dict)
 
     @property
@@ -62,19 +64,18 @@ def load_sequences(
 ) -> SequenceSet:
     """The labelled series of `refs` whose features are cached under `recipe_id`."""
     stacked = cache.read_stacked([(r.content_hash, recipe_id) for r in refs])
-    stacked_rows = (
-        stacked.features.numpy()
-    )  # one (sum_T, D) array; each series below is a view of it
+    # one (sum_T, D) array; each series below is a view of it
+    stacked_rows = stacked.features.numpy()
     rows = [
-        (r, stacked_rows[o : o + n])
+        (r.series_id, r.label, stacked_rows[o : o + n])
         for r, o, n in zip(refs, stacked.offsets.tolist(), stacked.lengths.tolist(), strict=False)
-        if o >= 0
+        if o >= 0 and r.label is not None
     ]
     index = {label: i for i, label in enumerate(labels)}
     return SequenceSet(
-        features=[features for _, features in rows],
-        labels=np.array([index[r.label] for r, _ in rows], dtype=np.int64),
-        series_ids=[r.series_id for r, _ in rows],
+        features=[features for _, _, features in rows],
+        labels=np.array([index[label] for _, label, _ in rows], dtype=np.int64),
+        series_ids=[series_id for series_id, _, _ in rows],
     )
 
 
@@ -88,7 +89,7 @@ def run_experiment(
 ) -> Outcome:
     """Split, fit the LSTM and the baseline on the same splits, evaluate both on every split."""
     labelled = [r for r in refs if r.label is not None]
-    labels = sorted({r.label for r in labelled})
+    labels = sorted({r.label for r in refs if r.label is not None})
     if len(labels) < 2:
         raise ValueError(
             f"training needs at least 2 classes with cached features; found {labels or 'none'}"

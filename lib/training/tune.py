@@ -1,4 +1,4 @@
-"""Hyperparameter search, the pure parts: the space, the trials, one trial's training, the best pick.
+"""Hyperparameter search, the pure parts: the space, the trials, a trial's training, the best pick.
 
 No Ray here (tasks/tune.py runs the trials on Ray Tune and reports through the
 `report` callback of `train_trial`). The trials are drawn here, seeded, instead of
@@ -23,24 +23,12 @@ from lstmpipe.lib.training.experiment import load_sequences, make_splits
 from lstmpipe.lib.training.loop import FitResult, SequenceSet, fit, model_spec
 from lstmpipe.lib.training.splits import split_hash
 
-TUNED = (
-    "hidden_size",
-    "num_layers",
-    "dropout",
-    "lr",
-    "bidirectional",
-)  # the TrainConfig keys a search varies
-METRIC = (
-    "val_macro_f1"  # what ASHA compares trials on, per epoch (the metric fit's early stopping uses)
-)
-EPOCH_KEYS = (
-    "epoch",
-    "train_loss",
-    "val_loss",
-    "val_accuracy",
-    "val_macro_f1",
-    "lr",
-)  # one row of fit's history
+# the TrainConfig keys a search varies
+TUNED = ("hidden_size", "num_layers", "dropout", "lr", "bidirectional")
+# what ASHA compares trials on, per epoch (the metric fit's early stopping uses)
+METRIC = "val_macro_f1"
+# one row of fit's history
+EPOCH_KEYS = ("epoch", "train_loss", "val_loss", "val_accuracy", "val_macro_f1", "lr")
 
 
 @dataclass(frozen=True)
@@ -50,10 +38,8 @@ class SearchSpace:
     hidden_size: tuple[int, ...] = (32, 64, 128, 256)  # LSTM units per direction, one of
     num_layers: tuple[int, ...] = (1, 2)  # one of
     dropout: tuple[float, float] = (0.0, 0.5)  # uniform in [low, high]
-    lr: tuple[float, float] = (
-        3e-4,
-        1e-2,
-    )  # log-uniform in [low, high]: learning rates matter by ratio
+    # log-uniform in [low, high]: learning rates matter by ratio
+    lr: tuple[float, float] = (3e-4, 1e-2)
     bidirectional: tuple[bool, ...] = (False, True)  # one of
 
     def __post_init__(self) -> None:
@@ -74,7 +60,7 @@ class SearchSpace:
 
 @dataclass
 class SearchData:
-    """A search's data, made once and shared by every trial (through Ray's object store on a cluster)."""
+    """A search's data, made once and shared by every trial (through Ray's object store)."""
 
     labels: list[str]  # class names, in logit order
     splits: dict[str, list[str]]  # split -> series ids, exactly as run_experiment splits them
@@ -95,11 +81,12 @@ class TrialRecord:
     index: int  # position in sample_trials' list: the tie-breaker, so picks are deterministic
     hp: dict[str, Any]
     history: list[dict[str, float]]
-    status: str  # completed (ran to its end or its own early stopping) | stopped (by the scheduler) | error
+    # completed (ran to its end or its own early stopping) | stopped (by the scheduler) | error
+    status: str
 
     @property
     def best(self) -> dict[str, float] | None:
-        """The epoch fit would keep: highest val macro-F1, ties to the lower val loss, then the earlier epoch."""
+        """The epoch fit keeps: highest val macro-F1, ties to the lower val loss, then earlier."""
         if not self.history:
             return None
         return max(self.history, key=lambda row: (row[METRIC], -row["val_loss"], -row["epoch"]))
@@ -121,15 +108,15 @@ class TrialRecord:
 def sample_trials(
     base: TrainConfig, space: SearchSpace, count: int, seed: int
 ) -> list[dict[str, Any]]:
-    """`count` hyperparameter sets: the base config's own first, then seeded draws from `space`, no repeats."""
+    """`count` hyperparameter sets, no repeats: the base config's own first, then seeded draws from
+    `space`."""
     if count < 1:
         raise ValueError(f"trials: {count}; a search needs at least 1")
     rng = np.random.default_rng(seed)
     trials = [{key: getattr(base, key) for key in TUNED}]
     seen = {_key(trials[0])}
-    for _ in range(
-        100 * count
-    ):  # bounded: a space of few discrete points cannot give `count` distinct sets
+    # bounded: a space of few discrete points cannot give `count` distinct sets
+    for _ in range(100 * count):
         if len(trials) == count:
             break
         hp = {
@@ -160,9 +147,9 @@ def trial_config(base: TrainConfig, hp: dict[str, Any]) -> TrainConfig:
 def prepare(
     cache: FeatureCache, recipe_id: str, input_dim: int, refs: list[SeriesRef], config: TrainConfig
 ) -> SearchData:
-    """Read the labelled series' features once and split them as run_experiment does (same seed, same ids)."""
+    """Read the labelled series' features once; split them as run_experiment does (seed, ids)."""
     labelled = [r for r in refs if r.label is not None]
-    labels = sorted({r.label for r in labelled})
+    labels = sorted({r.label for r in refs if r.label is not None})
     if len(labels) < 2:
         raise ValueError(
             f"a search needs at least 2 classes with cached features; found {labels or 'none'}"
@@ -186,7 +173,7 @@ def train_trial(
     report: Callable[[dict[str, float]], None],
     device: str = "cpu",
 ) -> FitResult:
-    """Fit one trial's LSTM on the train split, `report`ing each epoch's row (the scheduler's input)."""
+    """Fit one trial's LSTM on the train split, `report`ing each epoch's row to the scheduler."""
     spec = model_spec(config, data.input_dim, len(data.labels), "lstm")
     return fit(
         spec,
@@ -199,11 +186,12 @@ def train_trial(
 
 
 def pick_best(trials: list[TrialRecord]) -> TrialRecord:
-    """Highest best-epoch val macro-F1; ties to the lower val loss at that epoch, then the earlier trial."""
-    scored = [t for t in trials if t.best is not None]
+    """Highest best-epoch val macro-F1; ties to the lower val loss at that epoch, then the earlier
+    trial."""
+    scored = [(best, t) for t in trials if (best := t.best) is not None]
     if not scored:
         raise ValueError(f"none of {len(trials)} trials reported an epoch; see their errors above")
-    return max(scored, key=lambda t: (t.best[METRIC], -t.best["val_loss"], -t.index))
+    return max(scored, key=lambda s: (s[0][METRIC], -s[0]["val_loss"], -s[1].index))[1]
 
 
 def _epoch_row(row: dict[str, Any]) -> dict[str, float]:
