@@ -1,4 +1,4 @@
-"""Data cubes, NetCDF (.nc) files and Zarr (.zarr) stores with a time dimension (SPEC §2): one file or store, one series.
+"""Data cubes with a time dimension (SPEC §2): each NetCDF (.nc) file or Zarr store is a series.
 
 Read with xarray, lazily: nothing but the time coordinate is loaded until a frame is asked for,
 and then one time step of the chosen variables (for Zarr: the chunks holding it).
@@ -63,7 +63,8 @@ if TYPE_CHECKING:
 NETCDF_SUFFIXES = (".nc", ".nc4", ".netcdf", ".cdf")
 ZARR_SUFFIX = ".zarr"
 # What xarray and its backends (h5netcdf/h5py, scipy, zarr) raise on a broken file or store:
-# h5py OSError, "no backend matches" ValueError, zarr's node-not-found FileNotFoundError, bad JSON ValueError.
+# h5py's OSError, "no backend matches" ValueError, zarr's node-not-found FileNotFoundError, and
+# ValueError for bad JSON.
 _READ_ERRORS = (OSError, EOFError, ValueError, KeyError, IndexError, TypeError, RuntimeError)
 _EPSG = re.compile(r'(?:AUTHORITY|ID)\[\s*"EPSG"\s*,\s*"?(\d+)"?\s*\]', re.IGNORECASE)
 
@@ -72,17 +73,14 @@ _EPSG = re.compile(r'(?:AUTHORITY|ID)\[\s*"EPSG"\s*,\s*"?(\d+)"?\s*\]', re.IGNOR
 class CubeOptions:
     """How a cube becomes frames: what a `cube:` config section would hold (not there yet)."""
 
-    variables: tuple[str, ...] | None = (
-        None  # 1 (grey), 2 or 3 (R, G[, B]) variables; None = the first three with time
-    )
-    time_dim: str | None = (
-        None  # None = `time`, else the dimension whose coordinate holds dates or says axis T
-    )
+    # 1 (grey), 2 or 3 (R, G[, B]) variables; None = the first three with time
+    variables: tuple[str, ...] | None = None
+    # None = `time`, else the dimension whose coordinate holds dates or says axis T
+    time_dim: str | None = None
     percentiles: tuple[float, float] = (1.0, 99.0)  # robust range of each variable over the series
     stats_steps: int = 16  # time steps read for that range: bounded work on long series
-    stats_pixels: int = (
-        1_000_000  # values sampled per variable for that range: bounded memory on big grids
-    )
+    # values sampled per variable for that range: bounded memory on big grids
+    stats_pixels: int = 1_000_000
 
     def __post_init__(self) -> None:
         if self.variables is not None and not 1 <= len(self.variables) <= 3:
@@ -165,7 +163,8 @@ def zarr_store(base: Path, path: Path) -> Path | None:
 
 
 def _store_files(store: Path) -> list[Path]:
-    """Every file of a Zarr store, hidden ones too: Zarr v2 keeps its metadata in .zarray / .zattrs."""
+    """Every file of a Zarr store, hidden ones too:
+    Zarr v2 keeps its metadata in .zarray / .zattrs."""
     found: list[Path] = []
     for folder, dirs, names in os.walk(store):
         dirs.sort()
@@ -175,17 +174,16 @@ def _store_files(store: Path) -> list[Path]:
 
 @contextmanager
 def _dataset(path: Path, fmt: str) -> Iterator[xr.Dataset]:
-    """The cube opened lazily (no dask: chunks=None; no caching: a read step is not kept); BadInput when unreadable."""
-    import xarray as xr  # here: xarray and its backends take a second to import, and only cubes need them
+    """The cube opened lazily (no dask: chunks=None; no caching:
+    a read step is not kept); BadInput when unreadable."""
+    # here: xarray and its backends take a second to import, and only cubes need them
+    import xarray as xr
 
-    engine = (
-        "zarr" if fmt == "zarr" else None
-    )  # None: xarray picks h5netcdf (NetCDF-4) or scipy (NetCDF-3) from the bytes
+    # None: xarray picks h5netcdf (NetCDF-4) or scipy (NetCDF-3) from the bytes
+    engine = "zarr" if fmt == "zarr" else None
     opened = None
-    for decode_times in (
-        True,
-        False,
-    ):  # an undecodable time unit or calendar: keep the stored numbers
+    # decode_times False: an undecodable time unit or calendar keeps the stored numbers
+    for decode_times in (True, False):
         try:
             opened = xr.open_dataset(
                 path, engine=engine, chunks=None, cache=False, decode_times=decode_times
@@ -242,7 +240,8 @@ class _Cube:
         if missing:
             raise BadInput(
                 where,
-                f"variable {missing[0]!r} has no {time_dim!r} and 2-D grid; usable: {', '.join(candidates)}",
+                f"variable {missing[0]!r} has no {time_dim!r} and 2-D grid; "
+                f"usable: {', '.join(candidates)}",
             )
         grids = {tuple(d for d in ds[v].dims if d != time_dim) for v in variables}
         if len(grids) > 1:
@@ -267,7 +266,8 @@ class _Cube:
         )
 
     def read(self, ds: xr.Dataset, step: int, where: str) -> np.ndarray:
-        """(C, H, W) float32 of one time step, NaN (masked) in every channel where any variable is."""
+        """(C, H, W) float32 of one time step, NaN (masked)
+        in every channel where any variable is."""
         try:
             stack = np.stack(
                 [
@@ -349,7 +349,8 @@ def _times(ds: xr.Dataset, time_dim: str, where: str) -> tuple[np.ndarray, list[
 
 
 def _crs(ds: xr.Dataset, variables: list[str]) -> str | None:
-    """The WKT of the grid mapping of the first variable that names one, else of any variable carrying one."""
+    """The WKT of the grid mapping of the first variable
+    that names one, else of any variable carrying one."""
     names: list[str] = []
     for v in variables:
         mapping = ds[v].attrs.get("grid_mapping") or ds[v].encoding.get("grid_mapping")
@@ -368,7 +369,8 @@ def _crs(ds: xr.Dataset, variables: list[str]) -> str | None:
 
 
 def epsg_of(wkt: str | None) -> str | None:
-    """EPSG:32613 from a WKT 1 (AUTHORITY) or WKT 2 (ID) string: the last one names the whole CRS."""
+    """EPSG:32613 from a WKT 1 (AUTHORITY) or WKT 2
+    (ID) string: the last one names the whole CRS."""
     found = _EPSG.findall(wkt or "")
     return f"EPSG:{found[-1]}" if found else None
 
@@ -393,7 +395,8 @@ def open_series(
     with _dataset(path, fmt) as ds:
         cube = _Cube.of(ds, options, where)
         order = np.argsort(cube.seconds, kind="stable")  # time order, whatever the order on disk
-        # the range of each variable over the series, not the picked frames: a step looks the same whatever else is picked
+        # the range of each variable over the series, not the picked frames: a step looks the same
+        # whatever else is picked
         spread = (
             np.linspace(0, cube.steps - 1, min(cube.steps, options.stats_steps)).round().astype(int)
         )

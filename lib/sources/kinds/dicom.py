@@ -53,16 +53,13 @@ SUFFIXES = frozenset({".dcm", ".dicom"})  # claimed by name; other files only by
 WINDOW_SAMPLE_FRAMES = 16  # frames read to choose a window when the files carry none
 WINDOW_SAMPLE_VALUES = 1 << 20  # pixels kept from that sample for the percentiles (bounds memory)
 PLUGINS_HINT = "pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg"
-_PIXEL_TAGS = frozenset(
-    {(0x7FE0, 0x0010), (0x7FE0, 0x0008), (0x7FE0, 0x0009)}
-)  # (Float/Double)PixelData
+# (Float/Double)PixelData
+_PIXEL_TAGS = frozenset({(0x7FE0, 0x0010), (0x7FE0, 0x0008), (0x7FE0, 0x0009)})
 _LONG_VRS = frozenset({b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"UN", b"SQ", b"UT", b"UC", b"UR"})
 _TIME = re.compile(r"(\d{2})(?::?(\d{2})(?::?(\d{2})(\.\d+)?)?)?")
-_TIME_SOURCES = (
-    "AcquisitionTime",
-    "ContentTime",
-    "TriggerTime",
-)  # first one present on every frame and increasing
+# first one present on every frame and increasing
+_TIME_SOURCES = ("AcquisitionTime", "ContentTime", "TriggerTime")
+# what pydicom turns into grey or RGB
 _PHOTOMETRICS = frozenset(
     {
         "MONOCHROME1",
@@ -75,7 +72,7 @@ _PHOTOMETRICS = frozenset(
         "YBR_ICT",
         "YBR_RCT",
     }
-)  # what pydicom turns into grey or RGB
+)
 # What pydicom raises for broken pixel data: a truncated file, a bad fragment, a failing plugin.
 _DECODE_ERRORS = (
     ValueError,
@@ -100,9 +97,8 @@ class _Header:
     frames: int  # NumberOfFrames, 1 when absent
     shape: tuple[int | None, int | None, int]  # Rows, Columns, SamplesPerPixel
     instance: int | None  # InstanceNumber
-    times: dict[
-        str, tuple[int | None, float | None]
-    ]  # keyword -> (day ordinal, seconds into the day)
+    # keyword -> (day ordinal, seconds into the day)
+    times: dict[str, tuple[int | None, float | None]]
     position: float | None  # along the slice normal
     frame_times: list[float] | None  # a multi-frame file's own frame times
     syntax: str  # TransferSyntaxUID
@@ -110,11 +106,12 @@ class _Header:
     info: dict[str, Any]  # series metadata, read from the series' first file
 
 
-# --- discovery -------------------------------------------------------------------------------------------------
+# --- discovery ------------------------------------------------------------------------------------
 
 
 def claim(base: Path, files: list[Path], memo: HashMemo | None = None) -> Claim:
-    """DICOM files under `base`: one SeriesRef per series, one Failure per file or series that cannot be one."""
+    """DICOM files under `base`: one SeriesRef per series,
+    one Failure per file or series that cannot be one."""
     headers: list[_Header] = []
     failures: list[Failure] = []
     claimed: set[Path] = set()
@@ -140,7 +137,8 @@ def claim(base: Path, files: list[Path], memo: HashMemo | None = None) -> Claim:
 
 
 def _looks_dicom(path: Path) -> bool:
-    """`.dcm`/`.dicom` by name; files with no suffix (or a numeric one, `1.2.840...123`) by `DICM` at byte 128."""
+    """`.dcm`/`.dicom` by name; files with no suffix (or a
+    numeric one, `1.2.840...123`) by `DICM` at byte 128."""
     suffix = path.suffix.lower()
     if suffix in SUFFIXES:
         return True
@@ -154,7 +152,8 @@ def _looks_dicom(path: Path) -> bool:
 
 
 def _read_header(path: Path, rel: str) -> _Header | None:
-    """The header of one file (None for a DICOMDIR: an index, not an image); BadInput naming the file."""
+    """The header of one file (None for a DICOMDIR: an
+    index, not an image); BadInput naming the file."""
     try:
         size = path.stat().st_size
         if size == 0:
@@ -208,7 +207,8 @@ def _read_header(path: Path, rel: str) -> _Header | None:
 
 
 def _pixel_problem(stream: IO[bytes], ds: Dataset, size: int) -> str | None:
-    """Why the pixel data is missing or cut short, read from the element header `dcmread` stopped at; else None.
+    """Why the pixel data is missing or cut short, read from the element header `dcmread` stopped
+    at; else None.
 
     `stop_before_pixels` leaves the stream on the pixel data element (or at the end when
     there is none), so its declared length can be checked against the file size
@@ -217,9 +217,8 @@ def _pixel_problem(stream: IO[bytes], ds: Dataset, size: int) -> str | None:
     sop = ds.get("SOPClassUID")
     kind = f" (SOP class {UID(str(sop)).name})" if sop else ""
     if ds.file_meta.get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian:
-        return (
-            None  # the stream is inflated in memory: positions mean nothing; the decoder will tell
-        )
+        # the stream is inflated in memory: positions mean nothing; the decoder will tell
+        return None
     start = stream.tell()
     head = stream.read(12)
     if not head:
@@ -247,12 +246,14 @@ def _pixel_problem(stream: IO[bytes], ds: Dataset, size: int) -> str | None:
         return f"pixel data truncated: the file holds {held} of its {length} bytes"
     needed = _image_bytes(ds)
     if needed and length < needed:
-        return f"pixel data holds {length} bytes; {_int(ds.get('Rows'))}x{_int(ds.get('Columns'))} needs {needed}"
+        size = f"{_int(ds.get('Rows'))}x{_int(ds.get('Columns'))}"
+        return f"pixel data holds {length} bytes; {size} needs {needed}"
     return None
 
 
 def _image_bytes(ds: Dataset) -> int | None:
-    """Bytes of native pixel data the header describes; None when compressed or not a whole number of bytes."""
+    """Bytes of native pixel data the header describes;
+    None when compressed or not a whole number of bytes."""
     syntax = ds.file_meta.get("TransferSyntaxUID")
     bits = _int(ds.get("BitsAllocated"))
     if syntax is None or UID(str(syntax)).is_compressed or not bits or bits % 8:
@@ -267,7 +268,8 @@ def _image_bytes(ds: Dataset) -> int | None:
 
 
 def _group(headers: list[_Header]) -> list[list[_Header]]:
-    """Files of one SeriesInstanceUID together (across folders); a multi-frame file, or one with no UID, alone."""
+    """Files of one SeriesInstanceUID together (across
+    folders); a multi-frame file, or one with no UID, alone."""
     groups: dict[str, list[_Header]] = {}
     for header in headers:  # in walk order: the first file of a group names its folder
         key = (
@@ -278,7 +280,8 @@ def _group(headers: list[_Header]) -> list[list[_Header]]:
 
 
 def _alone(members: list[_Header]) -> bool:
-    """A series that is one file by nature (multi-frame, or no SeriesInstanceUID): named by its path."""
+    """A series that is one file by nature (multi-frame,
+    or no SeriesInstanceUID): named by its path."""
     return len(members) == 1 and (members[0].frames > 1 or not members[0].series_uid)
 
 
@@ -310,18 +313,16 @@ def _series_ref(base: Path, members: list[_Header], memo: HashMemo | None) -> Se
         raise BadInput(str(members[0].path), f"series mixes image sizes: {examples}")
     if None in shapes[0][:2]:
         raise BadInput(str(members[0].path), f"{members[0].rel}: no Rows/Columns in the header")
-    check_frame_size(
-        str(members[0].path), shapes[0][0], shapes[0][1]
-    )  # compressed data says nothing of it
+    # compressed data says nothing of it
+    check_frame_size(str(members[0].path), shapes[0][0], shapes[0][1])
     _check_geometry(members)
     ordered, order = _order(members)
     times = _frame_times(ordered)
     digest = hashlib.blake2b(digest_size=16)
     for file_hash in sorted(_file_hash(m, memo) for m in ordered):
         digest.update(file_hash.encode())
-    home = PurePosixPath(
-        members[0].rel
-    )  # where the series lives: its file, or the folder of its first file
+    # where the series lives: its file, or the folder of its first file
+    home = PurePosixPath(members[0].rel)
     home = home if _alone(members) else home.parent
     parts = PurePosixPath(series_id).parts
     rows, cols, samples = shapes[0]
@@ -362,9 +363,8 @@ def _check_geometry(members: list[_Header]) -> None:
         seen: dict[tuple[float, ...] | None, _Header] = {}
         for member in members:
             value = member.info[key]
-            seen.setdefault(
-                tuple(round(v, 3) + 0.0 for v in value) if value else None, member
-            )  # + 0.0: no -0.0
+            # + 0.0: no -0.0
+            seen.setdefault(tuple(round(v, 3) + 0.0 for v in value) if value else None, member)
         if len(seen) > 1:
             examples = ", ".join(
                 f"{m.rel} {list(v) if v else '(none)'}" for v, m in list(seen.items())[:3]
@@ -398,7 +398,8 @@ def _one_per_shape(members: list[_Header]) -> list[_Header]:
 
 
 def _order(members: list[_Header]) -> tuple[list[_Header], str]:
-    """Frame order: InstanceNumber, else acquisition/content time, else position along the slice normal, else name."""
+    """Frame order: InstanceNumber, else acquisition/content
+    time, else position along the slice normal, else name."""
     by_name = sorted(members, key=lambda m: PurePosixPath(m.rel).parts)
     if len(members) == 1:
         return by_name, "file"
@@ -422,7 +423,8 @@ def _order(members: list[_Header]) -> tuple[list[_Header], str]:
 
 
 def _frame_times(ordered: list[_Header]) -> list[float]:
-    """Seconds from the first frame: from the files' times where they increase, else the frame index."""
+    """Seconds from the first frame: from the files'
+    times where they increase, else the frame index."""
     if ordered[0].frame_times is not None:
         return ordered[0].frame_times
     for keyword in _TIME_SOURCES:
@@ -446,7 +448,8 @@ def _multiframe_times(ds: Dataset, count: int) -> list[float]:
 
 
 def _times(members: list[_Header], keyword: str) -> list[float] | None:
-    """Each file's `keyword` time in seconds (from its date when all files have one); None unless all have it."""
+    """Each file's `keyword` time in seconds (from its date
+    when all files have one); None unless all have it."""
     days = [m.times[keyword][0] for m in members]
     clock = [m.times[keyword][1] for m in members]
     if None in clock:
@@ -457,7 +460,8 @@ def _times(members: list[_Header], keyword: str) -> list[float] | None:
 
 
 def _time_of(ds: Dataset, keyword: str) -> tuple[int | None, float | None]:
-    """(day ordinal or None, seconds) of AcquisitionTime/ContentTime (with its date), or TriggerTime (ms)."""
+    """(day ordinal or None, seconds) of AcquisitionTime/ContentTime
+    (with its date), or TriggerTime (ms)."""
     if keyword == "TriggerTime":
         trigger = _float(ds.get("TriggerTime"))
         return None, None if trigger is None else trigger / 1000.0
@@ -486,7 +490,8 @@ def _day(value: Any) -> int | None:
 
 
 def _slice_position(ds: Dataset) -> float | None:
-    """ImagePositionPatient projected on the slice normal (the cross product of ImageOrientationPatient's rows)."""
+    """ImagePositionPatient projected on the slice normal (the cross product of
+    ImageOrientationPatient's rows)."""
     position = _floats(ds.get("ImagePositionPatient"))
     orientation = _floats(ds.get("ImageOrientationPatient"))
     if not position or not orientation or len(position) != 3 or len(orientation) != 6:
@@ -502,7 +507,8 @@ def _window(ds: Dataset) -> list[float] | None:
 
 
 def _attr(ds: Dataset, keyword: str, macro: str) -> Any:
-    """`keyword` at the top level, else in the enhanced multi-frame functional groups (shared, then frame 1)."""
+    """`keyword` at the top level, else in the enhanced
+    multi-frame functional groups (shared, then frame 1)."""
     if keyword in ds:
         return ds.get(keyword)
     for groups in ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence"):
@@ -513,7 +519,7 @@ def _attr(ds: Dataset, keyword: str, macro: str) -> Any:
     return None
 
 
-# --- decoding --------------------------------------------------------------------------------------------------
+# --- decoding -------------------------------------------------------------------------------------
 
 
 @contextmanager
@@ -555,7 +561,8 @@ def open_series(
 
 
 def _check_decodable(ref: SeriesRef, syntax: str) -> None:
-    """BadInput naming the transfer syntax and the missing plugin when pydicom cannot decode it here."""
+    """BadInput naming the transfer syntax and the
+    missing plugin when pydicom cannot decode it here."""
     uid = UID(syntax)
     if not syntax or not uid.is_transfer_syntax:
         raise BadInput(ref.location, f"unknown transfer syntax {syntax or '(none)'}")
@@ -591,14 +598,14 @@ def _chunks(ref: SeriesRef, sampling: SamplingConfig) -> Iterator[FrameChunk]:
 def _series_range(
     ref: SeriesRef, sampling: SamplingConfig, wanted: list[int]
 ) -> tuple[float, float]:
-    """The value range mapped to 0..255: the file's window, else percentiles of up to 16 of the wanted frames."""
+    """The value range mapped to 0..255: the file's window,
+    else percentiles of up to 16 of the wanted frames."""
     if ref.meta["samples_per_pixel"] != 1 or ref.meta["photometric"] == "PALETTE COLOR":
         return 0.0, 0.0  # colour keeps its own values
     if ref.meta["window"]:
         center, width = ref.meta["window"]
-        return center - 0.5 - (width - 1) / 2, center - 0.5 + (
-            width - 1
-        ) / 2  # DICOM PS3.3 C.11.2.1.2 (linear)
+        # DICOM PS3.3 C.11.2.1.2 (linear)
+        return center - 0.5 - (width - 1) / 2, center - 0.5 + (width - 1) / 2
     spread = sampling.model_copy(update={"num_frames": WINDOW_SAMPLE_FRAMES})
     sample = [wanted[i] for i in pick(len(wanted), spread)]
     step = max(1, ref.meta["rows"] * ref.meta["cols"] * len(sample) // WINDOW_SAMPLE_VALUES)
@@ -610,12 +617,11 @@ def _series_range(
 
 
 def _read(ref: SeriesRef, wanted: list[int]) -> Iterator[tuple[int, np.ndarray, Dataset]]:
-    """(frame index, raw pixels, that file's header) for the wanted frames, in order, one file open at a time."""
+    """(frame index, raw pixels, that file's header) for the
+    wanted frames, in order, one file open at a time."""
     root, files = Path(ref.meta["root"]), ref.meta["files"]
-    if len(files) == 1:
-        plan = [(files[0], wanted)]
-    else:
-        plan = [(files[i], [0]) for i in wanted]
+    # one multi-frame file: the wanted frames of it; else one frame from each wanted file
+    plan = [(files[0], wanted)] if len(files) == 1 else [(files[i], [0]) for i in wanted]
     position = 0
     for rel, indices in plan:
         header = Dataset()
@@ -634,7 +640,8 @@ def _read(ref: SeriesRef, wanted: list[int]) -> Iterator[tuple[int, np.ndarray, 
 
 
 def _rescaled(image: np.ndarray, ds: Dataset) -> np.ndarray:
-    """Stored values -> modality values (Hounsfield units for CT): RescaleSlope * value + RescaleIntercept."""
+    """Stored values -> modality values (Hounsfield units
+    for CT): RescaleSlope * value + RescaleIntercept."""
     slope = _float(_attr(ds, "RescaleSlope", "PixelValueTransformationSequence"))
     intercept = _float(_attr(ds, "RescaleIntercept", "PixelValueTransformationSequence"))
     values = image.astype(np.float32)
@@ -646,7 +653,8 @@ def _rescaled(image: np.ndarray, ds: Dataset) -> np.ndarray:
 
 
 def _to_rgb8(image: np.ndarray, ds: Dataset, low: float, high: float) -> np.ndarray:
-    """One decoded frame -> (H, W, 3) uint8: grey windowed (MONOCHROME1 inverted), colour kept as colour."""
+    """One decoded frame -> (H, W, 3) uint8: grey windowed
+    (MONOCHROME1 inverted), colour kept as colour."""
     photometric = str(ds.get("PhotometricInterpretation", "")).strip()
     if photometric == "PALETTE COLOR":
         image = apply_color_lut(image, ds)
@@ -663,7 +671,7 @@ def _to_rgb8(image: np.ndarray, ds: Dataset, low: float, high: float) -> np.ndar
     return to_rgb(255 - grey if photometric == "MONOCHROME1" else grey)
 
 
-# --- small value helpers ---------------------------------------------------------------------------------------
+# --- small value helpers --------------------------------------------------------------------------
 
 
 def _int(value: Any) -> int | None:

