@@ -109,13 +109,15 @@ def fresh_venv(venv: Path, requirements: Path) -> Path:
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
     # --no-compile: Python compiles what it imports anyway; compiling all of torch and mlflow
     # up front is a large part of the install's CPU time.
-    subprocess.run(
+    done = subprocess.run(
         [venv / "bin" / "python", "-m", "pip", "install", "--quiet", "--no-compile"]
         + ["-r", str(requirements)],
-        check=True,
         env=outside_env(),
+        capture_output=True,
+        text=True,
         timeout=3600,
     )
+    assert done.returncode == 0, done.stderr[-4000:]
     return venv / "bin" / "python"
 
 
