@@ -42,11 +42,8 @@ _RAMPS = {
 # Both classes of a time-reversal pair draw from the same stream, so their frames match.
 _PAIR = {"grow": 0, "shrink": 0, "fade_in": 1, "fade_out": 1}
 _SHAPES = ("disc", "square", "triangle")
-_PARTITION_KINDS = (
-    "folder",
-    "tar",
-    "zip",
-)  # by partition position, cycling: every kind gets exercised
+# by partition position, cycling: every kind gets exercised
+_PARTITION_KINDS = ("folder", "tar", "zip")
 _FORMAT = 1  # bump when rendering or encoding changes: old archives are then regenerated
 _ARCHIVE_STREAM, _INCOMING_STREAM, _BAD_STREAM = 0, 1, 2  # independent seed streams
 _ENCODE_TIMEOUT_S = 120
@@ -55,12 +52,12 @@ _ENCODE_TIMEOUT_S = 120
 @dataclass(frozen=True)
 class SampleSpec:
     classes: tuple[str, ...] = ("grow", "shrink", "fade_in", "fade_out")  # any of these four
-    clips_per_class: int = 24  # spread round-robin over the partitions
-    partitions: tuple[str, ...] = (
-        "2026-11-19",
-        "2026-11-20",
-        "2026-11-21",
-    )  # ISO dates: folder, .tar, .zip
+    # spread round-robin over the partitions. 40 (24 test clips): the video demo's LSTM then
+    # scored test macro-F1 1.0 on sample seeds 0-8 with fp32 and with bf16 features; with 24
+    # (16 test clips) one seed's luck decided, down to 0.86 (README, "The video demo's numbers")
+    clips_per_class: int = 40
+    # ISO dates: folder, .tar, .zip
+    partitions: tuple[str, ...] = ("2026-11-19", "2026-11-20", "2026-11-21")
     size: int = 96  # frame width = height in px; even, as yuv420p needs
     fps: int = 8  # frames per second written into the MP4
     min_frames: int = 12  # clip length drawn uniformly in [min_frames, max_frames]: lengths vary
@@ -112,8 +109,7 @@ def draw_clip(rng: np.random.Generator, min_frames: int, max_frames: int) -> Cli
     """Draw one clip's shape, colours, position, ramp timing and length."""
     frames = int(rng.integers(min_frames, max_frames + 1))
     slack = frames // 4 + 1
-    dark = tuple(int(v) for v in rng.integers(0, 90, 3))
-    bright = tuple(int(v) for v in rng.integers(150, 256, 3))
+    dark, bright = _rgb(rng.integers(0, 90, 3)), _rgb(rng.integers(150, 256, 3))
     colour, background = (bright, dark) if rng.random() < 0.5 else (dark, bright)
     return ClipDraw(
         frames=frames,
@@ -131,8 +127,13 @@ def draw_clip(rng: np.random.Generator, min_frames: int, max_frames: int) -> Cli
     )
 
 
+def _rgb(values: np.ndarray) -> tuple[int, int, int]:
+    red, green, blue = (int(v) for v in values)
+    return red, green, blue
+
+
 def render_clip(label: str, draw: ClipDraw, size: int) -> np.ndarray:
-    """Frames (T, size, size, 3) uint8 of `label`; the backwards classes are the forward ones reversed."""
+    """Frames (T, size, size, 3) uint8 of `label`; a backwards class is its forward one reversed."""
     what, backwards = _RAMPS[label]
     progress = _ramp(draw)  # (T,) from 0 to 1
     if what == "size":
@@ -144,14 +145,16 @@ def render_clip(label: str, draw: ClipDraw, size: int) -> np.ndarray:
 
 
 def write_clip(frames: np.ndarray, fps: int, path: Path) -> Path:
-    """Encode (T, H, W, 3) uint8 RGB frames as an H.264 MP4 whose bytes depend only on the frames."""
+    """Encode (T, H, W, 3) uint8 RGB frames as an H.264 MP4 whose bytes follow the frames alone."""
     _, height, width, _ = frames.shape
     cmd = [
         ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-nostdin", "-y",
-        "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}", "-r", str(fps), "-i", "pipe:",
+        "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}", "-r", str(fps),
+        "-i", "pipe:",
         "-an", "-c:v", "libx264", "-preset", "medium", "-crf", "20", "-pix_fmt", "yuv420p",
         "-threads", "1",  # more threads make x264's output depend on scheduling
-        "-fflags", "+bitexact", "-flags:v", "+bitexact", "-map_metadata", "-1",  # no version strings, no dates
+        # no version strings, no dates
+        "-fflags", "+bitexact", "-flags:v", "+bitexact", "-map_metadata", "-1",
         "-movflags", "+faststart", str(path),
     ]  # fmt: skip
     done = subprocess.run(
@@ -188,7 +191,8 @@ def generate_archive(root: Path, spec: SampleSpec) -> Path:
 
 
 def generate_incoming(root: Path, spec: SampleSpec, count: int = 16) -> Path:
-    """Write `count` unlabelled clips into one new partition folder, the day after the last, and `truth.csv`."""
+    """Write `count` unlabelled clips into a new partition folder (the day after the last) and
+    `truth.csv`."""
     root = Path(root)
     partition = (_parse_date(spec.partitions[-1]) + datetime.timedelta(days=1)).isoformat()
     labels = [spec.classes[i % len(spec.classes)] for i in range(count)]
@@ -199,7 +203,8 @@ def generate_incoming(root: Path, spec: SampleSpec, count: int = 16) -> Path:
 
 
 def add_bad_files(folder: Path) -> list[Path]:
-    """Write `broken.mp4` (text) and `truncated.mp4` (a clip's first 2 KB): bad input for failure-handling demos."""
+    """Write `broken.mp4` (text) and `truncated.mp4` (a clip's first 2 KB): bad input for the
+    failure-handling demos."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     broken = folder / "broken.mp4"
@@ -241,7 +246,7 @@ def _incoming_job(spec: SampleSpec, partition: str, label: str, index: int) -> _
 
 
 def _marker_text(spec: SampleSpec, **extra: int) -> str:
-    """What made the files: spec, generator format and encoder version (the bytes depend on all three)."""
+    """What made the files: spec, generator format, encoder version (the bytes follow all three)."""
     made_by = {"format": _FORMAT, "ffmpeg": ffmpeg_version(), "spec": asdict(spec), **extra}
     return json.dumps(made_by, indent=2, sort_keys=True)
 
@@ -254,7 +259,7 @@ def _generate(
     csv_path: Path,
     marker: tuple[Path, str],
 ) -> Path:
-    """Write partitions, then the CSV, then the marker (path, text) last: no marker means incomplete."""
+    """Write partitions, then the CSV, then the marker (path, text): no marker means incomplete."""
     marker_path, marker_text = marker
     targets = [root / _partition_file(name, kind) for name, kind in kinds.items()] + [csv_path]
     if (
@@ -299,13 +304,12 @@ def _encode_all(staging: Path, jobs: list[_Job], spec: SampleSpec) -> None:
 
 
 def _publish(staging: Path, name: str, kind: str, root: Path) -> None:
-    """Move one staged partition into root as a folder, .tar or .zip; readers never see half of one."""
+    """Move a staged partition into root (folder, .tar or .zip); readers never see half of one."""
     source = staging / name
     target = root / _partition_file(name, kind)
     if kind == "folder":
-        if (
-            target.exists()
-        ):  # a directory cannot be replaced in one rename: park the old one for deletion
+        # a directory cannot be replaced in one rename: park the old one for deletion
+        if target.exists():
             target.rename(staging / f"old-{name}")
         source.rename(target)
         return
@@ -326,15 +330,12 @@ def _write_tar(source: Path, target: Path) -> None:
 
 
 def _write_zip(source: Path, target: Path) -> None:
-    """Stored (not deflated) zip with fixed dates and attributes: H.264 does not compress further."""
+    """Stored (not deflated) zip, fixed dates and attributes: H.264 does not compress further."""
     with zipfile.ZipFile(target, "w", compression=zipfile.ZIP_STORED) as archive:
         for path, member in _members(source):
             info = zipfile.ZipInfo(member, date_time=(1980, 1, 1, 0, 0, 0))
-            info.compress_type, info.create_system, info.external_attr = (
-                zipfile.ZIP_STORED,
-                3,
-                0o644 << 16,
-            )
+            info.compress_type, info.create_system = zipfile.ZIP_STORED, 3
+            info.external_attr = 0o644 << 16
             archive.writestr(info, path.read_bytes())
 
 
@@ -385,7 +386,7 @@ def _paint(draw: ClipDraw, radius_px: np.ndarray, alpha: np.ndarray, size: int) 
 
 
 def _signed_distance(shape: str, dx: np.ndarray, dy: np.ndarray, r: np.ndarray) -> np.ndarray:
-    """Pixels from the shape's edge, negative inside; r is the disc radius / triangle circumradius."""
+    """Pixels from the shape's edge, negative inside; r: the disc radius, triangle circumradius."""
     if shape == "disc":
         return np.hypot(dx, dy) - r
     if shape == "square":

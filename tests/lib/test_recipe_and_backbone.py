@@ -1,7 +1,9 @@
 """lib.recipe, lib.backbone and lib.features: what makes the features, and proof that it does.
 
 Backbones are real torchvision resnet18s (random init, `weights=none`) run on 64 px
-frames on the CPU; weight files are real `torch.save` outputs.
+frames on the CPU; weight files are real `torch.save` outputs. Every backbone whose
+numbers a test compares names its precision: `auto` is fp32 on an AVX2 CPU and bf16 on
+one with AMX or AVX512-BF16, and both paths run on either (bf16 emulated, ~5x slower).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import hashlib
 import os
 import pickle
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -20,10 +23,10 @@ import torchvision
 
 from lstmpipe.lib.config import BackboneConfig, Config, SamplingConfig, load_config
 from lstmpipe.lib.errors import ConfigError
+from lstmpipe.lib.features import backbone as backbone_module
 from lstmpipe.lib.features.backbone import (
     Backbone,
     WeightsSource,
-    cpu_has_fast_bf16,
     resolve_optimize,
     resolve_precision,
     resolve_weights,
@@ -45,6 +48,23 @@ RECIPE = FeatureRecipe(
     feature_dim=512,
     sources='{"nifti_view":"middle"}',
 )
+
+
+@pytest.fixture(scope="module")
+def fp32(torch_hub_dir: Path) -> Backbone:
+    """The reference that bf16 and float16 are measured against, fp32 whatever `auto` is here."""
+    config = BackboneConfig(weights="none", seed=0, precision="fp32")
+    return Backbone(config, resolve_weights(config, torch_hub_dir))
+
+
+@pytest.fixture
+def fast_bf16(monkeypatch: pytest.MonkeyPatch) -> Callable[[bool], None]:
+    """Makes this process believe its CPU has (True) or lacks (False) fast bf16."""
+
+    def pretend(has: bool) -> None:
+        monkeypatch.setattr(backbone_module, "cpu_has_fast_bf16", lambda: has)
+
+    return pretend
 
 
 @pytest.fixture(scope="module")
@@ -117,13 +137,13 @@ def test_recipe_gives_back_the_sampling_and_backbone_that_make_it() -> None:
     seeded = dataclasses.replace(RECIPE, weights="none(seed=12)")
     base = BackboneConfig(name="resnet50", weights="DEFAULT", batch_size=9, seed=0)
     assert seeded.backbone_config(base) == BackboneConfig(
-        "resnet18", "none", "fp32", batch_size=9, seed=12
+        name="resnet18", weights="none", precision="fp32", batch_size=9, seed=12
     )
     named = dataclasses.replace(RECIPE, weights="IMAGENET1K_V1")
     assert named.backbone_config(base).weights == "IMAGENET1K_V1"
     from_file = dataclasses.replace(RECIPE, weights="file:mine.pth")
     assert (
-        from_file.backbone_config(dataclasses.replace(base, weights="/w/mine.pth")).weights
+        from_file.backbone_config(base.model_copy(update={"weights": "/w/mine.pth"})).weights
         == "/w/mine.pth"
     )
 
@@ -177,13 +197,32 @@ def test_unknown_weights_name_is_a_config_error(torch_hub_dir: Path) -> None:
 # -- precision ------------------------------------------------------------------------------------
 
 
-def test_precision_resolution() -> None:
+def test_precision_resolution(fast_bf16: Callable[[bool], None]) -> None:
     cpu = torch.device("cpu")
     for explicit in ("fp32", "bf16", "fp16"):
         assert resolve_precision(explicit, cpu) == explicit
-    assert resolve_precision("auto", cpu) == ("bf16" if cpu_has_fast_bf16() else "fp32")
+    fast_bf16(True)  # AMX or AVX512-BF16
+    assert resolve_precision("auto", cpu) == "bf16"
+    fast_bf16(False)  # AVX2 only: emulated bf16 is slower than fp32
+    assert resolve_precision("auto", cpu) == "fp32"
     with pytest.raises(ConfigError, match="backbone.precision: 'fp8'"):
         resolve_precision("fp8", cpu)
+
+
+def test_auto_on_a_cpu_with_fast_bf16_builds_a_bf16_backbone(
+    tiny_config: Config,
+    torch_hub_dir: Path,
+    fp32: Backbone,
+    frames: np.ndarray,
+    fast_bf16: Callable[[bool], None],
+) -> None:
+    """What `auto` gives on an AMX Xeon, exercised on any CPU: the recipe says bf16, no freezing."""
+    fast_bf16(True)
+    auto = tiny_config.backbone.model_copy(update={"precision": "auto"})
+    model, recipe = load_backbone(tiny_config.sampling, auto, torch_hub_dir, device="cpu")
+    assert (model.precision, recipe.precision, model.optimize) == ("bf16", "bf16", "none")
+    features, reference = model(frames[:2]), fp32(frames[:2])
+    assert np.linalg.norm(features - reference) / np.linalg.norm(reference) < 0.05
 
 
 # -- the backbone ---------------------------------------------------------------------------------
@@ -200,7 +239,7 @@ def test_backbone_gives_one_float32_vector_per_frame(
     np.testing.assert_allclose(
         model(frames[2:3]), features[2:3], rtol=1e-5, atol=1e-5
     )  # batching is invisible
-    assert model.precision == resolve_precision("auto", torch.device("cpu"))
+    assert model.precision == "fp32"  # forced by tiny_config: the same numbers on every CPU
     assert (recipe.feature_dim, recipe.precision, recipe.size, recipe.fps) == (
         512,
         model.precision,
@@ -216,12 +255,12 @@ def test_none_weights_are_deterministic_per_seed(
 ) -> None:
     model, _ = backbone
     again = Backbone(
-        BackboneConfig(weights="none", seed=0, precision=model.precision),
+        BackboneConfig(weights="none", seed=0, precision="fp32"),
         resolve_weights(BackboneConfig(weights="none", seed=0), torch_hub_dir),
     )
     np.testing.assert_array_equal(again(frames), model(frames))
     other = Backbone(
-        BackboneConfig(weights="none", seed=1, precision=model.precision),
+        BackboneConfig(weights="none", seed=1, precision="fp32"),
         resolve_weights(BackboneConfig(weights="none", seed=1), torch_hub_dir),
     )
     assert np.abs(other(frames) - model(frames)).max() > 1e-2
@@ -242,7 +281,8 @@ def test_state_dict_file_loads_the_same_network(
         weights=str(path), seed=0, precision="fp32", optimize="none"
     )  # seed 0: the file must win
     from_file = Backbone(config, resolve_weights(config, torch_hub_dir))
-    torch.testing.assert_close(from_file.model.conv1.weight, network.conv1.weight, rtol=0, atol=0)
+    loaded = from_file.model.state_dict()["conv1.weight"]
+    torch.testing.assert_close(loaded, network.conv1.weight, rtol=0, atol=0)
     twin = BackboneConfig(
         weights="none", seed=123, precision="fp32", optimize="none"
     )  # the same network, in memory
@@ -286,35 +326,35 @@ def test_weights_file_for_another_network_is_refused(tmp_path: Path, torch_hub_d
 
 
 def test_bf16_requested_on_cpu_still_works(
-    backbone: tuple[Backbone, FeatureRecipe], torch_hub_dir: Path, frames: np.ndarray
+    fp32: Backbone, torch_hub_dir: Path, frames: np.ndarray
 ) -> None:
     config = BackboneConfig(weights="none", seed=0, precision="bf16")
     model = Backbone(config, resolve_weights(config, torch_hub_dir))
-    assert model.precision == "bf16"
+    assert model.precision == "bf16" and fp32.precision == "fp32"
     features = model(frames[:2])
     assert features.shape == (2, 512) and features.dtype == np.float32
-    reference = backbone[0](frames[:2])
+    reference = fp32(frames[:2])
     # bf16 keeps ~3 significant digits: close to fp32, not equal to it.
     assert np.linalg.norm(features - reference) / np.linalg.norm(reference) < 0.05
     assert not np.array_equal(features, reference)
 
 
 def test_float16_features_halve_the_storage_and_stay_close(
-    backbone: tuple[Backbone, FeatureRecipe], torch_hub_dir: Path, frames: np.ndarray
+    fp32: Backbone, torch_hub_dir: Path, frames: np.ndarray
 ) -> None:
+    """Only the storage is float16: the network runs in fp32, as the reference does."""
     config = BackboneConfig(weights="none", seed=0, precision="fp32", feature_dtype="float16")
     features = Backbone(config, resolve_weights(config, torch_hub_dir))(frames[:2])
-    reference = backbone[0](frames[:2])
+    reference = fp32(frames[:2])
     assert features.dtype == np.float16 and features.nbytes * 2 == reference.nbytes
     assert (
         np.linalg.norm(features.astype(np.float32) - reference) / np.linalg.norm(reference) < 2e-3
     )
 
 
-def test_unknown_feature_dtype_is_a_config_error(torch_hub_dir: Path) -> None:
-    config = BackboneConfig(weights="none", feature_dtype="int8")
-    with pytest.raises(ConfigError, match="backbone.feature_dtype"):
-        Backbone(config, resolve_weights(config, torch_hub_dir))
+def test_unknown_feature_dtype_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="backbone.feature_dtype: 'int8'"):
+        load_config(overrides={"backbone.feature_dtype": "int8"})
 
 
 def test_batch_size_is_chosen_per_device_unless_given(
@@ -333,7 +373,7 @@ def test_optimized_backbone_gives_the_same_features(
 ) -> None:
     plain = BackboneConfig(weights="none", seed=0, precision="fp32", optimize="none")
     reference = Backbone(plain, resolve_weights(plain, torch_hub_dir))
-    config = dataclasses.replace(plain, optimize=optimize)
+    config = plain.model_copy(update={"optimize": optimize})
     optimized = Backbone(config, resolve_weights(config, torch_hub_dir))
     assert optimized.optimize == optimize and reference.optimize == "none"
     for batch in (frames[:1], frames):  # traced on one 64 px frame: any batch size still fits
@@ -385,8 +425,8 @@ def test_load_backbone_makes_the_recipe_of_its_config(
     )
     assert recipe.sources_config() == tiny_config.sources
     assert recipe.sampling(tiny_config.sampling) == tiny_config.sampling
-    assert recipe.backbone_config(tiny_config.backbone) == dataclasses.replace(
-        tiny_config.backbone, precision=model.precision
+    assert recipe.backbone_config(tiny_config.backbone) == tiny_config.backbone.model_copy(
+        update={"precision": model.precision}
     )
 
 
@@ -404,31 +444,31 @@ def test_load_backbone_rejects_unknown_names_before_building(
     with pytest.raises(ConfigError, match="resnet19"):
         load_backbone(
             tiny_config.sampling,
-            dataclasses.replace(tiny_config.backbone, name="resnet19"),
+            tiny_config.backbone.model_copy(update={"name": "resnet19"}),
             torch_hub_dir,
         )
 
 
 def test_the_recipe_key_follows_what_makes_the_recipe(tmp_path: Path) -> None:
-    """flows cache recipes under recipe_key: it must change with the settings and the weights' content."""
+    """flows cache recipes under recipe_key: it follows the settings and the weights' content."""
     config = load_config(overrides={"sampling.size": 32, "backbone.weights": "none"})
     key = recipe_key(config.sampling, config.backbone, tmp_path)
     assert key == recipe_key(config.sampling, config.backbone, tmp_path)
     assert key != recipe_key(
-        dataclasses.replace(config.sampling, fps=3.0), config.backbone, tmp_path
+        config.sampling.model_copy(update={"fps": 3.0}), config.backbone, tmp_path
     )
     assert key != recipe_key(
-        config.sampling, dataclasses.replace(config.backbone, seed=7), tmp_path
+        config.sampling, config.backbone.model_copy(update={"seed": 7}), tmp_path
     )
     assert key != recipe_key(
         config.sampling,
         config.backbone,
         tmp_path,
-        sources=dataclasses.replace(config.sources, geotiff_bands="b4"),
+        sources=config.sources.model_copy(update={"geotiff_bands": ("b4",)}),
     )
     weights = tmp_path / "weights.pth"
     weights.write_bytes(b"one")
-    from_file = dataclasses.replace(config.backbone, weights=str(weights))
+    from_file = config.backbone.model_copy(update={"weights": str(weights)})
     before = recipe_key(config.sampling, from_file, tmp_path)
     weights.write_bytes(b"two")
     os.utime(weights, ns=(1, 1))

@@ -44,7 +44,9 @@ def read_series(root: Path, series_id: str) -> bytes:
     head, _, member = series_id.partition("/")
     if head.endswith(".tar"):
         with tarfile.open(root / head, "r:") as tar:
-            return tar.extractfile(member).read()
+            data = tar.extractfile(member)
+            assert data is not None, series_id  # a regular file, not a directory or link
+            return data.read()
     if head.endswith(".zip"):
         with zipfile.ZipFile(root / head) as archive_file:
             return archive_file.read(member)
@@ -88,7 +90,7 @@ def hashes(root: Path) -> dict[str, str]:
 
 
 def areas(frames: np.ndarray) -> np.ndarray:
-    """Pixels per frame that differ clearly from the background (median of the border, never covered)."""
+    """Pixels per frame clearly off the background (the border's median: never covered)."""
     border = np.concatenate(
         [frames[:, 0], frames[:, -1], frames[:, :, 0], frames[:, :, -1]], axis=1
     )  # (T, 4S, 3)
