@@ -8,17 +8,13 @@ imports and pins torch, numpy and mlflow, so it loads where lstmpipe is not inst
 
 from __future__ import annotations
 
-import ast
 import csv
 import datetime as dt
 import hashlib
-import importlib.metadata
-import importlib.util
 import json
 import logging
 import os
 import re
-import shutil
 import subprocess
 import tempfile
 from collections.abc import Iterator, Mapping
@@ -38,6 +34,7 @@ from mlflow.types.schema import Schema, TensorSpec
 
 from lstmpipe.lib.features.recipe import FeatureRecipe
 from lstmpipe.lib.registry import modelcard
+from lstmpipe.lib.registry.carried_code import ENTRY, code_tree, requirements
 from lstmpipe.lib.training.bundle import ModelBundle
 from lstmpipe.lib.training.experiment import Outcome
 from lstmpipe.lib.training.metrics import PER_CLASS, per_class_report
@@ -92,11 +89,6 @@ def experiment_id(client: MlflowClient, name: str, artifact_root: str | None) ->
         return created.experiment_id
 
 
-_ENTRY = Path(__file__).with_name("pyfunc_entry.py")
-# What a version needs installed: the distributions the entry and its lstmpipe code import.
-REQUIREMENTS = ("torch", "numpy", "mlflow")
-
-
 def log_model(bundle: ModelBundle, model_name: str, tags: dict[str, Any] | None = None) -> ModelRef:
     """Log `bundle` as a pyfunc in the active run, then register it as a version of `model_name`.
 
@@ -120,78 +112,18 @@ def log_model(bundle: ModelBundle, model_name: str, tags: dict[str, Any] | None 
     with tempfile.TemporaryDirectory() as tmp, _without_dict_example_warning():
         info = mlflow.pyfunc.log_model(
             name="model",
-            python_model=str(_ENTRY),
+            python_model=str(ENTRY),
             artifacts={"bundle": str(bundle.save(Path(tmp) / "bundle"))},
-            code_paths=[str(portable_code(Path(tmp) / "code"))],
+            code_paths=[str(code_tree(Path(tmp) / "code"))],
             signature=signature,
             input_example=example,
             # Listed, not inferred: inference re-imports the model and takes seconds.
-            pip_requirements=[_pinned(name) for name in REQUIREMENTS],
+            pip_requirements=requirements(),
         )
     version = mlflow.register_model(
         info.model_uri, model_name, tags={k: _text(v) for k, v in (tags or {}).items()}
     )
     return ModelRef(model_name, str(version.version), str(info.run_id))
-
-
-def portable_code(root: Path) -> Path:
-    """A `lstmpipe` folder under `root` with the modules pyfunc_entry.py imports from lstmpipe,
-    directly or through each other: the code a version carries.
-
-    Built, not pointed at: the installed package maps lstmpipe.lib to lib/, so no folder named
-    lstmpipe exists to log. The folders get no __init__.py (lstmpipe's hold docstrings only):
-    as namespace packages they never shadow an installed lstmpipe, whose regular packages win
-    the import, so a process that has lstmpipe uses its own modules and the copies serve only
-    where it is absent.
-    """
-    for name, source in _lstmpipe_closure(_ENTRY).items():
-        target = root.joinpath(*name.split(".")).with_suffix(".py")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(source, target)
-    return root / "lstmpipe"
-
-
-def _lstmpipe_closure(entry: Path) -> dict[str, Path]:
-    """Module name -> source file of every lstmpipe module `entry` imports, directly or through
-    each other; packages are left out (see portable_code)."""
-    found: dict[str, Path] = {}
-    todo = _lstmpipe_imports(entry)
-    while todo:
-        name = todo.pop()
-        spec = importlib.util.find_spec(name)
-        if spec is None or spec.origin is None:
-            raise ImportError(f"{entry.name} imports {name}, which has no source file to log")
-        if name in found or spec.submodule_search_locations is not None:
-            continue
-        found[name] = Path(spec.origin)
-        todo |= _lstmpipe_imports(found[name])
-    return dict(sorted(found.items()))
-
-
-def _lstmpipe_imports(path: Path) -> set[str]:
-    """Absolute imports of lstmpipe modules in one source file (lstmpipe uses no relative ones)."""
-    names: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        if isinstance(node, ast.Import):
-            names |= {a.name for a in node.names if a.name.startswith("lstmpipe.")}
-        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("lstmpipe."):
-            module = str(node.module)
-            names.add(module)
-            # `from package import submodule` imports that submodule too
-            spec = importlib.util.find_spec(module)
-            if spec is not None and spec.submodule_search_locations is not None:
-                names |= {
-                    f"{module}.{a.name}"
-                    for a in node.names
-                    if importlib.util.find_spec(f"{module}.{a.name}") is not None
-                }
-    return names
-
-
-def _pinned(distribution: str) -> str:
-    """`name==version` of the installed distribution, without a local tag (torch's "+cu130"):
-    a pin any index can satisfy."""
-    return f"{distribution}=={importlib.metadata.version(distribution).split('+')[0]}"
 
 
 class _DictExampleWarning(logging.Filter):

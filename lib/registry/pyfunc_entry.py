@@ -5,9 +5,9 @@ unpickles anything: the network is rebuilt from its bundle files and its weights
 tensors only (lib/training/bundle_files.py).
 
 Everything this file imports from lstmpipe travels with each version as code
-(mlflow_store.log_model), and the rest is torch, numpy and mlflow, the version's pinned
-requirements: so `mlflow.pyfunc.load_model` and `mlflow models serve` work in an environment
-that never installed lstmpipe. Keep its lstmpipe imports to the few modules that need nothing
+(carried_code.py), and the rest is torch, numpy and mlflow, the version's pinned
+requirements: so `mlflow.pyfunc.load_model` works in an environment that never installed
+lstmpipe. Keep its lstmpipe imports to the few modules that need nothing
 else (tests/integration/test_model_portable.py loads a version in such an environment).
 """
 
