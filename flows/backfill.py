@@ -19,14 +19,15 @@ from typing import Any
 from prefect import flow
 
 from lstmpipe.flows.artifacts import publish_summary
-from lstmpipe.flows.extract import extract_refs
+from lstmpipe.flows.extract import configured_recipe, extract_refs
 from lstmpipe.flows.runtime import Runtime, load_runtime, run_id_of
 from lstmpipe.lib.failures import Failure
+from lstmpipe.lib.features.recipe import FeatureRecipe
 from lstmpipe.lib.ops.partitions import Partition, by_partition, date_range, markdown_table
 from lstmpipe.lib.ops.results import PartitionDone, PartitionsRun
 from lstmpipe.lib.ops.summary import extraction_summary
 from lstmpipe.lib.series import SeriesRef
-from lstmpipe.tasks.extract import discover_source, feature_recipe
+from lstmpipe.tasks.extract import discover_source
 from lstmpipe.tasks.partitions import mark_partition_done, partitions_to_do
 from lstmpipe.tasks.records import record_run_failures
 
@@ -38,14 +39,14 @@ def records_file(rt: Runtime) -> Path:
 def extract_partitions(
     rt: Runtime,
     root: str,
-    recipe: dict[str, Any],
+    recipe: FeatureRecipe,
     run_id: str,
     start: dt.date | None = None,
     end: dt.date | None = None,
     every: bool = True,
 ) -> PartitionsRun:
     """Extract the selected partitions of `root` not yet done under `recipe`; what was done."""
-    plan = partitions_to_do(root, str(records_file(rt)), recipe["recipe_id"], start, end, every)
+    plan = partitions_to_do(root, str(records_file(rt)), recipe.recipe_id, start, end, every)
     done: list[PartitionDone] = []
     if plan.pending:
         # once: the memo makes it cheap
@@ -66,7 +67,7 @@ def extract_partitions(
             done = [future.result() for future in futures]
     return PartitionsRun(
         root=root,
-        recipe_id=recipe["recipe_id"],
+        recipe_id=recipe.recipe_id,
         selected=len(plan.selected),
         already_done=len(plan.selected) - len(plan.pending),
         done=tuple(done),
@@ -79,7 +80,7 @@ def _extract_partition(
     part: Partition,
     refs: list[SeriesRef],
     failures: list[Failure],
-    recipe: dict[str, Any],
+    recipe: FeatureRecipe,
     run_id: str,
 ) -> PartitionDone:
     """Extract one partition, record its failures, then (only then) record it done."""
@@ -90,7 +91,7 @@ def _extract_partition(
         str(records_file(rt)),
         root,
         part,
-        recipe["recipe_id"],
+        recipe.recipe_id,
         summary.series,
         summary.failed,
         run_id,
@@ -126,7 +127,7 @@ def backfill(
     first, last = date_range(start, end, every)
     rt = load_runtime(config_file, overrides)
     run_id = run_id_of(run_id)
-    recipe = feature_recipe(rt.config, rt.torch_hub_dir)
+    recipe = configured_recipe(rt)
     summary = extract_partitions(rt, root, recipe, run_id, first, last, every)
     publish_summary("backfill-summary", partitions_markdown(f"backfill {run_id}", summary))
     return summary

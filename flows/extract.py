@@ -9,14 +9,21 @@ from prefect import flow
 
 from lstmpipe.flows.runtime import Runtime, load_runtime, run_id_of
 from lstmpipe.lib.features.outcomes import SeriesOutcome
+from lstmpipe.lib.features.recipe import FeatureRecipe
 from lstmpipe.lib.ops.summary import ExtractionSummary, extraction_summary
 from lstmpipe.lib.series import SeriesRef
 from lstmpipe.tasks.extract import discover_source, extract_shard, feature_recipe
 from lstmpipe.tasks.records import record_run_failures
 
 
+def configured_recipe(rt: Runtime) -> FeatureRecipe:
+    """The recipe the configuration yields here; the task returns it as the JSON that Prefect
+    caches across flow runs (tasks.extract.feature_recipe)."""
+    return FeatureRecipe.from_dict(feature_recipe(rt.config, rt.torch_hub_dir))
+
+
 def extract_refs(
-    rt: Runtime, refs: list[SeriesRef], recipe: dict[str, Any]
+    rt: Runtime, refs: list[SeriesRef], recipe: FeatureRecipe
 ) -> tuple[list[SeriesOutcome], float]:
     """(per-series outcomes, seconds spent extracting); one Prefect task per shard (never per
     series)."""
@@ -43,23 +50,23 @@ def discover_and_extract(
     source: str,
     labels: str | None,
     run_id: str,
-    recipe: dict[str, Any] | None = None,
+    recipe: FeatureRecipe | None = None,
     skip_hashes: frozenset[str] = frozenset(),
-) -> tuple[list[SeriesRef], dict[str, Any], ExtractionSummary]:
+) -> tuple[list[SeriesRef], FeatureRecipe, ExtractionSummary]:
     """(refs, recipe, summary) for a source: what every flow that needs features starts with.
 
     Series whose content hash is in `skip_hashes` (already predicted, at inference) are
     left out before any decoding; the summary counts them as `skipped`.
     """
     found = discover_source(source, labels, rt.hash_memo, rt.config.sources)
-    recipe = recipe or feature_recipe(rt.config, rt.torch_hub_dir)
+    recipe = recipe or configured_recipe(rt)
     refs = [r for r in found.refs if r.content_hash not in skip_hashes]
     outcomes, seconds = extract_refs(rt, refs, recipe)
     summary = extraction_summary(outcomes, found.failures, seconds)
     summary = dataclasses.replace(
         summary,
         failures_file=record_run_failures(str(rt.failures_dir), run_id, summary),
-        recipe_id=recipe["recipe_id"],
+        recipe_id=recipe.recipe_id,
         skipped=len(found.refs) - len(refs),
     )
     return refs, recipe, summary

@@ -17,12 +17,12 @@ from prefect import flow
 
 from lstmpipe.flows.artifacts import publish_mlflow_run, publish_summary
 from lstmpipe.flows.backfill import extract_partitions, partitions_markdown, records_file
+from lstmpipe.flows.extract import configured_recipe
 from lstmpipe.flows.infer import infer
 from lstmpipe.flows.promote import promote
 from lstmpipe.flows.runtime import load_runtime, run_id_of
 from lstmpipe.flows.train import train
 from lstmpipe.lib.ops.results import NightlyRun
-from lstmpipe.tasks.extract import feature_recipe
 from lstmpipe.tasks.partitions import nightly_plan
 
 
@@ -40,9 +40,9 @@ def nightly(
 ) -> NightlyRun:
     rt = load_runtime(config_file, overrides)
     run_id = run_id_of(run_id)  # one id for the whole chain
-    recipe = feature_recipe(rt.config, rt.torch_hub_dir)
+    recipe = configured_recipe(rt)
     partitions = extract_partitions(rt, root, recipe, run_id)
-    plan = nightly_plan(rt.tracking_uri, model, str(records_file(rt)), root, recipe["recipe_id"])
+    plan = nightly_plan(rt.tracking_uri, model, str(records_file(rt)), root, recipe.recipe_id)
     reason = "asked for (--retrain)" if retrain else plan.train
     trained = promoted = None
     if reason:

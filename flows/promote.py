@@ -34,7 +34,7 @@ def promote(
     rules = rt.config.promote
     plan = promotion_candidates(rt.tracking_uri, model, version, rules.alias)
     for recipe in plan.recipes.values():  # each model scores on features made by its own recipe
-        extract_refs(rt, plan.eval_set, recipe.to_dict())
+        extract_refs(rt, plan.eval_set, recipe)
     decided = promote_challenger(
         plan,
         rt.tracking_uri,

@@ -81,7 +81,7 @@ def feature_recipe(config: Config, torch_hub_dir: str) -> dict:
 @task(name="extract-shard", tags=["extract", "gpu"], retries=2, retry_condition_fn=transient_only)
 def extract_shard(
     refs: list[SeriesRef],
-    recipe: dict,
+    recipe: FeatureRecipe,
     config: Config,
     cache_root: str,
     tmp_dir: str,
@@ -92,14 +92,13 @@ def extract_shard(
     seconds spent extracting. `ray_address` None extracts in this process, else on that Ray
     cluster."""
     cache = FeatureCache(Path(cache_root))
-    wanted = FeatureRecipe.from_dict(recipe)
-    cache.add_recipe(wanted)
-    outcomes, todo = split_cached(cache, refs, wanted.recipe_id)
+    cache.add_recipe(recipe)
+    outcomes, todo = split_cached(cache, refs, recipe.recipe_id)
     if not todo:
         return ShardResult(tuple(outcomes), 0.0)
     started = time.monotonic()
     if ray_address is None:
-        outcomes += _extract_here(todo, wanted, config, cache, Path(tmp_dir), Path(torch_hub_dir))
+        outcomes += _extract_here(todo, recipe, config, cache, Path(tmp_dir), Path(torch_hub_dir))
     else:
         outcomes += _extract_on_ray(
             todo, recipe, config, cache_root, tmp_dir, torch_hub_dir, ray_address
@@ -175,7 +174,7 @@ def _extract_here(
 
 def _extract_on_ray(
     todo: list[SeriesRef],
-    recipe: dict,
+    wanted: FeatureRecipe,
     config: Config,
     cache_root: str,
     tmp_dir: str,
@@ -187,15 +186,14 @@ def _extract_on_ray(
     where = placement(config.runtime, resources)
     # Everything that shapes the features comes from the recipe (a model's, at inference), not
     # from this run's flags; the precision too, so workers never re-resolve "auto" differently.
-    wanted = FeatureRecipe.from_dict(recipe)
     sampling, backbone = wanted.sampling(config.sampling), wanted.backbone_config(config.backbone)
     workers = feature_workers(
-        f"{recipe['recipe_id']}:{cache_root}:{where}",
+        f"{wanted.recipe_id}:{cache_root}:{where}",
         where.actors,
         lambda: FeatureWorker.options(num_cpus=where.actor_cpus, num_gpus=where.actor_gpus).remote(
             sampling,
             backbone,
-            recipe,
+            wanted,
             torch_hub_dir,
             cache_root,
             tmp_dir,

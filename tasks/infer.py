@@ -22,10 +22,10 @@ from lstmpipe.tasks.retry import transient_only
 
 @dataclass(frozen=True)
 class PinnedModel:
-    """The version a run predicts with, and its feature recipe (as extract_shard takes it)."""
+    """The version a run predicts with, and the feature recipe it was trained on."""
 
     ref: registry.ModelRef
-    recipe: dict[str, Any]
+    recipe: FeatureRecipe
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,7 @@ def resolve_model(tracking_uri: str, model_uri: str) -> PinnedModel:
     """Pin `models:/NAME@alias` to one version for the whole run; return it with its recipe."""
     client = registry.connect(tracking_uri)
     ref = registry.resolve(client, model_uri)
-    return PinnedModel(ref, registry.recipe_of(ref).to_dict())
+    return PinnedModel(ref, registry.recipe_of(ref))
 
 
 @task(name="predict-shard", tags=["infer"], retries=2, retry_condition_fn=transient_only)
@@ -75,7 +75,7 @@ def write_predictions_file(rows: list[dict], frames: list[pa.Table], out: str) -
 def write_domain_outputs(
     predictions: str,
     refs: list[SeriesRef],
-    recipe: dict[str, Any],
+    recipe: FeatureRecipe,
     sampling: SamplingConfig,
     tmp_dir: str,
 ) -> dict[str, str]:
@@ -83,11 +83,10 @@ def write_domain_outputs(
 
     Series are described with the model's recipe, so a stack's dates are the ones the model saw.
     """
-    wanted = FeatureRecipe.from_dict(recipe)
     return outputs_beside(
         Path(predictions),
         refs,
-        wanted.sampling(sampling),
+        recipe.sampling(sampling),
         Path(tmp_dir),
-        wanted.sources_config(),
+        recipe.sources_config(),
     )

@@ -147,7 +147,7 @@ class FeatureWorker:
         self,
         sampling: SamplingConfig,
         backbone: BackboneConfig,
-        recipe: dict,
+        recipe: FeatureRecipe,
         torch_hub_dir: str,
         cache_root: str,
         tmp_dir: str,
@@ -160,7 +160,7 @@ class FeatureWorker:
         device = "cuda" if torch.cuda.is_available() and ray.get_gpu_ids() else "cpu"
         self.sampling = sampling
         self.decoders = decoders
-        self.recipe = FeatureRecipe.from_dict(recipe)
+        self.recipe = recipe
         self.sources = self.recipe.sources_config()
         self.backbone, built = load_backbone(
             sampling, backbone, Path(torch_hub_dir), device, self.sources

@@ -21,7 +21,7 @@ from lstmpipe.tasks.retry import transient_only
 @task(name="train-model", tags=["train", "gpu"], retries=1, retry_condition_fn=transient_only)
 def train_model(
     refs: list[SeriesRef],
-    recipe: dict,
+    recipe: FeatureRecipe,
     model_name: str,
     config: Config,
     cache_root: str,
@@ -34,7 +34,7 @@ def train_model(
     with tqdm(total=config.train.epochs, desc="train", unit="epoch", leave=False) as bar:
         outcome = run_experiment(
             FeatureCache(Path(cache_root)),
-            FeatureRecipe.from_dict(recipe),
+            recipe,
             refs,
             config.train,
             on_epoch=lambda _: bar.update(),

@@ -131,7 +131,7 @@ class MlflowTrials(tune.Callback):
 @task(name="tune-model", tags=["tune", "gpu"])
 def tune_model(
     refs: list[SeriesRef],
-    recipe: dict,
+    recipe: FeatureRecipe,
     model_name: str,
     config: Config,
     cache_root: str,
@@ -149,9 +149,8 @@ def tune_model(
     """Search `trials` hyperparameter sets with ASHA, each an MLflow child run; retrain and
     register the best."""
     space = space or SearchSpace()
-    recipe_ = FeatureRecipe.from_dict(recipe)
     cache = FeatureCache(Path(cache_root))
-    data = prepare(cache, recipe_.recipe_id, recipe_.feature_dim, refs, config.train)
+    data = prepare(cache, recipe.recipe_id, recipe.feature_dim, refs, config.train)
     hps = sample_trials(config.train, space, trials, config.train.seed)
     ensure_ray(ray_address or "local")
     client = registry.connect(tracking_uri)
@@ -167,7 +166,7 @@ def tune_model(
             "grace_period": grace_period,
             "reduction_factor": reduction_factor,
             "max_epochs": config.train.epochs,
-            "recipe_id": recipe_.recipe_id,
+            "recipe_id": recipe.recipe_id,
             "split_hash": data.split_hash,
             **{f"n_{name}": len(ids) for name, ids in data.splits.items()},
             **{f"train.{k}": v for k, v in config.train.__dict__.items()},
@@ -207,7 +206,7 @@ def tune_model(
             best = pick_best(list(callback.records.values()))
             device = "cuda" if torch.cuda.is_available() else "cpu"
             outcome = run_experiment(
-                cache, recipe_, refs, trial_config(config.train, best.hp), device=device
+                cache, recipe, refs, trial_config(config.train, best.hp), device=device
             )
             params = {
                 f"train.{k}": v for k, v in trial_config(config.train, best.hp).__dict__.items()

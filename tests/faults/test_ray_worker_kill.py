@@ -24,6 +24,7 @@ from ray._private import state as ray_state
 from lstmpipe.lib.config import SourcesConfig, load_config
 from lstmpipe.lib.demo.video import SampleSpec, generate_archive
 from lstmpipe.lib.features.cache import FeatureCache
+from lstmpipe.lib.features.recipe import FeatureRecipe
 from lstmpipe.tasks.extract import GROUP, discover_source, extract_shard, feature_recipe
 
 pytestmark = pytest.mark.slow
@@ -65,7 +66,7 @@ def test_a_killed_feature_worker_is_retried_and_every_series_cached_once(
     config, hub, cache_root = load_config(overrides=TINY), str(tmp_path / "hub"), tmp_path / "cache"
     found = discover_source.fn(str(source), None, str(tmp_path / "hashes.sqlite"), SourcesConfig())
     assert len(found.refs) == SERIES and SERIES > 2 * GROUP
-    recipe = feature_recipe.fn(config, hub)
+    recipe = FeatureRecipe.from_dict(feature_recipe.fn(config, hub))
     result: dict = {}
 
     def run() -> None:
@@ -106,7 +107,7 @@ def test_a_killed_feature_worker_is_retried_and_every_series_cached_once(
         ).fetchall()
     keys = [(h, r) for h, r, _, _ in entries]
     assert len(keys) == len(set(keys)) == SERIES
-    assert set(keys) == {(r.content_hash, recipe["recipe_id"]) for r in found.refs}
+    assert set(keys) == {(r.content_hash, recipe.recipe_id) for r in found.refs}
     frames = {row.series_id: row.frames for row in rows}
     found_features = cache.read(keys)
     for content_hash, recipe_id, series_id, n_frames in entries:

@@ -12,12 +12,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lstmpipe.lib.config import SourcesConfig, load_config
+from lstmpipe.lib.config import Config, SourcesConfig, load_config
 from lstmpipe.lib.features.cache import FeatureCache
 from lstmpipe.lib.features.outcomes import SeriesStatus
+from lstmpipe.lib.features.recipe import FeatureRecipe
 from lstmpipe.tasks.extract import discover_source, extract_shard, feature_recipe
 
 TINY = {"sampling.size": 64, "sampling.fps": 4.0, "backbone.weights": "none", "runtime.workers": 2}
+
+
+def recipe_of(config: Config, hub: str) -> FeatureRecipe:
+    """What the flows do with the feature-recipe task's JSON."""
+    return FeatureRecipe.from_dict(feature_recipe.fn(config, hub))
 
 
 @pytest.fixture(params=[None, "local"], ids=["in-process", "ray"])
@@ -43,7 +49,7 @@ def test_extract_shard_caches_good_series_and_reports_the_bad_one(
 ) -> None:
     config = load_config(overrides=TINY)
     found = discover_source.fn(str(source), None, str(tmp_path / "hashes.sqlite"), SourcesConfig())
-    recipe = feature_recipe.fn(config, str(tmp_path / "hub"))
+    recipe = recipe_of(config, str(tmp_path / "hub"))
     args = (
         recipe,
         config,
@@ -83,7 +89,7 @@ def test_a_changed_recipe_is_a_new_cache_entry(
     good = [r for r in found.refs if "broken" not in r.series_id]
     for size in (64, 96):
         config = load_config(overrides={**TINY, "sampling.size": size})
-        recipe = feature_recipe.fn(config, hub)
+        recipe = recipe_of(config, hub)
         rows = extract_shard.fn(
             good, recipe, config, str(tmp_path / "cache"), str(tmp_path / "tmp"), hub, where
         ).outcomes
@@ -98,7 +104,7 @@ def test_a_models_recipe_wins_over_this_runs_flags(
     hub = str(tmp_path / "hub")
     found = discover_source.fn(str(source), None, str(tmp_path / "hashes.sqlite"), SourcesConfig())
     good = [r for r in found.refs if "broken" not in r.series_id]
-    model_recipe = feature_recipe.fn(load_config(overrides=TINY), hub)
+    model_recipe = recipe_of(load_config(overrides=TINY), hub)
     flags = load_config(overrides={**TINY, "sampling.size": 96, "sampling.fps": 2.0})
     rows = extract_shard.fn(
         good, model_recipe, flags, str(tmp_path / "cache"), str(tmp_path / "tmp"), hub, where
@@ -106,8 +112,8 @@ def test_a_models_recipe_wins_over_this_runs_flags(
     assert {row.status for row in rows} == {SeriesStatus.EXTRACTED}
     assert all(abs(row.frames - 16) <= 1 for row in rows)  # 4 fps (the recipe's), not 2
     cache = FeatureCache(tmp_path / "cache")
-    assert cache.present([(r.content_hash, model_recipe["recipe_id"]) for r in good]) == {
-        (r.content_hash, model_recipe["recipe_id"]) for r in good
+    assert cache.present([(r.content_hash, model_recipe.recipe_id) for r in good]) == {
+        (r.content_hash, model_recipe.recipe_id) for r in good
     }
 
 
@@ -120,7 +126,7 @@ def test_decode_tasks_feed_the_actors_the_same_features(
     hub = str(tmp_path / "hub")
     found = discover_source.fn(str(source), None, str(tmp_path / "hashes.sqlite"), SourcesConfig())
     config = load_config(overrides={**TINY, "runtime.decode_on": "tasks"})
-    recipe = feature_recipe.fn(config, hub)
+    recipe = recipe_of(config, hub)
     results = {}
     for where in (None, "local"):
         cache_root = tmp_path / f"cache-{where}"
@@ -129,7 +135,7 @@ def test_decode_tasks_feed_the_actors_the_same_features(
         ).outcomes
         assert {r.series_id: r.status for r in rows}["phone/broken.mp4"] is SeriesStatus.FAILED
         keys = [
-            (r.content_hash, recipe["recipe_id"]) for r in found.refs if "broken" not in r.series_id
+            (r.content_hash, recipe.recipe_id) for r in found.refs if "broken" not in r.series_id
         ]
         results[where] = FeatureCache(cache_root).read(keys)
     assert results[None].keys() == results["local"].keys() and len(results[None]) == 2

@@ -20,6 +20,7 @@ import ray
 from ray._private.internal_api import memory_summary
 
 from lstmpipe.lib.config import SourcesConfig, load_config
+from lstmpipe.lib.features.recipe import FeatureRecipe
 from lstmpipe.tasks import ray_workers
 from lstmpipe.tasks.extract import discover_source, extract_shard, feature_recipe
 
@@ -69,7 +70,7 @@ def test_the_object_store_holds_chunks_of_a_bounded_number_of_series(
     found = discover_source.fn(
         str(tmp_path / "src"), None, str(tmp_path / "hashes.sqlite"), SourcesConfig()
     )
-    recipe = feature_recipe.fn(config, str(tmp_path / "hub"))
+    recipe = FeatureRecipe.from_dict(feature_recipe.fn(config, str(tmp_path / "hub")))
     peaks = {"objects": 0, "mib": 0}
     done = threading.Event()
 

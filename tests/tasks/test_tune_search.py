@@ -110,7 +110,7 @@ def test_search_logs_trials_under_one_parent_and_registers_the_best(
     space = SearchSpace(hidden_size=(8, 16), num_layers=(1,), dropout=(0.0, 0.2), lr=(1e-4, 3e-2))
     out = tune_model.fn(
         refs,
-        RECIPE.to_dict(),
+        RECIPE,
         "tuned",
         config,
         str(root),
