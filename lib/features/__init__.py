@@ -1,1 +1,1 @@
-"""Stages 2-3, extract and cache: the backbone, the feature recipe, extraction and the Parquet cache."""
+"""Stages 2-3, extract and cache: backbone, feature recipe, extraction and the Parquet cache."""

@@ -1,1 +1,1 @@
-"""Stage 4, train: the sequence model, its loop, splits, metrics, the search and the model bundle."""
+"""Stage 4, train: the sequence model, its loop, splits, metrics, the search, the model bundle."""
