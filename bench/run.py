@@ -30,8 +30,8 @@ def run(script: Path, flags: list[str]) -> tuple[int, str]:
 
 
 def supported(script: Path, flags: list[str]) -> list[str]:
-    """The flags among `flags` that `script --help` mentions: another benchmark may not take
-    them."""
+    """The flags among `flags` that `script --help`
+    mentions: another benchmark may not take them."""
     shown = subprocess.run(
         [sys.executable, str(script), "--help"], capture_output=True, text=True
     ).stdout

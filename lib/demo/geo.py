@@ -97,8 +97,8 @@ def greenness(label: str, draw: FieldDraw, days: list[int]) -> np.ndarray:
 def render_tile(
     label: str, draw: FieldDraw, days: list[int], size: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """One tile: ((T, 3, size, size) int16 reflectance x SCALE with NODATA, (T, size, size) uint8
-    fmask)."""
+    """One tile: ((T, 3, size, size) int16 reflectance x
+    SCALE with NODATA, (T, size, size) uint8 fmask)."""
     cover = greenness(label, draw, days)[:, None, None]  # (T, 1, 1)
     texture_rng = np.random.default_rng(draw.texture_seed)
     # crop rows
@@ -188,8 +188,8 @@ def write_tile(
 def write_geotiff(
     path: Path, band: np.ndarray, origin: tuple[float, float], nodata: str, doy: int
 ) -> Path:
-    """One single-band GeoTIFF as GDAL writes it: pixel scale, tiepoint, GeoKeys, GDAL_NODATA and
-    DateTime."""
+    """One single-band GeoTIFF as GDAL writes it: pixel
+    scale, tiepoint, GeoKeys, GDAL_NODATA and DateTime."""
     tags = [
         (33550, "d", 3, (PIXEL_M, PIXEL_M, 0.0), True),  # ModelPixelScale
         # ModelTiepoint: pixel (0,0) -> origin

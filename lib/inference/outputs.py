@@ -141,8 +141,8 @@ def clinical_csv(table: pa.Table, metadata: Mapping[str, Mapping[str, Any]]) -> 
 
 
 def _spacing(meta: Mapping[str, Any]) -> tuple[str | None, str | None]:
-    """'row x col [x slice]' spacing and its unit: DICOM PixelSpacing is in mm, NIfTI says its
-    own."""
+    """'row x col [x slice]' spacing and its unit:
+    DICOM PixelSpacing is in mm, NIfTI says its own."""
     if meta.get("pixel_spacing"):
         return " x ".join(f"{v:g}" for v in meta["pixel_spacing"]), "mm"
     if meta.get("spacing"):
@@ -277,8 +277,8 @@ def outputs_beside(
     tmp_dir: Path,
     sources: SourcesConfig = DEFAULT_SOURCES,
 ) -> dict[str, str]:
-    """Read the predictions Parquet, describe its medical and remote-sensing series, write the
-    outputs they have."""
+    """Read the predictions Parquet, describe its medical and
+    remote-sensing series, write the outputs they have."""
     table = pq.read_table(predictions)
     Path(tmp_dir).mkdir(parents=True, exist_ok=True)
     predicted = set(table["series_id"].to_pylist())

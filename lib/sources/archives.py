@@ -338,8 +338,8 @@ def _zip_data_offset(raw: IO[bytes], info: zipfile.ZipInfo) -> int:
 
 
 def printable(name: str) -> str:
-    """`name` with bytes that are not UTF-8 spelt `\\xNN`: ids and tables (Arrow, SQLite, JSON)
-    need valid UTF-8."""
+    """`name` with bytes that are not UTF-8 spelt `\\xNN`:
+    ids and tables (Arrow, SQLite, JSON) need valid UTF-8."""
     return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 

@@ -61,8 +61,8 @@ def to_rgb(image: np.ndarray) -> np.ndarray:
 
 
 def resize_crop(image: np.ndarray, size: int) -> np.ndarray:
-    """(H, W, 3) uint8 -> (size, size, 3): shorter side to `size`, then center crop, as ffmpeg
-    does for video."""
+    """(H, W, 3) uint8 -> (size, size, 3): shorter side to
+    `size`, then center crop, as ffmpeg does for video."""
     height, width = image.shape[:2]
     scale = size / min(height, width)
     new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))

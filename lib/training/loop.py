@@ -101,8 +101,8 @@ def model_spec(
 def collate(
     items: Sequence[tuple[np.ndarray | torch.Tensor, int]],
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(features (T_i, F), label) pairs -> x (B, T, F) float32 zero-padded, lengths (B,) int64,
-    y (B,) int64."""
+    """(features (T_i, F), label) pairs -> x (B, T, F)
+    float32 zero-padded, lengths (B,) int64, y (B,) int64."""
     frames = [torch.as_tensor(f, dtype=torch.float32) for f, _ in items]
     x = pad_sequence(frames, batch_first=True)  # (B, T, F)
     lengths = torch.tensor([len(f) for f in frames], dtype=torch.int64)  # (B,)
@@ -294,8 +294,8 @@ def _substream(seed: int, stream: int) -> int:
 
 
 def _balanced_draw(labels: np.ndarray, num_classes: int, generator: torch.Generator) -> list[int]:
-    """len(labels) indices drawn with replacement, every class equally likely: an epoch of a
-    balanced sampler."""
+    """len(labels) indices drawn with replacement, every
+    class equally likely: an epoch of a balanced sampler."""
     counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
     weights = torch.tensor(1.0 / counts[labels], dtype=torch.float64)  # (N,): each class sums to 1
     return torch.multinomial(weights, len(labels), replacement=True, generator=generator).tolist()

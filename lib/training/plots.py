@@ -38,8 +38,8 @@ def confusion_matrix_png(cm: np.ndarray, class_names: list[str], path: str | Pat
 def learning_curves_png(
     history: Sequence[dict[str, float]], path: str | Path, best_epoch: int | None = None
 ) -> Path:
-    """Losses on the left, validation accuracy and macro-F1 on the right; FitResult's best_epoch
-    marked."""
+    """Losses on the left, validation accuracy and macro-F1
+    on the right; FitResult's best_epoch marked."""
     epochs = [row["epoch"] for row in history]
     fig = Figure(figsize=(10, 4))
     left, right = fig.subplots(1, 2)

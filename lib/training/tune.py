@@ -108,8 +108,8 @@ class TrialRecord:
 def sample_trials(
     base: TrainConfig, space: SearchSpace, count: int, seed: int
 ) -> list[dict[str, Any]]:
-    """`count` hyperparameter sets, no repeats: the base config's own first, then seeded draws from
-    `space`."""
+    """`count` hyperparameter sets, no repeats: the base
+    config's own first, then seeded draws from `space`."""
     if count < 1:
         raise ValueError(f"trials: {count}; a search needs at least 1")
     rng = np.random.default_rng(seed)
@@ -186,8 +186,8 @@ def train_trial(
 
 
 def pick_best(trials: list[TrialRecord]) -> TrialRecord:
-    """Highest best-epoch val macro-F1; ties to the lower val loss at that epoch, then the earlier
-    trial."""
+    """Highest best-epoch val macro-F1; ties to the lower
+    val loss at that epoch, then the earlier trial."""
     scored = [(best, t) for t in trials if (best := t.best) is not None]
     if not scored:
         raise ValueError(f"none of {len(trials)} trials reported an epoch; see their errors above")

@@ -103,8 +103,8 @@ def claim(base: Path, files: list[Path], memo: HashMemo | None, limits: ArchiveL
 def open_series(
     ref: SeriesRef, sampling: SamplingConfig, tmp_dir: Path, limits: ArchiveLimits
 ) -> Iterator[OpenSeries]:
-    """Probe once, then decode lazily from the same input (one temp copy for a compressed
-    member)."""
+    """Probe once, then decode lazily from the same
+    input (one temp copy for a compressed member)."""
     with _input(ref, tmp_dir, limits) as url:
         info = probe(url, ref.location, sampling.timeout_s)
         meta = {
@@ -172,8 +172,8 @@ def _ref(
 
 
 def _parent(path: str) -> str | None:
-    """The folder holding a file (UCF101's `class/clip.mp4`); None at the root of the source or
-    archive."""
+    """The folder holding a file (UCF101's `class/clip.mp4`);
+    None at the root of the source or archive."""
     parts = PurePosixPath(path).parts
     return parts[-2] if len(parts) > 1 else None
 
