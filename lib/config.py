@@ -53,10 +53,12 @@ _NONE_WORDS = {"none", "null", ""}
 
 
 class _Model(BaseModel):
-    """Frozen, closed to unknown keys, strict about types once text is parsed; ConfigError.
+    """A section: frozen, closed to unknown keys, strict about types; its errors are ConfigErrors.
 
     Strict, so a bool is never taken for a number (nor 1 for true) and 64.5 never becomes an
     int; text from the environment, flags and `--set` is parsed into the declared type first.
+    Every construction (load_config, replace, a model built directly, a recipe read back)
+    raises lstmpipe's ConfigError, which the CLI turns into exit code 2.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
@@ -71,6 +73,7 @@ class _Model(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _from_text(cls, data: Any) -> Any:
+        """Each value through `_parse`, before the strict validation of its field."""
         if not isinstance(data, Mapping):
             return data
         fields = cls.model_fields
@@ -81,6 +84,8 @@ class _Model(BaseModel):
 
 
 class SamplingConfig(_Model):
+    """Which frames are taken from each series, at what size; part of the feature recipe."""
+
     fps: float | None = Field(
         default=8.0, gt=0, description="frames per second taken from a video; none = every frame"
     )
@@ -202,6 +207,8 @@ class SourcesConfig(_Model):
 
 
 class BackboneConfig(_Model):
+    """The CNN that turns frames into features; name, weights and precision are in the recipe."""
+
     name: str = Field(
         default="resnet18", description="any torchvision classification model; its head is removed"
     )
@@ -480,6 +487,8 @@ class NightlyConfig(_Model):
 
 
 class Config(_Model):
+    """The whole configuration: one section per concern."""
+
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     backbone: BackboneConfig = Field(default_factory=BackboneConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
