@@ -20,7 +20,7 @@ from typing import Any, Literal, Protocol
 from lstmpipe.flows.console import render
 from lstmpipe.flows.runtime import Runtime, load_runtime, new_run_id, prepare_process
 from lstmpipe.lib.atomic import write_text_atomic
-from lstmpipe.lib.config import SECTIONS, as_text, field_kind
+from lstmpipe.lib.config import NONE_WORDS, SECTIONS, as_text, field_kind
 from lstmpipe.lib.errors import ConfigError
 
 EXIT_OK, EXIT_CRASH, EXIT_USAGE, EXIT_FAILED_SERIES = 0, 1, 2, 3
@@ -318,14 +318,27 @@ def config_argument(key: str) -> dict[str, Any]:
     """
     section, _, name = key.partition(".")
     field = SECTIONS[section].model_fields[name]
-    kind, _ = field_kind(field.annotation)
+    kind, nullable = field_kind(field.annotation)
     text = f"{field.description} (default {as_text(field.default)})"
     argument: dict[str, Any] = {"help": text.replace("%", "%%")}  # argparse formats help with %
     if typing.get_origin(kind) is Literal:
         argument["choices"] = typing.get_args(kind)
-    # other types (bool, lists) go as text: the config parses them as it parses the environment
-    argument["type"] = kind if kind in (int, float, str) else str
+    # numbers are checked here, so a typo is a usage error naming the flag; other types (bool,
+    # lists) go as text, which the config parses as it parses the environment
+    base = kind if kind in (int, float) else str
+    argument["type"] = _or_none(base) if nullable and base is not str else base
     return argument
+
+
+def _or_none(kind: type) -> Callable[[str], Any]:
+    """`kind`, or a word for none kept as text for the config to read as None (a flag left out
+    is None here, and dropped)."""
+
+    def parse(text: str) -> Any:
+        return text if text.strip().lower() in NONE_WORDS else kind(text)
+
+    parse.__name__ = kind.__name__  # argparse names it: "invalid float value: 'x'"
+    return parse
 
 
 def overrides_of(args: argparse.Namespace) -> dict[str, Any]:

@@ -49,7 +49,7 @@ DecodeOn = Literal["auto", "tasks", "actor"]
 
 # Text that means "no value" for a key that may have none; a key that must hold text keeps the
 # word (backbone.weights "none" means a random init, not a missing value).
-_NONE_WORDS = {"none", "null", ""}
+NONE_WORDS = {"none", "null", ""}
 
 
 class _Model(BaseModel):
@@ -218,7 +218,8 @@ class BackboneConfig(_Model):
     )
     precision: Precision = Field(
         default="auto",
-        description="auto = bf16 where the CPU/GPU has it (AMX, AVX512-BF16), else fp32",
+        description="auto = bf16 where the hardware runs it fast (AMX or AVX512-BF16 CPUs, most "
+        "GPUs), else fp16 on GPU and fp32 on CPU",
     )
     batch_size: int | None = Field(
         default=None,
@@ -623,7 +624,7 @@ def _parse(value: Any, hint: Any) -> Any:
     What does not parse is left as given, for the strict validation to name.
     """
     kind, nullable = field_kind(hint)
-    if nullable and isinstance(value, str) and value.strip().lower() in _NONE_WORDS:
+    if nullable and isinstance(value, str) and value.strip().lower() in NONE_WORDS:
         return None
     if kind is str or typing.get_origin(kind) is Literal:
         return value

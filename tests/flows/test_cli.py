@@ -95,6 +95,22 @@ def _action(command: str, flag: str) -> argparse.Action:
     return next(a for a in _subcommands()[command]._actions if flag in a.option_strings)
 
 
+def test_none_is_a_value_for_flags_whose_key_may_be_unset() -> None:
+    """The help says "none = unchecked" (or every frame, one per CPU...): the flag takes it."""
+    args = build_parser().parse_args(
+        ["promote", "m", "--max-recall-drop", "none", "--fps", "None", "--alpha", "0.1"]
+    )
+    config = load_config(overrides=overrides_of(args))
+    assert (config.promote.max_recall_drop, config.sampling.fps, config.promote.alpha) == (
+        None,
+        None,
+        0.1,
+    )
+    with pytest.raises(SystemExit) as exit_:
+        build_parser().parse_args(["promote", "m", "--alpha", "none"])  # alpha cannot be unset
+    assert exit_.value.code == EXIT_USAGE
+
+
 def test_a_bad_choice_exits_2_before_anything_runs(capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit) as exit_:
         main(["promote", "m", "--test", "ttest"])
