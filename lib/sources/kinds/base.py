@@ -6,13 +6,21 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, TypeVar
 
 from lstmpipe.lib.config import SamplingConfig, SourcesConfig
 from lstmpipe.lib.failures import Failure
 from lstmpipe.lib.series import OpenSeries, SeriesRef
 from lstmpipe.lib.sources.archives import ArchiveLimits
 from lstmpipe.lib.sources.hashing import HashMemo
+
+_T = TypeVar("_T")
+
+
+def all_present(values: list[_T | None]) -> list[_T] | None:
+    """`values` when none of them is None, else None: a field that every file of a series has."""
+    present = [v for v in values if v is not None]
+    return present if len(present) == len(values) else None
 
 
 @dataclass(frozen=True)

@@ -333,7 +333,8 @@ def _times(ds: xr.Dataset, time_dim: str, where: str) -> tuple[np.ndarray, list[
             if count
             else values.astype(np.float64)
         )
-        labels, unit = [None] * count, str(ds[time_dim].attrs.get("units", "as stored"))
+        labels = [None for _ in range(count)]
+        unit = str(ds[time_dim].attrs.get("units", "as stored"))
     else:
         raise BadInput(
             where,

@@ -19,18 +19,20 @@ import datetime as dt
 import hashlib
 import re
 import struct
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from contextlib import closing, contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
-from typing import IO, Any
+from typing import IO, Any, cast
 
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
-from pydicom.pixels import apply_color_lut, get_decoder, iter_pixels
+from pydicom.pixels.decoders.base import get_decoder
+from pydicom.pixels.processing import apply_color_lut
+from pydicom.pixels.utils import iter_pixels
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, MediaStorageDirectoryStorage
 
 from lstmpipe.lib.config import SamplingConfig
@@ -47,7 +49,7 @@ from lstmpipe.lib.sources.frames import (
     to_rgb,
 )
 from lstmpipe.lib.sources.hashing import HashMemo, content_hash
-from lstmpipe.lib.sources.kinds.base import Claim, SourceKind
+from lstmpipe.lib.sources.kinds.base import Claim, SourceKind, all_present
 
 SUFFIXES = frozenset({".dcm", ".dicom"})  # claimed by name; other files only by the `DICM` magic
 WINDOW_SAMPLE_FRAMES = 16  # frames read to choose a window when the files carry none
@@ -246,8 +248,8 @@ def _pixel_problem(stream: IO[bytes], ds: Dataset, size: int) -> str | None:
         return f"pixel data truncated: the file holds {held} of its {length} bytes"
     needed = _image_bytes(ds)
     if needed and length < needed:
-        size = f"{_int(ds.get('Rows'))}x{_int(ds.get('Columns'))}"
-        return f"pixel data holds {length} bytes; {size} needs {needed}"
+        grid = f"{_int(ds.get('Rows'))}x{_int(ds.get('Columns'))}"
+        return f"pixel data holds {length} bytes; {grid} needs {needed}"
     return None
 
 
@@ -287,7 +289,7 @@ def _alone(members: list[_Header]) -> bool:
 
 def _series_id(members: list[_Header]) -> str:
     first = members[0]
-    if _alone(members):
+    if _alone(members) or first.series_uid is None:
         return first.rel
     folder = PurePosixPath(first.rel).parent
     return (
@@ -311,10 +313,11 @@ def _series_ref(base: Path, members: list[_Header], memo: HashMemo | None) -> Se
     if len(shapes) > 1:
         examples = ", ".join(f"{m.rel} {_shape_text(m.shape)}" for m in _one_per_shape(members))
         raise BadInput(str(members[0].path), f"series mixes image sizes: {examples}")
-    if None in shapes[0][:2]:
+    rows, cols = shapes[0][:2]
+    if rows is None or cols is None:
         raise BadInput(str(members[0].path), f"{members[0].rel}: no Rows/Columns in the header")
     # compressed data says nothing of it
-    check_frame_size(str(members[0].path), shapes[0][0], shapes[0][1])
+    check_frame_size(str(members[0].path), rows, cols)
     _check_geometry(members)
     ordered, order = _order(members)
     times = _frame_times(ordered)
@@ -403,22 +406,15 @@ def _order(members: list[_Header]) -> tuple[list[_Header], str]:
     by_name = sorted(members, key=lambda m: PurePosixPath(m.rel).parts)
     if len(members) == 1:
         return by_name, "file"
-    numbers = [m.instance for m in by_name]
-    if None not in numbers:
-        return [
-            m for _, m in sorted(zip(numbers, by_name, strict=False), key=lambda p: p[0])
-        ], "InstanceNumber"
-    for keyword in _TIME_SOURCES[:2]:
-        times = _times(by_name, keyword)
-        if times is not None:
-            return [
-                m for _, m in sorted(zip(times, by_name, strict=False), key=lambda p: p[0])
-            ], keyword
-    positions = [m.position for m in by_name]
-    if None not in positions:
-        return [
-            m for _, m in sorted(zip(positions, by_name, strict=False), key=lambda p: p[0])
-        ], "ImagePositionPatient"
+    for source, keys in (
+        ("InstanceNumber", all_present([m.instance for m in by_name])),
+        (_TIME_SOURCES[0], _times(by_name, _TIME_SOURCES[0])),
+        (_TIME_SOURCES[1], _times(by_name, _TIME_SOURCES[1])),
+        ("ImagePositionPatient", all_present([m.position for m in by_name])),
+    ):
+        if keys is not None:
+            ordered = sorted(zip(keys, by_name, strict=True), key=lambda p: p[0])
+            return [m for _, m in ordered], source
     return by_name, "file name"
 
 
@@ -450,13 +446,13 @@ def _multiframe_times(ds: Dataset, count: int) -> list[float]:
 def _times(members: list[_Header], keyword: str) -> list[float] | None:
     """Each file's `keyword` time in seconds (from its date
     when all files have one); None unless all have it."""
-    days = [m.times[keyword][0] for m in members]
-    clock = [m.times[keyword][1] for m in members]
-    if None in clock:
+    clock = all_present([m.times[keyword][1] for m in members])
+    if clock is None:
         return None
-    if None in days:
-        return clock  # type: ignore[return-value]
-    return [d * 86400.0 + c for d, c in zip(days, clock, strict=False)]  # type: ignore[operator]
+    days = all_present([m.times[keyword][0] for m in members])
+    if days is None:
+        return clock
+    return [d * 86400.0 + c for d, c in zip(days, clock, strict=True)]
 
 
 def _time_of(ds: Dataset, keyword: str) -> tuple[int | None, float | None]:
@@ -585,7 +581,7 @@ def _check_decodable(ref: SeriesRef, syntax: str) -> None:
         )
 
 
-def _chunks(ref: SeriesRef, sampling: SamplingConfig) -> Iterator[FrameChunk]:
+def _chunks(ref: SeriesRef, sampling: SamplingConfig) -> Generator[FrameChunk, None, None]:
     times = ref.meta["t"]
     wanted = [int(i) for i in pick(len(times), sampling)]
     low, high = _series_range(ref, sampling, wanted)
@@ -625,7 +621,12 @@ def _read(ref: SeriesRef, wanted: list[int]) -> Iterator[tuple[int, np.ndarray, 
     position = 0
     for rel, indices in plan:
         header = Dataset()
-        with closing(iter_pixels(root / rel, ds_out=header, indices=indices)) as pixels:
+        # a generator (typed as an iterator): closing it closes the file
+        frames = cast(
+            Generator[np.ndarray, None, None],
+            iter_pixels(root / rel, ds_out=header, indices=indices),
+        )
+        with closing(frames) as pixels:
             while True:
                 try:
                     image = next(pixels)
@@ -699,8 +700,7 @@ def _floats(value: Any) -> list[float] | None:
     if value in (None, ""):
         return None
     items = value if isinstance(value, (list, tuple, MultiValue)) else [value]
-    numbers = [_float(v) for v in items]
-    return None if None in numbers else numbers  # type: ignore[return-value]
+    return all_present([_float(v) for v in items])
 
 
 def _text(value: Any) -> str | None:

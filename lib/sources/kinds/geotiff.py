@@ -77,13 +77,13 @@ from lstmpipe.lib.sources.frames import (
     to_rgb,
 )
 from lstmpipe.lib.sources.hashing import HashMemo, content_hash
-from lstmpipe.lib.sources.kinds.base import Claim, make_ref, with_options
+from lstmpipe.lib.sources.kinds.base import Claim, all_present, make_ref, with_options
 
 SUFFIXES = (".tif", ".tiff")
 SIDECAR = ".dates.txt"  # STACK.tif -> STACK.dates.txt: one date per band, in band order
 # plain images: a broken .tif beside them is theirs
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
-LANDSAT_FALSE_COLOUR = ("b5", "b4", "b3")  # Landsat 4-7 SWIR-1, NIR, red
+LANDSAT_FALSE_COLOUR: tuple[str, ...] = ("b5", "b4", "b3")  # Landsat 4-7 SWIR-1, NIR, red
 
 DATE_PATTERNS = (
     # Landsat scene id: sensor, satellite, path/row (7 digits), then year and day of year:
@@ -587,10 +587,12 @@ def _plan(group: _Group, headers: dict[Path, Header], options: GeoTiffOptions) -
             split = _split_band(path.stem)
             if split:
                 by_date[path.parent][split[1]] = path.relative_to(root).as_posix()
-        when = {
-            d: _date_folder(d, [root / f for f in files.values()], headers, options)
-            for d, files in by_date.items()
-        }
+        when: dict[Path, dt.datetime] = {}
+        for d, files in by_date.items():
+            date = _date_folder(d, [root / f for f in files.values()], headers, options)
+            if date is None:  # claim grouped only dated folders under a product
+                raise BadInput(str(d), "no acquisition date in the folder's name, files or tags")
+            when[d] = date
         _distinct(root, [when[d] for d in by_date], [d.name for d in by_date])
         every = set.union(*(set(files) for files in by_date.values()))
         available = sorted(every - {options.mask_band.lower()})
@@ -608,9 +610,10 @@ def _plan(group: _Group, headers: dict[Path, Header], options: GeoTiffOptions) -
             for d, files in sorted(by_date.items(), key=lambda kv: when[kv[0]])
         ]
     else:
-        dates = [parse_date(p.name, options.date_patterns) or headers[p].datetime for p in tiffs]
-        undated = [p.name for p, d in zip(tiffs, dates, strict=False) if d is None]
-        if undated:
+        found = [parse_date(p.name, options.date_patterns) or headers[p].datetime for p in tiffs]
+        dates = all_present(found)
+        if dates is None:
+            undated = [p.name for p, d in zip(tiffs, found, strict=True) if d is None]
             raise BadInput(
                 str(root / undated[0]),
                 "no acquisition date: the name matches none of the date"
@@ -624,7 +627,7 @@ def _plan(group: _Group, headers: dict[Path, Header], options: GeoTiffOptions) -
         bands = _bands(available, options, root)
         frames = [
             {"date": iso(d), "file": p.name} for d, p in sorted(zip(dates, tiffs, strict=False))
-        ]  # type: ignore[type-var]
+        ]
     return {
         "source_kind": "geotiff",
         "layout": group.layout,
@@ -683,9 +686,11 @@ def _band_dates(
     path: Path, header: Header, sidecars: list[Path], options: GeoTiffOptions
 ) -> list[dt.datetime] | None:
     """A band_per_date file's dates: band descriptions, else the sidecar, else None (band index)."""
-    described = [parse_date(d, options.date_patterns) if d else None for d in header.descriptions]
-    if all(described):
-        return described  # type: ignore[return-value]
+    described = all_present(
+        [parse_date(d, options.date_patterns) if d else None for d in header.descriptions]
+    )
+    if described is not None:
+        return described
     if not sidecars:
         return None
     lines = [
@@ -693,14 +698,15 @@ def _band_dates(
         for line in sidecars[0].read_text(errors="replace").splitlines()
         if line.strip()
     ]
-    dates = [parse_date(line, options.date_patterns) for line in lines]
-    if len(dates) != header.bands or not all(dates):
+    found = [parse_date(line, options.date_patterns) for line in lines]
+    dates = all_present(found)
+    if len(found) != header.bands or dates is None:
         raise BadInput(
             str(sidecars[0]),
             f"expected {header.bands} dates, one per line in band order;"
-            f" got {len(lines)} line(s), {sum(map(bool, dates))} of them dates",
+            f" got {len(lines)} line(s), {sum(map(bool, found))} of them dates",
         )
-    return dates  # type: ignore[return-value]
+    return dates
 
 
 # --- open -----------------------------------------------------------------------------------------
@@ -904,6 +910,8 @@ def _band_store(path: Path, grid: tuple[int, int]) -> Iterator[Callable[[int], n
             array = zarr.open(tif.series[0].aszarr(), mode="r")
         except _READ_ERRORS as exc:
             raise BadInput(str(path), f"unreadable GeoTIFF: {exc}") from exc
+        if not isinstance(array, zarr.Array):  # a multiscale group, which no GeoTIFF here makes
+            raise BadInput(str(path), "unreadable GeoTIFF: its first series is not one array")
         _check_grid(path, header, grid)
 
         def band(i: int) -> np.ndarray:

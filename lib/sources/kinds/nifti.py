@@ -208,7 +208,8 @@ def _check_size(path: Path, image: nib.Nifti1Image, shape: tuple[int, ...]) -> N
     """Refused from the header, before any data is read: a file that cannot hold what its header
     promises (a short .nii, or a .nii.gz promising more than any gzip stream of its size holds: a
     bomb), and frames or volumes too large to read one at a time."""
-    expected = int(image.dataobj.offset) + int(np.prod(shape)) * image.dataobj.dtype.itemsize
+    found = _proxy(image)
+    expected = int(found.offset) + int(np.prod(shape)) * found.dtype.itemsize
     actual = path.stat().st_size
     if path.name.lower().endswith(".gz"):
         if expected > actual * GZIP_MAX_RATIO:
@@ -245,10 +246,17 @@ def _time_step_s(image: nib.Nifti1Image) -> float | None:
     """pixdim[4] in seconds, or None when the header
     gives no usable time step (t is then the index)."""
     zooms = image.header.get_zooms()
-    factor = _SECONDS_PER.get(image.header.get_xyzt_units()[1])
+    factor = _SECONDS_PER.get(str(image.header.get_xyzt_units()[1]))
     if len(zooms) < 4 or factor is None or not np.isfinite(zooms[3]) or zooms[3] <= 0:
         return None
     return float(zooms[3]) * factor
+
+
+def _proxy(image: nib.Nifti1Image) -> ArrayProxy:
+    """The image's data as nibabel left it: a proxy on the file (nib.load reads the header only)."""
+    found = image.dataobj
+    assert isinstance(found, ArrayProxy)  # what nib.load makes for NIfTI-1 and -2 files
+    return found
 
 
 @contextmanager
@@ -259,7 +267,7 @@ def _opened(path: Path, image: nib.Nifti1Image) -> Iterator[ArrayProxy]:
     The layout (offset, dtype, scaling, order) is the one nibabel found for the file: the image's
     header is not the file's (nibabel resets its vox_offset to 0).
     """
-    found = image.dataobj
+    found = _proxy(image)
     spec = (found.shape, found.dtype, found.offset, found.slope, found.inter)
     try:
         opener = ImageOpener(str(path), "rb")
