@@ -3,9 +3,11 @@ the readers discover as that domain's kind (the whole chain on them runs in `lst
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
 from lstmpipe.flows.demo import DOMAINS, SERIES_MAKERS, demo, generate_sample
 from lstmpipe.lib.config import load_config
@@ -52,10 +54,22 @@ DEMO_CASES = [
 ]
 
 
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """One intra-op thread: small CNN batches and LSTMs gain little from more, and on a busy
+    machine a second thread's spin-waits stretched one training run from 9 s to 16 minutes."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("domain, seed, precision", DEMO_CASES)
 def test_the_domain_demo_models_beat_frame_averaging(
-    tmp_path: Path, domain: str, seed: int, precision: str
+    tmp_path: Path, domain: str, seed: int, precision: str, one_thread: None
 ) -> None:
     """The demo's own settings and sample size: the order of the frames, not their mean, tells
     growing from shrinking and fading in from fading out, the crops apart (the seasonal curve)
