@@ -39,6 +39,8 @@ class SeriesCentring(nn.Module):
     past.
     """
 
+    scale: torch.Tensor  # () the training frames' RMS once fitted; a buffer
+
     def __init__(self) -> None:
         super().__init__()
         self.register_buffer("scale", torch.ones(()))
@@ -235,7 +237,7 @@ class ModelSpec:
                 "give a width >= 1, or None for no projection"
             )
 
-    def build(self) -> nn.Module:
+    def build(self) -> LSTMClassifier | MeanPoolClassifier:
         """A freshly initialised module (seed torch first for reproducible weights)."""
         if self.kind == "mean":
             return MeanPoolClassifier(self.input_dim, self.num_classes)

@@ -112,6 +112,7 @@ def test_attention_pooling_weighs_valid_steps_only() -> None:
     valid outputs."""
     torch.manual_seed(0)
     model = LSTMClassifier(F, C, hidden_size=8, input_proj=None, pooling="attention").eval()
+    assert model.attention is not None
     torch.nn.init.zeros_(model.attention.weight)
     frames = torch.randn(4, F)
     outputs, _ = model.rnn(model.proj(model.norm(frames))[None])  # (1, 4, H): no padding at all
@@ -158,8 +159,8 @@ def test_spec_and_state_dict_rebuild_the_same_model(kind: str, options: dict, tm
     )
     torch.manual_seed(1)
     model = spec.build().eval()
-    if isinstance(getattr(model, "norm", None), SeriesCentring):
-        model.norm.scale.fill_(3.0)  # fitted: the buffer must travel in the state_dict
+    if isinstance(norm := getattr(model, "norm", None), SeriesCentring):
+        norm.scale.fill_(3.0)  # fitted: the buffer must travel in the state_dict
     torch.save(model.state_dict(), tmp_path / "weights.pt")
     (tmp_path / "spec.json").write_text(json.dumps(spec.to_dict()))
 
@@ -177,11 +178,13 @@ def test_gru_and_bidirectional_attention_build_what_they_say() -> None:
     model = ModelSpec(
         "lstm", F, C, hidden_size=8, cell="gru", bidirectional=True, pooling="attention"
     ).build()
+    assert isinstance(model, LSTMClassifier) and model.attention is not None
     assert isinstance(model.rnn, torch.nn.GRU) and model.rnn.bidirectional
     assert model.attention.in_features == model.head.in_features == 16
     assert model(torch.randn(2, 5, F), torch.tensor([5, 2])).shape == (2, C)
     plain = ModelSpec("lstm", F, C, hidden_size=8, input_proj=None).build()
-    assert isinstance(plain.proj, torch.nn.Identity) and plain.rnn.input_size == F
+    assert isinstance(plain, LSTMClassifier) and isinstance(plain.proj, torch.nn.Identity)
+    assert plain.rnn.input_size == F
 
 
 def test_every_field_round_trips_through_json() -> None:

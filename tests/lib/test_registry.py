@@ -23,6 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from mlflow.artifacts import download_artifacts
 from mlflow.tracking import MlflowClient
 
 from lstmpipe.lib.config import Config, PromoteConfig
@@ -235,7 +236,7 @@ def test_a_version_carries_its_code_and_pins_installable_requirements(
     """What lets it load where lstmpipe is not installed (the load itself:
     tests/integration/test_model_portable.py)."""
     local = Path(
-        mlflow.artifacts.download_artifacts(
+        download_artifacts(
             f"models:/{registered.name}/{registered.version}", dst_path=str(tmp_path)
         )
     )
@@ -316,9 +317,11 @@ def test_logged_model_has_a_variable_length_signature_and_an_example(
 ) -> None:
     store.client.set_registered_model_alias("seq", "signature-test", registered.version)
     model = mlflow.pyfunc.load_model("models:/seq@signature-test")
-    inputs = {spec.name: spec for spec in model.metadata.get_input_schema().inputs}
+    schema_in, schema_out = model.metadata.get_input_schema(), model.metadata.get_output_schema()
+    assert schema_in is not None and schema_out is not None
+    inputs = {spec.name: spec for spec in schema_in.inputs}
     assert inputs["features"].shape == (-1, -1, 512) and inputs["lengths"].shape == (-1,)
-    assert model.metadata.get_output_schema().inputs[0].shape == (-1, 4)
+    assert schema_out.inputs[0].shape == (-1, 4)
     assert model.metadata.saved_input_example_info is not None
     for lengths in ([3], [9, 2]):  # neither is fixed by the logged example's 3 frames
         features = sequences(lengths, seed=7)
