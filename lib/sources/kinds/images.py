@@ -41,7 +41,7 @@ from lstmpipe.lib.sources.archives import ArchiveLimits
 from lstmpipe.lib.sources.frames import chunked, pick, scale_to_uint8, to_rgb
 from lstmpipe.lib.sources.hashing import HashMemo, content_hash
 from lstmpipe.lib.sources.kinds.base import Claim, SourceKind, make_ref
-from lstmpipe.lib.sources.kinds.video import VIDEO_SUFFIXES
+from lstmpipe.lib.sources.kinds.video import is_video
 
 SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
 MIN_FRAMES = 2  # one picture is not a sequence
@@ -80,7 +80,7 @@ def claim(base: Path, files: list[Path], memo: HashMemo | None) -> Claim:
     ):
         in_folder = list(group)
         images = sorted((p for p in in_folder if is_image(p)), key=lambda p: natural_key(p.name))
-        if len(images) < MIN_FRAMES or any(p.suffix.lower() in VIDEO_SUFFIXES for p in in_folder):
+        if len(images) < MIN_FRAMES or any(is_video(p.name) for p in in_folder):
             continue
         rel = folder.name if folder == base else folder.relative_to(base).as_posix()
         try:
