@@ -23,7 +23,7 @@ from lstmpipe.lib.errors import ConfigError
 DEMO_MODEL = "demo-motion"
 # Offline and deterministic: a seeded random-init backbone, small frames. 64 px: at 112 the
 # LSTM's test macro-F1 over sample seeds 0-2 x fp32/bf16 ranged 0.63-0.87 with 24 clips per
-# class and 0.89-1.0 with 48; at 64 px 0.94-1.0 and 1.0, for a third of the CNN's work (README,
+# class and 0.89-0.96 with 48; at 64 px 0.94-1.0 and 1.0, for a third of the CNN's work (README,
 # "The video demo's numbers").
 DEMO_OVERRIDES = {"backbone.weights": "none", "sampling.size": 64, "sampling.fps": 8.0}
 
