@@ -27,4 +27,4 @@ def ffmpeg_children() -> list[int]:
 
 def wheel_data(distribution: str, path: str) -> Path:
     """A data folder shipped inside an installed wheel, found without importing the package."""
-    return Path(importlib.metadata.distribution(distribution).locate_file(path))
+    return Path(str(importlib.metadata.distribution(distribution).locate_file(path)))

