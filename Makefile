@@ -30,8 +30,8 @@ demo: $(VENV)/.installed ## generate a labelled sample archive and run the whole
 test: $(VENV)/.installed ## run every test: unit, tasks, flows, infra, integration (real servers)
 	$(BIN)/python -m pytest -q --durations=25
 
-test-fast: $(VENV)/.installed ## every fast test in every folder: no servers, no CLI subprocesses, no slow tests
-	$(BIN)/python -m pytest -q -m "not slow and not integration"
+test-fast: $(VENV)/.installed ## every fast test in every folder: no servers, no CLI subprocesses, no slow tests (tiers: tests/conftest.py)
+	$(BIN)/python -m pytest -q -m "not slow and not integration" --durations=10
 
 bench: $(VENV)/.installed ## extraction speed vs ceiling and naive, warm re-run, start-up, memory, cache scale, nightly overhead: JSON in bench/results/, one table (BENCH_ARGS=--quick)
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
