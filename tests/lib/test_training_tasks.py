@@ -106,6 +106,7 @@ def order_parts() -> dict[str, SequenceSet]:
     return _split(order_only_task(480, seed=0))
 
 
+@pytest.mark.slow  # trains two models per case: 5-6 s each on 2 cores
 @pytest.mark.parametrize(
     "options",
     [{}, {"cell": "gru", "pooling": "attention"}],
@@ -140,6 +141,7 @@ EVERYTHING_ON = CONFIG.model_copy(
 )
 
 
+@pytest.mark.slow  # three trainings per case: 3-7 s each on 2 cores
 @pytest.mark.parametrize(
     "config", [CONFIG.model_copy(update={"epochs": 4}), EVERYTHING_ON], ids=["default", "all-on"]
 )

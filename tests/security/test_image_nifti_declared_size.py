@@ -11,6 +11,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pytest
 from PIL import Image
 
 from tests.security.conftest import isolated
@@ -97,6 +98,7 @@ def test_a_nifti_gz_declaring_more_than_gzip_can_hold_is_refused_at_discovery(
     assert shown["self_bytes"] < 400 << 20, shown
 
 
+@pytest.mark.slow  # inflates 512 MiB: 11 s on 2 cores
 def test_a_nifti_gz_inflating_to_512_mib_decodes_in_one_volume_of_memory(tmp_path: Path) -> None:
     """Within deflate's ratio (a 0.5 MB file of zeros inflating to 512 MiB, 256^3 x 16 int16 voxels)
     the series is decoded: streamed one volume at a time through the MIP view, never held whole."""

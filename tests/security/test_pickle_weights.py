@@ -119,6 +119,7 @@ def lying_sizes(path: Path) -> Path:
     return path
 
 
+@pytest.mark.slow  # a fresh interpreter importing torch per case: 7 s each on 2 cores
 @pytest.mark.parametrize("kind", ["lying-sizes", "truncated", "not-torch"])
 def test_a_corrupt_weights_file_is_a_config_error_naming_it_in_bounded_memory(
     tmp_path: Path, kind: str
