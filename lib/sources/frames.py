@@ -21,6 +21,12 @@ from lstmpipe.lib.series import FrameChunk
 # DICOM: 16-bit values; GeoTIFF: float32 per band): 100000 x 100000 would ask for tens of GB.
 MAX_PIXELS = 8192 * 8192
 
+# Frames one series may hand out, whatever its kind: 36 h at 8 fps, 9.7 h of every frame at 30 fps.
+# Beyond this a file is more likely a bomb (2 video frames 277 h apart make the fps filter emit 4
+# million duplicates from 3 kB; a 680-byte DICOM header can declare 4 million frames) than a series;
+# even at the limit its features take 2 GiB (D=512, float32) before the LSTM sees them.
+MAX_FRAMES = 1 << 20
+
 
 def check_frame_size(where: str, rows: int, cols: int, max_pixels: int = MAX_PIXELS) -> None:
     """BadInput naming `where` when a header declares frames of more than `max_pixels` pixels."""
@@ -29,6 +35,17 @@ def check_frame_size(where: str, rows: int, cols: int, max_pixels: int = MAX_PIX
             where,
             f"frames of {cols}x{rows} pixels exceed the limit of {max_pixels} pixels "
             "(a decompression bomb, or a frame too large to decode here); refused unread",
+        )
+
+
+def check_frame_count(where: str, count: int, max_frames: int = MAX_FRAMES) -> None:
+    """BadInput naming `where` when a header declares more than `max_frames` frames (or steps):
+    checked before anything is allocated per frame."""
+    if count > max_frames:
+        raise BadInput(
+            where,
+            f"declares {count} frames, over the limit of {max_frames} per series "
+            "(a header bomb, or a series too long to decode here); refused unread",
         )
 
 

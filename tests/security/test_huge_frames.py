@@ -17,8 +17,8 @@ import pytest
 
 from lstmpipe.lib.errors import BadInput
 from lstmpipe.lib.sources.ffmpeg import ffmpeg_exe
-from lstmpipe.lib.sources.frames import MAX_PIXELS
-from lstmpipe.lib.sources.kinds.video import MAX_FRAMES, VideoInfo, decode_video, probe
+from lstmpipe.lib.sources.frames import MAX_FRAMES, MAX_PIXELS
+from lstmpipe.lib.sources.kinds.video import VideoInfo, decode_video, probe
 from tests.helpers import ffmpeg_children
 from tests.security.conftest import SMALL, isolated
 from tests.security.pipeline import reasons, run

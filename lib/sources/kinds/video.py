@@ -46,16 +46,11 @@ from lstmpipe.lib.sources.archives import (
     strip_archive_suffix,
 )
 from lstmpipe.lib.sources.ffmpeg import ffmpeg_exe
-from lstmpipe.lib.sources.frames import MAX_PIXELS, check_frame_size
+from lstmpipe.lib.sources.frames import MAX_FRAMES, MAX_PIXELS, check_frame_size
 from lstmpipe.lib.sources.hashing import HashMemo, content_hash, member_hashes
 from lstmpipe.lib.sources.kinds.base import Claim, SourceKind
 
 _INVALID = "Invalid data found when processing input"
-# Frames handed out per series: 36 h at 8 fps, 9.7 h of every frame at 30 fps. Beyond this a
-# file is more likely a timestamp bomb (2 frames 277 h apart make the fps filter emit 4 million
-# duplicates from 3 kB) than a clip; even at the limit its features take 2 GiB (D=512, float32)
-# before the LSTM sees them.
-MAX_FRAMES = 1 << 20
 
 # File suffixes claimed as video; ffmpeg decodes more, but these are what archives of clips hold.
 VIDEO_SUFFIXES = frozenset(
