@@ -26,6 +26,9 @@ class SeriesRef:
     member:       the member name inside `path` when `path` is an archive, else None.
     label:        the class name when known (parent folder or manifest), else None.
     partition:    the top-level folder or archive it came from, else None.
+    stamps:       (file, stamp) for each file the content hash was read from, as discovery hashed
+                  it (lib/sources/hashing.py): extraction checks them before caching, so bytes
+                  swapped after hashing never land under that hash. Empty when not from discovery.
     """
 
     series_id: str
@@ -36,13 +39,17 @@ class SeriesRef:
     label: str | None = None
     partition: str | None = None
     meta: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    stamps: tuple[tuple[str, str], ...] = field(default=(), compare=False, hash=False)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SeriesRef:
-        return cls(**data)
+        """From `to_dict`'s output, read back from JSON (lists for tuples); older dicts have no
+        stamps."""
+        stamps = tuple((str(path), str(stamp)) for path, stamp in data.get("stamps", ()))
+        return cls(**{**data, "stamps": stamps})
 
     @property
     def location(self) -> str:

@@ -27,7 +27,7 @@ from lstmpipe.lib.sources.archives import (
     printable,
     strip_archive_suffix,
 )
-from lstmpipe.lib.sources.hashing import HashMemo
+from lstmpipe.lib.sources.hashing import HashMemo, with_stamps
 from lstmpipe.lib.sources.kinds import KINDS
 
 
@@ -54,6 +54,7 @@ def discover(
         refs += claim.refs
         failures += claim.failures
         files = [f for f in files if f not in claim.claimed]
+    refs = with_stamps(refs)  # what extraction checks before caching (lib/sources/hashing.py)
     return Discovery(_relabel(refs, manifest) if manifest else refs, failures)
 
 

@@ -1,24 +1,69 @@
-"""Content hashes: what the feature cache is keyed on (SPEC §1, §3).
+"""Content hashes: what the feature cache is keyed on (SPEC §1, §3), and the stamps that tie them
+to the bytes a decoder reads later.
 
-blake2b-128 of a series' bytes, streamed in 1 MiB blocks: the same bytes give the
-same hash whether they lie in a file or in an archive member. `HashMemo` remembers
-hashes by (path, member, size, mtime_ns), so re-running on an unchanged archive
-does not re-read every byte.
+blake2b-128 of a series' bytes, streamed in 1 MiB blocks: the same bytes give the same hash
+whether they lie in a file or in an archive member. A file is hashed between two stamps
+(device, inode, size, mtime, ctime); a change in between refuses the hash. `HashMemo` remembers
+hashes by stamp, so re-running on an unchanged archive does not re-read every byte: `touch -d`
+sets mtime back but moves ctime, which no user can set, and a rename-swap moves the inode.
+
+Decoding re-reads a series' files after discovery. Discovery attaches the stamps its hashes were
+taken at to each SeriesRef (`with_stamps`); extraction re-stats them before anything reaches the
+cache (`verify_stamps`), so bytes swapped in between are refused, never stored under the old hash.
 """
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import os
 import sqlite3
+import threading
+import time
+from collections.abc import Callable
 from contextlib import closing
+from dataclasses import replace
 from pathlib import Path
-from typing import IO
+from typing import IO, NamedTuple, TypeVar
 
 from lstmpipe.lib.errors import BadInput
+from lstmpipe.lib.series import SeriesRef
 from lstmpipe.lib.sources.archives import BLOCK_BYTES, READ_ERRORS, Member, read_members
 
 _FILE = ""  # the member column of a plain file's memo row
+# Timestamps come from the kernel's coarse clock (one tick: 1-10 ms), so a second write within the
+# tick of the first leaves the stamp as it was. A stamp whose ctime is this recent is only trusted
+# once the tick is over and the bytes read again give the same hash (git's "racily clean").
+# Filesystems with coarser timestamps (FAT, HFS+, ext3: 1-2 s) leave a window of their granularity.
+RACY_NS = 20_000_000
+_T = TypeVar("_T")
+
+
+class Stamp(NamedTuple):
+    """What the kernel says of a file: any write moves ctime, a rename-swap moves the inode."""
+
+    dev: int
+    ino: int
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+
+    @classmethod
+    def of(cls, path: Path) -> Stamp:
+        info = os.stat(path)
+        return cls(info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+
+    def text(self) -> str:
+        """The stamp a SeriesRef carries. Without the device: a Ray worker on another node sees
+        the same shared file under another device number (and inode and ctime still move)."""
+        return (
+            f"inode={self.ino} size={self.size} mtime_ns={self.mtime_ns} ctime_ns={self.ctime_ns}"
+        )
+
+
+# path -> the stamp its hash was taken at, in this process, until discovery hands it to a SeriesRef
+_stamps: dict[str, Stamp] = {}
+_stamps_lock = threading.Lock()
 
 
 def hash_stream(stream: IO[bytes]) -> str:
@@ -30,20 +75,26 @@ def hash_stream(stream: IO[bytes]) -> str:
 
 
 def content_hash(path: Path, member: Member | None = None, memo: HashMemo | None = None) -> str:
-    """The hash of a file, or of one member of the archive at `path`."""
+    """The hash of a file, or of one member of the archive at `path`; BadInput when the file
+    changed while being hashed."""
     if member is not None:
         hashes, unreadable = member_hashes(path, [member], memo)
         if member.name in unreadable:
             raise BadInput(f"{path}!{member.name}", unreadable[member.name])
         return hashes[member.name]
-    info = path.stat()  # taken before reading: a file changed while hashed is re-read next time
-    known = memo.lookup(path, info, [_FILE]) if memo else {}
+    stamp = Stamp.of(path)
+    known = memo.lookup(path, stamp, [_FILE]) if memo else {}
     if _FILE in known:
+        _remember(path, stamp)
         return known[_FILE]
-    with path.open("rb") as stream:
-        digest = hash_stream(stream)
+
+    def read() -> str:
+        with Path(path).open("rb") as stream:
+            return hash_stream(stream)
+
+    digest, stamp = _stamped(path, read)
     if memo:
-        memo.store(path, info, {_FILE: digest})
+        memo.store(path, stamp, {_FILE: digest})
     return digest
 
 
@@ -52,14 +103,28 @@ def member_hashes(
 ) -> tuple[dict[str, str], dict[str, str]]:
     """({member name: hash}, {member name: why it is unreadable}) for the given members, reading the
     archive once for those not memoised. A member that fails its CRC or ends early costs only
-    itself; an archive whose stream breaks (a compressed tar) costs the members not yet read."""
-    info = archive.stat()
-    hashes = memo.lookup(archive, info, [m.name for m in members]) if memo else {}
+    itself; an archive whose stream breaks (a compressed tar) costs the members not yet read; an
+    archive that changes while being read costs every member read."""
+    stamp = Stamp.of(archive)
+    hashes = memo.lookup(archive, stamp, [m.name for m in members]) if memo else {}
     missing = [m for m in members if m.name not in hashes]
+    if not missing:
+        _remember(archive, stamp)
+        return hashes, {}
+    try:
+        (fresh, unreadable), stamp = _stamped(archive, lambda: _read_members(archive, missing))
+    except BadInput as exc:
+        return hashes, {m.name: exc.reason for m in missing}
+    if memo and fresh:
+        memo.store(archive, stamp, fresh)
+    return {**hashes, **fresh}, unreadable
+
+
+def _read_members(archive: Path, members: list[Member]) -> tuple[dict[str, str], dict[str, str]]:
     fresh: dict[str, str] = {}
     unreadable: dict[str, str] = {}
     try:
-        for member, stream in read_members(archive, missing):
+        for member, stream in read_members(archive, members):
             try:
                 fresh[member.name] = hash_stream(stream)
             except READ_ERRORS as exc:
@@ -67,20 +132,108 @@ def member_hashes(
     except READ_ERRORS as exc:
         unreadable |= {
             m.name: f"unreadable archive: {exc}"
-            for m in missing
+            for m in members
             if m.name not in fresh and m.name not in unreadable
         }
-    if memo and fresh:
-        memo.store(archive, info, fresh)
-    return {**hashes, **fresh}, unreadable
+    return fresh, unreadable
+
+
+def _stamped(path: Path, read: Callable[[], _T]) -> tuple[_T, Stamp]:
+    """(what `read` gave, the stamp it holds for): the file's stamp did not move while it was read.
+    A stamp from the current clock tick is checked again once the tick is over, bytes and all."""
+    before = Stamp.of(path)
+    value = read()
+    _check_unchanged(path, before)
+    # capped: a server clock ahead of ours (NFS) must not make us wait for it
+    wait_ns = min(RACY_NS, before.ctime_ns + RACY_NS - time.time_ns())
+    if wait_ns > 0:
+        time.sleep(wait_ns / 1e9)
+        again = read()
+        _check_unchanged(path, before)
+        if again != value:
+            raise BadInput(str(path), "changed while being hashed (same stamp, other bytes)")
+    _remember(path, before)
+    return value, before
+
+
+def _check_unchanged(path: Path, before: Stamp) -> None:
+    after = Stamp.of(path)
+    if after != before:
+        was, now = _differences(before.text(), after.text())
+        raise BadInput(str(path), f"changed while being hashed (was {was}, now {now})")
+
+
+def _remember(path: Path, stamp: Stamp) -> None:
+    with _stamps_lock:
+        _stamps[_key(path)] = stamp
+
+
+def with_stamps(refs: list[SeriesRef]) -> list[SeriesRef]:
+    """`refs`, each with the stamps of the files its hash covers, as this process hashed them:
+    its file, or its archive for a member; the files a kind lists in meta (`files` under `root`,
+    DICOM's); else every file hashed under its folder (image folders, GeoTIFF stacks, Zarr
+    stores). Those stamps are handed over: forgotten here."""
+    with _stamps_lock:
+        keys = sorted(_stamps)
+        stamped = [replace(r, stamps=_covered(r, keys)) for r in refs]
+        for ref in stamped:
+            for path, _ in ref.stamps:
+                _stamps.pop(path, None)
+    return stamped
+
+
+def _covered(ref: SeriesRef, keys: list[str]) -> tuple[tuple[str, str], ...]:
+    home = _key(Path(ref.path))
+    if home in _stamps:
+        paths = [home]
+    elif "files" in ref.meta and "root" in ref.meta:
+        paths = [_key(Path(ref.meta["root"], f)) for f in ref.meta["files"]]
+    else:
+        prefix = home.rstrip("/") + "/"
+        start = bisect.bisect_left(keys, prefix)
+        end = bisect.bisect_left(keys, prefix + "\U0010ffff")
+        paths = keys[start:end]
+    return tuple((p, _stamps[p].text()) for p in paths if p in _stamps)
+
+
+def verify_stamps(ref: SeriesRef) -> None:
+    """BadInput naming the first file of `ref` whose stamp moved since it was hashed: the bytes
+    decoded may not be the bytes its content hash names, so its features must not be cached.
+    A ref without stamps (made by hand, or not by discovery) cannot be checked and is refused."""
+    if not ref.stamps:
+        raise BadInput(
+            ref.location,
+            "no file stamps to show the decoded bytes are the hashed ones "
+            "(a series not made by discovery); not cached",
+        )
+    for path, hashed in ref.stamps:
+        try:
+            now = Stamp.of(Path(path)).text()
+        except OSError as exc:
+            now = f"unreadable ({exc.strerror or exc})"
+        if now != hashed:
+            was, now = _differences(hashed, now)
+            raise BadInput(
+                path, f"changed while being read (hashed as {was}, now {now}); not cached"
+            )
+
+
+def _differences(was: str, now: str) -> tuple[str, str]:
+    """The fields of two stamp texts that differ, each side: `ctime_ns=1` / `ctime_ns=2`."""
+    old, new = was.split(), now.split()
+    if len(old) != len(new):
+        return was, now
+    pairs = [(a, b) for a, b in zip(old, new, strict=True) if a != b]
+    return " ".join(a for a, _ in pairs), " ".join(b for _, b in pairs)
 
 
 class HashMemo:
-    """A SQLite memo of content hashes keyed on the file's stat, not its bytes.
+    """A SQLite memo of content hashes keyed on the file's stamp, not its bytes.
 
-    A file rewritten with the same size and mtime keeps its old hash: the price of
-    not re-reading archives. Safe across processes: WAL, one short transaction per
-    call, a connection per call (so the memo pickles to Ray workers).
+    A hit needs the same device, inode, size, mtime and ctime: no rewrite can keep all five
+    (ctime moves on every change and cannot be set). Safe across processes: WAL, one short
+    transaction per call, a connection per call (so the memo pickles to Ray workers). A memo
+    from before stamps (table `memo`, size + mtime only) is dropped, never trusted.
     """
 
     def __init__(self, db_path: Path) -> None:
@@ -88,29 +241,30 @@ class HashMemo:
         self.db_path.parent.mkdir(parents=True, exist_ok=True)
         with closing(self._connect()) as db:
             db.execute("PRAGMA journal_mode=WAL")
-            db.execute(
-                "CREATE TABLE IF NOT EXISTS memo (path TEXT, member TEXT, size INTEGER,"
-                " mtime_ns INTEGER, hash TEXT, PRIMARY KEY (path, member))"
-            )
+            with db:
+                db.execute("DROP TABLE IF EXISTS memo")
+                db.execute(
+                    "CREATE TABLE IF NOT EXISTS stamped (path TEXT, member TEXT, dev INTEGER,"
+                    " ino INTEGER, size INTEGER, mtime_ns INTEGER, ctime_ns INTEGER, hash TEXT,"
+                    " PRIMARY KEY (path, member))"
+                )
 
-    def lookup(self, path: Path, info: os.stat_result, members: list[str]) -> dict[str, str]:
-        """The memoised hashes of those `members` of `path` whose stat still matches."""
+    def lookup(self, path: Path, stamp: Stamp, members: list[str]) -> dict[str, str]:
+        """The memoised hashes of those `members` of `path` whose stamp still matches."""
         with closing(self._connect()) as db:
             rows = db.execute(
-                "SELECT member, hash FROM memo WHERE path = ? AND size = ? AND mtime_ns = ?",
-                (_key(path), info.st_size, info.st_mtime_ns),
+                "SELECT member, hash FROM stamped WHERE path = ? AND dev = ? AND ino = ?"
+                " AND size = ? AND mtime_ns = ? AND ctime_ns = ?",
+                (_key(path), *stamp),
             ).fetchall()
         wanted = set(members)
         return {member: digest for member, digest in rows if member in wanted}
 
-    def store(self, path: Path, info: os.stat_result, hashes: dict[str, str]) -> None:
-        """Remember `hashes` for `path` as it was at `info` (older rows of those members go)."""
-        rows = [
-            (_key(path), member, info.st_size, info.st_mtime_ns, digest)
-            for member, digest in hashes.items()
-        ]
+    def store(self, path: Path, stamp: Stamp, hashes: dict[str, str]) -> None:
+        """Remember `hashes` for `path` as it was at `stamp` (older rows of those members go)."""
+        rows = [(_key(path), member, *stamp, digest) for member, digest in hashes.items()]
         with closing(self._connect()) as db, db:
-            db.executemany("INSERT OR REPLACE INTO memo VALUES (?, ?, ?, ?, ?)", rows)
+            db.executemany("INSERT OR REPLACE INTO stamped VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
 
     def _connect(self) -> sqlite3.Connection:
         return sqlite3.connect(self.db_path, timeout=30)
