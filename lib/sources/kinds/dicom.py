@@ -29,6 +29,7 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.filereader import read_file_meta_info
 from pydicom.multival import MultiValue
 from pydicom.pixels.decoders.base import get_decoder
 from pydicom.pixels.processing import apply_color_lut
@@ -41,6 +42,7 @@ from lstmpipe.lib.failures import Failure
 from lstmpipe.lib.series import FrameChunk, OpenSeries, SeriesRef
 from lstmpipe.lib.sources.archives import ArchiveLimits
 from lstmpipe.lib.sources.frames import (
+    check_frame_count,
     check_frame_size,
     chunked,
     pick,
@@ -57,6 +59,7 @@ WINDOW_SAMPLE_VALUES = 1 << 20  # pixels kept from that sample for the percentil
 PLUGINS_HINT = "pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg"
 # (Float/Double)PixelData
 _PIXEL_TAGS = frozenset({(0x7FE0, 0x0010), (0x7FE0, 0x0008), (0x7FE0, 0x0009)})
+_ITEM_BYTES = 8  # an item's tag and length: every compressed frame has at least one fragment item
 _LONG_VRS = frozenset({b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"UN", b"SQ", b"UT", b"UC", b"UR"})
 _TIME = re.compile(r"(\d{2})(?::?(\d{2})(?::?(\d{2})(\.\d+)?)?)?")
 # first one present on every frame and increasing
@@ -75,6 +78,8 @@ _PHOTOMETRICS = frozenset(
         "YBR_RCT",
     }
 )
+# What pydicom raises for a broken header.
+_HEADER_ERRORS = (InvalidDicomError, ValueError, EOFError, struct.error, KeyError, TypeError)
 # What pydicom raises for broken pixel data: a truncated file, a bad fragment, a failing plugin.
 _DECODE_ERRORS = (
     ValueError,
@@ -162,24 +167,17 @@ def _read_header(path: Path, rel: str) -> _Header | None:
             raise BadInput(str(path), f"{rel}: empty file")
         with path.open("rb") as stream:
             try:
+                if _is_dicomdir(path):
+                    return None
                 ds = pydicom.dcmread(stream, stop_before_pixels=True)
-            except (
-                InvalidDicomError,
-                ValueError,
-                EOFError,
-                struct.error,
-                KeyError,
-                TypeError,
-            ) as exc:
+            except _HEADER_ERRORS as exc:
                 raise BadInput(
                     str(path), f"{rel}: not a readable DICOM file: {_one_line(exc)}"
                 ) from exc
-            if ds.file_meta.get("MediaStorageSOPClassUID") == MediaStorageDirectoryStorage:
-                return None
-            problem = _pixel_problem(stream, ds, size)
+            frames = _frame_count(ds, path, rel)
+            problem = _pixel_problem(stream, ds, size, frames)
     except OSError as exc:
         raise BadInput(str(path), f"{rel}: unreadable: {exc.strerror or exc}") from exc
-    frames = _int(ds.get("NumberOfFrames")) or 1
     return _Header(
         rel=rel,
         path=path,
@@ -189,7 +187,7 @@ def _read_header(path: Path, rel: str) -> _Header | None:
         instance=_int(ds.get("InstanceNumber")),
         times={keyword: _time_of(ds, keyword) for keyword in _TIME_SOURCES},
         position=_slice_position(ds),
-        frame_times=_multiframe_times(ds, frames) if frames > 1 else None,
+        frame_times=_multiframe_times(ds, frames) if frames > 1 and not problem else None,
         syntax=str(ds.file_meta.get("TransferSyntaxUID", "")),
         pixel_problem=problem,
         info={
@@ -208,7 +206,25 @@ def _read_header(path: Path, rel: str) -> _Header | None:
     )
 
 
-def _pixel_problem(stream: IO[bytes], ds: Dataset, size: int) -> str | None:
+def _is_dicomdir(path: Path) -> bool:
+    """A DICOMDIR, from its file meta alone: an index of other files, not an image. Its records are
+    never parsed (a hostile one may hold millions) and its ReferencedFileIDs never followed: the
+    files it lists are found, like any other, by walking the source."""
+    meta = read_file_meta_info(path)
+    return meta.get("MediaStorageSOPClassUID") == MediaStorageDirectoryStorage
+
+
+def _frame_count(ds: Dataset, path: Path, rel: str) -> int:
+    """NumberOfFrames (1 when absent), refused over MAX_FRAMES before anything is made per frame."""
+    frames = _int(ds.get("NumberOfFrames")) or 1
+    try:
+        check_frame_count(str(path), frames)
+    except BadInput as exc:
+        raise BadInput(exc.path, f"{rel}: NumberOfFrames {exc.reason}") from None
+    return frames
+
+
+def _pixel_problem(stream: IO[bytes], ds: Dataset, size: int, frames: int) -> str | None:
     """Why the pixel data is missing or cut short, read from the element header `dcmread` stopped
     at; else None.
 
@@ -239,21 +255,28 @@ def _pixel_problem(stream: IO[bytes], ds: Dataset, size: int) -> str | None:
         length, header_bytes = struct.unpack(endian + "I", head[8:12])[0], 12
     else:
         length, header_bytes = struct.unpack(endian + "H", head[6:8])[0], 8
+    held = size - start - header_bytes
     if length == 0xFFFFFFFF:
-        return None  # encapsulated (compressed) fragments: the decoder checks them
+        # encapsulated (compressed) fragments, which the decoder checks; each frame needs one
+        if held < _ITEM_BYTES * frames:
+            return (
+                f"pixel data of {held} bytes cannot hold {frames} compressed frames "
+                f"(at least {_ITEM_BYTES} bytes each)"
+            )
+        return None
     if length == 0:
         return "pixel data is empty"
-    held = size - start - header_bytes
     if held < length:
         return f"pixel data truncated: the file holds {held} of its {length} bytes"
-    needed = _image_bytes(ds)
+    needed = _image_bytes(ds, frames)
     if needed and length < needed:
         grid = f"{_int(ds.get('Rows'))}x{_int(ds.get('Columns'))}"
+        grid += f" x {frames} frames" if frames > 1 else ""
         return f"pixel data holds {length} bytes; {grid} needs {needed}"
     return None
 
 
-def _image_bytes(ds: Dataset) -> int | None:
+def _image_bytes(ds: Dataset, frames: int) -> int | None:
     """Bytes of native pixel data the header describes;
     None when compressed or not a whole number of bytes."""
     syntax = ds.file_meta.get("TransferSyntaxUID")
@@ -265,7 +288,6 @@ def _image_bytes(ds: Dataset) -> int | None:
         _int(ds.get("Columns")),
         _int(ds.get("SamplesPerPixel")) or 1,
     )
-    frames = _int(ds.get("NumberOfFrames")) or 1
     return rows * cols * samples * frames * bits // 8 if rows and cols else None
 
 
@@ -302,6 +324,7 @@ def _series_id(members: list[_Header]) -> str:
 def _series_ref(base: Path, members: list[_Header], memo: HashMemo | None) -> SeriesRef:
     """The SeriesRef of one group of files, or BadInput naming the file that spoils it."""
     series_id = _series_id(members)
+    check_frame_count(str(members[0].path), len(members))  # one frame per file
     broken = [m for m in members if m.pixel_problem]
     if broken:
         first = broken[0]
