@@ -7,6 +7,28 @@ import re
 import shutil
 import subprocess
 
+# The demuxers ffmpeg may pick for an input, as `ffmpeg -demuxers` names them: containers that hold
+# their own media. Left out on purpose: every format that makes ffmpeg open other files or
+# addresses (dash, hls, concat, image2, sdp, rtp, webm_dash_manifest, ...): a DASH manifest saved as
+# clip.mp4 would otherwise decode a file outside the source. ffmpeg probes an input's content and
+# refuses it when the best match is not on this list ("Format not on whitelist").
+DEMUXERS = (
+    "mov,mp4,m4a,3gp,3g2,mj2",  # one demuxer; its mov option enable_drefs (external data) stays off
+    "matroska,webm",
+    "avi",
+    "mpegts",  # .ts, .mts, .m2ts
+    "mpeg",  # program stream: .mpg, .vob
+    "flv",
+    "asf",  # .wmv
+    "ogg",
+    "mxf",
+    "dv",
+    "yuv4mpegpipe",  # .y4m
+    "gif",
+)
+# Plain files, and a stored archive member read in place (subfile opens `file` itself).
+PROTOCOLS = ("file", "subfile")
+
 
 @functools.cache
 def ffmpeg_exe() -> str:
@@ -27,6 +49,17 @@ def ffmpeg_version() -> str:
     ).stdout
     match = re.search(r"ffmpeg version (\S+)", out)
     return match.group(1) if match else "unknown"
+
+
+def input_options() -> dict[str, str]:
+    """What every ffmpeg input of lstmpipe is opened with: only the DEMUXERS, over the PROTOCOLS."""
+    return {"format_whitelist": ",".join(DEMUXERS), "protocol_whitelist": ",".join(PROTOCOLS)}
+
+
+def input_args(url: str) -> list[str]:
+    """`-format_whitelist ... -protocol_whitelist ... -i URL`: an input, restricted as above."""
+    options = [arg for key, value in input_options().items() for arg in (f"-{key}", value)]
+    return [*options, "-i", url]
 
 
 def subfile_url(path: str, start: int, size: int) -> str:

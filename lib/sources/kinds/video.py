@@ -1,12 +1,16 @@
 """Video through ffmpeg: the last kind, every video file and video archive member (SPEC §2).
 
-Discovery: each file with a video suffix, and each video member of a tar or zip
-archive, is one series named by its path under the root
-(`2026-11-20.tar/grow/clip_0003.mp4`), labelled by its parent folder and
+Discovery: each file with a video suffix or, whatever its suffix, a video container's magic
+bytes (lstmpipe.lib.sources.sniff), and each video member of a tar or zip archive, is one
+series named by its path under the root (`2026-11-20.tar/grow/clip_0003.mp4`), labelled by
+its parent folder and
 partitioned by its top-level folder or archive. Archives are claimed whole: their
 members are listed once, bounded by ArchiveLimits, and hashed in one pass.
 
-Decoding: there is no ffprobe, so `probe` parses what `ffmpeg -i INPUT` prints.
+Decoding: there is no ffprobe, so `probe` parses what `ffmpeg -i INPUT` prints. Every ffmpeg
+input is opened with only the demuxers of lstmpipe.lib.sources.ffmpeg.DEMUXERS: a manifest or
+playlist (DASH, HLS, ffconcat, SDP, ...) under a video name is refused, never followed to the
+files it names.
 Frames come from one ffmpeg process writing raw RGB to a pipe, read one chunk at a
 time, so memory is bounded by the chunk, never by the video. Inputs are always
 seekable (a path or a `subfile,,start,S,end,E,,:ARCHIVE` URL), never a pipe: an mp4
@@ -45,16 +49,27 @@ from lstmpipe.lib.sources.archives import (
     member_input,
     strip_archive_suffix,
 )
-from lstmpipe.lib.sources.ffmpeg import ffmpeg_exe
+from lstmpipe.lib.sources.ffmpeg import ffmpeg_exe, input_args, input_options
 from lstmpipe.lib.sources.frames import MAX_FRAMES, MAX_PIXELS, check_frame_size
 from lstmpipe.lib.sources.hashing import HashMemo, content_hash, member_hashes
 from lstmpipe.lib.sources.kinds.base import Claim, SourceKind
+from lstmpipe.lib.sources.sniff import read_head, video_container
 
 _INVALID = "Invalid data found when processing input"
 
-# File suffixes claimed as video; ffmpeg decodes more, but these are what archives of clips hold.
+# File suffixes claimed as video by name (archive members are claimed by name only); a file with
+# another suffix is claimed when its first bytes name a video container.
 VIDEO_SUFFIXES = frozenset(
     {
+        ".3g2",
+        ".3gp",
+        ".dv",
+        ".m2ts",
+        ".mts",
+        ".mxf",
+        ".ogv",
+        ".vob",
+        ".y4m",
         ".mp4",
         ".mkv",
         ".avi",
@@ -76,7 +91,8 @@ def is_video(name: str) -> bool:
 
 
 def claim(base: Path, files: list[Path], memo: HashMemo | None, limits: ArchiveLimits) -> Claim:
-    """Each video file and each archive of `files` (the archive's video members are series)."""
+    """Each video file (by suffix, else by content) and each archive of `files` (the archive's
+    video members are series). The rest is left to discovery, which lists it as ignored."""
     refs: list[SeriesRef] = []
     failures: list[Failure] = []
     claimed: list[Path] = []
@@ -84,7 +100,7 @@ def claim(base: Path, files: list[Path], memo: HashMemo | None, limits: ArchiveL
         rel = path.relative_to(base).as_posix()
         if archive_suffix(path.name):
             found, refused = _archive_refs(path, rel, memo, limits)
-        elif is_video(path.name):
+        elif is_video(path.name) or _sniffs_as_video(path):
             found, refused = _file_refs(path, rel, memo)
         else:
             continue
@@ -123,6 +139,14 @@ def _file_refs(
     except OSError as exc:
         return [], [Failure(rel, str(path), "discover", f"unreadable: {exc.strerror}")]
     return [_ref(rel, digest, path, None, size, _parent(rel))], []
+
+
+def _sniffs_as_video(path: Path) -> bool:
+    """A video container whatever the suffix (.bin, none); unreadable is discovery's to report."""
+    try:
+        return video_container(read_head(path)) is not None
+    except OSError:
+        return False
 
 
 def _archive_refs(
@@ -209,18 +233,38 @@ def probe(input: str, name: str, timeout_s: float, max_pixels: int = MAX_PIXELS)
     none, or when its frames would exceed `max_pixels` (refused before anything decodes them)."""
     if _is_empty(input):
         raise BadInput(name, "empty file")
-    cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", input]  # argv, no shell: never parsed
-    try:
+    text = _ffmpeg_says(input, name, timeout_s)
+    if _NOT_LISTED in text:
+        raise BadInput(name, _not_listed(_ffmpeg_says(input, name, timeout_s, "debug")))
+    info = _parse_probe(text, name)
+    check_frame_size(name, info.height, info.width, max_pixels)  # before ffmpeg allocates one
+    return info
+
+
+def _ffmpeg_says(input: str, name: str, timeout_s: float, level: str = "info") -> str:
+    """What `ffmpeg -i INPUT` prints about the input (restricted to DEMUXERS), the name hidden."""
+    cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", level, *input_args(input)]
+    try:  # argv, no shell: never parsed
         done = subprocess.run(cmd, capture_output=True, timeout=timeout_s, stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired as exc:
         raise BadInput(name, f"probe timed out after {timeout_s:g}s") from exc
     # ffmpeg echoes the input name verbatim: a name holding a newline and `Stream #0:0: Video: ...`
     # would otherwise be parsed as a stream of the attacker's choosing. Replaced as bytes, so that
     # names that are not UTF-8 match too.
-    text = done.stderr.replace(os.fsencode(input), b"<input>").decode(errors="replace")
-    info = _parse_probe(text, name)
-    check_frame_size(name, info.height, info.width, max_pixels)  # before ffmpeg allocates one
-    return info
+    return done.stderr.replace(os.fsencode(input), b"<input>").decode(errors="replace")
+
+
+_NOT_LISTED = "Format not on whitelist"
+
+
+def _not_listed(debug: str) -> str:
+    """The refusal of a container outside ffmpeg.DEMUXERS, named from ffmpeg's debug log."""
+    probed = re.search(r"Format (\S+) probed with", debug)
+    what = f"container format {probed.group(1)}" if probed else "container format"
+    return (
+        f"{what} is not one lstmpipe decodes: manifests, playlists and sequences that name "
+        "other files are refused, never followed"
+    )
 
 
 def _parse_probe(text: str, name: str) -> VideoInfo:
@@ -356,7 +400,7 @@ def _command(input: str, size: int, rate: float | None, max_frames: int | None) 
     pts_time at info level; ffmpeg's own messages keep their level as a prefix.
     max_frames stops ffmpeg itself: the fps filter may round one frame over num_frames.
     """
-    stream = ffmpeg.input(input).video
+    stream = ffmpeg.input(input, **input_options()).video
     stream = stream.filter("showinfo") if rate is None else stream.filter("fps", fps=repr(rate))
     stream = stream.filter("scale", size, size, force_original_aspect_ratio="increase").filter(
         "crop", size, size
@@ -404,6 +448,8 @@ def _check_exit(
     stderr.join()
     if watchdog.fired:
         raise BadInput(name, f"decoder timed out after {timeout_s:g}s")
+    if code != 0 and stderr.said(_NOT_LISTED):  # the input changed since its probe
+        raise BadInput(name, _not_listed(""))
     if code != 0:
         raise BadInput(name, f"ffmpeg failed: {stderr.last_line() or f'exit code {code}'}")
     if frames == 0:
@@ -457,6 +503,10 @@ class _StderrTail:
 
     def join(self) -> None:
         self._thread.join()
+
+    def said(self, text: str) -> bool:
+        """Whether one of the kept messages holds `text`."""
+        return any(text in line for line in self._tail)
 
     def last_line(self) -> str:
         lines = [
