@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import contextvars
 import datetime as dt
+from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from prefect import flow
@@ -23,10 +24,17 @@ from lstmpipe.flows.extract import configured_recipe, extract_refs
 from lstmpipe.flows.runtime import Runtime, load_runtime, run_id_of
 from lstmpipe.lib.failures import Failure
 from lstmpipe.lib.features.recipe import FeatureRecipe
-from lstmpipe.lib.ops.partitions import Partition, by_partition, date_range, markdown_table
+from lstmpipe.lib.ops.partitions import (
+    Partition,
+    by_partition,
+    date_range,
+    markdown_table,
+    partition_of,
+)
 from lstmpipe.lib.ops.results import PartitionDone, PartitionsRun
 from lstmpipe.lib.ops.summary import extraction_summary
 from lstmpipe.lib.series import SeriesRef
+from lstmpipe.lib.sources.discover import Ignored
 from lstmpipe.tasks.extract import discover_source
 from lstmpipe.tasks.partitions import mark_partition_done, partitions_to_do
 from lstmpipe.tasks.records import record_run_failures
@@ -48,14 +56,23 @@ def extract_partitions(
     """Extract the selected partitions of `root` not yet done under `recipe`; what was done."""
     plan = partitions_to_do(root, str(records_file(rt)), recipe.recipe_id, start, end, every)
     done: list[PartitionDone] = []
+    outside: list[Ignored] = []
     if plan.pending:
         # once: the memo makes it cheap
         found = discover_source(root, None, rt.hash_memo, rt.config.sources)
         refs, failures = by_partition(found.refs), by_partition(found.failures)
+        ignored, outside = _ignored_by_partition(found.ignored)
 
         def one(part: Partition) -> PartitionDone:
             return _extract_partition(
-                rt, root, part, refs.get(part.name, []), failures.get(part.name, []), recipe, run_id
+                rt,
+                root,
+                part,
+                refs.get(part.name, []),
+                failures.get(part.name, []),
+                ignored.get(part.name, []),
+                recipe,
+                run_id,
             )
 
         # Threads in the flow's context (copied per partition), so their task runs belong to this
@@ -71,7 +88,20 @@ def extract_partitions(
         selected=len(plan.selected),
         already_done=len(plan.selected) - len(plan.pending),
         done=tuple(done),
+        ignored_outside=tuple(outside),
     )
+
+
+def _ignored_by_partition(entries: list[Ignored]) -> tuple[dict[str, list[Ignored]], list[Ignored]]:
+    """The ignored files by partition, and those at the root's top level, in none."""
+    inside: defaultdict[str, list[Ignored]] = defaultdict(list)
+    outside: list[Ignored] = []
+    for entry in entries:
+        if len(PurePosixPath(entry.path).parts) > 1:
+            inside[partition_of(entry.path)].append(entry)
+        else:
+            outside.append(entry)
+    return dict(inside), outside
 
 
 def _extract_partition(
@@ -80,12 +110,13 @@ def _extract_partition(
     part: Partition,
     refs: list[SeriesRef],
     failures: list[Failure],
+    ignored: list[Ignored],
     recipe: FeatureRecipe,
     run_id: str,
 ) -> PartitionDone:
     """Extract one partition, record its failures, then (only then) record it done."""
     outcomes, seconds = extract_refs(rt, refs, recipe)
-    summary = extraction_summary(outcomes, failures, seconds)
+    summary = extraction_summary(outcomes, failures, seconds, ignored)
     record_run_failures(str(rt.failures_dir), run_id, summary)
     mark_partition_done(
         str(records_file(rt)),
@@ -104,11 +135,12 @@ def partitions_markdown(title: str, run: PartitionsRun) -> str:
     head = (
         f"## {title}\n\n`{run.root}`, recipe `{run.recipe_id}`: {len(run.done)} of "
         f"{run.selected} partitions done now ({run.already_done} were done before); "
-        f"{run.series} series, {run.extracted} extracted, {run.failed} failed.\n\n"
+        f"{run.series} series, {run.extracted} extracted, {run.failed} failed, "
+        f"{len(run.ignored)} files ignored.\n\n"
     )
     return head + markdown_table(
         [p.to_json() for p in run.done],
-        ["partition", "series", "cached", "extracted", "failed", "frames", "seconds"],
+        ["partition", "series", "cached", "extracted", "failed", "ignored", "frames", "seconds"],
     )
 
 

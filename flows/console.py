@@ -2,23 +2,45 @@
 
 It renders the document `--json` prints and $LSTMPIPE_HOME/runs/*.json keeps (the typed results'
 to_json, behind the command, run id and seconds), so the screen shows nothing the record lacks.
+File names and reasons come from untrusted inputs: every line goes through `terminal_safe`, so a
+name holding an escape sequence is shown, never obeyed by the terminal.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 MAX_FAILURES_SHOWN = 20
 
+# C0 controls, DEL and C1 controls (0x9b alone is a CSI on some terminals); the line and paragraph
+# separators; the bidirectional embeddings, overrides and isolates that reorder what a line shows.
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def terminal_safe(text: str) -> str:
+    """`text` with every control character spelled as an escape (`\\x1b`, `\\n`, `\\u202e`):
+    printed, it moves no cursor, sets no colour, title or clipboard, and starts no new line.
+    Ordinary Unicode (accents, CJK, emoji) is kept as it is."""
+    return _UNSAFE.sub(_escape, text)
+
+
+def _escape(match: re.Match[str]) -> str:
+    char = match.group(0)
+    code = ord(char)
+    return _NAMED.get(char) or (f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}")
+
 
 def render(result: dict[str, Any]) -> str:
+    """The summary, one line per entry; each line made terminal-safe (names are untrusted)."""
     lines = [f"lstmpipe {result['command']}  run {result['run_id']}  {result['seconds']} s"]
     lines += _sections(result["command"], result)
     if result["command"] == "demo":
         lines += _where(result)
     if result.get("failed"):
         lines.append(f"finished with {result['failed']} failed series (exit code 3)")
-    return "\n".join(lines)
+    return "\n".join(terminal_safe(line) for line in lines)
 
 
 def _sections(command: str, r: dict[str, Any]) -> list[str]:
@@ -101,6 +123,20 @@ def _partitions(r: dict[str, Any]) -> list[str]:
             f"    ... and {len(failed) - MAX_FAILURES_SHOWN} more "
             "(lstmpipe status, or the failures table)"
         )
+    return lines + _ignored(r)
+
+
+def _ignored(r: dict[str, Any]) -> list[str]:
+    """The files discovery read no series from, each with its reason: counted, then listed."""
+    entries = r.get("ignored_files") or []
+    if not entries:
+        return []
+    lines = [f"  ignored   {len(entries)} files, neither series nor failures:"]
+    lines += [f"    IGNORED {e['path']}: {e['reason']}" for e in entries[:MAX_FAILURES_SHOWN]]
+    if len(entries) > MAX_FAILURES_SHOWN:
+        lines.append(
+            f"    ... and {len(entries) - MAX_FAILURES_SHOWN} more (--json lists every one)"
+        )
     return lines
 
 
@@ -125,7 +161,7 @@ def _extract(r: dict[str, Any]) -> list[str]:
             f"    ... and {len(failed) - MAX_FAILURES_SHOWN} more "
             f"(failures table: {r['failures_file']})"
         )
-    return lines
+    return lines + _ignored(r)
 
 
 def _train(r: dict[str, Any]) -> list[str]:

@@ -62,7 +62,7 @@ def discover_and_extract(
     recipe = recipe or configured_recipe(rt)
     refs = [r for r in found.refs if r.content_hash not in skip_hashes]
     outcomes, seconds = extract_refs(rt, refs, recipe)
-    summary = extraction_summary(outcomes, found.failures, seconds)
+    summary = extraction_summary(outcomes, found.failures, seconds, found.ignored)
     summary = dataclasses.replace(
         summary,
         failures_file=record_run_failures(str(rt.failures_dir), run_id, summary),

@@ -15,6 +15,7 @@ from typing import Any
 from lstmpipe.lib.features.outcomes import SeriesOutcome
 from lstmpipe.lib.ops.summary import ExtractionSummary
 from lstmpipe.lib.registry.mlflow_store import ModelRef
+from lstmpipe.lib.sources.discover import Ignored
 from lstmpipe.lib.training.experiment import Outcome
 from lstmpipe.lib.training.tune import TrialRecord
 
@@ -204,19 +205,22 @@ class PartitionDone:
             "extracted": s.extracted,
             "failed": s.failed,
             "frames": s.frames,
+            "ignored": len(s.ignored),
             "seconds": round(self.seconds, 1),
         }
 
 
 @dataclass(frozen=True)
 class PartitionsRun:
-    """The partitions of a root a run selected, how many were done before, those done now."""
+    """The partitions of a root a run selected, how many were done before, those done now; and
+    what discovery ignored at the root's top level, in no partition (a README beside them)."""
 
     root: str
     recipe_id: str
     selected: int
     already_done: int
     done: tuple[PartitionDone, ...]
+    ignored_outside: tuple[Ignored, ...] = ()
 
     @property
     def series(self) -> int:
@@ -238,6 +242,12 @@ class PartitionsRun:
     def failed_series(self) -> list[SeriesOutcome]:
         return [row for p in self.done for row in p.summary.per_series if row.failure]
 
+    @property
+    def ignored(self) -> list[Ignored]:
+        """Files ignored in the partitions done now, and at the top level."""
+        inside = [entry for p in self.done for entry in p.summary.ignored]
+        return sorted([*self.ignored_outside, *inside], key=lambda entry: entry.path)
+
     def to_json(self) -> dict[str, Any]:
         return {
             "root": self.root,
@@ -250,6 +260,8 @@ class PartitionsRun:
             "extracted": self.extracted,
             "failed": self.failed,
             "failed_series": [row.to_json() for row in self.failed_series],
+            "ignored": len(self.ignored),
+            "ignored_files": [entry.to_json() for entry in self.ignored],
         }
 
 

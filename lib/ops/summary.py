@@ -10,6 +10,7 @@ from typing import Any
 from lstmpipe.lib.failures import Failure
 from lstmpipe.lib.features.outcomes import SeriesOutcome, SeriesStatus
 from lstmpipe.lib.series import SeriesRef
+from lstmpipe.lib.sources.discover import Ignored
 
 
 @dataclass(frozen=True)
@@ -27,7 +28,8 @@ class ExtractionSummary:
 
     recipe_id, failures_file and skipped are what the flows add once they know them: the recipe
     extracted with, the failures table file written (None when nothing failed), the series left
-    out before decoding (already predicted, at inference).
+    out before decoding (already predicted, at inference). `ignored` lists the files discovery
+    read no series from, each with its reason: nothing is dropped without a word.
     """
 
     series: int
@@ -40,6 +42,7 @@ class ExtractionSummary:
     recipe_id: str | None = None
     failures_file: str | None = None
     skipped: int = 0
+    ignored: tuple[Ignored, ...] = ()
 
     def failures(self) -> list[Failure]:
         return [row.failure for row in self.per_series if row.failure is not None]
@@ -61,6 +64,8 @@ class ExtractionSummary:
             "failures_file": self.failures_file,
             "recipe_id": self.recipe_id,
             "skipped": self.skipped,
+            "ignored": len(self.ignored),
+            "ignored_files": [entry.to_json() for entry in self.ignored],
         }
 
 
@@ -68,8 +73,10 @@ def extraction_summary(
     outcomes: Iterable[SeriesOutcome],
     discovery_failures: Iterable[Failure] = (),
     compute_seconds: float = 0.0,
+    ignored: Iterable[Ignored] = (),
 ) -> ExtractionSummary:
-    """The summary of a run's outcomes, series refused at discovery counted as failed."""
+    """The summary of a run's outcomes, series refused at discovery counted as failed, and the
+    files discovery ignored."""
     rows = [*outcomes, *(SeriesOutcome.failed(f) for f in discovery_failures)]
     counts = Counter(row.status for row in rows)
     return ExtractionSummary(
@@ -83,4 +90,5 @@ def extraction_summary(
             round(compute_seconds, 2),
         ),
         per_series=tuple(sorted(rows, key=lambda row: row.series_id)),
+        ignored=tuple(ignored),
     )

@@ -5,6 +5,10 @@ source kinds in order (lib/sources/kinds/); each claims its series, named by the
 path relative to the root (`2026-11-20.tar/grow/clip_0003.mp4`). Partitions are the
 root's top-level folders and archives; labels come from the parent folder, or a
 manifest.
+
+Nothing is dropped silently (SPEC §6): every regular file ends as a series, a failure, or an
+`Ignored` entry saying why (its content, a sidecar of a series file, hidden), which the run
+summary counts and lists.
 """
 
 from __future__ import annotations
@@ -29,12 +33,26 @@ from lstmpipe.lib.sources.archives import (
 )
 from lstmpipe.lib.sources.hashing import HashMemo, with_stamps
 from lstmpipe.lib.sources.kinds import KINDS
+from lstmpipe.lib.sources.kinds.cube import zarr_store
+from lstmpipe.lib.sources.sniff import not_media, read_head
+
+
+@dataclass(frozen=True)
+class Ignored:
+    """A file (or hidden folder) under a source that is neither a series nor a failure, and why."""
+
+    path: str  # relative to the root's folder, like series ids; a hidden folder ends with "/"
+    reason: str
+
+    def to_json(self) -> dict[str, str]:
+        return {"path": self.path, "reason": self.reason}
 
 
 @dataclass(frozen=True)
 class Discovery:
     refs: list[SeriesRef] = field(default_factory=list)
     failures: list[Failure] = field(default_factory=list)
+    ignored: list[Ignored] = field(default_factory=list)
 
 
 def discover(
@@ -44,18 +62,26 @@ def discover(
     limits: ArchiveLimits = ArchiveLimits(),
     sources: SourcesConfig = SourcesConfig(),
 ) -> Discovery:
-    """Every series under `root`, kind by kind, with the inputs that were refused."""
+    """Every series under `root`, kind by kind, with the inputs that were refused and those
+    ignored."""
     root = Path(root)
     refs: list[SeriesRef] = []
     base = root.parent if root.is_file() else root
-    files, failures = _walk(root, base)
+    files, failures, ignored = _walk(root, base)
+    claimed: set[Path] = set()
     for kind in KINDS:  # DICOM, NIfTI, GeoTIFF, ... take their files first; video comes last
         claim = kind.claim(base, files, memo, limits, sources)
         refs += claim.refs
         failures += claim.failures
+        claimed |= claim.claimed
         files = [f for f in files if f not in claim.claimed]
     refs = with_stamps(refs)  # what extraction checks before caching (lib/sources/hashing.py)
-    return Discovery(_relabel(refs, manifest) if manifest else refs, failures)
+    unread, unclaimed = _unclaimed(base, files, claimed)
+    return Discovery(
+        _relabel(refs, manifest) if manifest else refs,
+        failures + unread,
+        sorted(ignored + unclaimed, key=lambda i: i.path),
+    )
 
 
 def partitions(root: Path) -> list[str]:
@@ -70,17 +96,40 @@ def partitions(root: Path) -> list[str]:
     )
 
 
-def _walk(root: Path, base: Path) -> tuple[list[Path], list[Failure]]:
-    """Regular files under `root` (or `root` itself), sorted, hidden files and folders skipped; and
-    the refused: what is not a regular file (opening a fifo waits for a writer forever; a device may
-    never end) and names that are not UTF-8 (ids, the cache and the failures table need UTF-8)."""
+def _walk(root: Path, base: Path) -> tuple[list[Path], list[Failure], list[Ignored]]:
+    """Regular files under `root` (or `root` itself), sorted; the refused: what is not a regular
+    file (opening a fifo waits for a writer forever; a device may never end) and names that are
+    not UTF-8 (ids, the cache and the failures table need UTF-8); and the hidden files and
+    folders, skipped unread (a hidden folder is one entry), except inside a Zarr store, whose
+    v2 metadata is hidden (.zarray)."""
+    hidden: list[Path] = []
     if root.is_file():
         candidates = [root]
     else:
         candidates = []
         for folder, dirs, files in os.walk(root):
+            hidden += [Path(folder, d) for d in dirs if d.startswith(".")]
+            hidden += [Path(folder, f) for f in files if f.startswith(".")]
             dirs[:] = sorted(d for d in dirs if not d.startswith("."))
             candidates += [Path(folder, f) for f in files if not f.startswith(".")]
+    found, refused = _regular(candidates, base)
+    return found, refused, _hidden(hidden, base)
+
+
+def _hidden(paths: list[Path], base: Path) -> list[Ignored]:
+    """Hidden files and folders as ignored entries; what a Zarr store holds is the store's."""
+    return [
+        Ignored(
+            printable(p.relative_to(base).as_posix()) + ("/" if p.is_dir() else ""),
+            f"hidden {'folder' if p.is_dir() else 'file'} (its name starts with a dot): not read",
+        )
+        for p in sorted(paths, key=lambda p: p.relative_to(base).parts)
+        if zarr_store(base, p) is None
+    ]
+
+
+def _regular(candidates: list[Path], base: Path) -> tuple[list[Path], list[Failure]]:
+    """The regular files of `candidates`, sorted; and the refused, as _walk says."""
     found: list[Path] = []
     refused: list[Failure] = []
     for path in sorted(candidates, key=lambda p: p.relative_to(base).parts):
@@ -106,6 +155,32 @@ def _walk(root: Path, base: Path) -> tuple[list[Path], list[Failure]]:
         else:
             found.append(path)
     return found, refused
+
+
+def _unclaimed(
+    base: Path, files: list[Path], claimed: set[Path]
+) -> tuple[list[Failure], list[Ignored]]:
+    """Why each file no kind claimed is not read: a sidecar of a claimed file (`clip.srt` beside
+    `clip.mp4`), else what its first bytes are; a file that cannot be read is a failure."""
+    stems = {(p.parent, _stem(p.name)): p for p in sorted(claimed, reverse=True)}
+    unread: list[Failure] = []
+    ignored: list[Ignored] = []
+    for path in files:
+        rel = path.relative_to(base).as_posix()
+        owner = stems.get((path.parent, _stem(path.name)))
+        if owner is not None:
+            ignored.append(Ignored(rel, f"sidecar of {owner.relative_to(base).as_posix()}"))
+            continue
+        try:
+            ignored.append(Ignored(rel, not_media(read_head(path))))
+        except OSError as exc:
+            unread.append(Failure(rel, str(path), "discover", f"unreadable: {exc.strerror}"))
+    return unread, ignored
+
+
+def _stem(name: str) -> str:
+    """A name up to its first dot: `scan.nii.gz`, `scan.json` and `scan.tfw` share `scan`."""
+    return name.split(".", 1)[0]
 
 
 def _relabel(refs: list[SeriesRef], manifest: Path) -> list[SeriesRef]:

@@ -1,5 +1,7 @@
 """`--json` and the run records keep their shape: a real small run of each command, compared with
-the shape recorded before results were typed (tests/flows/data/json_shapes.json).
+the shape recorded before results were typed (tests/flows/data/json_shapes.json), changed since
+deliberately: `ignored` (a count) and `ignored_files` (path, reason) in every extraction summary
+and partitions run, `ignored` in each partition done (issue 16: nothing dropped silently).
 
 Scripts and `lstmpipe status` read these documents, so a renamed or moved key is a break even
 when every flow test still passes. Values that change from run to run (times, paths, ids,
@@ -64,9 +66,11 @@ def run_commands(home: Path, work: Path, capsys: pytest.CaptureFixture[str]) -> 
     )
     root = work / "root"
     shutil.copytree(sample, root, ignore=shutil.ignore_patterns("labels.csv", ".*"))
+    (root / "README.txt").write_text("what these partitions are\n")  # ignored, in no partition
     loose = work / "loose"
     shutil.copytree(root / "2026-11-18", loose)
     (loose / "grow" / "broken.mp4").write_text("not a video\n")
+    (loose / "notes.txt").write_text("field notes\n")  # ignored: listed with its reason
     flags = [f"--set={key}={value}" for key, value in SETTINGS.items()] + ["--json"]
     commands = {
         "extract": ["extract", str(loose)],
