@@ -3,7 +3,8 @@
 The model is logged as a pyfunc (pyfunc_entry.py) that rebuilds the network from its bundle
 files (spec + state_dict, weights_only=True): any sequence length loads, unlike an exported
 graph that bakes in the example's shapes. Each version carries the lstmpipe code that entry
-imports and pins torch, numpy and mlflow, so it loads where lstmpipe is not installed.
+imports and pins torch, numpy and mlflow, so it loads where lstmpipe is not installed: that
+is for MLflow's users. lstmpipe itself loads a version as data (load_bundle), never its code.
 """
 
 from __future__ import annotations
@@ -29,13 +30,24 @@ from mlflow.artifacts import download_artifacts
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.models.signature import ModelSignature
+from mlflow.store.artifact.artifact_repo import ArtifactRepository
+from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 from mlflow.tracking import MlflowClient
 from mlflow.types.schema import Schema, TensorSpec
 
+from lstmpipe.lib.errors import ConfigError
 from lstmpipe.lib.features.recipe import FeatureRecipe
 from lstmpipe.lib.registry import modelcard
 from lstmpipe.lib.registry.carried_code import ENTRY, code_tree, requirements
 from lstmpipe.lib.training.bundle import ModelBundle
+from lstmpipe.lib.training.bundle_files import (
+    JSON_FILES,
+    MAX_JSON_BYTES,
+    WEIGHTS,
+    read_bundle,
+    read_spec,
+    weights_limit,
+)
 from lstmpipe.lib.training.experiment import Outcome
 from lstmpipe.lib.training.metrics import PER_CLASS, per_class_report
 from lstmpipe.lib.training.plots import confusion_matrix_png, learning_curves_png
@@ -207,26 +219,109 @@ def check_complete(client: MlflowClient, ref: ModelRef) -> None:
         )
 
 
+def filter_value(value: str) -> str:
+    """`value` as a string literal of MLflow's search filters, quoted so that it cannot change
+    the filter (`name = {filter_value(name)}`).
+
+    The grammar has no escapes (MLflow strips the outer quotes, nothing more), so the value is
+    quoted with a quote it does not hold. One holding both quotes, a backslash (the tokenizer
+    reads \\' as a quote inside the string) or a control character cannot be written: refused.
+    """
+    if "\\" in value or not value.isprintable():
+        raise ValueError(f"{value!r}: a backslash or control character cannot go in a filter")
+    quote = next((q for q in ("'", '"') if q not in value), None)
+    if quote is None:
+        raise ValueError(f"{value!r}: holds both quote characters; it cannot go in a filter")
+    return f"{quote}{value}{quote}"
+
+
 def version_tags(client: MlflowClient, ref: ModelRef) -> dict[str, str]:
     return dict(client.get_model_version(ref.name, ref.version).tags)
 
 
+# Where log_model's pyfunc keeps the bundle in a version's artifacts (artifacts={"bundle": ...}).
+BUNDLE_PATH = "artifacts/bundle"
+
+
 def load_bundle(ref: ModelRef) -> ModelBundle:
-    """Load through the pyfunc flavour, exactly as a consumer of the registry would."""
-    model = mlflow.pyfunc.load_model(f"models:/{ref.name}/{ref.version}")
-    return ModelBundle.from_stored(model.unwrap_python_model().stored)
+    """The version as data: its bundle's four files, each size-checked before it is downloaded,
+    and the network rebuilt from them (lib/training/bundle_files.py read_bundle).
+
+    Never mlflow.pyfunc.load_model: that imports the Python files stored with the version
+    (pyfunc_entry.py, its code_paths), so whoever can register a version or write the artifact
+    store would run code in promote and infer. No file from the store is imported or unpickled.
+    """
+    where = f"model {ref.name} version {ref.version}"
+    uri = MlflowClient().get_model_version_download_uri(ref.name, ref.version)
+    repository = get_artifact_repository(uri)
+    sizes = _bundle_sizes(repository, where)
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in JSON_FILES:
+            _download(repository, name, sizes[name], MAX_JSON_BYTES, Path(tmp), where)
+        folder = Path(tmp, BUNDLE_PATH)
+        limit = weights_limit(read_spec(folder / "spec.json", where))
+        _download(repository, WEIGHTS, sizes[WEIGHTS], limit, Path(tmp), where)
+        return ModelBundle.from_stored(read_bundle(folder, where), where)
+
+
+def _bundle_sizes(repository: ArtifactRepository, where: str) -> dict[str, int | None]:
+    """The listed size of each bundle file of a version; a missing one is refused."""
+    listed = {
+        Path(f.path).name: f.file_size
+        for f in repository.list_artifacts(BUNDLE_PATH)
+        if not f.is_dir
+    }
+    missing = [name for name in (*JSON_FILES, WEIGHTS) if name not in listed]
+    if missing:
+        raise ConfigError(
+            f"{where}: {BUNDLE_PATH} lacks {', '.join(missing)}: not a version lstmpipe logged"
+        )
+    return listed
+
+
+def _download(
+    repository: ArtifactRepository, name: str, size: int | None, limit: int, dst: Path, where: str
+) -> None:
+    """Download one bundle file to dst/BUNDLE_PATH/name, refused unread when its listed size is
+    unknown, zero or over `limit` (read_bundle checks the size again, as it landed)."""
+    if size is None or not 0 < size <= limit:
+        raise ConfigError(
+            f"{where}: {BUNDLE_PATH}/{name} refused before download: "
+            f"listed as {size} bytes, the limit is 1 to {limit}"
+        )
+    repository.download_artifacts(f"{BUNDLE_PATH}/{name}", dst_path=str(dst))
 
 
 def recipe_of(ref: ModelRef) -> FeatureRecipe:
     """The feature recipe a version was trained with, from its run's artifacts (loads no model)."""
-    return FeatureRecipe.from_dict(load_run_json(ref.run_id, "recipe.json"))
+    try:
+        return FeatureRecipe.from_dict(load_run_json(ref.run_id, "recipe.json"))
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(
+            f"model {ref.name} version {ref.version}: its run's recipe.json is not a feature "
+            f"recipe ({exc})"
+        ) from exc
 
 
 def load_run_json(run_id: str, artifact: str) -> Any:
     return json.loads(load_run_text(run_id, artifact))
 
 
+# A run's text artifacts are read whole (eval_set.json lists every evaluation series, ~300 bytes
+# each): 128 MiB holds 400 000 of them, and keeps a planted giant from filling memory or disk.
+MAX_RUN_TEXT_BYTES = 128 << 20
+
+
 def load_run_text(run_id: str, artifact: str) -> str:
+    """A run's artifact as text, refused before download when listed over MAX_RUN_TEXT_BYTES."""
+    folder = artifact.rpartition("/")[0] or None
+    listed = {f.path: f.file_size for f in MlflowClient().list_artifacts(run_id, folder)}
+    size = listed.get(artifact)
+    if size is not None and size > MAX_RUN_TEXT_BYTES:
+        raise ConfigError(
+            f"run {run_id}: {artifact} refused before download: {size} bytes, over the "
+            f"{MAX_RUN_TEXT_BYTES} a run's text artifact may have"
+        )
     with tempfile.TemporaryDirectory() as tmp:
         path = download_artifacts(run_id=run_id, artifact_path=artifact, dst_path=tmp)
         return Path(path).read_text()

@@ -8,8 +8,10 @@ escapes every one of them (class names and tags come from data and may hold mark
 from __future__ import annotations
 
 import base64
+import hashlib
 import html
 import json
+import re
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,7 +21,9 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from lstmpipe.lib.atomic import write_text_atomic
+from lstmpipe.lib.errors import ConfigError
 from lstmpipe.lib.registry.history import HistoryRow
+from lstmpipe.lib.registry.mlflow_store import MAX_RUN_TEXT_BYTES, filter_value
 
 PLOTS = {
     "confusion_matrix.png": "Confusion matrix (test split)",
@@ -51,16 +55,21 @@ def collect(client: MlflowClient, run_id: str, history: list[HistoryRow]) -> dic
             f"run {run_id}: not an MLflow run in this store ({exc.message}); pass a lstmpipe "
             "run id from `lstmpipe status` or an MLflow run id"
         ) from exc
-    artifacts = {a.path for a in client.list_artifacts(run_id)}
+    sizes = {a.path: a.file_size for a in client.list_artifacts(run_id)}
+    shown = [name for name in [*PLOTS, "metrics.json"] if name in sizes]
+    for name in shown:
+        if (sizes[name] or 0) > MAX_RUN_TEXT_BYTES:
+            raise ConfigError(
+                f"run {run_id}: {name} refused before download: {sizes[name]} bytes, over the "
+                f"{MAX_RUN_TEXT_BYTES} a report reads"
+            )
     with tempfile.TemporaryDirectory() as tmp:
         files = {
-            name: Path(client.download_artifacts(run_id, name, tmp)).read_bytes()
-            for name in [*PLOTS, "metrics.json"]
-            if name in artifacts
+            name: Path(client.download_artifacts(run_id, name, tmp)).read_bytes() for name in shown
         }
     versions = [
         {"name": v.name, "version": str(v.version), "tags": dict(v.tags)}
-        for v in client.search_model_versions(f"run_id = '{run_id}'")
+        for v in client.search_model_versions(f"run_id = {filter_value(run.info.run_id)}")
     ]
     return {
         "run_id": run_id,
@@ -262,9 +271,20 @@ def write(report: dict[str, Any], path: Path) -> Path:
     return Path(path)
 
 
+# Run ids and the report's file name are used as file names: only a plain name (letters, digits,
+# "_", "-", "."; first a letter or digit) is. lstmpipe's run ids (12 hex digits) and MLflow's
+# (32) are plain; a tag can hold anything, "../../x" and "/abs" included.
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+
+
 def mlflow_run_id(runs_dir: Path, given: str) -> str:
     """`given` as a lstmpipe run id (runs_dir/<id>.json names the MLflow run it trained or
-    promoted), else as is."""
+    promoted), else as is; one that is not a plain name is refused before any path is made."""
+    if not _PLAIN_NAME.fullmatch(given):
+        raise LookupError(
+            f"run {given!r}: not a run id (letters, digits, '_', '-' and '.', at most 128); "
+            "pass a lstmpipe run id from `lstmpipe status` or an MLflow run id"
+        )
     record_file = Path(runs_dir) / f"{given}.json"
     if not record_file.is_file():
         return given
@@ -289,4 +309,21 @@ def build(
     reports_dir/<training's lstmpipe run id>.html."""
     values = collect(client, mlflow_run_id(runs_dir, given), history)
     name = values["tags"].get("lstmpipe.run_id") or values["run_id"]  # one page per training run
-    return write(values, Path(reports_dir) / f"{name}.html")
+    return write(values, page_file(Path(reports_dir), name))
+
+
+def page_file(reports_dir: Path, name: str) -> Path:
+    """reports_dir/<name>.html for a plain name, else reports_dir/run-<hash of name>.html (the
+    same page each time): a tag such as "../../x" or "/abs" names no file outside the folder.
+
+    The resolved path is checked too, so a planted link at that name is refused, not followed.
+    """
+    stem = name if _PLAIN_NAME.fullmatch(name) else f"run-{_digest(name)}"
+    path = reports_dir / f"{stem}.html"
+    if path.resolve().parent != reports_dir.resolve():
+        raise ConfigError(f"report {path}: resolves outside {reports_dir}; refused")
+    return path
+
+
+def _digest(text: str) -> str:
+    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
+from lstmpipe.lib.errors import ConfigError
 from lstmpipe.lib.features.recipe import FeatureRecipe
 from lstmpipe.lib.training.bundle_files import StoredBundle, read_bundle, write_bundle
 from lstmpipe.lib.training.loop import predict_proba, predict_steps
@@ -31,14 +32,22 @@ class ModelBundle:
 
     @classmethod
     def load(cls, directory: Path) -> ModelBundle:
-        return cls.from_stored(read_bundle(directory))
+        return cls.from_stored(read_bundle(directory), str(directory))
 
     @classmethod
-    def from_stored(cls, stored: StoredBundle) -> ModelBundle:
-        """The bundle of files already read (by read_bundle, e.g. inside a loaded pyfunc)."""
-        return cls(
-            stored.spec, stored.module, stored.labels, FeatureRecipe.from_dict(stored.recipe)
-        )
+    def from_stored(cls, stored: StoredBundle, where: str) -> ModelBundle:
+        """The bundle of files already read (by read_bundle), its recipe typed and checked against
+        the network: a refusal is a ConfigError naming `where` and recipe.json."""
+        try:
+            recipe = FeatureRecipe.from_dict(stored.recipe)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{where}: recipe.json is not a feature recipe ({exc})") from exc
+        if recipe.feature_dim != stored.spec.input_dim:
+            raise ConfigError(
+                f"{where}: recipe.json makes {recipe.feature_dim} features per frame; "
+                f"spec.json's network reads {stored.spec.input_dim}"
+            )
+        return cls(stored.spec, stored.module, stored.labels, recipe)
 
     def predict(self, features: list[np.ndarray]) -> np.ndarray:
         """Class probabilities (N, C) for N variable-length (T_i, F) feature sequences."""
