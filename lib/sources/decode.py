@@ -6,8 +6,8 @@ each source kind (lib/sources/kinds/) brings its own opener.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +15,9 @@ from lstmpipe.lib.config import SamplingConfig, SourcesConfig
 from lstmpipe.lib.errors import BadInput
 from lstmpipe.lib.series import FrameChunk, OpenSeries, SeriesRef
 from lstmpipe.lib.sources.archives import ArchiveLimits
+from lstmpipe.lib.sources.frames import capped
 from lstmpipe.lib.sources.kinds import KINDS
+from lstmpipe.lib.sources.reader_process import Opener, open_in_reader
 
 
 def decode(
@@ -50,21 +52,39 @@ def open_series(
     limits: ArchiveLimits = ArchiveLimits(),
     sources: SourcesConfig = SourcesConfig(),
 ) -> Iterator[OpenSeries]:
-    """Metadata and lazy chunks sharing one input (one temp copy for a compressed member)."""
-    opener = _OPENERS.get(ref.kind)
-    if opener is None:
+    """Metadata and lazy chunks sharing one input (one temp copy for a compressed member).
+
+    Video is decoded by ffmpeg, already a watched child process; every other kind is read in a
+    reader process (reader_process.py) that is killed when silent for `sampling.timeout_s`.
+    """
+    if ref.kind not in _OPENERS:
         raise BadInput(
             ref.location, f"unknown series kind {ref.kind!r}; known: {', '.join(sorted(_OPENERS))}"
         )
-    with opener(ref, sampling, Path(tmp_dir), limits, sources) as series:
-        try:
+    if ref.kind in _OWN_PROCESS:
+        with open_here(ref, sampling, Path(tmp_dir), limits, sources) as series:
             yield series
+        return
+    with open_in_reader(_HERE, ref, sampling, Path(tmp_dir), limits, sources) as series:
+        yield series
+
+
+@contextmanager
+def open_here(
+    ref: SeriesRef,
+    sampling: SamplingConfig,
+    tmp_dir: Path,
+    limits: ArchiveLimits,
+    sources: SourcesConfig,
+) -> Iterator[OpenSeries]:
+    """The series opened in this process by its kind, its frames capped at MAX_FRAMES."""
+    with _OPENERS[ref.kind](ref, sampling, tmp_dir, limits, sources) as series:
+        try:
+            yield OpenSeries(series.meta, capped(series.chunks, ref.location))
         finally:
             series.chunks.close()  # stops the decoder when the consumer leaves early
 
 
-_Opener = Callable[
-    [SeriesRef, SamplingConfig, Path, ArchiveLimits, SourcesConfig],
-    AbstractContextManager[OpenSeries],
-]
-_OPENERS: dict[str, _Opener] = {kind.name: kind.open for kind in KINDS}
+_OPENERS: dict[str, Opener] = {kind.name: kind.open for kind in KINDS}
+_OWN_PROCESS = frozenset({"video"})  # kinds whose decoder is a watched process of its own
+_HERE = f"{__name__}:{open_here.__name__}"  # what a reader process runs

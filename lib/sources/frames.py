@@ -7,7 +7,7 @@ chunking, so a DICOM series and a GeoTIFF stack come out exactly like a video.
 
 from __future__ import annotations
 
-from collections.abc import Generator, Iterable
+from collections.abc import Generator, Iterable, Iterator
 
 import numpy as np
 from PIL import Image
@@ -47,6 +47,23 @@ def check_frame_count(where: str, count: int, max_frames: int = MAX_FRAMES) -> N
             f"declares {count} frames, over the limit of {max_frames} per series "
             "(a header bomb, or a series too long to decode here); refused unread",
         )
+
+
+def capped(
+    chunks: Iterator[FrameChunk], where: str, max_frames: int = MAX_FRAMES
+) -> Generator[FrameChunk, None, None]:
+    """`chunks` until more than `max_frames` frames came out, then BadInput naming `where`: the
+    frame cap of every kind, whatever its header said (decode applies it to every series)."""
+    count = 0
+    for chunk in chunks:
+        count += len(chunk)
+        if count > max_frames:
+            raise BadInput(
+                where,
+                f"more than {max_frames} frames decoded, the limit per series "
+                "(a header that understates its frames, or a series too long to decode here)",
+            )
+        yield chunk
 
 
 def scale_to_uint8(image: np.ndarray, low: float, high: float) -> np.ndarray:
