@@ -86,12 +86,18 @@ def test_one_series_per_folder_of_frames(root: Path) -> None:
     found = discover(root)
     assert sorted((r.series_id, r.kind, r.label, r.partition) for r in found.refs) == [
         ("dance/clip.mp4", "video", "dance", "dance"),  # pictures beside a video stay pictures
-        ("jump/clip_c", "images", "jump", "jump"),
-        ("jump/clip_d", "images", "jump", "jump"),
+        ("jump/clip_d", "images", "jump", "jump"),  # its broken frame has a valid header
         ("run/clip_b", "images", "run", "run"),  # run/single (one picture) is no series
         ("walk/clip_a", "images", "walk", "walk"),
     ]
-    assert not found.failures
+    # every header is read at discovery: a frame that is no image fails its folder there
+    [failure] = found.failures
+    assert (failure.series_id, failure.path, failure.stage) == (
+        "jump/clip_c",
+        str(root / "jump" / "clip_c" / "f3.png"),
+        "discover",
+    )
+    assert failure.reason.startswith("unreadable image f3.png: cannot identify image file")
     clip = by_id(found.refs)["walk/clip_a"]
     assert clip.path == str(root / "walk" / "clip_a") and clip.meta["frames"] == 12
 
@@ -128,13 +134,10 @@ def test_unreadable_frame_fails_its_series_alone(root: Path, tmp_path: Path) -> 
     refs = discover(root).refs
     results = list(extract_many(refs, SMALL, mean_embed, batch_size=8, tmp_dir=tmp_path))
     failed = {r.series_id: r for r in results if isinstance(r, Failure)}
-    assert failed.keys() == {"jump/clip_c", "jump/clip_d", "dance/clip.mp4"}
-    assert failed["jump/clip_c"].reason.startswith(
-        "unreadable image f3.png: cannot identify image file"
-    )
+    assert failed.keys() == {"jump/clip_d", "dance/clip.mp4"}  # jump/clip_c failed at discovery
     assert failed["jump/clip_d"].reason.startswith("unreadable image f2.png:")
-    assert failed["jump/clip_c"].stage == "decode" and failed["jump/clip_c"].path == str(
-        root / "jump" / "clip_c"
+    assert failed["jump/clip_d"].stage == "decode" and failed["jump/clip_d"].path == str(
+        root / "jump" / "clip_d"
     )
     lengths = {r.series_id: len(r.features) for r in results if not isinstance(r, Failure)}
     assert lengths == {"run/clip_b": 3, "walk/clip_a": 12}

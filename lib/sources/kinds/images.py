@@ -38,12 +38,23 @@ from lstmpipe.lib.errors import BadInput
 from lstmpipe.lib.failures import Failure
 from lstmpipe.lib.series import OpenSeries, SeriesRef
 from lstmpipe.lib.sources.archives import ArchiveLimits
-from lstmpipe.lib.sources.frames import chunked, pick, scale_to_uint8, to_rgb
+from lstmpipe.lib.sources.frames import (
+    check_frame_count,
+    check_frame_size,
+    chunked,
+    pick,
+    scale_to_uint8,
+    to_rgb,
+)
 from lstmpipe.lib.sources.hashing import HashMemo, content_hash
 from lstmpipe.lib.sources.kinds.base import Claim, SourceKind, make_ref
 from lstmpipe.lib.sources.kinds.video import is_video
 
 SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
+# The Pillow formats those suffixes name, and the only ones Image.open may try: whatever a file's
+# name, its bytes never reach Pillow's other plugins (EPS runs Ghostscript; others read rarely
+# used, little-tested formats). JPEG's plugin also opens its multi-picture variant, MPO.
+FORMATS = ("PNG", "JPEG", "BMP", "TIFF")
 MIN_FRAMES = 2  # one picture is not a sequence
 ORIENTATION = 0x0112  # the EXIF tag phones write instead of turning the pixels
 # What Pillow raises on a file it cannot decode: UnidentifiedImageError and "image file is
@@ -84,8 +95,13 @@ def claim(base: Path, files: list[Path], memo: HashMemo | None) -> Claim:
             continue
         rel = folder.name if folder == base else folder.relative_to(base).as_posix()
         try:
+            check_frame_count(str(folder), len(images))  # one frame per image
+            for image in images:
+                _check(image)  # every one: a folder's images may differ
             digest = _series_hash(images, memo)
             size = sum(p.stat().st_size for p in images)
+        except BadInput as exc:
+            failures.append(Failure(rel, exc.path, "discover", exc.reason))
         except OSError as exc:
             failures.append(Failure(rel, str(folder), "discover", f"unreadable image: {exc}"))
         else:
@@ -156,25 +172,50 @@ def _series_hash(images: list[Path], memo: HashMemo | None) -> str:
     return digest.hexdigest()
 
 
-def _size(path: Path) -> tuple[int, int]:
-    """(width, height) of an image as shown (EXIF orientation applied), from its header alone."""
+@contextmanager
+def _opened(path: Path) -> Iterator[Image.Image]:
+    """The image with only its header read, in one of FORMATS, its header checked; BadInput naming
+    the file when Pillow refuses it, here or while the caller decodes it."""
     try:
-        with Image.open(path) as opened:
-            width, height = opened.size
-            # 90-degree turns swap the sides
-            turned = opened.getexif().get(ORIENTATION, 1) in (5, 6, 7, 8)
+        with Image.open(path, formats=FORMATS) as opened:
+            _check_header(path, opened)
+            yield opened
     except _READ_ERRORS as exc:
         raise BadInput(str(path), f"unreadable image {path.name}: {exc}") from exc
+
+
+def _check_header(path: Path, opened: Image.Image) -> None:
+    """Size and frame count, before a pixel is decoded. Only the first frame of a multi-frame image
+    (APNG, multi-page TIFF, MPO) is used; one declaring more frames than a series may have is a
+    bomb all the same."""
+    width, height = opened.size
+    try:
+        check_frame_size(str(path), height, width)
+        check_frame_count(str(path), getattr(opened, "n_frames", 1))
+    except BadInput as exc:
+        raise BadInput(exc.path, f"{path.name}: {exc.reason}") from None
+
+
+def _check(path: Path) -> None:
+    """BadInput naming the file unless Pillow reads its header and the header passes
+    (`_check_header`); no pixel is decoded (nor EXIF, which Pillow finds in a PNG by decoding it)."""
+    with _opened(path):
+        return
+
+
+def _size(path: Path) -> tuple[int, int]:
+    """(width, height) of an image as shown (EXIF orientation applied), from its header alone."""
+    with _opened(path) as opened:
+        width, height = opened.size
+        # 90-degree turns swap the sides
+        turned = opened.getexif().get(ORIENTATION, 1) in (5, 6, 7, 8)
     return (height, width) if turned else (width, height)
 
 
 def _read(path: Path) -> np.ndarray:
     """One frame as (H, W, 3) uint8, upright; BadInput naming the file if Pillow cannot read it."""
-    try:
-        with Image.open(path) as opened:
-            image = ImageOps.exif_transpose(opened)
-            if image.mode.startswith("I;16") or image.mode == "I":
-                return to_rgb(scale_to_uint8(np.asarray(image), 0, 65535))
-            return np.asarray(image.convert("RGB"))
-    except _READ_ERRORS as exc:
-        raise BadInput(str(path), f"unreadable image {path.name}: {exc}") from exc
+    with _opened(path) as opened:
+        image = ImageOps.exif_transpose(opened)
+        if image.mode.startswith("I;16") or image.mode == "I":
+            return to_rgb(scale_to_uint8(np.asarray(image), 0, 65535))
+        return np.asarray(image.convert("RGB"))
