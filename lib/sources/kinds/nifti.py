@@ -25,8 +25,9 @@ intensity sample, then the frames), sequentially; metadata (describe) needs the
 header alone. A truncated .nii is refused at discovery (its size is short of what
 the header promises); a truncated .nii.gz only shows when decoded, and fails then.
 A .nii.gz promising more data than its size can inflate to (a gzip bomb), frames
-beyond lib.frames.MAX_PIXELS and volumes beyond MAX_VOLUME_VOXELS are refused at
-discovery too; a bomb within deflate's ratio costs time, one volume of memory.
+beyond lib.frames.MAX_PIXELS, more time points than lib.frames.MAX_FRAMES and volumes
+beyond MAX_VOLUME_VOXELS are refused at discovery too; a bomb within deflate's ratio
+costs time, one volume of memory.
 
 A 3-D (or 2-D) image is refused at discovery, "not a time series: 3-D volume",
 rather than turned into a series of slices: slices of one volume are space, not
@@ -54,6 +55,7 @@ from lstmpipe.lib.failures import Failure
 from lstmpipe.lib.series import OpenSeries, SeriesRef
 from lstmpipe.lib.sources.archives import ArchiveLimits
 from lstmpipe.lib.sources.frames import (
+    check_frame_count,
     check_frame_size,
     chunked,
     pick,
@@ -186,8 +188,8 @@ def _image(path: Path) -> nib.Nifti1Image:
 
 
 def _time_series_shape(path: Path, image: nib.Nifti1Image) -> tuple[int, ...]:
-    """The data shape when time is on the 4th axis
-    (trailing length-1 axes allowed); else BadInput."""
+    """The data shape when time is on the 4th axis (trailing length-1 axes allowed) and has at
+    most MAX_FRAMES time points; else BadInput."""
     shape = tuple(int(n) for n in image.shape)
     if len(shape) < 4:
         dims = "x".join(map(str, shape))
@@ -201,6 +203,9 @@ def _time_series_shape(path: Path, image: nib.Nifti1Image) -> tuple[int, ...]:
         )
     if 0 in shape:
         raise BadInput(str(path), f"empty image: shape {shape}")
+    # before a frame index is made: a 1x1x1 .nii.gz with 10^8 time points passes the gzip-ratio
+    # check (100 MB from 100 kB) yet would allocate 800 MB of indices
+    check_frame_count(str(path), shape[3])
     return shape
 
 
