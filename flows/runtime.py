@@ -5,6 +5,10 @@ standard variables (MLFLOW_TRACKING_URI, RAY_ADDRESS, PREFECT_API_URL) to the
 state directory, the MLflow store, the Ray cluster and Prefect's API, and passes
 plain values down to tasks and lib. It never imports Prefect or Ray, so the CLI
 can set Prefect's home before Prefect loads.
+
+Credentials for the servers are the clients' standard variables, each also given as
+a file (`<NAME>_FILE`, a Docker or Kubernetes secret) so that none needs a command
+line or a committed file; Ray reads its own RAY_AUTH_TOKEN_PATH.
 """
 
 from __future__ import annotations
@@ -17,6 +21,15 @@ from pathlib import Path
 from typing import Any
 
 from lstmpipe.lib.config import Config, Executor, load_config
+from lstmpipe.lib.errors import ConfigError
+
+# The clients' credentials that may come from a file named by <NAME>_FILE: MLflow's basic auth
+# and Prefect's auth string (PREFECT_SERVER_API_AUTH_STRING on the server).
+SECRET_VARIABLES = (
+    "MLFLOW_TRACKING_USERNAME",
+    "MLFLOW_TRACKING_PASSWORD",
+    "PREFECT_API_AUTH_STRING",
+)
 
 
 @dataclass(frozen=True)
@@ -66,6 +79,8 @@ def load_runtime(
     env = os.environ if env is None else env
     # flows a worker runs from infra/prefect.yaml never pass the CLI
     bound_mlflow_retries(os.environ)
+    # the CLI calls this before importing Prefect, which reads its auth string on import
+    read_secret_files(os.environ)
     config = load_config(
         config_file or env.get("LSTMPIPE_CONFIG"),
         {k: v for k, v in env.items() if k != "LSTMPIPE_CONFIG"},
@@ -121,6 +136,27 @@ def bound_mlflow_retries(env: MutableMapping[str, str]) -> None:
     all. The user's values win."""
     env.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
     env.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "60")
+
+
+def read_secret_files(env: MutableMapping[str, str]) -> None:
+    """Set each credential of SECRET_VARIABLES from the file its <NAME>_FILE names; a value set
+    directly wins. An unreadable file is a configuration error naming it."""
+    for name in SECRET_VARIABLES:
+        path = env.get(f"{name}_FILE")
+        if path and name not in env:
+            env[name] = _read_secret(Path(path), f"{name}_FILE")
+
+
+def _read_secret(path: Path, variable: str) -> str:
+    try:
+        value = path.read_text().strip()  # `echo secret > file` leaves a newline
+    except OSError as exc:
+        raise ConfigError(f"{variable}: cannot read {path}: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{variable}: {path} is not UTF-8 text") from exc
+    if not value:
+        raise ConfigError(f"{variable}: {path} is empty")
+    return value
 
 
 def new_run_id() -> str:

@@ -4,7 +4,9 @@ cron).
 Schedules need a Prefect server running its scheduler service, which the temporary
 API of the other commands does not run: with no PREFECT_API_URL, serve starts
 `prefect server start` on 127.0.0.1 (its database under $LSTMPIPE_HOME/prefect) and
-stops it on Ctrl-C. Flow runs execute in subprocesses of this one, importing the
+stops it on Ctrl-C. That server requires a random auth string, new at each start and
+kept in $LSTMPIPE_HOME/prefect/api-auth-string (mode 0600) for the owner's own
+`prefect` commands and the UI's login. Flow runs execute in subprocesses of this one, importing the
 flows by module path, with the configuration serve was given. The server's
 scheduler creates each scheduled run with an idempotency key (deployment, schedule,
 time), so a restarted serve never runs a night twice; the partition records make a
@@ -16,6 +18,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -32,7 +35,7 @@ from lstmpipe.flows.infer import infer
 from lstmpipe.flows.nightly import nightly
 from lstmpipe.flows.promote import promote, rollback_flow
 from lstmpipe.flows.runtime import Runtime
-from lstmpipe.flows.startup import TemporaryApi, using
+from lstmpipe.flows.startup import TemporaryApi, new_auth_string, using
 from lstmpipe.flows.train import train
 from lstmpipe.lib.config import Config
 from lstmpipe.lib.errors import ConfigError
@@ -92,12 +95,13 @@ def serve(
 ) -> dict[str, Any]:
     """Serve until interrupted; the summary names what was served."""
     served = deployments(rt.config, config_file, overrides)
-    api = None if os.environ.get("PREFECT_API_URL") else _start_server(port)
+    api = None if os.environ.get("PREFECT_API_URL") else _start_server(port, rt.home / "prefect")
     try:
         with using(api):
             if api is not None:
                 # the flow-run subprocesses report to it too
                 os.environ["PREFECT_API_URL"] = api.url
+                os.environ["PREFECT_API_AUTH_STRING"] = api.auth_string
             with get_client(sync_client=True) as client:
                 # nightly's promotions too
                 client.create_concurrency_limit(tag="promote", concurrency_limit=1)
@@ -115,8 +119,14 @@ def serve(
     }
 
 
-def _start_server(port: int) -> TemporaryApi:
-    """`prefect server start` with its services (the scheduler), on localhost only (SPEC §6)."""
+AUTH_FILE = "api-auth-string"  # under PREFECT_HOME
+
+
+def _start_server(port: int, prefect_home: Path) -> TemporaryApi:
+    """`prefect server start` with its services (the scheduler), on localhost only (SPEC §6),
+    refusing requests without its auth string (other local users reach localhost too)."""
+    auth_string = new_auth_string()
+    write_private(prefect_home / AUTH_FILE, auth_string)
     process = subprocess.Popen(
         [
             sys.executable,
@@ -129,7 +139,17 @@ def _start_server(port: int) -> TemporaryApi:
             "--port",
             str(port),
         ],
+        env={**os.environ, "PREFECT_SERVER_API_AUTH_STRING": auth_string},
         stdin=subprocess.DEVNULL,
         start_new_session=True,
     )
-    return TemporaryApi(f"http://127.0.0.1:{port}/api", process)
+    return TemporaryApi(f"http://127.0.0.1:{port}/api", process, auth_string)
+
+
+def write_private(path: Path, text: str) -> None:
+    """A file only its owner can read, created afresh (O_EXCL: never through a planted link, never
+    an older file's looser mode)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.unlink(missing_ok=True)
+    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as out:
+        out.write(text)

@@ -9,12 +9,17 @@ PREFECT_API_URL at it, and lets it boot while this process imports torch, Prefec
 and the flows and builds the backbone. It is stopped when the command ends, as
 Prefect's own temporary server is; its database is Prefect's usual one under
 PREFECT_HOME ($LSTMPIPE_HOME/prefect), so run history accumulates there.
+
+It binds 127.0.0.1, where every local user can reach it: it requires a random auth
+string of its own (PREFECT_SERVER_API_AUTH_STRING), which lives only in the
+server's environment and this process's Prefect settings.
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -40,6 +45,7 @@ class TemporaryApi:
 
     url: str
     process: subprocess.Popen
+    auth_string: str  # what the server requires of every request but its health check
     boot_lock: BinaryIO | None = None  # held while booting: see start_temporary_api
 
     def wait(self, timeout_s: float = BOOT_TIMEOUT_S) -> None:
@@ -98,11 +104,13 @@ def start_temporary_api(env: Mapping[str, str] | None = None) -> TemporaryApi | 
     fcntl.flock(boot_lock, fcntl.LOCK_EX)
     port = _free_port()
     url = f"http://127.0.0.1:{port}/api"
+    auth_string = new_auth_string()
     server_env = {
         **env,
         "PREFECT_UI_ENABLED": "0",
         "PREFECT__SERVER_EPHEMERAL": "1",
         "PREFECT__SERVER_FINAL": "1",
+        "PREFECT_SERVER_API_AUTH_STRING": auth_string,
     }
     process = subprocess.Popen(  # the command Prefect's own SubprocessASGIServer runs
         [
@@ -124,7 +132,12 @@ def start_temporary_api(env: Mapping[str, str] | None = None) -> TemporaryApi | 
         stdin=subprocess.DEVNULL,
         start_new_session=True,
     )
-    return TemporaryApi(url, process, boot_lock)
+    return TemporaryApi(url, process, auth_string, boot_lock)
+
+
+def new_auth_string() -> str:
+    """A server's Prefect auth string: sent as HTTP basic credentials, `user:password`."""
+    return f"lstmpipe:{secrets.token_urlsafe(32)}"
 
 
 @contextmanager
@@ -137,10 +150,12 @@ def using(api: TemporaryApi | None) -> Iterator[None]:
     if api is None:
         yield
         return
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 
     api.wait()
-    with temporary_settings(updates={PREFECT_API_URL: api.url}):
+    with temporary_settings(
+        updates={PREFECT_API_URL: api.url, PREFECT_API_AUTH_STRING: api.auth_string}
+    ):
         yield
 
 

@@ -15,8 +15,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import secrets
 import threading
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator, Iterator, MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +51,8 @@ def ensure_ray(address: str) -> None:
     with _lock:
         if ray.is_initialized():
             return
+        if address == "local":
+            _private_token(os.environ)
         ray.init(
             address=address,
             include_dashboard=False,
@@ -57,6 +60,17 @@ def ensure_ray(address: str) -> None:
             logging_level=logging.WARNING,
             configure_logging=False,
         )
+
+
+def _private_token(env: MutableMapping[str, str]) -> None:
+    """A Ray of our own listens on this machine's ports, where every local user can reach it and
+    run code through it: it requires a random token of its own, held only in this process's
+    environment (its workers inherit it). Ray's default would be ~/.ray/auth_token, shared by
+    every local cluster of the user and written outside $LSTMPIPE_HOME. The user's own
+    RAY_AUTH_* settings win."""
+    if not env.keys() & {"RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"}:
+        env["RAY_AUTH_MODE"] = "token"
+        env["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
 
 
 _pool: tuple[str, list] | None = None  # (key, actors): at most one pool alive per process

@@ -10,6 +10,7 @@ engine is needed; `docker compose config` runs where the compose plugin exists.
 from __future__ import annotations
 
 import ast
+import configparser
 import importlib
 import importlib.util
 import inspect
@@ -40,8 +41,16 @@ EXPECTED_DEPLOYMENTS = {
     "rollback": "flows/promote.py:rollback_flow",
     "infer": "flows/infer.py:infer",
 }
-# What `docker compose` would read from the shell or infra/.env; no real secret.
-COMPOSE_TEST_ENV = {"POSTGRES_PASSWORD": "not-a-real-password", "DATA_DIR": "/srv/archives"}
+# What `docker compose` would read from the shell or infra/.env; no secret (those are files).
+COMPOSE_TEST_ENV = {"DATA_DIR": "/srv/archives"}
+# The compose secrets (files made by infra/make-secrets.sh) and the services that read each.
+SECRETS = {
+    "postgres_password": {"postgres", "mlflow", "prefect-server"},
+    "mlflow_password": {"mlflow", "prefect-worker"},
+    "mlflow_secret_key": {"mlflow"},
+    "prefect_auth_string": {"prefect-server", "prefect-deploy", "prefect-worker"},
+    "ray_token": {"prefect-worker", "ray-head", "ray-worker", "ray-worker-gpu"},
+}
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 
 
@@ -121,6 +130,14 @@ def interpolate(value: Any, env: dict[str, str]) -> Any:
     return _VAR.sub(substitute, value)
 
 
+def git_ignored(path: Path) -> bool:
+    """Whether git ignores `path` (infra/secrets/, infra/.env: local credentials)."""
+    return (
+        subprocess.run(["git", "check-ignore", "-q", str(path)], cwd=ROOT, timeout=30).returncode
+        == 0
+    )
+
+
 def command_text(service: dict) -> str:
     command = service["command"]
     return command if isinstance(command, str) else " ".join(command)
@@ -184,7 +201,7 @@ def test_every_yaml_file_parses() -> None:
 def test_readme_names_every_infra_file() -> None:
     readme = (INFRA / "README.md").read_text()
     for path in INFRA.rglob("*"):
-        if path.is_file() and path.name not in {"README.md", ".env"}:
+        if path.is_file() and path.name != "README.md" and not git_ignored(path):
             relative = path.relative_to(INFRA).as_posix()
             # a file of an image folder (mlflow/) is covered by the folder's line
             named = relative in readme or (
@@ -419,35 +436,182 @@ def test_published_ports_bind_localhost_only(services: dict) -> None:
     assert published == {"4200", "5000", "8265"}  # Prefect UI, MLflow UI, Ray dashboard
 
 
+def strings(value: Any, key: str = "") -> Iterator[tuple[str, str]]:
+    """(nearest key, string) for every string in a parsed YAML document."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            yield from strings(v, str(k))
+    elif isinstance(value, list):
+        for v in value:
+            yield from strings(v, key)
+    elif isinstance(value, str):
+        yield key, value
+
+
 def test_no_credential_in_plain_text(compose_raw: dict) -> None:
-    text = (INFRA / "compose.yaml").read_text()
-    for reference in re.findall(r"\$\{POSTGRES_PASSWORD([^}]*)\}", text):
-        assert reference.startswith(":?"), "POSTGRES_PASSWORD must be required, never defaulted"
-    with pytest.raises(LookupError, match="POSTGRES_PASSWORD"):
-        interpolate(compose_raw, {"DATA_DIR": "/srv/archives"})
-
-    def strings(value: Any, key: str = "") -> Iterator[tuple[str, str]]:
-        if isinstance(value, dict):
-            for k, v in value.items():
-                yield from strings(v, str(k))
-        elif isinstance(value, list):
-            for v in value:
-                yield from strings(v, key)
-        elif isinstance(value, str):
-            yield key, value
-
-    secret_ref = re.compile(r"^\$\{[A-Z_]+:\?[^}]*\}$")
-    for key, value in strings(compose_raw):
-        if re.search(r"PASSWORD|SECRET|TOKEN", key):
-            assert secret_ref.match(value), f"{key}: {value!r} is not a required ${{VARIABLE:?...}}"
-        for password in re.findall(r"://[^:/@\s]+:([^@\s]+)@", value):
-            assert secret_ref.match(password), f"a URI embeds a literal password: {value!r}"
+    """Credentials are compose secrets: files under infra/secrets/ (git-ignored), mounted at
+    /run/secrets/NAME; a variable naming one ends in _FILE (or is Ray's RAY_AUTH_TOKEN_PATH)."""
+    assert "POSTGRES_PASSWORD}" not in (INFRA / "compose.yaml").read_text()
+    for key, value in strings(interpolate(compose_raw, COMPOSE_TEST_ENV)):
+        if re.search(r"PASSWORD|SECRET|TOKEN|AUTH_STRING", key):
+            assert key.endswith(("_FILE", "_PATH")) and value.startswith("/run/secrets/"), (
+                f"{key}: {value!r} is not a secret file"
+            )
+        assert not re.search(r"://[^:/@\s]+:[^@\s]*@", value), f"a URI embeds a password: {value!r}"
+    declared = compose_raw["secrets"]
+    assert set(declared) == set(SECRETS)
+    for name, secret in declared.items():
+        path = INFRA / secret["file"]
+        assert path.parent == INFRA / "secrets" and path.name == name
+        assert git_ignored(path), f"{secret['file']} could be committed"
     tracked = subprocess.run(
         ["git", "ls-files", "infra"], cwd=ROOT, capture_output=True, text=True
     ).stdout
-    assert not [f for f in tracked.split() if Path(f).name == ".env"], (
-        "an env file with credentials is in git"
+    assert not [f for f in tracked.split() if Path(f).name == ".env" or "/secrets/" in f], (
+        "a credentials file is in git"
     )
+
+
+def test_each_secret_reaches_exactly_its_readers(services: dict) -> None:
+    for name, service in services.items():
+        files = {
+            value.removeprefix("/run/secrets/")
+            for key, value in service.get("environment", {}).items()
+            if value.startswith("/run/secrets/")
+        }
+        assert files == set(service.get("secrets", [])), name
+        assert files == {secret for secret, readers in SECRETS.items() if name in readers}, name
+
+
+def test_no_command_line_carries_a_credential(services: dict) -> None:
+    """/proc/*/cmdline is readable by every user of a host: commands hold no secret, and no
+    variable they expand could hold one."""
+    for name, service in services.items():
+        text = command_text(service) if "command" in service else ""
+        assert not re.search(r"PASSWORD|SECRET|TOKEN|AUTH_STRING|/run/secrets", text), name
+        assert not re.search(r"://[^/@\s]+@", text), (
+            f"{name}: a URI with credentials in its command"
+        )
+
+
+def test_every_server_requires_authentication(services: dict) -> None:
+    pg = services["postgres"]["environment"]
+    assert pg["POSTGRES_PASSWORD_FILE"] == "/run/secrets/postgres_password"
+    assert "--auth-host=scram-sha-256" in pg["POSTGRES_INITDB_ARGS"].split()
+    assert "--auth-local=scram-sha-256" in pg["POSTGRES_INITDB_ARGS"].split()
+
+    mlflow = services["mlflow"]
+    command = mlflow["command"]
+    assert command[command.index("--app-name") + 1] == "basic-auth"
+    ini = mlflow_auth_ini()
+    assert ini["default_permission"] in {"READ", "NO_PERMISSIONS"}  # others never write
+    assert "admin_password" not in ini  # from MLFLOW_AUTH_ADMIN_PASSWORD(_FILE)
+    env = mlflow["environment"]
+    assert {"MLFLOW_AUTH_ADMIN_PASSWORD_FILE", "MLFLOW_FLASK_SERVER_SECRET_KEY_FILE"} <= set(env)
+    assert env["MLFLOW_AUTH_CONFIG_PATH"] in (INFRA / "mlflow" / "Dockerfile").read_text()
+    worker = services["prefect-worker"]["environment"]
+    assert worker["MLFLOW_TRACKING_USERNAME"] == ini["admin_username"]
+    assert "MLFLOW_TRACKING_PASSWORD_FILE" in worker
+
+    assert "PREFECT_SERVER_API_AUTH_STRING_FILE" in services["prefect-server"]["environment"]
+    for name in ("prefect-deploy", "prefect-worker"):
+        assert "PREFECT_API_AUTH_STRING_FILE" in services[name]["environment"], name
+
+    for name in ("prefect-worker", "ray-head", "ray-worker", "ray-worker-gpu"):
+        env = services[name]["environment"]
+        assert env["RAY_AUTH_MODE"] == "token", name
+        assert env["RAY_AUTH_TOKEN_PATH"] == "/run/secrets/ray_token", name
+
+
+def test_secret_file_variables_are_read(services: dict) -> None:
+    """Each NAME_FILE variable becomes NAME through the images' entrypoint, and NAME is one the
+    program reads: Prefect's settings, MLflow's auth app and client, libpq's PGPASSWORD. The
+    postgres image reads POSTGRES_PASSWORD_FILE itself."""
+    from prefect.settings import Settings
+    from prefect.settings.legacy import _get_valid_setting_names
+
+    from lstmpipe.flows.runtime import SECRET_VARIABLES
+
+    known = (
+        set(_get_valid_setting_names(Settings))
+        # MLflow's variables, read from its source: importing mlflow costs seconds
+        | set(re.findall(r'"(MLFLOW_\w+)"', mlflow_source("environment_variables.py").read_text()))
+        | {"PGPASSWORD", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_USERNAME"}
+    )
+    for name, service in services.items():
+        for variable in service.get("environment", {}):
+            if variable.endswith("_FILE") and name != "postgres":
+                assert variable.removesuffix("_FILE") in known, f"{name}: {variable}"
+    # lstmpipe's own commands read the client credentials' _FILE forms too (flows/runtime.py)
+    clients = {v.removesuffix("_FILE") for v in services["prefect-worker"]["environment"]}
+    assert clients >= set(SECRET_VARIABLES)
+
+
+def test_entrypoint_turns_secret_files_into_variables(tmp_path: Path) -> None:
+    script = INFRA / "secrets-env.sh"
+    (tmp_path / "token").write_text("s3cret")
+    env = {"PATH": os.environ["PATH"], "PREFECT_API_AUTH_STRING_FILE": str(tmp_path / "token")}
+    shown = subprocess.run(
+        ["sh", str(script), "env"], env=env, capture_output=True, text=True, timeout=30
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert "PREFECT_API_AUTH_STRING=s3cret" in shown.stdout.splitlines()
+    assert "PREFECT_API_AUTH_STRING_FILE" not in shown.stdout
+    env["PGPASSWORD_FILE"] = str(tmp_path / "missing")
+    refused = subprocess.run(
+        ["sh", str(script), "env"], env=env, capture_output=True, text=True, timeout=30
+    )
+    assert refused.returncode == 1 and "PGPASSWORD_FILE" in refused.stderr
+    for dockerfile_path in (INFRA / "Dockerfile", INFRA / "mlflow" / "Dockerfile"):
+        steps = dockerfile(dockerfile_path)
+        (entrypoint,) = [args for op, args in steps if op == "ENTRYPOINT"]
+        (copied,) = [args.split() for op, args in steps if op == "COPY" and "secrets-env" in args]
+        assert copied[-1] in entrypoint, dockerfile_path
+
+
+def test_make_secrets_writes_one_private_folder(tmp_path: Path, compose_raw: dict) -> None:
+    folder = tmp_path / "secrets"
+    command = ["sh", str(INFRA / "make-secrets.sh"), str(folder)]
+    subprocess.run(command, check=True, capture_output=True, timeout=30)
+    assert folder.stat().st_mode & 0o777 == 0o700
+    made = {path.name: path.read_text() for path in folder.iterdir()}
+    assert set(made) == set(compose_raw["secrets"])
+    assert len(set(made.values())) == len(made) and all(len(v) >= 64 for v in made.values())
+    assert made["prefect_auth_string"].startswith("lstmpipe:")  # Prefect's user:password
+    subprocess.run(command, check=True, capture_output=True, timeout=30)
+    assert {path.name: path.read_text() for path in folder.iterdir()} == made  # kept
+
+
+def test_containers_run_hardened(services: dict) -> None:
+    """Non-root, no capabilities, no privilege escalation, read-only root (tmpfs for scratch)."""
+    users = {
+        "lstmpipe:0.1.0": last_user(INFRA / "Dockerfile"),
+        "lstmpipe-mlflow:3.17.2": last_user(INFRA / "mlflow" / "Dockerfile"),
+    }
+    for name, service in services.items():
+        assert service.get("read_only") is True, name
+        assert service.get("cap_drop") == ["ALL"] and not service.get("cap_add"), name
+        assert "no-new-privileges:true" in service.get("security_opt", []), name
+        assert not service.get("privileged"), name
+        user = service.get("user") or users.get(service["image"])
+        assert user and user not in {"root", "0"}, f"{name} runs as root"
+        assert "/tmp" in service.get("tmpfs", []), name
+
+
+def test_decoding_workers_have_no_egress(compose: dict, services: dict) -> None:
+    """The Ray workers (and the driver, the database) sit on the internal network alone; only
+    the services publishing a port on 127.0.0.1 join a routed one."""
+    networks = compose["networks"]
+    internal = {name for name, net in networks.items() if (net or {}).get("internal")}
+    for name, service in services.items():
+        joined = set(service.get("networks", []))
+        assert joined and joined <= set(networks), name
+        if service.get("ports"):
+            assert joined - internal, f"{name}: an internal network cannot publish ports"
+        else:
+            assert joined <= internal, f"{name}: has a route out"
+    for name in ("ray-worker", "ray-worker-gpu", "prefect-worker", "postgres"):
+        assert set(services[name]["networks"]) <= internal, name
 
 
 def test_worker_environment_reaches_the_servers(services: dict, tmp_path: Path) -> None:
@@ -506,20 +670,23 @@ def test_worker_and_ray_nodes_share_state_and_data_at_the_same_paths(services: d
 
 def test_postgres_serves_both_stores(services: dict, compose: dict) -> None:
     pg = services["postgres"]["environment"]
-    mlflow_cmd = services["mlflow"]["command"]
-    mlflow_db = urlsplit(mlflow_cmd[mlflow_cmd.index("--backend-store-uri") + 1])
+    mlflow_db = urlsplit(services["mlflow"]["environment"]["MLFLOW_BACKEND_STORE_URI"])
     prefect_db = urlsplit(
         services["prefect-server"]["environment"]["PREFECT_SERVER_DATABASE_CONNECTION_URL"]
     )
-    assert mlflow_db.scheme == "postgresql" and prefect_db.scheme == "postgresql+asyncpg"
-    for url in (mlflow_db, prefect_db):
+    auth_db = urlsplit(mlflow_auth_ini()["database_uri"])
+    assert mlflow_db.scheme == auth_db.scheme == "postgresql"
+    assert prefect_db.scheme == "postgresql+asyncpg"
+    for url in (mlflow_db, prefect_db, auth_db):
         assert (url.hostname, url.port) == ("postgres", 5432)
-        assert (url.username, url.password) == (pg["POSTGRES_USER"], pg["POSTGRES_PASSWORD"])
+        # the password comes from PGPASSWORD (libpq, asyncpg), never the URI
+        assert (url.username, url.password) == (pg["POSTGRES_USER"], None)
     assert mlflow_db.path == f"/{pg['POSTGRES_DB']}"
-    # MLflow and Prefect both keep an alembic_version table: separate databases.
-    assert prefect_db.path != mlflow_db.path
+    # MLflow, its auth app and Prefect each keep an alembic_version table: separate databases.
+    assert len({mlflow_db.path, prefect_db.path, auth_db.path}) == 3
     init = compose["configs"]["postgres-init"]["content"]
-    assert f"CREATE DATABASE {prefect_db.path.lstrip('/')};" in init
+    for url in (prefect_db, auth_db):
+        assert f"CREATE DATABASE {url.path.lstrip('/')};" in init
     assert importlib.util.find_spec("asyncpg"), (
         "Prefect's postgresql+asyncpg driver is missing from the image deps"
     )
@@ -533,7 +700,7 @@ def test_prefect_variables_are_prefect_settings(services: dict) -> None:
     valid = _get_valid_setting_names(Settings)
     for name, service in services.items():
         for variable in service.get("environment", {}):
-            if variable.startswith("PREFECT_"):
+            if variable.startswith("PREFECT_") and not variable.endswith("_FILE"):
                 assert variable in valid, f"{name}: Prefect has no setting {variable}"
 
 
@@ -542,6 +709,13 @@ def mlflow_source(relative: str) -> Path:
     spec = importlib.util.find_spec("mlflow")
     assert spec is not None and spec.submodule_search_locations is not None
     return Path(spec.submodule_search_locations[0]) / relative
+
+
+def mlflow_auth_ini() -> dict[str, str]:
+    """infra/mlflow/basic_auth.ini, as MLflow's auth app reads it."""
+    config = configparser.ConfigParser()
+    config.read(INFRA / "mlflow" / "basic_auth.ini")
+    return dict(config["mlflow"])
 
 
 def mlflow_host_rule():
@@ -575,6 +749,10 @@ def test_mlflow_server_options(services: dict) -> None:
     assert set(options) <= declared, (
         f"options mlflow server does not have: {set(options) - declared}"
     )
+    # the store URI comes from the environment variable the option reads
+    assert "--backend-store-uri" not in options
+    assert 'envvar="MLFLOW_BACKEND_STORE_URI"' in mlflow_source("cli/__init__.py").read_text()
+    assert "MLFLOW_BACKEND_STORE_URI" in service["environment"]
     assert options["--serve-artifacts"] is True
     assert options["--artifacts-destination"] in mounts(service)
     assert options["--host"] == "0.0.0.0"  # inside the container; published on 127.0.0.1 only
@@ -597,9 +775,14 @@ def test_mlflow_image_pins_the_client_version() -> None:
     import mlflow
 
     pins = dict(
-        re.findall(r"^([\w-]+)==(\S+)", (INFRA / "mlflow/requirements.txt").read_text(), re.M)
+        re.findall(
+            r"^([\w-]+)(?:\[[\w,]+\])?==(\S+)",
+            (INFRA / "mlflow/requirements.txt").read_text(),
+            re.M,
+        )
     )
     assert pins["mlflow"] == mlflow.__version__
+    assert "mlflow[auth]==" in (INFRA / "mlflow/requirements.txt").read_text()  # Flask-WTF
     assert f"mlflow=={pins['mlflow']}" in PYPROJECT["project"]["dependencies"]
     assert "psycopg2-binary" in pins  # the postgresql:// backend store driver
     assert "requirements.txt" in (INFRA / "mlflow/Dockerfile").read_text()
@@ -621,10 +804,8 @@ def test_docker_compose_config_accepts_the_file() -> None:
     subprocess.run(
         base, env={**env, **COMPOSE_TEST_ENV}, check=True, capture_output=True, timeout=60
     )
-    missing = subprocess.run(
-        base, env={**env, "DATA_DIR": "/srv"}, capture_output=True, text=True, timeout=60
-    )
-    assert missing.returncode != 0 and "POSTGRES_PASSWORD" in missing.stderr
+    missing = subprocess.run(base, env=env, capture_output=True, text=True, timeout=60)
+    assert missing.returncode != 0 and "DATA_DIR" in missing.stderr
 
 
 # --------------------------------------------------------------------------- Dockerfile
@@ -639,6 +820,11 @@ def dockerfile(path: Path) -> list[tuple[str, str]]:
         for line in joined.splitlines()
         if line.strip()
     ]
+
+
+def last_user(path: Path) -> str:
+    """The user a Dockerfile's image runs as."""
+    return [args for op, args in dockerfile(path) if op == "USER"][-1]
 
 
 def test_dockerfile_installs_ffmpeg_and_the_project_as_non_root(services: dict) -> None:
@@ -748,7 +934,7 @@ def test_cluster_yaml_node_types_match_the_actors(cluster: dict) -> None:
 
 
 def test_cluster_yaml_installs_the_project(cluster: dict) -> None:
-    ((remote, local),) = cluster["file_mounts"].items()
+    remote, local = "~/lstmpipe", cluster["file_mounts"]["~/lstmpipe"]
     assert (ROOT / local / "pyproject.toml").is_file()  # `ray up` from the repository root
     setup = "\n".join(cluster["setup_commands"])
     assert re.search(rf"pip install\b.*\s{re.escape(remote)}(\s|$)", setup)
@@ -814,3 +1000,66 @@ def test_kuberay_raycluster(raycluster: dict, services: dict) -> None:
         }
         assert used == set(claims), name
     assert all("ReadWriteMany" in claim["spec"]["accessModes"] for claim in claims.values())
+
+
+def test_cluster_yaml_starts_every_node_with_token_auth(cluster: dict) -> None:
+    token = "~/.ray/lstmpipe_token"
+    assert cluster["file_mounts"][token] == "infra/secrets/ray_token"
+    assert git_ignored(ROOT / cluster["file_mounts"][token])
+    assert "**/infra/secrets" in cluster["rsync_exclude"]  # not the repository sync
+    expected = f"export RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH={token};"
+    for key in ("head_start_ray_commands", "worker_start_ray_commands"):
+        (start,) = [c for c in cluster[key] if "ray start" in c]
+        assert start.startswith(expected), key
+    setup = "\n".join(cluster["setup_commands"])
+    assert f"chmod 600 {token}" in setup
+    assert "export RAY_AUTH_MODE=token" in setup  # login shells: the driver, `ray` commands
+
+
+def kuberay_docs() -> list[dict]:
+    return [d for d in yaml.safe_load_all((INFRA / "ray/kuberay.yaml").read_text()) if d]
+
+
+def test_kuberay_pods_are_hardened_and_authenticated(raycluster: dict) -> None:
+    spec = raycluster["spec"]
+    for group in [spec["headGroupSpec"], *spec["workerGroupSpecs"]]:
+        pod = group["template"]["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+        (container,) = pod["containers"]
+        context = container["securityContext"]
+        assert context["allowPrivilegeEscalation"] is False
+        assert context["readOnlyRootFilesystem"] is True
+        assert context["capabilities"] == {"drop": ["ALL"]}
+        env = {e["name"]: e["value"] for e in container["env"]}
+        assert env["RAY_AUTH_MODE"] == "token"
+        token_dir = str(Path(env["RAY_AUTH_TOKEN_PATH"]).parent)
+        mounts_by_path = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        secret = volumes[mounts_by_path[token_dir]]["secret"]
+        assert secret["secretName"] == "lstmpipe-ray-token"
+        assert secret["defaultMode"] & 0o007 == 0  # no other user
+        # a read-only root: Ray's scratch is an emptyDir
+        assert "emptyDir" in volumes[mounts_by_path["/tmp"]]
+
+
+def test_kuberay_network_policies_fence_the_workers(raycluster: dict) -> None:
+    cluster = {"ray.io/cluster": raycluster["metadata"]["name"]}
+    policies = {
+        d["metadata"]["name"]: d["spec"] for d in kuberay_docs() if d["kind"] == "NetworkPolicy"
+    }
+    ingress = policies["lstmpipe-ray-ingress"]
+    assert ingress["podSelector"]["matchLabels"] == cluster and ingress["policyTypes"] == [
+        "Ingress"
+    ]
+    sources = [peer for rule in ingress["ingress"] for peer in rule["from"]]
+    assert all("ipBlock" not in peer and "podSelector" in peer for peer in sources)
+
+    egress = policies["lstmpipe-ray-workers-egress"]
+    assert egress["podSelector"]["matchLabels"] == {**cluster, "ray.io/node-type": "worker"}
+    assert egress["policyTypes"] == ["Egress"]
+    ports = set()
+    for rule in egress["egress"]:
+        assert all("ipBlock" not in peer for peer in rule["to"]), "an address range: egress"
+        ports |= {port["port"] for port in rule.get("ports", [])}
+    assert ports == {5000, 5432, 53}  # MLflow, PostgreSQL, DNS; plus the cluster's own pods

@@ -1,12 +1,16 @@
 """Start the real servers on free localhost ports, wait for health, stop them for sure.
 
 Each server runs in its own session so that terminate -> grace -> kill reaches
-every child it spawned (uvicorn workers, Ray's GCS and raylet).
+every child it spawned (uvicorn workers, Ray's GCS and raylet). Every server
+requires authentication (SPEC §4), as in infra/: its credentials reach it through
+files or its environment, never its command line (/proc/*/cmdline is world-readable).
 """
 
 from __future__ import annotations
 
+import configparser
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -17,8 +21,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-HEALTH_TIMEOUT_S = 120
+# MLflow with its auth app took 150 s to answer while 2 cores ran several test sessions at once
+HEALTH_TIMEOUT_S = 300
 GRACE_S = 15
+INFRA = Path(__file__).resolve().parents[2] / "infra"
+MLFLOW_ADMIN = "lstmpipe"  # the admin_username of infra/mlflow/basic_auth.ini
 
 
 def free_port() -> int:
@@ -56,27 +63,41 @@ def start(
     return _start(name, command, env, log_dir, lambda: _http_ok(health_url, headers), health_url)
 
 
-def start_postgres(work: Path, log_dir: Path) -> tuple[Server, str] | None:
+def write_secret(path: Path, value: str) -> Path:
+    """A file only its owner reads, holding one credential."""
+    path.touch(mode=0o600)
+    path.write_text(value)
+    return path
+
+
+def start_postgres(work: Path, log_dir: Path, password: str) -> tuple[Server, str] | None:
     """A throwaway PostgreSQL cluster on a free localhost port, or None where PostgreSQL is missing.
 
-    Returns the server and a SQLAlchemy URL of an `mlflow` database on it. initdb and postgres
-    refuse to run as root: as root they run as the `postgres` user, so `work` (a directory
-    that user can reach, not under pytest's private temp root) is handed to it.
+    Every connection needs the superuser's password (scram-sha-256, given to initdb as a file);
+    the returned SQLAlchemy URL of its `mlflow` database carries none: clients pass PGPASSWORD
+    in their environment. initdb and postgres refuse to run as root: as root they run as the
+    `postgres` user, so `work` (a directory that user can reach, not under pytest's private
+    temp root) is handed to it.
     """
     initdb, postgres, createdb = (shutil.which(b) for b in ("initdb", "postgres", "createdb"))
     if not (initdb and postgres and createdb):
         return None
+    pwfile = write_secret(work / "pwfile", password)
     as_user: list[str] = []
     if os.geteuid() == 0:
         as_user = ["runuser", "-u", "postgres", "--"]
-        shutil.chown(work, "postgres", "postgres")
+        for path in (work, pwfile):
+            shutil.chown(path, "postgres", "postgres")
     data, port = work / "data", free_port()
     subprocess.run(
-        [*as_user, initdb, "-D", str(data), "-U", "lstmpipe", "--auth=trust", "-E", "UTF8"],
+        [*as_user, initdb, "-D", str(data), "-U", "lstmpipe", f"--pwfile={pwfile}"]
+        + ["--auth=scram-sha-256", "-E", "UTF8"],
         check=True,
         capture_output=True,
         timeout=120,
     )
+    pwfile.unlink()
+    client_env = {**os.environ, "PGPASSWORD": password}
     server = _start(
         "postgres",
         [*as_user, postgres, "-D", str(data), "-p", str(port), "-h", "127.0.0.1", "-k", str(work)],
@@ -86,6 +107,7 @@ def start_postgres(work: Path, log_dir: Path) -> tuple[Server, str] | None:
             subprocess.run(
                 [createdb, "-h", "127.0.0.1", "-p", str(port), "-U", "lstmpipe", "mlflow"],
                 capture_output=True,
+                env=client_env,
                 timeout=30,
             ).returncode
             == 0
@@ -93,6 +115,23 @@ def start_postgres(work: Path, log_dir: Path) -> tuple[Server, str] | None:
         f"127.0.0.1:{port}",
     )
     return server, f"postgresql+psycopg2://lstmpipe@127.0.0.1:{port}/mlflow"
+
+
+def mlflow_auth_env(root: Path, password: str) -> dict[str, str]:
+    """What `mlflow server --app-name basic-auth` needs: infra/mlflow/basic_auth.ini (its
+    default permission, its admin's name) with the users kept in SQLite under `root`, and the
+    admin's password and the session key from the environment."""
+    config = configparser.ConfigParser()
+    config.read(INFRA / "mlflow" / "basic_auth.ini")
+    config["mlflow"]["database_uri"] = f"sqlite:///{root / 'mlflow-auth.db'}"
+    ini = root / "basic_auth.ini"
+    with ini.open("w") as out:
+        config.write(out)
+    return {
+        "MLFLOW_AUTH_CONFIG_PATH": str(ini),
+        "MLFLOW_AUTH_ADMIN_PASSWORD": password,
+        "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(32),
+    }
 
 
 def _start(
