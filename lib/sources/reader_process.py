@@ -159,19 +159,11 @@ class _Reader:
         return f"exit code {code}"
 
     def stop(self) -> None:
-        """Kill and reap: a reader that hangs is not asked twice."""
+        """Kill and reap: a hung reader is not asked twice, an idle one holds nothing to save."""
         self.broken = True
         self._proc.kill()
         self._proc.wait()
         self._conn.close()
-
-    def leave(self) -> None:
-        """An idle reader's orderly end: its socket closes, it exits; killed if it lingers."""
-        self._conn.close()
-        try:
-            self._proc.wait(timeout=1.0)
-        except subprocess.TimeoutExpired:
-            self.stop()
 
 
 class _RemoteSeries:
@@ -248,7 +240,7 @@ class _RemoteTraceback(Exception):
 
 
 class _Pool:
-    """Idle readers for reuse, and every live one for the exit."""
+    """Idle readers for reuse, and every live one (idle or busy) for the exit."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -271,21 +263,14 @@ class _Pool:
                 self._idle.append(reader)
             else:
                 self._live.discard(reader)
-        if keep:
-            return
-        if reader.broken:
+        if not keep:
             reader.stop()
-        else:
-            reader.leave()
 
     def shutdown(self) -> None:
-        """Every reader ends: idle ones leave, busy ones (a thread still decoding) are killed."""
+        """Every reader ends, idle (it holds nothing) or busy (a thread still decoding)."""
         with self._lock:
-            idle, busy = self._idle, self._live.difference(self._idle)
-            self._idle, self._live = [], set()
-        for reader in idle:
-            reader.leave()
-        for reader in busy:
+            live, self._idle, self._live = self._live, [], set()
+        for reader in live:
             reader.stop()
 
     def forget(self) -> None:
@@ -349,7 +334,7 @@ def _run_series(conn: Connection, opener: Opener, args: tuple) -> tuple:
                 return ("end",)
             frames = np.ascontiguousarray(chunk.frames)
             conn.send(("chunk", frames.shape, frames.dtype.str, chunk.t, chunk.start))
-            conn.send_bytes(frames.reshape(-1).view(np.uint8))
+            conn.send_bytes(frames.data.cast("B"))
     return ("closed",)
 
 
