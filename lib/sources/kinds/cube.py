@@ -23,20 +23,35 @@ A Zarr store is a folder of many files: claim takes every file under `x.zarr/` a
 whole store, hidden metadata files (.zarray, .zattrs of Zarr v2) included. Files are checked
 at discovery (time dimension, variables), so a cube that cannot be a series is a discover
 failure naming the file.
+
+Headers are checked before xarray opens a cube (`_dataset`, for discovery and decoding alike),
+because a header costs nothing to write and xarray loads dimension coordinates at open:
+- NetCDF-4 (HDF5, read by h5netcdf through h5py): every link is walked without being followed;
+  external links, external raw-data storage and virtual datasets (data in other files, a FIFO
+  among them) are refused, and the same open file is then handed to xarray.
+- Zarr: no symbolic link may leave the store and no entry may be other than a file or folder;
+  every array's metadata (its own file, and any consolidated copy, whose keys must stay in the
+  store) must name a fixed-size numeric, date or string type (no object dtype) and only codecs
+  that transform bytes and numbers (never numcodecs' pickle, JSON or msgpack, nor a plugin's).
+- Both: no axis longer than MAX_FRAMES, no chunk over MAX_CHUNK_BYTES, no frame spread over more
+  than MAX_FRAME_CHUNKS chunks. NetCDF-3 (scipy) stores every value it declares, so its sizes are
+  bounded by the file's; its time steps are checked against MAX_FRAMES like every cube's.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import math
 import os
 import re
+import stat
 from collections import defaultdict
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING
+from pathlib import Path, PurePosixPath
+from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -46,6 +61,8 @@ from lstmpipe.lib.failures import Failure
 from lstmpipe.lib.series import OpenSeries, SeriesRef
 from lstmpipe.lib.sources.archives import ArchiveLimits
 from lstmpipe.lib.sources.frames import (
+    MAX_FRAMES,
+    check_frame_count,
     check_frame_size,
     chunked,
     pick,
@@ -58,6 +75,7 @@ from lstmpipe.lib.sources.kinds.base import Claim, make_ref, with_options
 from lstmpipe.lib.sources.kinds.geotiff import combined_hash, iso, series_id
 
 if TYPE_CHECKING:
+    import h5py
     import xarray as xr
 
 NETCDF_SUFFIXES = (".nc", ".nc4", ".netcdf", ".cdf")
@@ -67,6 +85,71 @@ ZARR_SUFFIX = ".zarr"
 # ValueError for bad JSON.
 _READ_ERRORS = (OSError, EOFError, ValueError, KeyError, IndexError, TypeError, RuntimeError)
 _EPSG = re.compile(r'(?:AUTHORITY|ID)\[\s*"EPSG"\s*,\s*"?(\d+)"?\s*\]', re.IGNORECASE)
+
+# What a cube's headers may declare (checked before xarray opens it). Each size is free to write
+# (an HDF5 dataset or a Zarr array of fill values is a few hundred bytes whatever it declares),
+# and xarray loads a dimension's coordinate when it opens the file.
+# One chunk decoded: 4 time steps of the largest frame (MAX_PIXELS) as float32.
+MAX_CHUNK_BYTES = 1 << 30
+# Chunks holding one frame (or a whole 1-D coordinate): the largest frame in 32 x 32 chunks. zarr
+# lists every chunk of a selection before reading: 1 x 1 chunks over 8192 x 8192 would be 67 M.
+MAX_FRAME_CHUNKS = 1 << 16
+# One Zarr JSON metadata file; the consolidated metadata of a thousand arrays is about 1 MB.
+MAX_METADATA_BYTES = 8 << 20
+_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"  # NetCDF-4 is HDF5; xarray looks for this at byte 0 too
+_NETCDF3_SIGNATURE = b"CDF"
+_ZARR_METADATA = frozenset({".zarray", ".zgroup", ".zattrs", ".zmetadata", "zarr.json"})
+# Codecs that only transform bytes and numbers: numcodecs ids (Zarr v2) and codec names (v3).
+# Anything else is refused: pickle (runs code), JSON, msgpack, vlen and categorize (objects),
+# and whatever a plugin registers.
+_ZARR_V2_CODECS = frozenset(
+    {
+        "adler32",
+        "astype",
+        "bitround",
+        "blosc",
+        "bz2",
+        "crc32",
+        "crc32c",
+        "delta",
+        "fixedscaleoffset",
+        "fletcher32",
+        "gzip",
+        "lz4",
+        "lzma",
+        "packbits",
+        "quantize",
+        "shuffle",
+        "zlib",
+        "zstd",
+    }
+)
+_ZARR_V3_CODECS = frozenset(
+    {"blosc", "bytes", "crc32c", "endian", "gzip", "sharding_indexed", "transpose", "zstd"}
+    | {f"numcodecs.{name}" for name in _ZARR_V2_CODECS}
+)
+# Zarr v3 data types of a fixed size (bytes per element); variable-length strings and bytes and
+# structured types are refused like v2's object dtype.
+_ZARR_V3_TYPES = {
+    "bool": 1,
+    "int8": 1,
+    "uint8": 1,
+    "int16": 2,
+    "uint16": 2,
+    "float16": 2,
+    "int32": 4,
+    "uint32": 4,
+    "float32": 4,
+    "int64": 8,
+    "uint64": 8,
+    "float64": 8,
+    "complex64": 8,
+    "complex128": 16,
+    "numpy.datetime64": 8,
+    "numpy.timedelta64": 8,
+}
+_ZARR_V3_SIZED_TYPES = frozenset({"fixed_length_utf32", "null_terminated_bytes"})
+_ZARR_V2_KINDS = "biufcmMSU"  # numpy kinds of numbers, dates and fixed-length strings
 
 
 @dataclass(frozen=True)
@@ -174,32 +257,301 @@ def _store_files(store: Path) -> list[Path]:
 
 @contextmanager
 def _dataset(path: Path, fmt: str) -> Iterator[xr.Dataset]:
-    """The cube opened lazily (no dask: chunks=None; no caching:
-    a read step is not kept); BadInput when unreadable."""
+    """The cube opened lazily (no dask: chunks=None; no caching: a read step is not kept) once its
+    headers passed; BadInput when unreadable or refused."""
     # here: xarray and its backends take a second to import, and only cubes need them
     import xarray as xr
 
-    # None: xarray picks h5netcdf (NetCDF-4) or scipy (NetCDF-3) from the bytes
-    engine = "zarr" if fmt == "zarr" else None
-    opened = None
-    # decode_times False: an undecodable time unit or calendar keeps the stored numbers
-    for decode_times in (True, False):
+    what = "Zarr store" if fmt == "zarr" else "NetCDF file"
+    with ExitStack() as stack:
+        source, engine = _checked_source(path, fmt, stack)
+        opened = None
+        # decode_times False: an undecodable time unit or calendar keeps the stored numbers
+        for decode_times in (True, False):
+            if not isinstance(source, Path):
+                source.seek(0)
+            try:
+                opened = xr.open_dataset(
+                    source, engine=engine, chunks=None, cache=False, decode_times=decode_times
+                )
+                break
+            except _READ_ERRORS as exc:
+                if decode_times and "time" in str(exc).lower():
+                    continue
+                raise BadInput(str(path), f"unreadable {what}: {exc}") from exc
+        assert opened is not None
         try:
-            opened = xr.open_dataset(
-                path, engine=engine, chunks=None, cache=False, decode_times=decode_times
-            )
-            break
-        except _READ_ERRORS as exc:
-            if decode_times and "time" in str(exc).lower():
-                continue
-            raise BadInput(
-                str(path), f"unreadable {'Zarr store' if fmt == 'zarr' else 'NetCDF file'}: {exc}"
-            ) from exc
-    assert opened is not None
+            yield opened
+        finally:
+            opened.close()
+
+
+def _checked_source(path: Path, fmt: str, stack: ExitStack) -> tuple[Path | IO[bytes], str]:
+    """What xarray opens, and with which engine, once the headers passed. A NetCDF-4 file is
+    handed over as the very file object h5py checked: one swapped after the check is never read."""
+    if fmt == "zarr":
+        check_zarr(path)
+        return path, "zarr"
     try:
-        yield opened
-    finally:
-        opened.close()
+        file = stack.enter_context(path.open("rb"))
+        signature = file.read(len(_HDF5_SIGNATURE))
+    except OSError as exc:
+        raise BadInput(str(path), f"unreadable NetCDF file: {exc.strerror or exc}") from exc
+    if signature.startswith(_HDF5_SIGNATURE):
+        check_hdf5(file, str(path))
+        return file, "h5netcdf"
+    if signature.startswith(_NETCDF3_SIGNATURE):
+        return path, "scipy"  # NetCDF-3 holds its own data: nothing in it names another file
+    raise BadInput(
+        str(path), "unreadable NetCDF file: no NetCDF-3 (CDF) or NetCDF-4 (HDF5) signature"
+    )
+
+
+# --- headers, checked before xarray opens a cube ------------------------------------------------
+
+
+def check_hdf5(file: IO[bytes], where: str) -> None:
+    """BadInput when a NetCDF-4 (HDF5) file would make h5py read another file, or allocate from
+    a declared size: every link walked without following one, each dataset's storage and shape
+    read from its header (its data never)."""
+    import h5py
+
+    try:
+        with h5py.File(file, "r") as f:
+            problem = f.visit_links(lambda name: _hdf5_problem(f, name))
+    except _READ_ERRORS as exc:
+        raise BadInput(where, f"unreadable NetCDF file: {exc}") from exc
+    if problem:
+        raise BadInput(where, f"refused unread: {problem}")
+
+
+def _hdf5_problem(f: h5py.File, name: str) -> str | None:
+    """Why the object linked as `name` cannot be read, or None. The storage layout is checked
+    before the shape: asking a virtual dataset its shape can open its source files."""
+    import h5py
+
+    link = f.get(name, getlink=True)
+    if isinstance(link, h5py.ExternalLink):
+        return (
+            f"{name!r} is an external link to {link.filename!r}:"
+            " a NetCDF file must hold its own data"
+        )
+    if isinstance(link, h5py.SoftLink):
+        return None  # a path inside this file: what it names is visited by its hard link
+    if not isinstance(link, h5py.HardLink):
+        return f"{name!r} is a user-defined link: a NetCDF file holds hard links only"
+    node = f.get(name)
+    if not isinstance(node, h5py.Dataset):
+        return None
+    plist = node.id.get_create_plist()
+    if plist.get_layout() == h5py.h5d.VIRTUAL:
+        return f"variable {name!r} is a virtual dataset, assembled from other files"
+    if plist.get_external_count():
+        other = os.fsdecode(plist.get_external(0)[0])
+        return (
+            f"variable {name!r} keeps its data in another file {other!r} (HDF5 external storage):"
+            " a NetCDF file must hold its own data"
+        )
+    return _size_problem(name, list(node.shape), list(node.chunks or ()), node.dtype.itemsize)
+
+
+def _size_problem(name: str, shape: list[int], chunks: list[int], itemsize: int) -> str | None:
+    """Why sizes declared for one array cannot be read here, or None; `chunks` empty: contiguous."""
+    longest = max(shape, default=0)
+    if longest > MAX_FRAMES:
+        return (
+            f"{name!r} declares an axis of {longest} entries, over the limit of {MAX_FRAMES}"
+            " (time steps, rows or columns): a header bomb"
+        )
+    if not chunks:
+        return None
+    size = math.prod(chunks) * itemsize
+    if size > MAX_CHUNK_BYTES:
+        return f"{name!r} declares chunks of {size} bytes, over the limit of {MAX_CHUNK_BYTES}"
+    # a frame is the last two axes (a 1-D coordinate: all of it), every other axis held at one index
+    count = math.prod(-(-n // c) for n, c in zip(shape[-2:], chunks[-2:], strict=True))
+    if count > MAX_FRAME_CHUNKS:
+        return (
+            f"{name!r} spreads one frame over {count} chunks, over the limit of {MAX_FRAME_CHUNKS}"
+        )
+    return None
+
+
+def check_zarr(store: Path) -> None:
+    """BadInput when a Zarr store reaches outside itself (a symbolic link out, a FIFO or device,
+    consolidated metadata naming a path out), or an array's metadata asks for an object dtype,
+    a codec off the allow-list or a huge allocation: metadata only, before zarr reads it."""
+    root = store.resolve()
+    for folder, dirs, names in os.walk(store):
+        dirs.sort()
+        for name in sorted(dirs) + sorted(names):
+            path = Path(folder, name)
+            key = path.relative_to(store).as_posix()
+            problem = _entry_problem(path, root)
+            if problem is None and name in _ZARR_METADATA:
+                problem = _zarr_metadata_problem(path, key)
+            if problem:
+                raise BadInput(str(store), f"refused unread: {key}: {problem}")
+
+
+def _entry_problem(path: Path, root: Path) -> str | None:
+    """Why zarr must not open this entry of a store, or None."""
+    try:
+        if path.is_symlink() and not path.resolve().is_relative_to(root):
+            return f"a symbolic link to {os.readlink(path)!r}, outside the store"
+        mode = path.stat().st_mode
+    except (OSError, RuntimeError) as exc:  # RuntimeError: a symbolic link loop
+        return f"unreadable: {exc}"
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        return "neither a file nor a folder (a FIFO, socket or device would block or never end)"
+    return None
+
+
+def _zarr_metadata_problem(path: Path, key: str) -> str | None:
+    """Why a Zarr metadata file is refused: its own array, and every entry of consolidated
+    metadata (a copy zarr prefers to the files), are checked alike."""
+    if path.stat().st_size > MAX_METADATA_BYTES:
+        return f"metadata over {MAX_METADATA_BYTES} bytes"
+    try:
+        meta = json.loads(path.read_bytes())
+    except (ValueError, RecursionError) as exc:  # RecursionError: nesting a parser gives up on
+        return f"malformed metadata: {exc}"
+    if not isinstance(meta, dict):
+        return "malformed metadata: not a JSON object"
+    version = 3 if path.name == "zarr.json" else 2
+    arrays: list[tuple[str, Any]] = []
+    if path.name == ".zarray" or meta.get("node_type") == "array":
+        arrays.append((str(PurePosixPath(key).parent), meta))
+    for listed, entry in _consolidated(path.name, meta).items():
+        if not _inside(listed):
+            return f"consolidated metadata names {listed!r}, outside the store"
+        if listed.endswith(".zarray") or (
+            isinstance(entry, dict) and entry.get("node_type") == "array"
+        ):
+            arrays.append((listed, entry))
+    for name, array in arrays:
+        problem = _zarr_array_problem(name, array, version)
+        if problem:
+            return problem
+    return None
+
+
+def _consolidated(name: str, meta: dict[str, Any]) -> dict[str, Any]:
+    """{key: metadata} of the consolidated metadata a file holds (v2 .zmetadata, v3 group
+    zarr.json); empty when it holds none."""
+    if name == ".zmetadata":
+        listed = meta.get("metadata")
+    else:
+        consolidated = meta.get("consolidated_metadata")
+        listed = consolidated.get("metadata") if isinstance(consolidated, dict) else None
+    return listed if isinstance(listed, dict) else {}
+
+
+def _inside(key: str) -> bool:
+    """A store key naming a place inside the store: relative, without '..', '.' or empty parts."""
+    return all(part not in ("", ".", "..") for part in key.split("/"))
+
+
+def _zarr_array_problem(name: str, meta: Any, version: int) -> str | None:
+    """Why one Zarr array's metadata is refused (its type, codecs or sizes), or None."""
+    if not isinstance(meta, dict):
+        return f"{name!r}: malformed metadata"
+    if version == 2:
+        shape, chunks = _sizes(meta.get("shape")), _sizes(meta.get("chunks"))
+        itemsize = _v2_itemsize(meta.get("dtype"))
+        filters = meta.get("filters") or []
+        codecs = [meta.get("compressor"), *filters] if isinstance(filters, list) else [filters]
+        names = [c.get("id") if isinstance(c, dict) else c for c in codecs if c is not None]
+        allowed = _ZARR_V2_CODECS
+    else:
+        grid = meta.get("chunk_grid")
+        config = grid.get("configuration") if isinstance(grid, dict) else None
+        shape = _sizes(meta.get("shape"))
+        chunks = _sizes(config.get("chunk_shape")) if isinstance(config, dict) else None
+        itemsize = _v3_itemsize(meta.get("data_type"))
+        if meta.get("storage_transformers"):
+            return f"{name!r} declares storage transformers, which lstmpipe does not read"
+        problem, names, chunks = _v3_codecs(name, meta.get("codecs"), chunks)
+        if problem:
+            return problem
+        allowed = _ZARR_V3_CODECS
+    if itemsize is None:
+        kind = meta.get("dtype", meta.get("data_type"))
+        return (
+            f"{name!r} has data type {kind!r}: only fixed-size numbers, dates and strings are"
+            " read (no objects, no variable-length types)"
+        )
+    refused = [c for c in names if not isinstance(c, str) or c not in allowed]
+    if refused:
+        return (
+            f"{name!r} uses codec {refused[0]!r}, not one lstmpipe reads (it may unpickle, or"
+            " come from a plugin)"
+        )
+    if shape is None or chunks is None or len(shape) != len(chunks) or 0 in chunks:
+        return f"{name!r}: malformed shape or chunks"
+    return _size_problem(name, shape, chunks, itemsize)
+
+
+def _v3_codecs(
+    name: str, codecs: Any, chunks: list[int] | None
+) -> tuple[str | None, list[Any], list[int] | None]:
+    """(problem, every codec name, the chunk shape reads decode) of a v3 codec list; a sharded
+    array is read by inner chunk, and its shard index (16 bytes per inner chunk) whole."""
+    if not isinstance(codecs, list):
+        return f"{name!r}: malformed codecs", [], chunks
+    names: list[Any] = []
+    for codec in codecs:
+        names.append(codec.get("name") if isinstance(codec, dict) else codec)
+        if names[-1] != "sharding_indexed" or not isinstance(codec, dict):
+            continue
+        config = codec.get("configuration")
+        inner = _sizes(config.get("chunk_shape")) if isinstance(config, dict) else None
+        if inner is None or chunks is None or len(inner) != len(chunks) or 0 in inner:
+            return f"{name!r}: malformed sharding", names, chunks
+        entries = math.prod(-(-s // i) for s, i in zip(chunks, inner, strict=True))
+        if entries * 16 > MAX_CHUNK_BYTES:
+            return f"{name!r} declares a shard index of {entries} entries", names, chunks
+        for nested in ("codecs", "index_codecs"):
+            problem, more, _ = _v3_codecs(name, config.get(nested, []), inner)
+            names += more
+            if problem:
+                return problem, names, chunks
+        chunks = inner
+    return None, names, chunks
+
+
+def _sizes(value: Any) -> list[int] | None:
+    """A JSON shape: a list of non-negative integers, else None."""
+    if isinstance(value, list) and all(
+        isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in value
+    ):
+        return value
+    return None
+
+
+def _v2_itemsize(dtype: Any) -> int | None:
+    """Bytes per element of a Zarr v2 dtype string naming a number, date or fixed-length string;
+    None for anything else (object, structured, void)."""
+    if not isinstance(dtype, str):
+        return None
+    try:
+        parsed = np.dtype(dtype)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return parsed.itemsize if parsed.kind in _ZARR_V2_KINDS and parsed.itemsize else None
+
+
+def _v3_itemsize(data_type: Any) -> int | None:
+    """Bytes per element of a Zarr v3 data type of fixed size, else None."""
+    if isinstance(data_type, str):
+        return _ZARR_V3_TYPES.get(data_type)
+    if not isinstance(data_type, dict) or not isinstance(data_type.get("name"), str):
+        return None
+    if data_type["name"] not in _ZARR_V3_SIZED_TYPES:
+        return _ZARR_V3_TYPES.get(data_type["name"])
+    config = data_type.get("configuration")
+    size = config.get("length_bytes") if isinstance(config, dict) else None
+    return size if isinstance(size, int) and not isinstance(size, bool) and size > 0 else None
 
 
 @dataclass(frozen=True)
@@ -251,6 +603,8 @@ class _Cube:
         others = grids.pop()
         rows, cols = str(others[-2]), str(others[-1])
         check_frame_size(where, int(ds.sizes[rows]), int(ds.sizes[cols]))
+        # before the times are decoded: NetCDF-3 may really hold that many
+        check_frame_count(where, int(ds.sizes[time_dim]))
         seconds, labels, t_unit = _times(ds, time_dim, where)
         return cls(
             variables,

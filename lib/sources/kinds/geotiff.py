@@ -41,6 +41,14 @@ own, unless it lies beside plain images: then it is left to the image-folder kin
 
 Memory: one date at a time (band_per_date: one band, read through tifffile's chunked store),
 plus a sample of at most `stats_pixels` values per band for the range.
+
+Headers are checked before tifffile parses more than the first directory (`_header`, for
+discovery and decoding alike): the chain of directories is walked from offsets alone (at most
+MAX_PAGES, no loop); a file declaring over MAX_BANDS bands, frames over MAX_PIXELS, or a date
+(or one strip or tile) over MAX_DATE_BYTES to read is refused unread. A TIFF is read as one file:
+tifffile's multi-file formats are off (OME-TIFF would open the files its OME-XML names, joined
+onto the folder; Micro-Manager and NDTiff their neighbours), and an OME-TIFF naming any file but
+itself is refused. No GDAL: no .ovr, .aux.xml or VRT is ever opened.
 """
 
 from __future__ import annotations
@@ -112,6 +120,24 @@ _DATE_ITEMS = (
     "TIFFTAG_DATETIME",
 )
 _MAX_METADATA_CHARS = 1 << 20  # GDAL_METADATA is a few kB; a larger one is not parsed
+# Directories (pages, and the SubIFDs they list) of one file. A GeoTIFF has one per image, plus
+# one per overview and mask: tens. tifffile parses them all and groups them in quadratic time
+# (4096 pages: 20 s on a busy 2-core machine), and walks a chain that loops back forever.
+MAX_PAGES = 1024
+# Bands of one file: 22 years of daily dates in a band-per-date stack (hyperspectral sensors
+# have a few hundred); each band costs a description, a name and a plan entry at discovery.
+MAX_BANDS = 8192
+# Bytes to read one date of a file read whole (dated files, product layout): every band as stored
+# plus its float32 copy, rows x cols x bands x (itemsize + 4); and of one strip or tile, which
+# tifffile decodes whole. 2 GiB: three uint16 or float32 bands of the largest frame (MAX_PIXELS)
+# take 1.5 GiB; 48 bands of it would take 24 GiB.
+MAX_DATE_BYTES = 2 << 30
+_SUBIFDS = 330  # TIFF tag listing a directory's sub-directories (pyramid levels)
+_MAX_TAGS = 4096  # tifffile treats a directory claiming more tags as the end of the chain
+# tifffile formats that read other files: OME-TIFF (the files its XML names), Micro-Manager
+# stacks and NDTiff (their neighbours); off, a file of theirs is read as the one file it is
+_ONE_FILE = {"is_ome": False, "is_mmstack": False, "is_ndtiff": False}
+_OME_FILE_NAME = re.compile(r"""FileName\s*=\s*(?:"([^"]*)"|'([^']*)')""")
 # What tifffile, its codecs and numpy raise on broken or truncated bytes (a TiffFileError is
 # a ValueError).
 _READ_ERRORS = (
@@ -228,6 +254,7 @@ class Header:
     nodata: float | None
     datetime: dt.datetime | None  # DateTime tag or a GDAL acquisition-date item
     descriptions: tuple[str | None, ...]  # GDAL band descriptions, one per band
+    itemsize: int = 1  # bytes per stored sample
 
     @property
     def grid(self) -> tuple[str | None, int, int, tuple[float, ...] | None]:
@@ -257,7 +284,7 @@ def read_header(path: Path) -> Header | None:
     """The GeoTIFF header of `path`; None for a readable
     TIFF without GeoTIFF tags; BadInput when unreadable."""
     try:
-        with tifffile.TiffFile(path) as tif:
+        with tifffile.TiffFile(path, **_ONE_FILE) as tif:
             tags = tif.pages.first.tags
             if not any(code in tags for code in (_GEOKEYS, _TIEPOINT, _TRANSFORMATION)):
                 return None
@@ -267,6 +294,10 @@ def read_header(path: Path) -> Header | None:
 
 
 def _header(tif: tifffile.TiffFile, where: str) -> Header:
+    """The header of an open GeoTIFF, its directories and OME-XML checked before tifffile parses
+    more than the first; BadInput naming `where` when refused."""
+    _check_pages(tif, where)
+    _check_ome(tif, where)
     tags = tif.pages.first.tags
     series = tif.series[0]
     axes, shape = series.axes, series.shape
@@ -279,6 +310,11 @@ def _header(tif: tifffile.TiffFile, where: str) -> Header:
     check_frame_size(where, int(shape[axes.index("Y")]), int(shape[axes.index("X")]))
     dataset, per_band = _gdal_metadata(_tag(tags, _GDAL_METADATA))
     bands = shape[band_axis] if band_axis is not None else 1
+    if bands > MAX_BANDS:
+        raise BadInput(
+            where, f"declares {bands} bands, over the limit of {MAX_BANDS} per file; refused unread"
+        )
+    _check_chunk_bytes(tif, where)
     descriptions = tuple(per_band.get(i, {}).get("DESCRIPTION") for i in range(bands))
     return Header(
         height=int(shape[axes.index("Y")]),
@@ -290,7 +326,86 @@ def _header(tif: tifffile.TiffFile, where: str) -> Header:
         nodata=_nodata(_tag(tags, _GDAL_NODATA)),
         datetime=_tiff_datetime(_tag(tags, _DATETIME)) or _dataset_datetime(dataset),
         descriptions=descriptions,
+        itemsize=np.dtype(series.dtype).itemsize,
     )
+
+
+def _check_pages(tif: tifffile.TiffFile, where: str) -> None:
+    """BadInput when the chain of directories holds more than MAX_PAGES (SubIFDs counted) or loops
+    back: walked from offsets and tag counts alone, as tifffile would, before it parses them."""
+    fh, form = tif.filehandle, tif.tiff
+    fh.seek(8 if form.is_bigtiff else 4)
+    offset = struct.unpack(form.offsetformat, fh.read(form.offsetsize))[0]
+    seen: set[int] = set()
+    pages = 0
+    while 0 < offset < fh.size:
+        if offset in seen:
+            raise BadInput(
+                where, f"its TIFF directories loop back to byte {offset}; refused unread"
+            )
+        seen.add(offset)
+        fh.seek(offset)
+        count = struct.unpack(form.tagnoformat, fh.read(form.tagnosize))[0]
+        if count > _MAX_TAGS:
+            break
+        entries = fh.read(count * form.tagsize + form.offsetsize)
+        pages += 1 + _subifd_count(entries, count, form)
+        if pages > MAX_PAGES:
+            raise BadInput(
+                where,
+                f"holds over {MAX_PAGES} TIFF directories (pages), the limit per file;"
+                " refused unread",
+            )
+        offset = struct.unpack(form.offsetformat, entries[-form.offsetsize :])[0]
+
+
+def _subifd_count(entries: bytes, count: int, form: Any) -> int:
+    """How many sub-directories one directory's SubIFDs tag lists (0 without one)."""
+    for i in range(count):
+        entry = entries[i * form.tagsize : (i + 1) * form.tagsize]
+        if struct.unpack(form.tagformat1, entry[:4])[0] == _SUBIFDS:
+            return int(struct.unpack(form.tagformat2, entry[4:])[0])
+    return 0
+
+
+def _check_ome(tif: tifffile.TiffFile, where: str) -> None:
+    """BadInput when the OME-XML of the first page names a file other than this one: tifffile
+    would join that name onto the folder and read it (multi-file OME-TIFF; off here anyway)."""
+    description = tif.pages.first.description
+    if "<OME" not in description:
+        return
+    named = {a or b for a, b in _OME_FILE_NAME.findall(description)} - {tif.filename}
+    if named:
+        raise BadInput(
+            where,
+            f"a multi-file OME-TIFF whose OME-XML names {sorted(named)[0]!r}: only the file"
+            " itself is read, never files it names; refused",
+        )
+
+
+def _check_chunk_bytes(tif: tifffile.TiffFile, where: str) -> None:
+    """BadInput when one strip or tile, which tifffile decodes whole, exceeds MAX_DATE_BYTES."""
+    page = tif.pages.first
+    size = math.prod(page.chunks) * np.dtype(page.dtype).itemsize
+    if size > MAX_DATE_BYTES:
+        raise BadInput(
+            where,
+            f"declares strips or tiles of {size >> 20} MiB, over the limit of"
+            f" {MAX_DATE_BYTES >> 20} MiB; refused unread",
+        )
+
+
+def _check_date_bytes(where: str, header: Header) -> None:
+    """BadInput when reading a file whole (one date of dated files or a product) would take more
+    than MAX_DATE_BYTES: every band as stored plus its float32 copy."""
+    size = header.height * header.width * header.bands * (header.itemsize + 4)
+    if size > MAX_DATE_BYTES:
+        raise BadInput(
+            where,
+            f"{header.width}x{header.height} px x {header.bands} bands of {header.itemsize}"
+            f" byte(s) take {size >> 20} MiB to read as float32, over the limit of"
+            f" {MAX_DATE_BYTES >> 20} MiB per date; refused unread",
+        )
 
 
 def _tag(tags: Any, code: int) -> Any:
@@ -562,6 +677,9 @@ def _plan(group: _Group, headers: dict[Path, Header], options: GeoTiffOptions) -
     """Validate a group and lay out what open needs: dates,
     files, bands, grid (JSON-able, paths relative)."""
     tiffs = [p for p in group.files if p in headers]
+    if group.layout != "band_per_date":  # read one band at a time
+        for path in tiffs:
+            _check_date_bytes(str(path), headers[path])
     first = headers[tiffs[0]]
     for path in tiffs[1:]:
         if headers[path].grid != first.grid:
@@ -871,8 +989,9 @@ def _masked(stack: np.ndarray) -> np.ndarray:
 def _read_tiff(path: Path, grid: tuple[int, int], nodata: bool = True) -> tuple[np.ndarray, Header]:
     """All bands of one file as (C, H, W) float32, GDAL_NODATA -> NaN; BadInput naming the file."""
     try:
-        with tifffile.TiffFile(path) as tif:
+        with tifffile.TiffFile(path, **_ONE_FILE) as tif:
             header = _header(tif, str(path))
+            _check_date_bytes(str(path), header)
             data = tif.series[0].asarray()
     except _READ_ERRORS as exc:
         raise BadInput(str(path), f"unreadable GeoTIFF: {exc}") from exc
@@ -901,7 +1020,7 @@ def _band_store(path: Path, grid: tuple[int, int]) -> Iterator[Callable[[int], n
     import zarr  # here: only band_per_date files need it
 
     try:
-        tif = tifffile.TiffFile(path)
+        tif = tifffile.TiffFile(path, **_ONE_FILE)
     except _READ_ERRORS as exc:
         raise BadInput(str(path), f"unreadable GeoTIFF: {exc}") from exc
     try:
