@@ -27,6 +27,7 @@ from lstmpipe.lib.features.cache import FeatureCache, SeriesFeatures
 from lstmpipe.lib.features.outcomes import SeriesOutcome, SeriesStatus
 from lstmpipe.lib.series import FrameChunk, SeriesRef
 from lstmpipe.lib.sources.decode import decode
+from lstmpipe.lib.sources.hashing import verify_stamps
 
 Embed = Callable[[np.ndarray], np.ndarray]  # (N, H, W, 3) uint8 -> (N, D) float32 or float16
 # a series' chunks, stopped by close(); BadInput when it cannot be read
@@ -240,8 +241,10 @@ def extract_to_cache(
     writer thread while the CNN goes on; at most two commits wait at once, so a
     slow disk bounds memory instead of growing it. A series is reported extracted
     only once the commit holding it has returned. `on_series(1)` is called as each
-    series finishes (a progress bar's update).
+    series finishes (a progress bar's update). A series whose files changed since discovery
+    hashed them is failed, never committed (`_verified`).
     """
+    by_key = {(r.series_id, r.content_hash): r for r in refs}
     rows: list[SeriesOutcome] = []
     group: list[SeriesFeatures] = []
     group_frames = 0
@@ -258,6 +261,8 @@ def extract_to_cache(
             decode_fn=decode_fn,
         ):
             on_series(1)
+            if isinstance(result, SeriesFeatures):
+                result = _verified(result, by_key[(result.series_id, result.content_hash)])
             if isinstance(result, Failure):
                 rows.append(SeriesOutcome.failed(result))
                 continue
@@ -277,3 +282,15 @@ def extract_to_cache(
         for commit in commits:
             commit.result()
     return rows
+
+
+def _verified(result: SeriesFeatures, ref: SeriesRef) -> SeriesFeatures | Failure:
+    """The features, or a Failure when a file of the series changed after discovery hashed it:
+    what was decoded may not be the bytes the cache key names. Checked once decoding is over, so
+    a change before or during decoding is seen; one after it no longer matters."""
+    try:
+        verify_stamps(ref)
+    except BadInput as exc:
+        where = "" if exc.path in (ref.path, ref.location) else f"{exc.path}: "
+        return Failure(ref.series_id, ref.location, "decode", where + exc.reason)
+    return result
