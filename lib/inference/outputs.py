@@ -60,6 +60,8 @@ _CLINICAL_HEAD = (
     "probability",
 )
 _CLINICAL_TAIL = ("model_name", "model_version", "recipe_id", "run_id", "predicted_at")
+# What makes a spreadsheet read a cell as a formula (OWASP: CSV injection).
+_FORMULA_STARTS = frozenset({"=", "+", "-", "@", "\t", "\r"})
 
 
 def describe_series(
@@ -134,10 +136,25 @@ def clinical_csv(table: pa.Table, metadata: Mapping[str, Mapping[str, Any]]) -> 
         *_CLINICAL_TAIL,
     ]
     text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=columns, lineterminator="\n")
+    # rows end in CRLF (RFC 4180): a value holding a bare CR is then quoted, where with "\n" Python
+    # leaves it bare and a spreadsheet starts a new row there, with a cell the attacker chose
+    writer = csv.DictWriter(text, fieldnames=columns, lineterminator="\r\n")
     writer.writeheader()
-    writer.writerows({k: ("" if v is None else v) for k, v in row.items()} for row in rows)
+    writer.writerows({k: _cell(v) for k, v in row.items()} for row in rows)
     return text.getvalue()
+
+
+def _cell(value: Any) -> Any:
+    """A CSV cell a spreadsheet shows as written: text whose first non-blank character would start
+    a formula (=, +, -, @; tab and carriage return too: OWASP's CSV injection list) gets a leading
+    `'`, so SeriesDescription `=HYPERLINK(...)` stays text and stays readable. Text from data is
+    neutralised even when it looks numeric ("-3"); numbers this module computes (frames,
+    probabilities, thickness, time step) are ints and floats and stay numbers. None is empty."""
+    if value is None:
+        return ""
+    if isinstance(value, str) and value.lstrip(" ")[:1] in _FORMULA_STARTS:
+        return "'" + value
+    return value
 
 
 def _spacing(meta: Mapping[str, Any]) -> tuple[str | None, str | None]:
