@@ -75,3 +75,13 @@ def test_a_trained_night_names_its_report_once() -> None:
 def test_a_night_that_promotes_an_undecided_version_says_so() -> None:
     text = render(nightly(None, PROMOTE, "skipped: no partition done since the newest version"))
     assert "train     skipped" in text and "promote   m v2 promoted to @champion: passed" in text
+
+
+def test_ignored_files_are_counted_and_listed_up_to_the_limit() -> None:
+    entries = [{"path": f"notes/{i:02d}.txt", "reason": "not a media file"} for i in range(25)]
+    extract = EXTRACT | {"ignored": 25, "ignored_files": entries}
+    text = render({"command": "extract", "run_id": "run", "seconds": 1.0, **extract})
+    assert "  ignored   25 files, neither series nor failures:" in text
+    assert "    IGNORED notes/19.txt: not a media file" in text and "notes/20.txt" not in text
+    assert "    ... and 5 more (--json lists every one)" in text
+    assert "ignored" not in render(nightly(None, None, "skipped"))  # none: not a word

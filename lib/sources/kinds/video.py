@@ -3,9 +3,8 @@
 Discovery: each file with a video suffix or, whatever its suffix, a video container's magic
 bytes (lstmpipe.lib.sources.sniff), and each video member of a tar or zip archive, is one
 series named by its path under the root (`2026-11-20.tar/grow/clip_0003.mp4`), labelled by
-its parent folder and
-partitioned by its top-level folder or archive. Archives are claimed whole: their
-members are listed once, bounded by ArchiveLimits, and hashed in one pass.
+its parent folder and partitioned by its top-level folder or archive. Archives are claimed
+whole: their members are listed once, bounded by ArchiveLimits, and hashed in one pass.
 
 Decoding: there is no ffprobe, so `probe` parses what `ffmpeg -i INPUT` prints. Every ffmpeg
 input is opened with only the demuxers of lstmpipe.lib.sources.ffmpeg.DEMUXERS: a manifest or
