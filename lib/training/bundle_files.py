@@ -36,14 +36,16 @@ from lstmpipe.lib.training.model import ModelSpec
 JSON_FILES = ("spec.json", "labels.json", "recipe.json")
 WEIGHTS = "weights.pt"
 
-# Bounds on a stored spec, far above any model lstmpipe trains (backbones give 512-2048 features,
-# trained hidden sizes are 32-1024, 1-4 layers) and far below a memory bomb: a spec.json asking for
-# a 10^9-unit LSTM is refused before torch allocates a byte of it.
+# Bounds on a stored spec, far above the models lstmpipe trains (backbones give 512-2048 features;
+# the defaults, 128 units in 1 layer, make 0.2-0.4 M parameters) and far below a memory bomb: a
+# spec.json asking for a 10^9-unit LSTM is refused before torch allocates a byte of it.
 MAX_WIDTH = 1 << 16  # input_dim, input_proj, hidden_size
 MAX_LAYERS = 16
 MAX_CLASSES = 10_000
-# 2^26 parameters = 256 MiB of float32: 50x the largest model the configuration's ranges train.
-MAX_PARAMETERS = 1 << 26
+# 2^28 parameters = 1 GiB of float32 (loading holds the file's tensors and the module: 2 GiB).
+# 4 bidirectional layers of 1024 units over 2048 features make 86 M; the 5.3 * 10^11 of a spec
+# with 16 layers of 65536 units are refused.
+MAX_PARAMETERS = 1 << 28
 # spec, labels and recipe are a few kB; 10 000 class names of 100 characters fit in 1 MiB.
 MAX_JSON_BYTES = 1 << 20
 # torch's zip around the tensors: a fixed part and a record per tensor (measured ~400 B each).

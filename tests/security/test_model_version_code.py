@@ -243,7 +243,7 @@ HOSTILE_SPECS = {
     "huge-total": (
         {"hidden_size": 65536, "input_proj": 65536, "num_layers": 16, "bidirectional": True},
         "spec.json refused: the network it describes has 1614925070346 parameters, "
-        "over the 67108864",
+        "over the 268435456",
     ),
     "bool-as-int": ({"num_layers": True}, "num_layers True is not an integer"),
     "text-as-int": ({"input_dim": "4"}, "input_dim '4' is not an integer"),
