@@ -95,7 +95,7 @@ def serve(
 ) -> dict[str, Any]:
     """Serve until interrupted; the summary names what was served."""
     served = deployments(rt.config, config_file, overrides)
-    api = None if os.environ.get("PREFECT_API_URL") else _start_server(port, rt.home / "prefect")
+    api = None if os.environ.get("PREFECT_API_URL") else start_server(port, rt.home / "prefect")
     try:
         with using(api):
             if api is not None:
@@ -122,7 +122,7 @@ def serve(
 AUTH_FILE = "api-auth-string"  # under PREFECT_HOME
 
 
-def _start_server(port: int, prefect_home: Path) -> TemporaryApi:
+def start_server(port: int, prefect_home: Path) -> TemporaryApi:
     """`prefect server start` with its services (the scheduler), on localhost only (SPEC §6),
     refusing requests without its auth string (other local users reach localhost too)."""
     auth_string = new_auth_string()

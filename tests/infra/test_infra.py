@@ -1063,3 +1063,26 @@ def test_kuberay_network_policies_fence_the_workers(raycluster: dict) -> None:
         assert all("ipBlock" not in peer for peer in rule["to"]), "an address range: egress"
         ports |= {port["port"] for port in rule.get("ports", [])}
     assert ports == {5000, 5432, 53}  # MLflow, PostgreSQL, DNS; plus the cluster's own pods
+
+
+def test_lstmpipe_reads_credentials_from_the_files_infra_names(tmp_path: Path) -> None:
+    """flows/runtime.py: NAME_FILE sets NAME (a value set directly wins); a missing or empty file
+    is a configuration error naming the variable and the file."""
+    from lstmpipe.flows.runtime import read_secret_files
+    from lstmpipe.lib.errors import ConfigError
+
+    (tmp_path / "password").write_text("s3cret\n")
+    env = {
+        "MLFLOW_TRACKING_PASSWORD_FILE": str(tmp_path / "password"),
+        "PREFECT_API_AUTH_STRING": "given",
+        "PREFECT_API_AUTH_STRING_FILE": str(tmp_path / "missing"),
+    }
+    read_secret_files(env)
+    assert env["MLFLOW_TRACKING_PASSWORD"] == "s3cret"
+    assert env["PREFECT_API_AUTH_STRING"] == "given"
+    for name, content in (("missing", None), ("empty", "\n")):
+        if content is not None:
+            (tmp_path / name).write_text(content)
+        bad = {"PREFECT_API_AUTH_STRING_FILE": str(tmp_path / name)}
+        with pytest.raises(ConfigError, match=f"PREFECT_API_AUTH_STRING_FILE: .*{name}"):
+            read_secret_files(bad)

@@ -7,6 +7,7 @@ No secret appears on any command line.
 from __future__ import annotations
 
 import base64
+import os
 import subprocess
 import sys
 import uuid
@@ -18,10 +19,16 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from lstmpipe.flows.runtime import read_secret_files
+from lstmpipe.flows.serve import AUTH_FILE
+from lstmpipe.flows.serve import start_server as serve_server
+from lstmpipe.flows.startup import TemporaryApi, start_temporary_api
 from tests.integration.conftest import Stack
+from tests.integration.servers import free_port
 
 pytestmark = pytest.mark.integration
 PYTHON = sys.executable
+# MLflow checks a password with PBKDF2: seconds per request on 2 cores that run other tests too
+http = httpx.Client(timeout=120)
 
 
 def basic(user: str, password: str) -> dict[str, str]:
@@ -35,9 +42,9 @@ def test_mlflow_refuses_anonymous_and_wrong_passwords(stack: Stack) -> None:
     create = f"{stack.mlflow_uri}/api/2.0/mlflow/registered-models/create"
     get = f"{stack.mlflow_uri}/api/2.0/mlflow/registered-models/get"
     for headers in ({}, basic("lstmpipe", "wrong"), basic("intruder", "x")):
-        assert httpx.post(create, json={"name": "planted"}, headers=headers).status_code == 401
-        assert httpx.get(get, params={"name": "planted"}, headers=headers).status_code == 401
-    assert httpx.get(f"{stack.mlflow_uri}/health").status_code == 200  # probes need no login
+        assert http.post(create, json={"name": "planted"}, headers=headers).status_code == 401
+        assert http.get(get, params={"name": "planted"}, headers=headers).status_code == 401
+    assert http.get(f"{stack.mlflow_uri}/health").status_code == 200  # probes need no login
 
 
 def test_lstmpipe_registers_and_reads_with_its_password_file(
@@ -65,19 +72,19 @@ def test_another_user_may_read_but_not_write_lstmpipes_models(stack: Stack) -> N
     api = f"{stack.mlflow_uri}/api/2.0/mlflow"
     admin = basic("lstmpipe", stack.secrets.mlflow_password)
     name = f"owned-{uuid.uuid4().hex[:8]}"
-    assert httpx.post(
+    assert http.post(
         f"{api}/registered-models/create", json={"name": name}, headers=admin
     ).is_success
     other = {"username": f"u{uuid.uuid4().hex[:8]}", "password": uuid.uuid4().hex}
-    assert httpx.post(f"{api}/users/create", json=other, headers=admin).is_success
+    assert http.post(f"{api}/users/create", json=other, headers=admin).is_success
     them = basic(other["username"], other["password"])
 
-    read = httpx.get(f"{api}/registered-models/get", params={"name": name}, headers=them)
+    read = http.get(f"{api}/registered-models/get", params={"name": name}, headers=them)
     assert read.status_code == 200
     version = {"name": name, "source": "file:///tmp/planted"}
-    assert httpx.post(f"{api}/model-versions/create", json=version, headers=them).status_code == 403
+    assert http.post(f"{api}/model-versions/create", json=version, headers=them).status_code == 403
     alias = {"name": name, "alias": "champion", "version": "1"}
-    assert httpx.post(f"{api}/registered-models/alias", json=alias, headers=them).status_code == 403
+    assert http.post(f"{api}/registered-models/alias", json=alias, headers=them).status_code == 403
 
 
 # --------------------------------------------------------------------------- Prefect
@@ -85,10 +92,10 @@ def test_another_user_may_read_but_not_write_lstmpipes_models(stack: Stack) -> N
 
 def test_prefect_refuses_requests_without_the_auth_string(stack: Stack) -> None:
     flows = f"{stack.prefect_api}/flows/filter"
-    assert httpx.post(flows, json={}).status_code == 401
-    assert httpx.post(flows, json={}, headers=basic("lstmpipe", "wrong")).status_code == 401
-    assert httpx.post(flows, json={}, headers=stack.secrets.prefect_headers()).status_code == 200
-    assert httpx.get(f"{stack.prefect_api}/health").status_code == 200
+    assert http.post(flows, json={}).status_code == 401
+    assert http.post(flows, json={}, headers=basic("lstmpipe", "wrong")).status_code == 401
+    assert http.post(flows, json={}, headers=stack.secrets.prefect_headers()).status_code == 200
+    assert http.get(f"{stack.prefect_api}/health").status_code == 200
 
 
 def test_lstmpipe_runs_a_flow_with_the_auth_string_file(stack: Stack) -> None:
@@ -107,7 +114,7 @@ def test_lstmpipe_runs_a_flow_with_the_auth_string_file(stack: Stack) -> None:
         [PYTHON, "-c", script], env=stack.env, capture_output=True, text=True, timeout=300
     )
     assert done.returncode == 0 and done.stdout.strip().endswith("42"), done.stderr[-3000:]
-    runs = httpx.post(
+    runs = http.post(
         f"{stack.prefect_api}/flow_runs/filter",
         json={"flows": {"name": {"any_": ["auth-probe"]}}},
         headers=stack.secrets.prefect_headers(),
@@ -124,14 +131,14 @@ def test_ray_job_api_refuses_requests_without_the_token(stack: Stack, where: str
     base = stack.ray_dashboard if where == "dashboard" else stack.ray_agent
     job = {"entrypoint": "touch /tmp/ray-job-ran"}
     for headers in ({}, {"Authorization": "Bearer wrong"}):
-        assert httpx.post(f"{base}/api/jobs/", json=job, headers=headers).status_code in {401, 403}
-    answer = httpx.get(f"{base}/api/jobs/", headers=stack.secrets.ray_headers())
+        assert http.post(f"{base}/api/jobs/", json=job, headers=headers).status_code in {401, 403}
+    answer = http.get(f"{base}/api/jobs/", headers=stack.secrets.ray_headers())
     assert answer.status_code == 200
 
 
 def test_ray_dashboard_api_refuses_requests_without_the_token(stack: Stack) -> None:
-    assert httpx.get(f"{stack.ray_dashboard}/api/version").status_code in {401, 403}
-    answer = httpx.get(f"{stack.ray_dashboard}/api/version", headers=stack.secrets.ray_headers())
+    assert http.get(f"{stack.ray_dashboard}/api/version").status_code in {401, 403}
+    answer = http.get(f"{stack.ray_dashboard}/api/version", headers=stack.secrets.ray_headers())
     assert answer.status_code == 200
 
 
@@ -192,3 +199,52 @@ def test_no_secret_is_on_any_command_line(stack: Stack) -> None:
             continue
         found += [proc.name for secret in stack.secrets.values() if secret in cmdline]
     assert found == []
+
+
+# --------------------------------------------------------------------------- lstmpipe's own servers
+
+
+def own_env(tmp_path: Path) -> dict[str, str]:
+    """No server configured: lstmpipe starts its own."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "LSTMPIPE_"))}
+    return {**env, "PREFECT_HOME": str(tmp_path / "prefect")}
+
+
+def assert_refuses_strangers(api: TemporaryApi) -> None:
+    api.wait()
+    flows = f"{api.url}/flows/filter"
+    assert http.post(flows, json={}).status_code == 401
+    assert http.post(flows, json={}, headers=basic(*api.auth_string.split(":", 1))).is_success
+    cmdline = Path(f"/proc/{api.process.pid}/cmdline").read_bytes()
+    assert api.auth_string.encode() not in cmdline
+
+
+def test_the_temporary_api_requires_its_own_auth_string(tmp_path: Path) -> None:
+    """Every command without PREFECT_API_URL boots this server on 127.0.0.1: other local users
+    reach the port, not the run (the auth string lives in the server's and this process's
+    environment only)."""
+    api = start_temporary_api(own_env(tmp_path))
+    assert api is not None
+    try:
+        assert_refuses_strangers(api)
+        other = start_temporary_api(own_env(tmp_path / "other"))
+        assert other is not None
+        other.stop()
+        assert other.auth_string != api.auth_string  # one per server
+    finally:
+        api.stop()
+
+
+def test_serve_keeps_its_servers_auth_string_in_a_private_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name, value in own_env(tmp_path).items():
+        monkeypatch.setenv(name, value)
+    api = serve_server(free_port(), tmp_path / "prefect")
+    try:
+        assert_refuses_strangers(api)
+        kept = tmp_path / "prefect" / AUTH_FILE
+        assert kept.read_text() == api.auth_string
+        assert kept.stat().st_mode & 0o777 == 0o600
+    finally:
+        api.stop()

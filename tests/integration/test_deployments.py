@@ -43,21 +43,23 @@ def settings(root: Path) -> list[str]:
     return [f"--set={key}={value}" for key, value in values.items()]
 
 
-def deployment_id(api: str, name: str, serve: subprocess.Popen, log: Path) -> str:
+def deployment_id(stack: Stack, name: str, serve: subprocess.Popen, log: Path) -> str:
     """Wait until `lstmpipe serve` has registered the deployment with the server."""
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         assert serve.poll() is None, (
             f"serve exited with {serve.returncode}:\n{log.read_text()[-3000:]}"
         )
-        answer = httpx.get(f"{api}/deployments/name/{name}")
+        answer = httpx.get(
+            f"{stack.prefect_api}/deployments/name/{name}", headers=stack.secrets.prefect_headers()
+        )
         if answer.status_code == 200:
             return answer.json()["id"]
         time.sleep(1)
     raise AssertionError(f"deployment {name} never appeared:\n{log.read_text()[-3000:]}")
 
 
-def scheduled_runs(api: str, deployment: str) -> list[dict]:
+def scheduled_runs(stack: Stack, deployment: str) -> list[dict]:
     """The runs the server's scheduler created for the deployment's cron, waiting for their time."""
     query = {
         "flow_runs": {
@@ -65,12 +67,15 @@ def scheduled_runs(api: str, deployment: str) -> list[dict]:
             "state": {"type": {"any_": ["SCHEDULED"]}},
         }
     }
-    return httpx.post(f"{api}/flow_runs/filter", json=query).json()
+    return httpx.post(
+        f"{stack.prefect_api}/flow_runs/filter", json=query, headers=stack.secrets.prefect_headers()
+    ).json()
 
 
-def run_deployment(api: str, deployment: str, log: Path) -> dict:
+def run_deployment(stack: Stack, deployment: str, log: Path) -> dict:
     """Create a flow run of the deployment, as the scheduler
     (or `prefect deployment run`) does, and wait for it."""
+    api, login = stack.prefect_api, stack.secrets.prefect_headers()
     # The same idempotency key on every try: a busy server's error (seen once in CI) is retried,
     # never doubled.
     key, answer = uuid.uuid4().hex, None
@@ -78,6 +83,7 @@ def run_deployment(api: str, deployment: str, log: Path) -> dict:
         answer = httpx.post(
             f"{api}/deployments/{deployment}/create_flow_run",
             json={"idempotency_key": key},
+            headers=login,
             timeout=30,
         )
         if answer.status_code in (200, 201):
@@ -90,7 +96,7 @@ def run_deployment(api: str, deployment: str, log: Path) -> dict:
     flow_run = answer.json()
     deadline = time.monotonic() + RUN_TIMEOUT_S
     while time.monotonic() < deadline:
-        answer = httpx.get(f"{api}/flow_runs/{flow_run['id']}", timeout=30)
+        answer = httpx.get(f"{api}/flow_runs/{flow_run['id']}", headers=login, timeout=30)
         state = answer.json() if answer.status_code == 200 else {}
         if state.get("state_type") in {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}:
             return state
@@ -102,7 +108,7 @@ def run_deployment(api: str, deployment: str, log: Path) -> dict:
 
 
 def test_served_nightly_runs_through_the_servers_then_does_only_the_new_partition(
-    stack: Stack, tmp_path: Path
+    stack: Stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     sample = generate_archive(
         tmp_path / "sample",
@@ -123,13 +129,15 @@ def test_served_nightly_runs_through_the_servers_then_does_only_the_new_partitio
             start_new_session=True,
         )
     try:
-        nightly = deployment_id(stack.prefect_api, "nightly/nightly", serve, log)
-        first = run_deployment(stack.prefect_api, nightly, log)
+        nightly = deployment_id(stack, "nightly/nightly", serve, log)
+        first = run_deployment(stack, nightly, log)
         assert first["state_type"] == "COMPLETED", log.read_text()[-4000:]
 
         if shutil.which("initdb"):
             # the registry's rows are in PostgreSQL
             assert stack.mlflow_backend.startswith("postgresql")
+        for name, value in stack.mlflow_login.items():
+            monkeypatch.setenv(name, value)
         client = MlflowClient(stack.mlflow_uri, registry_uri=stack.mlflow_uri)
         champion = client.get_model_version_by_alias(MODEL, "champion")
         assert champion.version == "1"
@@ -140,7 +148,7 @@ def test_served_nightly_runs_through_the_servers_then_does_only_the_new_partitio
         for entry in sorted(sample.iterdir()):
             if entry.name.startswith(DAYS[2]):
                 (shutil.copytree if entry.is_dir() else shutil.copy)(entry, root / entry.name)
-        second = run_deployment(stack.prefect_api, nightly, log)
+        second = run_deployment(stack, nightly, log)
         assert second["state_type"] == "COMPLETED", log.read_text()[-4000:]
         again = {r.partition: r for r in records.records(root)}
         assert sorted(again) == list(DAYS)
@@ -153,7 +161,7 @@ def test_served_nightly_runs_through_the_servers_then_does_only_the_new_partitio
         # The cron (02:00 UTC) is served: the server's scheduler has created the coming nights'
         # runs, each once, under its idempotency key (SQLAlchemy 2.1 broke that insert: no run was
         # ever scheduled).
-        coming = scheduled_runs(stack.prefect_api, nightly)
+        coming = scheduled_runs(stack, nightly)
         assert coming, log.read_text()[-3000:]
         assert len({run["idempotency_key"] for run in coming}) == len(coming)
         assert all(run["idempotency_key"].startswith(f"scheduled {nightly} ") for run in coming)

@@ -35,22 +35,29 @@ def run(stack: Stack, home: Path, *args: str) -> subprocess.CompletedProcess:
     return done
 
 
-def test_demo_runs_on_the_servers(stack: Stack, tmp_path: Path) -> None:
+def test_demo_runs_on_the_servers(
+    stack: Stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Through servers that all require authentication: the CLI reads its credentials from the
+    files Stack.env names."""
     done = run(stack, tmp_path / "home", "demo", "--clips-per-class", "4", *TINY)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout)
 
     version = result["train"]["train"]["version"]
+    for name, value in stack.mlflow_login.items():
+        monkeypatch.setenv(name, value)
     # not a global from another test
     client = MlflowClient(stack.mlflow_uri, registry_uri=stack.mlflow_uri)
     assert str(client.get_model_version_by_alias("demo-motion", "champion").version) == version
     assert result["tracking_uri"] == stack.mlflow_uri
     assert pq.read_table(result["infer"]["predictions"]).num_rows == 16
 
-    runs = httpx.post(f"{stack.prefect_api}/flow_runs/filter", json={}).json()
+    login = stack.secrets.prefect_headers()
+    runs = httpx.post(f"{stack.prefect_api}/flow_runs/filter", json={}, headers=login).json()
     by_name = {}
     for flow_run in runs:
-        flow = httpx.get(f"{stack.prefect_api}/flows/{flow_run['flow_id']}").json()
+        flow = httpx.get(f"{stack.prefect_api}/flows/{flow_run['flow_id']}", headers=login).json()
         by_name.setdefault(flow["name"], []).append(flow_run["state_type"])
     for name in ("demo", "nightly", "train", "promote", "infer"):
         assert "COMPLETED" in by_name.get(name, []), by_name
