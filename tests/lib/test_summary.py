@@ -9,6 +9,7 @@ from lstmpipe.lib.failures import Failure, read_failures, record_failures
 from lstmpipe.lib.features.outcomes import SeriesOutcome, SeriesStatus
 from lstmpipe.lib.ops.summary import extraction_summary
 from lstmpipe.lib.series import SeriesRef
+from lstmpipe.lib.sources.discover import Ignored
 
 BAD_CLIP = Failure("c.mp4", "/data/c.mp4", "decode", "moov atom not found")
 REFUSED = Failure("z.tar/evil.mp4", "/data/z.tar", "discover", "absolute path")
@@ -42,7 +43,9 @@ def test_summary_counts_and_its_failures_feed_the_table(tmp_path: Path) -> None:
 
 
 def test_the_json_of_a_summary_is_what_the_cli_has_always_printed() -> None:
-    summary = extraction_summary(OUTCOMES, [REFUSED], compute_seconds=2.0)
+    """The keys it always had, in order, then the files discovery ignored (issue 16: added)."""
+    ignored = [Ignored("README.txt", "not a media file lstmpipe reads: text")]
+    summary = extraction_summary(OUTCOMES, [REFUSED], compute_seconds=2.0, ignored=ignored)
     document = summary.to_json()
     assert list(document) == [
         "series",
@@ -55,6 +58,12 @@ def test_the_json_of_a_summary_is_what_the_cli_has_always_printed() -> None:
         "failures_file",
         "recipe_id",
         "skipped",
+        "ignored",
+        "ignored_files",
+    ]
+    assert document["ignored"] == 1
+    assert document["ignored_files"] == [
+        {"path": "README.txt", "reason": "not a media file lstmpipe reads: text"}
     ]
     assert document["compute"] == {"frames": 10, "seconds": 2.0}
     assert document["per_series"][0] == {"series_id": "a.mp4", "status": "cached", "frames": 7}
