@@ -190,7 +190,8 @@ def test_log_training_registers_a_version_with_its_tags(
 def test_registry_bundle_predicts_like_the_in_memory_model(
     registered: ModelRef, outcome: Outcome
 ) -> None:
-    """Loaded through pyfunc (models from code); lengths other than the logged example's 3."""
+    """Loaded as data (load_bundle: the bundle's files, no stored code); lengths other than the
+    logged example's 3."""
     loaded = registry.load_bundle(registered)
     assert (
         loaded is not outcome.bundle
