@@ -51,9 +51,6 @@ from lstmpipe.lib.sources.archives import ArchiveLimits
 # both; it could become configuration for machines whose legitimate volumes are larger.
 READER_ADDRESS_SPACE = 8 << 30
 
-# Idle readers kept for reuse: extract decodes `decoders` (2) series at once per process.
-_IDLE_READERS = 4
-
 # A reader gets this long to import its decoders before its first series: not the file's time.
 _START_S = 120.0
 
@@ -131,16 +128,23 @@ class _Reader:
         return self._receive(where)
 
     def reply_bytes(self, where: str, timeout_s: float, size: int) -> bytearray:
-        """The raw bytes following a chunk's header, received in place (no pickle, one copy)."""
-        if not self._conn.poll(timeout_s):
-            self.stop()
-            raise BadInput(where, f"reader silent for {timeout_s:g} s: killed")
+        """The raw bytes following a chunk's header, read straight into place: Connection's own
+        recv_bytes allocates a buffer of the remaining size per read (80 MB/s for frames)."""
         buf = bytearray(size)
-        try:
-            self._conn.recv_bytes_into(buf)
-        except (EOFError, OSError):
-            self.broken = True
-            raise BadInput(where, f"reader died: {self._exit_reason()}") from None
+        view = memoryview(buf)
+        got = 0
+        while got < size:
+            if not self._conn.poll(timeout_s):
+                self.stop()
+                raise BadInput(where, f"reader silent for {timeout_s:g} s: killed")
+            try:
+                read = os.readv(self._conn.fileno(), [view[got:]])
+            except OSError:
+                read = 0
+            if not read:
+                self.broken = True
+                raise BadInput(where, f"reader died: {self._exit_reason()}")
+            got += read
         return buf
 
     def _receive(self, where: str) -> Any:
@@ -174,45 +178,44 @@ class _RemoteSeries:
         self._where = where
         self._timeout_s = timeout_s
         self._open = False  # the reader holds the series and waits for "next" or "close"
+        self._asked = False  # a reply (or a chunk's bytes) is still to come
 
     def open(self, opener: str, args: tuple) -> dict[str, Any]:
-        self._reader.ask(("open", opener, args), self._where)
-        self._open = True
-        return self._expect("meta")[1]
+        return self._request(("open", opener, args), "meta")[1]
 
     def chunks(self) -> Generator[FrameChunk, None, None]:
         """One chunk per request, so the reader decodes only what is consumed."""
         try:
             while self._open:
-                self._reader.ask(("next",), self._where)
-                head = self._expect("chunk", "end")
+                head = self._request(("next",), "chunk", "end")
                 if head[0] == "end":
                     return
                 _, shape, dtype, t, start = head
                 size = int(np.prod(shape)) * np.dtype(dtype).itemsize
                 buf = self._reader.reply_bytes(self._where, self._timeout_s, size)
+                self._asked = False
                 yield FrameChunk(np.frombuffer(buf, dtype=dtype).reshape(shape), t, start)
         finally:
             self.finish()
 
     def finish(self) -> None:
         """Tell the reader to close the series (it stops decoding) and wait until it has."""
-        if self._open:
-            self._reader.ask(("close",), self._where)
-            self._expect("closed")
+        if self._asked:  # interrupted while waiting (Ctrl-C): its reply must not reach the next
+            self._reader.stop()
+        elif self._open:
+            self._request(("close",), "closed")
 
-    def _expect(self, *kinds: str) -> tuple:
-        """The next reply if it is one of `kinds`; the series' error (which ends it) otherwise."""
-        try:
-            message = self._reader.reply(self._where, self._timeout_s)
-        except BadInput:
-            self._open = False
-            raise
-        if message[0] in kinds:
-            self._open = message[0] in ("meta", "chunk")
-            return message
-        self._open = False
-        raise self._error(message)
+    def _request(self, request: tuple, *kinds: str) -> tuple:
+        """Ask, then the reply if it is one of `kinds`; the series' error (which ends it) if not."""
+        self._reader.ask(request, self._where)
+        self._asked, self._open = True, False
+        message = self._reader.reply(self._where, self._timeout_s)
+        if message[0] not in kinds:
+            self._asked = False
+            raise self._error(message)
+        self._asked = message[0] == "chunk"  # its bytes follow
+        self._open = message[0] in ("meta", "chunk")
+        return message
 
     def _error(self, message: tuple) -> Exception:
         if message[0] == "bad":
@@ -257,14 +260,14 @@ class _Pool:
         return reader
 
     def give_back(self, reader: _Reader) -> None:
-        with self._lock:
-            keep = not reader.broken and len(self._idle) < _IDLE_READERS
-            if keep:
-                self._idle.append(reader)
-            else:
+        """Kept for the next series; as many idle readers as series were ever read at once."""
+        if reader.broken:
+            with self._lock:
                 self._live.discard(reader)
-        if not keep:
             reader.stop()
+            return
+        with self._lock:
+            self._idle.append(reader)
 
     def shutdown(self) -> None:
         """Every reader ends, idle (it holds nothing) or busy (a thread still decoding)."""
@@ -334,8 +337,14 @@ def _run_series(conn: Connection, opener: Opener, args: tuple) -> tuple:
                 return ("end",)
             frames = np.ascontiguousarray(chunk.frames)
             conn.send(("chunk", frames.shape, frames.dtype.str, chunk.t, chunk.start))
-            conn.send_bytes(frames.data.cast("B"))
+            _write_all(conn.fileno(), frames.data.cast("B"))
     return ("closed",)
+
+
+def _write_all(fd: int, data: memoryview) -> None:
+    """`data` unframed: its size went ahead in the chunk's header."""
+    while data:
+        data = data[os.write(fd, data) :]
 
 
 def _portable(exc: Exception) -> Exception:
