@@ -1,8 +1,9 @@
 """Counts and sizes read from headers are bounded before anything is allocated per item (issue 16,
 items 4 and 5): a 580-byte DICOM declaring 4 000 000 frames, DICOMs declaring 2^20 frames their
-pixel data cannot hold (native and compressed), a DICOMDIR of 200 000 records pointing outside its
-folder, a 0.4 MB PNG of 10000 x 10000 pixels, an APNG declaring 5 000 000 frames, a NIfTI-2 of
-4 000 000 time points, and EPS files (one named .png) that Pillow would hand to Ghostscript.
+pixel data cannot hold (native and compressed), one with 200 000 per-frame group items, a DICOMDIR
+of 200 000 records pointing outside its folder, a 0.4 MB PNG of 10000 x 10000 pixels, an APNG
+declaring 5 000 000 frames, a NIfTI-2 of 4 000 000 time points, and EPS files (one named .png)
+that Pillow would hand to Ghostscript.
 
 One fresh interpreter discovers a source holding all of them beside honest series: each hostile file
 is refused at discovery by name with its reason, the honest series go on, the outside file is never
@@ -26,15 +27,16 @@ from pydicom.encaps import encapsulate
 from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit, MediaStorageDirectoryStorage
 
 from lstmpipe.lib.sources.frames import MAX_FRAMES
+from lstmpipe.lib.sources.kinds.dicom import MAX_HEADER_ELEMENTS
 from tests.helpers import wheel_data
 from tests.security.conftest import isolated
 
 # Measured: +2.4 MiB (Python 3.11, pydicom 3.0, Pillow 13, 2 cores); the bound leaves room for
 # allocator noise and is far below what these inputs cost unbounded: +155 MiB (4 000 000-frame
-# DICOM), +133 MiB (DICOMDIR records parsed), +1 GiB (the PNG decoded to RGB).
+# DICOM), +133 MiB (DICOMDIR records or per-frame items parsed), +1 GiB (the PNG decoded to RGB).
 RISE_BOUND = 24 << 20
 BOMB = "(a header bomb, or a series too long to decode here); refused unread"
-RECORDS = 200_000  # empty DICOMDIR records: 1.6 MB, ~130 MiB once pydicom parses them
+RECORDS = 200_000  # empty DICOMDIR records or per-frame items: 1.6 MB, +133 MiB once parsed
 
 RUN = """
     import sys
@@ -137,6 +139,18 @@ def dicomdir(path: Path, referenced: list[str], records: int) -> Path:
     return path
 
 
+def per_frame_groups(path: Path, items: int) -> Path:
+    """An honest 1-frame DICOM with a PerFrameFunctionalGroupsSequence of `items` empty items
+    spliced in before its pixel data: 8 bytes each on disk, ~700 once pydicom parses them."""
+    data = dicom(path, 1, "1.2.3.5").read_bytes()
+    at = data.rfind(b"\xe0\x7f\x10\x00")
+    sequence = struct.pack("<HH2sHI", 0x5200, 0x9230, b"SQ", 0, 0xFFFFFFFF)
+    sequence += struct.pack("<HHI", 0xFFFE, 0xE000, 0) * items
+    sequence += struct.pack("<HHI", 0xFFFE, 0xE0DD, 0)
+    path.write_bytes(data[:at] + sequence + data[at:])
+    return path
+
+
 def zeros_png(path: Path, width: int, height: int) -> Path:
     """A greyscale PNG of zeros (`height` a multiple of 100), compressed fast 100 rows at a time:
     10000^2 is 0.4 MB on disk (97 kB at zlib level 9, slower to make), 100 MB decoded."""
@@ -191,6 +205,7 @@ def shown(tmp_path_factory: pytest.TempPathFactory) -> dict:
     dicom(source / "cine" / "bomb.dcm", 4_000_000, "1.2.3.1")
     dicom(source / "cine" / "short.dcm", MAX_FRAMES, "1.2.3.2")
     dicom(source / "cine" / "jpeg.dcm", MAX_FRAMES, "1.2.3.3", compressed=True)
+    per_frame_groups(source / "enhanced" / "groups.dcm", RECORDS)
     dicom(tmp / "outside" / "secret.dcm", 1, "1.2.3.4")
     dicomdir(source / "disc" / "DICOMDIR", ["..\\..\\outside\\secret.dcm", str(tmp)], RECORDS)
     (source / "big").mkdir()
@@ -231,6 +246,11 @@ def test_dicom_frame_counts_are_refused_at_discovery(shown: dict) -> None:
         f"cine/short.dcm: pixel data holds 64 bytes; 8x8 x {MAX_FRAMES} frames "
         f"needs {64 * MAX_FRAMES}"
     )
+    assert failures["enhanced/groups.dcm"][1:] == [
+        "discover",
+        f"enhanced/groups.dcm: more than {MAX_HEADER_ELEMENTS} data elements and sequence items "
+        "(a header bomb); refused unparsed",
+    ]
     _, stage, reason = failures["cine/jpeg.dcm"]
     assert stage == "discover" and reason.startswith("cine/jpeg.dcm: pixel data of ")
     assert reason.endswith(f"cannot hold {MAX_FRAMES} compressed frames (at least 8 bytes each)")

@@ -34,7 +34,9 @@ RUN = """
 """
 
 
-def test_an_image_frame_declaring_60000_squared_is_refused_at_discovery_by_name(tmp_path: Path) -> None:
+def test_an_image_frame_declaring_60000_squared_is_refused_at_discovery_by_name(
+    tmp_path: Path,
+) -> None:
     series = tmp_path / "source" / "seq"
     series.mkdir(parents=True)
     for i in range(3):

@@ -27,6 +27,7 @@ from typing import IO, Any, cast
 
 import numpy as np
 import pydicom
+from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.filereader import read_file_meta_info
@@ -34,7 +35,12 @@ from pydicom.multival import MultiValue
 from pydicom.pixels.decoders.base import get_decoder
 from pydicom.pixels.processing import apply_color_lut
 from pydicom.pixels.utils import iter_pixels
-from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, MediaStorageDirectoryStorage
+from pydicom.uid import (
+    UID,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRLittleEndian,
+    MediaStorageDirectoryStorage,
+)
 
 from lstmpipe.lib.config import SamplingConfig
 from lstmpipe.lib.errors import BadInput
@@ -59,6 +65,13 @@ WINDOW_SAMPLE_VALUES = 1 << 20  # pixels kept from that sample for the percentil
 PLUGINS_HINT = "pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg"
 # (Float/Double)PixelData
 _PIXEL_TAGS = frozenset({(0x7FE0, 0x0010), (0x7FE0, 0x0008), (0x7FE0, 0x0009)})
+_UNDEFINED = 0xFFFFFFFF  # an undefined length: the value ends at a delimiter
+_PREAMBLE_BYTES = 132  # preamble and "DICM"
+_GROUP_LENGTH_BYTES = 12  # the (0002,0000) element, which gives the rest of the file meta's length
+# Data elements and sequence items one file may hold (pydicom makes an object of each, about 700
+# bytes for an empty item): 131072 cost at most ~90 MiB; an enhanced multi-frame file of 3000
+# frames with 20 elements per frame holds 60000. Could become configuration.
+MAX_HEADER_ELEMENTS = 1 << 17
 _ITEM_BYTES = 8  # an item's tag and length: every compressed frame has at least one fragment item
 _LONG_VRS = frozenset({b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"UN", b"SQ", b"UT", b"UC", b"UR"})
 _TIME = re.compile(r"(\d{2})(?::?(\d{2})(?::?(\d{2})(\.\d+)?)?)?")
@@ -167,8 +180,11 @@ def _read_header(path: Path, rel: str) -> _Header | None:
             raise BadInput(str(path), f"{rel}: empty file")
         with path.open("rb") as stream:
             try:
-                if _is_dicomdir(path):
-                    return None
+                meta = read_file_meta_info(path)
+                if meta.get("MediaStorageSOPClassUID") == MediaStorageDirectoryStorage:
+                    return None  # an index, never parsed nor followed (`_check_elements`)
+                _check_elements(stream, meta, path, rel)
+                stream.seek(0)
                 ds = pydicom.dcmread(stream, stop_before_pixels=True)
             except _HEADER_ERRORS as exc:
                 raise BadInput(
@@ -206,12 +222,83 @@ def _read_header(path: Path, rel: str) -> _Header | None:
     )
 
 
-def _is_dicomdir(path: Path) -> bool:
-    """A DICOMDIR, from its file meta alone: an index of other files, not an image. Its records are
-    never parsed (a hostile one may hold millions) and its ReferencedFileIDs never followed: the
-    files it lists are found, like any other, by walking the source."""
-    meta = read_file_meta_info(path)
-    return meta.get("MediaStorageSOPClassUID") == MediaStorageDirectoryStorage
+def _check_elements(stream: IO[bytes], meta: Dataset, path: Path, rel: str) -> None:
+    """BadInput when the dataset holds more than MAX_HEADER_ELEMENTS elements and sequence items,
+    counted without parsing them, since pydicom allocates an object for each (~700 bytes for an
+    8-byte empty item: an 8 MB file of them cost 670 MiB). A DICOMDIR is not read this far at all:
+    its records are neither parsed nor followed (the files it lists are found by walking the
+    source, like any other). A deflated dataset is inflated by pydicom itself and not counted."""
+    syntax = UID(str(meta.get("TransferSyntaxUID", ExplicitVRLittleEndian)))
+    length = _int(meta.get("FileMetaInformationGroupLength"))
+    if syntax == DeflatedExplicitVRLittleEndian or length is None:
+        return
+    stream.seek(_PREAMBLE_BYTES + _GROUP_LENGTH_BYTES + length)
+    implicit = syntax.is_transfer_syntax and syntax.is_implicit_VR
+    little = not syntax.is_transfer_syntax or syntax.is_little_endian
+    count = _count_elements(stream, implicit, "<" if little else ">", MAX_HEADER_ELEMENTS)
+    if count > MAX_HEADER_ELEMENTS:
+        raise BadInput(
+            str(path),
+            f"{rel}: more than {MAX_HEADER_ELEMENTS} data elements and sequence items "
+            "(a header bomb); refused unparsed",
+        )
+
+
+def _count_elements(stream: IO[bytes], implicit: bool, endian: str, limit: int) -> int:
+    """Elements and items from here to the end, stepping into sequences and over values, up to
+    `limit` + 1; a malformed or cut-off element ends the count (pydicom then says what is wrong)."""
+    count = 0
+    while count <= limit:
+        head = stream.read(8)
+        if len(head) < 8:
+            break
+        count += 1
+        group, element = struct.unpack(endian + "HH", head[:4])
+        if group == 0xFFFE:
+            continue  # an item or a delimiter: what follows is its content, or the next element
+        if implicit:
+            vr, length = (
+                _implicit_vr((group << 16) | element),
+                struct.unpack(endian + "I", head[4:])[0],
+            )
+        elif head[4:6] in _LONG_VRS:
+            vr, more = head[4:6], stream.read(4)
+            if len(more) < 4:
+                break
+            length = struct.unpack(endian + "I", more)[0]
+        else:
+            vr, length = head[4:6], struct.unpack(endian + "H", head[6:])[0]
+        if vr == b"SQ" or (length == _UNDEFINED and vr == b"UN"):
+            continue  # step into the sequence: its items and their elements are counted
+        if length == _UNDEFINED:
+            count += _skip_fragments(stream, endian)
+        else:
+            stream.seek(length, 1)
+    return count
+
+
+def _skip_fragments(stream: IO[bytes], endian: str) -> int:
+    """Past an undefined-length value (encapsulated pixel data): its items, up to the sequence
+    delimiter; how many there were."""
+    items = 0
+    while head := stream.read(8):
+        if len(head) < 8 or head[:4] == _delimiter(endian):
+            break
+        items += 1
+        stream.seek(struct.unpack(endian + "I", head[4:])[0], 1)
+    return items
+
+
+def _delimiter(endian: str) -> bytes:
+    return struct.pack(endian + "HH", 0xFFFE, 0xE0DD)
+
+
+def _implicit_vr(tag: int) -> bytes:
+    """The dictionary VR of a tag (implicit VR files carry none); UN for private or unknown tags."""
+    try:
+        return dictionary_VR(tag).encode()
+    except KeyError:
+        return b"UN"
 
 
 def _frame_count(ds: Dataset, path: Path, rel: str) -> int:

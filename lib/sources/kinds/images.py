@@ -198,7 +198,7 @@ def _check_header(path: Path, opened: Image.Image) -> None:
 
 def _check(path: Path) -> None:
     """BadInput naming the file unless Pillow reads its header and the header passes
-    (`_check_header`); no pixel is decoded (nor EXIF, which Pillow finds in a PNG by decoding it)."""
+    (`_check_header`); no pixel is decoded (nor EXIF: Pillow decodes a PNG to find it)."""
     with _opened(path):
         return
 
