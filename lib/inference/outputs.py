@@ -3,7 +3,8 @@
 - `<stem>.clinical.csv`: one row per medical series (DICOM, NIfTI) with its modality,
   description, UIDs and spacing, the predicted label and probabilities, and the model,
   version, recipe and time. Columns come from an allow-list, so nothing else in a header
-  (a patient's name, birth date, ...) can reach the file.
+  (a patient's name, birth date, ...) can reach the file. Text that a spreadsheet would run
+  as a formula is written behind a `'` (`_cell`); rows end in CRLF.
 - `<stem>.geojson`: an RFC 7946 FeatureCollection, one Feature per remote-sensing series
   (GeoTIFF stacks, and data cubes whose metadata has bounds and a CRS): the tile footprint
   reprojected to WGS 84 lon/lat, the prediction row as properties, with the dates the model saw

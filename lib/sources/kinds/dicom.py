@@ -3,7 +3,10 @@
 Discovery reads headers only (`stop_before_pixels`): files are grouped by
 SeriesInstanceUID across folders, a multi-frame file is a series of its own, and
 what cannot become a series (unreadable header, no or truncated pixel data, mixed
-image sizes) is a Failure naming the file. Decoding reads pixel data file by file
+image sizes) is a Failure naming the file. Counts from headers are bounded before anything
+is made per item: data elements and sequence items (MAX_HEADER_ELEMENTS, counted before
+pydicom parses them), NumberOfFrames (MAX_FRAMES, and what the pixel data can hold),
+files per series (MAX_FRAMES). Decoding reads pixel data file by file
 and frame by frame (memory bounded by the chunk), applies RescaleSlope/Intercept,
 then one window for the whole series (the first file's WindowCenter/Width, else
 robust percentiles of a sample of frames), so intensity changes over time survive.
@@ -172,8 +175,12 @@ def _looks_dicom(path: Path) -> bool:
 
 
 def _read_header(path: Path, rel: str) -> _Header | None:
-    """The header of one file (None for a DICOMDIR: an
-    index, not an image); BadInput naming the file."""
+    """The header of one file; BadInput naming the file.
+
+    None for a DICOMDIR, known from its file meta alone: an index, not an image. Its records are
+    never parsed (a hostile one may hold millions) nor its ReferencedFileIDs followed (they might
+    point outside the source): the files it lists are found by walking the source, like any other.
+    """
     try:
         size = path.stat().st_size
         if size == 0:
@@ -182,7 +189,7 @@ def _read_header(path: Path, rel: str) -> _Header | None:
             try:
                 meta = read_file_meta_info(path)
                 if meta.get("MediaStorageSOPClassUID") == MediaStorageDirectoryStorage:
-                    return None  # an index, never parsed nor followed (`_check_elements`)
+                    return None
                 _check_elements(stream, meta, path, rel)
                 stream.seek(0)
                 ds = pydicom.dcmread(stream, stop_before_pixels=True)
@@ -225,9 +232,8 @@ def _read_header(path: Path, rel: str) -> _Header | None:
 def _check_elements(stream: IO[bytes], meta: Dataset, path: Path, rel: str) -> None:
     """BadInput when the dataset holds more than MAX_HEADER_ELEMENTS elements and sequence items,
     counted without parsing them, since pydicom allocates an object for each (~700 bytes for an
-    8-byte empty item: an 8 MB file of them cost 670 MiB). A DICOMDIR is not read this far at all:
-    its records are neither parsed nor followed (the files it lists are found by walking the
-    source, like any other). A deflated dataset is inflated by pydicom itself and not counted."""
+    8-byte empty item: an 8 MB file of them cost 670 MiB). A deflated dataset, which pydicom
+    inflates itself, is not counted."""
     syntax = UID(str(meta.get("TransferSyntaxUID", ExplicitVRLittleEndian)))
     length = _int(meta.get("FileMetaInformationGroupLength"))
     if syntax == DeflatedExplicitVRLittleEndian or length is None:

@@ -15,6 +15,12 @@ range 0-65535 (Pillow's convert would clip them to white), the same for every
 frame. A frame Pillow cannot read fails the whole series, naming the file: a
 series with holes would pass for a shorter, faster one.
 
+Pillow opens only FORMATS (never EPS, which runs Ghostscript, whatever a file's
+name). Every image's header is checked at discovery and again when it is decoded
+(files can change): frames over MAX_PIXELS and images declaring more than
+MAX_FRAMES frames are refused unread, as is a folder of more than MAX_FRAMES
+images. Only the first frame of a multi-frame image is used.
+
 series_id is the folder's path (the root's own name when the root is the
 folder); label is the name of the folder holding it (UCF style
 `class/clip_folder/frame_0001.png`); content_hash hashes the frames' own hashes
