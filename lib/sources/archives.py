@@ -111,7 +111,7 @@ class _BoundedTarInfo(tarfile.TarInfo):
             if len(block) < tarfile.BLOCKSIZE:  # tarfile itself would raise IndexError
                 raise tarfile.ReadError("sparse member header truncated")
             isextended = bool(block[504])
-        self.sparse = []
+        self.sparse = []  # pyright: ignore[reportAttributeAccessIssue]
         self.offset_data = tar.fileobj.tell()
         tar.offset = self.offset_data + self._block(self.size)  # pyright: ignore[reportAttributeAccessIssue]
         self.size = origsize
@@ -122,7 +122,7 @@ class _BoundedTarInfo(tarfile.TarInfo):
     ) -> None:
         """GNU sparse 1.0: its map (a count, then numbers read until that many are found: no
         bound) is not read; the member is refused as sparse."""
-        next.sparse = []
+        next.sparse = []  # pyright: ignore[reportAttributeAccessIssue]
 
 
 _EXTENDED_TYPES = {
@@ -370,24 +370,33 @@ class _ZipReader(_Reader):
         self.archive, self.limits = archive, limits
         self.lock = threading.Lock()
         self.zip: zipfile.ZipFile | None = None
+        self.first: dict[str, zipfile.ZipInfo] = {}  # the entry listed (and hashed) per name
 
     def take(self, member: Member, target: Path) -> None:
         where = f"{self.archive}!{member.name}"
         with self.lock:
             try:
-                self.zip = self.zip or _open_zip(self.archive, self.limits)
-                with self.zip.open(member.name) as stream, target.open("wb") as out:
+                info = self._open().get(member.name)
+                if info is None:
+                    raise BadInput(where, "member no longer in the archive")
+                assert self.zip is not None
+                with self.zip.open(info) as stream, target.open("wb") as out:
                     _copy_bounded(stream, out, member, where)
-            except KeyError as exc:
-                raise BadInput(where, "member no longer in the archive") from exc
             except (HeaderBomb, *READ_ERRORS) as exc:
                 raise BadInput(where, f"cannot read member: {exc}") from exc
+
+    def _open(self) -> dict[str, zipfile.ZipInfo]:
+        if self.zip is None:
+            self.zip = _open_zip(self.archive, self.limits)
+            for info in self.zip.infolist():
+                self.first.setdefault(info.filename, info)
+        return self.first
 
     def close(self) -> None:
         with self.lock:
             if self.zip is not None:
                 self.zip.close()
-                self.zip = None
+            self.zip, self.first = None, {}
 
 
 class _TarUnpacker(_Reader):
@@ -588,12 +597,13 @@ def _reader(archive: Path, tmp_dir: Path, limits: ArchiveLimits) -> _Reader:
     except OSError as exc:
         raise BadInput(str(archive), f"archive unreadable: {exc.strerror}") from exc
     key = (str(archive.resolve()), info.st_size, info.st_mtime_ns, tmp_dir.resolve(), limits)
-    evicted: list[_Reader] = []
     with _process.lock:
         reader = _process.readers.get(key)
-        if reader is None:
-            reader = _new_reader(archive, info, tmp_dir, limits)
-            _process.readers[key] = reader
+    if reader is None:  # made outside the lock: a tar's listing (if not cached) takes a pass
+        reader = _new_reader(archive, info, tmp_dir, limits)
+    evicted: list[_Reader] = []
+    with _process.lock:
+        reader = _process.readers.setdefault(key, reader)
         _process.readers.move_to_end(key)
         while len(_process.readers) > OPEN_ARCHIVES:
             evicted.append(_process.readers.popitem(last=False)[1])
@@ -727,6 +737,8 @@ def _check_central_directory(raw: IO[bytes], limits: ArchiveLimits) -> None:
             f"zip central directory of {size} bytes exceeds {MAX_CENTRAL_DIRECTORY_BYTES} "
             "(header bomb?)"
         )
+    if end[0] == b"PK\x06\x06":  # zip64: its end record (56 bytes) and locator (20) come first
+        location -= 56 + 20
     raw.seek(max(0, location - size))
     for entries in range(1, limits.max_members + 2):
         header = raw.read(_ZIP_CENTRAL_HEADER.size)

@@ -26,14 +26,14 @@ MEMBER_BYTES = 64 << 10
 def decompressed(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Bytes gzip has decompressed since the fixture began, as a one-item list."""
     count = [0]
-    read = gzip._GzipReader.read  # pyright: ignore[reportAttributeAccessIssue]
+    read = gzip._GzipReader.read
 
-    def counting(self: object, size: int = -1) -> bytes:
+    def counting(self: gzip._GzipReader, size: int = -1) -> bytes:
         data = read(self, size)
         count[0] += len(data)
         return data
 
-    monkeypatch.setattr(gzip._GzipReader, "read", counting)  # pyright: ignore[reportAttributeAccessIssue]
+    monkeypatch.setattr(gzip._GzipReader, "read", counting)
     return count
 
 
