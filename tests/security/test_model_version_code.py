@@ -120,7 +120,7 @@ def register(store: Store, bundle: ModelBundle, eval_refs: list[SeriesRef], name
     )
     with mlflow.start_run(experiment_id=experiment) as run:
         mlflow.log_dict(RECIPE.to_dict(), "recipe.json")
-        mlflow.log_dict([r.to_dict() for r in eval_refs], "eval_set.json")
+        mlflow.log_text(json.dumps([r.to_dict() for r in eval_refs]), "eval_set.json")
         ref = registry.log_model(bundle, name, {COMPLETE_TAG: RECIPE.recipe_id})
     return ModelRef(ref.name, ref.version, run.info.run_id)
 
