@@ -1,19 +1,20 @@
 """Video archives (.tar, .tar.gz/.tgz, .zip), streamed member by member, never extracted wholesale.
 
 A member stored uncompressed is handed to ffmpeg in place (a `subfile` URL on the
-archive: no copy at all); a compressed one is copied, size-bounded, to one temp
-file at a time. Listing rejects what an archive must not smuggle in: absolute
-paths, `..`, links, devices, and sizes or compression ratios beyond the limits
-(a zip or tar bomb is reported, never expanded: a compressed tar's listing stops at
-the first header that would take the archive past `max_ratio` times its own size,
-before that member's bytes are decompressed).
+archive: no copy at all); a compressed one is copied, size-bounded, to a temp file.
+Listing rejects what an archive must not smuggle in: absolute paths, `..`, links,
+devices, and sizes or compression ratios beyond the limits (a zip or tar bomb is
+reported, never expanded: a compressed tar's listing stops at the first header that
+would take the archive past `max_ratio` times its own size, before that member's bytes
+are decompressed).
 
 Headers are bounded before they are read into memory: a tar's GNU long-name/long-link
 and pax headers (`_BoundedTarInfo`), a zip's central directory (`_check_central_directory`);
 every entry counts, directories too. Temp copies live in one folder per process,
-`<tmp_dir>/members-<host>-<pid>-<random>`, removed at exit and swept by the next process
-on the host once its owner is gone. A compressed tar is decompressed once per process
-however many of its members are asked for, in whatever order (`_Unpacker`).
+`<tmp_dir>/members-<host>-<pid>-<random>`, removed once empty or at exit, and swept by the
+next process on the host once its owner is gone. A compressed tar is decompressed once per
+process however many of its members are asked for, in whatever order (`_TarUnpacker`); a zip's
+central directory is read once per process (`_ZipReader`).
 """
 
 from __future__ import annotations
