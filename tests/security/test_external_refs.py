@@ -55,12 +55,19 @@ def netcdf(path: Path, red: Build = stored_red, time: Build = stored_time) -> Pa
         f["time"].attrs["units"] = "days since 2024-01-01"
         for dim in ("y", "x"):
             f.create_dataset(dim, data=np.arange(4.0))
-        for dim in ("time", "y", "x"):
-            f[dim].make_scale(dim)
+        dims = ("time", "y", "x")
+        for dim in dims:
+            dataset(f, dim).make_scale(dim)
         red(f)
-        for axis, dim in enumerate(("time", "y", "x")):
-            f["red"].dims[axis].attach_scale(f[dim])
+        for axis, dim in enumerate(dims):
+            dataset(f, "red").dims[axis].attach_scale(dataset(f, dim))
     return path
+
+
+def dataset(f: h5py.File, name: str) -> h5py.Dataset:
+    found = f[name]
+    assert isinstance(found, h5py.Dataset)
+    return found
 
 
 @pytest.fixture()

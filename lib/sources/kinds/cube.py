@@ -506,7 +506,13 @@ def _v3_codecs(
             continue
         config = codec.get("configuration")
         inner = _sizes(config.get("chunk_shape")) if isinstance(config, dict) else None
-        if inner is None or chunks is None or len(inner) != len(chunks) or 0 in inner:
+        if (
+            not isinstance(config, dict)
+            or inner is None
+            or chunks is None
+            or len(inner) != len(chunks)
+            or 0 in inner
+        ):
             return f"{name!r}: malformed sharding", names, chunks
         entries = math.prod(-(-s // i) for s, i in zip(chunks, inner, strict=True))
         if entries * 16 > MAX_CHUNK_BYTES:

@@ -134,9 +134,6 @@ MAX_BANDS = 8192
 MAX_DATE_BYTES = 2 << 30
 _SUBIFDS = 330  # TIFF tag listing a directory's sub-directories (pyramid levels)
 _MAX_TAGS = 4096  # tifffile treats a directory claiming more tags as the end of the chain
-# tifffile formats that read other files: OME-TIFF (the files its XML names), Micro-Manager
-# stacks and NDTiff (their neighbours); off, a file of theirs is read as the one file it is
-_ONE_FILE = {"is_ome": False, "is_mmstack": False, "is_ndtiff": False}
 _OME_FILE_NAME = re.compile(r"""FileName\s*=\s*(?:"([^"]*)"|'([^']*)')""")
 # What tifffile, its codecs and numpy raise on broken or truncated bytes (a TiffFileError is
 # a ValueError).
@@ -284,13 +281,19 @@ def read_header(path: Path) -> Header | None:
     """The GeoTIFF header of `path`; None for a readable
     TIFF without GeoTIFF tags; BadInput when unreadable."""
     try:
-        with tifffile.TiffFile(path, **_ONE_FILE) as tif:
+        with _open_tiff(path) as tif:
             tags = tif.pages.first.tags
             if not any(code in tags for code in (_GEOKEYS, _TIEPOINT, _TRANSFORMATION)):
                 return None
             return _header(tif, str(path))
     except _READ_ERRORS as exc:
         raise BadInput(str(path), f"unreadable GeoTIFF header: {exc}") from exc
+
+
+def _open_tiff(path: Path) -> tifffile.TiffFile:
+    """The TIFF as the one file it is: tifffile's formats that read other files are off (OME-TIFF
+    opens the files its XML names, Micro-Manager stacks and NDTiff their neighbours)."""
+    return tifffile.TiffFile(path, is_ome=False, is_mmstack=False, is_ndtiff=False)
 
 
 def _header(tif: tifffile.TiffFile, where: str) -> Header:
@@ -989,7 +992,7 @@ def _masked(stack: np.ndarray) -> np.ndarray:
 def _read_tiff(path: Path, grid: tuple[int, int], nodata: bool = True) -> tuple[np.ndarray, Header]:
     """All bands of one file as (C, H, W) float32, GDAL_NODATA -> NaN; BadInput naming the file."""
     try:
-        with tifffile.TiffFile(path, **_ONE_FILE) as tif:
+        with _open_tiff(path) as tif:
             header = _header(tif, str(path))
             _check_date_bytes(str(path), header)
             data = tif.series[0].asarray()
@@ -1020,7 +1023,7 @@ def _band_store(path: Path, grid: tuple[int, int]) -> Iterator[Callable[[int], n
     import zarr  # here: only band_per_date files need it
 
     try:
-        tif = tifffile.TiffFile(path, **_ONE_FILE)
+        tif = _open_tiff(path)
     except _READ_ERRORS as exc:
         raise BadInput(str(path), f"unreadable GeoTIFF: {exc}") from exc
     try:
