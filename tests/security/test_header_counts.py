@@ -24,7 +24,12 @@ import pytest
 from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
-from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit, MediaStorageDirectoryStorage
+from pydicom.uid import (
+    UID,
+    ExplicitVRLittleEndian,
+    JPEGBaseline8Bit,
+    MediaStorageDirectoryStorage,
+)
 
 from lstmpipe.lib.sources.frames import MAX_FRAMES
 from lstmpipe.lib.sources.kinds.dicom import MAX_HEADER_ELEMENTS
@@ -95,8 +100,8 @@ RUN = """
 def dicom(path: Path, frames: int, uid: str, compressed: bool = False) -> Path:
     """An 8 x 8 8-bit DICOM with one frame's pixel data whose header declares `frames` frames."""
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
-    meta.MediaStorageSOPInstanceUID = uid + ".1"
+    meta.MediaStorageSOPClassUID = UID("1.2.840.10008.5.1.4.1.1.7")
+    meta.MediaStorageSOPInstanceUID = UID(uid + ".1")
     meta.TransferSyntaxUID = JPEGBaseline8Bit if compressed else ExplicitVRLittleEndian
     ds = Dataset()
     ds.file_meta = meta
@@ -120,7 +125,7 @@ def dicomdir(path: Path, referenced: list[str], records: int) -> Path:
     `records` empty ones, in an undefined-length sequence (which pydicom would parse whole)."""
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = MediaStorageDirectoryStorage
-    meta.MediaStorageSOPInstanceUID = "1.2.3.99"
+    meta.MediaStorageSOPInstanceUID = UID("1.2.3.99")
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds = Dataset()
     ds.file_meta = meta
