@@ -570,7 +570,9 @@ class _Cube:
     cols: str
     fixed: dict[str, int]  # other dimensions, held at this index
     seconds: np.ndarray  # (steps,) float64, relative to the earliest step, file order
-    labels: list[str | None]  # ISO time of each step, None when the times are not dates
+    # the date of each step (datetime64 or cftime), None when the times are not dates; labelled
+    # only when picked: a million ISO strings would cost 70 MiB at discovery
+    dates: np.ndarray | None
     t_unit: str
     height: int
     width: int
@@ -578,6 +580,15 @@ class _Cube:
     @property
     def steps(self) -> int:
         return len(self.seconds)
+
+    def label(self, step: int) -> str | None:
+        """The ISO time of one step; None when the times are not dates."""
+        if self.dates is None:
+            return None
+        moment = self.dates[step]
+        if isinstance(moment, np.datetime64):
+            return iso(moment.astype("datetime64[us]").astype(dt.datetime))
+        return moment.isoformat()  # cftime
 
     @classmethod
     def of(cls, ds: xr.Dataset, options: CubeOptions, where: str) -> _Cube:
@@ -611,7 +622,7 @@ class _Cube:
         check_frame_size(where, int(ds.sizes[rows]), int(ds.sizes[cols]))
         # before the times are decoded: NetCDF-3 may really hold that many
         check_frame_count(where, int(ds.sizes[time_dim]))
-        seconds, labels, t_unit = _times(ds, time_dim, where)
+        seconds, dates, t_unit = _times(ds, time_dim, where)
         return cls(
             variables,
             time_dim,
@@ -619,7 +630,7 @@ class _Cube:
             cols,
             {str(d): 0 for d in others[:-2]},
             seconds,
-            labels,
+            dates,
             t_unit,
             int(ds.sizes[rows]),
             int(ds.sizes[cols]),
@@ -670,31 +681,30 @@ def _time_dim(ds: xr.Dataset, options: CubeOptions, where: str) -> str:
     )
 
 
-def _times(ds: xr.Dataset, time_dim: str, where: str) -> tuple[np.ndarray, list[str | None], str]:
-    """Seconds of each step since the earliest, ISO labels, and the unit of those seconds."""
+def _times(ds: xr.Dataset, time_dim: str, where: str) -> tuple[np.ndarray, np.ndarray | None, str]:
+    """Seconds of each step since the earliest, the dates (None when the times are not dates),
+    and the unit of those seconds."""
     count = int(ds.sizes[time_dim])
     if time_dim not in ds.coords:
-        return np.arange(count, dtype=np.float64), [None] * count, "index"
+        return np.arange(count, dtype=np.float64), None, "index"
     values = ds[time_dim].values
+    dates: np.ndarray | None = values
     if np.issubdtype(values.dtype, np.datetime64):
         if np.isnat(values).any():
             raise BadInput(where, f"time coordinate {time_dim!r} has missing values")
-        moments = values.astype("datetime64[us]").astype(dt.datetime)
         seconds = (values - values.min()) / np.timedelta64(1, "s")
-        labels: list[str | None] = [iso(m) for m in moments]
         unit = "s"
     elif values.dtype == object and len(values) and hasattr(values[0], "calendar"):  # cftime dates
         first = min(values)
         seconds = np.array([(v - first).total_seconds() for v in values], dtype=np.float64)
-        labels, unit = [v.isoformat() for v in values], "s"
+        unit = "s"
     elif np.issubdtype(values.dtype, np.number):
         seconds = (
             values.astype(np.float64) - float(np.nanmin(values))
             if count
             else values.astype(np.float64)
         )
-        labels = [None for _ in range(count)]
-        unit = str(ds[time_dim].attrs.get("units", "as stored"))
+        dates, unit = None, str(ds[time_dim].attrs.get("units", "as stored"))
     else:
         raise BadInput(
             where,
@@ -706,7 +716,7 @@ def _times(ds: xr.Dataset, time_dim: str, where: str) -> tuple[np.ndarray, list[
         raise BadInput(
             where, f"time coordinate {time_dim!r} repeats a time: a series needs one frame per time"
         )
-    return np.asarray(seconds, dtype=np.float64), labels, unit
+    return np.asarray(seconds, dtype=np.float64), dates, unit
 
 
 def _crs(ds: xr.Dataset, variables: list[str]) -> str | None:
@@ -791,7 +801,7 @@ def open_series(
             "height": cube.height,
             "crs": crs,
             "epsg": epsg_of(crs),
-            "times": [cube.labels[i] for i in picked],
+            "times": [cube.label(i) for i in picked],
             "t_unit": cube.t_unit,
             "frames": len(picked),
             "value_range": [list(r) for r in ranges],
