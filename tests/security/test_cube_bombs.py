@@ -112,4 +112,4 @@ def test_a_netcdf3_holding_over_max_frames_steps_is_refused(shown: dict) -> None
 def test_a_frame_cut_into_67_million_chunks_is_refused(shown: dict) -> None:
     path, stage, why = shown["failures"]["crumbs.zarr"]
     assert (path, stage) == ("crumbs.zarr", "discover")
-    assert "spreads one frame over 67108864 chunks, over the limit of 65536" in why
+    assert "needs 67108864 chunks for one read, over the limit of 16384" in why
