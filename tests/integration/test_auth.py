@@ -10,6 +10,7 @@ import base64
 import os
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -125,10 +126,24 @@ def test_lstmpipe_runs_a_flow_with_the_auth_string_file(stack: Stack) -> None:
 # --------------------------------------------------------------------------- Ray
 
 
+def listening(base: str, timeout_s: float = 120) -> None:
+    """The agent starts after the dashboard answers (seen refusing connections a moment later)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            http.get(f"{base}/api/healthz")
+            return
+        except httpx.ConnectError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1)
+
+
 @pytest.mark.parametrize("where", ["dashboard", "agent"])
 def test_ray_job_api_refuses_requests_without_the_token(stack: Stack, where: str) -> None:
     """Both the dashboard and each node's dashboard agent serve the job API."""
     base = stack.ray_dashboard if where == "dashboard" else stack.ray_agent
+    listening(base)
     job = {"entrypoint": "touch /tmp/ray-job-ran"}
     for headers in ({}, {"Authorization": "Bearer wrong"}):
         assert http.post(f"{base}/api/jobs/", json=job, headers=headers).status_code in {401, 403}
