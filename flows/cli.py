@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from lstmpipe.flows.console import render
+from lstmpipe.flows.console import render, terminal_safe
 from lstmpipe.flows.runtime import Runtime, load_runtime, new_run_id, prepare_process
 from lstmpipe.lib.atomic import write_text_atomic
 from lstmpipe.lib.config import NONE_WORDS, SECTIONS, as_text, field_kind
@@ -364,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
 
             date_range(args.start, args.end, args.every)
     except ConfigError as exc:
-        print(f"lstmpipe: {exc}", file=sys.stderr)
+        print(f"lstmpipe: {terminal_safe(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
     prepare_process(rt.home)
     run_id = new_run_id()
@@ -383,7 +383,7 @@ def main(argv: list[str] | None = None) -> int:
             command = "history" if getattr(args, "history", False) else args.command
             result = readers[command]() if command in readers else _run(args, rt, overrides, run_id)
     except (ConfigError, LookupError) as exc:
-        print(f"lstmpipe {args.command}: {exc}", file=sys.stderr)
+        print(f"lstmpipe {args.command}: {terminal_safe(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
     record = {
         "command": args.command,

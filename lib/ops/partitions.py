@@ -308,7 +308,9 @@ class Newest:
 
 def newest_version(client: Any, model: str) -> Newest | None:
     """`model`'s newest registered version; None when it has none."""
-    versions = client.search_model_versions(f"name = '{model}'")
+    from lstmpipe.lib.registry.mlflow_store import filter_value  # late: MLflow is slow to import
+
+    versions = client.search_model_versions(f"name = {filter_value(model)}")
     if not versions:
         return None
     newest = max(versions, key=lambda v: int(v.version))

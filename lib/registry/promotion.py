@@ -49,7 +49,7 @@ def candidates(
     """Challenger (given, else the latest version), champion, the challenger's evaluation set
     and both recipes."""
     if version is None:
-        versions = client.search_model_versions(f"name = '{model_name}'")
+        versions = client.search_model_versions(f"name = {registry.filter_value(model_name)}")
         if not versions:
             raise LookupError(f"model {model_name}: no registered versions; train one first")
         version = str(max(int(v.version) for v in versions))

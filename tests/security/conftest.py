@@ -2,7 +2,8 @@
 
 Memory is measured in a fresh interpreter (`isolated`): its own peak RSS (VmHWM, which starts afresh
 at exec, unlike getrusage's maxrss that carries the forking pytest's size over) and its children's
-(ffmpeg; getrusage, which counts the interpreter's size at fork too: an upper bound).
+(ffmpeg and the reader processes that decode every other kind, reaped first; getrusage, which
+counts the interpreter's size at fork too: an upper bound).
 """
 
 from __future__ import annotations
@@ -21,7 +22,10 @@ from lstmpipe.lib.config import SamplingConfig
 
 SMALL = SamplingConfig(fps=4.0, size=32, chunk_frames=8, timeout_s=20.0)
 _REPORT = """
-import json, resource
+import json, resource, sys
+_readers = sys.modules.get("lstmpipe.lib.sources.reader_process")
+if _readers is not None:
+    _readers.shutdown()  # reaped, so that their peak counts in children_bytes
 _hwm = int(open("/proc/self/status").read().split("VmHWM:")[1].split()[0]) * 1024
 _children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
 print("\\n@@" + json.dumps({"self_bytes": _hwm, "children_bytes": _children, "result": result}))
