@@ -33,19 +33,9 @@ from lstmpipe.lib.sources.archives import (
 )
 from lstmpipe.lib.sources.hashing import HashMemo, with_stamps
 from lstmpipe.lib.sources.kinds import KINDS
+from lstmpipe.lib.sources.kinds.base import Ignored
 from lstmpipe.lib.sources.kinds.cube import zarr_store
 from lstmpipe.lib.sources.sniff import not_media, read_head
-
-
-@dataclass(frozen=True)
-class Ignored:
-    """A file (or hidden folder) under a source that is neither a series nor a failure, and why."""
-
-    path: str  # relative to the root's folder, like series ids; a hidden folder ends with "/"
-    reason: str
-
-    def to_json(self) -> dict[str, str]:
-        return {"path": self.path, "reason": self.reason}
 
 
 @dataclass(frozen=True)
@@ -73,6 +63,7 @@ def discover(
         claim = kind.claim(base, files, memo, limits, sources)
         refs += claim.refs
         failures += claim.failures
+        ignored += claim.ignored
         claimed |= claim.claimed
         files = [f for f in files if f not in claim.claimed]
     refs = with_stamps(refs)  # what extraction checks before caching (lib/sources/hashing.py)

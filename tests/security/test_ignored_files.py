@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import tarfile
 import time
 from pathlib import Path
 
@@ -90,6 +91,32 @@ def test_the_summary_and_json_count_and_list_them(mixed_source: Path) -> None:
     shown = render({"command": "extract", "run_id": "r", "seconds": 1.0, **document})
     assert "  ignored   5 files, neither series nor failures:" in shown
     assert f"    IGNORED noise.bin: {UNKNOWN}" in shown
+
+
+def test_an_archives_members_that_are_not_videos_are_listed_not_dropped(
+    tmp_path: Path, clip: Path
+) -> None:
+    """Inside archives only videos are read; every other member is still accounted for."""
+    source = tmp_path / "source"
+    source.mkdir()
+    notes = tmp_path / "notes.txt"
+    notes.write_text("field notes\n")
+    with tarfile.open(source / "day.tar", "w") as tar:
+        tar.add(clip, "cls/clip.mp4")
+        tar.add(notes, "cls/notes.txt")
+        tar.add(clip, "cls/.hidden.mp4")
+    found = discover(source)
+    assert [r.series_id for r in found.refs] == ["day.tar/cls/clip.mp4"]
+    assert found.ignored == [
+        Ignored(
+            "day.tar/cls/.hidden.mp4",
+            "hidden archive member (a name starting with a dot): not read",
+        ),
+        Ignored(
+            "day.tar/cls/notes.txt",
+            "archive member without a video suffix: inside archives only videos are read",
+        ),
+    ]
 
 
 @pytest.mark.slow  # writing 10 000 files takes seconds on a loaded machine

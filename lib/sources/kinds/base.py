@@ -24,10 +24,22 @@ def all_present(values: list[_T | None]) -> list[_T] | None:
 
 
 @dataclass(frozen=True)
+class Ignored:
+    """A file (or hidden folder) under a source that is neither a series nor a failure, and why."""
+
+    path: str  # relative to the root's folder, like series ids; a hidden folder ends with "/"
+    reason: str
+
+    def to_json(self) -> dict[str, str]:
+        return {"path": self.path, "reason": self.reason}
+
+
+@dataclass(frozen=True)
 class Claim:
     refs: list[SeriesRef] = field(default_factory=list)
     failures: list[Failure] = field(default_factory=list)
     claimed: frozenset[Path] = frozenset()
+    ignored: list[Ignored] = field(default_factory=list)  # e.g. an archive's non-video members
 
 
 @dataclass(frozen=True)

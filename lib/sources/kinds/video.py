@@ -51,7 +51,7 @@ from lstmpipe.lib.sources.archives import (
 from lstmpipe.lib.sources.ffmpeg import ffmpeg_exe, input_args, input_options
 from lstmpipe.lib.sources.frames import MAX_FRAMES, MAX_PIXELS, check_frame_size
 from lstmpipe.lib.sources.hashing import HashMemo, content_hash, member_hashes
-from lstmpipe.lib.sources.kinds.base import Claim, SourceKind
+from lstmpipe.lib.sources.kinds.base import Claim, Ignored, SourceKind
 from lstmpipe.lib.sources.sniff import read_head, video_container
 
 _INVALID = "Invalid data found when processing input"
@@ -95,10 +95,12 @@ def claim(base: Path, files: list[Path], memo: HashMemo | None, limits: ArchiveL
     refs: list[SeriesRef] = []
     failures: list[Failure] = []
     claimed: list[Path] = []
+    ignored: list[Ignored] = []
     for path in files:
         rel = path.relative_to(base).as_posix()
         if archive_suffix(path.name):
-            found, refused = _archive_refs(path, rel, memo, limits)
+            found, refused, passed = _archive_refs(path, rel, memo, limits)
+            ignored += passed
         elif is_video(path.name) or _sniffs_as_video(path):
             found, refused = _file_refs(path, rel, memo)
         else:
@@ -106,7 +108,7 @@ def claim(base: Path, files: list[Path], memo: HashMemo | None, limits: ArchiveL
         refs += found
         failures += refused
         claimed.append(path)
-    return Claim(refs, failures, frozenset(claimed))
+    return Claim(refs, failures, frozenset(claimed), ignored)
 
 
 @contextmanager
@@ -150,14 +152,26 @@ def _sniffs_as_video(path: Path) -> bool:
 
 def _archive_refs(
     archive: Path, rel: str, memo: HashMemo | None, limits: ArchiveLimits
-) -> tuple[list[SeriesRef], list[Failure]]:
-    """One SeriesRef per acceptable video member; hashing reads the archive at most once."""
+) -> tuple[list[SeriesRef], list[Failure], list[Ignored]]:
+    """One SeriesRef per acceptable video member, and every other member listed as ignored (only
+    video suffixes are read inside archives); hashing reads the archive at most once."""
     members, failures = list_members(archive, limits, series_prefix=rel)
     videos = [m for m in members if is_video(m.path) and not _hidden(m.path)]
+    ignored = [
+        Ignored(
+            f"{rel}/{m.path}",
+            "hidden archive member (a name starting with a dot): not read"
+            if _hidden(m.path)
+            else "archive member without a video suffix: inside archives only videos are read",
+        )
+        for m in members
+        if m not in videos
+    ]
     try:
         hashes, unreadable = member_hashes(archive, videos, memo)
     except READ_ERRORS as exc:  # not even opened
-        return [], failures + [Failure(rel, str(archive), "discover", f"unreadable archive: {exc}")]
+        unread = Failure(rel, str(archive), "discover", f"unreadable archive: {exc}")
+        return [], [*failures, unread], ignored
     # sorted like the folder walk
     videos = sorted(videos, key=lambda m: PurePosixPath(m.path).parts)
     refs = [
@@ -170,7 +184,7 @@ def _archive_refs(
         for m in videos
         if m.name in unreadable
     ]
-    return refs, failures
+    return refs, failures, ignored
 
 
 def _ref(
