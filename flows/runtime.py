@@ -22,6 +22,7 @@ from typing import Any
 
 from lstmpipe.lib.config import Config, Executor, load_config
 from lstmpipe.lib.errors import ConfigError
+from lstmpipe.lib.names import is_plain_name
 
 # The clients' credentials that may come from a file named by <NAME>_FILE: MLflow's basic auth
 # and Prefect's auth string (PREFECT_SERVER_API_AUTH_STRING on the server).
@@ -164,8 +165,16 @@ def new_run_id() -> str:
 
 
 def run_id_of(given: str | None) -> str:
-    """The caller's run id (the CLI's), else the Prefect flow run's (deployments, schedules)."""
+    """The caller's run id (the CLI's), else the Prefect flow run's (deployments, schedules).
+
+    A given one names files (runs/<id>.json, failures/<id>-*.parquet), and a deployment's
+    parameters come from whoever can start a flow run: only a plain name is taken."""
     if given:
+        if not is_plain_name(given):
+            raise ConfigError(
+                f"run id {given!r}: use letters, digits, '_', '-' and '.' (at most 128), "
+                "starting with a letter or digit"
+            )
         return given
     from prefect.runtime import flow_run  # late: the CLI sets PREFECT_HOME before Prefect loads
 

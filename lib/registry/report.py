@@ -11,7 +11,6 @@ import base64
 import hashlib
 import html
 import json
-import re
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,6 +21,7 @@ from mlflow.tracking import MlflowClient
 
 from lstmpipe.lib.atomic import write_text_atomic
 from lstmpipe.lib.errors import ConfigError
+from lstmpipe.lib.names import is_plain_name
 from lstmpipe.lib.registry.history import HistoryRow
 from lstmpipe.lib.registry.mlflow_store import MAX_RUN_TEXT_BYTES, filter_value
 
@@ -274,13 +274,10 @@ def write(report: dict[str, Any], path: Path) -> Path:
 # Run ids and the report's file name are used as file names: only a plain name (letters, digits,
 # "_", "-", "."; first a letter or digit) is. lstmpipe's run ids (12 hex digits) and MLflow's
 # (32) are plain; a tag can hold anything, "../../x" and "/abs" included.
-_PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
-
-
 def mlflow_run_id(runs_dir: Path, given: str) -> str:
     """`given` as a lstmpipe run id (runs_dir/<id>.json names the MLflow run it trained or
     promoted), else as is; one that is not a plain name is refused before any path is made."""
-    if not _PLAIN_NAME.fullmatch(given):
+    if not is_plain_name(given):
         raise LookupError(
             f"run {given!r}: not a run id (letters, digits, '_', '-' and '.', at most 128); "
             "pass a lstmpipe run id from `lstmpipe status` or an MLflow run id"
@@ -318,7 +315,7 @@ def page_file(reports_dir: Path, name: str) -> Path:
 
     The resolved path is checked too, so a planted link at that name is refused, not followed.
     """
-    stem = name if _PLAIN_NAME.fullmatch(name) else f"run-{_digest(name)}"
+    stem = name if is_plain_name(name) else f"run-{_digest(name)}"
     path = reports_dir / f"{stem}.html"
     if path.resolve().parent != reports_dir.resolve():
         raise ConfigError(f"report {path}: resolves outside {reports_dir}; refused")

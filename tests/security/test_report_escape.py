@@ -17,6 +17,7 @@ import mlflow.tracking._tracking_service.utils as tracking_globals
 import pytest
 from mlflow.utils.search_utils import SearchModelVersionUtils
 
+from lstmpipe.flows.runtime import run_id_of
 from lstmpipe.lib.errors import ConfigError
 from lstmpipe.lib.registry import mlflow_store as registry
 from lstmpipe.lib.registry import report
@@ -118,3 +119,11 @@ def test_runs_tagged_with_escaping_names_get_pages_inside_home(
     written = {p for p in set(snapshot(tmp_path)) - set(outside) if not p.startswith("home")}
     assert written == set(), written
     assert "../../x" in pages[0].read_text()  # the tag is still shown, as text
+
+
+@pytest.mark.parametrize("given", ["../../x", "/abs", ".hidden", "a/b", "x" * 129, "a\nb"])
+def test_a_run_id_that_names_files_must_be_a_plain_name(given: str) -> None:
+    """A deployment's run_id parameter becomes runs/<id>.json and failures/<id>-*.parquet."""
+    with pytest.raises(ConfigError, match="run id"):
+        run_id_of(given)
+    assert run_id_of("3f2a9c1b7d4e") == "3f2a9c1b7d4e"
