@@ -1,11 +1,11 @@
 """Frames to features, pipelined: decoding runs ahead in threads while the CNN works.
 
-Several series decode at once (each decoder is an ffmpeg process or a watched
-reader process, lib/sources/reader_process.py, fed by a thread here); the backbone receives full batches across series boundaries; finished
-series are written to the cache by a writer thread, so neither decoding nor
-writing waits on the CNN or holds it up. Decoding is bounded by a small queue of
-chunks, so memory depends on the chunk and batch sizes, never on video length or
-the number of series.
+Several series decode at once (each decoder is an ffmpeg process or a watched reader
+process, lib/sources/reader_process.py, fed by a thread here); the backbone receives
+full batches across series boundaries; finished series are written to the cache by a
+writer thread, so neither decoding nor writing waits on the CNN or holds it up.
+Decoding is bounded by a small queue of chunks, so memory depends on the chunk and
+batch sizes, never on video length or the number of series.
 """
 
 from __future__ import annotations
