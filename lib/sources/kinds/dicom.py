@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import io
 import re
 import struct
+import zlib
 from collections.abc import Generator, Iterator
 from contextlib import closing, contextmanager
 from dataclasses import dataclass, replace
@@ -75,6 +77,10 @@ _GROUP_LENGTH_BYTES = 12  # the (0002,0000) element, which gives the rest of the
 # bytes for an empty item): 131072 cost at most ~90 MiB; an enhanced multi-frame file of 3000
 # frames with 20 elements per frame holds 60000. Could become configuration.
 MAX_HEADER_ELEMENTS = 1 << 17
+# A deflated dataset (transfer syntax ...1.2.1.99) is inflated whole by pydicom when it reads the
+# header: deflate expands up to 1032-fold, so a 1 MB file could ask for 1 GiB. Deflated DICOM is
+# rare (structured reports, small images); 32 MiB inflated holds a 4096 x 4096 16-bit frame.
+MAX_INFLATED_BYTES = 32 << 20
 _ITEM_BYTES = 8  # an item's tag and length: every compressed frame has at least one fragment item
 _LONG_VRS = frozenset({b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"UN", b"SQ", b"UT", b"UC", b"UR"})
 _TIME = re.compile(r"(\d{2})(?::?(\d{2})(?::?(\d{2})(\.\d+)?)?)?")
@@ -232,22 +238,46 @@ def _read_header(path: Path, rel: str) -> _Header | None:
 def _check_elements(stream: IO[bytes], meta: Dataset, path: Path, rel: str) -> None:
     """BadInput when the dataset holds more than MAX_HEADER_ELEMENTS elements and sequence items,
     counted without parsing them, since pydicom allocates an object for each (~700 bytes for an
-    8-byte empty item: an 8 MB file of them cost 670 MiB). A deflated dataset, which pydicom
-    inflates itself, is not counted."""
+    8-byte empty item: an 8 MB file of them cost 670 MiB). A deflated dataset is inflated here
+    first, at most MAX_INFLATED_BYTES of it, and counted like any other."""
     syntax = UID(str(meta.get("TransferSyntaxUID", ExplicitVRLittleEndian)))
     length = _int(meta.get("FileMetaInformationGroupLength"))
-    if syntax == DeflatedExplicitVRLittleEndian or length is None:
+    if length is None:
         return
     stream.seek(_PREAMBLE_BYTES + _GROUP_LENGTH_BYTES + length)
-    implicit = syntax.is_transfer_syntax and syntax.is_implicit_VR
-    little = not syntax.is_transfer_syntax or syntax.is_little_endian
-    count = _count_elements(stream, implicit, "<" if little else ">", MAX_HEADER_ELEMENTS)
+    if syntax == DeflatedExplicitVRLittleEndian:
+        dataset = _inflated(stream, path, rel)
+        count = _count_elements(dataset, False, "<", MAX_HEADER_ELEMENTS)
+    else:
+        implicit = syntax.is_transfer_syntax and syntax.is_implicit_VR
+        little = not syntax.is_transfer_syntax or syntax.is_little_endian
+        count = _count_elements(stream, implicit, "<" if little else ">", MAX_HEADER_ELEMENTS)
     if count > MAX_HEADER_ELEMENTS:
         raise BadInput(
             str(path),
             f"{rel}: more than {MAX_HEADER_ELEMENTS} data elements and sequence items "
             "(a header bomb); refused unparsed",
         )
+
+
+def _inflated(stream: IO[bytes], path: Path, rel: str) -> IO[bytes]:
+    """The deflated dataset after the file meta, inflated in bounded steps; BadInput past
+    MAX_INFLATED_BYTES (a deflate bomb), before pydicom would inflate all of it."""
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)  # DICOM deflates without a zlib header
+    out = io.BytesIO()
+    while chunk := stream.read(1 << 16):
+        try:
+            out.write(inflater.decompress(chunk, MAX_INFLATED_BYTES + 1 - out.tell()))
+        except zlib.error as exc:
+            raise BadInput(str(path), f"{rel}: deflated dataset is corrupt: {exc}") from exc
+        if out.tell() > MAX_INFLATED_BYTES or inflater.unconsumed_tail:
+            raise BadInput(
+                str(path),
+                f"{rel}: deflated dataset inflates past {MAX_INFLATED_BYTES} bytes "
+                "(a deflate bomb, or an image too large to read here); refused unparsed",
+            )
+    out.seek(0)
+    return out
 
 
 def _count_elements(stream: IO[bytes], implicit: bool, endian: str, limit: int) -> int:
