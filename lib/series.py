@@ -42,7 +42,8 @@ class SeriesRef:
     stamps: tuple[tuple[str, str], ...] = field(default=(), compare=False, hash=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """JSON-native (stamps as lists), so a dict equals itself read back from JSON."""
+        return {**asdict(self), "stamps": [list(pair) for pair in self.stamps]}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SeriesRef:
