@@ -7,7 +7,7 @@ from __future__ import annotations
 import zlib
 from pathlib import Path
 
-import pydicom
+from pydicom.filereader import read_file_meta_info
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from lstmpipe.lib.sources.discover import discover
@@ -21,7 +21,7 @@ HONEST = "pydicom/data/test_files/image_dfl.dcm"
 def deflate_bomb(honest: Path, out: Path, inflated_bytes: int) -> None:
     """The honest file's preamble and file meta, then a deflated dataset of `inflated_bytes` zeros
     (an OB element claiming them all, so the bytes are a valid start of a dataset)."""
-    meta = pydicom.filereader.read_file_meta_info(honest)
+    meta = read_file_meta_info(honest)
     assert meta.TransferSyntaxUID == DeflatedExplicitVRLittleEndian
     head_bytes = 132 + 12 + int(meta.FileMetaInformationGroupLength)
     head = honest.read_bytes()[:head_bytes]
@@ -66,7 +66,7 @@ def test_a_corrupt_deflated_dataset_is_a_reason_not_a_crash(tmp_path: Path) -> N
     honest = wheel_data("pydicom", HONEST)
     source = tmp_path / "source"
     source.mkdir()
-    meta = pydicom.filereader.read_file_meta_info(honest)
+    meta = read_file_meta_info(honest)
     dataset_start = 132 + 12 + int(meta.FileMetaInformationGroupLength)
     data = bytearray(honest.read_bytes())
     data[dataset_start + 4 : dataset_start + 68] = b"\xff" * 64
