@@ -6,6 +6,8 @@ import importlib.metadata
 import os
 from pathlib import Path
 
+import pytest
+
 
 def ffmpeg_children() -> list[int]:
     """Pids of this process's ffmpeg children (Linux /proc)."""
@@ -28,3 +30,21 @@ def ffmpeg_children() -> list[int]:
 def wheel_data(distribution: str, path: str) -> Path:
     """A data folder shipped inside an installed wheel, found without importing the package."""
     return Path(str(importlib.metadata.distribution(distribution).locate_file(path)))
+
+
+def isolate_mlflow(mp: pytest.MonkeyPatch) -> None:
+    """MLflow's process-wide tracking/registry URIs and active experiment are put back when `mp`
+    undoes, and nothing from the environment (MLFLOW_*_URI, MLFLOW_EXPERIMENT_ID) leaks in."""
+    import mlflow.tracking._model_registry.utils as registry_globals
+    import mlflow.tracking._tracking_service.utils as tracking_globals
+    import mlflow.tracking.fluent as fluent_globals
+
+    for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_EXPERIMENT_ID"):
+        mp.setenv(var, "")  # remembers the old value (or its absence) ...
+        mp.delenv(var)  # ... and nothing from outside leaks in
+    for module, name in (
+        (tracking_globals, "_tracking_uri"),
+        (registry_globals, "_registry_uri"),
+        (fluent_globals, "_active_experiment_id"),
+    ):
+        mp.setattr(module, name, getattr(module, name))

@@ -15,9 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
-import mlflow.tracking._model_registry.utils as registry_globals
-import mlflow.tracking._tracking_service.utils as tracking_globals
-import mlflow.tracking.fluent as fluent_globals
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -39,6 +36,7 @@ from lstmpipe.lib.registry.mlflow_store import ModelRef
 from lstmpipe.lib.series import SeriesRef
 from lstmpipe.lib.training.bundle import ModelBundle
 from lstmpipe.lib.training.experiment import Outcome, run_experiment, score
+from tests.helpers import isolate_mlflow
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
@@ -58,15 +56,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
     """A fresh SQLite tracking + registry store; MLflow's process-wide state is put back after."""
     root = tmp_path_factory.mktemp("mlflow")
     with pytest.MonkeyPatch.context() as mp:
-        for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_EXPERIMENT_ID"):
-            mp.setenv(var, "")  # remembers the old value (or its absence) ...
-            mp.delenv(var)  # ... and nothing from outside leaks in
-        for module, name in (
-            (tracking_globals, "_tracking_uri"),
-            (registry_globals, "_registry_uri"),
-            (fluent_globals, "_active_experiment_id"),
-        ):
-            mp.setattr(module, name, getattr(module, name))  # restored when the context ends
+        isolate_mlflow(mp)
         uri = f"sqlite:///{root}/mlflow.db"
         yield Store(registry.connect(uri), uri, (root / "art").as_uri(), root)
 

@@ -23,9 +23,6 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import mlflow
-import mlflow.tracking._model_registry.utils as registry_globals
-import mlflow.tracking._tracking_service.utils as tracking_globals
-import mlflow.tracking.fluent as fluent_globals
 import numpy as np
 import pytest
 import torch
@@ -41,6 +38,7 @@ from lstmpipe.lib.training.bundle import ModelBundle
 from lstmpipe.lib.training.model import ModelSpec
 from lstmpipe.tasks.infer import predict_shard, resolve_model
 from lstmpipe.tasks.promote import promote_challenger, promotion_candidates
+from tests.helpers import isolate_mlflow
 from tests.security.conftest import isolated
 from tests.security.test_pickle_weights import RECIPE, trojan
 
@@ -65,15 +63,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
     """A fresh SQLite tracking + registry store; MLflow's process-wide state is put back after."""
     root = tmp_path_factory.mktemp("mlflow")
     with pytest.MonkeyPatch.context() as mp:
-        for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_EXPERIMENT_ID"):
-            mp.setenv(var, "")
-            mp.delenv(var)
-        for module, name in (
-            (tracking_globals, "_tracking_uri"),
-            (registry_globals, "_registry_uri"),
-            (fluent_globals, "_active_experiment_id"),
-        ):
-            mp.setattr(module, name, getattr(module, name))
+        isolate_mlflow(mp)
         uri = f"sqlite:///{root}/mlflow.db"
         yield Store(registry.connect(uri), uri, root)
 

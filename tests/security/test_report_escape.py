@@ -12,8 +12,6 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
-import mlflow.tracking._model_registry.utils as registry_globals
-import mlflow.tracking._tracking_service.utils as tracking_globals
 import pytest
 from mlflow.utils.search_utils import SearchModelVersionUtils
 
@@ -21,6 +19,7 @@ from lstmpipe.flows.runtime import run_id_of
 from lstmpipe.lib.errors import ConfigError
 from lstmpipe.lib.registry import mlflow_store as registry
 from lstmpipe.lib.registry import report
+from tests.helpers import isolate_mlflow
 from tests.security.conftest import snapshot
 
 HOSTILE_NAMES = ["../../x", "/abs/x", "a/../../b", "..", ".hidden", "-rf", "x\n", "a" * 200, ""]
@@ -92,13 +91,7 @@ def test_a_value_no_quote_can_hold_is_refused(value: str) -> None:
 @pytest.fixture()
 def store(home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[registry.MlflowClient]:
     """A SQLite store inside the state directory; MLflow's process-wide URIs are put back after."""
-    for module, name in (
-        (tracking_globals, "_tracking_uri"),
-        (registry_globals, "_registry_uri"),
-    ):
-        monkeypatch.setattr(module, name, getattr(module, name))
-    for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
-        monkeypatch.delenv(var, raising=False)
+    isolate_mlflow(monkeypatch)
     yield registry.connect(f"sqlite:///{home}/mlflow.db")
 
 
