@@ -23,6 +23,7 @@ from typing import Any
 from lstmpipe.lib.config import Config, Executor, load_config
 from lstmpipe.lib.errors import ConfigError
 from lstmpipe.lib.names import is_plain_name
+from lstmpipe.lib.state.places import StatePlaces
 
 # The clients' credentials that may come from a file named by <NAME>_FILE: MLflow's basic auth
 # and Prefect's auth string (PREFECT_SERVER_API_AUTH_STRING on the server).
@@ -30,6 +31,9 @@ SECRET_VARIABLES = (
     "MLFLOW_TRACKING_USERNAME",
     "MLFLOW_TRACKING_PASSWORD",
     "PREFECT_API_AUTH_STRING",
+    "PGPASSWORD",  # libpq: the team state database (state.database)
+    "AWS_SECRET_ACCESS_KEY",  # boto3: the team object store (state.store)
+    "AWS_ACCESS_KEY_ID",
 )
 
 
@@ -42,6 +46,12 @@ class Runtime:
     # None: extract in-process; "local": a Ray of our own; else a cluster to join
     ray_address: str | None
     torch_hub_dir: str  # where backbone weights are looked up (never downloaded)
+
+    @property
+    def state(self) -> StatePlaces:
+        """Where the cache index, memo, records, history and output files live (lib/state/)."""
+        state = self.config.state
+        return StatePlaces(str(self.home), state.database, state.store, state.retry_s)
 
     @property
     def cache_root(self) -> str:

