@@ -17,6 +17,7 @@ AWS_ENDPOINT_URL, AWS_REGION), read by boto3, never from lstmpipe's config.
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import shutil
@@ -191,8 +192,12 @@ class S3Store:
         while True:
             page = self.call(
                 f"listing {self.uri(prefix)}",
-                lambda: self.client.list_objects_v2(
-                    Bucket=self.bucket, Prefix=full, MaxKeys=1000, **token
+                functools.partial(
+                    self.client.list_objects_v2,
+                    Bucket=self.bucket,
+                    Prefix=full,
+                    MaxKeys=1000,
+                    **token,
                 ),
             )
             for item in page.get("Contents", []):
