@@ -3,7 +3,8 @@
 `make test-fast` runs `-m "not slow and not integration"`, `make test` runs everything. A new
 test falls into a tier by these rules, with no decorator:
 
-- `integration`: every test under tests/integration/ (real servers on free ports).
+- `integration`: every test under tests/integration/ and tests/team/ (real servers on free
+  ports; tests/team/ starts PostgreSQL and an S3 server for the team deployment).
 - `slow`, applied by `pytest_collection_modifyitems` below, when the test
   - uses a fixture that boots a server: a name in SERVER_FIXTURES (Prefect's test server, a
     local Ray, the real servers), matched by name, so a module's own fixture of that name
@@ -29,7 +30,9 @@ import pytest
 from tests.helpers import wheel_data
 
 # Fixtures that start a server or a cluster; see the module docstring.
-SERVER_FIXTURES = frozenset({"prefect_api", "harness", "local_ray", "stack", "mlflow_proxy"})
+SERVER_FIXTURES = frozenset(
+    {"prefect_api", "harness", "local_ray", "stack", "mlflow_proxy", "team_servers", "team"}
+)
 SERVER_IDS = frozenset({"ray"})
 # Processes a fast test must not start: the CLI, the servers, Prefect's API (uvicorn), a Ray node.
 SERVER_COMMANDS = frozenset({"lstmpipe", "prefect", "mlflow", "ray", "uvicorn"})
@@ -48,9 +51,9 @@ def is_slow(item: pytest.Item) -> bool:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    integration = Path(__file__).parent / "integration"
+    servers = (Path(__file__).parent / "integration", Path(__file__).parent / "team")
     for item in items:
-        if item.path.is_relative_to(integration):
+        if any(item.path.is_relative_to(folder) for folder in servers):
             item.add_marker(pytest.mark.integration)
         if is_slow(item):
             item.add_marker(pytest.mark.slow)
