@@ -10,7 +10,8 @@
   reprojected to WGS 84 lon/lat, the prediction row as properties, with the dates the model saw
   and those dropped as too cloudy or nodata-heavy.
 
-Nothing is written for a domain with no series. Both files are written atomically.
+Nothing is written for a domain with no series. Both files are written atomically, as objects
+of the predictions file's store (a folder, or a bucket prefix in team mode).
 """
 
 from __future__ import annotations
@@ -30,11 +31,11 @@ import pyarrow.parquet as pq
 from pyproj import CRS, Transformer
 from pyproj.exceptions import CRSError, ProjError
 
-from lstmpipe.lib.atomic import write_text_atomic
 from lstmpipe.lib.config import SamplingConfig, SourcesConfig
 from lstmpipe.lib.errors import BadInput
 from lstmpipe.lib.series import SeriesRef
 from lstmpipe.lib.sources.decode import describe
+from lstmpipe.lib.state.store import Store
 
 MEDICAL_KINDS = frozenset({"dicom", "nifti"})
 GEO_KINDS = frozenset({"geotiff", "cube"})
@@ -261,49 +262,53 @@ def feature_collection(
 # --- files ----------------------------------------------------------------------------------------
 
 
-def output_paths(predictions: Path) -> dict[str, Path]:
+def output_keys(predictions: str) -> dict[str, str]:
     """`x.parquet` -> x.clinical.csv and x.geojson beside it."""
-    predictions = Path(predictions)
-    stem = predictions.stem if predictions.suffix == ".parquet" else predictions.name
-    return {
-        "clinical_csv": predictions.with_name(f"{stem}.clinical.csv"),
-        "geojson": predictions.with_name(f"{stem}.geojson"),
-    }
+    stem = predictions.removesuffix(".parquet")
+    return {"clinical_csv": f"{stem}.clinical.csv", "geojson": f"{stem}.geojson"}
 
 
 def write_outputs(
-    table: pa.Table, metadata: Mapping[str, Mapping[str, Any]], predictions: Path
+    table: pa.Table, metadata: Mapping[str, Mapping[str, Any]], store: Store, predictions: str
 ) -> dict[str, str]:
-    """Write the outputs that have series; {"clinical_csv": path, "geojson": path} of those."""
-    paths = output_paths(predictions)
+    """Write the outputs that have series beside the predictions object `predictions`;
+    {"clinical_csv": uri, "geojson": uri} of those."""
+    keys = output_keys(predictions)
     written: dict[str, str] = {}
     text = clinical_csv(table, metadata)
     if text is not None:
-        written["clinical_csv"] = str(write_text_atomic(text, paths["clinical_csv"]))
+        written["clinical_csv"] = _put_text(store, keys["clinical_csv"], text)
     collection = feature_collection(table, metadata)
     if collection is not None:
-        written["geojson"] = str(
-            write_text_atomic(json.dumps(collection, indent=1) + "\n", paths["geojson"])
+        written["geojson"] = _put_text(
+            store, keys["geojson"], json.dumps(collection, indent=1) + "\n"
         )
     return written
 
 
+def _put_text(store: Store, key: str, text: str) -> str:
+    store.put(key, lambda out: out.write(text.encode()))
+    return store.uri(key)
+
+
 def outputs_beside(
-    predictions: Path,
+    store: Store,
+    predictions: str,
     refs: Sequence[SeriesRef],
     sampling: SamplingConfig,
     tmp_dir: Path,
     sources: SourcesConfig = DEFAULT_SOURCES,
 ) -> dict[str, str]:
-    """Read the predictions Parquet, describe its medical and
-    remote-sensing series, write the outputs they have."""
-    table = pq.read_table(predictions)
+    """Read the predictions object, describe its medical and remote-sensing series, write the
+    outputs they have beside it."""
+    with store.open(predictions) as handle:
+        table = pq.read_table(handle)
     Path(tmp_dir).mkdir(parents=True, exist_ok=True)
     predicted = set(table["series_id"].to_pylist())
     metadata = describe_series(
         [r for r in refs if r.series_id in predicted], sampling, Path(tmp_dir), sources
     )
-    return write_outputs(table, metadata, Path(predictions))
+    return write_outputs(table, metadata, store, predictions)
 
 
 def _at(values: Sequence[Any] | None, i: int) -> Any:

@@ -2,10 +2,12 @@
 
 Columns: series_id, content_hash, source_kind, predicted_label, probability,
 prob_<class> (one per class), model_name, model_version, recipe_id, run_id,
-predicted_at. Written atomically, so a reader never sees half a file.
+predicted_at. Written atomically as one object of a store (`predictions/<name>-v<version>-
+<stamp>.parquet` in the outputs store: a folder under home, or a bucket prefix in team mode;
+or where the user's `--out` names), so a reader never sees half a file.
 On request, `<stem>.frames.parquet` beside it holds one row per frame: the frame's
 index and time, per-frame class probabilities and the LSTM's per-timestep state.
-Beside it, lib.outputs writes what each domain's users open: a clinical CSV for
+Beside it, lib.inference.outputs writes what each domain's users open: a clinical CSV for
 DICOM/NIfTI series and a GeoJSON of tile footprints for GeoTIFF stacks.
 """
 
@@ -18,10 +20,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from lstmpipe.lib.atomic import write_parquet_atomic
 from lstmpipe.lib.features.cache import SeriesFeatures
 from lstmpipe.lib.series import SeriesRef
+from lstmpipe.lib.state.store import Store, is_remote, open_store
 
+PREFIX = "predictions"  # the predictions files in the outputs store
 FRAMES_SUFFIX = ".frames.parquet"
 
 
@@ -109,34 +112,64 @@ def _provenance(
     }
 
 
-def write_predictions(table: pa.Table, target: Path) -> Path:
-    return write_parquet_atomic(table, target)
+def write_predictions(table: pa.Table, store: Store, key: str) -> None:
+    store.put(key, lambda out: pq.write_table(table, out, compression="zstd"))
 
 
-def frames_path(predictions: Path) -> Path:
+def frames_key(predictions: str) -> str:
     """Where the per-frame table of a predictions file goes: `<stem>.frames.parquet` beside it."""
-    return predictions.with_name(predictions.stem + FRAMES_SUFFIX)
+    return predictions.removesuffix(".parquet") + FRAMES_SUFFIX
 
 
-def already_predicted(folder: Path, model_name: str, model_version: str) -> set[str]:
-    """Content hashes that predictions files in `folder` hold for this model version (a re-run
-    skips them).
+def target_of(out: str, retry_s: float = 120.0) -> tuple[Store, str]:
+    """A file path or `s3://bucket/.../name.parquet` as the store of its folder and its key there:
+    the user's `--out`, written and checked for earlier predictions like the outputs store."""
+    if is_remote(out):
+        folder, _, name = out.rpartition("/")
+        return open_store(folder, retry_s), name
+    path = Path(out)
+    return open_store(path.parent, retry_s), path.name
 
-    Only the three key columns are read, filtered by the Parquet reader; files that are
-    not predictions tables (no such columns) are ignored.
+
+def already_predicted(store: Store, folder: str, model_name: str, model_version: str) -> set[str]:
+    """Content hashes that the predictions files directly in `folder` of `store` hold for this
+    model version (a re-run skips them).
+
+    Only the three key columns are read (on S3, by ranged reads), filtered by the Parquet
+    reader; objects that are not predictions tables (no such columns) are ignored.
     """
     found: set[str] = set()
-    for path in sorted(Path(folder).glob("*.parquet")):
-        if path.name.endswith(FRAMES_SUFFIX):
+    for key in _parquet_in(store, folder):
+        if key.endswith(FRAMES_SUFFIX):
             # written before its predictions file: alone, it does not mean a series was predicted
             continue
         try:
-            table = pq.read_table(
-                path,
-                columns=["content_hash", "model_name", "model_version"],
-                filters=[("model_name", "=", model_name), ("model_version", "=", model_version)],
-            )
-        except (pa.ArrowInvalid, KeyError):
-            continue
+            with store.open(key) as handle:
+                table = pq.read_table(
+                    handle,
+                    columns=["content_hash", "model_name", "model_version"],
+                    filters=[
+                        ("model_name", "=", model_name),
+                        ("model_version", "=", model_version),
+                    ],
+                )
+        except (pa.ArrowInvalid, KeyError, FileNotFoundError):
+            continue  # not a predictions table, or removed since it was listed
         found.update(table["content_hash"].to_pylist())
     return found
+
+
+def _parquet_in(store: Store, folder: str) -> list[str]:
+    """Keys of the `.parquet` objects directly in `folder`, by name. A local folder is read by
+    its entries only: a user's `--out` folder may be their home directory, not walked whole."""
+    prefix = f"{folder.strip('/')}/" if folder.strip("/") else ""
+    local = store.local_path(folder)
+    if local is not None:
+        names = [p.name for p in local.glob("*.parquet") if p.is_file()] if local.is_dir() else []
+    else:
+        names = [
+            info.key[len(prefix) :]
+            for info in store.list(folder)
+            if "/" not in info.key[len(prefix) :]
+        ]
+    return sorted(prefix + n for n in names if n.endswith(".parquet") and not n.startswith("."))

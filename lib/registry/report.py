@@ -2,7 +2,9 @@
 the run's plots embedded as base64 PNGs, and the promotion decisions about its model version.
 
 `collect` reads an MLflow run into plain values; `render` turns those values into HTML and
-escapes every one of them (class names and tags come from data and may hold markup).
+escapes every one of them (class names and tags come from data and may hold markup). Pages are
+objects of the outputs store (`reports/<run id>.html`: a folder under home, or a bucket prefix in
+team mode), as are the run records they are found by (`runs/<run id>.json`).
 """
 
 from __future__ import annotations
@@ -19,11 +21,14 @@ from typing import Any
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from lstmpipe.lib.atomic import write_text_atomic
 from lstmpipe.lib.errors import ConfigError
 from lstmpipe.lib.names import is_plain_name
 from lstmpipe.lib.registry.history import HistoryRow
 from lstmpipe.lib.registry.mlflow_store import MAX_RUN_TEXT_BYTES, filter_value
+from lstmpipe.lib.state.store import Store
+
+RUNS = "runs"  # run records in the outputs store: runs/<lstmpipe run id>.json
+REPORTS = "reports"  # pages in the outputs store: reports/<lstmpipe run id>.html
 
 PLOTS = {
     "confusion_matrix.png": "Confusion matrix (test split)",
@@ -265,27 +270,33 @@ def _params(params: dict[str, str]) -> str:
     )
 
 
-def write(report: dict[str, Any], path: Path) -> Path:
-    """Render and write the page atomically (a reader never sees half a page)."""
-    write_text_atomic(render(report), Path(path))
-    return Path(path)
+def run_record_key(run_id: str) -> str:
+    """The run record of a lstmpipe run (lib/ops/results.save_run writes it)."""
+    return f"{RUNS}/{run_id}.json"
 
 
-# Run ids and the report's file name are used as file names: only a plain name (letters, digits,
-# "_", "-", "."; first a letter or digit) is. lstmpipe's run ids (12 hex digits) and MLflow's
-# (32) are plain; a tag can hold anything, "../../x" and "/abs" included.
-def mlflow_run_id(runs_dir: Path, given: str) -> str:
-    """`given` as a lstmpipe run id (runs_dir/<id>.json names the MLflow run it trained or
-    promoted), else as is; one that is not a plain name is refused before any path is made."""
+def write(report: dict[str, Any], store: Store, key: str) -> str:
+    """Render and write the page atomically (a reader never sees half a page); its URI."""
+    page = render(report).encode()
+    store.put(key, lambda out: out.write(page))
+    return store.uri(key)
+
+
+# Run ids and the report's name are used in keys (file names): only a plain name (letters,
+# digits, "_", "-", "."; first a letter or digit) is. lstmpipe's run ids (12 hex digits) and
+# MLflow's (32) are plain; a tag can hold anything, "../../x" and "/abs" included.
+def mlflow_run_id(store: Store, given: str) -> str:
+    """`given` as a lstmpipe run id (its run record names the MLflow run it trained or
+    promoted), else as is; one that is not a plain name is refused before any key is made."""
     if not is_plain_name(given):
         raise LookupError(
             f"run {given!r}: not a run id (letters, digits, '_', '-' and '.', at most 128); "
             "pass a lstmpipe run id from `lstmpipe status` or an MLflow run id"
         )
-    record_file = Path(runs_dir) / f"{given}.json"
-    if not record_file.is_file():
+    try:
+        record = json.loads(store.read_bytes(run_record_key(given)))
+    except FileNotFoundError:
         return given
-    record = json.loads(record_file.read_text())
     found = mlflow_run_of(record)
     if found is None:
         raise LookupError(
@@ -295,31 +306,27 @@ def mlflow_run_id(runs_dir: Path, given: str) -> str:
     return found
 
 
-def build(
-    client: MlflowClient,
-    given: str,
-    runs_dir: Path,
-    history: list[HistoryRow],
-    reports_dir: Path,
-) -> Path:
+def build(client: MlflowClient, given: str, store: Store, history: list[HistoryRow]) -> str:
     """Write the page of run `given` (lstmpipe or MLflow run id) as
-    reports_dir/<training's lstmpipe run id>.html."""
-    values = collect(client, mlflow_run_id(runs_dir, given), history)
+    reports/<training's lstmpipe run id>.html in `store` (the outputs store); its URI."""
+    values = collect(client, mlflow_run_id(store, given), history)
     name = values["tags"].get("lstmpipe.run_id") or values["run_id"]  # one page per training run
-    return write(values, page_file(Path(reports_dir), name))
+    return write(values, store, page_key(store, name))
 
 
-def page_file(reports_dir: Path, name: str) -> Path:
-    """reports_dir/<name>.html for a plain name, else reports_dir/run-<hash of name>.html (the
-    same page each time): a tag such as "../../x" or "/abs" names no file outside the folder.
+def page_key(store: Store, name: str) -> str:
+    """reports/<name>.html for a plain name, else reports/run-<hash of name>.html (the same page
+    each time): a tag such as "../../x" or "/abs" names no object outside the folder.
 
-    The resolved path is checked too, so a planted link at that name is refused, not followed.
+    In a local folder the resolved path is checked too, so a planted link at that name is
+    refused, not followed.
     """
     stem = name if is_plain_name(name) else f"run-{_digest(name)}"
-    path = reports_dir / f"{stem}.html"
-    if path.resolve().parent != reports_dir.resolve():
-        raise ConfigError(f"report {path}: resolves outside {reports_dir}; refused")
-    return path
+    key = f"{REPORTS}/{stem}.html"
+    path = store.local_path(key)
+    if path is not None and path.resolve().parent != path.parent.resolve():
+        raise ConfigError(f"report {path}: resolves outside {path.parent}; refused")
+    return key
 
 
 def _digest(text: str) -> str:

@@ -1,4 +1,4 @@
-"""lib.atomic (whole files or nothing) and lib.failures (one append-only table)."""
+"""lib.atomic (whole files or nothing) and lib.ops.failures (one append-only table)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from lstmpipe.lib.atomic import write_atomic, write_parquet_atomic, write_text_atomic
-from lstmpipe.lib.failures import SCHEMA, Failure, read_failures, record_failures
+from lstmpipe.lib.failures import SCHEMA, Failure
+from lstmpipe.lib.ops.failures import read_failures, record_failures
+from lstmpipe.lib.state.store import LocalStore
 
 
 def leftovers(folder: Path) -> list[str]:
@@ -96,13 +98,11 @@ def rows(table: pa.Table) -> list[tuple[str, str, str, str, str]]:
 
 
 def test_failures_round_trip(tmp_path: Path) -> None:
-    written = record_failures(tmp_path / "failures", "run-1", FAILURES)
-    assert (
-        written is not None
-        and written.parent == tmp_path / "failures"
-        and written.suffix == ".parquet"
-    )
-    table = read_failures(tmp_path / "failures")
+    store = LocalStore(tmp_path)
+    written = record_failures(store, "run-1", FAILURES)
+    assert written is not None and written.startswith("failures/") and written.endswith(".parquet")
+    assert (tmp_path / written).is_file()
+    table = read_failures(store)
     assert table.schema == SCHEMA
     assert rows(table) == sorted(
         ("run-1", f.series_id, f.path, f.stage, f.reason) for f in FAILURES
@@ -113,29 +113,35 @@ def test_failures_round_trip(tmp_path: Path) -> None:
 
 
 def test_two_runs_write_two_files_and_read_back_oldest_first(tmp_path: Path) -> None:
-    folder = tmp_path / "failures"
-    first = record_failures(folder, "run-1", FAILURES[:1])
-    second = record_failures(folder, "run-2", FAILURES[1:])
+    store, folder = LocalStore(tmp_path), tmp_path / "failures"
+    first = record_failures(store, "run-2", FAILURES[:1])
+    second = record_failures(store, "run-1", FAILURES[1:])
     assert first is not None and second is not None and first != second
-    # mtimes decide the order; pin them rather than race the clock
-    os.utime(first, (1_000_000, 1_000_000))
-    os.utime(second, (2_000_000, 2_000_000))
-    assert sorted(p.name for p in folder.iterdir()) == sorted([first.name, second.name])
-    assert read_failures(folder)["run_id"].to_pylist() == ["run-1", "run-2"]
+    assert sorted(f"failures/{p.name}" for p in folder.iterdir()) == sorted([first, second])
+    # the order written, not the keys' (an S3 object's modification time is to the second only)
+    assert read_failures(store)["run_id"].to_pylist() == ["run-2", "run-1"]
 
 
 def test_one_run_recording_twice_keeps_both(tmp_path: Path) -> None:
     """A nightly run records extraction failures, then inference failures, under one run id."""
-    folder = tmp_path / "failures"
-    record_failures(folder, "nightly-7", FAILURES[:1])
-    record_failures(folder, "nightly-7", FAILURES[1:])
-    assert rows(read_failures(folder)) == sorted(
+    store = LocalStore(tmp_path)
+    record_failures(store, "nightly-7", FAILURES[:1])
+    record_failures(store, "nightly-7", FAILURES[1:])
+    assert rows(read_failures(store)) == sorted(
         ("nightly-7", f.series_id, f.path, f.stage, f.reason) for f in FAILURES
     )
 
 
 def test_no_failures_writes_nothing(tmp_path: Path) -> None:
-    assert record_failures(tmp_path / "failures", "run-1", []) is None
+    store = LocalStore(tmp_path)
+    assert record_failures(store, "run-1", []) is None
     assert not (tmp_path / "failures").exists()
-    empty = read_failures(tmp_path / "failures")
+    empty = read_failures(store)
     assert empty.num_rows == 0 and empty.schema == SCHEMA
+
+
+def test_a_temp_file_a_killed_writer_left_is_not_read(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path)
+    record_failures(store, "run-1", FAILURES[:1])
+    (tmp_path / "failures" / ".tmp-abc123.parquet").write_bytes(b"PAR1 torn")
+    assert read_failures(store)["series_id"].to_pylist() == [FAILURES[0].series_id]

