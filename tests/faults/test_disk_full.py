@@ -22,9 +22,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from lstmpipe.lib import atomic
-from lstmpipe.lib.failures import Failure, read_failures, record_failures
+from lstmpipe.lib.failures import Failure
 from lstmpipe.lib.features.cache import FeatureCache, SeriesFeatures
 from lstmpipe.lib.inference.predictions import write_predictions
+from lstmpipe.lib.ops.failures import read_failures, record_failures
+from lstmpipe.lib.state.store import LocalStore
 
 RID = "recipe"
 
@@ -126,13 +128,13 @@ def test_a_full_disk_while_caching_leaves_the_cache_as_it_was(tmp_path: Path, at
 
 @pytest.mark.parametrize("at", ["write", "fsync"])
 def test_a_full_disk_while_recording_failures_adds_no_row(tmp_path: Path, at: str) -> None:
-    folder = tmp_path / "failures"
+    store, folder = LocalStore(tmp_path), tmp_path / "failures"
     record_failures(
-        folder, "run1", [Failure("a.mp4", "/src/a.mp4", "decode", "moov atom not found")]
+        store, "run1", [Failure("a.mp4", "/src/a.mp4", "decode", "moov atom not found")]
     )
     with disk_full(at), pytest.raises(OSError) as caught:
         record_failures(
-            folder,
+            store,
             "run2",
             [Failure(f"b{i}.mp4", "/src/b.mp4", "decode", "x" * 200) for i in range(50)],
         )
@@ -140,20 +142,20 @@ def test_a_full_disk_while_recording_failures_adds_no_row(tmp_path: Path, at: st
         caught.value
     )
     # the earlier run's row, nothing torn
-    assert read_failures(folder)["series_id"].to_pylist() == ["a.mp4"]
+    assert read_failures(store)["series_id"].to_pylist() == ["a.mp4"]
     assert [p.name for p in folder.iterdir() if not p.name.startswith("run1-")] == []
 
 
 @pytest.mark.parametrize("at", ["write", "fsync"])
 def test_a_full_disk_while_writing_predictions_keeps_the_old_file(tmp_path: Path, at: str) -> None:
-    target = tmp_path / "out" / "preds.parquet"
+    store, target = LocalStore(tmp_path / "out"), tmp_path / "out" / "preds.parquet"
     old = pa.table({"series_id": ["a"], "predicted_label": ["grow"]})
-    write_predictions(old, target)
+    write_predictions(old, store, "preds.parquet")
     new = pa.table(
         {"series_id": [f"s{i}" for i in range(2000)], "predicted_label": ["shrink"] * 2000}
     )
     with disk_full(at), pytest.raises(OSError) as caught:
-        write_predictions(new, target)
+        write_predictions(new, store, "preds.parquet")
     assert caught.value.errno == errno.ENOSPC and f"cannot write {target}" in str(caught.value)
     assert pq.read_table(target).equals(old)
     assert sorted(p.name for p in target.parent.iterdir()) == ["preds.parquet"]
