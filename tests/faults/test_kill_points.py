@@ -40,9 +40,10 @@ from lstmpipe.flows.extract import extract
 from lstmpipe.flows.nightly import nightly
 from lstmpipe.flows.runtime import load_runtime
 from lstmpipe.lib.demo.video import SampleSpec, generate_archive
-from lstmpipe.lib.failures import read_failures
 from lstmpipe.lib.features.cache import FeatureCache
+from lstmpipe.lib.ops.failures import read_failures
 from lstmpipe.lib.registry import mlflow_store as registry
+from lstmpipe.lib.state.store import LocalStore
 
 pytestmark = pytest.mark.slow
 LSTMPIPE = str(Path(sys.executable).parent / "lstmpipe")
@@ -146,9 +147,7 @@ def state(home: Path) -> dict:
     assert len(keys) == len(set(keys)), "a series is indexed twice"
     features = cache.read(keys)
     failures = (
-        read_failures(home / "failures")
-        .select(["series_id", "path", "stage", "reason"])
-        .to_pylist()
+        read_failures(LocalStore(home)).select(["series_id", "path", "stage", "reason"]).to_pylist()
     )
     records = []
     if (home / "partitions.sqlite").exists():

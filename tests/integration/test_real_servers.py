@@ -13,7 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 from mlflow.tracking import MlflowClient
 
-from lstmpipe.lib.failures import read_failures
+from lstmpipe.lib.ops.failures import read_failures
+from lstmpipe.lib.state.store import LocalStore
 from tests.integration.conftest import Stack
 
 pytestmark = pytest.mark.integration
@@ -99,7 +100,7 @@ def test_a_bad_file_is_reported_skipped_and_exits_3(
     assert (summary["extracted"], summary["failed"]) == (1, 1)
     failed = [row for row in summary["per_series"] if row["status"] == "failed"]
     assert failed[0]["series_id"] == "phone/notes.mp4" and "notes.mp4" in failed[0]["path"]
-    table = read_failures(home / "failures").to_pylist()
+    table = read_failures(LocalStore(home)).to_pylist()
     assert [row["series_id"] for row in table] == ["phone/notes.mp4"]
 
     again = run(stack, home, "extract", str(tmp_path / "src"), "--size", "64", "--weights", "none")

@@ -9,11 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from lstmpipe.lib.failures import Failure, record_failures
+from lstmpipe.lib.failures import Failure
 from lstmpipe.lib.features.cache import FeatureCache, SeriesFeatures
 from lstmpipe.lib.features.extract import extract_many
+from lstmpipe.lib.ops.failures import record_failures
 from lstmpipe.lib.sources.discover import discover
 from lstmpipe.lib.sources.hashing import HashMemo
+from lstmpipe.lib.state.store import LocalStore
 from tests.helpers import wheel_data
 
 
@@ -55,7 +57,7 @@ def test_a_whole_extraction_writes_only_under_the_state_directory(
         recipe.recipe_id, [r for r in results if isinstance(r, SeriesFeatures)]
     )
     failures = found.failures + [r for r in results if isinstance(r, Failure)]
-    record_failures(home / "failures", "run1", failures)
+    record_failures(LocalStore(home), "run1", failures)
 
     kinds = {r.kind for r in found.refs}
     assert {"video", "dicom", "nifti"} <= kinds

@@ -12,12 +12,14 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from lstmpipe.lib.failures import Failure, read_failures, record_failures
+from lstmpipe.lib.failures import Failure
 from lstmpipe.lib.features.cache import FeatureCache, SeriesFeatures
 from lstmpipe.lib.features.extract import extract_many
+from lstmpipe.lib.ops.failures import read_failures, record_failures
 from lstmpipe.lib.sources.archives import ArchiveLimits
 from lstmpipe.lib.sources.discover import discover
 from lstmpipe.lib.sources.hashing import HashMemo
+from lstmpipe.lib.state.store import LocalStore
 from tests.security.conftest import SMALL
 
 
@@ -44,12 +46,12 @@ def run(
     done = [r for r in results if isinstance(r, SeriesFeatures)]
     FeatureCache(home / "cache").write("test-recipe", done)
     record_failures(
-        home / "failures", "run", found.failures + [r for r in results if isinstance(r, Failure)]
+        LocalStore(home), "run", found.failures + [r for r in results if isinstance(r, Failure)]
     )
     assert list((home / "tmp").iterdir()) == [] if (home / "tmp").exists() else True, (
         "a temp copy outlived its series"
     )
-    return Outcome({r.series_id: r for r in done}, read_failures(home / "failures"))
+    return Outcome({r.series_id: r for r in done}, read_failures(LocalStore(home)))
 
 
 def reasons(outcome: Outcome) -> dict[str, str]:
