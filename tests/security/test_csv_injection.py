@@ -18,6 +18,7 @@ from lstmpipe.lib.config import SamplingConfig
 from lstmpipe.lib.inference.outputs import outputs_beside
 from lstmpipe.lib.inference.predictions import predictions_table, write_predictions
 from lstmpipe.lib.sources.discover import discover
+from lstmpipe.lib.state.store import LocalStore
 from tests.helpers import wheel_data
 
 # pydicom warns that these values break their VRs' rules: an attacker does not follow them either
@@ -57,8 +58,9 @@ def clinical_rows(tmp_path: Path, labels: list[str]) -> tuple[str, dict[str, dic
         recipe_id="r",
         run_id="@run",
     )
-    predictions = write_predictions(table, tmp_path / "out" / "heart-v1.parquet")
-    written = outputs_beside(predictions, found.refs, SAMPLING, tmp_path / "tmp")
+    store = LocalStore(tmp_path / "out")
+    write_predictions(table, store, "heart-v1.parquet")
+    written = outputs_beside(store, "heart-v1.parquet", found.refs, SAMPLING, tmp_path / "tmp")
     text = Path(written["clinical_csv"]).read_bytes().decode()  # CRs as written
     return text, {r["series_id"]: r for r in csv.DictReader(io.StringIO(text))}
 

@@ -19,6 +19,7 @@ from lstmpipe.flows.runtime import run_id_of
 from lstmpipe.lib.errors import ConfigError
 from lstmpipe.lib.registry import mlflow_store as registry
 from lstmpipe.lib.registry import report
+from lstmpipe.lib.state.store import LocalStore
 from tests.helpers import isolate_mlflow
 from tests.security.conftest import snapshot
 
@@ -33,20 +34,21 @@ def values(run_tag: str) -> dict:
 def test_a_hostile_page_name_is_hashed_inside_the_reports_folder(
     home: Path, system_tmp: Path, name: str
 ) -> None:
-    reports, before = home / "reports", snapshot(home.parent)
+    store, before = LocalStore(home), snapshot(home.parent)
     if name.startswith("/"):
         name = str(home.parent / "abs")  # an absolute path this test may watch
-    path = report.page_file(reports, name)
-    assert path.parent == reports and path.name.startswith("run-") and path.suffix == ".html"
-    assert report.page_file(reports, name) == path  # one page per run, every time
-    report.write(values(name), path)
+    key = report.page_key(store, name)
+    assert key.startswith("reports/run-") and key.endswith(".html") and key.count("/") == 1
+    assert report.page_key(store, name) == key  # one page per run, every time
+    report.write(values(name), store, key)
     written = set(snapshot(home.parent)) - set(before)
-    assert written == {"home/reports", f"home/reports/{path.name}"}, written
+    assert written == {"home/reports", f"home/{key}"}, written
 
 
 def test_a_plain_run_id_names_its_page() -> None:
-    assert report.page_file(Path("/home/r"), "3f2a9c01b7de").name == "3f2a9c01b7de.html"
-    assert report.page_file(Path("/home/r"), "nightly-2026.12_04").name == "nightly-2026.12_04.html"
+    store = LocalStore(Path("/home/r"))
+    assert report.page_key(store, "3f2a9c01b7de") == "reports/3f2a9c01b7de.html"
+    assert report.page_key(store, "nightly-2026.12_04") == "reports/nightly-2026.12_04.html"
 
 
 def test_a_planted_link_at_the_page_name_is_refused(home: Path, tmp_path: Path) -> None:
@@ -55,7 +57,7 @@ def test_a_planted_link_at_the_page_name_is_refused(home: Path, tmp_path: Path) 
     outside = tmp_path / "elsewhere.html"
     (reports / "r1.html").symlink_to(outside)
     with pytest.raises(ConfigError, match=r"r1\.html: resolves outside .*reports; refused"):
-        report.page_file(reports, "r1")
+        report.page_key(LocalStore(home), "r1")
     assert not outside.exists()
 
 
@@ -67,7 +69,7 @@ def test_a_run_id_that_is_not_a_plain_name_is_refused_unread(home: Path, given: 
     runs.mkdir()
     (home / "x.json").write_text(json.dumps({"model": "m", "version": "1", "run_id": "chosen"}))
     with pytest.raises(LookupError, match="not a run id"):
-        report.mlflow_run_id(runs, given)
+        report.mlflow_run_id(LocalStore(home), given)
 
 
 @pytest.mark.parametrize(
@@ -105,7 +107,7 @@ def test_runs_tagged_with_escaping_names_get_pages_inside_home(
     pages = []
     for tag in ("../../x", str(tmp_path / "abs"), "ok-run"):
         run = store.create_run(experiment, tags={"lstmpipe.run_id": tag})
-        pages.append(report.build(store, run.info.run_id, home / "runs", [], home / "reports"))
+        pages.append(Path(report.build(store, run.info.run_id, LocalStore(home), [])))
     assert [p.parent for p in pages] == [home / "reports"] * 3
     assert pages[0].name.startswith("run-") and pages[1].name.startswith("run-")
     assert pages[2].name == "ok-run.html"
