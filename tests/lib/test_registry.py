@@ -34,6 +34,7 @@ from lstmpipe.lib.registry import mlflow_store as registry
 from lstmpipe.lib.registry import promotion as promote
 from lstmpipe.lib.registry.mlflow_store import ModelRef
 from lstmpipe.lib.series import SeriesRef
+from lstmpipe.lib.state.store import LocalStore
 from lstmpipe.lib.training.bundle import ModelBundle
 from lstmpipe.lib.training.experiment import Outcome, run_experiment, score
 from tests.helpers import isolate_mlflow
@@ -525,9 +526,9 @@ def test_predictor_writes_the_documented_table(
     ) == {"infer-1"}
     assert table.schema.field("predicted_at").type == pa.timestamp("us", tz="UTC")
 
-    target = write_predictions(table, tmp_path / "out" / "preds.parquet")
-    assert pq.read_table(target).equals(table)
-    assert not [p for p in target.parent.iterdir() if p.name.startswith(".tmp-")]
+    write_predictions(table, LocalStore(tmp_path / "out"), "preds.parquet")
+    assert pq.read_table(tmp_path / "out" / "preds.parquet").equals(table)
+    assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".tmp-")]
 
 
 def test_predictions_table_with_no_rows_keeps_its_columns() -> None:
