@@ -5,6 +5,8 @@ source kinds in order (lib/sources/kinds/); each claims its series, named by the
 path relative to the root (`2026-11-20.tar/grow/clip_0003.mp4`). Partitions are the
 root's top-level folders and archives; labels come from the parent folder, or a
 manifest.
+A bucket prefix (`s3://bucket/prefix`) is mirrored into a folder and discovered there, its
+series then named by their objects (`discover_bucket`, lib/sources/bucket.py).
 
 Nothing is dropped silently (SPEC §6): every regular file ends as a series, a failure, or an
 `Ignored` entry saying why (its content, a sidecar of a series file, hidden), which the run
@@ -31,6 +33,7 @@ from lstmpipe.lib.sources.archives import (
     printable,
     strip_archive_suffix,
 )
+from lstmpipe.lib.sources.bucket import Mirror, mirror, mirror_lock
 from lstmpipe.lib.sources.hashing import HashMemo, with_stamps
 from lstmpipe.lib.sources.kinds import KINDS
 from lstmpipe.lib.sources.kinds.base import Ignored
@@ -73,6 +76,40 @@ def discover(
         failures + unread,
         sorted(ignored + unclaimed, key=lambda i: i.path),
     )
+
+
+def discover_bucket(
+    url: str,
+    local_root: Path,
+    manifest: Path | None = None,
+    memo: HashMemo | None = None,
+    limits: ArchiveLimits = ArchiveLimits(),
+    sources: SourcesConfig = SourcesConfig(),
+    retry_s: float = 120.0,
+) -> tuple[Discovery, Mirror]:
+    """Every series under `s3://bucket/prefix`: the prefix mirrored into `local_root` (only
+    changed objects downloaded), discovered there as a folder is, and named by its objects
+    (paths, meta, object stamps), so any node can fetch and decode it. The memo keys mirrored
+    files by object (key, size, ETag). Keys that cannot be files, and series whose mirror copy
+    moved while hashed, are failures. Also the Mirror, for partitions of the prefix."""
+    with mirror_lock(local_root):
+        mirrored = mirror(url, local_root, retry_s)
+        found = discover(
+            mirrored.root,
+            manifest,
+            memo.naming(mirrored) if memo else None,
+            limits,
+            sources,
+        )
+        refs: list[SeriesRef] = []
+        moved: list[Failure] = []
+        for ref in found.refs:
+            try:
+                refs.append(mirrored.to_remote(ref))
+            except BadInput as exc:
+                moved.append(Failure(ref.series_id, exc.path, "discover", exc.reason))
+    failures = [mirrored.remote_failure(f) for f in found.failures]
+    return Discovery(refs, [*mirrored.failures, *failures, *moved], found.ignored), mirrored
 
 
 def partitions(root: Path) -> list[str]:

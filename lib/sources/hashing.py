@@ -17,18 +17,24 @@ from __future__ import annotations
 import bisect
 import hashlib
 import os
-import sqlite3
+import re
 import threading
 import time
 from collections.abc import Callable
-from contextlib import closing
 from dataclasses import replace
 from pathlib import Path
-from typing import IO, NamedTuple, TypeVar
+from typing import IO, NamedTuple, Protocol, TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection
 
 from lstmpipe.lib.errors import BadInput
 from lstmpipe.lib.series import SeriesRef
 from lstmpipe.lib.sources.archives import BLOCK_BYTES, READ_ERRORS, Member, read_members
+from lstmpipe.lib.state.database import Database
+from lstmpipe.lib.state.schema import Component, migrate
+from lstmpipe.lib.state.store import is_remote
 
 _FILE = ""  # the member column of a plain file's memo row
 # Timestamps come from the kernel's coarse clock (one tick: 1-10 ms), so a second write within the
@@ -37,6 +43,7 @@ _FILE = ""  # the member column of a plain file's memo row
 # Filesystems with coarser timestamps (FAT, HFS+, ext3: 1-2 s) leave a window of their granularity.
 RACY_NS = 20_000_000
 _T = TypeVar("_T")
+_REMOTE_STAMP = re.compile(r"etag=(\S+) size=(\d+)")
 
 
 class Stamp(NamedTuple):
@@ -59,6 +66,17 @@ class Stamp(NamedTuple):
         return (
             f"inode={self.ino} size={self.size} mtime_ns={self.mtime_ns} ctime_ns={self.ctime_ns}"
         )
+
+
+def remote_stamp(etag: str, size: int) -> str:
+    """The stamp a SeriesRef carries for an object in a bucket: its ETag moves with its bytes."""
+    return f"etag={etag} size={size}"
+
+
+def parse_remote_stamp(text: str) -> tuple[str, int] | None:
+    """(ETag, size) of a `remote_stamp`, or None when `text` is not one."""
+    found = _REMOTE_STAMP.fullmatch(text)
+    return (found[1], int(found[2])) if found else None
 
 
 # path -> the stamp its hash was taken at, in this process, until discovery hands it to a SeriesRef
@@ -199,7 +217,10 @@ def _covered(ref: SeriesRef, keys: list[str]) -> tuple[tuple[str, str], ...]:
 def verify_stamps(ref: SeriesRef) -> None:
     """BadInput naming the first file of `ref` whose stamp moved since it was hashed: the bytes
     decoded may not be the bytes its content hash names, so its features must not be cached.
-    A ref without stamps (made by hand, or not by discovery) cannot be checked and is refused."""
+    A ref without stamps (made by hand, or not by discovery) cannot be checked and is refused.
+    A series in a bucket carries object stamps (`etag=<ETag> size=<n>`, lib/sources/bucket.py):
+    those were checked as its objects were fetched for decoding, each GET conditional on the
+    stamped ETag, so nothing is left to check here."""
     if not ref.stamps:
         raise BadInput(
             ref.location,
@@ -207,6 +228,8 @@ def verify_stamps(ref: SeriesRef) -> None:
             "(a series not made by discovery); not cached",
         )
     for path, hashed in ref.stamps:
+        if is_remote(ref.path) and is_remote(path) and parse_remote_stamp(hashed):
+            continue  # decoding fetched each object only while it had this ETag (If-Match)
         try:
             now = Stamp.of(Path(path)).text()
         except OSError as exc:
@@ -227,47 +250,144 @@ def _differences(was: str, now: str) -> tuple[str, str]:
     return " ".join(a for a, _ in pairs), " ".join(b for _, b in pairs)
 
 
-class HashMemo:
-    """A SQLite memo of content hashes keyed on the file's stamp, not its bytes.
+class ObjectId(NamedTuple):
+    """An object in a bucket as the memo keys it: its ETag changes whenever its bytes do."""
 
-    A hit needs the same device, inode, size, mtime and ctime: no rewrite can keep all five
-    (ctime moves on every change and cannot be set). Safe across processes: WAL, one short
-    transaction per call, a connection per call (so the memo pickles to Ray workers). A memo
-    from before stamps (table `memo`, size + mtime only) is dropped, never trusted.
+    uri: str  # s3://bucket/key
+    size: int
+    etag: str
+
+
+class ObjectNames(Protocol):
+    """Says which object a local file holds (a mirror of a bucket), while it still does."""
+
+    def object_of(self, path: Path, stamp: Stamp) -> ObjectId | None: ...
+
+
+_META = sa.MetaData()
+# A plain file's hashes by the file's stamp (the local SQLite memo's table, unchanged).
+stamped = sa.Table(
+    "stamped",
+    _META,
+    sa.Column("path", sa.Text, primary_key=True),
+    sa.Column("member", sa.Text, primary_key=True),  # "" for the file itself
+    sa.Column("dev", sa.BigInteger),
+    sa.Column("ino", sa.BigInteger),
+    sa.Column("size", sa.BigInteger),
+    sa.Column("mtime_ns", sa.BigInteger),
+    sa.Column("ctime_ns", sa.BigInteger),
+    sa.Column("hash", sa.Text),
+)
+# An object's hashes by (key, size, ETag): any host's mirror of it finds them.
+object_hashes = sa.Table(
+    "object_hashes",
+    _META,
+    sa.Column("uri", sa.Text, primary_key=True),
+    sa.Column("member", sa.Text, primary_key=True),
+    sa.Column("size", sa.BigInteger, nullable=False),
+    sa.Column("etag", sa.Text, nullable=False),
+    sa.Column("hash", sa.Text, nullable=False),
+)
+# version 0: the SQLite memo as it was (`stamped` only); 1 adds object_hashes (create_all does)
+COMPONENT = Component("hash_memo", _META, version=1)
+
+
+class HashMemo:
+    """Content hashes remembered by what proves the bytes unchanged, not by the bytes.
+
+    A local file: its whole stamp (device, inode, size, mtime, ctime); no rewrite keeps all
+    five, ctime moves on every change and cannot be set. A file mirrored from a bucket (when
+    `objects` names it): the object's (URI, size, ETag), so a driver on another host sharing
+    the database does not hash unchanged objects again. One short transaction per call, on
+    the state database (SQLite file or the team's PostgreSQL). A memo from before stamps
+    (table `memo`, size + mtime only) is dropped, never trusted.
     """
 
-    def __init__(self, db_path: Path) -> None:
-        self.db_path = Path(db_path)
-        self.db_path.parent.mkdir(parents=True, exist_ok=True)
-        with closing(self._connect()) as db:
-            db.execute("PRAGMA journal_mode=WAL")
-            with db:
-                db.execute("DROP TABLE IF EXISTS memo")
-                db.execute(
-                    "CREATE TABLE IF NOT EXISTS stamped (path TEXT, member TEXT, dev INTEGER,"
-                    " ino INTEGER, size INTEGER, mtime_ns INTEGER, ctime_ns INTEGER, hash TEXT,"
-                    " PRIMARY KEY (path, member))"
-                )
+    def __init__(self, db: Database | Path, objects: ObjectNames | None = None) -> None:
+        """`db`: the state database, or a path for a SQLite memo file there."""
+        self.db = db if isinstance(db, Database) else Database.sqlite(Path(db))
+        self.objects = objects
+        migrate(self.db, COMPONENT)
+        if not self.db.is_postgres:
+            _drop_unstamped(self.db)
+
+    def naming(self, objects: ObjectNames) -> HashMemo:
+        """This memo keying the files `objects` names by object (a bucket's mirror)."""
+        memo = object.__new__(HashMemo)
+        memo.db, memo.objects = self.db, objects
+        return memo
 
     def lookup(self, path: Path, stamp: Stamp, members: list[str]) -> dict[str, str]:
         """The memoised hashes of those `members` of `path` whose stamp still matches."""
-        with closing(self._connect()) as db:
-            rows = db.execute(
-                "SELECT member, hash FROM stamped WHERE path = ? AND dev = ? AND ino = ?"
-                " AND size = ? AND mtime_ns = ? AND ctime_ns = ?",
-                (_key(path), *stamp),
-            ).fetchall()
+        found = self.objects.object_of(path, stamp) if self.objects else None
+        if found is not None:
+            query = sa.select(object_hashes.c.member, object_hashes.c.hash).where(
+                object_hashes.c.uri == found.uri,
+                object_hashes.c.size == found.size,
+                object_hashes.c.etag == found.etag,
+            )
+        else:
+            query = sa.select(stamped.c.member, stamped.c.hash).where(
+                stamped.c.path == _key(path),
+                *(
+                    column == value
+                    for column, value in zip(_STAMP_COLUMNS, _signed(stamp), strict=True)
+                ),
+            )
+        rows = self.db.read(lambda conn: conn.execute(query).all())
         wanted = set(members)
         return {member: digest for member, digest in rows if member in wanted}
 
     def store(self, path: Path, stamp: Stamp, hashes: dict[str, str]) -> None:
         """Remember `hashes` for `path` as it was at `stamp` (older rows of those members go)."""
-        rows = [(_key(path), member, *stamp, digest) for member, digest in hashes.items()]
-        with closing(self._connect()) as db, db:
-            db.executemany("INSERT OR REPLACE INTO stamped VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        found = self.objects.object_of(path, stamp) if self.objects else None
+        if found is not None:
+            table = object_hashes
+            rows = [
+                {"uri": found.uri, "member": m, "size": found.size, "etag": found.etag, "hash": h}
+                for m, h in hashes.items()
+            ]
+        else:
+            table = stamped
+            values = dict(zip([c.name for c in _STAMP_COLUMNS], _signed(stamp), strict=True))
+            rows = [
+                {"path": _key(path), "member": m, **values, "hash": h} for m, h in hashes.items()
+            ]
+        if rows:
+            self.db.write(lambda conn: _upsert(self.db, table, rows, conn))
 
-    def _connect(self) -> sqlite3.Connection:
-        return sqlite3.connect(self.db_path, timeout=30)
+
+_STAMP_COLUMNS = (
+    stamped.c.dev,
+    stamped.c.ino,
+    stamped.c.size,
+    stamped.c.mtime_ns,
+    stamped.c.ctime_ns,
+)
+
+
+def _signed(stamp: Stamp) -> tuple[int, ...]:
+    """The stamp's fields as signed 64-bit integers (both databases' widest): a device or inode
+    number of 2^63 or more wraps, identically on every lookup."""
+    return tuple(v - (1 << 64) if v >= 1 << 63 else v for v in stamp)
+
+
+def _upsert(db: Database, table: sa.Table, rows: list[dict[str, object]], conn: Connection) -> None:
+    """Insert `rows`, replacing those with the same primary key (the newest hash wins)."""
+    dialect = postgresql if db.is_postgres else sqlite
+    statement = dialect.insert(table)
+    keys = [c.name for c in table.primary_key.columns]
+    statement = statement.on_conflict_do_update(
+        index_elements=keys,
+        set_={c.name: statement.excluded[c.name] for c in table.columns if c.name not in keys},
+    )
+    conn.execute(statement, rows)
+
+
+def _drop_unstamped(db: Database) -> None:
+    """The SQLite memo before stamps (`memo`: size and mtime only) is dropped, never read."""
+    if db.read(lambda conn: sa.inspect(conn).has_table("memo")):
+        db.write(lambda conn: conn.execute(sa.text("DROP TABLE IF EXISTS memo")))
 
 
 def _key(path: Path) -> str:

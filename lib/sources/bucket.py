@@ -1,0 +1,467 @@
+"""Sources on object storage: a bucket prefix mirrored into a folder, series fetched back anywhere.
+
+Why local copies: every reader (ffmpeg, pydicom, nibabel, tifffile, zarr) and every hostile-input
+check (archive traversal and bombs, header bounds, reader processes) keeps reading local files, so
+a bucket is held to exactly the checks a disk is.
+- The driver mirrors `s3://bucket/prefix` into a folder (`mirror`): only objects whose size or
+  ETag moved are downloaded (atomically, mtime set to the object's LastModified, so partition
+  fingerprints agree across hosts), files whose object is gone are removed, and keys that are
+  not plain relative paths are refused by name, never written. Discovery then runs unchanged on
+  the mirror, and `Mirror.to_remote` names the bucket in what leaves it: paths, meta and stamps
+  (`etag=<ETag> size=<n>` of each object).
+- A worker on any node (no shared filesystem) `fetch`es exactly the objects a ref's stamps name,
+  each GET conditional on the stamped ETag, so an object replaced since discovery is refused, not
+  decoded under the old content hash; the copies live only while that one series is decoded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import functools
+import json
+import os
+import shutil
+import socket
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from pathlib import Path, PurePosixPath
+from typing import IO, Any
+
+from lstmpipe.lib.atomic import write_atomic
+from lstmpipe.lib.errors import BadInput
+from lstmpipe.lib.failures import Failure
+from lstmpipe.lib.series import SeriesRef
+from lstmpipe.lib.sources.archives import BLOCK_BYTES, printable
+from lstmpipe.lib.sources.hashing import ObjectId, Stamp, parse_remote_stamp, remote_stamp
+from lstmpipe.lib.state.store import ObjectInfo, S3Store, is_remote, parse_s3
+
+# objects downloaded at once: S3 serves many small GETs best in parallel
+PARALLEL_DOWNLOADS = 8
+# a path component longer than this cannot be a file name on Linux filesystems
+MAX_COMPONENT_BYTES = 255
+_FETCH_PREFIX = "fetch-"
+_HOST = socket.gethostname().replace("-", "_")
+
+
+@dataclass(frozen=True)
+class MirroredObject:
+    """One object as mirrored: what the bucket said of it, and the local copy's stamp once
+    written (a copy whose stamp moved is no longer known to hold that ETag's bytes)."""
+
+    size: int
+    etag: str
+    modified: float
+    stamp: str
+
+
+@dataclass(frozen=True)
+class Mirror:
+    """A bucket prefix and the folder mirroring it, as of one `mirror` call."""
+
+    url: str  # s3://bucket/prefix (no trailing slash)
+    root: Path  # the local folder, resolved
+    objects: Mapping[str, MirroredObject] = field(default_factory=dict)  # by key under the prefix
+    failures: tuple[Failure, ...] = ()  # keys refused (not plain relative paths), by name
+    downloaded: int = 0  # objects fetched by this call (the rest were current)
+    downloaded_bytes: int = 0
+    seconds: float = 0.0
+
+    def uri(self, path: str | Path) -> str:
+        """The object URI of a path under the mirror (the mirror root itself: the prefix)."""
+        rel = Path(path).relative_to(self.root).as_posix()
+        return self.url if rel == "." else f"{self.url}/{rel}"
+
+    def local(self, uri: str) -> Path:
+        """The mirror path of an object URI under the prefix."""
+        if uri != self.url and not uri.startswith(self.url + "/"):
+            raise ValueError(f"{uri} is not under {self.url}")
+        return self.root / uri[len(self.url) + 1 :]
+
+    def object_of(self, path: Path, stamp: Stamp) -> ObjectId | None:
+        """The object a mirror file holds, when the file is still as mirrored: what the hash
+        memo keys on, so another host's mirror of the same objects finds the same hashes."""
+        try:
+            rel = Path(path).resolve().relative_to(self.root).as_posix()
+        except ValueError:
+            return None
+        found = self.objects.get(rel)
+        if found is None or found.stamp != stamp.text():
+            return None
+        return ObjectId(f"{self.url}/{rel}", found.size, found.etag)
+
+    def to_remote(self, ref: SeriesRef) -> SeriesRef:
+        """`ref` as discovered on the mirror, naming the bucket: its path, the paths in its meta
+        and its stamps (`etag=<ETag> size=<n>`); BadInput when a file it was hashed from is not
+        the mirrored object (changed in the mirror meanwhile)."""
+        stamps = []
+        for path, hashed in ref.stamps:
+            rel = Path(path).relative_to(self.root).as_posix()
+            found = self.objects.get(rel)
+            uri = f"{self.url}/{rel}"
+            if found is None or found.stamp != hashed:
+                raise BadInput(
+                    uri, "its mirror copy changed while it was hashed; re-run to mirror it again"
+                )
+            stamps.append((uri, remote_stamp(found.etag, found.size)))
+        return replace(
+            ref,
+            path=self.uri(ref.path),
+            meta=_mapped(ref.meta, str(self.root), self.url),
+            stamps=tuple(stamps),
+        )
+
+    def remote_failure(self, failure: Failure) -> Failure:
+        """A discovery failure naming the object, not the mirror file."""
+        return replace(failure, path=_renamed(failure.path, str(self.root), self.url))
+
+
+def mirror_root(home: Path, url: str) -> Path:
+    """Where a bucket prefix is mirrored under home: `home/mirror/<bucket>/<prefix>`."""
+    bucket, prefix = parse_s3(url)
+    for name in (bucket, prefix):
+        problem = key_problem(name) if name else None
+        if problem:
+            raise BadInput(url, f"not a plain bucket and prefix: {problem}")
+    if not bucket:
+        raise BadInput(url, "no bucket named (s3://bucket/prefix)")
+    return Path(home) / "mirror" / bucket / prefix
+
+
+def key_problem(key: str) -> str | None:
+    """Why an object key cannot be a file under the mirror, or None for a plain relative path."""
+    if printable(key) != key:
+        return "key is not valid UTF-8"
+    if "\x00" in key:
+        return "key holds a NUL character"
+    if "\\" in key:
+        return "key holds a backslash (a path separator elsewhere)"
+    if key.startswith("/"):
+        return "absolute key"
+    parts = key.split("/")
+    if any(part in ("", ".", "..") for part in parts):
+        return "key has an empty, '.' or '..' path component (would escape or alias the mirror)"
+    if any(len(part.encode()) > MAX_COMPONENT_BYTES for part in parts):
+        return f"a path component exceeds {MAX_COMPONENT_BYTES} bytes"
+    return None
+
+
+@contextmanager
+def mirror_lock(root: Path) -> Iterator[None]:
+    """Held while a mirror is written and discovered: two runs on one home take turns."""
+    lock = _manifest_path(root).with_suffix(".lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with lock.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def mirror(url: str, local_root: Path, retry_s: float = 120.0) -> Mirror:
+    """Make `local_root` hold exactly the objects under `url` (call under `mirror_lock`)."""
+    started = time.monotonic()
+    bucket, prefix = parse_s3(url)
+    url = f"s3://{bucket}/{prefix}".rstrip("/")
+    root = Path(local_root)
+    root.mkdir(parents=True, exist_ok=True)
+    root = root.resolve()
+    store = _store(bucket, retry_s)
+    listed, failures = _plain_objects(store, prefix, url)
+    known = _read_manifest(root)
+    current: dict[str, MirroredObject] = {}
+    stale: list[tuple[str, ObjectInfo]] = []
+    for rel, info in listed.items():
+        was = known.get(rel)
+        if (
+            was is not None
+            and (was.size, was.etag) == (info.size, info.etag)
+            and _intact(root / rel, was)
+        ):
+            current[rel] = was
+        else:
+            stale.append((rel, info))
+    _remove_unlisted(root, set(listed))
+    with ThreadPoolExecutor(max_workers=PARALLEL_DOWNLOADS) as pool:
+        for rel, got in zip(
+            [rel for rel, _ in stale],
+            pool.map(lambda item: _mirror_one(store, item[0], root / item[0], item[1]), stale),
+            strict=True,
+        ):
+            if isinstance(got, Failure):
+                failures.append(got)
+            elif got is not None:
+                current[rel] = got
+    _write_manifest(root, current)
+    fetched = [current[rel] for rel, _ in stale if rel in current]
+    return Mirror(
+        url,
+        root,
+        current,
+        tuple(failures),
+        len(fetched),
+        sum(o.size for o in fetched),
+        time.monotonic() - started,
+    )
+
+
+def fetch(ref: SeriesRef, scratch: Path, retry_s: float = 120.0) -> SeriesRef:
+    """Download the objects `ref`'s stamps name into `scratch/<bucket>/<key>`, each only if it
+    still has its stamped ETag, and return `ref` naming those copies (stamped as they are now).
+    BadInput names the object that changed, vanished or cannot be named as a local path."""
+    if not ref.stamps:
+        raise BadInput(
+            ref.location, "no object stamps (a series not made by discovery); not fetched"
+        )
+    scratch = Path(scratch).resolve()
+    copies: list[tuple[str, Path]] = []
+    for uri, text in ref.stamps:
+        stamped = parse_remote_stamp(text)
+        if not is_remote(uri) or stamped is None:
+            raise BadInput(uri, f"not an object stamp ({text!r}); not fetched")
+        target = _scratch_path(scratch, uri)
+        bucket, key = parse_s3(uri)
+        etag, size = stamped
+        try:
+            _download(_store(bucket, retry_s), key, etag, target, uri)
+        except _Changed as exc:
+            raise BadInput(
+                uri,
+                f"changed since discovery hashed it (its ETag is no longer {etag}); not decoded "
+                "under the old content hash",
+            ) from exc
+        except _Gone as exc:
+            raise BadInput(uri, "gone since discovery; not decoded") from exc
+        if target.stat().st_size != size:
+            raise BadInput(uri, f"{target.stat().st_size} bytes, stamped with {size}; not decoded")
+        copies.append((uri, target))
+    base = str(scratch)
+    return replace(
+        ref,
+        path=str(_scratch_path(scratch, ref.path)),
+        meta=_mapped(ref.meta, "s3:/", base),
+        stamps=tuple((str(path), Stamp.of(path).text()) for _, path in copies),
+    )
+
+
+@contextmanager
+def fetched(ref: SeriesRef, tmp_dir: Path, retry_s: float = 120.0) -> Iterator[SeriesRef]:
+    """`fetch` into a folder of its own under `tmp_dir`, removed when the block ends: one
+    series' objects at a time. Errors raised in the block name the objects, not the copies."""
+    tmp_dir = Path(tmp_dir)
+    tmp_dir.mkdir(parents=True, exist_ok=True)
+    _sweep(tmp_dir)
+    scratch = Path(
+        tempfile.mkdtemp(prefix=f"{_FETCH_PREFIX}{_HOST}-{os.getpid()}-", dir=tmp_dir)
+    ).resolve()
+    try:
+        local = fetch(ref, scratch, retry_s)
+        try:
+            yield local
+        except BadInput as exc:
+            raise BadInput(
+                _renamed(exc.path, str(scratch), "s3:/"),
+                exc.reason.replace(str(scratch) + "/", "s3://"),
+            ) from exc
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _plain_objects(
+    store: S3Store, prefix: str, url: str
+) -> tuple[dict[str, ObjectInfo], list[Failure]]:
+    """{key under the prefix: object} of the keys that can be mirror paths, and a Failure for
+    each key that cannot (named, with the reason): a key with `..`, absolute, empty components,
+    a backslash or a NUL, or an object whose key is also a folder of other objects."""
+    listed: dict[str, ObjectInfo] = {}
+    failures: list[Failure] = []
+    for info in store.list(prefix):
+        rel = info.key[len(prefix) + 1 :] if prefix else info.key
+        problem = key_problem(rel)
+        if problem is None:
+            listed[rel] = info
+        else:
+            failures.append(_key_failure(rel, url, problem))
+    folders = {str(parent) for rel in listed for parent in PurePosixPath(rel).parents}
+    for rel in sorted(folders & set(listed)):
+        failures.append(_key_failure(rel, url, "an object named like a folder of other objects"))
+        del listed[rel]
+    return listed, failures
+
+
+def _key_failure(rel: str, url: str, problem: str) -> Failure:
+    return Failure(
+        printable(rel), printable(f"{url}/{rel}"), "discover", f"{problem}; not mirrored"
+    )
+
+
+def _mirror_one(
+    store: S3Store, rel: str, target: Path, info: ObjectInfo
+) -> MirroredObject | Failure | None:
+    """Download one object (again once when it changed since it was listed); None when it is
+    gone meanwhile, a Failure when it keeps changing or cannot be written. A copy that could not
+    be brought up to date is removed, never left to be discovered as the object."""
+    uri = f"s3://{store.bucket}/{info.key}"
+    for _attempt in range(2):
+        try:
+            _download(store, info.key, info.etag, target, uri)
+        except _Changed:
+            found = store.info(info.key)
+            if found is None:
+                break
+            info = found
+            continue
+        except _Gone:
+            break
+        except OSError as exc:
+            target.unlink(missing_ok=True)
+            return Failure(printable(rel), uri, "discover", f"not mirrored: {exc}")
+        os.utime(target, (info.modified, info.modified))
+        return MirroredObject(info.size, info.etag, info.modified, Stamp.of(target).text())
+    else:
+        target.unlink(missing_ok=True)
+        return Failure(
+            printable(rel), uri, "discover", "changed twice while being mirrored; re-run"
+        )
+    target.unlink(missing_ok=True)
+    return None
+
+
+class _Changed(Exception):
+    """The object no longer has the ETag asked for (If-Match failed)."""
+
+
+class _Gone(Exception):
+    """The object was deleted."""
+
+
+def _download(store: S3Store, key: str, etag: str, target: Path, uri: str) -> None:
+    """Write the object `key` to `target` atomically, only while it has `etag`: _Changed when it
+    has another, _Gone when there is none."""
+    from botocore.exceptions import ClientError
+
+    def write(out: IO[bytes]) -> None:
+        def attempt() -> None:
+            out.seek(0)
+            out.truncate()
+            reply = store.client.get_object(Bucket=store.bucket, Key=key, IfMatch=f'"{etag}"')
+            body = reply["Body"]
+            for block in iter(lambda: body.read(BLOCK_BYTES), b""):
+                out.write(block)
+
+        try:
+            store.call(f"fetching {uri}", attempt)
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code")
+            if code in ("PreconditionFailed", "412"):
+                raise _Changed(uri) from exc
+            if code in ("NoSuchKey", "404", "NotFound"):
+                raise _Gone(uri) from exc
+            raise
+
+    write_atomic(target, write)
+
+
+def _intact(path: Path, was: MirroredObject) -> bool:
+    try:
+        return Stamp.of(path).text() == was.stamp
+    except OSError:
+        return False
+
+
+def _remove_unlisted(root: Path, keep: set[str]) -> None:
+    """Delete every file under `root` that is no listed object (its object is gone), and the
+    folders left empty: discovery must see the bucket, not what it once held."""
+    for folder, dirs, files in os.walk(root, topdown=False):
+        for name in files:
+            path = Path(folder, name)
+            if path.relative_to(root).as_posix() not in keep:
+                path.unlink(missing_ok=True)
+        for name in dirs:
+            path = Path(folder, name)
+            if path.is_symlink():
+                path.unlink()
+            else:
+                with contextlib.suppress(OSError):  # it holds mirrored files
+                    path.rmdir()
+
+
+def _manifest_path(root: Path) -> Path:
+    """Beside the mirror, not in it: discovery walks the mirror as it walks a disk."""
+    root = Path(root)
+    return root.with_name(f".{root.name or 'bucket'}.mirror.json")
+
+
+def _read_manifest(root: Path) -> dict[str, MirroredObject]:
+    try:
+        data = json.loads(_manifest_path(root).read_text())
+        return {rel: MirroredObject(**entry) for rel, entry in data["objects"].items()}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}  # none yet, or unreadable: every object is downloaded again
+
+
+def _write_manifest(root: Path, objects: Mapping[str, MirroredObject]) -> None:
+    body = json.dumps(
+        {"objects": {rel: vars(o) for rel, o in sorted(objects.items())}}, indent=0
+    ).encode()
+    write_atomic(_manifest_path(root), lambda out: out.write(body))
+
+
+def _scratch_path(scratch: Path, uri: str) -> Path:
+    """`scratch/<bucket>/<key>`; BadInput for a bucket or key that is no plain relative path."""
+    bucket, key = parse_s3(uri)
+    for name in (bucket, key):
+        problem = key_problem(name) if name else None
+        if problem:
+            raise BadInput(uri, f"{problem}; not fetched")
+    if not bucket:
+        raise BadInput(uri, "no bucket named; not fetched")
+    return scratch / bucket / key if key else scratch / bucket
+
+
+def _mapped(value: Any, old: str, new: str) -> Any:
+    """`value` (JSON-like) with every string naming `old` or a path below it renamed to `new`."""
+    if isinstance(value, str):
+        return _renamed(value, old, new)
+    if isinstance(value, list):
+        return [_mapped(v, old, new) for v in value]
+    if isinstance(value, tuple):
+        return tuple(_mapped(v, old, new) for v in value)
+    if isinstance(value, dict):
+        return {k: _mapped(v, old, new) for k, v in value.items()}
+    return value
+
+
+def _renamed(text: str, old: str, new: str) -> str:
+    if text == old:
+        return new
+    return new + text[len(old) :] if text.startswith(old.rstrip("/") + "/") else text
+
+
+@functools.lru_cache(maxsize=8)
+def _store(bucket: str, retry_s: float) -> S3Store:
+    """One client per bucket per process (boto3 clients are thread-safe)."""
+    return S3Store(bucket, "", retry_s=retry_s)
+
+
+def _sweep(tmp_dir: Path) -> None:
+    """Remove fetch folders of this host's processes that were killed before removing them."""
+    for folder in tmp_dir.glob(f"{_FETCH_PREFIX}{_HOST}-*"):
+        pid = folder.name[len(_FETCH_PREFIX) + len(_HOST) + 1 :].partition("-")[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
