@@ -160,8 +160,9 @@ class TuneRun:
 
 @dataclass(frozen=True)
 class InferRun:
-    """The infer flow: the pinned version, the predictions file (None when nothing was left to
-    predict) and the domain outputs written beside it (kind -> path)."""
+    """The infer flow: the pinned version, the predictions file's URI (None when nothing was left
+    to predict) and the domain outputs written beside it (kind -> URI): files, or s3:// objects
+    in team mode."""
 
     extract: ExtractionSummary
     model: str

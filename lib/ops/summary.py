@@ -27,7 +27,8 @@ class ExtractionSummary:
     """Counts by status over every series a run saw, and each series' outcome (by series id).
 
     recipe_id, failures_file and skipped are what the flows add once they know them: the recipe
-    extracted with, the failures table file written (None when nothing failed), the series left
+    extracted with, the URI of the failures table's object written (a file under home, or
+    s3://... in team mode; None when nothing failed), the series left
     out before decoding (already predicted, at inference). `ignored` lists the files discovery
     read no series from, each with its reason: nothing is dropped without a word.
     """
