@@ -14,7 +14,7 @@ import contextvars
 import datetime as dt
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 from typing import Any
 
 from prefect import flow
@@ -40,10 +40,6 @@ from lstmpipe.tasks.partitions import mark_partition_done, partitions_to_do
 from lstmpipe.tasks.records import record_run_failures
 
 
-def records_file(rt: Runtime) -> Path:
-    return rt.home / "partitions.sqlite"
-
-
 def extract_partitions(
     rt: Runtime,
     root: str,
@@ -54,12 +50,12 @@ def extract_partitions(
     every: bool = True,
 ) -> PartitionsRun:
     """Extract the selected partitions of `root` not yet done under `recipe`; what was done."""
-    plan = partitions_to_do(root, str(records_file(rt)), recipe.recipe_id, start, end, every)
+    plan = partitions_to_do(root, rt.state, recipe.recipe_id, start, end, every)
     done: list[PartitionDone] = []
     outside: list[Ignored] = []
     if plan.pending:
         # once: the memo makes it cheap
-        found = discover_source(root, None, rt.hash_memo, rt.config.sources)
+        found = discover_source(root, None, rt.state, rt.config.sources)
         refs, failures = by_partition(found.refs), by_partition(found.failures)
         ignored, outside = _ignored_by_partition(found.ignored)
 
@@ -117,9 +113,9 @@ def _extract_partition(
     """Extract one partition, record its failures, then (only then) record it done."""
     outcomes, seconds = extract_refs(rt, refs, recipe)
     summary = extraction_summary(outcomes, failures, seconds, ignored)
-    record_run_failures(str(rt.failures_dir), run_id, summary)
+    record_run_failures(rt.state, run_id, summary)
     mark_partition_done(
-        str(records_file(rt)),
+        rt.state,
         root,
         part,
         recipe.recipe_id,

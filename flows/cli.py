@@ -495,7 +495,7 @@ def _status(rt: Runtime, root: str | None) -> Returned:
     from lstmpipe.lib.registry import mlflow_store as registry
 
     return status.collect(
-        rt.home,
+        rt.state,
         registry.connect(rt.tracking_uri),
         rt.config.promote.alias,
         Path(root) if root else None,
@@ -526,7 +526,7 @@ def _compact(rt: Runtime) -> dict[str, Any]:
     # late: torch and Arrow load in seconds, and delay Prefect's boot
     from lstmpipe.lib.features.cache import FeatureCache
 
-    return FeatureCache(Path(rt.cache_root)).compact()
+    return FeatureCache(rt.home / "cache").compact()
 
 
 def _plan(rt: Runtime, args: argparse.Namespace) -> Returned:
@@ -539,8 +539,7 @@ def _plan(rt: Runtime, args: argparse.Namespace) -> Returned:
         Path(args.labels) if args.labels else None,
         rt.config,
         Path(rt.torch_hub_dir),
-        Path(rt.cache_root),
-        Path(rt.hash_memo),
+        rt.state,
         "cuda" if torch.cuda.is_available() else "cpu",
     )
 

@@ -35,7 +35,7 @@ def extract_refs(
             refs[start : start + size],
             recipe,
             rt.config,
-            rt.cache_root,
+            rt.state,
             rt.tmp_dir,
             rt.torch_hub_dir,
             rt.ray_address,
@@ -58,14 +58,14 @@ def discover_and_extract(
     Series whose content hash is in `skip_hashes` (already predicted, at inference) are
     left out before any decoding; the summary counts them as `skipped`.
     """
-    found = discover_source(source, labels, rt.hash_memo, rt.config.sources)
+    found = discover_source(source, labels, rt.state, rt.config.sources)
     recipe = recipe or configured_recipe(rt)
     refs = [r for r in found.refs if r.content_hash not in skip_hashes]
     outcomes, seconds = extract_refs(rt, refs, recipe)
     summary = extraction_summary(outcomes, found.failures, seconds, found.ignored)
     summary = dataclasses.replace(
         summary,
-        failures_file=record_run_failures(str(rt.failures_dir), run_id, summary),
+        failures_file=record_run_failures(rt.state, run_id, summary),
         recipe_id=recipe.recipe_id,
         skipped=len(found.refs) - len(refs),
     )

@@ -55,7 +55,7 @@ def infer(
     size = rt.config.runtime.shard_size
     shards = [
         predict_shard(
-            ready[start : start + size], pinned, rt.tracking_uri, rt.cache_root, run_id, per_frame
+            ready[start : start + size], pinned, rt.tracking_uri, rt.state, run_id, per_frame
         )
         for start in range(0, len(ready), size)
     ]

@@ -16,7 +16,7 @@ from typing import Any
 from prefect import flow
 
 from lstmpipe.flows.artifacts import publish_mlflow_run, publish_summary
-from lstmpipe.flows.backfill import extract_partitions, partitions_markdown, records_file
+from lstmpipe.flows.backfill import extract_partitions, partitions_markdown
 from lstmpipe.flows.extract import configured_recipe
 from lstmpipe.flows.infer import infer
 from lstmpipe.flows.promote import promote
@@ -42,7 +42,7 @@ def nightly(
     run_id = run_id_of(run_id)  # one id for the whole chain
     recipe = configured_recipe(rt)
     partitions = extract_partitions(rt, root, recipe, run_id)
-    plan = nightly_plan(rt.tracking_uri, model, str(records_file(rt)), root, recipe.recipe_id)
+    plan = nightly_plan(rt.tracking_uri, model, rt.state, root, recipe.recipe_id)
     reason = "asked for (--retrain)" if retrain else plan.train
     trained = promoted = None
     if reason:

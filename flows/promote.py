@@ -8,15 +8,13 @@ challenger's run report, which then shows the decision. Each returns its record'
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from prefect import flow
 
 from lstmpipe.flows.extract import extract_refs
-from lstmpipe.flows.report import history_file, reports_dir
+from lstmpipe.flows.report import reports_dir
 from lstmpipe.flows.runtime import load_runtime, run_id_of
-from lstmpipe.lib.registry.locks import lock_path
 from lstmpipe.tasks.promote import promote_challenger, promotion_candidates, run_report
 from lstmpipe.tasks.promote import rollback as rollback_task
 
@@ -38,17 +36,15 @@ def promote(
     decided = promote_challenger(
         plan,
         rt.tracking_uri,
-        rt.cache_root,
+        rt.state,
         rules,
-        str(lock_path(Path(rt.promote_lock).parent, model)),
-        str(history_file(rt)),
         run_id,
     )
     page = run_report(
         rt.tracking_uri,
         decided.challenger.run_id,
         str(rt.runs_dir),
-        str(history_file(rt)),
+        rt.state,
         str(reports_dir(rt)),
     )
     return decided.to_json() | {"report": page}
@@ -66,8 +62,7 @@ def rollback_flow(
         rt.tracking_uri,
         model,
         rt.config.promote.alias,
-        str(lock_path(Path(rt.promote_lock).parent, model)),
-        str(history_file(rt)),
+        rt.state,
         run_id_of(run_id),
     )
     return rolled.to_json()

@@ -30,7 +30,7 @@ def train(
         recipe,
         model,
         rt.config,
-        rt.cache_root,
+        rt.state,
         rt.tracking_uri,
         rt.artifact_root,
         {"lstmpipe.run_id": run_id, "lstmpipe.source": source},

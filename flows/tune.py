@@ -36,7 +36,7 @@ def tune(
         recipe,
         model,
         rt.config,
-        rt.cache_root,
+        rt.state,
         rt.tracking_uri,
         rt.artifact_root,
         rt.ray_address,

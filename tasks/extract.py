@@ -24,6 +24,7 @@ from lstmpipe.lib.features.recipe import FeatureRecipe
 from lstmpipe.lib.series import SeriesRef
 from lstmpipe.lib.sources.discover import Discovery, discover
 from lstmpipe.lib.sources.hashing import HashMemo
+from lstmpipe.lib.state.places import StatePlaces
 from lstmpipe.tasks.ray_workers import FeatureWorker, ensure_ray, feature_workers, release_workers
 from lstmpipe.tasks.retry import transient_only
 
@@ -32,13 +33,13 @@ GROUP = 8  # series per actor call: progress granularity and load balance; one c
 
 @task(name="discover", retries=2, retry_condition_fn=transient_only)
 def discover_source(
-    source: str, manifest: str | None, memo_path: str, sources: SourcesConfig
+    source: str, manifest: str | None, state: StatePlaces, sources: SourcesConfig
 ) -> Discovery:
     """Series refs and discovery failures of a source root, file or archive."""
     return discover(
         Path(source),
         Path(manifest) if manifest else None,
-        HashMemo(Path(memo_path)),
+        HashMemo(state.memo_database()),
         sources=sources,
     )
 
@@ -83,7 +84,7 @@ def extract_shard(
     refs: list[SeriesRef],
     recipe: FeatureRecipe,
     config: Config,
-    cache_root: str,
+    state: StatePlaces,
     tmp_dir: str,
     torch_hub_dir: str,
     ray_address: str | None,
@@ -91,7 +92,7 @@ def extract_shard(
     """One shard: an outcome per series (cached, extracted now, or failed with a reason) and the
     seconds spent extracting. `ray_address` None extracts in this process, else on that Ray
     cluster."""
-    cache = FeatureCache(Path(cache_root))
+    cache = FeatureCache(Path(state.home) / "cache")
     cache.add_recipe(recipe)
     outcomes, todo = split_cached(cache, refs, recipe.recipe_id)
     if not todo:
@@ -101,7 +102,7 @@ def extract_shard(
         outcomes += _extract_here(todo, recipe, config, cache, Path(tmp_dir), Path(torch_hub_dir))
     else:
         outcomes += _extract_on_ray(
-            todo, recipe, config, cache_root, tmp_dir, torch_hub_dir, ray_address
+            todo, recipe, config, state, tmp_dir, torch_hub_dir, ray_address
         )
     return ShardResult(tuple(outcomes), time.monotonic() - started)
 
@@ -176,7 +177,7 @@ def _extract_on_ray(
     todo: list[SeriesRef],
     wanted: FeatureRecipe,
     config: Config,
-    cache_root: str,
+    state: StatePlaces,
     tmp_dir: str,
     torch_hub_dir: str,
     ray_address: str,
@@ -188,14 +189,14 @@ def _extract_on_ray(
     # from this run's flags; the precision too, so workers never re-resolve "auto" differently.
     sampling, backbone = wanted.sampling(config.sampling), wanted.backbone_config(config.backbone)
     workers = feature_workers(
-        f"{wanted.recipe_id}:{cache_root}:{where}",
+        f"{wanted.recipe_id}:{state}:{where}",
         where.actors,
         lambda: FeatureWorker.options(num_cpus=where.actor_cpus, num_gpus=where.actor_gpus).remote(
             sampling,
             backbone,
             wanted,
             torch_hub_dir,
-            cache_root,
+            state,
             tmp_dir,
             config.runtime.decoders,
             where.decode_cpus,

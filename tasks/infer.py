@@ -11,12 +11,14 @@ from prefect import task
 
 from lstmpipe.lib.atomic import write_parquet_atomic
 from lstmpipe.lib.config import SamplingConfig
+from lstmpipe.lib.features.cache import FeatureCache
 from lstmpipe.lib.features.recipe import FeatureRecipe
 from lstmpipe.lib.inference.outputs import outputs_beside
 from lstmpipe.lib.inference.predictions import frames_path, write_predictions
 from lstmpipe.lib.inference.predictor import Predictor
 from lstmpipe.lib.registry import mlflow_store as registry
 from lstmpipe.lib.series import SeriesRef
+from lstmpipe.lib.state.places import StatePlaces
 from lstmpipe.tasks.retry import transient_only
 
 
@@ -50,13 +52,15 @@ def predict_shard(
     refs: list[SeriesRef],
     model: PinnedModel,
     tracking_uri: str,
-    cache_root: str,
+    state: StatePlaces,
     run_id: str,
     per_frame: bool = False,
 ) -> ShardPredictions:
     """Prediction rows for one shard, and its per-frame table if asked."""
     registry.connect(tracking_uri)
-    predictor = Predictor(registry.load_bundle(model.ref), model.ref, Path(cache_root), run_id)
+    predictor = Predictor(
+        registry.load_bundle(model.ref), model.ref, FeatureCache(Path(state.home) / "cache"), run_id
+    )
     return ShardPredictions(
         predictor(refs).to_pylist(), predictor.per_frame(refs) if per_frame else None
     )

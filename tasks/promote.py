@@ -12,8 +12,10 @@ from lstmpipe.lib.features.cache import FeatureCache
 from lstmpipe.lib.registry import mlflow_store as registry
 from lstmpipe.lib.registry import promotion, report
 from lstmpipe.lib.registry.history import read_history
+from lstmpipe.lib.registry.locks import lock_path
 from lstmpipe.lib.registry.promotion import Candidates
 from lstmpipe.lib.registry.record import PromotionRecord, RollbackRecord
+from lstmpipe.lib.state.places import StatePlaces
 from lstmpipe.tasks.retry import transient_only
 
 
@@ -28,47 +30,53 @@ def promotion_candidates(
 def promote_challenger(
     plan: Candidates,
     tracking_uri: str,
-    cache_root: str,
+    state: StatePlaces,
     rules: PromoteConfig,
-    lock_file: str,
-    history_file: str,
     run_id: str,
 ) -> PromotionRecord:
     return promotion.promote(
         registry.connect(tracking_uri),
-        FeatureCache(Path(cache_root)),
+        FeatureCache(Path(state.home) / "cache"),
         plan,
         rules,
-        Path(lock_file),
-        Path(history_file),
+        _lock_file(state, plan.challenger.name),
+        _history_file(state),
         run_id,
     )
 
 
 @task(name="rollback", tags=["promote"], retries=2, retry_condition_fn=transient_only)
 def rollback(
-    tracking_uri: str, model_name: str, alias: str, lock_file: str, history_file: str, run_id: str
+    tracking_uri: str, model_name: str, alias: str, state: StatePlaces, run_id: str
 ) -> RollbackRecord:
     return promotion.rollback(
         registry.connect(tracking_uri),
         model_name,
         alias,
-        Path(lock_file),
-        Path(history_file),
+        _lock_file(state, model_name),
+        _history_file(state),
         run_id,
     )
 
 
 @task(name="report", retries=2, retry_condition_fn=transient_only)
 def run_report(
-    tracking_uri: str, given: str, runs_dir: str, history_file: str, reports_dir: str
+    tracking_uri: str, given: str, runs_dir: str, state: StatePlaces, reports_dir: str
 ) -> str:
     return str(
         report.build(
             registry.connect(tracking_uri),
             given,
             Path(runs_dir),
-            read_history(Path(history_file)),
+            read_history(_history_file(state)),
             Path(reports_dir),
         )
     )
+
+
+def _lock_file(state: StatePlaces, model_name: str) -> Path:
+    return lock_path(Path(state.home) / "locks", model_name)
+
+
+def _history_file(state: StatePlaces) -> Path:
+    return Path(state.home) / "promotions" / "history.sqlite"

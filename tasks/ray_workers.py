@@ -34,6 +34,7 @@ from lstmpipe.lib.features.outcomes import SeriesOutcome
 from lstmpipe.lib.features.recipe import FeatureRecipe
 from lstmpipe.lib.series import FrameChunk, SeriesRef
 from lstmpipe.lib.sources.decode import decode
+from lstmpipe.lib.state.places import StatePlaces
 
 # Shards run in threads of one flow run: without the lock two of them starting at once would each
 # start a pool, and on a cluster with CPUs for one pool the second pool's actors wait forever for
@@ -163,7 +164,7 @@ class FeatureWorker:
         backbone: BackboneConfig,
         recipe: FeatureRecipe,
         torch_hub_dir: str,
-        cache_root: str,
+        state: StatePlaces,
         tmp_dir: str,
         decoders: int,
         decode_cpus: float | None,
@@ -181,7 +182,7 @@ class FeatureWorker:
         )
         check_recipe(self.recipe, built)
         self.batch_size = self.backbone.batch_size(sampling.size, backbone.batch_size)
-        self.cache = FeatureCache(Path(cache_root))
+        self.cache = FeatureCache(Path(state.home) / "cache")
         self.tmp_dir = Path(tmp_dir)
         os.makedirs(self.tmp_dir, exist_ok=True)
         self.decode_fn = (

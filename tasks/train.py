@@ -14,6 +14,7 @@ from lstmpipe.lib.features.recipe import FeatureRecipe
 from lstmpipe.lib.ops.results import TrainResult
 from lstmpipe.lib.registry import mlflow_store as registry
 from lstmpipe.lib.series import SeriesRef
+from lstmpipe.lib.state.places import StatePlaces
 from lstmpipe.lib.training.experiment import run_experiment
 from lstmpipe.tasks.retry import transient_only
 
@@ -24,7 +25,7 @@ def train_model(
     recipe: FeatureRecipe,
     model_name: str,
     config: Config,
-    cache_root: str,
+    state: StatePlaces,
     tracking_uri: str,
     artifact_root: str | None,
     tags: dict[str, str],
@@ -33,7 +34,7 @@ def train_model(
     device = "cuda" if torch.cuda.is_available() else "cpu"
     with tqdm(total=config.train.epochs, desc="train", unit="epoch", leave=False) as bar:
         outcome = run_experiment(
-            FeatureCache(Path(cache_root)),
+            FeatureCache(Path(state.home) / "cache"),
             recipe,
             refs,
             config.train,

@@ -28,6 +28,7 @@ from lstmpipe.lib.features.recipe import FeatureRecipe
 from lstmpipe.lib.ops.results import TuneResult
 from lstmpipe.lib.registry import mlflow_store as registry
 from lstmpipe.lib.series import SeriesRef
+from lstmpipe.lib.state.places import StatePlaces
 from lstmpipe.lib.training.experiment import run_experiment
 from lstmpipe.lib.training.tune import (
     METRIC,
@@ -134,7 +135,7 @@ def tune_model(
     recipe: FeatureRecipe,
     model_name: str,
     config: Config,
-    cache_root: str,
+    state: StatePlaces,
     tracking_uri: str,
     artifact_root: str | None,
     ray_address: str | None,
@@ -149,7 +150,7 @@ def tune_model(
     """Search `trials` hyperparameter sets with ASHA, each an MLflow child run; retrain and
     register the best."""
     space = space or SearchSpace()
-    cache = FeatureCache(Path(cache_root))
+    cache = FeatureCache(Path(state.home) / "cache")
     data = prepare(cache, recipe.recipe_id, recipe.feature_dim, refs, config.train)
     hps = sample_trials(config.train, space, trials, config.train.seed)
     ensure_ray(ray_address or "local")

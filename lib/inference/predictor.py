@@ -4,8 +4,6 @@ series whose features are cached under that model's recipe gives prediction rows
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pyarrow as pa
 
 from lstmpipe.lib.features.cache import FeatureCache, SeriesFeatures
@@ -18,10 +16,12 @@ from lstmpipe.lib.training.bundle import ModelBundle
 class Predictor:
     """Load once in `__init__`; `__call__(refs) -> table` is pure given the cache."""
 
-    def __init__(self, bundle: ModelBundle, model: ModelRef, cache_root: Path, run_id: str) -> None:
+    def __init__(
+        self, bundle: ModelBundle, model: ModelRef, cache: FeatureCache, run_id: str
+    ) -> None:
         self.bundle = bundle
         self.model = model
-        self.cache = FeatureCache(cache_root)
+        self.cache = cache
         self.run_id = run_id
 
     def __call__(self, refs: list[SeriesRef]) -> pa.Table:

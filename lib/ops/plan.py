@@ -20,6 +20,7 @@ from lstmpipe.lib.features.recipe import FeatureRecipe
 from lstmpipe.lib.series import SeriesRef
 from lstmpipe.lib.sources.discover import discover
 from lstmpipe.lib.sources.hashing import HashMemo
+from lstmpipe.lib.state.places import StatePlaces
 
 
 class PlanAction(StrEnum):
@@ -97,17 +98,16 @@ def plan_source(
     manifest: Path | None,
     config: Config,
     torch_hub_dir: Path,
-    cache_root: Path,
-    memo: Path,
+    state: StatePlaces,
     device: str,
 ) -> Plan:
     """Discover `source` and plan it under the recipe `config` makes on `device`; nothing is
     extracted."""
-    found = discover(source, manifest, HashMemo(memo), sources=config.sources)
+    found = discover(source, manifest, HashMemo(state.memo_database()), sources=config.sources)
     _, recipe = load_backbone(
         config.sampling, config.backbone, torch_hub_dir, device, config.sources
     )
-    planned = plan(found.refs, recipe, FeatureCache(cache_root))
+    planned = plan(found.refs, recipe, FeatureCache(Path(state.home) / "cache"))
     refused = [
         PlannedSeries(f.series_id, PlanAction.FAIL, f"[{f.stage}] {f.reason}")
         for f in found.failures

@@ -14,6 +14,7 @@ from mlflow.tracking import MlflowClient
 from lstmpipe.lib.failures import read_failures
 from lstmpipe.lib.features.cache import FeatureCache
 from lstmpipe.lib.ops.partitions import PartitionRecords, list_partitions
+from lstmpipe.lib.state.places import StatePlaces
 
 RECENT = 10
 
@@ -83,9 +84,12 @@ class Status:
         }
 
 
-def collect(home: Path, client: MlflowClient, alias: str, root: Path | None = None) -> Status:
+def collect(
+    state: StatePlaces, client: MlflowClient, alias: str, root: Path | None = None
+) -> Status:
     """Cache size, the last runs and their outcome, each model's champion, recent failures; with
     `root`, its partitions done and pending."""
+    home = Path(state.home)
     failures = read_failures(home / "failures").to_pylist()
     return Status(
         partitions=_partitions(home / "partitions.sqlite", root) if root is not None else None,

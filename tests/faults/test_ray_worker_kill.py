@@ -25,6 +25,7 @@ from lstmpipe.lib.config import SourcesConfig, load_config
 from lstmpipe.lib.demo.video import SampleSpec, generate_archive
 from lstmpipe.lib.features.cache import FeatureCache
 from lstmpipe.lib.features.recipe import FeatureRecipe
+from lstmpipe.lib.state.places import StatePlaces
 from lstmpipe.tasks.extract import GROUP, discover_source, extract_shard, feature_recipe
 
 pytestmark = pytest.mark.slow
@@ -64,7 +65,7 @@ def test_a_killed_feature_worker_is_retried_and_every_series_cached_once(
         SampleSpec(clips_per_class=SERIES // 4, size=32, min_frames=8, max_frames=12),
     )
     config, hub, cache_root = load_config(overrides=TINY), str(tmp_path / "hub"), tmp_path / "cache"
-    found = discover_source.fn(str(source), None, str(tmp_path / "hashes.sqlite"), SourcesConfig())
+    found = discover_source.fn(str(source), None, StatePlaces(str(tmp_path)), SourcesConfig())
     assert len(found.refs) == SERIES and SERIES > 2 * GROUP
     recipe = FeatureRecipe.from_dict(feature_recipe.fn(config, hub))
     result: dict = {}
@@ -72,7 +73,13 @@ def test_a_killed_feature_worker_is_retried_and_every_series_cached_once(
     def run() -> None:
         try:
             result["shard"] = extract_shard.fn(
-                found.refs, recipe, config, str(cache_root), str(tmp_path / "tmp"), hub, "local"
+                found.refs,
+                recipe,
+                config,
+                StatePlaces(str(tmp_path)),
+                str(tmp_path / "tmp"),
+                hub,
+                "local",
             )
         except BaseException as exc:  # handed to the test thread, which reports it
             result["error"] = exc

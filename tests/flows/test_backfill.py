@@ -25,7 +25,7 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 from prefect.client.schemas.sorting import ArtifactSort
 from prefect.settings import PREFECT_API_URL
 
-from lstmpipe.flows.backfill import backfill, records_file
+from lstmpipe.flows.backfill import backfill
 from lstmpipe.flows.nightly import nightly
 from lstmpipe.flows.runtime import load_runtime
 from lstmpipe.lib.demo.video import SampleSpec, generate_archive
@@ -247,4 +247,4 @@ def test_backfill_beside_nightly_leaves_no_duplicates_and_one_champion(
     )
     shown = json.loads(status.stdout)["partitions"]
     assert (shown["done"], shown["pending"]) == (sorted(DAYS), [])
-    assert records_file(rt).is_file()
+    assert (rt.home / "partitions.sqlite").is_file()

@@ -187,10 +187,10 @@ def test_two_concurrent_promotions_leave_one_champion_and_two_decisions(
     def run(plan: Candidates) -> None:
         results[plan.challenger.version] = promotion.promote(
             client,
-            FeatureCache(Path(rt.cache_root)),
+            FeatureCache(rt.home / "cache"),
             plan,
             rules,
-            lock_path(Path(rt.promote_lock).parent, MODEL),
+            lock_path(rt.home / "locks", MODEL),
             history_file(rt),
             "concurrent",
         )

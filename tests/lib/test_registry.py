@@ -499,7 +499,7 @@ def test_predictor_writes_the_documented_table(
 ) -> None:
     not_extracted = SeriesRef("new/clip.mp4", "hash-never-extracted", "video", "/nowhere/clip.mp4")
     predictor = Predictor(
-        registry.load_bundle(registered), registered, sample_cache.root, run_id="infer-1"
+        registry.load_bundle(registered), registered, sample_cache, run_id="infer-1"
     )
     table = predictor(sample_refs + [not_extracted])
     assert table.column_names == PREDICTION_COLUMNS

@@ -34,6 +34,7 @@ from lstmpipe.lib.features.cache import FeatureCache, SeriesFeatures
 from lstmpipe.lib.registry import mlflow_store as registry
 from lstmpipe.lib.registry.mlflow_store import BUNDLE_PATH, COMPLETE_TAG, ModelRef
 from lstmpipe.lib.series import SeriesRef
+from lstmpipe.lib.state.places import StatePlaces
 from lstmpipe.lib.training.bundle import ModelBundle
 from lstmpipe.lib.training.model import ModelSpec
 from lstmpipe.tasks.infer import predict_shard, resolve_model
@@ -86,7 +87,7 @@ def eval_refs() -> list[SeriesRef]:
 def cache(tmp_path_factory: pytest.TempPathFactory, eval_refs: list[SeriesRef]) -> FeatureCache:
     """Features of the evaluation series under the model's recipe: what promote and infer read."""
     rng = np.random.default_rng(0)
-    cache = FeatureCache(tmp_path_factory.mktemp("cache"))
+    cache = FeatureCache(tmp_path_factory.mktemp("home") / "cache")
     cache.write(
         RECIPE.recipe_id,
         [
@@ -160,17 +161,17 @@ def test_planted_code_never_runs_in_promote_or_infer(
     record = promote_challenger.fn(
         plan,
         store.uri,
-        str(cache.root),
+        StatePlaces(str(cache.root.parent)),
         PromoteConfig(),
-        str(tmp_path / "promote.lock"),
-        str(tmp_path / "history.sqlite"),
         "night-1",
     )
     assert record.decision.promote and plan.challenger.version == ref.version
 
     # infer: pin @champion, predict a shard
     pinned = resolve_model.fn(store.uri, f"models:/{ref.name}@champion")
-    rows = predict_shard.fn(eval_refs, pinned, store.uri, str(cache.root), "infer-1").rows
+    rows = predict_shard.fn(
+        eval_refs, pinned, store.uri, StatePlaces(str(cache.root.parent)), "infer-1"
+    ).rows
     assert [row["series_id"] for row in rows] == [r.series_id for r in eval_refs]
     got = np.array([[row[f"prob_{label}"] for label in LABELS] for row in rows])
     np.testing.assert_allclose(got, want, atol=1e-6)

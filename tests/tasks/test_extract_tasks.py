@@ -16,6 +16,7 @@ from lstmpipe.lib.config import Config, SourcesConfig, load_config
 from lstmpipe.lib.features.cache import FeatureCache
 from lstmpipe.lib.features.outcomes import SeriesStatus
 from lstmpipe.lib.features.recipe import FeatureRecipe
+from lstmpipe.lib.state.places import StatePlaces
 from lstmpipe.tasks.extract import discover_source, extract_shard, feature_recipe
 
 TINY = {"sampling.size": 64, "sampling.fps": 4.0, "backbone.weights": "none", "runtime.workers": 2}
@@ -48,12 +49,12 @@ def test_extract_shard_caches_good_series_and_reports_the_bad_one(
     tmp_path: Path, source: Path, where: str | None
 ) -> None:
     config = load_config(overrides=TINY)
-    found = discover_source.fn(str(source), None, str(tmp_path / "hashes.sqlite"), SourcesConfig())
+    found = discover_source.fn(str(source), None, StatePlaces(str(tmp_path)), SourcesConfig())
     recipe = recipe_of(config, str(tmp_path / "hub"))
     args = (
         recipe,
         config,
-        str(tmp_path / "cache"),
+        StatePlaces(str(tmp_path)),
         str(tmp_path / "tmp"),
         str(tmp_path / "hub"),
         where,
@@ -85,13 +86,13 @@ def test_a_changed_recipe_is_a_new_cache_entry(
     tmp_path: Path, source: Path, where: str | None
 ) -> None:
     hub = str(tmp_path / "hub")
-    found = discover_source.fn(str(source), None, str(tmp_path / "hashes.sqlite"), SourcesConfig())
+    found = discover_source.fn(str(source), None, StatePlaces(str(tmp_path)), SourcesConfig())
     good = [r for r in found.refs if "broken" not in r.series_id]
     for size in (64, 96):
         config = load_config(overrides={**TINY, "sampling.size": size})
         recipe = recipe_of(config, hub)
         rows = extract_shard.fn(
-            good, recipe, config, str(tmp_path / "cache"), str(tmp_path / "tmp"), hub, where
+            good, recipe, config, StatePlaces(str(tmp_path)), str(tmp_path / "tmp"), hub, where
         ).outcomes
         assert {row.status for row in rows} == {SeriesStatus.EXTRACTED}
     assert FeatureCache(tmp_path / "cache").stats()["recipes"] == 2
@@ -102,12 +103,12 @@ def test_a_models_recipe_wins_over_this_runs_flags(
 ) -> None:
     """Inference extracts with the model's recipe even when the command line says otherwise."""
     hub = str(tmp_path / "hub")
-    found = discover_source.fn(str(source), None, str(tmp_path / "hashes.sqlite"), SourcesConfig())
+    found = discover_source.fn(str(source), None, StatePlaces(str(tmp_path)), SourcesConfig())
     good = [r for r in found.refs if "broken" not in r.series_id]
     model_recipe = recipe_of(load_config(overrides=TINY), hub)
     flags = load_config(overrides={**TINY, "sampling.size": 96, "sampling.fps": 2.0})
     rows = extract_shard.fn(
-        good, model_recipe, flags, str(tmp_path / "cache"), str(tmp_path / "tmp"), hub, where
+        good, model_recipe, flags, StatePlaces(str(tmp_path)), str(tmp_path / "tmp"), hub, where
     ).outcomes
     assert {row.status for row in rows} == {SeriesStatus.EXTRACTED}
     assert all(abs(row.frames - 16) <= 1 for row in rows)  # 4 fps (the recipe's), not 2
@@ -124,20 +125,20 @@ def test_decode_tasks_feed_the_actors_the_same_features(
     actor; the features equal in-process extraction's, and a bad file is still a recorded
     failure."""
     hub = str(tmp_path / "hub")
-    found = discover_source.fn(str(source), None, str(tmp_path / "hashes.sqlite"), SourcesConfig())
+    found = discover_source.fn(str(source), None, StatePlaces(str(tmp_path)), SourcesConfig())
     config = load_config(overrides={**TINY, "runtime.decode_on": "tasks"})
     recipe = recipe_of(config, hub)
     results = {}
     for where in (None, "local"):
-        cache_root = tmp_path / f"cache-{where}"
+        home = tmp_path / f"home-{where}"
         rows = extract_shard.fn(
-            found.refs, recipe, config, str(cache_root), str(tmp_path / "tmp"), hub, where
+            found.refs, recipe, config, StatePlaces(str(home)), str(tmp_path / "tmp"), hub, where
         ).outcomes
         assert {r.series_id: r.status for r in rows}["phone/broken.mp4"] is SeriesStatus.FAILED
         keys = [
             (r.content_hash, recipe.recipe_id) for r in found.refs if "broken" not in r.series_id
         ]
-        results[where] = FeatureCache(cache_root).read(keys)
+        results[where] = FeatureCache(home / "cache").read(keys)
     assert results[None].keys() == results["local"].keys() and len(results[None]) == 2
     for key, here in results[None].items():
         np.testing.assert_allclose(

@@ -21,6 +21,7 @@ from ray._private.internal_api import memory_summary
 
 from lstmpipe.lib.config import SourcesConfig, load_config
 from lstmpipe.lib.features.recipe import FeatureRecipe
+from lstmpipe.lib.state.places import StatePlaces
 from lstmpipe.tasks import ray_workers
 from lstmpipe.tasks.extract import discover_source, extract_shard, feature_recipe
 
@@ -68,7 +69,7 @@ def test_the_object_store_holds_chunks_of_a_bounded_number_of_series(
         )  # a trailing byte: new content, same video
     config = load_config(overrides=CONFIG)
     found = discover_source.fn(
-        str(tmp_path / "src"), None, str(tmp_path / "hashes.sqlite"), SourcesConfig()
+        str(tmp_path / "src"), None, StatePlaces(str(tmp_path)), SourcesConfig()
     )
     recipe = FeatureRecipe.from_dict(feature_recipe.fn(config, str(tmp_path / "hub")))
     peaks = {"objects": 0, "mib": 0}
@@ -89,7 +90,7 @@ def test_the_object_store_holds_chunks_of_a_bounded_number_of_series(
             found.refs,
             recipe,
             config,
-            str(tmp_path / "cache"),
+            StatePlaces(str(tmp_path)),
             str(tmp_path / "tmp"),
             str(tmp_path / "hub"),
             "local",

@@ -18,6 +18,7 @@ from lstmpipe.lib.config import load_config
 from lstmpipe.lib.features.cache import FeatureCache, SeriesFeatures
 from lstmpipe.lib.features.recipe import FeatureRecipe
 from lstmpipe.lib.series import SeriesRef
+from lstmpipe.lib.state.places import StatePlaces
 from lstmpipe.lib.training.tune import SearchSpace
 from lstmpipe.tasks.tune import tune_model
 
@@ -55,8 +56,8 @@ def series(label: str, i: int, rng: np.random.Generator) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def generated(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[SeriesRef]]:
-    root = tmp_path_factory.mktemp("cache")
-    cache = FeatureCache(root)
+    home = tmp_path_factory.mktemp("home")
+    cache = FeatureCache(home / "cache")
     cache.add_recipe(RECIPE)
     rng = np.random.default_rng(0)
     refs, items = [], []
@@ -71,7 +72,7 @@ def generated(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Seri
                 )
             )
     cache.write(RECIPE.recipe_id, items)
-    return root, refs
+    return home, refs
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +114,7 @@ def test_search_logs_trials_under_one_parent_and_registers_the_best(
         RECIPE,
         "tuned",
         config,
-        str(root),
+        StatePlaces(str(root)),
         tracking,
         (tmp_path / "art").as_uri(),
         "local",
