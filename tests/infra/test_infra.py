@@ -14,6 +14,7 @@ import configparser
 import importlib
 import importlib.util
 import inspect
+import json
 import os
 import re
 import shlex
@@ -42,14 +43,30 @@ EXPECTED_DEPLOYMENTS = {
     "infer": "flows/infer.py:infer",
 }
 # What `docker compose` would read from the shell or infra/.env; no secret (those are files).
-COMPOSE_TEST_ENV = {"DATA_DIR": "/srv/archives"}
+COMPOSE_TEST_ENV = {"POSTGRES_USER": "lstmpipe"}
+# lstmpipe's processes: the Prefect worker (the Ray driver) and every Ray node.
+LSTMPIPE_NODES = {"prefect-worker", "ray-head", "ray-worker", "ray-worker-gpu"}
 # The compose secrets (files made by infra/make-secrets.sh) and the services that read each.
 SECRETS = {
     "postgres_password": {"postgres", "mlflow", "prefect-server"},
     "mlflow_password": {"mlflow", "prefect-worker"},
     "mlflow_secret_key": {"mlflow"},
     "prefect_auth_string": {"prefect-server", "prefect-deploy", "prefect-worker"},
-    "ray_token": {"prefect-worker", "ray-head", "ray-worker", "ray-worker-gpu"},
+    "ray_token": LSTMPIPE_NODES,
+    # lstmpipe's team state: its own PostgreSQL role (made by postgres' init) and S3 identity
+    "state_db_password": {"postgres", *LSTMPIPE_NODES},
+    "s3_access_key": LSTMPIPE_NODES,
+    "s3_secret_key": LSTMPIPE_NODES,
+    "s3_config": {"seaweedfs"},  # the identity file SeaweedFS reads
+}
+STATE_STORE = "s3://lstmpipe/state"  # compose's bucket (SeaweedFS) and prefix
+STATE_VARIABLES = {
+    "LSTMPIPE_STATE_DATABASE",
+    "LSTMPIPE_STATE_STORE",
+    "AWS_ENDPOINT_URL",
+    "PGPASSWORD_FILE",
+    "AWS_ACCESS_KEY_ID_FILE",
+    "AWS_SECRET_ACCESS_KEY_FILE",
 }
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 
@@ -406,6 +423,8 @@ def test_infer_reads_the_alias_that_promote_moves(deployments: dict) -> None:
 def test_compose_has_the_services(services: dict) -> None:
     assert set(services) >= {
         "postgres",
+        "seaweedfs",
+        "s3-bucket",
         "mlflow",
         "prefect-server",
         "prefect-deploy",
@@ -416,10 +435,10 @@ def test_compose_has_the_services(services: dict) -> None:
     assert "healthcheck" in services["postgres"]
     for name in ("mlflow", "prefect-server"):
         assert services[name]["depends_on"]["postgres"]["condition"] == "service_healthy"
-    assert (
-        services["prefect-worker"]["depends_on"]["prefect-deploy"]["condition"]
-        == "service_completed_successfully"
-    )
+    worker = services["prefect-worker"]["depends_on"]
+    for one_shot in ("prefect-deploy", "s3-bucket"):
+        assert worker[one_shot]["condition"] == "service_completed_successfully", one_shot
+    assert services["s3-bucket"]["depends_on"]["seaweedfs"]["condition"] == "service_healthy"
 
 
 def test_published_ports_bind_localhost_only(services: dict) -> None:
@@ -472,14 +491,27 @@ def test_no_credential_in_plain_text(compose_raw: dict) -> None:
     )
 
 
+def secret_names(service: dict) -> set[str]:
+    """The secrets a service mounts, short (`name`) or long (`source:`, `target:`) syntax."""
+    return {s if isinstance(s, str) else s["source"] for s in service.get("secrets", [])}
+
+
 def test_each_secret_reaches_exactly_its_readers(services: dict) -> None:
+    """Each mounted secret is read: named by a variable, or (long syntax) mounted where the
+    service's command reads it."""
     for name, service in services.items():
         files = {
             value.removeprefix("/run/secrets/")
             for key, value in service.get("environment", {}).items()
             if value.startswith("/run/secrets/")
         }
-        assert files == set(service.get("secrets", [])), name
+        command = command_text(service) if "command" in service else ""
+        files |= {
+            s["source"]
+            for s in service.get("secrets", [])
+            if isinstance(s, dict) and s["target"] in command
+        }
+        assert files == secret_names(service), name
         assert files == {secret for secret, readers in SECRETS.items() if name in readers}, name
 
 
@@ -522,6 +554,13 @@ def test_every_server_requires_authentication(services: dict) -> None:
         assert env["RAY_AUTH_MODE"] == "token", name
         assert env["RAY_AUTH_TOKEN_PATH"] == "/run/secrets/ray_token", name
 
+    # SeaweedFS's S3 API: requests signed by the identities of its -s3.config (without one it
+    # takes anonymous writes), the file the secret s3_config is mounted as.
+    seaweed = services["seaweedfs"]
+    config = [w.split("=", 1)[1] for w in seaweed["command"] if w.startswith("-s3.config=")]
+    (mounted,) = [s for s in seaweed["secrets"] if isinstance(s, dict)]
+    assert config == [mounted["target"]] and mounted["source"] == "s3_config"
+
 
 def test_secret_file_variables_are_read(services: dict) -> None:
     """Each NAME_FILE variable becomes NAME through the images' entrypoint, and NAME is one the
@@ -537,6 +576,7 @@ def test_secret_file_variables_are_read(services: dict) -> None:
         # MLflow's variables, read from its source: importing mlflow costs seconds
         | set(re.findall(r'"(MLFLOW_\w+)"', mlflow_source("environment_variables.py").read_text()))
         | {"PGPASSWORD", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_USERNAME"}
+        | set(SECRET_VARIABLES)  # PGPASSWORD (libpq), AWS_* (boto3): lstmpipe's team state
     )
     for name, service in services.items():
         for variable in service.get("environment", {}):
@@ -578,6 +618,15 @@ def test_make_secrets_writes_one_private_folder(tmp_path: Path, compose_raw: dic
     assert set(made) == set(compose_raw["secrets"])
     assert len(set(made.values())) == len(made) and all(len(v) >= 64 for v in made.values())
     assert made["prefect_auth_string"].startswith("lstmpipe:")  # Prefect's user:password
+    # SeaweedFS's identities: one, with lstmpipe's keys, limited to its bucket (no Admin: the
+    # bucket is made by the one-shot s3-bucket through SeaweedFS's own shell)
+    (identity,) = json.loads(made["s3_config"])["identities"]
+    assert identity["credentials"] == [
+        {"accessKey": made["s3_access_key"], "secretKey": made["s3_secret_key"]}
+    ]
+    bucket = urlsplit(STATE_STORE).hostname
+    assert identity["actions"] and all(a.endswith(f":{bucket}") for a in identity["actions"])
+    assert f"s3.bucket.create -name {bucket}" in command_text(compose_raw["services"]["s3-bucket"])
     subprocess.run(command, check=True, capture_output=True, timeout=30)
     assert {path.name: path.read_text() for path in folder.iterdir()} == made  # kept
 
@@ -587,6 +636,7 @@ def test_containers_run_hardened(services: dict) -> None:
     users = {
         "lstmpipe:0.1.0": last_user(INFRA / "Dockerfile"),
         "lstmpipe-mlflow:3.17.2": last_user(INFRA / "mlflow" / "Dockerfile"),
+        "lstmpipe-seaweedfs:4.48": last_user(INFRA / "seaweedfs" / "Dockerfile"),
     }
     for name, service in services.items():
         assert service.get("read_only") is True, name
@@ -653,19 +703,45 @@ def test_worker_environment_reaches_the_servers(services: dict, tmp_path: Path) 
     assert rt.ray_address == env["RAY_ADDRESS"]
     assert rt.torch_hub_dir == f"{env['TORCH_HOME']}/hub"
 
+    # lstmpipe's team state: the compose PostgreSQL and SeaweedFS's S3 port
+    assert rt.state.team
+    assert rt.state.database == env["LSTMPIPE_STATE_DATABASE"]
+    assert rt.state.store == env["LSTMPIPE_STATE_STORE"] == STATE_STORE
+    database = urlsplit(env["LSTMPIPE_STATE_DATABASE"])
+    assert (database.hostname, database.port, database.password) == ("postgres", 5432, None)
+    endpoint = urlsplit(env["AWS_ENDPOINT_URL"])
+    s3_port = [w for w in services["seaweedfs"]["command"] if w.startswith("-s3.port=")]
+    assert endpoint.hostname == "seaweedfs" and s3_port == [f"-s3.port={endpoint.port}"]
 
-def test_worker_and_ray_nodes_share_state_and_data_at_the_same_paths(services: dict) -> None:
-    """Tasks pass paths; Ray actors write the feature cache and read sources themselves."""
-    env = services["prefect-worker"]["environment"]
-    home = env["LSTMPIPE_HOME"]
-    # weights are looked up by path on the nodes too
-    assert env["TORCH_HOME"].startswith(home + "/")
-    worker = mounts(services["prefect-worker"])
-    assert home in worker and "/data" in worker
-    for name in ("ray-head", "ray-worker", "ray-worker-gpu"):
-        assert mounts(services[name]) == worker, name
-        assert services[name]["image"] == services["prefect-worker"]["image"], name
-    assert services["prefect-worker"]["image"] == services["prefect-server"]["image"]
+
+def test_nothing_on_disk_is_shared_by_the_worker_and_the_ray_nodes(
+    compose: dict, services: dict
+) -> None:
+    """No shared filesystem (issue 17): the worker and every node get the same state variables
+    and credentials, their homes are their own tmpfs, and the one volume they share holds
+    backbone weights, read-only."""
+    worker = services["prefect-worker"]
+    home = worker["environment"]["LSTMPIPE_HOME"]
+    for name in LSTMPIPE_NODES:
+        service = services[name]
+        env = service["environment"]
+        assert {k: env.get(k) for k in STATE_VARIABLES} == {
+            k: worker["environment"][k] for k in STATE_VARIABLES
+        }, name
+        assert home in service["tmpfs"], f"{name}: LSTMPIPE_HOME is not its own scratch"
+        for volume in service.get("volumes", []):
+            source, target, *mode = volume.split(":")
+            assert mode == ["ro"] and target == worker["environment"]["TORCH_HOME"], (
+                f"{name}: {volume} is shared and writable"
+            )
+        assert service["image"] == worker["image"] == services["prefect-server"]["image"], name
+    writers: dict[str, list[str]] = {}
+    for name, service in services.items():
+        for volume in service.get("volumes", []):
+            source, _, *mode = volume.split(":")
+            if source in compose["volumes"] and mode != ["ro"]:
+                writers.setdefault(source, []).append(name)
+    assert all(len(names) == 1 for names in writers.values()), writers
 
 
 def test_postgres_serves_both_stores(services: dict, compose: dict) -> None:
@@ -687,6 +763,20 @@ def test_postgres_serves_both_stores(services: dict, compose: dict) -> None:
     init = compose["configs"]["postgres-init"]["content"]
     for url in (prefect_db, auth_db):
         assert f"CREATE DATABASE {url.path.lstrip('/')};" in init
+
+    # lstmpipe's state: a role of its own owning its database, its password from a secret
+    # through psql's environment (never a command-line word), the other databases closed to it
+    state_db = urlsplit(services["ray-worker"]["environment"]["LSTMPIPE_STATE_DATABASE"])
+    role, name = state_db.username, state_db.path.lstrip("/")
+    assert role != pg["POSTGRES_USER"] and state_db.password is None
+    script = compose["configs"]["postgres-state"]["content"]
+    assert f"CREATE ROLE {role} LOGIN PASSWORD :'password';" in script
+    assert f"CREATE DATABASE {name} OWNER {role};" in script
+    assert '"$(cat "$STATE_DB_PASSWORD_FILE")"' in script and "\\getenv password" in script
+    assert pg["STATE_DB_PASSWORD_FILE"] == "/run/secrets/state_db_password"
+    assert "REVOKE CONNECT ON DATABASE mlflow, prefect, mlflow_auth FROM PUBLIC;" in init
+    targets = [c["target"] for c in services["postgres"]["configs"]]
+    assert sorted(targets) == targets  # the databases first, then the state role
     assert importlib.util.find_spec("asyncpg"), (
         "Prefect's postgresql+asyncpg driver is missing from the image deps"
     )
@@ -804,8 +894,6 @@ def test_docker_compose_config_accepts_the_file() -> None:
     subprocess.run(
         base, env={**env, **COMPOSE_TEST_ENV}, check=True, capture_output=True, timeout=60
     )
-    missing = subprocess.run(base, env=env, capture_output=True, text=True, timeout=60)
-    assert missing.returncode != 0 and "DATA_DIR" in missing.stderr
 
 
 # --------------------------------------------------------------------------- Dockerfile
@@ -974,9 +1062,11 @@ def test_kuberay_raycluster(raycluster: dict, services: dict) -> None:
         limits = container["resources"]["limits"]
         names = {"CPU"} | ({"GPU"} if "nvidia.com/gpu" in limits else set())
         assert names <= requested
-        targets = {m["mountPath"] for m in container["volumeMounts"]}
-        # The same paths as the compose worker: LSTMPIPE_HOME and /data.
-        assert targets >= set(mounts(services["prefect-worker"])), name
+        # LSTMPIPE_HOME is the pod's own scratch, as the compose worker's tmpfs
+        home = services["prefect-worker"]["environment"]["LSTMPIPE_HOME"]
+        by_path = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        assert "emptyDir" in volumes[by_path[home]], name
         if name != "head":
             assert group["minReplicas"] <= group["replicas"] <= group["maxReplicas"]
             (gpu_groups if "nvidia.com/gpu" in limits else cpu_groups).append(name)
@@ -986,20 +1076,25 @@ def test_kuberay_raycluster(raycluster: dict, services: dict) -> None:
     assert groups["head"]["rayStartParams"]["dashboard-host"] == "127.0.0.1"  # SPEC §6
     assert len({g["template"]["spec"]["containers"][0]["image"] for g in groups.values()}) == 1
 
-    # Every pod mounts the same claims, which many nodes can write at once.
-    claims = {
-        d["metadata"]["name"]: d
-        for d in yaml.safe_load_all((INFRA / "ray/kuberay.yaml").read_text())
-        if d and d["kind"] == "PersistentVolumeClaim"
-    }
+    # No shared filesystem (issue 17): no claim, no NFS; the team state instead, from the Secret.
+    assert not [d for d in kuberay_docs() if d["kind"] == "PersistentVolumeClaim"]
+    assert "ReadWriteMany" not in (INFRA / "ray/kuberay.yaml").read_text()
     for name, group in groups.items():
-        used = {
-            v["persistentVolumeClaim"]["claimName"]
-            for v in group["template"]["spec"]["volumes"]
-            if "persistentVolumeClaim" in v
-        }
-        assert used == set(claims), name
-    assert all("ReadWriteMany" in claim["spec"]["accessModes"] for claim in claims.values())
+        pod = group["template"]["spec"]
+        assert not [v for v in pod["volumes"] if {"persistentVolumeClaim", "nfs"} & set(v)], name
+        env = {e["name"]: e for e in pod["containers"][0]["env"]}
+        for variable in (
+            "LSTMPIPE_STATE_DATABASE",
+            "LSTMPIPE_STATE_STORE",
+            "AWS_ENDPOINT_URL",
+            "PGPASSWORD",
+            "AWS_ACCESS_KEY_ID",
+            "AWS_SECRET_ACCESS_KEY",
+        ):
+            # KubeRay replaces the image's entrypoint (no *_FILE turned into variables there):
+            # the variables themselves, each a reference to the Secret, no value in the file
+            assert "value" not in env[variable], f"{name}: {variable} has a value in the file"
+            assert env[variable]["valueFrom"]["secretKeyRef"]["name"] == "lstmpipe-state"
 
 
 def test_cluster_yaml_starts_every_node_with_token_auth(cluster: dict) -> None:
@@ -1014,6 +1109,27 @@ def test_cluster_yaml_starts_every_node_with_token_auth(cluster: dict) -> None:
     setup = "\n".join(cluster["setup_commands"])
     assert f"chmod 600 {token}" in setup
     assert "export RAY_AUTH_MODE=token" in setup  # login shells: the driver, `ray` commands
+
+
+def test_cluster_yaml_gives_every_node_the_team_state_and_no_shared_filesystem(
+    cluster: dict,
+) -> None:
+    """The state's URLs and credential files in every login shell (the driver reads the files
+    itself), Ray started under infra/secrets-env.sh so that its workers inherit PGPASSWORD and
+    AWS_*, the credential files copied from the git-ignored infra/secrets/ and kept 0600."""
+    setup = "\n".join(cluster["setup_commands"])
+    assert not re.search(r"\bnfs|\befs\b|mount -t", setup, re.I), "a shared filesystem"
+    exported = dict(re.findall(r"\b([A-Z][A-Z0-9_]+)=(\S+)", setup))
+    assert set(exported) >= STATE_VARIABLES
+    assert urlsplit(exported["LSTMPIPE_STATE_DATABASE"]).password is None
+    for variable in ("PGPASSWORD_FILE", "AWS_ACCESS_KEY_ID_FILE", "AWS_SECRET_ACCESS_KEY_FILE"):
+        remote = exported[variable].strip('"').replace("$HOME", "~")
+        local = cluster["file_mounts"][remote]
+        assert local.startswith("infra/secrets/") and git_ignored(ROOT / local), variable
+        assert f"chmod 600 {str(Path(remote).parent)}/*" in setup
+    for key in ("head_start_ray_commands", "worker_start_ray_commands"):
+        (start,) = [c for c in cluster[key] if "ray start" in c]
+        assert "sh ~/lstmpipe/infra/secrets-env.sh ray start" in start, key
 
 
 def kuberay_docs() -> list[dict]:
@@ -1031,7 +1147,7 @@ def test_kuberay_pods_are_hardened_and_authenticated(raycluster: dict) -> None:
         assert context["allowPrivilegeEscalation"] is False
         assert context["readOnlyRootFilesystem"] is True
         assert context["capabilities"] == {"drop": ["ALL"]}
-        env = {e["name"]: e["value"] for e in container["env"]}
+        env = {e["name"]: e.get("value") for e in container["env"]}
         assert env["RAY_AUTH_MODE"] == "token"
         token_dir = str(Path(env["RAY_AUTH_TOKEN_PATH"]).parent)
         mounts_by_path = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
@@ -1062,7 +1178,8 @@ def test_kuberay_network_policies_fence_the_workers(raycluster: dict) -> None:
     for rule in egress["egress"]:
         assert all("ipBlock" not in peer for peer in rule["to"]), "an address range: egress"
         ports |= {port["port"] for port in rule.get("ports", [])}
-    assert ports == {5000, 5432, 53}  # MLflow, PostgreSQL, DNS; plus the cluster's own pods
+    # MLflow, PostgreSQL, the object store, DNS; plus the cluster's own pods
+    assert ports == {5000, 5432, 8333, 53}
 
 
 def test_lstmpipe_reads_credentials_from_the_files_infra_names(tmp_path: Path) -> None:
