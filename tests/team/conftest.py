@@ -2,7 +2,9 @@
 
 `team` gives a database URL (fresh database per test) and a bucket URL (fresh prefix per
 test) with the credentials in the environment, as a deployment passes them: PGPASSWORD and
-the AWS variables, never in a URL or a config value.
+the AWS variables, never in a URL or a config value. `team_cluster` adds two Ray nodes and an
+MLflow server for the end-to-end tests (tests/team/cluster.py); the fault tests stop and
+restart PostgreSQL and SeaweedFS through `TeamServers`.
 """
 
 from __future__ import annotations
@@ -10,16 +12,19 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+import signal
 import subprocess
 import tempfile
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.integration.servers import Server, start_postgres, start_seaweed
+from tests.team.cluster import TeamCluster, relaunch, start_cluster
 
 
 @dataclass
@@ -53,6 +58,42 @@ class TeamServers:
         )
         return f"postgresql://lstmpipe@127.0.0.1:{port}/{name}"
 
+    @property
+    def postgres_port(self) -> int:
+        return int(self.postgres_url.rsplit(":", 1)[1].split("/")[0])
+
+    def stop_postgres(self) -> None:
+        """A fast shutdown (SIGINT: sessions cut, as a server restart does); SIGTERM would
+        wait for MLflow's pooled connections to close."""
+        os.killpg(self.postgres.process.pid, signal.SIGINT)
+        self.postgres.process.wait(60)
+
+    def start_postgres(self) -> None:
+        self.postgres = relaunch(self.postgres, self._postgres_ready)
+
+    def stop_seaweed(self) -> None:
+        self.seaweed.stop()
+
+    def start_seaweed(self) -> None:
+        self.seaweed = relaunch(self.seaweed, self._bucket_ready)
+
+    def _postgres_ready(self) -> bool:
+        import psycopg2
+
+        psycopg2.connect(
+            host="127.0.0.1",
+            port=self.postgres_port,
+            user="lstmpipe",
+            password=self.env["PGPASSWORD"],
+            dbname="mlflow",
+            connect_timeout=2,
+        ).close()
+        return True
+
+    def _bucket_ready(self) -> bool:
+        s3_client(self.env).head_bucket(Bucket=self.bucket)
+        return True
+
 
 @dataclass
 class Team:
@@ -72,6 +113,7 @@ def team_servers() -> Iterator[TeamServers]:
     password = secrets.token_urlsafe(16)
     access, secret = "lstmpipe" + secrets.token_hex(4), secrets.token_urlsafe(24)
     servers: list[Server] = []
+    team: TeamServers | None = None
     try:
         started = start_postgres(work / "pg", work, password)
         assert started is not None
@@ -87,25 +129,33 @@ def team_servers() -> Iterator[TeamServers]:
         }
         bucket = "lstmpipe-test"
         _create_bucket(env, bucket)
-        yield TeamServers(started[0], started[1], seaweed, endpoint, env, bucket)
+        team = TeamServers(started[0], started[1], seaweed, endpoint, env, bucket)
+        yield team
     finally:
+        if team is not None:  # the fault tests may have restarted them
+            servers = [team.postgres, team.seaweed]
         for server in reversed(servers):
             server.stop()
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _create_bucket(env: dict[str, str], bucket: str) -> None:
-    import time
-
+def s3_client(env: dict[str, str]) -> Any:
+    """A boto3 S3 client with the team's credentials, for what tests put or read directly."""
     import boto3
 
-    client = boto3.client(
+    return boto3.client(
         "s3",
         endpoint_url=env["AWS_ENDPOINT_URL"],
         aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
         aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
         region_name="us-east-1",
     )
+
+
+def _create_bucket(env: dict[str, str], bucket: str) -> None:
+    import time
+
+    client = s3_client(env)
     deadline = time.monotonic() + 60
     while True:  # the S3 gateway answers before its filer is ready to take a bucket
         try:
@@ -127,3 +177,15 @@ def team(team_servers: TeamServers, monkeypatch: pytest.MonkeyPatch) -> Team:
         team_servers.new_database(),
         f"s3://{team_servers.bucket}/t-{uuid.uuid4().hex[:10]}",
     )
+
+
+@pytest.fixture(scope="session")
+def team_cluster(team_servers: TeamServers) -> Iterator[TeamCluster]:
+    """Two Ray nodes and an MLflow server on the team's servers, once per session."""
+    work = Path(tempfile.mkdtemp(prefix="lpc-", dir="/tmp"))  # short: Ray's socket paths
+    cluster = start_cluster(work, team_servers.env, team_servers.postgres_url)
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+        shutil.rmtree(work, ignore_errors=True)
