@@ -16,8 +16,11 @@ summary counts and lists.
 from __future__ import annotations
 
 import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import pyarrow as pa
 import pyarrow.csv as pv
@@ -33,12 +36,14 @@ from lstmpipe.lib.sources.archives import (
     printable,
     strip_archive_suffix,
 )
-from lstmpipe.lib.sources.bucket import Mirror, mirror, mirror_lock
+from lstmpipe.lib.sources.bucket import Mirror, mirror, mirror_lock, mirror_root
 from lstmpipe.lib.sources.hashing import HashMemo, with_stamps
 from lstmpipe.lib.sources.kinds import KINDS
 from lstmpipe.lib.sources.kinds.base import Ignored
 from lstmpipe.lib.sources.kinds.cube import zarr_store
 from lstmpipe.lib.sources.sniff import not_media, read_head
+from lstmpipe.lib.state.places import StatePlaces
+from lstmpipe.lib.state.store import S3Store, is_remote, parse_s3
 
 
 @dataclass(frozen=True)
@@ -76,6 +81,59 @@ def discover(
         failures + unread,
         sorted(ignored + unclaimed, key=lambda i: i.path),
     )
+
+
+def discover_root(
+    source: str | Path,
+    state: StatePlaces,
+    manifest: str | Path | None = None,
+    limits: ArchiveLimits = ArchiveLimits(),
+    sources: SourcesConfig = SourcesConfig(),
+) -> Discovery:
+    """What every command discovers: a folder, file or archive on disk, or `s3://bucket/prefix`
+    mirrored under `home/mirror/<bucket>/<prefix>` (`discover_bucket`); the manifest may be an
+    object too. Hashes are memoised in the state's memo database."""
+    memo = HashMemo(state.memo_database())
+    with _manifest_file(manifest, Path(state.home) / "tmp", state.retry_s) as labels:
+        if is_remote(source):
+            url = str(source)
+            found, _ = discover_bucket(
+                url,
+                mirror_root(Path(state.home), url),
+                labels,
+                memo,
+                limits,
+                sources,
+                state.retry_s,
+            )
+            return found
+        return discover(Path(source), labels, memo, limits, sources)
+
+
+@contextmanager
+def _manifest_file(
+    manifest: str | Path | None, scratch: Path, retry_s: float
+) -> Iterator[Path | None]:
+    """A local path of the manifest: itself, or a temp copy of an `s3://` object (its suffix,
+    .csv or .parquet, kept); errors name the object."""
+    if manifest is None or not is_remote(manifest):
+        yield Path(manifest) if manifest is not None else None
+        return
+    bucket, key = parse_s3(str(manifest))
+    try:
+        data = S3Store(bucket, "", retry_s).read_bytes(key)
+    except FileNotFoundError as exc:
+        raise BadInput(str(manifest), "no such manifest object") from exc
+    scratch.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=scratch, prefix="manifest-") as folder:
+        copy = Path(folder) / f"manifest{PurePosixPath(key).suffix.lower()}"
+        copy.write_bytes(data)
+        try:
+            yield copy
+        except BadInput as exc:
+            if exc.path != str(copy):
+                raise
+            raise BadInput(str(manifest), exc.reason.replace(str(copy), str(manifest))) from exc
 
 
 def discover_bucket(

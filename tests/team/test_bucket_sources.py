@@ -28,9 +28,10 @@ from lstmpipe.lib.series import SeriesRef
 from lstmpipe.lib.sources import bucket, hashing
 from lstmpipe.lib.sources.bucket import MEMBER_BYTES, mirror, mirror_lock, mirror_root
 from lstmpipe.lib.sources.decode import decode
-from lstmpipe.lib.sources.discover import Discovery, discover, discover_bucket
+from lstmpipe.lib.sources.discover import Discovery, discover, discover_bucket, discover_root
 from lstmpipe.lib.sources.hashing import HashMemo, verify_stamps
 from lstmpipe.lib.state.database import Database
+from lstmpipe.lib.state.places import StatePlaces
 from lstmpipe.lib.state.store import ObjectInfo, S3Store, parse_s3
 from tests.helpers import wheel_data
 from tests.security.test_archive_traversal import hostile_tar
@@ -296,3 +297,26 @@ def test_measure_mirror_and_extraction_from_the_bucket_against_disk(
         f"disk {disk_s:.2f} s, bucket {bucket_s:.2f} s ({bucket_s / disk_s - 1:+.0%})"
     )
     assert len(found.refs) == 2 * 4 * len(names)
+
+
+def test_discover_root_takes_a_bucket_and_a_manifest_object(
+    team: Team, archive: Path, tmp_path: Path
+) -> None:
+    """What the commands call: a bucket root mirrored under the state's home, labels from a
+    manifest object, hashes memoised in the team database."""
+    url = upload(archive / "2026-11-20", f"{team.store}/archive")
+    bucket_name, prefix = parse_s3(team.store)
+    labels = "series_id,label\ngrow/a.mp4,left\n"
+    boto3.client("s3").put_object(Bucket=bucket_name, Key=f"{prefix}/labels.csv", Body=labels)
+    state = StatePlaces(str(tmp_path / "home"), team.database, team.store)
+
+    found = discover_root(url, state, f"{team.store}/labels.csv")
+
+    assert {r.series_id: r.label for r in found.refs} == {
+        "grow/a.mp4": "left",
+        "shrink/b.mp4": "shrink",
+    }
+    assert (tmp_path / "home" / "mirror" / bucket_name / prefix / "archive" / "grow").is_dir()
+    with pytest.raises(BadInput, match="no such manifest object") as missing:
+        discover_root(url, state, f"{team.store}/none.csv")
+    assert missing.value.path == f"{team.store}/none.csv"
