@@ -22,8 +22,7 @@ from lstmpipe.lib.features.outcomes import SeriesOutcome, ShardResult
 from lstmpipe.lib.features.placement import placement
 from lstmpipe.lib.features.recipe import FeatureRecipe
 from lstmpipe.lib.series import SeriesRef
-from lstmpipe.lib.sources.discover import Discovery, discover
-from lstmpipe.lib.sources.hashing import HashMemo
+from lstmpipe.lib.sources.discover import Discovery, discover_root
 from lstmpipe.lib.state.places import StatePlaces
 from lstmpipe.tasks.ray_workers import FeatureWorker, ensure_ray, feature_workers, release_workers
 from lstmpipe.tasks.retry import transient_only
@@ -35,13 +34,9 @@ GROUP = 8  # series per actor call: progress granularity and load balance; one c
 def discover_source(
     source: str, manifest: str | None, state: StatePlaces, sources: SourcesConfig
 ) -> Discovery:
-    """Series refs and discovery failures of a source root, file or archive."""
-    return discover(
-        Path(source),
-        Path(manifest) if manifest else None,
-        HashMemo(state.memo_database()),
-        sources=sources,
-    )
+    """Series refs and discovery failures of a source root, file or archive, on disk or in a
+    bucket (`s3://bucket/prefix`, mirrored under home; its refs name the objects)."""
+    return discover_root(source, state, manifest, sources=sources)
 
 
 def _device() -> str:
