@@ -9,12 +9,11 @@ from typing import Any
 import pyarrow as pa
 from prefect import task
 
-from lstmpipe.lib.atomic import write_parquet_atomic
 from lstmpipe.lib.config import SamplingConfig
 from lstmpipe.lib.features.cache import FeatureCache
 from lstmpipe.lib.features.recipe import FeatureRecipe
 from lstmpipe.lib.inference.outputs import outputs_beside
-from lstmpipe.lib.inference.predictions import frames_path, write_predictions
+from lstmpipe.lib.inference.predictions import frames_key, target_of, write_predictions
 from lstmpipe.lib.inference.predictor import Predictor
 from lstmpipe.lib.registry import mlflow_store as registry
 from lstmpipe.lib.series import SeriesRef
@@ -67,12 +66,17 @@ def predict_shard(
 
 
 @task(name="write-predictions", retries=2, retry_condition_fn=transient_only)
-def write_predictions_file(rows: list[dict], frames: list[pa.Table], out: str) -> str:
+def write_predictions_file(
+    rows: list[dict], frames: list[pa.Table], out: str, retry_s: float
+) -> str:
     """The per-frame table first (when there is one), then the predictions: a predictions file
-    on disk means its series are done, which is what a re-run checks."""
+    written means its series are done, which is what a re-run checks. `out` is a path or an
+    s3:// URL; the URI written is returned."""
+    store, key = target_of(out, retry_s)
     if frames:
-        write_parquet_atomic(pa.concat_tables(frames), frames_path(Path(out)))
-    return str(write_predictions(pa.Table.from_pylist(rows), Path(out)))
+        write_predictions(pa.concat_tables(frames), store, frames_key(key))
+    write_predictions(pa.Table.from_pylist(rows), store, key)
+    return store.uri(key)
 
 
 @task(name="write-domain-outputs", retries=2, retry_condition_fn=transient_only)
@@ -82,13 +86,17 @@ def write_domain_outputs(
     recipe: FeatureRecipe,
     sampling: SamplingConfig,
     tmp_dir: str,
+    retry_s: float,
 ) -> dict[str, str]:
-    """The clinical CSV and the GeoJSON beside the predictions, for the series of those domains.
+    """The clinical CSV and the GeoJSON beside the predictions (a path or an s3:// URL), for the
+    series of those domains: kind -> URI.
 
     Series are described with the model's recipe, so a stack's dates are the ones the model saw.
     """
+    store, key = target_of(predictions, retry_s)
     return outputs_beside(
-        Path(predictions),
+        store,
+        key,
         refs,
         recipe.sampling(sampling),
         Path(tmp_dir),
