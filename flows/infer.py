@@ -4,14 +4,13 @@ Parquet."""
 from __future__ import annotations
 
 import datetime as dt
-from pathlib import Path
 from typing import Any
 
 from prefect import flow
 
 from lstmpipe.flows.extract import discover_and_extract
 from lstmpipe.flows.runtime import load_runtime, run_id_of
-from lstmpipe.lib.inference.predictions import already_predicted, frames_path
+from lstmpipe.lib.inference.predictions import PREFIX, already_predicted, frames_key, target_of
 from lstmpipe.lib.ops.results import InferRun
 from lstmpipe.tasks.infer import (
     predict_shard,
@@ -41,12 +40,16 @@ def infer(
     run_id = run_id_of(run_id)
     pinned = resolve_model(rt.tracking_uri, model)  # once per run: the alias may move meanwhile
     name, version = pinned.ref.name, pinned.ref.version
-    # where this run's rows would go
-    folders = {rt.predictions_dir, *([Path(out).parent] if out else [])}
+    # where this run's rows would go: the outputs store's predictions/ (a folder under home, or
+    # the bucket in team mode), and the folder of --out
+    outputs = rt.state.outputs_store()
+    places = [(outputs, PREFIX), *([(target_of(out, rt.state.retry_s)[0], "")] if out else [])]
     done = (
         frozenset()
         if force
-        else frozenset(h for f in folders for h in already_predicted(f, name, version))
+        else frozenset(
+            h for store, folder in places for h in already_predicted(store, folder, name, version)
+        )
     )
     refs, _, extraction = discover_and_extract(
         rt, source, None, run_id, recipe=pinned.recipe, skip_hashes=done
@@ -62,15 +65,17 @@ def infer(
     rows = [row for shard in shards for row in shard.rows]
     frames = [shard.frames for shard in shards if shard.frames is not None]
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
-    target = out or str(rt.predictions_dir / f"{name}-v{version}-{stamp}.parquet")
-    predictions = write_predictions_file(rows, frames, target) if rows else None
+    target = out or outputs.uri(f"{PREFIX}/{name}-v{version}-{stamp}.parquet")
+    predictions = write_predictions_file(rows, frames, target, rt.state.retry_s) if rows else None
     # beside the Parquet: <stem>.clinical.csv for DICOM/NIfTI series, <stem>.geojson for GeoTIFF
     # stacks
-    outputs = (
-        write_domain_outputs(predictions, ready, pinned.recipe, rt.config.sampling, rt.tmp_dir)
+    written = (
+        write_domain_outputs(
+            predictions, ready, pinned.recipe, rt.config.sampling, rt.tmp_dir, rt.state.retry_s
+        )
         if predictions
         else {}
     )
     if frames and predictions:
-        outputs = outputs | {"frames": str(frames_path(Path(predictions)))}
-    return InferRun(extraction, name, version, predictions, outputs, len(rows))
+        written = written | {"frames": frames_key(predictions)}
+    return InferRun(extraction, name, version, predictions, written, len(rows))
