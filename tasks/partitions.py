@@ -24,7 +24,7 @@ def partitions_to_do(
     end: dt.date | None,
     every: bool,
 ) -> ToDo:
-    return partitions.to_do(Path(root), _records(state), recipe_id, start, end, every)
+    return partitions.to_do(root, _records(state), recipe_id, start, end, every)
 
 
 @task(name="mark-partition-done", retries=2, retry_condition_fn=transient_only)
@@ -37,7 +37,7 @@ def mark_partition_done(
     failed: int,
     run_id: str,
 ) -> Record:
-    return _records(state).mark_done(Path(root), partition, recipe_id, series, failed, run_id)
+    return _records(state).mark_done(root, partition, recipe_id, series, failed, run_id)
 
 
 @task(name="nightly-plan", retries=2, retry_condition_fn=transient_only)
@@ -47,7 +47,7 @@ def nightly_plan(
     """Whether nightly trains, and which version it promotes without training, judged against
     the newest version of `model` in the registry."""
     newest = partitions.newest_version(registry.connect(tracking_uri), model)
-    records = _records(state).records(Path(root), recipe_id)
+    records = _records(state).records(root, recipe_id)
     return partitions.plan_night(records, newest)
 
 
