@@ -60,17 +60,13 @@ def rollback(
 
 
 @task(name="report", retries=2, retry_condition_fn=transient_only)
-def run_report(
-    tracking_uri: str, given: str, runs_dir: str, state: StatePlaces, reports_dir: str
-) -> str:
-    return str(
-        report.build(
-            registry.connect(tracking_uri),
-            given,
-            Path(runs_dir),
-            read_history(_history_file(state)),
-            Path(reports_dir),
-        )
+def run_report(tracking_uri: str, given: str, state: StatePlaces) -> str:
+    """The page's URI: reports/<run id>.html in the outputs store (home, or the bucket)."""
+    return report.build(
+        registry.connect(tracking_uri),
+        given,
+        state.outputs_store(),
+        read_history(_history_file(state)),
     )
 
 
