@@ -13,7 +13,6 @@ from typing import Any
 from prefect import flow
 
 from lstmpipe.flows.extract import extract_refs
-from lstmpipe.flows.report import reports_dir
 from lstmpipe.flows.runtime import load_runtime, run_id_of
 from lstmpipe.tasks.promote import promote_challenger, promotion_candidates, run_report
 from lstmpipe.tasks.promote import rollback as rollback_task
@@ -40,13 +39,7 @@ def promote(
         rules,
         run_id,
     )
-    page = run_report(
-        rt.tracking_uri,
-        decided.challenger.run_id,
-        str(rt.runs_dir),
-        rt.state,
-        str(reports_dir(rt)),
-    )
+    page = run_report(rt.tracking_uri, decided.challenger.run_id, rt.state)
     return decided.to_json() | {"report": page}
 
 
