@@ -1,4 +1,5 @@
-"""`lstmpipe report RUN_ID`: one HTML page per training run under $LSTMPIPE_HOME/reports/.
+"""`lstmpipe report RUN_ID`: one HTML page per training run, reports/<run id>.html in the outputs
+store ($LSTMPIPE_HOME/reports/, or the bucket in team mode).
 
 No Prefect here: a report only reads the MLflow store and writes one file, so the CLI runs it
 without booting Prefect's API; the flows write theirs through tasks.promote.run_report.
@@ -21,21 +22,14 @@ def history_file(rt: Runtime) -> Path:
     return rt.home / "promotions" / "history.sqlite"
 
 
-def reports_dir(rt: Runtime) -> Path:
-    return rt.home / "reports"
-
-
 def report_of_run(rt: Runtime, run_id: str) -> str:
     """(Re)write the page of one training run (a lstmpipe or an MLflow run id); the train flow
     ends with it (the promote flow's task too)."""
-    return str(
-        pages.build(
-            registry.connect(rt.tracking_uri),
-            run_id,
-            rt.runs_dir,
-            read_history(history_file(rt)),
-            reports_dir(rt),
-        )
+    return pages.build(
+        registry.connect(rt.tracking_uri),
+        run_id,
+        rt.state.outputs_store(),
+        read_history(history_file(rt)),
     )
 
 
