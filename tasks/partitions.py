@@ -4,7 +4,6 @@ retrain."""
 from __future__ import annotations
 
 import datetime as dt
-from pathlib import Path
 
 from prefect import task
 
@@ -24,7 +23,7 @@ def partitions_to_do(
     end: dt.date | None,
     every: bool,
 ) -> ToDo:
-    return partitions.to_do(root, _records(state), recipe_id, start, end, every)
+    return partitions.to_do(root, PartitionRecords.at(state), recipe_id, start, end, every)
 
 
 @task(name="mark-partition-done", retries=2, retry_condition_fn=transient_only)
@@ -37,7 +36,7 @@ def mark_partition_done(
     failed: int,
     run_id: str,
 ) -> Record:
-    return _records(state).mark_done(root, partition, recipe_id, series, failed, run_id)
+    return PartitionRecords.at(state).mark_done(root, partition, recipe_id, series, failed, run_id)
 
 
 @task(name="nightly-plan", retries=2, retry_condition_fn=transient_only)
@@ -47,9 +46,5 @@ def nightly_plan(
     """Whether nightly trains, and which version it promotes without training, judged against
     the newest version of `model` in the registry."""
     newest = partitions.newest_version(registry.connect(tracking_uri), model)
-    records = _records(state).records(root, recipe_id)
+    records = PartitionRecords.at(state).records(root, recipe_id)
     return partitions.plan_night(records, newest)
-
-
-def _records(state: StatePlaces) -> PartitionRecords:
-    return PartitionRecords(Path(state.home) / "partitions.sqlite")
