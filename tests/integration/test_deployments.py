@@ -20,6 +20,7 @@ from mlflow.tracking import MlflowClient
 
 from lstmpipe.lib.demo.video import SampleSpec, generate_archive
 from lstmpipe.lib.ops.partitions import PartitionRecords
+from lstmpipe.lib.state.database import Database
 from tests.integration.conftest import Stack
 
 pytestmark = pytest.mark.integration
@@ -141,7 +142,7 @@ def test_served_nightly_runs_through_the_servers_then_does_only_the_new_partitio
         client = MlflowClient(stack.mlflow_uri, registry_uri=stack.mlflow_uri)
         champion = client.get_model_version_by_alias(MODEL, "champion")
         assert champion.version == "1"
-        records = PartitionRecords(home / "partitions.sqlite")
+        records = PartitionRecords(Database.sqlite(home / "partitions.sqlite"))
         done = {r.partition: r for r in records.records(root)}
         assert sorted(done) == list(DAYS[:2])
 
