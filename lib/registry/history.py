@@ -1,20 +1,24 @@
-"""The append-only promotion history: one SQLite row per decision (promotion or rollback), never
-updated or deleted, one table for every model of a state directory.
+"""The append-only promotion history: one row per decision (promotion or rollback), never
+updated or deleted, one table for every model, in the state database.
 
-SQLite gives atomic appends from concurrent processes and a table readable while written. The
-columns (names, types, order) are those of every history written so far: existing state
-directories keep appending to their table.
+Local: `promotions/history.sqlite` under home; team: the team's PostgreSQL, so a decision made
+on any host is in every host's history. Each append is one transaction, and the table is
+readable while written. The columns (names, types, order) are those of every history written
+so far: existing state directories keep appending to their table.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import sqlite3
-from contextlib import closing
 from dataclasses import dataclass
 from enum import StrEnum
-from pathlib import Path
 from typing import Any
+
+import sqlalchemy as sa
+
+from lstmpipe.lib.state.database import Database
+from lstmpipe.lib.state.places import StatePlaces
+from lstmpipe.lib.state.schema import Component, migrate
 
 
 class Action(StrEnum):
@@ -58,40 +62,53 @@ class HistoryRow:
         return {"id": self.id, **{name: getattr(self, name) for name in COLUMNS}}
 
 
-# column -> SQLite type, in the table's order
-COLUMNS = {
-    f.name: "REAL" if f.type == "float | None" else "TEXT"
-    for f in dataclasses.fields(HistoryRow)
-    if f.name != "id"
-}
+_META = sa.MetaData()
+# REAL on SQLite, as the first history files declared it; double precision on PostgreSQL
+_REAL = sa.Float().with_variant(sa.REAL(), "sqlite")
+# The table as history.sqlite has always had it (INTEGER PRIMARY KEY AUTOINCREMENT, then the
+# fields of HistoryRow in order), so version 1 needs no step from version 0.
+decisions = sa.Table(
+    "decisions",
+    _META,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    *(
+        sa.Column(f.name, _REAL if f.type == "float | None" else sa.Text)
+        for f in dataclasses.fields(HistoryRow)
+        if f.name != "id"
+    ),
+    sqlite_autoincrement=True,
+)
+COMPONENT = Component("promotion_history", _META, version=1)
+COLUMNS = [c.name for c in decisions.c if c.name != "id"]
 
 
-def append_history(path: Path, row: HistoryRow) -> None:
-    """Append one decision; creates the table on first use."""
-    values = {name: getattr(row, name) for name in COLUMNS if getattr(row, name) is not None}
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with closing(sqlite3.connect(path, timeout=30)) as db, db:
-        db.execute(
-            "CREATE TABLE IF NOT EXISTS decisions (id INTEGER PRIMARY KEY AUTOINCREMENT, "
-            + ", ".join(f"{name} {kind}" for name, kind in COLUMNS.items())
-            + ")"
+class PromotionHistory:
+    """The history table of one state database (whose locks also serialise promotions)."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        migrate(db, COMPONENT)
+
+    @classmethod
+    def at(cls, state: StatePlaces) -> PromotionHistory:
+        return cls(state.history_database())
+
+    def append(self, row: HistoryRow) -> None:
+        values = {name: getattr(row, name) for name in COLUMNS}
+        insert = decisions.insert().values(
+            {k: str(v) if isinstance(v, StrEnum) else v for k, v in values.items()}
         )
-        db.execute(
-            f"INSERT INTO decisions ({', '.join(values)}) VALUES ({', '.join('?' * len(values))})",
-            [str(v) if isinstance(v, StrEnum) else v for v in values.values()],
-        )
+        self.db.write(lambda conn: conn.execute(insert))
 
-
-def read_history(path: Path, model: str | None = None) -> list[HistoryRow]:
-    """Every recorded decision (of `model`), oldest first; [] when nothing was recorded yet."""
-    if not Path(path).is_file():
-        return []
-    with closing(sqlite3.connect(f"{Path(path).as_uri()}?mode=ro", uri=True, timeout=30)) as db:
-        db.row_factory = sqlite3.Row
-        query = "SELECT * FROM decisions" + (" WHERE model = ?" if model else "") + " ORDER BY id"
-        rows = [dict(row) for row in db.execute(query, (model,) if model else ())]
-    return [
-        HistoryRow(**row | {"action": Action(row["action"]), "decision": Outcome(row["decision"])})
-        for row in rows
-    ]
+    def read(self, model: str | None = None) -> list[HistoryRow]:
+        """Every recorded decision (of `model`), oldest first."""
+        query = sa.select(decisions).order_by(decisions.c.id)
+        if model:
+            query = query.where(decisions.c.model == model)
+        rows = self.db.read(lambda conn: [dict(row._mapping) for row in conn.execute(query)])
+        return [
+            HistoryRow(
+                **row | {"action": Action(row["action"]), "decision": Outcome(row["decision"])}
+            )
+            for row in rows
+        ]

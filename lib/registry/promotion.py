@@ -1,7 +1,8 @@
 """Promotion (SPEC §3.5), the MLflow side: find the candidates, score challenger and champion on
 the same frozen evaluation set, let the gate (gate.py) decide, move the alias only if it passes,
 record every decision (record.py: on the model version and in the history table) and roll back
-in one call. Promotions of one model are serialised by a per-model file lock (locks.py).
+in one call. Promotions of one model are serialised by a lock of the state database (locks.py),
+which holds the history too.
 """
 
 from __future__ import annotations
@@ -9,7 +10,6 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
@@ -18,8 +18,8 @@ from lstmpipe.lib.features.cache import FeatureCache
 from lstmpipe.lib.features.recipe import FeatureRecipe
 from lstmpipe.lib.registry import mlflow_store as registry
 from lstmpipe.lib.registry.gate import Decision, Predictions, gate, metrics_of
-from lstmpipe.lib.registry.history import append_history
-from lstmpipe.lib.registry.locks import exclusive
+from lstmpipe.lib.registry.history import PromotionHistory
+from lstmpipe.lib.registry.locks import promotion_lock
 from lstmpipe.lib.registry.mlflow_store import ModelRef
 from lstmpipe.lib.registry.record import DECISION_TAG, PromotionRecord, RollbackRecord, Score
 from lstmpipe.lib.series import SeriesRef
@@ -107,15 +107,14 @@ def promote(
     cache: FeatureCache,
     plan: Candidates,
     rules: PromoteConfig,
-    lock_file: Path,
-    history_file: Path | None = None,
+    history: PromotionHistory,
     run_id: str = "",
 ) -> PromotionRecord:
     """Gate the challenger of `plan` against the champion of rules.alias, read again under the
-    lock. The decision is tagged on the challenger and, with `history_file`, appended to the
+    model's promotion lock. The decision is tagged on the challenger and appended to the
     history."""
     alias, challenger = rules.alias, plan.challenger
-    with exclusive(lock_file):
+    with promotion_lock(history.db, challenger.name):
         # the alias never points at a half-registered version
         registry.check_complete(client, challenger)
         champion = registry.alias_version(client, challenger.name, alias)
@@ -148,11 +147,10 @@ def promote(
             eval_series=len(plan.eval_set),
             run_id=run_id,
             time=registry.now_iso(),
-            history_file=None if history_file is None else str(history_file),
+            history_file=history.db.where,
         )
         _record(client, record)
-        if history_file is not None:
-            append_history(history_file, record.history_row())
+        history.append(record.history_row())
     return record
 
 
@@ -172,13 +170,12 @@ def rollback(
     client: MlflowClient,
     model_name: str,
     alias: str,
-    lock_file: Path,
-    history_file: Path | None = None,
+    history: PromotionHistory,
     run_id: str = "",
 ) -> RollbackRecord:
     """Point the alias back at the champion the current one replaced; recorded like a
     promotion."""
-    with exclusive(lock_file):
+    with promotion_lock(history.db, model_name):
         current = registry.alias_version(client, model_name, alias)
         if current is None:
             raise LookupError(f"model {model_name}: no @{alias} to roll back")
@@ -190,6 +187,5 @@ def rollback(
         record = RollbackRecord(model_name, alias, current, previous, run_id, registry.now_iso())
         client.set_registered_model_alias(model_name, alias, previous)
         registry.tag_version(client, current, record.tags())
-        if history_file is not None:
-            append_history(history_file, record.history_row())
+        history.append(record.history_row())
     return record

@@ -17,17 +17,11 @@ import pytest
 from lstmpipe.lib.config import PromoteConfig, PromoteTest
 from lstmpipe.lib.registry import gate
 from lstmpipe.lib.registry.gate import Predictions
-from lstmpipe.lib.registry.history import (
-    COLUMNS,
-    Action,
-    HistoryRow,
-    Outcome,
-    append_history,
-    read_history,
-)
-from lstmpipe.lib.registry.locks import exclusive, lock_path
+from lstmpipe.lib.registry.history import COLUMNS, Action, HistoryRow, Outcome, PromotionHistory
+from lstmpipe.lib.registry.locks import promotion_lock
 from lstmpipe.lib.registry.mlflow_store import ModelRef
 from lstmpipe.lib.registry.record import PromotionRecord, RollbackRecord, Score
+from lstmpipe.lib.state.database import Database
 from lstmpipe.lib.training.metrics import classification_metrics
 
 CLASSES = ["a", "b", "c", "d"]
@@ -299,9 +293,9 @@ def test_one_decision_gives_the_same_values_to_tags_history_and_json(
     assert set(as_json) == {"macro_f1", "significance", "recall", "cost"}
 
     # and the row reads back as written
-    path = tmp_path / "history.sqlite"
-    append_history(path, row)
-    (stored,) = read_history(path)
+    history = opened(tmp_path / "history.sqlite")
+    history.append(row)
+    (stored,) = history.read()
     assert stored == dataclasses.replace(row, id=1)
 
 
@@ -348,6 +342,11 @@ def test_a_rollback_as_history_row_and_json() -> None:
 
 # -- history and the lock -------------------------------------------------------------------------
 
+
+def opened(path: Path) -> PromotionHistory:
+    return PromotionHistory(Database.sqlite(path))
+
+
 # The table as the first release created it: state directories hold it and keep appending.
 RELEASED_SCHEMA = (
     "CREATE TABLE decisions (id INTEGER PRIMARY KEY AUTOINCREMENT, time TEXT, model TEXT, "
@@ -359,8 +358,8 @@ RELEASED_SCHEMA = (
 
 
 def test_history_appends_and_reads_back(tmp_path: Path) -> None:
-    path = tmp_path / "promotions" / "history.sqlite"
-    assert read_history(path) == []
+    history = opened(tmp_path / "promotions" / "history.sqlite")
+    assert history.read() == []
     rejected = HistoryRow(
         time="t",
         model="m",
@@ -381,7 +380,7 @@ def test_history_appends_and_reads_back(tmp_path: Path) -> None:
     )
     threads = [
         threading.Thread(
-            target=append_history, args=(path, dataclasses.replace(rejected, run_id=f"run{i}"))
+            target=history.append, args=(dataclasses.replace(rejected, run_id=f"run{i}"),)
         )
         for i in range(8)
     ]
@@ -389,11 +388,10 @@ def test_history_appends_and_reads_back(tmp_path: Path) -> None:
         t.start()
     for t in threads:
         t.join()
-    append_history(
-        path,
-        HistoryRow(time="t", model="other", action=Action.ROLLBACK, decision=Outcome.ROLLED_BACK),
+    history.append(
+        HistoryRow(time="t", model="other", action=Action.ROLLBACK, decision=Outcome.ROLLED_BACK)
     )
-    rows = read_history(path, "m")
+    rows = history.read("m")
     assert len(rows) == 8 and sorted(r.run_id or "" for r in rows) == [f"run{i}" for i in range(8)]
     assert rows[0].to_json() | {"id": 0, "run_id": ""} == {
         "id": 0,
@@ -415,7 +413,7 @@ def test_history_appends_and_reads_back(tmp_path: Path) -> None:
         "challenger_run_id": "r2",
         "checks": "{}",
     }
-    assert [r.model for r in read_history(path)] == ["m"] * 8 + ["other"]
+    assert [r.model for r in history.read()] == ["m"] * 8 + ["other"]
 
 
 def columns(path: Path) -> list[tuple[str, str]]:
@@ -431,35 +429,36 @@ def test_a_released_history_table_keeps_working(tmp_path: Path) -> None:
             "INSERT INTO decisions (time, model, action, decision, challenger_version, reason) "
             "VALUES ('t0', 'm', 'promote', 'promoted', '1', 'no champion yet')"
         )
-    append_history(
-        path,
-        HistoryRow(time="t1", model="m", action=Action.ROLLBACK, decision=Outcome.ROLLED_BACK),
+    history = opened(path)
+    history.append(
+        HistoryRow(time="t1", model="m", action=Action.ROLLBACK, decision=Outcome.ROLLED_BACK)
     )
-    assert [(r.id, r.decision, r.challenger_version) for r in read_history(path, "m")] == [
+    assert [(r.id, r.decision, r.challenger_version) for r in history.read("m")] == [
         (1, Outcome.PROMOTED, "1"),
         (2, Outcome.ROLLED_BACK, None),
     ]
-    append_history(
-        fresh, HistoryRow(time="t", model="m", action=Action.PROMOTE, decision=Outcome.PROMOTED)
+    opened(fresh).append(
+        HistoryRow(time="t", model="m", action=Action.PROMOTE, decision=Outcome.PROMOTED)
     )
     assert columns(fresh) == columns(path)  # a new table is the released one
     assert list(COLUMNS) == [name for name, _ in columns(path)][1:]
 
 
 def test_lock_is_per_model_and_excludes_threads(tmp_path: Path) -> None:
-    assert lock_path(tmp_path, "a/b c") == tmp_path / "promote-a_b_c.lock"
+    db = Database.sqlite(tmp_path / "promotions" / "history.sqlite")
     inside, most = [0], [0]
 
     def hold() -> None:
-        with exclusive(lock_path(tmp_path, "m")):
+        with promotion_lock(db, "m"):
             inside[0] += 1
             most[0] = max(most[0], inside[0])
             time.sleep(0.05)
             inside[0] -= 1
 
     threads = [threading.Thread(target=hold) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert most[0] == 1
+    with promotion_lock(db, "a/b c"):  # another model's promotion holds none of these up
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=30)
+    assert not any(t.is_alive() for t in threads) and most[0] == 1
