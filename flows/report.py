@@ -7,19 +7,12 @@ without booting Prefect's API; the flows write theirs through tasks.promote.run_
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from lstmpipe.flows.runtime import Runtime, load_runtime
 from lstmpipe.lib.registry import mlflow_store as registry
 from lstmpipe.lib.registry import report as pages
-from lstmpipe.lib.registry.history import read_history
-
-
-def history_file(rt: Runtime) -> Path:
-    """The append-only promotion history (lib/registry/history.py), one table for every model
-    of this home."""
-    return rt.home / "promotions" / "history.sqlite"
+from lstmpipe.lib.registry.history import PromotionHistory
 
 
 def report_of_run(rt: Runtime, run_id: str) -> str:
@@ -29,7 +22,7 @@ def report_of_run(rt: Runtime, run_id: str) -> str:
         registry.connect(rt.tracking_uri),
         run_id,
         rt.state.outputs_store(),
-        read_history(history_file(rt)),
+        PromotionHistory.at(rt.state).read(),
     )
 
 
