@@ -11,8 +11,7 @@ from lstmpipe.lib.config import PromoteConfig
 from lstmpipe.lib.features.cache import FeatureCache
 from lstmpipe.lib.registry import mlflow_store as registry
 from lstmpipe.lib.registry import promotion, report
-from lstmpipe.lib.registry.history import read_history
-from lstmpipe.lib.registry.locks import lock_path
+from lstmpipe.lib.registry.history import PromotionHistory
 from lstmpipe.lib.registry.promotion import Candidates
 from lstmpipe.lib.registry.record import PromotionRecord, RollbackRecord
 from lstmpipe.lib.state.places import StatePlaces
@@ -39,8 +38,7 @@ def promote_challenger(
         FeatureCache(Path(state.home) / "cache"),
         plan,
         rules,
-        _lock_file(state, plan.challenger.name),
-        _history_file(state),
+        PromotionHistory.at(state),
         run_id,
     )
 
@@ -53,8 +51,7 @@ def rollback(
         registry.connect(tracking_uri),
         model_name,
         alias,
-        _lock_file(state, model_name),
-        _history_file(state),
+        PromotionHistory.at(state),
         run_id,
     )
 
@@ -66,13 +63,5 @@ def run_report(tracking_uri: str, given: str, state: StatePlaces) -> str:
         registry.connect(tracking_uri),
         given,
         state.outputs_store(),
-        read_history(_history_file(state)),
+        PromotionHistory.at(state).read(),
     )
-
-
-def _lock_file(state: StatePlaces, model_name: str) -> Path:
-    return lock_path(Path(state.home) / "locks", model_name)
-
-
-def _history_file(state: StatePlaces) -> Path:
-    return Path(state.home) / "promotions" / "history.sqlite"
