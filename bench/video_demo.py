@@ -61,7 +61,7 @@ def measure(
     config = load_config(overrides=overrides)
     backbone, recipe = load_backbone(config.sampling, config.backbone, work / "hub", device="cpu")
     here = work / f"seed{seed}-{precision}-{size}"
-    cache = FeatureCache(here / "cache")
+    cache = FeatureCache.local(here / "cache")
     started = time.perf_counter()
     outcomes = extract_to_cache(
         refs, config.sampling, backbone, 32, here / "tmp", config.sources, cache, recipe.recipe_id

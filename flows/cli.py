@@ -526,7 +526,7 @@ def _compact(rt: Runtime) -> dict[str, Any]:
     # late: torch and Arrow load in seconds, and delay Prefect's boot
     from lstmpipe.lib.features.cache import FeatureCache
 
-    return FeatureCache(rt.home / "cache").compact()
+    return FeatureCache.at(rt.state).compact()
 
 
 def _plan(rt: Runtime, args: argparse.Namespace) -> Returned:

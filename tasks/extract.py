@@ -87,7 +87,7 @@ def extract_shard(
     """One shard: an outcome per series (cached, extracted now, or failed with a reason) and the
     seconds spent extracting. `ray_address` None extracts in this process, else on that Ray
     cluster."""
-    cache = FeatureCache(Path(state.home) / "cache")
+    cache = FeatureCache.at(state)
     cache.add_recipe(recipe)
     outcomes, todo = split_cached(cache, refs, recipe.recipe_id)
     if not todo:

@@ -58,7 +58,7 @@ def predict_shard(
     """Prediction rows for one shard, and its per-frame table if asked."""
     registry.connect(tracking_uri)
     predictor = Predictor(
-        registry.load_bundle(model.ref), model.ref, FeatureCache(Path(state.home) / "cache"), run_id
+        registry.load_bundle(model.ref), model.ref, FeatureCache.at(state), run_id
     )
     return ShardPredictions(
         predictor(refs).to_pylist(), predictor.per_frame(refs) if per_frame else None

@@ -182,7 +182,7 @@ class FeatureWorker:
         )
         check_recipe(self.recipe, built)
         self.batch_size = self.backbone.batch_size(sampling.size, backbone.batch_size)
-        self.cache = FeatureCache(Path(state.home) / "cache")
+        self.cache = FeatureCache.at(state)
         self.tmp_dir = Path(tmp_dir)
         os.makedirs(self.tmp_dir, exist_ok=True)
         self.decode_fn = (

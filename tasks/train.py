@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 from prefect import task
 from tqdm import tqdm
@@ -34,7 +32,7 @@ def train_model(
     device = "cuda" if torch.cuda.is_available() else "cpu"
     with tqdm(total=config.train.epochs, desc="train", unit="epoch", leave=False) as bar:
         outcome = run_experiment(
-            FeatureCache(Path(state.home) / "cache"),
+            FeatureCache.at(state),
             recipe,
             refs,
             config.train,

@@ -12,7 +12,6 @@ never contend for the tracking store (SQLite allows one writer at a time).
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
 from typing import Any
 
 import ray
@@ -150,7 +149,7 @@ def tune_model(
     """Search `trials` hyperparameter sets with ASHA, each an MLflow child run; retrain and
     register the best."""
     space = space or SearchSpace()
-    cache = FeatureCache(Path(state.home) / "cache")
+    cache = FeatureCache.at(state)
     data = prepare(cache, recipe.recipe_id, recipe.feature_dim, refs, config.train)
     hps = sample_trials(config.train, space, trials, config.train.seed)
     ensure_ray(ray_address or "local")

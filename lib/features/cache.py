@@ -1,59 +1,72 @@
-"""The feature cache: Parquet files of many series each, and a SQLite index (SPEC §3.3).
+"""The feature cache: Parquet part files of many series each, and an index (SPEC §3.3).
 
-Layout under the cache root:
+Where it lives (lib/state/places.py): locally `home/cache/features/part-<uuid>.parquet`
+and the SQLite index `home/cache/index.sqlite`, as always; in team mode the parts are
+objects under the bucket's `cache/features/` and the index is two tables of the team's
+PostgreSQL. One code path: parts go through a `Store`, the index through a `Database`.
+
     features/part-<uuid>.parquet   rows: series_id, content_hash, recipe_id, frame_index, t, feature
                                    feature is fixed_size_list<float32 or float16>[D]:
                                    whatever the writer held (anything else is stored as float32);
                                    reads return float32. One series' rows are contiguous and in
                                    frame order; a row group holds about ROW_GROUP_BYTES.
-    index.sqlite                   entries(content_hash, recipe_id) -> series_id, file, n_frames,
+    entries                        (content_hash, recipe_id) -> series_id, file, n_frames,
                                        row_offset, written_at
-                                   the series is rows [row_offset, row_offset + n_frames) of `file`
-                                   (one row per frame, so n_frames is the row count); row_offset is
-                                   NULL for entries indexed before the column existed
-                                   (an index on file lists a file's entries for compaction)
-                                   recipes(recipe_id) -> JSON of the recipe
+                                   the series is rows [row_offset, row_offset + n_frames) of part
+                                   `file` (one row per frame, so n_frames is the row count);
+                                   row_offset is NULL for entries indexed before the column
+                                   existed (an index on file lists a file's entries for compaction)
+    recipes                        recipe_id -> JSON of the recipe
 
-Writes are atomic: the Parquet file is written, fsynced and renamed first, the index
-rows are committed last, and readers only look through the index. A crash leaves at
-most an unindexed file, never a half-visible entry. Two writers of the same key both
-succeed; the first index row wins (INSERT OR IGNORE), so no key is ever read twice.
+Writes are atomic: the part is stored whole first (a folder: temp file, fsync, rename;
+S3: one PUT), the index rows are committed last, and readers only look through the
+index. A crash or a killed writer leaves at most an unindexed part, never a
+half-visible entry. Two writers of the same key, on any hosts, both succeed; the first
+index row wins (insert-or-ignore), so no key is ever read twice, and a writer whose
+every key was taken deletes its part.
 
-Reads look the keys up, then read from each file only the row groups that cover
-the wanted rows, and gather them with one copy into float32 arrays. The rows found
-are checked against the index (frame_index runs 0..n-1, the key is on the first and
-last row); entries without a row_offset, and files whose rows do not match (rewritten
-by another tool), are read by a content-hash filter over that file instead.
+Reads look the keys up, then read from each part only the row groups that cover the
+wanted rows (on S3: ranged GETs), and gather them with one copy into float32 arrays.
+The rows found are checked against the index (frame_index runs 0..n-1, the key is on
+the first and last row); entries without a row_offset, and parts whose rows do not
+match (rewritten by another tool), are read by a content-hash filter over that part.
 
-`compact()` merges small files: the new file is written atomically, every moved entry
-is repointed in one SQLite transaction, then the old files, referenced by no entry
-any more, are deleted. Files referenced by no entry and older than a grace period
-(leftovers of crashes) are deleted under the index's write lock, which writers hold
-while they check their file still exists and commit their entries. A reader whose
-file disappears between lookup and open looks the keys up once more.
+`compact()` merges small parts: the new part is stored, every moved entry is repointed
+in one transaction, then the old parts, referenced by no entry any more, are deleted.
+Parts referenced by no entry and older than a grace period (by the store's modification
+time: leftovers of crashes) are deleted by a sweep that holds the index's write lock
+(SQLite) or the "cache-index" transaction lock (PostgreSQL), which every writer also
+holds while it checks its part still exists and commits its entries; so a sweep never
+deletes a part whose entries commit. A reader whose part disappears between lookup and
+open looks the keys up once more.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import sqlite3
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Iterable
-from contextlib import closing, suppress
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import IO, Any, NamedTuple
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
+import sqlalchemy as sa
 import torch
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError
 
-from lstmpipe.lib.atomic import write_parquet_atomic
 from lstmpipe.lib.features.recipe import FeatureRecipe
+from lstmpipe.lib.state.database import Database
+from lstmpipe.lib.state.places import StatePlaces
+from lstmpipe.lib.state.schema import Component, migrate
+from lstmpipe.lib.state.store import LocalStore, Store
 
 Key = tuple[str, str]  # (content_hash, recipe_id)
 
@@ -63,12 +76,55 @@ ROW_GROUP_BYTES = 4 << 20
 # Rows per file that compact() aims for; one merged file is held in memory while it is
 # written: 64 Ki rows is 128 MiB at D=512 float32.
 COMPACT_TARGET_ROWS = 1 << 16
-# An unindexed file younger than this may belong to a writer between its rename and its
+# An unindexed part younger than this may belong to a writer between its put and its
 # index commit: compaction leaves it alone. Far longer than any write takes.
 ORPHAN_GRACE_S = 3600.0
+# parts are keys under this prefix of the cache's store; the index names them without it
+PARTS = "features/"
+# the PostgreSQL transaction lock that serialises writers' commits with the orphan sweep
+INDEX_LOCK = "cache-index"
 
 # few distinct values per row group: decode as codes
 _DICTIONARY_COLUMNS = ["content_hash", "recipe_id"]
+
+_META = sa.MetaData()
+# The tables as the first SQLite index had them (same names, columns and key), so an
+# existing home/cache/index.sqlite is used as it is.
+entries = sa.Table(
+    "entries",
+    _META,
+    sa.Column("content_hash", sa.Text, primary_key=True),
+    sa.Column("recipe_id", sa.Text, primary_key=True),
+    sa.Column("series_id", sa.Text),
+    sa.Column("file", sa.Text),
+    sa.Column("n_frames", sa.Integer),
+    sa.Column("written_at", sa.Double),
+    sa.Column("row_offset", sa.Integer),
+)
+# compaction asks which entries a part holds, and which parts are referenced at all
+_BY_FILE = sa.Index("entries_by_file", entries.c.file)
+recipes = sa.Table(
+    "recipes",
+    _META,
+    sa.Column("recipe_id", sa.Text, primary_key=True),
+    sa.Column("recipe", sa.Text),
+)
+
+
+def _add_row_offsets(conn: Connection) -> None:
+    """Version 0 -> 1: an index from before row offsets gains the column (its entries keep
+    NULL and are read by filter until compaction rewrites them) and the index on file."""
+    if "row_offset" not in {c["name"] for c in sa.inspect(conn).get_columns("entries")}:
+        conn.execute(sa.text("ALTER TABLE entries ADD COLUMN row_offset INTEGER"))
+    _BY_FILE.create(conn, checkfirst=True)
+
+
+COMPONENT = Component("feature_cache", _META, version=1, steps={0: _add_row_offsets})
+
+
+class CacheIndexError(OSError):
+    """The index refused a write (a full disk, a lock held past the timeout): nothing of it was
+    committed. An OSError, so the task that wrote is retried."""
 
 
 @dataclass(frozen=True)
@@ -133,102 +189,81 @@ class _Rows(NamedTuple):
     counts: np.ndarray  # (len(keys),) int64 rows of each
 
 
-class FeatureCache:
-    """Many series per Parquet file; one index from (content hash, recipe) to file and rows."""
+_ENTRY_COLUMNS = "e.content_hash, e.recipe_id, e.series_id, e.file, e.n_frames, e.row_offset"
+_Source = Path | IO[bytes]  # a local part's path (Arrow reads it natively) or an open object
 
-    def __init__(self, root: Path) -> None:
-        self.root = Path(root)
-        self.files = self.root / "features"
-        self.files.mkdir(parents=True, exist_ok=True)
-        self.index_path = self.root / "index.sqlite"
+
+class FeatureCache:
+    """Many series per Parquet part; one index from (content hash, recipe) to part and rows."""
+
+    def __init__(self, store: Store, db: Database) -> None:
+        self.store = store
+        self.db = db
         # recipes never change under their id: safe to keep
         self._recipes: dict[str, FeatureRecipe] = {}
-        with closing(self._connect()) as db:
-            db.execute("PRAGMA journal_mode=WAL")
-            # checked first: opening a current index takes no write lock
-            if not _schema_is_current(db):
-                # two processes opening an old index: one adds the column
-                db.execute("BEGIN IMMEDIATE")
-                db.execute(
-                    "CREATE TABLE IF NOT EXISTS entries (content_hash TEXT, recipe_id TEXT,"
-                    " series_id TEXT, file TEXT, n_frames INTEGER, written_at REAL,"
-                    " row_offset INTEGER, PRIMARY KEY (content_hash, recipe_id))"
-                )
-                if "row_offset" not in _columns(db, "entries"):  # an index from before row offsets
-                    db.execute("ALTER TABLE entries ADD COLUMN row_offset INTEGER")
-                # compaction asks which entries a file holds, and which files are referenced at all
-                db.execute("CREATE INDEX IF NOT EXISTS entries_by_file ON entries (file)")
-                db.execute(
-                    "CREATE TABLE IF NOT EXISTS recipes (recipe_id TEXT PRIMARY KEY, recipe TEXT)"
-                )
-                db.commit()
+        migrate(db, COMPONENT)  # cheap (one read) when the index is current
 
-    def _connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.index_path, timeout=60)
-        db.execute("PRAGMA temp_store=MEMORY")  # the key lists of lookups
-        return db
+    @classmethod
+    def at(cls, state: StatePlaces) -> FeatureCache:
+        """The cache of this deployment: home/cache locally, the team's bucket and database."""
+        return cls(state.cache_store(), state.cache_database())
+
+    @classmethod
+    def local(cls, root: Path) -> FeatureCache:
+        """A cache in one folder: `root/features/part-*.parquet` and `root/index.sqlite`."""
+        return cls(LocalStore(Path(root)), Database.sqlite(Path(root) / "index.sqlite"))
 
     def add_recipe(self, recipe: FeatureRecipe) -> None:
-        with closing(self._connect()) as db, db:
-            db.execute(
-                "INSERT OR IGNORE INTO recipes VALUES (?, ?)",
-                (recipe.recipe_id, json.dumps(recipe.to_dict(), sort_keys=True)),
-            )
+        row = {
+            "recipe_id": recipe.recipe_id,
+            "recipe": json.dumps(recipe.to_dict(), sort_keys=True),
+        }
+        self.db.write(lambda conn: self.db.insert_ignore(recipes, [row], conn))
 
     def recipe(self, recipe_id: str) -> FeatureRecipe | None:
         if recipe_id not in self._recipes:
-            with closing(self._connect()) as db:
-                row = db.execute(
-                    "SELECT recipe FROM recipes WHERE recipe_id = ?", (recipe_id,)
-                ).fetchone()
-            if row is None:
+            found = self.db.read(
+                lambda conn: conn.execute(
+                    sa.select(recipes.c.recipe).where(recipes.c.recipe_id == recipe_id)
+                ).scalar()
+            )
+            if found is None:
                 return None  # not remembered: it may be added later
-            self._recipes[recipe_id] = FeatureRecipe.from_dict(json.loads(row[0]))
+            self._recipes[recipe_id] = FeatureRecipe.from_dict(json.loads(found))
         return self._recipes[recipe_id]
 
     def present(self, keys: list[Key]) -> set[Key]:
         """Which of `keys` are cached."""
-        if not keys:
-            return set()
-        with closing(self._connect()) as db:
-            _wanted(db, keys)
-            rows = db.execute(
-                "SELECT w.content_hash, w.recipe_id FROM wanted w CROSS JOIN entries e"
-                " ON e.content_hash = w.content_hash AND e.recipe_id = w.recipe_id"
-            ).fetchall()
-        return set(rows)
+        rows = self._entries_of(keys, "e.content_hash, e.recipe_id")
+        return {(h, r) for h, r in rows}
 
     def recipes_of(self, hashes: list[str]) -> dict[str, list[str]]:
         """The recipe ids each content hash is cached under (a hash cached under none is absent)."""
         found: dict[str, list[str]] = defaultdict(list)
-        with closing(self._connect()) as db:
-            db.execute("CREATE TEMP TABLE wanted_hashes (content_hash TEXT)")
-            db.executemany("INSERT INTO wanted_hashes VALUES (?)", [(h,) for h in set(hashes)])
-            rows = db.execute(
-                "SELECT e.content_hash, e.recipe_id FROM wanted_hashes w CROSS JOIN entries e"
-                " ON e.content_hash = w.content_hash ORDER BY e.written_at"
-            ).fetchall()
+        rows = self.db.read(
+            lambda conn: _joined(
+                conn,
+                self.db.is_postgres,
+                ("content_hash",),
+                [(h,) for h in set(hashes)],
+                "e.content_hash, e.recipe_id",
+                " ORDER BY e.written_at",
+            )
+        )
         for content_hash, recipe_id in rows:
             found[content_hash].append(recipe_id)
         return dict(found)
 
     def frame_counts(self, keys: list[Key]) -> dict[Key, int]:
-        if not keys:
-            return {}
-        with closing(self._connect()) as db:
-            _wanted(db, keys)
-            rows = db.execute(
-                "SELECT w.content_hash, w.recipe_id, e.n_frames FROM wanted w CROSS JOIN entries e"
-                " ON e.content_hash = w.content_hash AND e.recipe_id = w.recipe_id"
-            ).fetchall()
+        rows = self._entries_of(keys, "e.content_hash, e.recipe_id, e.n_frames")
         return {(h, r): n for h, r, n in rows}
 
-    def write(self, recipe_id: str, items: list[SeriesFeatures]) -> Path | None:
-        """Commit many series in one new file; keys already present stay as they were.
+    def write(self, recipe_id: str, items: list[SeriesFeatures]) -> str | None:
+        """Commit many series in one new part; keys already present stay as they were.
 
-        Returns the file, or None when nothing was new (the file is then removed again).
-
-        Features are stored as float16 when every item is float16, else as float32.
+        Returns the part's key in the store, or None when nothing was new (the part is then
+        deleted again). Features are stored as float16 when every item is float16, else as
+        float32.
         """
         # one copy per key
         items = list({item.content_hash: item for item in reversed(items)}.values())[::-1]
@@ -237,42 +272,50 @@ class FeatureCache:
         table = _series_table(recipe_id, items)
         counts = np.array([len(i.features) for i in items], dtype=np.int64)
         offsets = np.cumsum(counts) - counts
-        target = self.files / f"part-{uuid.uuid4().hex}.parquet"
-        write_parquet_atomic(
-            table, target, row_group_size=_row_group_rows(table.schema.field("feature").type)
-        )
+        name = f"part-{uuid.uuid4().hex}.parquet"
+        self._put(name, table)
         now = time.time()
+        rows = [
+            {
+                "content_hash": i.content_hash,
+                "recipe_id": recipe_id,
+                "series_id": i.series_id,
+                "file": name,
+                "n_frames": int(n),
+                "written_at": now,
+                "row_offset": int(o),
+            }
+            for i, n, o in zip(items, counts, offsets, strict=True)
+        ]
+
+        def commit(conn: Connection) -> int:
+            # under the lock compaction's orphan sweep holds: the part is there, and stays
+            if self.store.info(PARTS + name) is None:
+                raise FileNotFoundError(
+                    f"{self.store.uri(PARTS + name)}: removed as an orphan before its index "
+                    f"commit (this write stalled longer than the {ORPHAN_GRACE_S:.0f} s "
+                    "compaction grace); nothing was indexed, write the series again"
+                )
+            self.db.insert_ignore(entries, rows, conn)
+            # counted, not taken from the insert: a commit retried after its answer was lost
+            # finds its own rows, and must keep its part
+            return conn.execute(
+                sa.select(sa.func.count()).select_from(entries).where(entries.c.file == name)
+            ).scalar_one()
+
         try:
-            with closing(self._connect()) as db:
-                # against compaction's orphan sweep, which holds this lock
-                db.execute("BEGIN IMMEDIATE")
-                if not target.exists():
-                    raise FileNotFoundError(
-                        f"{target}: removed as an orphan before its index commit (this write "
-                        f"stalled longer than the {ORPHAN_GRACE_S:.0f} s compaction grace); "
-                        "nothing was indexed, write the series again"
-                    )
-                inserted = db.executemany(
-                    "INSERT OR IGNORE INTO entries (content_hash, recipe_id, series_id, file,"
-                    " n_frames, written_at, row_offset) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    [
-                        (i.content_hash, recipe_id, i.series_id, target.name, int(n), now, int(o))
-                        for i, n, o in zip(items, counts, offsets, strict=False)
-                    ],
-                ).rowcount
-                db.commit()
-                # another writer indexed every one of them first: this file holds nothing used
-                if inserted == 0:
-                    target.unlink()
-                    return None
-        except sqlite3.OperationalError as exc:
-            # a full disk, a lock held past the timeout: name the index
-            raise sqlite3.OperationalError(
-                f"{self.index_path}: {exc} while indexing {len(items)} series written to "
-                f"{target.name}; none of them was indexed (compaction deletes the unindexed file), "
-                "write them again"
+            kept = self.db.write(commit, lock=INDEX_LOCK)
+        except DBAPIError as exc:
+            first = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
+            raise CacheIndexError(
+                f"{self.db.where}: {first} while indexing {len(items)} series written to "
+                f"{self.store.uri(PARTS + name)}; none of them was indexed (compaction deletes "
+                "the unindexed part), write them again"
             ) from exc
-        return target
+        if kept == 0:  # other writers indexed every one of them first: nothing here is used
+            self.store.delete(PARTS + name)
+            return None
+        return PARTS + name
 
     def read(self, keys: list[Key]) -> dict[Key, SeriesFeatures]:
         """Features of the cached `keys` (missing keys are absent from the result).
@@ -281,16 +324,14 @@ class FeatureCache:
         """
         found: dict[Key, SeriesFeatures] = {}
 
-        def take(path: Path, entries: dict[Key, _Entry]) -> None:
-            rows = _file_rows(path, entries, with_t=True)
+        def take(source: _Source, entries: dict[Key, _Entry]) -> None:
+            rows = _file_rows(source, entries, with_t=True)
             features = np.empty((len(rows.pos), _dim(rows.table)), np.float32)
             _gather(rows.table["feature"], rows.pos, features)
             t = np.empty(len(rows.pos), np.float64)
             _gather(rows.table["t"], rows.pos, t)
             starts = np.cumsum(rows.counts) - rows.counts
-            for key, start, n in zip(
-                rows.keys, starts.tolist(), rows.counts.tolist(), strict=False
-            ):
+            for key, start, n in zip(rows.keys, starts.tolist(), rows.counts.tolist(), strict=True):
                 found[key] = SeriesFeatures(
                     series_id=entries[key].series_id,
                     content_hash=key[0],
@@ -320,22 +361,21 @@ class FeatureCache:
         cursor = 0
         total = 0
 
-        def take(path: Path, entries: dict[Key, _Entry]) -> None:
+        def take(source: _Source, entries: dict[Key, _Entry]) -> None:
             nonlocal out, cursor
-            rows = _file_rows(path, entries, with_t=False)
+            rows = _file_rows(source, entries, with_t=False)
             dim = _dim(rows.table)
             if out is None:
                 out = np.empty((total, dim), np.float32)
             elif out.shape[1] != dim:
+                name = next(iter(entries.values())).file
                 raise ValueError(
-                    f"read_stacked: {path.name} holds D={dim} features, earlier files "
+                    f"read_stacked: {name} holds D={dim} features, earlier files "
                     f"D={out.shape[1]}; ask for keys of one recipe at a time"
                 )
             _gather(rows.table["feature"], rows.pos, out[cursor : cursor + len(rows.pos)])
             starts = cursor + np.cumsum(rows.counts) - rows.counts
-            for key, start, n in zip(
-                rows.keys, starts.tolist(), rows.counts.tolist(), strict=False
-            ):
+            for key, start, n in zip(rows.keys, starts.tolist(), rows.counts.tolist(), strict=True):
                 offsets[slots[key]] = start
                 lengths[slots[key]] = n
             cursor += len(rows.pos)
@@ -353,58 +393,65 @@ class FeatureCache:
             features=features,
             offsets=offsets,
             lengths=lengths,
-            missing=[key for key, start in zip(keys, offsets, strict=False) if start < 0],
+            missing=[key for key, start in zip(keys, offsets, strict=True) if start < 0],
         )
 
     def stats(self) -> dict[str, int]:
-        with closing(self._connect()) as db:
-            entries, frames = db.execute(
-                "SELECT COUNT(*), COALESCE(SUM(n_frames), 0) FROM entries"
-            ).fetchone()
-            recipes = db.execute("SELECT COUNT(*) FROM recipes").fetchone()[0]
+        def count(conn: Connection) -> tuple[int, int, int]:
+            series, frames = conn.execute(
+                sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(entries.c.n_frames), 0))
+            ).one()
+            known = conn.execute(sa.select(sa.func.count()).select_from(recipes)).scalar_one()
+            return int(series), int(frames), int(known)
+
+        series, frames, known = self.db.read(count)
         return {
-            "series": entries,
+            "series": series,
             "frames": frames,
-            "recipes": recipes,
+            "recipes": known,
             "bytes": sum(self._parts().values()),
         }
 
     def compact(
         self, target_rows: int = COMPACT_TARGET_ROWS, orphan_grace_s: float = ORPHAN_GRACE_S
     ) -> dict[str, int]:
-        """Merge files of fewer than `target_rows` rows of entries into files of about that many.
+        """Merge parts of fewer than `target_rows` rows of entries into parts of about that many.
 
-        Files whose entries predate row offsets are rewritten whatever their size, so that
-        they read by row ranges afterwards. Per merged group: write the new file atomically,
-        repoint its entries in one transaction (only those still in the old file), then
-        delete the old files no entry references. Finally files no entry references, older
-        than `orphan_grace_s`, are deleted (crash leftovers; younger ones may be a writer's
-        file whose entries are not committed yet). Any crash leaves every entry readable.
+        Parts whose entries predate row offsets are rewritten whatever their size, so that
+        they read by row ranges afterwards. Per merged group: store the new part, repoint its
+        entries in one transaction (only those still in the old part), then delete the old
+        parts no entry references. Finally parts no entry references, older than
+        `orphan_grace_s`, are deleted (crash leftovers; younger ones may be a writer's part
+        whose entries are not committed yet). Any crash leaves every entry readable.
         """
         before = self._parts()
-        with closing(self._connect()) as db:
-            usage = db.execute(
-                "SELECT file, SUM(n_frames), COUNT(*) - COUNT(row_offset) FROM entries"
-                " GROUP BY file"
-            ).fetchall()
+        usage = self.db.read(
+            lambda conn: conn.execute(
+                sa.select(
+                    entries.c.file,
+                    sa.func.sum(entries.c.n_frames),
+                    sa.func.count() - sa.func.count(entries.c.row_offset),
+                ).group_by(entries.c.file)
+            ).all()
+        )
         by_type: dict[pa.DataType, list[tuple[str, int, bool]]] = defaultdict(list)
         for name, rows, unranged in usage:
             if name in before and (rows < target_rows or unranged):
                 try:
-                    feature = pq.read_schema(self.files / name).field("feature").type
+                    with self._source(name) as source:
+                        feature = _schema(source).field("feature").type
                 except FileNotFoundError:  # merged by a concurrent compaction meanwhile
                     continue
-                by_type[feature].append((name, rows, bool(unranged)))
+                by_type[feature].append((name, int(rows), bool(unranged)))
         moved = written = 0
         for group in (g for files in by_type.values() for g in _pack(files, target_rows)):
             count = self._merge(group)
             moved, written = moved + count, written + (count > 0)
-        with closing(self._connect()) as db:
-            referenced = {name for (name,) in db.execute("SELECT DISTINCT file FROM entries")}
+        referenced = self._referenced()
         candidates = {name for files in by_type.values() for name, _, _ in files}
         merged_away = [name for name in before if name in candidates and name not in referenced]
         for name in merged_away:
-            _unlink(self.files / name)
+            self.store.delete(PARTS + name)
         orphans = self._sweep_orphans(orphan_grace_s)
         after = self._parts()
         return {
@@ -419,23 +466,22 @@ class FeatureCache:
         }
 
     def _merge(self, names: list[str]) -> int:
-        """Rewrite the entries of `names` into one new file; how many entries now point at it."""
-        with closing(self._connect()) as db:
-            db.execute("CREATE TEMP TABLE merging (file TEXT PRIMARY KEY)")
-            db.executemany("INSERT INTO merging VALUES (?)", [(n,) for n in names])
-            rows = db.execute(
-                "SELECT e.content_hash, e.recipe_id, e.series_id, e.file, e.n_frames, e.row_offset"
-                " FROM merging m CROSS JOIN entries e ON e.file = m.file"
-            ).fetchall()
+        """Rewrite the entries of `names` into one new part; how many entries now point at it."""
+        located = self.db.read(
+            lambda conn: _joined(
+                conn, self.db.is_postgres, ("file",), [(n,) for n in names], _ENTRY_COLUMNS
+            )
+        )
         by_file: dict[str, dict[Key, _Entry]] = defaultdict(dict)
-        for h, r, sid, name, n, offset in rows:
+        for h, r, sid, name, n, offset in located:
             by_file[name][(h, r)] = _Entry(sid, name, n, offset)
         if not by_file:
             return 0
         parts: list[tuple[str, _Rows]] = []
         try:
             for name in sorted(by_file):
-                parts.append((name, _file_rows(self.files / name, by_file[name], with_t=True)))
+                with self._source(name) as source:
+                    parts.append((name, _file_rows(source, by_file[name], with_t=True)))
         except FileNotFoundError:  # a concurrent compaction merged these first
             return 0
         value_type = parts[0][1].table.schema.field("feature").type.value_type
@@ -452,80 +498,102 @@ class FeatureCache:
             sources += [name] * len(rows.keys)
             cursor += len(rows.pos)
         counts = np.concatenate([rows.counts for _, rows in parts])
-        series_ids = [
-            by_file[name][key].series_id for name, key in zip(sources, keys, strict=False)
-        ]
+        series_ids = [by_file[name][key].series_id for name, key in zip(sources, keys, strict=True)]
         table = _table(series_ids, keys, counts, features, t)
-        target = self.files / f"part-{uuid.uuid4().hex}.parquet"
-        write_parquet_atomic(
-            table, target, row_group_size=_row_group_rows(table.schema.field("feature").type)
-        )
+        target = f"part-{uuid.uuid4().hex}.parquet"
+        self._put(target, table)
         offsets = np.cumsum(counts) - counts
-        with closing(self._connect()) as db:
-            db.execute("BEGIN IMMEDIATE")
-            moved = db.executemany(
-                "UPDATE entries SET file = ?, row_offset = ?"
-                " WHERE content_hash = ? AND recipe_id = ? AND file = ?",
-                [
-                    (target.name, int(o), h, r, old)
-                    for (h, r), o, old in zip(keys, offsets.tolist(), sources, strict=False)
-                ],
-            ).rowcount
-            db.commit()
-        return moved
+        moves = [
+            (h, r, old, int(o))
+            for (h, r), old, o in zip(keys, sources, offsets.tolist(), strict=True)
+        ]
+
+        def repoint(conn: Connection) -> int:
+            _repoint(conn, self.db.is_postgres, moves, target)
+            return conn.execute(
+                sa.select(sa.func.count()).select_from(entries).where(entries.c.file == target)
+            ).scalar_one()
+
+        return self.db.write(repoint)
 
     def _sweep_orphans(self, grace_s: float) -> int:
-        """Delete files no entry references that are older than `grace_s`; how many were deleted.
+        """Delete parts no entry references that are older than `grace_s`; how many were deleted.
 
-        Holds the index's write lock while it decides, so a writer cannot commit entries of
-        a file between this sweep's look at the index and its unlink (write() checks that
-        its file still exists under the same lock).
+        Holds the lock writers take for their commit while it decides, so no writer commits
+        entries of a part between this sweep's look at the index and its delete (write()
+        checks that its part still exists under the same lock).
         """
         deadline = time.time() - grace_s
-        deleted = 0
-        with closing(self._connect()) as db:
-            db.execute("BEGIN IMMEDIATE")
-            referenced = {name for (name,) in db.execute("SELECT DISTINCT file FROM entries")}
-            with os.scandir(self.files) as listing:
-                for item in listing:
-                    leftover = item.name.startswith(".tmp-") or (
-                        item.name.startswith("part-") and item.name.endswith(".parquet")
-                    )
-                    if leftover and item.name not in referenced and _mtime(item) < deadline:
-                        deleted += _unlink(Path(item.path))
-            db.rollback()  # nothing was written; the lock is released
-        return deleted
+
+        def sweep(conn: Connection) -> int:
+            referenced = {
+                name for (name,) in conn.execute(sa.select(entries.c.file).distinct()).all()
+            }
+            deleted = 0
+            for item in self.store.list(PARTS):
+                name = item.key[len(PARTS) :]
+                if (
+                    _is_part_or_leftover(name)
+                    and name not in referenced
+                    and item.modified < deadline
+                    and self.store.delete(item.key)
+                ):
+                    deleted += 1
+            return deleted
+
+        return self.db.write(sweep, lock=INDEX_LOCK)
+
+    def _referenced(self) -> set[str]:
+        return self.db.read(
+            lambda conn: {
+                name for (name,) in conn.execute(sa.select(entries.c.file).distinct()).all()
+            }
+        )
 
     def _parts(self) -> dict[str, int]:
-        """Part file name -> bytes (one scandir; sizes from the directory walk's stat)."""
-        sizes: dict[str, int] = {}
-        with os.scandir(self.files) as listing:
-            for item in listing:
-                if item.name.startswith("part-") and item.name.endswith(".parquet"):
-                    with suppress(FileNotFoundError):  # deleted by compaction while listing
-                        sizes[item.name] = item.stat().st_size
-        return sizes
+        """Part name -> bytes, from one listing of the store."""
+        return {
+            item.key[len(PARTS) :]: item.size
+            for item in self.store.list(PARTS)
+            if _is_part(item.key[len(PARTS) :])
+        }
+
+    def _put(self, name: str, table: pa.Table) -> None:
+        row_groups = _row_group_rows(table.schema.field("feature").type)
+        self.store.put(
+            PARTS + name,
+            lambda out: pq.write_table(table, out, row_group_size=row_groups, compression="zstd"),
+        )
+
+    @contextmanager
+    def _source(self, name: str) -> Iterator[_Source]:
+        """A part to read: its path in a folder, an open object (ranged reads) in a bucket.
+        FileNotFoundError when it is gone."""
+        path = self.store.local_path(PARTS + name)
+        if path is not None:
+            yield path
+            return
+        with self.store.open(PARTS + name) as handle:
+            yield handle
+
+    def _entries_of(self, keys: Sequence[Key], columns: str) -> list[tuple[Any, ...]]:
+        if not keys:
+            return []
+        return self.db.read(
+            lambda conn: _joined(conn, self.db.is_postgres, _KEY, list(set(keys)), columns)
+        )
 
     def _locate(self, keys: Iterable[Key]) -> dict[Key, _Entry]:
-        keys = list(keys)
-        if not keys:
-            return {}
-        with closing(self._connect()) as db:
-            _wanted(db, keys)
-            rows = db.execute(
-                "SELECT e.content_hash, e.recipe_id, e.series_id, e.file, e.n_frames, e.row_offset"
-                " FROM wanted w CROSS JOIN entries e"
-                " ON e.content_hash = w.content_hash AND e.recipe_id = w.recipe_id"
-            ).fetchall()
+        rows = self._entries_of(list(keys), _ENTRY_COLUMNS)
         return {(h, r): _Entry(sid, name, n, offset) for h, r, sid, name, n, offset in rows}
 
     def _each_file(
         self,
         keys: list[Key],
-        take: Callable[[Path, dict[Key, _Entry]], None],
+        take: Callable[[_Source, dict[Key, _Entry]], None],
         on_located: Callable[[dict[Key, _Entry]], None] | None = None,
     ) -> None:
-        """Locate `keys` and call `take(path, entries)` per file; keys whose file was deleted
+        """Locate `keys` and call `take(source, entries)` per part; keys whose part was deleted
         between lookup and open (compaction moved them) are located once more."""
         located = self._locate(keys)
         if on_located is not None:
@@ -535,37 +603,94 @@ class FeatureCache:
             for key, entry in located.items():
                 by_file[entry.file][key] = entry
             gone: list[Key] = []
-            for name, entries in by_file.items():
+            for name, found in by_file.items():
                 try:
-                    take(self.files / name, entries)
+                    with self._source(name) as source:
+                        take(source, found)
                 except FileNotFoundError as error:
                     if attempt == 2:
                         raise FileNotFoundError(
-                            f"{self.files / name}: the index points at a missing file even "
-                            f"after a second lookup; its {len(entries)} series cannot be read "
-                            f"(delete their entries from {self.index_path} and extract them again)"
+                            f"{self.store.uri(PARTS + name)}: the index points at a missing part "
+                            f"even after a second lookup; its {len(found)} series cannot be read "
+                            f"(delete their entries from {self.db.where} and extract them again)"
                         ) from error
-                    gone += entries
+                    gone += found
             if not gone:
                 return
             located = self._locate(gone)
 
 
-def _columns(db: sqlite3.Connection, table: str) -> set[str]:
-    return {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+_KEY = ("content_hash", "recipe_id")
 
 
-def _schema_is_current(db: sqlite3.Connection) -> bool:
-    names = {name for (name,) in db.execute("SELECT name FROM sqlite_master")}
-    return {"entries", "recipes", "entries_by_file"} <= names and "row_offset" in _columns(
-        db, "entries"
+def _joined(
+    conn: Connection,
+    postgres: bool,
+    names: tuple[str, ...],
+    wanted: Sequence[tuple[str, ...]],
+    columns: str,
+    order: str = "",
+) -> list[tuple[Any, ...]]:
+    """`SELECT columns` of the entries `e` whose `names` equal one row of `wanted`, in one
+    query whatever the number of rows: PostgreSQL joins arrays unnested on the server (one
+    round trip), SQLite a temp table filled by one executemany, scanned first (CROSS JOIN)."""
+    if not wanted:
+        return []
+    on = " AND ".join(f"e.{n} = w.{n}" for n in names)
+    if postgres:
+        arrays = ", ".join(f"CAST(:{n} AS text[])" for n in names)
+        query = (
+            f"SELECT {columns} FROM unnest({arrays}) AS w({', '.join(names)})"
+            f" JOIN entries e ON {on}{order}"
+        )
+        params = {n: [row[i] for row in wanted] for i, n in enumerate(names)}
+        return [tuple(row) for row in conn.execute(sa.text(query), params).all()]
+    conn.exec_driver_sql(f"CREATE TEMP TABLE w ({', '.join(f'{n} TEXT' for n in names)})")
+    try:
+        marks = ", ".join("?" * len(names))
+        conn.exec_driver_sql(f"INSERT INTO w VALUES ({marks})", list(wanted))
+        query = f"SELECT {columns} FROM w CROSS JOIN entries e ON {on}{order}"
+        return [tuple(row) for row in conn.exec_driver_sql(query).all()]
+    finally:
+        conn.exec_driver_sql("DROP TABLE w")
+
+
+def _repoint(
+    conn: Connection, postgres: bool, moves: list[tuple[str, str, str, int]], target: str
+) -> None:
+    """Point the entries (hash, recipe) still in part `old` at `target` and their new offset."""
+    if postgres:  # one statement: a row-by-row executemany is one round trip per entry
+        conn.execute(
+            sa.text(
+                "UPDATE entries e SET file = :target, row_offset = w.row_offset"
+                " FROM unnest(CAST(:h AS text[]), CAST(:r AS text[]), CAST(:old AS text[]),"
+                " CAST(:o AS integer[])) AS w(content_hash, recipe_id, file, row_offset)"
+                " WHERE e.content_hash = w.content_hash AND e.recipe_id = w.recipe_id"
+                " AND e.file = w.file"
+            ),
+            {
+                "target": target,
+                "h": [m[0] for m in moves],
+                "r": [m[1] for m in moves],
+                "old": [m[2] for m in moves],
+                "o": [m[3] for m in moves],
+            },
+        )
+        return
+    conn.exec_driver_sql(
+        "UPDATE entries SET file = ?, row_offset = ?"
+        " WHERE content_hash = ? AND recipe_id = ? AND file = ?",
+        [(target, o, h, r, old) for h, r, old, o in moves],
     )
 
 
-def _wanted(db: sqlite3.Connection, keys: list[Key]) -> None:
-    """A temp table of `keys` to join against: one executemany, no per-key query."""
-    db.execute("CREATE TEMP TABLE wanted (content_hash TEXT, recipe_id TEXT)")
-    db.executemany("INSERT INTO wanted VALUES (?, ?)", set(keys))
+def _is_part(name: str) -> bool:
+    return name.startswith("part-") and name.endswith(".parquet") and "/" not in name
+
+
+def _is_part_or_leftover(name: str) -> bool:
+    """A part, or a temp file a crashed local writer left beside the parts."""
+    return _is_part(name) or (name.startswith(".tmp-") and "/" not in name)
 
 
 def _row_group_rows(feature: pa.DataType) -> int:
@@ -625,17 +750,22 @@ def _table(
     )
 
 
-def _file_rows(path: Path, entries: dict[Key, _Entry], with_t: bool) -> _Rows:
-    """Read the rows of `entries` from one file: the covering row groups when every entry has a
-    row offset and the rows there match, else a content-hash filter over the file."""
+def _schema(source: _Source) -> pa.Schema:
+    with pq.ParquetFile(source) as handle:
+        return handle.schema_arrow
+
+
+def _file_rows(source: _Source, entries: dict[Key, _Entry], with_t: bool) -> _Rows:
+    """Read the rows of `entries` from one part: the covering row groups when every entry has a
+    row offset and the rows there match, else a content-hash filter over the part."""
     columns = ["content_hash", "recipe_id", "frame_index"] + (["t"] if with_t else []) + ["feature"]
-    with pq.ParquetFile(path, read_dictionary=_DICTIONARY_COLUMNS) as handle:
+    with pq.ParquetFile(source, read_dictionary=_DICTIONARY_COLUMNS) as handle:
         offsets = {k: e.row_offset for k, e in entries.items() if e.row_offset is not None}
         if len(offsets) == len(entries):
             rows = _ranged_rows(handle, entries, offsets, columns)
             if rows is not None:
                 return rows
-    return _filtered_rows(path, entries, columns)
+        return _filtered_rows(handle, entries, columns)
 
 
 def _ranged_rows(
@@ -678,15 +808,12 @@ def _ranged_rows(
     return _Rows(table, pos, order, counts)
 
 
-def _filtered_rows(path: Path, entries: dict[Key, _Entry], columns: list[str]) -> _Rows:
-    """Every row of the file's wanted content hashes, sorted into series and frame order."""
-    hashes = sorted({h for h, _ in entries})
-    table = pq.read_table(
-        path,
-        columns=columns,
-        filters=[("content_hash", "in", hashes)],
-        read_dictionary=_DICTIONARY_COLUMNS,
-    ).combine_chunks()
+def _filtered_rows(handle: pq.ParquetFile, entries: dict[Key, _Entry], columns: list[str]) -> _Rows:
+    """Every row of the part's wanted content hashes, sorted into series and frame order."""
+    hashes = pa.array(sorted({h for h, _ in entries}), pa.string())
+    table = handle.read(columns=columns)
+    table = table.filter(pc.is_in(table["content_hash"].cast(pa.string()), value_set=hashes))
+    table = table.combine_chunks()
     order = list(entries)
     wanted = pa.table(
         {
@@ -709,9 +836,10 @@ def _filtered_rows(path: Path, entries: dict[Key, _Entry], columns: list[str]) -
     expected = np.array([entries[key].n_frames for key in order], dtype=np.int64)
     if not np.array_equal(counts, expected):
         bad = [key for key, n, m in zip(order, counts, expected, strict=False) if n != m]
+        part = next(iter(entries.values())).file
         raise ValueError(
-            f"{path}: the index says {bad[:3]} have {expected[counts != expected][:3].tolist()} "
-            f"frames but the file holds {counts[counts != expected][:3].tolist()}; the file was "
+            f"{part}: the index says {bad[:3]} have {expected[counts != expected][:3].tolist()} "
+            f"frames but the part holds {counts[counts != expected][:3].tolist()}; the part was "
             f"changed outside lstmpipe: delete these entries from the index and extract again"
         )
     return _Rows(table, joined["row"].to_numpy().astype(np.int64), order, counts)
@@ -760,18 +888,3 @@ def _pack(files: list[tuple[str, int, bool]], target_rows: int) -> Iterable[list
         rows += item[1]
     if group and (len(group) > 1 or group[0][2]):
         yield [name for name, _, _ in group]
-
-
-def _mtime(item: os.DirEntry) -> float:
-    try:
-        return item.stat().st_mtime
-    except FileNotFoundError:
-        return float("inf")  # gone already: nothing to delete
-
-
-def _unlink(path: Path) -> int:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        return 0
-    return 1

@@ -107,7 +107,7 @@ def plan_source(
     _, recipe = load_backbone(
         config.sampling, config.backbone, torch_hub_dir, device, config.sources
     )
-    planned = plan(found.refs, recipe, FeatureCache(Path(state.home) / "cache"))
+    planned = plan(found.refs, recipe, FeatureCache.at(state))
     refused = [
         PlannedSeries(f.series_id, PlanAction.FAIL, f"[{f.stage}] {f.reason}")
         for f in found.failures

@@ -94,7 +94,7 @@ def collect(
     return Status(
         partitions=_partitions(home / "partitions.sqlite", root) if root is not None else None,
         home=str(home),
-        cache=FeatureCache(home / "cache").stats(),
+        cache=FeatureCache.at(state).stats(),
         runs=_recent_runs(home / "runs"),
         champions=_champions(client, alias),
         failures_total=len(failures),

@@ -7,7 +7,6 @@ the rename and the index commit (of a write, or of a compaction's merge)."""
 from __future__ import annotations
 
 import contextlib
-import os
 import sqlite3
 import tempfile
 from pathlib import Path
@@ -22,6 +21,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 from lstmpipe.lib import atomic
 from lstmpipe.lib.features import cache
 from lstmpipe.lib.features.cache import FeatureCache, SeriesFeatures
+from tests.cache_files import features_dir, index_file
 
 RECIPES = ["r1", "r2"]
 HASHES = [f"h{i}" for i in range(6)]
@@ -41,7 +41,7 @@ def series(content_hash: str, version: int) -> SeriesFeatures:
     return SeriesFeatures(f"id-{content_hash}", content_hash, features, np.arange(frames) / 4.0)
 
 
-def crashing(where: str):
+def crashing(where: str, feature_cache: FeatureCache):
     """A context that makes the next Parquet write of the cache crash at `where`."""
     if where == "in-parquet-write":
         real_write = atomic.pq.write_table
@@ -52,13 +52,13 @@ def crashing(where: str):
             raise Crash("injected: killed while writing the Parquet file")
 
         return mock.patch.object(atomic.pq, "write_table", half_then_crash)
-    real = cache.write_parquet_atomic
+    real = feature_cache.store.put
 
     def renamed_then_crash(*args, **kwargs):
         real(*args, **kwargs)
         raise Crash("injected: killed between the rename and the index commit")
 
-    return mock.patch.object(cache, "write_parquet_atomic", renamed_then_crash)
+    return mock.patch.object(feature_cache.store, "put", renamed_then_crash)
 
 
 class CacheMachine(RuleBasedStateMachine):
@@ -66,7 +66,7 @@ class CacheMachine(RuleBasedStateMachine):
         super().__init__()
         self.tmp = tempfile.TemporaryDirectory(prefix="cache-props-")
         self.root = Path(self.tmp.name)
-        self.cache = FeatureCache(self.root)
+        self.cache = FeatureCache.local(self.root)
         # key -> the series its first committed write held
         self.first: dict[tuple[str, str], SeriesFeatures] = {}
         self.version = 0
@@ -88,7 +88,7 @@ class CacheMachine(RuleBasedStateMachine):
             for item in items:
                 self.first.setdefault((item.content_hash, recipe), item)
             return
-        with crashing(crash):
+        with crashing(crash, self.cache):
             try:
                 self.cache.write(recipe, items)
             except Crash:
@@ -108,13 +108,13 @@ class CacheMachine(RuleBasedStateMachine):
             self.cache.compact(target_rows=target_rows, orphan_grace_s=grace)
             return
         # a merge that crashed leaves its entries pointing at the old files
-        with crashing(crash), contextlib.suppress(Crash):
+        with crashing(crash, self.cache), contextlib.suppress(Crash):
             self.cache.compact(target_rows=target_rows, orphan_grace_s=grace)
 
     @rule(hashes=st.lists(st.sampled_from(HASHES), max_size=6), recipe=st.sampled_from(RECIPES))
     def read(self, hashes: list[str], recipe: str) -> None:
         keys = [(h, recipe) for h in hashes]
-        other = FeatureCache(self.root)  # another process's view
+        other = FeatureCache.local(self.root)  # another process's view
         found = other.read(keys)
         assert set(found) == {k for k in keys if k in self.first}
         stacked = other.read_stacked(keys)
@@ -125,7 +125,7 @@ class CacheMachine(RuleBasedStateMachine):
 
     @invariant()
     def every_indexed_entry_is_complete_and_matches_its_key(self) -> None:
-        with sqlite3.connect(self.cache.index_path) as db:
+        with sqlite3.connect(index_file(self.cache)) as db:
             rows = db.execute(
                 "SELECT content_hash, recipe_id, file, n_frames, row_offset FROM entries"
             ).fetchall()
@@ -143,7 +143,8 @@ class CacheMachine(RuleBasedStateMachine):
         # the named file holds the key's rows once, where the index says
         for h, r, name, n_frames, offset in rows:
             table = pq.read_table(
-                self.cache.files / name, columns=["content_hash", "recipe_id", "frame_index"]
+                features_dir(self.cache) / name,
+                columns=["content_hash", "recipe_id", "frame_index"],
             )
             mine = [
                 i
@@ -157,9 +158,7 @@ class CacheMachine(RuleBasedStateMachine):
                 if (th, tr) == (h, r)
             ]
             assert mine == list(range(offset, offset + n_frames)), (h, r, name)
-        assert not [p for p in os.listdir(self.cache.files) if p.startswith(".tmp-")], (
-            "a temp file was left"
-        )
+        assert not list(features_dir(self.cache).glob(".tmp-*")), "a temp file was left"
 
 
 CacheMachine.TestCase.settings = settings(

@@ -27,6 +27,7 @@ from prefect.testing.utilities import prefect_test_harness
 from lstmpipe.lib.demo.video import SampleSpec, generate_archive
 from lstmpipe.lib.features.cache import FeatureCache
 from lstmpipe.lib.sources.discover import discover
+from tests.cache_files import features_dir, index_file
 
 pytestmark = pytest.mark.slow
 LSTMPIPE = str(Path(sys.executable).parent / "lstmpipe")
@@ -80,8 +81,8 @@ def test_two_extracts_at_once_index_each_series_once_and_completely(
         assert summary["cached"] + summary["extracted"] == 12
     [recipe_id] = {s["recipe_id"] for s in summaries}
 
-    cache = FeatureCache(home / "cache")
-    with sqlite3.connect(cache.index_path) as db:
+    cache = FeatureCache.local(home / "cache")
+    with sqlite3.connect(index_file(cache)) as db:
         rows = db.execute(
             "SELECT content_hash, recipe_id, series_id, file, n_frames, row_offset FROM entries"
         ).fetchall()
@@ -94,7 +95,7 @@ def test_two_extracts_at_once_index_each_series_once_and_completely(
         assert entry.series_id == series_id and entry.features.shape == (n_frames, 512)
         assert np.isfinite(entry.features).all() and (np.diff(entry.t) > 0).all()
         table = pq.read_table(
-            cache.files / name, columns=["content_hash", "recipe_id", "frame_index"]
+            features_dir(cache) / name, columns=["content_hash", "recipe_id", "frame_index"]
         )
         mine = [
             i
@@ -110,9 +111,9 @@ def test_two_extracts_at_once_index_each_series_once_and_completely(
 
     # The run that lost a race wrote rows nobody indexes: invisible, and compaction takes them away.
     cache.compact(orphan_grace_s=0)
-    with sqlite3.connect(cache.index_path) as db:
+    with sqlite3.connect(index_file(cache)) as db:
         referenced = {name for (name,) in db.execute("SELECT DISTINCT file FROM entries")}
-    assert {p.name for p in cache.files.iterdir()} == referenced
+    assert {p.name for p in features_dir(cache).iterdir()} == referenced
     after = cache.read(keys)
     for key in keys:
         np.testing.assert_array_equal(after[key].features, found[key].features)

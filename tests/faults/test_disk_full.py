@@ -23,10 +23,11 @@ import pytest
 
 from lstmpipe.lib import atomic
 from lstmpipe.lib.failures import Failure
-from lstmpipe.lib.features.cache import FeatureCache, SeriesFeatures
+from lstmpipe.lib.features.cache import CacheIndexError, FeatureCache, SeriesFeatures
 from lstmpipe.lib.inference.predictions import write_predictions
 from lstmpipe.lib.ops.failures import read_failures, record_failures
 from lstmpipe.lib.state.store import LocalStore
+from tests.cache_files import failing_commits, features_dir, index_file
 
 RID = "recipe"
 
@@ -54,11 +55,6 @@ def disk_full(at: str) -> Iterator[None]:
         yield
 
 
-class _FullIndex(sqlite3.Connection):
-    def commit(self) -> None:
-        raise sqlite3.OperationalError("database or disk is full")
-
-
 def series(name: str, frames: int, dim: int = 16) -> SeriesFeatures:
     return SeriesFeatures(
         name,
@@ -69,7 +65,7 @@ def series(name: str, frames: int, dim: int = 16) -> SeriesFeatures:
 
 
 def index_rows(cache: FeatureCache) -> list[tuple]:
-    with sqlite3.connect(cache.index_path) as db:
+    with sqlite3.connect(index_file(cache)) as db:
         return sorted(db.execute("SELECT * FROM entries").fetchall())
 
 
@@ -79,33 +75,29 @@ def leftovers(folder: Path) -> list[str]:
 
 @pytest.mark.parametrize("at", ["write", "fsync", "index"])
 def test_a_full_disk_while_caching_leaves_the_cache_as_it_was(tmp_path: Path, at: str) -> None:
-    cache = FeatureCache(tmp_path / "cache")
+    cache = FeatureCache.local(tmp_path / "cache")
     kept = series("kept", 3)
     cache.write(RID, [kept])
-    before, files_before = index_rows(cache), sorted(p.name for p in cache.files.iterdir())
+    before, files_before = index_rows(cache), sorted(p.name for p in features_dir(cache).iterdir())
     new = [series("new-a", 50), series("new-b", 20)]
 
     if at == "index":  # the part is renamed into place; the index commit finds the disk full
         with (
-            mock.patch.object(
-                FeatureCache,
-                "_connect",
-                lambda self: sqlite3.connect(self.index_path, timeout=60, factory=_FullIndex),
-            ),
-            pytest.raises(sqlite3.OperationalError) as caught,
+            failing_commits(cache, "database or disk is full"),
+            pytest.raises(CacheIndexError) as caught,
         ):
             cache.write(RID, new)
-        assert str(cache.index_path) in str(caught.value) and "disk is full" in str(caught.value)
+        assert str(index_file(cache)) in str(caught.value) and "disk is full" in str(caught.value)
         assert "none of them was indexed" in str(caught.value)
     else:
         with disk_full(at), pytest.raises(OSError) as caught:
             cache.write(RID, new)
         assert caught.value.errno == errno.ENOSPC
-        assert f"cannot write {cache.files}/part-" in str(caught.value) and "No space left" in str(
+        assert f"cannot write {features_dir(cache)}/part-" in str(
             caught.value
-        )
+        ) and "No space left" in str(caught.value)
         # no partial part, no temp file
-        assert sorted(p.name for p in cache.files.iterdir()) == files_before
+        assert sorted(p.name for p in features_dir(cache).iterdir()) == files_before
 
     assert index_rows(cache) == before
     assert cache.read([(s.content_hash, RID) for s in new]) == {}
@@ -120,9 +112,9 @@ def test_a_full_disk_while_caching_leaves_the_cache_as_it_was(tmp_path: Path, at
     }
     # the index case left an unindexed part: swept, nothing indexed is lost
     cache.compact(orphan_grace_s=0)
-    with sqlite3.connect(cache.index_path) as db:
+    with sqlite3.connect(index_file(cache)) as db:
         referenced = {name for (name,) in db.execute("SELECT DISTINCT file FROM entries")}
-    assert {p.name for p in cache.files.iterdir()} == referenced
+    assert {p.name for p in features_dir(cache).iterdir()} == referenced
     assert len(cache.read([(s.content_hash, RID) for s in [kept, *new]])) == 3
 
 
@@ -178,7 +170,7 @@ def tiny_disk(tmp_path: Path) -> Iterator[Path]:
 
 
 def test_a_real_full_file_system_while_caching(tiny_disk: Path) -> None:
-    cache = FeatureCache(tiny_disk / "cache")
+    cache = FeatureCache.local(tiny_disk / "cache")
     small = series("small", 8)
     cache.write(RID, [small])
     before = index_rows(cache)
@@ -191,8 +183,9 @@ def test_a_real_full_file_system_while_caching(tiny_disk: Path) -> None:
     )
     with pytest.raises(OSError) as caught:
         cache.write(RID, [big])
-    assert caught.value.errno == errno.ENOSPC and f"cannot write {cache.files}/part-" in str(
-        caught.value
+    assert (
+        caught.value.errno == errno.ENOSPC
+        and f"cannot write {features_dir(cache)}/part-" in str(caught.value)
     )
     assert index_rows(cache) == before and not leftovers(tiny_disk)
     assert cache.read([("hash-big", RID)]) == {}

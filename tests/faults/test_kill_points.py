@@ -44,6 +44,7 @@ from lstmpipe.lib.features.cache import FeatureCache
 from lstmpipe.lib.ops.failures import read_failures
 from lstmpipe.lib.registry import mlflow_store as registry
 from lstmpipe.lib.state.store import LocalStore
+from tests.cache_files import index_file
 
 pytestmark = pytest.mark.slow
 LSTMPIPE = str(Path(sys.executable).parent / "lstmpipe")
@@ -138,8 +139,8 @@ def kill_after(home: Path, prefect_api: str, command: list[str], delay: float) -
 
 def state(home: Path) -> dict:
     """Everything a run leaves, by content."""
-    cache = FeatureCache(home / "cache")
-    with sqlite3.connect(cache.index_path) as db:
+    cache = FeatureCache.local(home / "cache")
+    with sqlite3.connect(index_file(cache)) as db:
         entries = sorted(
             db.execute("SELECT content_hash, recipe_id, series_id, n_frames FROM entries")
         )

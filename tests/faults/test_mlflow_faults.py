@@ -231,7 +231,7 @@ def test_registration_and_promotion_survive_an_unreachable_or_failing_server(
         tmp_path / "src", SampleSpec(clips_per_class=4, size=32, min_frames=8, max_frames=12)
     )
     overrides = {**TINY, "runtime.home": str(tmp_path / "home")}
-    cache = FeatureCache(tmp_path / "home" / "cache")
+    cache = FeatureCache.local(tmp_path / "home" / "cache")
 
     # Registration: the version-create call answered 503, or the server gone from it on: retried,
     # then named.

@@ -27,6 +27,7 @@ from lstmpipe.lib.features.cache import FeatureCache
 from lstmpipe.lib.features.recipe import FeatureRecipe
 from lstmpipe.lib.state.places import StatePlaces
 from lstmpipe.tasks.extract import GROUP, discover_source, extract_shard, feature_recipe
+from tests.cache_files import index_file
 
 pytestmark = pytest.mark.slow
 TINY = {
@@ -107,8 +108,8 @@ def test_a_killed_feature_worker_is_retried_and_every_series_cached_once(
     assert {row.status for row in rows} == {"extracted"}, (
         "a cold cache: every series was extracted by this run"
     )
-    cache = FeatureCache(cache_root)
-    with sqlite3.connect(cache.index_path) as db:
+    cache = FeatureCache.local(cache_root)
+    with sqlite3.connect(index_file(cache)) as db:
         entries = db.execute(
             "SELECT content_hash, recipe_id, series_id, n_frames FROM entries"
         ).fetchall()

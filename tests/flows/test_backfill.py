@@ -208,8 +208,8 @@ def test_a_killed_backfill_resumes_with_only_the_remainder(
     assert cache_rows(killed_home) == cache_rows(whole_home)
     keys = [(h, r) for h, r, _, _ in cache_rows(whole_home)]
     before, after = (
-        FeatureCache(killed_home / "cache").read(keys),
-        FeatureCache(whole_home / "cache").read(keys),
+        FeatureCache.local(killed_home / "cache").read(keys),
+        FeatureCache.local(whole_home / "cache").read(keys),
     )
     assert all(np.allclose(before[k].features, after[k].features, atol=1e-5) for k in keys)
 

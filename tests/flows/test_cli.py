@@ -188,7 +188,7 @@ def test_compact_merges_small_cache_files_keeping_every_series(
     from lstmpipe.lib.features.cache import FeatureCache, SeriesFeatures
 
     monkeypatch.setenv("LSTMPIPE_HOME", str(tmp_path))
-    cache = FeatureCache(tmp_path / "cache")
+    cache = FeatureCache.local(tmp_path / "cache")
     for i in range(3):  # three one-series files, as three small extract runs leave them
         cache.write(
             "r1", [SeriesFeatures(f"s{i}", f"h{i}", np.full((4, 8), i, np.float32), np.arange(4.0))]
@@ -196,7 +196,7 @@ def test_compact_merges_small_cache_files_keeping_every_series(
     assert main(["compact", "--json"]) == 0
     shown = json.loads(capsys.readouterr().out)
     assert (shown["files_before"], shown["files_after"], shown["series_moved"]) == (3, 1, 3)
-    found = FeatureCache(tmp_path / "cache").read([(f"h{i}", "r1") for i in range(3)])
+    found = FeatureCache.local(tmp_path / "cache").read([(f"h{i}", "r1") for i in range(3)])
     assert [float(found[(f"h{i}", "r1")].features[0, 0]) for i in range(3)] == [0.0, 1.0, 2.0]
 
 

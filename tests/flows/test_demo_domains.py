@@ -82,7 +82,7 @@ def test_the_domain_demo_models_beat_frame_averaging(
     assert backbone.precision == precision
     archive = SERIES_MAKERS[domain](tmp_path / "sample", chosen.clips_per_class, seed)
     refs = discover(archive, archive / "labels.csv").refs
-    cache = FeatureCache(tmp_path / "cache")
+    cache = FeatureCache.local(tmp_path / "cache")
     rows = extract_to_cache(
         refs,
         config.sampling,

@@ -187,7 +187,7 @@ def test_two_concurrent_promotions_leave_one_champion_and_two_decisions(
     def run(plan: Candidates) -> None:
         results[plan.challenger.version] = promotion.promote(
             client,
-            FeatureCache(rt.home / "cache"),
+            FeatureCache.local(rt.home / "cache"),
             plan,
             rules,
             lock_path(rt.home / "locks", MODEL),

@@ -94,7 +94,7 @@ def sample_cache(
 ) -> FeatureCache:
     """The sample archive's features, extracted once with the tiny config's backbone."""
     model, recipe = backbone
-    cache = FeatureCache(tmp_path_factory.mktemp("cache"))
+    cache = FeatureCache.local(tmp_path_factory.mktemp("cache"))
     cache.add_recipe(recipe)
     batch_size = tiny_config.backbone.batch_size
     assert batch_size is not None  # the tiny config sets it

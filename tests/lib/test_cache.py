@@ -8,17 +8,21 @@ import dataclasses
 import json
 import os
 import sqlite3
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import sqlalchemy as sa
 import torch
 
 from lstmpipe.lib.features import cache as lib_cache
 from lstmpipe.lib.features.cache import FeatureCache, SeriesFeatures, feature_schema
 from lstmpipe.lib.features.recipe import FeatureRecipe
+from lstmpipe.lib.state import database as state_database
+from tests.cache_files import failing_commits, features_dir, index_file, part_of, root_of
 
 DIM = 8
 RECIPE = FeatureRecipe(
@@ -56,12 +60,12 @@ def assert_same(got: SeriesFeatures, want: SeriesFeatures) -> None:
 
 
 def parts(cache: FeatureCache) -> list[Path]:
-    return sorted(cache.files.glob("*.parquet"))
+    return sorted(features_dir(cache).glob("*.parquet"))
 
 
 @pytest.fixture
 def cache(tmp_path: Path) -> FeatureCache:
-    return FeatureCache(tmp_path / "cache")
+    return FeatureCache.local(tmp_path / "cache")
 
 
 def test_write_then_read_is_exact(cache: FeatureCache) -> None:
@@ -75,7 +79,7 @@ def test_write_then_read_is_exact(cache: FeatureCache) -> None:
 
 def test_many_series_share_one_file_and_a_subset_reads_back_unmixed(cache: FeatureCache) -> None:
     items = [series(f"s{i:02d}", 3 + i % 5, i) for i in range(40)]
-    target = cache.write(RID, items)
+    target = part_of(cache, cache.write(RID, items))
     assert parts(cache) == [target]  # one file for 40 series, not 40 files
     wanted = items[17:19] + items[3:4]
     found = cache.read([(i.content_hash, RID) for i in wanted])
@@ -108,7 +112,7 @@ def test_missing_keys_are_absent_and_recipes_keep_entries_apart(cache: FeatureCa
 def test_rows_come_back_in_frame_order_whatever_the_file_order(cache: FeatureCache) -> None:
     """Other tools may rewrite a part (compaction, a copy): readers sort by frame_index, not row."""
     item = series("a", 12, 0)
-    target = cache.write(RID, [item, series("b", 4, 1)])
+    target = part_of(cache, cache.write(RID, [item, series("b", 4, 1)]))
     table = pq.read_table(target)
     shuffled = table.take(np.random.default_rng(0).permutation(table.num_rows))
     assert shuffled["frame_index"].to_pylist() != sorted(shuffled["frame_index"].to_pylist())
@@ -119,7 +123,7 @@ def test_rows_come_back_in_frame_order_whatever_the_file_order(cache: FeatureCac
 def test_duplicate_keys_in_one_write_are_stored_once(cache: FeatureCache) -> None:
     # same content hash twice (a clip copied twice)
     first, again = series("a", 6, 0), series("a", 6, 1)
-    target = cache.write(RID, [first, series("b", 2, 2), again])
+    target = part_of(cache, cache.write(RID, [first, series("b", 2, 2), again]))
     assert pq.read_metadata(target).num_rows == 6 + 2
     assert_same(cache.read([("hash-a", RID)])[("hash-a", RID)], first)
     assert cache.stats()["series"] == 2
@@ -127,16 +131,15 @@ def test_duplicate_keys_in_one_write_are_stored_once(cache: FeatureCache) -> Non
 
 def test_a_write_with_nothing_new_leaves_no_file(cache: FeatureCache) -> None:
     """The loser of a race (or a retried shard): its file would only wait for compaction's sweep."""
-    kept = cache.write(RID, [series("a", 6, 0), series("b", 2, 2)])
-    assert kept is not None
+    kept = part_of(cache, cache.write(RID, [series("a", 6, 0), series("b", 2, 2)]))
     assert cache.write(RID, [series("a", 6, 1), series("b", 2, 3)]) is None
-    assert sorted(p.name for p in cache.files.glob("*.parquet")) == [kept.name]
+    assert sorted(p.name for p in features_dir(cache).glob("*.parquet")) == [kept.name]
 
 
 def test_a_second_writer_of_a_key_changes_nothing_that_is_read(tmp_path: Path) -> None:
     """Two workers that extracted the same series: the first committed entry stays, read once."""
     # two handles, as two processes hold
-    one, two = FeatureCache(tmp_path / "c"), FeatureCache(tmp_path / "c")
+    one, two = FeatureCache.local(tmp_path / "c"), FeatureCache.local(tmp_path / "c")
     first = series("a", 6, 0)
     one.write(RID, [first])
     two.write(
@@ -168,8 +171,8 @@ def test_unindexed_files_are_invisible(cache: FeatureCache) -> None:
         },
         schema=feature_schema(DIM),
     )
-    pq.write_table(rows, cache.files / "part-crashed.parquet")
-    (cache.files / ".tmp-half.parquet").write_bytes(b"PAR1 half a file")
+    pq.write_table(rows, features_dir(cache) / "part-crashed.parquet")
+    (features_dir(cache) / ".tmp-half.parquet").write_bytes(b"PAR1 half a file")
     key = (orphan.content_hash, RID)
     assert (
         cache.present([key]) == set()
@@ -183,8 +186,8 @@ def test_unindexed_files_are_invisible(cache: FeatureCache) -> None:
 
 def test_parts_are_plain_parquet_with_the_documented_schema(cache: FeatureCache) -> None:
     items = [series("a", 4, 0), series("b", 3, 1)]
-    target = cache.write(RID, items)
-    assert target is not None and target.parent == cache.files and target.name.startswith("part-")
+    target = part_of(cache, cache.write(RID, items))
+    assert target.parent == features_dir(cache) and target.name.startswith("part-")
     table = pq.read_table(target)  # plain pyarrow: no lstmpipe code needed to read the cache
     assert table.schema.names == [
         "series_id",
@@ -205,7 +208,7 @@ def test_parts_are_plain_parquet_with_the_documented_schema(cache: FeatureCache)
     np.testing.assert_array_equal(
         np.array(table["feature"].to_pylist()[4:], np.float32), items[1].features
     )
-    with sqlite3.connect(cache.index_path) as db:  # the index is plain SQLite, too
+    with sqlite3.connect(index_file(cache)) as db:  # the index is plain SQLite, too
         assert db.execute(
             "SELECT content_hash, file, n_frames, row_offset FROM entries ORDER BY content_hash"
         ).fetchall() == [("hash-a", target.name, 4, 0), ("hash-b", target.name, 3, 4)]
@@ -221,8 +224,8 @@ def test_recipes_round_trip(cache: FeatureCache) -> None:
     cache.add_recipe(RECIPE)
     cache.add_recipe(RECIPE)  # idempotent
     assert cache.recipe(RID) == RECIPE
-    assert FeatureCache(cache.root).recipe(RID) == RECIPE  # persisted, not held in memory
-    with sqlite3.connect(cache.index_path) as db:
+    assert FeatureCache.local(root_of(cache)).recipe(RID) == RECIPE  # persisted, not held in memory
+    with sqlite3.connect(index_file(cache)) as db:
         stored = json.loads(db.execute("SELECT recipe FROM recipes").fetchone()[0])
     assert stored == RECIPE.to_dict()
 
@@ -246,7 +249,7 @@ def test_stats_count_series_frames_recipes_and_bytes(cache: FeatureCache) -> Non
 
 def everything(cache: FeatureCache) -> dict:
     """Every indexed entry, read back: (key) -> SeriesFeatures."""
-    with sqlite3.connect(cache.index_path) as db:
+    with sqlite3.connect(index_file(cache)) as db:
         keys = db.execute("SELECT content_hash, recipe_id FROM entries").fetchall()
     found = cache.read(keys)
     assert set(found) == set(keys)  # every reported series reads back
@@ -272,7 +275,7 @@ def test_float16_features_are_stored_as_float16_and_read_as_float32(cache: Featu
         )
         for i in range(3)
     ]
-    target = cache.write(RID, half)
+    target = part_of(cache, cache.write(RID, half))
     assert pq.read_schema(target).field("feature").type == pa.list_(pa.float16(), DIM)
     found = cache.read([(i.content_hash, RID) for i in half])
     for item in half:  # float16 -> float32 is exact
@@ -291,7 +294,7 @@ def test_float32_and_other_dtypes_are_stored_as_float32(cache: FeatureCache) -> 
     wide = series("m64", 3, 1)
     wide = dataclasses.replace(wide, features=wide.features.astype(np.float64))
     # one float32 item (after conversion) makes the part float32
-    target = cache.write(RID, [mixed, wide])
+    target = part_of(cache, cache.write(RID, [mixed, wide]))
     assert pq.read_schema(target).field("feature").type == pa.list_(pa.float32(), DIM)
     found = cache.read([(mixed.content_hash, RID), (wide.content_hash, RID)])
     np.testing.assert_array_equal(
@@ -304,7 +307,7 @@ def test_float32_and_other_dtypes_are_stored_as_float32(cache: FeatureCache) -> 
 
 def test_row_groups_are_sized_by_bytes_not_rows(cache: FeatureCache) -> None:
     wide = series("wide", 5000, 0, dim=512)  # 10 MB of float32: a few row groups of about 4 MiB
-    meta = pq.read_metadata(cache.write(RID, [wide]))
+    meta = pq.read_metadata(part_of(cache, cache.write(RID, [wide])))
     assert meta.num_row_groups >= 2
     for g in range(meta.num_row_groups - 1):
         assert 1 << 20 < meta.row_group(g).total_byte_size <= 8 << 20
@@ -315,7 +318,7 @@ def test_reads_fetch_only_the_row_groups_that_cover_the_wanted_rows(
 ) -> None:
     small_row_groups(monkeypatch)
     items = [series(f"s{i:03d}", 1 + i % 7, i) for i in range(100)]  # ~400 rows in ~25 groups of 16
-    target = cache.write(RID, items)
+    target = part_of(cache, cache.write(RID, items))
     groups_read: list[list[int]] = []
     real = pq.ParquetFile.read_row_groups
 
@@ -324,7 +327,7 @@ def test_reads_fetch_only_the_row_groups_that_cover_the_wanted_rows(
         return real(self, row_groups, *args, **kwargs)
 
     monkeypatch.setattr(pq.ParquetFile, "read_row_groups", spy)
-    monkeypatch.setattr(lib_cache.pq, "read_table", None)  # no whole-file filter read on this path
+    monkeypatch.setattr(pq.ParquetFile, "read", None)  # no whole-part filter read on this path
     wanted = items[50]
     found = cache.read([(wanted.content_hash, RID)])
     assert_same(found[(wanted.content_hash, RID)], wanted)
@@ -441,8 +444,8 @@ def test_an_index_without_row_offsets_still_reads_and_compaction_upgrades_it(
         tmp_path / "c",
         [[series(f"o{n}{i}", 2 + i, 10 * n + i) for i in range(6)] for n in range(4)],
     )
-    cache = FeatureCache(tmp_path / "c")
-    with sqlite3.connect(cache.index_path) as db:
+    cache = FeatureCache.local(tmp_path / "c")
+    with sqlite3.connect(index_file(cache)) as db:
         assert "row_offset" in {row[1] for row in db.execute("PRAGMA table_info(entries)")}
         assert (
             db.execute("SELECT COUNT(*) FROM entries WHERE row_offset IS NULL").fetchone()[0] == 24
@@ -456,10 +459,10 @@ def test_an_index_without_row_offsets_still_reads_and_compaction_upgrades_it(
     cache.write(RID, [new])  # new entries beside old ones
     written[(new.content_hash, RID)] = new
     assert_all_same(everything(cache), written)
-    FeatureCache(cache.root)  # opening again changes nothing
+    FeatureCache.local(root_of(cache))  # opening again changes nothing
     result = cache.compact(orphan_grace_s=0)
     assert result["series_moved"] == 25 and result["files_after"] == 1
-    with sqlite3.connect(cache.index_path) as db:
+    with sqlite3.connect(index_file(cache)) as db:
         assert (
             db.execute("SELECT COUNT(*) FROM entries WHERE row_offset IS NULL").fetchone()[0] == 0
         )
@@ -490,7 +493,7 @@ def scattered(cache: FeatureCache) -> dict:
 
 
 def indexed_files(cache: FeatureCache) -> set[str]:
-    with sqlite3.connect(cache.index_path) as db:
+    with sqlite3.connect(index_file(cache)) as db:
         return {name for (name,) in db.execute("SELECT DISTINCT file FROM entries")}
 
 
@@ -525,7 +528,7 @@ def test_compaction_keeps_every_entry_exactly_and_drops_files(cache: FeatureCach
 
 def test_compaction_leaves_large_files_and_respects_the_target(cache: FeatureCache) -> None:
     big = [series(f"big{i}", 50, i) for i in range(4)]
-    target = cache.write(RID, big)  # 200 rows
+    target = part_of(cache, cache.write(RID, big))  # 200 rows
     small = [[series(f"small{n}", 30, 10 + n)] for n in range(6)]
     for items in small:
         cache.write(RID, items)
@@ -538,19 +541,6 @@ def test_compaction_leaves_large_files_and_respects_the_target(cache: FeatureCac
     )
 
 
-class FailingCommit(sqlite3.Connection):
-    def commit(self) -> None:
-        raise sqlite3.OperationalError("injected: disk I/O error at commit")
-
-
-def fail_commits(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(
-        FeatureCache,
-        "_connect",
-        lambda self: sqlite3.connect(self.index_path, timeout=60, factory=FailingCommit),
-    )
-
-
 def boom(*args, **kwargs):
     raise OSError("injected crash")
 
@@ -560,18 +550,18 @@ def test_a_crash_at_any_compaction_step_leaves_every_entry_readable(
     cache: FeatureCache, step: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     written = scattered(cache)
-    with monkeypatch.context() as crash:
+    with monkeypatch.context() as crash, ExitStack() as failing:
         if step == "write":  # while the new file is written
-            crash.setattr(lib_cache, "write_parquet_atomic", boom)
+            crash.setattr(cache.store, "put", boom)
         elif step == "rename":  # the temp file is complete and fsynced, the rename fails
             crash.setattr(os, "replace", boom)
         elif step == "commit":  # the new file is in place, repointing the index fails
-            fail_commits(crash)
+            failing.enter_context(failing_commits(cache))
         else:  # the index points at the new file; deleting the old ones fails
             crash.setattr(os, "unlink", boom)
-        with pytest.raises((OSError, sqlite3.OperationalError), match="injected"):
+        with pytest.raises((OSError, sa.exc.OperationalError), match="injected"):
             cache.compact(orphan_grace_s=0)
-    assert not list(cache.files.glob(".tmp-*"))
+    assert not list(features_dir(cache).glob(".tmp-*"))
     assert_all_same(everything(cache), written)  # complete, and nothing else reported
     assert cache.stats()["series"] == len(written)
     # the next compaction finishes the job and removes the leftovers
@@ -581,15 +571,11 @@ def test_a_crash_at_any_compaction_step_leaves_every_entry_readable(
     assert len(parts(cache)) == 2
 
 
-def test_leftovers_younger_than_the_grace_are_kept(
-    cache: FeatureCache, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_leftovers_younger_than_the_grace_are_kept(cache: FeatureCache) -> None:
     """A file renamed by a writer whose index rows are not committed yet looks orphaned: keep it."""
     written = scattered(cache)
-    with monkeypatch.context() as crash:
-        fail_commits(crash)
-        with pytest.raises(sqlite3.OperationalError):
-            cache.compact()
+    with failing_commits(cache), pytest.raises(sa.exc.OperationalError):
+        cache.compact()
     leftovers = {p.name for p in parts(cache)} - indexed_files(cache)
     assert len(leftovers) == 1
     cache.compact()  # default grace: the young leftover stays
@@ -611,7 +597,7 @@ def test_a_reader_whose_file_was_compacted_away_looks_again(
     def locate_then_compact(self, keys):
         located = real(self, keys)
         if not calls:  # between this reader's lookup and its open, another process compacts
-            FeatureCache(self.root).compact(orphan_grace_s=0)
+            FeatureCache.local(root_of(self)).compact(orphan_grace_s=0)
         calls.append(len(located))
         return located
 
@@ -637,22 +623,22 @@ def test_a_crash_mid_write_leaves_no_torn_entry(
     kept = [series("kept", 3, 0)]
     cache.write(RID, kept)
     lost = [series("lost1", 5, 1), series("lost2", 2, 2), dataclasses.replace(series("kept", 4, 3))]
-    real = lib_cache.write_parquet_atomic
+    real = cache.store.put
 
     def write_then_crash(*args, **kwargs):
         real(*args, **kwargs)
         raise OSError("injected crash after the rename")
 
-    with monkeypatch.context() as crash:
+    with monkeypatch.context() as crash, ExitStack() as failing:
         if step == "rename":
             crash.setattr(os, "replace", boom)
         elif step == "after-rename":
-            crash.setattr(lib_cache, "write_parquet_atomic", write_then_crash)
+            crash.setattr(cache.store, "put", write_then_crash)
         else:
-            fail_commits(crash)
-        with pytest.raises((OSError, sqlite3.OperationalError), match="injected"):
+            failing.enter_context(failing_commits(cache))
+        with pytest.raises(OSError, match="injected"):
             cache.write(RID, lost)
-    assert not list(cache.files.glob(".tmp-*"))
+    assert not list(features_dir(cache).glob(".tmp-*"))
     lost_keys = [(i.content_hash, RID) for i in lost[:2]]
     assert cache.present(lost_keys) == set() and cache.read(lost_keys) == {}
     assert cache.read_stacked(lost_keys).missing == lost_keys
@@ -670,13 +656,14 @@ def test_a_write_whose_file_was_swept_as_an_orphan_indexes_nothing(
     cache: FeatureCache, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A writer stalled past the grace between rename and commit fails, not indexing a lost file."""
-    real = lib_cache.write_parquet_atomic
+    real = cache.store.put
 
-    def write_then_stall(table, target, **kwargs):
-        real(table, target, **kwargs)
-        FeatureCache(cache.root).compact(orphan_grace_s=-60)  # as if the file were already old
+    def write_then_stall(key, write):
+        real(key, write)
+        # as if the file were already old
+        FeatureCache.local(root_of(cache)).compact(orphan_grace_s=-60)
 
-    monkeypatch.setattr(lib_cache, "write_parquet_atomic", write_then_stall)
+    monkeypatch.setattr(cache.store, "put", write_then_stall)
     with pytest.raises(FileNotFoundError, match="write the series again"):
         cache.write(RID, [series("a", 3, 0)])
     assert cache.stats()["series"] == 0 and parts(cache) == []
@@ -687,12 +674,10 @@ def test_opening_a_current_index_takes_no_write_lock(
 ) -> None:
     """Workers open the cache while one writes or compacts: opening never waits for the writer."""
     cache.write(RID, [series("a", 3, 0)])
-    monkeypatch.setattr(
-        FeatureCache, "_connect", lambda self: sqlite3.connect(self.index_path, timeout=0.1)
-    )
-    writer = sqlite3.connect(cache.index_path)
+    monkeypatch.setattr(state_database, "SQLITE_BUSY_TIMEOUT_S", 0.1)
+    writer = sqlite3.connect(index_file(cache))
     try:
         writer.execute("BEGIN IMMEDIATE")
-        assert FeatureCache(cache.root).present([("hash-a", RID)]) == {("hash-a", RID)}
+        assert FeatureCache.local(root_of(cache)).present([("hash-a", RID)]) == {("hash-a", RID)}
     finally:
         writer.close()

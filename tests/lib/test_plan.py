@@ -30,7 +30,7 @@ def ref(name: str, digest: str) -> SeriesRef:
 
 
 def test_plan_says_what_is_cached_and_why_the_rest_is_not(tmp_path: Path) -> None:
-    cache = FeatureCache(tmp_path)
+    cache = FeatureCache.local(tmp_path)
     cache.add_recipe(RECIPE)
     cache.write(
         RECIPE.recipe_id,

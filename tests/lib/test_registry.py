@@ -470,7 +470,7 @@ def test_candidates_and_rollback_of_unknown_models(store: Store, tmp_path: Path)
 
 def test_scoring_needs_every_evaluation_series_cached(outcome: Outcome, tmp_path: Path) -> None:
     with pytest.raises(LookupError, match="4 evaluation series lack features"):
-        score(outcome.bundle, FeatureCache(tmp_path / "empty"), eval_refs(outcome))
+        score(outcome.bundle, FeatureCache.local(tmp_path / "empty"), eval_refs(outcome))
 
 
 # -- inference -------------------------------------------------------------------------------------

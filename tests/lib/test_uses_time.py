@@ -24,7 +24,7 @@ def test_lstm_beats_the_frame_averaging_baseline_by_a_wide_margin(
     # every frame the generator wrote
     sampling = tiny_config.sampling.model_copy(update={"fps": 8.0})
     backbone, recipe = load_backbone(sampling, tiny_config.backbone, torch_hub_dir)
-    cache = FeatureCache(tmp_path / "cache")
+    cache = FeatureCache.local(tmp_path / "cache")
     rows = extract_to_cache(
         refs, sampling, backbone, 64, tmp_path / "tmp", tiny_config.sources, cache, recipe.recipe_id
     )

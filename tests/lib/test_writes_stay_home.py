@@ -53,7 +53,7 @@ def test_a_whole_extraction_writes_only_under_the_state_directory(
 
     found = discover(mixed_source, memo=HashMemo(home / "cache" / "hashes.sqlite"))
     results = list(extract_many(found.refs, tiny_config.sampling, model, 16, home / "tmp"))
-    FeatureCache(home / "cache").write(
+    FeatureCache.local(home / "cache").write(
         recipe.recipe_id, [r for r in results if isinstance(r, SeriesFeatures)]
     )
     failures = found.failures + [r for r in results if isinstance(r, Failure)]

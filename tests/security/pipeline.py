@@ -44,7 +44,7 @@ def run(
     )
     results = list(extract_many(found.refs, SMALL, mean_colour, 16, home / "tmp"))
     done = [r for r in results if isinstance(r, SeriesFeatures)]
-    FeatureCache(home / "cache").write("test-recipe", done)
+    FeatureCache.local(home / "cache").write("test-recipe", done)
     record_failures(
         LocalStore(home), "run", found.failures + [r for r in results if isinstance(r, Failure)]
     )

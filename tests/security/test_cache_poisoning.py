@@ -56,7 +56,9 @@ def readers(tmp_path_factory: pytest.TempPathFactory) -> None:
     """Image frames are read in pooled reader processes (lib/sources/reader_process.py) whose
     start takes seconds, once per session: paid here, not by whichever case comes first."""
     tmp = tmp_path_factory.mktemp("readers")
-    extract(discover(two_series(tmp / "source")).refs, FeatureCache(tmp / "cache"), tmp / "tmp")
+    extract(
+        discover(two_series(tmp / "source")).refs, FeatureCache.local(tmp / "cache"), tmp / "tmp"
+    )
 
 
 @pytest.fixture()
@@ -108,7 +110,7 @@ def test_a_file_swapped_after_discovery_is_refused_and_nothing_is_cached_under_i
     victim = next(r for r in refs if r.series_id == "victim")
     swapped = source / "victim" / "frame_2.bmp"
     swap(swapped, 200)
-    cache = FeatureCache(tmp_path / "cache")
+    cache = FeatureCache.local(tmp_path / "cache")
 
     outcomes = extract(refs, cache, tmp_path / "tmp")
 
@@ -127,7 +129,7 @@ def test_a_file_rewritten_while_it_is_decoded_is_refused(source: Path, tmp_path:
     refs = discover(source).refs
     victim = next(r for r in refs if r.series_id == "victim")
     late = source / "victim" / "frame_3.bmp"  # read only after the first chunk
-    cache = FeatureCache(tmp_path / "cache")
+    cache = FeatureCache.local(tmp_path / "cache")
     tmp = tmp_path / "tmp"
 
     def rewriting(ref: SeriesRef) -> Generator[FrameChunk, None, None]:
@@ -202,7 +204,7 @@ def test_an_old_memo_keyed_on_size_and_mtime_is_dropped_not_trusted(tmp_path: Pa
 
 
 def test_honest_runs_extract_once_then_hit_the_cache(source: Path, tmp_path: Path) -> None:
-    cache = FeatureCache(tmp_path / "cache")
+    cache = FeatureCache.local(tmp_path / "cache")
     memo = HashMemo(tmp_path / "memo.sqlite")
     first = extract(discover(source, memo=memo).refs, cache, tmp_path / "tmp")
     assert {o.status for o in first.values()} == {SeriesStatus.EXTRACTED}
@@ -217,7 +219,7 @@ def test_a_ref_without_stamps_is_refused_not_cached(source: Path, tmp_path: Path
     its decoded bytes are the hashed ones."""
     victim = next(r for r in discover(source).refs if r.series_id == "victim")
     bare = SeriesRef.from_dict({k: v for k, v in victim.to_dict().items() if k != "stamps"})
-    cache = FeatureCache(tmp_path / "cache")
+    cache = FeatureCache.local(tmp_path / "cache")
 
     failure = extract([bare], cache, tmp_path / "tmp")["victim"].failure
 

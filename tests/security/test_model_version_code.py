@@ -39,6 +39,7 @@ from lstmpipe.lib.training.bundle import ModelBundle
 from lstmpipe.lib.training.model import ModelSpec
 from lstmpipe.tasks.infer import predict_shard, resolve_model
 from lstmpipe.tasks.promote import promote_challenger, promotion_candidates
+from tests.cache_files import root_of
 from tests.helpers import isolate_mlflow
 from tests.security.conftest import isolated
 from tests.security.test_pickle_weights import RECIPE, trojan
@@ -87,7 +88,7 @@ def eval_refs() -> list[SeriesRef]:
 def cache(tmp_path_factory: pytest.TempPathFactory, eval_refs: list[SeriesRef]) -> FeatureCache:
     """Features of the evaluation series under the model's recipe: what promote and infer read."""
     rng = np.random.default_rng(0)
-    cache = FeatureCache(tmp_path_factory.mktemp("home") / "cache")
+    cache = FeatureCache.local(tmp_path_factory.mktemp("home") / "cache")
     cache.write(
         RECIPE.recipe_id,
         [
@@ -161,7 +162,7 @@ def test_planted_code_never_runs_in_promote_or_infer(
     record = promote_challenger.fn(
         plan,
         store.uri,
-        StatePlaces(str(cache.root.parent)),
+        StatePlaces(str(root_of(cache).parent)),
         PromoteConfig(),
         "night-1",
     )
@@ -170,7 +171,7 @@ def test_planted_code_never_runs_in_promote_or_infer(
     # infer: pin @champion, predict a shard
     pinned = resolve_model.fn(store.uri, f"models:/{ref.name}@champion")
     rows = predict_shard.fn(
-        eval_refs, pinned, store.uri, StatePlaces(str(cache.root.parent)), "infer-1"
+        eval_refs, pinned, store.uri, StatePlaces(str(root_of(cache).parent)), "infer-1"
     ).rows
     assert [row["series_id"] for row in rows] == [r.series_id for r in eval_refs]
     got = np.array([[row[f"prob_{label}"] for label in LABELS] for row in rows])

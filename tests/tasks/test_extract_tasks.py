@@ -78,7 +78,7 @@ def test_extract_shard_caches_good_series_and_reports_the_bad_one(
         "phone/carphone_distorted.mp4": SeriesStatus.CACHED,
         "phone/broken.mp4": SeriesStatus.FAILED,
     }
-    stats = FeatureCache(tmp_path / "cache").stats()
+    stats = FeatureCache.local(tmp_path / "cache").stats()
     assert stats["series"] == 2 and stats["recipes"] == 1
 
 
@@ -95,7 +95,7 @@ def test_a_changed_recipe_is_a_new_cache_entry(
             good, recipe, config, StatePlaces(str(tmp_path)), str(tmp_path / "tmp"), hub, where
         ).outcomes
         assert {row.status for row in rows} == {SeriesStatus.EXTRACTED}
-    assert FeatureCache(tmp_path / "cache").stats()["recipes"] == 2
+    assert FeatureCache.local(tmp_path / "cache").stats()["recipes"] == 2
 
 
 def test_a_models_recipe_wins_over_this_runs_flags(
@@ -112,7 +112,7 @@ def test_a_models_recipe_wins_over_this_runs_flags(
     ).outcomes
     assert {row.status for row in rows} == {SeriesStatus.EXTRACTED}
     assert all(abs(row.frames - 16) <= 1 for row in rows)  # 4 fps (the recipe's), not 2
-    cache = FeatureCache(tmp_path / "cache")
+    cache = FeatureCache.local(tmp_path / "cache")
     assert cache.present([(r.content_hash, model_recipe.recipe_id) for r in good]) == {
         (r.content_hash, model_recipe.recipe_id) for r in good
     }
@@ -138,7 +138,7 @@ def test_decode_tasks_feed_the_actors_the_same_features(
         keys = [
             (r.content_hash, recipe.recipe_id) for r in found.refs if "broken" not in r.series_id
         ]
-        results[where] = FeatureCache(home / "cache").read(keys)
+        results[where] = FeatureCache.local(home / "cache").read(keys)
     assert results[None].keys() == results["local"].keys() and len(results[None]) == 2
     for key, here in results[None].items():
         np.testing.assert_allclose(

@@ -57,7 +57,7 @@ def series(label: str, i: int, rng: np.random.Generator) -> np.ndarray:
 @pytest.fixture(scope="module")
 def generated(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[SeriesRef]]:
     home = tmp_path_factory.mktemp("home")
-    cache = FeatureCache(home / "cache")
+    cache = FeatureCache.local(home / "cache")
     cache.add_recipe(RECIPE)
     rng = np.random.default_rng(0)
     refs, items = [], []
