@@ -509,10 +509,10 @@ def _serve(rt: Runtime, args: argparse.Namespace, overrides: dict[str, Any]) -> 
 
 
 def _history(rt: Runtime, model: str) -> dict[str, Any]:
-    from lstmpipe.flows.report import history_file  # no Prefect, no MLflow: reading a SQLite table
-    from lstmpipe.lib.registry.history import read_history
+    # no Prefect, no MLflow: reading one table
+    from lstmpipe.lib.registry.history import PromotionHistory
 
-    rows = read_history(history_file(rt), model)
+    rows = PromotionHistory.at(rt.state).read(model)
     return {"model": model, "history": [row.to_json() for row in rows]}
 
 
