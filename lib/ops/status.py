@@ -85,14 +85,14 @@ class Status:
 
 
 def collect(
-    state: StatePlaces, client: MlflowClient, alias: str, root: Path | None = None
+    state: StatePlaces, client: MlflowClient, alias: str, root: str | Path | None = None
 ) -> Status:
     """Cache size, the last runs and their outcome, each model's champion, recent failures; with
     `root`, its partitions done and pending."""
     home = Path(state.home)
     failures = read_failures(home / "failures").to_pylist()
     return Status(
-        partitions=_partitions(home / "partitions.sqlite", root) if root is not None else None,
+        partitions=_partitions(PartitionRecords.at(state), root) if root is not None else None,
         home=str(home),
         cache=FeatureCache.at(state).stats(),
         runs=_recent_runs(home / "runs"),
@@ -124,14 +124,14 @@ def _recent_runs(runs_dir: Path) -> list[RecentRun]:
     return runs
 
 
-def _partitions(records_file: Path, root: Path) -> PartitionsStatus:
+def _partitions(records: PartitionRecords, root: str | Path) -> PartitionsStatus:
     """Partitions of `root` done and pending under the recipe its latest record used (the recipe a
     nightly or backfill last ran with: working out the configured one would mean loading the
     backbone)."""
-    records = PartitionRecords(records_file).records(root) if records_file.exists() else []
-    recipe_id = records[-1].recipe_id if records else None
-    done = {r.partition: r.fingerprint for r in records if r.recipe_id == recipe_id}
-    found = list_partitions(root)
+    rows = records.records(root)
+    recipe_id = rows[-1].recipe_id if rows else None
+    done = {r.partition: r.fingerprint for r in rows if r.recipe_id == recipe_id}
+    found = list_partitions(root, records.db.retry_s)
     return PartitionsStatus(
         str(root),
         recipe_id,
