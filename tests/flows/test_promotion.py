@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 from lstmpipe.flows.cli import main
 from lstmpipe.flows.console import render
 from lstmpipe.flows.promote import promote, rollback_flow
-from lstmpipe.flows.report import history_file, report_of_run
+from lstmpipe.flows.report import report_of_run
 from lstmpipe.flows.runtime import load_runtime
 from lstmpipe.flows.train import train
 from lstmpipe.lib.demo.video import SampleSpec, generate_archive
@@ -26,8 +26,7 @@ from lstmpipe.lib.features.cache import FeatureCache
 from lstmpipe.lib.ops.results import TrainResult
 from lstmpipe.lib.registry import mlflow_store as registry
 from lstmpipe.lib.registry import promotion
-from lstmpipe.lib.registry.history import read_history
-from lstmpipe.lib.registry.locks import lock_path
+from lstmpipe.lib.registry.history import PromotionHistory
 from lstmpipe.lib.registry.promotion import Candidates
 from lstmpipe.lib.registry.record import PromotionRecord
 
@@ -129,7 +128,7 @@ def test_weak_refused_strong_promoted_rollback_restores(
     assert f"report    {third['report']}" in shown and "history   " in shown
 
     # Every decision and the rollback are rows of the history, in order.
-    rows = read_history(history_file(rt), MODEL)
+    rows = PromotionHistory.at(rt.state).read(MODEL)
     assert [(r.decision, r.challenger_version, r.champion_version, r.run_id) for r in rows] == [
         ("promoted", weak.version, None, "p1"),
         ("promoted", strong.version, weak.version, "p2"),
@@ -181,7 +180,8 @@ def test_two_concurrent_promotions_leave_one_champion_and_two_decisions(
     before = champion.version if champion else None
     rules = rt.config.promote.model_copy(update={"promote_identical": False})
     plans = [promotion.candidates(client, MODEL, v.version, "champion") for v in (a, b)]
-    done_before = len(read_history(history_file(rt), MODEL))
+    history = PromotionHistory.at(rt.state)
+    done_before = len(history.read(MODEL))
     results: dict[str, PromotionRecord] = {}
 
     def run(plan: Candidates) -> None:
@@ -190,8 +190,7 @@ def test_two_concurrent_promotions_leave_one_champion_and_two_decisions(
             FeatureCache.local(rt.home / "cache"),
             plan,
             rules,
-            lock_path(rt.home / "locks", MODEL),
-            history_file(rt),
+            history,
             "concurrent",
         )
 
@@ -210,7 +209,7 @@ def test_two_concurrent_promotions_leave_one_champion_and_two_decisions(
     assert results[winner].champion_before == before
     # it waited for the lock and met the new champion
     assert results[loser].champion_before == winner
-    rows = read_history(history_file(rt), MODEL)[done_before:]
+    rows = history.read(MODEL)[done_before:]
     assert sorted((r.challenger_version, r.decision) for r in rows) == sorted(
         [(winner, "promoted"), (loser, "rejected")]
     )
