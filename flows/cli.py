@@ -498,7 +498,7 @@ def _status(rt: Runtime, root: str | None) -> Returned:
         rt.state,
         registry.connect(rt.tracking_uri),
         rt.config.promote.alias,
-        Path(root) if root else None,
+        root,
     )
 
 
