@@ -5,16 +5,21 @@ blake2b-128 of a series' bytes, streamed in 1 MiB blocks: the same bytes give th
 whether they lie in a file or in an archive member. A file is hashed between two stamps
 (device, inode, size, mtime, ctime); a change in between refuses the hash. `HashMemo` remembers
 hashes by stamp, so re-running on an unchanged archive does not re-read every byte: `touch -d`
-sets mtime back but moves ctime, which no user can set, and a rename-swap moves the inode.
+sets mtime back but moves ctime, which no user can set, and a rename-swap moves the inode. A
+file mirrored from a bucket is remembered by its object (URI, size, ETag) instead, so every
+host sharing the state database finds it (lib/sources/bucket.py).
 
 Decoding re-reads a series' files after discovery. Discovery attaches the stamps its hashes were
 taken at to each SeriesRef (`with_stamps`); extraction re-stats them before anything reaches the
 cache (`verify_stamps`), so bytes swapped in between are refused, never stored under the old hash.
+A series in a bucket carries object stamps (`etag=<ETag> size=<n>`) instead, checked as each
+object is fetched for decoding.
 """
 
 from __future__ import annotations
 
 import bisect
+import copy
 import hashlib
 import os
 import re
@@ -313,8 +318,8 @@ class HashMemo:
 
     def naming(self, objects: ObjectNames) -> HashMemo:
         """This memo keying the files `objects` names by object (a bucket's mirror)."""
-        memo = object.__new__(HashMemo)
-        memo.db, memo.objects = self.db, objects
+        memo = copy.copy(self)
+        memo.objects = objects
         return memo
 
     def lookup(self, path: Path, stamp: Stamp, members: list[str]) -> dict[str, str]:
