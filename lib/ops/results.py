@@ -1,6 +1,6 @@
 """What the train, tune, infer, backfill and nightly flows return, typed; `to_json` of each is the
 document `--json` prints and the run record `runs/<run id>.json` in the outputs store keeps
-(`save_run`; a folder under home, or a bucket prefix in team mode).
+(lib/registry/runs.py; a folder under home, or a bucket prefix in team mode).
 
 Those documents are read by scripts and by `lstmpipe status`: their keys and shapes are
 fixed (tests/flows/test_json_shapes.py compares them with a recorded run). A bare dict is left
@@ -10,16 +10,13 @@ flow's record, which lib/registry/record.py types.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
 from lstmpipe.lib.features.outcomes import SeriesOutcome
 from lstmpipe.lib.ops.summary import ExtractionSummary
 from lstmpipe.lib.registry.mlflow_store import ModelRef
-from lstmpipe.lib.registry.report import RUNS, run_record_key
 from lstmpipe.lib.sources.discover import Ignored
-from lstmpipe.lib.state.store import Store
 from lstmpipe.lib.training.experiment import Outcome
 from lstmpipe.lib.training.tune import TrialRecord
 
@@ -296,35 +293,3 @@ class NightlyRun:
             "train_reason": self.train_reason,
             "failed": self.failed,
         }
-
-
-@dataclass(frozen=True)
-class SavedRun:
-    """A run record read back from the outputs store, and when it was written (its object's
-    modification time, seconds since the epoch)."""
-
-    record: dict[str, Any]
-    finished: float
-
-
-def save_run(store: Store, record: dict[str, Any]) -> str:
-    """Write the record of a run (the document `--json` printed) as runs/RUN_ID.json: its key."""
-    key = run_record_key(record["run_id"])
-    text = json.dumps(record, indent=2, default=str).encode()
-    store.put(key, lambda out: out.write(text))
-    return key
-
-
-def recent_runs(store: Store, count: int) -> list[SavedRun]:
-    """The `count` records written last, oldest first (what `lstmpipe status` lists)."""
-    found = sorted(
-        (info for info in store.list(RUNS) if _is_record(info.key)),
-        key=lambda info: (info.modified, info.key),
-    )[-count:]
-    return [SavedRun(json.loads(store.read_bytes(info.key)), info.modified) for info in found]
-
-
-def _is_record(key: str) -> bool:
-    """runs/<id>.json itself: not a `.tmp-*` file a killed writer left, nor anything deeper."""
-    name = key.removeprefix(f"{RUNS}/")
-    return name.endswith(".json") and "/" not in name and not name.startswith(".")

@@ -25,10 +25,10 @@ from lstmpipe.lib.errors import ConfigError
 from lstmpipe.lib.names import is_plain_name
 from lstmpipe.lib.registry.history import HistoryRow
 from lstmpipe.lib.registry.mlflow_store import MAX_RUN_TEXT_BYTES, filter_value
+from lstmpipe.lib.registry.runs import read_run
 from lstmpipe.lib.state.store import Store
 
-RUNS = "runs"  # run records in the outputs store: runs/<lstmpipe run id>.json
-REPORTS = "reports"  # pages in the outputs store: reports/<lstmpipe run id>.html
+PREFIX = "reports"  # pages in the outputs store: reports/<lstmpipe run id>.html
 
 PLOTS = {
     "confusion_matrix.png": "Confusion matrix (test split)",
@@ -270,11 +270,6 @@ def _params(params: dict[str, str]) -> str:
     )
 
 
-def run_record_key(run_id: str) -> str:
-    """The run record of a lstmpipe run (lib/ops/results.save_run writes it)."""
-    return f"{RUNS}/{run_id}.json"
-
-
 def write(report: dict[str, Any], store: Store, key: str) -> str:
     """Render and write the page atomically (a reader never sees half a page); its URI."""
     page = render(report).encode()
@@ -293,9 +288,8 @@ def mlflow_run_id(store: Store, given: str) -> str:
             f"run {given!r}: not a run id (letters, digits, '_', '-' and '.', at most 128); "
             "pass a lstmpipe run id from `lstmpipe status` or an MLflow run id"
         )
-    try:
-        record = json.loads(store.read_bytes(run_record_key(given)))
-    except FileNotFoundError:
+    record = read_run(store, given)
+    if record is None:
         return given
     found = mlflow_run_of(record)
     if found is None:
@@ -322,7 +316,7 @@ def page_key(store: Store, name: str) -> str:
     refused, not followed.
     """
     stem = name if is_plain_name(name) else f"run-{_digest(name)}"
-    key = f"{REPORTS}/{stem}.html"
+    key = f"{PREFIX}/{stem}.html"
     path = store.local_path(key)
     if path is not None and path.resolve().parent != path.parent.resolve():
         raise ConfigError(f"report {path}: resolves outside {path.parent}; refused")

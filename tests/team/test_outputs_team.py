@@ -21,8 +21,8 @@ from lstmpipe.lib.inference.predictions import (
     write_predictions,
 )
 from lstmpipe.lib.ops.failures import read_failures, record_failures
-from lstmpipe.lib.ops.results import recent_runs, save_run
 from lstmpipe.lib.registry import report
+from lstmpipe.lib.registry.runs import recent_runs, save_run
 from lstmpipe.lib.series import SeriesRef
 from lstmpipe.lib.state.places import StatePlaces
 from lstmpipe.lib.state.store import parse_s3
