@@ -19,7 +19,6 @@ from typing import Any, Literal, Protocol
 
 from lstmpipe.flows.console import render, terminal_safe
 from lstmpipe.flows.runtime import Runtime, load_runtime, new_run_id, prepare_process
-from lstmpipe.lib.atomic import write_text_atomic
 from lstmpipe.lib.config import NONE_WORDS, SECTIONS, as_text, field_kind
 from lstmpipe.lib.errors import ConfigError
 
@@ -545,11 +544,11 @@ def _plan(rt: Runtime, args: argparse.Namespace) -> Returned:
 
 
 def _save_run(rt: Runtime, record: dict[str, Any]) -> None:
-    """$LSTMPIPE_HOME/runs/RUN_ID.json: the document `--json` prints (`lstmpipe status` reads
-    them)."""
-    write_text_atomic(
-        json.dumps(record, indent=2, default=str), rt.runs_dir / f"{record['run_id']}.json"
-    )
+    """runs/RUN_ID.json in the outputs store ($LSTMPIPE_HOME, or the bucket in team mode): the
+    document `--json` prints (`lstmpipe status` reads them)."""
+    from lstmpipe.lib.registry.runs import save_run  # late, like every lib import here
+
+    save_run(rt.state.outputs_store(), record)
 
 
 if __name__ == "__main__":
