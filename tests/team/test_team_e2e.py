@@ -14,6 +14,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -28,7 +29,7 @@ from mlflow.tracking import MlflowClient
 
 from lstmpipe.lib.demo.video import SampleSpec, add_bad_files, generate_archive
 from tests.team.cluster import LSTMPIPE, TeamCluster, wait_until
-from tests.team.conftest import Team, s3_client
+from tests.team.conftest import Team, TeamServers, s3_client
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 DAYS = ("2026-11-19", "2026-11-20", "2026-11-21")  # a folder, a .tar, a .zip (lib/demo/video.py)
@@ -102,6 +103,26 @@ def upload_nights(bucket: Bucket, sample: Path, days: tuple[str, ...]) -> None:
             bucket.upload(entry)
 
 
+@pytest.fixture(scope="module")
+def uninterrupted(
+    team_cluster: TeamCluster, team_servers: TeamServers, sample: Path, tmp_path_factory: Any
+) -> list[tuple]:
+    """The entries one backfill of the whole archive makes on its own, undisturbed: what the
+    concurrent and the interrupted runs must equal."""
+    team = Team(
+        team_servers,
+        team_servers.new_database(),
+        f"s3://{team_servers.bucket}/t-{uuid.uuid4().hex[:10]}",
+    )
+    bucket = Bucket(
+        s3_client(team_servers.env), team_servers.bucket, f"archive-{uuid.uuid4().hex[:8]}"
+    )
+    upload_nights(bucket, sample, DAYS)
+    home = tmp_path_factory.mktemp("uninterrupted")
+    driver(team_cluster, team, home).run("backfill", bucket.root, "--all", *FEATURES).expect(0)
+    return identity(indexed_once(team, bucket, len(DAYS) * CLIPS_PER_PARTITION))
+
+
 # --------------------------------------------------------------------------- running the CLI
 
 
@@ -161,28 +182,30 @@ def driver(cluster: TeamCluster, team: Team, home: Path, **extra: str) -> Driver
 # --------------------------------------------------------------------------- reading the state
 
 
-def entries(team: Team) -> list[dict[str, Any]]:
-    """The cache index's rows in the team's database ([] before the table exists)."""
-    engine = sa.create_engine(team.database.replace("postgresql://", "postgresql+psycopg2://"))
+def table(team: Team, name: str, columns: str = "*") -> list[dict[str, Any]]:
+    """The rows of a table in the team's database ([] before the table exists)."""
+    engine = sa.create_engine(
+        team.database.replace("postgresql://", "postgresql+psycopg2://"),
+        connect_args={"password": team.servers.env["PGPASSWORD"], "connect_timeout": 5},
+    )
     try:
         with engine.connect() as conn:
-            if not sa.inspect(conn).has_table("entries"):
+            if not sa.inspect(conn).has_table(name):
                 return []
-            rows = conn.execute(
-                sa.text("SELECT series_id, content_hash, recipe_id, file, n_frames FROM entries")
-            )
+            rows = conn.execute(sa.text(f"SELECT {columns} FROM {name}"))
             return [dict(row._mapping) for row in rows]
     finally:
         engine.dispose()
 
 
-def table(team: Team, name: str) -> list[dict[str, Any]]:
-    engine = sa.create_engine(team.database.replace("postgresql://", "postgresql+psycopg2://"))
-    try:
-        with engine.connect() as conn:
-            return [dict(r._mapping) for r in conn.execute(sa.text(f"SELECT * FROM {name}"))]
-    finally:
-        engine.dispose()
+def entries(team: Team) -> list[dict[str, Any]]:
+    """The cache index's rows."""
+    return table(team, "entries", "series_id, content_hash, recipe_id, file, n_frames")
+
+
+def identity(rows: list[dict[str, Any]]) -> list[tuple]:
+    """What a series' entry must be whichever run indexed it (not which file holds it)."""
+    return sorted((r["series_id"], r["content_hash"], r["recipe_id"], r["n_frames"]) for r in rows)
 
 
 def indexed_once(team: Team, bucket: Bucket, series: int) -> list[dict[str, Any]]:
@@ -215,17 +238,55 @@ def state_left_on(homes: list[Path]) -> list[str]:
 
 
 def when_indexing(team: Team, process: subprocess.Popen, strike: Callable[[], None]) -> int:
-    """Wait until the run has indexed its first series, then `strike`; returns how many series
-    were indexed then. Fails if the run ended first (the fault would have hit nothing)."""
+    """Wait until the run has indexed its first series, then `strike`. Fails if the run had
+    indexed every series first (the fault would have hit no extraction)."""
     wait_until(lambda: bool(entries(team)) or process.poll() is not None, 600, "first entry")
-    assert process.poll() is None, "the run ended before the fault could strike"
     indexed = len(entries(team))
+    assert process.poll() is None and indexed < len(DAYS) * CLIPS_PER_PARTITION, (
+        f"the fault came too late: {indexed} series indexed, run exit {process.poll()}"
+    )
     strike()
     return indexed
 
 
 def series_of(result: dict[str, Any]) -> dict[str, int]:
     return {done["partition"]: done["series"] for done in result["done"]}
+
+
+# --------------------------------------------------------------------------- the cluster itself
+
+NODE_PROBE = """
+import json, os, ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy as On
+
+@ray.remote(num_cpus=1)
+def probe():
+    names = ("PGPASSWORD", "AWS_SECRET_ACCESS_KEY")
+    return {
+        "home": os.environ.get("LSTMPIPE_HOME"),
+        "credentials": sorted(name for name in names if name in os.environ),
+    }
+
+ray.init(log_to_driver=False)
+nodes = [n["NodeID"] for n in ray.nodes() if n["Alive"]]
+print(json.dumps([ray.get(probe.options(scheduling_strategy=On(n, soft=False)).remote())
+                  for n in nodes]))
+"""
+
+
+def test_each_node_has_its_own_home_and_the_team_credentials(
+    team_cluster: TeamCluster, team: Team, tmp_path: Path
+) -> None:
+    """The ground the other tests stand on: two nodes, each with a home of its own (neither
+    the driver's), both with the team's credentials, joined with Ray's token."""
+    env = team_cluster.driver_env(tmp_path / "driver", team.database, team.store)
+    done = subprocess.run(
+        [sys.executable, "-c", NODE_PROBE], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    nodes = json.loads(done.stdout.strip().splitlines()[-1])
+    assert sorted(n["home"] for n in nodes) == sorted(str(h) for h in team_cluster.homes)
+    assert all(n["credentials"] == ["AWS_SECRET_ACCESS_KEY", "PGPASSWORD"] for n in nodes)
 
 
 # --------------------------------------------------------------------------- (a) nightly
@@ -287,7 +348,12 @@ def test_nightly_from_the_bucket_on_two_nodes_keeps_nothing_on_a_home(
 
 
 def test_two_drivers_at_once_index_each_series_once_and_leave_one_champion(
-    team_cluster: TeamCluster, team: Team, bucket: Bucket, sample: Path, tmp_path: Path
+    team_cluster: TeamCluster,
+    team: Team,
+    bucket: Bucket,
+    sample: Path,
+    tmp_path: Path,
+    uninterrupted: list[tuple],
 ) -> None:
     model = f"team-{uuid.uuid4().hex[:6]}"
     upload_nights(bucket, sample, DAYS)
@@ -296,6 +362,7 @@ def test_two_drivers_at_once_index_each_series_once_and_leave_one_champion(
     runs = [d.start("backfill", bucket.root, "--all", *FEATURES) for d in drivers]
     results = [finish(run).expect(0) for run in runs]
     rows = indexed_once(team, bucket, len(DAYS) * CLIPS_PER_PARTITION)
+    assert identity(rows) == uninterrupted
     # between them they did every partition once; the one who lost a race found it done or cached
     extracted = sum(r["extracted"] for r in results)
     assert extracted == len(rows), results
@@ -396,7 +463,12 @@ def test_postgresql_restarted_mid_run_is_ridden_out(
 
 
 def test_a_driver_sigkilled_and_run_again_equals_the_uninterrupted_run(
-    team_cluster: TeamCluster, team: Team, bucket: Bucket, sample: Path, tmp_path: Path
+    team_cluster: TeamCluster,
+    team: Team,
+    bucket: Bucket,
+    sample: Path,
+    tmp_path: Path,
+    uninterrupted: list[tuple],
 ) -> None:
     upload_nights(bucket, sample, DAYS)
     home = tmp_path / "driver"
@@ -405,17 +477,7 @@ def test_a_driver_sigkilled_and_run_again_equals_the_uninterrupted_run(
     run.wait(60)
     driver(team_cluster, team, home).run("backfill", bucket.root, "--all", *FEATURES).expect(0)
     interrupted = indexed_once(team, bucket, len(DAYS) * CLIPS_PER_PARTITION)
-
-    # the same archive, uninterrupted, into a database and store of its own
-    other = Team(team.servers, team.servers.new_database(), f"{team.store}-whole")
-    driver(team_cluster, other, tmp_path / "whole").run(
-        "backfill", bucket.root, "--all", *FEATURES
-    ).expect(0)
-    whole = indexed_once(other, bucket, len(DAYS) * CLIPS_PER_PARTITION)
-    key = ("series_id", "content_hash", "recipe_id", "n_frames")
-    assert sorted(tuple(r[k] for k in key) for r in interrupted) == sorted(
-        tuple(r[k] for k in key) for r in whole
-    )
-    assert sorted((r["partition"], r["series"]) for r in table(team, "done")) == sorted(
-        (r["partition"], r["series"]) for r in table(other, "done")
-    )
+    assert identity(interrupted) == uninterrupted
+    assert sorted((r["partition"], r["series"]) for r in table(team, "done")) == [
+        (day, CLIPS_PER_PARTITION) for day in DAYS
+    ]
