@@ -157,7 +157,8 @@ def _bucket_partitions(url: str, retry_s: float) -> list[Partition]:
     for item in open_store(url, retry_s).list():
         listed = True
         top, _, below = item.key.partition("/")
-        if not top.startswith(".") and (below or archive_suffix(top)):
+        # "" is a key with a leading "/": no partition (the mirror refuses it by name)
+        if top and not top.startswith(".") and (below or archive_suffix(top)):
             grouped[strip_archive_suffix(top)][top].append(item)
     if not listed:
         raise ConfigError(
