@@ -1,9 +1,9 @@
-"""`lstmpipe status`: what the state directory holds, read without starting anything."""
+"""`lstmpipe status`: what the state holds (home, or the database and bucket in team mode), read
+without starting anything."""
 
 from __future__ import annotations
 
 import datetime as dt
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,10 +11,12 @@ from typing import Any
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from lstmpipe.lib.failures import read_failures
 from lstmpipe.lib.features.cache import FeatureCache
+from lstmpipe.lib.ops.failures import read_failures
 from lstmpipe.lib.ops.partitions import PartitionRecords, list_partitions
+from lstmpipe.lib.registry.runs import recent_runs
 from lstmpipe.lib.state.places import StatePlaces
+from lstmpipe.lib.state.store import Store
 
 RECENT = 10
 
@@ -26,7 +28,7 @@ class RecentRun:
     run_id: str
     command: str
     seconds: float
-    finished: str  # ISO 8601 UTC, from the record's mtime
+    finished: str  # ISO 8601 UTC, when the record was written (its modification time)
     failed: int
 
     def to_json(self) -> dict[str, Any]:
@@ -89,39 +91,30 @@ def collect(
 ) -> Status:
     """Cache size, the last runs and their outcome, each model's champion, recent failures; with
     `root`, its partitions done and pending."""
-    home = Path(state.home)
-    failures = read_failures(home / "failures").to_pylist()
+    home, outputs = Path(state.home), state.outputs_store()
+    failures = read_failures(outputs).to_pylist()
     return Status(
         partitions=_partitions(PartitionRecords.at(state), root) if root is not None else None,
         home=str(home),
         cache=FeatureCache.at(state).stats(),
-        runs=_recent_runs(home / "runs"),
+        runs=_recent_runs(outputs),
         champions=_champions(client, alias),
         failures_total=len(failures),
         recent_failures=[{k: str(v) for k, v in row.items()} for row in failures[-RECENT:]],
     )
 
 
-def _recent_runs(runs_dir: Path) -> list[RecentRun]:
-    files = (
-        sorted(runs_dir.glob("*.json"), key=lambda p: p.stat().st_mtime)[-RECENT:]
-        if runs_dir.exists()
-        else []
-    )
-    runs = []
-    for path in files:
-        record = json.loads(path.read_text())
-        finished = dt.datetime.fromtimestamp(path.stat().st_mtime, dt.UTC)
-        runs.append(
-            RecentRun(
-                record["run_id"],
-                record["command"],
-                record["seconds"],
-                finished.isoformat(timespec="seconds"),
-                record.get("failed", 0),
-            )
+def _recent_runs(outputs: Store) -> list[RecentRun]:
+    return [
+        RecentRun(
+            saved.record["run_id"],
+            saved.record["command"],
+            saved.record["seconds"],
+            dt.datetime.fromtimestamp(saved.finished, dt.UTC).isoformat(timespec="seconds"),
+            saved.record.get("failed", 0),
         )
-    return runs
+        for saved in recent_runs(outputs, RECENT)
+    ]
 
 
 def _partitions(records: PartitionRecords, root: str | Path) -> PartitionsStatus:
