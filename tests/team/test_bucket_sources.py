@@ -18,6 +18,7 @@ from pathlib import Path
 
 import boto3
 import numpy as np
+import PIL.Image
 import pytest
 
 from lstmpipe.lib.config import SamplingConfig
@@ -320,3 +321,46 @@ def test_discover_root_takes_a_bucket_and_a_manifest_object(
     with pytest.raises(BadInput, match="no such manifest object") as missing:
         discover_root(url, state, f"{team.store}/none.csv")
     assert missing.value.path == f"{team.store}/none.csv"
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Series that are folders of files: multi-file DICOM series, GeoTIFF stacks, Zarr stores
+    (v2's metadata is hidden: .zarray), image sequences; and a NetCDF cube."""
+    from lstmpipe.lib.demo.geo import generate_geo
+    from lstmpipe.lib.demo.medical import generate_medical
+    from tests.lib.test_cube import sample_cube, write_zarr
+
+    root = tmp_path_factory.mktemp("folders") / "root"
+    generate_medical(root / "medical", clips_per_class=1, seed=3, size=32, frames=6)
+    generate_geo(root / "geo", tiles_per_class=1, seed=3, size=16, dates=6)
+    write_zarr(sample_cube(), root / "cube" / "v3.zarr")
+    write_zarr(sample_cube(), root / "cube" / "v2.zarr", zarr_format=2)
+    sample_cube().to_netcdf(root / "cube" / "site.nc")
+    for i in range(3):
+        frame = np.full((40, 48, 3), 40 * i, np.uint8)
+        (root / "images" / "walk").mkdir(parents=True, exist_ok=True)
+        PIL.Image.fromarray(frame).save(root / "images" / "walk" / f"frame_{i}.png")
+    return root
+
+
+def test_series_made_of_many_files_are_fetched_whole(
+    team: Team, folders: Path, tmp_path: Path
+) -> None:
+    url = upload(folders, f"{team.store}/folders")
+    found, _ = bucket_discovery(team, tmp_path / "driver", url)
+    on_disk = discover(folders)
+    kinds = {r.kind for r in found.refs}
+    assert {"dicom", "geotiff", "cube", "images"} <= kinds
+    assert {i: r.content_hash for i, r in by_id(found).items()} == {
+        i: r.content_hash for i, r in by_id(on_disk).items()
+    }
+    assert [(f.series_id, f.reason) for f in found.failures] == [
+        (f.series_id, f.reason) for f in on_disk.failures
+    ]
+    shutil.rmtree(tmp_path / "driver")
+    local = by_id(on_disk)
+    for sid, ref in by_id(found).items():
+        assert len(ref.stamps) == len(local[sid].stamps)
+        assert np.array_equal(frames(ref, tmp_path / "node"), frames(local[sid], tmp_path)), sid
+    assert not list((tmp_path / "node").glob("fetch-*"))
