@@ -62,20 +62,21 @@ class HistoryRow:
         return {"id": self.id, **{name: getattr(self, name) for name in COLUMNS}}
 
 
+def _column(field: dataclasses.Field[Any]) -> sa.Column[Any]:
+    if field.type == "float | None":
+        # REAL on SQLite, as the first history files declared it; double precision on PostgreSQL
+        return sa.Column(field.name, sa.Float().with_variant(sa.REAL(), "sqlite"))
+    return sa.Column(field.name, sa.Text)
+
+
 _META = sa.MetaData()
-# REAL on SQLite, as the first history files declared it; double precision on PostgreSQL
-_REAL = sa.Float().with_variant(sa.REAL(), "sqlite")
 # The table as history.sqlite has always had it (INTEGER PRIMARY KEY AUTOINCREMENT, then the
 # fields of HistoryRow in order), so version 1 needs no step from version 0.
 decisions = sa.Table(
     "decisions",
     _META,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    *(
-        sa.Column(f.name, _REAL if f.type == "float | None" else sa.Text)
-        for f in dataclasses.fields(HistoryRow)
-        if f.name != "id"
-    ),
+    *(_column(f) for f in dataclasses.fields(HistoryRow) if f.name != "id"),
     sqlite_autoincrement=True,
 )
 COMPONENT = Component("promotion_history", _META, version=1)
