@@ -8,6 +8,7 @@ import shutil
 import tarfile
 import zipfile
 from collections.abc import Generator
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -18,9 +19,10 @@ import pytest
 from lstmpipe.lib.config import SamplingConfig
 from lstmpipe.lib.errors import BadInput
 from lstmpipe.lib.series import SeriesRef
+from lstmpipe.lib.sources.bucket import MEMBER_BYTES, Mirror, MirroredObject, key_problem
 from lstmpipe.lib.sources.decode import decode, describe
 from lstmpipe.lib.sources.discover import discover, partitions
-from lstmpipe.lib.sources.hashing import HashMemo, content_hash
+from lstmpipe.lib.sources.hashing import HashMemo, Stamp, content_hash, verify_stamps
 
 SMALL = SamplingConfig(fps=5.0, size=32, chunk_frames=16, timeout_s=30.0)
 BIKES_IDS = [
@@ -230,3 +232,59 @@ def test_stopping_early_removes_the_temp_copy(root: Path, tmp_path: Path) -> Non
     assert len(list(tmp_path.rglob("member-*.mp4"))) == 1  # in this process's own folder
     chunks.close()
     assert list(tmp_path.rglob("member-*.mp4")) == []
+
+
+@pytest.mark.parametrize(
+    "key",
+    ["", "../x.mp4", "a/../../x.mp4", "/abs.mp4", "a//b.mp4", "a/./b.mp4", "a\\b.mp4", "a\0.mp4"],
+)
+def test_object_keys_that_are_no_plain_relative_path_are_refused(key: str) -> None:
+    assert key_problem(key) is not None
+    assert key_problem("2026-11-20/grow/clip 1.mp4") is None
+
+
+def test_refs_from_a_mirror_name_the_bucket_and_its_objects(root: Path, tmp_path: Path) -> None:
+    """What leaves discovery of a bucket's mirror: object URIs and `etag=... size=...` stamps
+    (no server needed: the Mirror is built as `mirror` records it); a mirror file changed while
+    hashed is refused; the memo keys mirror files by object."""
+    url = "s3://bucket/archive"
+    files = [p for p in root.rglob("*") if p.is_file()]
+    objects = {
+        p.relative_to(root).as_posix(): MirroredObject(
+            p.stat().st_size, f"etag{i}", 0.0, Stamp.of(p).text()
+        )
+        for i, p in enumerate(files)
+    }
+    mirrored = Mirror(url, root.resolve(), objects)
+    memo = HashMemo(tmp_path / "memo.sqlite")
+    refs = by_id([mirrored.to_remote(r) for r in discover(root, memo=memo.naming(mirrored)).refs])
+    member = refs["2026-11-21.tar/grow/bikes.mp4"]
+    assert member.path == f"{url}/2026-11-21.tar" and member.member == "grow/bikes.mp4"
+    tar = objects["2026-11-21.tar"]
+    assert member.stamps == ((member.path, f"etag={tar.etag} size={tar.size}"),)
+    assert member.meta[MEMBER_BYTES][1] == (root / "2026-11-20/grow/bikes.mp4").stat().st_size
+    assert MEMBER_BYTES not in refs["2026-11-22.zip/flat.mp4"].meta  # deflated: whole archive
+    verify_stamps(member)
+    # a second host's mirror (other inodes) finds the hashes by object
+    other = tmp_path / "other"
+    shutil.copytree(root, other)
+    moved = {
+        rel: MirroredObject(o.size, o.etag, 0.0, Stamp.of(other / rel).text())
+        for rel, o in objects.items()
+    }
+    again = Mirror(url, other.resolve(), moved)
+    stamp = Stamp.of(other / "loose.mp4")
+    assert memo.naming(again).lookup(other / "loose.mp4", stamp, [""]) == {
+        "": content_hash(root / "loose.mp4")
+    }
+    # a mirror file that is not the mirrored object any more is refused by name
+    loose = next(r for r in discover(root).refs if r.series_id == "loose.mp4")
+    (root / "loose.mp4").write_bytes(b"changed")
+    with pytest.raises(BadInput, match="changed while it was hashed") as refused:
+        mirrored.to_remote(
+            replace(
+                loose,
+                stamps=((str(root.resolve() / "loose.mp4"), Stamp.of(root / "loose.mp4").text()),),
+            )
+        )
+    assert refused.value.path == f"{url}/loose.mp4"
