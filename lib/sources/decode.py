@@ -31,9 +31,10 @@ def decode(
     tmp_dir: Path,
     limits: ArchiveLimits = ArchiveLimits(),
     sources: SourcesConfig = SourcesConfig(),
+    retry_s: float = FETCH_RETRY_S,
 ) -> Iterator[FrameChunk]:
     """The series' frames in bounded chunks; BadInput naming `ref.location` if it is unreadable."""
-    with open_series(ref, sampling, tmp_dir, limits, sources) as series:
+    with open_series(ref, sampling, tmp_dir, limits, sources, retry_s) as series:
         yield from series.chunks
 
 
@@ -43,9 +44,10 @@ def describe(
     tmp_dir: Path,
     limits: ArchiveLimits = ArchiveLimits(),
     sources: SourcesConfig = SourcesConfig(),
+    retry_s: float = FETCH_RETRY_S,
 ) -> dict[str, Any]:
     """The series' metadata (source kind, fps, size, duration, ...) without decoding frames."""
-    with open_series(ref, sampling, tmp_dir, limits, sources) as series:
+    with open_series(ref, sampling, tmp_dir, limits, sources, retry_s) as series:
         return series.meta
 
 
