@@ -632,19 +632,20 @@ def _joined(
     order: str = "",
 ) -> list[tuple[Any, ...]]:
     """`SELECT columns` of the entries `e` whose `names` equal one row of `wanted`, in one
-    query whatever the number of rows: PostgreSQL joins arrays unnested on the server (one
-    round trip), SQLite a temp table filled by one executemany, scanned first (CROSS JOIN)."""
+    query whatever the number of rows: PostgreSQL joins arrays unnested on the server (each
+    sent as one array literal: parsed once, where an ARRAY[...] of 100 000 parameters takes
+    seconds), SQLite a temp table filled by one executemany and scanned first (CROSS JOIN)."""
     if not wanted:
         return []
     on = " AND ".join(f"e.{n} = w.{n}" for n in names)
     if postgres:
-        arrays = ", ".join(f"CAST(:{n} AS text[])" for n in names)
+        arrays = ", ".join(f"%({n})s::text[]" for n in names)
         query = (
             f"SELECT {columns} FROM unnest({arrays}) AS w({', '.join(names)})"
             f" JOIN entries e ON {on}{order}"
         )
-        params = {n: [row[i] for row in wanted] for i, n in enumerate(names)}
-        return [tuple(row) for row in conn.execute(sa.text(query), params).all()]
+        params = {n: _pg_array(row[i] for row in wanted) for i, n in enumerate(names)}
+        return [tuple(row) for row in conn.exec_driver_sql(query, params).all()]
     conn.exec_driver_sql(f"CREATE TEMP TABLE w ({', '.join(f'{n} TEXT' for n in names)})")
     try:
         marks = ", ".join("?" * len(names))
@@ -660,20 +661,18 @@ def _repoint(
 ) -> None:
     """Point the entries (hash, recipe) still in part `old` at `target` and their new offset."""
     if postgres:  # one statement: a row-by-row executemany is one round trip per entry
-        conn.execute(
-            sa.text(
-                "UPDATE entries e SET file = :target, row_offset = w.row_offset"
-                " FROM unnest(CAST(:h AS text[]), CAST(:r AS text[]), CAST(:old AS text[]),"
-                " CAST(:o AS integer[])) AS w(content_hash, recipe_id, file, row_offset)"
-                " WHERE e.content_hash = w.content_hash AND e.recipe_id = w.recipe_id"
-                " AND e.file = w.file"
-            ),
+        conn.exec_driver_sql(
+            "UPDATE entries e SET file = %(target)s, row_offset = w.row_offset"
+            " FROM unnest(%(h)s::text[], %(r)s::text[], %(old)s::text[], %(o)s::integer[])"
+            " AS w(content_hash, recipe_id, file, row_offset)"
+            " WHERE e.content_hash = w.content_hash AND e.recipe_id = w.recipe_id"
+            " AND e.file = w.file",
             {
                 "target": target,
-                "h": [m[0] for m in moves],
-                "r": [m[1] for m in moves],
-                "old": [m[2] for m in moves],
-                "o": [m[3] for m in moves],
+                "h": _pg_array(m[0] for m in moves),
+                "r": _pg_array(m[1] for m in moves),
+                "old": _pg_array(m[2] for m in moves),
+                "o": _pg_array(str(m[3]) for m in moves),
             },
         )
         return
@@ -682,6 +681,12 @@ def _repoint(
         " WHERE content_hash = ? AND recipe_id = ? AND file = ?",
         [(target, o, h, r, old) for h, r, old, o in moves],
     )
+
+
+def _pg_array(values: Iterable[str]) -> str:
+    """A PostgreSQL array literal of `values`, each quoted: '{"a","b\\"c"}'."""
+    quoted = (v.replace("\\", "\\\\").replace('"', '\\"') for v in values)
+    return "{" + ",".join(f'"{v}"' for v in quoted) + "}"
 
 
 def _is_part(name: str) -> bool:
