@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import sqlite3
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -197,7 +198,7 @@ def _sqlite_engine(url: sa.URL) -> Engine:
     @sa.event.listens_for(engine, "connect")
     def _connect(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None  # BEGIN is ours to emit, below
-        dbapi_connection.execute("PRAGMA journal_mode=WAL")
+        _wal(dbapi_connection)
         dbapi_connection.execute("PRAGMA temp_store=MEMORY")
 
     @sa.event.listens_for(engine, "begin")
@@ -206,6 +207,23 @@ def _sqlite_engine(url: sa.URL) -> Engine:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
     return engine
+
+
+def _wal(dbapi_connection: Any) -> None:
+    """Switch a file to WAL once. Only the first switch of a fresh file needs its exclusive
+    lock, and SQLite does not wait for that lock (no busy handler): processes opening a fresh
+    file at once retry here for the busy timeout instead of failing "database is locked"."""
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_S
+    while True:
+        try:
+            mode = dbapi_connection.execute("PRAGMA journal_mode").fetchone()[0]
+            if mode != "wal":
+                dbapi_connection.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
 
 
 @contextmanager
