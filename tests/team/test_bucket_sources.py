@@ -289,8 +289,12 @@ def test_measure_mirror_and_extraction_from_the_bucket_against_disk(
         assert len(done) == len(refs)
         return time.monotonic() - started
 
-    disk_s = extract(discover(source).refs, tmp_path / "disk-tmp")
-    bucket_s = extract(found.refs, tmp_path / "node-tmp")
+    local = discover(source).refs
+    rounds = [  # alternated, best of two: the machine's other load varies
+        (extract(local, tmp_path / "disk-tmp"), extract(found.refs, tmp_path / "node-tmp"))
+        for _ in range(2)
+    ]
+    disk_s, bucket_s = min(d for d, _ in rounds), min(b for _, b in rounds)
     print(
         f"\nmirror: {mb:.1f} MB in {mirrored.seconds:.2f} s = {mb / mirrored.seconds:.1f} MB/s "
         f"(discovery with it {discover_s:.2f} s); extraction of {len(found.refs)} clips "
