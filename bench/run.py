@@ -1,4 +1,4 @@
-"""Every benchmark in one go (bench/extract.py, cache_scale.py, nightly.py) and one summary table.
+"""Every benchmark in one go (bench/extract.py, cache_scale.py, nightly.py, team.py), one table.
 
 Each benchmark runs as its own process and writes its JSON under bench/results/;
 its progress and its own table go to stderr, its results into the table here (stdout).
@@ -62,7 +62,7 @@ def main() -> None:
     verbatim: list[tuple[str, str]] = []
     crashed: list[str] = []
     benchmarks = [(BENCH / "extract.py", [*flags, "--out", str(RESULTS / f"extract-{stamp}.json")])]
-    for other in ("cache_scale.py", "nightly.py"):  # run with the flags each knows
+    for other in ("cache_scale.py", "nightly.py", "team.py"):  # run with the flags each knows
         benchmarks.append((BENCH / other, supported(BENCH / other, flags)))
     for script, script_flags in benchmarks:
         code, stdout = run(script, script_flags)
