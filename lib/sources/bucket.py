@@ -17,6 +17,7 @@ a bucket is held to exactly the checks a disk is.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import functools
 import json
@@ -44,6 +45,8 @@ from lstmpipe.lib.state.store import ObjectInfo, S3Store, is_remote, parse_s3
 PARALLEL_DOWNLOADS = 8
 # a path component longer than this cannot be a file name on Linux filesystems
 MAX_COMPONENT_BYTES = 255
+# what writing a key's file may fail with when the key cannot name a file here
+_UNNAMEABLE = frozenset({errno.ENAMETOOLONG, errno.EILSEQ, errno.EINVAL})
 # meta of a member stored uncompressed: [offset, length] of its bytes in the archive object
 MEMBER_BYTES = "member_bytes"
 _FETCH_PREFIX = "fetch-"
@@ -384,6 +387,8 @@ def _mirror_one(
             break
         except OSError as exc:
             target.unlink(missing_ok=True)
+            if exc.errno not in _UNNAMEABLE:
+                raise  # a full or read-only disk stops the run: it is not this object's fault
             return Failure(printable(rel), uri, "discover", f"not mirrored: {exc}")
         os.utime(target, (info.modified, info.modified))
         return MirroredObject(info.size, info.etag, info.modified, Stamp.of(target).text())
