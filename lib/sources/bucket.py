@@ -81,12 +81,6 @@ class Mirror:
         rel = Path(path).relative_to(self.root).as_posix()
         return self.url if rel == "." else f"{self.url}/{rel}"
 
-    def local(self, uri: str) -> Path:
-        """The mirror path of an object URI under the prefix."""
-        if uri != self.url and not uri.startswith(self.url + "/"):
-            raise ValueError(f"{uri} is not under {self.url}")
-        return self.root / uri[len(self.url) + 1 :]
-
     def object_of(self, path: Path, stamp: Stamp) -> ObjectId | None:
         """The object a mirror file holds, when the file is still as mirrored: what the hash
         memo keys on, so another host's mirror of the same objects finds the same hashes."""
