@@ -5,11 +5,15 @@ another (a different home), and nothing of them lands on either host's disk."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
+import pytest
 
+from lstmpipe.flows.cli import EXIT_FAILED_SERIES, EXIT_OK, main
+from lstmpipe.lib.demo.video import SampleSpec, generate_archive
 from lstmpipe.lib.failures import SCHEMA, Failure
 from lstmpipe.lib.inference.outputs import write_outputs
 from lstmpipe.lib.inference.predictions import (
@@ -26,6 +30,7 @@ from lstmpipe.lib.registry.runs import recent_runs, save_run
 from lstmpipe.lib.series import SeriesRef
 from lstmpipe.lib.state.places import StatePlaces
 from lstmpipe.lib.state.store import parse_s3
+from tests.helpers import isolate_mlflow
 from tests.team.conftest import Team, s3_client
 
 FAILED = [Failure("a/bad.mp4", "s3://b/archive/a/bad.mp4", "decode", "moov atom not found")]
@@ -136,3 +141,45 @@ def test_run_records_and_report_pages_are_objects(team: Team, tmp_path: Path) ->
     assert uri == f"{team.store}/{page}" and bucket_keys(team, "reports/") == [page]
     assert b"<!DOCTYPE html>" in driver.outputs_store().read_bytes(page)
     assert on_disk(driver, worker) == []
+
+
+def test_the_cli_records_failures_and_runs_in_the_bucket_and_status_reads_them_elsewhere(
+    team: Team,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`lstmpipe extract` in team mode: its failure and its run record are objects; `lstmpipe
+    status` from another home lists both; neither home holds failures/ or runs/."""
+    sample = generate_archive(
+        tmp_path / "sample",
+        SampleSpec(clips_per_class=1, partitions=("2026-11-18",), size=32, max_frames=12),
+    )
+    source = tmp_path / "src"
+    shutil.copytree(sample / "2026-11-18", source)
+    (source / "grow" / "broken.mp4").write_text("not a video\n")
+    isolate_mlflow(monkeypatch)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setenv("LSTMPIPE_STATE_DATABASE", team.database)
+    monkeypatch.setenv("LSTMPIPE_STATE_STORE", team.store)
+    flags = ["--size", "32", "--weights", "none", "--json"]
+
+    def run(home: str, *argv: str) -> tuple[int, dict]:
+        monkeypatch.setenv("LSTMPIPE_HOME", str(tmp_path / home))
+        code = main(list(argv))
+        return code, json.loads(capsys.readouterr().out)
+
+    code, extracted = run("driver", "extract", str(source), *flags)
+    assert code == EXIT_FAILED_SERIES and extracted["failed"] == 1
+    failures_key = extracted["failures_file"].removeprefix(f"{team.store}/")
+    assert failures_key.startswith("failures/") and bucket_keys(team, "failures/") == [failures_key]
+    assert bucket_keys(team, "runs/") == [f"runs/{extracted['run_id']}.json"]
+
+    code, status = run("elsewhere", "status", "--json")
+    assert code == EXIT_OK and status["failures_total"] == 1
+    assert status["recent_failures"][0]["series_id"] == "grow/broken.mp4"
+    assert [(r["run_id"], r["failed"]) for r in status["runs"]] == [(extracted["run_id"], 1)]
+    for home in ("driver", "elsewhere"):
+        assert (
+            not (tmp_path / home / "failures").exists() and not (tmp_path / home / "runs").exists()
+        )
