@@ -7,7 +7,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.exc import OperationalError
 
 from lstmpipe.lib.features.cache import PARTS, FeatureCache
 
@@ -36,15 +37,13 @@ def failing_commits(cache: FeatureCache, reason: str = "disk I/O error") -> Iter
 
     def fail(conn: Any) -> None:
         if conn.get_execution_options().get("lstmpipe_immediate"):  # writes only, not reads
-            raise sa.exc.OperationalError(
-                "COMMIT", {}, sqlite3.OperationalError(f"injected: {reason}")
-            )
+            raise OperationalError("COMMIT", {}, sqlite3.OperationalError(f"injected: {reason}"))
 
-    sa.event.listen(cache.db.engine, "commit", fail)
+    event.listen(cache.db.engine, "commit", fail)
     try:
         yield
     finally:
-        sa.event.remove(cache.db.engine, "commit", fail)
+        event.remove(cache.db.engine, "commit", fail)
 
 
 def part_of(cache: FeatureCache, key: str | None) -> Path:

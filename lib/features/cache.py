@@ -55,7 +55,6 @@ from typing import IO, Any, NamedTuple
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import sqlalchemy as sa
 import torch
@@ -815,9 +814,9 @@ def _ranged_rows(
 
 def _filtered_rows(handle: pq.ParquetFile, entries: dict[Key, _Entry], columns: list[str]) -> _Rows:
     """Every row of the part's wanted content hashes, sorted into series and frame order."""
-    hashes = pa.array(sorted({h for h, _ in entries}), pa.string())
     table = handle.read(columns=columns)
-    table = table.filter(pc.is_in(table["content_hash"].cast(pa.string()), value_set=hashes))
+    hashes = table["content_hash"].cast(pa.string()).to_numpy(zero_copy_only=False)
+    table = table.filter(pa.array(np.isin(hashes, sorted({h for h, _ in entries}))))
     table = table.combine_chunks()
     order = list(entries)
     wanted = pa.table(

@@ -15,8 +15,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import sqlalchemy as sa
 import torch
+from sqlalchemy.exc import OperationalError
 
 from lstmpipe.lib.features import cache as lib_cache
 from lstmpipe.lib.features.cache import FeatureCache, SeriesFeatures, feature_schema
@@ -559,7 +559,7 @@ def test_a_crash_at_any_compaction_step_leaves_every_entry_readable(
             failing.enter_context(failing_commits(cache))
         else:  # the index points at the new file; deleting the old ones fails
             crash.setattr(os, "unlink", boom)
-        with pytest.raises((OSError, sa.exc.OperationalError), match="injected"):
+        with pytest.raises((OSError, OperationalError), match="injected"):
             cache.compact(orphan_grace_s=0)
     assert not list(features_dir(cache).glob(".tmp-*"))
     assert_all_same(everything(cache), written)  # complete, and nothing else reported
@@ -574,7 +574,7 @@ def test_a_crash_at_any_compaction_step_leaves_every_entry_readable(
 def test_leftovers_younger_than_the_grace_are_kept(cache: FeatureCache) -> None:
     """A file renamed by a writer whose index rows are not committed yet looks orphaned: keep it."""
     written = scattered(cache)
-    with failing_commits(cache), pytest.raises(sa.exc.OperationalError):
+    with failing_commits(cache), pytest.raises(OperationalError):
         cache.compact()
     leftovers = {p.name for p in parts(cache)} - indexed_files(cache)
     assert len(leftovers) == 1
