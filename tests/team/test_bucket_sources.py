@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import shutil
 import tarfile
+import threading
 import time
 import zipfile
 from collections.abc import Iterator
@@ -32,6 +33,7 @@ from lstmpipe.lib.sources.decode import decode
 from lstmpipe.lib.sources.discover import Discovery, discover, discover_bucket, discover_root
 from lstmpipe.lib.sources.hashing import HashMemo, verify_stamps
 from lstmpipe.lib.state.database import Database
+from lstmpipe.lib.state.errors import StateUnavailable
 from lstmpipe.lib.state.places import StatePlaces
 from lstmpipe.lib.state.store import ObjectInfo, S3Store, parse_s3
 from tests.helpers import wheel_data
@@ -368,3 +370,30 @@ def test_series_made_of_many_files_are_fetched_whole(
         assert len(ref.stamps) == len(local[sid].stamps)
         assert np.array_equal(frames(ref, tmp_path / "node"), frames(local[sid], tmp_path)), sid
     assert not list((tmp_path / "node").glob("fetch-*"))
+
+
+def test_the_s3_server_down_while_fetching_is_ridden_out_then_named(
+    team: Team, archive: Path, tmp_path: Path
+) -> None:
+    """Fetching retries an unreachable endpoint for retry_s, then StateUnavailable names it and
+    the object; a server back within retry_s is ridden out. No copy is left either way."""
+    url = upload(archive / "2026-11-20", f"{team.store}/archive")
+    found, _ = bucket_discovery(team, tmp_path / "driver", url)
+    ref = by_id(found)["grow/a.mp4"]
+    node = tmp_path / "node"
+    team.servers.stop_seaweed()
+    back = threading.Timer(3.0, team.servers.start_seaweed)
+    try:
+        with pytest.raises(StateUnavailable) as down:
+            list(decode(ref, SMALL, node, retry_s=2.0))
+        assert team.servers.endpoint in str(down.value)
+        assert f"fetching {url}/grow/a.mp4" in str(down.value)
+        assert not list(node.glob("fetch-*"))
+        back.start()
+        chunks = list(decode(ref, SMALL, node, retry_s=300.0))
+    finally:
+        if back.is_alive() or back.finished.is_set():
+            back.join()
+        else:
+            team.servers.start_seaweed()
+    assert sum(len(c) for c in chunks) > 0 and not list(node.glob("fetch-*"))
