@@ -25,6 +25,7 @@ import os
 import shutil
 import socket
 import tempfile
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -179,7 +180,7 @@ def mirror(url: str, local_root: Path, retry_s: float = 120.0) -> Mirror:
         if (
             was is not None
             and (was.size, was.etag) == (info.size, info.etag)
-            and _intact(root / rel, was)
+            and _same_stamp(root / rel, was.stamp)
         ):
             current[rel] = was
         else:
@@ -248,27 +249,101 @@ def fetch(ref: SeriesRef, scratch: Path, retry_s: float = 120.0) -> SeriesRef:
 @contextmanager
 def fetched(ref: SeriesRef, tmp_dir: Path, retry_s: float = 120.0) -> Iterator[SeriesRef]:
     """`fetch` into a folder of its own under `tmp_dir`, removed when the block ends: one
-    series' objects at a time. Errors raised in the block name the objects, not the copies."""
+    series' objects at a time. A compressed member needs its whole archive: the last one
+    fetched is kept for this thread's next member of it (one download, and one decompression
+    pass for a .tar.gz, whose unpacker archives.py keeps per file). Errors raised in the block
+    name the objects, not the copies."""
     tmp_dir = Path(tmp_dir)
     tmp_dir.mkdir(parents=True, exist_ok=True)
     _sweep(tmp_dir)
-    scratch = Path(
-        tempfile.mkdtemp(prefix=f"{_FETCH_PREFIX}{_HOST}-{os.getpid()}-", dir=tmp_dir)
-    ).resolve()
+    scratch = _new_folder(tmp_dir)
     try:
-        local = fetch(ref, scratch, retry_s)
+        if _whole_archive_member(ref):
+            local, base = _archive_copy(ref, tmp_dir, retry_s)
+        else:
+            local, base = fetch(ref, scratch, retry_s), scratch
         try:
             yield local
         except BadInput as exc:
             path = (
                 ref.location
                 if exc.path in (local.path, local.location)
-                else _renamed(exc.path, str(scratch), "s3:/")
+                else _renamed(exc.path, str(base), "s3:/")
             )
             reason = exc.reason.replace(local.location, ref.location)
-            raise BadInput(path, reason.replace(str(scratch) + "/", "s3://")) from exc
+            raise BadInput(path, reason.replace(str(base) + "/", "s3://")) from exc
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+class _ArchiveCopy:
+    """The whole archive a thread fetched last, while the thread lives or until it needs
+    another: at most one per decoder thread."""
+
+    def __init__(self) -> None:
+        self.key: tuple[str, str, str] | None = None  # (uri, stamp, tmp_dir)
+        self.folder: Path | None = None
+        self.path = Path()
+        self.stamp = ""
+
+    def release(self) -> None:
+        if self.folder is not None:
+            shutil.rmtree(self.folder, ignore_errors=True)
+        self.key, self.folder = None, None
+
+    def __del__(self) -> None:  # the thread ended: its thread-local copy goes with it
+        self.release()
+
+
+_threads = threading.local()
+
+
+def _whole_archive_member(ref: SeriesRef) -> bool:
+    """A member not stored uncompressed, of the one archive it is stamped with."""
+    return (
+        ref.member is not None
+        and len(ref.stamps) == 1
+        and ref.stamps[0][0] == ref.path
+        and _stored_member(ref) is None
+    )
+
+
+def _archive_copy(ref: SeriesRef, tmp_dir: Path, retry_s: float) -> tuple[SeriesRef, Path]:
+    """`ref` naming this thread's copy of its archive (fetched If-Match unless this thread
+    holds that very version, untouched), and the folder of the copy."""
+    held: _ArchiveCopy | None = getattr(_threads, "archive", None)
+    if held is None:
+        held = _threads.archive = _ArchiveCopy()
+    key = (*ref.stamps[0], str(tmp_dir.resolve()))
+    if held.key != key or not _same_stamp(held.path, held.stamp):
+        held.release()
+        folder = _new_folder(tmp_dir)
+        target = _scratch_path(folder, ref.path)
+        try:
+            _fetch_object(ref.stamps[0], target, retry_s)
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        held.key, held.folder, held.path = key, folder, target
+        held.stamp = Stamp.of(target).text()
+    assert held.folder is not None
+    local = replace(ref, path=str(held.path), stamps=((str(held.path), held.stamp),))
+    return local, held.folder
+
+
+def _same_stamp(path: Path, stamp: str) -> bool:
+    try:
+        return Stamp.of(path).text() == stamp
+    except OSError:
+        return False
+
+
+def _new_folder(tmp_dir: Path) -> Path:
+    """A fetch folder named after this host and process, so a later run sweeps it if this
+    process is killed first."""
+    return Path(
+        tempfile.mkdtemp(prefix=f"{_FETCH_PREFIX}{_HOST}-{os.getpid()}-", dir=tmp_dir)
+    ).resolve()
 
 
 def _stored_member(ref: SeriesRef) -> tuple[int, int] | None:
@@ -438,13 +513,6 @@ def _download(
             raise
 
     write_atomic(target, write)
-
-
-def _intact(path: Path, was: MirroredObject) -> bool:
-    try:
-        return Stamp.of(path).text() == was.stamp
-    except OSError:
-        return False
 
 
 def _remove_unlisted(root: Path, keep: set[str]) -> None:
