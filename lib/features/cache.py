@@ -35,10 +35,10 @@ match (rewritten by another tool), are read by a content-hash filter over that p
 in one transaction, then the old parts, referenced by no entry any more, are deleted.
 Parts referenced by no entry and older than a grace period (by the store's modification
 time: leftovers of crashes) are deleted by a sweep that holds the index's write lock
-(SQLite) or the "cache-index" transaction lock (PostgreSQL), which every writer also
-holds while it checks its part still exists and commits its entries; so a sweep never
-deletes a part whose entries commit. A reader whose part disappears between lookup and
-open looks the keys up once more.
+(SQLite) or the "cache-index" transaction lock (PostgreSQL), which every writer (and
+compaction, repointing entries) also holds while it checks its part still exists and
+commits its entries; so a sweep never deletes a part whose entries commit. A reader
+whose part disappears between lookup and open looks the keys up once more.
 """
 
 from __future__ import annotations
@@ -508,12 +508,16 @@ class FeatureCache:
         ]
 
         def repoint(conn: Connection) -> int:
+            # under the sweep's lock, like a writer's commit: another compaction's sweep (with
+            # a short grace) may have taken the new part for an orphan; then nothing moves
+            if self.store.info(PARTS + target) is None:
+                return 0
             _repoint(conn, self.db.is_postgres, moves, target)
             return conn.execute(
                 sa.select(sa.func.count()).select_from(entries).where(entries.c.file == target)
             ).scalar_one()
 
-        return self.db.write(repoint)
+        return self.db.write(repoint, lock=INDEX_LOCK)
 
     def _sweep_orphans(self, grace_s: float) -> int:
         """Delete parts no entry references that are older than `grace_s`; how many were deleted.

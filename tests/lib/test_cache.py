@@ -681,3 +681,24 @@ def test_opening_a_current_index_takes_no_write_lock(
         assert FeatureCache.local(root_of(cache)).present([("hash-a", RID)]) == {("hash-a", RID)}
     finally:
         writer.close()
+
+
+def test_a_merged_part_swept_before_its_repoint_moves_nothing(
+    cache: FeatureCache, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two compactions at once, one sweeping with a short grace: the other's new part may be
+    taken for an orphan before its entries are repointed; they then stay where they were."""
+    written = scattered(cache)
+    real = cache.store.put
+
+    def put_then_swept(key, write):
+        real(key, write)
+        FeatureCache.local(root_of(cache)).compact(target_rows=1, orphan_grace_s=-60)
+
+    monkeypatch.setattr(cache.store, "put", put_then_swept)
+    assert cache.compact(orphan_grace_s=0)["series_moved"] == 0
+    monkeypatch.undo()
+    assert_all_same(everything(cache), written)
+    cache.compact(orphan_grace_s=0)
+    assert_all_same(everything(cache), written)
+    assert_stored_once(cache)
