@@ -50,10 +50,30 @@ class RayNode:
     headers: dict[str, str]
     server: Server | None = None
 
-    def start(self) -> None:
-        self.server = start(
-            self.name, self.command, self.health_url, self.env, self.log_dir, self.headers
-        )
+    def start(self, tries: int = 3) -> None:
+        """Started and healthy; tried again when `ray start` gives up (it did on a machine whose
+        2 cores ran 10 processes: "Failed to get node info: Deadline Exceeded")."""
+        for attempt in range(1, tries + 1):
+            try:
+                self.server = start(
+                    self.name, self.command, self.health_url, self.env, self.log_dir, self.headers
+                )
+                return
+            except RuntimeError:
+                if attempt == tries:
+                    raise
+                self._reap()
+
+    def _reap(self) -> None:
+        """What a failed `ray start` left behind (a raylet, an agent): the processes naming
+        this node's own temp dir."""
+        temp = self.command[self.command.index("--temp-dir") + 1].encode()
+        for proc in Path("/proc").iterdir():
+            try:
+                if proc.name.isdigit() and temp in (proc / "cmdline").read_bytes():
+                    os.kill(int(proc.name), signal.SIGKILL)
+            except OSError:  # gone meanwhile
+                continue
 
     def kill(self) -> None:
         """SIGKILL to the node's whole session: its raylet, workers and agents die at once."""
@@ -64,6 +84,7 @@ class RayNode:
     def stop(self) -> None:
         if self.server is not None:
             self.server.stop()
+        self._reap()  # an attempt interrupted while it started
 
 
 @dataclass
@@ -128,8 +149,11 @@ def start_cluster(work: Path, team_env: dict[str, str], postgres_url: str) -> Te
         "RAY_AUTH_MODE": "token",
         "RAY_AUTH_TOKEN_PATH": str(write_secret(work / "ray-token", token)),
         "RAY_USAGE_STATS_ENABLED": "0",
-        # 30 s by default: a raylet on 2 busy cores registered with the GCS too late for it
-        "RAY_raylet_start_wait_time_s": "180",
+        # On 2 cores running 10 processes, a worker node's raylet registered with the GCS after
+        # `ray start` had stopped waiting (30 s by default), and gave up on its dashboard agent
+        # after 17 s ("Timed out waiting for file .../dashboard_agent_listen_port_...").
+        "RAY_raylet_start_wait_time_s": "120",
+        "RAY_agent_register_timeout_ms": "300000",
     }
     headers = {"Authorization": f"Bearer {token}"}
     port, dashboard_port = free_port(), free_port()

@@ -183,9 +183,11 @@ def team(team_servers: TeamServers, monkeypatch: pytest.MonkeyPatch) -> Team:
 def team_cluster(team_servers: TeamServers) -> Iterator[TeamCluster]:
     """Two Ray nodes and an MLflow server on the team's servers, once per session."""
     work = Path(tempfile.mkdtemp(prefix="lpc-", dir="/tmp"))  # short: Ray's socket paths
-    cluster = start_cluster(work, team_servers.env, team_servers.postgres_url)
     try:
-        yield cluster
+        cluster = start_cluster(work, team_servers.env, team_servers.postgres_url)
+        try:
+            yield cluster
+        finally:
+            cluster.stop()
     finally:
-        cluster.stop()
         shutil.rmtree(work, ignore_errors=True)
