@@ -40,7 +40,7 @@ SECRET_VARIABLES = (
 @dataclass(frozen=True)
 class Runtime:
     config: Config
-    home: Path  # $LSTMPIPE_HOME: every piece of state lives below it
+    home: Path  # $LSTMPIPE_HOME: local state lives below it; in team mode only scratch
     tracking_uri: str  # MLflow tracking and registry store
     artifact_root: str | None  # MLflow artifacts for a local store; a server chooses its own
     # None: extract in-process; "local": a Ray of our own; else a cluster to join
@@ -54,32 +54,8 @@ class Runtime:
         return StatePlaces(str(self.home), state.database, state.store, state.retry_s)
 
     @property
-    def cache_root(self) -> str:
-        return str(self.home / "cache")
-
-    @property
-    def failures_dir(self) -> Path:
-        return self.home / "failures"
-
-    @property
-    def runs_dir(self) -> Path:
-        return self.home / "runs"
-
-    @property
-    def predictions_dir(self) -> Path:
-        return self.home / "predictions"
-
-    @property
     def tmp_dir(self) -> str:
         return str(self.home / "tmp")
-
-    @property
-    def hash_memo(self) -> str:
-        return str(self.home / "cache" / "hashes.sqlite")
-
-    @property
-    def promote_lock(self) -> str:
-        return str(self.home / "locks" / "promote.lock")
 
 
 def load_runtime(

@@ -239,4 +239,8 @@ def _file_lock(path: Path) -> Iterator[None]:
 
 
 def _safe(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "_.-" else "_" for c in name)
+    """A lock name as part of a file name: readable, and short enough for any model name."""
+    plain = "".join(c if c.isalnum() or c in "_.-" else "_" for c in name)
+    if len(plain) <= 100:
+        return plain
+    return f"{plain[:80]}-{hashlib.sha256(name.encode()).hexdigest()[:16]}"
