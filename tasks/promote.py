@@ -3,8 +3,6 @@ lib/registry/promotion.py and lib/registry/report.py."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from prefect import task
 
 from lstmpipe.lib.config import PromoteConfig
@@ -35,7 +33,7 @@ def promote_challenger(
 ) -> PromotionRecord:
     return promotion.promote(
         registry.connect(tracking_uri),
-        FeatureCache(Path(state.home) / "cache"),
+        FeatureCache.at(state),
         plan,
         rules,
         PromotionHistory.at(state),
