@@ -678,6 +678,8 @@ def _parse(value: Any, hint: Any) -> Any:
         return value
 
 
+_URL_PASSWORD = re.compile(r"(://[^/:@]*:)[^/@]*@")
+
 # pydantic error types -> what the key expects
 _EXPECTED = {
     **dict.fromkeys(("int_type", "int_parsing", "int_from_float"), "expected int"),
@@ -703,6 +705,8 @@ def _describe_one(prefix: str, model: type[BaseModel], error: ErrorDetails) -> s
     if not names:  # a check across keys
         return f"{key}: {error['msg'].removeprefix('Value error, ')}"
     value = error["input"]
+    if isinstance(value, str):  # a URL's password is never echoed
+        value = _URL_PASSWORD.sub(r"\1***@", value)
     if value is None:
         return f"{key}: None; a value is required"
     if error["type"] in _EXPECTED:

@@ -398,3 +398,23 @@ def test_precedence_file_then_environment_then_overrides_for_every_kind_of_key(
         ("b4",),
         0.5,
     )
+
+
+def test_state_urls_load_from_the_environment_and_a_password_in_the_url_is_refused(
+    tmp_path: Path,
+) -> None:
+    env = {
+        "LSTMPIPE_STATE_DATABASE": "postgresql://lstmpipe_state@db:5432/state",
+        "LSTMPIPE_STATE_STORE": "s3://archive/lstmpipe",
+    }
+    state = load_config(env=env).state
+    assert (state.database, state.store) == (
+        env["LSTMPIPE_STATE_DATABASE"],
+        "s3://archive/lstmpipe",
+    )
+    assert load_config().state.database is None  # the local deployment by default
+    path = tmp_path / "c.yaml"
+    path.write_text("state: {database: 'postgresql://lstmpipe_state:hunter2@db/state'}\n")
+    with pytest.raises(ConfigError, match="state.database: .*PGPASSWORD") as refused:
+        load_config(path)
+    assert "hunter2" not in str(refused.value)
