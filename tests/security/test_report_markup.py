@@ -12,6 +12,7 @@ from pathlib import Path
 
 from lstmpipe.lib.registry import report
 from lstmpipe.lib.sources.discover import read_manifest
+from lstmpipe.lib.state.store import LocalStore
 
 EVIL = [
     "<script>alert(1)</script>",
@@ -100,7 +101,7 @@ def test_markup_in_labels_is_text_on_the_page(tmp_path: Path) -> None:
     labels = list(read_manifest(hostile_manifest(tmp_path / "labels.csv")).values())
     assert labels == EVIL  # the manifest reader keeps them verbatim: escaping is the page's job
 
-    path = report.write(values(EVIL), tmp_path / "reports" / "run.html")
+    path = Path(report.write(values(EVIL), LocalStore(tmp_path), "reports/run.html"))
     page = path.read_text()
     parsed = Page()
     parsed.feed(page)
