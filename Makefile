@@ -44,7 +44,7 @@ test: $(VENV)/.installed ## run every test: unit, tasks, flows, infra, integrati
 test-fast: $(VENV)/.installed ## every fast test in every folder: no servers, no CLI subprocesses, no slow tests (tiers: tests/conftest.py)
 	$(BIN)/python -m pytest -q -m "not slow and not integration" --durations=10
 
-bench: $(VENV)/.installed ## extraction speed vs ceiling and naive, warm re-run, start-up, memory, cache scale, nightly overhead: JSON in bench/results/, one table (BENCH_ARGS=--quick)
+bench: $(VENV)/.installed ## extraction speed vs ceiling and naive, warm re-run, start-up, memory, cache scale, nightly overhead, team state (PostgreSQL + SeaweedFS) vs local: JSON in bench/results/, one table (BENCH_ARGS=--quick)
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 lint: $(VENV)/.installed ## ruff format + ruff check + pyright (basic) + import contracts (flows -> tasks -> lib, lib's stages)
