@@ -170,7 +170,7 @@ def finish(process: subprocess.Popen) -> Outcome:
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait(60)  # not communicate(): a Ray process in a session of its own keeps the pipes
-        raise AssertionError(f"{process.args[1]} still running after {RUN_TIMEOUT_S} s") from None
+        raise AssertionError(f"{process.args!r} still running after {RUN_TIMEOUT_S} s") from None
     text = stdout.strip()
     return Outcome(process.returncode, json.loads(text) if text.startswith("{") else {}, stderr)
 
