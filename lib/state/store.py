@@ -298,7 +298,7 @@ class RangedObject(io.RawIOBase):
 def s3_client() -> Any:
     """A boto3 S3 client from the standard AWS variables; path-style addressing when an
     endpoint is given (MinIO, SeaweedFS, Ceph serve buckets under the path, not a subdomain)."""
-    import boto3
+    import boto3.session
     from botocore.config import Config as BotoConfig
 
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")

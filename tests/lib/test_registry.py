@@ -32,8 +32,10 @@ from lstmpipe.lib.inference.predictor import Predictor
 from lstmpipe.lib.registry import gate
 from lstmpipe.lib.registry import mlflow_store as registry
 from lstmpipe.lib.registry import promotion as promote
+from lstmpipe.lib.registry.history import PromotionHistory
 from lstmpipe.lib.registry.mlflow_store import ModelRef
 from lstmpipe.lib.series import SeriesRef
+from lstmpipe.lib.state.database import Database
 from lstmpipe.lib.state.store import LocalStore
 from lstmpipe.lib.training.bundle import ModelBundle
 from lstmpipe.lib.training.experiment import Outcome, run_experiment, score
@@ -379,7 +381,8 @@ def test_promote_reject_promote_rollback(
 ) -> None:
     """On `seq`: its version 1 (the trained model), then a worse version 2, then version 3 equal
     to 1."""
-    client, lock, name = store.client, tmp_path / "promote.lock", registered.name
+    client, name = store.client, registered.name
+    history = PromotionHistory(Database.sqlite(tmp_path / "history.sqlite"))
 
     def latest_plan() -> promote.Candidates:
         return promote.candidates(client, name, None, "champion")
@@ -405,7 +408,7 @@ def test_promote_reject_promote_rollback(
     assert plan.challenger == v1 and plan.champion is None
     assert [ref.to_dict() for ref in plan.eval_set] == outcome.eval_set
     assert plan.recipes["challenger"] == outcome.bundle.recipe
-    first = promote.promote(client, sample_cache, plan, PromoteConfig(), lock).to_json()
+    first = promote.promote(client, sample_cache, plan, PromoteConfig(), history).to_json()
     assert (first["promoted"], first["champion_before"], first["eval_series"]) == (True, None, 4)
     assert champion() == v1.version
     assert (
@@ -425,7 +428,7 @@ def test_promote_reject_promote_rollback(
     )
     plan = latest_plan()
     assert plan.challenger == v2 and plan.champion == v1
-    second = promote.promote(client, sample_cache, plan, PromoteConfig(), lock).to_json()
+    second = promote.promote(client, sample_cache, plan, PromoteConfig(), history).to_json()
     assert not second["promoted"] and second["champion_before"] == v1.version
     assert second["scores"]["challenger"]["macro_f1"] == round(bad, 4)
     assert second["scores"]["champion"]["macro_f1"] == round(good, 4)
@@ -439,17 +442,17 @@ def test_promote_reject_promote_rollback(
 
     # 3. An equally good version passes a zero margin, and remembers whom it replaced.
     v3 = registry.log_training(client, outcome, name, {}, store.artifact_root, {})
-    third = promote.promote(client, sample_cache, latest_plan(), PromoteConfig(), lock).to_json()
+    third = promote.promote(client, sample_cache, latest_plan(), PromoteConfig(), history).to_json()
     assert third["promoted"] and champion() == v3.version
     assert tags(v3.version)["promotion.previous_champion"] == v1.version
-    again = promote.promote(client, sample_cache, latest_plan(), PromoteConfig(), lock).to_json()
+    again = promote.promote(client, sample_cache, latest_plan(), PromoteConfig(), history).to_json()
     assert again["promoted"] and "already @champion" in again["reason"] and champion() == v3.version
     assert (
         tags(v3.version)["promotion.previous_champion"] == v1.version
     )  # a re-run keeps what rollback needs
 
     # 4. Rollback puts the previous champion back, once.
-    assert promote.rollback(client, name, "champion", lock).to_json() == {
+    assert promote.rollback(client, name, "champion", history).to_json() == {
         "model": name,
         "from": v3.version,
         "to": v1.version,
@@ -457,7 +460,7 @@ def test_promote_reject_promote_rollback(
     assert champion() == v1.version
     assert "promotion.rolled_back" in tags(v3.version)
     with pytest.raises(LookupError, match="replaced no earlier champion"):
-        promote.rollback(client, name, "champion", lock)
+        promote.rollback(client, name, "champion", history)
     assert champion() == v1.version
 
 
@@ -465,7 +468,12 @@ def test_candidates_and_rollback_of_unknown_models(store: Store, tmp_path: Path)
     with pytest.raises(LookupError, match="model absent: no registered versions"):
         promote.candidates(store.client, "absent", None, "champion")
     with pytest.raises(LookupError, match="no @champion to roll back"):
-        promote.rollback(store.client, "absent", "champion", tmp_path / "lock")
+        promote.rollback(
+            store.client,
+            "absent",
+            "champion",
+            PromotionHistory(Database.sqlite(tmp_path / "h.sqlite")),
+        )
 
 
 def test_scoring_needs_every_evaluation_series_cached(outcome: Outcome, tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ import pytest
 
 from lstmpipe.lib.registry import report
 from lstmpipe.lib.registry.history import Action, HistoryRow, Outcome
+from lstmpipe.lib.state.store import LocalStore
 from lstmpipe.lib.training.plots import confusion_matrix_png
 
 EVIL = "<script>alert(1)</script>"
@@ -154,7 +155,7 @@ def test_collect_reads_a_logged_run(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         "confusion_matrix.png"
     }
     assert got["params"] == {"p": EVIL} and got["history"] == [ours.to_json()]
-    path = report.write(got, tmp_path / "reports" / "r.html")
+    path = Path(report.write(got, LocalStore(tmp_path), "reports/r.html"))
     assert EVIL not in path.read_text()
     with pytest.raises(LookupError, match="run nope: not an MLflow run"):
         report.collect(client, "nope", [])
