@@ -9,7 +9,6 @@ from pathlib import Path
 import ray
 import torch
 from prefect import task
-from ray.util import ActorPool
 from tqdm import tqdm
 
 from lstmpipe.lib.config import BackboneConfig, Config, SamplingConfig, SourcesConfig
@@ -24,7 +23,7 @@ from lstmpipe.lib.features.recipe import FeatureRecipe
 from lstmpipe.lib.series import SeriesRef
 from lstmpipe.lib.sources.discover import Discovery, discover_root
 from lstmpipe.lib.state.places import StatePlaces
-from lstmpipe.tasks.ray_workers import FeatureWorker, ensure_ray, feature_workers, release_workers
+from lstmpipe.tasks.ray_workers import FeatureWorker, ensure_ray, extract_groups, release_workers
 from lstmpipe.tasks.retry import transient_only
 
 GROUP = 8  # series per actor call: progress granularity and load balance; one cache file per call
@@ -183,28 +182,27 @@ def _extract_on_ray(
     # Everything that shapes the features comes from the recipe (a model's, at inference), not
     # from this run's flags; the precision too, so workers never re-resolve "auto" differently.
     sampling, backbone = wanted.sampling(config.sampling), wanted.backbone_config(config.backbone)
-    workers = feature_workers(
-        f"{wanted.recipe_id}:{state}:{where}",
-        where.actors,
-        lambda: FeatureWorker.options(num_cpus=where.actor_cpus, num_gpus=where.actor_gpus).remote(
-            sampling,
-            backbone,
-            wanted,
-            torch_hub_dir,
-            state,
-            tmp_dir,
-            config.runtime.decoders,
-            where.decode_cpus,
-        ),
-    )
     groups = [todo[i : i + GROUP] for i in range(0, len(todo), GROUP)]
-    outcomes: list[SeriesOutcome] = []
     try:
         with tqdm(total=len(todo), desc="extract", unit="series", leave=False) as bar:
-            for done in ActorPool(workers).map_unordered(lambda w, g: w.extract.remote(g), groups):
-                outcomes += done
-                bar.update(len(done))
+            return extract_groups(
+                f"{wanted.recipe_id}:{state}:{where}",
+                where.actors,
+                lambda: FeatureWorker.options(
+                    num_cpus=where.actor_cpus, num_gpus=where.actor_gpus
+                ).remote(
+                    sampling,
+                    backbone,
+                    wanted,
+                    torch_hub_dir,
+                    state,
+                    tmp_dir,
+                    config.runtime.decoders,
+                    where.decode_cpus,
+                ),
+                groups,
+                lambda done: bar.update(len(done)),
+            )
     except Exception:
         release_workers()  # a dead actor must not be reused by the retry
         raise
-    return outcomes

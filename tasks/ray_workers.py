@@ -17,6 +17,7 @@ import logging
 import os
 import secrets
 import threading
+from collections import deque
 from collections.abc import Callable, Generator, Iterator, MutableMapping
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from typing import Any
 import ray
 import torch
 from ray import ObjectRef
+from ray.exceptions import RayActorError
 
 from lstmpipe.lib.config import BackboneConfig, SamplingConfig, SourcesConfig
 from lstmpipe.lib.errors import BadInput
@@ -40,6 +42,7 @@ from lstmpipe.lib.state.places import StatePlaces
 # start a pool, and on a cluster with CPUs for one pool the second pool's actors wait forever for
 # CPUs (a deadlock).
 _lock = threading.RLock()
+logger = logging.getLogger(__name__)
 
 
 def ensure_ray(address: str) -> None:
@@ -92,14 +95,98 @@ def feature_workers(key: str, count: int, start: Callable[[], Any]) -> list:
         return _pool[1]
 
 
+def replace_worker(key: str, index: int, lost: Any, start: Callable[[], Any]) -> Any:
+    """The pool's actor at `index` once `lost` is gone: a new one, or the one another shard of
+    the run already started in its place."""
+    global _pool
+    with _lock:
+        if _pool is None or _pool[0] != key or index >= len(_pool[1]):
+            raise RuntimeError("the feature workers' pool was released while a shard used it")
+        if _pool[1][index] is lost:
+            ray.kill(lost, no_restart=True)  # unreachable is not always dead: make it so
+            _pool[1][index] = start()
+        return _pool[1][index]
+
+
 def release_workers() -> None:
-    """Kill the pool (after a worker died, or when the key changes)."""
+    """Kill the pool (after a shard failed, or when the key changes)."""
     global _pool
     with _lock:
         if _pool is not None:
             for actor in _pool[1]:
                 ray.kill(actor)
         _pool = None
+
+
+# A group whose worker is lost (OOM killer, its node gone, SIGKILL) goes back to the queue, to a
+# surviving worker or the lost one's replacement: extract() is idempotent (the cache's first index
+# row wins), so the group is extracted again whole and reported once. Bounded, so a series that
+# kills every worker fails the shard.
+RESTARTS = 3
+# No worker ready and none running for this long (a pool that cannot be placed: its node lost on a
+# full cluster) fails the shard instead of waiting for ever. Covers loading the backbone.
+PLACE_TIMEOUT_S = 600.0
+
+
+def extract_groups(
+    key: str,
+    count: int,
+    start: Callable[[], Any],
+    groups: list[list[SeriesRef]],
+    on_done: Callable[[list[SeriesOutcome]], None],
+) -> list[SeriesOutcome]:
+    """Run every group on the pool for `key`, each on the next worker that is ready.
+
+    Workers are used only once ready (a readiness call each): a worker Ray cannot place, such as
+    a replacement for one lost with its node, must not hold a group while the survivors idle.
+    """
+    workers = list(feature_workers(key, count, start))
+    queue = deque((group, 0) for group in groups)
+    readying = {worker.__ray_ready__.remote(): i for i, worker in enumerate(workers)}
+    running: dict[ObjectRef, tuple[int, list[SeriesRef], int]] = {}
+    idle: list[int] = []
+    outcomes: list[SeriesOutcome] = []
+    while queue or running:
+        while idle and queue:
+            i = idle.pop()
+            group, losses = queue.popleft()
+            running[workers[i].extract.remote(group)] = (i, group, losses)
+        ready, _ = ray.wait(
+            [*running, *readying], num_returns=1, timeout=None if running else PLACE_TIMEOUT_S
+        )
+        if not ready:
+            raise RuntimeError(
+                f"no feature worker could be placed on the Ray cluster in {PLACE_TIMEOUT_S:.0f} s "
+                f"(resources now: {ray.available_resources()})"
+            )
+        ref = ready[0]
+        if ref in readying:
+            i = readying.pop(ref)
+            try:
+                ray.get(ref)
+            except RayActorError as exc:
+                if exc.actor_init_failed:
+                    raise
+                workers[i] = replace_worker(key, i, workers[i], start)
+                readying[workers[i].__ray_ready__.remote()] = i
+                continue
+            idle.append(i)
+            continue
+        i, group, losses = running.pop(ref)
+        try:
+            done = ray.get(ref)
+        except RayActorError:
+            if losses + 1 > RESTARTS:
+                raise
+            logger.warning("a feature worker was lost: its %d series go to another", len(group))
+            queue.appendleft((group, losses + 1))
+            workers[i] = replace_worker(key, i, workers[i], start)
+            readying[workers[i].__ray_ready__.remote()] = i
+            continue
+        outcomes += done
+        on_done(done)
+        idle.append(i)
+    return outcomes
 
 
 @ray.remote(num_returns="streaming")
@@ -144,14 +231,7 @@ def decode_in_tasks(
     return decode_fn
 
 
-# A worker process that dies (OOM killer, a node lost, SIGKILL) is restarted, and the call it was
-# running re-runs on the new process: extract() is idempotent (the cache's first index row wins),
-# so the group is extracted again whole and reported once. Bounded, so a series that kills every
-# worker fails the shard.
-RESTARTS = 3
-
-
-@ray.remote(max_restarts=RESTARTS, max_task_retries=RESTARTS)
+@ray.remote  # a lost worker is replaced by extract_groups, not restarted by Ray (see RESTARTS)
 class FeatureWorker:
     """Holds one backbone; extracts groups of series into the cache.
 

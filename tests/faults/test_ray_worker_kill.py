@@ -2,10 +2,10 @@
 §6: a killed Ray worker is retried without duplicate rows).
 
 One shard over a real local Ray (two actors, one CPU each, groups of 8 series): as soon as the cache
-holds a finished group, one busy actor's process is killed. Ray restarts the actor and re-runs the
-call it lost (tasks/ray_workers.py), so the shard itself completes, with no Prefect retry: every
-series is indexed once, reads back complete, and the shard's statuses say what happened (all
-extracted, none failed).
+holds a finished group, one busy actor's process is killed. Its group goes back to the queue and a
+replacement joins the pool (tasks/ray_workers.py), so the shard itself completes, with no Prefect
+retry: every series is indexed once, reads back complete, and the shard's statuses say what
+happened (all extracted, none failed).
 """
 
 from __future__ import annotations
@@ -98,7 +98,7 @@ def test_a_killed_feature_worker_is_retried_and_every_series_cached_once(
     extraction.join(TIMEOUT_S)
     assert not extraction.is_alive(), "extraction did not finish after the kill"
     assert "error" not in result, f"the shard failed after a worker was killed: {result['error']!r}"
-    assert victim not in worker_pids()  # the actor was restarted in a new process
+    assert victim not in worker_pids()  # the lost actor was replaced by a new process
 
     rows = result["shard"].outcomes
     refs = {r.series_id: r for r in found.refs}

@@ -390,11 +390,6 @@ def test_two_drivers_at_once_index_each_series_once_and_leave_one_champion(
 # --------------------------------------------------------------------------- (c) faults
 
 
-@pytest.mark.skip(
-    reason="hangs (issue 17, open): Ray restarts the lost FeatureWorker (max_restarts in "
-    "tasks/ray_workers.py), and on a cluster with no free CPU the restart and its retried calls "
-    "stay PENDING_NODE_ASSIGNMENT; the pool must hand a lost actor's groups to the survivors"
-)
 def test_a_worker_node_killed_mid_extraction_the_run_completes(
     team_cluster: TeamCluster, team: Team, bucket: Bucket, sample: Path, tmp_path: Path
 ) -> None:
