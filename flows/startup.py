@@ -156,7 +156,25 @@ def using(api: TemporaryApi | None) -> Iterator[None]:
     with temporary_settings(
         updates={PREFECT_API_URL: api.url, PREFECT_API_AUTH_STRING: api.auth_string}
     ):
-        yield
+        try:
+            yield
+        finally:
+            _send_queued()
+
+
+# Logs and events still queued when a command ends go to its API before the API stops: at exit
+# Prefect drains them with no time limit, and against a stopped API each batch's retries take
+# seconds to minutes (a backfill that failed with many task tracebacks hung at exit for over 13
+# minutes). Bounded here, so a slow API delays a command by at most this much.
+SEND_QUEUED_S = 30.0
+
+
+def _send_queued() -> None:
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for service in (APILogWorker, EventsWorker):
+        service.drain_all(timeout=SEND_QUEUED_S)
 
 
 def load_backbone_early(rt: Runtime) -> None:
