@@ -555,7 +555,12 @@ def main() -> None:
         f"per-frame CNN {naive['cnn_s']} s, "
         f"imports {naive['import_s']} s apart; busy {naive['busy']})"
     )
-    print_checks(result["checks"])
+    conclude(result["checks"], errors, notes, out)
+
+
+def conclude(checks: list[dict], errors: list[str], notes: list[str], out: Path) -> None:
+    """The checks table, problems and notes, where the JSON went; exit 1 on any problem."""
+    print_checks(checks)
     for error in errors:
         print(f"problem: {error}")
     for note in notes:

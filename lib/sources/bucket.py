@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import functools
 import json
 import os
@@ -40,6 +39,7 @@ from lstmpipe.lib.failures import Failure
 from lstmpipe.lib.series import SeriesRef
 from lstmpipe.lib.sources.archives import BLOCK_BYTES, find_member, printable
 from lstmpipe.lib.sources.hashing import ObjectId, Stamp, parse_remote_stamp, remote_stamp
+from lstmpipe.lib.state.database import file_lock
 from lstmpipe.lib.state.store import ObjectInfo, S3Store, is_remote, parse_s3
 
 # objects downloaded at once: S3 serves many small GETs best in parallel
@@ -152,14 +152,8 @@ def key_problem(key: str) -> str | None:
 @contextmanager
 def mirror_lock(root: Path) -> Iterator[None]:
     """Held while a mirror is written and discovered: two runs on one home take turns."""
-    lock = _manifest_path(root).with_suffix(".lock")
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    with lock.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    with file_lock(_manifest_path(root).with_suffix(".lock")):
+        yield
 
 
 def mirror(url: str, local_root: Path, retry_s: float = 120.0) -> Mirror:

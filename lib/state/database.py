@@ -78,7 +78,7 @@ class Database:
 
     def read(self, body: Callable[[Connection], _T]) -> _T:
         """Run `body` in a read transaction; retried whole while the server is unreachable."""
-        return self._retrying(body, immediate=False, lock=None)
+        return self._transaction(body, immediate=False, lock=None)
 
     def write(self, body: Callable[[Connection], _T], lock: str | None = None) -> _T:
         """Run `body` in a write transaction, committed when it returns.
@@ -86,16 +86,16 @@ class Database:
         `lock`: a name other writers of the same name wait for until this commits (SQLite's
         write lock already serialises every writer of one file).
         """
-        return self._retrying(body, immediate=True, lock=lock)
+        return self._transaction(body, immediate=True, lock=lock)
 
     @contextmanager
     def exclusive(self, name: str) -> Iterator[None]:
         """Hold a named lock across a long operation; holders on any host queue."""
         if not self.is_postgres:
-            with _file_lock(Path(str(self.url.database)).with_suffix(f".{_safe(name)}.lock")):
+            with file_lock(Path(str(self.url.database)).with_suffix(f".{_safe(name)}.lock")):
                 yield
             return
-        connection = self._retrying_connect()
+        connection = self._retrying(self.engine.connect)
         try:
             connection.execute(sa.select(sa.func.pg_advisory_lock(lock_key(name))))
             connection.commit()
@@ -129,31 +129,26 @@ class Database:
     def dispose(self) -> None:
         self.engine.dispose()
 
-    def _retrying(self, body: Callable[[Connection], _T], immediate: bool, lock: str | None) -> _T:
-        deadline = time.monotonic() + self.retry_s
-        pause = _FIRST_PAUSE_S
-        while True:
-            try:
-                with self.engine.connect() as conn:
-                    conn = conn.execution_options(lstmpipe_immediate=immediate)
-                    with conn.begin():
-                        if lock is not None and self.is_postgres:
-                            conn.execute(sa.select(sa.func.pg_advisory_xact_lock(lock_key(lock))))
-                        return body(conn)
-            except DBAPIError as exc:
-                if not _is_disconnect(exc, self.is_postgres):
-                    raise
-                if time.monotonic() > deadline:
-                    raise self._unavailable(exc) from exc
-                time.sleep(pause)
-                pause = min(pause * 2, _MAX_PAUSE_S)
+    def _transaction(
+        self, body: Callable[[Connection], _T], immediate: bool, lock: str | None
+    ) -> _T:
+        def attempt() -> _T:
+            with self.engine.connect() as conn:
+                conn = conn.execution_options(lstmpipe_immediate=immediate)
+                with conn.begin():
+                    if lock is not None and self.is_postgres:
+                        conn.execute(sa.select(sa.func.pg_advisory_xact_lock(lock_key(lock))))
+                    return body(conn)
 
-    def _retrying_connect(self) -> Connection:
+        return self._retrying(attempt)
+
+    def _retrying(self, attempt: Callable[[], _T]) -> _T:
+        """`attempt` again, with back-off, while the server is unreachable, for retry_s."""
         deadline = time.monotonic() + self.retry_s
         pause = _FIRST_PAUSE_S
         while True:
             try:
-                return self.engine.connect()
+                return attempt()
             except DBAPIError as exc:
                 if not _is_disconnect(exc, self.is_postgres):
                     raise
@@ -235,8 +230,9 @@ def _wal(dbapi_connection: Any) -> None:
 
 
 @contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    """flock: per open file, so threads of one process exclude each other too."""
+def file_lock(path: Path) -> Iterator[None]:
+    """An exclusive flock on `path` (created): per open file, so threads of one process exclude
+    each other too; released by the kernel if the holder dies."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)

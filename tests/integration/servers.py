@@ -169,6 +169,19 @@ def start_seaweed(
     return server, endpoint
 
 
+def state_credentials(
+    password: str, access_key: str, secret_key: str, endpoint: str
+) -> dict[str, str]:
+    """What a team's processes read to reach its PostgreSQL (libpq) and its S3 server (boto3)."""
+    return {
+        "PGPASSWORD": password,
+        "AWS_ACCESS_KEY_ID": access_key,
+        "AWS_SECRET_ACCESS_KEY": secret_key,
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_REGION": "us-east-1",
+    }
+
+
 def mlflow_auth_env(root: Path, password: str) -> dict[str, str]:
     """What `mlflow server --app-name basic-auth` needs: infra/mlflow/basic_auth.ini (its
     default permission, its admin's name) with the users kept in SQLite under `root`, and the

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.servers import Server, start_postgres, start_seaweed
+from tests.integration.servers import Server, start_postgres, start_seaweed, state_credentials
 from tests.team.cluster import TeamCluster, relaunch, start_cluster
 
 
@@ -120,13 +120,7 @@ def team_servers() -> Iterator[TeamServers]:
         servers.append(started[0])
         seaweed, endpoint = start_seaweed(work / "s3", work, access, secret)
         servers.append(seaweed)
-        env = {
-            "PGPASSWORD": password,
-            "AWS_ACCESS_KEY_ID": access,
-            "AWS_SECRET_ACCESS_KEY": secret,
-            "AWS_ENDPOINT_URL": endpoint,
-            "AWS_REGION": "us-east-1",
-        }
+        env = state_credentials(password, access, secret, endpoint)
         bucket = "lstmpipe-test"
         _create_bucket(env, bucket)
         team = TeamServers(started[0], started[1], seaweed, endpoint, env, bucket)

@@ -407,19 +407,35 @@ def test_a_worker_node_killed_mid_extraction_the_run_completes(
     indexed_once(team, bucket, len(DAYS) * CLIPS_PER_PARTITION)
 
 
-def test_the_s3_server_down_for_a_while_is_ridden_out(
-    team_cluster: TeamCluster, team: Team, bucket: Bucket, sample: Path, tmp_path: Path
+@pytest.mark.parametrize(
+    ("stop", "start", "down_s"),
+    [
+        (TeamServers.stop_seaweed, TeamServers.start_seaweed, 8),
+        (TeamServers.stop_postgres, TeamServers.start_postgres, 5),
+    ],
+    ids=["s3-server", "postgresql"],
+)
+def test_a_server_down_for_a_while_mid_run_is_ridden_out(
+    team_cluster: TeamCluster,
+    team: Team,
+    bucket: Bucket,
+    sample: Path,
+    tmp_path: Path,
+    stop: Callable[[TeamServers], None],
+    start: Callable[[TeamServers], None],
+    down_s: float,
 ) -> None:
+    """The S3 server stopped, or PostgreSQL restarted, for less than retry_s: the run waits."""
     upload_nights(bucket, sample, DAYS)
     servers = team.servers
     run = driver(team_cluster, team, tmp_path / "driver").start(
         "backfill", bucket.root, "--all", *FEATURES
     )
     try:
-        when_indexing(team, run, servers.stop_seaweed)
-        time.sleep(8)
+        when_indexing(team, run, lambda: stop(servers))
+        time.sleep(down_s)
     finally:
-        servers.start_seaweed()
+        start(servers)
     finish(run).expect(0)
     indexed_once(team, bucket, len(DAYS) * CLIPS_PER_PARTITION)
 
@@ -442,23 +458,6 @@ def test_the_s3_server_down_past_retry_s_stops_the_run_naming_it_with_nothing_ha
     # whatever was indexed has its features in the store
     rows = entries(team)
     indexed_once(team, bucket, len(rows))
-
-
-def test_postgresql_restarted_mid_run_is_ridden_out(
-    team_cluster: TeamCluster, team: Team, bucket: Bucket, sample: Path, tmp_path: Path
-) -> None:
-    upload_nights(bucket, sample, DAYS)
-    servers = team.servers
-    run = driver(team_cluster, team, tmp_path / "driver").start(
-        "backfill", bucket.root, "--all", *FEATURES
-    )
-    try:
-        when_indexing(team, run, servers.stop_postgres)
-        time.sleep(5)
-    finally:
-        servers.start_postgres()
-    finish(run).expect(0)
-    indexed_once(team, bucket, len(DAYS) * CLIPS_PER_PARTITION)
 
 
 def test_a_driver_sigkilled_and_run_again_equals_the_uninterrupted_run(
