@@ -137,12 +137,13 @@ def extract_groups(
 ) -> list[SeriesOutcome]:
     """Run every group on the pool for `key`, each on the next worker that is ready.
 
-    Workers are used only once ready (a readiness call each): a worker Ray cannot place, such as
-    a replacement for one lost with its node, must not hold a group while the survivors idle.
+    Workers are used only once ready() answers: a worker Ray cannot place, such as a replacement
+    for one lost with its node, must not hold a group while the survivors idle. ready() runs
+    beside extract(), so a worker busy with another shard's group is not taken for unplaced.
     """
     workers = list(feature_workers(key, count, start))
     queue = deque((group, 0) for group in groups)
-    readying = {worker.__ray_ready__.remote(): i for i, worker in enumerate(workers)}
+    readying = {worker.ready.remote(): i for i, worker in enumerate(workers)}
     running: dict[ObjectRef, tuple[int, list[SeriesRef], int]] = {}
     idle: list[int] = []
     outcomes: list[SeriesOutcome] = []
@@ -168,7 +169,7 @@ def extract_groups(
                 if exc.actor_init_failed:
                     raise
                 workers[i] = replace_worker(key, i, workers[i], start)
-                readying[workers[i].__ray_ready__.remote()] = i
+                readying[workers[i].ready.remote()] = i
                 continue
             idle.append(i)
             continue
@@ -181,7 +182,7 @@ def extract_groups(
             logger.warning("a feature worker was lost: its %d series go to another", len(group))
             queue.appendleft((group, losses + 1))
             workers[i] = replace_worker(key, i, workers[i], start)
-            readying[workers[i].__ray_ready__.remote()] = i
+            readying[workers[i].ready.remote()] = i
             continue
         outcomes += done
         on_done(done)
@@ -231,7 +232,9 @@ def decode_in_tasks(
     return decode_fn
 
 
-@ray.remote  # a lost worker is replaced by extract_groups, not restarted by Ray (see RESTARTS)
+# A lost worker is replaced by extract_groups, not restarted by Ray (see RESTARTS); ready() has a
+# thread of its own, so it answers while extract() runs.
+@ray.remote(concurrency_groups={"probe": 1})
 class FeatureWorker:
     """Holds one backbone; extracts groups of series into the cache.
 
@@ -270,6 +273,11 @@ class FeatureWorker:
             if decode_cpus is None
             else decode_in_tasks(sampling, self.sources, tmp_dir, decode_cpus)
         )
+
+    @ray.method(concurrency_group="probe")
+    def ready(self) -> bool:
+        """True once the backbone is loaded: extract_groups hands groups only to ready workers."""
+        return True
 
     def extract(self, refs: list[SeriesRef]) -> list[SeriesOutcome]:
         """Extract and commit `refs`; one outcome per series."""

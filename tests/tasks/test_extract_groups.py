@@ -27,6 +27,9 @@ class Stand:
     def __init__(self, lethal: str = "", marker: str = "") -> None:
         self.lethal, self.marker = lethal, marker
 
+    def ready(self) -> bool:
+        return True
+
     def extract(self, group: list[str]) -> list[str]:
         if self.lethal in group:
             if not self.marker:
