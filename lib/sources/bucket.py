@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
+import hashlib
 import json
 import os
 import shutil
@@ -32,6 +33,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
+from urllib.parse import quote
 
 from lstmpipe.lib.atomic import write_atomic
 from lstmpipe.lib.errors import BadInput
@@ -69,8 +71,9 @@ class MirroredObject:
 class Mirror:
     """A bucket prefix and the folder mirroring it, as of one `mirror` call."""
 
-    url: str  # s3://bucket/prefix (no trailing slash)
+    url: str  # s3://bucket/prefix (no trailing slash); a single object's parent prefix
     root: Path  # the local folder, resolved
+    source: Path  # what discovery reads: the folder, or the single object's file in it
     objects: Mapping[str, MirroredObject] = field(default_factory=dict)  # by key under the prefix
     failures: tuple[Failure, ...] = ()  # keys refused (not plain relative paths), by name
     downloaded: int = 0  # objects fetched by this call (the rest were current)
@@ -120,7 +123,10 @@ class Mirror:
 
 
 def mirror_root(home: Path, url: str) -> Path:
-    """Where a bucket prefix is mirrored under home: `home/mirror/<bucket>/<prefix>`."""
+    """Where a bucket prefix (or object) is mirrored under home: `home/mirror/<bucket>/<prefix>`
+    with the prefix %-quoted into one folder name (`a%2Fb`), so no mirror lies inside another's
+    (the mirror of `s3://b/a` would otherwise hold the mirror of `s3://b/a/x`, or a file of the
+    same name as it); the whole bucket is `%2F`."""
     bucket, prefix = parse_s3(url)
     for name in (bucket, prefix):
         problem = key_problem(name) if name else None
@@ -128,7 +134,11 @@ def mirror_root(home: Path, url: str) -> Path:
             raise BadInput(url, f"not a plain bucket and prefix: {problem}")
     if not bucket:
         raise BadInput(url, "no bucket named (s3://bucket/prefix)")
-    return Path(home) / "mirror" / bucket / prefix
+    name = quote(prefix, safe="") or "%2F"
+    if len(name.encode()) > MAX_COMPONENT_BYTES - 20:  # room for the manifest's name beside it
+        digest = hashlib.sha256(prefix.encode()).hexdigest()[:16]
+        name = f"{name[: MAX_COMPONENT_BYTES - 60]}-{digest}"
+    return Path(home) / "mirror" / bucket / name
 
 
 def key_problem(key: str) -> str | None:
@@ -157,7 +167,8 @@ def mirror_lock(root: Path) -> Iterator[None]:
 
 
 def mirror(url: str, local_root: Path, retry_s: float = 120.0) -> Mirror:
-    """Make `local_root` hold exactly the objects under `url` (call under `mirror_lock`)."""
+    """Make `local_root` hold exactly the objects under `url` (call under `mirror_lock`); a URL
+    naming one object (no object under it as a prefix) mirrors that object alone."""
     started = time.monotonic()
     bucket, prefix = parse_s3(url)
     url = f"s3://{bucket}/{prefix}".rstrip("/")
@@ -166,6 +177,10 @@ def mirror(url: str, local_root: Path, retry_s: float = 120.0) -> Mirror:
     root = root.resolve()
     store = _store(bucket, retry_s)
     listed, failures = _plain_objects(store, prefix, url)
+    single = None if listed or failures or not prefix else store.info(prefix)
+    if single is not None:  # the URL names one object (a video, an archive): mirrored alone
+        url, _, name = url.rpartition("/")
+        listed = {name: single}
     known = _read_manifest(root)
     current: dict[str, MirroredObject] = {}
     stale: list[tuple[str, ObjectInfo]] = []
@@ -195,6 +210,7 @@ def mirror(url: str, local_root: Path, retry_s: float = 120.0) -> Mirror:
     return Mirror(
         url,
         root,
+        root / next(iter(listed)) if single is not None else root,
         current,
         tuple(failures),
         len(fetched),

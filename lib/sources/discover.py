@@ -91,7 +91,7 @@ def discover_root(
     sources: SourcesConfig = SourcesConfig(),
 ) -> Discovery:
     """What every command discovers: a folder, file or archive on disk, or `s3://bucket/prefix`
-    mirrored under `home/mirror/<bucket>/<prefix>` (`discover_bucket`); the manifest may be an
+    mirrored under `home/mirror/<bucket>/<prefix>` (`discover_bucket`, `mirror_root`); the manifest may be an
     object too. Hashes are memoised in the state's memo database."""
     memo = HashMemo(state.memo_database())
     with _manifest_file(manifest, Path(state.home) / "tmp", state.retry_s) as labels:
@@ -145,7 +145,8 @@ def discover_bucket(
     sources: SourcesConfig = SourcesConfig(),
     retry_s: float = 120.0,
 ) -> tuple[Discovery, Mirror]:
-    """Every series under `s3://bucket/prefix`: the prefix mirrored into `local_root` (only
+    """Every series under `s3://bucket/prefix` (or in the one object a URL names): the prefix
+    mirrored into `local_root` (only
     changed objects downloaded), discovered there as a folder is, and named by its objects
     (paths, meta, object stamps), so any node can fetch and decode it. The memo keys mirrored
     files by object (key, size, ETag). Keys that cannot be files, and series whose mirror copy
@@ -153,7 +154,7 @@ def discover_bucket(
     with mirror_lock(local_root):
         mirrored = mirror(url, local_root, retry_s)
         found = discover(
-            mirrored.root,
+            mirrored.source,
             manifest,
             memo.naming(mirrored) if memo else None,
             limits,

@@ -19,7 +19,13 @@ import pytest
 from lstmpipe.lib.config import SamplingConfig
 from lstmpipe.lib.errors import BadInput
 from lstmpipe.lib.series import SeriesRef
-from lstmpipe.lib.sources.bucket import MEMBER_BYTES, Mirror, MirroredObject, key_problem
+from lstmpipe.lib.sources.bucket import (
+    MEMBER_BYTES,
+    Mirror,
+    MirroredObject,
+    key_problem,
+    mirror_root,
+)
 from lstmpipe.lib.sources.decode import decode, describe
 from lstmpipe.lib.sources.discover import discover, partitions
 from lstmpipe.lib.sources.hashing import HashMemo, Stamp, content_hash, verify_stamps
@@ -243,6 +249,20 @@ def test_object_keys_that_are_no_plain_relative_path_are_refused(key: str) -> No
     assert key_problem("2026-11-20/grow/clip 1.mp4") is None
 
 
+def test_mirrors_of_prefixes_never_lie_inside_one_another(tmp_path: Path) -> None:
+    roots = [
+        mirror_root(tmp_path, url)
+        for url in ("s3://b", "s3://b/a", "s3://b/a/x", "s3://b/a/x.mp4", "s3://b/a%2Fx")
+    ]
+    assert len(set(roots)) == len(roots)
+    assert {r.parent for r in roots} == {tmp_path / "mirror" / "b"}  # one level: none nests
+    assert roots[2].name == "a%2Fx"
+    long = mirror_root(tmp_path, "s3://b/" + "/".join(["folder"] * 60))
+    assert long.parent == tmp_path / "mirror" / "b" and len(long.name) < 255 - 20
+    with pytest.raises(BadInput, match="not a plain bucket and prefix"):
+        mirror_root(tmp_path, "s3://b/a/../c")
+
+
 def test_refs_from_a_mirror_name_the_bucket_and_its_objects(root: Path, tmp_path: Path) -> None:
     """What leaves discovery of a bucket's mirror: object URIs and `etag=... size=...` stamps
     (no server needed: the Mirror is built as `mirror` records it); a mirror file changed while
@@ -255,7 +275,7 @@ def test_refs_from_a_mirror_name_the_bucket_and_its_objects(root: Path, tmp_path
         )
         for i, p in enumerate(files)
     }
-    mirrored = Mirror(url, root.resolve(), objects)
+    mirrored = Mirror(url, root.resolve(), root.resolve(), objects)
     memo = HashMemo(tmp_path / "memo.sqlite")
     refs = by_id([mirrored.to_remote(r) for r in discover(root, memo=memo.naming(mirrored)).refs])
     member = refs["2026-11-21.tar/grow/bikes.mp4"]
@@ -272,7 +292,7 @@ def test_refs_from_a_mirror_name_the_bucket_and_its_objects(root: Path, tmp_path
         rel: MirroredObject(o.size, o.etag, 0.0, Stamp.of(other / rel).text())
         for rel, o in objects.items()
     }
-    again = Mirror(url, other.resolve(), moved)
+    again = Mirror(url, other.resolve(), other.resolve(), moved)
     stamp = Stamp.of(other / "loose.mp4")
     assert memo.naming(again).lookup(other / "loose.mp4", stamp, [""]) == {
         "": content_hash(root / "loose.mp4")

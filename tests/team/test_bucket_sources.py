@@ -101,7 +101,9 @@ def test_every_kind_from_the_bucket_decodes_on_a_node_without_the_mirror(
     found, mirrored = bucket_discovery(team, tmp_path / "driver", url)
     on_disk = discover(archive)
 
-    assert mirrored.root == (tmp_path / "driver" / "mirror" / Path(*parse_s3(url))).resolve()
+    bucket_name, prefix = parse_s3(url)
+    flat = prefix.replace("/", "%2F")  # one folder per prefix: no mirror inside another
+    assert mirrored.root == (tmp_path / "driver" / "mirror" / bucket_name / flat).resolve()
     assert {i: r.content_hash for i, r in by_id(found).items()} == {
         i: r.content_hash for i, r in by_id(on_disk).items()
     }
@@ -148,6 +150,33 @@ def test_a_second_driver_with_the_same_database_hashes_nothing_again(
     assert second.refs == first.refs
     _, again = bucket_discovery(team, tmp_path / "two", url)
     assert again.downloaded == 0
+
+
+def test_a_url_naming_one_object_is_that_file_or_archive(
+    team: Team, archive: Path, tmp_path: Path
+) -> None:
+    """`s3://bucket/.../clip.mp4` or `.../night.tar` is one file or archive, as a path on disk
+    is: the object alone is mirrored (beside, not inside, the prefix's mirror), and its series
+    are the prefix's own."""
+    url = upload(archive, f"{team.store}/archive")
+    home = tmp_path / "driver"
+    whole = by_id(bucket_discovery(team, home, url)[0])
+    clip, one = bucket_discovery(team, home, f"{url}/2026-11-20/grow/a.mp4")
+    tar, _ = bucket_discovery(team, home, f"{url}/2026-11-21.tar")
+
+    assert one.url == f"{url}/2026-11-20/grow" and one.downloaded == len(one.objects) == 1
+    assert one.root.parent == mirror_root(home, url).parent  # no mirror inside another
+    assert [r.path for r in clip.refs] == [f"{url}/2026-11-20/grow/a.mp4"]
+    assert clip.refs[0].content_hash == whole["2026-11-20/grow/a.mp4"].content_hash
+    assert {(r.path, r.member, r.content_hash) for r in tar.refs} == {
+        (r.path, r.member, r.content_hash)
+        for i, r in whole.items()
+        if i.startswith("2026-11-21.tar/")
+    }
+    node_tmp = tmp_path / "node"
+    assert np.array_equal(
+        frames(clip.refs[0], node_tmp), frames(whole["2026-11-20/grow/a.mp4"], node_tmp)
+    )
 
 
 def test_the_mirror_follows_the_bucket(team: Team, archive: Path, tmp_path: Path) -> None:
@@ -335,7 +364,7 @@ def test_discover_root_takes_a_bucket_and_a_manifest_object(
         "grow/a.mp4": "left",
         "shrink/b.mp4": "shrink",
     }
-    assert (tmp_path / "home" / "mirror" / bucket_name / prefix / "archive" / "grow").is_dir()
+    assert (mirror_root(tmp_path / "home", url) / "grow").is_dir()
     with pytest.raises(BadInput, match="no such manifest object") as missing:
         discover_root(url, state, f"{team.store}/none.csv")
     assert missing.value.path == f"{team.store}/none.csv"
