@@ -796,6 +796,57 @@ def _ratio_problem(info: zipfile.ZipInfo, limits: ArchiveLimits) -> str | None:
     return None
 
 
+class DeflatedSpan(NamedTuple):
+    """Where a deflated zip member's compressed bytes lie, and what they must inflate to."""
+
+    offset: int
+    length: int  # compressed bytes
+    crc: int  # CRC-32 of the member's bytes
+
+
+def deflated_span(archive: Path, name: str) -> DeflatedSpan | None:
+    """The span of zip member `name` when it is deflated (None for anything else): a reader
+    holding the archive's bytes elsewhere fetches and inflates just those (lib/sources/bucket.py).
+    Call for members find_member accepted."""
+    if archive_suffix(archive.name) != ".zip":
+        return None
+    info = archive.stat()
+    return _deflated_spans(archive, info.st_size, info.st_mtime_ns).get(name)
+
+
+@functools.lru_cache(maxsize=16)
+def _deflated_spans(archive: Path, size: int, mtime_ns: int) -> dict[str, DeflatedSpan]:
+    """size and mtime_ns are only the cache key, as for _listing."""
+    with _open_zip(archive, ArchiveLimits()) as zf, archive.open("rb") as raw:
+        return {
+            info.filename: DeflatedSpan(_zip_data_offset(raw, info), info.compress_size, info.CRC)
+            for info in zf.infolist()
+            if info.compress_type == zipfile.ZIP_DEFLATED and not info.is_dir()
+        }
+
+
+def inflate(packed: Path, target: Path, size: int, crc: int, where: str) -> None:
+    """`packed` (raw deflate) inflated into `target`: never more than the member's declared
+    `size` (a bomb stops at size + 1 bytes), and refused unless exactly `size` bytes of CRC
+    `crc` come out."""
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    written, check = 0, 0
+    with packed.open("rb") as src, target.open("wb") as dst:
+        for block in iter(lambda: src.read(BLOCK_BYTES), b""):
+            while block and not inflater.eof:
+                out = inflater.decompress(block, size + 1 - written)
+                block = inflater.unconsumed_tail
+                written += len(out)
+                if written > size:
+                    raise BadInput(where, f"member inflates past its declared {size} bytes")
+                check = zlib.crc32(out, check)
+                dst.write(out)
+    if written != size or check != crc:
+        raise BadInput(
+            where, f"member corrupt: {written} of {size} bytes inflated, CRC {check:08x}"
+        )
+
+
 def _zip_data_offset(raw: IO[bytes], info: zipfile.ZipInfo) -> int:
     """Where a stored member's bytes start: after its local header, whose name and extra lengths
     may differ from the central directory's."""

@@ -32,14 +32,20 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
 from urllib.parse import quote
 
 from lstmpipe.lib.atomic import write_atomic
 from lstmpipe.lib.errors import BadInput
 from lstmpipe.lib.failures import Failure
 from lstmpipe.lib.series import SeriesRef
-from lstmpipe.lib.sources.archives import BLOCK_BYTES, find_member, printable
+from lstmpipe.lib.sources.archives import (
+    BLOCK_BYTES,
+    deflated_span,
+    find_member,
+    inflate,
+    printable,
+)
 from lstmpipe.lib.sources.hashing import ObjectId, Stamp, parse_remote_stamp, remote_stamp
 from lstmpipe.lib.state.database import file_lock
 from lstmpipe.lib.state.store import ObjectInfo, S3Store, is_remote, parse_s3
@@ -50,7 +56,7 @@ PARALLEL_DOWNLOADS = 8
 MAX_COMPONENT_BYTES = 255
 # what writing a key's file may fail with when the key cannot name a file here
 _UNNAMEABLE = frozenset({errno.ENAMETOOLONG, errno.EILSEQ, errno.EINVAL})
-# meta of a member stored uncompressed: [offset, length] of its bytes in the archive object
+# meta of a member fetched alone by byte range: where its bytes lie in the archive (_member_bytes)
 MEMBER_BYTES = "member_bytes"
 _FETCH_PREFIX = "fetch-"
 _HOST = socket.gethostname().replace("-", "_")
@@ -222,19 +228,25 @@ def mirror(url: str, local_root: Path, retry_s: float = 120.0) -> Mirror:
 def fetch(ref: SeriesRef, scratch: Path, retry_s: float = 120.0) -> SeriesRef:
     """Download the objects `ref`'s stamps name into `scratch/<bucket>/<key>`, each only if it
     still has its stamped ETag, and return `ref` naming those copies (stamped as they are now).
-    A member stored uncompressed in an archive (`MEMBER_BYTES` in meta) is fetched alone, by
-    byte range, as a file of its own: its bytes are the ones its content hash covers.
+    A member stored uncompressed or deflated in a zip (`MEMBER_BYTES` in meta) is fetched alone,
+    by byte range (and inflated, bounded by its declared size and checked by its CRC), as a file
+    of its own: its bytes are the ones its content hash covers.
     BadInput names the object that changed, vanished or cannot be named as a local path."""
     if not ref.stamps:
         raise BadInput(
             ref.location, "no object stamps (a series not made by discovery); not fetched"
         )
     scratch = Path(scratch).resolve()
-    stored = _stored_member(ref)
-    if stored is not None:
-        offset, length = stored
+    span = _member_span(ref)
+    if span is not None:
         target = scratch / "member" / f"member{_suffix(ref.member or '')}"
-        _fetch_object(ref.stamps[0], target, retry_s, (offset, length))
+        if span.inflated is None:
+            _fetch_object(ref.stamps[0], target, retry_s, (span.offset, span.length))
+        else:
+            packed = target.with_name("packed")
+            _fetch_object(ref.stamps[0], packed, retry_s, (span.offset, span.length))
+            inflate(packed, target, *span.inflated, ref.location)
+            packed.unlink()
         meta = {k: v for k, v in ref.meta.items() if k != MEMBER_BYTES}
         return replace(
             ref,
@@ -309,12 +321,12 @@ _threads = threading.local()
 
 
 def _whole_archive_member(ref: SeriesRef) -> bool:
-    """A member not stored uncompressed, of the one archive it is stamped with."""
+    """A member that needs its whole archive (a compressed tar's), the one it is stamped with."""
     return (
         ref.member is not None
         and len(ref.stamps) == 1
         and ref.stamps[0][0] == ref.path
-        and _stored_member(ref) is None
+        and _member_span(ref) is None
     )
 
 
@@ -356,19 +368,26 @@ def _new_folder(tmp_dir: Path) -> Path:
     ).resolve()
 
 
-def _stored_member(ref: SeriesRef) -> tuple[int, int] | None:
-    """(offset, length) of a member stored uncompressed in the one archive `ref` is stamped with."""
+class _Span(NamedTuple):
+    """A member's bytes in the one archive its ref is stamped with (see _member_bytes)."""
+
+    offset: int
+    length: int
+    inflated: tuple[int, int] | None  # deflated: (size, CRC-32) it must inflate to
+
+
+def _member_span(ref: SeriesRef) -> _Span | None:
     where = ref.meta.get(MEMBER_BYTES)
     if (
         ref.member is None
         or len(ref.stamps) != 1
         or ref.stamps[0][0] != ref.path
         or not isinstance(where, list)
-        or len(where) != 2
+        or len(where) not in (2, 4)
         or not all(isinstance(n, int) for n in where)
     ):
         return None
-    return where[0], where[1]
+    return _Span(where[0], where[1], (where[2], where[3]) if len(where) == 4 else None)
 
 
 def _fetch_object(
@@ -409,13 +428,20 @@ def _suffix(name: str) -> str:
 
 
 def _member_bytes(archive: Path, member: str) -> list[int] | None:
-    """[offset, length] of a member stored uncompressed (a plain tar, a stored zip entry): a
-    worker fetches just those bytes instead of the whole archive."""
+    """Where a worker finds a member's bytes in its archive, so it fetches just those instead of
+    the whole archive: [offset, length] stored uncompressed (a plain tar, a stored zip entry),
+    [offset, compressed length, size, CRC-32] deflated in a zip. None: the whole archive (a
+    compressed tar, a member refused)."""
     try:
         found = find_member(archive, member)
     except BadInput:
         return None
-    return [found.offset, found.size] if found.offset is not None and found.size else None
+    if not found.size:
+        return None
+    if found.offset is not None:
+        return [found.offset, found.size]
+    span = deflated_span(archive, member)
+    return None if span is None else [span.offset, span.length, found.size, span.crc]
 
 
 def _plain_objects(

@@ -91,8 +91,9 @@ def discover_root(
     sources: SourcesConfig = SourcesConfig(),
 ) -> Discovery:
     """What every command discovers: a folder, file or archive on disk, or `s3://bucket/prefix`
-    mirrored under `home/mirror/<bucket>/<prefix>` (`discover_bucket`, `mirror_root`); the manifest may be an
-    object too. Hashes are memoised in the state's memo database."""
+    (or one object) mirrored under `home/mirror/<bucket>/<prefix>` (`discover_bucket`,
+    `mirror_root`); the manifest may be an object too. Hashes are memoised in the state's memo
+    database."""
     memo = HashMemo(state.memo_database())
     with _manifest_file(manifest, Path(state.home) / "tmp", state.retry_s) as labels:
         if is_remote(source):

@@ -283,7 +283,9 @@ def test_refs_from_a_mirror_name_the_bucket_and_its_objects(root: Path, tmp_path
     tar = objects["2026-11-21.tar"]
     assert member.stamps == ((member.path, f"etag={tar.etag} size={tar.size}"),)
     assert member.meta[MEMBER_BYTES][1] == (root / "2026-11-20/grow/bikes.mp4").stat().st_size
-    assert MEMBER_BYTES not in refs["2026-11-22.zip/flat.mp4"].meta  # deflated: whole archive
+    deflated = refs["2026-11-22.zip/flat.mp4"].meta[MEMBER_BYTES]  # [offset, length, size, crc]
+    flat = zipfile.ZipFile(root / "2026-11-22.zip").getinfo("flat.mp4")
+    assert deflated[1:] == [flat.compress_size, flat.file_size, flat.CRC]
     verify_stamps(member)
     # a second host's mirror (other inodes) finds the hashes by object
     other = tmp_path / "other"

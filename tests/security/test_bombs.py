@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from lstmpipe.lib.sources.archives import ArchiveLimits, list_members
+from lstmpipe.lib.errors import BadInput
+from lstmpipe.lib.sources.archives import ArchiveLimits, deflated_span, inflate, list_members
 from tests.security.conftest import isolated, snapshot
 from tests.security.pipeline import reasons, run
 
@@ -166,3 +167,36 @@ def test_a_zip_member_lying_about_its_size_is_never_expanded_past_it(
     # today: the archive, for its liar
     assert any("a/liar.mp4" in why for why in reasons(outcome).values())
     assert sum(f.stat().st_size for f in home.rglob("*") if f.is_file()) < 16 << 20
+
+
+def test_a_deflated_member_fetched_alone_inflates_to_its_declared_bytes_or_is_refused(
+    tmp_path: Path, clip_bytes: bytes
+) -> None:
+    """What a node does with a zip member's compressed bytes fetched by range from a bucket
+    (lib/sources/bucket.py): a member lying about its size stops one byte past it, and bytes
+    that do not match the CRC are refused by name."""
+    archive = tmp_path / "a.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("clip.mp4", clip_bytes)
+        zf.writestr("zeros.bin", bytes(64 << 20))
+    spans = {name: deflated_span(archive, name) for name in ("clip.mp4", "zeros.bin")}
+    raw = archive.read_bytes()
+
+    def packed(name: str) -> Path:
+        span = spans[name]
+        assert span is not None
+        path = tmp_path / f"{name}.deflate"
+        path.write_bytes(raw[span.offset : span.offset + span.length])
+        return path
+
+    clip_span = spans["clip.mp4"]
+    assert clip_span is not None
+    inflate(packed("clip.mp4"), tmp_path / "clip.mp4", len(clip_bytes), clip_span.crc, "a!clip")
+    assert (tmp_path / "clip.mp4").read_bytes() == clip_bytes
+    with pytest.raises(BadInput, match="inflates past its declared 1000 bytes") as bomb:
+        inflate(packed("zeros.bin"), tmp_path / "zeros.bin", 1000, 0, "a.zip!zeros.bin")
+    assert bomb.value.path == "a.zip!zeros.bin"
+    assert (tmp_path / "zeros.bin").stat().st_size <= 1001
+    with pytest.raises(BadInput, match="member corrupt"):
+        inflate(packed("clip.mp4"), tmp_path / "c.mp4", len(clip_bytes), clip_span.crc ^ 1, "x")
+    assert deflated_span(tmp_path / "a.zip", "absent") is None

@@ -125,15 +125,27 @@ def test_every_kind_from_the_bucket_decodes_on_a_node_without_the_mirror(
     for sid, ref in by_id(found).items():
         assert np.array_equal(frames(ref, node_tmp), frames(local[sid], tmp_path / "disk")), sid
         verify_stamps(ref)
-    # only this thread's last whole archive (the zip's member is deflated) outlives its series
-    kept = [p.name for p in node_tmp.glob("fetch-*/**/*") if p.is_file()]
-    assert kept == ["2026-11-22.zip"]
-    # a decoder thread's copy goes with the thread
-    zipped = by_id(found)["2026-11-22.zip/grow/e.mp4"]
-    decoder = threading.Thread(target=frames, args=(zipped, tmp_path / "thread"))
+    # every member came alone by byte range (the zip's, deflated, inflated on the node): no
+    # archive outlives its series
+    assert len(by_id(found)["2026-11-22.zip/grow/e.mp4"].meta[MEMBER_BYTES]) == 4
+    assert not [p for p in node_tmp.glob("fetch-*/**/*") if p.is_file()]
+    # a .tar.gz member needs its whole archive: the decoder thread's copy lives with the thread
+    gz = tmp_path / "gz"
+    gz.mkdir()
+    with tarfile.open(gz / "2026-11-25.tar.gz", "w:gz") as tar:
+        tar.add(archive / "2026-11-20" / "grow" / "a.mp4", "grow/f.mp4")
+    (member,) = bucket_discovery(team, tmp_path / "driver", upload(gz, f"{team.store}/gz"))[0].refs
+    kept: list[str] = []
+
+    def decode_in_a_thread() -> None:
+        frames(member, tmp_path / "thread")
+        kept.extend(p.name for p in (tmp_path / "thread").glob("fetch-*/**/*") if p.is_file())
+
+    decoder = threading.Thread(target=decode_in_a_thread)
     decoder.start()
     decoder.join()
     gc.collect()
+    assert kept == ["2026-11-25.tar.gz"]
     assert not [p for p in (tmp_path / "thread").glob("fetch-*/**/*") if p.is_file()]
 
 
