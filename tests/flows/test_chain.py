@@ -48,14 +48,19 @@ def test_demo_chain_registers_promotes_predicts_and_reruns_from_cache(
         table.column_names
     )
 
-    second = demo(overrides=tiny(tmp_path), clips_per_class=6, run_id="second")
+    # The gate itself is tested in tests/lib (test_registry, test_promote_gate). Here the second
+    # version must become champion whatever its retraining scores: a retrained twin need not be
+    # bit-identical (once, in a loaded three-shard run, the second infer used nothing from the
+    # cache: its challenger was not promoted), so the margin admits any challenger.
+    second = demo(
+        overrides={**tiny(tmp_path), "promote.margin": -1.0}, clips_per_class=6, run_id="second"
+    )
     assert (
         second["train"]["extract"]["cached"] == 24 and second["train"]["extract"]["extracted"] == 0
     )
-    assert second["infer"]["extract"]["cached"] == 16
-    # same data, same seed: the challenger scores the same, so the gate (not worse) promotes it
     assert second["promote"]["champion_before"] == trained["version"]
-    assert second["promote"]["promoted"]
+    assert second["promote"]["promoted"], second["promote"]
+    assert second["infer"]["extract"]["cached"] == 16
 
     assert (
         second["infer"]["version"] == second["promote"]["challenger"]
