@@ -20,7 +20,7 @@ import threading
 from collections import deque
 from collections.abc import Callable, Generator, Iterator, MutableMapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import ray
 import torch
@@ -126,16 +126,19 @@ RESTARTS = 3
 # No worker ready and none running for this long (a pool that cannot be placed: its node lost on a
 # full cluster) fails the shard instead of waiting for ever. Covers loading the backbone.
 PLACE_TIMEOUT_S = 600.0
+_Item = TypeVar("_Item")
+_Outcome = TypeVar("_Outcome")
 
 
 def extract_groups(
     key: str,
     count: int,
     start: Callable[[], Any],
-    groups: list[list[SeriesRef]],
-    on_done: Callable[[list[SeriesOutcome]], None],
-) -> list[SeriesOutcome]:
-    """Run every group on the pool for `key`, each on the next worker that is ready.
+    groups: list[list[_Item]],
+    on_done: Callable[[list[_Outcome]], object],
+) -> list[_Outcome]:
+    """Run every group on the pool for `key`, each on the next worker that is ready (generic in
+    what a group holds and what a worker's extract() returns for it: tests use stand-ins).
 
     Workers are used only once ready() answers: a worker Ray cannot place, such as a replacement
     for one lost with its node, must not hold a group while the survivors idle. ready() runs
@@ -144,9 +147,9 @@ def extract_groups(
     workers = list(feature_workers(key, count, start))
     queue = deque((group, 0) for group in groups)
     readying = {worker.ready.remote(): i for i, worker in enumerate(workers)}
-    running: dict[ObjectRef, tuple[int, list[SeriesRef], int]] = {}
+    running: dict[ObjectRef, tuple[int, list[_Item], int]] = {}
     idle: list[int] = []
-    outcomes: list[SeriesOutcome] = []
+    outcomes: list[_Outcome] = []
     while queue or running:
         while idle and queue:
             i = idle.pop()
@@ -233,8 +236,12 @@ def decode_in_tasks(
 
 
 # A lost worker is replaced by extract_groups, not restarted by Ray (see RESTARTS); ready() has a
-# thread of its own, so it answers while extract() runs.
-@ray.remote(concurrency_groups={"probe": 1})
+# thread of its own, so it answers while extract() runs. (concurrency_groups is missing from
+# ray.remote's typed overloads: passed unpacked.)
+_WORKER_OPTIONS: dict[str, Any] = {"concurrency_groups": {"probe": 1}}
+
+
+@ray.remote(**_WORKER_OPTIONS)
 class FeatureWorker:
     """Holds one backbone; extracts groups of series into the cache.
 
