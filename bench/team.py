@@ -39,7 +39,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -103,7 +102,13 @@ def team_servers() -> Iterator[Team]:
     """PostgreSQL and SeaweedFS on free localhost ports, with made-up credentials; stopped and
     deleted on the way out."""
     sys.path.insert(0, str(BENCH.parent))  # the test tree's server start-up (see the docstring)
-    from tests.integration.servers import Server, start_postgres, start_seaweed, state_credentials
+    from tests.integration.servers import (
+        Server,
+        create_bucket,
+        start_postgres,
+        start_seaweed,
+        state_credentials,
+    )
 
     work = Path(tempfile.mkdtemp(prefix="lstmpipe-bench-team-", dir="/tmp"))
     work.chmod(0o755)  # as root, PostgreSQL runs as `postgres` and must reach its folder
@@ -121,25 +126,12 @@ def team_servers() -> Iterator[Team]:
         servers.append(seaweed)
         env = state_credentials(password, access, secret, endpoint)
         os.environ.update(env)  # this process uploads the clips and checks the team cache
-        create_bucket(BUCKET)
+        create_bucket(s3_client(), BUCKET)
         yield Team(started[1], env, server_versions())
     finally:
         for server in reversed(servers):
             server.stop()
         shutil.rmtree(work, ignore_errors=True)
-
-
-def create_bucket(bucket: str) -> None:
-    """The S3 gateway answers before its filer takes buckets: retried for a minute."""
-    client, deadline = s3_client(), time.monotonic() + 60
-    while True:
-        try:
-            client.create_bucket(Bucket=bucket)
-            return
-        except Exception:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.5)
 
 
 def server_versions() -> dict[str, str]:

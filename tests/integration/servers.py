@@ -23,6 +23,7 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 # MLflow with its auth app took 150 s to answer while 2 cores ran several test sessions at once
 HEALTH_TIMEOUT_S = 300
@@ -167,6 +168,20 @@ def start_seaweed(
         "seaweedfs", command, dict(os.environ), log_dir, lambda: _http_any(endpoint), endpoint
     )
     return server, endpoint
+
+
+def create_bucket(client: Any, bucket: str) -> None:
+    """`bucket` on a just-started SeaweedFS: its S3 gateway answers before its filer takes
+    buckets, so the creation is retried for a minute."""
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            client.create_bucket(Bucket=bucket)
+            return
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
 
 
 def state_credentials(

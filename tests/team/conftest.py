@@ -23,7 +23,13 @@ from typing import Any
 
 import pytest
 
-from tests.integration.servers import Server, start_postgres, start_seaweed, state_credentials
+from tests.integration.servers import (
+    Server,
+    create_bucket,
+    start_postgres,
+    start_seaweed,
+    state_credentials,
+)
 from tests.team.cluster import TeamCluster, relaunch, start_cluster
 
 
@@ -122,7 +128,7 @@ def team_servers() -> Iterator[TeamServers]:
         servers.append(seaweed)
         env = state_credentials(password, access, secret, endpoint)
         bucket = "lstmpipe-test"
-        _create_bucket(env, bucket)
+        create_bucket(s3_client(env), bucket)
         team = TeamServers(started[0], started[1], seaweed, endpoint, env, bucket)
         yield team
     finally:
@@ -144,21 +150,6 @@ def s3_client(env: dict[str, str]) -> Any:
         aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
         region_name="us-east-1",
     )
-
-
-def _create_bucket(env: dict[str, str], bucket: str) -> None:
-    import time
-
-    client = s3_client(env)
-    deadline = time.monotonic() + 60
-    while True:  # the S3 gateway answers before its filer is ready to take a bucket
-        try:
-            client.create_bucket(Bucket=bucket)
-            return
-        except Exception:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.5)
 
 
 @pytest.fixture
