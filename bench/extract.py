@@ -194,36 +194,32 @@ def lstmpipe_command() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "lstmpipe.flows.cli"]
 
 
+def run_json(
+    args: list[str], env: dict[str, str]
+) -> tuple[dict, dict | None, subprocess.CompletedProcess]:
+    """`lstmpipe ARGS` (with --json), timed: a row of its command, exit code and usage, the
+    summary it printed (None, and the row's `error` saying why, when it printed none), and the
+    finished process."""
+    done, usage = timed([*lstmpipe_command(), *args], env=env)
+    row: dict = {"command": " ".join(["lstmpipe", *args]), "exit_code": done.returncode, **usage}
+    try:
+        return row, json.loads(done.stdout), done
+    except json.JSONDecodeError:
+        row["error"] = f"no JSON summary on stdout; stderr: {done.stderr.strip()[-1500:]}"
+        return row, None, done
+
+
 def run_extract(source: Path, home: Path, *flags: str) -> dict:
     """`lstmpipe extract SOURCE --json` end to end: wall time, exit code, and its summary."""
     # no config leaks in
     env = {k: v for k, v in os.environ.items() if not k.startswith("LSTMPIPE_")}
     env["LSTMPIPE_HOME"] = str(home)
-    cmd = [
-        *lstmpipe_command(),
-        "extract",
-        str(source),
-        "--weights",
-        "none",
-        "--size",
-        str(SIZE),
-        "--batch-size",
-        str(BATCH),
-        "--json",
-        *(flags or ("--fps", str(FPS))),
-    ]
-    done, usage = timed(cmd, env=env)
-    wall = usage["wall_s"]
-    row: dict = {
-        "command": " ".join(["lstmpipe", *cmd[len(lstmpipe_command()) :]]),
-        "exit_code": done.returncode,
-        **usage,
-    }
-    try:
-        summary = json.loads(done.stdout)
-    except json.JSONDecodeError:
-        row["error"] = f"no JSON summary on stdout; stderr: {done.stderr.strip()[-1500:]}"
+    args = ["extract", str(source), "--weights", "none", "--size", str(SIZE)]
+    args += ["--batch-size", str(BATCH), "--json", *(flags or ("--fps", str(FPS)))]
+    row, summary, _ = run_json(args, env)
+    if summary is None:
         return row
+    wall = row["wall_s"]
     compute = summary.get("compute")
     row.update(
         {

