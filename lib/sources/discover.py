@@ -147,11 +147,11 @@ def discover_bucket(
     retry_s: float = 120.0,
 ) -> tuple[Discovery, Mirror]:
     """Every series under `s3://bucket/prefix` (or in the one object a URL names): the prefix
-    mirrored into `local_root` (only
-    changed objects downloaded), discovered there as a folder is, and named by its objects
-    (paths, meta, object stamps), so any node can fetch and decode it. The memo keys mirrored
-    files by object (key, size, ETag). Keys that cannot be files, and series whose mirror copy
-    moved while hashed, are failures. Also the Mirror, for partitions of the prefix."""
+    mirrored into `local_root` (only changed objects downloaded), discovered there as a folder
+    is, and named by its objects (paths, meta, object stamps), so any node can fetch and decode
+    it. The memo keys mirrored files by object (key, size, ETag). Keys that cannot be files, and
+    series whose mirror copy moved while hashed, are failures. Also the Mirror, for partitions of
+    the prefix."""
     with mirror_lock(local_root):
         mirrored = mirror(url, local_root, retry_s)
         found = discover(
