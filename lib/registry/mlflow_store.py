@@ -32,6 +32,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.models.signature import ModelSignature
 from mlflow.store.artifact.artifact_repo import ArtifactRepository
 from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 from mlflow.tracking import MlflowClient
 from mlflow.types.schema import Schema, TensorSpec
 
@@ -74,6 +75,7 @@ def connect(tracking_uri: str) -> MlflowClient:
     MLflow also exports the URIs to os.environ, where a later run in this process (with
     another state directory) would take them for the user's own setting: put those back.
     """
+    _create_sqlite_store(tracking_uri)
     before = {name: os.environ.get(name) for name in _EXPORTED}
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
@@ -83,6 +85,31 @@ def connect(tracking_uri: str) -> MlflowClient:
         else:
             os.environ[name] = value
     return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+
+def _create_sqlite_store(tracking_uri: str) -> None:
+    """Create a local SQLite store whole, or not at all.
+
+    MLflow builds a new store's tables with migrations, and SQLite commits each CREATE TABLE
+    at once: a process killed half-way left a store that no later run could open ("table
+    secrets already exists"). The tables are built in a file of this process's own, which
+    is then linked into place; link refuses to replace a store a concurrent run made first.
+    """
+    if not tracking_uri.startswith("sqlite:///"):
+        return
+    path = Path(tracking_uri.removeprefix("sqlite:///"))
+    if path.exists():
+        return
+    building = path.with_name(f".{path.name}.{os.getpid()}.building")
+    building.unlink(missing_ok=True)
+    try:
+        store = SqlAlchemyStore(f"sqlite:///{building}", (path.parent / "mlartifacts").as_uri())
+        store.engine.dispose()
+        os.link(building, path)
+    except FileExistsError:
+        pass
+    finally:
+        building.unlink(missing_ok=True)
 
 
 def experiment_id(client: MlflowClient, name: str, artifact_root: str | None) -> str:
