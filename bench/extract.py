@@ -246,7 +246,7 @@ from lstmpipe.flows.runtime import load_runtime, prepare_process
 source, overrides = sys.argv[1], json.loads(sys.argv[2])
 prepare_process(load_runtime().home)
 from lstmpipe.flows import startup
-api = startup.start_temporary_api()
+api = startup.local_api()
 from lstmpipe.flows.extract import extract
 try:
     with startup.using(api):
@@ -257,7 +257,7 @@ try:
         elapsed = time.perf_counter() - started
 finally:
     if api is not None:
-        api.stop()
+        api.release()
 print(json.dumps({"seconds": round(elapsed, 2), "compute": summary["compute"],
                   "cached": summary["cached"]}))
 """

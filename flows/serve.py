@@ -32,6 +32,7 @@ from prefect.types.entrypoint import EntrypointType
 from lstmpipe.flows.backfill import backfill
 from lstmpipe.flows.extract import extract
 from lstmpipe.flows.infer import infer
+from lstmpipe.flows.local_api import write_private
 from lstmpipe.flows.nightly import nightly
 from lstmpipe.flows.promote import promote, rollback_flow
 from lstmpipe.flows.runtime import Runtime
@@ -144,12 +145,3 @@ def start_server(port: int, prefect_home: Path) -> TemporaryApi:
         start_new_session=True,
     )
     return TemporaryApi(f"http://127.0.0.1:{port}/api", process, auth_string)
-
-
-def write_private(path: Path, text: str) -> None:
-    """A file only its owner can read, created afresh (O_EXCL: never through a planted link, never
-    an older file's looser mode)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.unlink(missing_ok=True)
-    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as out:
-        out.write(text)

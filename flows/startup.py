@@ -1,25 +1,26 @@
-"""Start-up, overlapped: Prefect's API boots while this process imports and loads the backbone.
+"""Start-up: Prefect's API is found running, or boots while this process imports and loads.
 
-With no Prefect API configured, Prefect would start a temporary API server (a
-uvicorn subprocess: 8 s here, 14 s the first time a state directory is used, for
-its migrations) when the first flow runs, after importing its whole server in this
-process (4 s) — and only then would the flow's own work begin. Instead the CLI
-starts that same server itself, before Prefect is even imported, points
-PREFECT_API_URL at it, and lets it boot while this process imports torch, Prefect
-and the flows and builds the backbone. It is stopped when the command ends, as
-Prefect's own temporary server is; its database is Prefect's usual one under
-PREFECT_HOME ($LSTMPIPE_HOME/prefect), so run history accumulates there.
+With no Prefect API configured, Prefect would start a temporary API server (a uvicorn
+subprocess: 5-8 s here, 14 s the first time a state directory is used, for its migrations)
+when the first flow runs, and stop it when the command ends: every command would pay
+that boot. Instead the CLI keeps one server per state directory (flows/local_api.py):
+the first command starts it, before Prefect is even imported, and loads the backbone
+while it boots; later commands find it running and pay nothing; it stops after
+`runtime.api_idle_s` seconds without a command. Its database is Prefect's usual one
+under PREFECT_HOME ($LSTMPIPE_HOME/prefect), so run history accumulates there.
 
 It binds 127.0.0.1, where every local user can reach it: it requires a random auth
-string of its own (PREFECT_SERVER_API_AUTH_STRING), which lives only in the
-server's environment and this process's Prefect settings.
+string of its own (PREFECT_SERVER_API_AUTH_STRING), which lives in the server's
+environment and in its address file, readable by its owner only.
 """
 
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import secrets
+import signal
 import socket
 import subprocess
 import sys
@@ -27,84 +28,107 @@ import time
 import tomllib
 import urllib.request
 from collections.abc import Iterator, Mapping
-from contextlib import closing, contextmanager
+from contextlib import closing, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from lstmpipe.flows.local_api import ADDRESS, LEASE
 from lstmpipe.flows.runtime import Runtime
 
 # a first boot migrates a new database: 15 s on 2 idle cores, far more when busy
 BOOT_TIMEOUT_S = 120.0
+LOG = "lstmpipe-api.log"  # under PREFECT_HOME: the server outlives the command that started it
 
 
 @dataclass
 class TemporaryApi:
-    """A Prefect API server of this command's own: `wait()` before the first flow, `stop()` at the
-    end."""
+    """A Prefect API server of one command's own (`lstmpipe serve`'s): `wait()` before the first
+    flow, `stop()` at the end."""
 
     url: str
     process: subprocess.Popen
     auth_string: str  # what the server requires of every request but its health check
-    boot_lock: BinaryIO | None = None  # held while booting: see start_temporary_api
 
     def wait(self, timeout_s: float = BOOT_TIMEOUT_S) -> None:
+        _wait_healthy(self.url, self.process, timeout_s)
+
+    def stop(self) -> None:
+        _terminate(self.process)
+
+
+@dataclass
+class LocalApi:
+    """The state directory's own Prefect API (flows/local_api.py), leased by this command:
+    `wait()` before the first flow, `release()` at the end."""
+
+    url: str
+    auth_string: str
+    pid: int
+    lease: BinaryIO | None  # a shared flock: the server does not stop while it is held
+    process: subprocess.Popen | None = None  # set when this command started the server
+    boot_lock: BinaryIO | None = None  # held while booting: see local_api
+
+    @property
+    def booting(self) -> bool:
+        """Started by this command and not yet waited for: its boot can overlap other work."""
+        return self.boot_lock is not None
+
+    def wait(self, timeout_s: float = BOOT_TIMEOUT_S) -> None:
+        """Until the server this command started answers and has published its address."""
+        if self.process is None or self.boot_lock is None:
+            return
+        home = Path(self.boot_lock.name).parent
         try:
-            self._wait(timeout_s)
+            _wait_healthy(self.url, self.process, timeout_s, home / LOG)
+            deadline = time.monotonic() + timeout_s
+            while (found := _running(home)) is None or found.pid != self.pid:
+                if time.monotonic() > deadline or self.process.poll() is not None:
+                    raise RuntimeError(f"Prefect's local API did not publish {home / ADDRESS}")
+                time.sleep(0.02)
         finally:
-            self._release()
-
-    def _wait(self, timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(
-                    f"Prefect's temporary API server exited with code {self.process.returncode} "
-                    f"while starting (set PREFECT_API_URL to use a running server instead)"
-                )
-            try:
-                with urllib.request.urlopen(f"{self.url}/health", timeout=1) as answer:
-                    if answer.status == 200:
-                        return
-            except OSError:
-                time.sleep(0.1)
-        self.stop()
-        raise RuntimeError(
-            f"Prefect's temporary API server did not answer within {timeout_s:.0f} s"
-        )
-
-    def _release(self) -> None:
-        if self.boot_lock is not None:
             self.boot_lock.close()  # closing the file drops its flock
             self.boot_lock = None
 
+    def release(self) -> None:
+        """This command is done with the server; it stops once idle for `runtime.api_idle_s`."""
+        for held in (self.boot_lock, self.lease):
+            if held is not None:
+                held.close()
+        self.boot_lock = self.lease = None
+
     def stop(self) -> None:
-        self._release()
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        """Stop the server now, whoever started it (tests; a server that failed to boot)."""
+        self.release()
+        if self.process is not None:
+            _terminate(self.process)
+            return
+        with suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGTERM)
 
 
-def start_temporary_api(env: Mapping[str, str] | None = None) -> TemporaryApi | None:
-    """Boot Prefect's API in the background unless one is configured (PREFECT_API_URL, or a Prefect
-    profile naming a server); run flows inside `using(api)`."""
+def local_api(env: Mapping[str, str] | None = None, idle_s: float = 0.0) -> LocalApi | None:
+    """The state directory's Prefect API, found running or booting in the background, unless
+    one is configured (PREFECT_API_URL, or a Prefect profile naming a server); run flows inside
+    `using(api)`. A server started here stops after `idle_s` seconds without a command."""
     env = os.environ if env is None else env
     if env.get("PREFECT_API_URL") or _profile_names_a_server(env):
         return None
-    # Two commands starting at once on one state directory would both migrate Prefect's database
-    # and one would die ("duplicate column name"): boots take turns, each holding the lock until
-    # its server answers (wait()), by when the database is migrated for the next.
     home = Path(env.get("PREFECT_HOME", "~/.prefect")).expanduser()
     home.mkdir(parents=True, exist_ok=True)
+    lease = (home / LEASE).open("ab")
+    fcntl.flock(lease, fcntl.LOCK_SH)  # waits while a server stops; then none is running
+    if (found := _running(home)) is not None:
+        return LocalApi(found.url, found.auth_string, found.pid, lease)
+    # Two commands starting at once on one state directory would both migrate Prefect's database
+    # and one would die ("duplicate column name"): boots take turns, each holding the lock until
+    # its server has published its address (wait()); the next then finds that server.
     boot_lock = (home / ".lstmpipe-boot.lock").open("ab")
     fcntl.flock(boot_lock, fcntl.LOCK_EX)
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}/api"
-    auth_string = new_auth_string()
+    if (found := _running(home)) is not None:
+        boot_lock.close()
+        return LocalApi(found.url, found.auth_string, found.pid, lease)
+    port, auth_string = _free_port(), new_auth_string()
     server_env = {
         **env,
         "PREFECT_UI_ENABLED": "0",
@@ -112,27 +136,76 @@ def start_temporary_api(env: Mapping[str, str] | None = None) -> TemporaryApi | 
         "PREFECT__SERVER_FINAL": "1",
         "PREFECT_SERVER_API_AUTH_STRING": auth_string,
     }
-    process = subprocess.Popen(  # the command Prefect's own SubprocessASGIServer runs
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "--factory",
-            "prefect.server.api.server:create_app",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--log-level",
-            "error",
-            "--lifespan",
-            "on",
-        ],
-        env=server_env,
-        stdin=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    return TemporaryApi(url, process, auth_string, boot_lock)
+    command = [sys.executable, "-m", "lstmpipe.flows.local_api", "--home", str(home)]
+    command += ["--port", str(port), "--idle-s", str(idle_s)]
+    with (home / LOG).open("ab") as log:
+        process = subprocess.Popen(
+            command,
+            env=server_env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # not stopped with the command's terminal or process group
+        )
+    url = f"http://127.0.0.1:{port}/api"
+    return LocalApi(url, auth_string, process.pid, lease, process, boot_lock)
+
+
+@dataclass(frozen=True)
+class _Found:
+    url: str
+    auth_string: str
+    pid: int
+
+
+def _running(home: Path) -> _Found | None:
+    """The server ADDRESS names, when its process lives and it answers."""
+    try:
+        document = json.loads((home / ADDRESS).read_text())
+        found = _Found(document["url"], document["auth_string"], int(document["pid"]))
+        os.kill(found.pid, 0)
+        with urllib.request.urlopen(f"{found.url}/health", timeout=2) as answer:
+            return found if answer.status == 200 else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _wait_healthy(
+    url: str, process: subprocess.Popen, timeout_s: float, log: Path | None = None
+) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            said = f"; its log: {_tail(log)}" if log else ""
+            raise RuntimeError(
+                f"Prefect's API server exited with code {process.returncode} while starting "
+                f"(set PREFECT_API_URL to use a running server instead){said}"
+            )
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=1) as answer:
+                if answer.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.05)
+    _terminate(process)
+    raise RuntimeError(f"Prefect's API server did not answer within {timeout_s:.0f} s")
+
+
+def _tail(log: Path | None, size: int = 2000) -> str:
+    try:
+        return log.read_bytes()[-size:].decode(errors="replace").strip() if log else ""
+    except OSError:
+        return ""
+
+
+def _terminate(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def new_auth_string() -> str:
@@ -141,7 +214,7 @@ def new_auth_string() -> str:
 
 
 @contextmanager
-def using(api: TemporaryApi | None) -> Iterator[None]:
+def using(api: TemporaryApi | LocalApi | None) -> Iterator[None]:
     """Flows inside run against `api` once it answers (Prefect's own settings when None).
 
     A settings context rather than the environment: Prefect read the environment

@@ -458,6 +458,13 @@ class RuntimeConfig(_Model):
         ge=1,
         description="series per Prefect task: a task run costs tens of ms of API traffic",
     )
+    api_idle_s: float = Field(
+        default=600.0,
+        ge=0,
+        description="seconds the local Prefect API stays up after the last command using it "
+        "(started by the first command when no PREFECT_API_URL is set): later commands skip "
+        "its 5-15 s boot; 0 = stop it with the command",
+    )
     partition_concurrency: int = Field(
         default=2,
         ge=1,

@@ -5,26 +5,26 @@ from __future__ import annotations
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import ray
-import torch
 from prefect import task
 from tqdm import tqdm
 
 from lstmpipe.lib.config import BackboneConfig, Config, SamplingConfig, SourcesConfig
 from lstmpipe.lib.errors import ConfigError
-from lstmpipe.lib.features.backbone import Backbone, resolve_precision, resolve_weights
-from lstmpipe.lib.features.build import check_recipe, load_backbone, recipe_key
 from lstmpipe.lib.features.cache import FeatureCache
 from lstmpipe.lib.features.extract import extract_to_cache, split_cached
 from lstmpipe.lib.features.outcomes import SeriesOutcome, ShardResult
 from lstmpipe.lib.features.placement import placement
-from lstmpipe.lib.features.recipe import FeatureRecipe
+from lstmpipe.lib.features.recipe import FeatureRecipe, recipe_key
+from lstmpipe.lib.features.weights import default_device, resolve_precision, resolve_weights
 from lstmpipe.lib.series import SeriesRef
 from lstmpipe.lib.sources.discover import Discovery, discover_root
 from lstmpipe.lib.state.places import StatePlaces
-from lstmpipe.tasks.ray_workers import FeatureWorker, ensure_ray, extract_groups, release_workers
 from lstmpipe.tasks.retry import transient_only
+
+if TYPE_CHECKING:  # torch and Ray load in seconds: imported where a series is extracted
+    from lstmpipe.lib.features.backbone import Backbone
 
 GROUP = 8  # series per actor call: progress granularity and load balance; one cache file per call
 
@@ -38,10 +38,6 @@ def discover_source(
     return discover_root(source, state, manifest, sources=sources)
 
 
-def _device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def _recipe_cache_key(_context: object, parameters: dict) -> str | None:
     config = parameters["config"]
     try:
@@ -49,7 +45,7 @@ def _recipe_cache_key(_context: object, parameters: dict) -> str | None:
             config.sampling,
             config.backbone,
             Path(parameters["torch_hub_dir"]),
-            _device(),
+            default_device(),
             config.sources,
         )
     except ConfigError:
@@ -115,7 +111,9 @@ def shared_backbone(
     and every shard share it. Keyed on what makes the features, with weights and precision
     resolved, so a config ("auto", "DEFAULT") and the recipe it produced find the same
     backbone."""
-    device = _device()
+    from lstmpipe.lib.features.build import load_backbone
+
+    device = default_device()
     key = (
         sampling.fps,
         sampling.num_frames,
@@ -124,7 +122,7 @@ def shared_backbone(
         config.feature_dtype,
         config.optimize,
         resolve_weights(config, torch_hub_dir).digest,
-        resolve_precision(config.precision, torch.device(device)),
+        resolve_precision(config.precision, device),
         sources,
     )
     with _loading:
@@ -143,6 +141,8 @@ def _extract_here(
     torch_hub_dir: Path,
 ) -> list[SeriesOutcome]:
     """In this process: one backbone using every core, decoders and the cache writer in threads."""
+    from lstmpipe.lib.features.build import check_recipe
+
     # Everything that shapes the features comes from the recipe (a model's, at inference), not
     # from this run's flags; the precision too, so "auto" is never re-resolved differently.
     sampling, sources = wanted.sampling(config.sampling), wanted.sources_config()
@@ -176,6 +176,15 @@ def _extract_on_ray(
     torch_hub_dir: str,
     ray_address: str,
 ) -> list[SeriesOutcome]:
+    import ray
+
+    from lstmpipe.tasks.ray_workers import (
+        FeatureWorker,
+        ensure_ray,
+        extract_groups,
+        release_workers,
+    )
+
     ensure_ray(ray_address)
     resources = {name: float(amount) for name, amount in ray.cluster_resources().items()}
     where = placement(config.runtime, resources)

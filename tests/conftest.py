@@ -29,6 +29,11 @@ import pytest
 
 from tests.helpers import wheel_data
 
+# A command's local Prefect API stops with it (flows/startup.py): tests start many state
+# directories, and a server kept 10 minutes for each would pile up. tests/integration/
+# test_standalone.py sets it per command to test reuse.
+os.environ.setdefault("LSTMPIPE_RUNTIME_API_IDLE_S", "0")
+
 # Fixtures that start a server or a cluster; see the module docstring.
 SERVER_FIXTURES = frozenset(
     {"prefect_api", "harness", "local_ray", "stack", "mlflow_proxy", "team_servers", "team"}

@@ -1,16 +1,11 @@
 """Torchvision backbones as per-frame feature extractors (SPEC §3.2).
 
-Weights come from the local torch cache, a state_dict file, or `none` (a seeded
-random init, labelled as such). Nothing is ever downloaded.
+Which weights and precision they run with is decided in weights.py, without torch.
 """
 
 from __future__ import annotations
 
-import functools
-import hashlib
 import warnings
-from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -19,6 +14,7 @@ from torch import nn
 
 from lstmpipe.lib.config import BackboneConfig
 from lstmpipe.lib.errors import ConfigError
+from lstmpipe.lib.features.weights import WeightsSource, resolve_optimize, resolve_precision
 from lstmpipe.lib.state_files import load_state_dict
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -28,93 +24,6 @@ _FEATURE_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 CPU_BATCH = 32
 # beyond this a GPU is saturated by any torchvision backbone; latency only grows
 MAX_GPU_BATCH = 1024
-
-
-@dataclass(frozen=True)
-class WeightsSource:
-    """What initialised the backbone: goes into the feature recipe."""
-
-    label: str  # e.g. "IMAGENET1K_V1", "file:resnet18.pth", "none(seed=0)"
-    digest: str  # identifies the exact tensors: file hash, or "random-seed-N"
-    path: Path | None  # the state_dict file to load, None for a random init
-
-
-def resolve_weights(config: BackboneConfig, torch_hub_dir: Path) -> WeightsSource:
-    """Find the weights `config.weights` names, without touching the network."""
-    if config.weights.lower() == "none":
-        return WeightsSource(f"none(seed={config.seed})", f"random-seed-{config.seed}", None)
-    as_path = Path(config.weights).expanduser()
-    if as_path.suffix in {".pt", ".pth"} or as_path.exists():
-        if not as_path.is_file():
-            raise ConfigError(f"backbone.weights: file {as_path} does not exist")
-        stat = as_path.stat()
-        return WeightsSource(
-            f"file:{as_path.name}",
-            _file_digest(as_path.resolve(), stat.st_size, stat.st_mtime_ns),
-            as_path,
-        )
-    return _torchvision_weights(config, torch_hub_dir)
-
-
-def _torchvision_weights(config: BackboneConfig, torch_hub_dir: Path) -> WeightsSource:
-    try:
-        enum = torchvision.models.get_model_weights(config.name)
-        weights = enum[config.weights]  # DEFAULT too: an alias member of every weights enum
-    except (KeyError, ValueError) as exc:
-        raise ConfigError(
-            f"backbone.weights: {config.weights!r} is not a weights name of {config.name}"
-        ) from exc
-    filename = Path(weights.url).name
-    cached = torch_hub_dir / "checkpoints" / filename
-    if not cached.is_file():
-        raise ConfigError(
-            f"backbone.weights: {config.name} {weights.name} is not in the local torch cache "
-            f"({cached}); nothing is downloaded at run time: copy the file there, pass a .pth "
-            "path, or use --weights none"
-        )
-    return WeightsSource(weights.name, filename, cached)
-
-
-@functools.lru_cache(maxsize=8)
-def _file_digest(path: Path, size: int, mtime_ns: int) -> str:
-    """blake2b of a weights file, once per process per (path, size, mtime): the recipe, the early
-    load and every shard resolve the same file, and hashing it reads tens of MB each time."""
-    digest = hashlib.blake2b(digest_size=16)
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def resolve_precision(requested: str, device: torch.device) -> str:
-    """`auto` picks bf16 where the hardware runs it fast, else fp16 on GPU, else fp32."""
-    if requested not in {"auto", "fp32", "bf16", "fp16"}:
-        raise ConfigError(f"backbone.precision: {requested!r}; expected auto, fp32, bf16 or fp16")
-    if requested != "auto":
-        return requested
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "bf16" if cpu_has_fast_bf16() else "fp32"
-
-
-def resolve_optimize(requested: str, device: torch.device, precision: str) -> str:
-    """`auto` freezes on CPU in fp32 (tested there); autocast and GPUs run the module as it is."""
-    if requested not in {"auto", "freeze", "inductor", "none"}:
-        raise ConfigError(
-            f"backbone.optimize: {requested!r}; expected auto, freeze, inductor or none"
-        )
-    if requested != "auto":
-        return requested
-    return "freeze" if device.type == "cpu" and precision == "fp32" else "none"
-
-
-def cpu_has_fast_bf16() -> bool:
-    """AMX or AVX512-BF16: without them bf16 autocast on CPU is slower than fp32."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
 class Backbone:
@@ -130,7 +39,7 @@ class Backbone:
                 f"backbone.feature_dtype: {config.feature_dtype!r}; expected float32 or float16"
             )
         self.device = torch.device(device)
-        self.precision = resolve_precision(config.precision, self.device)
+        self.precision = resolve_precision(config.precision, self.device.type)
         self.feature_dtype = _FEATURE_DTYPES[config.feature_dtype]
         self.model = (
             _headless(_build(config, weights))
@@ -138,7 +47,7 @@ class Backbone:
             .to(self.device)
             .to(memory_format=torch.channels_last)
         )
-        self.optimize = resolve_optimize(config.optimize, self.device, self.precision)
+        self.optimize = resolve_optimize(config.optimize, self.device.type, self.precision)
         self.model = _optimized(self.model, self.optimize)
         self.mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1)
         self.std = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1)

@@ -51,13 +51,12 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, NamedTuple
+from typing import IO, TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import sqlalchemy as sa
-import torch
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 
@@ -66,6 +65,9 @@ from lstmpipe.lib.state.database import Database
 from lstmpipe.lib.state.places import StatePlaces
 from lstmpipe.lib.state.schema import Component, migrate
 from lstmpipe.lib.state.store import LocalStore, Store
+
+if TYPE_CHECKING:  # torch loads in seconds: only training's stacked reads need it
+    import torch
 
 Key = tuple[str, str]  # (content_hash, recipe_id)
 
@@ -384,6 +386,8 @@ class FeatureCache:
             total = sum(entry.n_frames for entry in located.values())
 
         self._each_file(keys, take, on_located=size)
+        import torch
+
         features = (
             torch.from_numpy(out) if out is not None else torch.empty((0, 0), dtype=torch.float32)
         )

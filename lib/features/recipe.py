@@ -11,6 +11,9 @@ import functools
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
+from importlib.metadata import version
+from importlib.util import find_spec
+from pathlib import Path
 from typing import Any, cast
 
 from lstmpipe.lib.config import (
@@ -20,7 +23,8 @@ from lstmpipe.lib.config import (
     SamplingConfig,
     SourcesConfig,
 )
-from lstmpipe.lib.features.backbone import WeightsSource
+from lstmpipe.lib.features.weights import WeightsSource, resolve_precision, weights_identity
+from lstmpipe.lib.sources.ffmpeg import ffmpeg_version
 
 _ABSENT = object()
 _LATER_FIELDS = {"feature_dtype": "float32"}  # field -> the value recipes stored before it existed
@@ -131,3 +135,49 @@ def make_recipe(
 
 def canonical_sources(sources: SourcesConfig) -> str:
     return json.dumps(sources.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+
+
+# The readers whose output pixels could change with their version (Pillow resizes all but video).
+DECODERS = ("pydicom", "nibabel", "tifffile", "xarray", "pillow")
+
+
+def decoder_versions() -> str:
+    """The readers' versions, "ffmpeg 9.0.2; pydicom 3.0.2; ...": an upgrade is a new recipe."""
+    return "; ".join(
+        [f"ffmpeg {ffmpeg_version()}", *(f"{name} {version(name)}" for name in DECODERS)]
+    )
+
+
+# The modules whose code decides what a recipe says (read as files: importing the backbone's
+# would import torch)
+_RECIPE_CODE = ("recipe", "weights", "backbone", "build")
+
+
+def recipe_key(
+    sampling: SamplingConfig,
+    config: BackboneConfig,
+    torch_hub_dir: Path,
+    device: str = "cpu",
+    sources: SourcesConfig = SourcesConfig(),
+) -> str:
+    """A key for the recipe build.load_backbone would return, found without torch: the settings,
+    the weights' identity, the precision resolved on this machine, the readers' versions and the
+    code that makes recipes. Equal keys, equal recipes: flows cache the recipe under it instead
+    of loading a model."""
+    code = hashlib.blake2b(digest_size=16)
+    for name in _RECIPE_CODE:
+        spec = find_spec(f"lstmpipe.lib.features.{name}")
+        assert spec is not None and spec.origin is not None
+        code.update(Path(spec.origin).read_bytes())
+    inputs = {
+        "sampling": sampling.model_dump(),
+        "backbone": config.model_dump(),
+        "sources": sources.model_dump(),
+        "weights": weights_identity(config, torch_hub_dir),
+        "precision": resolve_precision(config.precision, device),
+        "decoders": decoder_versions(),
+        "code": code.hexdigest(),
+    }
+    return hashlib.blake2b(
+        json.dumps(inputs, sort_keys=True, default=str).encode(), digest_size=16
+    ).hexdigest()

@@ -22,7 +22,7 @@ from mlflow.tracking import MlflowClient
 from lstmpipe.flows.runtime import read_secret_files
 from lstmpipe.flows.serve import AUTH_FILE
 from lstmpipe.flows.serve import start_server as serve_server
-from lstmpipe.flows.startup import TemporaryApi, start_temporary_api
+from lstmpipe.flows.startup import LocalApi, TemporaryApi, local_api
 from tests.integration.conftest import Stack
 from tests.integration.servers import free_port
 
@@ -226,24 +226,25 @@ def own_env(tmp_path: Path) -> dict[str, str]:
     return {**env, "PREFECT_HOME": str(tmp_path / "prefect")}
 
 
-def assert_refuses_strangers(api: TemporaryApi) -> None:
+def assert_refuses_strangers(api: TemporaryApi | LocalApi) -> None:
     api.wait()
     flows = f"{api.url}/flows/filter"
     assert http.post(flows, json={}).status_code == 401
     assert http.post(flows, json={}, headers=basic(*api.auth_string.split(":", 1))).is_success
-    cmdline = Path(f"/proc/{api.process.pid}/cmdline").read_bytes()
+    pid = api.pid if isinstance(api, LocalApi) else api.process.pid
+    cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     assert api.auth_string.encode() not in cmdline
 
 
-def test_the_temporary_api_requires_its_own_auth_string(tmp_path: Path) -> None:
-    """Every command without PREFECT_API_URL boots this server on 127.0.0.1: other local users
-    reach the port, not the run (the auth string lives in the server's and this process's
-    environment only)."""
-    api = start_temporary_api(own_env(tmp_path))
+def test_the_local_api_requires_its_own_auth_string(tmp_path: Path) -> None:
+    """Every command without PREFECT_API_URL uses this server on 127.0.0.1: other local users
+    reach the port, not the runs (the auth string lives in the server's environment and in an
+    address file only its owner reads: tests/integration/test_standalone.py)."""
+    api = local_api(own_env(tmp_path))
     assert api is not None
     try:
         assert_refuses_strangers(api)
-        other = start_temporary_api(own_env(tmp_path / "other"))
+        other = local_api(own_env(tmp_path / "other"))
         assert other is not None
         other.stop()
         assert other.auth_string != api.auth_string  # one per server

@@ -23,16 +23,16 @@ import torchvision
 
 from lstmpipe.lib.config import BackboneConfig, Config, SamplingConfig, load_config
 from lstmpipe.lib.errors import ConfigError
-from lstmpipe.lib.features import backbone as backbone_module
-from lstmpipe.lib.features.backbone import (
-    Backbone,
+from lstmpipe.lib.features import weights as weights_module
+from lstmpipe.lib.features.backbone import Backbone
+from lstmpipe.lib.features.build import check_recipe, load_backbone
+from lstmpipe.lib.features.recipe import FeatureRecipe, make_recipe, recipe_key
+from lstmpipe.lib.features.weights import (
     WeightsSource,
     resolve_optimize,
     resolve_precision,
     resolve_weights,
 )
-from lstmpipe.lib.features.build import check_recipe, load_backbone, recipe_key
-from lstmpipe.lib.features.recipe import FeatureRecipe, make_recipe
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -62,7 +62,7 @@ def fast_bf16(monkeypatch: pytest.MonkeyPatch) -> Callable[[bool], None]:
     """Makes this process believe its CPU has (True) or lacks (False) fast bf16."""
 
     def pretend(has: bool) -> None:
-        monkeypatch.setattr(backbone_module, "cpu_has_fast_bf16", lambda: has)
+        monkeypatch.setattr(weights_module, "cpu_has_fast_bf16", lambda: has)
 
     return pretend
 
@@ -198,7 +198,7 @@ def test_unknown_weights_name_is_a_config_error(torch_hub_dir: Path) -> None:
 
 
 def test_precision_resolution(fast_bf16: Callable[[bool], None]) -> None:
-    cpu = torch.device("cpu")
+    cpu = "cpu"
     for explicit in ("fp32", "bf16", "fp16"):
         assert resolve_precision(explicit, cpu) == explicit
     fast_bf16(True)  # AMX or AVX512-BF16
@@ -381,7 +381,7 @@ def test_optimized_backbone_gives_the_same_features(
 
 
 def test_auto_optimisation_freezes_fp32_on_cpu_only() -> None:
-    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    cpu, gpu = "cpu", "cuda"
     assert resolve_optimize("auto", cpu, "fp32") == "freeze"
     assert (
         resolve_optimize("auto", cpu, "bf16") == "none"

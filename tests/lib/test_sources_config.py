@@ -10,8 +10,8 @@ import pytest
 
 from lstmpipe.lib.config import SamplingConfig, SourcesConfig, load_config
 from lstmpipe.lib.errors import ConfigError
-from lstmpipe.lib.features.backbone import WeightsSource
 from lstmpipe.lib.features.recipe import make_recipe
+from lstmpipe.lib.features.weights import WeightsSource
 from lstmpipe.lib.sources.decode import decode
 from lstmpipe.lib.sources.discover import discover
 from tests.helpers import wheel_data

@@ -18,9 +18,10 @@ import torch
 
 from lstmpipe.lib.config import BackboneConfig, SamplingConfig
 from lstmpipe.lib.errors import ConfigError
-from lstmpipe.lib.features.backbone import Backbone, resolve_weights
+from lstmpipe.lib.features.backbone import Backbone
 from lstmpipe.lib.features.build import load_backbone
 from lstmpipe.lib.features.recipe import FeatureRecipe
+from lstmpipe.lib.features.weights import resolve_weights
 from lstmpipe.lib.training.bundle import ModelBundle
 from lstmpipe.lib.training.model import ModelSpec
 from tests.security.conftest import isolated
@@ -133,7 +134,8 @@ def test_a_corrupt_weights_file_is_a_config_error_naming_it_in_bounded_memory(
     else:
         path.write_text("these are not weights\n")
     shown = isolated(f"""
-        from lstmpipe.lib.features.backbone import Backbone, resolve_weights
+        from lstmpipe.lib.features.backbone import Backbone
+        from lstmpipe.lib.features.weights import resolve_weights
         from lstmpipe.lib.config import BackboneConfig
         from lstmpipe.lib.errors import ConfigError
         config = BackboneConfig(weights={str(path)!r}, optimize="none")

@@ -1,0 +1,136 @@
+"""Which weights and precision a backbone runs with, decided without importing torch.
+
+Weights come from the local torch cache, a state_dict file, or `none` (a seeded random
+init, labelled as such); nothing is ever downloaded. A command whose features are all
+cached names its recipe from these answers alone (recipe.recipe_key): torch and
+torchvision take seconds to import, and it needs neither.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+from dataclasses import dataclass
+from importlib.metadata import version
+from pathlib import Path
+
+from lstmpipe.lib.config import BackboneConfig
+from lstmpipe.lib.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class WeightsSource:
+    """What initialised the backbone: goes into the feature recipe."""
+
+    label: str  # e.g. "IMAGENET1K_V1", "file:resnet18.pth", "none(seed=0)"
+    digest: str  # identifies the exact tensors: file hash, or "random-seed-N"
+    path: Path | None  # the state_dict file to load, None for a random init
+
+
+def resolve_weights(config: BackboneConfig, torch_hub_dir: Path) -> WeightsSource:
+    """Find the weights `config.weights` names, without touching the network."""
+    if config.weights.lower() == "none":
+        return WeightsSource(f"none(seed={config.seed})", f"random-seed-{config.seed}", None)
+    as_path = Path(config.weights).expanduser()
+    if as_path.suffix in {".pt", ".pth"} or as_path.exists():
+        if not as_path.is_file():
+            raise ConfigError(f"backbone.weights: file {as_path} does not exist")
+        stat = as_path.stat()
+        return WeightsSource(
+            f"file:{as_path.name}",
+            _file_digest(as_path.resolve(), stat.st_size, stat.st_mtime_ns),
+            as_path,
+        )
+    return _torchvision_weights(config, torch_hub_dir)
+
+
+def _torchvision_weights(config: BackboneConfig, torch_hub_dir: Path) -> WeightsSource:
+    import torchvision  # late: seconds to import, and only a torchvision name needs it
+
+    try:
+        enum = torchvision.models.get_model_weights(config.name)
+        weights = enum[config.weights]  # DEFAULT too: an alias member of every weights enum
+    except (KeyError, ValueError) as exc:
+        raise ConfigError(
+            f"backbone.weights: {config.weights!r} is not a weights name of {config.name}"
+        ) from exc
+    filename = Path(weights.url).name
+    cached = torch_hub_dir / "checkpoints" / filename
+    if not cached.is_file():
+        raise ConfigError(
+            f"backbone.weights: {config.name} {weights.name} is not in the local torch cache "
+            f"({cached}); nothing is downloaded at run time: copy the file there, pass a .pth "
+            "path, or use --weights none"
+        )
+    return WeightsSource(weights.name, filename, cached)
+
+
+@functools.lru_cache(maxsize=8)
+def _file_digest(path: Path, size: int, mtime_ns: int) -> str:
+    """blake2b of a weights file, once per process per (path, size, mtime): the recipe, the early
+    load and every shard resolve the same file, and hashing it reads tens of MB each time."""
+    digest = hashlib.blake2b(digest_size=16)
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def resolve_precision(requested: str, device: str) -> str:
+    """`auto` picks bf16 where the hardware runs it fast, else fp16 on GPU, else fp32."""
+    if requested not in {"auto", "fp32", "bf16", "fp16"}:
+        raise ConfigError(f"backbone.precision: {requested!r}; expected auto, fp32, bf16 or fp16")
+    if requested != "auto":
+        return requested
+    if device == "cuda":
+        import torch  # late: only a GPU's answer needs it
+
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if cpu_has_fast_bf16() else "fp32"
+
+
+def resolve_optimize(requested: str, device: str, precision: str) -> str:
+    """`auto` freezes on CPU in fp32 (tested there); autocast and GPUs run the module as it is."""
+    if requested not in {"auto", "freeze", "inductor", "none"}:
+        raise ConfigError(
+            f"backbone.optimize: {requested!r}; expected auto, freeze, inductor or none"
+        )
+    if requested != "auto":
+        return requested
+    return "freeze" if device == "cpu" and precision == "fp32" else "none"
+
+
+def cpu_has_fast_bf16() -> bool:
+    """AMX or AVX512-BF16: without them bf16 autocast on CPU is slower than fp32."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+# Device nodes a GPU driver creates (NVIDIA; AMD's ROCm; WSL's GPU paravirtualisation): without
+# one, torch finds no GPU.
+_GPU_NODES = ("/dev/nvidiactl", "/dev/kfd", "/dev/dxg")
+
+
+def default_device() -> str:
+    """`cuda` when torch sees a GPU, else `cpu`. torch is asked only where a GPU driver is
+    present, so a CPU-only host decides without importing it."""
+    if os.environ.get("CUDA_VISIBLE_DEVICES") in {"", "-1"} or not any(
+        Path(node).exists() for node in _GPU_NODES
+    ):
+        return "cpu"
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def weights_identity(config: BackboneConfig, torch_hub_dir: Path) -> str:
+    """What resolve_weights would name, without importing torchvision: a torchvision weights
+    name maps to one checkpoint per torchvision version. Files and `none` resolve as always."""
+    as_path = Path(config.weights).expanduser()
+    if config.weights.lower() == "none" or as_path.suffix in {".pt", ".pth"} or as_path.exists():
+        return resolve_weights(config, torch_hub_dir).digest
+    return f"torchvision {version('torchvision')}: {config.name} {config.weights}"
