@@ -82,12 +82,12 @@ def main() -> None:
 
     for name, stdout in verbatim:
         print(f"-- {name}\n{stdout.rstrip()}")
-    print(f"{'bench':<12} {'check':<22} {'value':>8} {'target':>8} {'':>4}  detail")
+    print(f"{'bench':<12} {'check':<52} {'value':>8} {'target':>8} {'':>4}  detail")
     for bench, c in rows:
         verdict = "n/a" if c.get("pass") is None else ("pass" if c["pass"] else "FAIL")
         value = "-" if c.get("value") is None else f"{c['value']:g}"
         print(
-            f"{bench:<12} {c['name']:<22} {value:>8} {c['target']:>8} {verdict:>4}  "
+            f"{bench:<12} {c['name']:<52} {value:>8} {c['target']:>8} {verdict:>4}  "
             f"{c.get('label', '')}"
         )
     for problem in crashed:

@@ -53,12 +53,23 @@ class Backbone:
         self.std = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1)
         self.feature_dim = self._probe_dim()
 
-    @torch.inference_mode()
     def __call__(self, frames: np.ndarray) -> np.ndarray:
         """(N, H, W, 3) uint8 -> (N, D) features: float32, or float16 if the recipe stores that."""
-        x = torch.from_numpy(frames).to(self.device, non_blocking=True)  # (N, H, W, 3) uint8
+        return self.forward(self.prepare(frames))
+
+    @torch.inference_mode()
+    def prepare(self, frames: np.ndarray) -> torch.Tensor:
+        """(N, H, W, 3) uint8 -> the network's input: normalised (N, 3, H, W), channels last."""
+        x = torch.from_numpy(frames)  # (N, H, W, 3) uint8: a quarter of the bytes of float32
+        if self.device.type == "cuda":  # page-locked, so the copy below runs asynchronously
+            x = x.pin_memory()
+        x = x.to(self.device, non_blocking=True)
         x = x.permute(0, 3, 1, 2).float().div_(255.0)  # (N, 3, H, W), a channels_last view
-        x = ((x - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
+        return ((x - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
+
+    @torch.inference_mode()
+    def forward(self, x: torch.Tensor) -> np.ndarray:
+        """A prepared batch -> (N, D) features on the CPU, in the recipe's dtype."""
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
         with torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None):
             features = self.model(x)  # (N, D)

@@ -23,7 +23,7 @@ import pytest
 
 from lstmpipe.lib.errors import BadInput
 from lstmpipe.lib.sources.ffmpeg import PROTOCOLS, ffmpeg_exe, input_options
-from lstmpipe.lib.sources.kinds.video import VideoInfo, _command, decode_video, probe
+from lstmpipe.lib.sources.kinds.video import VideoInfo, decode_command, decode_video, probe
 from tests.security.conftest import SMALL
 from tests.security.pipeline import reasons, run
 
@@ -164,7 +164,7 @@ def test_mov_external_data_references_stay_off() -> None:
     ).stdout
     line = next(line for line in help_text.splitlines() if "-enable_drefs" in line)
     assert "(default false)" in line
-    decoder = _command("/x.mp4", 32, 4.0, None)
+    decoder = decode_command("/x.mp4", 32, 4.0, None)
     assert not any("drefs" in arg for arg in decoder + list(input_options()))
     assert decoder[decoder.index("-i") - 4 : decoder.index("-i")] == [
         "-format_whitelist",

@@ -358,7 +358,7 @@ def decode_video(
         )
     frame_bytes = sampling.size * sampling.size * 3
     proc = subprocess.Popen(
-        _command(input, sampling.size, rate, sampling.num_frames),
+        decode_command(input, sampling.size, rate, sampling.num_frames),
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -404,7 +404,7 @@ def _expected_frames(sampling: SamplingConfig, info: VideoInfo, rate: float | No
     return int(info.duration_s * (rate if rate is not None else info.fps))
 
 
-def _command(input: str, size: int, rate: float | None, max_frames: int | None) -> list[str]:
+def decode_command(input: str, size: int, rate: float | None, max_frames: int | None) -> list[str]:
     """input → fps (or showinfo) → cover size×size → center crop → raw RGB on stdout.
 
     Audio, subtitles and data streams are dropped.
