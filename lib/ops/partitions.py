@@ -40,7 +40,6 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Protocol, TypeVar
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 
 from lstmpipe.lib.errors import ConfigError
 from lstmpipe.lib.sources.archives import archive_suffix, strip_archive_suffix
@@ -313,8 +312,7 @@ class PartitionRecords:
             dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"),
             run_id,
         )
-        dialect = postgresql if self.db.is_postgres else sqlite
-        insert = dialect.insert(done).values(dataclasses.asdict(record))
+        insert = self.db.insert(done).values(dataclasses.asdict(record))
         replace = insert.on_conflict_do_update(
             index_elements=[c.name for c in done.primary_key],
             set_={c.name: insert.excluded[c.name] for c in done.c if not c.primary_key},

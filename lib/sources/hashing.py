@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import IO, NamedTuple, Protocol, TypeVar
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from lstmpipe.lib.errors import BadInput
@@ -379,8 +378,7 @@ def _signed(stamp: Stamp) -> tuple[int, ...]:
 
 def _upsert(db: Database, table: sa.Table, rows: list[dict[str, object]], conn: Connection) -> None:
     """Insert `rows`, replacing those with the same primary key (the newest hash wins)."""
-    dialect = postgresql if db.is_postgres else sqlite
-    statement = dialect.insert(table)
+    statement = db.insert(table)
     keys = [c.name for c in table.primary_key.columns]
     statement = statement.on_conflict_do_update(
         index_elements=keys,

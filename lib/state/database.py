@@ -22,16 +22,19 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy import event
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.pool import NullPool
 
 from lstmpipe.lib.state.errors import StateUnavailable
+
+if TYPE_CHECKING:  # imported where used: see Database.insert
+    from sqlalchemy.dialects import postgresql
 
 _T = TypeVar("_T")
 # a writer waits this long for another process's SQLite write lock (commits take milliseconds)
@@ -108,6 +111,15 @@ class Database:
                 pass  # the connection died: the server dropped the lock with the session
             connection.close()
 
+    def insert(self, table: sa.Table) -> sqlite.Insert | postgresql.Insert:
+        """This database's own INSERT for `table`, with on_conflict_do_nothing/_update. The
+        PostgreSQL dialect is imported only where it is used: 60 ms of every local command."""
+        if not self.is_postgres:
+            return sqlite.insert(table)
+        from sqlalchemy.dialects import postgresql
+
+        return postgresql.insert(table)
+
     def insert_ignore(
         self, table: sa.Table, rows: Sequence[dict[str, Any]], conn: Connection
     ) -> int:
@@ -115,14 +127,14 @@ class Database:
         if not rows:
             return 0
         if not self.is_postgres:  # sqlite3's executemany runs in-process, row by row, fast
-            statement = sqlite.insert(table).on_conflict_do_nothing()
+            statement = self.insert(table).on_conflict_do_nothing()
             return conn.execute(statement, list(rows)).rowcount
         # one multi-row INSERT per chunk: psycopg2's executemany is a round trip per row
         # (10 000 rows: 6.8 s against 0.6 s); a chunk stays under PostgreSQL's parameter limit
         chunk = max(1, _MAX_PARAMETERS // max(1, len(rows[0])))
         inserted = 0
         for start in range(0, len(rows), chunk):
-            statement = postgresql.insert(table).values(list(rows[start : start + chunk]))
+            statement = self.insert(table).values(list(rows[start : start + chunk]))
             inserted += conn.execute(statement.on_conflict_do_nothing()).rowcount
         return inserted
 

@@ -9,6 +9,8 @@ with pydicom from a real file.
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -130,7 +132,21 @@ def failure_of(failures: list[Failure], name: str) -> Failure:
 
 
 def test_dicom_is_tried_first() -> None:
-    assert KINDS[0] is dicom.KIND and dicom.KIND.name == "dicom"
+    assert KINDS[0].name == dicom.KIND.name == "dicom"
+
+
+def test_a_source_without_dicom_never_imports_pydicom(tmp_path: Path) -> None:
+    """The DICOM and NIfTI readers load only for a source holding such a file (0.25 s of every
+    command's start-up otherwise); a fresh interpreter, since this one has them already."""
+    (tmp_path / "clip.mp4").write_bytes(b"not a video")
+    (tmp_path / "image.dcm.txt").write_text("a name, not DICOM")
+    probe = (
+        "import sys; from pathlib import Path; from lstmpipe.lib.sources.discover import discover;"
+        f"discover(Path({str(tmp_path)!r}));"
+        "print(sorted(m for m in ('pydicom', 'nibabel', 'torch') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
 
 
 def test_dicomdir_tree_is_one_series_per_series_instance_uid(root: Path, found: Found) -> None:

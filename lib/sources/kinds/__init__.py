@@ -12,13 +12,15 @@ every video file and archive left. What no kind claims is ignored. After decodin
 nothing knows the kind.
 """
 
-from lstmpipe.lib.sources.kinds import cube, dicom, geotiff, images, nifti, video
-from lstmpipe.lib.sources.kinds.base import SourceKind
+from lstmpipe.lib.sources.kinds import cube, geotiff, images, video
+from lstmpipe.lib.sources.kinds.base import SourceKind, loaded_when_needed
+from lstmpipe.lib.sources.kinds.recognise import is_nifti, looks_dicom
 
-# Order matters: earlier kinds claim their files first.
+# Order matters: earlier kinds claim their files first. The DICOM and NIfTI readers load only for
+# a source holding a file that looks like theirs.
 KINDS: tuple[SourceKind, ...] = (
-    dicom.KIND,
-    nifti.KIND,
+    loaded_when_needed("dicom", "lstmpipe.lib.sources.kinds.dicom", looks_dicom),
+    loaded_when_needed("nifti", "lstmpipe.lib.sources.kinds.nifti", is_nifti),
     geotiff.KIND,
     cube.KIND,
     images.KIND,

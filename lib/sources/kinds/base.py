@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -50,6 +51,36 @@ class SourceKind:
         [SeriesRef, SamplingConfig, Path, ArchiveLimits, SourcesConfig],
         AbstractContextManager[OpenSeries],
     ]
+
+
+def loaded_when_needed(name: str, module: str, could_claim: Callable[[Path], bool]) -> SourceKind:
+    """The kind `module`.KIND, imported only once a file it `could_claim` is offered, or a series
+    of it is opened: a source without such files never pays for its reader's import."""
+
+    def kind() -> SourceKind:
+        return importlib.import_module(module).KIND
+
+    def claim(
+        base: Path,
+        files: list[Path],
+        memo: HashMemo | None,
+        limits: ArchiveLimits,
+        sources: SourcesConfig,
+    ) -> Claim:
+        if not any(could_claim(path) for path in files):
+            return Claim()
+        return kind().claim(base, files, memo, limits, sources)
+
+    def open_series(
+        ref: SeriesRef,
+        sampling: SamplingConfig,
+        tmp_dir: Path,
+        limits: ArchiveLimits,
+        sources: SourcesConfig,
+    ) -> AbstractContextManager[OpenSeries]:
+        return kind().open(ref, sampling, tmp_dir, limits, sources)
+
+    return SourceKind(name, claim, open_series)
 
 
 def make_ref(kind: str, sid: str, digest: str, path: Path, meta: dict[str, Any]) -> SeriesRef:

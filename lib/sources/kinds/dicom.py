@@ -63,8 +63,8 @@ from lstmpipe.lib.sources.frames import (
 )
 from lstmpipe.lib.sources.hashing import HashMemo, content_hash
 from lstmpipe.lib.sources.kinds.base import Claim, SourceKind, all_present
+from lstmpipe.lib.sources.kinds.recognise import looks_dicom
 
-SUFFIXES = frozenset({".dcm", ".dicom"})  # claimed by name; other files only by the `DICM` magic
 WINDOW_SAMPLE_FRAMES = 16  # frames read to choose a window when the files carry none
 WINDOW_SAMPLE_VALUES = 1 << 20  # pixels kept from that sample for the percentiles (bounds memory)
 PLUGINS_HINT = "pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg"
@@ -145,7 +145,7 @@ def claim(base: Path, files: list[Path], memo: HashMemo | None = None) -> Claim:
     failures: list[Failure] = []
     claimed: set[Path] = set()
     for path in files:
-        if not _looks_dicom(path):
+        if not looks_dicom(path):
             continue
         claimed.add(path)
         rel = path.relative_to(base).as_posix()
@@ -163,21 +163,6 @@ def claim(base: Path, files: list[Path], memo: HashMemo | None = None) -> Claim:
         except BadInput as exc:
             failures.append(Failure(_series_id(members), exc.path, "discover", exc.reason))
     return Claim(refs, failures, frozenset(claimed))
-
-
-def _looks_dicom(path: Path) -> bool:
-    """`.dcm`/`.dicom` by name; files with no suffix (or a
-    numeric one, `1.2.840...123`) by `DICM` at byte 128."""
-    suffix = path.suffix.lower()
-    if suffix in SUFFIXES:
-        return True
-    if suffix and not suffix[1:].isdigit():
-        return False
-    try:
-        with path.open("rb") as stream:
-            return stream.read(132)[128:] == b"DICM"
-    except OSError:
-        return False  # unreadable and not named .dcm: not ours to report
 
 
 def _read_header(path: Path, rel: str) -> _Header | None:

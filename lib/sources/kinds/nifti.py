@@ -65,8 +65,8 @@ from lstmpipe.lib.sources.frames import (
 )
 from lstmpipe.lib.sources.hashing import HashMemo, content_hash
 from lstmpipe.lib.sources.kinds.base import Claim, SourceKind, make_ref
+from lstmpipe.lib.sources.kinds.recognise import is_nifti
 
-SUFFIXES = (".nii", ".nii.gz")
 VIEWS = ("middle", "mip")
 # The 2-D view per time point when none is given; the pipeline passes `sources.nifti_view`
 # (part of the feature recipe, so a changed view is a new cache entry).
@@ -83,10 +83,6 @@ RANGE_SAMPLE = 16
 _SECONDS_PER = {"sec": 1.0, "msec": 1e-3, "usec": 1e-6}
 # What a broken or truncated file raises from nibabel, gzip or numpy while reading.
 _READ_ERRORS = (OSError, EOFError, zlib.error, ValueError, ImageFileError, HeaderDataError)
-
-
-def is_nifti(path: Path) -> bool:
-    return path.name.lower().endswith(SUFFIXES)
 
 
 def claim(base: Path, files: list[Path], memo: HashMemo | None) -> Claim:
