@@ -10,6 +10,11 @@ and a command arriving as it stops waits, then starts a fresh one.
 It writes ADDRESS (url, pid, auth string; readable by its owner only) once it answers, and
 removes it as it stops. It also stops when ADDRESS is gone or names another server (its
 home was deleted, or a newer server replaced a stale file).
+
+A new state directory's database starts as a copy of an empty, migrated one kept per Prefect
+version under ~/.cache/lstmpipe (made by the first boot that migrated one): Prefect's
+migrations take 6 s or more, and a state directory would otherwise pay them on its first
+command.
 """
 
 from __future__ import annotations
@@ -18,8 +23,12 @@ import argparse
 import fcntl
 import json
 import os
+import shutil
+import sqlite3
 import threading
 import time
+from contextlib import closing
+from importlib.metadata import version
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
@@ -54,7 +63,12 @@ def serve(home: Path, port: int, idle_s: float) -> None:
             lifespan="on",
         )
     )
-    watcher = threading.Thread(target=_watch, args=(server, home, port, idle_s), daemon=True)
+    database = _default_database(home)
+    # made by this boot's migrations, from nothing: the template for later state directories
+    new = database is not None and not database.exists() and not _seed(database)
+    watcher = threading.Thread(
+        target=_watch, args=(server, home, port, idle_s, database if new else None), daemon=True
+    )
     watcher.start()
     try:
         server.run()
@@ -62,11 +76,15 @@ def serve(home: Path, port: int, idle_s: float) -> None:
         _forget(home / ADDRESS)
 
 
-def _watch(server: uvicorn.Server, home: Path, port: int, idle_s: float) -> None:
+def _watch(
+    server: uvicorn.Server, home: Path, port: int, idle_s: float, new_database: Path | None
+) -> None:
     while not server.started:
         if server.should_exit:
             return
         time.sleep(0.05)
+    if new_database is not None:  # before any command writes to it: still empty
+        _keep_template(new_database)
     address = home / ADDRESS
     _publish(address, port)
     lease = (home / LEASE).open("ab")
@@ -85,6 +103,40 @@ def _watch(server: uvicorn.Server, home: Path, port: int, idle_s: float) -> None
             break  # the lock is kept until this process exits
         fcntl.flock(lease, fcntl.LOCK_UN)
     server.should_exit = True
+
+
+def _default_database(home: Path) -> Path | None:
+    """Prefect's SQLite file under `home`; None when a database URL is configured."""
+    configured = ("PREFECT_API_DATABASE_CONNECTION_URL", "PREFECT_SERVER_DATABASE_CONNECTION_URL")
+    return None if any(os.environ.get(name) for name in configured) else home / "prefect.db"
+
+
+def _template() -> Path:
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser()
+    return cache / "lstmpipe" / f"prefect-{version('prefect')}.db"
+
+
+def _seed(database: Path) -> bool:
+    """A new database as a copy of the migrated template; False when there is none."""
+    template = _template()
+    if not template.is_file():
+        return False
+    partial = database.with_name(f".{database.name}.{os.getpid()}")
+    shutil.copyfile(template, partial)
+    partial.replace(database)
+    return True
+
+
+def _keep_template(database: Path) -> None:
+    """The freshly migrated `database` as the template, when there is none yet."""
+    template = _template()
+    if template.exists() or not database.is_file():
+        return
+    template.parent.mkdir(parents=True, exist_ok=True)
+    partial = template.with_name(f".{template.name}.{os.getpid()}")
+    with closing(sqlite3.connect(database)) as source, closing(sqlite3.connect(partial)) as copy:
+        source.backup(copy)  # consistent, whatever the server has in its write-ahead log
+    partial.replace(template)
 
 
 def _publish(address: Path, port: int) -> None:

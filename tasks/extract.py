@@ -80,20 +80,21 @@ def extract_shard(
     ray_address: str | None,
 ) -> ShardResult:
     """One shard: an outcome per series (cached, extracted now, or failed with a reason) and the
-    seconds spent extracting. `ray_address` None extracts in this process, else on that Ray
+    seconds spent extracting (in this process: from a loaded backbone on, the first shard's
+    load being start-up). `ray_address` None extracts in this process, else on that Ray
     cluster."""
     cache = FeatureCache.at(state)
     cache.add_recipe(recipe)
     outcomes, todo = split_cached(cache, refs, recipe.recipe_id)
     if not todo:
         return ShardResult(tuple(outcomes), 0.0)
-    started = time.monotonic()
     if ray_address is None:
-        outcomes += _extract_here(todo, recipe, config, cache, Path(tmp_dir), Path(torch_hub_dir))
-    else:
-        outcomes += _extract_on_ray(
-            todo, recipe, config, state, tmp_dir, torch_hub_dir, ray_address
+        extracted, seconds = _extract_here(
+            todo, recipe, config, cache, Path(tmp_dir), Path(torch_hub_dir)
         )
+        return ShardResult(tuple(outcomes + extracted), seconds)
+    started = time.monotonic()
+    outcomes += _extract_on_ray(todo, recipe, config, state, tmp_dir, torch_hub_dir, ray_address)
     return ShardResult(tuple(outcomes), time.monotonic() - started)
 
 
@@ -139,8 +140,9 @@ def _extract_here(
     cache: FeatureCache,
     tmp_dir: Path,
     torch_hub_dir: Path,
-) -> list[SeriesOutcome]:
-    """In this process: one backbone using every core, decoders and the cache writer in threads."""
+) -> tuple[list[SeriesOutcome], float]:
+    """In this process: one backbone using every core, decoders and the cache writer in threads;
+    (outcomes, seconds from the loaded backbone on)."""
     from lstmpipe.lib.features.build import check_recipe
 
     # Everything that shapes the features comes from the recipe (a model's, at inference), not
@@ -152,8 +154,9 @@ def _extract_here(
     check_recipe(wanted, built)
     tmp_dir.mkdir(parents=True, exist_ok=True)
     batch_size = backbone.batch_size(sampling.size, config.backbone.batch_size)
+    started = time.monotonic()
     with tqdm(total=len(todo), desc="extract", unit="series", leave=False) as bar:
-        return extract_to_cache(
+        outcomes = extract_to_cache(
             todo,
             sampling,
             backbone,
@@ -165,6 +168,7 @@ def _extract_here(
             decoders=config.runtime.decoders,
             on_series=bar.update,
         )
+    return outcomes, time.monotonic() - started
 
 
 def _extract_on_ray(
