@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from lstmpipe.flows.local_api import ADDRESS
-from lstmpipe.flows.startup import local_api
+from lstmpipe.flows.startup import LocalApi, local_api
 
 pytestmark = pytest.mark.integration
 LSTMPIPE = str(Path(sys.executable).parent / "lstmpipe")
@@ -73,6 +73,14 @@ def extract(source: Path, home: Path, idle_s: float, **more_env: str) -> dict:
     if more_env.get("PYTHONPROFILEIMPORTTIME"):
         summary["imported"] = set(re.findall(r"^import time:.*\|\s*(\w+)$", done.stderr, re.M))
     return summary
+
+
+def started(env: dict[str, str], idle_s: float) -> LocalApi:
+    """The local API of env's PREFECT_HOME, booted by this call and answering."""
+    api = local_api(env, idle_s)
+    assert api is not None and api.booting
+    api.wait()
+    return api
 
 
 @pytest.fixture
@@ -139,9 +147,7 @@ def test_the_api_stops_once_idle_and_never_under_a_command(tmp_path: Path) -> No
 def test_a_stale_address_is_replaced_by_a_new_server(tmp_path: Path) -> None:
     """A server killed with SIGKILL leaves its address behind; the next command boots anew."""
     env = {"PREFECT_HOME": str(tmp_path / "prefect")}
-    api = local_api(env, idle_s=60.0)
-    assert api is not None
-    api.wait()
+    api = started(env, idle_s=60.0)
     os.kill(api.pid, signal.SIGKILL)
     assert gone(api.pid)
     api.release()
@@ -156,11 +162,8 @@ def test_a_stale_address_is_replaced_by_a_new_server(tmp_path: Path) -> None:
 
 
 def test_the_api_stops_when_its_home_is_deleted(tmp_path: Path) -> None:
-    env = {"PREFECT_HOME": str(tmp_path / "prefect")}
-    api = local_api(env, idle_s=600.0)
-    assert api is not None
+    api = started({"PREFECT_HOME": str(tmp_path / "prefect")}, idle_s=600.0)
     try:
-        api.wait()
         shutil.rmtree(tmp_path / "prefect")
         assert gone(api.pid)
     finally:
@@ -217,20 +220,13 @@ def test_a_new_state_directory_starts_from_the_migrated_template(tmp_path: Path)
     """The first boot that migrates a database keeps a copy per Prefect version; the next new
     state directory starts from it instead of migrating (6 s or more)."""
     cache = tmp_path / "cache"
-    first = local_api({"PREFECT_HOME": str(tmp_path / "a"), "XDG_CACHE_HOME": str(cache)})
-    assert first is not None
-    try:
-        first.wait()
-    finally:
-        first.stop()
+    started({"PREFECT_HOME": str(tmp_path / "a"), "XDG_CACHE_HOME": str(cache)}, 0.0).stop()
     [template] = (cache / "lstmpipe").glob("prefect-*.db")
     with closing(sqlite3.connect(template)) as db:  # a mark only a copy of the template has
         db.execute("CREATE TABLE copied_from_the_template (x)")
         db.commit()
-    second = local_api({"PREFECT_HOME": str(tmp_path / "b"), "XDG_CACHE_HOME": str(cache)})
-    assert second is not None
+    second = started({"PREFECT_HOME": str(tmp_path / "b"), "XDG_CACHE_HOME": str(cache)}, 0.0)
     try:
-        second.wait()
         with closing(sqlite3.connect(tmp_path / "b" / "prefect.db")) as db:
             tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
         assert "copied_from_the_template" in tables and "flow_run" in tables
