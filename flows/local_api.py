@@ -27,7 +27,7 @@ import shutil
 import sqlite3
 import threading
 import time
-from contextlib import closing
+from contextlib import closing, suppress
 from importlib.metadata import version
 from pathlib import Path
 from types import FrameType
@@ -117,26 +117,40 @@ def _template() -> Path:
 
 
 def _seed(database: Path) -> bool:
-    """A new database as a copy of the migrated template; False when there is none."""
+    """A new database as a copy of the migrated template; False when there is none (or it cannot
+    be copied: Prefect then migrates, as without one)."""
     template = _template()
-    if not template.is_file():
-        return False
     partial = database.with_name(f".{database.name}.{os.getpid()}")
-    shutil.copyfile(template, partial)
-    partial.replace(database)
+    try:
+        if not template.is_file():
+            return False
+        shutil.copyfile(template, partial)
+        partial.replace(database)
+    except OSError:
+        with suppress(OSError):
+            partial.unlink(missing_ok=True)
+        return False
     return True
 
 
 def _keep_template(database: Path) -> None:
-    """The freshly migrated `database` as the template, when there is none yet."""
+    """The freshly migrated `database` as the template, when there is none yet; best effort (a
+    read-only home in a container has no cache to keep it in)."""
     template = _template()
-    if template.exists() or not database.is_file():
-        return
-    template.parent.mkdir(parents=True, exist_ok=True)
     partial = template.with_name(f".{template.name}.{os.getpid()}")
-    with closing(sqlite3.connect(database)) as source, closing(sqlite3.connect(partial)) as copy:
-        source.backup(copy)  # consistent, whatever the server has in its write-ahead log
-    partial.replace(template)
+    try:
+        if template.exists() or not database.is_file():
+            return
+        template.parent.mkdir(parents=True, exist_ok=True)
+        with (
+            closing(sqlite3.connect(database)) as source,
+            closing(sqlite3.connect(partial)) as copy,
+        ):
+            source.backup(copy)  # consistent, whatever the server has in its write-ahead log
+        partial.replace(template)
+    except (OSError, sqlite3.Error):
+        with suppress(OSError):
+            partial.unlink(missing_ok=True)
 
 
 def _publish(address: Path, port: int) -> None:

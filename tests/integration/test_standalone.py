@@ -232,3 +232,15 @@ def test_a_new_state_directory_starts_from_the_migrated_template(tmp_path: Path)
         assert "copied_from_the_template" in tables and "flow_run" in tables
     finally:
         second.stop()
+
+
+def test_no_place_for_the_template_still_boots(tmp_path: Path) -> None:
+    """A read-only home (a container) has no cache: the database migrates as without one."""
+    (tmp_path / "cache").write_text("a file where the cache folder would go")
+    api = started(
+        {"PREFECT_HOME": str(tmp_path / "a"), "XDG_CACHE_HOME": str(tmp_path / "cache")}, 0.0
+    )
+    try:
+        assert (tmp_path / "a" / "prefect.db").is_file()
+    finally:
+        api.stop()
