@@ -556,8 +556,7 @@ def _compact(rt: Runtime) -> dict[str, Any]:
 
 
 def _plan(rt: Runtime, args: argparse.Namespace) -> Returned:
-    import torch  # late, like _status: only this command needs it here
-
+    from lstmpipe.lib.features.weights import default_device  # late, like every lib import here
     from lstmpipe.lib.ops.plan import plan_source
 
     return plan_source(
@@ -566,7 +565,7 @@ def _plan(rt: Runtime, args: argparse.Namespace) -> Returned:
         rt.config,
         Path(rt.torch_hub_dir),
         rt.state,
-        "cuda" if torch.cuda.is_available() else "cpu",
+        default_device(),
     )
 
 

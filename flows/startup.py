@@ -27,7 +27,7 @@ import sys
 import time
 import tomllib
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import closing, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,7 +51,7 @@ class TemporaryApi:
     auth_string: str  # what the server requires of every request but its health check
 
     def wait(self, timeout_s: float = BOOT_TIMEOUT_S) -> None:
-        _wait_healthy(self.url, self.process, timeout_s)
+        _wait_until(lambda: _answers(self.url), self.process, timeout_s)
 
     def stop(self) -> None:
         _terminate(self.process)
@@ -79,13 +79,13 @@ class LocalApi:
         if self.process is None or self.boot_lock is None:
             return
         home = Path(self.boot_lock.name).parent
+
+        def published() -> bool:
+            found = _running(home)
+            return found is not None and found.pid == self.pid
+
         try:
-            _wait_healthy(self.url, self.process, timeout_s, home / LOG)
-            deadline = time.monotonic() + timeout_s
-            while (found := _running(home)) is None or found.pid != self.pid:
-                if time.monotonic() > deadline or self.process.poll() is not None:
-                    raise RuntimeError(f"Prefect's local API did not publish {home / ADDRESS}")
-                time.sleep(0.02)
+            _wait_until(published, self.process, timeout_s, home / LOG)
         finally:
             self.boot_lock.close()  # closing the file drops its flock
             self.boot_lock = None
@@ -164,15 +164,24 @@ def _running(home: Path) -> _Found | None:
         document = json.loads((home / ADDRESS).read_text())
         found = _Found(document["url"], document["auth_string"], int(document["pid"]))
         os.kill(found.pid, 0)
-        with urllib.request.urlopen(f"{found.url}/health", timeout=2) as answer:
-            return found if answer.status == 200 else None
     except (OSError, ValueError, KeyError, TypeError):
         return None
+    return found if _answers(found.url) else None
 
 
-def _wait_healthy(
-    url: str, process: subprocess.Popen, timeout_s: float, log: Path | None = None
+def _answers(url: str) -> bool:
+    """Whether the API at `url` says it is healthy (the one request that needs no auth)."""
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=2) as answer:
+            return answer.status == 200
+    except OSError:
+        return False
+
+
+def _wait_until(
+    ready: Callable[[], bool], process: subprocess.Popen, timeout_s: float, log: Path | None = None
 ) -> None:
+    """Until `ready()`; the server `process` is stopped if it does not get there in time."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -181,14 +190,11 @@ def _wait_healthy(
                 f"Prefect's API server exited with code {process.returncode} while starting "
                 f"(set PREFECT_API_URL to use a running server instead){said}"
             )
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=1) as answer:
-                if answer.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.05)
+        if ready():
+            return
+        time.sleep(0.05)
     _terminate(process)
-    raise RuntimeError(f"Prefect's API server did not answer within {timeout_s:.0f} s")
+    raise RuntimeError(f"Prefect's API server was not ready within {timeout_s:.0f} s")
 
 
 def _tail(log: Path | None, size: int = 2000) -> str:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import torch
 from prefect import task
 from tqdm import tqdm
 
 from lstmpipe.lib.config import Config
 from lstmpipe.lib.features.cache import FeatureCache
 from lstmpipe.lib.features.recipe import FeatureRecipe
+from lstmpipe.lib.features.weights import default_device
 from lstmpipe.lib.ops.results import TrainResult
 from lstmpipe.lib.registry import mlflow_store as registry
 from lstmpipe.lib.series import SeriesRef
@@ -29,7 +29,7 @@ def train_model(
     tags: dict[str, str],
 ) -> TrainResult:
     """Fit LSTM + baseline on the labelled, cached series of `refs`; register the LSTM."""
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = default_device()
     with tqdm(total=config.train.epochs, desc="train", unit="epoch", leave=False) as bar:
         outcome = run_experiment(
             FeatureCache.at(state),

@@ -30,19 +30,27 @@ class WeightsSource:
 
 def resolve_weights(config: BackboneConfig, torch_hub_dir: Path) -> WeightsSource:
     """Find the weights `config.weights` names, without touching the network."""
+    if _names_torchvision_weights(config):
+        return _torchvision_weights(config, torch_hub_dir)
     if config.weights.lower() == "none":
         return WeightsSource(f"none(seed={config.seed})", f"random-seed-{config.seed}", None)
     as_path = Path(config.weights).expanduser()
-    if as_path.suffix in {".pt", ".pth"} or as_path.exists():
-        if not as_path.is_file():
-            raise ConfigError(f"backbone.weights: file {as_path} does not exist")
-        stat = as_path.stat()
-        return WeightsSource(
-            f"file:{as_path.name}",
-            _file_digest(as_path.resolve(), stat.st_size, stat.st_mtime_ns),
-            as_path,
-        )
-    return _torchvision_weights(config, torch_hub_dir)
+    if not as_path.is_file():
+        raise ConfigError(f"backbone.weights: file {as_path} does not exist")
+    stat = as_path.stat()
+    return WeightsSource(
+        f"file:{as_path.name}",
+        _file_digest(as_path.resolve(), stat.st_size, stat.st_mtime_ns),
+        as_path,
+    )
+
+
+def _names_torchvision_weights(config: BackboneConfig) -> bool:
+    """`weights` is a torchvision weights name (IMAGENET1K_V1, DEFAULT): neither `none` nor a
+    file (a .pt/.pth name, or any path that exists)."""
+    as_path = Path(config.weights).expanduser()
+    is_file = as_path.suffix in {".pt", ".pth"} or as_path.exists()
+    return config.weights.lower() != "none" and not is_file
 
 
 def _torchvision_weights(config: BackboneConfig, torch_hub_dir: Path) -> WeightsSource:
@@ -130,7 +138,6 @@ def default_device() -> str:
 def weights_identity(config: BackboneConfig, torch_hub_dir: Path) -> str:
     """What resolve_weights would name, without importing torchvision: a torchvision weights
     name maps to one checkpoint per torchvision version. Files and `none` resolve as always."""
-    as_path = Path(config.weights).expanduser()
-    if config.weights.lower() == "none" or as_path.suffix in {".pt", ".pth"} or as_path.exists():
-        return resolve_weights(config, torch_hub_dir).digest
-    return f"torchvision {version('torchvision')}: {config.name} {config.weights}"
+    if _names_torchvision_weights(config):
+        return f"torchvision {version('torchvision')}: {config.name} {config.weights}"
+    return resolve_weights(config, torch_hub_dir).digest
