@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import closing, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from lstmpipe.flows.local_api import ADDRESS, LEASE
 from lstmpipe.flows.runtime import Runtime
@@ -229,12 +229,23 @@ def using(api: TemporaryApi | LocalApi | None) -> Iterator[None]:
     if api is None:
         yield
         return
-    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
+    from prefect.settings import (
+        PREFECT_API_AUTH_STRING,
+        PREFECT_API_URL,
+        PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
+        temporary_settings,
+    )
 
     api.wait()
-    with temporary_settings(
-        updates={PREFECT_API_URL: api.url, PREFECT_API_AUTH_STRING: api.auth_string}
-    ):
+    updates: dict[Any, object] = {  # keys: Prefect's Setting objects
+        PREFECT_API_URL: api.url,
+        PREFECT_API_AUTH_STRING: api.auth_string,
+    }
+    if isinstance(api, LocalApi):
+        # Heartbeats let a watched server mark a killed run crashed; nothing watches the embedded
+        # one, and at exit the heartbeat thread's join cost every command up to a second.
+        updates[PREFECT_FLOWS_HEARTBEAT_FREQUENCY] = None
+    with temporary_settings(updates=updates):
         try:
             yield
         finally:

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from lstmpipe.flows.local_api import ADDRESS
-from lstmpipe.flows.startup import LocalApi, local_api
+from lstmpipe.flows.startup import LocalApi, local_api, using
 
 pytestmark = pytest.mark.integration
 LSTMPIPE = str(Path(sys.executable).parent / "lstmpipe")
@@ -140,6 +140,24 @@ def test_the_api_stops_once_idle_and_never_under_a_command(tmp_path: Path) -> No
         again.release()
         assert gone(api.pid)
         assert not (tmp_path / "prefect" / ADDRESS).exists()
+    finally:
+        api.stop()
+
+
+def test_flows_on_the_local_api_send_no_heartbeats(tmp_path: Path) -> None:
+    """Nothing watches the embedded API for them, and joining their thread cost each command up
+    to a second at exit."""
+    from prefect import flow
+    from prefect.settings import get_current_settings
+
+    @flow
+    def heartbeat_frequency() -> int | None:
+        return get_current_settings().flows.heartbeat_frequency
+
+    api = started({"PREFECT_HOME": str(tmp_path / "prefect")}, idle_s=0)
+    try:
+        with using(api):
+            assert heartbeat_frequency() is None
     finally:
         api.stop()
 
