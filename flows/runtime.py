@@ -45,7 +45,7 @@ class Runtime:
     artifact_root: str | None  # MLflow artifacts for a local store; a server chooses its own
     # None: extract in-process; "local": a Ray of our own; else a cluster to join
     ray_address: str | None
-    torch_hub_dir: str  # where backbone weights are looked up (never downloaded)
+    torch_hub_dir: str  # where backbone weights are looked up, and downloaded on first use
 
     @property
     def state(self) -> StatePlaces:
@@ -69,9 +69,7 @@ def load_runtime(
     # the CLI calls this before importing Prefect, which reads its auth string on import
     read_secret_files(os.environ)
     config = load_config(
-        config_file or env.get("LSTMPIPE_CONFIG"),
-        {k: v for k, v in env.items() if k != "LSTMPIPE_CONFIG"},
-        overrides,
+        config_file or env.get("LSTMPIPE_CONFIG"), _config_variables(env), overrides
     )
     home = Path(config.runtime.home).expanduser().resolve()
     home.mkdir(parents=True, exist_ok=True)
@@ -91,6 +89,15 @@ def load_runtime(
         ),
         torch_hub_dir=str(_torch_home(env) / "hub"),
     )
+
+
+def _config_variables(env: Mapping[str, str]) -> dict[str, str]:
+    """The variables load_config reads. LSTMPIPE_OFFLINE (what tests and CI set) is short for
+    LSTMPIPE_BACKBONE_OFFLINE, which wins when both are set."""
+    variables = {k: v for k, v in env.items() if k not in {"LSTMPIPE_CONFIG", "LSTMPIPE_OFFLINE"}}
+    if "LSTMPIPE_OFFLINE" in env:
+        variables.setdefault("LSTMPIPE_BACKBONE_OFFLINE", env["LSTMPIPE_OFFLINE"])
+    return variables
 
 
 def _ray_address(executor: Executor, cluster: str | None) -> str | None:

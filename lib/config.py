@@ -214,7 +214,8 @@ class BackboneConfig(_Model):
     )
     weights: str = Field(
         default="DEFAULT",
-        description="torchvision weights name (local torch cache only), a .pth path, or none",
+        description="torchvision weights name (from the local torch cache, downloaded there on "
+        "first use unless offline), a .pth path, or none",
     )
     precision: Precision = Field(
         default="auto",
@@ -237,6 +238,17 @@ class BackboneConfig(_Model):
         "torch.compile (a minute of compiling; pays on GPU, long runs) | none",
     )
     seed: int = Field(default=0, ge=0, description='seeds the random init when weights = "none"')
+    offline: bool = Field(
+        default=False,
+        description="true: torchvision weights missing from the local torch cache are an error, "
+        "not a download (air-gapped hosts, tests; also LSTMPIPE_OFFLINE=1)",
+    )
+    weights_mirror: str | None = Field(
+        default=None,
+        description="base URL that replaces https://download.pytorch.org/models/ when "
+        "torchvision weights are downloaded (a proxy, an internal copy, file:///dir/); none = "
+        "torchvision's own",
+    )
 
 
 class TrainConfig(_Model):

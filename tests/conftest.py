@@ -33,6 +33,9 @@ from tests.helpers import wheel_data
 # directories, and a server kept 10 minutes for each would pile up. tests/integration/
 # test_standalone.py sets it per command to test reuse.
 os.environ.setdefault("LSTMPIPE_RUNTIME_API_IDLE_S", "0")
+# No test downloads backbone weights (backbone.offline); tests/lib/test_weights_download.py
+# tests the download against a server of its own.
+os.environ.setdefault("LSTMPIPE_OFFLINE", "1")
 
 # Fixtures that start a server or a cluster; see the module docstring.
 SERVER_FIXTURES = frozenset(

@@ -1,9 +1,10 @@
 """Which weights and precision a backbone runs with, decided without importing torch.
 
 Weights come from the local torch cache, a state_dict file, or `none` (a seeded random
-init, labelled as such); nothing is ever downloaded. A command whose features are all
-cached names its recipe from these answers alone (recipe.recipe_key): torch and
-torchvision take seconds to import, and it needs neither.
+init, labelled as such). A torchvision weights name missing from the cache is downloaded
+there on first use, hash-checked (download.py), unless `backbone.offline`. A command whose
+features are all cached names its recipe from these answers alone (recipe.recipe_key):
+torch and torchvision take seconds to import, and it needs neither, nor the network.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ class WeightsSource:
 
 
 def resolve_weights(config: BackboneConfig, torch_hub_dir: Path) -> WeightsSource:
-    """Find the weights `config.weights` names, without touching the network."""
+    """Find the weights `config.weights` names; only a torchvision name missing from the
+    cache touches the network, once (_fetch_torchvision)."""
     if _names_torchvision_weights(config):
         return _torchvision_weights(config, torch_hub_dir)
     if config.weights.lower() == "none":
@@ -66,12 +68,23 @@ def _torchvision_weights(config: BackboneConfig, torch_hub_dir: Path) -> Weights
     filename = Path(weights.url).name
     cached = torch_hub_dir / "checkpoints" / filename
     if not cached.is_file():
-        raise ConfigError(
-            f"backbone.weights: {config.name} {weights.name} is not in the local torch cache "
-            f"({cached}); nothing is downloaded at run time: copy the file there, pass a .pth "
-            "path, or use --weights none"
-        )
+        _fetch_torchvision(config, f"{config.name} {weights.name}", weights.url, cached)
     return WeightsSource(weights.name, filename, cached)
+
+
+def _fetch_torchvision(config: BackboneConfig, what: str, url: str, cached: Path) -> None:
+    """First use: download `cached` as torchvision would, unless offline (air-gapped hosts,
+    tests), where the missing file stays an error saying how to get it."""
+    from lstmpipe.lib.features.download import fetch_checkpoint, weights_url  # late, like torch
+
+    url = weights_url(url, config.weights_mirror)
+    if config.offline:
+        raise ConfigError(
+            f"backbone.weights: {what} is not in the local torch cache ({cached}) and "
+            f"backbone.offline is set (or LSTMPIPE_OFFLINE): download {url} to that path, unset "
+            "it to fetch the file on first use, pass a .pth path, or use --weights none"
+        )
+    fetch_checkpoint(url, cached)
 
 
 @functools.lru_cache(maxsize=8)

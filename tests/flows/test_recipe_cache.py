@@ -50,7 +50,13 @@ def test_a_new_flow_run_reuses_the_recipe_without_loading_the_backbone(
 def test_missing_weights_are_named_once_not_logged_as_a_cache_key_error(
     harness, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    config = load_config(overrides={"sampling.size": 32, "backbone.weights": "IMAGENET1K_V1"})
+    config = load_config(
+        overrides={
+            "sampling.size": 32,
+            "backbone.weights": "IMAGENET1K_V1",
+            "backbone.offline": True,
+        }
+    )
     with pytest.raises(ConfigError, match="not in the local torch cache"):
         name_recipe(config, str(tmp_path / "empty-hub"))
     assert "computing cache key" not in caplog.text

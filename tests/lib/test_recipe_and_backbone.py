@@ -172,12 +172,15 @@ def test_weights_file_is_identified_by_its_digest(tmp_path: Path, torch_hub_dir:
 
 
 @pytest.mark.parametrize("weights", ["IMAGENET1K_V1", "DEFAULT"])
-def test_torchvision_weights_not_in_the_local_cache_are_never_downloaded(
+def test_torchvision_weights_not_in_the_local_cache_are_an_error_offline(
     torch_hub_dir: Path, weights: str
 ) -> None:
     with pytest.raises(ConfigError, match="not in the local torch cache") as caught:
-        resolve_weights(BackboneConfig(name="resnet18", weights=weights), torch_hub_dir)
-    assert "nothing is downloaded" in str(caught.value) and "--weights none" in str(caught.value)
+        resolve_weights(
+            BackboneConfig(name="resnet18", weights=weights, offline=True), torch_hub_dir
+        )
+    assert "backbone.offline is set" in str(caught.value)
+    assert "--weights none" in str(caught.value)
     assert not (torch_hub_dir / "checkpoints").exists()
 
 
