@@ -210,7 +210,11 @@ class BackboneConfig(_Model):
     """The CNN that turns frames into features; name, weights and precision are in the recipe."""
 
     name: str = Field(
-        default="resnet18", description="any torchvision classification model; its head is removed"
+        default="resnet18",
+        description="a torchvision classification model (its head is removed); an entry point "
+        "package.module:callable whose callable returns an nn.Module mapping ImageNet-normalised "
+        "(N, 3, H, W) frames to (N, D) vectors; or a TorchScript file (a name with a / or a .). "
+        "The latter two take weights DEFAULT (their own) or, for an entry point, a .pth",
     )
     weights: str = Field(
         default="DEFAULT",
@@ -236,6 +240,12 @@ class BackboneConfig(_Model):
         description="auto: TorchScript trace + freeze on CPU in fp32 (conv+BN folded: +10 % "
         "resnet18, +40 % efficientnet here, about 1 s to build) | freeze | inductor: "
         "torch.compile (a minute of compiling; pays on GPU, long runs) | none",
+    )
+    pool: Literal["global", "grid2", "grid3", "grid4"] = Field(
+        default="global",
+        description="global: the final feature map averaged over the frame (C features) | gridk: "
+        "over k x k cells (C*k*k features), so where things are survives (left vs right motion); "
+        "torchvision models with an avgpool module (resnet, mobilenet_v3, efficientnet, convnext)",
     )
     seed: int = Field(default=0, ge=0, description='seeds the random init when weights = "none"')
     offline: bool = Field(

@@ -120,6 +120,7 @@ def shared_backbone(
         sampling.num_frames,
         sampling.size,
         config.name,
+        config.pool,
         config.feature_dtype,
         config.optimize,
         resolve_weights(config, torch_hub_dir).digest,

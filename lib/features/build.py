@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from lstmpipe.lib.config import BackboneConfig, SamplingConfig, SourcesConfig
 from lstmpipe.lib.errors import ConfigError
 from lstmpipe.lib.features.backbone import Backbone
+from lstmpipe.lib.features.backbone_names import recipe_name
 from lstmpipe.lib.features.recipe import FeatureRecipe, decoder_versions, make_recipe
 from lstmpipe.lib.features.weights import resolve_weights
 
@@ -25,11 +27,13 @@ def load_backbone(
         decoder_versions(),
         sampling,
         sources,
-        config.name,
-        weights,
+        recipe_name(config.name),
+        replace(weights, digest=backbone.weights_digest),
         backbone.precision,
         backbone.feature_dim,
         config.feature_dtype,
+        pool=config.pool,
+        backbone_code=backbone.code,
     )
     return backbone, recipe
 

@@ -14,20 +14,23 @@ from dataclasses import asdict, dataclass, field
 from importlib.metadata import version
 from importlib.util import find_spec
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
-from lstmpipe.lib.config import (
-    BackboneConfig,
-    FeatureDtype,
-    Precision,
-    SamplingConfig,
-    SourcesConfig,
+from lstmpipe.lib.config import BackboneConfig, SamplingConfig, SourcesConfig
+from lstmpipe.lib.errors import ConfigError
+from lstmpipe.lib.features.backbone_names import (
+    TORCHSCRIPT_PREFIX,
+    BackboneKind,
+    backbone_kind,
+    code_identity,
+    recipe_name,
 )
 from lstmpipe.lib.features.weights import WeightsSource, resolve_precision, weights_identity
 from lstmpipe.lib.sources.ffmpeg import ffmpeg_version
 
 _ABSENT = object()
-_LATER_FIELDS = {"feature_dtype": "float32"}  # field -> the value recipes stored before it existed
+# field -> the value recipes stored before it existed
+_LATER_FIELDS = {"feature_dtype": "float32", "pool": "global", "backbone_code": ""}
 
 
 @dataclass(frozen=True)
@@ -37,14 +40,22 @@ class FeatureRecipe:
     fps: float | None
     num_frames: int | None
     size: int
+    # a torchvision name, an entry point "package.module:callable", or "torchscript:<file name>"
     backbone: str
-    weights: str  # label: "IMAGENET1K_V1", "file:x.pth", "none(seed=0)"
+    # label: "IMAGENET1K_V1", "file:x.pth", "none(seed=0)"; "DEFAULT": an entry point's or a
+    # TorchScript file's own
+    weights: str
+    # a checkpoint's file name or hash; an entry point's: its state_dict's (names, dtypes, shapes,
+    # bytes); a TorchScript file's: the file's
     weights_digest: str
     precision: str  # resolved: fp32 | bf16 | fp16, never "auto"
     feature_dim: int
     # how DICOM, NIfTI, GeoTIFF and cubes become frames: canonical JSON of SourcesConfig
     sources: str = field(default_factory=lambda: canonical_sources(SourcesConfig()))
     feature_dtype: str = "float32"  # as stored in the cache: float32 | float16
+    pool: str = "global"  # global | gridk: the final feature map averaged over k x k cells
+    # an entry point's code: the distributions it came from, "efficientnet-lite-pytorch 0.1.0"
+    backbone_code: str = ""
 
     # a frozen recipe's id never changes; planning 100 000 series reads it often
     @functools.cached_property
@@ -85,26 +96,40 @@ class FeatureRecipe:
         return SourcesConfig(**json.loads(self.sources))
 
     def backbone_config(self, base: BackboneConfig) -> BackboneConfig:
-        """The backbone settings that reproduce this recipe; batch size comes from `base`.
+        """The backbone settings that reproduce this recipe; batch size, graph optimisation and
+        where weights come from are `base`'s.
 
-        A recipe made from a weights file needs that file again: `base.weights` must
-        name it (its digest is checked when the backbone is resolved).
+        A recipe made from a weights file needs that file again: `base.weights` must name it. A
+        backbone that runs code (an entry point, a TorchScript file) runs only if `base.name`
+        names it too: a recipe comes with a model version, which is data, never code
+        (SECURITY.md). Digests are checked against the built backbone's (build.check_recipe).
         """
+        name = self.backbone
+        if backbone_kind(name) is not BackboneKind.TORCHVISION:
+            if recipe_name(base.name) != name:
+                flag = "PATH" if name.startswith(TORCHSCRIPT_PREFIX) else name
+                raise ConfigError(
+                    f"backbone.name: these features were made by {name}, which runs code: it "
+                    f"runs only when named (--backbone {flag}); got {base.name!r}"
+                )
+            name = base.name
         if self.weights.startswith("none(seed="):
             weights, seed = "none", int(self.weights[len("none(seed=") : -1])
         elif self.weights.startswith("file:"):
             weights, seed = base.weights, base.seed
         else:
             weights, seed = self.weights, base.seed
-        return BackboneConfig(
-            name=self.backbone,
-            weights=weights,
-            # the recipe's text; BackboneConfig checks it is one of the choices
-            precision=cast(Precision, self.precision),
-            batch_size=base.batch_size,
-            seed=seed,
-            feature_dtype=cast(FeatureDtype, self.feature_dtype),
-            optimize=base.optimize,
+        # validated: the recipe's texts must be among BackboneConfig's choices
+        return BackboneConfig.model_validate(
+            {
+                **base.model_dump(),
+                "name": name,
+                "weights": weights,
+                "precision": self.precision,
+                "seed": seed,
+                "feature_dtype": self.feature_dtype,
+                "pool": self.pool,
+            }
         )
 
 
@@ -117,6 +142,8 @@ def make_recipe(
     precision: str,
     feature_dim: int,
     feature_dtype: str = "float32",
+    pool: str = "global",
+    backbone_code: str = "",
 ) -> FeatureRecipe:
     return FeatureRecipe(
         decoder=decoder,
@@ -130,6 +157,8 @@ def make_recipe(
         feature_dim=feature_dim,
         feature_dtype=feature_dtype,
         sources=canonical_sources(sources),
+        pool=pool,
+        backbone_code=backbone_code,
     )
 
 
@@ -150,7 +179,7 @@ def decoder_versions() -> str:
 
 # The modules whose code decides what a recipe says (read as files: importing the backbone's
 # would import torch)
-_RECIPE_CODE = ("recipe", "weights", "backbone", "build")
+_RECIPE_CODE = ("recipe", "weights", "backbone", "build", "backbone_names", "user_backbones")
 
 
 def recipe_key(
@@ -161,9 +190,10 @@ def recipe_key(
     sources: SourcesConfig = SourcesConfig(),
 ) -> str:
     """A key for the recipe build.load_backbone would return, found without torch: the settings,
-    the weights' identity, the precision resolved on this machine, the readers' versions and the
-    code that makes recipes. Equal keys, equal recipes: flows cache the recipe under it instead
-    of loading a model."""
+    the weights' identity (a TorchScript file's digest), an entry point's code
+    (backbone_names.code_identity), the precision resolved on this machine, the readers' versions
+    and the code that makes recipes. Equal keys, equal recipes: flows cache the recipe under it
+    instead of loading a model."""
     code = hashlib.blake2b(digest_size=16)
     for name in _RECIPE_CODE:
         spec = find_spec(f"lstmpipe.lib.features.{name}")
@@ -174,6 +204,7 @@ def recipe_key(
         "backbone": config.model_dump(),
         "sources": sources.model_dump(),
         "weights": weights_identity(config, torch_hub_dir),
+        "backbone_code": code_identity(config.name),
         "precision": resolve_precision(config.precision, device),
         "decoders": decoder_versions(),
         "code": code.hexdigest(),

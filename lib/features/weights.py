@@ -18,6 +18,7 @@ from pathlib import Path
 
 from lstmpipe.lib.config import BackboneConfig
 from lstmpipe.lib.errors import ConfigError
+from lstmpipe.lib.features.backbone_names import BackboneKind, backbone_kind, torchscript_path
 
 
 @dataclass(frozen=True)
@@ -32,27 +33,55 @@ class WeightsSource:
 def resolve_weights(config: BackboneConfig, torch_hub_dir: Path) -> WeightsSource:
     """Find the weights `config.weights` names; only a torchvision name missing from the
     cache touches the network, once (_fetch_torchvision)."""
+    kind = backbone_kind(config.name)
+    if kind is not BackboneKind.TORCHVISION:
+        return _own_weights(config, kind)
     if _names_torchvision_weights(config):
         return _torchvision_weights(config, torch_hub_dir)
     if config.weights.lower() == "none":
         return WeightsSource(f"none(seed={config.seed})", f"random-seed-{config.seed}", None)
+    return _weights_file(config)
+
+
+def _weights_file(config: BackboneConfig) -> WeightsSource:
     as_path = Path(config.weights).expanduser()
     if not as_path.is_file():
         raise ConfigError(f"backbone.weights: file {as_path} does not exist")
-    stat = as_path.stat()
-    return WeightsSource(
-        f"file:{as_path.name}",
-        _file_digest(as_path.resolve(), stat.st_size, stat.st_mtime_ns),
-        as_path,
-    )
+    return WeightsSource(f"file:{as_path.name}", _digest_of(as_path), as_path)
+
+
+def _own_weights(config: BackboneConfig, kind: BackboneKind) -> WeightsSource:
+    """An entry point's or a TorchScript file's weights: its own (DEFAULT), or a state_dict file
+    loaded into an entry point's module. No `none`: only the user's code knows how to make a
+    random init. An entry point's recipe takes the digest of the tensors it built (backbone.py);
+    a TorchScript file's is the file's, which holds them."""
+    if kind is BackboneKind.TORCHSCRIPT:
+        if config.weights != "DEFAULT":
+            raise ConfigError(
+                f"backbone.weights: {config.weights!r}: the TorchScript file {config.name} holds "
+                "its own weights; use DEFAULT (or save the file with the weights you want)"
+            )
+        path = torchscript_path(config.name)
+        if not path.is_file():
+            raise ConfigError(f"backbone.name: TorchScript file {path} does not exist")
+        return WeightsSource("DEFAULT", _digest_of(path), None)
+    if config.weights == "DEFAULT":
+        return WeightsSource("DEFAULT", "", None)
+    if config.weights.lower() == "none":
+        raise ConfigError(
+            f"backbone.weights: none (a seeded random init) is for torchvision models; the entry "
+            f"point {config.name!r} brings its own weights: use DEFAULT or a .pth state_dict"
+        )
+    return _weights_file(config)
 
 
 def _names_torchvision_weights(config: BackboneConfig) -> bool:
     """`weights` is a torchvision weights name (IMAGENET1K_V1, DEFAULT): neither `none` nor a
-    file (a .pt/.pth name, or any path that exists)."""
+    file (a .pt/.pth name, or any path that exists), for a torchvision model."""
     as_path = Path(config.weights).expanduser()
     is_file = as_path.suffix in {".pt", ".pth"} or as_path.exists()
-    return config.weights.lower() != "none" and not is_file
+    torchvision = backbone_kind(config.name) is BackboneKind.TORCHVISION
+    return torchvision and config.weights.lower() != "none" and not is_file
 
 
 def _torchvision_weights(config: BackboneConfig, torch_hub_dir: Path) -> WeightsSource:
@@ -85,6 +114,11 @@ def _fetch_torchvision(config: BackboneConfig, what: str, url: str, cached: Path
             "it to fetch the file on first use, pass a .pth path, or use --weights none"
         )
     fetch_checkpoint(url, cached)
+
+
+def _digest_of(path: Path) -> str:
+    stat = path.stat()
+    return _file_digest(path.resolve(), stat.st_size, stat.st_mtime_ns)
 
 
 @functools.lru_cache(maxsize=8)
@@ -150,7 +184,8 @@ def default_device() -> str:
 
 def weights_identity(config: BackboneConfig, torch_hub_dir: Path) -> str:
     """What resolve_weights would name, without importing torchvision: a torchvision weights
-    name maps to one checkpoint per torchvision version. Files and `none` resolve as always."""
+    name maps to one checkpoint per torchvision version. Files, TorchScript files and `none`
+    resolve as always."""
     if _names_torchvision_weights(config):
         return f"torchvision {version('torchvision')}: {config.name} {config.weights}"
     return resolve_weights(config, torch_hub_dir).digest

@@ -103,6 +103,8 @@ CHANGES = [
     {"feature_dim": 256},
     {"sources": '{"nifti_view":"mip"}'},
     {"feature_dtype": "float16"},
+    {"pool": "grid2"},
+    {"backbone_code": "timm 1.0.0"},
 ]
 
 
