@@ -85,6 +85,8 @@ def extract_partitions(
         already_done=len(plan.selected) - len(plan.pending),
         done=tuple(done),
         ignored_outside=tuple(outside),
+        series_before=plan.series_before,
+        missing=tuple(plan.missing),
     )
 
 
@@ -132,7 +134,12 @@ def partitions_markdown(title: str, run: PartitionsRun) -> str:
         f"## {title}\n\n`{run.root}`, recipe `{run.recipe_id}`: {len(run.done)} of "
         f"{run.selected} partitions done now ({run.already_done} were done before); "
         f"{run.series} series, {run.extracted} extracted, {run.failed} failed, "
-        f"{len(run.ignored)} files ignored.\n\n"
+        f"{len(run.ignored)} files ignored."
+        + "".join(
+            f" **Missing**: {m.partition} (done {m.done_at}, first found gone {m.noticed_at})."
+            for m in run.missing
+        )
+        + "\n\n"
     )
     return head + markdown_table(
         [p.to_json() for p in run.done],

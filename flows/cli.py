@@ -1,7 +1,10 @@
 """`lstmpipe`: thin entry points over the flows. Parsing here; the work happens in flows/.
 
 Exit codes (SPEC §5): 0 all good, 1 crashed, 2 bad usage or configuration,
-3 finished with some series failed.
+3 finished with some series failed. A source that does not exist, cannot be read or is no kind
+lstmpipe reads is bad usage, found before anything starts; so is one holding no series, for the
+commands that need some (extract, train, tune, plan). With --json every exit 2 still prints one
+JSON object: {"error": the line, "path": the source it names, or null}.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import contextlib
 import gc
 import importlib
 import json
+import logging
 import sys
 import time
 import typing
@@ -22,6 +26,7 @@ from lstmpipe.flows.console import render, terminal_safe
 from lstmpipe.flows.runtime import Runtime, load_runtime, new_run_id, prepare_process
 from lstmpipe.lib.config import NONE_WORDS, SECTIONS, as_text, field_kind
 from lstmpipe.lib.errors import ConfigError
+from lstmpipe.lib.sources.roots import BadSource, check_source
 
 EXIT_OK, EXIT_CRASH, EXIT_USAGE, EXIT_FAILED_SERIES = 0, 1, 2, 3
 
@@ -53,6 +58,20 @@ PROMOTE_FLAGS = {
     "--max-cost-ratio": "promote.max_cost_ratio",
 }
 BACKFILL_FLAGS = {"--concurrency": "runtime.partition_concurrency"}
+# command -> the arguments naming what it reads, each with whether it is a root of partitions
+# (a folder or a bucket prefix): checked before anything starts (lib/sources/roots.py)
+SOURCE_ARGUMENTS = {
+    "extract": (("source", False),),
+    "train": (("source", False),),
+    "tune": (("source", False),),
+    "infer": (("source", False),),
+    "plan": (("source", False),),
+    "nightly": (("root", True), ("infer_source", False)),
+    "backfill": (("root", True),),
+    "status": (("root", True),),
+}
+# what a command exits 2 with, named in one line (never a traceback)
+USAGE_ERRORS = (ConfigError, LookupError)
 SERVE_FLAGS = {
     "--root": "nightly.root",
     "--model": "nightly.model",
@@ -385,9 +404,12 @@ def main(argv: list[str] | None = None) -> int:
             )  # late: pyarrow would delay every command's start
 
             date_range(args.start, args.end, args.every)
+        # before any server or backbone starts, and before anything is recorded
+        for name, partitions in SOURCE_ARGUMENTS.get(args.command, ()):
+            if getattr(args, name) is not None:
+                check_source(getattr(args, name), rt.state, rt.config.sources, partitions)
     except ConfigError as exc:
-        print(f"lstmpipe: {terminal_safe(str(exc))}", file=sys.stderr)
-        return EXIT_USAGE
+        return _usage_error(args, exc)
     prepare_process(rt.home)
     run_id = new_run_id()
     started = time.monotonic()
@@ -408,9 +430,8 @@ def main(argv: list[str] | None = None) -> int:
                 result = readers[command]()
             else:
                 result = _run(args, rt, overrides, run_id)
-    except (ConfigError, LookupError) as exc:
-        print(f"lstmpipe {args.command}: {terminal_safe(str(exc))}", file=sys.stderr)
-        return EXIT_USAGE
+    except USAGE_ERRORS as exc:
+        return _usage_error(args, exc)
     record = {
         "command": args.command,
         "run_id": run_id,
@@ -422,6 +443,27 @@ def main(argv: list[str] | None = None) -> int:
         _save_run(rt, record)
     print(json.dumps(record, indent=2, default=str) if args.json else render(record))
     return EXIT_FAILED_SERIES if record.get("failed") else EXIT_OK
+
+
+def _usage_error(args: argparse.Namespace, exc: Exception) -> int:
+    """Exit 2, the reason in one line on stderr; with --json also on stdout, as one object, so a
+    script parses every outcome: {"error": the line, "path": the source it names, or null}."""
+    print(f"lstmpipe {args.command}: {terminal_safe(str(exc))}", file=sys.stderr)
+    if args.json:
+        path = exc.path if isinstance(exc, BadSource) else None
+        print(json.dumps({"error": str(exc), "path": path}))
+    return EXIT_USAGE
+
+
+class _NamedOnce(logging.Filter):
+    """Drops Prefect's report of a usage error raised in a flow or task (the exception with its
+    traceback, at ERROR): the CLI names it in one line and exits 2."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and isinstance(record.exc_info[1], USAGE_ERRORS))
+
+
+_NAMED_ONCE = _NamedOnce()  # one instance: a logger holds a filter once, however often main runs
 
 
 class Result(Protocol):
@@ -459,6 +501,8 @@ def _run(args: argparse.Namespace, rt: Runtime, overrides: dict[str, Any], run_i
     backbone meanwhile), then run the flow."""
     from lstmpipe.flows import startup
 
+    for logger in ("prefect.flow_runs", "prefect.task_runs"):  # Prefect configures them later,
+        logging.getLogger(logger).addFilter(_NAMED_ONCE)  # keeping their filters
     api = startup.local_api(idle_s=rt.config.runtime.api_idle_s)
     try:
         module = importlib.import_module(f"lstmpipe.flows.{FLOW_MODULES[args.command]}")
@@ -560,8 +604,8 @@ def _plan(rt: Runtime, args: argparse.Namespace) -> Returned:
     from lstmpipe.lib.ops.plan import plan_source
 
     return plan_source(
-        Path(args.source),
-        Path(args.labels) if args.labels else None,
+        args.source,  # a path, or s3://bucket/prefix
+        args.labels,
         rt.config,
         Path(rt.torch_hub_dir),
         rt.state,

@@ -92,6 +92,8 @@ def _nightly(r: dict[str, Any]) -> list[str]:
         )
     if r["promote"]:  # also a version left undecided by a night that stopped before promoting it
         lines += _promote(r["promote"])
+    if r["infer"] is None:  # a quiet night: the root holds no series (the train line says so)
+        return lines + ["  infer     skipped: nothing to predict"]
     return lines + _sections("infer", r["infer"])
 
 
@@ -123,7 +125,31 @@ def _partitions(r: dict[str, Any]) -> list[str]:
             f"    ... and {len(failed) - MAX_FAILURES_SHOWN} more "
             "(lstmpipe status, or the failures table)"
         )
-    return lines + _ignored(r)
+    return lines + _ignored(r) + _missing(r)
+
+
+def _missing(r: dict[str, Any]) -> list[str]:
+    """Partitions recorded done that the root no longer holds (an unmounted or truncated
+    archive), with when each was done and when a run first found it gone."""
+    entries = r.get("missing") or []
+    if not entries:
+        return []
+    lines = [f"  missing   {len(entries)} partitions recorded done are gone from {r['root']}:"]
+    lines += [
+        f"    MISSING {m['partition']}: done {m['done_at']} by run {m['run_id']} "
+        f"({m['series']} series); "
+        + (
+            f"missing since {m['noticed_at']} (when a run first found it gone)"
+            if m["noticed_at"]
+            else "gone since then (no run over the root has looked yet)"
+        )
+        for m in entries[:MAX_FAILURES_SHOWN]
+    ]
+    if len(entries) > MAX_FAILURES_SHOWN:
+        lines.append(
+            f"    ... and {len(entries) - MAX_FAILURES_SHOWN} more (--json lists every one)"
+        )
+    return lines
 
 
 def _ignored(r: dict[str, Any]) -> list[str]:
@@ -220,6 +246,8 @@ def _f(value: float | None) -> str:
 
 
 def _infer(r: dict[str, Any]) -> list[str]:
+    if r.get("no_series"):  # a quiet night
+        return [f"  infer     nothing to predict: {r['no_series']}"]
     lines = [
         f"  infer     {r['predicted']} series with {r['model']} v{r['version']} -> "
         f"{r['predictions']}"
@@ -274,6 +302,7 @@ def _status(r: dict[str, Any]) -> list[str]:
             f"{parts['recipe_id'] or '- (none recorded yet)'}"
         )
         lines += [f"    pending {name}" for name in parts["pending"][:MAX_FAILURES_SHOWN]]
+        lines += _missing(parts)
     lines.append(f"  failures  {r['failures_total']} recorded; most recent:")
     lines += [
         f"    {f['time']} {f['series_id']} [{f['stage']}]: {f['reason']}"

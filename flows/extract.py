@@ -12,6 +12,7 @@ from lstmpipe.lib.features.outcomes import SeriesOutcome
 from lstmpipe.lib.features.recipe import FeatureRecipe
 from lstmpipe.lib.ops.summary import ExtractionSummary, extraction_summary
 from lstmpipe.lib.series import SeriesRef
+from lstmpipe.lib.sources.discover import require_series
 from lstmpipe.tasks.extract import discover_source, extract_shard, feature_recipe
 from lstmpipe.tasks.records import record_run_failures
 
@@ -52,13 +53,18 @@ def discover_and_extract(
     run_id: str,
     recipe: FeatureRecipe | None = None,
     skip_hashes: frozenset[str] = frozenset(),
+    quiet_night: bool = False,
 ) -> tuple[list[SeriesRef], FeatureRecipe, ExtractionSummary]:
     """(refs, recipe, summary) for a source: what every flow that needs features starts with.
 
     Series whose content hash is in `skip_hashes` (already predicted, at inference) are
-    left out before any decoding; the summary counts them as `skipped`.
+    left out before any decoding; the summary counts them as `skipped`. A source holding no
+    series stops the run (NoSeries, exit 2) before a backbone loads, unless `quiet_night`
+    (inference): then the summary says so.
     """
     found = discover_source(source, labels, rt.state, rt.config.sources)
+    if not quiet_night:
+        require_series(source, found)
     recipe = recipe or configured_recipe(rt)
     refs = [r for r in found.refs if r.content_hash not in skip_hashes]
     outcomes, seconds = extract_refs(rt, refs, recipe)

@@ -12,6 +12,7 @@ from lstmpipe.flows.extract import discover_and_extract
 from lstmpipe.flows.runtime import load_runtime, run_id_of
 from lstmpipe.lib.inference.predictions import PREFIX, already_predicted, frames_key, target_of
 from lstmpipe.lib.ops.results import InferRun
+from lstmpipe.lib.ops.summary import quiet
 from lstmpipe.tasks.infer import (
     predict_shard,
     resolve_model,
@@ -32,7 +33,7 @@ def infer(
     per_frame: bool = False,
 ) -> InferRun:
     """Predict the series of `source` not yet predicted by the pinned version (all of them with
-    `force`).
+    `force`). A source holding no series is a quiet night: nothing predicted, said so.
 
     `per_frame` also writes <stem>.frames.parquet: per-frame class scores and per-timestep states.
     """
@@ -52,7 +53,7 @@ def infer(
         )
     )
     refs, _, extraction = discover_and_extract(
-        rt, source, None, run_id, recipe=pinned.recipe, skip_hashes=done
+        rt, source, None, run_id, recipe=pinned.recipe, skip_hashes=done, quiet_night=True
     )
     ready = extraction.usable(refs)
     size = rt.config.runtime.shard_size
@@ -78,4 +79,6 @@ def infer(
     )
     if frames and predictions:
         written = written | {"frames": frames_key(predictions)}
-    return InferRun(extraction, name, version, predictions, written, len(rows))
+    return InferRun(
+        extraction, name, version, predictions, written, len(rows), quiet(source, extraction)
+    )

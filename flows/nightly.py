@@ -6,7 +6,9 @@ configured recipe, since the model's newest version was registered: a night with
 new data registers no new version and moves no alias (`retrain` forces it). A newest
 version with no promotion decision (a night stopped between registering and promoting
 it) is promoted then. Inference runs either way, with the champion, on what it has not
-predicted yet.
+predicted yet. A root holding no series at all is a quiet night: nothing trained or predicted
+(an `infer_source` of its own is still predicted), exit 0, and the summary says so, naming
+the partitions recorded done that have gone missing, if any.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from lstmpipe.flows.infer import infer
 from lstmpipe.flows.promote import promote
 from lstmpipe.flows.runtime import load_runtime, run_id_of
 from lstmpipe.flows.train import train
+from lstmpipe.lib.ops.partitions import decide_night
 from lstmpipe.lib.ops.results import NightlyRun
 from lstmpipe.tasks.partitions import nightly_plan
 
@@ -43,29 +46,24 @@ def nightly(
     recipe = configured_recipe(rt)
     partitions = extract_partitions(rt, root, recipe, run_id)
     plan = nightly_plan(rt.tracking_uri, model, rt.state, root, recipe.recipe_id)
-    reason = "asked for (--retrain)" if retrain else plan.train
-    trained = promoted = None
-    if reason:
+    night = decide_night(plan, retrain, partitions.no_series, infer_source is not None)
+    trained = promoted = predicted = None
+    if night.train:
         trained = train(root, model, labels, config_file, overrides, run_id)
         publish_mlflow_run(rt.tracking_uri, trained.train.run_id)
         promoted = promote(model, trained.train.version, config_file, overrides, run_id)
     elif plan.promote:  # registered by a night that stopped before promoting it
         promoted = promote(model, plan.promote, config_file, overrides, run_id)
-    predicted = infer(
-        infer_source or root,
-        f"models:/{model}@{rt.config.promote.alias}",
-        out,
-        config_file,
-        overrides,
-        run_id,
-    )
-    result = NightlyRun(
-        partitions,
-        trained,
-        promoted,
-        predicted,
-        reason or "skipped: no partition done since the newest version (retrain forces it)",
-    )
+    if night.infer:
+        predicted = infer(
+            infer_source or root,
+            f"models:/{model}@{rt.config.promote.alias}",
+            out,
+            config_file,
+            overrides,
+            run_id,
+        )
+    result = NightlyRun(partitions, trained, promoted, predicted, night.reason)
     publish_summary("nightly-summary", nightly_markdown(run_id, model, result))
     return result
 
@@ -87,6 +85,8 @@ def nightly_markdown(run_id: str, model: str, night: NightlyRun) -> str:
             f"- promote: {'promoted to' if p['promoted'] else 'not promoted to'} @{p['alias']}: "
             f"{p['reason']}"
         )
-    i = night.infer
-    lines.append(f"- infer: {i.predicted} series with {i.model} v{i.version} -> {i.predictions}")
+    if i := night.infer:
+        lines.append(
+            f"- infer: {i.predicted} series with {i.model} v{i.version} -> {i.predictions}"
+        )
     return "\n".join(lines)

@@ -13,7 +13,9 @@ committed to the cache (or its failure recorded): `PartitionRecords` keeps one r
 (root, partition, recipe) in the state database, written only then, with a fingerprint
 of what the partition held, taken *before* it was discovered. A partition whose content
 changed since is pending again; re-doing it costs only the changed series, since the
-cache is keyed by content.
+cache is keyed by content. A partition recorded done that the root no longer holds is
+*missing* (an unmounted volume, a truncated archive): every run over the root and
+`lstmpipe status ROOT` report it, with the time a run first found it gone (table `missing`).
 
 Records are keyed by the root's stable name and fingerprints use only facts every host
 sees alike, so drivers on different hosts sharing one database agree on what is done:
@@ -69,7 +71,16 @@ done = sa.Table(
     sa.Column("finished_at", sa.Text),
     sa.Column("run_id", sa.Text),
 )
-COMPONENT = Component("partitions", _META, version=1)
+# When a run first found a recorded partition gone from its root; a row is dropped once the
+# partition is back. Version 2 adds it (migrate creates a table a version adds: no step).
+missing = sa.Table(
+    "missing",
+    _META,
+    sa.Column("root", sa.Text, primary_key=True),
+    sa.Column("partition", sa.Text, primary_key=True),
+    sa.Column("noticed_at", sa.Text),
+)
+COMPONENT = Component("partitions", _META, version=2)
 
 
 @dataclass(frozen=True)
@@ -93,6 +104,32 @@ class Record:
     failed: int
     finished_at: str  # ISO 8601 UTC
     run_id: str
+
+
+@dataclass(frozen=True)
+class MissingPartition:
+    """A partition recorded done that its root no longer holds: when it was done (the last time
+    lstmpipe saw it), by which run, how many series it had; when a run first found it gone
+    (None: no run over the root has looked since)."""
+
+    partition: str
+    done_at: str
+    run_id: str
+    series: int
+    noticed_at: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "partition": self.partition,
+            "done_at": self.done_at,
+            "run_id": self.run_id,
+            "series": self.series,
+            "noticed_at": self.noticed_at,
+        }
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
 
 
 def period(name: str) -> tuple[dt.date, dt.date] | None:
@@ -309,7 +346,7 @@ class PartitionRecords:
             partition.fingerprint,
             series,
             failed,
-            dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"),
+            _now(),
             run_id,
         )
         insert = self.db.insert(done).values(dataclasses.asdict(record))
@@ -333,13 +370,57 @@ class PartitionRecords:
         finished = {r.partition: r.fingerprint for r in self.records(root, recipe_id)}
         return [p for p in found if finished.get(p.name) != p.fingerprint]
 
+    def missing(
+        self, root: str | Path, found: list[Partition], recipe_id: str | None = None
+    ) -> list[MissingPartition]:
+        """The partitions recorded done (under `recipe_id`, if given) that `found`, the root's
+        partitions now, lacks; oldest record first. Reads only."""
+        present = {p.name for p in found}
+        gone = [r for r in self.records(root, recipe_id) if r.partition not in present]
+        if not gone:
+            return []
+        query = sa.select(missing.c.partition, missing.c.noticed_at).where(
+            missing.c.root == source_name(root)
+        )
+        noticed = self.db.read(lambda conn: dict(conn.execute(query).tuples().all()))
+        return [
+            MissingPartition(
+                r.partition, r.finished_at, r.run_id, r.series, noticed.get(r.partition)
+            )
+            for r in gone
+        ]
+
+    def note_missing(
+        self, root: str | Path, found: list[Partition], recipe_id: str
+    ) -> list[MissingPartition]:
+        """`missing`, once the time a run first found each one gone is recorded (a partition
+        back under the root is forgotten), so status can say since when it is gone."""
+        name, present = source_name(root), {p.name for p in found}
+        gone = [m.partition for m in self.missing(root, found, recipe_id)]
+        rows = [{"root": name, "partition": p, "noticed_at": _now()} for p in gone]
+        noted = sa.select(missing.c.partition).where(missing.c.root == name)
+
+        def write(conn: Any) -> None:
+            back = [p for p in conn.execute(noted).scalars() if p in present]
+            if back:
+                conn.execute(
+                    sa.delete(missing).where(missing.c.root == name, missing.c.partition.in_(back))
+                )
+            self.db.insert_ignore(missing, rows, conn)
+
+        self.db.write(write)
+        return self.missing(root, found, recipe_id)
+
 
 @dataclass(frozen=True)
 class ToDo:
-    """The partitions of a root in a run's range, and those of them not yet done."""
+    """The partitions of a root in a run's range, those of them not yet done, the series the
+    others held when they were done; and the partitions recorded done that the root lost."""
 
     selected: list[Partition]
     pending: list[Partition]
+    series_before: int = 0
+    missing: list[MissingPartition] = dataclasses.field(default_factory=list)
 
 
 def to_do(
@@ -354,10 +435,15 @@ def to_do(
 
     Fingerprints are taken here, before discovery: files that land while a partition is
     extracted change its fingerprint after the record, so the next run looks again. A
-    bucket's listing is retried as long as the records' database would be.
+    bucket's listing is retried as long as the records' database would be. Recorded
+    partitions the root no longer holds are noted missing (whatever the range).
     """
-    selected = select(list_partitions(root, records.db.retry_s), start, end, every)
-    return ToDo(selected, records.pending(root, selected, recipe_id))
+    found = list_partitions(root, records.db.retry_s)
+    selected = select(found, start, end, every)
+    pending = records.pending(root, selected, recipe_id)
+    done = {p.name for p in selected} - {p.name for p in pending}
+    before = sum(r.series for r in records.records(root, recipe_id) if r.partition in done)
+    return ToDo(selected, pending, before, records.note_missing(root, found, recipe_id))
 
 
 @dataclass(frozen=True)
@@ -422,6 +508,34 @@ class NightlyPlan:
 
 def plan_night(records: list[Record], newest: Newest | None) -> NightlyPlan:
     return NightlyPlan(why_train(records, newest), undecided(newest))
+
+
+@dataclass(frozen=True)
+class Night:
+    """What a night does once its partitions are extracted: whether it trains, the reason its
+    summary gives either way, and whether it predicts."""
+
+    train: bool
+    reason: str
+    infer: bool
+
+
+def decide_night(
+    plan: NightlyPlan, retrain: bool, no_series: str | None, infer_elsewhere: bool
+) -> Night:
+    """A root without series (`no_series` says so) is a quiet night: nothing to train on, even
+    with --retrain, and nothing of it to predict (its first night may have no model yet), so
+    only an `infer_elsewhere` source is predicted. Else train when asked to, or when `plan`
+    found a partition done since the newest version."""
+    if no_series:
+        return Night(False, f"skipped: {no_series}", infer_elsewhere)
+    if retrain:
+        return Night(True, "asked for (--retrain)", True)
+    if plan.train:
+        return Night(True, plan.train, True)
+    return Night(
+        False, "skipped: no partition done since the newest version (retrain forces it)", True
+    )
 
 
 def markdown_table(rows: list[dict[str, Any]], columns: list[str]) -> str:

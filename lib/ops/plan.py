@@ -18,8 +18,7 @@ from lstmpipe.lib.features.build import load_backbone
 from lstmpipe.lib.features.cache import FeatureCache
 from lstmpipe.lib.features.recipe import FeatureRecipe
 from lstmpipe.lib.series import SeriesRef
-from lstmpipe.lib.sources.discover import discover
-from lstmpipe.lib.sources.hashing import HashMemo
+from lstmpipe.lib.sources.discover import discover_root, require_series
 from lstmpipe.lib.state.places import StatePlaces
 
 
@@ -94,16 +93,17 @@ def _why(latest_id: str | None, recipe: FeatureRecipe, cache: FeatureCache) -> s
 
 
 def plan_source(
-    source: Path,
-    manifest: Path | None,
+    source: str | Path,
+    manifest: str | Path | None,
     config: Config,
     torch_hub_dir: Path,
     state: StatePlaces,
     device: str,
 ) -> Plan:
-    """Discover `source` and plan it under the recipe `config` makes on `device`; nothing is
-    extracted."""
-    found = discover(source, manifest, HashMemo(state.memo_database()), sources=config.sources)
+    """Discover `source` (a folder, file or archive, or a bucket prefix) and plan it under the
+    recipe `config` makes on `device`; nothing is extracted. A source without series is
+    NoSeries, before the backbone loads: there is nothing to plan."""
+    found = require_series(source, discover_root(source, state, manifest, sources=config.sources))
     _, recipe = load_backbone(
         config.sampling, config.backbone, torch_hub_dir, device, config.sources
     )

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lstmpipe.lib.features.outcomes import SeriesOutcome
+from lstmpipe.lib.ops.partitions import MissingPartition
 from lstmpipe.lib.ops.summary import ExtractionSummary
 from lstmpipe.lib.registry.mlflow_store import ModelRef
 from lstmpipe.lib.sources.discover import Ignored
@@ -159,7 +160,7 @@ class TuneRun:
 class InferRun:
     """The infer flow: the pinned version, the predictions file's URI (None when nothing was left
     to predict) and the domain outputs written beside it (kind -> URI): files, or s3:// objects
-    in team mode."""
+    in team mode. `no_series` says a quiet night: the source held no series at all."""
 
     extract: ExtractionSummary
     model: str
@@ -167,6 +168,7 @@ class InferRun:
     predictions: str | None
     outputs: dict[str, str]
     predicted: int
+    no_series: str | None = None
 
     @property
     def skipped(self) -> int:
@@ -187,6 +189,7 @@ class InferRun:
             "predicted": self.predicted,
             "skipped": self.skipped,
             "failed": self.failed,
+            "no_series": self.no_series,
         }
 
 
@@ -214,8 +217,10 @@ class PartitionDone:
 
 @dataclass(frozen=True)
 class PartitionsRun:
-    """The partitions of a root a run selected, how many were done before, those done now; and
-    what discovery ignored at the root's top level, in no partition (a README beside them)."""
+    """The partitions of a root a run selected, how many were done before (holding
+    `series_before` series), those done now; what discovery ignored at the root's top level, in
+    no partition (a README beside them); and the partitions recorded done that the root no
+    longer holds."""
 
     root: str
     recipe_id: str
@@ -223,6 +228,8 @@ class PartitionsRun:
     already_done: int
     done: tuple[PartitionDone, ...]
     ignored_outside: tuple[Ignored, ...] = ()
+    series_before: int = 0
+    missing: tuple[MissingPartition, ...] = ()
 
     @property
     def series(self) -> int:
@@ -245,6 +252,24 @@ class PartitionsRun:
         return [row for p in self.done for row in p.summary.per_series if row.failure]
 
     @property
+    def no_series(self) -> str | None:
+        """Why the selected partitions hold no series at all (None when they hold some): there
+        are none, or none holds a series; partitions gone missing are named as a likely cause."""
+        if self.series_before or self.series:
+            return None
+        held = (
+            f"{self.selected} partitions, none holding a series"
+            if self.selected
+            else "no partitions (dated folders or archives)"
+        )
+        gone = (
+            f"; {len(self.missing)} partitions recorded done are missing (an unmounted volume?)"
+            if self.missing
+            else ""
+        )
+        return f"no series under {self.root}: {held}{gone}"
+
+    @property
     def ignored(self) -> list[Ignored]:
         """Files ignored in the partitions done now, and at the top level."""
         inside = [entry for p in self.done for entry in p.summary.ignored]
@@ -264,32 +289,35 @@ class PartitionsRun:
             "failed_series": [row.to_json() for row in self.failed_series],
             "ignored": len(self.ignored),
             "ignored_files": [entry.to_json() for entry in self.ignored],
+            "series_before": self.series_before,
+            "missing": [entry.to_json() for entry in self.missing],
         }
 
 
 @dataclass(frozen=True)
 class NightlyRun:
     """A night: its partitions, training when there was reason to (None: skipped, and why in
-    `train_reason`), the promotion's record (None when none ran), inference with the champion."""
+    `train_reason`), the promotion's record (None when none ran), inference with the champion
+    (None on a quiet night: the root holds no series, and `train_reason` says so)."""
 
     partitions: PartitionsRun
     train: TrainRun | None
     promote: dict[str, Any] | None
-    infer: InferRun
+    infer: InferRun | None
     train_reason: str
 
     @property
     def failed(self) -> int:
         """Training re-reads the whole root, partitions included: its failures, else theirs."""
         extracted = self.train.failed if self.train else self.partitions.failed
-        return extracted + self.infer.failed
+        return extracted + (self.infer.failed if self.infer else 0)
 
     def to_json(self) -> dict[str, Any]:
         return {
             "partitions": self.partitions.to_json(),
             "train": self.train.to_json() if self.train else None,
             "promote": self.promote,
-            "infer": self.infer.to_json(),
+            "infer": self.infer.to_json() if self.infer else None,
             "train_reason": self.train_reason,
             "failed": self.failed,
         }

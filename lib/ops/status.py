@@ -13,7 +13,7 @@ from mlflow.tracking import MlflowClient
 
 from lstmpipe.lib.features.cache import FeatureCache
 from lstmpipe.lib.ops.failures import read_failures
-from lstmpipe.lib.ops.partitions import PartitionRecords, list_partitions
+from lstmpipe.lib.ops.partitions import MissingPartition, PartitionRecords, list_partitions
 from lstmpipe.lib.registry.runs import recent_runs
 from lstmpipe.lib.state.places import StatePlaces
 from lstmpipe.lib.state.store import Store
@@ -44,12 +44,14 @@ class RecentRun:
 
 @dataclass(frozen=True)
 class PartitionsStatus:
-    """A root's partitions done and pending under `recipe_id` (None: no record yet)."""
+    """A root's partitions done and pending under `recipe_id` (None: no record yet), and those
+    recorded done that it no longer holds (an unmounted volume, a truncated archive)."""
 
     root: str
     recipe_id: str | None
     done: list[str]
     pending: list[str]
+    missing: list[MissingPartition]
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -57,6 +59,7 @@ class PartitionsStatus:
             "recipe_id": self.recipe_id,
             "done": self.done,
             "pending": self.pending,
+            "missing": [entry.to_json() for entry in self.missing],
         }
 
 
@@ -118,9 +121,9 @@ def _recent_runs(outputs: Store) -> list[RecentRun]:
 
 
 def _partitions(records: PartitionRecords, root: str | Path) -> PartitionsStatus:
-    """Partitions of `root` done and pending under the recipe its latest record used (the recipe a
-    nightly or backfill last ran with: working out the configured one would mean loading the
-    backbone)."""
+    """Partitions of `root` done, pending and missing under the recipe its latest record used
+    (the recipe a nightly or backfill last ran with: working out the configured one would mean
+    loading the backbone)."""
     rows = records.records(root)
     recipe_id = rows[-1].recipe_id if rows else None
     done = {r.partition: r.fingerprint for r in rows if r.recipe_id == recipe_id}
@@ -130,6 +133,7 @@ def _partitions(records: PartitionRecords, root: str | Path) -> PartitionsStatus
         recipe_id,
         [p.name for p in found if done.get(p.name) == p.fingerprint],
         [p.name for p in found if done.get(p.name) != p.fingerprint],
+        records.missing(root, found, recipe_id) if recipe_id else [],
     )
 
 

@@ -10,7 +10,7 @@ from typing import Any
 from lstmpipe.lib.failures import Failure
 from lstmpipe.lib.features.outcomes import SeriesOutcome, SeriesStatus
 from lstmpipe.lib.series import SeriesRef
-from lstmpipe.lib.sources.discover import Ignored
+from lstmpipe.lib.sources.discover import Ignored, no_series
 
 
 @dataclass(frozen=True)
@@ -93,3 +93,12 @@ def extraction_summary(
         per_series=tuple(sorted(rows, key=lambda row: row.series_id)),
         ignored=tuple(ignored),
     )
+
+
+def quiet(source: str, summary: ExtractionSummary) -> str | None:
+    """Why a run over `source` had nothing to do when the source held no series at all, none
+    left out as done before either: infer's quiet night, said in its summary (extract, train,
+    tune and plan stop on it instead, lib/sources/discover.py `require_series`)."""
+    if summary.series or summary.skipped:
+        return None
+    return no_series(source, summary.ignored)

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
@@ -41,6 +42,7 @@ from lstmpipe.lib.sources.hashing import HashMemo, with_stamps
 from lstmpipe.lib.sources.kinds import KINDS
 from lstmpipe.lib.sources.kinds.base import Ignored
 from lstmpipe.lib.sources.kinds.cube import zarr_store
+from lstmpipe.lib.sources.roots import BadSource
 from lstmpipe.lib.sources.sniff import not_media, read_head
 from lstmpipe.lib.state.places import StatePlaces
 from lstmpipe.lib.state.store import S3Store, is_remote, parse_s3
@@ -51,6 +53,47 @@ class Discovery:
     refs: list[SeriesRef] = field(default_factory=list)
     failures: list[Failure] = field(default_factory=list)
     ignored: list[Ignored] = field(default_factory=list)
+
+
+class NoSeries(BadSource):
+    """A source that exists and holds no series (nor a failed one): nothing for extract, train,
+    tune or plan to work on, so bad usage; infer and nightly call it a quiet night."""
+
+    def __init__(self, path: str, text: str) -> None:
+        super().__init__(path, text, message=text)
+
+
+def no_series(source: str | Path, ignored: Sequence[Ignored]) -> str:
+    """The words "no series under SOURCE", and what it holds instead: its ignored entries,
+    counted by reason (most common first), so a wrong folder or a wrong kind of file is told
+    apart from an empty one."""
+    if not ignored:
+        return f"no series under {source}: it holds no files"
+    counts = Counter(entry.reason for entry in ignored).most_common()
+    shown = "; ".join(f"{n} × {reason}" for reason, n in counts[:3])
+    more = f"; {len(counts) - 3} other reasons" if len(counts) > 3 else ""
+    entries = "1 entry" if len(ignored) == 1 else f"{len(ignored)} entries"
+    return f"no series under {source}: {entries} ignored ({shown}{more})"
+
+
+def require_series(source: str | Path, found: Discovery) -> Discovery:
+    """`found`, unless it holds neither a series nor a failure: then NoSeries, naming what was
+    ignored."""
+    if found.refs or found.failures:
+        return found
+    raise NoSeries(str(source), no_series(source, found.ignored))
+
+
+def check_file(path: Path, state: StatePlaces, sources: SourcesConfig) -> None:
+    """BadSource unless discovery reads a series (or a failed one) from the one file `path`: a
+    video, an archive, a DICOM or NIfTI file, a GeoTIFF stack, a data cube. Its content hash is
+    memoised, so the run's own discovery does not read the file again."""
+    found = discover(path, None, HashMemo(state.memo_database()), sources=sources)
+    if found.refs or found.failures:
+        return
+    if len(found.ignored) == 1:  # the file itself: why it is not read
+        raise BadSource(str(path), found.ignored[0].reason)
+    raise NoSeries(str(path), no_series(path, found.ignored))
 
 
 def discover(
@@ -186,22 +229,46 @@ def partitions(root: Path) -> list[str]:
 
 def _walk(root: Path, base: Path) -> tuple[list[Path], list[Failure], list[Ignored]]:
     """Regular files under `root` (or `root` itself), sorted; the refused: what is not a regular
-    file (opening a fifo waits for a writer forever; a device may never end) and names that are
-    not UTF-8 (ids, the cache and the failures table need UTF-8); and the hidden files and
-    folders, skipped unread (a hidden folder is one entry), except inside a Zarr store, whose
-    v2 metadata is hidden (.zarray)."""
+    file (opening a fifo waits for a writer forever; a device may never end), names that are
+    not UTF-8 (ids, the cache and the failures table need UTF-8) and folders that cannot be
+    listed (their files would otherwise vanish without a word); and the entries skipped unread:
+    hidden files and folders (a hidden folder is one entry), except inside a Zarr store, whose
+    v2 metadata is hidden (.zarray), and links to folders (not followed: a link may loop, or
+    lead out of the source)."""
     hidden: list[Path] = []
+    linked: list[Path] = []
+    unlisted: list[Failure] = []
+
+    def unreadable(exc: OSError) -> None:
+        path = Path(exc.filename)
+        rel = printable(path.relative_to(base).as_posix()) + "/"
+        reason = f"folder cannot be read ({exc.strerror}): its files were not read"
+        unlisted.append(Failure(rel, printable(str(path)), "discover", reason))
+
     if root.is_file():
         candidates = [root]
     else:
         candidates = []
-        for folder, dirs, files in os.walk(root):
+        for folder, dirs, files in os.walk(root, onerror=unreadable):
             hidden += [Path(folder, d) for d in dirs if d.startswith(".")]
             hidden += [Path(folder, f) for f in files if f.startswith(".")]
+            linked += [Path(folder, d) for d in dirs if Path(folder, d).is_symlink()]
             dirs[:] = sorted(d for d in dirs if not d.startswith("."))
             candidates += [Path(folder, f) for f in files if not f.startswith(".")]
     found, refused = _regular(candidates, base)
-    return found, refused, _hidden(hidden, base)
+    links = [
+        Ignored(
+            printable(p.relative_to(base).as_posix()) + "/",
+            f"link to a folder ({printable(os.readlink(p))}): not followed",
+        )
+        for p in linked
+        if not p.name.startswith(".")
+    ]
+    return (
+        found,
+        sorted(refused + unlisted, key=lambda f: f.series_id),
+        _hidden(hidden, base) + links,
+    )
 
 
 def _hidden(paths: list[Path], base: Path) -> list[Ignored]:
@@ -232,17 +299,17 @@ def _regular(candidates: list[Path], base: Path) -> tuple[list[Path], list[Failu
                 )
             )
         elif not path.is_file():  # follows links: a link to a regular file is one
-            refused.append(
-                Failure(
-                    rel,
-                    str(path),
-                    "discover",
-                    "not a regular file (fifo, socket, device or broken link)",
-                )
-            )
+            refused.append(Failure(rel, str(path), "discover", _not_regular(path)))
         else:
             found.append(path)
     return found, refused
+
+
+def _not_regular(path: Path) -> str:
+    """Why a path os.walk listed as a file is not read: a link to nothing, or a special file."""
+    if path.is_symlink() and not path.exists():
+        return f"broken link: its target {printable(os.readlink(path))} does not exist"
+    return "not a regular file (fifo, socket or device)"
 
 
 def _unclaimed(

@@ -126,7 +126,7 @@ def test_nightly_does_only_new_partitions_and_skips_training_without_them(
     first = nightly(str(root), MODEL, overrides=tiny(home), run_id="n1")
     assert [p.partition for p in first.partitions.done] == list(DAYS[:3])
     assert first.train is not None and first.train_reason == "no version registered yet"
-    assert first.infer.predicted == 24
+    assert first.infer is not None and first.infer.predicted == 24
 
     (tmp_path / "late").rename(late)
     second = nightly(str(root), MODEL, overrides=tiny(home), run_id="n2")
@@ -136,6 +136,7 @@ def test_nightly_does_only_new_partitions_and_skips_training_without_them(
     # training reads the whole root, from the cache
     assert second.train is not None and second.train.extract.cached == 32
     assert DAYS[-1] in second.train_reason
+    assert second.infer is not None
     assert second.infer.predicted == 32 or second.infer.skipped > 0
 
     third = nightly(str(root), MODEL, overrides=tiny(home), run_id="n3")

@@ -1,7 +1,9 @@
 """`--json` and the run records keep their shape: a real small run of each command, compared with
 the shape recorded before results were typed (tests/flows/data/json_shapes.json), changed since
 deliberately: `ignored` (a count) and `ignored_files` (path, reason) in every extraction summary
-and partitions run, `ignored` in each partition done (issue 16: nothing dropped silently).
+and partitions run, `ignored` in each partition done (issue 16: nothing dropped silently);
+`series_before` and `missing` in partitions runs, `missing` in status's partitions, `no_series`
+in infer's result (issue 20: quiet nights and missing partitions said).
 
 Scripts and `lstmpipe status` read these documents, so a renamed or moved key is a break even
 when every flow test still passes. Values that change from run to run (times, paths, ids,
