@@ -41,7 +41,8 @@ FeatureDtype = Literal["float32", "float16"]
 Optimize = Literal["auto", "freeze", "inductor", "none"]
 Cell = Literal["lstm", "gru"]
 Pooling = Literal["last", "attention"]
-InputNorm = Literal["layer", "series"]
+InputNorm = Literal["layer", "series", "split"]
+Select = Literal["motion", "none"]
 Balance = Literal["weights", "sampler"]
 PromoteTest = Literal["bootstrap", "mcnemar", "none"]
 Executor = Literal["auto", "local", "ray"]
@@ -296,7 +297,14 @@ class TrainConfig(_Model):
         default="layer",
         description="layer: LayerNorm per frame | series: each series minus its own mean, over "
         "the training set's scale; series suits classes only change tells apart when the "
-        "backbone's per-series level swamps the motion",
+        "backbone's per-series level swamps the motion | split: series beside the series' "
+        "LayerNorm'd mean (the level), so what is seen and how it moves both reach the network",
+    )
+    select: Select = Field(
+        default="motion",
+        description="motion: also fit a candidate for classes told apart by how things move "
+        "(input_norm split, crop_fraction 0.7, frame_dropout 0.3) and keep whichever scores the "
+        "higher validation macro-F1, ties to the configured one | none: the configured model only",
     )
     crop_fraction: float = Field(
         default=1.0,

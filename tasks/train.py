@@ -40,7 +40,11 @@ def train_model(
             device=device,
         )
     client = registry.connect(tracking_uri)
-    params = {f"train.{k}": v for k, v in config.train.__dict__.items()} | {"device": device}
+    # the settings that trained the registered LSTM: train.select may have replaced some
+    params = {f"train.{k}": v for k, v in outcome.config.__dict__.items()} | {
+        "device": device,
+        "train.selected": outcome.selected,
+    }
     ref = registry.log_training(
         client,
         outcome,

@@ -27,6 +27,7 @@ from torch.nn.utils.rnn import pad_sequence
 from lstmpipe.lib.config import TrainConfig
 from lstmpipe.lib.training.metrics import classification_metrics, confusion_matrix
 from lstmpipe.lib.training.model import (
+    LevelAndChange,
     LSTMClassifier,
     MeanPoolClassifier,
     ModelSpec,
@@ -131,7 +132,7 @@ def fit(
     torch.manual_seed(config.seed)
     model = spec.build()
     norm = getattr(model, "norm", None)
-    if isinstance(norm, SeriesCentring):
+    if isinstance(norm, SeriesCentring | LevelAndChange):
         norm.fit(train.features)
     model = model.to(device)
     optimizer = _adamw(model, config)

@@ -24,7 +24,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 KINDS = ("lstm", "mean")
 CELLS = ("lstm", "gru")
 POOLINGS = ("last", "attention")
-INPUT_NORMS = ("layer", "series")
+INPUT_NORMS = ("layer", "series", "split")
 
 
 class SeriesCentring(nn.Module):
@@ -52,19 +52,47 @@ class SeriesCentring(nn.Module):
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """x: (B, T, F), lengths: (B,) -> (B, T, F) centred and scaled; padding stays 0."""
-        valid = (
-            torch.arange(x.shape[1], device=x.device)[None, :] < lengths.to(x.device)[:, None]
-        )[..., None]
-        mean = x.masked_fill(~valid, 0.0).sum(dim=1, keepdim=True) / lengths.to(x.device)[
-            :, None, None
-        ].to(x.dtype)
+        valid, mean = _series_mean(x, lengths)
         return (x - mean).masked_fill(~valid, 0.0) / self.scale
+
+
+class LevelAndChange(nn.Module):
+    """Each frame as two halves: its change (SeriesCentring) and its series' level (the series
+    mean, LayerNorm'd, the same at every step).
+
+    Classes told apart by how things move need the change, which the level swamps under a
+    per-frame LayerNorm; classes told apart by what is seen need the level, which centring
+    removes. Side by side, the network reads either (F -> 2F).
+    """
+
+    def __init__(self, input_dim: int) -> None:
+        super().__init__()
+        self.change = SeriesCentring()
+        self.level = nn.LayerNorm(input_dim)
+
+    def fit(self, features: Sequence[np.ndarray]) -> None:
+        self.change.fit(features)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """x: (B, T, F), lengths: (B,) -> (B, T, 2F); padding stays 0."""
+        valid, mean = _series_mean(x, lengths)
+        level = self.level(mean).expand_as(x).masked_fill(~valid, 0.0)
+        return torch.cat([self.change(x, lengths), level], dim=-1)
+
+
+def _series_mean(x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(valid (B, T, 1) bool, each series' mean over its valid frames (B, 1, F)) of x (B, T, F)."""
+    lengths = lengths.to(x.device)
+    valid = (torch.arange(x.shape[1], device=x.device)[None, :] < lengths[:, None])[..., None]
+    mean = x.masked_fill(~valid, 0.0).sum(dim=1, keepdim=True) / lengths[:, None, None].to(x.dtype)
+    return valid, mean
 
 
 class LSTMClassifier(nn.Module):
     """An input norm, an optional projection, an LSTM or GRU over time, pooling, a head (LRCN).
 
-    input_norm "layer": LayerNorm per frame. "series": SeriesCentring (fit it on the training set).
+    input_norm "layer": LayerNorm per frame. "series": SeriesCentring. "split": LevelAndChange.
+    (Fit the last two on the training set.)
 
     pooling "last": the state after the last valid frame (forward direction) and after reading
     back to frame 0 (backward direction). "attention": a learned score per valid step, softmax
@@ -90,17 +118,18 @@ class LSTMClassifier(nn.Module):
         self.pooling = pooling
         # CNN features come in at very different scales per backbone; either norm makes lr choices
         # portable.
-        self.norm = nn.LayerNorm(input_dim) if input_norm == "layer" else SeriesCentring()
+        self.norm = _input_norm(input_norm, input_dim)
+        width_in = 2 * input_dim if input_norm == "split" else input_dim
         # Per frame, so padded frames cannot touch valid ones; None feeds the normalised features
         # straight in.
         self.proj = (
-            nn.Sequential(nn.Linear(input_dim, input_proj), nn.GELU())
+            nn.Sequential(nn.Linear(width_in, input_proj), nn.GELU())
             if input_proj
             else nn.Identity()
         )
         rnn = nn.LSTM if cell == "lstm" else nn.GRU
         self.rnn = rnn(
-            input_proj or input_dim,
+            input_proj or width_in,
             hidden_size,
             num_layers=num_layers,
             batch_first=True,
@@ -153,8 +182,14 @@ class LSTMClassifier(nn.Module):
 
     def _inputs(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """Normalised, projected frames (B, T, P): what the recurrent layer reads."""
-        normed = self.norm(x, lengths) if isinstance(self.norm, SeriesCentring) else self.norm(x)
+        normed = self.norm(x) if isinstance(self.norm, nn.LayerNorm) else self.norm(x, lengths)
         return self.proj(normed)
+
+
+def _input_norm(name: str, input_dim: int) -> nn.LayerNorm | SeriesCentring | LevelAndChange:
+    if name == "layer":
+        return nn.LayerNorm(input_dim)
+    return SeriesCentring() if name == "series" else LevelAndChange(input_dim)
 
 
 class MeanPoolClassifier(nn.Module):
@@ -205,7 +240,7 @@ class ModelSpec:
     # width of the per-frame Linear + GELU after the input norm; None = no projection
     input_proj: int | None = 128
     pooling: str = "last"  # "last" | "attention"
-    input_norm: str = "layer"  # "layer" | "series"; unused by "mean"
+    input_norm: str = "layer"  # "layer" | "series" | "split"; unused by "mean"
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:

@@ -141,7 +141,8 @@ def trial_config(base: TrainConfig, hp: dict[str, Any]) -> TrainConfig:
         raise ValueError(
             f"trial hyperparameters {sorted(unknown)}: not tunable; tunable are {', '.join(TUNED)}"
         )
-    return base.model_copy(update=hp)
+    # the search chose these settings: no second candidate beside them (train.select)
+    return base.model_copy(update={**hp, "select": "none"})
 
 
 def prepare(

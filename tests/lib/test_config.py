@@ -191,7 +191,7 @@ def test_wrong_value_names_the_key_the_value_and_what_is_expected(
         ("train.cell", "lstn", "'lstm' or 'gru'"),
         ("train.pooling", "mean", "'last' or 'attention'"),
         ("train.balance", "oversample", "'weights' or 'sampler'"),
-        ("train.input_norm", "batch", "'layer' or 'series'"),
+        ("train.input_norm", "batch", "'layer', 'series' or 'split'"),
         ("backbone.precision", "fp8", "'auto', 'fp32', 'bf16' or 'fp16'"),
         ("backbone.feature_dtype", "int8", "'float32' or 'float16'"),
         ("backbone.optimize", "fast", "'auto', 'freeze', 'inductor' or 'none'"),

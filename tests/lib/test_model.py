@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from lstmpipe.lib.training.model import (
+    LevelAndChange,
     LSTMClassifier,
     MeanPoolClassifier,
     ModelSpec,
@@ -63,10 +64,13 @@ def test_every_cell_and_pooling_ignores_padding_and_batch_neighbours(
     "options", [{"pooling": "last"}, {"pooling": "attention", "bidirectional": True}]
 )
 @pytest.mark.parametrize("fill", [1e3, float("nan")])
-def test_series_centring_ignores_padding_and_batch_neighbours(options: dict, fill: float) -> None:
+@pytest.mark.parametrize("norm", ["series", "split"])
+def test_series_norms_ignore_padding_and_batch_neighbours(
+    options: dict, fill: float, norm: str
+) -> None:
     torch.manual_seed(0)
     _check_batch_invariance(
-        ModelSpec("lstm", F, C, hidden_size=8, input_norm="series", **options).build(), fill
+        ModelSpec("lstm", F, C, hidden_size=8, input_norm=norm, **options).build(), fill
     )
 
 
@@ -87,6 +91,21 @@ def test_series_centring_removes_each_series_level_and_keeps_its_amplitude() -> 
     assert norm.scale.item() == pytest.approx(
         float(torch.sqrt(((motion - motion.mean(0)) ** 2).mean() * 5)), rel=1e-5
     )
+
+
+def test_level_and_change_keeps_the_level_beside_the_centred_frames() -> None:
+    norm = LevelAndChange(F)
+    motion, elsewhere = torch.randn(5, F), 3.0 * torch.randn(F)
+    x, lengths = _padded([motion, motion + elsewhere, motion[:3]], fill=float("nan"))
+    out = norm(x, lengths)  # (3, 5, 2F)
+    change, level = out[..., :F], out[..., F:]
+    # the same motion at another level: the same change, another level
+    assert torch.allclose(change[0], change[1], atol=1e-5)
+    assert not torch.allclose(level[0], level[1], atol=1e-3)
+    # the level is the LayerNorm'd series mean, at every valid step; padding stays 0
+    expected = torch.nn.functional.layer_norm(motion[:3].mean(0), (F,))
+    assert torch.allclose(level[2, :3], expected.expand(3, F), atol=1e-5)
+    assert (out[2, 3:] == 0).all()
 
 
 def _check_batch_invariance(model: torch.nn.Module, fill: float) -> None:
@@ -144,6 +163,7 @@ def test_bidirectional_head_sees_both_directions() -> None:
         ("lstm", {}),
         ("mean", {}),
         ("lstm", {"input_norm": "series"}),
+        ("lstm", {"input_norm": "split"}),
         ("lstm", {"cell": "gru", "pooling": "attention", "input_proj": None}),
     ],
 )
@@ -159,8 +179,9 @@ def test_spec_and_state_dict_rebuild_the_same_model(kind: str, options: dict, tm
     )
     torch.manual_seed(1)
     model = spec.build().eval()
-    if isinstance(norm := getattr(model, "norm", None), SeriesCentring):
-        norm.scale.fill_(3.0)  # fitted: the buffer must travel in the state_dict
+    for norm in model.modules():
+        if isinstance(norm, SeriesCentring):
+            norm.scale.fill_(3.0)  # fitted: the buffer must travel in the state_dict
     torch.save(model.state_dict(), tmp_path / "weights.pt")
     (tmp_path / "spec.json").write_text(json.dumps(spec.to_dict()))
 
