@@ -105,9 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument(
         "--domain",
-        choices=["video", "medical", "remote-sensing"],
+        choices=["video", "direction", "medical", "remote-sensing"],
         default="video",
-        help="video clips, cine-MR DICOM series or dated GeoTIFF stacks (default %(default)s)",
+        help="video clips (order or direction of motion), cine-MR DICOM series or dated GeoTIFF "
+        "stacks (default %(default)s)",
     )
     demo.add_argument(
         "--clips-per-class",
