@@ -107,6 +107,8 @@ def measure(
                 "lstm_test_macro_f1": round(test["macro_f1"], 3),
                 "lstm_train_accuracy": round(outcome.metrics["train"]["accuracy"], 3),
                 "baseline_test_accuracy": round(base["accuracy"], 3),
+                "selected": outcome.selected,  # train.select's candidate, by validation
+                "validation": {k: round(v, 3) for k, v in outcome.selection.items()},
                 "best_epoch": outcome.fit.best_epoch,
                 "extract_s": round(extract_s, 1),
                 "train_s": round(time.perf_counter() - started, 1),
