@@ -303,8 +303,8 @@ class TrainConfig(_Model):
     select: Select = Field(
         default="motion",
         description="motion: also fit a candidate for classes told apart by how things move "
-        "(input_norm split, crop_fraction 0.7, frame_dropout 0.3, lr 1e-3, epochs 150, patience "
-        "40) and keep whichever scores the "
+        "(input_norm split, crop_fraction 0.7, frame_dropout 0.3, lr 1e-3, 1.5x the epochs, 1.6x "
+        "the patience) and keep whichever scores the "
         "higher validation macro-F1, ties to the configured one | none: the configured model only",
     )
     crop_fraction: float = Field(

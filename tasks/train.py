@@ -13,7 +13,7 @@ from lstmpipe.lib.ops.results import TrainResult
 from lstmpipe.lib.registry import mlflow_store as registry
 from lstmpipe.lib.series import SeriesRef
 from lstmpipe.lib.state.places import StatePlaces
-from lstmpipe.lib.training.experiment import run_experiment
+from lstmpipe.lib.training.experiment import candidates, run_experiment
 from lstmpipe.tasks.retry import transient_only
 
 
@@ -30,7 +30,8 @@ def train_model(
 ) -> TrainResult:
     """Fit LSTM + baseline on the labelled, cached series of `refs`; register the LSTM."""
     device = default_device()
-    with tqdm(total=config.train.epochs, desc="train", unit="epoch", leave=False) as bar:
+    epochs = sum(c.epochs for c in candidates(config.train).values())  # at most: early stopping
+    with tqdm(total=epochs, desc="train", unit="epoch", leave=False) as bar:
         outcome = run_experiment(
             FeatureCache.at(state),
             recipe,

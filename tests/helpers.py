@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from lstmpipe.lib.features.recipe import FeatureRecipe
+
 
 def ffmpeg_children() -> list[int]:
     """Pids of this process's ffmpeg children (Linux /proc)."""
@@ -48,3 +50,31 @@ def isolate_mlflow(mp: pytest.MonkeyPatch) -> None:
         (fluent_globals, "_active_experiment_id"),
     ):
         mp.setattr(module, name, getattr(module, name))
+
+
+# A recipe as stored before later fields existed: its id is pinned by the recipe tests.
+RECIPE = FeatureRecipe(
+    decoder="ffmpeg 7.1",
+    fps=4.0,
+    num_frames=None,
+    size=64,
+    backbone="resnet18",
+    weights="none(seed=0)",
+    weights_digest="random-seed-0",
+    precision="fp32",
+    feature_dim=512,
+    sources='{"nifti_view":"middle"}',
+)
+
+
+# The smallest settings a whole command runs with: for tests of what it says and exits with, not of
+# what it learns.
+TINY_SETTINGS = {
+    "sampling.size": 32,
+    "sampling.fps": 4.0,
+    "backbone.weights": "none",
+    "train.epochs": 2,
+    "train.patience": 2,
+    "train.hidden_size": 8,
+    "runtime.partition_concurrency": 1,
+}

@@ -43,15 +43,10 @@ BASELINE_LR_FACTOR = 5.0
 # under a per-frame LayerNorm, and small sets of them are memorised without augmentation; on the
 # classes the demos tell apart by when things happen, this candidate lost accuracy
 # (bench/quality.py, README "Model quality"), so it must win on validation to be kept.
-# A lower peak rate and longer patience: on augmented batches validation climbs slowly.
-MOTION = {
-    "input_norm": "split",
-    "crop_fraction": 0.7,
-    "frame_dropout": 0.3,
-    "lr": 1e-3,
-    "epochs": 150,
-    "patience": 40,
-}
+# A lower peak rate, and half as many epochs again with more patience (scaled from the configured
+# ones: 150 and 40 by default): on augmented batches validation climbs slowly.
+MOTION = {"input_norm": "split", "crop_fraction": 0.7, "frame_dropout": 0.3, "lr": 1e-3}
+MOTION_EPOCHS, MOTION_PATIENCE = 1.5, 1.6
 
 
 @dataclass
@@ -102,12 +97,44 @@ def candidates(config: TrainConfig) -> dict[str, TrainConfig]:
     """The LSTMs to fit, by name, the configured one first (it wins ties)."""
     if config.select == "none":
         return {"configured": config}
-    motion = config.model_copy(update=MOTION)
+    motion = config.model_copy(
+        update=MOTION
+        | {
+            "epochs": round(config.epochs * MOTION_EPOCHS),
+            "patience": round(config.patience * MOTION_PATIENCE),
+        }
+    )
     return {"configured": config} | ({"motion": motion} if motion != config else {})
 
 
-def _best_val_score(result: FitResult) -> float:
-    return result.history[result.best_epoch - 1]["val_macro_f1"]
+@dataclass(frozen=True)
+class Selected:
+    """The LSTM train.select kept: its candidate's name and settings, its fit, and every
+    candidate's best validation macro-F1."""
+
+    name: str
+    config: TrainConfig
+    fit: FitResult
+    scores: dict[str, float]
+
+
+def fit_selected(
+    config: TrainConfig,
+    train: SequenceSet,
+    val: SequenceSet,
+    input_dim: int,
+    num_classes: int,
+    on_epoch: Any = None,
+    device: str = "cpu",
+) -> Selected:
+    """Fit each candidate LSTM of `config`; keep the best on validation (ties: the configured)."""
+    fits, scores = {}, {}
+    for name, candidate in candidates(config).items():
+        spec = model_spec(candidate, input_dim, num_classes, "lstm")
+        fits[name] = fit(spec, train, val, candidate, on_epoch=on_epoch, device=device)
+        scores[name] = fits[name].history[fits[name].best_epoch - 1]["val_macro_f1"]
+    chosen = max(scores, key=lambda name: scores[name])  # the first of equals: configured
+    return Selected(chosen, candidates(config)[chosen], fits[chosen], scores)
 
 
 def run_experiment(
@@ -135,21 +162,11 @@ def run_experiment(
         config,
     )
     parts = {name: data.select(ids) for name, ids in splits.items()}
-    fits = {
-        name: fit(
-            model_spec(candidate, recipe.feature_dim, len(labels), "lstm"),
-            parts["train"],
-            parts["val"],
-            candidate,
-            on_epoch=on_epoch,
-            device=device,
-        )
-        for name, candidate in candidates(config).items()
-    }
-    selection = {name: _best_val_score(result) for name, result in fits.items()}
-    chosen = max(selection, key=lambda name: selection[name])  # ties: the first, as configured
-    config, lstm = candidates(config)[chosen], fits[chosen]
-    lstm_spec = model_spec(config, recipe.feature_dim, len(labels), "lstm")
+    selected = fit_selected(
+        config, parts["train"], parts["val"], recipe.feature_dim, len(labels), on_epoch, device
+    )
+    lstm_spec = model_spec(selected.config, recipe.feature_dim, len(labels), "lstm")
+    lstm = selected.fit
     base = fit(
         model_spec(config, recipe.feature_dim, len(labels), "mean"),
         parts["train"],
@@ -159,9 +176,9 @@ def run_experiment(
     )
     return Outcome(
         bundle=ModelBundle(lstm_spec, lstm.model.cpu(), labels, recipe),
-        config=config,
-        selection=selection,
-        selected=chosen,
+        config=selected.config,
+        selection=selected.scores,
+        selected=selected.name,
         fit=lstm,
         baseline_fit=base,
         metrics={

@@ -22,21 +22,13 @@ from prefect.settings import PREFECT_API_URL
 
 from lstmpipe.flows.cli import main
 from lstmpipe.lib.demo.video import SampleSpec, generate_archive
+from tests.helpers import TINY_SETTINGS
 
 pytestmark = pytest.mark.slow
 GOLDEN = Path(__file__).parent / "data" / "json_shapes.json"
 # values compared exactly: the closed sets of words, and the counts a deterministic sample fixes
 EXACT_STRINGS = {"command", "status", "action", "stage", "version", "challenger", "model"}
 VOLATILE_INTS = {"best_epoch", "epochs", "bytes"}
-SETTINGS = {
-    "sampling.size": 32,
-    "sampling.fps": 4.0,
-    "backbone.weights": "none",
-    "train.epochs": 2,
-    "train.patience": 2,
-    "train.hidden_size": 8,
-    "runtime.partition_concurrency": 1,
-}
 
 
 def shape(value: Any, key: str = "") -> Any:
@@ -73,7 +65,7 @@ def run_commands(home: Path, work: Path, capsys: pytest.CaptureFixture[str]) -> 
     shutil.copytree(root / "2026-11-18", loose)
     (loose / "grow" / "broken.mp4").write_text("not a video\n")
     (loose / "notes.txt").write_text("field notes\n")  # ignored: listed with its reason
-    flags = [f"--set={key}={value}" for key, value in SETTINGS.items()] + ["--json"]
+    flags = [f"--set={key}={value}" for key, value in TINY_SETTINGS.items()] + ["--json"]
     commands = {
         "extract": ["extract", str(loose)],
         "plan": ["plan", str(loose)],

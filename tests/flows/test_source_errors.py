@@ -25,17 +25,9 @@ import pytest
 from lstmpipe.flows import startup
 from lstmpipe.flows.cli import EXIT_FAILED_SERIES, EXIT_OK, EXIT_USAGE, main
 from lstmpipe.lib.demo.video import SampleSpec, generate_archive
+from tests.helpers import TINY_SETTINGS
 
-TINY = {
-    "sampling.size": 32,
-    "sampling.fps": 4.0,
-    "backbone.weights": "none",
-    "train.epochs": 2,
-    "train.patience": 2,
-    "train.hidden_size": 8,
-    "runtime.partition_concurrency": 1,
-}
-FLAGS = [f"--set={key}={value}" for key, value in TINY.items()]
+FLAGS = [f"--set={key}={value}" for key, value in TINY_SETTINGS.items()]
 CLI_TIMEOUT_S = 300
 # what each command takes besides its source, and where the source goes
 COMMANDS = {

@@ -33,21 +33,9 @@ from lstmpipe.lib.features.weights import (
     resolve_precision,
     resolve_weights,
 )
+from tests.helpers import RECIPE
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-RECIPE = FeatureRecipe(
-    decoder="ffmpeg 7.1",
-    fps=4.0,
-    num_frames=None,
-    size=64,
-    backbone="resnet18",
-    weights="none(seed=0)",
-    weights_digest="random-seed-0",
-    precision="fp32",
-    feature_dim=512,
-    sources='{"nifti_view":"middle"}',
-)
 
 
 @pytest.fixture(scope="module")

@@ -28,6 +28,7 @@ from lstmpipe.lib.features.recipe import FeatureRecipe, recipe_key
 from lstmpipe.lib.features.user_backbones import tensors_digest
 from lstmpipe.lib.features.weights import resolve_weights
 from tests.backbones import tiny_cnn
+from tests.helpers import RECIPE
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 SAMPLING = SamplingConfig(size=64, fps=4.0)
@@ -326,18 +327,7 @@ def test_the_pool_is_part_of_the_recipe_and_its_key(torch_hub_dir: Path, tmp_pat
 
 # -- recipes from before keep their ids -----------------------------------------------------------
 
-OLD = FeatureRecipe(
-    decoder="ffmpeg 7.1",
-    fps=4.0,
-    num_frames=None,
-    size=64,
-    backbone="resnet18",
-    weights="none(seed=0)",
-    weights_digest="random-seed-0",
-    precision="fp32",
-    feature_dim=512,
-    sources='{"nifti_view":"middle"}',
-)
+OLD = RECIPE  # its id is pinned there: recipes stored before these fields keep it
 
 
 def test_recipes_from_before_pool_and_backbone_code_keep_their_ids() -> None:
