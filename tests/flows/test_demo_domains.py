@@ -51,7 +51,13 @@ DEMO_CASES = [
     ("remote-sensing", 3, "fp32"),
     ("medical", 0, "fp32"),
     ("medical", 3, "fp32"),
+    ("direction", 0, "fp32"),
+    ("direction", 1, "fp32"),
+    ("direction", 0, "bf16"),
 ]
+# The lowest test macro-F1 a domain's demo may score: the direction sample's runs measured
+# 0.83-1.0 (bench/quality.py, README "Model quality"), the others 0.96-1.0.
+FLOOR = {"direction": 0.8}
 
 
 @pytest.fixture
@@ -72,8 +78,9 @@ def test_the_domain_demo_models_beat_frame_averaging(
     tmp_path: Path, domain: str, seed: int, precision: str, one_thread: None
 ) -> None:
     """The demo's own settings and sample size: the order of the frames, not their mean, tells
-    growing from shrinking and fading in from fading out, the crops apart (the seasonal curve)
-    and bigeminy from a regular beat (the rhythm)."""
+    growing from shrinking and fading in from fading out, left from right (and up from down,
+    clockwise from not), the crops apart (the seasonal curve) and bigeminy from a regular beat
+    (the rhythm)."""
     chosen = DOMAINS[domain]
     config = load_config(overrides={**chosen.overrides, "backbone.precision": precision})
     backbone, recipe = load_backbone(
@@ -99,6 +106,6 @@ def test_the_domain_demo_models_beat_frame_averaging(
 
     lstm = outcome.metrics["test"]["macro_f1"]
     baseline = outcome.baseline_metrics["test"]["macro_f1"]
-    assert lstm >= 0.9, outcome.metrics["test"]
+    assert lstm >= FLOOR.get(domain, 0.9), outcome.metrics["test"]
     # 24-30 test series: chance varies by +-0.15
     assert lstm - baseline >= 0.25, outcome.baseline_metrics["test"]
