@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import secrets
 import signal
@@ -237,6 +238,11 @@ def using(api: TemporaryApi | LocalApi | None) -> Iterator[None]:
     )
 
     api.wait()
+    # Their "Still processing items" warning, while they send what a run queued as it ended, would
+    # be the only line after a command's own (a run that stopped at once left events queued); their
+    # other warnings (a full queue dropping items) still show.
+    for service in ("APILogWorker", "EventsWorker"):
+        logging.getLogger(service).addFilter(_not_draining)  # once: the same function
     updates: dict[Any, object] = {  # keys: Prefect's Setting objects
         PREFECT_API_URL: api.url,
         PREFECT_API_AUTH_STRING: api.auth_string,
@@ -257,6 +263,10 @@ def using(api: TemporaryApi | LocalApi | None) -> Iterator[None]:
 # seconds to minutes (a backfill that failed with many task tracebacks hung at exit for over 13
 # minutes). Bounded here, so a slow API delays a command by at most this much.
 SEND_QUEUED_S = 30.0
+
+
+def _not_draining(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith("Still processing items")
 
 
 def _send_queued() -> None:

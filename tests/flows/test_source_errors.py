@@ -400,3 +400,24 @@ def test_a_partition_removed_after_its_record_is_reported_missing(
     text = capsys.readouterr().out
     assert f"  missing   2 partitions recorded done are gone from {root}:" in text
     assert "  infer     skipped: nothing to predict" in text
+
+
+@pytest.mark.integration
+def test_a_command_stopped_by_no_series_prints_its_one_line_only(tmp_path: Path) -> None:
+    """In a process of its own, as a scheduler runs it: Prefect's services, sending what the
+    stopped run queued, add no warning of their own (flows/startup.py)."""
+    source = tmp_path / "incoming"
+    source.mkdir()
+    (source / "notes.txt").write_text("field notes\n")
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "lstmpipe"), "extract", str(source), "--weights=none"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "LSTMPIPE_HOME": str(tmp_path / "home")},
+        timeout=300,
+    )
+    assert done.returncode == EXIT_USAGE
+    assert done.stderr.splitlines() == [
+        f"lstmpipe extract: no series under {source}: 1 entry ignored "
+        "(1 × not a media file lstmpipe reads: text)"
+    ]
