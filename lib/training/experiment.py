@@ -128,13 +128,13 @@ def fit_selected(
     device: str = "cpu",
 ) -> Selected:
     """Fit each candidate LSTM of `config`; keep the best on validation (ties: the configured)."""
-    fits, scores = {}, {}
-    for name, candidate in candidates(config).items():
+    fits, scores, tried = {}, {}, candidates(config)
+    for name, candidate in tried.items():
         spec = model_spec(candidate, input_dim, num_classes, "lstm")
         fits[name] = fit(spec, train, val, candidate, on_epoch=on_epoch, device=device)
         scores[name] = fits[name].history[fits[name].best_epoch - 1]["val_macro_f1"]
     chosen = max(scores, key=lambda name: scores[name])  # the first of equals: configured
-    return Selected(chosen, candidates(config)[chosen], fits[chosen], scores)
+    return Selected(chosen, tried[chosen], fits[chosen], scores)
 
 
 def run_experiment(
